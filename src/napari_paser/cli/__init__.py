@@ -1,0 +1,1 @@
+"""The ``napari-paser`` command line: headless synth, segment, train, evaluate, benchmark."""

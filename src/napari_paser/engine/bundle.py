@@ -1,0 +1,252 @@
+"""PaSeR model bundles: a folder with ``manifest.json`` and ``weights.safetensors``.
+
+Loading never unpickles anything: weights are safetensors, the rest is JSON. The
+manifest follows timm's pretrained-config habit: architecture configs, input
+normalisation, classes and colours, patch size, parameter counts, measured FLOPs and
+how the weights were trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import CLASS_COLORS, CLASS_NAMES, __version__
+from ..errors import PaserInputError
+from .models import PolicyConfig, PolicyNet, UNet, UNetConfig, count_parameters
+
+__all__ = ["Bundle", "BundleError", "load_bundle", "save_bundle", "default_model_configs"]
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+FORMAT_VERSION = 1
+MODEL_NAMES = ("f0", "f1", "f2")
+
+
+class BundleError(PaserInputError):
+    """A folder is not a valid PaSeR bundle."""
+
+
+def default_model_configs(preset: str = "quick") -> dict[str, Any]:
+    """Architecture configs of the presets.
+
+    ``quick`` fits CPU training (f2 4.3 M, f1 0.42 M, f0 38 k parameters; one-pass FLOPs
+    per 224x256 slice about 111 : 11 : 1); ``paper`` is the paper's sizes
+    (17.3 M, 1.08 M, 16.5 k).
+    """
+    if preset == "quick":
+        return {
+            "f0": UNetConfig(base_width=3, depth=4, dropout=0.1),
+            "f1": UNetConfig(base_width=10, depth=4),
+            "f2": UNetConfig(base_width=32, depth=4),
+            "policy": PolicyConfig(),
+        }
+    if preset == "paper":
+        return {
+            "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
+            "f1": UNetConfig(base_width=16, depth=4),
+            "f2": UNetConfig(base_width=64, depth=4),
+            "policy": PolicyConfig(),
+        }
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick' or 'paper'")
+
+
+@dataclass
+class Bundle:
+    """The four networks of PaSeR and what is needed to run them.
+
+    Attributes
+    ----------
+    f0, f1, f2 : UNet
+        Tiny whole-slice model with MC dropout, medium and large patch models.
+    policy : PolicyNet
+        Patch router.
+    patch_size : tuple of int
+        (rows, columns) of a patch.
+    normalization : dict
+        ``{"low_percentile": p, "high_percentile": q}``: per-volume robust scaling.
+    mc_passes : int
+        Default number of Monte-Carlo dropout passes.
+    default_lam : float
+        λ that the bundle recommends (chosen on validation data).
+    meta : dict
+        The rest of the manifest (name, version, classes, FLOPs, training record...).
+    path : Path or None
+        Folder it was loaded from.
+    """
+
+    f0: UNet
+    f1: UNet
+    f2: UNet
+    policy: PolicyNet
+    patch_size: tuple[int, int] = (56, 64)
+    normalization: dict = field(default_factory=lambda: {"low_percentile": 0.5, "high_percentile": 99.5})
+    mc_passes: int = 5
+    default_lam: float = 0.5
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def from_configs(cls, configs: dict[str, Any], *, seed: int = 0, **kwargs) -> "Bundle":
+        """Fresh, randomly initialised networks (seeded) from config dataclasses."""
+        torch.manual_seed(seed)
+        patch_size = tuple(kwargs.pop("patch_size", configs["policy"].patch_size))
+        policy_cfg = configs["policy"]
+        policy_cfg.patch_size = patch_size
+        return cls(
+            f0=UNet(configs["f0"]),
+            f1=UNet(configs["f1"]),
+            f2=UNet(configs["f2"]),
+            policy=PolicyNet(policy_cfg),
+            patch_size=patch_size,
+            **kwargs,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name if self.path else "unsaved")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c["name"] for c in self.meta.get("classes", [])) or CLASS_NAMES
+
+    def models(self) -> dict[str, nn.Module]:
+        return {"f0": self.f0, "f1": self.f1, "f2": self.f2, "policy": self.policy}
+
+    def segmenters(self) -> tuple[UNet, UNet, UNet]:
+        return self.f0, self.f1, self.f2
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {k: count_parameters(m) for k, m in self.models().items()}
+
+    def costs(self) -> torch.Tensor:
+        """The paper's cost C(f) = params(f) / Σ params(f0, f1, f2), with C(f0) = 0."""
+        n = self.parameter_counts()
+        total = sum(n[k] for k in MODEL_NAMES)
+        return torch.tensor([0.0, n["f1"] / total, n["f2"] / total])
+
+    def eval(self) -> "Bundle":
+        for m in self.models().values():
+            m.eval()
+        return self
+
+    def to(self, device: str | torch.device) -> "Bundle":
+        for m in self.models().values():
+            m.to(device)
+        return self
+
+    def manifest(self) -> dict:
+        """The JSON manifest describing this bundle."""
+        counts = self.parameter_counts()
+        meta = dict(self.meta)
+        meta.setdefault("name", self.name)
+        meta.setdefault("version", "0.0.0")
+        meta.setdefault(
+            "classes", [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))]
+        )
+        return {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "napari_paser_version": __version__,
+            "patch_size": list(self.patch_size),
+            "normalization": dict(self.normalization),
+            "mc_passes": int(self.mc_passes),
+            "default_lam": float(self.default_lam),
+            "models": {
+                **{k: {"arch": "unet", "config": getattr(self, k).config.to_dict(), "parameters": counts[k]} for k in MODEL_NAMES},
+                "policy": {"arch": "policy", "config": self.policy.config.to_dict(), "parameters": counts["policy"]},
+            },
+            "costs": [round(float(c), 6) for c in self.costs()],
+        }
+
+
+def _state_dict(bundle: Bundle) -> dict[str, torch.Tensor]:
+    return {f"{k}.{name}": t.detach().cpu().contiguous() for k, m in bundle.models().items() for name, t in m.state_dict().items()}
+
+
+def save_bundle(bundle: Bundle, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``bundle`` to ``folder`` (manifest.json + weights.safetensors), atomically.
+
+    Refuses to replace an existing bundle unless ``overwrite`` is true.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if (folder / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{folder} already holds a bundle; pass overwrite=True to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = bundle.manifest()
+    # Write into temporary names in the same folder, then rename: never half a bundle.
+    tmp_w = tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False)
+    tmp_w.close()
+    save_file(_state_dict(bundle), tmp_w.name, metadata={"format": "napari-paser", "version": str(FORMAT_VERSION)})
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp_m:
+        json.dump(manifest, tmp_m, indent=2)
+    os.replace(tmp_w.name, folder / WEIGHTS)
+    os.replace(tmp_m.name, folder / MANIFEST)
+    bundle.path = folder
+    return folder
+
+
+def _unet_config(d: dict) -> UNetConfig:
+    return UNetConfig(**d)
+
+
+def _policy_config(d: dict) -> PolicyConfig:
+    d = dict(d)
+    d["patch_size"] = tuple(d["patch_size"])
+    return PolicyConfig(**d)
+
+
+def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle folder without executing any code (JSON + safetensors).
+
+    Raises
+    ------
+    BundleError
+        If the folder lacks the manifest or weights, or names and shapes disagree.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is not a folder; a PaSeR bundle is a folder with {MANIFEST} and {WEIGHTS}")
+    if not (folder / MANIFEST).is_file() or not (folder / WEIGHTS).is_file():
+        raise BundleError(f"{folder} is not a PaSeR bundle: it needs {MANIFEST} and {WEIGHTS}")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        specs = manifest["models"]
+        bundle = Bundle(
+            f0=UNet(_unet_config(specs["f0"]["config"])),
+            f1=UNet(_unet_config(specs["f1"]["config"])),
+            f2=UNet(_unet_config(specs["f2"]["config"])),
+            policy=PolicyNet(_policy_config(specs["policy"]["config"])),
+            patch_size=tuple(manifest["patch_size"]),
+            normalization=manifest.get("normalization", {"low_percentile": 0.5, "high_percentile": 99.5}),
+            mc_passes=int(manifest.get("mc_passes", 5)),
+            default_lam=float(manifest.get("default_lam", 0.5)),
+        )
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+        raise BundleError(f"{folder / MANIFEST} is not a valid PaSeR manifest: {err}") from err
+    known = {"format_version", "napari_paser_version", "patch_size", "normalization", "mc_passes", "default_lam", "models", "costs"}
+    bundle.meta = {k: v for k, v in manifest.items() if k not in known}
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types
+        raise BundleError(f"{folder / WEIGHTS} is not a readable safetensors file: {err}") from err
+    for key, model in bundle.models().items():
+        prefix = key + "."
+        state = {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise BundleError(f"weights of {key} in {folder} do not match its manifest: {err}") from err
+    bundle.path = folder
+    return bundle.to(device).eval()

@@ -1,0 +1,261 @@
+"""The networks of PaSeR: bilinear UNets (f0, f1, f2) and the patch-routing policy.
+
+Readable on purpose (nanoGPT style): one config dataclass per network, plain modules,
+and an explicit split of the UNet into a deterministic encoder and a decoder that holds
+the Monte-Carlo dropout layers, so the uncertainty step can run the encoder once and
+only the decoder once per MC pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "UNetConfig",
+    "UNet",
+    "PolicyConfig",
+    "PolicyNet",
+    "mc_dropout",
+    "count_parameters",
+]
+
+
+# --------------------------------------------------------------------------- UNet
+
+
+@dataclass
+class UNetConfig:
+    """Shape of a bilinear UNet.
+
+    Attributes
+    ----------
+    in_channels : int
+        Image channels (1 for tomography).
+    num_classes : int
+        Output classes (pore, carbon-binder, nickel).
+    base_width : int
+        Channels of the first level; level ``i`` has ``base_width * 2**i``.
+    depth : int
+        Number of 2x down-samplings. Inputs must be divisible by ``2**depth``.
+    dropout : float
+        Probability of the Monte-Carlo dropout placed before every decoder block.
+        0 disables it (f1, f2).
+    """
+
+    in_channels: int = 1
+    num_classes: int = 3
+    base_width: int = 16
+    depth: int = 4
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, batch norm, ReLU) twice."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+        mid = mid_channels or out_channels
+        super().__init__(
+            nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """Bilinear UNet (up-sampling by interpolation, channels halved on the way up).
+
+    ``forward(x) == decode(encode(x))``; only ``decode`` contains dropout, so for
+    MC dropout the features of ``encode`` can be shared by all passes.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        w, d = config.base_width, config.depth
+        if d < 1:
+            raise ValueError("UNet depth must be at least 1")
+        widths = [w * 2**i for i in range(d + 1)]
+        # The deepest level has the width of the one above it (bilinear UNet), so
+        # the concatenation on the way up is symmetric.
+        widths[-1] = widths[-2]
+        self.inc = DoubleConv(config.in_channels, widths[0])
+        self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(d))
+        self.ups = nn.ModuleList()
+        for i in reversed(range(d)):
+            skip = widths[i]
+            below = self._up_in_channels(widths, i)
+            out = widths[i] // 2 if i > 0 else widths[0]
+            self.ups.append(DoubleConv(skip + below, out, mid_channels=(skip + below) // 2))
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(widths[0], config.num_classes, 1)
+
+    @staticmethod
+    def _up_in_channels(widths: Sequence[int], level: int) -> int:
+        """Channels that arrive from below at decoder ``level``."""
+        depth = len(widths) - 1
+        if level == depth - 1:
+            return widths[depth]
+        return widths[level + 1] // 2
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Deterministic part: the features of every level, finest first."""
+        feats = [self.inc(x)]
+        for down in self.downs:
+            feats.append(down(F.max_pool2d(feats[-1], 2)))
+        return feats
+
+    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Decoder with dropout before every block; returns logits."""
+        x = feats[-1]
+        for up, skip in zip(self.ups, reversed(feats[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = up(self.drop(torch.cat([skip, x], dim=1)))
+        return self.head(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class mc_dropout:
+    """Context manager: dropout layers sample masks while batch norm stays in eval mode.
+
+    Calling ``model.train()`` for MC dropout would be wrong: batch norm would then use
+    (and update) batch statistics.
+
+    Examples
+    --------
+    >>> model.eval()
+    >>> with mc_dropout(model):
+    ...     logits = model(x)  # a stochastic pass
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._saved: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        for m in self.model.modules():
+            if isinstance(m, nn.Dropout):
+                self._saved.append((m, m.training))
+                m.train()
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for m, mode in self._saved:
+            m.train(mode)
+        self._saved.clear()
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass
+class PolicyConfig:
+    """Shape of the patch-routing policy.
+
+    The policy sees f0's mean softmax (3 channels), its MC-dropout entropy and the
+    normalised image, pooled by ``pool`` for cheapness, and predicts for every patch
+    the IoU gain of f1 and f2 over f0. Routing logits for a cost weight ``lam`` are
+    ``temperature * ((1 - lam) * gain - lam * cost)``, so one network serves every
+    λ and the chosen model's cost can only fall as λ rises.
+    """
+
+    in_channels: int = 5
+    width: int = 16
+    num_models: int = 3
+    pool: int = 4
+    patch_size: tuple[int, int] = (56, 64)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(x + self.bn2(self.conv2(y)), inplace=True)
+
+
+class PolicyNet(nn.Module):
+    """Tiny fully convolutional ResNet over the patch grid (any slice size).
+
+    ``gains(features)`` -> (B, num_models - 1, GY, GX): predicted IoU gain over f0 of
+    each bigger model, for every patch. ``logits(gains, lam, costs)`` turns them into
+    routing logits over {f0, f1, f2}.
+    """
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+        )
+        self.block = BasicBlock(w)
+        # Mean and max over the patch: the max catches a small hard region.
+        self.head = nn.Sequential(
+            nn.Conv2d(2 * w, w, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, config.num_models - 1, 1),
+        )
+        # Sharpness of the routing distribution, learned by REINFORCE.
+        self.log_temperature = nn.Parameter(torch.tensor(2.0))
+
+    def gains(self, features: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.config.patch_size
+        p = self.config.pool
+        x = F.avg_pool2d(features, p)
+        x = self.block(self.stem(x))
+        k = (ph // p, pw // p)
+        pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)
+        return self.head(pooled)
+
+    def logits(self, gains: torch.Tensor, lam: float | torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+        """Routing logits (B, num_models, GY, GX) for cost weight(s) ``lam``.
+
+        Parameters
+        ----------
+        gains : Tensor
+            Output of :meth:`gains`.
+        lam : float or Tensor of shape (B,)
+            Cost weight in [0, 1].
+        costs : Tensor of shape (num_models,)
+            C(f) per model, C(f0) = 0.
+        """
+        lam_t = torch.as_tensor(lam, dtype=gains.dtype, device=gains.device).reshape(-1, 1, 1, 1)
+        zero = torch.zeros_like(gains[:, :1])
+        utility = torch.cat([zero, gains], dim=1)
+        value = (1 - lam_t) * utility - lam_t * costs.to(gains).reshape(1, -1, 1, 1)
+        return self.log_temperature.exp() * value
+
+    def forward(self, features: torch.Tensor, lam: float | torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.gains(features), lam, costs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of learnable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

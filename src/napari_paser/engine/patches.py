@@ -1,0 +1,60 @@
+"""Patch grid: pad a slice to whole patches, cut patches out, stitch them back.
+
+Axes follow scikit-image: (row, column) for a slice, (plane, row, column) for a stack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["grid_shape", "pad_to_patches", "patchify", "unpatchify"]
+
+
+def grid_shape(shape: tuple[int, int], patch_size: tuple[int, int]) -> tuple[int, int]:
+    """Number of patch rows and columns that cover a (rows, columns) slice."""
+    (h, w), (ph, pw) = shape[-2:], patch_size
+    return -(-h // ph), -(-w // pw)
+
+
+def pad_to_patches(x: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
+    """Pad the last two axes at the bottom/right up to whole patches (reflect, else edge).
+
+    Reflection keeps texture statistics at the border plausible for the networks;
+    crop back with ``x[..., :rows, :columns]``.
+    """
+    h, w = x.shape[-2:]
+    gy, gx = grid_shape((h, w), patch_size)
+    pad_h, pad_w = gy * patch_size[0] - h, gx * patch_size[1] - w
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    lead = x.shape[:-2]
+    y = F.pad(x.reshape(-1, 1, h, w), (0, pad_w, 0, pad_h), mode=mode)
+    return y.reshape(*lead, h + pad_h, w + pad_w)
+
+
+def patchify(x: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, GY*ph, GX*pw) -> (B*GY*GX, C, ph, pw), patches in row-major grid order."""
+    b, c, h, w = x.shape
+    ph, pw = patch_size
+    gy, gx = h // ph, w // pw
+    x = x.reshape(b, c, gy, ph, gx, pw).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * gy * gx, c, ph, pw)
+
+
+def unpatchify(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`patchify`: (B*GY*GX, C, ph, pw) -> (B, C, GY*ph, GX*pw)."""
+    gy, gx = grid
+    n, c, ph, pw = patches.shape
+    b = n // (gy * gx)
+    x = patches.reshape(b, gy, gx, c, ph, pw).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, gy * ph, gx * pw)
+
+
+def patch_view(a: np.ndarray, patch_size: tuple[int, int]) -> np.ndarray:
+    """NumPy (rows, cols) -> (GY, GX, ph, pw) view of a slice already padded to whole patches."""
+    ph, pw = patch_size
+    h, w = a.shape[-2:]
+    return a.reshape(h // ph, ph, w // pw, pw).swapaxes(1, 2)
