@@ -1,0 +1,38 @@
+"""Shared fixtures. Heavy imports stay inside fixtures so collection is fast."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Two cores here: keep torch from oversubscribing when pytest runs beside other work.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def tiny_configs(patch_size=(56, 64)):
+    """Small random networks with the real architecture, for fast tests."""
+    from napari_paser.engine.models import PolicyConfig, UNetConfig
+
+    return {
+        "f0": UNetConfig(base_width=2, depth=2, dropout=0.1),
+        "f1": UNetConfig(base_width=4, depth=2),
+        "f2": UNetConfig(base_width=8, depth=2),
+        "policy": PolicyConfig(width=4, patch_size=tuple(patch_size)),
+    }
+
+
+@pytest.fixture
+def tiny_bundle():
+    """A randomly initialised (seeded) bundle with tiny networks, in eval mode."""
+    from napari_paser.engine.bundle import Bundle
+
+    return Bundle.from_configs(tiny_configs(), seed=0, meta={"name": "tiny-test", "version": "0"}).eval()
+
+
+@pytest.fixture
+def tiny_bundle_dir(tiny_bundle, tmp_path):
+    """The tiny bundle saved as a folder."""
+    from napari_paser.engine.bundle import save_bundle
+
+    return save_bundle(tiny_bundle, tmp_path / "tiny-bundle")
