@@ -1,0 +1,145 @@
+"""Export of a phase volume: uint8 TIFF, optional per-phase masks and a JSON report.
+
+Used by both the npe2 writer (File > Save Layers) and the widget's Export button. All
+target files are checked before anything is written, so an export never leaves a mix
+of old and new files; each file is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import CLASS_COLORS, CLASS_NAMES, __version__
+from ..errors import PaserInputError
+from ._layers import PENDING
+
+__all__ = ["export_targets", "export_phases", "to_uint8_labels", "voxel_size_from_scale"]
+
+
+def export_targets(path: str | os.PathLike, masks: bool = False) -> dict[str, Path]:
+    """Files an export to ``path`` writes: ``phases``, ``report`` and one per mask."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        path = path.with_name(path.name + ".tif")
+    targets = {"phases": path, "report": path.with_name(path.stem + "_report.json")}
+    if masks:
+        for name in CLASS_NAMES:
+            targets[f"mask:{name}"] = path.with_name(f"{path.stem}_{name}.tif")
+    return targets
+
+
+def to_uint8_labels(data: Any) -> np.ndarray:
+    """Labels as uint8, refusing values that do not fit (negative or above 255)."""
+    arr = np.asarray(data)
+    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
+        raise PaserInputError(f"labels must be integers, got {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise PaserInputError(f"labels range {arr.min()}..{arr.max()} does not fit in uint8 (0..255)")
+    return arr.astype(np.uint8, copy=False)
+
+
+def voxel_size_from_scale(scale: Sequence[float] | None, ndim: int) -> tuple[float, float, float] | None:
+    """(plane, row, column) voxel size from a layer scale; ``None`` for unit scale (unknown)."""
+    if scale is None:
+        return None
+    s = [float(v) for v in scale][-ndim:]
+    if all(v == 1.0 for v in s):
+        return None
+    if len(s) == 2:
+        s = [1.0, *s]
+    return (s[-3], s[-2], s[-1])
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(payload, tmp, indent=2, default=_json_default)
+    os.replace(tmp.name, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def export_phases(
+    path: str | os.PathLike,
+    labels: Any,
+    *,
+    scale: Sequence[float] | None = None,
+    provenance: dict | None = None,
+    masks: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write a phase volume, optionally one binary mask per phase, and a JSON report.
+
+    Parameters
+    ----------
+    path : path-like
+        The phase volume (``.tif`` is added if missing). The report is
+        ``<stem>_report.json``, masks ``<stem>_<phase>.tif`` (0/255 uint8, ImageJ binary).
+    labels : array (Z, Y, X) or (Y, X)
+        0 pore, 1 carbon-binder, 2 nickel; 255 marks slices that were never segmented.
+    scale : sequence of float, optional
+        napari layer scale (µm per voxel, plane/row/column).
+    provenance : dict, optional
+        Run record (bundle, version, λ/TVD, route fractions, GFLOPs, statistics).
+    masks : bool
+        Also write the per-phase masks.
+    overwrite : bool
+        Replace existing files. Otherwise any existing target aborts the export before
+        anything is written.
+
+    Returns
+    -------
+    list of Path
+        The files written, phase volume first.
+
+    Raises
+    ------
+    FileExistsError
+        If a target exists and ``overwrite`` is false.
+    PaserInputError
+        If the labels are not integers in 0..255.
+    """
+    from .. import io
+
+    targets = export_targets(path, masks)
+    existing = [p for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        names = ", ".join(p.name for p in existing)
+        raise FileExistsError(f"not overwriting existing file(s): {names}")
+    data = to_uint8_labels(labels)
+    voxel_size = voxel_size_from_scale(scale, data.ndim)
+    prov = json.loads(json.dumps(provenance or {}, default=_json_default))
+    classes = [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))]
+    pending = int((data == PENDING).sum())
+    base = {"layer_type": "labels", "classes": classes, "pending_value": PENDING, "provenance": prov}
+    written = [io.write_tiff(targets["phases"], data, voxel_size=voxel_size, metadata={**base, "kind": "phases"}, overwrite=overwrite)]
+    for index, name in enumerate(CLASS_NAMES if masks else ()):
+        mask = np.where(data == index, np.uint8(255), np.uint8(0))
+        meta = {**base, "kind": "mask", "phase": name, "phase_index": index}
+        written.append(io.write_tiff(targets[f"mask:{name}"], mask, voxel_size=voxel_size, metadata=meta, overwrite=overwrite))
+    report = {
+        "napari_paser_version": __version__,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": [str(Path(p).name) for p in written],
+        "shape": list(data.shape),
+        "voxel_size_um": list(voxel_size) if voxel_size else None,
+        "classes": classes,
+        "unsegmented_voxels": pending,
+        "run": prov,
+    }
+    _write_json_atomic(targets["report"], report)
+    return [Path(p) for p in written] + [targets["report"]]

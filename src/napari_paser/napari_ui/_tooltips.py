@@ -1,0 +1,58 @@
+"""Every tooltip and user-facing help string of the dock widget, in one place.
+
+Keeping the wording here (as micro-sam does) makes it consistent and easy to review.
+"""
+
+from __future__ import annotations
+
+TOOLTIPS: dict[str, str] = {
+    "image": (
+        "Grey-level micro-CT image to segment: a single 2-D slice or a (plane, row, column) "
+        "stack. RGB and 4-D layers are not supported."
+    ),
+    "bundle": (
+        "Model bundle (f0, f1, f2 and the routing policy). Bundled models are listed first; "
+        "choose 'Load bundle folder…' to use a folder holding manifest.json and weights.safetensors."
+    ),
+    "load_bundle": "Pick a bundle folder (manifest.json + weights.safetensors) from disk.",
+    "mc_passes": (
+        "Monte-Carlo dropout passes of the tiny model f0. More passes give a smoother "
+        "uncertainty estimate and cost more time. 0 uses the bundle's default."
+    ),
+    "mode": (
+        "How the cost/accuracy trade-off is set: λ (cost weight; 0 = always the best model, "
+        "1 = always the cheapest) or TVD (a target share of patches sent to the larger models)."
+    ),
+    "lam": (
+        "Cost weight λ of the router. Higher λ routes more patches to cheaper models. "
+        "Moving it re-routes from the cache: the visible slice updates at once, the rest follows."
+    ),
+    "tvd": (
+        "Target total-variation distance between the routing and 'f0 everywhere' — roughly the "
+        "share of patches sent to f1/f2. λ is solved for it over the analysed slices."
+    ),
+    "run": "Segment the whole image in the background, slice by slice (visible slice first).",
+    "cancel": "Stop after the slice being processed; finished slices stay, the rest stay empty.",
+    "device": "Where the networks run: CUDA if a GPU is available, else the CPU.",
+    "ground_truth": (
+        "Optional ground-truth Labels layer (0 pore, 1 carbon-binder, 2 nickel) to report mean IoU "
+        "and IoU per GFLOP."
+    ),
+    "export": (
+        "Write the phase volume (uint8 TIFF with voxel size and provenance), a JSON report of the "
+        "run and, optionally, one binary mask per phase. Existing files are never replaced silently."
+    ),
+    "export_masks": "Also write one binary uint8 mask (0/255) per phase next to the phase volume.",
+    "stats": (
+        "Patches per model, compute in GFLOPs (and as a share of running f2 everywhere), phase volume "
+        "fractions of the stack and per slice, and IoU when a ground truth is chosen."
+    ),
+    "status": "What the plugin is doing now.",
+}
+"""Tooltip text per control key."""
+
+LOAD_BUNDLE_ITEM = "Load bundle folder…"
+"""Entry of the bundle picker that opens a folder dialog."""
+
+NO_GROUND_TRUTH = "(none)"
+"""Entry of the ground-truth picker meaning no comparison."""
