@@ -1,0 +1,130 @@
+"""FLOPs of the PaSeR networks, measured with ``torch.utils.flop_counter.FlopCounterMode``.
+
+Counts come from running a network on *meta* tensors (shapes only, no arithmetic), so
+a measurement is instant and identical to what ``FlopCounterMode`` records on the real
+call. They are cached per (architecture config, input shape). Convolution FLOPs are
+linear in the batch, so one measurement per shape serves every batch size.
+
+What the pipeline charges (the calls that actually run):
+
+- analysis of a slice: f0's encoder once + its decoder once per MC pass + the policy;
+- a patch routed to f1 or f2: one forward of that model on a patch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import PolicyConfig, PolicyNet, UNet, UNetConfig
+
+__all__ = ["count_flops", "unet_flops", "policy_flops", "CostModel"]
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs that ``FlopCounterMode`` records while ``fn()`` runs."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _key(config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+@lru_cache(maxsize=256)
+def _unet_flops(config_json: str, shape: tuple[int, int], batch: int) -> tuple[int, int]:
+    config = UNetConfig(**json.loads(config_json))
+    with torch.device("meta"):
+        model = UNet(config).eval()
+        x = torch.empty(batch, config.in_channels, *shape)
+    holder: dict = {}
+    enc = count_flops(lambda: holder.setdefault("f", model.encode(x)))
+    dec = count_flops(lambda: model.decode(holder["f"]))
+    return enc, dec
+
+
+def unet_flops(config: UNetConfig, shape: tuple[int, int], batch: int = 1) -> dict[str, int]:
+    """Encoder, decoder and total FLOPs of one UNet forward on ``(batch, C, *shape)``."""
+    enc, dec = _unet_flops(_key(config), tuple(int(s) for s in shape), int(batch))
+    return {"encode": enc, "decode": dec, "total": enc + dec}
+
+
+@lru_cache(maxsize=64)
+def _policy_flops(config_json: str, shape: tuple[int, int]) -> int:
+    d = json.loads(config_json)
+    d["patch_size"] = tuple(d["patch_size"])
+    config = PolicyConfig(**d)
+    with torch.device("meta"):
+        policy = PolicyNet(config).eval()
+        x = torch.empty(1, config.in_channels, *shape)
+    return count_flops(lambda: policy.gains(x))
+
+
+def policy_flops(config: PolicyConfig, shape: tuple[int, int]) -> int:
+    """FLOPs of ``policy.gains`` on one padded slice of ``shape``."""
+    return _policy_flops(_key(config), tuple(int(s) for s in shape))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """FLOPs of every call the pipeline makes, for one padded slice shape.
+
+    Attributes
+    ----------
+    f0_encode, f0_decode : int
+        f0 on one whole padded slice (the decoder per MC pass).
+    policy : int
+        ``policy.gains`` on one slice.
+    patch : tuple of int
+        One forward of (f0, f1, f2) on one patch (f0's entry is for reference only:
+        f0 runs on whole slices).
+    passes : int
+        MC-dropout passes.
+    """
+
+    f0_encode: int
+    f0_decode: int
+    policy: int
+    patch: tuple[int, int, int]
+    passes: int
+
+    @classmethod
+    def measure(cls, bundle, padded_shape: tuple[int, int], passes: int) -> "CostModel":
+        """Measure the networks of ``bundle`` for slices padded to ``padded_shape``."""
+        f0 = unet_flops(bundle.f0.config, padded_shape)
+        patch = tuple(unet_flops(m.config, bundle.patch_size)["total"] for m in bundle.segmenters())
+        # Decoder FLOPs measured at the batch that runs (passes), not extrapolated.
+        dec = _unet_flops(_key(bundle.f0.config), tuple(padded_shape), int(passes))
+        return cls(
+            f0_encode=f0["encode"],
+            f0_decode=(dec[1] // passes) if passes else 0,
+            policy=policy_flops(bundle.policy.config, padded_shape),
+            patch=patch,  # type: ignore[arg-type]
+            passes=int(passes),
+        )
+
+    @property
+    def f0_mc(self) -> int:
+        """f0 MC-dropout prediction of one slice: encoder once, decoder per pass."""
+        return self.f0_encode + self.passes * self.f0_decode
+
+    @property
+    def f0_naive_mc(self) -> int:
+        """What ``passes`` independent full forwards of f0 would cost."""
+        return self.passes * (self.f0_encode + self.f0_decode)
+
+    @property
+    def analysis(self) -> int:
+        """Everything :meth:`PaserSegmenter.analyse` runs for one slice."""
+        return self.f0_mc + self.policy
+
+    def slice_flops(self, n_f1: int, n_f2: int, *, analysis: bool = True, policy: bool = True) -> int:
+        """FLOPs of one slice with ``n_f1``/``n_f2`` patches sent to f1/f2."""
+        total = (self.f0_mc if analysis else 0) + (self.policy if analysis and policy else 0)
+        return total + int(n_f1) * self.patch[1] + int(n_f2) * self.patch[2]

@@ -1,0 +1,603 @@
+"""PaSeR inference on a stack: analyse -> route(λ) -> compose, with caches.
+
+``PaserSegmenter`` keeps everything that does not depend on λ:
+
+- per slice (``analyse``): f0's MC-dropout mean softmax -> its labels and entropy map,
+  and the policy's predicted gains, reduced to two switch points per patch
+  (:mod:`.routing`), so re-routing for a new λ is two comparisons per patch;
+- per (slice, patch, model): the patch's label map and the mean entropy of that model's
+  softmax over the patch, filled on demand. Patches still missing for a request are
+  gathered across slices, grouped per model and run in batches.
+
+Changing λ therefore only runs the patches that no earlier λ needed. Results are
+deterministic: argmax routing and dropout masks seeded per slice.
+
+Methods (``method=``) are small :class:`Method` records in :data:`METHODS`; register
+more with :func:`register_method` (the baselines add theirs this way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import PaserInputError
+from .bundle import Bundle
+from .flops import CostModel
+from .normalize import Normalizer, validate_image
+from .patches import grid_shape, pad_to_patches, patch_view
+from .routing import MODEL_NAMES, lam_for_tvd, route_fraction, route_from_switch_points, switch_points, tvd_at
+from .uncertainty import entropy as softmax_entropy
+from .uncertainty import mc_predict, policy_features, slice_seed
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PRECISION",
+    "DEFAULT_CHANNELS_LAST",
+    "Method",
+    "METHODS",
+    "register_method",
+    "get_method",
+    "SegmentationResult",
+    "PaserSegmenter",
+    "drain",
+    "segment",
+]
+
+# Chosen by benchmarks/bench_engine.py on the 2-core CPU of the development machine:
+# patch throughput of f1/f2 is flat from batch 16 on, smaller batches lose up to ~15 %.
+DEFAULT_BATCH_SIZE = 32
+# Measured by the benchmark: see its "precision / memory format" table for the numbers.
+DEFAULT_PRECISION = "fp32"
+DEFAULT_CHANNELS_LAST = False
+
+Progress = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _charge_routed(seg: "PaserSegmenter", z: int, routing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return routing == 1, routing == 2
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a segmentation method routes patches and what it is charged for.
+
+    Attributes
+    ----------
+    name : str
+    route : callable ``(seg, z, lam) -> (GY, GX) uint8``
+        Final model per patch of slice ``z``. May call ``seg.ensure_patches`` to look
+        at patch outputs first (a cascade).
+    analyse : bool
+        The method needs (and is charged for) f0's MC-dropout analysis of each slice.
+    policy : bool
+        The method is charged for the policy network.
+    uses_lam : bool
+        λ / TVD knobs apply.
+    charged : callable ``(seg, z, routing) -> (mask_f1, mask_f2)``
+        Patches whose f1 / f2 forward the method pays for (default: the routed ones;
+        a cascade also pays for the f1 runs of patches it escalated to f2).
+    """
+
+    name: str
+    route: Callable[["PaserSegmenter", int, "float | None"], np.ndarray]
+    analyse: bool = True
+    policy: bool = False
+    uses_lam: bool = False
+    charged: Callable[["PaserSegmenter", int, np.ndarray], tuple[np.ndarray, np.ndarray]] = _charge_routed
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` available as ``method=method.name`` everywhere (CLI included)."""
+    METHODS[method.name] = method
+    return method
+
+
+def _constant_route(model: int) -> Callable:
+    def route(seg: "PaserSegmenter", z: int, lam: float | None) -> np.ndarray:
+        return np.full(seg.grid, model, dtype=np.uint8)
+
+    return route
+
+
+register_method(Method("paser", lambda seg, z, lam: seg.routing(lam, z), analyse=True, policy=True, uses_lam=True))
+register_method(Method("f0", _constant_route(0), analyse=True))
+register_method(Method("f1", _constant_route(1), analyse=False))
+register_method(Method("f2", _constant_route(2), analyse=False))
+
+
+def get_method(name: str) -> Method:
+    # The baselines register more methods when imported; do it lazily here.
+    if name not in METHODS:
+        with contextlib.suppress(ImportError):
+            from . import baselines  # noqa: F401
+    if name not in METHODS:
+        raise PaserInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class SegmentationResult:
+    """Labels of a stack and what they cost.
+
+    Attributes
+    ----------
+    labels : ndarray (Z, Y, X) uint8
+    entropy : ndarray (Z, Y, X) float32 or None
+        f0's MC-dropout entropy (nats); None when the slices were not analysed
+        (methods f1 / f2 do not need the analysis).
+    routing : ndarray (Z, GY, GX) uint8
+        Model per patch: 0 f0, 1 f1, 2 f2.
+    patch_size : tuple of int
+    lam : float or None
+        Cost weight used (None for methods without λ).
+    tvd : float or None
+        Total variation between this routing distribution and the λ = 0 one, over
+        these slices (PaSeR only).
+    method : str
+    gflops_total, gflops_per_slice, gflops_f2_everywhere : float, ndarray, float
+        FLOPs the method costs when run alone on these slices (see :mod:`.flops`).
+    route_fraction : dict
+        Fraction of patches per model.
+    seconds : float
+        Wall-clock seconds of the call that produced this result.
+    compute_seconds : float
+        Measured compute time of the calls the method is charged for (shared caches
+        make ``seconds`` depend on what ran before; this does not).
+    bundle : dict
+        ``{"name": ..., "version": ...}``.
+    tvd_target : float or None
+        The TVD budget λ was chosen for, if any.
+    slices : list of int
+        Slice indices of the input stack.
+    """
+
+    labels: np.ndarray
+    entropy: np.ndarray | None
+    routing: np.ndarray
+    patch_size: tuple[int, int]
+    lam: float | None
+    tvd: float | None
+    method: str
+    gflops_total: float
+    gflops_per_slice: np.ndarray
+    gflops_f2_everywhere: float
+    route_fraction: dict[str, float]
+    seconds: float
+    compute_seconds: float
+    bundle: dict
+    tvd_target: float | None = None
+    slices: list[int] = field(default_factory=list)
+
+    def report(self) -> dict:
+        """JSON-serialisable summary (no arrays except per-slice GFLOPs)."""
+        return {
+            "method": self.method,
+            "lam": self.lam,
+            "tvd": self.tvd,
+            "tvd_target": self.tvd_target,
+            "bundle": dict(self.bundle),
+            "shape": list(self.labels.shape),
+            "patch_size": list(self.patch_size),
+            "grid": list(self.routing.shape[1:]),
+            "gflops_total": self.gflops_total,
+            "gflops_per_slice": [float(v) for v in self.gflops_per_slice],
+            "gflops_f2_everywhere": self.gflops_f2_everywhere,
+            "flops_ratio_vs_f2": self.gflops_total / self.gflops_f2_everywhere if self.gflops_f2_everywhere else None,
+            "route_fraction": dict(self.route_fraction),
+            "seconds": self.seconds,
+            "compute_seconds": self.compute_seconds,
+            "slices": [int(z) for z in self.slices],
+        }
+
+
+# --------------------------------------------------------------------------- segmenter
+
+
+class PaserSegmenter:
+    """Stateful PaSeR inference on one volume (see the module docstring).
+
+    Parameters
+    ----------
+    bundle : Bundle
+        Networks in eval mode.
+    mc_passes : int, optional
+        MC-dropout passes of f0 (default: the bundle's).
+    seed : int
+        Seed of the dropout masks (per slice via :func:`slice_seed`).
+    device : str or torch.device
+    batch_size : int
+        Patches per f1/f2 call.
+    precision : {"fp32", "bf16"}
+        "bf16" runs f0/f1/f2 under ``torch.autocast``; only worth it where measured faster.
+    channels_last : bool
+        Run convolutions in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        mc_passes: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        precision: str = DEFAULT_PRECISION,
+        channels_last: bool = DEFAULT_CHANNELS_LAST,
+    ):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.bundle = bundle.eval()
+        self.device = torch.device(device)
+        self.bundle.to(self.device)
+        self.mc_passes = int(mc_passes if mc_passes is not None else bundle.mc_passes)
+        if self.mc_passes < 1:
+            raise PaserInputError(f"mc_passes must be at least 1, got {self.mc_passes}")
+        self.seed = int(seed)
+        self.batch_size = max(1, int(batch_size))
+        self.precision = precision
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            for m in self.bundle.segmenters():
+                m.to(memory_format=torch.channels_last)
+        self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
+        self._costs = bundle.costs().double().numpy()
+        self._volume: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- volume
+    def set_volume(self, image) -> None:
+        """Validate and take a (Z,Y,X) stack or (Y,X) slice; resets all caches.
+
+        Raises
+        ------
+        PaserInputError
+            If the image is unusable (see :func:`validate_image`).
+        """
+        arr = validate_image(image, self.patch_size)
+        self.input_ndim = arr.ndim
+        vol = arr[None] if arr.ndim == 2 else arr
+        norm = self.bundle.normalization
+        self._normalizer = Normalizer.fit(vol, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
+        self._volume = vol
+        z, h, w = vol.shape
+        self.shape: tuple[int, int, int] = (z, h, w)
+        self.grid: tuple[int, int] = grid_shape((h, w), self.patch_size)
+        ph, pw = self.patch_size
+        self.padded_shape = (self.grid[0] * ph, self.grid[1] * pw)
+        self.cost_model = CostModel.measure(self.bundle, self.padded_shape, self.mc_passes)
+        gy, gx = self.grid
+        # np.zeros maps pages lazily: caches of untouched slices cost no memory.
+        self._analysed = np.zeros(z, dtype=bool)
+        self._entropy = np.zeros((z, h, w), dtype=np.float32)
+        self._gains = np.zeros((z, 2, gy, gx), dtype=np.float32)
+        self._s1 = np.zeros((z, gy, gx), dtype=np.float64)
+        self._s2 = np.zeros((z, gy, gx), dtype=np.float64)
+        self._time_f0 = np.zeros(z)
+        self._time_policy = np.zeros(z)
+        self._plabels = np.zeros((3, z, gy, gx, ph, pw), dtype=np.uint8)
+        self._pdone = np.zeros((3, z, gy, gx), dtype=bool)
+        self._pentropy = np.full((3, z, gy, gx), np.nan, dtype=np.float32)
+        self._ptime = np.zeros((3, z, gy, gx))
+        self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def num_slices(self) -> int:
+        self._require_volume()
+        return self.shape[0]
+
+    def _require_volume(self) -> None:
+        if self._volume is None:
+            raise RuntimeError("no volume: call set_volume(image) first")
+
+    def _check_slice(self, z: int) -> int:
+        self._require_volume()
+        z = int(z)
+        if not 0 <= z < self.shape[0]:
+            raise IndexError(f"slice {z} out of range for a stack of {self.shape[0]} slices")
+        return z
+
+    def _input(self, z: int) -> np.ndarray:
+        """Normalised slice padded to whole patches, float32 (small LRU: batches walk slices in order)."""
+        if z in self._inputs:
+            self._inputs.move_to_end(z)
+            return self._inputs[z]
+        x = torch.from_numpy(self._normalizer(self._volume[z]))
+        padded = pad_to_patches(x, self.patch_size).numpy()
+        self._inputs[z] = padded
+        while len(self._inputs) > 4:
+            self._inputs.popitem(last=False)
+        return padded
+
+    def _precision_ctx(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # ----------------------------------------------------------------- analysis
+    def is_analysed(self, z: int) -> bool:
+        return bool(self._analysed[self._check_slice(z)])
+
+    def analyse(self, z: int) -> None:
+        """f0 MC-dropout prediction, entropy and policy gains of slice ``z`` (cached)."""
+        z = self._check_slice(z)
+        if self._analysed[z]:
+            return
+        h, w = self.shape[1:]
+        x = torch.from_numpy(self._input(z))[None, None]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            with self._precision_ctx():
+                prob, ent = mc_predict(self.bundle.f0, self._to_device(x), self.mc_passes, seed=slice_seed(self.seed, z))
+            t1 = time.perf_counter()
+            gains = self.bundle.policy.gains(policy_features(x.to(self.device), prob.float(), ent.float()))
+        t2 = time.perf_counter()
+        labels = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
+        ent_np = ent[0].float().cpu().numpy()
+        gains_np = gains[0].float().cpu().numpy()
+        self._plabels[0, z] = patch_view(labels, self.patch_size)
+        self._pentropy[0, z] = patch_view(ent_np, self.patch_size).mean(axis=(-2, -1))
+        self._pdone[0, z] = True
+        self._entropy[z] = ent_np[:h, :w]
+        self._gains[z] = gains_np
+        self._s1[z], self._s2[z] = switch_points(gains_np, self._costs)
+        self._time_f0[z], self._time_policy[z] = t1 - t0, t2 - t1
+        self._analysed[z] = True
+
+    def entropy(self, z: int) -> np.ndarray:
+        """f0's MC-dropout entropy map (Y, X) of slice ``z`` (analyses it if needed)."""
+        self.analyse(z)
+        return self._entropy[z]
+
+    def gains(self, z: int) -> np.ndarray:
+        """Policy gains (2, GY, GX) of f1 and f2 over f0 for slice ``z``."""
+        self.analyse(z)
+        return self._gains[z]
+
+    # ----------------------------------------------------------------- routing
+    def _lam(self, lam: float | None) -> float:
+        lam = self.bundle.default_lam if lam is None else float(lam)
+        if not 0.0 <= lam <= 1.0:
+            raise PaserInputError(f"lam must be in [0, 1], got {lam}")
+        return lam
+
+    def routing(self, lam: float | None, z: int) -> np.ndarray:
+        """Model per patch (GY, GX) uint8 of slice ``z`` for cost weight ``lam`` (None: bundle default)."""
+        self.analyse(z)
+        return route_from_switch_points(self._s1[z], self._s2[z], self._lam(lam))
+
+    def _analysed_slices(self, slices: Sequence[int] | None) -> np.ndarray:
+        idx = np.flatnonzero(self._analysed) if slices is None else np.asarray([self._check_slice(z) for z in slices], dtype=int)
+        if idx.size == 0 or not self._analysed[idx].all():
+            raise RuntimeError("the TVD is computed over analysed slices: analyse them first")
+        return idx
+
+    def tvd(self, lam: float | None, slices: Sequence[int] | None = None) -> float:
+        """TVD between the routing distributions at ``lam`` and λ = 0 over analysed slices."""
+        idx = self._analysed_slices(slices)
+        return tvd_at(self._s1[idx], self._s2[idx], self._lam(lam))
+
+    def lam_for_tvd(self, tau: float, slices: Sequence[int] | None = None) -> float:
+        """Largest λ whose routing is within TVD ``tau`` of λ = 0's (all analysed slices by default)."""
+        tau = float(tau)
+        if not 0.0 <= tau <= 1.0:
+            raise PaserInputError(f"tvd must be in [0, 1], got {tau}")
+        idx = self._analysed_slices(slices)
+        return lam_for_tvd(self._s1[idx], self._s2[idx], tau)
+
+    # ----------------------------------------------------------------- patches
+    def patch_entropy(self, z: int, model: int) -> np.ndarray:
+        """Mean softmax entropy (GY, GX) per patch of ``model`` on slice ``z`` (NaN where not run)."""
+        return self._pentropy[int(model), self._check_slice(z)]
+
+    def _missing(self, requests: Iterable[tuple[int, np.ndarray]], model: int) -> np.ndarray:
+        """(k, 3) array of (z, gy, gx) for the requested patches of ``model`` not cached yet."""
+        rows = []
+        for z, mask in requests:
+            gy, gx = np.nonzero(mask & ~self._pdone[model, z])
+            rows.append(np.stack([np.full_like(gy, z), gy, gx], axis=1))
+        return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
+
+    def _run_patches(self, model: int, todo: np.ndarray) -> Generator[int, None, None]:
+        """Run ``model`` on the listed patches in batches; yields patches done per batch."""
+        net = self.bundle.segmenters()[model]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            batch = np.stack([patch_view(self._input(z), self.patch_size)[gy, gx] for z, gy, gx in chunk])
+            x = self._to_device(torch.from_numpy(batch)[:, None])
+            t0 = time.perf_counter()
+            with torch.inference_mode(), self._precision_ctx():
+                prob = net(x).float().softmax(1)
+            labels = prob.argmax(1).to(torch.uint8).cpu().numpy()
+            ent = softmax_entropy(prob).mean(dim=(-2, -1)).cpu().numpy()
+            dt = (time.perf_counter() - t0) / len(chunk)
+            z, gy, gx = chunk.T
+            self._plabels[model, z, gy, gx] = labels
+            self._pentropy[model, z, gy, gx] = ent
+            self._ptime[model, z, gy, gx] = dt
+            self._pdone[model, z, gy, gx] = True
+            yield len(chunk)
+
+    def _ensure(self, requests: Sequence[tuple[int, np.ndarray]]) -> Generator[tuple[int, int], None, None]:
+        """Run every missing (patch, model) pair of ``requests`` = [(z, routing)]; yields (done, total)."""
+        todo = {m: self._missing(((z, r == m) for z, r in requests), m) for m in (1, 2)}
+        total = sum(len(t) for t in todo.values())
+        done = 0
+        for m, t in todo.items():
+            for n in self._run_patches(m, t):
+                done += n
+                yield done, total
+
+    def ensure_patches(self, z: int, model: int, mask: np.ndarray | None = None) -> None:
+        """Run ``model`` (1 or 2) on the patches of slice ``z`` selected by ``mask`` (all if None)."""
+        z = self._check_slice(z)
+        if model == 0:
+            self.analyse(z)
+            return
+        mask = np.ones(self.grid, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        drain(self._run_patches(model, self._missing([(z, mask)], model)))
+
+    def _assemble(self, z: int, routing: np.ndarray) -> np.ndarray:
+        ph, pw = self.patch_size
+        gy, gx = self.grid
+        out = self._plabels[0, z].copy()
+        for m in (1, 2):
+            sel = routing == m
+            out[sel] = self._plabels[m, z][sel]
+        h, w = self.shape[1:]
+        return out.swapaxes(1, 2).reshape(gy * ph, gx * pw)[:h, :w]
+
+    def _check_routing(self, routing: np.ndarray) -> np.ndarray:
+        r = np.asarray(routing)
+        if r.shape != self.grid or r.min() < 0 or r.max() > 2:
+            raise ValueError(f"routing must be a {self.grid} array of model indices 0..2")
+        return r.astype(np.uint8, copy=False)
+
+    def compose(self, z: int, lam: float | None = None, routing: np.ndarray | None = None) -> np.ndarray:
+        """Labels (Y, X) uint8 of slice ``z`` for ``lam`` or an explicit ``routing``.
+
+        Runs only the (patch, model) pairs not cached yet, batched per model.
+        """
+        z = self._check_slice(z)
+        r = self.routing(lam, z) if routing is None else self._check_routing(routing)
+        if (r == 0).any():
+            self.analyse(z)
+        drain(self._ensure([(z, r)]))
+        return self._assemble(z, r)
+
+    # ----------------------------------------------------------------- whole runs
+    def _slices(self, slices: Iterable[int] | None) -> list[int]:
+        self._require_volume()
+        if slices is None:
+            return list(range(self.shape[0]))
+        return [self._check_slice(z) for z in slices]
+
+    def run(
+        self,
+        lam: float | None = None,
+        tvd: float | None = None,
+        method: str = "paser",
+        slices: Iterable[int] | None = None,
+    ) -> Generator[tuple[int, int], None, SegmentationResult]:
+        """Segment ``slices`` (all by default); yields ``(done, total)``, returns the result.
+
+        ``tvd`` (PaSeR only) picks λ with :meth:`lam_for_tvd` over these slices; it cannot
+        be combined with ``lam``. Use :func:`drain` to get the return value.
+        """
+        wall0 = time.perf_counter()
+        spec = get_method(method)
+        zs = self._slices(slices)
+        if tvd is not None and lam is not None:
+            raise PaserInputError("give either lam or tvd, not both")
+        if tvd is not None and not spec.uses_lam:
+            raise PaserInputError(f"method {method!r} has no λ to choose from a TVD")
+        n = len(zs)
+        total = (n if spec.analyse else 0) + n
+        done = 0
+        if spec.analyse:
+            for z in zs:
+                self.analyse(z)
+                done += 1
+                yield done, total
+        if spec.uses_lam:
+            lam = self.lam_for_tvd(tvd, zs) if tvd is not None else self._lam(lam)
+        else:
+            lam = None if lam is None else self._lam(lam)
+        routings = [self._check_routing(spec.route(self, z, lam)) for z in zs]
+        base = done
+        for k, m in self._ensure(list(zip(zs, routings))):
+            done = base + (n * k) // m
+            yield done, total
+        if done < total:  # everything was cached already
+            yield total, total
+        return self._result(spec, zs, routings, lam, tvd, time.perf_counter() - wall0)
+
+    def result(self, lam: float | None = None, tvd: float | None = None, method: str = "paser", slices: Iterable[int] | None = None) -> SegmentationResult:
+        """Like :meth:`run` without progress: composes from the caches, running what is missing."""
+        return drain(self.run(lam=lam, tvd=tvd, method=method, slices=slices))
+
+    def _result(self, spec: Method, zs: list[int], routings: list[np.ndarray], lam, tvd_target, wall: float) -> SegmentationResult:
+        cm = self.cost_model
+        flops = np.zeros(len(zs))
+        compute = 0.0
+        for i, (z, r) in enumerate(zip(zs, routings)):
+            c1, c2 = spec.charged(self, z, r)
+            flops[i] = cm.slice_flops(int(c1.sum()), int(c2.sum()), analysis=spec.analyse, policy=spec.policy)
+            compute += (self._time_f0[z] if spec.analyse else 0.0) + (self._time_policy[z] if spec.policy else 0.0)
+            compute += float(self._ptime[1, z][c1].sum() + self._ptime[2, z][c2].sum())
+        routing = np.stack(routings)
+        frac = route_fraction(routing)
+        idx = np.asarray(zs)
+        analysed = bool(self._analysed[idx].all())
+        measured_tvd = tvd_at(self._s1[idx], self._s2[idx], lam) if spec.uses_lam else None
+        labels = np.stack([self._assemble(z, r) for z, r in zip(zs, routings)])
+        return SegmentationResult(
+            labels=labels,
+            entropy=self._entropy[idx] if analysed else None,
+            routing=routing,
+            patch_size=self.patch_size,
+            lam=lam,
+            tvd=measured_tvd,
+            method=spec.name,
+            gflops_total=float(flops.sum()) / 1e9,
+            gflops_per_slice=flops / 1e9,
+            gflops_f2_everywhere=len(zs) * self.grid[0] * self.grid[1] * cm.patch[2] / 1e9,
+            route_fraction={name: float(f) for name, f in zip(MODEL_NAMES, frac)},
+            seconds=wall,
+            compute_seconds=float(compute),
+            bundle={"name": self.bundle.name, "version": str(self.bundle.meta.get("version", ""))},
+            tvd_target=None if tvd_target is None else float(tvd_target),
+            slices=list(zs),
+        )
+
+
+def drain(gen: Generator, progress: Progress | None = None):
+    """Exhaust a progress generator (calling ``progress(done, total)``); return its value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(*item)
+
+
+def segment(
+    image,
+    bundle: Bundle,
+    lam: float | None = None,
+    tvd: float | None = None,
+    method: str = "paser",
+    *,
+    mc_passes: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    slices: Iterable[int] | None = None,
+    progress: Progress | None = None,
+    **options,
+) -> SegmentationResult:
+    """One-shot segmentation of a (Z,Y,X) stack or (Y,X) slice (labels always (Z,Y,X)).
+
+    ``options`` go to :class:`PaserSegmenter` (batch_size, precision, channels_last).
+    """
+    seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, **options)
+    seg.set_volume(image)
+    return drain(seg.run(lam=lam, tvd=tvd, method=method, slices=slices), progress)
