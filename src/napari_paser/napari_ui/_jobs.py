@@ -1,0 +1,211 @@
+"""The work behind the widget, as generators that run in a napari thread worker.
+
+Each job yields small messages (a slice is ready, a stage starts) and returns an
+:class:`Outcome`. The same generators run synchronously for tests and scripts, so both
+paths share one code. torch and the engine are imported only inside the jobs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generator
+
+import numpy as np
+
+from ._stats import slice_fractions, summarize
+
+__all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "is_cached", "Session"]
+
+
+@dataclass
+class Session:
+    """One segmenter (image layer, bundle, MC passes) and the lock that guards it.
+
+    The engine's caches are not thread-safe: whoever calls the segmenter (the worker,
+    or the GUI thread for a cached visible slice) holds ``lock`` for that call.
+    """
+
+    key: tuple
+    segmenter: Any
+    device: str
+    bundle: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Ready:
+    """The volume is validated; result layers of this shape can be (re)made."""
+
+    session: Session
+    shape: tuple[int, int, int]
+    grid: tuple[int, int, int]
+    patch_size: tuple[int, int]
+
+
+@dataclass
+class Stage:
+    """A stage of ``total`` slices starts (progress bar text)."""
+
+    name: str
+    total: int
+
+
+@dataclass
+class SliceDone:
+    """Results of slice ``z`` (``entropy`` is None when only re-routed)."""
+
+    z: int
+    lam: float
+    labels: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    routing: np.ndarray | None = None
+    fractions: np.ndarray | None = None
+
+
+@dataclass
+class Outcome:
+    """What a finished job hands back: the engine result, its λ and the statistics."""
+
+    result: Any
+    lam: float
+    stats: dict
+
+
+@dataclass
+class RunRequest:
+    """Everything a run needs, captured on the GUI thread."""
+
+    data: Any
+    key: tuple
+    bundle_path: Path
+    mc_passes: int | None
+    mode: str  # "lam" | "tvd"
+    lam: float
+    tvd: float
+    order: list[int] | None = None
+    session: Session | None = None
+    ground_truth: np.ndarray | None = None
+
+
+def pick_device() -> str:
+    """CUDA when available, else CPU (imports torch: call from a job)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _visible_first(order: list[int] | None, n: int) -> list[int]:
+    order = [z for z in (order or []) if 0 <= z < n]
+    return order + [z for z in range(n) if z not in set(order)]
+
+
+def open_session(req: RunRequest) -> Session:
+    """Load the bundle and validate the volume (engine errors propagate unchanged)."""
+    from ..engine.bundle import load_bundle
+    from ..engine.pipeline import PaserSegmenter
+
+    device = pick_device()
+    bundle = load_bundle(req.bundle_path, device=device)
+    seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device)
+    seg.set_volume(np.asarray(req.data))
+    info = {"name": bundle.name, "version": str(bundle.meta.get("version", "")), "path": str(req.bundle_path)}
+    return Session(req.key, seg, device, info)
+
+
+def _geometry(seg) -> tuple[tuple, tuple, tuple]:
+    """(Z, Y, X), (Z, GY, GX) and the patch size of the segmenter's volume."""
+    z, h, w = (int(v) for v in seg.shape)
+    gy, gx = (int(v) for v in seg.grid)
+    return (z, h, w), (z, gy, gx), tuple(int(p) for p in seg.patch_size)
+
+
+def is_cached(seg, z: int, routing: np.ndarray) -> bool:
+    """True if slice ``z`` is analysed and every patch ``routing`` sends to f1/f2 is cached.
+
+    Reads the segmenter's patch-done table: composing such a slice runs no network, so
+    the GUI thread may do it at once.
+    """
+    if not seg.is_analysed(z):
+        return False
+    done = seg._pdone  # (model, Z, GY, GX) bool: which (patch, model) pairs are cached
+    return all(bool(done[m, z][routing == m].all()) for m in (1, 2))
+
+
+def _finish(session: Session, lam: float, mode: str, tvd: float, per_slice: np.ndarray, gt, done: np.ndarray) -> Outcome:
+    """Engine result and statistics once every slice is segmented (else partial statistics)."""
+    seg = session.segmenter
+    if not done.all():  # a cancelled run: GFLOPs and the engine result need every slice
+        with session.lock:
+            routing = np.stack([seg.routing(lam, z) if d else np.full(seg.grid, 255, np.uint8) for z, d in enumerate(done)])
+        return Outcome(None, lam, summarize(per_slice=per_slice, routing=routing, done=done))
+    with session.lock:
+        result = seg.result(tvd=tvd) if mode == "tvd" else seg.result(lam=lam)
+    stats = summarize(
+        per_slice=per_slice, routing=np.asarray(result.routing), done=done, result=result,
+        labels=np.asarray(result.labels), ground_truth=gt,
+    )
+    if mode == "tvd":
+        stats["tvd_target"] = float(tvd)
+    return Outcome(result, lam, stats)
+
+
+def run_job(req: RunRequest) -> Generator[Any, None, Outcome]:
+    """Analyse and segment every slice (visible first), yielding each as it is done.
+
+    In TVD mode λ depends on all slices, so every slice is analysed first (entropy shown
+    as it comes) and then composed.
+    """
+    session = req.session or open_session(req)
+    seg = session.segmenter
+    shape, grid, patch = _geometry(seg)
+    yield Ready(session, shape, grid, patch)
+    order = _visible_first(req.order, shape[0])
+    per_slice = np.full((shape[0], 3), np.nan)
+    lam = float(req.lam)
+    if req.mode == "tvd":
+        yield Stage("analysing", len(order))
+        for z in order:
+            with session.lock:
+                seg.analyse(z)
+                ent = seg.entropy(z)
+            yield SliceDone(z, lam, entropy=ent)
+        with session.lock:
+            lam = float(seg.lam_for_tvd(req.tvd))
+    yield Stage("segmenting", len(order))
+    for z in order:
+        with session.lock:
+            seg.analyse(z)
+            routing = seg.routing(lam, z)
+            labels = seg.compose(z, routing=routing)
+            ent = seg.entropy(z) if req.mode != "tvd" else None
+        per_slice[z] = slice_fractions(labels)
+        yield SliceDone(z, lam, labels, ent, routing, per_slice[z])
+    return _finish(session, lam, req.mode, req.tvd, per_slice, req.ground_truth, np.ones(shape[0], bool))
+
+
+def reroute_job(
+    session: Session,
+    lam: float,
+    mode: str,
+    tvd: float,
+    order: list[int],
+    per_slice: np.ndarray,
+    done: np.ndarray,
+    ground_truth=None,
+) -> Generator[Any, None, Outcome]:
+    """Re-route the slices in ``order`` for a new λ, running the patches not cached yet.
+
+    ``done`` marks the slices segmented so far (all but those of a cancelled run).
+    """
+    seg = session.segmenter
+    per_slice = per_slice.copy()
+    yield Stage("re-routing", len(order))
+    for z in order:
+        with session.lock:
+            routing = seg.routing(lam, z)
+            labels = seg.compose(z, routing=routing)
+        per_slice[z] = slice_fractions(labels)
+        yield SliceDone(z, lam, labels, None, routing, per_slice[z])
+    return _finish(session, lam, mode, tvd, per_slice, ground_truth, done)

@@ -1,0 +1,721 @@
+"""The PaSeR dock widget: pick an image and a bundle, run, move λ/TVD, read statistics, export.
+
+The widget holds no method logic: it gathers the user's choices, runs the generators of
+:mod:`._jobs` in a napari thread worker (or synchronously for tests and scripts) and
+shows their messages in the "phases", "entropy" and "routing" layers and the statistics
+panel. torch is imported by the jobs only, so opening the widget does not import it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine import registry
+from ..errors import PaserInputError
+from . import _jobs
+from ._export import export_phases, export_targets
+from ._layers import ResultLayers
+from ._stats import StatsPanel, summarize
+from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["PaserWidget"]
+
+MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory bounded
+DEBOUNCE_MS = 50
+MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
+
+
+def _message(err: BaseException) -> str:
+    """One line for a notification: the input error's text, else type and text."""
+    if isinstance(err, (PaserInputError, FileExistsError, FileNotFoundError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
+    """Patch size from a bundle manifest, read without torch (None if unreadable)."""
+    try:
+        return tuple(int(p) for p in json.loads((folder / "manifest.json").read_text())["patch_size"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def check_bundle_folder(folder: Path) -> str | None:
+    """Why ``folder`` is not a PaSeR bundle (None if it looks like one); no torch."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    missing = [n for n in ("manifest.json", "weights.safetensors") if not (folder / n).is_file()]
+    if missing:
+        return f"{folder.name} is not a PaSeR bundle: it lacks {', '.join(missing)}"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"{folder.name}/manifest.json is not valid JSON ({err})"
+    if not isinstance(manifest, dict) or "models" not in manifest or "patch_size" not in manifest:
+        return f"{folder.name}/manifest.json is not a PaSeR manifest (no models or patch_size)"
+    return None
+
+
+class PaserWidget(QWidget):
+    """Dock widget running PaSeR on an image layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        Injected by napari.
+
+    Attributes
+    ----------
+    blocking : bool
+        Run jobs synchronously on the calling thread (tests, scripts) instead of in a
+        thread worker. ``run(blocking=...)`` overrides it per call.
+    reroute_ms : list of float
+        Duration of every synchronous visible-slice re-route (milliseconds).
+    """
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.blocking = False
+        self.reroute_ms: list[float] = []
+        self._sessions: OrderedDict[tuple, _jobs.Session] = OrderedDict()
+        self._active: _jobs.Session | None = None  # session behind the result layers
+        self._source: Image | None = None  # image layer behind the result layers
+        self._layers: ResultLayers | None = None
+        self._per_slice = np.zeros((0, 3))
+        self._result = None
+        self._lam_shown: float | None = None  # λ of the composed layers
+        self._worker = None
+        self._job: str | None = None
+        self._generation = 0  # messages of older jobs are ignored
+        self._pbar: progress | None = None
+        self._reroute_pending = False
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.reroute)
+        self._build()
+        self._connect_viewer()
+        self._refresh_layer_choices()
+
+    # ================================================================== UI
+
+    def _build(self) -> None:
+        self.image_combo = QComboBox()
+        self.bundle_combo = QComboBox()
+        self.mc_spin = QSpinBox()
+        self.mc_spin.setRange(0, 64)
+        self.mc_spin.setSpecialValueText("bundle default")
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(list(MODES))
+        self.lam_slider, self.lam_label = self._slider(100, 50)
+        self.tvd_slider, self.tvd_label = self._slider(50, 20)
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.device_label = QLabel("chosen when a run starts")
+        self.gt_combo = QComboBox()
+        self.stats = StatsPanel()
+        self.masks_check = QCheckBox("per-phase masks")
+        self.export_button = QPushButton("Export…")
+        self.status_label = QLabel("Ready.")
+        self.status_label.setWordWrap(True)
+
+        for widget, key in [
+            (self.image_combo, "image"), (self.bundle_combo, "bundle"), (self.mc_spin, "mc_passes"),
+            (self.mode_combo, "mode"), (self.lam_slider, "lam"), (self.lam_label, "lam"),
+            (self.tvd_slider, "tvd"), (self.tvd_label, "tvd"), (self.run_button, "run"),
+            (self.cancel_button, "cancel"), (self.device_label, "device"), (self.gt_combo, "ground_truth"),
+            (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
+        ]:
+            widget.setToolTip(TOOLTIPS[key])
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Bundle", self.bundle_combo)
+        form.addRow("MC passes", self.mc_spin)
+        form.addRow("Mode", self.mode_combo)
+        form.addRow("λ", self._row(self.lam_slider, self.lam_label))
+        form.addRow("TVD", self._row(self.tvd_slider, self.tvd_label))
+        form.addRow(self._row(self.run_button, self.cancel_button))
+        form.addRow("Device", self.device_label)
+        stats_box = QGroupBox("Statistics")
+        stats_box.setToolTip(TOOLTIPS["stats"])
+        stats_form = QFormLayout(stats_box)
+        stats_form.addRow("Ground truth", self.gt_combo)
+        stats_form.addRow(self.stats)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(stats_box)
+        layout.addWidget(self._row(self.masks_check, self.export_button))
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self._fill_bundles()
+        self.bundle_combo.activated.connect(self._on_bundle_activated)
+        self.mode_combo.currentIndexChanged.connect(self._on_mode)
+        self.lam_slider.valueChanged.connect(self._on_slider)
+        self.tvd_slider.valueChanged.connect(self._on_slider)
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(lambda: self.export())
+        self.masks_check.toggled.connect(self._on_masks_toggled)
+        self.gt_combo.currentIndexChanged.connect(self._on_ground_truth)
+        self._on_mode()
+
+    @staticmethod
+    def _slider(maximum: int, value: int) -> tuple[QSlider, QLabel]:
+        slider = QSlider(Qt.Orientation.Horizontal)
+        slider.setRange(0, maximum)
+        slider.setValue(value)
+        label = QLabel(f"{value / 100:.2f}")
+        label.setMinimumWidth(32)
+        return slider, label
+
+    @staticmethod
+    def _row(*widgets: QWidget) -> QWidget:
+        row = QWidget()
+        box = QHBoxLayout(row)
+        box.setContentsMargins(0, 0, 0, 0)
+        for w in widgets:
+            box.addWidget(w)
+        return row
+
+    def _fill_bundles(self, select: str | None = None) -> None:
+        """Bundled models (default first), folders loaded by the user, then the loader."""
+        extra = [self.bundle_combo.itemData(i) for i in range(self.bundle_combo.count())]
+        bundled = registry.list_bundles()
+        known = {str(b.path) for b in bundled}
+        extra = [p for p in extra if p and p not in known]
+        self.bundle_combo.blockSignals(True)
+        self.bundle_combo.clear()
+        for b in bundled:
+            self.bundle_combo.addItem(f"{b.name} {b.version}".strip(), str(b.path))
+        for p in extra:
+            self.bundle_combo.addItem(f"{Path(p).name} (folder)", p)
+        self.bundle_combo.addItem(LOAD_BUNDLE_ITEM, None)
+        index = self.bundle_combo.findData(select) if select else 0
+        self.bundle_combo.setCurrentIndex(max(index, 0))
+        self.bundle_combo.blockSignals(False)
+
+    # ================================================================== viewer
+
+    def _connect_viewer(self) -> None:
+        events = self.viewer.layers.events
+        for name in ("inserted", "removed", "reordered"):
+            getattr(events, name).connect(self._refresh_layer_choices)
+        events.inserted.connect(self._watch_layer)
+        events.removed.connect(self._on_layer_removed)
+        for layer in self.viewer.layers:
+            self._watch_layer(layer)
+
+    def _watch_layer(self, event_or_layer: Any) -> None:
+        layer = getattr(event_or_layer, "value", event_or_layer)
+        layer.events.name.connect(self._refresh_layer_choices)
+        if isinstance(layer, Image):
+            # New pixels invalidate that layer's cached analyses.
+            layer.events.data.connect(lambda _e, lid=layer.unique_id: self._forget(lid))
+
+    def _forget(self, layer_id: str) -> None:
+        for key in [k for k in self._sessions if k[0] == layer_id]:
+            del self._sessions[key]
+        if self._active is not None and self._active.key[0] == layer_id:
+            self._active = None
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = event.value
+        if isinstance(layer, Image) and layer.metadata.get("napari_paser_layer") is None:
+            self._forget(layer.unique_id)
+        if self._layers is not None and not self._layers.alive():
+            # A result layer was deleted: its run can no longer be shown or re-routed.
+            self.cancel()
+            self._layers, self._active = None, None
+
+    def _refresh_layer_choices(self, *_: Any) -> None:
+        """Image picker: Image layers that are not our own outputs; GT picker: Labels."""
+        images = [
+            l.name for l in self.viewer.layers
+            if isinstance(l, Image) and l.metadata.get("napari_paser_layer") is None
+        ]
+        truths = [
+            l.name for l in self.viewer.layers
+            if isinstance(l, Labels) and l.metadata.get("napari_paser_layer") is None
+        ]
+        for combo, names, lead in ((self.image_combo, images, []), (self.gt_combo, truths, [NO_GROUND_TRUTH])):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(lead + names)
+            if current in lead + names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    # ================================================================== properties
+
+    @property
+    def image_layer(self) -> Any:
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    @image_layer.setter
+    def image_layer(self, layer: Any) -> None:
+        name = getattr(layer, "name", layer)
+        if self.image_combo.findText(str(name)) < 0:
+            kind = type(layer).__name__ if not isinstance(layer, str) else "unknown"
+            show_error(f"PaSeR segments grey-level Image layers; {name!r} ({kind}) is not one")
+            return
+        self.image_combo.setCurrentText(str(name))
+
+    @property
+    def ground_truth_layer(self) -> Labels | None:
+        name = self.gt_combo.currentText()
+        return self.viewer.layers[name] if name != NO_GROUND_TRUTH and name in self.viewer.layers else None
+
+    @ground_truth_layer.setter
+    def ground_truth_layer(self, layer: Labels | None) -> None:
+        self.gt_combo.setCurrentText(NO_GROUND_TRUTH if layer is None else layer.name)
+
+    @property
+    def mode(self) -> str:
+        return MODES[self.mode_combo.currentText()]
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self.mode_combo.setCurrentText(next(k for k, v in MODES.items() if v == value))
+
+    @property
+    def lam(self) -> float:
+        return self.lam_slider.value() / 100
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self.lam_slider.setValue(int(round(value * 100)))
+
+    @property
+    def tvd(self) -> float:
+        return self.tvd_slider.value() / 100
+
+    @tvd.setter
+    def tvd(self, value: float) -> None:
+        self.tvd_slider.setValue(int(round(value * 100)))
+
+    @property
+    def bundle_path(self) -> Path | None:
+        data = self.bundle_combo.currentData()
+        return Path(data) if data else None
+
+    @property
+    def worker(self) -> Any:
+        """The running thread worker (None when idle or after a blocking run)."""
+        return self._worker
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def result_layers(self) -> ResultLayers | None:
+        return self._layers
+
+    # ================================================================== bundles
+
+    def _on_bundle_activated(self, index: int) -> None:
+        if self.bundle_combo.itemData(index) is None:
+            folder = QFileDialog.getExistingDirectory(self, "Choose a PaSeR bundle folder")
+            if folder:
+                self.add_bundle_folder(folder)
+            else:
+                self._fill_bundles()
+
+    def add_bundle_folder(self, folder: str | Path) -> bool:
+        """Add a bundle folder to the picker and select it; notify and refuse a non-bundle."""
+        folder = Path(folder).expanduser()
+        problem = check_bundle_folder(folder)
+        if problem:
+            show_error(problem)
+            self._fill_bundles(str(self.bundle_path) if self.bundle_path else None)
+            return False
+        if self.bundle_combo.findData(str(folder)) < 0:
+            self.bundle_combo.insertItem(self.bundle_combo.count() - 1, f"{folder.name} (folder)", str(folder))
+        self.bundle_combo.setCurrentIndex(self.bundle_combo.findData(str(folder)))
+        return True
+
+    # ================================================================== running
+
+    def _check_image(self, layer: Any, patch: tuple[int, int] | None) -> str | None:
+        """Why ``layer`` cannot be segmented (None if it can); cheap checks only."""
+        if layer is None:
+            return "choose an image layer to segment first"
+        if not isinstance(layer, Image):
+            return f"{layer.name!r} is a {type(layer).__name__} layer; PaSeR segments Image layers"
+        if layer.rgb:
+            return f"{layer.name!r} is an RGB image; convert it to one grey-level channel first"
+        if layer.multiscale:
+            return f"{layer.name!r} is multiscale; open its full-resolution level as a plain image"
+        if layer.ndim not in (2, 3):
+            return f"{layer.name!r} is {layer.ndim}-D; PaSeR needs a 2-D slice or a (plane, row, column) stack"
+        dtype = np.dtype(layer.data.dtype)
+        if dtype == bool or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            return f"{layer.name!r} has {dtype} pixels; PaSeR needs integer or float grey levels"
+        rows, cols = layer.data.shape[-2:]
+        if patch and (rows < patch[0] or cols < patch[1]):
+            return f"{layer.name!r} slices are {rows}x{cols} pixels, smaller than one {patch[0]}x{patch[1]} patch"
+        return None
+
+    def _visible_slice(self, layer: Any | None = None) -> int:
+        layer = layer or self._source or self.image_layer
+        if layer is None or layer.ndim < 3:
+            return 0
+        z = layer.world_to_data(self.viewer.dims.point)[-3]
+        return int(np.clip(round(float(z)), 0, layer.data.shape[-3] - 1))
+
+    def _ground_truth(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        layer = self.ground_truth_layer
+        if layer is None:
+            return None
+        gt = np.asarray(layer.data)
+        gt = gt[None] if gt.ndim == 2 else gt
+        if gt.shape != tuple(shape):
+            show_warning(f"ground truth {layer.name!r} has shape {gt.shape}, not the image's {tuple(shape)}: ignored")
+            return None
+        values = np.unique(gt[:: max(1, gt.shape[0] // 8)])
+        if values.size and (values.min() < 0 or values.max() > 2):
+            show_warning(f"ground truth {layer.name!r} has labels outside 0..2: ignored")
+            return None
+        return gt
+
+    def run(self, blocking: bool | None = None) -> Any:
+        """Segment the chosen image with the chosen bundle.
+
+        Returns the started worker, or, with ``blocking``, the :class:`_jobs.Outcome`
+        (None if the run failed or could not start; the reason is notified).
+        """
+        if self.busy:
+            show_warning("a PaSeR run is already in progress: wait for it or press Cancel")
+            return None
+        layer, bundle = self.image_layer, self.bundle_path
+        if bundle is None:
+            show_error("choose a model bundle first (or load a bundle folder)")
+            return None
+        problem = check_bundle_folder(bundle) or self._check_image(layer, bundle_patch_size(bundle))
+        if problem:
+            show_error(problem)
+            return None
+        mc = self.mc_spin.value() or None
+        key = (layer.unique_id, str(bundle), mc)
+        shape = layer.data.shape if layer.ndim == 3 else (1, *layer.data.shape)
+        request = _jobs.RunRequest(
+            data=layer.data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
+            tvd=self.tvd, order=[self._visible_slice(layer)], session=self._sessions.get(key),
+            ground_truth=self._ground_truth(shape),
+        )
+        self._pending_source = layer
+        self._set_status(f"Running on {layer.name!r}…")
+        return self._start("run", _jobs.run_job, request, blocking=blocking)
+
+    def _start(self, kind: str, job: Any, *args: Any, blocking: bool | None = None) -> Any:
+        self._generation += 1
+        gen = self._generation
+        self._job = kind
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        if self.blocking if blocking is None else blocking:
+            return self._run_blocking(job(*args), gen)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(lambda msg: self._on_message(msg, gen))
+        worker.returned.connect(lambda out: self._on_returned(out, gen))
+        worker.errored.connect(lambda err: self._on_errored(err, gen))
+        worker.aborted.connect(lambda: self._on_aborted(gen))
+        worker.finished.connect(lambda: self._on_finished(gen))
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _run_blocking(self, generator: Any, gen: int) -> Any:
+        outcome = None
+        try:
+            while True:
+                self._on_message(next(generator), gen)
+        except StopIteration as stop:
+            outcome = stop.value
+            self._on_returned(outcome, gen)
+        except Exception as err:  # every failure becomes a notification, as in the worker
+            self._on_errored(err, gen)
+        finally:
+            self._on_finished(gen)
+        return outcome
+
+    def cancel(self) -> None:
+        """Stop the running job after the slice in progress; finished slices stay."""
+        self._debounce.stop()
+        if self._worker is not None:
+            self._set_status("Cancelling after the current slice…")
+            self._worker.quit()
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_message(self, msg: Any, gen: int) -> None:
+        if gen != self._generation:
+            return  # a superseded job
+        if isinstance(msg, _jobs.Ready):
+            self._on_ready(msg)
+        elif isinstance(msg, _jobs.Stage):
+            self._close_progress()
+            self._pbar = progress(total=msg.total, desc=f"PaSeR {msg.name}")
+        elif isinstance(msg, _jobs.SliceDone) and self._layers is not None and self._layers.alive():
+            z = msg.z
+            visible = z == self._visible_slice() or self.viewer.dims.ndisplay == 3
+            if msg.labels is not None:
+                self._layers.labels[z] = msg.labels
+                self._layers.done[z] = True
+                self._per_slice[z] = msg.fractions
+            if msg.entropy is not None:
+                self._layers.entropy[z] = msg.entropy
+            if msg.routing is not None:
+                self._layers.routing[z] = msg.routing
+            if visible:  # redraw only what is on screen: other slices are sliced on demand
+                for layer in self._layers.layers:
+                    layer.refresh()
+            if self._pbar is not None:
+                self._pbar.update(1)
+
+    def _on_ready(self, msg: _jobs.Ready) -> None:
+        session = msg.session
+        self._sessions[session.key] = session
+        self._sessions.move_to_end(session.key)
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        self._active, self._source = session, self._pending_source
+        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size)
+        self._per_slice = np.full((msg.shape[0], 3), np.nan)
+        self._result = None
+        self.device_label.setText(session.device)
+        self.viewer.layers.selection.active = self._source
+
+    def _on_returned(self, outcome: _jobs.Outcome, gen: int) -> None:
+        if gen != self._generation or outcome is None or self._layers is None:
+            return
+        self._result, self._lam_shown = outcome.result, outcome.lam
+        if outcome.result is None:
+            self._publish(outcome.stats, note="partial run: GFLOPs are reported once every slice is segmented")
+        else:
+            self._publish(outcome.stats)
+        if self._job == "run":
+            self._set_status(f"Done in {outcome.result.seconds:.1f} s at λ = {outcome.lam:.3f}.")
+        else:
+            self._set_status(f"Re-routed at λ = {outcome.lam:.3f}.")
+
+    def _on_errored(self, err: BaseException, gen: int) -> None:
+        if gen != self._generation:
+            return
+        what = "run" if self._job == "run" else "re-routing"
+        show_error(f"PaSeR {what} failed: {_message(err)}")
+        self._set_status(f"Failed: {_message(err)}")
+        self._publish_partial()
+
+    def _on_aborted(self, gen: int) -> None:
+        if gen != self._generation:
+            return
+        if self._job == "run" and self._layers is not None:
+            done, total = int(self._layers.done.sum()), self._layers.done.size
+            show_info(f"PaSeR run cancelled: {done} of {total} slices segmented, the others left empty")
+            self._set_status(f"Cancelled: {done} of {total} slices segmented.")
+            self._publish_partial()
+
+    def _on_finished(self, gen: int) -> None:
+        if gen != self._generation:
+            return
+        self._close_progress()
+        self._worker, self._job = None, None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self._reroute_pending:
+            self._reroute_pending = False
+            self._debounce.start()
+
+    def _close_progress(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    def _publish(self, stats: dict, note: str = "") -> None:
+        """Statistics to the panel and provenance to the phases layer (read by the writer)."""
+        if self._layers is None or self._active is None:
+            return
+        report = self._result.report() if self._result is not None else {}
+        self._layers.set_metadata(
+            bundle=self._active.bundle, device=self._active.device, mode=self.mode,
+            lam=self._lam_shown, tvd=stats.get("tvd", self.tvd if self.mode == "tvd" else None),
+            route_fraction=stats.get("route_fraction"), gflops_total=stats.get("gflops_total"),
+            gflops_f2_everywhere=stats.get("gflops_f2_everywhere"), statistics=stats, report=report,
+            export_masks=self.masks_check.isChecked(),
+        )
+        self.stats.show_stats(stats, note)
+
+    def _publish_partial(self) -> None:
+        """Statistics of the slices finished so far (after a cancel or a failure)."""
+        if self._layers is None or not self._layers.done.any():
+            return
+        self._result = None
+        stats = summarize(per_slice=self._per_slice, routing=self._layers.routing, done=self._layers.done)
+        self._lam_shown = self._lam_shown if self._lam_shown is not None else self.lam
+        self._publish(stats, note="partial run: GFLOPs are reported once every slice is segmented")
+
+    # ================================================================== live re-routing
+
+    def _on_mode(self, *_: Any) -> None:
+        lam_mode = self.mode == "lam"
+        self.lam_slider.setEnabled(lam_mode)
+        self.tvd_slider.setEnabled(not lam_mode)
+        self._on_slider()
+
+    def _on_slider(self, *_: Any) -> None:
+        self.lam_label.setText(f"{self.lam:.2f}")
+        self.tvd_label.setText(f"{self.tvd:.2f}")
+        if self._active is not None:
+            self._debounce.start()  # coalesce a drag into one re-route
+
+    def _target_lam(self) -> float:
+        if self.mode == "lam":
+            return self.lam
+        with self._active.lock:
+            return float(self._active.segmenter.lam_for_tvd(self.tvd))
+
+    def reroute(self, blocking: bool | None = None) -> Any:
+        """Re-route the shown run for the sliders' λ/TVD from the engine's caches.
+
+        The visible slice is re-composed at once on this thread when every patch it needs
+        is cached; the other slices (and the visible one otherwise) follow in a worker.
+        """
+        if self._active is None or self._layers is None or not self._layers.alive():
+            return None
+        if self._job == "run":
+            self._reroute_pending = True  # applied when the run ends
+            return None
+        if self._worker is not None:
+            self._worker.quit()  # superseded: its messages are ignored from now on
+            self._worker = None
+        session, seg = self._active, self._active.segmenter
+        lam = self._target_lam()
+        analysed = [z for z in range(seg.num_slices) if self._layers.done[z] and seg.is_analysed(z)]
+        if not analysed:
+            return None
+        z = self._visible_slice()
+        if z in analysed and self._reroute_visible_now(session, lam, z):
+            analysed.remove(z)
+        elif z in analysed:
+            analysed.remove(z)
+            analysed.insert(0, z)
+        self._lam_shown = lam
+        self._set_status(f"Re-routing at λ = {lam:.3f}…")
+        return self._start(
+            "reroute", _jobs.reroute_job, session, lam, self.mode, self.tvd, analysed, self._per_slice,
+            self._layers.done.copy(), self._ground_truth(self._layers.labels.shape), blocking=blocking,
+        )
+
+    def _reroute_visible_now(self, session: _jobs.Session, lam: float, z: int) -> bool:
+        """Recompose slice ``z`` on the GUI thread if it needs no network; True if done."""
+        from ._stats import slice_fractions
+
+        if not session.lock.acquire(timeout=0.05):
+            return False  # the worker is inside a slice: let it do this one first
+        try:
+            start = time.perf_counter()
+            routing = session.segmenter.routing(lam, z)
+            if not _jobs.is_cached(session.segmenter, z, routing):
+                return False
+            labels = session.segmenter.compose(z, routing=routing)
+        finally:
+            session.lock.release()
+        self._per_slice[z] = slice_fractions(labels)
+        self._layers.set_slice(z, labels=labels, routing=routing)
+        self.reroute_ms.append(1000 * (time.perf_counter() - start))
+        return True
+
+    # ================================================================== statistics, export
+
+    def _on_ground_truth(self, *_: Any) -> None:
+        if self._layers is None or self._active is None or self.busy or not self._layers.done.any():
+            return
+        gt = self._ground_truth(self._layers.labels.shape)
+        stats = summarize(
+            per_slice=self._per_slice, routing=self._layers.routing, done=self._layers.done, result=self._result,
+            labels=self._layers.labels, ground_truth=gt,
+        )
+        self._publish(stats)
+
+    def _on_masks_toggled(self, checked: bool) -> None:
+        if self._layers is not None:
+            self._layers.set_metadata(export_masks=bool(checked))
+
+    def export(self, path: str | Path | None = None, *, masks: bool | None = None, overwrite: bool = False) -> list[Path]:
+        """Write the phase volume, its JSON report and (optionally) per-phase masks.
+
+        Without ``path`` a save dialog asks for one; existing files are replaced only after
+        the user confirms (or with ``overwrite``). Returns the written files ([] if none).
+        """
+        if self.busy:
+            show_warning("wait for the running job to finish before exporting")
+            return []
+        if self._layers is None or not self._layers.alive() or not self._layers.done.any():
+            show_error("nothing to export yet: run PaSeR first")
+            return []
+        masks = self.masks_check.isChecked() if masks is None else masks
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export phases", f"{self._source.name}_phases.tif", "TIFF (*.tif *.tiff)",
+                options=QFileDialog.Option.DontConfirmOverwrite,  # we ask for all files at once below
+            )
+            if not path:
+                return []
+            existing = [p.name for p in export_targets(path, masks).values() if p.exists()]
+            if existing:
+                answer = QMessageBox.question(self, "Replace files?", "Replace " + ", ".join(existing) + "?")
+                if answer != QMessageBox.StandardButton.Yes:
+                    return []
+                overwrite = True
+        phases = self._layers.phases_layer
+        provenance = {**phases.metadata.get("napari_paser", {}), "export_masks": masks}
+        if not self._layers.done.all():
+            show_warning("only part of the stack is segmented: unsegmented slices are written as 255")
+        try:
+            written = export_phases(path, phases.data, scale=phases.scale, provenance=provenance, masks=masks, overwrite=overwrite)
+        except (OSError, PaserInputError, TypeError) as err:
+            show_error(f"export failed: {_message(err)}")
+            return []
+        show_info(f"exported {len(written)} files to {written[0].parent}")
+        self._set_status(f"Exported {written[0].name}.")
+        return written
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)

@@ -1,0 +1,119 @@
+"""napari reader, writer and sample data of the plugin (npe2 contributions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_paser import io
+from napari_paser.errors import PaserInputError
+from napari_paser.napari_ui import _reader, _writer
+from napari_paser.napari_ui._export import export_phases
+from napari_paser.napari_ui._layers import PENDING
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("shape", [(5, 40, 50), (40, 50)])
+def test_reader_reads_stacks_and_slices_with_voxel_size(tmp_path, dtype, shape):
+    data = (np.random.default_rng(0).random(shape) * 200).astype(dtype)
+    path = io.write_tiff(tmp_path / "img.tif", data, voxel_size=(2.0, 0.5, 0.25))
+    reader = _reader.napari_get_reader(str(path))
+    assert reader is not None
+    ((out, kwargs, kind),) = reader(str(path))
+    assert kind == "image"
+    np.testing.assert_array_equal(np.asarray(out), data)
+    assert out.dtype == dtype
+    assert kwargs["scale"] == ([2.0, 0.5, 0.25] if len(shape) == 3 else [0.5, 0.25])
+
+
+def test_reader_reads_ome_tiff_physical_size(tmp_path):
+    data = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
+    path = tmp_path / "img.ome.tif"
+    tifffile.imwrite(
+        path, data, ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.7, "PhysicalSizeY": 0.7, "PhysicalSizeZ": 1.5},
+    )
+    ((out, kwargs, kind),) = _reader.napari_get_reader(str(path))(str(path))
+    np.testing.assert_array_equal(out, data)
+    assert kwargs["scale"] == pytest.approx([1.5, 0.7, 0.7])
+
+
+def test_reader_ignores_other_files_and_reports_unreadable_ones(tmp_path, monkeypatch):
+    assert _reader.napari_get_reader(str(tmp_path / "x.png")) is None
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"this is not a TIFF")
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    with pytest.raises(PaserInputError, match="not a readable TIFF"):
+        _reader.read_tiff(str(bad))
+    assert errors and "broken.tif" in errors[0]
+
+
+def test_big_files_open_lazily(tmp_path, monkeypatch):
+    data = np.random.default_rng(1).integers(0, 60000, (6, 32, 32)).astype(np.uint16)
+    path = io.write_tiff(tmp_path / "big.tif", data, voxel_size=(1.0, 0.5, 0.5))
+    monkeypatch.setattr(_reader, "_lazy_threshold", lambda: 1)  # every file counts as big
+    ((out, kwargs, _),) = _reader.read_tiff(str(path))
+    assert not isinstance(out, np.ndarray) or isinstance(out, np.memmap)
+    np.testing.assert_array_equal(np.asarray(out[3]), data[3])
+    assert kwargs["scale"] == [1.0, 0.5, 0.5]
+
+
+def _phases(shape=(4, 30, 40)):
+    return np.random.default_rng(2).integers(0, 3, shape).astype(np.uint8)
+
+
+def test_writer_round_trips_labels_scale_and_provenance(tmp_path):
+    labels = _phases()
+    provenance = {"bundle": {"name": "tiny", "version": "0"}, "lam": 0.4, "route_fraction": {"f0": 1.0}, "gflops_total": 1.5}
+    meta = {"scale": [2.0, 0.5, 0.5], "metadata": {"napari_paser": provenance}}
+    written = _writer.write_labels(str(tmp_path / "phases.tif"), labels, meta)
+    assert [p.split("/")[-1] for p in written] == ["phases.tif", "phases_report.json"]
+    ((out, kwargs, kind),) = _reader.read_tiff(written[0])
+    assert kind == "labels" and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, labels)
+    assert kwargs["scale"] == [2.0, 0.5, 0.5]
+    stored = io.read_metadata(written[0])
+    assert stored["provenance"]["lam"] == 0.4 and stored["kind"] == "phases"
+    report = json.loads((tmp_path / "phases_report.json").read_text())
+    assert report["run"]["gflops_total"] == 1.5 and report["voxel_size_um"] == [2.0, 0.5, 0.5]
+
+
+def test_writer_adds_masks_when_asked_and_never_replaces_sidecars_alone(tmp_path):
+    labels = _phases()
+    meta = {"scale": [1.0, 1.0, 1.0], "metadata": {"napari_paser": {"export_masks": True}}}
+    (tmp_path / "p_pore.tif").write_bytes(b"keep me")
+    assert _writer.write_labels(str(tmp_path / "p.tif"), labels, meta) == []
+    assert (tmp_path / "p_pore.tif").read_bytes() == b"keep me"
+    assert not (tmp_path / "p.tif").exists()
+    (tmp_path / "p_pore.tif").unlink()
+    written = _writer.write_labels(str(tmp_path / "p.tif"), labels, meta)
+    assert len(written) == 5
+    mask, _ = io.read_stack(tmp_path / "p_nickel.tif")
+    np.testing.assert_array_equal(mask, np.where(labels == 2, 255, 0))
+
+
+def test_export_refuses_existing_files_and_bad_labels(tmp_path):
+    labels = _phases((20, 30))
+    export_phases(tmp_path / "a.tif", labels)
+    with pytest.raises(FileExistsError, match="a.tif"):
+        export_phases(tmp_path / "a.tif", labels)
+    with pytest.raises(PaserInputError, match="uint8"):
+        export_phases(tmp_path / "b.tif", np.full((4, 4), 300, np.int32))
+    pending = labels.copy()
+    pending[:5] = PENDING
+    export_phases(tmp_path / "c.tif", pending)
+    assert json.loads((tmp_path / "c_report.json").read_text())["unsegmented_voxels"] == 5 * 30
+
+
+def test_sample_data_gives_image_and_ground_truth():
+    from napari_paser.napari_ui._sample_data import electrode_sample
+
+    (image, ikw, ikind), (truth, tkw, tkind) = electrode_sample()
+    assert ikind == "image" and tkind == "labels"
+    assert image.shape == truth.shape and image.ndim == 3
+    assert set(np.unique(truth)) <= {0, 1, 2}
+    assert ikw.get("scale") == tkw.get("scale")
