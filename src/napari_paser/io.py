@@ -48,6 +48,16 @@ _UNIT_TO_UM = {
 _INFO_PREFIX = "napari-paser-json:"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; written stacks get the usual permissions instead.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _check_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
@@ -348,6 +358,7 @@ def write_tiff(
     os.close(fd)
     try:
         tifffile.imwrite(tmp, arr, imagej=True, metadata=ij_meta, **kwargs)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
