@@ -1,0 +1,245 @@
+"""One training run end to end: split, the four stages with checkpoints, bundle, report.
+
+:func:`train` is what ``napari-paser train`` calls. Rerunning it with the same data,
+preset and seed into the same folder resumes at the first unfinished stage (and inside
+it, at the last periodic checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .. import __version__
+from ..engine.bundle import Bundle, default_model_configs, save_bundle
+from ..engine.flops import CostModel
+from .checkpoint import Checkpointer
+from .datasets import SliceBank, Volume, class_weights, split_volumes
+from .presets import TrainConfig
+from .stages import StageContext, cache_rewards, finetune_joint, pretrain_f0, pretrain_patch_model, train_policy
+from .validation import evaluate_caches
+
+__all__ = ["STAGES", "TrainResult", "train"]
+
+STAGES = ("pretrain_f2", "pretrain_f1", "pretrain_f0", "policy", "finetune")
+
+
+@dataclass
+class TrainResult:
+    """Where a run wrote its bundle and report, and its summary."""
+
+    bundle_dir: Path
+    report_path: Path
+    report: dict
+    bundle: Bundle
+
+
+def _logger(out: Path, echo: bool) -> Callable[[str], None]:
+    path = out / "training_log.txt"
+
+    def log(line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        with open(path, "a") as fh:
+            fh.write(f"{stamp} {line}\n")
+        if echo:
+            print(line, file=sys.stderr, flush=True)
+
+    return log
+
+
+def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict) -> dict:
+    return {
+        "config": cfg.to_dict(),
+        "seed": int(seed),
+        "init": init,
+        "architecture": {k: v.to_dict() for k, v in configs.items()},
+        "data": [[v.name, list(v.image.shape)] for v in volumes],
+        "validation": None if validation is None else [[v.name, list(v.image.shape)] for v in validation],
+    }
+
+
+def train(
+    volumes: Sequence[Volume],
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    validation: Sequence[Volume] | None = None,
+    init: Bundle | None = None,
+    configs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    command: str = "",
+    name: str | None = None,
+    description: str | None = None,
+    progress: bool = True,
+    echo: bool = True,
+) -> TrainResult:
+    """Train (or fine-tune ``init``) a PaSeR bundle and write it with its report to ``out``.
+
+    Parameters
+    ----------
+    volumes : sequence of Volume
+        Labelled, normalised training volumes (split here by volume).
+    out : path
+        Bundle folder; also receives ``training_report.json``, the figures, the log
+        and ``checkpoints/``.
+    cfg : TrainConfig
+    validation : sequence of Volume, optional
+        Validation volumes given separately (e.g. the paper layout's split); otherwise
+        they are split off ``volumes``.
+    init : Bundle, optional
+        Start from this bundle's weights, architecture and normalisation.
+    configs : dict, optional
+        Architecture configs for a fresh bundle (default: ``default_model_configs``
+        of the preset; ``paper`` for the paper preset, ``quick`` otherwise).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _logger(out, echo)
+    t_run = time.time()
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    if init is not None:
+        bundle = copy.deepcopy(init)
+        configs = {k: copy.deepcopy(m.config) for k, m in bundle.models().items()}
+        init_name = str(init.path) if init.path else init.name
+    else:
+        configs = configs or default_model_configs("paper" if cfg.preset == "paper" else "quick")
+        bundle = Bundle.from_configs(copy.deepcopy(configs), seed=seed, mc_passes=cfg.mc_passes)
+        init_name = None
+    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs))
+    if ckpt.load_models(bundle.models()):
+        log(f"resuming: stages done {ckpt.done}")
+
+    split = split_volumes(len(volumes), cfg.splits, seed, has_validation=validation is not None)
+    parts = {s: [volumes[i] for i in idx] for s, idx in split.items()}
+    val_vols = list(validation) if validation is not None else parts["val"]
+    split_names = {s: [v.name for v in vs] for s, vs in parts.items()}
+    split_names["val"] = [v.name for v in val_vols]
+    log("split by volume: " + "; ".join(f"{s} {len(v)}" for s, v in split_names.items()))
+    ps = bundle.patch_size
+    banks = {s: SliceBank(parts[s], ps) for s in ("pretrain", "rl", "finetune")}
+    weights = class_weights(parts["pretrain"])
+    ctx = StageContext(cfg=cfg, device=dev, ckpt=ckpt, seed=seed, log=log, progress=progress, class_weights=weights)
+    log(f"class weights (pore, carbon-binder, nickel): {[round(float(w), 3) for w in weights]}")
+
+    histories: dict[str, dict] = dict(ckpt.state["history"])
+    for stage in STAGES:
+        if ckpt.is_done(stage):
+            continue
+        t0 = time.time()
+        log(f"[{stage}] start")
+        if stage == "pretrain_f2":
+            h = pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr)
+        elif stage == "pretrain_f1":
+            h = pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
+        elif stage == "pretrain_f0":
+            h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
+        elif stage == "policy":
+            caches = cache_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
+            iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
+            log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
+            h = train_policy(ctx, bundle, caches, stage)
+        else:
+            h = finetune_joint(ctx, bundle, banks["finetune"], stage)
+        minutes = (time.time() - t0) / 60
+        histories[stage] = h
+        ckpt.save_stage(stage, bundle.models(), minutes, h)
+        log(f"[{stage}] done in {minutes:.2f} min")
+
+    bundle.to("cpu").eval()
+    t0 = time.time()
+    validation_report = None
+    default_lam, rule = bundle.default_lam, "kept from the initial bundle" if init is not None else "preset default"
+    eval_bank = SliceBank(val_vols, ps) if val_vols else None
+    if eval_bank is None and init is None:
+        # No volume to spare: choose on the RL split (optimistic, recorded as such).
+        eval_bank, rule_suffix = banks["rl"], " (on the RL split: no validation volume)"
+    else:
+        rule_suffix = ""
+    if eval_bank is not None:
+        eval_ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=ckpt, seed=seed + 12345, log=log, progress=False)
+        caches = cache_rewards(eval_ctx, bundle, eval_bank, 1, stage="validation")
+        validation_report = evaluate_caches(
+            bundle, caches, iou_target=cfg.iou_ratio_target, flops_target=cfg.flops_ratio_target, tvd=cfg.tvd, seed=seed
+        )
+        default_lam, rule = validation_report["default_lam"], validation_report["default_lam_rule"] + rule_suffix
+        m = validation_report["models"]
+        p = validation_report["paser"]
+        log(
+            "validation mean IoU: "
+            + ", ".join(f"{k} {v['mean_iou']:.4f}" for k, v in m.items())
+            + f"; PaSeR at lambda {default_lam:.3f}: {p['mean_iou']:.4f} ({p['iou_ratio']:.3f} x f2) with "
+            f"{p['flops_ratio']:.3f} x f2 GFLOPs; random routing (same fractions) {validation_report['random_same_fractions']['mean_iou']:.4f}"
+        )
+    bundle.default_lam = float(default_lam)
+    minutes = dict(ckpt.state["minutes"])
+    minutes["validation"] = round((time.time() - t0) / 60, 3)
+    shape = tuple(banks["pretrain"].images[0].shape[-2:])
+    cost = CostModel.measure(bundle, shape, bundle.mc_passes)
+    gy, gx = shape[0] // ps[0], shape[1] // ps[1]
+    meta = dict(init.meta) if init is not None else {}
+    meta.pop("training", None)
+    meta.update(
+        {
+            "name": name or out.name,
+            "version": meta.get("version", "1.0.0") if init is None else meta.get("version", "1.0.0") + "+ft",
+            "description": description
+            or (f"fine-tuned from {init.name} on {len(volumes)} labelled volume(s)" if init is not None else f"PaSeR trained with the {cfg.preset} preset"),
+            "default_lam_rule": rule,
+            "flops": {
+                "slice_shape": list(shape),
+                "f0_mc_analysis": cost.analysis,
+                "patch": list(cost.patch),
+                "f2_everywhere_per_slice": gy * gx * cost.patch[2],
+                "ratio_f2_f1_f0": [round(gy * gx * cost.patch[2] / cost.f0_mc, 2), round(gy * gx * cost.patch[1] / cost.f0_mc, 2), 1.0],
+            },
+            "training": {
+                "command": command,
+                "seed": int(seed),
+                "preset": cfg.preset,
+                "init": init_name,
+                "data": split_names,
+                "minutes": {**minutes, "total": round(sum(v for v in minutes.values()), 2)},
+                "device": str(dev),
+                "torch": torch.__version__,
+                "napari_paser": __version__,
+            },
+        }
+    )
+    if validation_report is not None:
+        meta["validation"] = {
+            "mean_iou": {k: round(v["mean_iou"], 4) for k, v in validation_report["models"].items()}
+            | {"paser": round(validation_report["paser"]["mean_iou"], 4)},
+            "paser_flops_ratio": round(validation_report["paser"]["flops_ratio"], 4),
+            "paser_fractions": validation_report["paser"]["fractions"],
+        }
+    bundle.meta = meta
+    save_bundle(bundle, out, overwrite=True)
+    report = {
+        "bundle": str(out),
+        "command": command,
+        "seed": seed,
+        "preset": cfg.preset,
+        "config": cfg.to_dict(),
+        "split": split_names,
+        "minutes": meta["training"]["minutes"],
+        "wall_minutes_this_run": round((time.time() - t_run) / 60, 2),
+        "parameters": bundle.parameter_counts(),
+        "costs": [float(c) for c in bundle.costs()],
+        "default_lam": bundle.default_lam,
+        "default_lam_rule": rule,
+        "validation": validation_report,
+        "history": histories,
+    }
+    from .report import write_report
+
+    path = write_report(out, report)
+    log(f"bundle written to {out} (default lambda {bundle.default_lam:.3f}); report {path.name}")
+    return TrainResult(out, path, report, bundle)

@@ -1,0 +1,304 @@
+"""Training: split by volume, rewards, augmentation, a smoke run of every stage, resume.
+
+No test trains a real model: tiny networks, a handful of steps, small slices.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_configs
+
+
+def _volume(i: int, slices: int = 3, shape=(112, 128)):
+    """A labelled toy volume: bright discs (nickel), dark stripes (carbon), pore rest."""
+    from napari_paser.train.datasets import make_volume
+
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros((slices, *shape), np.uint8)
+    for z in range(slices):
+        for cy, cx in rng.integers(0, min(shape), size=(6, 2)):
+            lab[z][(yy - cy) ** 2 + (xx - cx) ** 2 < 250] = 2
+        lab[z][((yy + 5 * z) % 22) < 3] = 1
+    img = np.choose(lab, [20.0, 90.0, 200.0]) + rng.normal(0, 15, lab.shape)
+    return make_volume(f"v{i}", img.astype(np.float32), lab)
+
+
+def _tiny_cfg(**kw):
+    from napari_paser.train.presets import get_preset
+
+    base = dict(
+        f2_steps=12, f1_steps=8, f0_steps=4, policy_steps=10, ft_steps=3,
+        patch_batch=8, f0_batch=2, ft_batch=2, policy_batch=4, rl_copies=2, checkpoint_every=2,
+        f2_lr=3e-3, f1_lr=3e-3,
+    )
+    base.update(kw)
+    return get_preset("quick").replace(**base)
+
+
+# --------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 12])
+def test_split_by_volume_never_shares_a_volume(n):
+    from napari_paser.train.datasets import split_volumes
+
+    split = split_volumes(n, {"pretrain": 0.5, "rl": 0.2, "finetune": 0.15, "val": 0.15}, seed=3)
+    assert set().union(*split.values()) == set(range(n))
+    assert all(split[s] for s in ("pretrain", "rl", "finetune"))
+    # Validation never shares a volume with any training split.
+    assert not set(split["val"]) & set(split["pretrain"] + split["rl"] + split["finetune"])
+    if n >= 5:  # enough volumes: four disjoint splits
+        seen = [i for s in split.values() for i in s]
+        assert len(seen) == len(set(seen)) == n
+    if n == 1:
+        assert split["val"] == []
+
+
+def test_split_is_seeded_and_respects_given_validation():
+    from napari_paser.train.datasets import split_volumes
+
+    fr = {"pretrain": 0.5, "rl": 0.2, "finetune": 0.15, "val": 0.15}
+    assert split_volumes(8, fr, 1) == split_volumes(8, fr, 1)
+    assert split_volumes(8, fr, 1, has_validation=True)["val"] == []
+
+
+def test_make_volume_rejects_bad_labels():
+    from napari_paser.errors import PaserInputError
+    from napari_paser.train.datasets import make_volume
+
+    img = np.random.default_rng(0).random((2, 60, 70)).astype(np.float32)
+    with pytest.raises(PaserInputError):
+        make_volume("x", img, np.full((2, 60, 70), 3, np.uint8))
+    with pytest.raises(PaserInputError):
+        make_volume("x", img, np.zeros((2, 60, 71), np.uint8))
+
+
+# --------------------------------------------------------------------------- rewards
+
+
+def test_patch_iou_excludes_absent_classes_and_padding():
+    from napari_paser.train.rewards import iou_from_confusion, patch_confusion
+
+    truth = torch.zeros(1, 4, 4, dtype=torch.long)
+    truth[0, :2, 2:] = 1  # patch (0,1) is all class 1
+    pred = truth.clone()
+    pred[0, 0, 0] = 2  # one wrong pixel in patch (0,0)
+    conf = patch_confusion(pred, truth, (2, 2))
+    iou = iou_from_confusion(conf)[0]
+    # Patch (0,0): class 0 IoU 3/4, class 2 IoU 0/1 (present in prediction), class 1 absent.
+    assert iou[0, 0] == pytest.approx((0.75 + 0.0) / 2)
+    assert iou[0, 1] == pytest.approx(1.0)  # only class 1, perfect
+    truth[0, 2:, :] = 255  # padding is ignored
+    conf = patch_confusion(pred, truth, (2, 2))
+    assert int(conf[0, 1].sum()) == 0
+
+
+def test_reinforce_loss_prefers_the_better_model():
+    """Policy gradient steps on a fixed reward table move routing towards f2 where it helps."""
+    from napari_paser.engine.models import PolicyConfig, PolicyNet
+    from napari_paser.train.rewards import reinforce_loss, sample_actions
+
+    torch.manual_seed(0)
+    policy = PolicyNet(PolicyConfig(width=4, patch_size=(8, 8)))
+    feats = torch.randn(6, 5, 16, 16)
+    delta = torch.zeros(6, 2, 2, 2)
+    delta[:, 1] = 0.5  # f2 gains a lot everywhere, f1 nothing
+    costs = torch.tensor([0.0, 0.05, 0.2])
+    lam = torch.zeros(6)
+    opt = torch.optim.Adam(policy.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    fracs = []
+    for _ in range(40):
+        gains = policy.gains(feats)
+        logits = policy.logits(gains, lam, costs)
+        actions = sample_actions(logits, 1.0, g)
+        loss, stats = reinforce_loss(gains, logits, actions, delta, lam, costs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        fracs.append(stats["f2"])
+    assert np.mean(fracs[-10:]) > np.mean(fracs[:10])
+    # Cost never rises with lambda (one policy serves all lambdas).
+    with torch.no_grad():
+        gains = policy.gains(feats)
+        prev = None
+        for lam_v in np.linspace(0, 1, 11):
+            cost = costs[policy.logits(gains, float(lam_v), costs).argmax(1)].sum()
+            assert prev is None or cost <= prev + 1e-6
+            prev = cost
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augmentations_keep_shapes_and_labels():
+    from napari_paser.train.augment import AugmentConfig, augment_batch
+    from napari_paser.train.datasets import SliceBank
+
+    bank = SliceBank([_volume(0), _volume(1)], (56, 64))
+    g = torch.Generator().manual_seed(0)
+    cfg = AugmentConfig(impulse=0.02, impulse_prob=1.0)
+    x, y = bank.sample_patches(5, cfg, g, impulse=True)
+    assert x.shape == (5, 1, 56, 64) and y.shape == (5, 56, 64)
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2}
+    xs, ys = bank.sample_slices(3, cfg, g)
+    assert xs.shape[0] == 3 and xs.shape[-2] % 56 == 0 and xs.shape[-1] % 64 == 0 and ys.shape == xs.shape[:1] + xs.shape[2:]
+    # A square image rotated: labels move with the pixels.
+    img = torch.arange(16.0).view(1, 1, 4, 4)
+    lab = torch.arange(16).view(1, 4, 4)
+    a, b = augment_batch(img, lab, AugmentConfig(contrast=0, offset=0, noise=0, blur=0), torch.Generator().manual_seed(3))
+    assert torch.equal(a[0, 0].long(), b[0])
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@pytest.fixture
+def toy_volumes():
+    return [_volume(i) for i in range(5)]
+
+
+def test_smoke_run_every_stage_writes_a_loadable_bundle(toy_volumes, tmp_path):
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.runner import STAGES, train
+
+    result = train(toy_volumes, tmp_path / "b", _tiny_cfg(), configs=tiny_configs(), seed=0, progress=False, echo=False)
+    h = result.report["history"]
+    assert set(STAGES) <= set(h)
+    assert h["pretrain_f2"]["loss"][-1] < h["pretrain_f2"]["loss"][0]
+    assert h["pretrain_f1"]["loss"][-1] < h["pretrain_f1"]["loss"][0]
+    b = load_bundle(tmp_path / "b")
+    assert 0.0 <= b.default_lam <= 1.0
+    assert b.meta["training"]["seed"] == 0 and "default_lam_rule" in b.meta
+    report = json.loads((tmp_path / "b" / "training_report.json").read_text())
+    v = report["validation"]
+    assert set(v["models"]) == {"f0", "f1", "f2"}
+    costs = [r["flops_ratio"] for r in v["curve"]]
+    assert all(a >= b - 1e-9 for a, b in zip(costs, costs[1:]))  # cost never rises with λ
+    assert (tmp_path / "b" / "loss_curves.png").stat().st_size > 0
+    assert (tmp_path / "b" / "patch_fractions.png").stat().st_size > 0
+    # Splits are by volume.
+    split = report["split"]
+    names = [n for s in split.values() for n in s]
+    assert len(names) == len(set(names)) == len(toy_volumes)
+
+
+def test_resume_after_interrupted_stage(toy_volumes, tmp_path, monkeypatch):
+    import napari_paser.train.runner as runner
+
+    cfg = _tiny_cfg()
+    out = tmp_path / "b"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "finetune_joint", boom)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(toy_volumes, out, cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["done"] == ["pretrain_f2", "pretrain_f1", "pretrain_f0", "policy"]
+    monkeypatch.undo()
+    # The finished stages must not run again.
+    monkeypatch.setattr(runner, "pretrain_patch_model", boom)
+    monkeypatch.setattr(runner, "pretrain_f0", boom)
+    monkeypatch.setattr(runner, "train_policy", boom)
+    result = runner.train(toy_volumes, out, cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
+    assert (out / "manifest.json").is_file()
+    assert "finetune" in result.report["history"]
+    # Another preset in the same folder is refused rather than mixed.
+    from napari_paser.errors import PaserInputError
+
+    with pytest.raises(PaserInputError):
+        runner.train(toy_volumes, out, cfg.replace(f2_steps=99), configs=tiny_configs(), seed=0, progress=False, echo=False)
+
+
+def test_run_loop_resumes_inside_a_stage_exactly(tmp_path):
+    """Interrupted at step 3 with checkpoints every 2 steps: the rerun starts at step 2
+    and ends with the same weights as an uninterrupted run."""
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.stages import StageContext, run_loop
+
+    def run(folder, fail_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        ctx = StageContext(cfg=_tiny_cfg(checkpoint_every=2), device=torch.device("cpu"),
+                           ckpt=Checkpointer(folder, {"x": 1}), progress=False, log=lambda s: None)
+        g = ctx.generator("s")
+        seen = []
+
+        def step(i):
+            if i == fail_at:
+                raise KeyboardInterrupt
+            seen.append(i)
+            x = torch.randn(4, 3, generator=g)
+            loss = (model(x) - torch.rand(4, 1)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"loss": float(loss.detach())}
+
+        run_loop(ctx, "s", 6, {"m": model}, {"o": (opt, 1e-2)}, step, g)
+        return model, seen
+
+    ref, _ = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", fail_at=3)
+    resumed, seen = run(tmp_path / "b")
+    assert seen == [2, 3, 4, 5]
+    assert torch.allclose(ref.weight, resumed.weight) and torch.allclose(ref.bias, resumed.bias)
+
+
+def test_init_fine_tunes_an_existing_bundle(tiny_bundle, tmp_path):
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.runner import train
+
+    vol = _volume(7, slices=4)
+    res = train([vol], tmp_path / "ft", _tiny_cfg(preset="init"), init=tiny_bundle, seed=1, progress=False, echo=False)
+    b = load_bundle(tmp_path / "ft")
+    assert b.default_lam == tiny_bundle.default_lam  # one volume: no validation, λ kept
+    assert res.report["split"]["val"] == []
+    assert b.meta["training"]["init"] is not None
+    for k in ("f0", "f1", "f2"):  # weights moved
+        before = dict(getattr(tiny_bundle, k).named_parameters())
+        assert any(not torch.equal(before[n], p) for n, p in getattr(b, k).named_parameters())
+
+
+def test_cli_train_on_tiff_stacks(tmp_path):
+    import argparse
+
+    tifffile = pytest.importorskip("tifffile")
+    from napari_paser.cli import train as cli_train
+
+    paths = []
+    for i in range(4):
+        v = _volume(10 + i, slices=2)
+        img, lab = tmp_path / f"s{i}_image.tif", tmp_path / f"s{i}_labels.tif"
+        tifffile.imwrite(img, (v.image * 1000).astype(np.uint16))
+        tifffile.imwrite(lab, v.labels)
+        paths.append((img, lab))
+    parser = argparse.ArgumentParser()
+    cli_train.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["train", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "init",
+         "--scale", "0.01", "--seed", "2", "--no-progress"]
+    )
+    # Tiny architecture through --init: a real preset's networks would make this slow.
+    from napari_paser.engine.bundle import Bundle, save_bundle
+
+    save_bundle(Bundle.from_configs(tiny_configs(), seed=0), tmp_path / "init")
+    args.init = str(tmp_path / "init")
+    assert args.func(args) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["training"]["seed"] == 2 and "--data" in manifest["training"]["command"]
+    bad = parser.parse_args(["train", "--out", str(tmp_path / "x")])
+    from napari_paser.errors import PaserInputError
+
+    with pytest.raises(PaserInputError):
+        bad.func(bad)
