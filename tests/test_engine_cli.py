@@ -1,0 +1,141 @@
+"""`napari-paser segment` and `evaluate`: outputs, reports and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_paser import io
+from napari_paser.cli.main import main
+
+VOXEL = (2.0, 0.5, 0.5)
+
+
+def stack(shape=(2, 112, 128), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 4000, shape).astype(np.uint16)
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    return io.write_tiff(tmp_path / "img.tif", stack(), voxel_size=VOXEL)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_segment_writes_labels_and_report(tmp_path, image_file, tiny_bundle_dir, capsys):
+    out, rep = tmp_path / "labels.tif", tmp_path / "report.json"
+    rc, stdout, _ = run_cli(
+        capsys, "segment", image_file, "-o", out, "--bundle", tiny_bundle_dir, "--lam", "0.2", "--mc-passes", "2", "--report", rep
+    )
+    assert rc == 0 and "wrote" in stdout
+    labels, voxel = io.read_stack(out)
+    assert labels.shape == (2, 112, 128) and labels.dtype == np.uint8 and labels.max() <= 2
+    assert voxel == pytest.approx(VOXEL)
+    report = json.loads(rep.read_text())
+    for key in ("gflops_total", "gflops_per_slice", "route_fraction", "seconds", "lam", "tvd", "bundle"):
+        assert key in report
+    assert report["lam"] == 0.2 and len(report["gflops_per_slice"]) == 2
+    assert sum(report["route_fraction"].values()) == pytest.approx(1.0)
+    # Refuses to overwrite; the existing file is untouched.
+    before = out.read_bytes()
+    rc, _, err = run_cli(capsys, "segment", image_file, "-o", out, "--bundle", tiny_bundle_dir)
+    assert rc != 0 and "--overwrite" in err and out.read_bytes() == before
+    rc, _, _ = run_cli(capsys, "segment", image_file, "-o", out, "--bundle", tiny_bundle_dir, "--method", "f1", "--overwrite", "--quiet")
+    assert rc == 0 and out.read_bytes() != before
+
+
+def test_segment_2d_input_gives_2d_output(tmp_path, tiny_bundle_dir, capsys):
+    src = io.write_tiff(tmp_path / "slice.tif", stack((112, 128)))
+    out = tmp_path / "slice_labels.tif"
+    rc, _, _ = run_cli(capsys, "segment", src, "-o", out, "--bundle", tiny_bundle_dir, "--tvd", "0.1", "--quiet")
+    assert rc == 0
+    assert io.read_stack(out)[0].shape == (112, 128)
+
+
+def _write_bad(tmp_path, kind: str):
+    import tifffile
+
+    p = tmp_path / f"{kind}.tif"
+    if kind == "rgb":
+        tifffile.imwrite(p, np.random.default_rng(0).integers(0, 255, (112, 128, 3), dtype=np.uint8), photometric="rgb")
+    elif kind == "4d":
+        tifffile.imwrite(p, np.random.default_rng(0).random((2, 2, 112, 128)).astype(np.float32))
+    elif kind == "nan":
+        a = stack().astype(np.float32)
+        a[0, 5, 5] = np.nan
+        tifffile.imwrite(p, a)
+    elif kind == "constant":
+        tifffile.imwrite(p, np.full((2, 112, 128), 9, np.uint16))
+    elif kind == "small":
+        tifffile.imwrite(p, stack((2, 40, 128)))
+    elif kind == "garbage":
+        p.write_bytes(b"II*\x00 this is not really a tiff" * 10)
+    elif kind == "missing":
+        pass
+    return p
+
+
+@pytest.mark.parametrize("kind", ["rgb", "4d", "nan", "constant", "small", "garbage", "missing"])
+def test_segment_bad_input_one_line_error(tmp_path, tiny_bundle_dir, capsys, kind):
+    src = _write_bad(tmp_path, kind)
+    out = tmp_path / "out.tif"
+    rc, _, err = run_cli(capsys, "segment", src, "-o", out, "--bundle", tiny_bundle_dir, "--report", tmp_path / "r.json")
+    assert rc != 0
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--lam", "1.5"], "--lam must be in [0, 1]"),
+        (["--method", "nonsense"], "unknown method"),
+        (["--bundle", "/nonexistent/bundle"], "no bundle"),
+    ],
+)
+def test_segment_bad_options(tmp_path, image_file, tiny_bundle_dir, capsys, argv, words):
+    if "--bundle" not in argv:
+        argv = [*argv, "--bundle", tiny_bundle_dir]
+    rc, _, err = run_cli(capsys, "segment", image_file, "-o", tmp_path / "o.tif", *argv)
+    assert rc != 0 and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_missing_default_bundle_is_one_line(tmp_path, image_file, capsys, monkeypatch):
+    from napari_paser.engine import registry
+
+    monkeypatch.setattr(registry, "DEFAULT_BUNDLE", "no-such-default-bundle")
+    rc, _, err = run_cli(capsys, "segment", image_file, "-o", tmp_path / "o.tif")
+    assert rc != 0 and "default bundle" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_table_and_json(tmp_path, image_file, tiny_bundle_dir, capsys):
+    truth = np.random.default_rng(1).integers(0, 3, (2, 112, 128)).astype(np.uint8)
+    lab = io.write_tiff(tmp_path / "lab.tif", truth)
+    js = tmp_path / "scores.json"
+    rc, stdout, _ = run_cli(
+        capsys, "evaluate", "--images", image_file, "--labels", lab, "--bundle", tiny_bundle_dir, "--mc-passes", "2", "--json", js, "--quiet"
+    )
+    assert rc == 0
+    lines = stdout.splitlines()
+    assert lines[0].split()[:3] == ["method", "mean", "IoU"]
+    assert [ln.split()[0] for ln in lines[2:6]] == ["paser", "f0", "f1", "f2"]
+    data = json.loads(js.read_text())
+    rows = {r["method"]: r for r in data["methods"]}
+    assert rows["f2"]["gflops"] > rows["f1"]["gflops"] > 0
+    for r in rows.values():
+        assert 0 <= r["mean_iou"] <= 1 and r["iou_per_gflop"] == pytest.approx(r["mean_iou"] / r["gflops"])
+
+
+def test_evaluate_rejects_bad_labels(tmp_path, image_file, tiny_bundle_dir, capsys):
+    lab = io.write_tiff(tmp_path / "lab.tif", np.full((2, 112, 128), 5, np.uint8))
+    rc, _, err = run_cli(capsys, "evaluate", "--images", image_file, "--labels", lab, "--bundle", tiny_bundle_dir, "--json", tmp_path / "s.json")
+    assert rc != 0 and "outside {0, 1, 2}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.json").exists()
