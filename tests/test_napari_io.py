@@ -117,3 +117,13 @@ def test_sample_data_gives_image_and_ground_truth():
     assert image.shape == truth.shape and image.ndim == 3
     assert set(np.unique(truth)) <= {0, 1, 2}
     assert ikw.get("scale") == tkw.get("scale")
+
+
+def test_sample_files_open_as_image_and_labels_through_the_reader():
+    from napari_paser.napari_ui._sample_data import sample_dir
+
+    folder = sample_dir()
+    ((_, ikw, ikind),) = _reader.read_tiff(str(folder / "electrode_image.tif"))
+    ((labels, lkw, lkind),) = _reader.read_tiff(str(folder / "electrode_labels.tif"))
+    assert (ikind, lkind) == ("image", "labels")
+    assert labels.dtype == np.uint8 and ikw["scale"] == lkw["scale"]

@@ -147,9 +147,8 @@ class ResultLayers:
             ours = layer.metadata.get("napari_paser_layer") == name
             if ours and layer._type_string == kind and layer.ndim == nd:
                 layer.data = data
-                layer.scale, layer.translate = geometry["scale"], geometry["translate"]
-                if kind == "labels":
-                    layer.colormap = kwargs["colormap"]
+                if not (np.allclose(layer.scale, geometry["scale"]) and np.allclose(layer.translate, geometry["translate"])):
+                    layer.scale, layer.translate = geometry["scale"], geometry["translate"]
                 return layer
             if ours:
                 self.viewer.layers.remove(layer)

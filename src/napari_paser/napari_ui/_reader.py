@@ -50,13 +50,19 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
         If a file is missing or not a readable TIFF (also shown as a notification).
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    try:
-        return [layer_data_from_file(Path(p)) for p in paths]
-    except PaserInputError as err:
-        from napari.utils.notifications import show_error
+    layers = []
+    for p in map(Path, paths):
+        try:
+            layers.append(layer_data_from_file(p))
+        except Exception as err:  # a damaged file may fail deep inside tifffile
+            from napari.utils.notifications import show_error
 
-        show_error(f"napari-paser could not open the file: {err}")
-        raise
+            reason = str(err) if isinstance(err, PaserInputError) else f"{p.name} is not a readable TIFF ({type(err).__name__}: {err})"
+            show_error(f"napari-paser could not open the file: {reason}")
+            if isinstance(err, PaserInputError):
+                raise
+            raise PaserInputError(reason) from err
+    return layers
 
 
 def _voxel_scale(voxel_size, ndim: int) -> list[float] | None:
@@ -70,8 +76,13 @@ def _voxel_scale(voxel_size, ndim: int) -> list[float] | None:
 
 
 def _is_labels(meta: dict) -> bool:
-    """Files written as labels by napari-paser (phase volumes and masks)."""
-    return meta.get("layer_type") == "labels" or meta.get("kind") in ("phases", "mask", "labels")
+    """Label files of napari-paser: this writer's phase volumes and masks, the
+    ``segment`` command's output, and the synthetic ground truth (classes, no image encoding)."""
+    if meta.get("layer_type") == "labels" or meta.get("kind") in ("phases", "mask", "labels"):
+        return True
+    if isinstance(meta.get("napari_paser"), dict) and "route_fraction" in meta["napari_paser"]:
+        return True
+    return "classes" in meta and "fractions" in meta and "image_encoding" not in meta
 
 
 def layer_data_from_file(path: Path) -> LayerData:

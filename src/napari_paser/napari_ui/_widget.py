@@ -8,7 +8,9 @@ panel. torch is imported by the jobs only, so opening the widget does not import
 
 from __future__ import annotations
 
+import importlib
 import json
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -51,6 +53,27 @@ __all__ = ["PaserWidget"]
 MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory bounded
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
+
+
+# napari imports these the first time a Labels layer is made (features table, colour
+# conversion). Importing them once in a background thread when the widget opens keeps
+# that import (about a second) off the event loop when the first run adds its layers.
+_WARM_MODULES = ("pandas", "scipy.linalg", "skimage.color", "skimage.exposure")
+_warmed = threading.Event()
+
+
+def _warm_imports() -> None:
+    for name in _WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # optional for napari: it will not need it either
+            pass
+
+
+def _start_warm_imports() -> None:
+    if not _warmed.is_set():
+        _warmed.set()
+        threading.Thread(target=_warm_imports, name="napari-paser-warm-imports", daemon=True).start()
 
 
 def _message(err: BaseException) -> str:
@@ -122,6 +145,7 @@ class PaserWidget(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.reroute)
+        _start_warm_imports()
         self._build()
         self._connect_viewer()
         self._refresh_layer_choices()
@@ -447,6 +471,8 @@ class PaserWidget(QWidget):
         self._job = kind
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self._close_progress()
+        self._pbar = progress(total=0, desc=f"PaSeR {'run' if kind == 'run' else 're-routing'}")
         if self.blocking if blocking is None else blocking:
             return self._run_blocking(job(*args), gen)
         from napari.qt.threading import create_worker
@@ -489,9 +515,12 @@ class PaserWidget(QWidget):
             return  # a superseded job
         if isinstance(msg, _jobs.Ready):
             self._on_ready(msg)
-        elif isinstance(msg, _jobs.Stage):
-            self._close_progress()
-            self._pbar = progress(total=msg.total, desc=f"PaSeR {msg.name}")
+        elif isinstance(msg, _jobs.Stage) and self._pbar is not None:
+            # One bar per job, reset per stage: making a bar costs the GUI ~0.1 s.
+            pbar = self._pbar
+            pbar.n = 0
+            pbar.total = msg.total
+            pbar.set_description(f"PaSeR {msg.name}")
         elif isinstance(msg, _jobs.SliceDone) and self._layers is not None and self._layers.alive():
             z = msg.z
             visible = z == self._visible_slice() or self.viewer.dims.ndisplay == 3
@@ -520,7 +549,6 @@ class PaserWidget(QWidget):
         self._per_slice = np.full((msg.shape[0], 3), np.nan)
         self._result = None
         self.device_label.setText(session.device)
-        self.viewer.layers.selection.active = self._source
 
     def _on_returned(self, outcome: _jobs.Outcome, gen: int) -> None:
         if gen != self._generation or outcome is None or self._layers is None:
