@@ -24,7 +24,7 @@ from .segment import (
 )
 
 HELP = "score PaSeR and f0 / f1 / f2 alone against ground-truth labels"
-DEFAULT_METHODS = ("paser", "f0", "f1", "f2")
+DEFAULT_METHODS = ("paser", "f0", "f1", "f2", "idk", "random")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     knob.add_argument("--lam", type=float, help="PaSeR cost weight λ in [0, 1] (default: the bundle's)")
     knob.add_argument("--tvd", type=float, help="choose PaSeR's λ for this TVD from λ=0")
     add_bundle_arguments(p)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods (default: paser,f0,f1,f2)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods (default: " + ",".join(DEFAULT_METHODS) + ")")
     p.add_argument("--json", metavar="OUT.json", help="also write the scores as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,7 +15,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import PaserInputError
 
-SUBCOMMANDS = ("synth", "segment", "evaluate", "train")
+SUBCOMMANDS = ("synth", "segment", "evaluate", "train", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

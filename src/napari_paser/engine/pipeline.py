@@ -601,3 +601,9 @@ def segment(
     seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, **options)
     seg.set_volume(image)
     return drain(seg.run(lam=lam, tvd=tvd, method=method, slices=slices), progress)
+
+
+# The baselines (IDK cascade, random policy) register their methods on import; import
+# them here so every user of METHODS (CLI, widget) sees them. At the end of the module:
+# baselines imports the names defined above.
+from . import baselines as _baselines  # noqa: E402,F401
