@@ -84,7 +84,7 @@ def summarize(
 
 
 def _pct(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f} %"
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}%"
 
 
 class StatsPanel(QWidget):
