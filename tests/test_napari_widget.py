@@ -144,6 +144,22 @@ def test_run_makes_three_aligned_layers(setup):
     assert widget.device_label.text() in ("cpu", "cuda")
 
 
+def test_single_2d_image_gives_2d_layers_and_reroutes(setup, qtbot):
+    viewer, widget = setup
+    viewer.add_image(_volume()[2], name="slice", scale=(0.5, 0.5))
+    widget.image_layer = viewer.layers["slice"]
+    widget.lam = 0.9
+    widget.run(blocking=True)
+    phases, routing = viewer.layers["phases"], viewer.layers["routing"]
+    assert phases.data.shape == (120, 150) and routing.data.shape == (3, 3)
+    np.testing.assert_allclose(routing.scale, (28.0, 32.0))
+    seg = widget._active.segmenter
+    widget.lam = 0.0
+    qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=30_000)
+    _wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(routing.data, seg.routing(0.0, 0))
+
+
 def test_threaded_run_keeps_the_viewer_responsive(setup, qtbot):
     from qtpy.QtCore import QTimer
 
