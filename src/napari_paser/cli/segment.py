@@ -103,14 +103,22 @@ def progress_bar(desc: str, quiet: bool):
 
 def read_image(path: str | os.PathLike):
     """``io.read_stack`` with every failure on a damaged file reported as one input error."""
+    import logging
+
     from .. import io
 
+    # tifffile logs its own warnings about damaged files to stderr: the error line says it.
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         return io.read_stack(path)
     except (PaserInputError, FileNotFoundError):
         raise
     except Exception as err:  # tifffile raises IndexError/KeyError/struct.error on corrupt files
         raise PaserInputError(f"not a readable TIFF file: {path} ({type(err).__name__}: {err})") from None
+    finally:
+        log.setLevel(level)
 
 
 def make_segmenter(args, bundle):

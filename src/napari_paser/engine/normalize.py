@@ -79,7 +79,7 @@ def validate_image(image, patch_size: tuple[int, int] | None = None) -> np.ndarr
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise PaserInputError("image contains NaN or infinite values")
     if arr.min() == arr.max():
-        raise PaserInputError(f"image is constant (every pixel is {arr.flat[0]!r}): nothing to segment")
+        raise PaserInputError(f"image is constant (every pixel is {arr.flat[0].item()!r}): nothing to segment")
     return arr
 
 
