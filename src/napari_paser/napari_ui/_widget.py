@@ -422,18 +422,21 @@ class PaserWidget(QWidget):
         z = layer.world_to_data(self.viewer.dims.point)[-3]
         return int(np.clip(round(float(z)), 0, layer.data.shape[-3] - 1))
 
-    def _ground_truth(self, shape: tuple[int, ...]) -> np.ndarray | None:
+    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True) -> np.ndarray | None:
+        """The chosen ground truth as (Z, Y, X) if it fits the image, else None (warned)."""
         layer = self.ground_truth_layer
         if layer is None:
             return None
         gt = np.asarray(layer.data)
         gt = gt[None] if gt.ndim == 2 else gt
+        problem = None
         if gt.shape != tuple(shape):
-            show_warning(f"ground truth {layer.name!r} has shape {gt.shape}, not the image's {tuple(shape)}: ignored")
-            return None
-        values = np.unique(gt[:: max(1, gt.shape[0] // 8)])
-        if values.size and (values.min() < 0 or values.max() > 2):
-            show_warning(f"ground truth {layer.name!r} has labels outside 0..2: ignored")
+            problem = f"has shape {gt.shape}, not the image's {tuple(shape)}"
+        elif not np.issubdtype(gt.dtype, np.integer) or gt.min() < 0 or gt.max() > 2:
+            problem = "is not made of labels 0 (pore), 1 (carbon-binder), 2 (nickel)"
+        if problem:
+            if warn:
+                show_warning(f"ground truth {layer.name!r} {problem}: no IoU is reported")
             return None
         return gt
 
@@ -635,11 +638,16 @@ class PaserWidget(QWidget):
         if self._active is not None:
             self._debounce.start()  # coalesce a drag into one re-route
 
-    def _target_lam(self) -> float:
+    def _target_lam(self) -> float | None:
+        """λ for the sliders; None if the engine is busy for now (the caller retries)."""
         if self.mode == "lam":
             return self.lam
-        with self._active.lock:
+        if not self._active.lock.acquire(timeout=0.05):
+            return None
+        try:
             return float(self._active.segmenter.lam_for_tvd(self.tvd))
+        finally:
+            self._active.lock.release()
 
     def reroute(self, blocking: bool | None = None) -> Any:
         """Re-route the shown run for the sliders' λ/TVD from the engine's caches.
@@ -657,6 +665,9 @@ class PaserWidget(QWidget):
             self._worker = None
         session, seg = self._active, self._active.segmenter
         lam = self._target_lam()
+        if lam is None:  # a superseded worker is finishing its slice: try again shortly
+            self._debounce.start()
+            return None
         analysed = [z for z in range(seg.num_slices) if self._layers.done[z] and seg.is_analysed(z)]
         if not analysed:
             return None
@@ -670,7 +681,7 @@ class PaserWidget(QWidget):
         self._set_status(f"Re-routing at λ = {lam:.3f}…")
         return self._start(
             "reroute", _jobs.reroute_job, session, lam, self.mode, self.tvd, analysed, self._per_slice,
-            self._layers.done.copy(), self._ground_truth(self._layers.labels.shape), blocking=blocking,
+            self._layers.done.copy(), self._ground_truth(self._layers.labels.shape, warn=False), blocking=blocking,
         )
 
     def _reroute_visible_now(self, session: _jobs.Session, lam: float, z: int) -> bool:
