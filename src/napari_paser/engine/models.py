@@ -43,8 +43,8 @@ class UNetConfig:
     depth : int
         Number of 2x down-samplings. Inputs must be divisible by ``2**depth``.
     dropout : float
-        Probability of the Monte-Carlo dropout placed before every decoder block.
-        0 disables it (f1, f2).
+        Probability of the Monte-Carlo dropout placed before every decoder block below
+        full resolution. 0 disables it (f1, f2).
     """
 
     in_channels: int = 1
@@ -116,12 +116,19 @@ class UNet(nn.Module):
         return feats
 
     def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Decoder with dropout before every block; returns logits."""
+        """Decoder with dropout before every block but the finest; returns logits.
+
+        No dropout at full resolution: on a CPU, drawing full-resolution masks for every
+        MC pass costs more than the convolutions they perturb, and the noise injected at
+        the coarser levels still reaches every output pixel.
+        """
         x = feats[-1]
-        for up, skip in zip(self.ups, reversed(feats[:-1])):
+        finest = len(self.ups) - 1
+        for level, (up, skip) in enumerate(zip(self.ups, reversed(feats[:-1]))):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = up(self.drop(torch.cat([skip, x], dim=1)))
-        return self.head(self.drop(x))
+            x = torch.cat([skip, x], dim=1)
+            x = up(x if level == finest else self.drop(x))
+        return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
