@@ -114,3 +114,18 @@ def test_open_stack_lazy(tmp_path):
     np.testing.assert_array_equal(np.asarray(lazy), data)
     with pytest.raises(PaserInputError):
         open_stack_lazy(tmp_path / "missing.tif")
+
+
+@pytest.mark.parametrize("keep_bytes", [8, 16, 200, 1000])
+def test_truncated_tiff_is_a_clear_input_error(tmp_path, keep_bytes):
+    import tifffile
+
+    from napari_paser.errors import PaserInputError
+    from napari_paser.io import read_stack
+
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.zeros((4, 64, 64), np.uint16))
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(good.read_bytes()[:keep_bytes])
+    with pytest.raises(PaserInputError, match="truncated.tif"):
+        read_stack(bad)

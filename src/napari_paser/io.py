@@ -69,9 +69,16 @@ def _check_path(path: str | os.PathLike) -> Path:
 
 def _open_tiff(p: Path) -> tifffile.TiffFile:
     try:
-        return tifffile.TiffFile(p)
+        tif = tifffile.TiffFile(p)
     except (tifffile.TiffFileError, ValueError, OSError, struct.error) as err:
         raise PaserInputError(f"not a readable TIFF file: {p} ({err})") from None
+    # A truncated file can parse its header yet hold no readable page.
+    try:
+        tif.pages.first
+    except (IndexError, tifffile.TiffFileError, ValueError, OSError, struct.error):
+        tif.close()
+        raise PaserInputError(f"not a readable TIFF file: {p} (no readable image page)") from None
+    return tif
 
 
 def _unit_scale(unit: Any) -> float | None:
