@@ -1,0 +1,368 @@
+"""Shared pieces of the benchmark suite: data, per-patch tables, scoring, IDK tuning.
+
+A :class:`PatchTable` holds, for every slice and patch of some labelled volumes, the
+confusion matrix of f0, f1 and f2 against the truth, each model's mean patch entropy
+and (on request) cross entropy, all taken from the engine's own caches
+(:class:`~napari_paser.engine.pipeline.PaserSegmenter`). Any routing of those patches is
+then scored exactly (dataset-level IoU from one pooled confusion matrix, FLOPs from the
+engine's :class:`~napari_paser.engine.flops.CostModel` with the same charging rules as
+the engine's methods), so threshold grids, λ sweeps and random mixes cost no network
+calls. The headline rows are also run through the real pipeline and checked against it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from napari_paser.engine.baselines import cascade_routing, random_routing
+from napari_paser.engine.metrics import iou_per_class, mean_iou
+from napari_paser.engine.patches import patch_view
+from napari_paser.engine.pipeline import PaserSegmenter
+from napari_paser.engine.uncertainty import mc_predict, slice_seed
+
+# Seeds of the held-out data (training of the bundled model used synth base seed 1000,
+# i.e. volume seeds volume_seed(1000, k): hashed 32-bit values, disjoint from these).
+TEST_SEEDS = (9001, 9002, 9003, 9004)
+VAL_SEEDS = (8001, 8002)
+RETRAIN_SEEDS = (7001, 7002, 7003)
+NOISE_SEED = 4242
+LAM_IDK = 0.01  # paper B4 (their grid search over [0, 1] picked 0.01)
+
+
+def environment() -> dict:
+    import napari_paser
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "napari_paser": napari_paser.__version__,
+    }
+    try:
+        import sklearn
+
+        info["scikit_learn"] = sklearn.__version__
+    except ImportError:
+        info["scikit_learn"] = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def salt_and_pepper(image: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Copy of a (Z,Y,X) stack with ``fraction`` of each slice's pixels set to its min / max."""
+    rng = np.random.default_rng(seed)
+    out = image.copy()
+    for z in range(out.shape[0]):
+        u = rng.random(out.shape[1:])
+        lo, hi = out[z].min(), out[z].max()
+        out[z][u < fraction / 2] = lo
+        out[z][(u >= fraction / 2) & (u < fraction)] = hi
+    return out
+
+
+def make_volumes(seeds, slices: int, size=(224, 256)) -> list[tuple[np.ndarray, np.ndarray]]:
+    from napari_paser.train.synth import generate_volume
+
+    return [generate_volume(s, slices, size)[:2] for s in seeds]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class PatchTable:
+    """Per-patch scores of f0 / f1 / f2 on labelled slices (see the module docstring).
+
+    Attributes
+    ----------
+    conf : (N, 3, GY, GX, C, C) int64
+    ent : (N, 3, GY, GX) float64
+        Mean patch entropy per model (f0: MC-dropout mean softmax).
+    ce : (N, 3, GY, GX) float64 or None
+        Mean pixel cross entropy per patch and model.
+    segs : list of (PaserSegmenter, slice indices)
+        Segmenters whose caches hold the outputs (for PaSeR routings).
+    cost : CostModel
+    costs : (3,) parameter-ratio costs C(f)
+    """
+
+    conf: np.ndarray
+    ent: np.ndarray
+    cost: object
+    costs: np.ndarray
+    segs: list = field(default_factory=list)
+    ce: np.ndarray | None = None
+    num_classes: int = 3
+
+    @property
+    def n(self) -> int:
+        return self.conf.shape[0]
+
+    @property
+    def patches(self) -> int:
+        return int(np.prod(self.conf.shape[:1] + self.conf.shape[2:4]))
+
+    def pooled(self, routing: np.ndarray) -> np.ndarray:
+        n, _, gy, gx, c, _ = self.conf.shape
+        idx = np.broadcast_to(routing.reshape(n, 1, gy, gx, 1, 1).astype(np.int64), (n, 1, gy, gx, c, c))
+        return np.take_along_axis(self.conf, idx, axis=1).sum((0, 1, 2, 3))
+
+    def flops(self, routing: np.ndarray, kind: str) -> float:
+        """GFLOPs of ``routing`` charged like the engine's method ``kind``."""
+        cm = self.cost
+        n1, n2 = int((routing == 1).sum()), int((routing == 2).sum())
+        if kind in ("f1", "f2"):
+            return self.patches * cm.patch[int(kind[1])] / 1e9
+        if kind == "f0":
+            return self.n * cm.f0_mc / 1e9
+        total = 0
+        if kind == "paser":
+            total = self.n * (cm.f0_mc + cm.policy) + n1 * cm.patch[1] + n2 * cm.patch[2]
+        elif kind == "idk":
+            total = self.n * cm.f0_mc + (n1 + n2) * cm.patch[1] + n2 * cm.patch[2]
+        elif kind == "random":
+            total = (self.n * cm.f0_mc if (routing == 0).any() else 0) + n1 * cm.patch[1] + n2 * cm.patch[2]
+        else:
+            raise ValueError(kind)
+        return total / 1e9
+
+    def mean_cost(self, routing: np.ndarray, kind: str) -> float:
+        """Mean over patches of the paper's cost C (Eq. 3) of the models run on the patch."""
+        c = self.costs
+        per = c[routing.astype(int)]
+        if kind == "idk":
+            per = per + np.where(routing == 2, c[1], 0.0)
+        return float(per.mean())
+
+    def score(self, routing: np.ndarray, kind: str) -> dict:
+        cm = self.pooled(routing)
+        iou = mean_iou(cm)
+        g = self.flops(routing, kind)
+        frac = np.bincount(routing.reshape(-1).astype(int), minlength=3) / routing.size
+        return {
+            "mean_iou": iou,
+            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
+            "gflops": g,
+            "iou_per_gflop": iou / g if g > 0 else float("nan"),
+            "mean_cost": self.mean_cost(routing, kind),
+            "fractions": frac.tolist(),
+            "sent_up": float(frac[1] + frac[2]),
+        }
+
+    # routings -----------------------------------------------------------------
+    def constant(self, m: int) -> np.ndarray:
+        return np.full((self.n, *self.conf.shape[2:4]), m, dtype=np.uint8)
+
+    def paser(self, lam: float) -> np.ndarray:
+        return np.concatenate([np.stack([seg.routing(lam, z) for z in zs]) for seg, zs in self.segs])
+
+    def idk(self, a0: float, a1: float) -> np.ndarray:
+        return cascade_routing(self.ent[:, 0], self.ent[:, 1], a0, a1)
+
+    def random(self, probs, seed: int = 0) -> np.ndarray:
+        out, k = [], 0
+        for seg, zs in self.segs:
+            out.append(np.stack([random_routing(seg.grid, probs, seed, z) for z in zs]))
+        return np.concatenate(out)
+
+
+def patch_confusion_np(pred: np.ndarray, truth: np.ndarray, patch_size, num_classes: int = 3) -> np.ndarray:
+    """(GY, GX, C, C) confusion per patch of one slice (sizes multiples of the patch)."""
+    p = patch_view(pred.astype(np.int64), patch_size)
+    t = patch_view(truth.astype(np.int64), patch_size)
+    gy, gx = p.shape[:2]
+    code = (np.arange(gy * gx).reshape(gy, gx, 1, 1) * num_classes + t) * num_classes + p
+    return np.bincount(code.ravel(), minlength=gy * gx * num_classes**2).reshape(gy, gx, num_classes, num_classes)
+
+
+@torch.no_grad()
+def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray:
+    """Mean pixel CE per patch (3, GY, GX) of f0 (MC mean, same seed as the engine), f1, f2."""
+    x = torch.from_numpy(seg._input(z))[None, None]
+    ps = seg.patch_size
+    y = torch.from_numpy(truth.astype(np.int64))
+    prob0, _ = mc_predict(seg.bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, z))
+    out = np.zeros((3, *seg.grid))
+    nll0 = -torch.log(prob0[0].gather(0, y[None]).clamp_min(1e-8))[0].numpy()
+    out[0] = patch_view(nll0, ps).mean((-2, -1))
+    patches = torch.from_numpy(np.ascontiguousarray(patch_view(seg._input(z), ps))).reshape(-1, 1, *ps)
+    yp = torch.from_numpy(np.ascontiguousarray(patch_view(truth.astype(np.int64), ps))).reshape(-1, *ps)
+    for m in (1, 2):
+        logits = seg.bundle.segmenters()[m](patches)
+        ce = torch.nn.functional.cross_entropy(logits, yp, reduction="none").mean((-2, -1))
+        out[m] = ce.reshape(seg.grid).numpy()
+    return out
+
+
+def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool = False, batch_size: int = 32) -> PatchTable:
+    """Run f0's analysis, f1 and f2 on every patch of ``volumes`` [(image, labels)] via the engine."""
+    confs, ents, ces, segs = [], [], [], []
+    cost = None
+    for image, labels in volumes:
+        seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, batch_size=batch_size)
+        seg.set_volume(image)
+        h, w = seg.shape[1:]
+        ph, pw = seg.patch_size
+        if h % ph or w % pw:
+            raise ValueError("benchmark volumes must be whole patch grids")
+        seg.result(method="f0")
+        seg.result(method="f1")
+        seg.result(method="f2")
+        for z in range(seg.num_slices):
+            confs.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m)), labels[z], seg.patch_size) for m in range(3)]))
+            ents.append(np.stack([seg.patch_entropy(z, m) for m in range(3)]))
+            if with_ce:
+                ces.append(_cross_entropy(seg, z, labels[z]))
+        segs.append((seg, list(range(seg.num_slices))))
+        cost = seg.cost_model
+    return PatchTable(
+        conf=np.stack(confs).astype(np.int64),
+        ent=np.stack(ents).astype(np.float64),
+        cost=cost,
+        costs=bundle.costs().double().numpy(),
+        segs=segs,
+        ce=np.stack(ces) if with_ce else None,
+    )
+
+
+# --------------------------------------------------------------------------- IDK tuning
+
+
+def tune_idk(val: PatchTable, lam_idk: float = LAM_IDK, steps: int = 11) -> dict:
+    """Paper B4: grid over mean ± 1 sd of each model's patch entropy on validation data,
+    minimising l_IDK = CE(routed model) + λ_IDK · C (cumulative cost of the models run)."""
+    if val.ce is None:
+        raise ValueError("validation table needs cross entropies")
+    e0, e1 = val.ent[:, 0], val.ent[:, 1]
+    g0 = np.linspace(e0.mean() - e0.std(), e0.mean() + e0.std(), steps)
+    g1 = np.linspace(e1.mean() - e1.std(), e1.mean() + e1.std(), steps)
+    best, grid = None, []
+    for a0 in g0:
+        for a1 in g1:
+            r = val.idk(a0, a1)
+            ce = np.take_along_axis(val.ce, r[:, None].astype(np.int64), axis=1)[:, 0].mean()
+            loss = float(ce + lam_idk * val.mean_cost(r, "idk"))
+            grid.append((float(a0), float(a1), loss))
+            if best is None or loss < best[2]:
+                best = (float(a0), float(a1), loss)
+    return {
+        "thresholds": [best[0], best[1]],
+        "loss": best[2],
+        "lam_idk": lam_idk,
+        "range_f0": [float(g0[0]), float(g0[-1])],
+        "range_f1": [float(g1[0]), float(g1[-1])],
+        "entropy_mean_sd": {"f0": [float(e0.mean()), float(e0.std())], "f1": [float(e1.mean()), float(e1.std())]},
+        "grid_size": [steps, steps],
+    }
+
+
+def idk_grid(table: PatchTable, steps: int = 61) -> list[dict]:
+    """IDK cascade over a dense threshold grid (quantiles of the table's own entropies)."""
+    e0, e1 = table.ent[:, 0].ravel(), table.ent[:, 1].ravel()
+    q = np.linspace(0, 1, steps)
+    g0 = np.unique(np.concatenate([np.quantile(e0, q), [e0.max() + 1e-6]]))
+    g1 = np.unique(np.concatenate([np.quantile(e1, q), [e1.max() + 1e-6]]))
+    out = []
+    for a0 in g0:
+        for a1 in g1:
+            s = table.score(table.idk(a0, a1), "idk")
+            out.append({"a0": float(a0), "a1": float(a1), **s})
+    return out
+
+
+def pareto(points: list[dict], x: str = "gflops", y: str = "mean_iou") -> list[dict]:
+    """Upper-left front: for increasing x, strictly increasing y."""
+    pts = sorted(points, key=lambda p: (p[x], -p[y]))
+    front, best = [], -np.inf
+    for p in pts:
+        if p[y] > best:
+            front.append(p)
+            best = p[y]
+    return front
+
+
+def match_idk(grid: list[dict], target_iou: float, tol: float = 1e-3) -> dict:
+    """Paper Table 2: thresholds whose IoU is within ``tol`` of ``target_iou`` (least upper
+    bound preferred), cheapest in GFLOPs; else the least IoU above the target, else the best."""
+    within = [g for g in grid if abs(g["mean_iou"] - target_iou) <= tol]
+    above = [g for g in within if g["mean_iou"] >= target_iou]
+    if above:
+        return {**min(above, key=lambda g: g["gflops"]), "match": f"within {tol} (at or above)"}
+    if within:
+        return {**min(within, key=lambda g: g["gflops"]), "match": f"within {tol} (below)"}
+    higher = [g for g in grid if g["mean_iou"] >= target_iou]
+    if higher:
+        g = min(higher, key=lambda g: (g["mean_iou"], g["gflops"]))
+        return {**g, "match": f"no grid point within {tol}; least IoU above the target"}
+    g = max(grid, key=lambda g: g["mean_iou"])
+    return {**g, "match": "the cascade never reaches the target IoU; its best IoU"}
+
+
+# --------------------------------------------------------------------------- pipeline runs
+
+
+def run_methods(table: PatchTable, truths: list[np.ndarray], methods: list[str], lam: float | None, check: dict | None = None) -> dict:
+    """Run methods through the engine on the table's segmenters: IoU, GFLOPs, seconds.
+
+    ``seconds`` is the measured compute the engine charges the method
+    (``SegmentationResult.compute_seconds``, independent of shared caches).
+    ``check`` maps method -> routing kind: the engine's numbers must equal the table's.
+    """
+    out = {}
+    for name in methods:
+        cm_total = np.zeros((3, 3), dtype=np.int64)
+        gflops = secs = 0.0
+        routings = []
+        for (seg, zs), truth in zip(table.segs, truths):
+            res = seg.result(lam=lam if name == "paser" else None, method=name)
+            cm_total += np.bincount((truth.astype(np.int64) * 3 + res.labels).ravel(), minlength=9).reshape(3, 3)
+            gflops += res.gflops_total
+            secs += res.compute_seconds
+            routings.append(res.routing)
+        routing = np.concatenate(routings)
+        iou = mean_iou(cm_total)
+        row = {
+            "mean_iou": iou,
+            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm_total)],
+            "gflops": gflops,
+            "iou_per_gflop": iou / gflops if gflops else float("nan"),
+            "seconds": secs,
+            "fractions": (np.bincount(routing.ravel(), minlength=3) / routing.size).tolist(),
+        }
+        if check and name in check:
+            ref = table.score(routing, check[name])
+            assert abs(ref["mean_iou"] - iou) < 1e-9, (name, ref["mean_iou"], iou)
+            assert abs(ref["gflops"] - gflops) < 1e-6 * max(1.0, gflops), (name, ref["gflops"], gflops)
+            row["mean_cost"] = ref["mean_cost"]
+        out[name] = row
+    f2s = out.get("f2", {}).get("seconds")
+    for row in out.values():
+        row["seconds_ratio_f2"] = row["seconds"] / f2s if f2s else None
+    return out
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        self.parts[name] = now - self.t0 - sum(self.parts.values())
+        return self.parts[name]
