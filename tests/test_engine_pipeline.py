@@ -176,3 +176,21 @@ def test_run_progress_and_2d_input(routed, volume):
     import json
 
     json.dumps(report)
+
+
+def test_is_cached_tells_when_compose_runs_no_network(tiny_bundle):
+    import numpy as np
+
+    from napari_paser.engine.pipeline import PaserSegmenter
+
+    seg = PaserSegmenter(tiny_bundle, precision="fp32", channels_last=False)
+    seg.set_volume(np.random.default_rng(0).random((2, 112, 128)).astype(np.float32))
+    everywhere_f2 = np.full(seg.grid, 2, np.uint8)
+    only_f0 = np.zeros(seg.grid, np.uint8)
+    assert not seg.is_cached(0, only_f0)  # not analysed yet
+    seg.analyse(0)
+    assert seg.is_cached(0, only_f0)
+    assert not seg.is_cached(0, everywhere_f2)
+    seg.compose(0, routing=everywhere_f2)
+    assert seg.is_cached(0, everywhere_f2)
+    assert not seg.is_cached(1, only_f0)

@@ -411,6 +411,18 @@ class PaserSegmenter:
         """Mean softmax entropy (GY, GX) per patch of ``model`` on slice ``z`` (NaN where not run)."""
         return self._pentropy[int(model), self._check_slice(z)]
 
+    def is_cached(self, z: int, routing: np.ndarray) -> bool:
+        """True if composing slice ``z`` with ``routing`` runs no network.
+
+        The slice is analysed and every patch that ``routing`` sends to f1 or f2 has
+        that model's output cached, so a GUI may compose it on its own thread at once.
+        """
+        z = self._check_slice(z)
+        if not self.is_analysed(z):
+            return False
+        routing = self._check_routing(routing)
+        return all(bool(self._pdone[m, z][routing == m].all()) for m in (1, 2))
+
     def _missing(self, requests: Iterable[tuple[int, np.ndarray]], model: int) -> np.ndarray:
         """(k, 3) array of (z, gy, gx) for the requested patches of ``model`` not cached yet."""
         rows = []

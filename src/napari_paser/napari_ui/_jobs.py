@@ -16,7 +16,7 @@ import numpy as np
 
 from ._stats import slice_fractions, summarize
 
-__all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "is_cached", "Session"]
+__all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session"]
 
 
 @dataclass
@@ -119,18 +119,6 @@ def _geometry(seg) -> tuple[tuple, tuple, tuple]:
     z, h, w = (int(v) for v in seg.shape)
     gy, gx = (int(v) for v in seg.grid)
     return (z, h, w), (z, gy, gx), tuple(int(p) for p in seg.patch_size)
-
-
-def is_cached(seg, z: int, routing: np.ndarray) -> bool:
-    """True if slice ``z`` is analysed and every patch ``routing`` sends to f1/f2 is cached.
-
-    Reads the segmenter's patch-done table: composing such a slice runs no network, so
-    the GUI thread may do it at once.
-    """
-    if not seg.is_analysed(z):
-        return False
-    done = seg._pdone  # (model, Z, GY, GX) bool: which (patch, model) pairs are cached
-    return all(bool(done[m, z][routing == m].all()) for m in (1, 2))
 
 
 def _finish(session: Session, lam: float, mode: str, tvd: float, per_slice: np.ndarray, gt, done: np.ndarray) -> Outcome:

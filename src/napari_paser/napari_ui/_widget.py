@@ -693,7 +693,7 @@ class PaserWidget(QWidget):
         try:
             start = time.perf_counter()
             routing = session.segmenter.routing(lam, z)
-            if not _jobs.is_cached(session.segmenter, z, routing):
+            if not session.segmenter.is_cached(z, routing):
                 return False
             labels = session.segmenter.compose(z, routing=routing)
         finally:
