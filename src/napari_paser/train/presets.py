@@ -28,25 +28,25 @@ class TrainConfig:
     epochs: int | None = None
     # Stage 1: f2 and f1 on random augmented patches.
     patch_batch: int = 32
-    f2_steps: int = 1400
-    f1_steps: int = 1400
+    f2_steps: int = 700
+    f1_steps: int = 700
     f2_lr: float = 1e-3
     f1_lr: float = 2e-3
     # Stage 2: f0 on whole patch grids, CE + β·MSE to f2's stitched logits.
-    f0_steps: int = 700
+    f0_steps: int = 350
     f0_batch: int = 4
     f0_lr: float = 3e-3
     beta: float = 0.01
     # Stage 3: policy by REINFORCE over cached per-patch rewards.
     rl_copies: int = 4
-    policy_steps: int = 1500
+    policy_steps: int = 1200
     policy_batch: int = 32
     policy_lr: float = 2e-3
     alpha: tuple[float, float] = (0.7, 0.95)
     lam_power: float = 2.0
     aux_weight: float = 1.0
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
-    ft_steps: int = 200
+    ft_steps: int = 150
     ft_batch: int = 8
     ft_lr: float = 1e-4
     ft_policy_lr: float = 5e-4

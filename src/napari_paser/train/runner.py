@@ -208,6 +208,7 @@ def train(
                 "data": split_names,
                 "minutes": {**minutes, "total": round(sum(v for v in minutes.values()), 2)},
                 "device": str(dev),
+                "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "napari_paser": __version__,
             },
