@@ -302,3 +302,18 @@ def test_cli_train_on_tiff_stacks(tmp_path):
 
     with pytest.raises(PaserInputError):
         bad.func(bad)
+
+
+def test_load_data_dir_reads_the_paper_layout_by_volume(tmp_path):
+    from napari_paser.train.datasets import load_data_dir
+    from napari_paser.train.paper_layout import write_paper_layout
+
+    vols = {"train": [], "validation": []}
+    for i in range(3):
+        v = _volume(20 + i, slices=2, shape=(56, 64))
+        vols["train" if i < 2 else "validation"].append((v.image, v.labels))
+    write_paper_layout(tmp_path, vols)
+    train, val = load_data_dir(tmp_path)
+    assert len(train) == 2 and all(v.num_slices == 2 for v in train)
+    assert val is not None and len(val) == 1
+    assert set(np.unique(train[0].labels)) <= {0, 1, 2}

@@ -131,12 +131,27 @@ def _find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+_SLICE_NAME_RE = re.compile(r"^(?P<volume>.+)_z\d+$")
+
+
 def _chunks(images: np.ndarray, labels: np.ndarray, names: Sequence[str], size: int, prefix: str, norm: dict | None) -> list[Volume]:
-    """Consecutive slices of the paper's PNG layout grouped into pseudo-volumes."""
+    """Single PNG slices of the paper's layout grouped into (pseudo-)volumes.
+
+    Files named ``<volume>_z<index>`` (what ``napari-paser synth --format paper``
+    writes) are grouped by volume; otherwise consecutive files (sorted by name) form
+    pseudo-volumes of ``size`` slices, so neighbouring slices stay on one side.
+    """
+    stems = [Path(n).stem for n in names]
+    matches = [_SLICE_NAME_RE.match(s) for s in stems]
+    if stems and all(matches):
+        groups: dict[str, list[int]] = {}
+        for i, m in enumerate(matches):
+            groups.setdefault(m.group("volume"), []).append(i)
+        return [make_volume(f"{prefix}:{vol}", images[idx], labels[idx], norm) for vol, idx in groups.items()]
     vols = []
     for start in range(0, len(images), size):
         stop = min(start + size, len(images))
-        vols.append(make_volume(f"{prefix}:{names[start]}..{names[stop - 1]}", images[start:stop], labels[start:stop], norm))
+        vols.append(make_volume(f"{prefix}:{stems[start]}..{stems[stop - 1]}", images[start:stop], labels[start:stop], norm))
     return vols
 
 
@@ -153,9 +168,9 @@ def load_data_dir(folder: str | Path, normalization: dict | None = None, chunk: 
 
     Notes
     -----
-    The paper's PNG files are single slices without volume ids; consecutive files
-    (sorted by name) are grouped into pseudo-volumes of ``chunk`` slices, so that
-    neighbouring slices stay on one side of the split.
+    The paper's PNG files are single slices; they are grouped into volumes by name
+    (``<volume>_z<index>``) or, failing that, into pseudo-volumes of ``chunk``
+    consecutive slices, so that neighbouring slices stay on one side of the split.
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -28,12 +28,12 @@ class TrainConfig:
     epochs: int | None = None
     # Stage 1: f2 and f1 on random augmented patches.
     patch_batch: int = 32
-    f2_steps: int = 700
-    f1_steps: int = 700
+    f2_steps: int = 1800
+    f1_steps: int = 1000
     f2_lr: float = 1e-3
     f1_lr: float = 2e-3
     # Stage 2: f0 on whole patch grids, CE + β·MSE to f2's stitched logits.
-    f0_steps: int = 350
+    f0_steps: int = 500
     f0_batch: int = 4
     f0_lr: float = 3e-3
     beta: float = 0.01
