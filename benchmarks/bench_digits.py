@@ -112,7 +112,8 @@ def run(fast: bool, seed: int, log) -> dict:
     aug = AugmentConfig(flips=True, rot90=True, contrast=0.0, offset=0.0, noise=0.0, noise_prob=0.0, blur=0.0, blur_prob=0.0, impulse=0.0)
     steps = 8 if fast else 300
     cfg = get_preset("quick").replace(augment=aug, patch_batch=32, checkpoint_every=10**9, bf16=False, channels_last=False,
-                                      policy_steps=10 if fast else 800, policy_batch=64, rl_copies=2, epochs=None, mc_passes=5)
+                                      policy_steps=10 if fast else 4000, policy_batch=64, rl_copies=2 if fast else 4, epochs=None,
+                                      mc_passes=5, lam_power=4.0, aux_weight=20.0, policy_lr=2e-3, alpha=(0.7, 0.95))
     hist = {}
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp, {"benchmark": "digits"}), seed=seed,
@@ -129,6 +130,7 @@ def run(fast: bool, seed: int, log) -> dict:
         hist["policy"] = train_policy(ctx, bundle, caches, "digits_policy")
     bundle.eval()
     res["training"] = {"steps_per_model": steps, "policy_steps": cfg.policy_steps, "batch": cfg.patch_batch,
+                       "lam_power": cfg.lam_power, "rl_copies": cfg.rl_copies, "aux_weight": cfg.aux_weight,
                        "final_loss": {k: (h.get("loss") or [None])[-1] for k, h in hist.items()}}
     log(f"[digits] trained f0/f1/f2 and the policy ({t.lap('train_policy'):.0f} s)")
 

@@ -54,6 +54,15 @@ def environment() -> dict:
     except ImportError:
         info["scikit_learn"] = None
     try:
+        import subprocess
+
+        root = __import__("pathlib").Path(__file__).resolve().parent.parent
+        info["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        info["bundle_commit"] = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s", "--", "src/napari_paser/models"],
+                                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+    try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):

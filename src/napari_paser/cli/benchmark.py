@@ -24,6 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bundle", metavar="NAME|DIR", help="bundle to benchmark (default: the default bundle)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the suite (default 0)")
     p.add_argument("--only", metavar="PARTS", help="comma-separated parts to run (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.set_defaults(func=run)
     return p
 
@@ -48,7 +49,7 @@ def run(args) -> int:
         argv += ["--bundle", args.bundle]
     if args.only:
         argv += ["--only", args.only]
-    argv += ["--seed", str(args.seed)]
+    argv += ["--seed", str(args.seed), "--threads", str(args.threads)]
     saved = sys.argv
     sys.argv = argv
     try:
