@@ -9,6 +9,10 @@ import time
 import numpy as np
 import pytest
 
+from napari_paser.napari_ui._layers import ring_cells, routing_outline
+
+KY, KX = ring_cells((56, 64))  # routing-layer cells per patch
+
 pytestmark = pytest.mark.gui
 
 SHAPE = (6, 120, 150)  # 6 slices of a 3x3 grid of 56x64 patches
@@ -119,16 +123,17 @@ def test_run_makes_three_aligned_layers(setup):
     assert set(np.unique(phases.data)) <= {0, 1, 2}
     assert entropy.data.shape == SHAPE and entropy.data.dtype == np.float32
     assert 0 <= entropy.data.min() and entropy.data.max() <= np.log(3) + 1e-5
-    assert routing.data.shape == (6, 3, 3) and routing.data.dtype == np.uint8
+    assert routing.data.shape == (6, 3 * KY, 3 * KX) and routing.data.dtype == np.uint8
     np.testing.assert_array_equal(phases.data, outcome.result.labels)
-    np.testing.assert_array_equal(routing.data, outcome.result.routing)
+    np.testing.assert_array_equal(routing.data[:, ::KY, ::KX], outcome.result.routing)
+    np.testing.assert_array_equal(routing.data, routing_outline(outcome.result.routing, (KY, KX)))
     for layer in (phases, entropy):
         np.testing.assert_allclose(layer.scale, SCALE)
         np.testing.assert_allclose(layer.translate, TRANSLATE)
-    # A routing cell covers exactly its patch: its corners are the patch's pixel corners.
+    # The ring of a patch frames exactly that patch: its outer corners are the patch's.
     for gy, gx in [(0, 0), (1, 2), (2, 1)]:
-        cell_lo = routing.data_to_world((3, gy - 0.5, gx - 0.5))
-        cell_hi = routing.data_to_world((3, gy + 0.5, gx + 0.5))
+        cell_lo = routing.data_to_world((3, gy * KY - 0.5, gx * KX - 0.5))
+        cell_hi = routing.data_to_world((3, (gy + 1) * KY - 0.5, (gx + 1) * KX - 0.5))
         np.testing.assert_allclose(cell_lo, image.data_to_world((3, gy * 56 - 0.5, gx * 64 - 0.5)))
         np.testing.assert_allclose(cell_hi, image.data_to_world((3, (gy + 1) * 56 - 0.5, (gx + 1) * 64 - 0.5)))
     # Pore (label 0) is drawn in its own colour, not as transparent background.
@@ -151,13 +156,13 @@ def test_single_2d_image_gives_2d_layers_and_reroutes(setup, qtbot):
     widget.lam = 0.9
     widget.run(blocking=True)
     phases, routing = viewer.layers["phases"], viewer.layers["routing"]
-    assert phases.data.shape == (120, 150) and routing.data.shape == (3, 3)
-    np.testing.assert_allclose(routing.scale, (28.0, 32.0))
+    assert phases.data.shape == (120, 150) and routing.data.shape == (3 * KY, 3 * KX)
+    np.testing.assert_allclose(routing.scale, (28.0 / KY, 32.0 / KX))
     seg = widget._active.segmenter
     widget.lam = 0.0
     qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=30_000)
     _wait_idle(qtbot, widget)
-    np.testing.assert_array_equal(routing.data, seg.routing(0.0, 0))
+    np.testing.assert_array_equal(routing.data[::KY, ::KX], seg.routing(0.0, 0))
 
 
 def test_threaded_run_keeps_the_viewer_responsive(setup, qtbot):
@@ -201,7 +206,7 @@ def test_lambda_slider_reroutes_and_matches_the_engine(setup, qtbot):
         _wait_idle(qtbot, widget)
         routing = viewer.layers["routing"].data
         for z in range(SHAPE[0]):
-            np.testing.assert_array_equal(routing[z], seg.routing(lam, z))
+            np.testing.assert_array_equal(routing[z, ::KY, ::KX], seg.routing(lam, z))
         expected = seg.result(lam=lam)
         np.testing.assert_array_equal(viewer.layers["phases"].data, expected.labels)
         assert widget.stats.stats["gflops_total"] == pytest.approx(expected.gflops_total)

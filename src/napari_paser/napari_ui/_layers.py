@@ -32,6 +32,9 @@ __all__ = [
     "routing_colormap",
     "spatial_geometry",
     "routing_geometry",
+    "routing_outline",
+    "RING_PIXELS",
+    "ring_cells",
     "ResultLayers",
 ]
 
@@ -53,7 +56,16 @@ def phase_colormap() -> DirectLabelColormap:
     return DirectLabelColormap(color_dict=colors, background_value=PENDING)
 
 
-def routing_colormap(f0_alpha: float = 0.35) -> DirectLabelColormap:
+RING_PIXELS = 2
+"""Width in image pixels of the ring that frames each patch in the routing layer."""
+
+
+def ring_cells(patch_size: tuple[int, int]) -> tuple[int, int]:
+    """Cells per patch (rows, columns) in the routing layer: one cell is RING_PIXELS wide."""
+    return tuple(max(1, int(p) // RING_PIXELS) for p in patch_size)
+
+
+def routing_colormap(f0_alpha: float = 0.5) -> DirectLabelColormap:
     """Routing colours: f0 faint grey, f1 cyan, f2 magenta; pending transparent."""
     grey = np.array([0.55, 0.55, 0.55, f0_alpha])
     colors: dict[int | None, Any] = {0: grey, 1: MODEL_COLORS[1], 2: MODEL_COLORS[2]}
@@ -68,21 +80,37 @@ def spatial_geometry(layer: "napari.layers.Layer") -> tuple[np.ndarray, np.ndarr
 
 
 def routing_geometry(
-    scale: np.ndarray, translate: np.ndarray, patch_size: tuple[int, int]
+    scale: np.ndarray, translate: np.ndarray, patch_size: tuple[int, int], cells: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and translation of a patch-resolution layer so each cell covers its patch.
+    """Scale and translation of the routing layer so each ring of cells frames its patch.
 
-    napari centres pixel ``i`` at ``i * scale + translate``. A grid cell ``j`` must cover
-    image pixels ``j*p .. (j+1)*p - 1``, i.e. its centre sits at image pixel
-    ``j*p + (p-1)/2``: hence scale ``p * s`` and an extra shift of ``(p-1)/2 * s``.
+    A patch of ``p`` pixels is ``cells`` layer cells of ``c = p / cells`` pixels. napari
+    centres layer cell ``j`` at ``j * scale + translate``; cell ``j`` must cover image
+    pixels ``j*c .. (j+1)*c - 1``, so its centre sits at image pixel ``j*c + (c-1)/2``:
+    hence scale ``c * s`` and an extra shift of ``(c-1)/2 * s``.
     """
     scale, translate = np.asarray(scale, float).copy(), np.asarray(translate, float).copy()
-    p = np.asarray(patch_size, float)
+    cells = ring_cells(patch_size) if cells is None else cells
+    c = np.asarray(patch_size, float) / np.asarray(cells, float)
     out_scale = scale.copy()
-    out_scale[-2:] = scale[-2:] * p
+    out_scale[-2:] = scale[-2:] * c
     out_translate = translate.copy()
-    out_translate[-2:] = translate[-2:] + (p - 1) / 2 * scale[-2:]
+    out_translate[-2:] = translate[-2:] + (c - 1) / 2 * scale[-2:]
     return out_scale, out_translate
+
+
+def routing_outline(routing: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
+    """Draw a (..., GY, GX) routing as rings: (..., GY*cy, GX*cx), PENDING inside.
+
+    Outlines keep the phase colours underneath readable, even where one model takes
+    most patches; ``outline[..., ::cy, ::cx]`` gives the routing back.
+    """
+    cy, cx = cells
+    ring = np.ones((cy, cx), bool)
+    ring[1:-1, 1:-1] = False
+    expanded = np.repeat(np.repeat(routing, cy, axis=-2), cx, axis=-1)
+    mask = np.tile(ring, routing.shape[-2:])
+    return np.where(mask, expanded, np.uint8(PENDING)).astype(np.uint8)
 
 
 class ResultLayers:
@@ -116,6 +144,8 @@ class ResultLayers:
         self.labels = np.full(shape, PENDING, np.uint8)
         self.entropy = np.zeros(shape, np.float32)
         self.routing = np.full(grid, PENDING, np.uint8)
+        self.cells = ring_cells(self.patch_size)
+        self.routing_rings = routing_outline(self.routing, self.cells)
         self.done = np.zeros(shape[0], bool)
         scale, translate = spatial_geometry(image)
         r_scale, r_translate = routing_geometry(scale, translate, self.patch_size)
@@ -128,8 +158,8 @@ class ResultLayers:
             colormap="magma", contrast_limits=(0.0, ENTROPY_MAX), blending="additive", visible=False,
         )
         self.routing_layer = self._ensure(
-            ROUTING, "labels", self._view(self.routing), r_scale, r_translate,
-            colormap=routing_colormap(), opacity=0.4, blending="translucent",
+            ROUTING, "labels", self._view(self.routing_rings), r_scale, r_translate,
+            colormap=routing_colormap(), opacity=0.9, blending="translucent",
         )
         self.phases_layer.metadata["napari_paser"] = {"source": image.name, "complete": False}
 
@@ -173,8 +203,13 @@ class ResultLayers:
             self.entropy[z] = entropy
             self.entropy_layer.refresh()
         if routing is not None:
-            self.routing[z] = routing
+            self.store_routing(z, routing)
             self.routing_layer.refresh()
+
+    def store_routing(self, z: int, routing: np.ndarray) -> None:
+        """Keep slice ``z``'s routing (patch grid) and its drawn rings, without redrawing."""
+        self.routing[z] = routing
+        self.routing_rings[z] = routing_outline(routing, self.cells)
 
     def set_metadata(self, **info: Any) -> None:
         """Merge provenance (bundle, λ, TVD, route fractions, GFLOPs...) into the phases layer."""

@@ -536,7 +536,7 @@ class PaserWidget(QWidget):
             if msg.entropy is not None:
                 self._layers.entropy[z] = msg.entropy
             if msg.routing is not None:
-                self._layers.routing[z] = msg.routing
+                self._layers.store_routing(z, msg.routing)
             if visible:  # redraw only what is on screen: other slices are sliced on demand
                 for layer in self._layers.layers:
                     layer.refresh()
