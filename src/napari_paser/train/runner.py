@@ -184,6 +184,7 @@ def train(
     shape = tuple(banks["pretrain"].images[0].shape[-2:])
     cost = CostModel.measure(bundle, shape, bundle.mc_passes)
     gy, gx = shape[0] // ps[0], shape[1] // ps[1]
+    f0_pass = cost.f0_encode + cost.f0_decode
     meta = dict(init.meta) if init is not None else {}
     meta.pop("training", None)
     meta.update(
@@ -198,7 +199,14 @@ def train(
                 "f0_mc_analysis": cost.analysis,
                 "patch": list(cost.patch),
                 "f2_everywhere_per_slice": gy * gx * cost.patch[2],
+                # Per slice, f1/f2 on every patch against f0's whole MC analysis...
                 "ratio_f2_f1_f0": [round(gy * gx * cost.patch[2] / cost.f0_mc, 2), round(gy * gx * cost.patch[1] / cost.f0_mc, 2), 1.0],
+                # ...and against one plain f0 pass (model size alone, as the presets are sized).
+                "ratio_f2_f1_f0_one_pass": [
+                    round(gy * gx * cost.patch[2] / f0_pass, 2),
+                    round(gy * gx * cost.patch[1] / f0_pass, 2),
+                    1.0,
+                ],
             },
             "training": {
                 "command": command,
