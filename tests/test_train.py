@@ -317,3 +317,17 @@ def test_load_data_dir_reads_the_paper_layout_by_volume(tmp_path):
     assert len(train) == 2 and all(v.num_slices == 2 for v in train)
     assert val is not None and len(val) == 1
     assert set(np.unique(train[0].labels)) <= {0, 1, 2}
+
+
+def test_default_lambda_rule():
+    from napari_paser.train.validation import choose_default_lam
+
+    curve = [
+        {"lam": 0.0, "iou_ratio": 1.00, "flops_ratio": 0.60},
+        {"lam": 0.1, "iou_ratio": 0.99, "flops_ratio": 0.20},
+        {"lam": 0.2, "iou_ratio": 0.98, "flops_ratio": 0.10},
+        {"lam": 0.5, "iou_ratio": 0.90, "flops_ratio": 0.03},
+    ]
+    assert choose_default_lam(curve, 0.97, 0.30)[0] == 0.1
+    assert choose_default_lam(curve, 0.995, 0.30)[0] == 0.1  # IoU unreachable: best within the budget
+    assert choose_default_lam(curve, 0.97, 0.01)[0] == 0.5  # budget unreachable: cheapest

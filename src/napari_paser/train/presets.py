@@ -44,7 +44,7 @@ class TrainConfig:
     policy_lr: float = 2e-3
     alpha: tuple[float, float] = (0.7, 0.95)
     lam_power: float = 2.0
-    aux_weight: float = 1.0
+    aux_weight: float = 20.0
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
     ft_batch: int = 8

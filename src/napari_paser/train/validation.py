@@ -90,26 +90,26 @@ class _Table:
         return np.concatenate([a[0].ravel() for a in s]), np.concatenate([a[1].ravel() for a in s])
 
 
-def choose_default_lam(curve: list[dict], iou_target: float, flops_target: float) -> tuple[float, str]:
-    """The recommended λ from a validation curve.
+def choose_default_lam(curve: list[dict], iou_target: float, flops_target: float, margin: float = 0.8) -> tuple[float, str]:
+    """The recommended λ from a validation curve (rows sorted by rising λ).
 
-    Rule: among the λ meeting both targets (IoU ≥ ``iou_target`` × f2's and GFLOPs ≤
-    ``flops_target`` × f2's), the middle one of that range, which keeps a margin on
-    both sides for unseen scans. If none meets both: the smallest λ within the FLOP
-    budget (the best IoU the budget allows); if none is within it, the largest λ.
+    Rule: the smallest λ (the best IoU) whose GFLOPs stay within ``margin`` ×
+    ``flops_target`` × f2's and whose IoU is at least ``iou_target`` × f2's. The FLOP
+    margin leaves room for scans on which the policy sends more patches up. If no λ
+    meets both: the smallest λ within the full FLOP budget (the best IoU the budget
+    allows); if none is within it, the largest λ.
     """
-    ok = [r for r in curve if r["iou_ratio"] >= iou_target and r["flops_ratio"] <= flops_target]
+    ok = [r for r in curve if r["iou_ratio"] >= iou_target and r["flops_ratio"] <= margin * flops_target]
     if ok:
-        lam = ok[len(ok) // 2]["lam"]
-        return float(lam), (
-            f"middle of the {len(ok)} grid values of lambda meeting IoU >= {iou_target} x f2 and "
-            f"GFLOPs <= {flops_target} x f2 on the validation split"
+        return float(ok[0]["lam"]), (
+            f"smallest lambda on the validation split with IoU >= {iou_target} x f2 and "
+            f"GFLOPs <= {margin} x {flops_target} x f2"
         )
     within = [r for r in curve if r["flops_ratio"] <= flops_target]
     if within:
         return float(within[0]["lam"]), (
-            f"no lambda met IoU >= {iou_target} x f2 within GFLOPs <= {flops_target} x f2 on validation; "
-            "smallest lambda within the FLOP budget"
+            f"no lambda met IoU >= {iou_target} x f2 within GFLOPs <= {margin} x {flops_target} x f2 on validation; "
+            f"smallest lambda within GFLOPs <= {flops_target} x f2"
         )
     return float(curve[-1]["lam"]), "no lambda met the FLOP budget on validation; largest lambda"
 
