@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "random_crop", "geometric", "intensity", "salt_and_pepper", "augment_batch"]
+__all__ = ["AugmentConfig", "geometric", "intensity", "salt_and_pepper", "augment_batch"]
 
 
 @dataclass
@@ -66,21 +66,6 @@ class AugmentConfig:
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=g)
-
-
-def random_crop(
-    image: torch.Tensor, labels: torch.Tensor, size: tuple[int, int], g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random crop of ``size`` per sample (inputs must be at least that large)."""
-    b, _, h, w = image.shape
-    ch, cw = size
-    if ch > h or cw > w:
-        raise ValueError(f"crop {size} larger than the slice {(h, w)}")
-    ys = torch.randint(0, h - ch + 1, (b,), generator=g).tolist()
-    xs = torch.randint(0, w - cw + 1, (b,), generator=g).tolist()
-    img = torch.stack([image[i, :, y : y + ch, x : x + cw] for i, (y, x) in enumerate(zip(ys, xs))])
-    lab = torch.stack([labels[i, y : y + ch, x : x + cw] for i, (y, x) in enumerate(zip(ys, xs))])
-    return img, lab
 
 
 def geometric(

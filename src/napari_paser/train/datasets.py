@@ -10,7 +10,6 @@ f2's stitched patch logits can be distilled into it).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +372,3 @@ def class_weights(volumes: Sequence[Volume], power: float = 0.5, cap: float = 10
     w = np.minimum(w, cap * w.min())
     return torch.tensor(w, dtype=torch.float32)
 
-
-def num_batches(n: int, batch: int) -> int:
-    """Batches needed to cover ``n`` items."""
-    return math.ceil(n / batch)

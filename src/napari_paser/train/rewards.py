@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.bundle import Bundle
-from ..engine.patches import grid_shape, pad_to_patches, patchify, unpatchify
+from ..engine.patches import grid_shape, patchify, unpatchify
 from ..engine.uncertainty import mc_predict, policy_features, slice_seed
 
 __all__ = [
@@ -63,14 +63,6 @@ def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
     present = union > 0
     iou = torch.where(present, inter / union.clamp_min(1), torch.zeros_like(inter))
     return (iou.sum(-1) / present.sum(-1).clamp_min(1)).float()
-
-
-def class_iou(conf: torch.Tensor) -> torch.Tensor:
-    """IoU of every class from one pooled (C, C) confusion (NaN for an absent class)."""
-    conf = conf.double()
-    inter = torch.diagonal(conf)
-    union = conf.sum(0) + conf.sum(1) - inter
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan"))).float()
 
 
 @torch.no_grad()

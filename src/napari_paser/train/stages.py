@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -67,6 +67,8 @@ class StageContext:
         Prints one line (the stage's short log).
     progress : bool
         Show tqdm progress bars.
+    class_weights : Tensor, optional
+        Cross-entropy weights per class (None: unweighted).
     """
 
     cfg: TrainConfig
@@ -76,7 +78,6 @@ class StageContext:
     log: Callable[[str], None] = print
     progress: bool = True
     class_weights: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     def generator(self, stage: str) -> torch.Generator:
         """A CPU generator seeded from the run seed and the stage name (stable)."""
