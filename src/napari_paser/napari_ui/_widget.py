@@ -53,6 +53,8 @@ __all__ = ["PaserWidget"]
 MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory bounded
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
+SLIDER_STEPS = 1000
+"""Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.025)."""
 
 
 # napari imports these the first time a Labels layer is made (features table, colour
@@ -161,8 +163,8 @@ class PaserWidget(QWidget):
         self.mc_spin.setSpecialValueText("bundle default")
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(list(MODES))
-        self.lam_slider, self.lam_label = self._slider(100, 50)
-        self.tvd_slider, self.tvd_label = self._slider(50, 20)
+        self.lam_slider, self.lam_label = self._slider(SLIDER_STEPS, SLIDER_STEPS // 2)
+        self.tvd_slider, self.tvd_label = self._slider(SLIDER_STEPS // 2, SLIDER_STEPS // 5)
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -220,8 +222,10 @@ class PaserWidget(QWidget):
     def _slider(maximum: int, value: int) -> tuple[QSlider, QLabel]:
         slider = QSlider(Qt.Orientation.Horizontal)
         slider.setRange(0, maximum)
+        slider.setSingleStep(SLIDER_STEPS // 100)  # arrow keys: 0.01; page keys: 0.1
+        slider.setPageStep(SLIDER_STEPS // 10)
         slider.setValue(value)
-        label = QLabel(f"{value / 100:.2f}")
+        label = QLabel(f"{value / SLIDER_STEPS:.3f}")
         label.setMinimumWidth(32)
         return slider, label
 
@@ -338,19 +342,19 @@ class PaserWidget(QWidget):
 
     @property
     def lam(self) -> float:
-        return self.lam_slider.value() / 100
+        return self.lam_slider.value() / SLIDER_STEPS
 
     @lam.setter
     def lam(self, value: float) -> None:
-        self.lam_slider.setValue(int(round(value * 100)))
+        self.lam_slider.setValue(int(round(value * SLIDER_STEPS)))
 
     @property
     def tvd(self) -> float:
-        return self.tvd_slider.value() / 100
+        return self.tvd_slider.value() / SLIDER_STEPS
 
     @tvd.setter
     def tvd(self, value: float) -> None:
-        self.tvd_slider.setValue(int(round(value * 100)))
+        self.tvd_slider.setValue(int(round(value * SLIDER_STEPS)))
 
     @property
     def bundle_path(self) -> Path | None:
@@ -633,8 +637,8 @@ class PaserWidget(QWidget):
         self._on_slider()
 
     def _on_slider(self, *_: Any) -> None:
-        self.lam_label.setText(f"{self.lam:.2f}")
-        self.tvd_label.setText(f"{self.tvd:.2f}")
+        self.lam_label.setText(f"{self.lam:.3f}")
+        self.tvd_label.setText(f"{self.tvd:.3f}")
         if self._active is not None:
             self._debounce.start()  # coalesce a drag into one re-route
 
