@@ -45,6 +45,8 @@ def main() -> None:
         time.sleep(0.002)
     timer.stop()
     gaps = np.diff(ticks) * 1000
+    worst = np.argsort(gaps)[::-1][:5]
+    print("largest gaps (ms, at s after start):", ", ".join(f"{gaps[i]:.0f} @ {ticks[i] - start:.2f}" for i in sorted(worst)))
     print(
         f"first threaded run ({image.shape[0]} slices, layers created): {time.perf_counter() - start:.1f} s; "
         f"heartbeat max gap {gaps.max():.0f} ms, p99 {np.percentile(gaps, 99):.0f} ms over {len(gaps)} ticks"

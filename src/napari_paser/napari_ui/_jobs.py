@@ -14,6 +14,7 @@ from typing import Any, Generator
 
 import numpy as np
 
+from ._native import preload_torch_native, worker_threads
 from ._stats import slice_fractions, summarize
 
 __all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session"]
@@ -34,14 +35,24 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+LAYERS_WAIT_S = 10.0
+"""Longest pause of a run while the GUI adds its result layers (see :class:`Ready`)."""
+
+
 @dataclass
 class Ready:
-    """The volume is validated; result layers of this shape can be (re)made."""
+    """The volume is validated; result layers of this shape can be (re)made.
+
+    The run pauses until ``shown`` is set (at most :data:`LAYERS_WAIT_S`): adding napari
+    layers is Python-heavy GUI work that a computing worker would slow down by competing
+    for the GIL and the cores, stalling the viewer.
+    """
 
     session: Session
     shape: tuple[int, int, int]
     grid: tuple[int, int, int]
     patch_size: tuple[int, int]
+    shown: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -90,10 +101,15 @@ class RunRequest:
 
 
 def pick_device() -> str:
-    """CUDA when available, else CPU (imports torch: call from a job)."""
+    """CUDA when available, else CPU with one core left to the viewer (imports torch:
+    call from a job)."""
+    preload_torch_native()
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
+    return "cpu"
 
 
 def _visible_first(order: list[int] | None, n: int) -> list[int]:
@@ -103,6 +119,7 @@ def _visible_first(order: list[int] | None, n: int) -> list[int]:
 
 def open_session(req: RunRequest) -> Session:
     """Load the bundle and validate the volume (engine errors propagate unchanged)."""
+    preload_torch_native()  # the engine imports torch: map its library without the GIL first
     from ..engine.bundle import load_bundle
     from ..engine.pipeline import PaserSegmenter
 
@@ -148,7 +165,9 @@ def run_job(req: RunRequest) -> Generator[Any, None, Outcome]:
     session = req.session or open_session(req)
     seg = session.segmenter
     shape, grid, patch = _geometry(seg)
-    yield Ready(session, shape, grid, patch)
+    ready = Ready(session, shape, grid, patch)
+    yield ready
+    ready.shown.wait(LAYERS_WAIT_S)
     order = _visible_first(req.order, shape[0])
     per_slice = np.full((shape[0], 3), np.nan)
     lam = float(req.lam)

@@ -119,6 +119,12 @@ class ResultLayers:
     The buffers are always 3-D (plane, row, column); for a 2-D image the layers show
     plane 0 as a view, so filling a slice updates the layer data in place.
 
+    Adding a layer to napari is its most expensive GUI step (about 0.1 s per layer, more
+    for the first Labels layer of a session). With ``defer`` the layers are added one per
+    :meth:`add_next` call, so a caller can spread them over event-loop turns and keep the
+    viewer responsive; the buffers take results from the start, and a layer added later
+    shows everything filled before it existed.
+
     Parameters
     ----------
     viewer : napari.Viewer
@@ -128,6 +134,8 @@ class ResultLayers:
     grid : (Z, GY, GX)
         Patch grid of the routing.
     patch_size : (rows, columns)
+    defer : bool
+        Add no layer yet: call :meth:`add_next` (or :meth:`add_all`).
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class ResultLayers:
         shape: tuple[int, int, int],
         grid: tuple[int, int, int],
         patch_size: tuple[int, int],
+        defer: bool = False,
     ) -> None:
         self.viewer = viewer
         self.is_2d = image.ndim == 2
@@ -147,23 +156,61 @@ class ResultLayers:
         self.cells = ring_cells(self.patch_size)
         self.routing_rings = routing_outline(self.routing, self.cells)
         self.done = np.zeros(shape[0], bool)
+        self.metadata: dict[str, Any] = {"source": image.name, "complete": False}
         scale, translate = spatial_geometry(image)
         r_scale, r_translate = routing_geometry(scale, translate, self.patch_size)
-        self.phases_layer = self._ensure(
-            PHASES, "labels", self._view(self.labels), scale, translate,
-            colormap=phase_colormap(), opacity=0.6, blending="translucent",
-        )
-        self.entropy_layer = self._ensure(
-            ENTROPY, "image", self._view(self.entropy), scale, translate,
-            colormap="magma", contrast_limits=(0.0, ENTROPY_MAX), blending="additive", visible=False,
-        )
-        self.routing_layer = self._ensure(
-            ROUTING, "labels", self._view(self.routing_rings), r_scale, r_translate,
-            colormap=routing_colormap(), opacity=0.9, blending="translucent",
-        )
-        self.phases_layer.metadata["napari_paser"] = {"source": image.name, "complete": False}
+        # Phases first: it carries the provenance and is what users look at.
+        self._specs: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, dict]] = [
+            (PHASES, "labels", self.labels, scale, translate,
+             dict(colormap=phase_colormap(), opacity=0.6, blending="translucent")),
+            (ENTROPY, "image", self.entropy, scale, translate,
+             dict(colormap="magma", contrast_limits=(0.0, ENTROPY_MAX), blending="additive", visible=False)),
+            (ROUTING, "labels", self.routing_rings, r_scale, r_translate,
+             dict(colormap=routing_colormap(), opacity=0.9, blending="translucent")),
+        ]
+        self._added: dict[str, Any] = {}
+        if not defer:
+            self.add_all()
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ layers
+
+    def add_next(self) -> bool:
+        """Add (or reuse) the next result layer; returns whether any is still missing."""
+        if self.complete:
+            return False
+        name, kind, data, scale, translate, kwargs = self._specs[len(self._added)]
+        layer = self._ensure(name, kind, self._view(data), scale, translate, **kwargs)
+        if name == PHASES:
+            layer.metadata["napari_paser"] = dict(self.metadata)
+        self._added[name] = layer
+        return not self.complete
+
+    def add_all(self) -> None:
+        """Add every result layer not added yet."""
+        while self.add_next():
+            pass
+
+    @property
+    def complete(self) -> bool:
+        """All three layers have been added."""
+        return len(self._added) == len(self._specs)
+
+    @property
+    def phases_layer(self) -> Any:
+        return self._added.get(PHASES)
+
+    @property
+    def entropy_layer(self) -> Any:
+        return self._added.get(ENTROPY)
+
+    @property
+    def routing_layer(self) -> Any:
+        return self._added.get(ROUTING)
+
+    @property
+    def layers(self) -> tuple:
+        """The layers added so far (phases, entropy, routing order)."""
+        return tuple(self._added.values())
 
     def _view(self, a: np.ndarray) -> np.ndarray:
         return a[0] if self.is_2d else a
@@ -187,24 +234,25 @@ class ResultLayers:
         layer.metadata["napari_paser_layer"] = name
         return layer
 
-    @property
-    def layers(self) -> tuple:
-        return self.phases_layer, self.entropy_layer, self.routing_layer
-
     # ------------------------------------------------------------------ updates
+
+    def refresh(self) -> None:
+        """Redraw the layers added so far (after their buffers changed)."""
+        for layer in self.layers:
+            layer.refresh()
 
     def set_slice(self, z: int, labels=None, entropy=None, routing=None) -> None:
         """Fill slice ``z`` of any of the three buffers and redraw what changed."""
         if labels is not None:
             self.labels[z] = labels
             self.done[z] = True
-            self.phases_layer.refresh()
         if entropy is not None:
             self.entropy[z] = entropy
-            self.entropy_layer.refresh()
         if routing is not None:
             self.store_routing(z, routing)
-            self.routing_layer.refresh()
+        for name, given in ((PHASES, labels), (ENTROPY, entropy), (ROUTING, routing)):
+            if given is not None and name in self._added:
+                self._added[name].refresh()
 
     def store_routing(self, z: int, routing: np.ndarray) -> None:
         """Keep slice ``z``'s routing (patch grid) and its drawn rings, without redrawing."""
@@ -213,13 +261,13 @@ class ResultLayers:
 
     def set_metadata(self, **info: Any) -> None:
         """Merge provenance (bundle, λ, TVD, route fractions, GFLOPs...) into the phases layer."""
-        meta = dict(self.phases_layer.metadata.get("napari_paser", {}))
-        meta.update(info)
-        meta["complete"] = bool(self.done.all())
-        meta["slices_done"] = int(self.done.sum())
-        meta["slices_total"] = int(self.done.size)
-        self.phases_layer.metadata["napari_paser"] = meta
+        self.metadata.update(info)
+        self.metadata["complete"] = bool(self.done.all())
+        self.metadata["slices_done"] = int(self.done.sum())
+        self.metadata["slices_total"] = int(self.done.size)
+        if self.phases_layer is not None:
+            self.phases_layer.metadata["napari_paser"] = dict(self.metadata)
 
     def alive(self) -> bool:
-        """True while all three layers are still in the viewer."""
+        """True while every layer added so far is still in the viewer."""
         return all(layer in self.viewer.layers for layer in self.layers)

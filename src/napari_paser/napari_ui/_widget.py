@@ -135,6 +135,7 @@ class PaserWidget(QWidget):
         self._active: _jobs.Session | None = None  # session behind the result layers
         self._source: Image | None = None  # image layer behind the result layers
         self._layers: ResultLayers | None = None
+        self._layers_shown: threading.Event | None = None
         self._per_slice = np.zeros((0, 3))
         self._result = None
         self._lam_shown: float | None = None  # λ of the composed layers
@@ -516,11 +517,14 @@ class PaserWidget(QWidget):
         if self._worker is not None:
             self._set_status("Cancelling after the current slice…")
             self._worker.quit()
+            self._release_worker()
 
     # ------------------------------------------------------------------ messages
 
     def _on_message(self, msg: Any, gen: int) -> None:
         if gen != self._generation:
+            if isinstance(msg, _jobs.Ready):
+                msg.shown.set()  # nothing will be shown: let the superseded job end
             return  # a superseded job
         if isinstance(msg, _jobs.Ready):
             self._on_ready(msg)
@@ -542,8 +546,7 @@ class PaserWidget(QWidget):
             if msg.routing is not None:
                 self._layers.store_routing(z, msg.routing)
             if visible:  # redraw only what is on screen: other slices are sliced on demand
-                for layer in self._layers.layers:
-                    layer.refresh()
+                self._layers.refresh()
             if self._pbar is not None:
                 self._pbar.update(1)
 
@@ -554,14 +557,39 @@ class PaserWidget(QWidget):
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
         self._active, self._source = session, self._pending_source
-        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size)
+        threaded = self._worker is not None
+        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded)
+        self._layers_shown = msg.shown
+        if threaded:
+            self._add_layers_stepwise(self._layers)
+        else:
+            msg.shown.set()
         self._per_slice = np.full((msg.shape[0], 3), np.nan)
         self._result = None
         self.device_label.setText(session.device)
 
+    def _add_layers_stepwise(self, layers: ResultLayers) -> None:
+        """Add the result layers one per event-loop turn: each napari layer takes ~0.1 s
+        to build, all three in one turn would freeze the viewer for their sum."""
+
+        def step() -> None:
+            if self._layers is layers and layers.alive() and layers.add_next():
+                QTimer.singleShot(0, step)
+            else:
+                self._release_worker()
+
+        QTimer.singleShot(0, step)
+
+    def _release_worker(self) -> None:
+        """Let a run paused for its result layers go on (see :class:`_jobs.Ready`)."""
+        if self._layers_shown is not None:
+            self._layers_shown.set()
+            self._layers_shown = None
+
     def _on_returned(self, outcome: _jobs.Outcome, gen: int) -> None:
         if gen != self._generation or outcome is None or self._layers is None:
             return
+        self._layers.add_all()  # a quick job can end before the stepwise adding did
         self._result, self._lam_shown = outcome.result, outcome.lam
         if outcome.result is None:
             self._publish(outcome.stats, note="partial run: GFLOPs are reported once every slice is segmented")
@@ -592,6 +620,9 @@ class PaserWidget(QWidget):
     def _on_finished(self, gen: int) -> None:
         if gen != self._generation:
             return
+        if self._layers is not None and self._layers.alive():
+            self._layers.add_all()  # cancelled or failed before the stepwise adding ended
+        self._release_worker()
         self._close_progress()
         self._worker, self._job = None, None
         self.run_button.setEnabled(True)

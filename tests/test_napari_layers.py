@@ -1,0 +1,70 @@
+"""Result layers added step by step, and the worker's torch loading and thread count."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_paser.napari_ui._layers import PENDING, ResultLayers
+from napari_paser.napari_ui._native import worker_threads
+
+pytestmark = pytest.mark.gui
+
+
+def test_deferred_layers_appear_one_per_call_with_what_was_filled_before(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((3, 64, 64), np.float32), name="ct", scale=(2.0, 0.5, 0.5))
+    layers = ResultLayers(viewer, image, (3, 64, 64), (3, 2, 2), (32, 32), defer=True)
+    assert layers.layers == () and not layers.complete and len(viewer.layers) == 1
+    # Results and provenance that arrive before the layers are kept.
+    layers.set_slice(1, labels=np.ones((64, 64), np.uint8), entropy=np.full((64, 64), 0.5, np.float32),
+                     routing=np.array([[0, 1], [2, 1]], np.uint8))
+    layers.set_metadata(lam=0.25)
+    assert layers.add_next() and [l.name for l in layers.layers] == ["phases"]
+    assert layers.phases_layer.metadata["napari_paser"]["lam"] == 0.25
+    assert (layers.phases_layer.data[1] == 1).all() and (layers.phases_layer.data[0] == PENDING).all()
+    assert layers.add_next() and layers.entropy_layer.data[1].max() == np.float32(0.5)
+    assert not layers.add_next() and layers.complete
+    assert layers.routing_layer.data[1, :: layers.cells[0], :: layers.cells[1]].tolist() == [[0, 1], [2, 1]]
+    np.testing.assert_allclose(layers.phases_layer.scale, (2.0, 0.5, 0.5))
+    assert not layers.add_next() and len(viewer.layers) == 4  # nothing added twice
+    # A later run on the same image reuses the layers in place.
+    again = ResultLayers(viewer, image, (3, 64, 64), (3, 2, 2), (32, 32))
+    assert again.complete and len(viewer.layers) == 4
+    assert again.phases_layer is layers.phases_layer and (again.phases_layer.data == PENDING).all()
+
+
+def test_removing_an_added_layer_makes_the_set_dead(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="ct")
+    layers = ResultLayers(viewer, image, (2, 32, 32), (2, 1, 1), (32, 32), defer=True)
+    layers.add_next()
+    assert layers.alive()
+    viewer.layers.remove("phases")
+    assert not layers.alive()
+
+
+def test_worker_leaves_one_core_to_the_viewer():
+    assert worker_threads(1) == 1
+    assert worker_threads(2) == 1
+    assert worker_threads(16) == 15
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload maps a Linux shared library")
+def test_torch_library_preload_then_import_works():
+    code = (
+        "import sys\n"
+        "from napari_paser.napari_ui._native import preload_torch_native\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert preload_torch_native() is True\n"
+        "assert preload_torch_native() is False  # once is enough\n"
+        "import torch\n"
+        "x = torch.arange(6.0).reshape(2, 3)\n"
+        "print(float((x @ x.T).sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == "83.0"  # [[5, 14], [14, 50]]
