@@ -4,7 +4,8 @@
 2. :func:`pretrain_f0`: f0 on whole patch grids, ``(1-β)·CE + β·MSE`` to f2's
    stitched patch logits.
 3. :func:`train_policy`: REINFORCE over a reward table cached once with frozen models,
-   λ drawn per example so one policy serves every λ.
+   λ drawn per example so one policy serves every λ (or λ given by a schedule, e.g.
+   fixed at 0 or a linear ramp: see :mod:`.tvd_finetune`).
 4. :func:`finetune_joint`: alternate CE steps of f1/f2 on the patches the sampled
    actions send to them with REINFORCE steps of the policy.
 
@@ -123,6 +124,7 @@ def run_loop(
     optimizers: dict[str, tuple[torch.optim.Optimizer, float]],
     step_fn: Callable[[int], dict[str, float]],
     g: torch.Generator,
+    stop: Callable[[int], bool] | None = None,
 ) -> dict[str, list]:
     """Run ``step_fn(step)`` for steps ``0..total-1``, resuming from a partial checkpoint.
 
@@ -132,6 +134,9 @@ def run_loop(
         name -> (optimiser, base learning rate); the schedule is set before each step.
     step_fn : callable
         Does one optimisation step and returns scalar statistics (``loss`` first).
+    stop : callable, optional
+        ``stop(steps_done)`` is called after every step; if it returns True the loop
+        ends there (early stopping; no partial checkpoint is written for that step).
 
     Returns
     -------
@@ -165,12 +170,15 @@ def run_loop(
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         count += 1
-        if (step + 1) % every == 0 or step + 1 == total:
+        stopping = stop is not None and bool(stop(step + 1))
+        if (step + 1) % every == 0 or step + 1 == total or stopping:
             history["step"].append(step + 1)
             for k, v in sums.items():
                 history.setdefault(k, []).append(round(v / count, 5))
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in list(sums.items())[:3]})
             sums, count = {}, 0
+        if stopping:
+            break
         if (step + 1) % ctx.cfg.checkpoint_every == 0 and step + 1 < total:
             ctx.ckpt.save_partial(
                 stage,
@@ -327,16 +335,37 @@ def _alpha(schedule: tuple[float, float], step: int, total: int) -> float:
     return a + (b - a) * step / max(1, total - 1)
 
 
-def train_policy(ctx: StageContext, bundle: Bundle, caches: list[RewardCache], stage: str = "policy") -> dict:
+def train_policy(
+    ctx: StageContext,
+    bundle: Bundle,
+    caches: list[RewardCache],
+    stage: str = "policy",
+    *,
+    lam_schedule: Callable[[int, int], float] | None = None,
+    policy: nn.Module | None = None,
+    stop: Callable[[int], bool] | None = None,
+) -> dict:
     """Stage 3: REINFORCE of the λ-conditioned policy over cached rewards.
 
     Each example draws its own λ (``u**lam_power``), actions follow the policy with
     probability α (rising 0.7 → 0.95) and are uniform otherwise; the loss has the
     expected-reward baseline and gain regression of :func:`reinforce_loss`.
+
+    Parameters
+    ----------
+    lam_schedule : callable, optional
+        ``lam_schedule(step, total)`` -> λ used for the whole batch of that step
+        (e.g. ``lambda step, total: 0.0`` to pre-train at λ = 0, or a linear ramp).
+        None (default): λ drawn per example as above.
+    policy : nn.Module, optional
+        The policy to train (default ``bundle.policy``), e.g. a copy being fine-tuned;
+        the costs are still ``bundle.costs()``.
+    stop : callable, optional
+        Early stopping, passed to :func:`run_loop`.
     """
     cfg = ctx.cfg
     g = ctx.generator(stage)
-    policy = bundle.policy.to(ctx.device)
+    policy = (bundle.policy if policy is None else policy).to(ctx.device)
     costs = bundle.costs().to(ctx.device)
     sizes = torch.tensor([len(c) for c in caches], dtype=torch.float)
     deltas = [c.delta for c in caches]
@@ -350,7 +379,10 @@ def train_policy(ctx: StageContext, bundle: Bundle, caches: list[RewardCache], s
         idx = torch.randint(0, n, (min(cfg.policy_batch, n),), generator=g)
         feats = caches[ci].features[idx].to(ctx.device).float()
         delta = deltas[ci][idx].to(ctx.device)
-        lam = sample_lambda(len(idx), g, cfg.lam_power).to(ctx.device)
+        if lam_schedule is None:
+            lam = sample_lambda(len(idx), g, cfg.lam_power).to(ctx.device)
+        else:
+            lam = torch.full((len(idx),), float(lam_schedule(step, total)), device=ctx.device)
         gains = policy.gains(feats)
         logits = policy.logits(gains, lam, costs)
         actions = sample_actions(logits, _alpha(cfg.alpha, step, total), g).to(ctx.device)
@@ -360,7 +392,7 @@ def train_policy(ctx: StageContext, bundle: Bundle, caches: list[RewardCache], s
         opt.step()
         return {"loss": float(loss.detach()), **stats}
 
-    history = run_loop(ctx, stage, total, {"policy": policy}, {"opt": (opt, cfg.policy_lr)}, step_fn, g)
+    history = run_loop(ctx, stage, total, {"policy": policy}, {"opt": (opt, cfg.policy_lr)}, step_fn, g, stop=stop)
     policy.eval()
     ctx.log(_summary(stage, history))
     return history
