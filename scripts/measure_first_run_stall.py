@@ -1,6 +1,7 @@
 """Measure event-loop stalls during the FIRST threaded run of a napari session.
 
-The first run also creates the result layers, napari's most expensive one-off step.
+The first run also imports torch and creates the result layers, the one-off steps that
+used to freeze the viewer (see ``napari_ui/_torch_loading.py`` and ``ResultLayers``).
 Run under a display: ``xvfb-run -a python scripts/measure_first_run_stall.py``.
 Prints the largest gap of a 10 ms heartbeat timer during the run.
 """

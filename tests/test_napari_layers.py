@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_paser.napari_ui._layers import PENDING, ResultLayers
-from napari_paser.napari_ui._native import worker_threads
+from napari_paser.napari_ui._torch_loading import worker_threads
 
 pytestmark = pytest.mark.gui
 
@@ -57,7 +57,7 @@ def test_worker_leaves_one_core_to_the_viewer():
 def test_torch_library_preload_then_import_works():
     code = (
         "import sys\n"
-        "from napari_paser.napari_ui._native import preload_torch_native\n"
+        "from napari_paser.napari_ui._torch_loading import preload_torch_native\n"
         "assert 'torch' not in sys.modules\n"
         "assert preload_torch_native() is True\n"
         "assert preload_torch_native() is False  # once is enough\n"
@@ -68,3 +68,18 @@ def test_torch_library_preload_then_import_works():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "83.0"  # [[5, 14], [14, 50]]
+
+
+def test_quiet_torch_import_freezes_the_heap_and_restores_the_collector():
+    code = (
+        "import gc, sys\n"
+        "from napari_paser.napari_ui._torch_loading import import_torch_quietly\n"
+        "assert gc.get_freeze_count() == 0 and gc.isenabled()\n"
+        "import_torch_quietly('napari_paser.engine.pipeline')\n"
+        "assert 'torch' in sys.modules and 'napari_paser.engine.pipeline' in sys.modules\n"
+        "assert gc.isenabled(), 'the collector must be running again'\n"
+        "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -14,7 +14,7 @@ from typing import Any, Generator
 
 import numpy as np
 
-from ._native import preload_torch_native, worker_threads
+from ._torch_loading import import_torch_quietly, worker_threads
 from ._stats import slice_fractions, summarize
 
 __all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session"]
@@ -103,7 +103,7 @@ class RunRequest:
 def pick_device() -> str:
     """CUDA when available, else CPU with one core left to the viewer (imports torch:
     call from a job)."""
-    preload_torch_native()
+    import_torch_quietly()
     import torch
 
     if torch.cuda.is_available():
@@ -119,7 +119,7 @@ def _visible_first(order: list[int] | None, n: int) -> list[int]:
 
 def open_session(req: RunRequest) -> Session:
     """Load the bundle and validate the volume (engine errors propagate unchanged)."""
-    preload_torch_native()  # the engine imports torch: map its library without the GIL first
+    import_torch_quietly("napari_paser.engine.bundle", "napari_paser.engine.pipeline")
     from ..engine.bundle import load_bundle
     from ..engine.pipeline import PaserSegmenter
 
