@@ -323,6 +323,48 @@ def match_idk(grid: list[dict], target_iou: float, tol: float = 1e-3) -> dict:
     return {**g, "match": "the cascade never reaches the target IoU; its best IoU"}
 
 
+# --------------------------------------------------------------------------- oracle
+
+
+def oracle_gains(table: PatchTable) -> np.ndarray:
+    """First-order change of the table's dataset mean IoU when one patch moves from f0
+    to f1 or f2, (N, 2, GY, GX); uses the truth, so no real policy can know it.
+
+    With f0 everywhere, class c has intersection I_c and union U_c over the whole table;
+    a patch changes them by dI_c, dU_c and the mean IoU by about
+    ``mean_c (dI_c - IoU_c dU_c) / U_c``.
+    """
+    conf = table.conf.astype(np.float64)
+    pooled = conf[:, 0].sum((0, 1, 2))
+    inter = np.diag(pooled)
+    union = pooled.sum(0) + pooled.sum(1) - inter
+    diff = conf[:, 1:] - conf[:, :1]
+    d_inter = np.diagonal(diff, axis1=-2, axis2=-1)
+    d_union = diff.sum(-1) + diff.sum(-2) - d_inter
+    return ((d_inter - inter / union * d_union) / union).mean(-1)
+
+
+def oracle_front(table: PatchTable, points: int = 240) -> list[dict]:
+    """Upper bound of any patch policy with these f0/f1/f2: route every patch by its
+    true first-order IoU gain minus ``lam`` times its GFLOPs, over a sweep of ``lam``;
+    charged like PaSeR (f0's analysis and the policy on every slice)."""
+    gains = oracle_gains(table)
+    patch_gflops = np.asarray(table.cost.patch[1:], float) / 1e9
+    scale = np.abs(gains).max() / patch_gflops.min()
+    out = []
+    for lam in np.concatenate([[0.0], np.geomspace(1e-4, 1.0, points - 1)]) * scale:
+        utility = np.concatenate([np.zeros_like(gains[:, :1]), gains - lam * patch_gflops.reshape(1, 2, 1, 1)], axis=1)
+        routing = utility.argmax(1).astype(np.uint8)
+        out.append({"lam_gflops": float(lam), **table.score(routing, "paser")})
+    return pareto(out)
+
+
+def cheapest_reaching(points: list[dict], target_iou: float) -> dict | None:
+    """The point with the fewest GFLOPs whose IoU is at least ``target_iou``."""
+    ok = [p for p in points if p["mean_iou"] >= target_iou]
+    return min(ok, key=lambda p: p["gflops"]) if ok else None
+
+
 # --------------------------------------------------------------------------- pipeline runs
 
 
