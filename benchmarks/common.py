@@ -328,13 +328,19 @@ def match_idk(grid: list[dict], target_iou: float, tol: float = 1e-3) -> dict:
 
 def oracle_gains(table: PatchTable) -> np.ndarray:
     """First-order change of the table's dataset mean IoU when one patch moves from f0
-    to f1 or f2, (N, 2, GY, GX); uses the truth, so no real policy can know it.
+    to f1 or f2, (N, 2, GY, GX); uses the truth, so no real policy can know it."""
+    return dataset_iou_gains(table.conf)
 
-    With f0 everywhere, class c has intersection I_c and union U_c over the whole table;
-    a patch changes them by dI_c, dU_c and the mean IoU by about
+
+def dataset_iou_gains(conf: np.ndarray) -> np.ndarray:
+    """First-order dataset mean-IoU gains (N, 2, GY, GX) from per-patch confusions
+    (N, 3, GY, GX, C, C) of f0, f1, f2.
+
+    With f0 everywhere, class c has intersection I_c and union U_c over all patches; a
+    patch changes them by dI_c, dU_c and the mean IoU by about
     ``mean_c (dI_c - IoU_c dU_c) / U_c``.
     """
-    conf = table.conf.astype(np.float64)
+    conf = np.asarray(conf, dtype=np.float64)
     pooled = conf[:, 0].sum((0, 1, 2))
     inter = np.diag(pooled)
     union = pooled.sum(0) + pooled.sum(1) - inter
