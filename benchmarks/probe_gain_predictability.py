@@ -90,7 +90,10 @@ def main(argv=None) -> None:
     bundle = load_bundle(resolve_bundle(args.bundle)).eval()
     train = reward_cache(bundle, make_volumes(TRAIN_SEEDS, args.slices), args.seed)
     test = reward_cache(bundle, make_volumes(TEST_SEEDS, args.slices), args.seed)
-    y_train = torch.from_numpy(dataset_iou_gains(train.conf.numpy())).float()
+    # Gains of one patch are ~1/patches of an IoU change: scale to "as if every patch
+    # were like this one" so the regression works at the scale of IoU differences.
+    y_train = dataset_iou_gains(train.conf.numpy())
+    y_train = torch.from_numpy(y_train * y_train[:, 0].size).float()
     y_test = dataset_iou_gains(test.conf.numpy())
     features = test.features.float()
     ph, pw = bundle.patch_size
