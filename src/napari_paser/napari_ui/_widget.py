@@ -70,6 +70,14 @@ def _warm_imports() -> None:
             importlib.import_module(name)
         except ImportError:  # optional for napari: it will not need it either
             pass
+    try:
+        # A Labels layer's polygon overlay builds vispy's dash patterns (pure numpy,
+        # cached per process, ~60 ms): build them here rather than in the first run.
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except (ImportError, AttributeError, TypeError, ValueError):  # a private vispy helper: if it changed, napari pays as before
+        pass
 
 
 def _start_warm_imports() -> None:
