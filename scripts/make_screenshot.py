@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.layers["entropy"].visible = False
     viewer.layers.selection.active = viewer.layers["phases"]
     viewer.reset_view()
-    viewer.camera.zoom *= 0.95
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 : older
+    camera.zoom *= 0.95
     app = QApplication.instance()
     for _ in range(20):
         app.processEvents()
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = widget.stats.stats
     print(
         f"wrote {args.out} ({shot.shape[1]}x{shot.shape[0]}); bundle {Path(bundle).name}, patch {patch}, "
-        f"λ {outcome.lam:.2f}, f2 patches {100 * stats['route_fraction']['f2']:.0f} %, "
+        f"λ {outcome.lam:.3f}, f2 patches {100 * stats['route_fraction']['f2']:.0f} %, "
         f"GFLOPs {stats['gflops_percent_of_f2']:.0f} % of f2, mean IoU {stats.get('mean_iou', float('nan')):.3f}"
     )
     viewer.close()
