@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from common import LAM_IDK, Timer, build_table, idk_grid, match_idk, run_methods, tune_idk
+from common import Timer, build_table, idk_grid, match_idk, run_methods, tune_idk
 from napari_paser.engine.baselines import idk_method
 from napari_paser.engine.pipeline import PaserSegmenter, register_method
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from common import (
-    LAM_IDK,
     NOISE_SEED,
     RETRAIN_SEEDS,
     TEST_SEEDS,
@@ -151,7 +150,7 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
 
     mc = {}
     for passes in (bundle.mc_passes, 20):
-        ents, pix, rows = [], [], []
+        ents, pix = [], []
         cm = np.zeros((3, 3), dtype=np.int64)
         gflops = secs = 0.0
         for (img, lab) in test:

@@ -185,7 +185,7 @@ class PatchTable:
         return cascade_routing(self.ent[:, 0], self.ent[:, 1], a0, a1)
 
     def random(self, probs, seed: int = 0) -> np.ndarray:
-        out, k = [], 0
+        out = []
         for seg, zs in self.segs:
             out.append(np.stack([random_routing(seg.grid, probs, seed, z) for z in zs]))
         return np.concatenate(out)

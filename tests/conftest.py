@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,16 @@ def tiny_bundle_dir(tiny_bundle, tmp_path):
     from napari_paser.engine.bundle import save_bundle
 
     return save_bundle(tiny_bundle, tmp_path / "tiny-bundle")
+
+
+@pytest.fixture
+def fresh_python():
+    """Run code in a new interpreter (for what a test process has already changed:
+    imported modules, the garbage collector); asserts it exits 0, returns its stdout."""
+
+    def run(code: str, timeout: float = 240) -> str:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    return run

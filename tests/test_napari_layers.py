@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -54,7 +53,7 @@ def test_worker_leaves_one_core_to_the_viewer():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload maps a Linux shared library")
-def test_torch_library_preload_then_import_works():
+def test_torch_library_preload_then_import_works(fresh_python):
     code = (
         "import sys\n"
         "from napari_paser.napari_ui._torch_loading import preload_torch_native\n"
@@ -65,12 +64,10 @@ def test_torch_library_preload_then_import_works():
         "x = torch.arange(6.0).reshape(2, 3)\n"
         "print(float((x @ x.T).sum()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip() == "83.0"  # [[5, 14], [14, 50]]
+    assert fresh_python(code).strip() == "83.0"  # [[5, 14], [14, 50]]
 
 
-def test_quiet_torch_import_freezes_the_heap_and_restores_the_collector():
+def test_quiet_torch_import_freezes_the_heap_and_restores_the_collector(fresh_python):
     code = (
         "import gc, sys\n"
         "from napari_paser.napari_ui._torch_loading import import_torch_quietly\n"
@@ -79,7 +76,5 @@ def test_quiet_torch_import_freezes_the_heap_and_restores_the_collector():
         "assert 'torch' in sys.modules and 'napari_paser.engine.pipeline' in sys.modules\n"
         "assert gc.isenabled(), 'the collector must be running again'\n"
         "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
-        "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stdout + out.stderr
+    fresh_python(code)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -75,7 +73,7 @@ def _wait_idle(qtbot, widget, timeout=60_000):
 # --------------------------------------------------------------------------- no torch
 
 
-def test_opening_napari_and_the_widget_does_not_import_torch():
+def test_opening_napari_and_the_widget_does_not_import_torch(fresh_python):
     code = (
         "import sys, napari\n"
         "v = napari.Viewer(show=False)\n"
@@ -86,8 +84,7 @@ def test_opening_napari_and_the_widget_does_not_import_torch():
         "print('TORCH', bad[:3])\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stdout + out.stderr
+    fresh_python(code)
 
 
 # --------------------------------------------------------------------------- runs

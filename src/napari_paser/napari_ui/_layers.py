@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
-from .. import CLASS_COLORS, CLASS_NAMES
+from .. import CLASS_COLORS
 
 if TYPE_CHECKING:
     import napari

@@ -13,7 +13,6 @@ import numpy as np
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from .. import CLASS_NAMES
-from ._layers import PENDING
 from ._tooltips import TOOLTIPS
 
 __all__ = ["slice_fractions", "summarize", "StatsPanel"]
