@@ -14,8 +14,8 @@ from typing import Any, Generator
 
 import numpy as np
 
-from ._torch_loading import import_torch_quietly, worker_threads
 from ._stats import slice_fractions, summarize
+from ._torch_loading import import_torch_quietly, worker_threads
 
 __all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session"]
 

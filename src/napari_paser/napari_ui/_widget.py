@@ -76,8 +76,8 @@ def _warm_imports() -> None:
         from vispy.visuals.line.dash_atlas import DashAtlas
 
         DashAtlas()
-    except (ImportError, AttributeError, TypeError, ValueError):  # a private vispy helper: if it changed, napari pays as before
-        pass
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass  # a private vispy helper: if it changed, napari pays the cost as before
 
 
 def _start_warm_imports() -> None:
