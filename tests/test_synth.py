@@ -89,8 +89,9 @@ def test_bad_arguments():
 
 
 def test_cli_synth_tiff(tmp_path, capsys):
-    from napari_paser.cli.synth import add_parser
     import argparse
+
+    from napari_paser.cli.synth import add_parser
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))

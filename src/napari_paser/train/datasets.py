@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import PaserInputError
 from ..engine.patches import pad_to_patches
+from ..errors import PaserInputError
 from .augment import AugmentConfig, augment_batch, geometric, intensity
 
 __all__ = [
