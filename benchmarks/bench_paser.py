@@ -152,21 +152,24 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
     for passes in (bundle.mc_passes, 20):
         ents, pix = [], []
         cm = np.zeros((3, 3), dtype=np.int64)
-        gflops = secs = 0.0
+        gflops = secs = f0_secs = 0.0
         for (img, lab) in test:
             seg = PaserSegmenter(bundle, mc_passes=passes, seed=seed)
             seg.set_volume(img)
             r = seg.result(lam=lam, method="paser")
             cm += np.bincount((lab.astype(np.int64) * 3 + r.labels).ravel(), minlength=9).reshape(3, 3)
             gflops += r.gflops_total
-            secs += float(seg._time_f0.sum())
+            secs += r.compute_seconds
+            f0_secs += sum(seg.timings(z)[0] for z in range(seg.num_slices))
             ents.append(np.stack([seg.patch_entropy(z, 0) for z in range(seg.num_slices)]).ravel())
             pix.append(r.entropy[:, ::8, ::8].ravel())
         from napari_paser.engine.metrics import mean_iou
 
         iou = mean_iou(cm)
         mc[passes] = {"patch_entropy": np.concatenate(ents), "pixel_entropy_sample": np.concatenate(pix), "mean_iou": iou,
-                      "gflops": gflops, "iou_per_gflop": iou / gflops, "f0_seconds": secs}
+                      "gflops": gflops, "iou_per_gflop": iou / gflops, "f0_seconds": f0_secs, "seconds": secs,
+                      # f2 everywhere on the same slices, timed in this run (the test table)
+                      "seconds_ratio_f2": secs / tt.compute_seconds(tt.constant(2), "f2")}
     a, b = mc[bundle.mc_passes]["patch_entropy"], mc[20]["patch_entropy"]
     tt_res = stats.ttest_ind(a, b, equal_var=False)
     res["mc"] = {

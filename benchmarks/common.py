@@ -105,6 +105,9 @@ class PatchTable:
         Mean patch entropy per model (f0: MC-dropout mean softmax).
     ce : (N, 3, GY, GX) float64 or None
         Mean pixel cross entropy per patch and model.
+    seconds : tuple of arrays or None
+        Measured compute seconds (``PaserSegmenter.timings``): f0's analysis (N,), the
+        policy (N,) and every patch forward (N, 3, GY, GX).
     segs : list of (PaserSegmenter, slice indices)
         Segmenters whose caches hold the outputs (for PaSeR routings).
     cost : CostModel
@@ -117,6 +120,7 @@ class PatchTable:
     costs: np.ndarray
     segs: list = field(default_factory=list)
     ce: np.ndarray | None = None
+    seconds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     num_classes: int = 3
 
     @property
@@ -151,6 +155,24 @@ class PatchTable:
             raise ValueError(kind)
         return total / 1e9
 
+    def compute_seconds(self, routing: np.ndarray, kind: str) -> float:
+        """Measured compute seconds of ``routing``, charged like :meth:`flops` (and like the
+        engine's ``compute_seconds``)."""
+        t_f0, t_policy, t_patch = self.seconds
+        r = routing.astype(int)
+        if kind in ("f1", "f2"):
+            return float(t_patch[:, int(kind[1])].sum())
+        if kind == "f0":
+            return float(t_f0.sum())
+        f1, f2 = t_patch[:, 1][r == 1].sum(), t_patch[:, 2][r == 2].sum()
+        if kind == "paser":
+            return float(t_f0.sum() + t_policy.sum() + f1 + f2)
+        if kind == "idk":
+            return float(t_f0.sum() + t_patch[:, 1][r >= 1].sum() + f2)
+        if kind == "random":
+            return float((t_f0.sum() if (r == 0).any() else 0.0) + f1 + f2)
+        raise ValueError(kind)
+
     def mean_cost(self, routing: np.ndarray, kind: str) -> float:
         """Mean over patches of the paper's cost C (Eq. 3) of the models run on the patch."""
         c = self.costs
@@ -164,7 +186,12 @@ class PatchTable:
         iou = mean_iou(cm)
         g = self.flops(routing, kind)
         frac = np.bincount(routing.reshape(-1).astype(int), minlength=3) / routing.size
+        timed = {}
+        if self.seconds is not None:
+            secs = self.compute_seconds(routing, kind)
+            timed = {"seconds": secs, "seconds_ratio_f2": secs / self.compute_seconds(self.constant(2), "f2")}
         return {
+            **timed,
             "mean_iou": iou,
             "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)],
             "gflops": g,
@@ -221,7 +248,7 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
 
 def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool = False, batch_size: int = 32) -> PatchTable:
     """Run f0's analysis, f1 and f2 on every patch of ``volumes`` [(image, labels)] via the engine."""
-    confs, ents, ces, segs = [], [], [], []
+    confs, ents, ces, segs, times = [], [], [], [], []
     cost = None
     for image, labels in volumes:
         seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, batch_size=batch_size)
@@ -238,6 +265,7 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
             ents.append(np.stack([seg.patch_entropy(z, m) for m in range(3)]))
             if with_ce:
                 ces.append(_cross_entropy(seg, z, labels[z]))
+            times.append(seg.timings(z))
         segs.append((seg, list(range(seg.num_slices))))
         cost = seg.cost_model
     return PatchTable(
@@ -247,6 +275,7 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
         costs=bundle.costs().double().numpy(),
         segs=segs,
         ce=np.stack(ces) if with_ce else None,
+        seconds=(np.array([t[0] for t in times]), np.array([t[1] for t in times]), np.stack([t[2] for t in times])),
     )
 
 
@@ -406,6 +435,7 @@ def run_methods(table: PatchTable, truths: list[np.ndarray], methods: list[str],
             ref = table.score(routing, check[name])
             assert abs(ref["mean_iou"] - iou) < 1e-9, (name, ref["mean_iou"], iou)
             assert abs(ref["gflops"] - gflops) < 1e-6 * max(1.0, gflops), (name, ref["gflops"], gflops)
+            assert abs(ref["seconds"] - secs) < 1e-6 * max(1.0, secs), (name, ref["seconds"], secs)
             row["mean_cost"] = ref["mean_cost"]
         out[name] = row
     f2s = out.get("f2", {}).get("seconds")

@@ -294,17 +294,20 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
         for c in s["curve_compare"]:
             L.append(f"| {c['budget_ratio_f2']:.2f} | {c['gflops_budget']:.2f} | {_f(c['paser'])} | {_f(c['idk'])} | {_f(c['random'])} "
                      f"| {_f(c.get('oracle'))} |")
-        L += ["", "| λ | mean IoU | GFLOPs | mean cost | routed f0 / f1 / f2 |", "|---|---|---|---|---|"]
+        L += ["", "| λ | mean IoU | GFLOPs | seconds / f2's | mean cost | routed f0 / f1 / f2 |", "|---|---|---|---|---|---|"]
         for p in sw["paser"][:: max(1, len(sw["paser"]) // 14)]:
-            L.append(f"| {p['lam']:.3f} | {_f(p['mean_iou'])} | {p['gflops']:.2f} | {p['mean_cost']:.4f} | "
-                     + " / ".join(f"{100 * v:.1f}%" for v in p["fractions"]) + " |")
+            L.append(f"| {p['lam']:.3f} | {_f(p['mean_iou'])} | {p['gflops']:.2f} | {_f(p.get('seconds_ratio_f2'), 3)} | "
+                     f"{p['mean_cost']:.4f} | " + " / ".join(f"{100 * v:.1f}%" for v in p["fractions"]) + " |")
         L += ["", f"![lambda sweep]({_rel(fig_dir, out, 'lambda_sweep.png')})", ""]
         mc = s["mc"]
         keys = [k for k in mc if k.isdigit()]
-        L += ["## MC-dropout passes: 5 vs 20 (Fig. 5a)", "", "| passes | mean patch entropy (sd) | PaSeR IoU | GFLOPs | IoU/GFLOP | f0 analysis seconds |", "|---|---|---|---|---|---|"]
+        L += ["## MC-dropout passes: 5 vs 20 (Fig. 5a)", "",
+              "| passes | mean patch entropy (sd) | PaSeR IoU | GFLOPs | IoU/GFLOP | f0 analysis seconds | PaSeR seconds / f2's |",
+              "|---|---|---|---|---|---|---|"]
         for k in keys:
             r = mc[k]
-            L.append(f"| {k} | {r['patch_entropy_mean']:.4f} ({r['patch_entropy_sd']:.4f}) | {_f(r['mean_iou'])} | {r['gflops']:.2f} | {_g(r['iou_per_gflop'])} | {r['f0_seconds']:.2f} |")
+            L.append(f"| {k} | {r['patch_entropy_mean']:.4f} ({r['patch_entropy_sd']:.4f}) | {_f(r['mean_iou'])} | {r['gflops']:.2f} | "
+                     f"{_g(r['iou_per_gflop'])} | {r['f0_seconds']:.2f} | {_f(r.get('seconds_ratio_f2'), 3)} |")
         tt = mc["t_test_patch_entropy"]
         L += ["", f"Welch t-test of the per-patch entropies ({tt['n']} patches each): t = {tt['t']:.3f}, p = {tt['p']:.4g}.", "",
               f"![MC entropy]({_rel(fig_dir, out, 'mc_entropy.png')})", ""]
@@ -329,12 +332,14 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
                      f"{100 * r['assignment_accuracy']:.1f} % | " + " / ".join(f"{100 * v:.1f}%" for v in r["fractions"]) + " |")
         o = d["oracle"]
         L += ["", f"Oracle (best model per image, for reference): IoU {o['mean_iou']:.4f}, {o['gflops']:.3f} GFLOPs.", "",
-              "| TVD threshold | fine-tuning steps | λ reached | TVD validation / test | mean IoU | GFLOPs | IoU/GFLOP | assignment accuracy |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| TVD threshold | fine-tuning steps | λ reached | TVD validation / test | mean IoU | GFLOPs | IoU/GFLOP | seconds / f2's | "
+              "assignment accuracy |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for r in d["tvd"]:
             tv = f"{100 * r['tvd_val']:.1f} % / {100 * r['tvd_test']:.1f} %" if "tvd_val" in r else f"– / {100 * r['tvd_test']:.1f} %"
             L.append(f"| {100 * r['tvd']:.0f} % | {r.get('steps', '–')}{'' if r.get('reached', True) else ' (ramp ended)'} | {r['lam']:.4g} | {tv} | "
-                     f"{_f(r['mean_iou'])} | {r['gflops']:.3f} | {_g(r['iou_per_gflop'])} | {100 * r['assignment_accuracy']:.1f} % |")
+                     f"{_f(r['mean_iou'])} | {r['gflops']:.3f} | {_g(r['iou_per_gflop'])} | {_f(r.get('seconds_ratio_f2'), 3)} | "
+                     f"{100 * r['assignment_accuracy']:.1f} % |")
         L += ["", f"![assignment]({_rel(fig_dir, out, 'digits_assignment.png')})", "", f"![TVD]({_rel(fig_dir, out, 'digits_tvd.png')})", ""]
     L += ["## Targets (the paper's claims)", "", "| target | this run | met |", "|---|---|---|"]
     for t in targets(res):

@@ -194,3 +194,16 @@ def test_is_cached_tells_when_compose_runs_no_network(tiny_bundle):
     seg.compose(0, routing=everywhere_f2)
     assert seg.is_cached(0, everywhere_f2)
     assert not seg.is_cached(1, only_f0)
+
+
+def test_timings_are_what_results_charge(routed, volume):
+    seg = fresh(routed, volume)
+    res = seg.result(lam=0.45, method="paser")
+    total = 0.0
+    for z in range(seg.num_slices):
+        t_f0, t_policy, t_patch = seg.timings(z)
+        assert t_f0 > 0 and t_policy > 0 and t_patch.shape == (3, *seg.grid)
+        r = res.routing[z]
+        assert (t_patch[1][r == 1] > 0).all() and (t_patch[2][r == 2] > 0).all()
+        total += t_f0 + t_policy + t_patch[1][r == 1].sum() + t_patch[2][r == 2].sum()
+    assert res.compute_seconds == pytest.approx(total)

@@ -411,6 +411,12 @@ class PaserSegmenter:
         """Mean softmax entropy (GY, GX) per patch of ``model`` on slice ``z`` (NaN where not run)."""
         return self._pentropy[int(model), self._check_slice(z)]
 
+    def timings(self, z: int) -> tuple[float, float, np.ndarray]:
+        """Measured compute seconds of slice ``z``: f0's analysis, the policy, and every
+        patch forward as (3, GY, GX) (0 where a model has not run), as results charge them."""
+        z = self._check_slice(z)
+        return float(self._time_f0[z]), float(self._time_policy[z]), self._ptime[:, z].copy()
+
     def is_cached(self, z: int, routing: np.ndarray) -> bool:
         """True if composing slice ``z`` with ``routing`` runs no network.
 
