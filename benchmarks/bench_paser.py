@@ -206,6 +206,7 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
             "iou_clean": c["mean_iou"], "iou_noisy": n["mean_iou"],
             "degradation": (c["mean_iou"] - n["mean_iou"]) / c["mean_iou"],
             "sent_up_clean": c["fractions"][1] + c["fractions"][2], "sent_up_noisy": n["fractions"][1] + n["fractions"][2],
+            "f2_clean": c["fractions"][2], "f2_noisy": n["fractions"][2],
             "gflops_clean": c["gflops"], "gflops_noisy": n["gflops"],
             "seconds_ratio_f2_clean": c["seconds_ratio_f2"], "seconds_ratio_f2_noisy": n["seconds_ratio_f2"],
         }

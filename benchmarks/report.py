@@ -18,6 +18,10 @@ def _f(v, nd=4):
     return f"{v:.{nd}f}"
 
 
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
 def _g(v):
     return "-" if v is None else f"{v:.4g}"
 
@@ -105,8 +109,11 @@ def figures(res: dict, fig_dir: Path) -> None:
         t3 = s["table3"]
         fig, ax = plt.subplots(figsize=(5, 3.5))
         x = np.arange(2)
-        ax.bar(x - 0.19, [100 * t3[m]["sent_up_clean"] for m in ("paser", "random")], 0.38, label="clean")
-        ax.bar(x + 0.19, [100 * t3[m]["sent_up_noisy"] for m in ("paser", "random")], 0.38, label="noisy (unseen by f0 / policy)")
+        ax.bar(x - 0.19, [100 * t3[m]["sent_up_clean"] for m in ("paser", "random")], 0.38, label="clean", color="#9ecae1")
+        ax.bar(x + 0.19, [100 * t3[m]["sent_up_noisy"] for m in ("paser", "random")], 0.38, label="noisy (unseen by f0 / policy)", color="#fdae6b")
+        if "f2_clean" in t3["paser"]:
+            ax.bar(x - 0.19, [100 * t3[m]["f2_clean"] for m in ("paser", "random")], 0.38, color="#3182bd", label="of which f2, clean")
+            ax.bar(x + 0.19, [100 * t3[m]["f2_noisy"] for m in ("paser", "random")], 0.38, color="#e6550d", label="of which f2, noisy")
         ax.set_xticks(x, ["PaSeR", "PaSeR-RandPol"])
         ax.set_ylabel("% of patches sent to f1 or f2")
         ax.legend(fontsize=8)
@@ -276,13 +283,15 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
               f"{ri['steps']['f2']} (f2) and {ri['steps']['f1']} (f1) steps (batch {ri['batch']}, lr {ri['lr']}) on {ri['slices']} slices of fresh volumes, half the "
               f"patches with impulse noise up to {100 * ri['impulse']:.0f} % of pixels; f0 and the policy untouched (they never saw "
               "impulse noise). Note: the bundled f1/f2 had already seen impulse noise on 30 % of their training patches (quick preset).", "",
-              "| method | IoU clean | IoU noisy | degradation | sent to f1/f2, clean | sent to f1/f2, noisy | GFLOPs clean | GFLOPs noisy | seconds / f2's, clean | seconds / f2's, noisy |",
+              "| method | IoU clean | IoU noisy | degradation | sent to f1/f2 (to f2), clean | sent to f1/f2 (to f2), noisy | GFLOPs clean | "
+              "GFLOPs noisy | seconds / f2's, clean | seconds / f2's, noisy |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         for n in ("paser", "paser-share", "random", "f2"):
             r = t3[n]
             lab = LABEL[n] if n in LABEL else f"PaSeR at λ = {s['table3_lam_share']:.4g} (share sent up on validation ≈ RandPol's 2/3)"
             L.append(f"| {lab} | {_f(r['iou_clean'])} | {_f(r['iou_noisy'])} | {100 * r['degradation']:.2f} % | "
-                     f"{100 * r['sent_up_clean']:.1f} % | {100 * r['sent_up_noisy']:.1f} % | {r['gflops_clean']:.2f} | {r['gflops_noisy']:.2f} | "
+                     f"{100 * r['sent_up_clean']:.1f} % ({_pct(r.get('f2_clean'))}) | {100 * r['sent_up_noisy']:.1f} % ({_pct(r.get('f2_noisy'))}) | "
+                     f"{r['gflops_clean']:.2f} | {r['gflops_noisy']:.2f} | "
                      f"{_f(r.get('seconds_ratio_f2_clean'), 3)} | {_f(r.get('seconds_ratio_f2_noisy'), 3)} |")
         L += ["", f"![sent up]({_rel(fig_dir, out, 'noise_sent_up.png')})", ""]
         sw = s["sweep"]
@@ -383,8 +392,9 @@ def summary(res: dict) -> list[str]:
             L.append(f"- Oracle routing (knows the truth) needs {r:.3f} × the matched cascade's GFLOPs for PaSeR's IoU: {verdict}.")
         t3 = s["table3"]
         L.append(f"- 1 % salt-and-pepper noise (f1/f2 retrained): IoU loss PaSeR {100 * t3['paser']['degradation']:.2f} %, "
-                 f"RandPol {100 * t3['random']['degradation']:.2f} %; PaSeR sends {100 * t3['paser']['sent_up_clean']:.1f} % → "
-                 f"{100 * t3['paser']['sent_up_noisy']:.1f} % of patches to f1/f2 (clean → noisy).")
+                 f"RandPol {100 * t3['random']['degradation']:.2f} %; PaSeR sends {_pct(t3['paser'].get('f2_clean'))} → "
+                 f"{_pct(t3['paser'].get('f2_noisy'))} of patches to f2 and {100 * t3['paser']['sent_up_clean']:.1f} % → "
+                 f"{100 * t3['paser']['sent_up_noisy']:.1f} % to f1 or f2 (clean → noisy).")
     d = res.get("digits")
     if d:
         tb = d["table"]
