@@ -46,6 +46,7 @@ _UNIT_TO_UM = {
 }
 
 _INFO_PREFIX = "napari-paser-json:"
+_JSON_TAG = 65000  # private tag of BigTIFF stacks written by io_writers
 
 
 def _current_umask() -> int:
@@ -384,7 +385,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     p = _check_path(path)
     with _open_tiff(p) as tif:
         ij = tif.imagej_metadata or {}
-    info = ij.get("Info")
+        info = ij.get("Info")
+        if info is None:  # BigTIFF stacks keep it in a private tag (io_writers.JSON_TAG)
+            tag = tif.pages.first.tags.get(_JSON_TAG)
+            info = tag.value if tag is not None else None
+    if isinstance(info, bytes):
+        info = info.decode("utf-8", "replace")
     if not isinstance(info, str) or not info.startswith(_INFO_PREFIX):
         return {}
     try:

@@ -175,7 +175,8 @@ def random_method(probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3), name: str = "r
     random_routing((1, 1), p, 0, 0)  # validate now
 
     def route(seg: PaserSegmenter, z: int, lam: float | None) -> np.ndarray:
-        return random_routing(seg.grid, p, seg.seed if seed is None else seed, z)
+        # The stack's slice index, so a slab of a stack routes as the whole stack would.
+        return random_routing(seg.grid, p, seg.seed if seed is None else seed, seg.first_slice + z)
 
     return Method(name, route, analyse=p[0] > 0, policy=False, uses_lam=False)
 

@@ -262,21 +262,40 @@ class PaserSegmenter:
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         self._costs = bundle.costs().double().numpy()
         self._volume: np.ndarray | None = None
+        self.first_slice = 0
 
     # ----------------------------------------------------------------- volume
-    def set_volume(self, image) -> None:
+    def set_volume(self, image, *, normalizer: Normalizer | None = None, first_slice: int = 0) -> None:
         """Validate and take a (Z,Y,X) stack or (Y,X) slice; resets all caches.
+
+        Parameters
+        ----------
+        image : array_like
+            The stack, any real dtype.
+        normalizer : Normalizer, optional
+            Intensity statistics fitted on a whole stack of which ``image`` is a slab
+            (:mod:`.streaming`); the slab is then only checked for its shape, dtype and
+            finite values, since one slab of a valid stack may well be constant.
+        first_slice : int
+            Index of ``image``'s first plane in that stack: dropout masks are seeded by
+            the stack's slice index, so a slab gives the labels the whole stack would.
 
         Raises
         ------
         PaserInputError
             If the image is unusable (see :func:`validate_image`).
         """
-        arr = validate_image(image, self.patch_size)
+        if normalizer is None:
+            arr = validate_image(image, self.patch_size)
+        else:
+            arr = _check_slab(image, self.patch_size)
         self.input_ndim = arr.ndim
         vol = arr[None] if arr.ndim == 2 else arr
         norm = self.bundle.normalization
-        self._normalizer = Normalizer.fit(vol, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
+        if normalizer is None:
+            normalizer = Normalizer.fit(vol, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
+        self._normalizer = normalizer
+        self.first_slice = int(first_slice)
         self._volume = vol
         z, h, w = vol.shape
         self.shape: tuple[int, int, int] = (z, h, w)
@@ -349,7 +368,7 @@ class PaserSegmenter:
         x = torch.from_numpy(self._input(z))[None, None]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            prob, ent = mc_predict(self.bundle.f0, self._to_device(x), self.mc_passes, seed=slice_seed(self.seed, z))
+            prob, ent = mc_predict(self.bundle.f0, self._to_device(x), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z))
             t1 = time.perf_counter()
             gains = self.bundle.policy.gains(policy_features(x.to(self.device), prob.float(), ent.float()))
         t2 = time.perf_counter()
@@ -515,7 +534,7 @@ class PaserSegmenter:
         self,
         lam: float | None = None,
         tvd: float | None = None,
-        method: str = "paser",
+        method: "str | Method" = "paser",
         slices: Iterable[int] | None = None,
     ) -> Generator[tuple[int, int], None, SegmentationResult]:
         """Segment ``slices`` (all by default); yields ``(done, total)``, returns the result.
@@ -524,7 +543,7 @@ class PaserSegmenter:
         be combined with ``lam``. Use :func:`drain` to get the return value.
         """
         wall0 = time.perf_counter()
-        spec = get_method(method)
+        spec = method if isinstance(method, Method) else get_method(method)
         zs = self._slices(slices)
         if tvd is not None and lam is not None:
             raise PaserInputError("give either lam or tvd, not both")
@@ -588,6 +607,18 @@ class PaserSegmenter:
             tvd_target=None if tvd_target is None else float(tvd_target),
             slices=list(zs),
         )
+
+
+def _check_slab(image, patch_size: tuple[int, int]) -> np.ndarray:
+    """Shape, dtype and finiteness of one slab of a validated stack."""
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)) or arr.dtype == bool:
+        raise PaserInputError(f"expected a grayscale (Z,Y,X) slab, got shape {arr.shape} and dtype {arr.dtype}")
+    if arr.shape[-2] < patch_size[0] or arr.shape[-1] < patch_size[1]:
+        raise PaserInputError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are smaller than one {patch_size[0]}x{patch_size[1]} patch")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise PaserInputError("image contains NaN or infinite values")
+    return arr
 
 
 def drain(gen: Generator, progress: Progress | None = None):
