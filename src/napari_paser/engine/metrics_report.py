@@ -1,0 +1,125 @@
+"""Metrics with ranges, as JSON-ready dicts and CSV rows (no torch, no Qt).
+
+A *band* is a list of metric sets of the same scan segmented in different ways (several
+λ, f0's MC-dropout samples); every metric is then reported as the value of the main
+segmentation and the [min, max] over the main one and the band.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .microstructure import MicrostructureMetrics
+
+__all__ = ["metric_ranges", "profile_range", "report_dict", "csv_text", "write_text_atomic"]
+
+
+def metric_ranges(members: Sequence[MicrostructureMetrics]) -> dict[str, tuple[float, float]]:
+    """[min, max] of every metric over ``members`` (keys present in all of them)."""
+    if not members:
+        return {}
+    keys = [k for k in members[0].values if all(k in m.values for m in members)]
+    return {k: (float(min(m.values[k] for m in members)), float(max(m.values[k] for m in members))) for k in keys}
+
+
+def profile_range(members: Sequence[MicrostructureMetrics]) -> tuple[np.ndarray, np.ndarray]:
+    """Plane-wise min and max of the porosity profiles of ``members``."""
+    stack = np.stack([m.porosity_profile for m in members])
+    return stack.min(axis=0), stack.max(axis=0)
+
+
+def _num(x: float) -> float | None:
+    """JSON has no inf / NaN: those become null (τ of a non-percolating phase is inf)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def report_dict(
+    metrics: MicrostructureMetrics,
+    *,
+    band: Sequence[tuple[str, MicrostructureMetrics]] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A JSON-serialisable report.
+
+    Top-level keys are the metric keys (``"volume_fraction.pore": 0.31``, ...; null for
+    an infinite τ), plus ``units``, ``ranges`` (``{key: [min, max]}`` over the main
+    segmentation and ``band``, only with a band), ``porosity_profile`` (axis, positions,
+    values and, with a band, min / max), ``tortuosity`` (convergence details),
+    ``band`` (each member's name and metrics), ``axis``, ``voxel_size`` and ``extra``.
+    """
+    out: dict[str, Any] = {k: _num(v) for k, v in metrics.values.items()}
+    out["units"] = dict(metrics.units)
+    profile: dict[str, Any] = {
+        "axis": metrics.axis,
+        "position": [float(p) for p in metrics.positions],
+        "position_unit": "µm" if metrics.voxel_size is not None else "voxel",
+        "porosity": [float(v) for v in metrics.porosity_profile],
+    }
+    if band:
+        members = [metrics] + [m for _, m in band]
+        out["ranges"] = {k: [_num(lo), _num(hi)] for k, (lo, hi) in metric_ranges(members).items()}
+        lo, hi = profile_range(members)
+        profile["min"] = [float(v) for v in lo]
+        profile["max"] = [float(v) for v in hi]
+        out["band"] = [{"name": name, **{k: _num(v) for k, v in m.values.items()}} for name, m in band]
+    out["porosity_profile"] = profile
+    out["tortuosity"] = {
+        name: {"tau": _num(r.tau), "converged": r.converged, "iterations": r.iterations, "volume_fraction": r.volume_fraction}
+        for name, r in metrics.tortuosity.items()
+    }
+    out["axis"] = metrics.axis
+    out["voxel_size"] = list(metrics.voxel_size) if metrics.voxel_size is not None else None
+    if extra:
+        out.update(extra)
+    return out
+
+
+def csv_text(metrics: MicrostructureMetrics, ranges: dict[str, tuple[float, float]] | None = None) -> str:
+    """CSV with columns ``metric, value, min, max, unit``: the scalar metrics, then one
+    row per plane of the porosity profile (``porosity_profile[i]``, unit: the position)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["metric", "value", "min", "max", "unit"])
+    ranges = ranges or {}
+    for k, v in metrics.values.items():
+        lo, hi = ranges.get(k, (v, v))
+        w.writerow([k, f"{v:.8g}", f"{lo:.8g}", f"{hi:.8g}", metrics.units.get(k, "")])
+    unit = "µm" if metrics.voxel_size is not None else "voxel"
+    for i, (pos, v) in enumerate(zip(metrics.positions, metrics.porosity_profile)):
+        w.writerow([f"porosity_profile[{i}]", f"{v:.8g}", "", "", f"at {pos:.6g} {unit} along axis {metrics.axis}"])
+    return buf.getvalue()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    """
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p} exists (use --overwrite)")
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
