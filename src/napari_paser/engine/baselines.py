@@ -44,6 +44,7 @@ from .pipeline import METHODS, Method, PaserSegmenter, register_method
 __all__ = [
     "cascade_routing",
     "cascade_charged",
+    "bundle_idk_thresholds",
     "idk_thresholds",
     "idk_method",
     "random_routing",
@@ -91,12 +92,17 @@ def cascade_charged(seg: PaserSegmenter, z: int, routing: np.ndarray) -> tuple[n
     return routing >= 1, routing == 2
 
 
-def _bundle_thresholds(seg: PaserSegmenter) -> tuple[float, float] | None:
-    idk = seg.bundle.meta.get("idk") if isinstance(seg.bundle.meta, dict) else None
+def bundle_idk_thresholds(bundle) -> tuple[float, float] | None:
+    """Tuned ``(a0, a1)`` from the bundle manifest's ``meta["idk"]``, or None."""
+    idk = bundle.meta.get("idk") if isinstance(bundle.meta, dict) else None
     if isinstance(idk, dict) and idk.get("thresholds") is not None:
         a0, a1 = (float(v) for v in idk["thresholds"])
         return a0, a1
     return None
+
+
+def _bundle_thresholds(seg: PaserSegmenter) -> tuple[float, float] | None:
+    return bundle_idk_thresholds(seg.bundle)
 
 
 def _analysed(seg: PaserSegmenter) -> np.ndarray:
