@@ -186,8 +186,12 @@ class TiffSliceWriter:
             self._put(np.ascontiguousarray(plane, dtype=self.dtype))
             self._written += 1
 
-    def close(self) -> Path:
-        """Finish the file and move it into place; returns the destination."""
+    def close(self, metadata: dict | None = None) -> Path:
+        """Finish the file and move it into place; returns the destination.
+
+        ``metadata`` replaces the JSON metadata given at the start (totals known only
+        at the end of a run).
+        """
         if self._written != self.planes:
             self.abort()
             raise RuntimeError(f"{self.path}: {self._written} of {self.planes} planes written")
@@ -196,12 +200,29 @@ class TiffSliceWriter:
         if self._error is not None:
             self.abort()
             raise self._error
+        if metadata is not None:
+            try:
+                self._rewrite_metadata(_tiffio._INFO_PREFIX + json.dumps(metadata, sort_keys=True))
+            except BaseException:
+                self.abort()
+                raise
         if self.path.exists() and not self._overwrite:
             self.abort()
             raise FileExistsError(f"{self.path} exists (use --overwrite)")
         os.chmod(self._tmp, _tiffio._FILE_MODE)
         os.replace(self._tmp, self.path)
         return self.path
+
+    def _rewrite_metadata(self, text: str) -> None:
+        with tifffile.TiffFile(self._tmp, mode="r+b") as tif:
+            tags = tif.pages.first.tags
+            if self.bigtiff:
+                tags[JSON_TAG].overwrite(text)
+                return
+            # ImageJ keeps Info in the IJMetadata tag pair; tifffile moves a longer
+            # value to the end of the file.
+            for code, dtype, _count, value, _ in tifffile.imagej_metadata_tag({"Info": text}, tif.byteorder):
+                tags[code].overwrite(value, dtype=dtype)
 
     def abort(self) -> None:
         """Stop writing and delete the temporary file."""

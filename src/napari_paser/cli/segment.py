@@ -1,4 +1,10 @@
-"""``napari-paser segment``: label a TIFF stack with PaSeR (or one of its models alone)."""
+"""``napari-paser segment``: label a stack with PaSeR (or one of its models alone), slab by slab.
+
+The input is read lazily (TIFF, a folder of TIFF slices or a glob, HDF5, Zarr / OME-Zarr)
+and the labels are written as each slab finishes (TIFF or OME-Zarr), so memory does not
+grow with the number of slices. ``--workers`` / ``--scheduler`` run the slabs on a
+dask.distributed cluster; an unfinished Zarr output is resumed by the same command.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +18,30 @@ from pathlib import Path
 
 from ..errors import PaserInputError
 
-HELP = "segment a TIFF stack into pore / carbon-binder / nickel labels"
+HELP = "segment a stack into pore / carbon-binder / nickel labels"
+INPUT_HELP = (
+    "grayscale stack: TIFF file, folder of 2-D TIFF slices or a glob ('scan/*.tif'), HDF5 file "
+    "('scan.h5' or 'scan.h5:/exchange/data'), or Zarr / OME-Zarr store"
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("segment", help=HELP, description=HELP + ".")
-    p.add_argument("input", metavar="INPUT.tif", help="grayscale (Z,Y,X) stack or (Y,X) slice")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.tif", help="uint8 label stack to write")
+    p.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    p.add_argument("--dataset", metavar="PATH", help="dataset of an HDF5 file or array of a Zarr store (default: found)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tif|OUT.zarr",
+                   help="uint8 labels: TIFF (BigTIFF when over 4 GiB) or OME-Zarr (resumable)")
     knob = p.add_mutually_exclusive_group()
     knob.add_argument("--lam", type=float, help="cost weight λ in [0, 1] (default: the bundle's)")
     knob.add_argument("--tvd", type=float, help="pick the largest λ whose routing stays within this TVD of λ=0")
     add_bundle_arguments(p)
-    p.add_argument("--method", default="paser", help="paser (default), f0, f1 or f2 (one model everywhere)")
+    p.add_argument("--method", default="paser", help="paser (default), f0, f1 or f2 (one model everywhere), idk, random")
+    p.add_argument("--entropy", action="store_true", help="also write f0's entropy map (Zarr: in the store; TIFF: OUT_entropy.tif)")
+    p.add_argument("--routing", action="store_true", help="also write the model per patch (Zarr: in the store; TIFF: OUT_routing.tif)")
+    p.add_argument("--slab", type=int, metavar="N", help="slices per slab (default: about 128 MB of engine state)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="run slabs on a local dask cluster of N processes")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run slabs on a running dask scheduler (tcp://host:8786)")
     p.add_argument("--report", metavar="REPORT.json", help="write a JSON report (FLOPs, routing, timing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,18 +57,23 @@ def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per f1/f2 call")
 
 
-def load_bundle_arg(name_or_path: str | None):
-    """Resolve and load ``--bundle``; a missing bundle becomes a one-line input error."""
+def resolve_bundle_arg(name_or_path: str | None) -> Path:
+    """The folder of ``--bundle``; a missing bundle becomes a one-line input error."""
     from ..engine.registry import DEFAULT_BUNDLE, resolve_bundle
 
     try:
-        folder = resolve_bundle(name_or_path)
+        return Path(resolve_bundle(name_or_path))
     except FileNotFoundError as err:
         if name_or_path in (None, ""):
             raise PaserInputError(
                 f"the default bundle {DEFAULT_BUNDLE!r} is not installed; pass --bundle NAME|DIR"
             ) from None
         raise PaserInputError(str(err)) from None
+
+
+def load_bundle_arg(name_or_path: str | None):
+    """Resolve and load ``--bundle``; a missing bundle becomes a one-line input error."""
+    folder = resolve_bundle_arg(name_or_path)
     from ..engine.bundle import load_bundle
 
     return load_bundle(folder)
@@ -80,8 +103,11 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     """Write ``data`` as JSON atomically (temporary file in the same folder, then rename)."""
     p = check_writable(path, overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
+    from ..io import _FILE_MODE
+
     with tempfile.NamedTemporaryFile("w", dir=p.parent, suffix=".tmp", delete=False) as tmp:
         json.dump(data, tmp, indent=2)
+    os.chmod(tmp.name, _FILE_MODE)  # NamedTemporaryFile makes 0600: use the user's umask
     os.replace(tmp.name, p)
     return p
 
@@ -90,7 +116,8 @@ def progress_bar(desc: str, quiet: bool):
     """A tqdm bar on stderr driven by ``(done, total)`` callbacks; returns (callback, close)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=quiet, leave=False)
+    # delay: a run that fails at once (bad input) prints only its one error line.
+    bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=quiet, leave=False, delay=1.0)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -127,44 +154,138 @@ def make_segmenter(args, bundle):
     return PaserSegmenter(bundle, mc_passes=args.mc_passes, seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
 
 
+def _beside(out: Path, kind: str) -> Path:
+    return out.with_name(f"{out.stem}_{kind}{out.suffix}")
+
+
+def _tiff_meta(meta: dict, kind: str) -> dict:
+    """TIFF metadata: the labels carry the run's summary; the maps beside them say what they are."""
+    return {"napari_paser": meta} if kind == "labels" else {"napari_paser": meta, "kind": kind}
+
+
+def _run_key(args, volume, bundle_path: Path, bundle, slab: int) -> dict:
+    """What makes two runs the same run: an unfinished Zarr output is resumed only by it."""
+    return {
+        "input": volume.source,
+        "shape": [int(v) for v in volume.shape],
+        "dtype": str(volume.dtype),
+        "method": args.method,
+        "lam": args.lam,
+        "tvd": args.tvd,
+        "bundle": {"path": str(bundle_path.resolve()), "name": bundle.name, "version": str(bundle.meta.get("version", ""))},
+        "mc_passes": args.mc_passes,
+        "seed": args.seed,
+        "slab": slab,
+        "entropy": bool(args.entropy),
+        "routing": bool(args.routing),
+    }
+
+
+def _executor(args):
+    from ..engine.streaming import LocalExecutor, dask_executor
+
+    if args.workers is not None and args.workers < 1:
+        raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
+    if args.scheduler or (args.workers or 1) > 1:
+        return dask_executor(workers=args.workers, scheduler=args.scheduler)
+    return LocalExecutor()
+
+
 def run(args) -> int:
-    from .. import io
-    from ..engine.pipeline import drain, get_method
+    from ..engine.patches import grid_shape
+    from ..engine.pipeline import DEFAULT_BATCH_SIZE, get_method
+    from ..engine.streaming import check_volume, default_slab, stream_segment
+    from ..io_sources import open_volume
+    from ..io_writers import OmeZarrOutput, TiffSliceWriter, is_zarr_path
 
     t0 = time.perf_counter()
     check_knobs(args.lam, args.tvd, args.mc_passes, args.batch_size)
+    if args.slab is not None and args.slab < 1:
+        raise PaserInputError(f"--slab must be at least 1, got {args.slab}")
     get_method(args.method)  # fail on a typo before reading anything
-    out = check_writable(args.output, args.overwrite)
+    out = Path(args.output)
+    zarr_out = is_zarr_path(out)
+    extra = [k for k in ("entropy", "routing") if getattr(args, k)]
+    if not zarr_out:
+        for p in [out] + [_beside(out, k) for k in extra]:
+            check_writable(p, args.overwrite)
     if args.report:
         check_writable(args.report, args.overwrite)
-    image, voxel_size = read_image(args.input)
-    bundle = load_bundle_arg(args.bundle)
-    seg = make_segmenter(args, bundle)
-    seg.set_volume(image)
+    volume = open_volume(args.input, args.dataset)
+    bundle_path = resolve_bundle_arg(args.bundle)
+    from ..engine.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    patch = tuple(int(v) for v in bundle.patch_size)
+    check_volume(volume, patch)
+    slab = int(args.slab or default_slab(volume.shape, patch))
+    plane_shape = tuple(volume.shape) if volume.input_ndim == 3 else tuple(volume.shape[1:])
+    provenance = {"method": args.method, "lam": args.lam, "tvd": args.tvd,
+                  "bundle": {"name": bundle.name, "version": str(bundle.meta.get("version", ""))}}
+
+    store = writers = None
+    todo = None
+    if zarr_out:
+        store = OmeZarrOutput(out)
+        todo = store.prepare(shape=volume.shape, grid=grid_shape(volume.shape[1:], patch), slab=slab,
+                             run_key=_run_key(args, volume, bundle_path, bundle, slab), voxel_size=volume.voxel_size,
+                             entropy=args.entropy, routing=args.routing, overwrite=args.overwrite)
+    else:
+        import numpy as np
+
+        grid = grid_shape(volume.shape[1:], patch)
+        routing_shape = grid if volume.input_ndim == 2 else (volume.shape[0], *grid)
+        specs = {"labels": (out, plane_shape, np.uint8), "entropy": (_beside(out, "entropy"), plane_shape, np.float32),
+                 "routing": (_beside(out, "routing"), routing_shape, np.uint8)}
+        writers = {}
+        for kind in ["labels"] + extra:
+            path, shape, dtype = specs[kind]
+            writers[kind] = TiffSliceWriter(path, shape, dtype, voxel_size=volume.voxel_size if kind != "routing" else None,
+                                            metadata=_tiff_meta(provenance, kind),
+                                            overwrite=args.overwrite)
+    executor = None
     update, close = progress_bar(f"segment ({args.method})", args.quiet)
     try:
-        result = drain(seg.run(lam=args.lam, tvd=args.tvd, method=args.method), update)
+        executor = _executor(args)
+        summary = stream_segment(
+            volume, str(bundle_path), method=args.method, lam=args.lam, tvd=args.tvd, mc_passes=args.mc_passes,
+            seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, slab=slab,
+            writer=(lambda kind, arr: writers[kind].write(arr)) if writers else None,
+            zarr_output=store, todo=todo, entropy=args.entropy, routing=args.routing,
+            executor=executor, progress=update, bundle=bundle,
+        )
+    except BaseException:
+        for w in (writers or {}).values():
+            w.abort()
+        raise
     finally:
         close()
-    labels = result.labels[0] if image.ndim == 2 else result.labels
-    report = result.report()
+        if executor is not None:
+            executor.close()
+        volume.close()
+    report = summary.report
     report.update(
         {
-            "input": str(Path(args.input).resolve()),
+            "input": volume.source,
             "output": str(out.resolve()),
-            "voxel_size": list(voxel_size) if voxel_size else None,
+            "voxel_size": list(volume.voxel_size) if volume.voxel_size else None,
             "seconds_total": time.perf_counter() - t0,
+            "resumed_slabs_skipped": (-(-volume.shape[0] // slab)) - len(summary.done_slabs),
         }
     )
     meta = {k: report[k] for k in ("method", "lam", "tvd", "bundle", "gflops_total", "route_fraction")}
-    io.write_tiff(out, labels, voxel_size=voxel_size, metadata={"napari_paser": meta}, overwrite=args.overwrite)
+    if writers:
+        for kind, w in writers.items():
+            w.close(_tiff_meta(meta, kind))
+    else:
+        store.finish(report)
     if args.report:
         write_json(args.report, report, overwrite=args.overwrite)
-    lam = "-" if result.lam is None else f"{result.lam:.4g}"
-    frac = " ".join(f"{k}={v:.1%}" for k, v in result.route_fraction.items())
+    lam = "-" if report["lam"] is None else f"{report['lam']:.4g}"
+    frac = " ".join(f"{k}={v:.1%}" for k, v in report["route_fraction"].items())
     print(
-        f"wrote {out} {tuple(labels.shape)} method={result.method} lam={lam} "
-        f"GFLOPs={result.gflops_total:.3g} ({result.gflops_total / result.gflops_f2_everywhere:.1%} of f2 everywhere) "
-        f"routing: {frac} in {result.seconds:.1f} s"
+        f"wrote {out} {plane_shape} method={report['method']} lam={lam} "
+        f"GFLOPs={report['gflops_total']:.3g} ({report['flops_ratio_vs_f2']:.1%} of f2 everywhere) "
+        f"routing: {frac} in {report['seconds']:.1f} s"
     )
     return 0
