@@ -15,7 +15,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import PaserInputError
 
-SUBCOMMANDS = ("synth", "segment", "evaluate", "train", "benchmark")
+SUBCOMMANDS = ("synth", "segment", "evaluate", "metrics", "train", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,7 +70,7 @@ def band_steps(
     lams: Sequence[float | None] = DEFAULT_BAND_LAMS,
     mc_samples: int = 0,
     seed: int = 0,
-    device: str = "cpu",
+    segment_device: str = "cpu",
     batch_size: int | None = None,
     shape: tuple[int, ...] | None = None,
     **metric_kwargs,
@@ -90,8 +90,8 @@ def band_steps(
         Number of single-pass MC-dropout samples of f0.
     seed : int
         Dropout seed of the λ segmentations; MC samples use ``seed + 1 ... seed + N``.
-    device, batch_size
-        Passed to :class:`PaserSegmenter`.
+    segment_device, batch_size
+        Passed to :class:`PaserSegmenter` (``device`` in ``metric_kwargs`` is TauFactor's).
     shape : tuple or None
         Shape the labels must have (the main segmentation's); checked before any work.
     **metric_kwargs
@@ -127,13 +127,13 @@ def band_steps(
     for method, lam, s, passes, name in runs:
         if method == "paser":
             if seg is None:
-                seg = PaserSegmenter(bundle, seed=s, device=device, batch_size=bs)
+                seg = PaserSegmenter(bundle, seed=s, device=segment_device, batch_size=bs)
                 seg.set_volume(img)
             this = seg
             lam_value = bundle.default_lam if lam is None else lam
             name = f"paser λ={lam_value:.4g}" + (" (default)" if lam is None else "")
         else:
-            this = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=device, batch_size=bs)
+            this = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=segment_device, batch_size=bs)
             this.set_volume(img)
             lam_value = None
         run = this.run(lam=lam_value if method == "paser" else None, method=method)

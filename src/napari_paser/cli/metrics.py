@@ -1,0 +1,147 @@
+"""``napari-paser metrics``: microstructure metrics of a phase-label volume, with ranges.
+
+Volume fractions, the porosity profile along an axis, nickel's specific surface area and
+the interfacial areas (marching cubes), tortuosity factor and effective diffusivity of the
+pore network (TauFactor; optional extra ``metrics``). ``--band IMAGE`` segments the grey
+scan again at several λ and as f0 MC-dropout samples and reports every metric's
+[min, max] over those segmentations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from ..errors import PaserInputError
+from .segment import add_bundle_arguments, check_writable, load_bundle_arg, write_json
+
+HELP = "microstructure metrics (fractions, porosity profile, surface areas, tortuosity) of a label volume"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("metrics", help=HELP, description=HELP + ".")
+    p.add_argument("labels", metavar="LABELS", help="phase labels (0 pore, 1 carbon-binder, 2 nickel): any input segment reads")
+    p.add_argument("--axis", type=int, default=0, help="axis of the porosity profile and the tortuosity (0 plane, 1 row, 2 column; default 0)")
+    p.add_argument("--json", metavar="OUT.json", help="write the metrics as JSON")
+    p.add_argument("--csv", metavar="OUT.csv", help="write the metrics as CSV (metric, value, min, max, unit)")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in µm (default: from the file)")
+    p.add_argument("--cb-diffusivity", type=float, metavar="X",
+                   help="carbon-binder diffusivity relative to the pore's; adds τ of pore + carbon-binder")
+    p.add_argument("--diffusivity", type=float, default=1.0, metavar="D",
+                   help="bulk diffusivity D; effective diffusivity D·ε/τ is in its units (default 1)")
+    p.add_argument("--no-tortuosity", action="store_true", help="skip the TauFactor solves")
+    p.add_argument("--surface-method", choices=("marching_cubes", "faces"), default="marching_cubes",
+                   help="surface area estimator (default marching_cubes)")
+    p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
+    band = p.add_argument_group("sensitivity band (segment the grey scan again)")
+    band.add_argument("--band", metavar="IMAGE", help="the grey scan LABELS came from: report every metric's [min, max] over its segmentations")
+    band.add_argument("--band-lams", default="0,default,0.1,0.3,1", metavar="L1,L2,...",
+                      help="λ values of the band ('default' is the bundle's; default 0,default,0.1,0.3,1)")
+    band.add_argument("--band-mc", type=int, default=4, metavar="N", help="single-pass f0 MC-dropout samples in the band (default 4)")
+    add_bundle_arguments(band)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def read_volume(path: str):
+    """Array and voxel size of any input ``segment`` reads (whole volume in memory:
+    TauFactor solves the whole volume at once)."""
+    import numpy as np
+
+    from ..io_sources import open_volume
+
+    with open_volume(path) as vol:
+        return np.asarray(vol), vol.voxel_size
+
+
+def _format(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.4g}"
+
+
+def _table(metrics, ranges: dict) -> str:
+    rows = []
+    for k, v in metrics.values.items():
+        rng = f" [{_format(ranges[k][0])}, {_format(ranges[k][1])}]" if k in ranges else ""
+        rows.append(f"{k:44s} {_format(v):>10s}{rng} {metrics.units.get(k, '')}")
+    return "\n".join(rows)
+
+
+def run(args) -> int:
+    from ..engine.metrics_band import parse_lams
+    from ..engine.metrics_report import csv_text, metric_ranges, report_dict, write_text_atomic
+    from ..engine.microstructure import check_axis, check_voxel_size, metrics_steps, validate_phase_labels
+
+    t0 = time.perf_counter()
+    # Fail on every cheap check before reading or computing anything.
+    outs = [check_writable(p, args.overwrite) for p in (args.json, args.csv) if p]
+    if args.json and args.csv and Path(args.json).resolve() == Path(args.csv).resolve():
+        raise PaserInputError("--json and --csv name the same file")
+    voxel = check_voxel_size(args.voxel_size)
+    lams = parse_lams(args.band_lams) if args.band else ()
+    if args.band and args.band_mc < 0:
+        raise PaserInputError(f"--band-mc must be >= 0, got {args.band_mc}")
+    if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
+        raise PaserInputError(f"--cb-diffusivity must be a number >= 0, got {args.cb_diffusivity}")
+    labels, file_voxel = read_volume(args.labels)
+    labels = validate_phase_labels(labels)
+    axis = check_axis(args.axis, labels.ndim)
+    voxel = voxel or file_voxel
+    kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
+                  tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device)
+    image = None
+    if args.band:
+        image, _ = read_volume(args.band)
+        if image.shape != labels.shape:
+            raise PaserInputError(f"--band image has shape {image.shape} but the labels have shape {labels.shape}")
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc="metrics", file=sys.stderr, disable=args.quiet, leave=False, bar_format="{desc} {elapsed}")
+    try:
+        gen = metrics_steps(labels, axis, **kwargs)
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                metrics = stop.value
+                break
+            bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}")
+        band = []
+        if image is not None:
+            from ..engine.metrics_band import band_steps
+
+            bundle = load_bundle_arg(args.bundle)
+            gen = band_steps(image, bundle, axis, lams=lams, mc_samples=args.band_mc, seed=args.seed, segment_device=args.device or "cpu",
+                             batch_size=args.batch_size, **kwargs)
+            while True:
+                try:
+                    stage, done, total = next(gen)
+                except StopIteration as stop:
+                    band = stop.value
+                    break
+                bar.set_description_str(f"band {done}/{total}: {stage}")
+    finally:
+        bar.close()
+    ranges = metric_ranges([metrics] + [m.metrics for m in band]) if band else {}
+    extra = {
+        "labels": str(Path(args.labels).resolve()) if Path(args.labels).exists() else args.labels,
+        "surface_method": args.surface_method,
+        "cb_diffusivity": args.cb_diffusivity,
+        "diffusivity": args.diffusivity,
+        "seconds": time.perf_counter() - t0,
+    }
+    if band:
+        extra["band_image"] = str(Path(args.band).resolve())
+        extra["band_members"] = [{"name": m.name, "lam": m.lam, "gflops": m.gflops} for m in band]
+    if args.json:
+        write_json(args.json, report_dict(metrics, band=[(m.name, m.metrics) for m in band], extra=extra), overwrite=args.overwrite)
+    if args.csv:
+        write_text_atomic(args.csv, csv_text(metrics, ranges), overwrite=args.overwrite)
+    print(_table(metrics, ranges))
+    if outs:
+        print("wrote " + ", ".join(str(o) for o in outs))
+    return 0

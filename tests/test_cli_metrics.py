@@ -1,0 +1,120 @@
+"""`napari-paser metrics`: known answers, outputs, the --band ranges and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from napari_paser import io
+from napari_paser.cli.main import main
+
+pytest.importorskip("taufactor")
+
+VOXEL = (0.5, 0.25, 0.25)
+
+
+def channels(shape=(12, 14, 16)) -> np.ndarray:
+    """Nickel with straight pore and carbon-binder channels along axis 0."""
+    lab = np.full(shape, 2, np.uint8)
+    lab[:, 2:5, 7:9] = 0
+    lab[:, 8:10, 2:4] = 0
+    lab[:, 8:10, 10:12] = 1
+    return lab
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def labels_file(tmp_path):
+    return io.write_tiff(tmp_path / "phases.tif", channels(), voxel_size=VOXEL)
+
+
+def test_metrics_json_and_csv_with_known_answers(tmp_path, labels_file, capsys):
+    js, cs = tmp_path / "m.json", tmp_path / "m.csv"
+    rc, out, _ = run_cli(capsys, "metrics", labels_file, "--axis", "0", "--json", js, "--csv", cs, "--cb-diffusivity", "0.1",
+                           "--surface-method", "faces", "--quiet")
+    assert rc == 0 and "tortuosity_factor.pore" in out
+    rep = json.loads(js.read_text())
+    lab = channels()
+    for k, name in enumerate(("pore", "carbon-binder", "nickel")):
+        assert rep[f"volume_fraction.{name}"] == np.count_nonzero(lab == k) / lab.size
+    assert abs(rep["tortuosity_factor.pore"] - 1) <= 0.02
+    assert abs(rep["tortuosity_factor.pore+carbon-binder"] - 1) <= 0.02
+    assert rep["effective_diffusivity.pore"] == pytest.approx(rep["volume_fraction.pore"], rel=0.02)
+    assert rep["voxel_size"] == list(VOXEL) and rep["units"]["specific_surface_area.nickel"] == "1/µm"
+    assert rep["porosity_profile"]["axis"] == 0 and len(rep["porosity_profile"]["porosity"]) == 12
+    # Face counting is exact on the channels' walls: pore/nickel = perimeter x length (µm²) / volume (µm³).
+    walls = 2 * ((3 * 0.25 + 2 * 0.25) + (2 * 0.25 + 2 * 0.25)) * 12 * 0.5
+    assert rep["interfacial_area.pore/nickel"] == pytest.approx(walls / (lab.size * 0.5 * 0.25 * 0.25), rel=1e-9)
+    rows = {r["metric"]: r for r in csv.DictReader(cs.open())}
+    assert float(rows["volume_fraction.pore"]["value"]) == pytest.approx(rep["volume_fraction.pore"])
+    assert "porosity_profile[11]" in rows
+
+
+def test_voxel_size_option_overrides_the_file(tmp_path, labels_file, capsys):
+    js = tmp_path / "m.json"
+    rc, _, _ = run_cli(capsys, "metrics", labels_file, "--voxel-size", "1", "1", "1", "--no-tortuosity", "--json", js, "--quiet")
+    assert rc == 0
+    rep = json.loads(js.read_text())
+    assert rep["voxel_size"] == [1.0, 1.0, 1.0] and "tortuosity_factor.pore" not in rep
+
+
+def test_existing_output_is_not_replaced(tmp_path, labels_file, capsys):
+    js = tmp_path / "m.json"
+    js.write_text("mine")
+    rc, _, err = run_cli(capsys, "metrics", labels_file, "--json", js, "--quiet")
+    assert rc == 2 and "--overwrite" in err and js.read_text() == "mine"
+    rc, _, _ = run_cli(capsys, "metrics", labels_file, "--json", js, "--overwrite", "--no-tortuosity", "--quiet")
+    assert rc == 0 and json.loads(js.read_text())["axis"] == 0
+
+
+@pytest.mark.parametrize(
+    "data, argv, message",
+    [
+        (np.where(channels() == 1, 5, channels()).astype(np.uint8), [], "outside {0, 1, 2}"),
+        (np.where(channels() == 1, 0, channels()).astype(np.uint8), [], "carbon-binder absent"),
+        (channels(), ["--axis", "3"], "axis 3 is out of range"),
+        (channels(), ["--voxel-size", "1", "0", "1"], "voxel size"),
+        (channels(), ["--cb-diffusivity", "-1"], "--cb-diffusivity"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, data, argv, message):
+    src = io.write_tiff(tmp_path / "bad.tif", data)
+    js = tmp_path / "m.json"
+    rc, _, err = run_cli(capsys, "metrics", src, "--json", js, "--quiet", *argv)
+    assert rc == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not js.exists()
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "metrics", tmp_path / "nope.tif", "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsys):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16)
+    labels = rng.integers(0, 3, (2, 56, 64)).astype(np.uint8)
+    img_f = io.write_tiff(tmp_path / "img.tif", image)
+    lab_f = io.write_tiff(tmp_path / "lab.tif", labels)
+    js = tmp_path / "band.json"
+    rc, out, err = run_cli(capsys, "metrics", lab_f, "--axis", "2", "--no-tortuosity", "--band", img_f, "--bundle", tiny_bundle_dir,
+                           "--band-lams", "0,1", "--band-mc", "1", "--mc-passes", "2", "--json", js, "--quiet")
+    assert rc == 0, err
+    rep = json.loads(js.read_text())
+    assert [m["name"] for m in rep["band"]] == ["paser λ=0", "paser λ=1", "f0 MC sample 1"]
+    for key, (lo, hi) in rep["ranges"].items():
+        members = [rep[key]] + [m[key] for m in rep["band"]]
+        assert lo == pytest.approx(min(members)) and hi == pytest.approx(max(members))
+    assert rep["ranges"]["volume_fraction.pore"][0] < rep["ranges"]["volume_fraction.pore"][1]
+    assert len(rep["porosity_profile"]["min"]) == 64
+    rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--band-lams", "2", "--quiet")
+    assert rc == 2 and "[0, 1]" in err
