@@ -367,9 +367,9 @@ class OmeZarrOutput:
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
             g = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-            g.create_array("0", shape=(z, h, w), chunks=plane_chunks, dtype="uint8", fill_value=0, dimension_separator="/")
+            g.create_array("0", shape=(z, h, w), chunks=plane_chunks, dtype="uint8", fill_value=0)
             if entropy:
-                g.create_array("entropy", shape=(z, h, w), chunks=plane_chunks, dtype="float32", fill_value=0.0, dimension_separator="/")
+                g.create_array("entropy", shape=(z, h, w), chunks=plane_chunks, dtype="float32", fill_value=0.0)
             if routing:
                 g.create_array("routing", shape=(z, *grid), chunks=(1, *grid), dtype="uint8", fill_value=0)
             rec = g.create_group(_RECORDS)
