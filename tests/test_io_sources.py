@@ -1,0 +1,163 @@
+"""Lazy inputs (TIFF, folders, globs, HDF5, Zarr / OME-Zarr) and the slab writers."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from napari_paser import io
+from napari_paser.errors import PaserInputError
+from napari_paser.io_sources import ArrayVolume, HDF5Volume, TiffFolderVolume, TiffVolume, ZarrVolume, open_volume
+from napari_paser.io_writers import OmeZarrOutput, TiffSliceWriter
+
+VOXEL = (2.0, 0.5, 0.25)
+
+
+def stack(shape=(5, 12, 14), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4000, shape).astype(np.uint16)
+
+
+def write_folder(folder, data, names=None):
+    folder.mkdir()
+    names = names or [f"slice_{z}.tif" for z in range(len(data))]  # unpadded: 10 sorts after 9
+    for name, plane in zip(names, data):
+        io.write_tiff(folder / name, plane, voxel_size=VOXEL)
+    return folder
+
+
+def write_ome_zarr(path, data, scale=VOXEL, unit="micrometer", extra_axes=()):
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = data.reshape((1,) * len(extra_axes) + data.shape)
+    g.create_array("0", data=arr, chunks=(1,) * len(extra_axes) + (1,) + data.shape[1:])
+    axes = [{"name": a, "type": "channel"} for a in extra_axes] + [{"name": n, "type": "space", "unit": unit} for n in "zyx"]
+    ct = [{"type": "scale", "scale": [1.0] * len(extra_axes) + list(scale)}]
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": ct}]}]
+    return path
+
+
+def test_every_container_reads_the_same_planes(tmp_path):
+    import h5py
+    import zarr
+
+    data = stack((11, 12, 14))
+    tif = TiffVolume(io.write_tiff(tmp_path / "a.tif", data, voxel_size=VOXEL))
+    folder = TiffFolderVolume(write_folder(tmp_path / "slices", data))
+    globbed = open_volume(str(tmp_path / "slices" / "slice_*.tif"))
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        ds = f.create_dataset("exchange/data", data=data, chunks=(1, 12, 14))
+        ds.attrs["element_size_um"] = VOXEL
+    h5 = open_volume(f"{tmp_path / 'a.h5'}:/exchange/data")
+    h5_default = open_volume(tmp_path / "a.h5")  # /exchange/data is found
+    ome = open_volume(write_ome_zarr(tmp_path / "a.zarr", data))
+    zarr.save_array(str(tmp_path / "plain.zarr"), data)
+    plain = open_volume(tmp_path / "plain.zarr")
+    assert isinstance(h5, HDF5Volume) and isinstance(ome, ZarrVolume) and isinstance(globbed, TiffFolderVolume)
+    for vol in (tif, folder, globbed, h5, h5_default, ome, plain):
+        assert vol.shape == data.shape and vol.dtype == np.uint16, vol
+        np.testing.assert_array_equal(vol.read(3, 11), data[3:11])
+        np.testing.assert_array_equal(vol[10], data[10])
+        np.testing.assert_array_equal(vol[::4, 2:5], data[::4, 2:5])
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(vol)).read(9, 11), data[9:11])  # dask workers
+        if vol is not plain:
+            assert vol.voxel_size == pytest.approx(VOXEL), vol
+    assert plain.voxel_size is None
+
+
+def test_folder_sorts_numbers_by_value_and_checks_slices(tmp_path):
+    data = stack((3, 12, 14))
+    vol = open_volume(write_folder(tmp_path / "s", data, names=["im10.tif", "im9.tif", "im100.tif"]))
+    np.testing.assert_array_equal(vol.read(0, 3), data[[1, 0, 2]])
+    io.write_tiff(tmp_path / "s" / "im200.tif", np.zeros((5, 5), np.uint16))
+    with pytest.raises(PaserInputError, match="first slice"):
+        open_volume(tmp_path / "s").read(0, 4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PaserInputError, match="no TIFF slices"):
+        open_volume(tmp_path / "empty")
+
+
+def test_input_errors_are_one_line(tmp_path):
+    import h5py
+
+    with pytest.raises(PaserInputError, match="not found"):
+        open_volume(tmp_path / "missing.tif")
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"] = np.zeros((2, 4, 4))
+        f["b"] = np.zeros((2, 4, 4))
+    with pytest.raises(PaserInputError, match="choose the dataset"):
+        open_volume(tmp_path / "two.h5")
+    with pytest.raises(PaserInputError, match="no dataset /c"):
+        open_volume(f"{tmp_path / 'two.h5'}:/c")
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(PaserInputError, match="HDF5"):
+        open_volume(tmp_path / "bad.h5")
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "rgb.zarr"), mode="w", zarr_format=2)
+    g.create_array("0", data=np.zeros((3, 2, 8, 8), np.uint8))
+    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space"} for n in "zyx"]
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    with pytest.raises(PaserInputError, match="one grayscale volume"):
+        open_volume(tmp_path / "rgb.zarr")
+
+
+def test_ome_zarr_singleton_channel_and_units(tmp_path):
+    data = stack((3, 12, 14))
+    vol = open_volume(write_ome_zarr(tmp_path / "a.zarr", data, scale=(2e-3, 5e-4, 5e-4), unit="millimeter", extra_axes=("c",)))
+    assert vol.shape == data.shape and vol.voxel_size == pytest.approx((2.0, 0.5, 0.5))
+    np.testing.assert_array_equal(vol.read(1, 3), data[1:3])
+
+
+def test_array_volume_and_2d_tiff(tmp_path):
+    img = stack((12, 14))
+    vol = open_volume(io.write_tiff(tmp_path / "one.tif", img))
+    assert vol.shape == (1, 12, 14) and vol.input_ndim == 2
+    np.testing.assert_array_equal(np.asarray(vol), img)
+    mem = ArrayVolume(img)
+    assert mem.shape == (1, 12, 14) and mem.input_ndim == 2
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_tiff_slice_writer_round_trip(tmp_path, bigtiff):
+    data = stack((5, 12, 14)).astype(np.uint8)
+    path = tmp_path / "out.tif"
+    w = TiffSliceWriter(path, data.shape, np.uint8, voxel_size=VOXEL, metadata={"a": 1}, bigtiff=bigtiff)
+    w.write(data[:2])
+    w.write(data[2])
+    w.write(data[3:])
+    assert not path.exists()  # written under a temporary name until complete
+    w.close({"a": 2, "long": "x" * 300})  # final metadata may be longer than the first
+    back, vs = io.read_stack(path)
+    np.testing.assert_array_equal(back, data)
+    assert vs == pytest.approx(VOXEL) and io.read_metadata(path) == {"a": 2, "long": "x" * 300}
+    with pytest.raises(FileExistsError):
+        TiffSliceWriter(path, data.shape)
+
+
+def test_tiff_slice_writer_abort_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="1 of 3 planes"):
+        with TiffSliceWriter(tmp_path / "x.tif", (3, 4, 5)) as w:
+            w.write(np.zeros((4, 5), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_zarr_output_refuses_foreign_finished_and_other_runs(tmp_path):
+    out = OmeZarrOutput(tmp_path / "o.zarr")
+    kw = dict(shape=(5, 8, 8), grid=(1, 1), slab=2, voxel_size=VOXEL)
+    assert out.prepare(run_key={"a": 1}, **kw) == [0, 1, 2]
+    out.write_slab(1, 2, np.ones((2, 8, 8), np.uint8), None, None, np.ones(2), np.ones((2, 3), np.int64), 0.5)
+    assert OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 1}, **kw) == [0, 2]  # resumed
+    with pytest.raises(FileExistsError, match="other input or settings"):
+        OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 2}, **kw)
+    out.finish({"done": True})
+    with pytest.raises(FileExistsError, match="finished"):
+        OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 1}, **kw)
+    assert OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 1}, overwrite=True, **kw) == [0, 1, 2]
+    (tmp_path / "user.zarr").mkdir()
+    with pytest.raises(FileExistsError, match="not a napari-paser output"):
+        OmeZarrOutput(tmp_path / "user.zarr").prepare(run_key={"a": 1}, **kw)
+    ome = open_volume(tmp_path / "o.zarr")
+    assert ome.voxel_size == pytest.approx(VOXEL) and ome.shape == (5, 8, 8)
