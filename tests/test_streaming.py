@@ -1,0 +1,174 @@
+"""Streaming `segment`: slab results equal the in-memory engine; every input and output
+gives the same labels; Zarr outputs resume; memory is bounded by the slab."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_paser import io
+from napari_paser.cli.main import main
+from napari_paser.errors import PaserInputError
+from napari_paser.io_sources import ArrayVolume
+
+VOXEL = (2.0, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def electrode():
+    """6 planes of 112x128 from the bundled sample stack (f0, f1 and f2 all get patches)."""
+    from pathlib import Path
+
+    image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
+    return np.ascontiguousarray(image[:6, 56:168, 64:192])
+
+
+@pytest.fixture(scope="module")
+def quick():
+    from napari_paser.engine import load_bundle, resolve_bundle
+
+    path = resolve_bundle()
+    return str(path), load_bundle(path)
+
+
+def collect():
+    out: dict[str, list] = {}
+    return out, lambda kind, arr: out.setdefault(kind, []).append(arr)
+
+
+@pytest.mark.parametrize(
+    "method, knobs",
+    [("paser", {"lam": 0.01}), ("paser", {"tvd": 0.2}), ("idk", {}), ("random", {})],
+)
+def test_slabs_equal_the_in_memory_engine(electrode, quick, method, knobs):
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.engine.streaming import stream_segment
+
+    path, bundle = quick
+    ref = segment(electrode, bundle, method=method, mc_passes=2, **knobs)
+    out, writer = collect()
+    rep = stream_segment(ArrayVolume(electrode), path, method=method, mc_passes=2, slab=4, writer=writer,
+                         entropy=True, routing=True, bundle=bundle, **knobs).report
+    np.testing.assert_array_equal(np.concatenate(out["labels"]), ref.labels)
+    np.testing.assert_array_equal(np.concatenate(out["routing"]), ref.routing)
+    np.testing.assert_array_equal(np.concatenate(out["entropy"]), ref.entropy)
+    assert rep["lam"] == ref.lam and rep["tvd"] == ref.tvd
+    assert rep["route_fraction"] == ref.route_fraction
+    assert rep["gflops_total"] == pytest.approx(ref.gflops_total, rel=1e-12)
+    if method == "paser":
+        assert 0 < ref.route_fraction["f2"] < 1  # the stack exercises the routing
+
+
+class CountingVolume(ArrayVolume):
+    """Records the largest number of planes read at once."""
+
+    largest = 0
+
+    def _read(self, z0, z1):
+        CountingVolume.largest = max(CountingVolume.largest, z1 - z0)
+        return super()._read(z0, z1)
+
+
+def test_reads_at_most_one_slab(electrode, quick):
+    from napari_paser.engine.streaming import stream_segment
+
+    path, bundle = quick
+    big = np.concatenate([electrode] * 3)  # 18 planes
+    out, writer = collect()
+    CountingVolume.largest = 0
+    stream_segment(CountingVolume(big), path, method="f0", mc_passes=1, slab=2, writer=writer, bundle=bundle)
+    assert CountingVolume.largest == 2 and sum(len(a) for a in out["labels"]) == 18
+
+
+def test_bad_stacks_fail_before_any_work(quick):
+    from napari_paser.engine.streaming import stream_segment
+
+    path, bundle = quick
+    nan = np.ones((3, 60, 70), np.float32)
+    nan[2, 5, 5] = np.nan
+    for data, match in [(nan, "NaN"), (np.full((3, 60, 70), 7, np.uint16), "constant"),
+                        (np.zeros((3, 40, 70), np.uint8), "smaller than one"), (np.zeros((60, 70, 3), np.uint8), "RGB")]:
+        with pytest.raises(PaserInputError, match=match):
+            stream_segment(ArrayVolume(data), path, writer=lambda *a: pytest.fail("wrote"), bundle=bundle)
+
+
+def run_cli(*argv) -> int:
+    return main(["segment", "--mc-passes", "2", "--slab", "4", "--quiet", "--lam", "0.01"] + [str(a) for a in argv])
+
+
+def test_inputs_and_outputs_agree(tmp_path, electrode):
+    import h5py
+    import zarr
+
+    tif = io.write_tiff(tmp_path / "img.tif", electrode, voxel_size=VOXEL)
+    assert run_cli(tif, "-o", tmp_path / "ref.tif", "--entropy", "--routing", "--report", tmp_path / "ref.json") == 0
+    ref, vs = io.read_stack(tmp_path / "ref.tif")
+    assert vs == pytest.approx(VOXEL) and ref.shape == electrode.shape
+    report = json.loads((tmp_path / "ref.json").read_text())
+    assert report["slab"] == 4 and io.read_metadata(tmp_path / "ref.tif")["napari_paser"]["gflops_total"] == report["gflops_total"]
+
+    (tmp_path / "slices").mkdir()
+    for z, plane in enumerate(electrode):
+        io.write_tiff(tmp_path / "slices" / f"s{z:03d}.tif", plane, voxel_size=VOXEL)
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f.create_dataset("exchange/data", data=electrode).attrs["element_size_um"] = VOXEL
+    zarr.save_array(str(tmp_path / "img.zarr"), electrode)
+    for i, src in enumerate([tmp_path / "slices", f"{tmp_path / 'img.h5'}:/exchange/data", tmp_path / "img.zarr"]):
+        assert run_cli(src, "-o", tmp_path / f"out{i}.tif") == 0
+        np.testing.assert_array_equal(io.read_stack(tmp_path / f"out{i}.tif")[0], ref, err_msg=str(src))
+
+    assert run_cli(tif, "-o", tmp_path / "out.zarr", "--entropy", "--routing") == 0
+    store = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_array_equal(store["0"][:], ref)
+    np.testing.assert_array_equal(store["entropy"][:], io.read_stack(tmp_path / "ref_entropy.tif")[0])
+    np.testing.assert_array_equal(store["routing"][:], io.read_stack(tmp_path / "ref_routing.tif")[0])
+    attrs = dict(store.attrs)
+    assert attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == list(VOXEL)
+    assert attrs["napari_paser"]["complete"] and attrs["napari_paser"]["report"]["gflops_total"] == pytest.approx(report["gflops_total"])
+
+
+def test_interrupted_zarr_run_resumes_to_identical_labels(tmp_path, electrode, monkeypatch, capsys):
+    import zarr
+
+    from napari_paser.engine import streaming
+
+    tif = io.write_tiff(tmp_path / "img.tif", electrode, voxel_size=VOXEL)
+    argv = [tif, "-o", tmp_path / "out.zarr", "--slab", "2"]
+    assert run_cli(tif, "-o", tmp_path / "ref.tif", "--slab", "2") == 0
+    real = streaming.run_slab
+
+    def dies_on_slab_1(job, k):
+        if k == 1:
+            raise KeyboardInterrupt  # the run is killed after slab 0 was written
+        return real(job, k)
+
+    monkeypatch.setattr(streaming, "run_slab", dies_on_slab_1)
+    assert run_cli(*argv) != 0  # "interrupted", as after Ctrl-C
+    monkeypatch.setattr(streaming, "run_slab", real)
+    store = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert list(store["paser/done"][:]) == [1, 0, 0] and not store.attrs["napari_paser"]["complete"]
+
+    assert run_cli(*argv, "--mc-passes", "3") != 0
+    assert "unfinished run with other input or settings" in capsys.readouterr().err
+    assert run_cli(*argv) == 0  # same command: skips slab 0 and finishes
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"][:], io.read_stack(tmp_path / "ref.tif")[0])
+    report = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["napari_paser"]["report"]
+    assert report["resumed_slabs_skipped"] == 1 and len(report["gflops_per_slice"]) == 6 and min(report["gflops_per_slice"]) > 0
+    assert run_cli(*argv) != 0 and "finished output" in capsys.readouterr().err
+    assert run_cli(*argv, "--overwrite") == 0
+
+
+def test_two_dask_workers_equal_one_process(tmp_path, electrode):
+    import zarr
+
+    tif = io.write_tiff(tmp_path / "img.tif", electrode, voxel_size=VOXEL)
+    assert main(["segment", str(tif), "-o", str(tmp_path / "one.zarr"), "--mc-passes", "2", "--slab", "2", "--quiet", "--tvd", "0.2"]) == 0
+    assert main(["segment", str(tif), "-o", str(tmp_path / "two.zarr"), "--mc-passes", "2", "--slab", "2", "--quiet", "--tvd", "0.2",
+                 "--workers", "2"]) == 0
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
+    two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    np.testing.assert_array_equal(two["0"][:], one["0"][:])
+    r1, r2 = one.attrs["napari_paser"]["report"], two.attrs["napari_paser"]["report"]
+    assert r2["workers"] == 2 and r2["lam"] == r1["lam"] and r2["route_fraction"] == r1["route_fraction"]
