@@ -41,7 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--name", default=None,
                    help="file stem instead of volK (one volume: NAME_image.tif, NAME.json; "
                         "several: NAMEK_...)")
+    p.add_argument("--distribution", choices=("v1", "v2", "oof"), default="v2",
+                   help="parameter distribution: v2 (wide training distribution, default), v1 (the first "
+                        "generator: the in-family test), oof (held-out family and scanner: the out-of-family test)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the volumes already written by this generator with these arguments; write the rest")
     p.set_defaults(func=run)
     return p
 
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.format == "tiff":
         files = write_dataset(args.out, args.volumes, args.slices, args.size, args.seed,
-                              name=args.name, overwrite=args.overwrite)
+                              name=args.name, overwrite=args.overwrite, distribution=args.distribution,
+                              skip_current=args.resume)
         for f in files:
             print(f)
     else:
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         groups: dict[str, list] = {}
         prefix = args.name or "vol"
         for k, split in enumerate(paper_splits(args.volumes)):
-            image, labels, _ = generate_volume(volume_seed(args.seed, k), args.slices, args.size)
+            image, labels, _ = generate_volume(volume_seed(args.seed, k), args.slices, args.size, distribution=args.distribution)
             groups.setdefault(split, []).append((image, labels))
         files = write_paper_layout(out, {s: groups[s] for s in ("train", "validation", "test") if s in groups},
                                    prefix=prefix)

@@ -36,10 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--labels", nargs="+", metavar="TIF", help="label stacks (0 pore, 1 carbon-binder, 2 nickel), same order")
     src.add_argument("--data", metavar="DIR", help="folder of NAME_image.tif/NAME_labels.tif pairs, or the paper's PNG layout")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
-    p.add_argument("--preset", choices=("quick", "paper", "init"), default=None,
-                   help="quick: CPU in ~30 min; paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
+    p.add_argument("--preset", choices=("quick", "v2", "paper", "init"), default=None,
+                   help="quick: CPU in ~30 min; v2: the default bundle's networks and schedule (~1 h CPU with "
+                        "--warm-start); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
                         "(default: quick, or init with --init)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
+    p.add_argument("--warm-start", metavar="BUNDLE",
+                   help="fresh networks of the preset, but each one whose weights fit starts from this bundle's")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=None,
@@ -60,7 +63,8 @@ def _scaled(cfg, scale: float):
     if scale <= 0:
         raise ValueError("--scale must be positive")
     keys = ("f2_steps", "f1_steps", "f0_steps", "policy_steps", "ft_steps")
-    return cfg.replace(**{k: max(1, int(round(getattr(cfg, k) * scale))) for k in keys})
+    # A stage the preset switches off (0 steps) stays off.
+    return cfg.replace(**{k: max(1, int(round(getattr(cfg, k) * scale))) if getattr(cfg, k) > 0 else 0 for k in keys})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise PaserInputError("--device cuda: no CUDA device is available here")
     init = load_bundle(resolve_bundle(args.init)) if args.init else None
+    if init is not None and args.warm_start:
+        raise PaserInputError("give --init (fine-tune a bundle) or --warm-start (new networks), not both")
+    warm = load_bundle(resolve_bundle(args.warm_start)) if args.warm_start else None
     cfg = get_preset(args.preset or ("init" if init is not None else "quick"))
     cfg = _scaled(cfg, args.scale)
     if args.tvd is not None:
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         validation=validation,
         init=init,
+        warm_start=warm,
         device=args.device,
         seed=args.seed,
         command=command,
@@ -129,9 +137,9 @@ def _describe(args: argparse.Namespace) -> str:
     if args.images:
         parts += ["--images", *args.images, "--labels", *args.labels]
     parts += ["--out", args.out]
-    for opt in ("preset", "init", "tvd", "name"):
+    for opt in ("preset", "init", "warm_start", "tvd", "name"):
         if getattr(args, opt) is not None:
-            parts += [f"--{opt}", str(getattr(args, opt))]
+            parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     if args.device != "cpu":
         parts += ["--device", args.device]
     if args.scale != 1.0:

@@ -8,7 +8,7 @@ linear in the batch, so one measurement per shape serves every batch size.
 What the pipeline charges (the calls that actually run):
 
 - analysis of a slice: f0's encoder once + its decoder once per MC pass + the policy;
-- a patch routed to f1 or f2: one forward of that model on a patch.
+- a patch routed to f1 or f2: one forward of that model on a patch and its halo.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import PolicyConfig, PolicyNet, UNet, UNetConfig
 
-__all__ = ["count_flops", "unet_flops", "policy_flops", "CostModel"]
+__all__ = ["count_flops", "unet_flops", "policy_flops", "patch_input_shape", "CostModel"]
+
+
+def patch_input_shape(config: UNetConfig, patch_size: tuple[int, int]) -> tuple[int, int]:
+    """What a patch model reads for one patch: the patch and its halo on every side."""
+    h = int(getattr(config, "halo", 0))
+    return int(patch_size[0]) + 2 * h, int(patch_size[1]) + 2 * h
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -98,7 +104,7 @@ class CostModel:
     def measure(cls, bundle, padded_shape: tuple[int, int], passes: int) -> "CostModel":
         """Measure the networks of ``bundle`` for slices padded to ``padded_shape``."""
         f0 = unet_flops(bundle.f0.config, padded_shape)
-        patch = tuple(unet_flops(m.config, bundle.patch_size)["total"] for m in bundle.segmenters())
+        patch = tuple(unet_flops(m.config, patch_input_shape(m.config, bundle.patch_size))["total"] for m in bundle.segmenters())
         # Decoder FLOPs measured at the batch that runs (passes), not extrapolated.
         dec = _unet_flops(_key(bundle.f0.config), tuple(padded_shape), int(passes))
         return cls(

@@ -44,7 +44,22 @@ class UNetConfig:
         Number of 2x down-samplings. Inputs must be divisible by ``2**depth``.
     dropout : float
         Probability of the Monte-Carlo dropout placed before every decoder block below
-        full resolution. 0 disables it (f1, f2).
+        the finest one. 0 disables it (f1, f2).
+    stem : int
+        Space-to-depth factor of the input: ``stem x stem`` pixel blocks become channels
+        (``PixelUnshuffle``) and the head predicts ``stem**2`` sub-pixel logits per
+        position (``PixelShuffle``). On a CPU, full-resolution layers with few channels
+        are memory-bound; folding the pixels into channels makes the same FLOPs run
+        several times faster while every input pixel is still seen.
+    mc_scope : str
+        Where the Monte-Carlo dropout sits. ``decoder``: before every decoder block but
+        the finest, so each MC pass reruns the decoder. ``head``: only before the 1x1
+        head, so the whole UNet runs once and each pass costs a 1x1 convolution (what
+        makes f0's analysis cheap in seconds, not only in FLOPs).
+    halo : int
+        Context pixels on each side of the input that the output leaves out: a patch
+        model gets its patch plus ``halo`` pixels of the slice around it, so patches
+        are predicted as in a whole-slice pass and seams do not show.
     """
 
     in_channels: int = 1
@@ -52,6 +67,9 @@ class UNetConfig:
     base_width: int = 16
     depth: int = 4
     dropout: float = 0.0
+    stem: int = 1
+    halo: int = 0
+    mc_scope: str = "decoder"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +107,12 @@ class UNet(nn.Module):
         # The deepest level has the width of the one above it (bilinear UNet), so
         # the concatenation on the way up is symmetric.
         widths[-1] = widths[-2]
-        self.inc = DoubleConv(config.in_channels, widths[0])
+        s = int(config.stem)
+        if s < 1:
+            raise ValueError("UNet stem must be at least 1")
+        self.unshuffle = nn.PixelUnshuffle(s) if s > 1 else nn.Identity()
+        self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
+        self.inc = DoubleConv(config.in_channels * s * s, widths[0])
         self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(d))
         self.ups = nn.ModuleList()
         for i in reversed(range(d)):
@@ -98,7 +121,7 @@ class UNet(nn.Module):
             out = widths[i] // 2 if i > 0 else widths[0]
             self.ups.append(DoubleConv(skip + below, out, mid_channels=(skip + below) // 2))
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.head = nn.Conv2d(widths[0], config.num_classes, 1)
+        self.head = nn.Conv2d(widths[0], config.num_classes * s * s, 1)
 
     @staticmethod
     def _up_in_channels(widths: Sequence[int], level: int) -> int:
@@ -108,27 +131,50 @@ class UNet(nn.Module):
             return widths[depth]
         return widths[level + 1] // 2
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Deterministic part: the features of every level, finest first."""
-        feats = [self.inc(x)]
+    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [self.inc(self.unshuffle(x))]
         for down in self.downs:
             feats.append(down(F.max_pool2d(feats[-1], 2)))
         return feats
 
-    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Decoder with dropout before every block but the finest; returns logits.
-
-        No dropout at full resolution: on a CPU, drawing full-resolution masks for every
-        MC pass costs more than the convolutions they perturb, and the noise injected at
-        the coarser levels still reaches every output pixel.
-        """
+    def _up(self, feats: Sequence[torch.Tensor], dropout: bool) -> torch.Tensor:
         x = feats[-1]
         finest = len(self.ups) - 1
         for level, (up, skip) in enumerate(zip(self.ups, reversed(feats[:-1]))):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = torch.cat([skip, x], dim=1)
-            x = up(x if level == finest else self.drop(x))
-        return self.head(x)
+            x = up(self.drop(x) if dropout and level != finest else x)
+        return x
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.shuffle(self.head(x))
+        h = self.config.halo
+        return logits[..., h:-h, h:-h] if h > 0 else logits
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Deterministic part: the features of every level, finest first.
+
+        With ``mc_scope="head"`` the whole UNet is deterministic and this returns one
+        tensor: the finest decoder features (at ``1/stem`` resolution). Rows and
+        columns must be divisible by ``stem``.
+        """
+        feats = self._levels(x)
+        if self.config.mc_scope == "head":
+            return [self._up(feats, dropout=False)]
+        return feats
+
+    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Decoder with dropout before every block but the finest; returns logits.
+
+        Logits are at full input resolution, without the ``halo`` border.
+
+        No dropout at full resolution: on a CPU, drawing full-resolution masks for every
+        MC pass costs more than the convolutions they perturb, and the noise injected at
+        the coarser levels still reaches every output pixel.
+        """
+        if self.config.mc_scope == "head":
+            return self._head(self.drop(feats[-1]))
+        return self._head(self._up(feats, dropout=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -171,8 +217,12 @@ class mc_dropout:
 class PolicyConfig:
     """Shape of the patch-routing policy.
 
-    The policy sees f0's mean softmax (3 channels), its MC-dropout entropy and the
-    normalised image, pooled by ``pool`` for cheapness, and predicts for every patch
+    ``features="v1"``: the policy sees f0's mean softmax (3 channels), its MC-dropout
+    entropy and the normalised image, pooled by ``pool`` for cheapness. ``"v2"`` adds
+    the local standard deviation of the image and f0's own finest features (free: f0
+    computed them), already pooled by :func:`..uncertainty.policy_features`. ``blocks``
+    residual blocks run on the pooled map; ``grid_context`` adds a 3x3 convolution over
+    the patch grid, so a patch's decision sees its neighbours. It predicts for every patch
     the IoU gain of f1 and f2 over f0. Routing logits for a cost weight ``lam`` are
     ``temperature * ((1 - lam) * gain - lam * cost)``, so one network serves every
     λ and the chosen model's cost can only fall as λ rises.
@@ -183,6 +233,9 @@ class PolicyConfig:
     num_models: int = 3
     pool: int = 4
     patch_size: tuple[int, int] = (56, 64)
+    features: str = "v1"
+    blocks: int = 1
+    grid_context: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,10 +275,11 @@ class PolicyNet(nn.Module):
             nn.BatchNorm2d(w),
             nn.ReLU(inplace=True),
         )
-        self.block = BasicBlock(w)
+        # One block keeps v1's parameter names (bundles saved before ``blocks`` existed).
+        self.block = BasicBlock(w) if config.blocks == 1 else nn.Sequential(*(BasicBlock(w) for _ in range(config.blocks)))
         # Mean and max over the patch: the max catches a small hard region.
         self.head = nn.Sequential(
-            nn.Conv2d(2 * w, w, 1),
+            nn.Conv2d(2 * w, w, 3 if config.grid_context else 1, padding=1 if config.grid_context else 0),
             nn.ReLU(inplace=True),
             nn.Conv2d(w, config.num_models - 1, 1),
         )
@@ -235,7 +289,8 @@ class PolicyNet(nn.Module):
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         ph, pw = self.config.patch_size
         p = self.config.pool
-        x = F.avg_pool2d(features, p)
+        # v2 features arrive pooled already (see policy_features).
+        x = features if self.config.features == "v2" else F.avg_pool2d(features, p)
         x = self.block(self.stem(x))
         k = (ph // p, pw // p)
         pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)

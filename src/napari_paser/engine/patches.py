@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["grid_shape", "pad_to_patches", "patchify", "unpatchify"]
+__all__ = ["grid_shape", "pad_to_patches", "patchify", "patch_windows", "halo_pad", "unpatchify", "patch_view"]
 
 
 def grid_shape(shape: tuple[int, int], patch_size: tuple[int, int]) -> tuple[int, int]:
@@ -42,6 +42,32 @@ def patchify(x: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
     gy, gx = h // ph, w // pw
     x = x.reshape(b, c, gy, ph, gx, pw).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b * gy * gx, c, ph, pw)
+
+
+def halo_pad(x: torch.Tensor, halo: int) -> torch.Tensor:
+    """Reflect-pad the last two axes by ``halo`` on every side (no copy for ``halo == 0``)."""
+    if halo <= 0:
+        return x
+    h, w = x.shape[-2:]
+    lead = x.shape[:-2]
+    mode = "reflect" if halo < h and halo < w else "replicate"
+    y = F.pad(x.reshape(-1, 1, h, w), (halo, halo, halo, halo), mode=mode)
+    return y.reshape(*lead, h + 2 * halo, w + 2 * halo)
+
+
+def patch_windows(x: torch.Tensor, patch_size: tuple[int, int], halo: int = 0) -> torch.Tensor:
+    """Like :func:`patchify`, but each patch comes with ``halo`` pixels of context on every side.
+
+    (B, C, GY*ph, GX*pw) -> (B*GY*GX, C, ph + 2*halo, pw + 2*halo), row-major grid order.
+    Outside the slice the context is the slice reflected (as :func:`halo_pad`).
+    """
+    if halo <= 0:
+        return patchify(x, patch_size)
+    b, c, h, w = x.shape
+    ph, pw = patch_size
+    xp = halo_pad(x, halo)
+    win = xp.unfold(2, ph + 2 * halo, ph).unfold(3, pw + 2 * halo, pw)  # (B, C, GY, GX, wh, ww)
+    return win.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, ph + 2 * halo, pw + 2 * halo)
 
 
 def unpatchify(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -317,6 +317,9 @@ class PaserSegmenter:
         self._pentropy = np.full((3, z, gy, gx), np.nan, dtype=np.float32)
         self._ptime = np.zeros((3, z, gy, gx))
         self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
+        # The last slice padded by a patch model's halo (batches walk slices in order).
+        self._halo_key: tuple[int, int] | None = None
+        self._halo_input: np.ndarray | None = None
 
     @property
     def num_slices(self) -> int:
@@ -346,6 +349,18 @@ class PaserSegmenter:
             self._inputs.popitem(last=False)
         return padded
 
+    def _patch_window(self, z: int, gy: int, gx: int, halo: int) -> np.ndarray:
+        """Input of a patch model for patch (gy, gx) of slice ``z``: the patch and ``halo``
+        pixels of context on every side (the slice reflected at its border)."""
+        padded = self._input(z)
+        ph, pw = self.patch_size
+        if halo <= 0:
+            return patch_view(padded, self.patch_size)[gy, gx]
+        key = (z, halo)
+        if self._halo_key != key:
+            self._halo_key, self._halo_input = key, np.pad(padded, halo, mode="reflect")
+        return self._halo_input[gy * ph : (gy + 1) * ph + 2 * halo, gx * pw : (gx + 1) * pw + 2 * halo]
+
     def _precision_ctx(self):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -368,9 +383,11 @@ class PaserSegmenter:
         x = torch.from_numpy(self._input(z))[None, None]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            prob, ent = mc_predict(self.bundle.f0, self._to_device(x), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z))
+            prob, ent, f0_feats = mc_predict(self.bundle.f0, self._to_device(x), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
+                                             return_features=True)
             t1 = time.perf_counter()
-            gains = self.bundle.policy.gains(policy_features(x.to(self.device), prob.float(), ent.float()))
+            feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, self.bundle.policy.config)
+            gains = self.bundle.policy.gains(feats)
         t2 = time.perf_counter()
         labels = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
         ent_np = ent[0].float().cpu().numpy()
@@ -461,7 +478,7 @@ class PaserSegmenter:
         net = self.bundle.segmenters()[model]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            batch = np.stack([patch_view(self._input(z), self.patch_size)[gy, gx] for z, gy, gx in chunk])
+            batch = np.stack([self._patch_window(z, gy, gx, net.config.halo) for z, gy, gx in chunk])
             x = self._to_device(torch.from_numpy(batch)[:, None])
             t0 = time.perf_counter()
             with torch.inference_mode(), self._precision_ctx():

@@ -8,10 +8,11 @@ from a seed per slice, so a slice's result does not depend on what else is analy
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .models import UNet, mc_dropout
+from .models import PolicyConfig, UNet, mc_dropout
 
-__all__ = ["mc_predict", "entropy", "policy_features", "slice_seed"]
+__all__ = ["mc_predict", "entropy", "policy_features", "analyse_slices", "slice_seed"]
 
 
 def slice_seed(seed: int, index: int) -> int:
@@ -25,7 +26,9 @@ def entropy(prob: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mc_predict(f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def mc_predict(
+    f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0, *, return_features: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Mean softmax and its entropy over ``passes`` MC-dropout passes of f0.
 
     Parameters
@@ -38,11 +41,14 @@ def mc_predict(f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0)
         Number of stochastic decoder passes (1 with no dropout gives the plain output).
     seed : int or None
         Seed for the dropout masks; ``None`` uses the global RNG.
+    return_features : bool
+        Also return f0's deterministic features (the last tensor of ``f0.encode``).
 
     Returns
     -------
     mean_prob : Tensor (B, classes, rows, columns)
     entropy : Tensor (B, rows, columns)
+    features : Tensor, only with ``return_features``
     """
     if passes < 1:
         raise ValueError("passes must be at least 1")
@@ -55,9 +61,42 @@ def mc_predict(f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0)
             torch.manual_seed(seed)
         logits = f0.decode(rep)
     prob = logits.float().softmax(1).reshape(passes, b, *logits.shape[1:]).mean(0)
+    if return_features:
+        return prob, entropy(prob), feats[-1]
     return prob, entropy(prob)
 
 
-def policy_features(x: torch.Tensor, mean_prob: torch.Tensor, ent: torch.Tensor) -> torch.Tensor:
-    """Input of the policy: f0's mean softmax (3), its entropy (1) and the image (1)."""
-    return torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
+def policy_features(
+    x: torch.Tensor,
+    mean_prob: torch.Tensor,
+    ent: torch.Tensor,
+    f0_features: torch.Tensor | None = None,
+    config: PolicyConfig | None = None,
+) -> torch.Tensor:
+    """Input of the policy.
+
+    ``v1`` policies (and ``config=None``): f0's mean softmax (3), its entropy (1) and the
+    image (1) at full resolution. ``v2``: the same plus the local standard deviation of
+    the image, average-pooled by ``config.pool``, and f0's finest features resized to
+    that grid (they come for free with f0's analysis).
+    """
+    full = torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
+    if config is None or config.features != "v2":
+        return full
+    p = config.pool
+    pooled = F.avg_pool2d(torch.cat([full, x * x], dim=1), p)
+    mean, mean_sq = pooled[:, 4:5], pooled[:, 5:6]
+    std = (mean_sq - mean * mean).clamp_min(0).sqrt()
+    parts = [pooled[:, :5], std]
+    if f0_features is not None:
+        f = f0_features.float()
+        if f.shape[-2:] != pooled.shape[-2:]:
+            f = F.adaptive_avg_pool2d(f, pooled.shape[-2:])
+        parts.append(f)
+    return torch.cat(parts, dim=1)
+
+
+def analyse_slices(f0: UNet, policy_config: PolicyConfig, x: torch.Tensor, passes: int, seed: int | None) -> tuple[torch.Tensor, ...]:
+    """f0's MC-dropout analysis of ``x`` and the policy's input: (mean_prob, entropy, features)."""
+    prob, ent, feats = mc_predict(f0, x, passes, seed=seed, return_features=True)
+    return prob, ent, policy_features(x, prob.float(), ent.float(), feats, policy_config)

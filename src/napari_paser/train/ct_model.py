@@ -4,8 +4,12 @@ High-resolution phase map -> attenuation with intra-phase texture -> point-sprea
 2x block average onto the output grid -> per-slice radon transform -> photon counts with
 per-detector-bin gain errors (rings, identical for all slices, as on a real detector),
 occasional bad projections (streaks), Poisson and read noise -> log -> filtered
-back-projection -> crop -> beam-hardening cupping -> linear map to uint16 with a
-per-volume offset and gain.
+back-projection -> crop -> beam-hardening cupping -> grey values.
+
+Propagation-based phase contrast adds bright/dark fringes at edges (a Laplacian term,
+:func:`edge_fringes`); the reconstruction filter is a parameter. The file encoding is
+one of what scanners export (:func:`encode`): uint16 with an arbitrary offset and gain,
+uint8 through a grey window (possibly clipping), or float32 attenuation in 1/cm.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ class CTParams:
     n_angles: int = 200
     offset: float = 12000.0  # output grey value of zero attenuation
     gain: float = 25000.0  # output grey values per unit (nickel) attenuation
+    filter_name: str = "shepp-logan"  # filtered back-projection filter
+    phase_contrast: float = 0.0  # strength of the edge fringes
+    encoding: str = "uint16"  # uint16 | uint8 | float32
+    window_low: float = 0.0  # uint8: window edges, as fractions of the robust range
+    window_high: float = 0.0  #   beyond (>0) or inside (<0) it
+    mu_scale: float = 1.0  # float32: attenuation of nickel in 1/cm
 
 
 def attenuation_map(rng: np.random.Generator, phases: np.ndarray, p: CTParams) -> np.ndarray:
@@ -54,6 +64,21 @@ def attenuation_map(rng: np.random.Generator, phases: np.ndarray, p: CTParams) -
     mu *= 1.0 + p.shading * smooth_field(rng, phases.shape, 30.0)
     np.maximum(mu, 0.0, out=mu)
     return ndi.gaussian_filter(mu, p.psf_sigma, mode="nearest")
+
+
+def edge_fringes(mu: np.ndarray, strength: float, sigma: float = 1.0) -> np.ndarray:
+    """Attenuation with phase-contrast fringes: ``mu - strength * sigma² ∇²G_σ(mu)``, per slice.
+
+    Propagation-based phase contrast adds the Laplacian of the phase to the intensity,
+    so edges get a bright and a dark band (overshoot) after reconstruction.
+    """
+    if strength <= 0:
+        return mu
+    # In-plane Laplacian of Gaussian only (gaussian_laplace with sigma 0 on an axis
+    # would add a meaningless second derivative along it).
+    s = (0.0, sigma, sigma)
+    lap = ndi.gaussian_filter(mu, s, order=(0, 2, 0), mode="nearest") + ndi.gaussian_filter(mu, s, order=(0, 0, 2), mode="nearest")
+    return (mu - strength * sigma**2 * lap).astype(np.float32)
 
 
 def block_mean(vol: np.ndarray, factor: int = 2) -> np.ndarray:
@@ -115,7 +140,7 @@ def scan(rng: np.random.Generator, mu: np.ndarray, p: CTParams) -> np.ndarray:
             views = rng.integers(0, p.n_angles, size=int(rng.integers(1, 4)))
             counts[:, views] *= rng.uniform(0.6, 1.5, size=len(views))
         line = -np.log(np.maximum(counts, 1.0) / p.photons)
-        rec = iradon(line, theta, output_size=n_bins, circle=False, filter_name="shepp-logan")
+        rec = iradon(line, theta, output_size=n_bins, circle=False, filter_name=p.filter_name)
         if window is None:
             window = _crop_window((ny, nx), rec.shape[0])
         out[z] = rec[window] / scale
@@ -130,3 +155,24 @@ def to_uint16(rec: np.ndarray, p: CTParams) -> np.ndarray:
     """Map relative attenuation to uint16 grey values with the volume's offset and gain."""
     grey = np.rint(p.offset + p.gain * rec)
     return np.clip(grey, 0, 65535).astype(np.uint16)
+
+
+def encode(rec: np.ndarray, p: CTParams) -> np.ndarray:
+    """Grey values of a reconstruction as the scanner would export them (``p.encoding``).
+
+    - ``uint16``: ``offset + gain * rec`` (:func:`to_uint16`);
+    - ``uint8``: a grey window around the 0.1-99.9 % range, widened or narrowed at each
+      end by ``window_low`` / ``window_high`` of that range (narrowing clips);
+    - ``float32``: attenuation coefficients, ``mu_scale * rec`` (1/cm, negative values kept).
+    """
+    if p.encoding == "uint16":
+        return to_uint16(rec, p)
+    if p.encoding == "uint8":
+        lo, hi = (float(v) for v in np.percentile(rec[:, ::4, ::4], [0.1, 99.9]))
+        span = hi - lo
+        lo, hi = lo - p.window_low * span, hi + p.window_high * span
+        grey = np.rint((rec - lo) * (255.0 / (hi - lo)))
+        return np.clip(grey, 0, 255).astype(np.uint8)
+    if p.encoding == "float32":
+        return (np.float32(p.mu_scale) * rec).astype(np.float32)
+    raise ValueError(f"unknown encoding {p.encoding!r}")

@@ -308,14 +308,24 @@ class SliceBank:
         return min(im.shape[-2] for im in self.images), min(im.shape[-1] for im in self.images)
 
     def sample_patches(
-        self, n: int, cfg: AugmentConfig, g: torch.Generator, *, impulse: bool = False
+        self, n: int, cfg: AugmentConfig, g: torch.Generator, *, impulse: bool = False, halo: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` augmented random crops of the patch size (any position, not only the grid).
 
         A square crop is rotated/flipped first and the patch cut from it, so 90°
-        rotations are possible although patches are not square.
+        rotations are possible although patches are not square. With ``halo`` the image
+        crops carry that many context pixels on every side; labels cover the patch only.
         """
-        ph, pw = self.patch_size
+        if halo > 0:
+            ph, pw = self.patch_size
+            img, lab = self._sample_crops(n, (ph + 2 * halo, pw + 2 * halo), cfg, g, impulse)
+            return img, lab[..., halo:-halo, halo:-halo].contiguous()
+        return self._sample_crops(n, self.patch_size, cfg, g, impulse)
+
+    def _sample_crops(
+        self, n: int, size: tuple[int, int], cfg: AugmentConfig, g: torch.Generator, impulse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ph, pw = size
         idx = torch.randint(0, len(self), (n,), generator=g).tolist()
         side = max(ph, pw)
         hmin, wmin = self._min_size()

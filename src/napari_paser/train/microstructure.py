@@ -7,6 +7,19 @@ morphological closing sinters touching particles into agglomerates. Carbon-binde
 then chosen among the non-nickel voxels by a score that favours thin films on particle
 surfaces, bridges at necks and the fine regions, broken up by a noise field; taking the
 top-k voxels of that score hits the requested fraction exactly.
+
+Families (``MicrostructureParams.family``) change how the nickel is built:
+
+- ``spheres``: the Boolean model above (near-spherical, log-normal sizes);
+- ``agglomerates``: primaries scattered around cluster centres and sintered together;
+- ``flakes``: oblate particles (one short axis per particle, 3-6x thinner);
+- ``intermixed``: like spheres, with the carbon-binder broken into fine grains mixed
+  with pore (set through the score weights, see :func:`..synth.sample_params`);
+- ``cracked`` (held out of training, for the out-of-family test): large secondary
+  particles split by thin pore cracks, as in cycled Ni-rich cathodes.
+
+``gradient`` makes the nickel density change linearly across the rows, like the
+through-thickness gradient of a calendered electrode.
 """
 
 from __future__ import annotations
@@ -37,6 +50,12 @@ class MicrostructureParams:
     film_patchiness: float = 1.0
     fragmentation: float = 0.8
     fine_carbon_bias: float = 1.0
+    family: str = "spheres"
+    gradient: float = 0.0  # relative change of the particle density across the rows
+    flake_ratio: float = 1.0  # long / short axis of flakes
+    cluster_spread: float = 0.0  # agglomerates: primaries' spread around a centre, x coarse_radius
+    crack_width: float = 0.0  # cracked: half-width of the crack sheets (field units)
+    crack_scale: float = 6.0  # cracked: correlation length of the crack field
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -105,15 +124,29 @@ def _nickel(rng: np.random.Generator, shape: tuple[int, int, int], p: Microstruc
         # Boolean model: overlap wastes volume, so request extra candidates.
         n = int(max(16, 1.3 * deficit * n_total / mean_fine_vol / max(1e-3, 1 - filled / n_total)))
         centers = rng.random((n, 3)) * np.array(shape)
+        if p.cluster_spread > 0:
+            # Agglomerates: every primary sits near one of a few cluster centres.
+            parents = rng.random((max(1, n // 12), 3)) * np.array(shape)
+            spread = p.cluster_spread * p.coarse_radius
+            centers = (parents[rng.integers(0, len(parents), n)] + spread * rng.standard_normal((n, 3))) % np.array(shape)
         ci = np.minimum(centers.astype(int), np.array(shape) - 1)
         w = coarse_w[ci[:, 0], ci[:, 1], ci[:, 2]]
         median = np.where(rng.random(n) < w, p.coarse_radius, p.fine_radius)
         radius = median * np.exp(p.radius_sigma * rng.standard_normal(n))
         radius = np.clip(radius, 1.5, 3 * p.coarse_radius)
         # Centre density ~ 1/r^3 keeps the solid fraction uniform across size regions.
-        keep = rng.random(n) < np.minimum(1.0, (p.fine_radius / radius) ** 3)
+        accept = np.minimum(1.0, (p.fine_radius / radius) ** 3)
+        if p.gradient != 0:
+            ramp = centers[:, 1] / shape[1] - 0.5
+            accept = accept * np.clip(1.0 + p.gradient * ramp, 0.05, None) / (1.0 + abs(p.gradient) / 2)
+        keep = rng.random(n) < accept
         centers, radius = centers[keep], radius[keep]
         axes = radius[:, None] * np.exp(p.aspect_sigma * rng.standard_normal((len(radius), 3)))
+        if p.flake_ratio > 1:
+            # Oblate flakes of the same volume: one short axis, chosen per particle.
+            thin = rng.integers(0, 3, len(radius))
+            axes *= p.flake_ratio ** (1 / 3)
+            axes[np.arange(len(radius)), thin] /= p.flake_ratio
         _paint_ellipsoids(vol, centers, axes)
         filled = int(np.count_nonzero(vol))
     return _closing(vol, p.sinter_radius)
@@ -141,6 +174,12 @@ def generate_microstructure(rng: np.random.Generator, shape: tuple[int, int, int
     thr = np.quantile(region, 1.0 - p.coarse_share)
     coarse_w = 1.0 / (1.0 + np.exp(-(region - thr) / 0.25))  # soft coarse/fine map
     nickel = _nickel(rng, shape, p, coarse_w)
+    cracks = None
+    if p.crack_width > 0:
+        # Thin sheets where a smooth field crosses zero, inside the particles only.
+        sheet = np.abs(smooth_field(rng, shape, p.crack_scale)) < p.crack_width
+        cracks = sheet & nickel & (ndi.distance_transform_edt(nickel) > 2.0)
+        nickel &= ~cracks
 
     dist = ndi.distance_transform_edt(~nickel).astype(np.float32)
     # Necks and concave gaps: what a larger closing would fill.
@@ -155,8 +194,10 @@ def generate_microstructure(rng: np.random.Generator, shape: tuple[int, int, int
         + p.fine_carbon_bias * (1.0 - coarse_w)
     )
     score[nickel] = -np.inf
+    if cracks is not None:
+        score[cracks] = -np.inf  # binder does not creep into cracks
     k = int(round(p.carbon_fraction * score.size))
-    free = score.size - int(np.count_nonzero(nickel))
+    free = score.size - int(np.count_nonzero(nickel)) - (0 if cracks is None else int(np.count_nonzero(cracks)))
     phases = np.where(nickel, np.uint8(NICKEL), np.uint8(PORE))
     if k > 0 and free > 0:
         k = min(k, free)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.bundle import Bundle
-from ..engine.patches import grid_shape, patchify, unpatchify
-from ..engine.uncertainty import mc_predict, policy_features, slice_seed
+from ..engine.patches import grid_shape, patch_windows, unpatchify
+from ..engine.uncertainty import analyse_slices, slice_seed
 
 __all__ = [
     "patch_confusion",
@@ -69,7 +69,7 @@ def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
 def predict_patches(model: torch.nn.Module, x: torch.Tensor, patch_size: tuple[int, int], batch: int = 64) -> torch.Tensor:
     """Argmax of a patch model over the whole patch grid of ``x`` (B, 1, H, W) -> (B, H, W)."""
     gy, gx = grid_shape(x.shape[-2:], patch_size)
-    patches = patchify(x, patch_size)
+    patches = patch_windows(x, patch_size, model.config.halo)
     out = torch.cat([model(patches[i : i + batch]).argmax(1, keepdim=True) for i in range(0, len(patches), batch)])
     return unpatchify(out, (gy, gx))[:, 0]
 
@@ -96,9 +96,39 @@ class RewardCache:
 
     @property
     def delta(self) -> torch.Tensor:
-        """Per-patch IoU gain over f0 (N, 2, GY, GX) of f1 and f2."""
+        """Per-patch IoU gain over f0 (N, 2, GY, GX) of f1 and f2 (the paper's reward)."""
         iou = self.iou
         return iou[:, 1:] - iou[:, :1]
+
+    def dataset_gain(self) -> torch.Tensor:
+        """First-order gain in *dataset* mean IoU (N, 2, GY, GX) of sending one patch to f1 / f2.
+
+        The metric users read is the IoU of the whole volume, one confusion matrix for all
+        patches; a patch's per-patch IoU tracks it poorly (a patch with one stray pixel
+        of a rare class swings its own IoU by a lot and the volume's by nothing). With
+        f0's totals TP_c and U_c over these slices, changing one patch by ΔTP_c, ΔU_c
+        changes the mean IoU by ``mean_c (ΔTP_c / U_c - TP_c ΔU_c / U_c²)``. It is
+        multiplied by the number of patches, so it reads as "the IoU change if every
+        patch gained like this one", on the scale of IoU differences.
+        """
+        conf = self.conf.double()
+        n_patches = conf.shape[0] * conf.shape[2] * conf.shape[3]
+        total = conf[:, 0].sum(dim=(0, 1, 2))  # f0's (C, C) over every patch
+        tp = torch.diagonal(total)
+        union = (total.sum(0) + total.sum(1) - tp).clamp_min(1)
+        diff = conf[:, 1:] - conf[:, :1]  # (N, 2, GY, GX, C, C)
+        d_tp = torch.diagonal(diff, dim1=-2, dim2=-1)
+        d_union = diff.sum(-1) + diff.sum(-2) - d_tp
+        gain = (d_tp / union - tp * d_union / union**2).mean(-1)
+        return (gain * n_patches).float()
+
+    def gain_target(self, kind: str) -> torch.Tensor:
+        """The reward gains the policy learns: ``patch_iou`` (:attr:`delta`) or ``dataset_iou``."""
+        if kind == "patch_iou":
+            return self.delta
+        if kind == "dataset_iou":
+            return self.dataset_gain()
+        raise ValueError(f"unknown reward {kind!r}; choose 'patch_iou' or 'dataset_iou'")
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -137,9 +167,9 @@ def build_reward_cache(
         x = images[s : s + batch].float()
         y = labels[s : s + batch]
         # One seed per slice, as at inference: a slice's result does not depend on its batch.
-        probs, ents = zip(*(mc_predict(bundle.f0, x[i : i + 1], passes, seed=slice_seed(seed, first_index + s + i)) for i in range(len(x))))
-        prob, ent = torch.cat(probs), torch.cat(ents)
-        feats.append(policy_features(x, prob, ent).half())
+        outs = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], passes, slice_seed(seed, first_index + s + i)) for i in range(len(x))]
+        prob = torch.cat([o[0] for o in outs])
+        feats.append(torch.cat([o[2] for o in outs]).half())
         preds = [prob.argmax(1), predict_patches(bundle.f1, x, ps), predict_patches(bundle.f2, x, ps)]
         confs.append(torch.stack([patch_confusion(p, y, ps) for p in preds], dim=1).int())
     return RewardCache(torch.cat(feats), torch.cat(confs))

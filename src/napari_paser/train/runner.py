@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import __version__
-from ..engine.bundle import Bundle, default_model_configs, save_bundle
+from ..engine.bundle import Bundle, copy_matching_weights, default_model_configs, save_bundle
 from ..engine.flops import CostModel
 from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
@@ -71,6 +71,7 @@ def train(
     *,
     validation: Sequence[Volume] | None = None,
     init: Bundle | None = None,
+    warm_start: Bundle | None = None,
     configs: dict[str, Any] | None = None,
     device: str = "cpu",
     seed: int = 0,
@@ -95,6 +96,10 @@ def train(
         they are split off ``volumes``.
     init : Bundle, optional
         Start from this bundle's weights, architecture and normalisation.
+    warm_start : Bundle, optional
+        For a fresh bundle: start each network whose weights fit (same parameter names
+        and shapes) from this bundle's (see ``copy_matching_weights``); the rest start
+        from scratch.
     configs : dict, optional
         Architecture configs for a fresh bundle (default: ``default_model_configs``
         of the preset; ``paper`` for the paper preset, ``quick`` otherwise).
@@ -110,10 +115,14 @@ def train(
         configs = {k: copy.deepcopy(m.config) for k, m in bundle.models().items()}
         init_name = str(init.path) if init.path else init.name
     else:
-        configs = configs or default_model_configs("paper" if cfg.preset == "paper" else "quick")
+        configs = configs or default_model_configs(cfg.arch)
         bundle = Bundle.from_configs(copy.deepcopy(configs), seed=seed, mc_passes=cfg.mc_passes)
         init_name = None
-    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs))
+    warm = None
+    if warm_start is not None and init is None:
+        warm = {"bundle": warm_start.name, "models": copy_matching_weights(bundle, warm_start)}
+        log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
+    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs) | {"warm_start": warm})
     if ckpt.load_models(bundle.models()):
         log(f"resuming: stages done {ckpt.done}")
 
@@ -213,6 +222,7 @@ def train(
                 "seed": int(seed),
                 "preset": cfg.preset,
                 "init": init_name,
+                "warm_start": warm,
                 "data": split_names,
                 "minutes": {**minutes, "total": round(sum(v for v in minutes.values()), 2)},
                 "device": str(dev),

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.bundle import Bundle
-from ..engine.patches import grid_shape, patchify, unpatchify
-from ..engine.uncertainty import mc_predict, policy_features, slice_seed
+from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
+from ..engine.uncertainty import analyse_slices, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
 from .datasets import SliceBank
@@ -228,7 +228,7 @@ def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: 
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
-        x, y = bank.sample_patches(cfg.patch_batch, cfg.augment, g, impulse=True)
+        x, y = bank.sample_patches(cfg.patch_batch, cfg.augment, g, impulse=True, halo=model.config.halo)
         x, y = ctx.prepare(x), y.to(ctx.device)
         with ctx.autocast():
             out = model(x)
@@ -278,7 +278,7 @@ def pretrain_f0(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str =
         if cfg.beta > 0:
             with torch.no_grad(), ctx.autocast():
                 grid = grid_shape(x.shape[-2:], ps)
-                target = unpatchify(f2(ctx.prepare(patchify(x, ps))).float(), grid)
+                target = unpatchify(f2(ctx.prepare(patch_windows(x, ps, f2.config.halo))).float(), grid)
         f0.train()
         out = f0(x)
         ce = F.cross_entropy(out, y, weight=weight)
@@ -368,7 +368,7 @@ def train_policy(
     policy = (bundle.policy if policy is None else policy).to(ctx.device)
     costs = bundle.costs().to(ctx.device)
     sizes = torch.tensor([len(c) for c in caches], dtype=torch.float)
-    deltas = [c.delta for c in caches]
+    deltas = [c.gain_target(cfg.reward) for c in caches]
     total = ctx.steps(cfg.policy_steps, int(sizes.sum()), cfg.policy_batch)
     opt = _adam(policy, cfg.policy_lr, 0.0)
 
@@ -433,16 +433,16 @@ def finetune_joint(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: st
         b = x.shape[0]
         grid = grid_shape(x.shape[-2:], ps)
         with torch.no_grad():
-            pr = [mc_predict(f0, x[i : i + 1], cfg.mc_passes, seed=slice_seed(ctx.seed + 1, step * b + i)) for i in range(b)]
-            prob, ent = torch.cat([p[0] for p in pr]), torch.cat([p[1] for p in pr])
-            feats = policy_features(x, prob, ent)
+            pr = [analyse_slices(f0, policy.config, x[i : i + 1], cfg.mc_passes, slice_seed(ctx.seed + 1, step * b + i)) for i in range(b)]
+            prob, feats = torch.cat([p[0] for p in pr]), torch.cat([p[2] for p in pr])
             iou0 = iou_from_confusion(patch_confusion(prob.argmax(1), y, ps))  # (B, GY, GX)
         lam = sample_lambda(b, g, cfg.lam_power).to(ctx.device)
         policy.train()
         gains = policy.gains(feats)
         logits = policy.logits(gains, lam, costs)
         actions = sample_actions(logits, _alpha(cfg.ft_alpha, step, total), g).to(ctx.device)
-        px, py = patchify(x, ps), patchify(y.unsqueeze(1).float(), ps)[:, 0].long()
+        px = {m: patch_windows(x, ps, models[m].config.halo) for m in models}
+        py = patchify(y.unsqueeze(1).float(), ps)[:, 0].long()
         flat = actions.reshape(-1)
         delta = torch.zeros(b, 2, *grid, device=ctx.device)
         known = torch.zeros(b, 2, *grid, dtype=torch.bool, device=ctx.device)
@@ -456,7 +456,7 @@ def finetune_joint(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: st
             model = models[name]
             model.eval()  # batch norm frozen (see docstring); no dropout in f1/f2
             with ctx.autocast():
-                out = model(ctx.prepare(px[sel]))
+                out = model(ctx.prepare(px[name][sel]))
             ce = F.cross_entropy(out.float(), py[sel], weight=weight)
             opt = opts[name][0]
             opt.zero_grad(set_to_none=True)
