@@ -1,0 +1,190 @@
+"""The Metrics panel's work, without Qt: checks, the job generator, table rows, export.
+
+:func:`metrics_job` is a generator run in a napari thread worker (or synchronously in
+tests): it yields :class:`MetricsProgress` and returns a :class:`MetricsOutcome`. Closing
+it (the worker's quit) cancels at the next step, also in the middle of a TauFactor solve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generator, Sequence
+
+import numpy as np
+
+from ..errors import PaserInputError
+from ._layers import PENDING
+
+__all__ = ["MetricsRequest", "MetricsProgress", "MetricsOutcome", "check_request", "metrics_job", "table_rows",
+           "export_targets", "export_metrics"]
+
+
+@dataclass
+class MetricsRequest:
+    """What to compute.
+
+    Attributes
+    ----------
+    labels : array (Z, Y, X) or (Y, X)
+        The phases layer's data.
+    axis : int
+    voxel_size : three floats or None
+    cb_diffusivity : float or None
+        > 0 adds the pore + carbon-binder tortuosity.
+    tortuosity : bool
+    image : array or None
+        The grey scan for the band (None: no band).
+    bundle_path : Path or None
+        Bundle folder for the band (None: the default bundle).
+    band_lams : tuple of float or None
+    band_mc : int
+    """
+
+    labels: Any
+    axis: int
+    voxel_size: tuple[float, float, float] | None = None
+    cb_diffusivity: float | None = None
+    tortuosity: bool = True
+    image: Any = None
+    bundle_path: Path | None = None
+    band_lams: tuple = ()
+    band_mc: int = 0
+
+
+@dataclass(frozen=True)
+class MetricsProgress:
+    """A step: text, share of the current stage done, band members done / total."""
+
+    stage: str
+    fraction: float
+    done: int = 0
+    total: int = 1
+
+
+@dataclass
+class MetricsOutcome:
+    """Metrics of the labels, the band members, and every metric's range."""
+
+    metrics: Any  # MicrostructureMetrics
+    band: list
+    ranges: dict[str, tuple[float, float]]
+    profile_min: np.ndarray | None = None
+    profile_max: np.ndarray | None = None
+
+
+def check_request(req: MetricsRequest) -> np.ndarray:
+    """Validate before a worker starts; returns the labels as uint8.
+
+    Raises
+    ------
+    PaserInputError
+        With one line for the user: unfinished run, bad labels, absent phase, axis out
+        of range, band image of another shape.
+    """
+    from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels
+
+    arr = np.asarray(req.labels)
+    if arr.dtype == np.uint8 and (arr == PENDING).any():
+        raise PaserInputError("the labels layer has slices not segmented yet (value 255): finish the run first")
+    labels = validate_phase_labels(arr)
+    check_axis(req.axis, labels.ndim)
+    check_voxel_size(req.voxel_size)
+    if req.image is not None and tuple(np.shape(req.image)) != labels.shape:
+        raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {labels.shape}")
+    return labels
+
+
+def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, MetricsOutcome]:
+    """Compute the metrics (and the band); see the module docstring."""
+    from ..engine.metrics_report import metric_ranges, profile_range
+    from ..engine.microstructure import metrics_steps
+
+    labels = check_request(req)
+    kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity)
+    n_band = (len(req.band_lams) + req.band_mc) if req.image is not None else 0
+    gen = metrics_steps(labels, req.axis, **kwargs)
+    try:
+        while True:
+            step = next(gen)
+            yield MetricsProgress(step.stage, step.fraction, 0, 1 + n_band)
+    except StopIteration as stop:
+        metrics = stop.value
+    finally:
+        gen.close()
+    band: list = []
+    if n_band:
+        from ..engine.bundle import load_bundle
+        from ..engine.metrics_band import band_steps
+        from ..engine.registry import resolve_bundle
+
+        yield MetricsProgress("loading the bundle", 0.0, 1, 1 + n_band)
+        bundle = load_bundle(resolve_bundle(req.bundle_path))
+        gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, mc_samples=req.band_mc,
+                         shape=labels.shape, **kwargs)
+        try:
+            while True:
+                stage, done, total = next(gen)
+                yield MetricsProgress(stage, done / max(total, 1), 1 + done, 1 + n_band)
+        except StopIteration as stop:
+            band = stop.value
+        finally:
+            gen.close()
+    if not band:
+        return MetricsOutcome(metrics, [], {})
+    members = [metrics] + [b.metrics for b in band]
+    lo, hi = profile_range(members)
+    return MetricsOutcome(metrics, band, metric_ranges(members), lo, hi)
+
+
+def _fmt(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.4g}"
+
+
+def table_rows(outcome: MetricsOutcome) -> list[tuple[str, str, str, str]]:
+    """(metric, value, "[min, max]" or "", unit) for every metric."""
+    m = outcome.metrics
+    rows = []
+    for k, v in m.values.items():
+        rng = outcome.ranges.get(k)
+        rows.append((k, _fmt(v), f"[{_fmt(rng[0])}, {_fmt(rng[1])}]" if rng else "", m.units.get(k, "")))
+    return rows
+
+
+def export_targets(base: str | Path) -> dict[str, Path]:
+    """The JSON and CSV files of an export to ``base`` (any suffix is replaced)."""
+    base = Path(base)
+    stem = base.with_suffix("") if base.suffix.lower() in (".json", ".csv", ".tif", ".tiff") else base
+    return {"json": stem.with_name(stem.name + ".json"), "csv": stem.with_name(stem.name + ".csv")}
+
+
+def default_export_base(source_path: str | None, layer_name: str, folder: str | Path | None = None) -> Path:
+    """``<phase volume>_metrics`` beside the phase volume's file, else in ``folder`` (or here)."""
+    if source_path:
+        p = Path(source_path)
+        return p.with_name(p.with_suffix("").name + "_metrics")
+    return Path(folder or ".") / f"{layer_name}_metrics"
+
+
+def export_metrics(outcome: MetricsOutcome, base: str | Path, *, overwrite: bool = False,
+                   extra: dict | None = None) -> Sequence[Path]:
+    """Write ``<base>.json`` and ``<base>.csv``; nothing is written if one exists (without ``overwrite``).
+
+    Raises
+    ------
+    FileExistsError
+        Naming the files that exist.
+    """
+    from ..engine.metrics_report import csv_text, report_dict, write_text_atomic
+
+    targets = export_targets(base)
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s): not replaced")
+    import json
+
+    report = report_dict(outcome.metrics, band=[(b.name, b.metrics) for b in outcome.band], extra=extra)
+    write_text_atomic(targets["json"], json.dumps(report, indent=2), overwrite=True)
+    write_text_atomic(targets["csv"], csv_text(outcome.metrics, outcome.ranges), overwrite=True)
+    return list(targets.values())

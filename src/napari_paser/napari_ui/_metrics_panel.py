@@ -1,0 +1,334 @@
+"""The Metrics dock widget: microstructure metrics of a phases layer, with ranges.
+
+Thin: it gathers the choices, runs :func:`._metrics_jobs.metrics_job` in a napari thread
+worker (or synchronously when ``blocking``), and shows the table, the porosity profile
+(matplotlib) and progress. All checks and numbers come from the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import PaserInputError
+from . import _metrics_jobs as jobs
+from ._export import voxel_size_from_scale
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["MetricsPanel"]
+
+NO_BAND = "(no band)"
+DEFAULT_LAMS = "0, default, 0.1, 0.3, 1"
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, (PaserInputError, FileExistsError, FileNotFoundError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+class MetricsPanel(QWidget):
+    """Dock widget computing microstructure metrics of a labels layer.
+
+    Attributes
+    ----------
+    blocking : bool
+        Run synchronously on the calling thread (tests, scripts).
+    outcome : MetricsOutcome or None
+        The last finished computation.
+    """
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.blocking = False
+        self.outcome: jobs.MetricsOutcome | None = None
+        self._worker = None
+        self._pbar: progress | None = None
+        self._generation = 0
+        self._started = 0.0
+        self._cancelled = False
+        self._build()
+        self.refresh_layers()
+        self.viewer.layers.events.inserted.connect(self.refresh_layers)
+        self.viewer.layers.events.removed.connect(self.refresh_layers)
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        form = QFormLayout()
+        self.labels_combo = QComboBox()
+        self.labels_combo.setToolTip("Phase labels: 0 pore, 1 carbon-binder, 2 nickel (e.g. the 'phases' layer of a PaSeR run)")
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The grey scan the labels came from: segmenting it again at several λ and as f0 "
+                                    "MC-dropout samples gives every metric a [min, max] range")
+        self.axis_spin = QSpinBox()
+        self.axis_spin.setRange(0, 2)
+        self.axis_spin.setToolTip("Axis of the porosity profile and of the tortuosity (0 plane, 1 row, 2 column)")
+        self.cb_spin = QDoubleSpinBox()
+        self.cb_spin.setRange(0.0, 1.0)
+        self.cb_spin.setDecimals(3)
+        self.cb_spin.setSingleStep(0.01)
+        self.cb_spin.setToolTip("Carbon-binder diffusivity relative to the pore's; 0: carbon-binder blocks "
+                                "(> 0 adds the pore + carbon-binder tortuosity)")
+        self.tau_check = QCheckBox("tortuosity (TauFactor)")
+        self.tau_check.setChecked(True)
+        self.lams_edit = QLineEdit(DEFAULT_LAMS)
+        self.lams_edit.setToolTip("λ values of the band ('default' is the bundle's)")
+        self.mc_spin = QSpinBox()
+        self.mc_spin.setRange(0, 32)
+        self.mc_spin.setValue(4)
+        self.mc_spin.setToolTip("Single-pass f0 MC-dropout samples in the band")
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Axis", self.axis_spin)
+        form.addRow("Carbon-binder D", self.cb_spin)
+        form.addRow("", self.tau_check)
+        form.addRow("Band image", self.image_combo)
+        form.addRow("Band λ", self.lams_edit)
+        form.addRow("Band MC samples", self.mc_spin)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Compute")
+        self.run_button.clicked.connect(lambda: self.compute())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        for b in (self.run_button, self.cancel_button, self.export_button):
+            buttons.addWidget(b)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["metric", "value", "range", "unit"])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(160)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table)
+        layout.addWidget(self.canvas)
+
+    def refresh_layers(self, *_: Any) -> None:
+        """Fill the layer choosers (phases layers first)."""
+        def fill(combo: QComboBox, names: list[str], extra: list[str] = ()) -> None:
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(list(extra) + names)
+            if current in names or current in extra:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+        labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+        labels.sort(key=lambda n: n != "phases")
+        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.name != "entropy"]
+        fill(self.labels_combo, labels)
+        fill(self.image_combo, images, [NO_BAND])
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _layer(self, name: str):
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def request(self) -> jobs.MetricsRequest:
+        """The request for the current choices (raises PaserInputError on a bad choice)."""
+        from ..engine.metrics_band import parse_lams
+
+        layer = self._layer(self.labels_combo.currentText())
+        if layer is None:
+            raise PaserInputError("choose a labels layer (e.g. the 'phases' layer of a PaSeR run)")
+        data = np.asarray(layer.data)
+        image_layer = self._layer(self.image_combo.currentText())
+        meta = layer.metadata.get("napari_paser", {}) if isinstance(layer.metadata, dict) else {}
+        bundle = (meta.get("bundle") or {}).get("path") if isinstance(meta.get("bundle"), dict) else None
+        return jobs.MetricsRequest(
+            labels=data, axis=self.axis_spin.value(), voxel_size=voxel_size_from_scale(layer.scale, data.ndim),
+            cb_diffusivity=self.cb_spin.value() or None, tortuosity=self.tau_check.isChecked(),
+            image=None if image_layer is None else image_layer.data,
+            bundle_path=Path(bundle) if bundle else None,
+            band_lams=parse_lams(self.lams_edit.text()) if image_layer is not None else (),
+            band_mc=self.mc_spin.value() if image_layer is not None else 0,
+        )
+
+    # ------------------------------------------------------------------ running
+    def compute(self, blocking: bool | None = None) -> Any:
+        """Start the computation; returns the worker, or with ``blocking`` the outcome
+        (None on failure; the reason is notified)."""
+        if self.busy:
+            show_info("metrics are being computed: wait or press Cancel")
+            return None
+        try:
+            req = self.request()
+            jobs.check_request(req)  # bad input: one notification, no worker started
+        except PaserInputError as err:
+            show_error(f"Metrics: {err}")
+            self.status.setText(f"Not computed: {err}")
+            return None
+        self._generation += 1
+        gen = self._generation
+        self._cancelled = False
+        self._started = time.perf_counter()
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._pbar = progress(total=100, desc="Metrics")
+        self.status.setText("Computing…")
+        if self.blocking if blocking is None else blocking:
+            outcome = None
+            generator = jobs.metrics_job(req)
+            try:
+                while True:
+                    self._on_progress(next(generator), gen)
+            except StopIteration as stop:
+                outcome = stop.value
+                self._on_returned(outcome, gen)
+            except Exception as err:  # every failure becomes a notification
+                self._on_errored(err, gen)
+            finally:
+                self._on_finished(gen)
+            return outcome
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(jobs.metrics_job, req, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(lambda msg: self._on_progress(msg, gen))
+        worker.returned.connect(lambda out: self._on_returned(out, gen))
+        worker.errored.connect(lambda err: self._on_errored(err, gen))
+        worker.finished.connect(lambda: self._on_finished(gen))
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop at the next step (a TauFactor solve stops within 100 iterations)."""
+        if self._worker is not None:
+            self._cancelled = True
+            self.status.setText("Cancelling…")
+            self._worker.quit()
+
+    def _on_progress(self, msg: jobs.MetricsProgress, gen: int) -> None:
+        if gen != self._generation or self._pbar is None or self._cancelled:
+            return  # steps queued before a cancel are not news
+        overall = (msg.done + msg.fraction) / max(msg.total, 1)
+        self._pbar.n = int(100 * min(overall, 1.0))
+        self._pbar.set_description(f"Metrics: {msg.stage}")
+        self.status.setText(f"{msg.stage} ({100 * msg.fraction:.0f} %)")
+
+    def _on_returned(self, outcome: jobs.MetricsOutcome, gen: int) -> None:
+        if gen != self._generation or outcome is None:
+            return
+        self.outcome = outcome
+        self._cancelled = False  # finished before the cancel arrived
+        self._show(outcome)
+        self.export_button.setEnabled(True)
+        extra = f", band of {len(outcome.band)} segmentations" if outcome.band else ""
+        self.status.setText(f"Done in {time.perf_counter() - self._started:.1f} s{extra}.")
+
+    def _on_errored(self, err: BaseException, gen: int) -> None:
+        if gen != self._generation:
+            return
+        show_error(f"Metrics failed: {_message(err)}")
+        self.status.setText(f"Failed: {_message(err)}")
+
+    def _on_finished(self, gen: int) -> None:
+        if gen != self._generation:
+            return
+        if self._cancelled:
+            show_info("Metrics cancelled")
+            self.status.setText("Cancelled.")
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self._worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ------------------------------------------------------------------ display
+    def _show(self, outcome: jobs.MetricsOutcome) -> None:
+        rows = jobs.table_rows(outcome)
+        self.table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            for j, text in enumerate(row):
+                self.table.setItem(i, j, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        m = outcome.metrics
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        ax.plot(m.positions, m.porosity_profile, color="#3b4cc0", label="porosity")
+        if outcome.profile_min is not None:
+            ax.fill_between(m.positions, outcome.profile_min, outcome.profile_max, color="#3b4cc0", alpha=0.25, label="band")
+            ax.legend(loc="best", fontsize="small")
+        ax.set_xlabel(f"position along axis {m.axis} ({'µm' if m.voxel_size is not None else 'voxels'})")
+        ax.set_ylabel("porosity")
+        ax.set_ylim(0, 1)
+        self.canvas.draw_idle()
+
+    # ------------------------------------------------------------------ export
+    def default_export_base(self) -> Path:
+        layer = self._layer(self.labels_combo.currentText())
+        source = getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
+        name = layer.name if layer is not None else "phases"
+        return jobs.default_export_base(source, name, Path.home())
+
+    def export(self, base: str | Path, overwrite: bool = False) -> list[Path] | None:
+        """Write ``<base>.json`` and ``<base>.csv``; refuses existing files unless ``overwrite``."""
+        if self.outcome is None:
+            show_error("compute the metrics first")
+            return None
+        try:
+            written = list(jobs.export_metrics(self.outcome, base, overwrite=overwrite,
+                                               extra={"labels_layer": self.labels_combo.currentText()}))
+        except (OSError, PaserInputError) as err:
+            show_error(f"Metrics export failed: {_message(err)}")
+            return None
+        show_info("wrote " + ", ".join(str(p) for p in written))
+        return written
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export metrics (JSON + CSV)", str(self.default_export_base()) + ".json",
+                                              "JSON + CSV (*.json)")
+        if not path:
+            return
+        targets = jobs.export_targets(path)
+        existing = [str(p) for p in targets.values() if p.exists()]
+        overwrite = False
+        if existing:
+            answer = QMessageBox.question(self, "Replace files?", "Replace " + ", ".join(existing) + "?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+            overwrite = True
+        self.export(path, overwrite=overwrite)

@@ -1,0 +1,130 @@
+"""The Metrics dock widget in a real napari viewer (pytest-qt under Xvfb)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+pytest.importorskip("taufactor")
+
+SCALE = (0.5, 0.25, 0.25)
+
+
+def channels(shape=(12, 14, 16)) -> np.ndarray:
+    """Nickel with straight pore and carbon-binder channels along axis 0."""
+    lab = np.full(shape, 2, np.uint8)
+    lab[:, 2:5, 7:9] = 0
+    lab[:, 8:10, 2:4] = 0
+    lab[:, 8:10, 10:12] = 1
+    return lab
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications raised by the panel, as (level, message)."""
+    from napari_paser.napari_ui import _metrics_panel
+
+    got: list[tuple[str, str]] = []
+    for level in ("error", "info"):
+        monkeypatch.setattr(_metrics_panel, f"show_{level}", lambda m, level=level: got.append((level, str(m))))
+    return got
+
+
+@pytest.fixture
+def viewer_panel(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_labels(channels(), name="phases", scale=SCALE)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-paser", "Microstructure metrics")
+    return viewer, panel
+
+
+def test_panel_shows_known_answers_profile_and_exports(viewer_panel, tmp_path, notes):
+    viewer, panel = viewer_panel
+    assert panel.labels_combo.currentText() == "phases"
+    outcome = panel.compute(blocking=True)
+    assert outcome is not None, notes
+    v = outcome.metrics.values
+    assert v["volume_fraction.pore"] == np.count_nonzero(channels() == 0) / channels().size
+    assert abs(v["tortuosity_factor.pore"] - 1) <= 0.02
+    assert outcome.metrics.voxel_size == SCALE  # from the layer's scale
+    texts = [panel.table.item(i, 0).text() for i in range(panel.table.rowCount())]
+    assert "tortuosity_factor.pore" in texts and "specific_surface_area.nickel" in texts
+    line = panel.figure.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), outcome.metrics.porosity_profile)
+    assert panel.export_button.isEnabled()
+
+    base = tmp_path / "phases_metrics"
+    written = panel.export(base)
+    assert [p.name for p in written] == ["phases_metrics.json", "phases_metrics.csv"]
+    assert json.loads(written[0].read_text())["volume_fraction.pore"] == v["volume_fraction.pore"]
+    before = written[0].read_text()
+    assert panel.export(base) is None  # never replaced silently
+    assert written[0].read_text() == before and any(level == "error" and "not replaced" in m for level, m in notes)
+    assert panel.export(base, overwrite=True) is not None
+
+
+@pytest.mark.parametrize(
+    "data, axis, message",
+    [
+        (np.where(channels() == 1, 5, channels()).astype(np.uint8), 0, "outside {0, 1, 2}"),
+        (np.where(channels() == 0, 2, channels()).astype(np.uint8), 0, "pore absent"),
+        (np.where(channels() == 1, 255, channels()).astype(np.uint8), 0, "not segmented yet"),
+        (channels()[0], 2, "axis 2 is out of range"),
+    ],
+)
+def test_bad_input_is_one_notification(make_napari_viewer, notes, data, axis, message):
+    from napari_paser.napari_ui._metrics_panel import MetricsPanel
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(data, name="phases")
+    panel = MetricsPanel(viewer)
+    panel.axis_spin.setValue(axis)
+    assert panel.compute(blocking=True) is None
+    assert [level for level, _ in notes] == ["error"] and message in notes[0][1]
+    assert not panel.busy and panel.run_button.isEnabled() and panel.outcome is None
+
+
+def test_cancel_stops_a_long_tortuosity_solve(make_napari_viewer, qtbot, notes):
+    from scipy import ndimage as ndi
+
+    from napari_paser.napari_ui._metrics_panel import MetricsPanel
+
+    field = ndi.gaussian_filter(np.random.default_rng(1).standard_normal((160, 32, 32)), 2.0)
+    lo, hi = np.quantile(field, [0.45, 0.6])
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.where(field < lo, 0, np.where(field < hi, 1, 2)).astype(np.uint8), name="phases")
+    panel = MetricsPanel(viewer)
+    panel.compute()
+    assert panel.busy and panel.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: "tortuosity" in panel.status.text(), timeout=30_000)
+    panel.cancel()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=30_000)
+    assert panel.outcome is None and panel.status.text() == "Cancelled."
+    assert ("info", "Metrics cancelled") in notes and panel.run_button.isEnabled()
+
+
+def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
+    from napari_paser.napari_ui._metrics_panel import MetricsPanel
+
+    rng = np.random.default_rng(0)
+    viewer = make_napari_viewer()
+    viewer.add_image(rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16), name="scan")
+    layer = viewer.add_labels(rng.integers(0, 3, (2, 56, 64)).astype(np.uint8), name="phases")
+    layer.metadata["napari_paser"] = {"bundle": {"name": "tiny-test", "path": str(tiny_bundle_dir)}}
+    panel = MetricsPanel(viewer)
+    panel.image_combo.setCurrentText("scan")
+    panel.lams_edit.setText("0, 1")
+    panel.mc_spin.setValue(0)  # MC samples: see test_cli_metrics
+    panel.tau_check.setChecked(False)
+    panel.axis_spin.setValue(2)
+    outcome = panel.compute(blocking=True)
+    assert outcome is not None, notes
+    assert [b.name for b in outcome.band] == ["paser λ=0", "paser λ=1"]
+    lo, hi = outcome.ranges["volume_fraction.pore"]
+    assert lo <= outcome.metrics.values["volume_fraction.pore"] <= hi and lo < hi
+    ranges = [panel.table.item(i, 2).text() for i in range(panel.table.rowCount())]
+    assert all(r.startswith("[") for r in ranges)
+    assert len(panel.figure.axes[0].collections) == 1  # the band around the profile
