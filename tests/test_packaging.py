@@ -32,7 +32,7 @@ def test_manifest_is_discovered_from_the_installed_package():
 def test_console_command_help():
     out = subprocess.run([sys.executable, "-m", "napari_paser.cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for sub in ("synth", "segment", "evaluate", "train", "benchmark"):
+    for sub in ("synth", "segment", "evaluate", "metrics", "train", "benchmark"):
         assert sub in out.stdout
 
 
