@@ -1,0 +1,171 @@
+"""The v2 networks: space-to-depth stems, head-only MC dropout, patch halos, the v2 policy,
+dataset-IoU rewards and warm starts; and that v1 bundles still load and run unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_configs
+
+
+def _v2_tiny(patch_size=(56, 64)):
+    from napari_paser.engine.models import PolicyConfig, UNetConfig
+
+    return {
+        "f0": UNetConfig(base_width=4, depth=2, dropout=0.3, stem=4, mc_scope="head"),
+        "f1": UNetConfig(base_width=4, depth=2, stem=2, halo=8),
+        "f2": UNetConfig(base_width=8, depth=2, halo=8),
+        "policy": PolicyConfig(in_channels=6 + 4, width=4, features="v2", blocks=2, grid_context=True, patch_size=patch_size),
+    }
+
+
+def test_stem_and_halo_shapes():
+    from napari_paser.engine.models import UNet, UNetConfig
+
+    x = torch.randn(2, 1, 72, 80)
+    assert UNet(UNetConfig(base_width=4, depth=2, stem=2, halo=8)).eval()(x).shape == (2, 3, 56, 64)
+    assert UNet(UNetConfig(base_width=4, depth=2, stem=4)).eval()(torch.randn(1, 1, 224, 256)).shape == (1, 3, 224, 256)
+
+
+def test_halo_makes_a_patch_match_the_same_region_of_a_whole_slice_pass():
+    """With context the patch model sees what a whole-slice pass sees around the patch,
+    so seams between patches nearly vanish (the receptive field is a bit wider than 8)."""
+    from napari_paser.engine.models import UNet, UNetConfig
+    from napari_paser.engine.patches import patch_windows, patchify, unpatchify
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(base_width=4, depth=1, halo=8)).eval()  # receptive field < 8 px per side
+    plain = UNet(UNetConfig(base_width=4, depth=1)).eval()
+    plain.load_state_dict(net.state_dict())
+    x = torch.randn(1, 1, 112, 128)
+    with torch.no_grad():
+        patched = unpatchify(net(patch_windows(x, (56, 64), 8)), (2, 2))
+        no_context = unpatchify(plain(patchify(x, (56, 64))), (2, 2))
+        whole = plain(x)
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # away from the slice border
+    err_halo = (patched - whole)[inner].abs().max()
+    err_plain = (no_context - whole)[inner].abs().max()
+    assert err_halo < 0.05 * err_plain
+
+
+def test_head_mc_dropout_runs_the_unet_once_and_varies_only_the_head():
+    from napari_paser.engine.models import UNet, UNetConfig
+    from napari_paser.engine.uncertainty import mc_predict
+
+    f0 = UNet(UNetConfig(base_width=4, depth=2, dropout=0.3, stem=4, mc_scope="head")).eval()
+    x = torch.randn(1, 1, 112, 128)
+    feats = f0.encode(x)
+    assert len(feats) == 1 and feats[0].shape == (1, 4, 28, 32)
+    prob, ent, f = mc_predict(f0, x, passes=5, seed=3, return_features=True)
+    assert prob.shape == (1, 3, 112, 128) and ent.shape == (1, 112, 128) and torch.equal(f, feats[0])
+    assert float(ent.max()) > 0 and torch.allclose(prob.sum(1), torch.ones(1, 112, 128), atol=1e-5)
+    again = mc_predict(f0, x, passes=5, seed=3)
+    assert torch.equal(again[0], prob)  # seeded masks: deterministic
+    assert not torch.equal(mc_predict(f0, x, passes=5, seed=4)[0], prob)  # the masks do something
+
+
+def test_head_mc_costs_a_fraction_of_decoder_mc_in_flops():
+    from napari_paser.engine.flops import unet_flops
+    from napari_paser.engine.models import UNetConfig
+
+    head = unet_flops(UNetConfig(base_width=16, depth=2, stem=4, mc_scope="head", dropout=0.2), (224, 256))
+    assert head["decode"] < 0.05 * head["encode"]  # a 1x1 conv per pass
+
+
+def test_patch_windows_match_numpy_reflection():
+    from napari_paser.engine.patches import patch_windows, patchify
+
+    x = torch.arange(112 * 128, dtype=torch.float32).reshape(1, 1, 112, 128)
+    w = patch_windows(x, (56, 64), 8)
+    assert w.shape == (4, 1, 72, 80)
+    assert torch.equal(w[:, :, 8:-8, 8:-8], patchify(x, (56, 64)))
+    ref = np.pad(x[0, 0].numpy(), 8, mode="reflect")
+    assert np.array_equal(w[3, 0].numpy(), ref[56 : 56 + 72, 64 : 64 + 80])
+
+
+def test_v2_policy_features_and_gains_shapes():
+    from napari_paser.engine.models import PolicyNet
+    from napari_paser.engine.uncertainty import analyse_slices
+
+    cfg = _v2_tiny()
+    from napari_paser.engine.models import UNet
+
+    f0 = UNet(cfg["f0"]).eval()
+    prob, ent, feats = analyse_slices(f0, cfg["policy"], torch.rand(2, 1, 112, 128), 3, seed=0)
+    assert feats.shape == (2, 10, 28, 32)
+    std = feats[:, 5]
+    assert float(std.min()) >= 0
+    gains = PolicyNet(cfg["policy"]).eval().gains(feats)
+    assert gains.shape == (2, 2, 2, 2)
+
+
+def test_pipeline_with_v2_networks_runs_and_charges_halo_flops():
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.flops import unet_flops
+    from napari_paser.engine.pipeline import segment
+
+    b = Bundle.from_configs(_v2_tiny(), seed=0, meta={"name": "v2-tiny"}).eval()
+    img = np.random.default_rng(0).normal(size=(2, 112, 128)).astype(np.float32)
+    r = segment(img, b, lam=0.0)
+    assert r.labels.shape == img.shape and r.labels.max() <= 2
+    f2 = segment(img, b, method="f2")
+    assert f2.gflops_total == pytest.approx(2 * 4 * unet_flops(b.f2.config, (72, 80))["total"] / 1e9, rel=1e-6)
+
+
+def test_v2_bundle_round_trip(tmp_path):
+    from napari_paser.engine.bundle import Bundle, load_bundle, save_bundle
+
+    b = Bundle.from_configs(_v2_tiny(), seed=1, meta={"name": "v2-tiny"}).eval()
+    loaded = load_bundle(save_bundle(b, tmp_path / "b"))
+    assert loaded.f1.config == b.f1.config and loaded.policy.config == b.policy.config
+    x = torch.randn(1, 1, 72, 80)
+    assert torch.equal(loaded.f1(x), b.f1(x))
+
+
+def test_v1_bundle_still_loads_and_runs():
+    """The v1 networks (no stem, no halo, decoder MC dropout, v1 policy) are unchanged."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.registry import resolve_bundle
+
+    b = load_bundle(resolve_bundle("paser-synth-quick"))
+    assert b.f2.config.halo == 0 and b.f0.config.mc_scope == "decoder" and b.policy.config.features == "v1"
+
+
+def test_copy_matching_weights_copies_whole_networks_only():
+    from napari_paser.engine.bundle import Bundle, copy_matching_weights
+
+    src = Bundle.from_configs(tiny_configs(), seed=0)
+    cfg = tiny_configs()
+    cfg["f2"].halo = 8  # same weights, other input
+    dst = Bundle.from_configs(cfg, seed=1)
+    dst_f0 = {k: v.clone() for k, v in dst.f0.state_dict().items()}
+    cfg2 = _v2_tiny()
+    other = Bundle.from_configs(cfg2, seed=1)
+    assert set(copy_matching_weights(dst, src)) == {"f0", "f1", "f2", "policy"}
+    assert torch.equal(dst.f2.head.weight, src.f2.head.weight)
+    assert copy_matching_weights(other, src) == ["f2"]  # f0, f1 have stems, the policy other inputs
+    assert dst_f0.keys() == dst.f0.state_dict().keys()
+
+
+def test_dataset_gain_is_the_first_order_change_of_dataset_iou():
+    """Summing the linearised gains of a few patches predicts the real change of the pooled IoU."""
+    from napari_paser.engine.metrics import mean_iou
+    from napari_paser.train.rewards import RewardCache
+
+    rng = np.random.default_rng(0)
+    n, gy, gx, c = 4, 2, 2, 3
+    conf = rng.integers(50, 400, size=(n, 3, gy, gx, c, c))
+    cache = RewardCache(torch.zeros(n, 1, 1, 1), torch.from_numpy(conf).int())
+    gain = cache.dataset_gain().numpy()
+    n_patches = n * gy * gx
+    base = conf[:, 0].sum((0, 1, 2))
+    # Route one patch to f2: the true change of the pooled IoU vs the prediction.
+    i, y, x = 1, 0, 1
+    routed = base - conf[i, 0, y, x] + conf[i, 2, y, x]
+    true = mean_iou(routed) - mean_iou(base)
+    assert gain[i, 1, y, x] / n_patches == pytest.approx(true, rel=0.05, abs=1e-4)
+    assert torch.equal(cache.gain_target("patch_iou"), cache.delta)
+    with pytest.raises(ValueError):
+        cache.gain_target("nope")
