@@ -142,6 +142,9 @@ def run(args) -> int:
     if args.csv:
         write_text_atomic(args.csv, csv_text(metrics, ranges), overwrite=args.overwrite)
     print(_table(metrics, ranges))
+    for name, res in metrics.tortuosity.items():
+        if not res.converged:
+            print(f"napari-paser metrics: warning: τ ({name}) did not converge in {res.iterations} iterations", file=sys.stderr)
     if outs:
         print("wrote " + ", ".join(str(o) for o in outs))
     return 0
