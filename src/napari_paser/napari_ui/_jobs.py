@@ -7,6 +7,7 @@ paths share one code. torch and the engine are imported only inside the jobs.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,32 @@ import numpy as np
 from ._stats import slice_fractions, summarize
 from ._torch_loading import import_torch_quietly, worker_threads
 
-__all__ = ["Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session"]
+__all__ = [
+    "Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session",
+    "needs_streaming", "STREAM_BYTES",
+]
+
+STREAM_BYTES = 2 << 30
+"""Engine and layer state (bytes) above which a stack is segmented through a Zarr store on
+disk with a bounded engine cache (see :func:`needs_streaming`)."""
+
+# Engine caches (~13 bytes per voxel) plus the three result layers (~10) of an in-memory run.
+_STATE_BYTES_PER_VOXEL = 23
+
+
+def _memory_limit() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: keep the fixed limit
+        return STREAM_BYTES
+    return int(min(STREAM_BYTES, ram // 4))
+
+
+def needs_streaming(data: Any) -> bool:
+    """True if segmenting the (Z, Y, X) ``data`` in memory would take more than the limit
+    (:data:`STREAM_BYTES` or a quarter of RAM): it then goes through a Zarr store."""
+    shape = tuple(getattr(data, "shape", ()))
+    return len(shape) == 3 and int(np.prod(shape)) * _STATE_BYTES_PER_VOXEL > _memory_limit()
 
 
 @dataclass
@@ -53,6 +79,7 @@ class Ready:
     grid: tuple[int, int, int]
     patch_size: tuple[int, int]
     shown: threading.Event = field(default_factory=threading.Event)
+    store: str | None = None
 
 
 @dataclass
@@ -98,6 +125,7 @@ class RunRequest:
     order: list[int] | None = None
     session: Session | None = None
     ground_truth: np.ndarray | None = None
+    store: str | None = None  # a folder: stream through a Zarr store there (big stacks)
 
 
 def pick_device() -> str:
@@ -125,8 +153,13 @@ def open_session(req: RunRequest) -> Session:
 
     device = pick_device()
     bundle = load_bundle(req.bundle_path, device=device)
-    seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device)
-    seg.set_volume(np.asarray(req.data))
+    if req.store is not None:  # bigger than memory: read plane by plane, bounded cache
+        from ..engine.windowed import WindowedSegmenter
+
+        seg = WindowedSegmenter(bundle, req.data, mc_passes=req.mc_passes or None, device=device)
+    else:
+        seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device)
+        seg.set_volume(np.asarray(req.data))
     info = {"name": bundle.name, "version": str(bundle.meta.get("version", "")), "path": str(req.bundle_path)}
     return Session(req.key, seg, device, info)
 
@@ -147,9 +180,10 @@ def _finish(session: Session, lam: float, mode: str, tvd: float, per_slice: np.n
         return Outcome(None, lam, summarize(per_slice=per_slice, routing=routing, done=done))
     with session.lock:
         result = seg.result(tvd=tvd) if mode == "tvd" else seg.result(lam=lam)
+    labels = getattr(result, "labels", None)  # the windowed engine keeps no label volume
     stats = summarize(
         per_slice=per_slice, routing=np.asarray(result.routing), done=done, result=result,
-        labels=np.asarray(result.labels), ground_truth=gt,
+        labels=None if labels is None else np.asarray(labels), ground_truth=gt,
     )
     if mode == "tvd":
         stats["tvd_target"] = float(tvd)
@@ -165,7 +199,7 @@ def run_job(req: RunRequest) -> Generator[Any, None, Outcome]:
     session = req.session or open_session(req)
     seg = session.segmenter
     shape, grid, patch = _geometry(seg)
-    ready = Ready(session, shape, grid, patch)
+    ready = Ready(session, shape, grid, patch, store=req.store)
     yield ready
     ready.shown.wait(LAYERS_WAIT_S)
     order = _visible_first(req.order, shape[0])

@@ -113,6 +113,19 @@ def routing_outline(routing: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
     return np.where(mask, expanded, np.uint8(PENDING)).astype(np.uint8)
 
 
+def _disk_buffers(folder: str, shape: tuple, grid: tuple, cells: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """Phase, entropy and routing-ring volumes as Zarr arrays, one chunk per plane."""
+    import zarr
+
+    z, h, w = (int(v) for v in shape)
+    rings = (z, int(grid[1]) * cells[0], int(grid[2]) * cells[1])
+    g = zarr.open_group(folder, mode="w")
+    labels = g.create_array(PHASES, shape=(z, h, w), chunks=(1, h, w), dtype="uint8", fill_value=PENDING)
+    entropy = g.create_array(ENTROPY, shape=(z, h, w), chunks=(1, h, w), dtype="float32", fill_value=0.0)
+    routing = g.create_array(ROUTING, shape=rings, chunks=(1, *rings[1:]), dtype="uint8", fill_value=PENDING)
+    return labels, entropy, routing
+
+
 class ResultLayers:
     """Buffers of a run and the napari layers that show them.
 
@@ -136,6 +149,10 @@ class ResultLayers:
     patch_size : (rows, columns)
     defer : bool
         Add no layer yet: call :meth:`add_next` (or :meth:`add_all`).
+    store : str or Path, optional
+        Keep the phase, entropy and routing-ring volumes in a Zarr store in this folder
+        instead of memory (stacks larger than memory): the layers read it lazily, one
+        plane at a time, and the store stays on disk after the session.
     """
 
     def __init__(
@@ -146,15 +163,20 @@ class ResultLayers:
         grid: tuple[int, int, int],
         patch_size: tuple[int, int],
         defer: bool = False,
+        store: Any = None,
     ) -> None:
         self.viewer = viewer
         self.is_2d = image.ndim == 2
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.labels = np.full(shape, PENDING, np.uint8)
-        self.entropy = np.zeros(shape, np.float32)
         self.routing = np.full(grid, PENDING, np.uint8)
         self.cells = ring_cells(self.patch_size)
-        self.routing_rings = routing_outline(self.routing, self.cells)
+        self.store = None if store is None else str(store)
+        if store is None:
+            self.labels = np.full(shape, PENDING, np.uint8)
+            self.entropy = np.zeros(shape, np.float32)
+            self.routing_rings = routing_outline(self.routing, self.cells)
+        else:
+            self.labels, self.entropy, self.routing_rings = _disk_buffers(self.store, shape, grid, self.cells)
         self.done = np.zeros(shape[0], bool)
         self.metadata: dict[str, Any] = {"source": image.name, "complete": False}
         scale, translate = spatial_geometry(image)

@@ -1,9 +1,12 @@
-"""npe2 reader: TIFF / OME-TIFF stacks and 2-D images, voxel size into the layer scale.
+"""npe2 reader: TIFF / OME-TIFF stacks and 2-D images, folders of TIFF slices, HDF5
+datasets and Zarr / OME-Zarr stores, voxel size into the layer scale.
 
-Small files are read into memory; files larger than :data:`LAZY_BYTES` (or a quarter of
-the machine's memory, whichever is smaller) are opened lazily (memory-mapped), so a
-stack bigger than RAM can be browsed. Files written by this plugin's writer carry their
-provenance in the TIFF metadata and open again as Labels with the phase colours.
+Small TIFF files are read into memory; files larger than :data:`LAZY_BYTES` (or a quarter
+of the machine's memory, whichever is smaller) are opened lazily (memory-mapped), so a
+stack bigger than RAM can be browsed. Folders, HDF5 and Zarr always open lazily as dask
+arrays reading one plane per chunk (see :mod:`napari_paser.io_sources`). Files written by
+this plugin (TIFF or the ``segment`` command's OME-Zarr) open again as Labels with the
+phase colours.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..errors import PaserInputError
 
-__all__ = ["napari_get_reader", "read_tiff", "LAZY_BYTES", "layer_data_from_file"]
+__all__ = ["napari_get_reader", "read_tiff", "read_volume", "LAZY_BYTES", "layer_data_from_file", "layer_data_from_volume"]
 
 LAZY_BYTES = 1 << 30
 """Files above 1 GiB (or a quarter of RAM, if that is less) open lazily."""
@@ -33,12 +36,85 @@ def _lazy_threshold() -> int:
     return int(min(LAZY_BYTES, ram // 4))
 
 
+def _is_volume_container(p: Path) -> bool:
+    """A folder of TIFF slices, a Zarr store or an HDF5 file (not opened here)."""
+    from ..io_sources import HDF5_SUFFIXES
+
+    if p.suffix.lower() in HDF5_SUFFIXES or str(p).rstrip("/").lower().endswith(".zarr"):
+        return True
+    if p.is_dir():
+        if any((p / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")):
+            return True
+        return any(c.suffix.lower() in SUFFIXES for c in p.iterdir())
+    return False
+
+
 def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return :func:`read_tiff` if every path is a TIFF file, else ``None``."""
+    """:func:`read_tiff` if every path is a TIFF file; :func:`read_volume` for one folder of
+    TIFF slices, HDF5 file or Zarr store; else ``None``."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    if not paths or not all(str(p).lower().endswith(SUFFIXES) for p in paths):
-        return None
-    return read_tiff
+    if paths and all(str(p).lower().endswith(SUFFIXES) for p in paths):
+        return read_tiff
+    if len(paths) == 1 and _is_volume_container(Path(paths[0])):
+        return read_volume
+    return None
+
+
+def read_volume(path: str | list[str]) -> list[LayerData]:
+    """A folder of TIFF slices, an HDF5 dataset or a Zarr store as one lazy layer.
+
+    Raises
+    ------
+    PaserInputError
+        If it cannot be opened as a grayscale stack (also shown as a notification).
+    """
+    from ..io_sources import open_volume
+
+    p = Path(path[0] if isinstance(path, list) else path)
+    try:
+        volume = open_volume(p)
+        return [layer_data_from_volume(volume, p)]
+    except PaserInputError as err:
+        from napari.utils.notifications import show_error
+
+        show_error(f"napari-paser could not open {p.name}: {err}")
+        raise
+
+
+def _zarr_provenance(p: Path) -> dict:
+    """The ``napari_paser`` attributes of a store written by ``segment`` ({} otherwise)."""
+    if not str(p).rstrip("/").lower().endswith(".zarr"):
+        return {}
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(p), mode="r").attrs).get("napari_paser")
+    except (OSError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def layer_data_from_volume(volume, path: Path) -> LayerData:
+    """``(dask array, kwargs, layer_type)`` of a lazily read volume (one plane per chunk)."""
+    import dask.array as da
+
+    z, h, w = volume.shape
+    # lock: TIFF and HDF5 handles are not safe for concurrent reads from dask's threads.
+    data = da.from_array(volume, chunks=(1, h, w), lock=True, meta=np.empty((0, 0, 0), volume.dtype), name=f"paser-{path.name}-{id(volume)}")
+    data = data[0] if volume.input_ndim == 2 else data
+    kwargs: dict[str, Any] = {"name": path.stem if path.suffix else path.name, "metadata": {"source_path": str(path)}}
+    scale = _voxel_scale(volume.voxel_size, data.ndim)
+    if scale is not None:
+        kwargs["scale"] = scale
+        kwargs["metadata"]["voxel_size_um"] = list(volume.voxel_size)
+    meta = _zarr_provenance(path)
+    if meta.get("kind") == "phases":
+        from ._layers import phase_colormap
+
+        kwargs["metadata"]["napari_paser"] = meta
+        kwargs["colormap"] = phase_colormap()
+        return data, kwargs, "labels"
+    return data, kwargs, "image"
 
 
 def read_tiff(path: str | list[str]) -> list[LayerData]:

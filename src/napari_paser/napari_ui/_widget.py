@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -140,6 +141,9 @@ class PaserWidget(QWidget):
         self.blocking = False
         self.reroute_ms: list[float] = []
         self._sessions: OrderedDict[tuple, _jobs.Session] = OrderedDict()
+        # Stacks too big for memory are segmented into a Zarr store in a new folder under
+        # this one (None: the system's temporary folder).
+        self.store_folder: str | None = None
         self._active: _jobs.Session | None = None  # session behind the result layers
         self._source: Image | None = None  # image layer behind the result layers
         self._layers: ResultLayers | None = None
@@ -473,10 +477,15 @@ class PaserWidget(QWidget):
         mc = self.mc_spin.value() or None
         key = (layer.unique_id, str(bundle), mc)
         shape = layer.data.shape if layer.ndim == 3 else (1, *layer.data.shape)
+        store = None
+        if _jobs.needs_streaming(layer.data):  # results to a Zarr store on disk, shown lazily
+            if self.store_folder:
+                Path(self.store_folder).mkdir(parents=True, exist_ok=True)
+            store = str(Path(tempfile.mkdtemp(prefix="napari-paser-", dir=self.store_folder)) / f"{layer.name}_results.zarr")
         request = _jobs.RunRequest(
             data=layer.data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
             tvd=self.tvd, order=[self._visible_slice(layer)], session=self._sessions.get(key),
-            ground_truth=self._ground_truth(shape),
+            ground_truth=None if store else self._ground_truth(shape), store=store,
         )
         self._pending_source = layer
         self._set_status(f"Running on {layer.name!r}…")
@@ -566,7 +575,7 @@ class PaserWidget(QWidget):
             self._sessions.popitem(last=False)
         self._active, self._source = session, self._pending_source
         threaded = self._worker is not None
-        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded)
+        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded, store=msg.store)
         self._layers_shown = msg.shown
         if threaded:
             self._add_layers_stepwise(self._layers)

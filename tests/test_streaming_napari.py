@@ -1,0 +1,92 @@
+"""napari: a stack opened lazily from a folder is segmented through a Zarr store on disk,
+plane by plane, and the λ slider still re-routes the visible slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_paser import io
+
+pytestmark = pytest.mark.gui
+
+SHAPE = (6, 120, 150)
+VOXEL = (2.0, 0.5, 0.5)
+
+
+def _volume(shape=SHAPE, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(30000, 4000, shape)
+    img[..., 30:70, 40:100] -= 15000
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture
+def routing_bundle_dir(tiny_bundle, tmp_path):
+    """The tiny bundle with a policy biased so that routing changes with λ (as in test_napari_widget)."""
+    import torch
+
+    from napari_paser.engine.bundle import save_bundle
+
+    with torch.no_grad():
+        last = tiny_bundle.policy.head[-1]
+        last.weight.mul_(3.0)
+        last.bias.copy_(torch.tensor([0.05, 0.1]))
+    return save_bundle(tiny_bundle, tmp_path / "routing-bundle")
+
+
+def test_folder_stack_streams_through_zarr_and_reroutes(make_napari_viewer, routing_bundle_dir, tmp_path, qtbot, monkeypatch):
+    import zarr
+
+    from napari_paser.engine.windowed import WindowedSegmenter
+    from napari_paser.io_sources import TiffFolderVolume
+    from napari_paser.napari_ui import _jobs
+    from napari_paser.napari_ui._widget import PaserWidget
+
+    data = _volume()
+    (tmp_path / "slices").mkdir()
+    for z, plane in enumerate(data):
+        io.write_tiff(tmp_path / "slices" / f"ct_{z}.tif", plane, voxel_size=VOXEL)
+    reads: list[int] = []
+    real_read = TiffFolderVolume._read
+    monkeypatch.setattr(TiffFolderVolume, "_read", lambda self, z0, z1: reads.append(z1 - z0) or real_read(self, z0, z1))
+    monkeypatch.setattr(_jobs, "STREAM_BYTES", 1)  # treat this small stack as one too big for memory
+
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(tmp_path / "slices"), plugin="napari-paser")
+    assert not isinstance(image.data, np.ndarray) and image.data.shape == SHAPE  # lazy (dask)
+    np.testing.assert_allclose(image.scale, VOXEL)
+    widget = PaserWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.add_bundle_folder(routing_bundle_dir)
+    widget.mc_spin.setValue(2)
+    widget.store_folder = str(tmp_path / "stores")
+    widget.image_layer = image
+    widget.lam = 0.9
+    reads.clear()
+    outcome = widget.run(blocking=True)
+    assert outcome is not None and outcome.stats["slices_done"] == SHAPE[0]
+
+    seg = widget._active.segmenter
+    assert isinstance(seg, WindowedSegmenter) and len(seg._states) <= seg.window
+    assert max(reads) == 1  # every plane is read on its own: the stack is never loaded whole
+    phases, entropy, routing = (viewer.layers[n] for n in ("phases", "entropy", "routing"))
+    for layer in (phases, entropy, routing):
+        assert isinstance(layer.data, zarr.Array) and str(tmp_path / "stores") in str(layer.data.store)
+    # The labels on disk are the in-memory engine's labels for the same stack.
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.pipeline import segment
+
+    expected = segment(data, load_bundle(routing_bundle_dir), lam=0.9, mc_passes=2)
+    np.testing.assert_array_equal(phases.data[:], expected.labels)
+    assert widget.stats.stats["gflops_total"] == pytest.approx(expected.gflops_total)
+
+    viewer.dims.set_point(0, 3 * VOXEL[0])  # look at slice 3, then drag λ
+    routing_before = routing.data[3, ::4, ::4].copy()
+    widget.lam = 0.0
+    qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.busy and not widget._debounce.isActive(), timeout=60_000)
+    np.testing.assert_array_equal(phases.data[3], segment(data, load_bundle(routing_bundle_dir), lam=0.0, mc_passes=2).labels[3])
+    np.testing.assert_array_equal(routing.data[3, :: routing.data.shape[1] // seg.grid[0], :: routing.data.shape[2] // seg.grid[1]],
+                                  seg.routing(0.0, 3))
+    assert not np.array_equal(routing.data[3, ::4, ::4], routing_before)
