@@ -28,6 +28,9 @@ from napari_paser.engine.uncertainty import mc_predict, slice_seed
 # Seeds of the held-out data (training of the bundled model used synth base seed 1000,
 # i.e. volume seeds volume_seed(1000, k): hashed 32-bit values, disjoint from these).
 TEST_SEEDS = (9001, 9002, 9003, 9004)
+# The out-of-family test set: synth distribution "oof" (a microstructure family and a
+# scanner outside the training distribution). Nothing is tuned on it.
+OOF_SEEDS = (9101, 9102, 9103, 9104)
 VAL_SEEDS = (8001, 8002)
 RETRAIN_SEEDS = (7001, 7002, 7003)
 NOISE_SEED = 4242
@@ -85,10 +88,11 @@ def salt_and_pepper(image: np.ndarray, fraction: float, seed: int) -> np.ndarray
     return out
 
 
-def make_volumes(seeds, slices: int, size=(224, 256)) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Labelled test volumes; ``v1`` (the in-family test set of every bundle so far) by default."""
     from napari_paser.train.synth import generate_volume
 
-    return [generate_volume(s, slices, size)[:2] for s in seeds]
+    return [generate_volume(s, slices, size, distribution=distribution)[:2] for s in seeds]
 
 
 # --------------------------------------------------------------------------- tables
@@ -237,10 +241,12 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
     out = np.zeros((3, *seg.grid))
     nll0 = -torch.log(prob0[0].gather(0, y[None]).clamp_min(1e-8))[0].numpy()
     out[0] = patch_view(nll0, ps).mean((-2, -1))
-    patches = torch.from_numpy(np.ascontiguousarray(patch_view(seg._input(z), ps))).reshape(-1, 1, *ps)
     yp = torch.from_numpy(np.ascontiguousarray(patch_view(truth.astype(np.int64), ps))).reshape(-1, *ps)
+    cells = [(gy, gx) for gy in range(seg.grid[0]) for gx in range(seg.grid[1])]
     for m in (1, 2):
-        logits = seg.bundle.segmenters()[m](patches)
+        net = seg.bundle.segmenters()[m]
+        patches = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo) for gy, gx in cells]))[:, None]
+        logits = net(patches)
         ce = torch.nn.functional.cross_entropy(logits, yp, reduction="none").mean((-2, -1))
         out[m] = ce.reshape(seg.grid).numpy()
     return out

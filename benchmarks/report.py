@@ -36,6 +36,10 @@ def figures(res: dict, fig_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig_dir.mkdir(parents=True, exist_ok=True)
+    if res.get("testsets"):
+        import report_testsets
+
+        report_testsets.figure(res["testsets"], fig_dir)
     s = res.get("synth")
     if s:
         # Fig. 1 analogue: IoU/GFLOP per method, clean and noisy.
@@ -205,6 +209,10 @@ def targets(res: dict) -> list[dict]:
         out.append({"target": "under noise, PaSeR loses < half the IoU RandPol loses",
                     "value": f"PaSeR {100 * dp:.2f} % (at λ = {s['table3_lam_share']:.3g}: {100 * ds:.2f} %), RandPol {100 * dr:.2f} %",
                     "met": dr > 0 and dp < 0.5 * dr})
+    if res.get("testsets"):
+        import report_testsets
+
+        out += report_testsets.targets(res["testsets"])
     d = res.get("digits")
     if d:
         a, b = d["table"]["paser"]["assignment_accuracy"], d["table"]["idk"]["assignment_accuracy"]
@@ -220,7 +228,7 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
          "that run printed. Do not edit by hand: rerun the suite.", "",
          f"- command: `{res['command']}`{' (FAST smoke run: tiny data, numbers not meaningful)' if res['fast'] else ''}",
          f"- started {res['started']}, total wall-clock **{res['wall_seconds']:.0f} s**"
-         + "".join(f"; {k} {res[k]['wall_seconds']:.0f} s" for k in ("synth", "digits") if k in res),
+         + "".join(f"; {k} {res[k]['wall_seconds']:.0f} s" for k in ("synth", "testsets", "digits") if k in res),
          f"- machine: {env.get('cpu', env['processor'])}, {env['cpu_count']} CPU cores, torch threads {env['torch_threads']}, {env['platform']}"
          " (shared with other work while it ran: absolute seconds are noisy, ratios are measured within this run)",
          f"- versions: Python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, scikit-learn {env['scikit_learn']}, napari-paser {env['napari_paser']}",
@@ -320,6 +328,10 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
         tt = mc["t_test_patch_entropy"]
         L += ["", f"Welch t-test of the per-patch entropies ({tt['n']} patches each): t = {tt['t']:.3f}, p = {tt['p']:.4g}.", "",
               f"![MC entropy]({_rel(fig_dir, out, 'mc_entropy.png')})", ""]
+    if res.get("testsets"):
+        import report_testsets
+
+        L += report_testsets.markdown(res["testsets"], fig_dir, out, res["bundle"]["name"], (res.get("reference") or {}).get("name"))
     d = res.get("digits")
     if d:
         D = d["data"]
@@ -350,7 +362,7 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
                      f"{_f(r['mean_iou'])} | {r['gflops']:.3f} | {_g(r['iou_per_gflop'])} | {_f(r.get('seconds_ratio_f2'), 3)} | "
                      f"{100 * r['assignment_accuracy']:.1f} % |")
         L += ["", f"![assignment]({_rel(fig_dir, out, 'digits_assignment.png')})", "", f"![TVD]({_rel(fig_dir, out, 'digits_tvd.png')})", ""]
-    L += ["## Targets (the paper's claims)", "", "| target | this run | met |", "|---|---|---|"]
+    L += ["## Targets (the paper's claims and the issues' acceptance lines)", "", "| target | this run | met |", "|---|---|---|"]
     for t in targets(res):
         L.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
     L.append("")
@@ -395,6 +407,10 @@ def summary(res: dict) -> list[str]:
                  f"RandPol {100 * t3['random']['degradation']:.2f} %; PaSeR sends {_pct(t3['paser'].get('f2_clean'))} → "
                  f"{_pct(t3['paser'].get('f2_noisy'))} of patches to f2 and {100 * t3['paser']['sent_up_clean']:.1f} % → "
                  f"{100 * t3['paser']['sent_up_noisy']:.1f} % to f1 or f2 (clean → noisy).")
+    if res.get("testsets"):
+        import report_testsets
+
+        L += report_testsets.summary(res["testsets"])
     d = res.get("digits")
     if d:
         tb = d["table"]

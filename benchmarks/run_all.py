@@ -3,8 +3,10 @@
     python benchmarks/run_all.py [--out DIR] [--fast] [--bundle NAME|DIR] [--seed 0]
     napari-paser benchmark ...            # the same
 
-Parts: ``synth`` (Tables 1-3, λ sweep, MC-dropout passes; bench_paser.py) and ``digits``
-(complementary models on scikit-learn's digits; bench_digits.py). Every number in the
+Parts: ``synth`` (Tables 1-3, λ sweep, MC-dropout passes; bench_paser.py), ``testsets``
+(in-family and out-of-family test sets, fronts, gain predictability, the reference
+bundle; bench_testsets.py) and ``digits`` (complementary models on scikit-learn's
+digits; bench_digits.py). Every number in the
 report is what this one run measured; wall-clock ratios are taken within the run.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-PARTS = ("synth", "digits")
+PARTS = ("synth", "testsets", "digits")
 
 
 def load_bundle_any(name: str | None, log):
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--fast", action="store_true", help="smoke run (tiny data, few steps)")
     p.add_argument("--bundle", help="bundle name or folder (default: the default bundle; random weights if none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default="paser-synth-quick",
+                   help="bundle the test sets also run for comparison (default: the v1 bundle paser-synth-quick; 'none' to skip)")
     p.add_argument("--only", help="comma-separated parts: " + ",".join(PARTS))
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on the shared 2-core machine 2 threads beside other jobs thrash; "
@@ -89,15 +93,26 @@ def main(argv=None) -> int:
 
     results = {"command": " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])]),
                "fast": args.fast, "seed": args.seed, "environment": environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if "synth" in parts:
-        import bench_paser
-
+    if "synth" in parts or "testsets" in parts:
         bundle, binfo = load_bundle_any(args.bundle, log)
         results["bundle"] = binfo | {"default_lam": bundle.default_lam, "mc_passes": bundle.mc_passes,
                                      "parameters": bundle.parameter_counts(), "costs": [float(c) for c in bundle.costs()]}
+    if "synth" in parts:
+        import bench_paser
+
         ts = time.perf_counter()
         results["synth"] = bench_paser.run(bundle, args.fast, args.seed, log)
         results["synth"]["wall_seconds"] = time.perf_counter() - ts
+    if "testsets" in parts:
+        import bench_testsets
+
+        reference = None
+        if args.reference and args.reference != "none":
+            reference, rinfo = load_bundle_any(args.reference, log)
+            results["reference"] = rinfo | {"default_lam": reference.default_lam}
+        ts = time.perf_counter()
+        results["testsets"] = bench_testsets.run(bundle, reference, args.fast, args.seed, log)
+        results["testsets"]["wall_seconds"] = time.perf_counter() - ts
     if "digits" in parts:
         import bench_digits
 

@@ -1,0 +1,148 @@
+"""Generalization and routing on two test sets: in-family and out-of-family.
+
+Called by ``run_all.py`` (``run(bundle, reference, fast, seed, log) -> dict``). For each
+test set it measures, in one run and on the same slices:
+
+- every monolith (f0, f1, f2 everywhere), PaSeR at the bundle's default λ, the IDK
+  cascade (thresholds tuned on in-family validation volumes: nothing is tuned on the
+  out-of-family set), the IoU-matched IDK cascade, RandPol and oracle routing (knows the
+  truth: the upper bound of any patch policy over these models);
+- PaSeR's λ sweep as IoU–GFLOPs and IoU–seconds fronts beside those baselines;
+- how well the policy's predicted gains track the true per-patch gains (the first-order
+  change of the volume's IoU), against f0's patch entropy as a predictor;
+- the same slices with a reference bundle (v1): f2 everywhere and PaSeR;
+- seconds measured twice: with one torch thread (the tables) and with every core.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from common import (
+    OOF_SEEDS,
+    TEST_SEEDS,
+    VAL_SEEDS,
+    Timer,
+    build_table,
+    cheapest_reaching,
+    idk_grid,
+    make_volumes,
+    match_idk,
+    oracle_front,
+    oracle_gains,
+    pareto,
+    tune_idk,
+)
+
+SETS = {"in-family": ("v1", TEST_SEEDS), "out-of-family": ("oof", OOF_SEEDS)}
+RAND_MIXES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def _lam_grid() -> np.ndarray:
+    from napari_paser.train.validation import LAM_GRID
+
+    return LAM_GRID
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def gain_correlations(table) -> dict:
+    """Pearson r of each predictor with the true per-patch gains of f1 and f2 over f0."""
+    true = oracle_gains(table)  # (N, 2, GY, GX)
+    pred = np.concatenate([np.stack([seg.gains(z) for z in zs]) for seg, zs in table.segs])
+    ent = table.ent[:, 0]
+    out = {}
+    for k, name in ((0, "f1"), (1, "f2")):
+        out[name] = {"policy": _corr(pred[:, k], true[:, k]), "f0_entropy": _corr(ent, true[:, k])}
+    out["patches"] = int(true[:, 0].size)
+    return out
+
+
+def _seconds_all_cores(volumes, bundle, seed: int, routings: dict) -> dict:
+    """The same routings timed with every core (a fresh table: patches rerun)."""
+    threads = torch.get_num_threads()
+    cores = os.cpu_count() or threads
+    torch.set_num_threads(cores)
+    try:
+        tab = build_table(volumes, bundle, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    f2 = tab.compute_seconds(tab.constant(2), "f2")
+    out = {"threads": cores}
+    for name, (routing, kind) in routings.items():
+        s = tab.compute_seconds(routing, kind)
+        out[name] = {"seconds": s, "seconds_ratio_f2": s / f2}
+    return out
+
+
+def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log, t) -> dict:
+    tt = build_table(volumes, bundle, seed=seed)
+    lam = float(bundle.default_lam)
+    rows = {m: tt.score(tt.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
+    rows["paser"] = tt.score(tt.paser(lam), "paser")
+    rows["idk"] = tt.score(tt.idk(*thresholds), "idk")
+    grid = idk_grid(tt, steps=21 if fast else 61)
+    matched = match_idk(grid, rows["paser"]["mean_iou"])
+    rows["idk-matched"] = {**tt.score(tt.idk(matched["a0"], matched["a1"]), "idk"), "match": matched["match"]}
+    rows["random"] = tt.score(tt.random((1, 1, 1), seed), "random")
+    front = oracle_front(tt)
+    at = cheapest_reaching(front, rows["paser"]["mean_iou"])
+    rows["oracle"] = at if at is not None else max(front, key=lambda p: p["mean_iou"])
+    log(f"[testsets] {name}: table and baselines ({t.lap(name + ' table'):.0f} s)")
+
+    sweep = {"paser": [{"lam": float(lm), **tt.score(tt.paser(float(lm)), "paser")} for lm in _lam_grid()]}
+    sweep["idk_front"] = pareto(grid)
+    sweep["idk_front_seconds"] = pareto(grid, x="seconds_ratio_f2")
+    sweep["random"] = [{"q": q, **tt.score(tt.random((1 - q, q / 2, q / 2), seed), "random")} for q in RAND_MIXES]
+    sweep["oracle"] = front
+    f1 = rows["f1"]
+    beats_f1 = [p for p in sweep["paser"] if p["mean_iou"] > f1["mean_iou"] and p["gflops"] <= f1["gflops"] and p["seconds"] <= f1["seconds"]]
+    best_under_f1 = max((p for p in sweep["paser"] if p["gflops"] <= f1["gflops"] and p["seconds"] <= f1["seconds"]),
+                        key=lambda p: p["mean_iou"], default=None)
+    oracle_under_f1 = max((p for p in front if p["gflops"] <= f1["gflops"]), key=lambda p: p["mean_iou"], default=None)
+    res = {
+        "lam": lam,
+        "rows": rows,
+        "idk_matched": {k: matched[k] for k in ("a0", "a1", "match")},
+        "sweep": sweep,
+        "beats_f1": max(beats_f1, key=lambda p: p["mean_iou"]) if beats_f1 else None,
+        "best_within_f1_cost": best_under_f1,
+        "oracle_within_f1_gflops": oracle_under_f1,
+        "gain_correlation": gain_correlations(tt),
+    }
+    routings = {"paser": (tt.paser(lam), "paser"), "f0": (tt.constant(0), "f0"), "f1": (tt.constant(1), "f1"),
+                "idk-matched": (tt.idk(matched["a0"], matched["a1"]), "idk")}
+    res["all_cores"] = _seconds_all_cores(volumes, bundle, seed, routings)
+    log(f"[testsets] {name}: sweep, correlations, all-core seconds ({t.lap(name + ' sweep'):.0f} s)")
+    if reference is not None:
+        rt = build_table(volumes, reference, seed=seed)
+        res["reference"] = {"f2": rt.score(rt.constant(2), "f2"), "paser": rt.score(rt.paser(float(reference.default_lam)), "paser"),
+                            "f0": rt.score(rt.constant(0), "f0"), "f1": rt.score(rt.constant(1), "f1"),
+                            "lam": float(reference.default_lam)}
+        log(f"[testsets] {name}: reference bundle ({t.lap(name + ' reference'):.0f} s)")
+    return res
+
+
+def run(bundle, reference, fast: bool, seed: int, log) -> dict:
+    t = Timer()
+    n, slices = (1, 3) if fast else (4, 8)
+    val = make_volumes(VAL_SEEDS[:1 if fast else 2], slices)
+    vt = build_table(val, bundle, seed=seed, with_ce=True)
+    tuned = tune_idk(vt)
+    log(f"[testsets] IDK thresholds on in-family validation {tuned['thresholds']} ({t.lap('idk'):.0f} s)")
+    res = {"idk_tuning": tuned, "sets": {}}
+    for name, (dist, seeds) in SETS.items():
+        vols = make_volumes(seeds[:n], slices, distribution=dist)
+        log(f"[testsets] {name}: {n} volumes x {slices} slices ({t.lap(name + ' data'):.0f} s)")
+        res["sets"][name] = {"distribution": dist, "seeds": list(seeds[:n]), "slices_per_volume": slices,
+                             **_evaluate_set(name, vols, bundle, reference, tuned["thresholds"], seed, fast, log, t)}
+    res["seconds"] = t.parts
+    return res

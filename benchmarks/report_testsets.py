@@ -1,0 +1,156 @@
+"""BENCHMARKS.md section and figure of the two test sets (bench_testsets.py), and their targets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLASSES = ("pore", "carbon-binder", "nickel")
+ROWS = (("f0", "f0 everywhere"), ("f1", "f1 everywhere"), ("f2", "f2 everywhere"), ("paser", "PaSeR (default λ)"),
+        ("idk", "IDK cascade (tuned on in-family validation)"), ("idk-matched", "IDK cascade, IoU-matched to PaSeR"),
+        ("random", "RandPol (uniform)"), ("oracle", "oracle routing at PaSeR's IoU (knows the truth)"))
+# Acceptance lines of the issues this section measures.
+IOU_F2_V1_IN_FAMILY = 0.8226  # v1 bundle, f2 everywhere, in-family test (BENCHMARKS.md of v1)
+
+
+def _f(v, nd=4):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _row(label: str, r: dict, f2: dict) -> str:
+    per = " | ".join(_f(v) for v in r["iou_per_class"])
+    fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
+    return (f"| {label} | {_f(r['mean_iou'])} | {per} | {r['gflops'] / f2['gflops']:.3f} | {_f(r.get('seconds_ratio_f2'), 3)} | {fr} |")
+
+
+def figure(res: dict, fig_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = res["sets"]
+    fig, axes = plt.subplots(len(sets), 2, figsize=(11, 4.2 * len(sets)), squeeze=False)
+    for row, (name, s) in enumerate(sets.items()):
+        f2 = s["rows"]["f2"]
+        for col, (key, xlabel) in enumerate((("gflops", "GFLOPs / f2 everywhere's"), ("seconds_ratio_f2", "seconds / f2 everywhere's (1 thread)"))):
+            ax = axes[row][col]
+            scale = f2["gflops"] if key == "gflops" else 1.0
+            sw = s["sweep"]
+            pts = sorted(sw["paser"], key=lambda p: p[key])
+            ax.plot([p[key] / scale for p in pts], [p["mean_iou"] for p in pts], "o-", ms=3, label="PaSeR λ sweep")
+            idk = sw["idk_front"] if key == "gflops" else sw["idk_front_seconds"]
+            ax.plot([p[key] / scale for p in idk], [p["mean_iou"] for p in idk], "s-", ms=2, label="IDK cascade front")
+            rnd = sorted(sw["random"], key=lambda p: p[key])
+            ax.plot([p[key] / scale for p in rnd], [p["mean_iou"] for p in rnd], "^:", ms=3, label="RandPol mixes")
+            if key == "gflops":
+                ora = sw["oracle"]
+                ax.plot([p[key] / scale for p in ora], [p["mean_iou"] for p in ora], "-", lw=1, color="grey", label="oracle routing")
+            for m, mk in (("f0", "v"), ("f1", "D"), ("f2", "*")):
+                r = s["rows"][m]
+                ax.plot([r[key] / scale], [r["mean_iou"]], mk, ms=9, label=f"{m} everywhere")
+            p = s["rows"]["paser"]
+            ax.plot([p[key] / scale], [p["mean_iou"]], "o", ms=11, mfc="none", mec="k", label=f"PaSeR default λ {s['lam']:.3g}")
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("mean IoU")
+            ax.set_title(f"{name} test set")
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "testsets_fronts.png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_name: str | None) -> list[str]:
+    L = ["## Generalization and routing: in-family and out-of-family test sets", "",
+         "Two test sets made by the project (`benchmarks/bench_testsets.py`): **in-family**, the first generator's volumes "
+         "(`synth --distribution v1`, the test set every bundle so far was measured on) and **out-of-family**, a microstructure "
+         "family and a scanner outside the training distribution (`--distribution oof`: cracked secondary particles, 60-100 "
+         "views, wider blur, stronger phase-contrast fringes, lower dose, float32 files). Nothing is tuned on the "
+         "out-of-family set: the IDK thresholds come from in-family validation volumes, the bundle's default λ from its own "
+         "validation split. Ratios are to f2 everywhere on the same slices in the same run; seconds with one torch thread "
+         "(tables) and with every core (last column of the cost table).", ""]
+    for name, s in res["sets"].items():
+        rows, f2 = s["rows"], s["rows"]["f2"]
+        L += [f"### {name} ({len(s['seeds'])} volumes × {s['slices_per_volume']} slices, seeds {s['seeds']}, distribution `{s['distribution']}`)", "",
+              f"Bundle `{bundle_name}`; PaSeR at its default λ = {s['lam']:.4g}.", "",
+              "| method | mean IoU | " + " | ".join(f"IoU {c}" for c in CLASSES) + " | GFLOPs / f2's | seconds / f2's | routed f0 / f1 / f2 |",
+              "|---|---|---|---|---|---|---|---|"]
+        for key, label in ROWS:
+            if key in rows:
+                L.append(_row(label, rows[key], f2))
+        ref = s.get("reference")
+        if ref:
+            for key, label in (("f2", "f2 everywhere"), ("paser", f"PaSeR (λ {ref['lam']:.3g})")):
+                r = ref[key]
+                per = " | ".join(_f(v) for v in r["iou_per_class"])
+                L.append(f"| reference `{reference_name}`: {label} | {_f(r['mean_iou'])} | {per} | "
+                         f"{r['gflops'] / f2['gflops']:.3f} (of this bundle's f2) | - | - |")
+        ac = s["all_cores"]
+        L += ["", f"Seconds with every core ({ac['threads']} threads), same routings: "
+              + ", ".join(f"{k} {v['seconds_ratio_f2']:.3f} × f2's" for k, v in ac.items() if k != "threads") + ".", ""]
+        gc = s["gain_correlation"]
+        L += [f"Predicted vs true per-patch gains ({gc['patches']} patches; true gain = first-order change of the set's mean IoU): "
+              f"Pearson r of the policy's gains {gc['f1']['policy']:.3f} (f1) / {gc['f2']['policy']:.3f} (f2); "
+              f"of f0's patch entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}.", ""]
+        b = s["beats_f1"]
+        w = s["best_within_f1_cost"]
+        o = s["oracle_within_f1_gflops"]
+        L += ["Within f1 everywhere's cost (GFLOPs and seconds): "
+              + (f"PaSeR at λ = {b['lam']:.3g} reaches {_f(b['mean_iou'])} > f1's {_f(rows['f1']['mean_iou'])} "
+                 f"({b['gflops'] / f2['gflops']:.3f} × f2's GFLOPs, {b['seconds_ratio_f2']:.3f} × its seconds)."
+                 if b else f"no λ beats f1 everywhere ({_f(rows['f1']['mean_iou'])}); PaSeR's best there "
+                 f"{_f(w['mean_iou']) if w else '-'}; oracle routing's best within f1's GFLOPs {_f(o['mean_iou']) if o else '-'}."), ""]
+    L += [f"![fronts]({os.path.relpath(fig_dir / 'testsets_fronts.png', out)})", ""]
+    return L
+
+
+def targets(res: dict) -> list[dict]:
+    """Acceptance lines of "Bundled models that hold up" and "Make routing pay"."""
+    out = []
+    sets = res["sets"]
+    oof, inf = sets.get("out-of-family"), sets.get("in-family")
+    if oof and oof.get("reference"):
+        d = oof["rows"]["f2"]["mean_iou"] - oof["reference"]["f2"]["mean_iou"]
+        out.append({"target": "out-of-family: f2 everywhere gains ≥ 0.05 mean IoU over the v1 bundle's",
+                    "value": f"{oof['rows']['f2']['mean_iou']:.4f} vs {oof['reference']['f2']['mean_iou']:.4f} (+{d:.4f})", "met": d >= 0.05})
+        p, f2 = oof["rows"]["paser"], oof["rows"]["f2"]
+        r, g = p["mean_iou"] / f2["mean_iou"], p["gflops"] / f2["gflops"]
+        out.append({"target": "out-of-family: PaSeR (default λ) ≥ 0.98 × f2's IoU at ≤ 30 % of its GFLOPs",
+                    "value": f"{r:.4f} × at {g:.3f} ×", "met": r >= 0.98 and g <= 0.30})
+    if inf:
+        v = inf["rows"]["f2"]["mean_iou"]
+        out.append({"target": f"in-family: f2 everywhere not below v1's {IOU_F2_V1_IN_FAMILY}", "value": f"{v:.4f}", "met": v >= IOU_F2_V1_IN_FAMILY})
+    for name, s in sets.items():
+        p, f2 = s["rows"]["paser"], s["rows"]["f2"]
+        r, g, t = p["mean_iou"] / f2["mean_iou"], p["gflops"] / f2["gflops"], p["seconds_ratio_f2"]
+        out.append({"target": f"{name}: PaSeR (default λ) ≥ 0.99 × f2's IoU at ≤ 25 % of its GFLOPs and ≤ 33 % of its seconds",
+                    "value": f"{r:.4f} × at {g:.3f} × GFLOPs, {t:.3f} × seconds", "met": r >= 0.99 and g <= 0.25 and t <= 0.33})
+        b = s["beats_f1"]
+        out.append({"target": f"{name}: some λ gives PaSeR IoU above f1 everywhere at ≤ its GFLOPs and seconds",
+                    "value": (f"λ {b['lam']:.3g}: {b['mean_iou']:.4f} vs {s['rows']['f1']['mean_iou']:.4f}" if b else "no such λ"),
+                    "met": b is not None})
+        m = s["rows"]["idk-matched"]
+        rr = m["gflops"] / p["gflops"]
+        out.append({"target": f"{name}: IoU-matched IDK cascade needs ≥ 1.3 × PaSeR's GFLOPs",
+                    "value": f"{rr:.3f} × (IDK IoU {m['mean_iou']:.4f} vs PaSeR {p['mean_iou']:.4f}; {m['match']})", "met": rr >= 1.3})
+        gc = s["gain_correlation"]
+        ok = all(gc[k]["policy"] >= gc[k]["f0_entropy"] + 0.1 for k in ("f1", "f2"))
+        out.append({"target": f"{name}: predicted-gain correlation ≥ entropy's + 0.1 (f1 and f2)",
+                    "value": f"policy {gc['f1']['policy']:.3f} / {gc['f2']['policy']:.3f}, entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}",
+                    "met": ok})
+    return out
+
+
+def summary(res: dict) -> list[str]:
+    L = []
+    for name, s in res["sets"].items():
+        rows = s["rows"]
+        p, f2, f1 = rows["paser"], rows["f2"], rows["f1"]
+        ref = s.get("reference")
+        refs = f"; v1 bundle's f2 {ref['f2']['mean_iou']:.4f}" if ref else ""
+        L.append(f"- {name} test set: f2 everywhere {f2['mean_iou']:.4f}{refs}; f1 {f1['mean_iou']:.4f}; PaSeR at λ = {s['lam']:.3g} "
+                 f"{p['mean_iou']:.4f} with {p['gflops'] / f2['gflops']:.3f} × f2's GFLOPs and {p['seconds_ratio_f2']:.3f} × its seconds.")
+    return L
