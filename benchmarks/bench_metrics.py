@@ -11,8 +11,8 @@ BENCHMARKS.md), it computes porosity, the pore tortuosity factor along axis 0
 - f2 on every patch,
 
 and the relative error of both segmentations against the truth. It also runs the
-``--band`` of ``napari-paser metrics`` (PaSeR at λ = 0, default, 0.1, 0.3, 1 and four
-single-pass MC-dropout samples of f0) and reports whether each metric's band contains the
+``--band`` of ``napari-paser metrics`` (PaSeR at λ = 0, default, 0.1, 0.3, 1, f2 everywhere
+and four single-pass MC-dropout samples of f0) and reports whether each metric's band contains the
 ground-truth value. It prints the results and writes them as a markdown section to
 ``benchmarks/metrics_results.md`` (replaced on every run).
 """
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
         f"Test volumes: synthetic seeds {', '.join(map(str, args.seeds))} (distribution `{distribution}`), {args.slices} slices of {args.size[0]}×{args.size[1]} "
         f"(whole volumes, no crop), voxel size from the generator. τ: TauFactor, pore phase, flux along axis 0 "
         f"({args.slices} planes). SSA: nickel surface area per unit sample volume, marching cubes. "
-        f"Band: PaSeR at λ ∈ {{0, default, 0.1, 0.3, 1}} and {args.band_mc} single-pass f0 MC-dropout samples, plus PaSeR at the default λ.",
+        f"Band: PaSeR at λ ∈ {{0, default, 0.1, 0.3, 1}}, f2 everywhere and {args.band_mc} single-pass f0 MC-dropout samples "
+        "(the defaults of `napari-paser metrics --band`).",
         "",
         "Relative error against the ground truth ((segmentation − truth) / truth), per volume:",
         "",

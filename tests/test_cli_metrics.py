@@ -110,7 +110,7 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
                            "--band-lams", "0,1", "--band-mc", "1", "--mc-passes", "2", "--json", js, "--quiet")
     assert rc == 0, err
     rep = json.loads(js.read_text())
-    assert [m["name"] for m in rep["band"]] == ["paser λ=0", "paser λ=1", "f0 MC sample 1"]
+    assert [m["name"] for m in rep["band"]] == ["paser λ=0", "paser λ=1", "f2 everywhere", "f0 MC sample 1"]
     for key, (lo, hi) in rep["ranges"].items():
         members = [rep[key]] + [m[key] for m in rep["band"]]
         assert lo == pytest.approx(min(members)) and hi == pytest.approx(max(members))
@@ -118,3 +118,5 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
     assert len(rep["porosity_profile"]["min"]) == 64
     rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--band-lams", "2", "--quiet")
     assert rc == 2 and "[0, 1]" in err
+    rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--band-methods", "f3", "--quiet")
+    assert rc == 2 and "f0, f1 or f2" in err

@@ -122,7 +122,7 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     panel.axis_spin.setValue(2)
     outcome = panel.compute(blocking=True)
     assert outcome is not None, notes
-    assert [b.name for b in outcome.band] == ["paser λ=0", "paser λ=1"]
+    assert [b.name for b in outcome.band] == ["paser λ=0", "paser λ=1", "f2 everywhere"]
     lo, hi = outcome.ranges["volume_fraction.pore"]
     assert lo <= outcome.metrics.values["volume_fraction.pore"] <= hi and lo < hi
     ranges = [panel.table.item(i, 2).text() for i in range(panel.table.rowCount())]

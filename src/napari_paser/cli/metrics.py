@@ -3,7 +3,7 @@
 Volume fractions, the porosity profile along an axis, nickel's specific surface area and
 the interfacial areas (marching cubes), tortuosity factor and effective diffusivity of the
 pore network (TauFactor; optional extra ``metrics``). ``--band IMAGE`` segments the grey
-scan again at several λ and as f0 MC-dropout samples and reports every metric's
+scan again at several λ, with f2 everywhere and as f0 MC-dropout samples and reports every metric's
 [min, max] over those segmentations.
 """
 
@@ -40,6 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     band.add_argument("--band", metavar="IMAGE", help="the grey scan LABELS came from: report every metric's [min, max] over its segmentations")
     band.add_argument("--band-lams", default="0,default,0.1,0.3,1", metavar="L1,L2,...",
                       help="λ values of the band ('default' is the bundle's; default 0,default,0.1,0.3,1)")
+    band.add_argument("--band-methods", default="f2", metavar="M1,M2",
+                      help="single models run on every patch in the band: f0, f1, f2 ('' for none; default f2)")
     band.add_argument("--band-mc", type=int, default=4, metavar="N", help="single-pass f0 MC-dropout samples in the band (default 4)")
     add_bundle_arguments(band)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -72,7 +74,7 @@ def _table(metrics, ranges: dict) -> str:
 
 
 def run(args) -> int:
-    from ..engine.metrics_band import parse_lams
+    from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, write_text_atomic
     from ..engine.microstructure import check_axis, check_voxel_size, metrics_steps, validate_phase_labels
 
@@ -83,6 +85,7 @@ def run(args) -> int:
         raise PaserInputError("--json and --csv name the same file")
     voxel = check_voxel_size(args.voxel_size)
     lams = parse_lams(args.band_lams) if args.band else ()
+    methods = parse_methods(args.band_methods) if args.band else ()
     if args.band and args.band_mc < 0:
         raise PaserInputError(f"--band-mc must be >= 0, got {args.band_mc}")
     if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
@@ -115,7 +118,7 @@ def run(args) -> int:
             from ..engine.metrics_band import band_steps
 
             bundle = load_bundle_arg(args.bundle)
-            gen = band_steps(image, bundle, axis, lams=lams, mc_samples=args.band_mc, seed=args.seed, segment_device=args.device or "cpu",
+            gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, seed=args.seed, segment_device=args.device or "cpu",
                              batch_size=args.batch_size, **kwargs)
             while True:
                 try:

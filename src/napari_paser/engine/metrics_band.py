@@ -1,8 +1,9 @@
 """How much the segmentation's cost changes the metrics: a band of segmentations.
 
 The same scan is segmented at several cost weights λ (one :class:`PaserSegmenter`, so
-re-routing reuses its caches: only patches no earlier λ needed are run) and, on request,
-as single Monte-Carlo dropout samples of f0 (one f0 decoder pass with its own dropout
+re-routing reuses its caches: only patches no earlier λ needed are run), with single
+models everywhere (by default f2, the most expensive segmentation PaSeR can give) and,
+on request, as single Monte-Carlo dropout samples of f0 (one f0 decoder pass with its own dropout
 mask, seeds 1..N). Each segmentation's metrics are computed at once and its labels
 dropped, so memory holds one label volume at a time besides the segmenter's caches.
 """
@@ -17,10 +18,13 @@ import numpy as np
 from ..errors import PaserInputError
 from .microstructure import MicrostructureMetrics, metrics_steps
 
-__all__ = ["DEFAULT_BAND_LAMS", "BandMember", "parse_lams", "band_steps"]
+__all__ = ["DEFAULT_BAND_LAMS", "DEFAULT_BAND_METHODS", "BandMember", "parse_lams", "parse_methods", "band_steps"]
 
 DEFAULT_BAND_LAMS = (0.0, None, 0.1, 0.3, 1.0)
 """λ of the default band; None is the bundle's default λ (λ = 1 is f0 alone, λ = 0 the most expensive routing)."""
+
+DEFAULT_BAND_METHODS = ("f2",)
+"""Single models run on every patch in the default band."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,22 @@ def parse_lams(text: str) -> tuple[float | None, ...]:
     return tuple(out)
 
 
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"f1,f2"`` -> ``("f1", "f2")``; each must be f0, f1 or f2 ("" for none)."""
+    out = tuple(p.strip() for p in str(text).split(",") if p.strip())
+    bad = [m for m in out if m not in ("f0", "f1", "f2")]
+    if bad:
+        raise PaserInputError(f"band methods must be f0, f1 or f2, got {', '.join(bad)}")
+    return out
+
+
 def band_steps(
     image,
     bundle,
     axis: int,
     *,
     lams: Sequence[float | None] = DEFAULT_BAND_LAMS,
+    methods: Sequence[str] = DEFAULT_BAND_METHODS,
     mc_samples: int = 0,
     seed: int = 0,
     segment_device: str = "cpu",
@@ -86,6 +100,8 @@ def band_steps(
     axis : int
     lams : sequence of float or None
         None is the bundle's default λ.
+    methods : sequence of str
+        Single models (f0, f1, f2) run on every patch.
     mc_samples : int
         Number of single-pass MC-dropout samples of f0.
     seed : int
@@ -113,25 +129,30 @@ def band_steps(
         raise PaserInputError(f"the band image has shape {img.shape} but the labels have shape {tuple(shape)}")
     if mc_samples < 0:
         raise PaserInputError(f"MC samples must be >= 0, got {mc_samples}")
-    total = len(lams) + mc_samples
+    total = len(lams) + len(methods) + mc_samples
     if total == 0:
-        raise PaserInputError("the band is empty: give λ values or MC samples")
+        raise PaserInputError("the band is empty: give λ values, methods or MC samples")
     members: list[BandMember] = []
     bs = batch_size or DEFAULT_BATCH_SIZE
     runs: list[tuple[str, float | None, int, int | None, str]] = []
     for lam in lams:
         runs.append(("paser", lam, seed, None, ""))
+    for method in methods:
+        runs.append((method, None, seed, None, f"{method} everywhere"))
     for k in range(mc_samples):
         runs.append(("f0", None, seed + 1 + k, 1, f"f0 MC sample {k + 1}"))
     seg = None
     for method, lam, s, passes, name in runs:
-        if method == "paser":
+        if passes is None:  # PaSeR and single models share one segmenter and its caches
             if seg is None:
                 seg = PaserSegmenter(bundle, seed=s, device=segment_device, batch_size=bs)
                 seg.set_volume(img)
             this = seg
+        if method == "paser":
             lam_value = bundle.default_lam if lam is None else lam
             name = f"paser λ={lam_value:.4g}" + (" (default)" if lam is None else "")
+        elif passes is None:
+            lam_value = None
         else:
             this = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=segment_device, batch_size=bs)
             this.set_volume(img)

@@ -39,6 +39,8 @@ class MetricsRequest:
     bundle_path : Path or None
         Bundle folder for the band (None: the default bundle).
     band_lams : tuple of float or None
+    band_methods : tuple of str
+        Single models run everywhere in the band.
     band_mc : int
     """
 
@@ -50,6 +52,7 @@ class MetricsRequest:
     image: Any = None
     bundle_path: Path | None = None
     band_lams: tuple = ()
+    band_methods: tuple = ("f2",)
     band_mc: int = 0
 
 
@@ -103,7 +106,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
 
     labels = check_request(req)
     kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity)
-    n_band = (len(req.band_lams) + req.band_mc) if req.image is not None else 0
+    n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
     gen = metrics_steps(labels, req.axis, **kwargs)
     try:
         while True:
@@ -121,7 +124,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
 
         yield MetricsProgress("loading the bundle", 0.0, 1, 1 + n_band)
         bundle = load_bundle(resolve_bundle(req.bundle_path))
-        gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, mc_samples=req.band_mc,
+        gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
                          shape=labels.shape, **kwargs)
         try:
             while True:

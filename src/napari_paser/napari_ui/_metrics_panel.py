@@ -295,7 +295,7 @@ class MetricsPanel(QWidget):
         ax.set_xlabel(f"position along axis {m.axis} ({'µm' if m.voxel_size is not None else 'voxels'})")
         ax.set_ylabel("porosity")
         ax.set_ylim(0, 1)
-        self.canvas.draw_idle()
+        self.canvas.draw()  # now: a deferred draw could outlive a closed panel
 
     # ------------------------------------------------------------------ export
     def default_export_base(self) -> Path:
