@@ -25,6 +25,7 @@ from .segment import (
 
 HELP = "score PaSeR and f0 / f1 / f2 alone against ground-truth labels"
 DEFAULT_METHODS = ("paser", "f0", "f1", "f2", "idk", "random")
+RF = "rf"  # the classical baseline: a random forest trained on --rf-train-labels
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,7 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     knob.add_argument("--lam", type=float, help="PaSeR cost weight λ in [0, 1] (default: the bundle's)")
     knob.add_argument("--tvd", type=float, help="choose PaSeR's λ for this TVD from λ=0")
     add_bundle_arguments(p)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods (default: " + ",".join(DEFAULT_METHODS) + ")")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated methods (default: " + ",".join(DEFAULT_METHODS) + "); "
+                        "'rf': a random forest on multi-scale filter features, trained on --rf-train-labels")
+    p.add_argument("--rf-train-labels", metavar="LAB.tif",
+                   help="training labels of the random forest (method rf): same shape as the image, "
+                        "0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled")
+    p.add_argument("--rf-trees", type=int, default=100, help="trees of the random forest (default 100)")
     p.add_argument("--json", metavar="OUT.json", help="also write the scores as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,14 +56,43 @@ def format_table(rows: list[dict], class_names: tuple[str, ...]) -> str:
     body = []
     for r in rows:
         per = [("-" if r["iou_per_class"][n] is None else f"{r['iou_per_class'][n]:.4f}") for n in class_names]
-        body.append(
-            [r["method"], f"{r['mean_iou']:.4f}", *per, f"{r['gflops']:.3f}", f"{r['iou_per_gflop']:.4g}", f"{r['seconds']:.2f}"]
-        )
+        gflops = "-" if r["gflops"] is None else f"{r['gflops']:.3f}"
+        per_gflop = "-" if r["iou_per_gflop"] is None else f"{r['iou_per_gflop']:.4g}"
+        body.append([r["method"], f"{r['mean_iou']:.4f}", *per, gflops, per_gflop, f"{r['seconds']:.2f}"])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(lines)
+
+
+def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args) -> dict:
+    """Fit the random forest on its training labels, segment the stack, score it (no GFLOPs: not a network)."""
+    from ..engine.metrics import evaluate
+    from ..engine.random_forest import RandomForestSegmenter
+
+    t0 = time.perf_counter()
+    update, close = progress_bar("evaluate (rf)", args.quiet)
+    try:
+        rf = RandomForestSegmenter(n_estimators=args.rf_trees).fit(image, train_labels)
+        pred = rf.predict(image, progress=update)
+    finally:
+        close()
+    scores = evaluate(pred, truth, names)
+    return {
+        "method": RF,
+        "mean_iou": scores["mean_iou"],
+        "iou_per_class": scores["iou_per_class"],
+        "gflops": None,
+        "iou_per_gflop": None,
+        "seconds": time.perf_counter() - t0,
+        "lam": None,
+        "tvd": None,
+        "route_fraction": None,
+        "confusion": scores["confusion"],
+        "train_labels": args.rf_train_labels,
+        "labelled_pixels": int((train_labels != 255).sum()),
+    }
 
 
 def run(args) -> int:
@@ -69,12 +105,23 @@ def run(args) -> int:
     if not methods:
         raise PaserInputError("--methods is empty")
     for m in methods:
-        get_method(m)
+        if m != RF:
+            get_method(m)
+    if RF in methods and not args.rf_train_labels:
+        raise PaserInputError("method rf needs --rf-train-labels (the random forest's training labels, 255 = unlabelled)")
+    if args.rf_trees < 1:
+        raise PaserInputError("--rf-trees must be at least 1")
     if args.json:
         check_writable(args.json, args.overwrite)
     image, _ = read_image(args.images)
     truth, _ = read_image(args.labels)
     truth = validate_labels(truth, image.shape)
+    rf_labels = None
+    if RF in methods:
+        from ..train.sparse_labels import validate_training_labels
+
+        rf_labels, _ = read_image(args.rf_train_labels)
+        rf_labels = validate_training_labels(rf_labels, image.shape)
     bundle = load_bundle_arg(args.bundle)
     seg = make_segmenter(args, bundle)
     seg.set_volume(image)
@@ -84,6 +131,9 @@ def run(args) -> int:
     rows, lam_used = [], None
     t0 = time.perf_counter()
     for method in methods:
+        if method == RF:
+            rows.append(_random_forest_row(image, rf_labels, truth, names, args))
+            continue
         uses_lam = get_method(method).uses_lam
         update, close = progress_bar(f"evaluate ({method})", args.quiet)
         try:

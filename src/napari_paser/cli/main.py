@@ -15,7 +15,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import PaserInputError
 
-SUBCOMMANDS = ("synth", "segment", "evaluate", "metrics", "train", "benchmark")
+SUBCOMMANDS = ("synth", "segment", "evaluate", "metrics", "train", "finetune", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,8 @@ __all__ = [
 SPLITS = ("pretrain", "rl", "finetune", "val")
 NUM_CLASSES = 3
 IGNORE = 255
-"""Label value of padding pixels, left out of every score."""
+"""Label value of padding pixels and of unlabelled pixels (sparse labels), left out of every
+loss and score."""
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Volume:
     image : ndarray (Z, rows, columns) float32
         Normalised intensities.
     labels : ndarray (Z, rows, columns) uint8
-        Classes 0 pore, 1 carbon-binder, 2 nickel.
+        Classes 0 pore, 1 carbon-binder, 2 nickel; 255 unlabelled (sparse labels).
     """
 
     name: str
@@ -76,10 +77,12 @@ def normalize_volume(image: np.ndarray, normalization: dict | None = None) -> np
 def make_volume(name: str, image: np.ndarray, labels: np.ndarray, normalization: dict | None = None) -> Volume:
     """Validate a raw image/label pair and normalise the image.
 
+    Labels may be sparse: 255 marks unlabelled pixels (whole unlabelled slices too).
+
     Raises
     ------
     PaserInputError
-        If shapes differ or labels hold values other than 0, 1, 2.
+        If shapes differ, labels hold values other than 0, 1, 2, 255, or no pixel is labelled.
     """
     image = np.asarray(image)
     labels = np.asarray(labels)
@@ -88,8 +91,13 @@ def make_volume(name: str, image: np.ndarray, labels: np.ndarray, normalization:
     if image.ndim != 3 or image.shape != labels.shape:
         raise PaserInputError(f"{name}: image {image.shape} and labels {labels.shape} must be equal (Z, Y, X) stacks")
     values = np.unique(labels)
-    if values.size and (values.min() < 0 or values.max() >= NUM_CLASSES or not np.all(values == np.round(values))):
-        raise PaserInputError(f"{name}: labels must be 0 (pore), 1 (carbon-binder) or 2 (nickel); found {values[:8].tolist()}")
+    known = values[values != IGNORE]
+    if known.size and (known.min() < 0 or known.max() >= NUM_CLASSES or not np.all(known == np.round(known))):
+        raise PaserInputError(
+            f"{name}: labels must be 0 (pore), 1 (carbon-binder), 2 (nickel) or 255 (unlabelled); found {values[:8].tolist()}"
+        )
+    if values.size and not known.size:
+        raise PaserInputError(f"{name}: no labelled pixel (every label is 255, unlabelled)")
     return Volume(name, normalize_volume(image, normalization).astype(np.float32), labels.astype(np.uint8))
 
 
@@ -257,14 +265,26 @@ class SliceBank:
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.shapes: list[tuple[int, int]] = []
+        # Sparse labels (some pixels 255): slices without a labelled pixel are left out
+        # and crops are centred on labelled pixels (see _crop). Fully labelled volumes
+        # never take that path, so their sampling is unchanged.
+        self.sparse = any(bool((v.labels == IGNORE).any()) for v in volumes)
+        self._labelled: list[torch.Tensor] | None = [] if self.sparse else None
         for v in volumes:
             img = pad_to_patches(torch.from_numpy(v.image).unsqueeze(1), self.patch_size)
             # Labels are padded like the image (reflection), so pairs stay consistent.
             lab = pad_to_patches(torch.from_numpy(v.labels).float().unsqueeze(1), self.patch_size).round().long()
             for z in range(v.num_slices):
+                if self._labelled is not None:
+                    coords = torch.nonzero(lab[z, 0] != IGNORE)
+                    if len(coords) == 0:
+                        continue
+                    self._labelled.append(coords)
                 self.images.append(img[z])
                 self.labels.append(lab[z, 0])
                 self.shapes.append((v.image.shape[1], v.image.shape[2]))
+        if not self.images:
+            raise PaserInputError("a training split has no labelled pixel")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -298,8 +318,15 @@ class SliceBank:
         for i in idx:
             im, lb = self.images[i], self.labels[i]
             h, w = im.shape[-2:]
-            y = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-            x = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            if self._labelled is not None:
+                # Sparse labels: a crop that holds a random labelled pixel.
+                cy, cx = (int(v) for v in self._labelled[i][int(torch.randint(0, len(self._labelled[i]), (1,), generator=g))])
+                y0, x0 = max(0, cy - ch + 1), max(0, cx - cw + 1)
+                y = y0 + int(torch.randint(0, min(h - ch, cy) - y0 + 1, (1,), generator=g))
+                x = x0 + int(torch.randint(0, min(w - cw, cx) - x0 + 1, (1,), generator=g))
+            else:
+                y = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+                x = int(torch.randint(0, w - cw + 1, (1,), generator=g))
             imgs.append(im[:, y : y + ch, x : x + cw])
             labs.append(lb[y : y + ch, x : x + cw])
         return torch.stack(imgs), torch.stack(labs)

@@ -30,7 +30,7 @@ from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
-from .datasets import SliceBank
+from .datasets import IGNORE, SliceBank
 from .presets import TrainConfig
 from .rewards import (
     RewardCache,
@@ -195,6 +195,17 @@ def run_loop(
     return history
 
 
+def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross entropy over the labelled pixels: 255 (unlabelled, sparse labels) is ignored.
+
+    Equal to ``F.cross_entropy(logits, target, weight=weight)`` when every pixel is
+    labelled; a batch without any labelled pixel gives a zero loss (not NaN).
+    """
+    if not bool((target != IGNORE).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+
+
 def _adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
@@ -232,7 +243,7 @@ def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: 
         x, y = ctx.prepare(x), y.to(ctx.device)
         with ctx.autocast():
             out = model(x)
-        loss = F.cross_entropy(out.float(), y, weight=weight)
+        loss = labelled_cross_entropy(out.float(), y, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -281,7 +292,7 @@ def pretrain_f0(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str =
                 target = unpatchify(f2(ctx.prepare(patch_windows(x, ps, f2.config.halo))).float(), grid)
         f0.train()
         out = f0(x)
-        ce = F.cross_entropy(out, y, weight=weight)
+        ce = labelled_cross_entropy(out, y, weight)
         loss = ce
         if cfg.beta > 0:
             mse = F.mse_loss(out, target)
@@ -457,7 +468,7 @@ def finetune_joint(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: st
             model.eval()  # batch norm frozen (see docstring); no dropout in f1/f2
             with ctx.autocast():
                 out = model(ctx.prepare(px[name][sel]))
-            ce = F.cross_entropy(out.float(), py[sel], weight=weight)
+            ce = labelled_cross_entropy(out.float(), py[sel], weight)
             opt = opts[name][0]
             opt.zero_grad(set_to_none=True)
             ce.backward()

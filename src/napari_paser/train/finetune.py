@@ -1,0 +1,619 @@
+"""Fast adaptation of a PaSeR bundle to one scan from a few (sparse) painted labels.
+
+``train --init`` runs all four training stages and takes minutes; a user who painted a
+few strokes wants a better segmentation of *this* scan soon. :func:`finetune_iter` does,
+within a wall-clock budget:
+
+1. Normalise the scan as inference does, keep the slices that hold labels, and hold out
+   whole patches of labelled pixels for scoring (:func:`..sparse_labels.split_held_out`).
+2. Re-estimate the batch-norm statistics of f0, f1 and f2 on the whole scan (AdaBN:
+   unsupervised, every slice of the scan), kept per network only if its IoU on the
+   held-out pixels does not drop.
+3. Train f2, f1 and f0 in turns (time shares, not step counts, so the budget holds on
+   any machine) with cross entropy on the labelled pixels only (255 ignored), patches
+   centred on labelled pixels, flips/rotations and mild intensity jitter, batch norm
+   frozen at the scan's statistics. Every few seconds each network is scored on the
+   held-out pixels; the best state of each is kept, so a cancel (``stop()``) or the end
+   of the budget returns the best networks seen, never a worse one than the start.
+4. The policy is kept (it reads f0's output, which keeps its meaning); the bundle's λ is
+   re-chosen on the held-out pixels: the largest λ whose IoU is within
+   ``lam_tolerance`` of the best λ's.
+
+Progress comes as :class:`FinetuneProgress` messages (for a napari worker, a tqdm bar or
+a plot); the result is a new :class:`~napari_paser.engine.bundle.Bundle` with a
+``finetune`` record in its manifest, saved by :func:`save_finetuned` (never over an
+existing bundle).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Generator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.bundle import Bundle, save_bundle
+from ..engine.metrics import confusion_matrix, mean_iou
+from ..engine.models import mc_dropout
+from ..engine.normalize import Normalizer, validate_image
+from ..engine.patches import grid_shape, pad_to_patches, patch_windows
+from ..engine.routing import route
+from ..engine.uncertainty import analyse_slices, slice_seed
+from ..errors import PaserInputError
+from .augment import AugmentConfig
+from .datasets import SliceBank, Volume, class_weights
+from .sparse_labels import UNLABELLED, labelled_slices, split_held_out, validate_training_labels
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneProgress",
+    "FinetuneResult",
+    "auto_budget",
+    "finetune_iter",
+    "finetune",
+    "save_finetuned",
+    "unique_bundle_folder",
+]
+
+MODELS = ("f0", "f1", "f2")
+SLICE_PIXELS = 224 * 256
+LAM_GRID = np.unique(np.round(np.concatenate([np.linspace(0, 0.2, 41), np.linspace(0.2, 1.0, 17)]), 4))
+
+
+def auto_budget(labelled_pixels: int) -> float:
+    """Default budget in seconds for ``labelled_pixels`` painted pixels.
+
+    60 s plus 30 s per 224x256 slice's worth of labels, at most 180 s (three minutes on
+    two CPU cores: four fully labelled slices or more).
+    """
+    return float(min(180.0, 60.0 + 30.0 * labelled_pixels / SLICE_PIXELS))
+
+
+@dataclass
+class FinetuneConfig:
+    """Knobs of :func:`finetune_iter` (the defaults are what the benchmark measured).
+
+    Attributes
+    ----------
+    budget_s : float or None
+        Wall-clock seconds for the whole adaptation (None: :func:`auto_budget`).
+    shares : dict
+        Share of the training time of each network (f2 is the most accurate and the
+        most expensive per step).
+    lr : dict
+        Peak AdamW learning rate per network (cosine decay over the budget).
+    batch : int
+        Patches per step of f1 / f2.
+    f0_batch : int
+        Patch-grid crops per step of f0.
+    adapt : str
+        ``all``: every weight; ``decoder``: batch-norm affine parameters, the decoder and
+        the head only (the encoder keeps the synthetic features).
+    class_power : float
+        Cross-entropy class weights ∝ frequency^-power in the painted labels (0: none);
+        mean IoU weighs the rare carbon-binder as much as the common phases.
+    adabn : bool
+        Re-estimate batch-norm statistics on the scan first (kept where it helps).
+    held_out : float
+        Share of labelled pixels held out for scoring (whole patches).
+    evaluations : int
+        How many times the held-out pixels are scored during training.
+    lam_tolerance : float
+        λ is the largest whose held-out IoU is within this of the best λ's.
+    augment : AugmentConfig
+        Flips, rotations and mild intensity jitter (the scan is known: its contrast does
+        not need to generalise far).
+    seed : int
+    threads : int or None
+        torch threads while fine-tuning (None: leave as is).
+    """
+
+    budget_s: float | None = None
+    shares: dict = field(default_factory=lambda: {"f2": 0.55, "f1": 0.3, "f0": 0.15})
+    lr: dict = field(default_factory=lambda: {"f0": 2e-3, "f1": 1e-3, "f2": 5e-4})
+    batch: int = 16
+    f0_batch: int = 2
+    adapt: str = "all"
+    class_power: float = 0.5
+    adabn: bool = True
+    held_out: float = 0.15
+    evaluations: int = 6
+    lam_tolerance: float = 0.005
+    augment: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(contrast=0.1, offset=0.03, noise=0.02, noise_prob=0.3, blur=0.8, blur_prob=0.2)
+    )
+    seed: int = 0
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneProgress:
+    """One progress message.
+
+    Attributes
+    ----------
+    stage : str
+        What runs now (``prepare``, ``adabn``, ``train``, ``lambda``, ``done``).
+    elapsed, budget : float
+        Seconds since the start and the budget.
+    history : dict
+        ``time``/``loss`` (running loss of the training steps, any network) and
+        ``eval_time``/``iou`` (held-out mean IoU per network) so far; the same dict
+        every time (read it, do not keep it).
+    text : str
+        One line for a status label.
+    """
+
+    stage: str
+    elapsed: float
+    budget: float
+    history: dict
+    text: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.elapsed / self.budget) if self.budget > 0 else 1.0
+
+
+@dataclass
+class FinetuneResult:
+    """The adapted bundle and what happened.
+
+    Attributes
+    ----------
+    bundle : Bundle
+        New bundle (the input bundle is not modified); its ``meta["finetune"]`` records
+        the run.
+    history : dict
+        As in :class:`FinetuneProgress`.
+    held_out_iou : dict
+        Held-out mean IoU per network before (``start``) and after (``best``).
+    seconds : float
+    cancelled : bool
+        Stopped before the budget ran out (the best state so far is in ``bundle``).
+    """
+
+    bundle: Bundle
+    history: dict
+    held_out_iou: dict
+    seconds: float
+    cancelled: bool
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Data:
+    """The labelled slices of the scan, normalised and padded, with the held-out set."""
+
+    bank: SliceBank
+    weight: torch.Tensor  # cross-entropy class weights
+    x: torch.Tensor  # (n, 1, H, W) padded labelled slices
+    held: torch.Tensor  # (n, H, W) held-out labels, 255 elsewhere (and in padding)
+    held_patches: torch.Tensor  # flat indices of the patches holding held-out pixels
+    scan: torch.Tensor  # (Z, 1, H, W) the whole scan (for batch-norm statistics)
+    slices: list[int]
+    labelled_pixels: int
+    held_pixels: int
+
+
+def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig) -> _Data:
+    ps = bundle.patch_size
+    image = validate_image(image, ps)
+    labels = validate_training_labels(labels, image.shape)
+    vol = image[None] if image.ndim == 2 else image
+    norm = bundle.normalization
+    scan = Normalizer.fit(vol, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))(vol)
+    zs = labelled_slices(labels)
+    train_lab, held_lab = split_held_out(labels[zs], cfg.held_out, block=ps, seed=cfg.seed)
+    held_pixels = int((held_lab != UNLABELLED).sum())
+    if held_pixels == 0:  # too few labels to spare any: score on the training pixels (optimistic)
+        held_lab = train_lab
+    volume = Volume("scan", scan[zs], train_lab)
+    bank = SliceBank([volume], ps)
+    x = pad_to_patches(torch.from_numpy(scan[zs]).unsqueeze(1), ps)
+    h, w = vol.shape[1:]
+    held = torch.full((len(zs), x.shape[-2], x.shape[-1]), UNLABELLED, dtype=torch.long)
+    held[:, :h, :w] = torch.from_numpy(held_lab).long()
+    gy, gx = grid_shape((h, w), ps)
+    per_patch = (held != UNLABELLED).reshape(len(zs), gy, ps[0], gx, ps[1]).any(4).any(2).reshape(-1)
+    return _Data(
+        bank=bank,
+        weight=class_weights([volume], power=cfg.class_power),
+        x=x,
+        held=held,
+        held_patches=torch.nonzero(per_patch).view(-1),
+        scan=pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps),
+        slices=zs,
+        labelled_pixels=int((labels != UNLABELLED).sum()),
+        held_pixels=held_pixels,
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _confusion(pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    keep = truth != UNLABELLED
+    return confusion_matrix(pred[keep].numpy(), truth[keep].numpy())
+
+
+@torch.no_grad()
+def _f0_prob(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """f0's MC-dropout mean softmax and the policy features of each slice, as at inference."""
+    out = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], bundle.mc_passes, slice_seed(seed, i)) for i in range(len(x))]
+    return torch.cat([o[0] for o in out]), torch.cat([o[2] for o in out])
+
+
+@torch.no_grad()
+def _patch_logits(model: nn.Module, x: torch.Tensor, ps: tuple[int, int], patches: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Argmax of a patch model on the patches ``patches`` (flat indices) of ``x``."""
+    win = patch_windows(x, ps, model.config.halo)[patches]
+    return torch.cat([model(win[i : i + batch]).argmax(1) for i in range(0, len(win), batch)])
+
+
+def _held_patch_truth(data: _Data, ps: tuple[int, int]) -> torch.Tensor:
+    from ..engine.patches import patchify
+
+    return patchify(data.held.unsqueeze(1).float(), ps)[data.held_patches, 0].long()
+
+
+def _score(bundle: Bundle, name: str, data: _Data, seed: int) -> float:
+    """Held-out mean IoU of one network (f0: MC mean on whole slices; f1/f2: held-out patches)."""
+    ps = bundle.patch_size
+    model = getattr(bundle, name)
+    model.eval()
+    if name == "f0":
+        prob, _ = _f0_prob(bundle, data.x, seed)
+        return mean_iou(_confusion(prob.argmax(1), data.held))
+    pred = _patch_logits(model, data.x, ps, data.held_patches)
+    return mean_iou(_confusion(pred, _held_patch_truth(data, ps)))
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+@torch.no_grad()
+def _adabn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Batch-norm running statistics re-estimated on ``batches`` (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()  # f0's dropout is on, as in its training and its MC inference
+    for b in batches:
+        model(b)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
+    model.eval()
+
+
+def _scan_batches(bundle: Bundle, name: str, data: _Data, max_slices: int = 8) -> list[torch.Tensor]:
+    """Inputs of a network over (up to ``max_slices`` evenly spaced) slices of the scan."""
+    z = data.scan.shape[0]
+    pick = np.unique(np.linspace(0, z - 1, min(z, max_slices)).round().astype(int))
+    x = data.scan[pick]
+    if name == "f0":
+        return [x[i : i + 4] for i in range(0, len(x), 4)]
+    win = patch_windows(x, bundle.patch_size, getattr(bundle, name).config.halo)
+    return [win[i : i + 64] for i in range(0, len(win), 64)]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _trainable(model: nn.Module, adapt: str) -> list[nn.Parameter]:
+    if adapt == "all":
+        return list(model.parameters())
+    if adapt != "decoder":
+        raise ValueError(f"unknown adapt {adapt!r}; choose 'all' or 'decoder'")
+    params = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()]
+    for part in (model.ups, model.head):
+        params += [p for p in part.parameters() if all(p is not q for q in params)]
+    return params
+
+
+def _lr(base: float, t: float) -> float:
+    """Short warm-up, then cosine decay to 5 % over the budget fraction ``t``."""
+    if t < 0.05:
+        return base * (0.2 + 0.8 * t / 0.05)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (t - 0.05) / 0.95))))
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    if not bool((target != UNLABELLED).any()):
+        return None  # a crop without labelled pixels: nothing to learn from
+    return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=UNLABELLED)
+
+
+class _Trainer:
+    """One network's optimiser, sampler and step."""
+
+    def __init__(self, bundle: Bundle, name: str, data: _Data, cfg: FinetuneConfig, g: torch.Generator):
+        self.name, self.model, self.data, self.cfg, self.g = name, getattr(bundle, name), data, cfg, g
+        params = _trainable(self.model, cfg.adapt)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr[name], weight_decay=1e-4)
+        self.seconds = 0.0
+        self.steps = 0
+
+    def step(self, t: float) -> float | None:
+        for group in self.opt.param_groups:
+            group["lr"] = _lr(self.cfg.lr[self.name], t)
+        bank, cfg = self.data.bank, self.cfg
+        self.model.eval()  # batch norm stays at the scan's statistics
+        if self.name == "f0":
+            x, y = bank.sample_slices(cfg.f0_batch, cfg.augment, self.g)
+            with mc_dropout(self.model):
+                out = self.model(x)
+        else:
+            x, y = bank.sample_patches(cfg.batch, cfg.augment, self.g, halo=self.model.config.halo)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.model(x)
+        loss = _ce(out, y, self.data.weight)
+        if loss is None:
+            return None
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.steps += 1
+        return float(loss.detach())
+
+
+# --------------------------------------------------------------------------- λ
+
+
+@torch.no_grad()
+def _choose_lam(bundle: Bundle, data: _Data, tolerance: float, seed: int) -> tuple[float, list[dict]]:
+    """Largest λ whose held-out IoU is within ``tolerance`` of the best λ's, and the curve."""
+    ps = bundle.patch_size
+    prob, feats = _f0_prob(bundle, data.x, seed)
+    bundle.policy.eval()
+    gains = bundle.policy.gains(feats.float()).numpy()  # (n, 2, GY, GX)
+    patches = data.held_patches
+    f0_pred = patch_windows(prob.argmax(1, keepdim=True).float(), ps, 0)[patches, 0].long()
+    preds = torch.stack([f0_pred, _patch_logits(bundle.f1, data.x, ps, patches), _patch_logits(bundle.f2, data.x, ps, patches)])
+    truth = _held_patch_truth(data, ps)
+    costs = bundle.costs().numpy()
+    confs = np.stack([np.stack([_confusion(preds[m, i], truth[i]) for m in range(3)]) for i in range(len(patches))])
+    curve = []
+    for lam in LAM_GRID:
+        r = route(gains, float(lam), costs).reshape(-1)[patches.numpy()]
+        cm = confs[np.arange(len(r)), r].sum(0)
+        curve.append({"lam": float(lam), "mean_iou": round(mean_iou(cm), 5), "fractions": np.bincount(r, minlength=3).tolist()})
+    best = max(c["mean_iou"] for c in curve)
+    lam = max(c["lam"] for c in curve if c["mean_iou"] >= best - tolerance)
+    return lam, curve
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def finetune_iter(
+    bundle: Bundle,
+    image: np.ndarray,
+    labels: np.ndarray,
+    cfg: FinetuneConfig | None = None,
+    *,
+    stop: Callable[[], bool] | None = None,
+    progress_every: float = 1.0,
+) -> Generator[FinetuneProgress, None, FinetuneResult]:
+    """Adapt a copy of ``bundle`` to ``image`` from sparse ``labels``; yields progress.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        The starting point (not modified).
+    image : array_like
+        The scan, (Z, Y, X) or (Y, X), any dtype.
+    labels : array_like
+        Same shape: 0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled.
+    cfg : FinetuneConfig, optional
+    stop : callable, optional
+        Polled between steps; when it returns True training ends early and the best
+        networks so far are returned (``cancelled`` set).
+    progress_every : float
+        Seconds between ``train`` progress messages.
+
+    Returns
+    -------
+    FinetuneResult
+        (as the generator's return value; :func:`finetune` returns it directly)
+
+    Raises
+    ------
+    PaserInputError
+        Unusable image or labels (one line: see :func:`..sparse_labels.validate_training_labels`).
+    """
+    cfg = cfg or FinetuneConfig()
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        torch.manual_seed(cfg.seed)
+        bundle = copy.deepcopy(bundle).to("cpu").eval()
+        history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
+        data = _prepare(bundle, np.asarray(image), np.asarray(labels), cfg)
+        budget = float(cfg.budget_s) if cfg.budget_s else auto_budget(data.labelled_pixels)
+        elapsed = lambda: time.perf_counter() - t0  # noqa: E731
+        stopped = lambda: stop is not None and bool(stop())  # noqa: E731
+        yield FinetuneProgress("prepare", elapsed(), budget, history, f"{data.labelled_pixels} labelled pixels in {len(data.slices)} slices")
+
+        def record(scores: dict) -> None:
+            history["eval_time"].append(round(elapsed(), 2))
+            for m in MODELS:
+                history["iou"][m].append(round(scores[m], 5))
+
+        start = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
+        adabn = {}
+        if cfg.adabn and not stopped():
+            yield FinetuneProgress("adabn", elapsed(), budget, history, "batch-norm statistics of the scan")
+            for m in MODELS:
+                model = getattr(bundle, m)
+                saved = copy.deepcopy(model.state_dict())
+                _adabn(model, _scan_batches(bundle, m, data))
+                after = _score(bundle, m, data, cfg.seed)
+                adabn[m] = after >= start[m]
+                if adabn[m]:
+                    start[m] = after
+                else:
+                    model.load_state_dict(saved)
+        record(start)
+        best = {m: (start[m], copy.deepcopy(getattr(bundle, m).state_dict())) for m in MODELS}
+        g = torch.Generator().manual_seed(cfg.seed)
+        trainers = {m: _Trainer(bundle, m, data, cfg, g) for m in MODELS if cfg.shares.get(m, 0) > 0}
+        train_start = elapsed()
+        lam_reserve = min(15.0, 0.08 * budget)  # for choosing λ and saving at the end
+        train_budget = max(1.0, budget - train_start - lam_reserve)
+        eval_every = train_budget / max(1, cfg.evaluations)
+        next_eval, last_msg = eval_every, 0.0
+        losses: list[float] = []
+        cancelled = False
+        while trainers:
+            t_train = elapsed() - train_start
+            if t_train >= train_budget:
+                break
+            if stopped():
+                cancelled = True
+                break
+            # The network furthest behind its time share goes next.
+            name = min(trainers, key=lambda m: trainers[m].seconds / cfg.shares[m])
+            tr = trainers[name]
+            s = time.perf_counter()
+            loss = tr.step(t_train / train_budget)
+            tr.seconds += time.perf_counter() - s
+            if loss is not None:
+                losses.append(loss)
+            if elapsed() - train_start >= next_eval:
+                next_eval += eval_every
+                scores = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
+                record(scores)
+                for m in MODELS:
+                    if scores[m] > best[m][0]:
+                        best[m] = (scores[m], copy.deepcopy(getattr(bundle, m).state_dict()))
+            if elapsed() - last_msg >= progress_every and losses:
+                last_msg = elapsed()
+                history["time"].append(round(last_msg, 2))
+                history["loss"].append(round(float(np.mean(losses[-20:])), 5))
+                iou = best["f2"][0]
+                yield FinetuneProgress("train", last_msg, budget, history, f"loss {history['loss'][-1]:.3f}, best held-out IoU f2 {iou:.3f}")
+        if trainers and not cancelled:  # a last score of the final networks
+            scores = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
+            record(scores)
+            for m in MODELS:
+                if scores[m] > best[m][0]:
+                    best[m] = (scores[m], copy.deepcopy(getattr(bundle, m).state_dict()))
+        for m in MODELS:
+            getattr(bundle, m).load_state_dict(best[m][1])
+            getattr(bundle, m).eval()
+            for p in getattr(bundle, m).parameters():
+                p.requires_grad_(True)
+        yield FinetuneProgress("lambda", elapsed(), budget, history, "choosing λ on the held-out pixels")
+        lam, curve = _choose_lam(bundle, data, cfg.lam_tolerance, cfg.seed)
+        old_lam = bundle.default_lam
+        bundle.default_lam = float(lam)
+        seconds = elapsed()
+        held = {"start": {m: round(start[m], 5) for m in MODELS}, "best": {m: round(best[m][0], 5) for m in MODELS}}
+        meta = dict(bundle.meta)
+        parent = bundle.name
+        for k in ("training", "validation"):
+            meta.pop(k, None)
+        meta["version"] = str(meta.get("version", "1.0.0")) + "+ft"
+        meta["description"] = f"{parent} adapted to one scan from {data.labelled_pixels} labelled pixels in {seconds:.0f} s"
+        meta["finetune"] = {
+            "from": parent,
+            "from_path": str(bundle.path) if bundle.path else None,
+            "labelled_pixels": data.labelled_pixels,
+            "labelled_slices": data.slices,
+            "held_out_pixels": data.held_pixels,
+            "budget_s": round(budget, 1),
+            "seconds": round(seconds, 1),
+            "cancelled": cancelled,
+            "steps": {m: t.steps for m, t in trainers.items()},
+            "adabn_kept": adabn,
+            "held_out_iou": held,
+            "default_lam": {"before": old_lam, "after": float(lam), "rule": f"largest lambda within {cfg.lam_tolerance} of the best held-out IoU"},
+            "lam_curve": curve,
+            "config": {k: v for k, v in cfg.to_dict().items() if k != "augment"},
+            "torch_threads": torch.get_num_threads(),
+        }
+        bundle.meta = meta
+        bundle.path = None
+        yield FinetuneProgress("done", seconds, budget, history, f"held-out IoU f2 {start['f2']:.3f} -> {best['f2'][0]:.3f}")
+        return FinetuneResult(bundle, history, held, seconds, cancelled)
+    finally:
+        if cfg.threads:
+            torch.set_num_threads(old_threads)
+
+
+def finetune(
+    bundle: Bundle,
+    image: np.ndarray,
+    labels: np.ndarray,
+    cfg: FinetuneConfig | None = None,
+    *,
+    stop: Callable[[], bool] | None = None,
+    callback: Callable[[FinetuneProgress], None] | None = None,
+) -> FinetuneResult:
+    """:func:`finetune_iter` run to the end; ``callback`` receives every progress message."""
+    gen = finetune_iter(bundle, image, labels, cfg, stop=stop)
+    while True:
+        try:
+            msg = next(gen)
+        except StopIteration as end:
+            return end.value
+        if callback is not None:
+            callback(msg)
+
+
+# --------------------------------------------------------------------------- saving
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def unique_bundle_folder(parent: str | Path, name: str) -> Path:
+    """``parent/name``, or ``parent/name-2``, ``-3``... if that folder exists already.
+
+    The user's files are never replaced: a new fine-tuning gets a new folder.
+    """
+    clean = _NAME_RE.sub("-", name).strip("-.") or "paser-finetuned"
+    parent = Path(parent)
+    folder, k = parent / clean, 2
+    while folder.exists():
+        folder, k = parent / f"{clean}-{k}", k + 1
+    return folder
+
+
+def save_finetuned(result: FinetuneResult, folder: str | Path, name: str | None = None) -> Path:
+    """Write the adapted bundle to ``folder`` (refuses an existing bundle there).
+
+    Parameters
+    ----------
+    name : str, optional
+        Bundle name in the manifest (default: the folder's name).
+    """
+    folder = Path(folder)
+    if (folder / "manifest.json").exists():
+        raise FileExistsError(f"{folder} already holds a bundle; choose another name")
+    result.bundle.meta["name"] = name or folder.name
+    try:
+        return save_bundle(result.bundle, folder)
+    except PermissionError as err:
+        raise PaserInputError(f"cannot write the bundle to {folder}: {err}") from err

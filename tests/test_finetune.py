@@ -1,0 +1,291 @@
+"""Sparse labels, the fast fine-tuning of a bundle to one scan, its CLI, and bad training input.
+
+Tiny networks, tiny stacks, budgets of a few seconds: these check behaviour, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_paser.errors import PaserInputError
+
+
+def _scan(slices=3, shape=(112, 128), seed=0):
+    """A toy scan: bright discs (nickel), dark stripes (carbon-binder), pore elsewhere."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros((slices, *shape), np.uint8)
+    for z in range(slices):
+        for cy, cx in rng.integers(0, min(shape), size=(6, 2)):
+            lab[z][(yy - cy) ** 2 + (xx - cx) ** 2 < 200] = 2
+        lab[z][((yy + 5 * z) % 22) < 3] = 1
+    img = np.choose(lab, [20.0, 90.0, 200.0]) + rng.normal(0, 12, lab.shape)
+    return img.astype(np.float32), lab
+
+
+# --------------------------------------------------------------------------- sparse labels
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.full((2, 60, 70), 255, np.uint8), "no labelled pixel"),
+        (np.where(np.arange(60 * 70).reshape(1, 60, 70) % 3 == 0, 1, 255).repeat(2, 0).astype(np.uint8), "only carbon-binder"),
+        (np.full((2, 60, 70), 3, np.uint8), "outside {0, 1, 2, 255}: 3"),
+        (np.zeros((2, 60, 71), np.uint8), "do not match the image shape"),
+        (np.zeros((2, 60, 70), bool), "not class indices"),
+    ],
+)
+def test_bad_training_labels_are_one_clear_error(labels, message):
+    from napari_paser.train.sparse_labels import validate_training_labels
+
+    with pytest.raises(PaserInputError) as err:
+        validate_training_labels(labels, (2, 60, 70))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_sparse_labels_with_unlabelled_slices_are_accepted():
+    from napari_paser.train.sparse_labels import labelled_slices, validate_training_labels
+
+    lab = np.full((4, 60, 70), 255, np.uint8)
+    lab[2, :10, :10], lab[2, 30:, 30:] = 0, 2
+    out = validate_training_labels(lab, (4, 60, 70))
+    assert out.dtype == np.uint8 and labelled_slices(out) == [2]
+
+
+def test_held_out_split_is_disjoint_by_tiles_and_keeps_every_phase_in_training():
+    from napari_paser.train.sparse_labels import UNLABELLED, simulate_strokes, split_held_out
+
+    _, truth = _scan(2)
+    lab = simulate_strokes(truth, 0.3, seed=1)
+    train, held = split_held_out(lab, 0.2, block=(28, 32), seed=0)
+    lab_px, train_px, held_px = lab != UNLABELLED, train != UNLABELLED, held != UNLABELLED
+    assert not (train_px & held_px).any() and np.array_equal(train_px | held_px, lab_px)
+    assert np.array_equal(train[train_px], lab[train_px]) and np.array_equal(held[held_px], lab[held_px])
+    assert 0.05 < held_px.sum() / lab_px.sum() < 0.45
+    assert set(np.unique(train[train_px])) == set(np.unique(lab[lab_px]))
+    # Whole tiles: no 28x32 tile holds pixels of both sides.
+    for z in range(2):
+        for y in range(0, 112, 28):
+            for x in range(0, 128, 32):
+                assert not (train_px[z, y : y + 28, x : x + 32].any() and held_px[z, y : y + 28, x : x + 32].any())
+
+
+def test_simulated_strokes_cover_the_fraction_with_true_classes():
+    from napari_paser.train.sparse_labels import UNLABELLED, simulate_strokes
+
+    _, truth = _scan(2)
+    lab = simulate_strokes(truth, 0.15, seed=3)
+    painted = lab != UNLABELLED
+    assert 0.14 <= painted.mean() <= 0.2
+    assert np.array_equal(lab[painted], truth[painted])
+    assert np.array_equal(simulate_strokes(truth, 0.15, seed=3), lab)  # seeded
+
+
+def test_make_volume_accepts_255_and_rejects_an_unlabelled_volume():
+    from napari_paser.train.datasets import make_volume
+
+    img, lab = _scan(2)
+    sparse = lab.copy()
+    sparse[0] = 255
+    assert make_volume("s", img, sparse).labels[0].max() == 255
+    with pytest.raises(PaserInputError, match="no labelled pixel"):
+        make_volume("s", img, np.full_like(lab, 255))
+    with pytest.raises(PaserInputError, match="255"):
+        make_volume("s", img, np.full_like(lab, 7))
+
+
+def test_slice_bank_samples_where_labels_are_and_skips_unlabelled_slices():
+    import torch
+
+    from napari_paser.train.augment import AugmentConfig
+    from napari_paser.train.datasets import SliceBank, make_volume
+
+    img, lab = _scan(3)
+    full = SliceBank([make_volume("f", img, lab)], (56, 64))
+    assert not full.sparse and len(full) == 3
+    sparse = np.full_like(lab, 255)
+    sparse[1, 50:53, 60:63] = lab[1, 50:53, 60:63]
+    sparse[1, 10, 10] = 1 - min(1, lab[1, 10, 10])
+    bank = SliceBank([make_volume("s", img, sparse)], (56, 64))
+    assert bank.sparse and len(bank) == 1  # the two unlabelled slices are left out
+    g = torch.Generator().manual_seed(0)
+    aug = AugmentConfig(flips=True, rot90=True, contrast=0, offset=0, noise=0, blur=0)
+    _, y = bank.sample_patches(16, aug, g)
+    assert all(bool((yi != 255).any()) for yi in y)  # every crop holds a labelled pixel
+    _, y = bank.sample_patches(8, aug, g, halo=4)
+    assert y.shape[-2:] == (56, 64)
+
+
+def test_labelled_cross_entropy_equals_cross_entropy_on_full_labels_and_ignores_255():
+    import torch
+    import torch.nn.functional as F
+
+    from napari_paser.train.stages import labelled_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 9)
+    y = torch.randint(0, 3, (4, 8, 9))
+    w = torch.tensor([1.5, 2.0, 0.4])
+    assert labelled_cross_entropy(x, y, w).item() == F.cross_entropy(x, y, weight=w).item()
+    ys = y.clone()
+    ys[:, :4] = 255
+    keep = ys != 255
+    expected = F.cross_entropy(x.permute(0, 2, 3, 1)[keep], y[keep])
+    assert labelled_cross_entropy(x, ys).item() == pytest.approx(expected.item(), rel=1e-6)
+    zero = labelled_cross_entropy(x.requires_grad_(), torch.full_like(y, 255))
+    assert zero.item() == 0.0 and torch.isfinite(zero)
+    zero.backward()
+    assert torch.all(x.grad == 0)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def _fast_cfg(**kw):
+    from napari_paser.train.finetune import FinetuneConfig
+
+    base = dict(budget_s=4.0, batch=4, f0_batch=1, evaluations=2, threads=1)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
+    import torch
+
+    from napari_paser.train.finetune import finetune
+    from napari_paser.train.sparse_labels import simulate_strokes
+
+    img, lab = _scan(3)
+    sparse = np.full_like(lab, 255)
+    sparse[:2] = simulate_strokes(lab[:2], 0.2, seed=0)
+    before = {k: v.clone() for k, v in tiny_bundle.f2.state_dict().items()}
+    seen = []
+    res = finetune(tiny_bundle, img, sparse, _fast_cfg(), callback=lambda m: seen.append(m.stage))
+    assert all(torch.equal(before[k], v) for k, v in tiny_bundle.f2.state_dict().items())  # input untouched
+    assert seen[0] == "prepare" and seen[-1] == "done" and "train" in seen and "lambda" in seen
+    assert not res.cancelled and res.seconds < 30
+    for m in ("f0", "f1", "f2"):
+        assert res.held_out_iou["best"][m] >= res.held_out_iou["start"][m]
+        assert len(res.history["iou"][m]) == len(res.history["eval_time"]) >= 2
+    rec = res.bundle.meta["finetune"]
+    assert rec["labelled_slices"] == [0, 1] and rec["held_out_pixels"] > 0 and rec["from"] == "tiny-test"
+    assert 0.0 <= res.bundle.default_lam <= 1.0
+    assert sum(rec["steps"].values()) > 0
+
+
+def test_finetune_stops_when_asked_and_still_returns_a_usable_bundle(tiny_bundle, tmp_path):
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.train.finetune import finetune, save_finetuned, unique_bundle_folder
+
+    img, lab = _scan(2)
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    res = finetune(tiny_bundle, img, lab, _fast_cfg(budget_s=60.0), stop=stop)
+    assert res.cancelled and res.seconds < 30
+    folder = unique_bundle_folder(tmp_path, "scan-paser-ft")
+    assert folder.name == "scan-paser-ft"
+    save_finetuned(res, folder)
+    assert unique_bundle_folder(tmp_path, "scan-paser-ft").name == "scan-paser-ft-2"
+    with pytest.raises(FileExistsError):
+        save_finetuned(res, folder)
+    loaded = load_bundle(folder)
+    assert loaded.name == "scan-paser-ft" and loaded.meta["finetune"]["cancelled"] is True
+    assert segment(img, loaded).labels.shape == img.shape
+
+
+def test_auto_budget_scales_with_labelled_area():
+    from napari_paser.train.finetune import auto_budget
+
+    assert auto_budget(1000) == pytest.approx(60.0, abs=1)
+    assert auto_budget(224 * 256) == pytest.approx(90.0)
+    assert auto_budget(4 * 224 * 256) == auto_budget(50 * 224 * 256) == 180.0
+
+
+def test_finetune_rejects_bad_labels_before_training(tiny_bundle):
+    from napari_paser.train.finetune import finetune
+
+    img, lab = _scan(2)
+    with pytest.raises(PaserInputError, match="only nickel"):
+        finetune(tiny_bundle, img, np.where(lab == 2, 2, 255).astype(np.uint8), _fast_cfg())
+    with pytest.raises(PaserInputError, match="do not match"):
+        finetune(tiny_bundle, img, lab[:1], _fast_cfg())
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _write(tmp_path, name, data):
+    from napari_paser.io import write_tiff
+
+    return str(write_tiff(tmp_path / name, data))
+
+
+def test_cli_finetune_writes_a_new_bundle_beside_the_image_and_never_replaces_one(tiny_bundle_dir, tmp_path, capsys):
+    from napari_paser.cli.main import main
+    from napari_paser.train.sparse_labels import simulate_strokes
+
+    img, lab = _scan(2)
+    image = _write(tmp_path, "scan.tif", img)
+    labels = _write(tmp_path, "strokes.tif", simulate_strokes(lab, 0.2, seed=0))
+    args = ["finetune", image, "--labels", labels, "--bundle", str(tiny_bundle_dir), "--budget", "3", "--threads", "1", "--quiet"]
+    assert main(args) == 0
+    assert "held-out mean IoU" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "scan-paser-ft" / "manifest.json").read_text())
+    assert manifest["name"] == "scan-paser-ft" and manifest["finetune"]["budget_s"] == 3.0
+    assert main(args) == 0  # a second run gets a new folder
+    assert (tmp_path / "scan-paser-ft-2" / "manifest.json").is_file()
+    assert main(args + ["--out", str(tmp_path / "scan-paser-ft")]) == 2
+    assert "already holds a bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda lab: np.where(lab == 0, 0, 255).astype(np.uint8), "only pore"),
+        (lambda lab: np.where(lab == 1, 7, lab).astype(np.uint8), "outside {0, 1, 2, 255}"),
+        (lambda lab: lab[:, :100], "do not match the image shape"),
+        (lambda lab: np.full_like(lab, 255), "no labelled pixel"),
+    ],
+)
+def test_cli_bad_training_labels_end_in_one_line(tiny_bundle_dir, tmp_path, capsys, make, message):
+    from napari_paser.cli.main import main
+
+    img, lab = _scan(2)
+    image = _write(tmp_path, "scan.tif", img)
+    labels = _write(tmp_path, "bad.tif", make(lab))
+    for args in (
+        ["finetune", image, "--labels", labels, "--bundle", str(tiny_bundle_dir), "--budget", "2"],
+        ["evaluate", "--images", image, "--labels", _write(tmp_path, "truth.tif", lab), "--methods", "rf", "--rf-train-labels", labels],
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "scan-paser-ft").exists()
+
+
+def test_cli_train_init_accepts_sparse_labels(tiny_bundle_dir, tmp_path):
+    from napari_paser.cli.main import main
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.sparse_labels import simulate_strokes
+
+    img, lab = _scan(3)
+    sparse = simulate_strokes(lab, 0.25, seed=0)
+    sparse[2] = 255  # a whole unlabelled slice
+    image = _write(tmp_path, "scan.tif", img)
+    labels = _write(tmp_path, "sparse.tif", sparse)
+    out = tmp_path / "init-bundle"
+    rc = main(["train", "--images", image, "--labels", labels, "--init", str(tiny_bundle_dir), "--out", str(out),
+               "--scale", "0.01", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    bundle = load_bundle(out)
+    assert all(np.isfinite(p.detach().numpy()).all() for m in bundle.models().values() for p in m.parameters())
