@@ -13,6 +13,7 @@ import os
 import struct
 import tempfile
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ _UNIT_TO_UM = {
     "inch": 25400.0,
     "in": 25400.0,
 }
+
+# What tifffile and its codecs raise for a damaged or unsupported file (codec errors
+# derive from RuntimeError). MemoryError and KeyboardInterrupt are deliberately not here:
+# running out of memory must not read as "cannot read the file".
+TIFF_READ_ERRORS = (
+    tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, TypeError, struct.error, EOFError,
+    NotImplementedError, RuntimeError, zlib.error,
+)
 
 _INFO_PREFIX = "napari-paser-json:"
 _JSON_TAG = 65000  # private tag of BigTIFF stacks written by io_writers
@@ -214,7 +223,7 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, VoxelSize | None]:
     with _open_tiff(p) as tif:
         try:
             data = tif.asarray()
-        except Exception as err:  # corrupt strips, unsupported codecs, ...
+        except TIFF_READ_ERRORS as err:  # corrupt strips, unsupported codecs, ...
             raise PaserInputError(f"cannot read the pixels of {p}: {err}") from None
         voxel = _voxel_size(tif)
     return _squeeze_to_stack(np.asarray(data), p), voxel
@@ -275,7 +284,7 @@ def open_stack_lazy(path: str | os.PathLike) -> Any:
         return _squeeze_to_stack(_dask_stack(p), p)
     except PaserInputError:
         raise
-    except Exception:  # odd layouts (multi-series, tiles): fall back to a full read
+    except TIFF_READ_ERRORS:  # odd layouts (multi-series, tiles): fall back to a full read
         return read_stack(p)[0]
 
 
@@ -400,4 +409,4 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-__all__ = ["open_stack_lazy", "read_metadata", "read_stack", "read_voxel_size", "write_tiff"]
+__all__ = ["TIFF_READ_ERRORS", "open_stack_lazy", "read_metadata", "read_stack", "read_voxel_size", "write_tiff"]

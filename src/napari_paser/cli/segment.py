@@ -142,7 +142,7 @@ def read_image(path: str | os.PathLike):
         return io.read_stack(path)
     except (PaserInputError, FileNotFoundError):
         raise
-    except Exception as err:  # tifffile raises IndexError/KeyError/struct.error on corrupt files
+    except io.TIFF_READ_ERRORS as err:  # tifffile raises IndexError/KeyError/struct.error on corrupt files
         raise PaserInputError(f"not a readable TIFF file: {path} ({type(err).__name__}: {err})") from None
     finally:
         log.setLevel(level)

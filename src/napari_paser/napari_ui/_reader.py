@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import io
 from ..errors import PaserInputError
 
 __all__ = ["napari_get_reader", "read_tiff", "read_volume", "LAZY_BYTES", "layer_data_from_file", "layer_data_from_volume"]
@@ -130,7 +131,7 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
     for p in map(Path, paths):
         try:
             layers.append(layer_data_from_file(p))
-        except Exception as err:  # a damaged file may fail deep inside tifffile
+        except (PaserInputError, *io.TIFF_READ_ERRORS) as err:  # a damaged file may fail deep inside tifffile
             from napari.utils.notifications import show_error
 
             reason = str(err) if isinstance(err, PaserInputError) else f"{p.name} is not a readable TIFF ({type(err).__name__}: {err})"
@@ -163,8 +164,6 @@ def _is_labels(meta: dict) -> bool:
 
 def layer_data_from_file(path: Path) -> LayerData:
     """One ``(data, kwargs, layer_type)`` tuple for a TIFF file."""
-    from .. import io
-
     if not path.is_file():
         raise PaserInputError(f"{path} does not exist or is not a file")
     if path.stat().st_size > _lazy_threshold():
