@@ -217,3 +217,22 @@ def test_ranges_and_csv():
     rep = report_dict(a, band=[("other", b)])
     assert rep["ranges"]["volume_fraction.pore"] == [4 / 12, 8 / 12]
     assert rep["porosity_profile"]["max"][5] == 1.0 and rep["band"][0]["name"] == "other"
+
+
+def test_missing_taufactor_is_one_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "taufactor", None)  # import now raises ImportError
+    with pytest.raises(PaserInputError, match=r"napari-paser\[metrics\]"):
+        compute_metrics(layered(), 1)
+    assert compute_metrics(layered(), 1, tortuosity=False).values["volume_fraction.pore"] == pytest.approx(1 / 3)
+
+
+def test_metrics_modules_do_not_import_torch(fresh_python):
+    out = fresh_python(
+        "import sys\n"
+        "import napari_paser.engine.microstructure, napari_paser.engine.metrics_report, napari_paser.cli.metrics\n"
+        "import napari_paser.napari_ui._metrics_jobs\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert out.strip() == "False"

@@ -105,6 +105,15 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
     from ..engine.microstructure import metrics_steps
 
     labels = check_request(req)
+    if req.tortuosity or req.image is not None:
+        # TauFactor and the band run on torch: import it the way the PaSeR widget does
+        # (no GUI stall) and leave one core to the GUI.
+        from ._torch_loading import import_torch_quietly, worker_threads
+
+        import_torch_quietly()
+        import torch
+
+        torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
     kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity)
     n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
     gen = metrics_steps(labels, req.axis, **kwargs)
