@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,17 @@ HERE = Path(__file__).resolve().parent
 TEST_SEEDS = (9001, 9002, 9003, 9004)  # the held-out seeds of benchmarks/common.py
 KEYS = (("porosity", "volume_fraction.pore"), ("τ (pore, axis 0)", "tortuosity_factor.pore"),
         ("SSA nickel (1/µm)", "specific_surface_area.nickel"))
+
+
+def direct_taufactor(mask: np.ndarray) -> float:
+    """τ along axis 0 from ``taufactor.Solver`` itself (no napari-paser code in between)."""
+    import contextlib
+    import io
+
+    import taufactor
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return float(taufactor.Solver(mask.astype(np.uint8), device="cpu").solve(verbose=False)[0])
 
 
 def rel_err(value: float, truth: float) -> float:
@@ -63,9 +75,8 @@ def main(argv=None) -> int:
     distribution = args.distribution or inspect.signature(generate_volume).parameters.get("distribution").default
     t_start = time.perf_counter()
     bundle = load_bundle_arg(args.bundle)
-    command = "python benchmarks/bench_metrics.py" + (f" --bundle {args.bundle}" if args.bundle else "") + \
-        (f" --slices {args.slices}" if args.slices != 8 else "") + \
-        (f" --distribution {args.distribution}" if args.distribution else "")
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python", "benchmarks/bench_metrics.py", *map(shlex.quote, given)])
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
@@ -78,6 +89,8 @@ def main(argv=None) -> int:
         paser = seg.result()
         f2 = seg.result(method="f2")
         m_true = compute_metrics(truth, 0, **kw)
+        if not rows:  # acceptance check: the wrapper against TauFactor called directly
+            direct_tau = direct_taufactor(truth == 0)
         m_paser = compute_metrics(paser.labels, 0, require_all_phases=False, **kw)
         m_f2 = compute_metrics(f2.labels, 0, require_all_phases=False, **kw)
         gen = band_steps(image, bundle, 0, lams=DEFAULT_BAND_LAMS, mc_samples=args.band_mc, **kw)
@@ -138,6 +151,9 @@ def main(argv=None) -> int:
             hits[key] += inside
             cells.append(f"[{lo:.4g}, {hi:.4g}] | {'yes' if inside else 'no'}")
         lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    first = rows[0]["tortuosity_factor.pore"]["truth"]
+    lines += ["", f"τ of seed {rows[0]['seed']}'s ground truth along axis 0: {first:.5g} from `napari-paser metrics`, "
+              f"{direct_tau:.5g} from `taufactor.Solver` run directly on the same mask ({rel_err(first, direct_tau):+.3%})."]
     lines += ["", "Ground truth inside the band: " + ", ".join(f"{n} {hits[k]}/{len(rows)}" for n, k in KEYS) + "."]
     if not all(r["conv"] for r in rows):
         lines += ["", "Note: at least one TauFactor solve did not converge within its iteration limit."]
