@@ -1,6 +1,6 @@
 """Baselines of the paper in the engine: the IDK cascade and PaSeR with a random policy.
 
-Importing this module registers two methods in :data:`~.pipeline.METHODS`, so
+Importing this module registers two methods in :data:`~.methods.METHODS`, so
 ``napari-paser segment --method`` / ``evaluate --methods`` and the napari widget offer
 them beside ``paser``, ``f0``, ``f1`` and ``f2``:
 
@@ -35,11 +35,14 @@ them beside ``paser``, ``f0``, ``f1`` and ``f2``:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .pipeline import METHODS, Method, PaserSegmenter, register_method
+from .methods import METHODS, Method, register_method
+
+if TYPE_CHECKING:  # the pipeline imports this module: no import cycle at run time
+    from .pipeline import PaserSegmenter
 
 __all__ = [
     "cascade_routing",
@@ -87,7 +90,7 @@ def cascade_routing(e0: np.ndarray, e1: np.ndarray, a0: float, a1: float) -> np.
     return up0.astype(np.uint8) + up1.astype(np.uint8)
 
 
-def cascade_charged(seg: PaserSegmenter, z: int, routing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cascade_charged(seg: "PaserSegmenter", z: int, routing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A cascade pays for f1 on every patch that reached f1 (routed to f1 or f2)."""
     return routing >= 1, routing == 2
 
@@ -101,15 +104,15 @@ def bundle_idk_thresholds(bundle) -> tuple[float, float] | None:
     return None
 
 
-def _bundle_thresholds(seg: PaserSegmenter) -> tuple[float, float] | None:
+def _bundle_thresholds(seg: "PaserSegmenter") -> tuple[float, float] | None:
     return bundle_idk_thresholds(seg.bundle)
 
 
-def _analysed(seg: PaserSegmenter) -> np.ndarray:
+def _analysed(seg: "PaserSegmenter") -> np.ndarray:
     return np.flatnonzero(seg._analysed)
 
 
-def idk_thresholds(seg: PaserSegmenter, z: int | None = None) -> tuple[float, float]:
+def idk_thresholds(seg: "PaserSegmenter", z: int | None = None) -> tuple[float, float]:
     """Thresholds the ``idk`` method uses on ``seg``'s current stack (see the module doc).
 
     The stack default of ``a1`` needs f1 on the patches that pass ``a0``; those patches
@@ -134,7 +137,7 @@ def idk_thresholds(seg: PaserSegmenter, z: int | None = None) -> tuple[float, fl
     return a0, a1
 
 
-def _cascade_route(seg: PaserSegmenter, z: int, a0: float, a1: float) -> np.ndarray:
+def _cascade_route(seg: "PaserSegmenter", z: int, a0: float, a1: float) -> np.ndarray:
     seg.analyse(z)
     e0 = seg.patch_entropy(z, 0)
     up = ~(e0 < a0)
@@ -146,13 +149,13 @@ def _cascade_route(seg: PaserSegmenter, z: int, a0: float, a1: float) -> np.ndar
 def idk_method(thresholds: Sequence[float] | None = None, name: str = "idk") -> Method:
     """An IDK-cascade :class:`Method` with fixed ``(a0, a1)`` (None: bundle / stack default).
 
-    Register it with :func:`~.pipeline.register_method` to use it by name.
+    Register it with :func:`~.methods.register_method` to use it by name.
     """
     fixed = None if thresholds is None else tuple(float(t) for t in thresholds)
     if fixed is not None and len(fixed) != 2:
         raise ValueError(f"an IDK cascade of f0, f1, f2 has two thresholds, got {len(fixed)}")
 
-    def route(seg: PaserSegmenter, z: int, lam: float | None) -> np.ndarray:
+    def route(seg: "PaserSegmenter", z: int, lam: float | None) -> np.ndarray:
         a0, a1 = fixed if fixed is not None else idk_thresholds(seg, z)
         return _cascade_route(seg, z, a0, a1)
 
@@ -180,7 +183,7 @@ def random_method(probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3), name: str = "r
     p = tuple(float(v) for v in probs)
     random_routing((1, 1), p, 0, 0)  # validate now
 
-    def route(seg: PaserSegmenter, z: int, lam: float | None) -> np.ndarray:
+    def route(seg: "PaserSegmenter", z: int, lam: float | None) -> np.ndarray:
         # The stack's slice index, so a slab of a stack routes as the whole stack would.
         return random_routing(seg.grid, p, seg.seed if seed is None else seed, seg.first_slice + z)
 

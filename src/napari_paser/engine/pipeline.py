@@ -30,6 +30,7 @@ import torch
 from ..errors import PaserInputError
 from .bundle import Bundle
 from .flops import CostModel
+from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
 from .routing import MODEL_NAMES, lam_for_tvd, route_fraction, route_from_switch_points, switch_points, tvd_at
@@ -61,74 +62,6 @@ DEFAULT_PRECISION = "fp32"
 DEFAULT_CHANNELS_LAST = True
 
 Progress = Callable[[int, int], None]
-
-
-# --------------------------------------------------------------------------- methods
-
-
-def _charge_routed(seg: "PaserSegmenter", z: int, routing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return routing == 1, routing == 2
-
-
-@dataclass(frozen=True)
-class Method:
-    """How a segmentation method routes patches and what it is charged for.
-
-    Attributes
-    ----------
-    name : str
-    route : callable ``(seg, z, lam) -> (GY, GX) uint8``
-        Final model per patch of slice ``z``. May call ``seg.ensure_patches`` to look
-        at patch outputs first (a cascade).
-    analyse : bool
-        The method needs (and is charged for) f0's MC-dropout analysis of each slice.
-    policy : bool
-        The method is charged for the policy network.
-    uses_lam : bool
-        λ / TVD knobs apply.
-    charged : callable ``(seg, z, routing) -> (mask_f1, mask_f2)``
-        Patches whose f1 / f2 forward the method pays for (default: the routed ones;
-        a cascade also pays for the f1 runs of patches it escalated to f2).
-    """
-
-    name: str
-    route: Callable[["PaserSegmenter", int, "float | None"], np.ndarray]
-    analyse: bool = True
-    policy: bool = False
-    uses_lam: bool = False
-    charged: Callable[["PaserSegmenter", int, np.ndarray], tuple[np.ndarray, np.ndarray]] = _charge_routed
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register_method(method: Method) -> Method:
-    """Make ``method`` available as ``method=method.name`` everywhere (CLI included)."""
-    METHODS[method.name] = method
-    return method
-
-
-def _constant_route(model: int) -> Callable:
-    def route(seg: "PaserSegmenter", z: int, lam: float | None) -> np.ndarray:
-        return np.full(seg.grid, model, dtype=np.uint8)
-
-    return route
-
-
-register_method(Method("paser", lambda seg, z, lam: seg.routing(lam, z), analyse=True, policy=True, uses_lam=True))
-register_method(Method("f0", _constant_route(0), analyse=True))
-register_method(Method("f1", _constant_route(1), analyse=False))
-register_method(Method("f2", _constant_route(2), analyse=False))
-
-
-def get_method(name: str) -> Method:
-    # The baselines register more methods when imported; do it lazily here.
-    if name not in METHODS:
-        with contextlib.suppress(ImportError):
-            from . import baselines  # noqa: F401
-    if name not in METHODS:
-        raise PaserInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 # --------------------------------------------------------------------------- result
@@ -597,9 +530,9 @@ class PaserSegmenter:
         compute = 0.0
         for i, (z, r) in enumerate(zip(zs, routings)):
             c1, c2 = spec.charged(self, z, r)
-            flops[i] = cm.slice_flops(int(c1.sum()), int(c2.sum()), analysis=spec.analyse, policy=spec.policy)
-            compute += (self._time_f0[z] if spec.analyse else 0.0) + (self._time_policy[z] if spec.policy else 0.0)
-            compute += float(self._ptime[1, z][c1].sum() + self._ptime[2, z][c2].sum())
+            flops[i], seconds = charge(cm, spec, c1, c2, seconds_analysis=self._time_f0[z], seconds_policy=self._time_policy[z],
+                                       seconds_patches=self._ptime[:, z])
+            compute += seconds
         routing = np.stack(routings)
         frac = route_fraction(routing)
         idx = np.asarray(zs)

@@ -25,6 +25,7 @@ from ..errors import PaserInputError
 from ..io_sources import ArrayVolume, Volume
 from .bundle import Bundle
 from .flops import CostModel
+from .methods import charge, get_method
 from .patches import grid_shape
 from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
 from .routing import MODEL_NAMES, lam_for_tvd, route_from_switch_points, switch_points, tvd_at
@@ -210,9 +211,8 @@ class WindowedSegmenter:
         lam = self.lam_for_tvd(tvd) if tvd is not None else self._lam(lam)
         routing = route_from_switch_points(self._s1, self._s2, lam).astype(np.uint8)
         cm = self.cost_model
-        n1 = (routing == 1).sum(axis=(1, 2))
-        n2 = (routing == 2).sum(axis=(1, 2))
-        flops = np.array([cm.slice_flops(int(a), int(b)) for a, b in zip(n1, n2)], dtype=np.float64)
+        paser = get_method("paser")
+        flops = np.array([charge(cm, paser, r == 1, r == 2)[0] for r in routing], dtype=np.float64)
         counts = np.bincount(routing.reshape(-1), minlength=3)
         f2_all = len(idx) * self.grid[0] * self.grid[1] * cm.patch[2] / 1e9
         return StreamResult(
