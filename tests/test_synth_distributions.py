@@ -109,3 +109,30 @@ def test_edge_fringes_overshoot_at_edges():
     out = edge_fringes(mu, 0.8)
     assert out.max() > 1.0 and out.min() < 0.0  # bright and dark bands
     assert np.allclose(out[:, :, :10], 0, atol=1e-3) and np.array_equal(edge_fringes(mu, 0.0), mu)
+
+
+def test_write_dataset_resume_keeps_current_volumes_and_rewrites_missing_ones(tmp_path):
+    from napari_paser.train.synth import write_dataset
+
+    write_dataset(tmp_path, 2, 1, (48, 64), seed=5, distribution="v2")
+    keep = (tmp_path / "vol0_image.tif").stat().st_mtime_ns
+    (tmp_path / "vol1_labels.tif").unlink()
+    written = write_dataset(tmp_path, 2, 1, (48, 64), seed=5, distribution="v2", skip_current=True)
+    assert {p.name for p in written} == {"vol1_image.tif", "vol1_labels.tif", "vol1.json"}
+    assert (tmp_path / "vol0_image.tif").stat().st_mtime_ns == keep
+    with pytest.raises(FileExistsError):
+        write_dataset(tmp_path, 2, 1, (48, 64), seed=5, distribution="v2")
+
+
+def test_cli_synth_distribution(tmp_path):
+    import argparse
+    import json
+
+    from napari_paser.cli.synth import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["synth", "--out", str(tmp_path), "--slices", "1", "--size", "48x64", "--distribution", "oof"])
+    assert args.func(args) == 0
+    info = json.loads((tmp_path / "vol0.json").read_text())
+    assert info["distribution"] == "oof" and info["params"]["micro"]["family"] == "cracked"
