@@ -172,3 +172,20 @@ def test_two_dask_workers_equal_one_process(tmp_path, electrode):
     np.testing.assert_array_equal(two["0"][:], one["0"][:])
     r1, r2 = one.attrs["napari_paser"]["report"], two.attrs["napari_paser"]["report"]
     assert r2["workers"] == 2 and r2["lam"] == r1["lam"] and r2["route_fraction"] == r1["route_fraction"]
+
+
+def test_written_files_keep_the_users_umask(tmp_path, electrode, tiny_bundle):
+    import os
+
+    from napari_paser.engine.bundle import save_bundle
+
+    mask = os.umask(0)
+    os.umask(mask)
+    tif = io.write_tiff(tmp_path / "img.tif", electrode[:2])
+    assert run_cli(tif, "-o", tmp_path / "out.tif", "--report", tmp_path / "r.json", "--routing") == 0
+    assert run_cli(tif, "-o", tmp_path / "out.zarr") == 0
+    bundle = save_bundle(tiny_bundle, tmp_path / "bundle")
+    for p in [tmp_path / "out.tif", tmp_path / "out_routing.tif", tmp_path / "r.json", bundle / "manifest.json",
+              bundle / "weights.safetensors"]:
+        assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask, p
+    assert os.stat(tmp_path / "out.zarr").st_mode & 0o777 == 0o777 & ~mask

@@ -66,6 +66,8 @@ def _current_umask() -> int:
 
 # mkstemp creates 0600 files; written stacks get the usual permissions instead.
 _FILE_MODE = 0o666 & ~_current_umask()
+FILE_MODE = _FILE_MODE
+"""Mode of files this package writes through a temporary file (0666 less the user's umask)."""
 
 
 def _check_path(path: str | os.PathLike) -> Path:
@@ -409,4 +411,4 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-__all__ = ["TIFF_READ_ERRORS", "open_stack_lazy", "read_metadata", "read_stack", "read_voxel_size", "write_tiff"]
+__all__ = ["FILE_MODE", "TIFF_READ_ERRORS", "open_stack_lazy", "read_metadata", "read_stack", "read_voxel_size", "write_tiff"]

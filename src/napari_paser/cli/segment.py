@@ -103,11 +103,11 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     """Write ``data`` as JSON atomically (temporary file in the same folder, then rename)."""
     p = check_writable(path, overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
-    from ..io import _FILE_MODE
+    from ..io import FILE_MODE
 
     with tempfile.NamedTemporaryFile("w", dir=p.parent, suffix=".tmp", delete=False) as tmp:
         json.dump(data, tmp, indent=2)
-    os.chmod(tmp.name, _FILE_MODE)  # NamedTemporaryFile makes 0600: use the user's umask
+    os.chmod(tmp.name, FILE_MODE)  # NamedTemporaryFile makes 0600: use the user's umask
     os.replace(tmp.name, p)
     return p
 

@@ -216,6 +216,10 @@ def save_bundle(bundle: Bundle, folder: str | os.PathLike, *, overwrite: bool = 
     save_file(_state_dict(bundle), tmp_w.name, metadata={"format": "napari-paser", "version": str(FORMAT_VERSION)})
     with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp_m:
         json.dump(manifest, tmp_m, indent=2)
+    from ..io import FILE_MODE
+
+    for tmp in (tmp_w.name, tmp_m.name):  # temporary files are 0600: use the user's umask
+        os.chmod(tmp, FILE_MODE)
     os.replace(tmp_w.name, folder / WEIGHTS)
     os.replace(tmp_m.name, folder / MANIFEST)
     bundle.path = folder
