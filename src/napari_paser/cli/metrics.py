@@ -13,6 +13,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import PaserInputError
@@ -73,10 +74,45 @@ def _table(metrics, ranges: dict) -> str:
     return "\n".join(rows)
 
 
+def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
+    """Metrics of ``labels`` and, with a band image, of its band, with a tqdm status line."""
+    from tqdm import tqdm
+
+    from ..engine.microstructure import metrics_steps
+
+    bar = tqdm(total=None, desc="metrics", file=sys.stderr, disable=args.quiet, leave=False, bar_format="{desc} {elapsed}")
+    try:
+        gen = metrics_steps(labels, axis, **kwargs)
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                metrics = stop.value
+                break
+            bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}")
+        band = []
+        if image is not None:
+            from ..engine.metrics_band import band_steps
+
+            bundle = load_bundle_arg(args.bundle)
+            gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
+                             seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, **kwargs)
+            while True:
+                try:
+                    stage, done, total = next(gen)
+                except StopIteration as stop:
+                    band = stop.value
+                    break
+                bar.set_description_str(f"band {done}/{total}: {stage}")
+    finally:
+        bar.close()
+    return metrics, band
+
+
 def run(args) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, write_text_atomic
-    from ..engine.microstructure import check_axis, check_voxel_size, metrics_steps, validate_phase_labels
+    from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels
 
     t0 = time.perf_counter()
     # Fail on every cheap check before reading or computing anything.
@@ -101,34 +137,12 @@ def run(args) -> int:
         image, _ = read_volume(args.band)
         if image.shape != labels.shape:
             raise PaserInputError(f"--band image has shape {image.shape} but the labels have shape {labels.shape}")
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, desc="metrics", file=sys.stderr, disable=args.quiet, leave=False, bar_format="{desc} {elapsed}")
-    try:
-        gen = metrics_steps(labels, axis, **kwargs)
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                metrics = stop.value
-                break
-            bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}")
-        band = []
-        if image is not None:
-            from ..engine.metrics_band import band_steps
-
-            bundle = load_bundle_arg(args.bundle)
-            gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, seed=args.seed, segment_device=args.device or "cpu",
-                             batch_size=args.batch_size, **kwargs)
-            while True:
-                try:
-                    stage, done, total = next(gen)
-                except StopIteration as stop:
-                    band = stop.value
-                    break
-                bar.set_description_str(f"band {done}/{total}: {stage}")
-    finally:
-        bar.close()
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UserWarning)
+        metrics, band = _compute(args, labels, axis, image, lams, methods, kwargs)
+    # Engine warnings (e.g. cubic voxels assumed) become one line each.
+    for msg in dict.fromkeys(str(w.message) for w in notes if issubclass(w.category, UserWarning)):
+        print(f"napari-paser metrics: warning: {msg}", file=sys.stderr)
     ranges = metric_ranges([metrics] + [m.metrics for m in band]) if band else {}
     extra = {
         "labels": str(Path(args.labels).resolve()) if Path(args.labels).exists() else args.labels,

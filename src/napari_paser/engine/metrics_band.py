@@ -83,6 +83,7 @@ def band_steps(
     lams: Sequence[float | None] = DEFAULT_BAND_LAMS,
     methods: Sequence[str] = DEFAULT_BAND_METHODS,
     mc_samples: int = 0,
+    mc_passes: int | None = None,
     seed: int = 0,
     segment_device: str = "cpu",
     batch_size: int | None = None,
@@ -104,6 +105,8 @@ def band_steps(
         Single models (f0, f1, f2) run on every patch.
     mc_samples : int
         Number of single-pass MC-dropout samples of f0.
+    mc_passes : int or None
+        MC passes of f0's analysis for the λ / single-model segmentations (None: the bundle's).
     seed : int
         Dropout seed of the λ segmentations; MC samples use ``seed + 1 ... seed + N``.
     segment_device, batch_size
@@ -145,7 +148,7 @@ def band_steps(
     for method, lam, s, passes, name in runs:
         if passes is None:  # PaSeR and single models share one segmenter and its caches
             if seg is None:
-                seg = PaserSegmenter(bundle, seed=s, device=segment_device, batch_size=bs)
+                seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=s, device=segment_device, batch_size=bs)
                 seg.set_volume(img)
             this = seg
         if method == "paser":
