@@ -128,3 +128,14 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     ranges = [panel.table.item(i, 2).text() for i in range(panel.table.rowCount())]
     assert all(r.startswith("[") for r in ranges)
     assert len(panel.figure.axes[0].collections) == 1  # the band around the profile
+
+
+def test_default_export_is_beside_the_phase_volume():
+    from pathlib import Path
+
+    from napari_paser.napari_ui._metrics_jobs import default_export_base, export_targets
+
+    assert default_export_base("/data/scan_phases.tif", "phases") == Path("/data/scan_phases_metrics")
+    assert default_export_base(None, "phases", "/data/scan.tif") == Path("/data/scan_phases_metrics")
+    assert default_export_base(None, "phases") == Path("phases_metrics")
+    assert export_targets("/data/x.json") == {"json": Path("/data/x.json"), "csv": Path("/data/x.csv")}

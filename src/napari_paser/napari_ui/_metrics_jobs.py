@@ -171,12 +171,18 @@ def export_targets(base: str | Path) -> dict[str, Path]:
     return {"json": stem.with_name(stem.name + ".json"), "csv": stem.with_name(stem.name + ".csv")}
 
 
-def default_export_base(source_path: str | None, layer_name: str, folder: str | Path | None = None) -> Path:
-    """``<phase volume>_metrics`` beside the phase volume's file, else in ``folder`` (or here)."""
+def default_export_base(source_path: str | None, layer_name: str, image_path: str | None = None) -> Path:
+    """Where an export goes by default: ``<phase volume>_metrics`` beside the phase
+    volume's file; for a layer made in napari (the PaSeR widget's ``phases``), beside the
+    scan it came from as ``<scan>_phases_metrics`` (the widget exports ``<scan>_phases``);
+    else ``<layer>_metrics`` in the working folder."""
     if source_path:
         p = Path(source_path)
         return p.with_name(p.with_suffix("").name + "_metrics")
-    return Path(folder or ".") / f"{layer_name}_metrics"
+    if image_path:
+        p = Path(image_path)
+        return p.with_name(p.with_suffix("").name + "_phases_metrics")
+    return Path(f"{layer_name}_metrics")
 
 
 def export_metrics(outcome: MetricsOutcome, base: str | Path, *, overwrite: bool = False,

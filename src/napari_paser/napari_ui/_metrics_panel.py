@@ -299,10 +299,13 @@ class MetricsPanel(QWidget):
 
     # ------------------------------------------------------------------ export
     def default_export_base(self) -> Path:
+        def path_of(layer) -> str | None:
+            return getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
+
         layer = self._layer(self.labels_combo.currentText())
-        source = getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
+        image = self._layer(self.image_combo.currentText())
         name = layer.name if layer is not None else "phases"
-        return jobs.default_export_base(source, name, Path.home())
+        return jobs.default_export_base(path_of(layer), name, path_of(image))
 
     def export(self, base: str | Path, overwrite: bool = False) -> list[Path] | None:
         """Write ``<base>.json`` and ``<base>.csv``; refuses existing files unless ``overwrite``."""
@@ -319,8 +322,10 @@ class MetricsPanel(QWidget):
         return written
 
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export metrics (JSON + CSV)", str(self.default_export_base()) + ".json",
-                                              "JSON + CSV (*.json)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export metrics (JSON + CSV)", str(self.default_export_base()) + ".json", "JSON + CSV (*.json)",
+            options=QFileDialog.Option.DontConfirmOverwrite,  # both files are asked about at once below
+        )
         if not path:
             return
         targets = jobs.export_targets(path)
