@@ -65,13 +65,12 @@ def load_any_bundle() -> tuple[Bundle, str]:
 def precision_table(bundle: Bundle, seg: PaserSegmenter) -> list[dict]:
     """Time and fp32 argmax agreement of channels_last / bf16 for f0 MC and f1/f2 patch batches."""
     x = torch.from_numpy(seg._input(0))[None, None]
-    ph, pw = seg.patch_size
-    patches = torch.from_numpy(
-        np.stack([seg._input(z).reshape(seg.grid[0], ph, seg.grid[1], pw).swapaxes(1, 2).reshape(-1, ph, pw) for z in range(2)])
-    ).reshape(-1, 1, ph, pw)[:DEFAULT_BATCH_SIZE]
+    cells = [(z, gy, gx) for z in range(2) for gy in range(seg.grid[0]) for gx in range(seg.grid[1])][:DEFAULT_BATCH_SIZE]
     rows = []
     for name in ("f0", "f1", "f2"):
         net = getattr(bundle, name)
+        # What the engine feeds a patch model: the patch and its halo.
+        patches = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo) for z, gy, gx in cells]))[:, None]
         ref = None
         for cl in (False, True):
             for bf16 in (False, True):
@@ -104,10 +103,11 @@ def precision_table(bundle: Bundle, seg: PaserSegmenter) -> list[dict]:
 
 def batch_table(bundle: Bundle, seg: PaserSegmenter, n: int = 32) -> list[dict]:
     ph, pw = seg.patch_size
-    patches = torch.rand(n, 1, ph, pw)
     rows = []
     for name in ("f1", "f2"):
         net = getattr(bundle, name)
+        h = net.config.halo
+        patches = torch.rand(n, 1, ph + 2 * h, pw + 2 * h)
         net.to(memory_format=torch.channels_last)
         for bs in (1, 8, 16, 32):
             def call(net=net, bs=bs):
