@@ -128,6 +128,7 @@ class MetricsPanel(QWidget):
         self.table.setHorizontalHeaderLabels(["metric", "value", "range", "unit"])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(240)  # the eleven metrics without scrolling in a typical dock
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
