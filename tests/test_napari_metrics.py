@@ -66,25 +66,28 @@ def test_panel_shows_known_answers_profile_and_exports(viewer_panel, tmp_path, n
     assert panel.export(base, overwrite=True) is not None
 
 
-@pytest.mark.parametrize(
-    "data, axis, message",
-    [
-        (np.where(channels() == 1, 5, channels()).astype(np.uint8), 0, "outside {0, 1, 2}"),
-        (np.where(channels() == 0, 2, channels()).astype(np.uint8), 0, "pore absent"),
-        (np.where(channels() == 1, 255, channels()).astype(np.uint8), 0, "not segmented yet"),
-        (channels()[0], 2, "axis 2 is out of range"),
-    ],
-)
-def test_bad_input_is_one_notification(make_napari_viewer, notes, data, axis, message):
+BAD = [
+    (np.where(channels() == 1, 5, channels()).astype(np.uint8), 0, "outside {0, 1, 2}"),
+    (np.where(channels() == 0, 2, channels()).astype(np.uint8), 0, "pore absent"),
+    (np.where(channels() == 1, 255, channels()).astype(np.uint8), 0, "not segmented yet"),
+    (channels()[0], 2, "axis 2 is out of range"),
+]
+
+
+def test_bad_input_is_one_notification(make_napari_viewer, notes):
     from napari_paser.napari_ui._metrics_panel import MetricsPanel
 
-    viewer = make_napari_viewer()
-    viewer.add_labels(data, name="phases")
+    viewer = make_napari_viewer()  # one viewer for every case: a viewer costs about a second
     panel = MetricsPanel(viewer)
-    panel.axis_spin.setValue(axis)
-    assert panel.compute(blocking=True) is None
-    assert [level for level, _ in notes] == ["error"] and message in notes[0][1]
-    assert not panel.busy and panel.run_button.isEnabled() and panel.outcome is None
+    for data, axis, message in BAD:
+        viewer.layers.clear()
+        viewer.add_labels(data, name="phases")
+        panel.labels_combo.setCurrentText("phases")
+        panel.axis_spin.setValue(axis)
+        notes.clear()
+        assert panel.compute(blocking=True) is None
+        assert [level for level, _ in notes] == ["error"] and message in notes[0][1], (message, notes)
+        assert not panel.busy and panel.run_button.isEnabled() and panel.outcome is None
 
 
 def test_cancel_stops_a_long_tortuosity_solve(make_napari_viewer, qtbot, notes):
