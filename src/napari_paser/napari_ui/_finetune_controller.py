@@ -1,0 +1,150 @@
+"""The Qt-free side of the fine-tuning panel: which pixels train, where the bundle goes, the job.
+
+Labels layers use the file convention of the plugin (0 pore, 1 carbon-binder, 2 nickel,
+255 unlabelled and drawn transparent), so the panel's own "training labels" layer, a
+labels TIFF opened from disk and the ``phases`` layer of a run (corrected by the user)
+are all read the same way; a phases layer is usually restricted to the slices the user
+marked as reviewed. The job is a generator (as :mod:`._jobs`), driven by a napari
+thread worker or synchronously; cancelling asks the training loop to stop, which then
+keeps the best networks so far and still saves the bundle.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generator, Iterable
+
+import numpy as np
+
+from ..errors import PaserInputError
+
+__all__ = [
+    "TRAINING_LABELS_KEY",
+    "UNLABELLED",
+    "new_training_labels",
+    "training_labels_from",
+    "default_bundle_name",
+    "bundle_parent_folder",
+    "FinetuneRequest",
+    "FinetuneOutcome",
+    "FinetuneController",
+]
+
+TRAINING_LABELS_KEY = "napari_paser_training_labels"
+"""Metadata key that marks the labels layer made by the panel."""
+UNLABELLED = 255
+
+
+def new_training_labels(shape: tuple[int, ...]) -> np.ndarray:
+    """An empty (all unlabelled) uint8 labels array of the image's shape."""
+    return np.full(tuple(shape), UNLABELLED, np.uint8)
+
+
+def training_labels_from(data: Any, image_shape: tuple[int, ...], reviewed: Iterable[int] | None = None) -> np.ndarray:
+    """Training labels (0, 1, 2, 255) from a labels layer's data, checked against the image.
+
+    Parameters
+    ----------
+    data : array_like
+        The layer's data (0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled).
+    image_shape : tuple of int
+    reviewed : iterable of int, optional
+        Only these slices count (the others become 255): a corrected ``phases`` layer
+        is right only where the user looked.
+
+    Raises
+    ------
+    PaserInputError
+        Shape, values, no labelled pixel, one phase only, or no reviewed slice.
+    """
+    from ..train.sparse_labels import validate_training_labels
+
+    arr = np.asarray(data)
+    if tuple(arr.shape) != tuple(image_shape):
+        validate_training_labels(arr, image_shape)  # raises the shape message
+    if reviewed is not None:
+        zs = sorted({int(z) for z in reviewed})
+        if not zs:
+            raise PaserInputError("no slice is marked as reviewed: mark the slices whose labels you checked, or untick 'reviewed slices only'")
+        if arr.ndim == 2:
+            arr = arr[None]
+        if zs[0] < 0 or zs[-1] >= arr.shape[0]:
+            raise PaserInputError(f"reviewed slice {zs[-1] if zs[-1] >= arr.shape[0] else zs[0]} is outside the stack of {arr.shape[0]} slices")
+        out = np.full(arr.shape, UNLABELLED, np.uint8)
+        part = arr[zs]
+        if np.issubdtype(part.dtype, np.integer) or np.issubdtype(part.dtype, np.floating):
+            out[zs] = np.where(np.isin(part, [0, 1, 2, UNLABELLED]), part, 254).astype(np.uint8)  # 254: reported below
+        arr = out.reshape(image_shape)
+    return validate_training_labels(arr, image_shape).reshape(image_shape)
+
+
+def default_bundle_name(image_name: str) -> str:
+    """``<image>-paser-ft``: the suggested name of a bundle adapted to that image."""
+    stem = Path(str(image_name)).stem or "scan"
+    return f"{stem}-paser-ft"
+
+
+def bundle_parent_folder(source_path: str | None, fallback: str | Path | None = None) -> Path:
+    """Where a new bundle goes: beside the image file, else ``fallback`` (else ~/napari-paser-bundles)."""
+    if source_path:
+        return Path(source_path).parent  # a file, or a folder of slices: beside it
+    return Path(fallback) if fallback else Path.home() / "napari-paser-bundles"
+
+
+@dataclass
+class FinetuneRequest:
+    """Everything a fine-tuning needs, captured on the GUI thread."""
+
+    image: Any
+    labels: np.ndarray
+    bundle_path: Path
+    folder: Path
+    name: str
+    budget_s: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class FinetuneOutcome:
+    """The saved bundle folder and the training result."""
+
+    folder: Path
+    result: Any
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self.result.cancelled)
+
+
+class FinetuneController:
+    """Runs one fine-tuning at a time; :meth:`cancel` stops it keeping the best so far."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop after its current step (its bundle is still saved)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def job(self, request: FinetuneRequest) -> Generator[Any, None, FinetuneOutcome]:
+        """Load the bundle, fine-tune (yielding :class:`~napari_paser.train.finetune.FinetuneProgress`), save."""
+        from ._torch_loading import import_torch_quietly, worker_threads
+
+        self._stop.clear()
+        if (request.folder / "manifest.json").exists():
+            raise FileExistsError(f"{request.folder} already holds a bundle; choose another name")
+        import_torch_quietly("napari_paser.train.finetune")
+        from ..engine.bundle import load_bundle
+        from ..train.finetune import FinetuneConfig, finetune_iter, save_finetuned
+
+        bundle = load_bundle(request.bundle_path)
+        cfg = FinetuneConfig(budget_s=request.budget_s, seed=request.seed, threads=worker_threads())
+        result = yield from finetune_iter(bundle, np.asarray(request.image), request.labels, cfg, stop=self._stop.is_set)
+        folder = save_finetuned(result, request.folder, request.name)
+        return FinetuneOutcome(folder, result)
