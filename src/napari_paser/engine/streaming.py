@@ -20,6 +20,7 @@ once and, for a Zarr output, writes its own region of the store.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -256,8 +257,9 @@ class SlabOutput:
     routing: np.ndarray | None = None
 
 
-# One segmenter per process and settings: a dask worker loads the bundle once.
-_SEGMENTERS: dict[tuple, Any] = {}
+# One segmenter per thread and settings: a dask worker loads the bundle once (per
+# thread: a segmenter's caches are not thread-safe, and workers may run several tasks).
+_LOCAL = threading.local()
 
 
 def _segmenter(job: StreamJob):
@@ -266,13 +268,12 @@ def _segmenter(job: StreamJob):
 
     bound_heap()  # also in dask worker processes
     key = (os.path.abspath(job.bundle_path), job.mc_passes, job.seed, job.batch_size, job.device)
-    seg = _SEGMENTERS.get(key)
-    if seg is None:
-        _SEGMENTERS.clear()  # keep one: a new bundle replaces the old one
+    cached = getattr(_LOCAL, "segmenter", None)
+    if cached is None or cached[0] != key:  # keep one: a new bundle replaces the old one
         seg = PaserSegmenter(load_bundle(job.bundle_path, device=job.device), mc_passes=job.mc_passes, seed=job.seed,
                              device=job.device, batch_size=job.batch_size)
-        _SEGMENTERS[key] = seg
-    return seg
+        _LOCAL.segmenter = cached = (key, seg)
+    return cached[1]
 
 
 def _load_slab(job: StreamJob, k: int):
