@@ -31,7 +31,7 @@ from . import CLASS_COLORS, CLASS_NAMES
 from . import io as _tiffio
 from .errors import PaserInputError
 
-__all__ = ["TiffSliceWriter", "OmeZarrOutput", "JSON_TAG", "BIGTIFF_BYTES", "is_zarr_path"]
+__all__ = ["TiffSliceWriter", "OmeZarrOutput", "JSON_TAG", "BIGTIFF_BYTES", "is_zarr_path", "new_zarr_group", "create_zarr_array"]
 
 JSON_TAG = _tiffio._JSON_TAG
 """Private TIFF tag holding the JSON metadata of a BigTIFF (ImageJ's Info needs ImageJ format)."""
@@ -265,6 +265,21 @@ def _zarr():
 _RECORDS = "paser"  # group of per-slab records inside the store
 
 
+def new_zarr_group(path: str | os.PathLike):
+    """A new, empty Zarr group in format 2 (OME-NGFF 0.4), with zarr 2 or zarr 3."""
+    zarr = _zarr()
+    try:
+        return zarr.open_group(str(path), mode="w", zarr_format=2)
+    except TypeError:  # zarr 2: format 2 is the only one
+        return zarr.open_group(str(path), mode="w")
+
+
+def create_zarr_array(group, name: str, **kwargs):
+    """``group.create_array`` (zarr 3) or ``group.create_dataset`` (zarr 2)."""
+    create = getattr(group, "create_array", None) or group.create_dataset
+    return create(name, **kwargs)
+
+
 class OmeZarrOutput:
     """A resumable OME-Zarr label store that slab tasks fill in parallel.
 
@@ -356,7 +371,6 @@ class OmeZarrOutput:
             self.path.unlink()
 
     def _create(self, shape, grid, slab, run_key, voxel_size, entropy, routing) -> None:
-        zarr = _zarr()
         vs = _check_voxel(voxel_size)
         z, h, w = (int(v) for v in shape)
         plane_chunks = (1, min(h, 1024), min(w, 1024))
@@ -366,17 +380,17 @@ class OmeZarrOutput:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
-            g = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-            g.create_array("0", shape=(z, h, w), chunks=plane_chunks, dtype="uint8", fill_value=0)
+            g = new_zarr_group(tmp)
+            create_zarr_array(g, "0", shape=(z, h, w), chunks=plane_chunks, dtype="uint8", fill_value=0)
             if entropy:
-                g.create_array("entropy", shape=(z, h, w), chunks=plane_chunks, dtype="float32", fill_value=0.0)
+                create_zarr_array(g, "entropy", shape=(z, h, w), chunks=plane_chunks, dtype="float32", fill_value=0.0)
             if routing:
-                g.create_array("routing", shape=(z, *grid), chunks=(1, *grid), dtype="uint8", fill_value=0)
+                create_zarr_array(g, "routing", shape=(z, *grid), chunks=(1, *grid), dtype="uint8", fill_value=0)
             rec = g.create_group(_RECORDS)
-            rec.create_array("done", shape=(n_slabs,), chunks=(1,), dtype="uint8", fill_value=0)
-            rec.create_array("gflops", shape=(z,), chunks=(slab,), dtype="float64", fill_value=0.0)
-            rec.create_array("counts", shape=(n_slabs, 2, 3), chunks=(1, 2, 3), dtype="int64", fill_value=0)
-            rec.create_array("seconds", shape=(n_slabs,), chunks=(1,), dtype="float64", fill_value=0.0)
+            create_zarr_array(rec, "done", shape=(n_slabs,), chunks=(1,), dtype="uint8", fill_value=0)
+            create_zarr_array(rec, "gflops", shape=(z,), chunks=(slab,), dtype="float64", fill_value=0.0)
+            create_zarr_array(rec, "counts", shape=(n_slabs, 2, 3), chunks=(1, 2, 3), dtype="int64", fill_value=0)
+            create_zarr_array(rec, "seconds", shape=(n_slabs,), chunks=(1,), dtype="float64", fill_value=0.0)
             scale = list(vs) if vs is not None else [1.0, 1.0, 1.0]
             unit = {"unit": "micrometer"} if vs is not None else {}
             g.attrs.update(

@@ -115,14 +115,14 @@ def routing_outline(routing: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
 
 def _disk_buffers(folder: str, shape: tuple, grid: tuple, cells: tuple[int, int]) -> tuple[Any, Any, Any]:
     """Phase, entropy and routing-ring volumes as Zarr arrays, one chunk per plane."""
-    import zarr
+    from ..io_writers import create_zarr_array, new_zarr_group
 
     z, h, w = (int(v) for v in shape)
     rings = (z, int(grid[1]) * cells[0], int(grid[2]) * cells[1])
-    g = zarr.open_group(folder, mode="w")
-    labels = g.create_array(PHASES, shape=(z, h, w), chunks=(1, h, w), dtype="uint8", fill_value=PENDING)
-    entropy = g.create_array(ENTROPY, shape=(z, h, w), chunks=(1, h, w), dtype="float32", fill_value=0.0)
-    routing = g.create_array(ROUTING, shape=rings, chunks=(1, *rings[1:]), dtype="uint8", fill_value=PENDING)
+    g = new_zarr_group(folder)
+    labels = create_zarr_array(g, PHASES, shape=(z, h, w), chunks=(1, h, w), dtype="uint8", fill_value=PENDING)
+    entropy = create_zarr_array(g, ENTROPY, shape=(z, h, w), chunks=(1, h, w), dtype="float32", fill_value=0.0)
+    routing = create_zarr_array(g, ROUTING, shape=rings, chunks=(1, *rings[1:]), dtype="uint8", fill_value=PENDING)
     return labels, entropy, routing
 
 
