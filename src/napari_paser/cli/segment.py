@@ -184,8 +184,6 @@ def _run_key(args, volume, bundle_path: Path, bundle, slab: int) -> dict:
 def _executor(args):
     from ..engine.streaming import LocalExecutor, dask_executor
 
-    if args.workers is not None and args.workers < 1:
-        raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
     if args.scheduler or (args.workers or 1) > 1:
         return dask_executor(workers=args.workers, scheduler=args.scheduler)
     return LocalExecutor()
@@ -202,6 +200,8 @@ def run(args) -> int:
     check_knobs(args.lam, args.tvd, args.mc_passes, args.batch_size)
     if args.slab is not None and args.slab < 1:
         raise PaserInputError(f"--slab must be at least 1, got {args.slab}")
+    if args.workers is not None and args.workers < 1:
+        raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
     get_method(args.method)  # fail on a typo before reading anything
     out = Path(args.output)
     zarr_out = is_zarr_path(out)
