@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="output bundle folder (default: IMAGE-STEM-paser-ft beside the image, -2, -3... if taken)")
     p.add_argument("--name", help="bundle name in the manifest (default: the folder's name)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help="wall-clock budget (default: 60 s + 30 s per 224x256 slice of labels, at most 180 s)")
+                   help="wall-clock budget (default: scaled with the labelled area, 60 s to at most 180 s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

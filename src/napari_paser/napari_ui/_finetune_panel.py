@@ -70,6 +70,8 @@ class FinetunePanel(QWidget):
         Slices marked as reviewed (used with "reviewed slices only").
     outcome : FinetuneOutcome or None
         The last finished fine-tuning.
+    history : dict or None
+        Loss and held-out IoU of the running (or last) fine-tuning, as plotted.
     """
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
@@ -79,6 +81,7 @@ class FinetunePanel(QWidget):
         self.output_folder: str | None = None
         self.reviewed: set[int] = set()
         self.outcome: FinetuneOutcome | None = None
+        self.history: dict | None = None
         self.controller = FinetuneController()
         self._worker = None
         self._pbar: progress | None = None
@@ -113,7 +116,7 @@ class FinetunePanel(QWidget):
         self.budget_spin.setRange(0, 3600)
         self.budget_spin.setSuffix(" s")
         self.budget_spin.setSpecialValueText("auto (≤ 180 s)")
-        self.budget_spin.setToolTip("Wall-clock budget; auto: 60 s + 30 s per 224x256 slice of labels, at most 180 s")
+        self.budget_spin.setToolTip("Wall-clock budget; auto: scaled with the labelled area, 60 s to at most 180 s")
         self.bundle_combo = QComboBox()
         for b in registry.list_bundles():
             self.bundle_combo.addItem(f"{b.name} {b.version}".strip(), str(b.path))
@@ -367,6 +370,7 @@ class FinetunePanel(QWidget):
             if step > 0:
                 pbar.update(step)
         self._set_status(f"{msg.stage}: {msg.text} ({msg.elapsed:.0f} / {msg.budget:.0f} s)")
+        self.history = msg.history
         self._draw_history(msg.history)
 
     def _draw_history(self, history: dict | None) -> None:
