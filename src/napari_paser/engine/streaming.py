@@ -377,13 +377,16 @@ class DaskExecutor:
     def __init__(self, client, owns_cluster: bool = False):
         self.client = client
         self.owns_cluster = owns_cluster
-        self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+
+    @property
+    def workers(self) -> int:
+        """Worker threads now (a scaled cluster, e.g. dask-jobqueue, may grow while it runs)."""
+        return max(1, sum(self.client.nthreads().values()))
 
     def map(self, fn: Callable, job: StreamJob, ks: Sequence[int], *args, ordered: bool = True) -> Iterator:
         from distributed import as_completed
 
         ks = list(ks)
-        window = 2 * self.workers  # finished results wait here until their turn: bounded memory
         [job_future] = self.client.scatter([job], broadcast=True)
         slab_of: dict[str, int] = {}
         ready: dict[int, Any] = {}
@@ -401,7 +404,7 @@ class DaskExecutor:
             ac.add(f)
             return True
 
-        for _ in range(window):
+        for _ in range(2 * self.workers):
             submit()
         for f in ac:
             k = slab_of.pop(f.key)
@@ -415,7 +418,8 @@ class DaskExecutor:
             while want is not None and want in ready:
                 yield ready.pop(want)
                 want = next(order, None)
-            while len(slab_of) + len(ready) < window and submit():
+            # Finished results wait in `ready` until their turn: two per worker thread at most.
+            while len(slab_of) + len(ready) < 2 * self.workers and submit():
                 pass
 
     def close(self) -> None:
@@ -545,8 +549,9 @@ def stream_segment(
     ks_all = list(range(-(-z // slab)))
     ks = ks_all if todo is None else sorted(int(k) for k in todo)
     idk_prepass = spec.name == "idk" and _idk_needs_thresholds(bundle)
-    passes = 1 + (1 if tvd is not None else 0) + (2 if idk_prepass else 0) + 1
-    counter = _Counter(total=passes * z if ks else z, progress=progress)
+    pre_passes = 1 + (1 if tvd is not None else 0) + (2 if idk_prepass else 0)  # statistics, λ, IDK thresholds
+    to_segment = sum(min(slab, z - k * slab) for k in ks)
+    counter = _Counter(total=(pre_passes * z if ks else z) + to_segment, progress=progress)
 
     norm = bundle.normalization
     normalizer = fit_normalizer(volume, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5),
@@ -558,8 +563,6 @@ def stream_segment(
     job = StreamJob(volume, str(bundle_path), spec.name, None if lam is None else float(lam), normalizer, slab,
                     mc_passes=mc_passes, seed=seed, batch_size=batch_size, entropy=entropy, routing=routing,
                     output=zarr_output, device=device)
-    if not ks:  # a resumed run with nothing left: report from the records
-        counter.done = counter.total = z
     if ks and tvd is not None:
         s1 = [None] * len(ks_all)
         s2 = [None] * len(ks_all)
