@@ -292,3 +292,24 @@ def test_cli_train_init_accepts_sparse_labels(tiny_bundle_dir, tmp_path):
     assert rc == 0
     bundle = load_bundle(out)
     assert all(np.isfinite(p.detach().numpy()).all() for m in bundle.models().values() for p in m.parameters())
+
+
+def test_finetune_handles_v2_networks_stem_halo_and_head_dropout():
+    """The v2 bundle's shapes: f0 with a space-to-depth stem and head MC dropout, f1/f2 with a halo."""
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.models import PolicyConfig, UNetConfig
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.train.finetune import finetune
+
+    configs = {
+        "f0": UNetConfig(base_width=4, depth=2, dropout=0.2, stem=4, mc_scope="head"),
+        "f1": UNetConfig(base_width=4, depth=2, stem=2, halo=8),
+        "f2": UNetConfig(base_width=6, depth=2, halo=8),
+        "policy": PolicyConfig(in_channels=10, width=4, features="v2", blocks=2, grid_context=True),
+    }
+    bundle = Bundle.from_configs(configs, seed=0, meta={"name": "tiny-v2"}).eval()
+    img, lab = _scan(2)
+    res = finetune(bundle, img, lab, _fast_cfg())
+    assert all(n > 0 for n in res.bundle.meta["finetune"]["steps"].values())
+    assert res.held_out_iou["best"]["f2"] >= res.held_out_iou["start"]["f2"]
+    assert segment(img, res.bundle).labels.shape == img.shape
