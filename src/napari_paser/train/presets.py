@@ -107,6 +107,9 @@ PRESETS: dict[str, TrainConfig] = {
         policy_batch=32,
         reward="dataset_iou",
         ft_steps=0,
+        # No joint fine-tuning stage, so its split keeps one volume only; the rest
+        # goes to pre-training, which gains most from variety.
+        splits={"pretrain": 0.62, "rl": 0.2, "finetune": 0.0, "val": 0.12},
         iou_ratio_target=0.99,
         flops_ratio_target=0.25,
         augment=AugmentConfig(contrast=0.5, offset=0.15, noise=0.08, noise_prob=0.5, blur=1.5, blur_prob=0.35,
