@@ -156,3 +156,23 @@ def test_a_corrected_phases_layer_trains_on_reviewed_slices_only(setup, notes):
     assert panel.reviewed == {1} and panel.reviewed_label.text() == "1"
     request = panel._request()
     assert np.all(request.labels[0] == 255) and np.array_equal(request.labels[1], truth[1])
+
+
+def test_without_a_paser_widget_the_panel_opens_one_with_the_new_bundle(make_napari_viewer, tiny_bundle_dir, tmp_path, notes):
+    from napari_paser.napari_ui._finetune_panel import FinetunePanel
+    from napari_paser.napari_ui._widget import PaserWidget
+
+    viewer = make_napari_viewer()
+    img, truth = _scan()
+    viewer.add_image(img, name="ct")
+    panel = FinetunePanel(viewer)
+    viewer.window.add_dock_widget(panel, name="Adapt PaSeR to this scan")
+    panel.set_start_bundle(tiny_bundle_dir)
+    panel.output_folder = str(tmp_path)
+    panel.labels_layer = viewer.add_labels(np.where(np.arange(truth.size).reshape(truth.shape) % 7 == 0, truth, 255).astype(np.uint8))
+    panel.budget_s = 2
+    outcome = panel.start(blocking=True)
+    assert outcome is not None, notes
+    assert outcome.result.bundle.meta["finetune"]["from"] == "tiny-test"
+    widgets = [w for w in viewer.window.dock_widgets.values() if isinstance(w, PaserWidget)]
+    assert len(widgets) == 1 and widgets[0].bundle_path == outcome.folder

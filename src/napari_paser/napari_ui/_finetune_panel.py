@@ -273,6 +273,21 @@ class FinetunePanel(QWidget):
             return None
         return next((w for w in docks.values() if isinstance(w, PaserWidget)), None)
 
+    def set_start_bundle(self, folder: str | Path) -> None:
+        """Start from this bundle folder when no PaSeR widget is open (else its bundle is used)."""
+        folder = str(Path(folder).expanduser())
+        if self.bundle_combo.findData(folder) < 0:
+            self.bundle_combo.addItem(f"{Path(folder).name} (folder)", folder)
+        self.bundle_combo.setCurrentIndex(self.bundle_combo.findData(folder))
+
+    def _open_paser_widget(self) -> Any:
+        """Dock the PaSeR widget (to run the new bundle); None without a window."""
+        try:
+            _, widget = self.viewer.window.add_plugin_dock_widget("napari-paser", "PaSeR segmentation")
+        except (AttributeError, KeyError, ValueError):  # headless, or the plugin is not registered
+            return None
+        return widget
+
     def _start_bundle(self) -> Path | None:
         widget = self._paser_widget()
         if widget is not None and widget.bundle_path is not None:
@@ -399,7 +414,7 @@ class FinetunePanel(QWidget):
             f"Fine-tuning {what} in {outcome.result.seconds:.0f} s: held-out IoU f2 {held['start']['f2']:.3f} → "
             f"{held['best']['f2']:.3f}. Bundle {outcome.folder.name} is selected: press Run in the PaSeR widget."
         )
-        widget = self._paser_widget()
+        widget = self._paser_widget() or self._open_paser_widget()
         if widget is not None:
             widget.add_bundle_folder(outcome.folder)
         else:
