@@ -74,13 +74,30 @@ def paser_scores(bundle, image: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def forest(image: np.ndarray, labels: np.ndarray, truth: np.ndarray, seed: int, jobs: int) -> tuple[float, float]:
+def forest(image: np.ndarray, labels: np.ndarray, truth: np.ndarray, seed: int, jobs: int, cache: Path | None, kind: str) -> tuple[float, float]:
+    """Mean IoU on the test slices of the random forest trained on ``labels``, and its seconds.
+
+    It does not depend on the bundle, so with ``cache`` the score of an earlier run with the
+    same volume, labels and forest settings is reused (the file says when it was measured).
+    """
+    import hashlib
+    import json
+
     from napari_paser.engine.random_forest import RandomForestSegmenter
 
+    rf = RandomForestSegmenter(seed=seed, n_jobs=jobs)
+    key = hashlib.sha1(labels.tobytes() + image.tobytes() + repr((rf.n_estimators, rf.max_samples, rf.sigmas)).encode()).hexdigest()[:12]
+    path = cache / f"rf_{seed}_{kind}_{key}.json" if cache else None
+    if path is not None and path.is_file():
+        d = json.loads(path.read_text())
+        return d["mean_iou"], d["seconds"]
     t0 = time.perf_counter()
-    rf = RandomForestSegmenter(seed=seed, n_jobs=jobs).fit(image, labels)
+    rf.fit(image, labels)
     pred = rf.predict(image[list(TEST_SLICES)])
-    return score(pred, truth[list(TEST_SLICES)]), time.perf_counter() - t0
+    out = score(pred, truth[list(TEST_SLICES)]), time.perf_counter() - t0
+    if path is not None:
+        path.write_text(json.dumps({"mean_iou": out[0], "seconds": out[1], "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "jobs": jobs}))
+    return out
 
 
 def adapt(bundle, image: np.ndarray, labels: np.ndarray, truth: np.ndarray, budget: float | None, log) -> dict:
@@ -103,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="out-of-family volume seeds (default 9101 9102 9103)")
     p.add_argument("--budget", type=float, default=None, help="fine-tuning budget in seconds (default: the automatic one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads and random-forest jobs (default: all cores)")
-    p.add_argument("--cache", type=Path, default=None, help="folder to keep the generated volumes in (npz)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder to keep the generated volumes (npz) and the random forest's scores (JSON) in")
+    p.add_argument("--rf-only", action="store_true", help="only the random forests (to fill --cache ahead of a run)")
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("finetune_results.md"), help="markdown file to write")
     args = p.parse_args(argv)
 
@@ -134,16 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         sparse[list(TRAIN_SLICES)] = simulate_strokes(truth[list(TRAIN_SLICES)], SPARSE_FRACTION, seed=seed)
         frac = float((sparse[list(TRAIN_SLICES)] != UNLABELLED).mean())
         log(f"volume {seed}: {image.shape} {image.dtype}; sparse labels cover {100 * frac:.1f} % of slices 0-3")
+        jobs = args.threads or -1
+        rf_full, rf_full_s = forest(image, full, truth, seed, jobs, args.cache, "full")
+        rf_sparse, rf_sparse_s = forest(image, sparse, truth, seed, jobs, args.cache, "sparse")
+        log(f"  random forest: full labels {rf_full:.4f} ({rf_full_s:.0f} s), sparse labels {rf_sparse:.4f} ({rf_sparse_s:.0f} s)")
+        if args.rf_only:
+            continue
         shipped = paser_scores(bundle, image, truth)
         log(f"  shipped: PaSeR {shipped['paser']:.4f} (f1 {shipped['f1']:.4f}, f2 {shipped['f2']:.4f})")
-        jobs = args.threads or -1
-        rf_full, rf_full_s = forest(image, full, truth, seed, jobs)
-        rf_sparse, rf_sparse_s = forest(image, sparse, truth, seed, jobs)
-        log(f"  random forest: full labels {rf_full:.4f} ({rf_full_s:.0f} s), sparse labels {rf_sparse:.4f} ({rf_sparse_s:.0f} s)")
         ft_full = adapt(bundle, image, full, truth, args.budget, log)
         ft_sparse = adapt(bundle, image, sparse, truth, args.budget, log)
         rows.append(dict(seed=seed, frac=frac, shipped=shipped, rf_full=rf_full, rf_sparse=rf_sparse, full=ft_full, sparse=ft_sparse))
 
+    if args.rf_only:
+        return 0
     held = {
         "full": [r["full"]["paser"] >= r["rf_full"] + 0.03 for r in rows],
         "sparse": [r["sparse"]["paser"] >= r["rf_full"] for r in rows],
@@ -161,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean IoU (one confusion matrix) on slices 8-15. *Full*: slices 0-3 fully labelled; *sparse*: brush strokes and dots "
         f"over about {int(100 * SPARSE_FRACTION)} % of their pixels (`simulate_strokes`), the rest 255. PaSeR at the adapted "
         "bundle's λ (chosen on held-out painted pixels); the random forest (100 trees, multi-scale Gaussian, gradient, "
-        "Hessian, LoG, DoG and structure-tensor features) is trained on the same pixels (at most 100 000 drawn at random).",
+        "Hessian, LoG, DoG and structure-tensor features) is trained on the same pixels (at most 100 000 drawn at random); "
+        + ("its scores do not depend on the bundle and are reused from `--cache` when an earlier run measured them." if args.cache else ""),
         "",
         "| volume | shipped PaSeR | RF full | RF sparse | PaSeR full (f1 / f2) | PaSeR sparse (f1 / f2) | λ full / sparse | "
         "seconds full / sparse |",
