@@ -154,6 +154,7 @@ def beyond_ram(workdir: Path, planes: int, slabs: int, lam: float | None, sample
     r.update(planes=planes, file_gib=src.stat().st_size / 2**30, float32_gib=4 * voxels / 2**30, ram_gib=mem["MemTotal"] / 2**30,
              swap_gib=mem["SwapTotal"] / 2**30, seconds_per_megavoxel=r["segment_seconds"] / mvox,
              stats_seconds_per_megavoxel=r["stats_seconds"] / (voxels / 1e6))
+    shutil.rmtree(workdir / "big.zarr", ignore_errors=True)
     print(f"  statistics pass over all {planes} planes: {r['stats_seconds']:.1f} s; segmented {r['planes_segmented']} planes "
           f"(slab {r['slab']}) in {r['segment_seconds']:.1f} s = {r['seconds_per_megavoxel']:.3f} s/MVx; peak RSS {r['maxrss_mb']:.1f} MB",
           flush=True)
@@ -163,7 +164,7 @@ def beyond_ram(workdir: Path, planes: int, slabs: int, lam: float | None, sample
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--slices", type=int, nargs="+", default=[8, 96], help="stack sizes of the growth measurement")
+    ap.add_argument("--slices", type=int, nargs="*", default=[8, 96], help="stack sizes of the growth measurement (none: skip it)")
     ap.add_argument("--big-planes", type=int, default=0, help="planes of the beyond-RAM stack (0: skip; 6000 = 12 GiB uint16)")
     ap.add_argument("--big-slabs", type=int, default=2, help="slabs of the beyond-RAM stack to segment")
     ap.add_argument("--lam", type=float, help="λ (default: the bundle's)")
@@ -175,10 +176,11 @@ def main(argv=None) -> int:
     samples = sample_planes()
     results: dict = {"cpu_count": os.cpu_count()}
     try:
-        print(f"growth of segment's peak RSS, {SIDE}x{SIDE} uint16 slices:", flush=True)
-        results["growth"] = growth(workdir, sorted(args.slices), args.lam, samples)
-        g = results["growth"]
-        print(f"  growth {g['rows'][0]['slices']} -> {g['rows'][-1]['slices']} slices: {g['growth_mb']:+.1f} MB", flush=True)
+        if args.slices:
+            print(f"growth of segment's peak RSS, {SIDE}x{SIDE} uint16 slices:", flush=True)
+            results["growth"] = growth(workdir, sorted(args.slices), args.lam, samples)
+            g = results["growth"]
+            print(f"  growth {g['rows'][0]['slices']} -> {g['rows'][-1]['slices']} slices: {g['growth_mb']:+.1f} MB", flush=True)
         if args.big_planes > 0:
             print("beyond RAM:", flush=True)
             results["beyond_ram"] = beyond_ram(workdir, args.big_planes, args.big_slabs, args.lam, samples)
