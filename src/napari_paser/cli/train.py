@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("data (either --images/--labels or --data)")
     src.add_argument("--images", nargs="+", metavar="TIF", help="image stacks (TIFF)")
-    src.add_argument("--labels", nargs="+", metavar="TIF", help="label stacks (0 pore, 1 carbon-binder, 2 nickel), same order")
+    src.add_argument("--labels", nargs="+", metavar="TIF",
+                     help="label stacks (0 pore, 1 carbon-binder, 2 nickel; 255 unlabelled: sparse labels), same order")
     src.add_argument("--data", metavar="DIR", help="folder of NAME_image.tif/NAME_labels.tif pairs, or the paper's PNG layout")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
     p.add_argument("--preset", choices=("quick", "v2", "paper", "init"), default=None,
