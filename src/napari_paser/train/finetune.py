@@ -16,8 +16,8 @@ within a wall-clock budget:
    held-out pixels; the best state of each is kept, so a cancel (``stop()``) or the end
    of the budget returns the best networks seen, never a worse one than the start.
 4. The policy is kept (it reads f0's output, which keeps its meaning); the bundle's λ is
-   re-chosen on the held-out pixels: the largest λ whose IoU is within
-   ``lam_tolerance`` of the best λ's.
+   re-chosen on the held-out pixels: the best λ there, ties going to the λ nearest the
+   bundle's own (validated) default.
 
 Progress comes as :class:`FinetuneProgress` messages (for a napari worker, a tqdm bar or
 a plot); the result is a new :class:`~napari_paser.engine.bundle.Bundle` with a
@@ -110,9 +110,8 @@ class FinetuneConfig:
     evaluations : int
         How many times the held-out pixels are scored during training.
     lam_tolerance : float
-        λ is the largest whose held-out IoU is within this of the best λ's (0: the best
-        λ, ties to the cheaper routing; the held-out patches are few, so a tolerance
-        trades IoU on them for noise).
+        λ is, among those whose held-out IoU is within this of the best λ's, the one
+        closest to the bundle's own default λ.
     augment : AugmentConfig
         Flips, rotations and mild intensity jitter (the scan is known: its contrast does
         not need to generalise far).
@@ -387,7 +386,12 @@ class _Trainer:
 
 @torch.no_grad()
 def _choose_lam(bundle: Bundle, data: _Data, tolerance: float, seed: int) -> tuple[float, list[dict]]:
-    """Largest λ whose held-out IoU is within ``tolerance`` of the best λ's, and the curve."""
+    """The λ with the best held-out IoU (within ``tolerance``) closest to the bundle's own, and the curve.
+
+    Many λ tie: the held-out patches are a few, and routings that differ elsewhere score
+    the same on them. Among the ties the bundle's validated λ (or the nearest to it) is
+    kept, rather than the cheapest, which would send unscored patches to f0 blindly.
+    """
     ps = bundle.patch_size
     prob, feats = _f0_prob(bundle, data.x, seed)
     bundle.policy.eval()
@@ -404,7 +408,8 @@ def _choose_lam(bundle: Bundle, data: _Data, tolerance: float, seed: int) -> tup
         cm = confs[np.arange(len(r)), r].sum(0)
         curve.append({"lam": float(lam), "mean_iou": round(mean_iou(cm), 5), "fractions": np.bincount(r, minlength=3).tolist()})
     best = max(c["mean_iou"] for c in curve)
-    lam = max(c["lam"] for c in curve if c["mean_iou"] >= best - tolerance)
+    ties = [c["lam"] for c in curve if c["mean_iou"] >= best - tolerance]
+    lam = min(ties, key=lambda v: (abs(v - bundle.default_lam), v))
     return lam, curve
 
 
@@ -555,7 +560,11 @@ def finetune_iter(
             "steps": {m: t.steps for m, t in trainers.items()},
             "adabn_kept": adabn,
             "held_out_iou": held,
-            "default_lam": {"before": old_lam, "after": float(lam), "rule": f"largest lambda within {cfg.lam_tolerance} of the best held-out IoU"},
+            "default_lam": {
+                "before": old_lam,
+                "after": float(lam),
+                "rule": f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda",
+            },
             "lam_curve": curve,
             "config": {k: v for k, v in cfg.to_dict().items() if k != "augment"},
             "torch_threads": torch.get_num_threads(),
