@@ -191,7 +191,7 @@ class TiffVolume(Volume):
     """A multi-page TIFF (ImageJ, OME, BigTIFF or plain) read a range of pages at a time."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = str(_tiffio._check_path(path))
+        self.path = os.path.abspath(_tiffio._check_path(path))  # absolute: workers may run elsewhere
         self.source = self.path
         with _tiffio._open_tiff(Path(self.path)) as tif:
             series = tif.series[0]
@@ -252,14 +252,14 @@ class TiffFolderVolume(Volume):
             else:
                 paths = [p for p in glob.glob(spec) if os.path.isfile(p)]
                 where = f"pattern {spec}"
-            self.source = spec
+            self.source = os.path.abspath(spec)
         else:
             paths = [str(p) for p in files]
             where = "the file list"
             self.source = paths[0] if paths else ""
         if not paths:
             raise PaserInputError(f"no TIFF slices found in {where}")
-        self.files = sorted(paths, key=_natural_key)
+        self.files = [os.path.abspath(f) for f in sorted(paths, key=_natural_key)]
         first = self.files[0]
         with _tiffio._open_tiff(_tiffio._check_path(first)) as tif:
             page_shape = tuple(int(s) for s in tif.series[0].shape if s != 1)
@@ -321,7 +321,7 @@ class HDF5Volume(Volume):
         p = Path(path)
         if not p.is_file():
             raise PaserInputError(f"file not found: {p}")
-        self.path = str(p)
+        self.path = os.path.abspath(p)
         try:
             with h5py.File(self.path, "r") as f:
                 self.dataset = _pick_hdf5_dataset(f, dataset, self.path)
@@ -422,7 +422,7 @@ class ZarrVolume(Volume):
         p = Path(path)
         if not p.exists():
             raise PaserInputError(f"not found: {p}")
-        self.path = str(p)
+        self.path = os.path.abspath(p)
         try:
             node = zarr.open(self.path, mode="r")
         except _READ_ERRORS as err:

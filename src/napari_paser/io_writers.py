@@ -303,7 +303,7 @@ class OmeZarrOutput:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # dask workers may not share the working directory
         self._group = None
 
     def __getstate__(self) -> dict:

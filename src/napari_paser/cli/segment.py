@@ -212,7 +212,7 @@ def run(args) -> int:
     if args.report:
         check_writable(args.report, args.overwrite)
     volume = open_volume(args.input, args.dataset)
-    bundle_path = resolve_bundle_arg(args.bundle)
+    bundle_path = resolve_bundle_arg(args.bundle).resolve()  # absolute: dask workers load it too
     from ..engine.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
