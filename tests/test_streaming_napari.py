@@ -60,7 +60,8 @@ def test_folder_stack_streams_through_zarr_and_reroutes(make_napari_viewer, rout
     viewer.window.add_dock_widget(widget)
     assert widget.add_bundle_folder(routing_bundle_dir)
     widget.mc_spin.setValue(2)
-    widget.store_folder = str(tmp_path / "stores")
+    widget.set_store_folder(tmp_path / "stores")
+    assert widget.store_button.text().endswith("stores/")
     widget.image_layer = image
     widget.lam = 0.9
     reads.clear()

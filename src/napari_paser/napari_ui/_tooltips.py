@@ -48,6 +48,11 @@ TOOLTIPS: dict[str, str] = {
         "fractions of the stack and per slice, and IoU when a ground truth is chosen."
     ),
     "status": "What the plugin is doing now.",
+    "store": (
+        "Where stacks too big for memory are segmented to: a Zarr store (phases, entropy, routing) "
+        "in a new folder under this one, which the result layers read lazily. Default: the system's "
+        "temporary folder. The store stays on disk after the session."
+    ),
 }
 """Tooltip text per control key."""
 

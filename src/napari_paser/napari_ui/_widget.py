@@ -55,6 +55,7 @@ MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
 SLIDER_STEPS = 1000
+STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
 """Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.025)."""
 
 
@@ -188,6 +189,7 @@ class PaserWidget(QWidget):
         self.export_button = QPushButton("Export…")
         self.status_label = QLabel("Ready.")
         self.status_label.setWordWrap(True)
+        self.store_button = QPushButton(STORE_DEFAULT_TEXT)
 
         for widget, key in [
             (self.image_combo, "image"), (self.bundle_combo, "bundle"), (self.mc_spin, "mc_passes"),
@@ -195,6 +197,7 @@ class PaserWidget(QWidget):
             (self.tvd_slider, "tvd"), (self.tvd_label, "tvd"), (self.run_button, "run"),
             (self.cancel_button, "cancel"), (self.device_label, "device"), (self.gt_combo, "ground_truth"),
             (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
+            (self.store_button, "store"),
         ]:
             widget.setToolTip(TOOLTIPS[key])
 
@@ -216,6 +219,7 @@ class PaserWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(stats_box)
         layout.addWidget(self._row(self.masks_check, self.export_button))
+        layout.addWidget(self.store_button)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
 
@@ -227,9 +231,20 @@ class PaserWidget(QWidget):
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(lambda: self.export())
+        self.store_button.clicked.connect(self._choose_store_folder)
         self.masks_check.toggled.connect(self._on_masks_toggled)
         self.gt_combo.currentIndexChanged.connect(self._on_ground_truth)
         self._on_mode()
+
+    def _choose_store_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the results of stacks too big for memory")
+        if folder:
+            self.set_store_folder(folder)
+
+    def set_store_folder(self, folder: str | Path | None) -> None:
+        """Segment stacks too big for memory into a Zarr store under ``folder`` (None: temporary folder)."""
+        self.store_folder = str(folder) if folder else None
+        self.store_button.setText(f"Big stacks to: {Path(folder).name}/" if folder else STORE_DEFAULT_TEXT)
 
     @staticmethod
     def _slider(maximum: int, value: int) -> tuple[QSlider, QLabel]:
