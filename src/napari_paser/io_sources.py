@@ -555,7 +555,13 @@ def open_volume(path: str | os.PathLike, dataset: str | None = None) -> Volume:
     try:
         return TiffVolume(p)
     except _NotPlanar:
-        # Pages are not the planes (tiles, samples per pixel, several series): read it
-        # whole; the engine validates the shape.
+        pass
+    # Pages are not the planes (an ImageJ stack over 4 GiB with one IFD, samples per
+    # pixel, tiles): memory-map it when the pixels are contiguous, else read it whole;
+    # the engine validates the shape.
+    voxel = _tiffio.read_voxel_size(p)
+    try:
+        data = _tiffio._squeeze_to_stack(tifffile.memmap(p, mode="r"), p)
+    except (ValueError, tifffile.TiffFileError):  # compressed or not contiguous
         data, voxel = _tiffio.read_stack(p)
-        return ArrayVolume(data, voxel, source=str(p))
+    return ArrayVolume(data, voxel, source=os.path.abspath(p))
