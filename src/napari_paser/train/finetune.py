@@ -153,8 +153,8 @@ class FinetuneProgress:
         Seconds since the start and the budget.
     history : dict
         ``time``/``loss`` (running loss of the training steps, any network) and
-        ``eval_time``/``iou`` (held-out mean IoU per network) so far; the same dict
-        every time (read it, do not keep it).
+        ``eval_time``/``iou`` (held-out mean IoU per network) so far: a copy, safe to
+        read on another thread while training goes on.
     text : str
         One line for a status label.
     """
@@ -416,6 +416,12 @@ def _choose_lam(bundle: Bundle, data: _Data, tolerance: float, seed: int) -> tup
 # --------------------------------------------------------------------------- the loop
 
 
+def _snapshot(history: dict) -> dict:
+    """A copy of the history (a GUI thread plots it while the loop appends)."""
+    return {"time": list(history["time"]), "loss": list(history["loss"]), "eval_time": list(history["eval_time"]),
+            "iou": {m: list(v) for m, v in history["iou"].items()}}
+
+
 def finetune_iter(
     bundle: Bundle,
     image: np.ndarray,
@@ -465,7 +471,7 @@ def finetune_iter(
         budget = float(cfg.budget_s) if cfg.budget_s else auto_budget(data.labelled_pixels, len(data.slices))
         elapsed = lambda: time.perf_counter() - t0  # noqa: E731
         stopped = lambda: stop is not None and bool(stop())  # noqa: E731
-        yield FinetuneProgress("prepare", elapsed(), budget, history, f"{data.labelled_pixels} labelled pixels in {len(data.slices)} slices")
+        yield FinetuneProgress("prepare", elapsed(), budget, _snapshot(history), f"{data.labelled_pixels} labelled pixels in {len(data.slices)} slices")
 
         def record(scores: dict) -> None:
             history["eval_time"].append(round(elapsed(), 2))
@@ -475,7 +481,7 @@ def finetune_iter(
         start = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
         adabn = {}
         if cfg.adabn and not stopped():
-            yield FinetuneProgress("adabn", elapsed(), budget, history, "batch-norm statistics of the scan")
+            yield FinetuneProgress("adabn", elapsed(), budget, _snapshot(history), "batch-norm statistics of the scan")
             for m in MODELS:
                 model = getattr(bundle, m)
                 saved = copy.deepcopy(model.state_dict())
@@ -524,7 +530,7 @@ def finetune_iter(
                 history["time"].append(round(last_msg, 2))
                 history["loss"].append(round(float(np.mean(losses[-20:])), 5))
                 iou = best["f2"][0]
-                yield FinetuneProgress("train", last_msg, budget, history, f"loss {history['loss'][-1]:.3f}, best held-out IoU f2 {iou:.3f}")
+                yield FinetuneProgress("train", last_msg, budget, _snapshot(history), f"loss {history['loss'][-1]:.3f}, best held-out IoU f2 {iou:.3f}")
         if trainers and not cancelled:  # a last score of the final networks
             scores = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
             record(scores)
@@ -536,7 +542,7 @@ def finetune_iter(
             getattr(bundle, m).eval()
             for p in getattr(bundle, m).parameters():
                 p.requires_grad_(True)
-        yield FinetuneProgress("lambda", elapsed(), budget, history, "choosing λ on the held-out pixels")
+        yield FinetuneProgress("lambda", elapsed(), budget, _snapshot(history), "choosing λ on the held-out pixels")
         lam, curve = _choose_lam(bundle, data, cfg.lam_tolerance, cfg.seed)
         old_lam = bundle.default_lam
         bundle.default_lam = float(lam)
@@ -571,7 +577,7 @@ def finetune_iter(
         }
         bundle.meta = meta
         bundle.path = None
-        yield FinetuneProgress("done", seconds, budget, history, f"held-out IoU f2 {start['f2']:.3f} -> {best['f2'][0]:.3f}")
+        yield FinetuneProgress("done", seconds, budget, _snapshot(history), f"held-out IoU f2 {start['f2']:.3f} -> {best['f2'][0]:.3f}")
         return FinetuneResult(bundle, history, held, seconds, cancelled)
     finally:
         if cfg.threads:
