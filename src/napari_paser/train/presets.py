@@ -94,9 +94,9 @@ PRESETS: dict[str, TrainConfig] = {
     "v2": TrainConfig(
         preset="v2",
         arch="v2",
-        f2_steps=1500,
+        f2_steps=600,
         f2_lr=5e-4,
-        f1_steps=2000,
+        f1_steps=1200,
         f1_lr=2e-3,
         f0_steps=1200,
         f0_batch=8,
