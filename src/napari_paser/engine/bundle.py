@@ -244,6 +244,7 @@ def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -
     BundleError
         If the folder lacks the manifest or weights, or names and shapes disagree.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -270,7 +271,7 @@ def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -
     bundle.meta = {k: v for k, v in manifest.items() if k not in known}
     try:
         tensors = load_file(str(folder / WEIGHTS))
-    except Exception as err:  # safetensors raises its own error types
+    except (SafetensorError, OSError, ValueError) as err:  # not MemoryError: that is no bad file
         raise BundleError(f"{folder / WEIGHTS} is not a readable safetensors file: {err}") from err
     for key, model in bundle.models().items():
         prefix = key + "."
