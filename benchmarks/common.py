@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from napari_paser.engine.baselines import cascade_routing, random_routing
-from napari_paser.engine.metrics import iou_per_class, mean_iou
+from napari_paser.engine.metrics import dataset_iou_gains, iou_per_class, mean_iou
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
@@ -365,24 +365,6 @@ def oracle_gains(table: PatchTable) -> np.ndarray:
     """First-order change of the table's dataset mean IoU when one patch moves from f0
     to f1 or f2, (N, 2, GY, GX); uses the truth, so no real policy can know it."""
     return dataset_iou_gains(table.conf)
-
-
-def dataset_iou_gains(conf: np.ndarray) -> np.ndarray:
-    """First-order dataset mean-IoU gains (N, 2, GY, GX) from per-patch confusions
-    (N, 3, GY, GX, C, C) of f0, f1, f2.
-
-    With f0 everywhere, class c has intersection I_c and union U_c over all patches; a
-    patch changes them by dI_c, dU_c and the mean IoU by about
-    ``mean_c (dI_c - IoU_c dU_c) / U_c``.
-    """
-    conf = np.asarray(conf, dtype=np.float64)
-    pooled = conf[:, 0].sum((0, 1, 2))
-    inter = np.diag(pooled)
-    union = pooled.sum(0) + pooled.sum(1) - inter
-    diff = conf[:, 1:] - conf[:, :1]
-    d_inter = np.diagonal(diff, axis1=-2, axis2=-1)
-    d_union = diff.sum(-1) + diff.sum(-2) - d_inter
-    return ((d_inter - inter / union * d_union) / union).mean(-1)
 
 
 def oracle_front(table: PatchTable, points: int = 240) -> list[dict]:

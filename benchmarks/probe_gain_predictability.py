@@ -2,7 +2,7 @@
 
 The routing policy only sees f0's MC-dropout output (mean softmax, entropy) and the image.
 This probe measures, on held-out synthetic volumes, the correlation between each patch's
-true first-order gain in dataset mean IoU (``common.dataset_iou_gains``; uses the labels)
+true first-order gain in dataset mean IoU (``napari_paser.engine.metrics.dataset_iou_gains``; uses the labels)
 and three predictors:
 
 - the bundled policy's predicted gains (trained by REINFORCE on per-patch IoU, paper Eq. 4);
@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TEST_SEEDS, dataset_iou_gains, make_volumes  # noqa: E402
+from common import TEST_SEEDS, make_volumes  # noqa: E402
+from napari_paser.engine.metrics import dataset_iou_gains  # noqa: E402
 
 TRAIN_SEEDS = (6001, 6002, 6003)  # fresh volumes, disjoint from the test and training seeds
 

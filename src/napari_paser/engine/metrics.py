@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "iou_per_gflop", "evaluate"]
+__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "iou_per_gflop", "evaluate", "dataset_iou_gains"]
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int = 3) -> np.ndarray:
@@ -49,6 +49,32 @@ def mean_iou(pred_or_cm: np.ndarray, truth: np.ndarray | None = None, num_classe
     cm = pred_or_cm if truth is None else confusion_matrix(pred_or_cm, truth, num_classes)
     ious = iou_per_class(cm)
     return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
+
+
+def dataset_iou_gains(conf: np.ndarray) -> np.ndarray:
+    """First-order change of the dataset mean IoU when one patch moves from f0 to f1 / f2.
+
+    Parameters
+    ----------
+    conf : array (N, 3, GY, GX, C, C)
+        Per-patch confusion matrices (rows truth, columns prediction) of f0, f1 and f2.
+
+    Returns
+    -------
+    array (N, 2, GY, GX)
+        With f0 everywhere, class c has intersection I_c and union U_c over all patches;
+        a patch changes them by dI_c, dU_c and the mean IoU by about
+        ``mean_c (dI_c - IoU_c dU_c) / U_c``. This is the gain a router should learn
+        (what users measure is the volume's IoU) and what oracle routing uses.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    pooled = conf[:, 0].sum((0, 1, 2))
+    inter = np.diag(pooled)
+    union = np.maximum(pooled.sum(0) + pooled.sum(1) - inter, 1.0)
+    diff = conf[:, 1:] - conf[:, :1]
+    d_inter = np.diagonal(diff, axis1=-2, axis2=-1)
+    d_union = diff.sum(-1) + diff.sum(-2) - d_inter
+    return ((d_inter - inter / union * d_union) / union).mean(-1)
 
 
 def iou_per_gflop(iou: float, gflops: float) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.bundle import Bundle
+from ..engine.metrics import dataset_iou_gains
 from ..engine.patches import grid_shape, patch_windows, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 
@@ -111,16 +112,9 @@ class RewardCache:
         multiplied by the number of patches, so it reads as "the IoU change if every
         patch gained like this one", on the scale of IoU differences.
         """
-        conf = self.conf.double()
-        n_patches = conf.shape[0] * conf.shape[2] * conf.shape[3]
-        total = conf[:, 0].sum(dim=(0, 1, 2))  # f0's (C, C) over every patch
-        tp = torch.diagonal(total)
-        union = (total.sum(0) + total.sum(1) - tp).clamp_min(1)
-        diff = conf[:, 1:] - conf[:, :1]  # (N, 2, GY, GX, C, C)
-        d_tp = torch.diagonal(diff, dim1=-2, dim2=-1)
-        d_union = diff.sum(-1) + diff.sum(-2) - d_tp
-        gain = (d_tp / union - tp * d_union / union**2).mean(-1)
-        return (gain * n_patches).float()
+        n, _, gy, gx = self.conf.shape[:4]
+        gain = dataset_iou_gains(self.conf.numpy())
+        return torch.from_numpy(gain * (n * gy * gx)).float()
 
     def gain_target(self, kind: str) -> torch.Tensor:
         """The reward gains the policy learns: ``patch_iou`` (:attr:`delta`) or ``dataset_iou``."""
