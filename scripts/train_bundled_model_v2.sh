@@ -31,9 +31,16 @@ napari-paser train --data "$DATA" --out "$RUN" --preset v2 --seed 0 --name paser
     --description "PaSeR v2 (f0 space-to-depth with head MC dropout, f1/f2 with an 8-pixel halo, policy on f0 features, dataset-IoU rewards) trained on the wide v2 synthetic distribution" \
     --threads "$THREADS" --no-progress
 
-# 3. Ship only the manifest and the weights.
+# 3. Ship only the manifest (as version 2.0.0: the second generation of the bundle) and
+#    the weights.
 if [ -z "${SKIP_COPY:-}" ]; then
     mkdir -p "$DEST"
-    cp "$RUN/manifest.json" "$RUN/weights.safetensors" "$DEST/"
+    python - "$RUN/manifest.json" "$DEST/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["version"] = "2.0.0"
+open(sys.argv[2], "w").write(json.dumps(m, indent=2) + "\n")
+PY
+    cp "$RUN/weights.safetensors" "$DEST/"
     echo "copied bundle to $DEST"
 fi
