@@ -169,3 +169,20 @@ def test_dataset_gain_is_the_first_order_change_of_dataset_iou():
     assert torch.equal(cache.gain_target("patch_iou"), cache.delta)
     with pytest.raises(ValueError):
         cache.gain_target("nope")
+
+
+def test_v2_policy_flops_are_counted_on_the_pooled_features():
+    """The v2 policy runs on features pooled by ``pool``; charging it on full-resolution
+    inputs overstated PaSeR's cost by pool² (a real bug once)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_paser.engine.flops import policy_flops
+    from napari_paser.engine.models import PolicyNet, UNet
+    from napari_paser.engine.uncertainty import analyse_slices
+
+    cfg = _v2_tiny()
+    feats = analyse_slices(UNet(cfg["f0"]).eval(), cfg["policy"], torch.rand(1, 1, 112, 128), 2, seed=0)[2]
+    policy = PolicyNet(cfg["policy"]).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        policy.gains(feats)
+    assert policy_flops(cfg["policy"], (112, 128)) == counter.get_total_flops()

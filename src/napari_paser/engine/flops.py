@@ -66,6 +66,9 @@ def _policy_flops(config_json: str, shape: tuple[int, int]) -> int:
     d = json.loads(config_json)
     d["patch_size"] = tuple(d["patch_size"])
     config = PolicyConfig(**d)
+    if config.features == "v2":
+        # v2 features reach the policy already pooled (uncertainty.policy_features).
+        shape = (shape[0] // config.pool, shape[1] // config.pool)
     with torch.device("meta"):
         policy = PolicyNet(config).eval()
         x = torch.empty(1, config.in_channels, *shape)
