@@ -47,7 +47,8 @@ _UNIT_TO_UM = {
 }
 
 # What tifffile and its codecs raise for a damaged or unsupported file (codec errors
-# derive from RuntimeError). MemoryError and KeyboardInterrupt are deliberately not here:
+# derive from RuntimeError; tifffile raises NotImplementedError for a compression or
+# layout it cannot decode). MemoryError and KeyboardInterrupt are deliberately not here:
 # running out of memory must not read as "cannot read the file".
 TIFF_READ_ERRORS = (
     tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, TypeError, struct.error, EOFError,

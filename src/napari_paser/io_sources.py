@@ -15,6 +15,7 @@ OME-Zarr ``multiscales`` coordinate transformations with the axes' units.
 
 from __future__ import annotations
 
+import abc
 import glob
 import os
 import re
@@ -51,7 +52,7 @@ _SPEC = re.compile(r"^(?P<file>.+?(?:" + "|".join(re.escape(s) for s in HDF5_SUF
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, struct.error, tifffile.TiffFileError)
 
 
-class Volume:
+class Volume(abc.ABC):
     """A lazily read grayscale (Z,Y,X) stack.
 
     Attributes
@@ -104,8 +105,9 @@ class Volume:
             raise PaserInputError(f"{self.source}: planes {z0}..{z1 - 1} have shape {out.shape}, expected {expected}")
         return out
 
+    @abc.abstractmethod
     def _read(self, z0: int, z1: int) -> np.ndarray:
-        raise NotImplementedError
+        """Planes ``z0 .. z1 - 1`` as an array; each source reads its own format."""
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """NumPy indexing; only the planes the first index selects are read."""
