@@ -46,6 +46,7 @@ __all__ = [
     "register_method",
     "get_method",
     "SegmentationResult",
+    "run_summary",
     "PaserSegmenter",
     "drain",
     "segment",
@@ -123,23 +124,35 @@ class SegmentationResult:
     def report(self) -> dict:
         """JSON-serialisable summary (no arrays except per-slice GFLOPs)."""
         return {
-            "method": self.method,
-            "lam": self.lam,
-            "tvd": self.tvd,
-            "tvd_target": self.tvd_target,
-            "bundle": dict(self.bundle),
-            "shape": list(self.labels.shape),
-            "patch_size": list(self.patch_size),
-            "grid": list(self.routing.shape[1:]),
-            "gflops_total": self.gflops_total,
-            "gflops_per_slice": [float(v) for v in self.gflops_per_slice],
-            "gflops_f2_everywhere": self.gflops_f2_everywhere,
-            "flops_ratio_vs_f2": self.gflops_total / self.gflops_f2_everywhere if self.gflops_f2_everywhere else None,
-            "route_fraction": dict(self.route_fraction),
+            **run_summary(self, list(self.labels.shape)),
             "seconds": self.seconds,
             "compute_seconds": self.compute_seconds,
             "slices": [int(z) for z in self.slices],
         }
+
+
+def run_summary(result, shape: list[int]) -> dict:
+    """The report fields every run result shares (method, knobs, bundle, grid, GFLOPs, routing).
+
+    ``result`` has the attributes of :class:`SegmentationResult` that describe cost and
+    routing (label volumes are not needed, so results kept on disk can use it too).
+    """
+    r = result
+    return {
+        "method": r.method,
+        "lam": r.lam,
+        "tvd": r.tvd,
+        "tvd_target": r.tvd_target,
+        "bundle": dict(r.bundle),
+        "shape": shape,
+        "patch_size": list(r.patch_size),
+        "grid": list(r.routing.shape[1:]),
+        "gflops_total": r.gflops_total,
+        "gflops_per_slice": [float(v) for v in r.gflops_per_slice],
+        "gflops_f2_everywhere": r.gflops_f2_everywhere,
+        "flops_ratio_vs_f2": r.gflops_total / r.gflops_f2_everywhere if r.gflops_f2_everywhere else None,
+        "route_fraction": dict(r.route_fraction),
+    }
 
 
 # --------------------------------------------------------------------------- segmenter

@@ -27,7 +27,7 @@ from .bundle import Bundle
 from .flops import CostModel
 from .methods import charge, get_method
 from .patches import grid_shape
-from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
+from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, run_summary
 from .routing import MODEL_NAMES, lam_for_tvd, route_from_switch_points, switch_points, tvd_at
 from .streaming import check_volume, fit_normalizer
 
@@ -55,21 +55,7 @@ class StreamResult:
 
     def report(self) -> dict:
         """JSON-serialisable summary."""
-        return {
-            "method": self.method,
-            "lam": self.lam,
-            "tvd": self.tvd,
-            "tvd_target": self.tvd_target,
-            "bundle": dict(self.bundle),
-            "shape": [int(self.routing.shape[0])],
-            "patch_size": list(self.patch_size),
-            "grid": list(self.routing.shape[1:]),
-            "gflops_total": self.gflops_total,
-            "gflops_per_slice": [float(v) for v in self.gflops_per_slice],
-            "gflops_f2_everywhere": self.gflops_f2_everywhere,
-            "flops_ratio_vs_f2": self.gflops_total / self.gflops_f2_everywhere if self.gflops_f2_everywhere else None,
-            "route_fraction": dict(self.route_fraction),
-        }
+        return run_summary(self, [int(self.routing.shape[0])])
 
 
 class WindowedSegmenter:
