@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import registry
-from ..errors import PaserInputError
+from ..errors import PaserInputError, one_line
 from ._finetune_controller import (
     TRAINING_LABELS_KEY,
     FinetuneController,
@@ -50,10 +50,6 @@ TRAINING_LAYER_NAME = "training labels"
 MODEL_COLORS = {"f0": "#7f7f7f", "f1": "#1f77b4", "f2": "#d62728"}
 
 
-def _message(err: BaseException) -> str:
-    if isinstance(err, (PaserInputError, FileExistsError, FileNotFoundError)):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
 
 
 class FinetunePanel(QWidget):
@@ -325,8 +321,8 @@ class FinetunePanel(QWidget):
         try:
             request = self._request()
         except (PaserInputError, FileExistsError) as err:
-            show_error(f"fine-tuning not started: {_message(err)}")
-            self._set_status(f"Not started: {_message(err)}")
+            show_error(f"fine-tuning not started: {one_line(err)}")
+            self._set_status(f"Not started: {one_line(err)}")
             return None
         self._generation += 1
         gen = self._generation
@@ -426,8 +422,8 @@ class FinetunePanel(QWidget):
     def _on_errored(self, err: BaseException, gen: int) -> None:
         if gen != self._generation:
             return
-        show_error(f"fine-tuning failed: {_message(err)}")
-        self._set_status(f"Failed: {_message(err)}")
+        show_error(f"fine-tuning failed: {one_line(err)}")
+        self._set_status(f"Failed: {one_line(err)}")
 
     def _on_finished(self, gen: int) -> None:
         if gen != self._generation:

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import PaserInputError
+from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 
@@ -47,10 +47,6 @@ NO_BAND = "(no band)"
 DEFAULT_LAMS = "0, default, 0.1, 0.3, 1"
 
 
-def _message(err: BaseException) -> str:
-    if isinstance(err, (PaserInputError, FileExistsError, FileNotFoundError)):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
 
 
 class MetricsPanel(QWidget):
@@ -262,8 +258,8 @@ class MetricsPanel(QWidget):
     def _on_errored(self, err: BaseException, gen: int) -> None:
         if gen != self._generation:
             return
-        show_error(f"Metrics failed: {_message(err)}")
-        self.status.setText(f"Failed: {_message(err)}")
+        show_error(f"Metrics failed: {one_line(err)}")
+        self.status.setText(f"Failed: {one_line(err)}")
 
     def _on_finished(self, gen: int) -> None:
         if gen != self._generation:
@@ -317,7 +313,7 @@ class MetricsPanel(QWidget):
             written = list(jobs.export_metrics(self.outcome, base, overwrite=overwrite,
                                                extra={"labels_layer": self.labels_combo.currentText()}))
         except (OSError, PaserInputError) as err:
-            show_error(f"Metrics export failed: {_message(err)}")
+            show_error(f"Metrics export failed: {one_line(err)}")
             return None
         show_info("wrote " + ", ".join(str(p) for p in written))
         return written

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import registry
-from ..errors import PaserInputError
+from ..errors import PaserInputError, one_line
 from . import _jobs
 from ._export import export_phases, export_targets
 from ._layers import ResultLayers
@@ -88,11 +88,6 @@ def _start_warm_imports() -> None:
         threading.Thread(target=_warm_imports, name="napari-paser-warm-imports", daemon=True).start()
 
 
-def _message(err: BaseException) -> str:
-    """One line for a notification: the input error's text, else type and text."""
-    if isinstance(err, (PaserInputError, FileExistsError, FileNotFoundError)):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
 
 
 def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
@@ -636,8 +631,8 @@ class PaserWidget(QWidget):
         if gen != self._generation:
             return
         what = "run" if self._job == "run" else "re-routing"
-        show_error(f"PaSeR {what} failed: {_message(err)}")
-        self._set_status(f"Failed: {_message(err)}")
+        show_error(f"PaSeR {what} failed: {one_line(err)}")
+        self._set_status(f"Failed: {one_line(err)}")
         self._publish_partial()
 
     def _on_aborted(self, gen: int) -> None:
@@ -819,7 +814,7 @@ class PaserWidget(QWidget):
         try:
             written = export_phases(path, phases.data, scale=phases.scale, provenance=provenance, masks=masks, overwrite=overwrite)
         except (OSError, PaserInputError, TypeError) as err:
-            show_error(f"export failed: {_message(err)}")
+            show_error(f"export failed: {one_line(err)}")
             return []
         show_info(f"exported {len(written)} files to {written[0].parent}")
         self._set_status(f"Exported {written[0].name}.")
