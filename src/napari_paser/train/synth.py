@@ -262,13 +262,10 @@ def generate_volume(
     ny, nx = (int(s) for s in size)
     if int(slices) < 1 or ny < 16 or nx < 16:
         raise PaserInputError(f"need at least 1 slice of 16x16 or more, got {slices} x {ny}x{nx}")
-    ss = np.random.SeedSequence(int(seed))
-    param_ss, micro_ss, ct_ss = ss.spawn(3)
+    _, micro_ss, ct_ss = _streams(seed)
     params_drawn = params is None
     if params is None:
-        if distribution not in DISTRIBUTIONS:
-            raise PaserInputError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
-        params = DISTRIBUTIONS[distribution](np.random.default_rng(param_ss))
+        params = draw_params(seed, distribution)
     hi_shape = (2 * int(slices), 2 * ny, 2 * nx)
     phases = generate_microstructure(np.random.default_rng(micro_ss), hi_shape, params.micro)
     labels = majority_downsample(phases, 2)
@@ -293,6 +290,18 @@ def generate_volume(
         }[params.ct.encoding],
     }
     return image, labels, info
+
+
+def _streams(seed: int) -> list[np.random.SeedSequence]:
+    """Independent random streams of a volume: parameters, microstructure, scan."""
+    return np.random.SeedSequence(int(seed)).spawn(3)
+
+
+def draw_params(seed: int, distribution: str = "v2") -> VolumeParams:
+    """The parameters :func:`generate_volume` draws for ``seed`` (cheap: no volume is made)."""
+    if distribution not in DISTRIBUTIONS:
+        raise PaserInputError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+    return DISTRIBUTIONS[distribution](np.random.default_rng(_streams(seed)[0]))
 
 
 def volume_seed(seed: int, index: int) -> int:
@@ -378,7 +387,7 @@ def is_current(out: Path, stem: str, seed: int, distribution: str) -> bool:
     if not (js.is_file() and (Path(out) / f"{stem}_image.tif").is_file() and (Path(out) / f"{stem}_labels.tif").is_file()):
         return False
     info = json.loads(js.read_text())
-    params = DISTRIBUTIONS[distribution](np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(3)[0]))
+    params = draw_params(seed, distribution)
     if info.get("params") != params.to_dict():
         return False
     # Version 2 changed only volumes with phase-contrast fringes.
