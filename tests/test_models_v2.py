@@ -186,3 +186,68 @@ def test_v2_policy_flops_are_counted_on_the_pooled_features():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         policy.gains(feats)
     assert policy_flops(cfg["policy"], (112, 128)) == counter.get_total_flops()
+
+
+class _GainTable:
+    """A stand-in for a reward cache whose true gains are known functions of the features."""
+
+    def __init__(self, features: torch.Tensor, gains: torch.Tensor):
+        self.features, self._gains = features, gains
+
+    def gain_target(self, kind: str) -> torch.Tensor:
+        return self._gains
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def _entropy_gains(n: int, seed: int, patch_cells: int = 4):
+    """Features on a 2x2 patch grid whose f1/f2 gains grow with the patch's mean entropy (channel 3)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.rand(n, 6, 2 * patch_cells, 2 * patch_cells, generator=g)
+    ent = F.avg_pool2d(feats[:, 3:4], patch_cells)
+    gains = torch.cat([0.02 * ent, 0.08 * ent - 0.01], dim=1)
+    return feats, gains
+
+
+def test_regression_policy_learns_the_gains_and_routes_by_them(tmp_path):
+    """The regression objective fits the cached gains: on unseen features the predicted
+    gains track the truth, and routing cost falls as λ rises."""
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.models import PolicyConfig
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    configs = tiny_configs(patch_size=(16, 16))
+    configs["policy"] = PolicyConfig(in_channels=6, width=4, features="v2", pool=4, patch_size=(16, 16), grid_context=True, linear_skip=True)
+    bundle = Bundle.from_configs(configs, seed=0)
+    cfg = get_preset("quick").replace(policy_objective="regression", policy_steps=300, policy_batch=16, policy_lr=1e-2, warmup=0.0)
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    history = train_policy(ctx, bundle, [_GainTable(*_entropy_gains(64, seed=1))])
+    assert history["loss"][-1] < 0.2 * history["loss"][0]
+
+    feats, truth = _entropy_gains(32, seed=2)
+    with torch.no_grad():
+        pred = bundle.policy.eval().gains(feats)
+    for k in range(2):
+        r = np.corrcoef(pred[:, k].ravel().numpy(), truth[:, k].ravel().numpy())[0, 1]
+        assert r > 0.9
+    costs = bundle.costs()
+    spent = [float(costs[bundle.policy.logits(pred, lam, costs).argmax(1)].sum()) for lam in (0.0, 0.05, 0.2, 1.0)]
+    assert spent == sorted(spent, reverse=True) and spent[0] > spent[-1] == 0.0
+
+
+def test_unknown_policy_objective_is_refused(tmp_path):
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    bundle = Bundle.from_configs(tiny_configs(), seed=0)
+    cfg = get_preset("quick").replace(policy_objective="bandit")
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    with pytest.raises(ValueError, match="policy objective"):
+        train_policy(ctx, bundle, [_GainTable(*_entropy_gains(4, seed=0))])

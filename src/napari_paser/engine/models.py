@@ -225,7 +225,8 @@ class PolicyConfig:
     the patch grid, so a patch's decision sees its neighbours. It predicts for every patch
     the IoU gain of f1 and f2 over f0. Routing logits for a cost weight ``lam`` are
     ``temperature * ((1 - lam) * gain - lam * cost)``, so one network serves every
-    λ and the chosen model's cost can only fall as λ rises.
+    λ and the chosen model's cost can only fall as λ rises. ``linear_skip`` adds a
+    linear model of the patch-mean inputs to the predicted gains.
     """
 
     in_channels: int = 5
@@ -236,6 +237,7 @@ class PolicyConfig:
     features: str = "v1"
     blocks: int = 1
     grid_context: bool = False
+    linear_skip: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -283,6 +285,15 @@ class PolicyNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(w, config.num_models - 1, 1),
         )
+        # A linear model of the patch-mean inputs (f0's entropy and probabilities among
+        # them) added to the network's output: the policy starts from what entropy alone
+        # predicts and the network learns the rest.
+        # Batch norm puts the inputs on one scale (in eval mode it is a fixed affine map).
+        self.skip = (
+            nn.Sequential(nn.BatchNorm2d(config.in_channels), nn.Conv2d(config.in_channels, config.num_models - 1, 1))
+            if config.linear_skip
+            else None
+        )
         # Sharpness of the routing distribution, learned by REINFORCE.
         self.log_temperature = nn.Parameter(torch.tensor(2.0))
 
@@ -290,11 +301,14 @@ class PolicyNet(nn.Module):
         ph, pw = self.config.patch_size
         p = self.config.pool
         # v2 features arrive pooled already (see policy_features).
-        x = features if self.config.features == "v2" else F.avg_pool2d(features, p)
-        x = self.block(self.stem(x))
+        inputs = features if self.config.features == "v2" else F.avg_pool2d(features, p)
+        x = self.block(self.stem(inputs))
         k = (ph // p, pw // p)
         pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)
-        return self.head(pooled)
+        gains = self.head(pooled)
+        if self.skip is not None:
+            gains = gains + self.skip(F.avg_pool2d(inputs, k))
+        return gains
 
     def logits(self, gains: torch.Tensor, lam: float | torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
         """Routing logits (B, num_models, GY, GX) for cost weight(s) ``lam``.

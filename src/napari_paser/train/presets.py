@@ -49,6 +49,11 @@ class TrainConfig:
     # Per-patch gain the policy learns: the paper's per-patch IoU ("patch_iou") or the
     # first-order change of the volume's IoU ("dataset_iou", what users measure).
     reward: str = "patch_iou"
+    # How the policy learns: "reinforce" (the paper's, sampled actions) or "regression"
+    # (every model's gain is cached for every patch, so the best λ-conditioned router is
+    # the best gain predictor: mean squared error on the gains, early-stopped on held-out
+    # volumes).
+    policy_objective: str = "reinforce"
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
     ft_batch: int = 8
@@ -112,6 +117,34 @@ PRESETS: dict[str, TrainConfig] = {
         splits={"pretrain": 0.62, "rl": 0.2, "finetune": 0.0, "val": 0.12},
         iou_ratio_target=0.99,
         flops_ratio_target=0.25,
+        augment=AugmentConfig(contrast=0.5, offset=0.15, noise=0.08, noise_prob=0.5, blur=1.5, blur_prob=0.35,
+                              impulse=0.02, impulse_prob=0.3),
+    ),
+    # v2's data and networks trained longer: f2, f1 and f0 continue from the v2 bundle
+    # (warm start; about 50 min on 2 CPU cores), and the policy (smaller, with a linear
+    # skip) learns its gains by regression.
+    "v2.1": TrainConfig(
+        preset="v2.1",
+        arch="v2.1",
+        f2_steps=3500,
+        f2_lr=3e-4,
+        f1_steps=2000,
+        f1_lr=1e-3,
+        f0_steps=3000,
+        f0_batch=8,
+        f0_lr=1.5e-3,
+        beta=0.0,
+        rl_copies=4,
+        policy_steps=3000,
+        policy_batch=32,
+        policy_lr=1e-3,
+        reward="dataset_iou",
+        policy_objective="regression",
+        ft_steps=0,
+        splits={"pretrain": 0.62, "rl": 0.2, "finetune": 0.0, "val": 0.12},
+        iou_ratio_target=0.99,
+        flops_ratio_target=0.25,
+        checkpoint_every=100,
         augment=AugmentConfig(contrast=0.5, offset=0.15, noise=0.08, noise_prob=0.5, blur=1.5, blur_prob=0.35,
                               impulse=0.02, impulse_prob=0.3),
     ),

@@ -341,6 +341,22 @@ def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: in
     return caches
 
 
+def _fold_gain_scale(policy: nn.Module, scale: torch.Tensor, mean: torch.Tensor) -> None:
+    """Make ``policy.gains`` return ``scale * gains + mean`` (per model) from now on.
+
+    The regression fits standardised gains (order one, where Adam's step size suits);
+    the layers that write the gains (the head's last convolution and the linear skip)
+    are linear, so the standardisation is folded into their weights exactly.
+    """
+    with torch.no_grad():
+        layers = [policy.head[-1]] + ([policy.skip[-1]] if getattr(policy, "skip", None) is not None else [])
+        for i, layer in enumerate(layers):
+            layer.weight.mul_(scale.view(-1, 1, 1, 1).to(layer.weight))
+            layer.bias.mul_(scale.to(layer.bias))
+            if i == 0:
+                layer.bias.add_(mean.to(layer.bias))
+
+
 def _alpha(schedule: tuple[float, float], step: int, total: int) -> float:
     a, b = schedule
     return a + (b - a) * step / max(1, total - 1)
@@ -356,9 +372,13 @@ def train_policy(
     policy: nn.Module | None = None,
     stop: Callable[[int], bool] | None = None,
 ) -> dict:
-    """Stage 3: REINFORCE of the λ-conditioned policy over cached rewards.
+    """Stage 3: train the λ-conditioned policy over cached rewards.
 
-    Each example draws its own λ (``u**lam_power``), actions follow the policy with
+    ``cfg.policy_objective == "regression"``: the policy's predicted gains are fitted
+    to the cached gains by mean squared error. The cache holds every model's gain on
+    every patch, so nothing has to be explored, and the router that is best for every λ
+    at once is the one whose gains are closest to the truth. ``"reinforce"`` (the paper's):
+    each example draws its own λ (``u**lam_power``), actions follow the policy with
     probability α (rising 0.7 → 0.95) and are uniform otherwise; the loss has the
     expected-reward baseline and gain regression of :func:`reinforce_loss`.
 
@@ -381,7 +401,14 @@ def train_policy(
     sizes = torch.tensor([len(c) for c in caches], dtype=torch.float)
     deltas = [c.gain_target(cfg.reward) for c in caches]
     total = ctx.steps(cfg.policy_steps, int(sizes.sum()), cfg.policy_batch)
-    opt = _adam(policy, cfg.policy_lr, 0.0)
+    if cfg.policy_objective not in ("reinforce", "regression"):
+        raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce' or 'regression'")
+    regression = cfg.policy_objective == "regression"
+    # The regression fits gains standardised per model, so f1's and f2's weigh alike.
+    flat = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1)
+    spread = flat.std(1).clamp_min(1e-6).view(1, -1, 1, 1).to(ctx.device)
+    mean = flat.mean(1).view(1, -1, 1, 1).to(ctx.device)
+    opt = _adam(policy, cfg.policy_lr, cfg.weight_decay if regression else 0.0)
 
     def step_fn(step: int) -> dict[str, float]:
         policy.train()
@@ -390,6 +417,12 @@ def train_policy(
         idx = torch.randint(0, n, (min(cfg.policy_batch, n),), generator=g)
         feats = caches[ci].features[idx].to(ctx.device).float()
         delta = deltas[ci][idx].to(ctx.device)
+        if regression:
+            error = (policy.gains(feats) - (delta - mean) / spread).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            error.backward()
+            opt.step()
+            return {"loss": float(error.detach())}
         if lam_schedule is None:
             lam = sample_lambda(len(idx), g, cfg.lam_power).to(ctx.device)
         else:
@@ -404,6 +437,8 @@ def train_policy(
         return {"loss": float(loss.detach()), **stats}
 
     history = run_loop(ctx, stage, total, {"policy": policy}, {"opt": (opt, cfg.policy_lr)}, step_fn, g, stop=stop)
+    if regression:
+        _fold_gain_scale(policy, spread.flatten(), mean.flatten())
     policy.eval()
     ctx.log(_summary(stage, history))
     return history
