@@ -7,7 +7,9 @@ Layout of ``OUT/checkpoints/``:
 - ``models.pt``: the state dicts of f0, f1, f2 and the policy after the last finished
   stage;
 - ``partial-<stage>.pt``: progress inside a long stage (step, model, optimiser and
-  RNG states), removed when the stage finishes.
+  RNG states), removed when the stage finishes;
+- ``rewards-rl.pt``: the policy stage's reward caches (features and confusions of the
+  frozen f0, f1 and f2), kept so a repeated policy stage does not rerun the networks.
 
 Files are written to a temporary name and renamed, so an interrupted write never
 leaves a corrupt checkpoint. Loading uses ``torch.load(weights_only=True)``.
@@ -107,6 +109,10 @@ class Checkpointer:
     def save_partial(self, stage: str, payload: dict[str, Any]) -> None:
         """Progress inside ``stage`` (any mix of tensors, state dicts and numbers)."""
         _atomic_write(self.folder / f"partial-{stage}.pt", lambda name: torch.save(payload, name))
+
+    def save_tensors(self, name: str, payload: Any) -> None:
+        """Any mix of tensors, lists and numbers as ``folder / name`` (written atomically)."""
+        _atomic_write(self.folder / name, lambda path: torch.save(payload, path))
 
     def load_partial(self, stage: str) -> dict[str, Any] | None:
         path = self.folder / f"partial-{stage}.pt"

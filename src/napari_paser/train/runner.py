@@ -22,6 +22,7 @@ from ..engine.flops import CostModel
 from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
 from .presets import TrainConfig
+from .rewards import RewardCache
 from .stages import StageContext, cache_rewards, finetune_joint, pretrain_f0, pretrain_patch_model, train_policy
 from .validation import evaluate_caches
 
@@ -51,6 +52,21 @@ def _logger(out: Path, echo: bool) -> Callable[[str], None]:
             print(line, file=sys.stderr, flush=True)
 
     return log
+
+
+def _cached_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: int) -> list[RewardCache]:
+    """The RL split's reward caches, computed once per run and kept in ``checkpoints/``.
+
+    f0, f1 and f2 are final when the policy stage starts, so a resumed or repeated policy
+    stage reuses them (minutes of f2 inference on a CPU).
+    """
+    path = ctx.ckpt.folder / "rewards-rl.pt"
+    if path.is_file():
+        ctx.log(f"[policy] reward caches from {path.name}")
+        return [RewardCache(f, c) for f, c in torch.load(path, weights_only=True)]
+    caches = cache_rewards(ctx, bundle, bank, copies)
+    ctx.ckpt.save_tensors(path.name, [(c.features, c.conf) for c in caches])
+    return caches
 
 
 def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict) -> dict:
@@ -151,7 +167,7 @@ def train(
         elif stage == "pretrain_f0":
             h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
         elif stage == "policy":
-            caches = cache_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
+            caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
             iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
             log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
             h = train_policy(ctx, bundle, caches, stage)
