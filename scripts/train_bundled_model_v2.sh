@@ -34,13 +34,5 @@ napari-paser train --data "$DATA" --out "$RUN" --preset v2 --seed 0 --name paser
 # 3. Ship only the manifest (as version 2.0.0: the second generation of the bundle) and
 #    the weights.
 if [ -z "${SKIP_COPY:-}" ]; then
-    mkdir -p "$DEST"
-    python - "$RUN/manifest.json" "$DEST/manifest.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-m["version"] = "2.0.0"
-open(sys.argv[2], "w").write(json.dumps(m, indent=2) + "\n")
-PY
-    cp "$RUN/weights.safetensors" "$DEST/"
-    echo "copied bundle to $DEST"
+    bash scripts/ship_bundle.sh "$RUN" "$DEST" 2.0.0
 fi

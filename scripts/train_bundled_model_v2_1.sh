@@ -27,13 +27,5 @@ napari-paser train --data "$DATA" --out "$RUN" --preset v2.1 --seed 0 --name pas
     --threads "$THREADS" --no-progress
 
 if [ -z "${SKIP_COPY:-}" ]; then
-    mkdir -p "$DEST"
-    python - "$RUN/manifest.json" "$DEST/manifest.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-m["version"] = "2.1.0"
-open(sys.argv[2], "w").write(json.dumps(m, indent=2) + "\n")
-PY
-    cp "$RUN/weights.safetensors" "$DEST/"
-    echo "copied bundle to $DEST"
+    bash scripts/ship_bundle.sh "$RUN" "$DEST" 2.1.0
 fi

@@ -108,7 +108,7 @@ class Checkpointer:
     # ------------------------------------------------------------------ inside a stage
     def save_partial(self, stage: str, payload: dict[str, Any]) -> None:
         """Progress inside ``stage`` (any mix of tensors, state dicts and numbers)."""
-        _atomic_write(self.folder / f"partial-{stage}.pt", lambda name: torch.save(payload, name))
+        self.save_tensors(f"partial-{stage}.pt", payload)
 
     def save_tensors(self, name: str, payload: Any) -> None:
         """Any mix of tensors, lists and numbers as ``folder / name`` (written atomically)."""

@@ -349,7 +349,7 @@ def _fold_gain_scale(policy: nn.Module, scale: torch.Tensor, mean: torch.Tensor)
     are linear, so the standardisation is folded into their weights exactly.
     """
     with torch.no_grad():
-        layers = [policy.head[-1]] + ([policy.skip[-1]] if getattr(policy, "skip", None) is not None else [])
+        layers = [policy.head[-1]] + ([policy.skip[-1]] if policy.skip is not None else [])
         for i, layer in enumerate(layers):
             layer.weight.mul_(scale.view(-1, 1, 1, 1).to(layer.weight))
             layer.bias.mul_(scale.to(layer.bias))
@@ -404,10 +404,10 @@ def train_policy(
     if cfg.policy_objective not in ("reinforce", "regression"):
         raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce' or 'regression'")
     regression = cfg.policy_objective == "regression"
-    # The regression fits gains standardised per model, so f1's and f2's weigh alike.
-    flat = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1)
-    spread = flat.std(1).clamp_min(1e-6).view(1, -1, 1, 1).to(ctx.device)
-    mean = flat.mean(1).view(1, -1, 1, 1).to(ctx.device)
+    if regression:  # gains standardised per model, so f1's and f2's weigh alike
+        flat = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1)
+        spread = flat.std(1).clamp_min(1e-6).view(1, -1, 1, 1).to(ctx.device)
+        mean = flat.mean(1).view(1, -1, 1, 1).to(ctx.device)
     opt = _adam(policy, cfg.policy_lr, cfg.weight_decay if regression else 0.0)
 
     def step_fn(step: int) -> dict[str, float]:
