@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_paser.cli.segment import load_bundle_arg
-    from napari_paser.engine.metrics_band import DEFAULT_BAND_LAMS, band_steps
+    from napari_paser.engine.metrics_band import DEFAULT_BAND_LAMS, PhaseEnvelope, band_steps
     from napari_paser.engine.metrics_report import metric_ranges
     from napari_paser.engine.microstructure import compute_metrics
     from napari_paser.engine.pipeline import PaserSegmenter
@@ -93,18 +93,23 @@ def main(argv=None) -> int:
             direct_tau = direct_taufactor(truth == 0)
         m_paser = compute_metrics(paser.labels, 0, require_all_phases=False, **kw)
         m_f2 = compute_metrics(f2.labels, 0, require_all_phases=False, **kw)
-        gen = band_steps(image, bundle, 0, lams=DEFAULT_BAND_LAMS, mc_samples=args.band_mc, **kw)
+        envelope = PhaseEnvelope()
+        envelope.add(paser.labels)  # the main segmentation joins the band, as in `napari-paser metrics`
+        gen = band_steps(image, bundle, 0, lams=DEFAULT_BAND_LAMS, mc_samples=args.band_mc, envelope=envelope, **kw)
         while True:
             try:
                 next(gen)
             except StopIteration as stop:
                 band = stop.value
                 break
-        ranges = metric_ranges([m_paser] + [b.metrics for b in band])
+        members = [m_paser] + [b.metrics for b in band]
+        ranges = metric_ranges(members, envelope)
+        spread = metric_ranges(members)  # without the voxel-wise envelope
         row = {"seed": seed, "lam": paser.lam, "gflops_ratio": paser.gflops_total / f2.gflops_total,
                "seconds": time.perf_counter() - t0, "conv": all(r.converged for m in (m_true, m_paser, m_f2) for r in m.tortuosity.values())}
         for name, key in KEYS:
-            row[key] = dict(truth=m_true.values[key], paser=m_paser.values[key], f2=m_f2.values[key], band=ranges[key])
+            row[key] = dict(truth=m_true.values[key], paser=m_paser.values[key], f2=m_f2.values[key], band=ranges[key],
+                            spread=spread[key])
         rows.append(row)
         print(f"seed {seed}: " + "  ".join(
             f"{name} truth {row[key]['truth']:.4g} paser {row[key]['paser']:.4g} f2 {row[key]['f2']:.4g} "
@@ -122,7 +127,8 @@ def main(argv=None) -> int:
         f"(whole volumes, no crop), voxel size from the generator. τ: TauFactor, pore phase, flux along axis 0 "
         f"({args.slices} planes). SSA: nickel surface area per unit sample volume, marching cubes. "
         f"Band: PaSeR at λ ∈ {{0, default, 0.1, 0.3, 1}}, f2 everywhere and {args.band_mc} single-pass f0 MC-dropout samples "
-        "(the defaults of `napari-paser metrics --band`).",
+        "(the defaults of `napari-paser metrics --band`); the volume fractions' ranges also span the voxel-wise envelope of "
+        "the deterministic members (a phase's voxels in all of them to its voxels in any of them).",
         "",
         "Relative error against the ground truth ((segmentation − truth) / truth), per volume:",
         "",
@@ -155,6 +161,11 @@ def main(argv=None) -> int:
     lines += ["", f"τ of seed {rows[0]['seed']}'s ground truth along axis 0: {first:.5g} from `napari-paser metrics`, "
               f"{direct_tau:.5g} from `taufactor.Solver` run directly on the same mask ({rel_err(first, direct_tau):+.3%})."]
     lines += ["", "Ground truth inside the band: " + ", ".join(f"{n} {hits[k]}/{len(rows)}" for n, k in KEYS) + "."]
+    key = "volume_fraction.pore"
+    spread_hits = sum(r[key]["spread"][0] <= r[key]["truth"] <= r[key]["spread"][1] for r in rows)
+    lines += ["", "Porosity's range from the members' values alone (no envelope): "
+              + ", ".join(f"{r['seed']} [{r[key]['spread'][0]:.4g}, {r[key]['spread'][1]:.4g}]" for r in rows)
+              + f"; it contains the truth {spread_hits}/{len(rows)}: every member shares the networks' bias."]
     if not all(r["conv"] for r in rows):
         lines += ["", "Note: at least one TauFactor solve did not converge within its iteration limit."]
     text = "\n".join(lines) + "\n"

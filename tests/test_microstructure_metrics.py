@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_paser.engine.metrics_report import csv_text, metric_ranges, report_dict
+from napari_paser.engine.metrics_report import csv_text, metric_ranges, profile_range, report_dict
 from napari_paser.engine.microstructure import (
     compute_metrics,
     interfacial_areas,
@@ -217,6 +217,29 @@ def test_ranges_and_csv():
     rep = report_dict(a, band=[("other", b)])
     assert rep["ranges"]["volume_fraction.pore"] == [4 / 12, 8 / 12]
     assert rep["porosity_profile"]["max"][5] == 1.0 and rep["band"][0]["name"] == "other"
+
+
+def test_envelope_widens_fraction_ranges_to_voxelwise_bounds():
+    from napari_paser.engine.metrics_band import PhaseEnvelope
+
+    # Two segmentations with the same porosity (1/2) that disagree on half their pore voxels.
+    a = np.array([[[0, 0, 2, 2], [1, 1, 2, 2]]], dtype=np.uint8)
+    b = np.array([[[0, 2, 0, 2], [1, 1, 2, 2]]], dtype=np.uint8)
+    ma, mb = (compute_metrics(x, 2, tortuosity=False) for x in (a, b))
+    assert metric_ranges([ma, mb])["volume_fraction.pore"] == (0.25, 0.25)
+    env = PhaseEnvelope()
+    env.add(a)
+    env.add(b)
+    rng = metric_ranges([ma, mb], env)
+    assert rng["volume_fraction.pore"] == (1 / 8, 3 / 8)
+    assert rng["volume_fraction.carbon-binder"] == (0.25, 0.25)
+    assert rng["volume_fraction.nickel"] == (3 / 8, 5 / 8)
+    assert rng["specific_surface_area.nickel"] == metric_ranges([ma, mb])["specific_surface_area.nickel"]
+    lo, hi = profile_range([ma, mb], env)  # along the columns: pore in column 0 always, 1 and 2 sometimes
+    np.testing.assert_allclose(lo, [0.5, 0, 0, 0])
+    np.testing.assert_allclose(hi, [0.5, 0.5, 0.5, 0])
+    with pytest.raises(PaserInputError, match="shape"):
+        env.add(a[:, :1])
 
 
 def test_missing_taufactor_is_one_clear_error(monkeypatch):

@@ -90,13 +90,15 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
                 metrics = stop.value
                 break
             bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}")
-        band = []
+        band, envelope = [], None
         if image is not None:
-            from ..engine.metrics_band import band_steps
+            from ..engine.metrics_band import PhaseEnvelope, band_steps
 
             bundle = load_bundle_arg(args.bundle)
+            envelope = PhaseEnvelope()
+            envelope.add(labels)
             gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
-                             seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, **kwargs)
+                             seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, envelope=envelope, **kwargs)
             while True:
                 try:
                     stage, done, total = next(gen)
@@ -106,7 +108,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
                 bar.set_description_str(f"band {done}/{total}: {stage}")
     finally:
         bar.close()
-    return metrics, band
+    return metrics, band, envelope
 
 
 def run(args) -> int:
@@ -139,11 +141,11 @@ def run(args) -> int:
             raise PaserInputError(f"--band image has shape {image.shape} but the labels have shape {labels.shape}")
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", UserWarning)
-        metrics, band = _compute(args, labels, axis, image, lams, methods, kwargs)
+        metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
     # Engine warnings (e.g. cubic voxels assumed) become one line each.
     for msg in dict.fromkeys(str(w.message) for w in notes if issubclass(w.category, UserWarning)):
         print(f"napari-paser metrics: warning: {msg}", file=sys.stderr)
-    ranges = metric_ranges([metrics] + [m.metrics for m in band]) if band else {}
+    ranges = metric_ranges([metrics] + [m.metrics for m in band], envelope) if band else {}
     extra = {
         "labels": str(Path(args.labels).resolve()) if Path(args.labels).exists() else args.labels,
         "surface_method": args.surface_method,
@@ -155,7 +157,7 @@ def run(args) -> int:
         extra["band_image"] = str(Path(args.band).resolve())
         extra["band_members"] = [{"name": m.name, "lam": m.lam, "gflops": m.gflops} for m in band]
     if args.json:
-        write_json(args.json, report_dict(metrics, band=[(m.name, m.metrics) for m in band], extra=extra), overwrite=args.overwrite)
+        write_json(args.json, report_dict(metrics, band=[(m.name, m.metrics) for m in band], envelope=envelope, extra=extra), overwrite=args.overwrite)
     if args.csv:
         write_text_atomic(args.csv, csv_text(metrics, ranges), overwrite=args.overwrite)
     print(_table(metrics, ranges))

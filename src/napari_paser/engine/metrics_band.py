@@ -6,6 +6,14 @@ models everywhere (by default f2, the most expensive segmentation PaSeR can give
 on request, as single Monte-Carlo dropout samples of f0 (one f0 decoder pass with its own dropout
 mask, seeds 1..N). Each segmentation's metrics are computed at once and its labels
 dropped, so memory holds one label volume at a time besides the segmenter's caches.
+
+Every segmentation agrees with the others on most voxels and the band's members share
+the networks' biases, so the spread of their volume fractions understates how uncertain
+a fraction is. A :class:`PhaseEnvelope` therefore also records, voxel by voxel, which
+phases the deterministic members (PaSeR at every λ, single models) give: a phase's
+fraction lies between the voxels all of them give it and the voxels any of them gives
+it. Single-pass dropout samples stay out of it: they differ voxel by voxel with f0's
+noise, which would bound that noise rather than the segmentation's choices.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 from ..errors import PaserInputError
 from .microstructure import MicrostructureMetrics, metrics_steps
 
-__all__ = ["DEFAULT_BAND_LAMS", "DEFAULT_BAND_METHODS", "BandMember", "parse_lams", "parse_methods", "band_steps"]
+__all__ = ["DEFAULT_BAND_LAMS", "DEFAULT_BAND_METHODS", "BandMember", "PhaseEnvelope", "parse_lams", "parse_methods", "band_steps"]
 
 DEFAULT_BAND_LAMS = (0.0, None, 0.1, 0.3, 1.0)
 """λ of the default band; None is the bundle's default λ (λ = 1 is f0 alone, λ = 0 the most expensive routing)."""
@@ -45,6 +53,86 @@ class BandMember:
     lam: float | None
     gflops: float
     metrics: MicrostructureMetrics
+
+
+class PhaseEnvelope:
+    """Per voxel, the phases every added segmentation gives it and the phases any gives it.
+
+    Two uint8 bit fields of the volume's shape (bit ``c`` is phase ``c``), updated plane
+    by plane, so adding a segmentation needs no full-size temporary.
+
+    Examples
+    --------
+    >>> env = PhaseEnvelope()
+    >>> env.add(np.array([[0, 0, 2, 2]]))
+    >>> env.add(np.array([[0, 2, 2, 2]]))
+    >>> env.fraction_ranges()["volume_fraction.pore"]
+    (0.25, 0.5)
+    """
+
+    def __init__(self) -> None:
+        self._every: np.ndarray | None = None
+        self._any: np.ndarray | None = None
+        self._ndim = 3
+        self.count = 0
+
+    def add(self, labels) -> None:
+        """Add one segmentation (labels in {0, 1, 2}, the shape of the first one added)."""
+        lab = np.asarray(labels)
+        ndim = lab.ndim
+        lab = lab[None] if lab.ndim == 2 else lab
+        if self._every is None:
+            self._ndim = ndim
+            self._every = np.full(lab.shape, 0b111, dtype=np.uint8)
+            self._any = np.zeros(lab.shape, dtype=np.uint8)
+        elif lab.shape != self._every.shape:
+            raise PaserInputError(f"a segmentation of shape {lab.shape} cannot join an envelope of shape {self._every.shape}")
+        for z in range(lab.shape[0]):
+            bits = np.left_shift(np.uint8(1), lab[z].astype(np.uint8, copy=False))
+            self._every[z] &= bits
+            self._any[z] |= bits
+        self.count += 1
+
+    def _counts(self, phase: int, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Voxels of ``phase`` in every / in any segmentation, per plane along ``axis``
+        of the stored 3-D volume (None: in total)."""
+        if self._every is None:
+            raise RuntimeError("the envelope is empty: add a segmentation first")
+        lo, hi = [], []
+        for z in range(self._every.shape[0]):
+            every = (self._every[z] >> phase) & 1
+            anyone = (self._any[z] >> phase) & 1
+            if axis is None or axis == 0:
+                lo.append(int(every.sum()))
+                hi.append(int(anyone.sum()))
+            else:
+                lo.append(every.sum(axis=2 - axis))  # axis 1 (rows) keeps rows: sum the columns
+                hi.append(anyone.sum(axis=2 - axis))
+        lo_a, hi_a = np.asarray(lo), np.asarray(hi)
+        if axis is None:
+            return lo_a.sum(), hi_a.sum()
+        if axis == 0:
+            return lo_a, hi_a
+        return lo_a.sum(axis=0), hi_a.sum(axis=0)
+
+    def fraction_ranges(self) -> dict[str, tuple[float, float]]:
+        """``{"volume_fraction.<phase>": (lowest, highest)}`` over the voxel-wise envelope."""
+        from .. import CLASS_NAMES
+
+        n = self._every.size if self._every is not None else 0
+        out = {}
+        for c, name in enumerate(CLASS_NAMES):
+            lo, hi = self._counts(c, None)
+            out[f"volume_fraction.{name}"] = (float(lo) / n, float(hi) / n)
+        return out
+
+    def profile_range(self, axis: int, phase: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest fraction of ``phase`` (default pore) in every plane
+        perpendicular to ``axis`` of the labels as added (0 or 1 for a 2-D image)."""
+        axis = int(axis) + (3 - self._ndim)
+        lo, hi = self._counts(phase, axis)
+        per_plane = self._every.size / self._every.shape[axis]
+        return lo / per_plane, hi / per_plane
 
 
 def parse_lams(text: str) -> tuple[float | None, ...]:
@@ -88,6 +176,7 @@ def band_steps(
     segment_device: str = "cpu",
     batch_size: int | None = None,
     shape: tuple[int, ...] | None = None,
+    envelope: PhaseEnvelope | None = None,
     **metric_kwargs,
 ) -> Generator[tuple[str, int, int], None, list[BandMember]]:
     """Segment ``image`` at every λ in ``lams`` and as ``mc_samples`` f0 dropout samples;
@@ -113,6 +202,8 @@ def band_steps(
         Passed to :class:`PaserSegmenter` (``device`` in ``metric_kwargs`` is TauFactor's).
     shape : tuple or None
         Shape the labels must have (the main segmentation's); checked before any work.
+    envelope : PhaseEnvelope or None
+        If given, the labels of every PaSeR and single-model member are added to it.
     **metric_kwargs
         Passed to :func:`metrics_steps` (voxel_size, cb_diffusivity, tortuosity, ...).
 
@@ -170,6 +261,8 @@ def band_steps(
         finally:
             run.close()
         labels = result.labels[0] if img.ndim == 2 else result.labels
+        if envelope is not None and passes is None:
+            envelope.add(labels)
         # A cheap segmentation may miss a phase entirely: its metrics are still defined.
         gen = metrics_steps(labels, axis, require_all_phases=False, **metric_kwargs)
         try:

@@ -2,7 +2,9 @@
 
 A *band* is a list of metric sets of the same scan segmented in different ways (several
 λ, f0's MC-dropout samples); every metric is then reported as the value of the main
-segmentation and the [min, max] over the main one and the band.
+segmentation and the [min, max] over the main one and the band. With a
+:class:`~napari_paser.engine.metrics_band.PhaseEnvelope`, the ranges of the volume
+fractions and of the porosity profile also span the envelope's voxel-wise bounds.
 """
 
 from __future__ import annotations
@@ -13,27 +15,41 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .microstructure import MicrostructureMetrics
 
+if TYPE_CHECKING:
+    from .metrics_band import PhaseEnvelope
+
 __all__ = ["metric_ranges", "profile_range", "report_dict", "csv_text", "write_text_atomic"]
 
 
-def metric_ranges(members: Sequence[MicrostructureMetrics]) -> dict[str, tuple[float, float]]:
-    """[min, max] of every metric over ``members`` (keys present in all of them)."""
+def metric_ranges(members: Sequence[MicrostructureMetrics], envelope: PhaseEnvelope | None = None) -> dict[str, tuple[float, float]]:
+    """[min, max] of every metric over ``members`` (keys present in all of them); the
+    volume fractions' ranges widened to ``envelope``'s bounds when one is given."""
     if not members:
         return {}
     keys = [k for k in members[0].values if all(k in m.values for m in members)]
-    return {k: (float(min(m.values[k] for m in members)), float(max(m.values[k] for m in members))) for k in keys}
+    out = {k: (float(min(m.values[k] for m in members)), float(max(m.values[k] for m in members))) for k in keys}
+    if envelope is not None and envelope.count:
+        for k, (lo, hi) in envelope.fraction_ranges().items():
+            if k in out:
+                out[k] = (min(out[k][0], lo), max(out[k][1], hi))
+    return out
 
 
-def profile_range(members: Sequence[MicrostructureMetrics]) -> tuple[np.ndarray, np.ndarray]:
-    """Plane-wise min and max of the porosity profiles of ``members``."""
+def profile_range(members: Sequence[MicrostructureMetrics], envelope: PhaseEnvelope | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Plane-wise min and max of the porosity profiles of ``members`` (and of ``envelope``'s
+    pore bounds along the members' axis)."""
     stack = np.stack([m.porosity_profile for m in members])
-    return stack.min(axis=0), stack.max(axis=0)
+    lo, hi = stack.min(axis=0), stack.max(axis=0)
+    if envelope is not None and envelope.count:
+        env_lo, env_hi = envelope.profile_range(members[0].axis)
+        lo, hi = np.minimum(lo, env_lo), np.maximum(hi, env_hi)
+    return lo, hi
 
 
 def _num(x: float) -> float | None:
@@ -46,13 +62,14 @@ def report_dict(
     metrics: MicrostructureMetrics,
     *,
     band: Sequence[tuple[str, MicrostructureMetrics]] = (),
+    envelope: PhaseEnvelope | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON-serialisable report.
 
     Top-level keys are the metric keys (``"volume_fraction.pore": 0.31``, ...; null for
     an infinite τ), plus ``units``, ``ranges`` (``{key: [min, max]}`` over the main
-    segmentation and ``band``, only with a band), ``porosity_profile`` (axis, positions,
+    segmentation and ``band``, only with a band; volume fractions also over ``envelope``), ``porosity_profile`` (axis, positions,
     values and, with a band, min / max), ``tortuosity`` (convergence details),
     ``band`` (each member's name and metrics), ``axis``, ``voxel_size`` and ``extra``.
     """
@@ -66,8 +83,8 @@ def report_dict(
     }
     if band:
         members = [metrics] + [m for _, m in band]
-        out["ranges"] = {k: [_num(lo), _num(hi)] for k, (lo, hi) in metric_ranges(members).items()}
-        lo, hi = profile_range(members)
+        out["ranges"] = {k: [_num(lo), _num(hi)] for k, (lo, hi) in metric_ranges(members, envelope).items()}
+        lo, hi = profile_range(members, envelope)
         profile["min"] = [float(v) for v in lo]
         profile["max"] = [float(v) for v in hi]
         out["band"] = [{"name": name, **{k: _num(v) for k, v in m.values.items()}} for name, m in band]

@@ -126,15 +126,18 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
     finally:
         gen.close()
     band: list = []
+    envelope = None
     if n_band:
         from ..engine.bundle import load_bundle
-        from ..engine.metrics_band import band_steps
+        from ..engine.metrics_band import PhaseEnvelope, band_steps
         from ..engine.registry import resolve_bundle
 
         yield MetricsProgress("loading the bundle", 0.0, 1, 1 + n_band)
         bundle = load_bundle(resolve_bundle(req.bundle_path))
+        envelope = PhaseEnvelope()
+        envelope.add(labels)
         gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
-                         shape=labels.shape, **kwargs)
+                         shape=labels.shape, envelope=envelope, **kwargs)
         try:
             while True:
                 stage, done, total = next(gen)
@@ -146,8 +149,8 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
     if not band:
         return MetricsOutcome(metrics, [], {})
     members = [metrics] + [b.metrics for b in band]
-    lo, hi = profile_range(members)
-    return MetricsOutcome(metrics, band, metric_ranges(members), lo, hi)
+    lo, hi = profile_range(members, envelope)
+    return MetricsOutcome(metrics, band, metric_ranges(members, envelope), lo, hi)
 
 
 def _fmt(v: float) -> str:
