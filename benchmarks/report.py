@@ -362,11 +362,31 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
                      f"{_f(r['mean_iou'])} | {r['gflops']:.3f} | {_g(r['iou_per_gflop'])} | {_f(r.get('seconds_ratio_f2'), 3)} | "
                      f"{100 * r['assignment_accuracy']:.1f} % |")
         L += ["", f"![assignment]({_rel(fig_dir, out, 'digits_assignment.png')})", "", f"![TVD]({_rel(fig_dir, out, 'digits_tvd.png')})", ""]
+    L += _separate_benchmarks(out)
     L += ["## Targets (the paper's claims and the issues' acceptance lines)", "", "| target | this run | met |", "|---|---|---|"]
     for t in targets(res):
         L.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
     L.append("")
     return "\n".join(L)
+
+
+def _separate_benchmarks(out: Path) -> list[str]:
+    """Links to the benchmarks that run on their own (their files say which run made them)."""
+    here = Path(__file__).resolve().parent
+    items = [
+        ("Microstructure metrics", "metrics_results.md", "bench_metrics.py",
+         "porosity, pore tortuosity and nickel surface from PaSeR at the default λ and from f2 everywhere against the "
+         "ground truth, and whether the `--band` ranges hold the truth"),
+        ("Adapting to one scan", "finetune_results.md", "bench_finetune.py",
+         "fine-tuning from painted labels against a random forest on the same labels"),
+    ]
+    L = ["## Separate benchmarks (their own runs and files)", ""]
+    for title, name, script, what in items:
+        path = here / name
+        rel = os.path.relpath(path, out).replace(os.sep, "/")
+        L.append(f"- {title}: [{rel}]({rel}), made by `python benchmarks/{script}`: {what}."
+                 + ("" if path.exists() else " Not run yet."))
+    return L + [""]
 
 
 def _tvd_finetune_text(d: dict) -> str:
