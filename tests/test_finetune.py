@@ -178,6 +178,25 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     assert sum(rec["steps"].values()) > 0
 
 
+@pytest.mark.parametrize("share", [0.05, 0.3])
+def test_adapted_lambda_keeps_the_validated_compute_share(tiny_bundle, share):
+    from napari_paser.train.finetune import finetune
+
+    img, lab = _scan(2)
+    tiny_bundle.meta["validation"] = {"paser_flops_ratio": share}
+    res = finetune(tiny_bundle, img, lab, _fast_cfg(evaluations=1))
+    rec = res.bundle.meta["finetune"]
+    assert rec["validated_flops_ratio"] == share and "validated" in rec["default_lam"]["rule"]
+    curve = {row["lam"]: row for row in rec["lam_curve"]}
+    lam = res.bundle.default_lam
+    within = [v for v, row in curve.items() if row["flops_ratio"] <= share]
+    assert lam == (min(within) if within else max(curve))  # the cheapest λ that fits, or the cheapest λ at all
+    # GFLOPs fall as λ rises, so every smaller λ costs more than the share
+    assert all(row["flops_ratio"] > share for v, row in curve.items() if v < lam)
+    held = finetune(tiny_bundle, img, lab, _fast_cfg(evaluations=1, lam_rule="held_out")).bundle.meta["finetune"]
+    assert held["default_lam"]["rule"].startswith("best held-out IoU")
+
+
 def test_finetune_stops_when_asked_and_still_returns_a_usable_bundle(tiny_bundle, tmp_path):
     from napari_paser.engine.bundle import load_bundle
     from napari_paser.engine.pipeline import segment

@@ -16,8 +16,12 @@ within a wall-clock budget:
    held-out pixels; the best state of each is kept, so a cancel (``stop()``) or the end
    of the budget returns the best networks seen, never a worse one than the start.
 4. The policy is kept (it reads f0's output, which keeps its meaning); the bundle's λ is
-   re-chosen on the held-out pixels: the best λ there, ties going to the λ nearest the
-   bundle's own (validated) default.
+   re-chosen so that PaSeR spends on this scan the share of f2-everywhere's GFLOPs the
+   bundle was validated at (``lam_rule="compute"``). The policy's gains are calibrated
+   to the training scans, not to the adapted networks, and the few held-out painted
+   pixels cannot rank λ values reliably: choosing λ by them kept most patches on f0
+   (``lam_rule="held_out"``, the earlier rule, still available). The held-out IoU of
+   every λ is recorded either way.
 
 Progress comes as :class:`FinetuneProgress` messages (for a napari worker, a tqdm bar or
 a plot); the result is a new :class:`~napari_paser.engine.bundle.Bundle` with a
@@ -109,9 +113,13 @@ class FinetuneConfig:
         Share of labelled pixels held out for scoring (whole patches).
     evaluations : int
         How many times the held-out pixels are scored during training.
+    lam_rule : str
+        ``compute``: the smallest λ whose GFLOPs on (up to 16 slices of) the scan are at
+        most the share of f2-everywhere's that the bundle was validated at (the held-out
+        rule when the bundle records none); ``held_out``: the best held-out IoU.
     lam_tolerance : float
-        λ is, among those whose held-out IoU is within this of the best λ's, the one
-        closest to the bundle's own default λ.
+        ``held_out`` rule: λ is, among those whose held-out IoU is within this of the
+        best λ's, the one closest to the bundle's own default λ.
     augment : AugmentConfig
         Flips, rotations and mild intensity jitter (the scan is known: its contrast does
         not need to generalise far).
@@ -130,6 +138,7 @@ class FinetuneConfig:
     adabn: bool = True
     held_out: float = 0.15
     evaluations: int = 6
+    lam_rule: str = "compute"
     lam_tolerance: float = 0.0
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(contrast=0.1, offset=0.03, noise=0.02, noise_prob=0.3, blur=0.8, blur_prob=0.2)
@@ -384,14 +393,16 @@ class _Trainer:
 # --------------------------------------------------------------------------- λ
 
 
-@torch.no_grad()
-def _choose_lam(bundle: Bundle, data: _Data, tolerance: float, seed: int) -> tuple[float, list[dict]]:
-    """The λ with the best held-out IoU (within ``tolerance``) closest to the bundle's own, and the curve.
+def validated_flops_ratio(meta: dict) -> float | None:
+    """PaSeR's share of f2-everywhere's GFLOPs at the default λ on the bundle's validation
+    split (kept through fine-tuning), or None if the bundle records none."""
+    share = (meta.get("validation") or {}).get("paser_flops_ratio") or (meta.get("finetune") or {}).get("validated_flops_ratio")
+    return float(share) if share else None
 
-    Many λ tie: the held-out patches are a few, and routings that differ elsewhere score
-    the same on them. Among the ties the bundle's validated λ (or the nearest to it) is
-    kept, rather than the cheapest, which would send unscored patches to f0 blindly.
-    """
+
+@torch.no_grad()
+def _held_out_curve(bundle: Bundle, data: _Data, seed: int) -> list[dict]:
+    """Held-out mean IoU and routing fractions of PaSeR at every λ of the grid."""
     ps = bundle.patch_size
     prob, feats = _f0_prob(bundle, data.x, seed)
     bundle.policy.eval()
@@ -407,10 +418,50 @@ def _choose_lam(bundle: Bundle, data: _Data, tolerance: float, seed: int) -> tup
         r = route(gains, float(lam), costs).reshape(-1)[patches.numpy()]
         cm = confs[np.arange(len(r)), r].sum(0)
         curve.append({"lam": float(lam), "mean_iou": round(mean_iou(cm), 5), "fractions": np.bincount(r, minlength=3).tolist()})
+    return curve
+
+
+@torch.no_grad()
+def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16) -> list[float]:
+    """PaSeR's GFLOPs over f2-everywhere's at every λ of the grid, on up to ``max_slices``
+    evenly spaced slices of the scan (charged as validation charges them)."""
+    from ..engine.flops import CostModel
+
+    n = len(data.scan)
+    zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
+    x = data.scan[zs]
+    _, feats = _f0_prob(bundle, x, seed)
+    bundle.policy.eval()
+    gains = bundle.policy.gains(feats.float()).numpy()
+    costs = bundle.costs().numpy()
+    cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
+    f2_flops = gains[:, 0].size * cm.patch[2]
+    shares = []
+    for lam in LAM_GRID:
+        counts = np.bincount(route(gains, float(lam), costs).reshape(-1), minlength=3)
+        shares.append((len(x) * cm.analysis + counts[1] * cm.patch[1] + counts[2] * cm.patch[2]) / f2_flops)
+    return shares
+
+
+def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str]:
+    """The adapted bundle's default λ, the held-out curve and the rule that chose it (see ``lam_rule``)."""
+    if cfg.lam_rule not in ("compute", "held_out"):
+        raise ValueError(f"unknown lam_rule {cfg.lam_rule!r}; choose 'compute' or 'held_out'")
+    curve = _held_out_curve(bundle, data, cfg.seed)
+    share = validated_flops_ratio(bundle.meta)
+    if cfg.lam_rule == "compute" and share:
+        shares = _compute_shares(bundle, data, cfg.seed)
+        for row, v in zip(curve, shares):
+            row["flops_ratio"] = round(float(v), 5)
+        within = [row["lam"] for row in curve if row["flops_ratio"] <= share]
+        lam = min(within) if within else float(LAM_GRID[-1])
+        return lam, curve, f"smallest lambda whose GFLOPs on the scan are at most the validated {share:.4g} x f2-everywhere's"
+    # Many λ tie on a few held-out patches (routings that differ elsewhere score the same):
+    # among the ties the bundle's validated λ (or the nearest to it) is kept.
     best = max(c["mean_iou"] for c in curve)
-    ties = [c["lam"] for c in curve if c["mean_iou"] >= best - tolerance]
+    ties = [c["lam"] for c in curve if c["mean_iou"] >= best - cfg.lam_tolerance]
     lam = min(ties, key=lambda v: (abs(v - bundle.default_lam), v))
-    return lam, curve
+    return lam, curve, f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda"
 
 
 # --------------------------------------------------------------------------- the loop
@@ -542,8 +593,8 @@ def finetune_iter(
             getattr(bundle, m).eval()
             for p in getattr(bundle, m).parameters():
                 p.requires_grad_(True)
-        yield FinetuneProgress("lambda", elapsed(), budget, _snapshot(history), "choosing λ on the held-out pixels")
-        lam, curve = _choose_lam(bundle, data, cfg.lam_tolerance, cfg.seed)
+        yield FinetuneProgress("lambda", elapsed(), budget, _snapshot(history), "choosing λ")
+        lam, curve, lam_rule = _choose_lam(bundle, data, cfg)
         old_lam = bundle.default_lam
         bundle.default_lam = float(lam)
         seconds = elapsed()
@@ -569,8 +620,10 @@ def finetune_iter(
             "default_lam": {
                 "before": old_lam,
                 "after": float(lam),
-                "rule": f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda",
+                "rule": lam_rule,
             },
+            # kept, so that adapting this bundle again keeps the same compute share
+            "validated_flops_ratio": validated_flops_ratio(bundle.meta),
             "lam_curve": curve,
             "config": {k: v for k, v in cfg.to_dict().items() if k != "augment"},
             "torch_threads": torch.get_num_threads(),

@@ -48,7 +48,9 @@ class _Table:
         self.costs = bundle.costs().numpy()
         self.confs = [c.conf.numpy().astype(np.int64) for c in caches]
         self.gains = [policy_gains(bundle, c) for c in caches]
-        self.cost_models = [CostModel.measure(bundle, tuple(c.features.shape[-2:]), bundle.mc_passes) for c in caches]
+        # The padded slice from the patch grid: v2 features are stored pooled, not at full size.
+        ph, pw = bundle.patch_size
+        self.cost_models = [CostModel.measure(bundle, (c.conf.shape[2] * ph, c.conf.shape[3] * pw), bundle.mc_passes) for c in caches]
         self.slices = sum(len(c) for c in caches)
 
     def score(self, routings: list[np.ndarray]) -> dict:
