@@ -178,6 +178,24 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     assert sum(rec["steps"].values()) > 0
 
 
+def test_recentred_policy_gains_have_the_measured_mean_gain(tiny_bundle):
+    import copy
+
+    from napari_paser.engine.metrics import dataset_iou_gains
+    from napari_paser.train.finetune import FinetuneConfig, _held_out_table, _prepare, _recentre_policy
+
+    img, lab = _scan(2)
+    bundle = copy.deepcopy(tiny_bundle)
+    data = _prepare(bundle, img, lab, FinetuneConfig())
+    gains, confs = _held_out_table(bundle, data, 0)
+    shift = _recentre_policy(bundle, data, gains, confs)
+    after, _ = _held_out_table(bundle, data, 0)
+    np.testing.assert_allclose(after - gains, np.broadcast_to(shift.reshape(1, 2, 1, 1), gains.shape), atol=1e-5)  # a pure shift
+    held = after.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
+    measured = dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * len(confs)
+    np.testing.assert_allclose(held.mean(0), measured.mean(0), atol=1e-5)
+
+
 @pytest.mark.parametrize("share", [0.05, 0.3])
 def test_adapted_lambda_keeps_the_validated_compute_share(tiny_bundle, share):
     from napari_paser.train.finetune import finetune
@@ -187,6 +205,7 @@ def test_adapted_lambda_keeps_the_validated_compute_share(tiny_bundle, share):
     res = finetune(tiny_bundle, img, lab, _fast_cfg(evaluations=1))
     rec = res.bundle.meta["finetune"]
     assert rec["validated_flops_ratio"] == share and "validated" in rec["default_lam"]["rule"]
+    assert len(rec["policy_gain_shift"]) == 2
     curve = {row["lam"]: row for row in rec["lam_curve"]}
     lam = res.bundle.default_lam
     within = [v for v, row in curve.items() if row["flops_ratio"] <= share]

@@ -15,13 +15,13 @@ within a wall-clock budget:
    frozen at the scan's statistics. Every few seconds each network is scored on the
    held-out pixels; the best state of each is kept, so a cancel (``stop()``) or the end
    of the budget returns the best networks seen, never a worse one than the start.
-4. The policy is kept (it reads f0's output, which keeps its meaning); the bundle's λ is
-   re-chosen so that PaSeR spends on this scan the share of f2-everywhere's GFLOPs the
-   bundle was validated at (``lam_rule="compute"``). The policy's gains are calibrated
-   to the training scans, not to the adapted networks, and the few held-out painted
-   pixels cannot rank λ values reliably: choosing λ by them kept most patches on f0
-   (``lam_rule="held_out"``, the earlier rule, still available). The held-out IoU of
-   every λ is recorded either way.
+4. The policy's ranking of patches is kept and its gains are re-centred: their mean on
+   the held-out patches is set to the adapted networks' measured gain there (adapting f0
+   changes the features the policy reads). The bundle's λ is re-chosen so that PaSeR
+   spends on this scan the share of f2-everywhere's GFLOPs the bundle was validated at
+   (``lam_rule="compute"``): the few held-out painted pixels cannot rank λ values
+   reliably, and choosing λ by them kept most patches on f0 (``lam_rule="held_out"``,
+   the earlier rule, still available). The held-out IoU of every λ is recorded.
 
 Progress comes as :class:`FinetuneProgress` messages (for a napari worker, a tqdm bar or
 a plot); the result is a new :class:`~napari_paser.engine.bundle.Bundle` with a
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.bundle import Bundle, save_bundle
-from ..engine.metrics import confusion_matrix, mean_iou
+from ..engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
 from ..engine.models import mc_dropout
 from ..engine.normalize import Normalizer, validate_image
 from ..engine.patches import grid_shape, pad_to_patches, patch_windows
@@ -113,6 +113,9 @@ class FinetuneConfig:
         Share of labelled pixels held out for scoring (whole patches).
     evaluations : int
         How many times the held-out pixels are scored during training.
+    recentre_policy : bool
+        Shift the policy's gains of f1 and f2 so that their mean on the held-out patches
+        is the adapted networks' measured mean gain (the ranking is kept).
     lam_rule : str
         ``compute``: the smallest λ whose GFLOPs on (up to 16 slices of) the scan are at
         most the share of f2-everywhere's that the bundle was validated at (the held-out
@@ -138,6 +141,7 @@ class FinetuneConfig:
     adabn: bool = True
     held_out: float = 0.15
     evaluations: int = 6
+    recentre_policy: bool = True
     lam_rule: str = "compute"
     lam_tolerance: float = 0.0
     augment: AugmentConfig = field(
@@ -401,21 +405,48 @@ def validated_flops_ratio(meta: dict) -> float | None:
 
 
 @torch.no_grad()
-def _held_out_curve(bundle: Bundle, data: _Data, seed: int) -> list[dict]:
-    """Held-out mean IoU and routing fractions of PaSeR at every λ of the grid."""
+def _held_out_table(bundle: Bundle, data: _Data, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's gains (n, 2, GY, GX) on the labelled slices and the confusion
+    matrices (P, 3, C, C) of f0, f1 and f2 on the held-out patches."""
     ps = bundle.patch_size
     prob, feats = _f0_prob(bundle, data.x, seed)
     bundle.policy.eval()
-    gains = bundle.policy.gains(feats.float()).numpy()  # (n, 2, GY, GX)
+    gains = bundle.policy.gains(feats.float()).numpy()
     patches = data.held_patches
     f0_pred = patch_windows(prob.argmax(1, keepdim=True).float(), ps, 0)[patches, 0].long()
     preds = torch.stack([f0_pred, _patch_logits(bundle.f1, data.x, ps, patches), _patch_logits(bundle.f2, data.x, ps, patches)])
     truth = _held_patch_truth(data, ps)
-    costs = bundle.costs().numpy()
     confs = np.stack([np.stack([_confusion(preds[m, i], truth[i]) for m in range(3)]) for i in range(len(patches))])
+    return gains, confs
+
+
+@torch.no_grad()
+def _recentre_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndarray) -> np.ndarray:
+    """Shift the policy's gains of f1 and f2 so that their mean over the held-out patches
+    is the adapted networks' measured mean gain there; returns the shift (2,).
+
+    Adapting f0 changes the features the policy reads, and adapting f1 and f2 changes
+    what they gain: the policy's ranking of patches is kept, its level is re-measured.
+    Two numbers from the held-out patches: few patches fix a mean, not a ranking.
+    """
+    n = len(confs)
+    if n == 0:
+        return np.zeros(2)
+    # Dataset-IoU gains over the held-out patches, scaled as in training (× patches).
+    true = dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * n
+    pred = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
+    shift = true.mean(0) - pred.mean(0)
+    head = bundle.policy.head[-1]
+    head.bias.add_(torch.as_tensor(shift, dtype=head.bias.dtype))
+    return shift
+
+
+def _held_out_curve(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndarray) -> list[dict]:
+    """Held-out mean IoU and routing fractions of PaSeR at every λ of the grid."""
+    costs = bundle.costs().numpy()
     curve = []
     for lam in LAM_GRID:
-        r = route(gains, float(lam), costs).reshape(-1)[patches.numpy()]
+        r = route(gains, float(lam), costs).reshape(-1)[data.held_patches.numpy()]
         cm = confs[np.arange(len(r)), r].sum(0)
         curve.append({"lam": float(lam), "mean_iou": round(mean_iou(cm), 5), "fractions": np.bincount(r, minlength=3).tolist()})
     return curve
@@ -443,11 +474,18 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
     return shares
 
 
-def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str]:
-    """The adapted bundle's default λ, the held-out curve and the rule that chose it (see ``lam_rule``)."""
+def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str, list[float]]:
+    """The adapted bundle's default λ, the held-out curve, the rule that chose it (see
+    ``lam_rule``) and the shift of the policy's gains (``recentre_policy``)."""
     if cfg.lam_rule not in ("compute", "held_out"):
         raise ValueError(f"unknown lam_rule {cfg.lam_rule!r}; choose 'compute' or 'held_out'")
-    curve = _held_out_curve(bundle, data, cfg.seed)
+    gains, confs = _held_out_table(bundle, data, cfg.seed)
+    shift = np.zeros(2)
+    if cfg.recentre_policy:
+        shift = _recentre_policy(bundle, data, gains, confs)
+        gains = gains + shift.reshape(1, 2, 1, 1)
+    shift_list = [round(float(v), 6) for v in shift]
+    curve = _held_out_curve(bundle, data, gains, confs)
     share = validated_flops_ratio(bundle.meta)
     if cfg.lam_rule == "compute" and share:
         shares = _compute_shares(bundle, data, cfg.seed)
@@ -455,13 +493,13 @@ def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float
             row["flops_ratio"] = round(float(v), 5)
         within = [row["lam"] for row in curve if row["flops_ratio"] <= share]
         lam = min(within) if within else float(LAM_GRID[-1])
-        return lam, curve, f"smallest lambda whose GFLOPs on the scan are at most the validated {share:.4g} x f2-everywhere's"
+        return lam, curve, f"smallest lambda whose GFLOPs on the scan are at most the validated {share:.4g} x f2-everywhere's", shift_list
     # Many λ tie on a few held-out patches (routings that differ elsewhere score the same):
     # among the ties the bundle's validated λ (or the nearest to it) is kept.
     best = max(c["mean_iou"] for c in curve)
     ties = [c["lam"] for c in curve if c["mean_iou"] >= best - cfg.lam_tolerance]
     lam = min(ties, key=lambda v: (abs(v - bundle.default_lam), v))
-    return lam, curve, f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda"
+    return lam, curve, f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda", shift_list
 
 
 # --------------------------------------------------------------------------- the loop
@@ -594,7 +632,7 @@ def finetune_iter(
             for p in getattr(bundle, m).parameters():
                 p.requires_grad_(True)
         yield FinetuneProgress("lambda", elapsed(), budget, _snapshot(history), "choosing λ")
-        lam, curve, lam_rule = _choose_lam(bundle, data, cfg)
+        lam, curve, lam_rule, gain_shift = _choose_lam(bundle, data, cfg)
         old_lam = bundle.default_lam
         bundle.default_lam = float(lam)
         seconds = elapsed()
@@ -625,6 +663,7 @@ def finetune_iter(
             # kept, so that adapting this bundle again keeps the same compute share
             "validated_flops_ratio": validated_flops_ratio(bundle.meta),
             "lam_curve": curve,
+            "policy_gain_shift": gain_shift,
             "config": {k: v for k, v in cfg.to_dict().items() if k != "augment"},
             "torch_threads": torch.get_num_threads(),
         }
