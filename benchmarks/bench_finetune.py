@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"whole run {time.perf_counter() - t_all:.0f} s. Volumes `generate_volume(seed, 16, distribution=\"oof\")`; labels on slices 0-3, "
         "mean IoU (one confusion matrix) on slices 8-15. *Full*: slices 0-3 fully labelled; *sparse*: brush strokes and dots "
         f"over about {int(100 * SPARSE_FRACTION)} % of their pixels (`simulate_strokes`), the rest 255. PaSeR at the adapted "
-        "bundle's λ (chosen on held-out painted pixels); the random forest (100 trees, multi-scale Gaussian, gradient, "
+        "bundle's λ (the fine-tuning's `lam_rule`, recorded in its manifest); the random forest (100 trees, multi-scale Gaussian, gradient, "
         "Hessian, LoG, DoG and structure-tensor features) is trained on the same pixels (at most 100 000 drawn at random); "
         + ("its scores do not depend on the bundle and are reused from `--cache` when an earlier run measured them." if args.cache else ""),
         "",
