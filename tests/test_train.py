@@ -245,13 +245,15 @@ def test_run_loop_resumes_inside_a_stage_exactly(tmp_path):
             return {"loss": float(loss.detach())}
 
         run_loop(ctx, "s", 6, {"m": model}, {"o": (opt, 1e-2)}, step, g)
-        return model, seen
+        return model, seen, ctx.ckpt
 
-    ref, _ = run(tmp_path / "a")
+    ref, _, fresh = run(tmp_path / "a")
+    assert fresh.resumed_seconds == {}
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", fail_at=3)
-    resumed, seen = run(tmp_path / "b")
+    resumed, seen, ckpt = run(tmp_path / "b")
     assert seen == [2, 3, 4, 5]
+    assert ckpt.resumed_seconds["s"] > 0  # the interrupted run's time counts toward the stage's minutes
     assert torch.allclose(ref.weight, resumed.weight) and torch.allclose(ref.bias, resumed.bias)
 
 

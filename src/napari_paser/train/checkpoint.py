@@ -58,6 +58,8 @@ class Checkpointer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.signature = json.loads(json.dumps(signature))
         self.state: dict[str, Any] = {"signature": self.signature, "done": [], "minutes": {}, "history": {}, "extra": {}}
+        # Seconds that interrupted earlier runs spent in a stage this run resumed (added to its minutes).
+        self.resumed_seconds: dict[str, float] = {}
         path = self.folder / "state.json"
         if path.is_file():
             saved = json.loads(path.read_text())

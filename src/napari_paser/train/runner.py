@@ -173,7 +173,7 @@ def train(
             h = train_policy(ctx, bundle, caches, stage)
         else:
             h = finetune_joint(ctx, bundle, banks["finetune"], stage)
-        minutes = (time.time() - t0) / 60
+        minutes = (time.time() - t0 + ckpt.resumed_seconds.pop(stage, 0.0)) / 60
         histories[stage] = h
         ckpt.save_stage(stage, bundle.models(), minutes, h)
         log(f"[{stage}] done in {minutes:.2f} min")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -147,6 +148,8 @@ def run_loop(
 
     history: dict[str, list] = {"step": []}
     start = 0
+    spent_before = 0.0  # seconds earlier runs spent in this loop (kept in the partial checkpoint)
+    t_loop = time.perf_counter()
     partial = ctx.ckpt.load_partial(stage)
     if partial is not None:
         for k, m in modules.items():
@@ -157,6 +160,8 @@ def run_loop(
         torch.set_rng_state(partial["torch_rng"])
         history = partial["history"]
         start = int(partial["step"])
+        spent_before = float(partial.get("seconds", 0.0))
+        ctx.ckpt.resumed_seconds[stage] = spent_before
         ctx.log(f"[{stage}] resuming at step {start}/{total}")
     every = max(1, total // 60)
     sums: dict[str, float] = {}
@@ -189,6 +194,7 @@ def run_loop(
                     "generator": g.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
+                    "seconds": spent_before + time.perf_counter() - t_loop,
                 },
             )
     bar.close()
