@@ -33,7 +33,7 @@ from .flops import CostModel
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
-from .routing import MODEL_NAMES, lam_for_tvd, route_fraction, route_from_switch_points, switch_points, tvd_at
+from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_points, tvd_at
 from .uncertainty import entropy as softmax_entropy
 from .uncertainty import mc_predict, policy_features, slice_seed
 
@@ -158,7 +158,7 @@ def run_summary(result, shape: list[int]) -> dict:
 # --------------------------------------------------------------------------- segmenter
 
 
-class PaserSegmenter:
+class PaserSegmenter(SlicewiseRouting):
     """Stateful PaSeR inference on one volume (see the module docstring).
 
     Parameters
@@ -356,37 +356,6 @@ class PaserSegmenter:
         """Policy gains (2, GY, GX) of f1 and f2 over f0 for slice ``z``."""
         self.analyse(z)
         return self._gains[z]
-
-    # ----------------------------------------------------------------- routing
-    def _lam(self, lam: float | None) -> float:
-        lam = self.bundle.default_lam if lam is None else float(lam)
-        if not 0.0 <= lam <= 1.0:
-            raise PaserInputError(f"lam must be in [0, 1], got {lam}")
-        return lam
-
-    def routing(self, lam: float | None, z: int) -> np.ndarray:
-        """Model per patch (GY, GX) uint8 of slice ``z`` for cost weight ``lam`` (None: bundle default)."""
-        self.analyse(z)
-        return route_from_switch_points(self._s1[z], self._s2[z], self._lam(lam))
-
-    def _analysed_slices(self, slices: Sequence[int] | None) -> np.ndarray:
-        idx = np.flatnonzero(self._analysed) if slices is None else np.asarray([self._check_slice(z) for z in slices], dtype=int)
-        if idx.size == 0 or not self._analysed[idx].all():
-            raise RuntimeError("the TVD is computed over analysed slices: analyse them first")
-        return idx
-
-    def tvd(self, lam: float | None, slices: Sequence[int] | None = None) -> float:
-        """TVD between the routing distributions at ``lam`` and λ = 0 over analysed slices."""
-        idx = self._analysed_slices(slices)
-        return tvd_at(self._s1[idx], self._s2[idx], self._lam(lam))
-
-    def lam_for_tvd(self, tau: float, slices: Sequence[int] | None = None) -> float:
-        """Largest λ whose routing is within TVD ``tau`` of λ = 0's (all analysed slices by default)."""
-        tau = float(tau)
-        if not 0.0 <= tau <= 1.0:
-            raise PaserInputError(f"tvd must be in [0, 1], got {tau}")
-        idx = self._analysed_slices(slices)
-        return lam_for_tvd(self._s1[idx], self._s2[idx], tau)
 
     # ----------------------------------------------------------------- patches
     def patch_entropy(self, z: int, model: int) -> np.ndarray:

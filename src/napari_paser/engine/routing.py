@@ -13,10 +13,15 @@ the sorted switch points exactly. No torch here: this runs live behind napari sl
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+
+from ..errors import PaserInputError
 
 __all__ = [
     "MODEL_NAMES",
+    "SlicewiseRouting",
     "switch_points",
     "route",
     "route_from_switch_points",
@@ -142,3 +147,45 @@ def lam_for_tvd(s1: np.ndarray, s2: np.ndarray, tau: float) -> float:
     if limit > 1.0:
         return 1.0
     return float(np.nextafter(limit, -np.inf))
+
+
+class SlicewiseRouting:
+    """λ and TVD routing of a stack from its slices' switch points.
+
+    Shared by :class:`~napari_paser.engine.pipeline.PaserSegmenter` (the whole stack in
+    memory) and :class:`~napari_paser.engine.windowed.WindowedSegmenter` (a few slices
+    at a time). Subclasses hold ``bundle``, ``_analysed`` (Z,) bool and the switch points
+    ``_s1``, ``_s2`` (Z, GY, GX), and define ``_check_slice(z)`` and ``analyse(z)``.
+    """
+
+    def _lam(self, lam: float | None) -> float:
+        lam = self.bundle.default_lam if lam is None else float(lam)
+        if not 0.0 <= lam <= 1.0:
+            raise PaserInputError(f"lam must be in [0, 1], got {lam}")
+        return lam
+
+    def routing(self, lam: float | None, z: int) -> np.ndarray:
+        """Model per patch (GY, GX) uint8 of slice ``z`` for cost weight ``lam`` (None: bundle default)."""
+        z = self._check_slice(z)
+        if not self._analysed[z]:
+            self.analyse(z)
+        return route_from_switch_points(self._s1[z], self._s2[z], self._lam(lam))
+
+    def _analysed_slices(self, slices: Sequence[int] | None) -> np.ndarray:
+        idx = np.flatnonzero(self._analysed) if slices is None else np.asarray([self._check_slice(z) for z in slices], dtype=int)
+        if idx.size == 0 or not self._analysed[idx].all():
+            raise RuntimeError("the TVD is computed over analysed slices: analyse them first")
+        return idx
+
+    def tvd(self, lam: float | None, slices: Sequence[int] | None = None) -> float:
+        """TVD between the routing distributions at ``lam`` and λ = 0 over analysed slices."""
+        idx = self._analysed_slices(slices)
+        return tvd_at(self._s1[idx], self._s2[idx], self._lam(lam))
+
+    def lam_for_tvd(self, tau: float, slices: Sequence[int] | None = None) -> float:
+        """Largest λ whose routing is within TVD ``tau`` of λ = 0's (all analysed slices by default)."""
+        tau = float(tau)
+        if not 0.0 <= tau <= 1.0:
+            raise PaserInputError(f"tvd must be in [0, 1], got {tau}")
+        idx = self._analysed_slices(slices)
+        return lam_for_tvd(self._s1[idx], self._s2[idx], tau)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from .flops import CostModel
 from .methods import charge, get_method
 from .patches import grid_shape
 from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, run_summary
-from .routing import MODEL_NAMES, lam_for_tvd, route_from_switch_points, switch_points, tvd_at
+from .routing import MODEL_NAMES, SlicewiseRouting, route_from_switch_points, switch_points, tvd_at
 from .streaming import check_volume, fit_normalizer
 
 __all__ = ["WindowedSegmenter", "StreamResult", "DEFAULT_WINDOW"]
@@ -58,7 +57,7 @@ class StreamResult:
         return run_summary(self, [int(self.routing.shape[0])])
 
 
-class WindowedSegmenter:
+class WindowedSegmenter(SlicewiseRouting):
     """PaSeR (``method="paser"``) over a lazily read stack, a few slices' state at a time.
 
     Parameters
@@ -149,31 +148,6 @@ class WindowedSegmenter:
 
     def entropy(self, z: int) -> np.ndarray:
         return self._state(z).entropy(0)
-
-    def _lam(self, lam: float | None) -> float:
-        lam = self.bundle.default_lam if lam is None else float(lam)
-        if not 0.0 <= lam <= 1.0:
-            raise PaserInputError(f"lam must be in [0, 1], got {lam}")
-        return lam
-
-    def routing(self, lam: float | None, z: int) -> np.ndarray:
-        z = self._check_slice(z)
-        if not self._analysed[z]:
-            self.analyse(z)
-        return route_from_switch_points(self._s1[z], self._s2[z], self._lam(lam))
-
-    def _analysed_slices(self, slices: Sequence[int] | None) -> np.ndarray:
-        idx = np.flatnonzero(self._analysed) if slices is None else np.asarray([self._check_slice(z) for z in slices], dtype=int)
-        if idx.size == 0 or not self._analysed[idx].all():
-            raise RuntimeError("the TVD is computed over analysed slices: analyse them first")
-        return idx
-
-    def lam_for_tvd(self, tau: float, slices: Sequence[int] | None = None) -> float:
-        tau = float(tau)
-        if not 0.0 <= tau <= 1.0:
-            raise PaserInputError(f"tvd must be in [0, 1], got {tau}")
-        idx = self._analysed_slices(slices)
-        return lam_for_tvd(self._s1[idx], self._s2[idx], tau)
 
     # ----------------------------------------------------------------- composing
     def is_cached(self, z: int, routing: np.ndarray) -> bool:
