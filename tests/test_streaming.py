@@ -189,3 +189,28 @@ def test_written_files_keep_the_users_umask(tmp_path, electrode, tiny_bundle):
               bundle / "weights.safetensors"]:
         assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask, p
     assert os.stat(tmp_path / "out.zarr").st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_windowed_engine_routes_like_the_in_memory_one(tiny_bundle):
+    """The two engines share their λ / TVD routing: same routings, TVD and λ for a TVD."""
+    import torch
+
+    from napari_paser.engine.pipeline import PaserSegmenter
+    from napari_paser.engine.windowed import WindowedSegmenter
+
+    with torch.no_grad():  # gains that differ between patches, so λ matters
+        tiny_bundle.policy.head[-1].weight.mul_(3.0)
+        tiny_bundle.policy.head[-1].bias.copy_(torch.tensor([0.05, 0.1]))
+    vol = np.random.default_rng(0).integers(0, 4000, (5, 56, 64)).astype(np.uint16)
+    whole = PaserSegmenter(tiny_bundle, mc_passes=2)
+    whole.set_volume(vol)
+    windowed = WindowedSegmenter(tiny_bundle, vol, mc_passes=2, window=2)
+    for z in range(5):
+        whole.analyse(z)
+        windowed.analyse(z)
+    for lam in (0.0, 0.1, 0.5):
+        assert all(np.array_equal(whole.routing(lam, z), windowed.routing(lam, z)) for z in range(5))
+        assert whole.tvd(lam) == windowed.tvd(lam)
+    assert whole.lam_for_tvd(0.3) == windowed.lam_for_tvd(0.3) > 0
+    with pytest.raises(PaserInputError):
+        windowed.routing(1.5, 0)
