@@ -55,6 +55,11 @@ def _jsonable(obj):
     return obj
 
 
+def _figure_dir(out: Path, fast: bool) -> Path:
+    """benchmarks/figures inside a repository checkout, else figures/ beside BENCHMARKS.md."""
+    return (out / "benchmarks" / "figures") if (out / "benchmarks").is_dir() and not fast else out / "figures"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="folder for BENCHMARKS.md and figures (default: the repository root; with --fast a temporary folder)")
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
         import report
 
         out = Path(args.out) if args.out else HERE.parent
-        fig_dir = (out / "benchmarks" / "figures") if (out / "benchmarks").is_dir() else out / "figures"
+        fig_dir = _figure_dir(out, fast=False)
         results = json.loads((HERE / "results.json").read_text())
         report.figures(results, fig_dir)
         (out / "BENCHMARKS.md").write_text(report.markdown(results, fig_dir, out))
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
 
         out = HERE.parent if not args.fast else Path(tempfile.gettempdir()) / "napari-paser-benchmark-fast"
     out.mkdir(parents=True, exist_ok=True)
-    fig_dir = (out / "benchmarks" / "figures") if (out / "benchmarks").is_dir() and not args.fast else out / "figures"
+    fig_dir = _figure_dir(out, args.fast)
     fig_dir.mkdir(parents=True, exist_ok=True)
     parts = PARTS if not args.only else tuple(s.strip() for s in args.only.split(",") if s.strip())
     t0 = time.perf_counter()

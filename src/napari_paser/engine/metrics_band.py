@@ -93,27 +93,15 @@ class PhaseEnvelope:
             self._any[z] |= bits
         self.count += 1
 
-    def _counts(self, phase: int, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Voxels of ``phase`` in every / in any segmentation, per plane along ``axis``
-        of the stored 3-D volume (None: in total)."""
+    def _counts(self, phase: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Voxels of ``phase`` in every / in any segmentation, per plane perpendicular to
+        ``axis`` of the stored 3-D volume (plane by plane: no full-size temporary)."""
         if self._every is None:
             raise RuntimeError("the envelope is empty: add a segmentation first")
-        lo, hi = [], []
-        for z in range(self._every.shape[0]):
-            every = (self._every[z] >> phase) & 1
-            anyone = (self._any[z] >> phase) & 1
-            if axis is None or axis == 0:
-                lo.append(int(every.sum()))
-                hi.append(int(anyone.sum()))
-            else:
-                lo.append(every.sum(axis=2 - axis))  # axis 1 (rows) keeps rows: sum the columns
-                hi.append(anyone.sum(axis=2 - axis))
-        lo_a, hi_a = np.asarray(lo), np.asarray(hi)
-        if axis is None:
-            return lo_a.sum(), hi_a.sum()
-        if axis == 0:
-            return lo_a, hi_a
-        return lo_a.sum(axis=0), hi_a.sum(axis=0)
+        keep = None if axis == 0 else 2 - axis  # axis 1 (rows): sum each plane's columns
+        lo = np.array([((plane >> phase) & 1).sum(axis=keep) for plane in self._every])
+        hi = np.array([((plane >> phase) & 1).sum(axis=keep) for plane in self._any])
+        return (lo, hi) if axis == 0 else (lo.sum(axis=0), hi.sum(axis=0))
 
     def fraction_ranges(self) -> dict[str, tuple[float, float]]:
         """``{"volume_fraction.<phase>": (lowest, highest)}`` over the voxel-wise envelope."""
@@ -122,8 +110,8 @@ class PhaseEnvelope:
         n = self._every.size if self._every is not None else 0
         out = {}
         for c, name in enumerate(CLASS_NAMES):
-            lo, hi = self._counts(c, None)
-            out[f"volume_fraction.{name}"] = (float(lo) / n, float(hi) / n)
+            lo, hi = self._counts(c, 0)
+            out[f"volume_fraction.{name}"] = (float(lo.sum()) / n, float(hi.sum()) / n)
         return out
 
     def profile_range(self, axis: int, phase: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -466,11 +466,11 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
     gains = bundle.policy.gains(feats.float()).numpy()
     costs = bundle.costs().numpy()
     cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
-    f2_flops = gains[:, 0].size * cm.patch[2]
+    f2_flops = len(x) * cm.slice_flops(0, gains[0, 0].size, analysis=False)
     shares = []
     for lam in LAM_GRID:
-        counts = np.bincount(route(gains, float(lam), costs).reshape(-1), minlength=3)
-        shares.append((len(x) * cm.analysis + counts[1] * cm.patch[1] + counts[2] * cm.patch[2]) / f2_flops)
+        routing = route(gains, float(lam), costs)
+        shares.append(sum(cm.slice_flops((r == 1).sum(), (r == 2).sum()) for r in routing) / f2_flops)
     return shares
 
 
