@@ -272,6 +272,23 @@ def test_init_fine_tunes_an_existing_bundle(tiny_bundle, tmp_path):
         assert any(not torch.equal(before[n], p) for n, p in getattr(b, k).named_parameters())
 
 
+def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundle, tmp_path):
+    """As the v2.2 preset does: f2 and f0 kept from the warm start (zero steps), f1
+    trained on, the policy re-fitted."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(f2_steps=0, f0_steps=0, ft_steps=0)
+    res = train(toy_volumes, tmp_path / "c", cfg, configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    b = load_bundle(tmp_path / "c")
+    assert res.report["history"]["pretrain_f2"] == {"step": []}
+    for k, moved in (("f0", False), ("f2", False), ("f1", True), ("policy", True)):
+        before = getattr(tiny_bundle, k).state_dict()
+        after = getattr(b, k).state_dict()
+        same = all(torch.equal(before[n], after[n]) for n in before)
+        assert same != moved, k
+
+
 def test_cli_train_on_tiff_stacks(tmp_path):
     import argparse
 
