@@ -175,14 +175,14 @@ PRESETS["v2.1"] = PRESETS["v2"].replace(
     checkpoint_every=100,
 )
 
-# v2.1 with f1 trained about eight times longer (f1 had plateaued in loss but seen only
-# about 100 000 patches, against f0's and f2's far more): f0, f2 and the policy's
-# architecture are kept from the v2.1 bundle (warm start), f1 continues, and the policy
-# is re-fitted to the new f1's gains. About 45 min on 2 CPU cores.
+# v2.1 with the cheap networks trained longer: f1 about eight times (it had seen only
+# about 100 000 patches) and f0 four times; f2 is kept from the v2.1 bundle (warm start)
+# and the policy is re-fitted to the new f0's features and f1's gains. About an hour on
+# 2 CPU cores.
 PRESETS["v2.2"] = PRESETS["v2.1"].replace(
     preset="v2.2",
     f2_steps=0,
-    f0_steps=0,
+    f0_steps=12000,
     f1_steps=15000,
     f1_lr=1e-3,
     checkpoint_every=250,
