@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce the default bundle src/napari_paser/models/paser-synth-v2/ (CPU, about an hour
-# on 2 cores). Data and run folders are under data/ and runs/ (both git-ignored).
+# Reproduce the bundle paser-synth-v2 (CPU, about an hour on 2 cores), which v2.1 starts
+# from; it no longer ships with the package. Data and run folders are under data/ and
+# runs/ (both git-ignored).
 #
-#   bash scripts/train_bundled_model_v2.sh              # synth data, train, copy the bundle
-#   SKIP_COPY=1 bash scripts/train_bundled_model_v2.sh  # leave the shipped bundle alone
+#   bash scripts/train_bundled_model_v2.sh              # synth data, train, copy into the package
+#   SKIP_COPY=1 bash scripts/train_bundled_model_v2.sh  # keep it in runs/paser-synth-v2 only
 #
 # Rerunning resumes: finished volumes are kept and training continues at its last
 # checkpoint.

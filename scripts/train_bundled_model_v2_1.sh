@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the default bundle src/napari_paser/models/paser-synth-v2.1/ (CPU, about an
+# Reproduce the bundle src/napari_paser/models/paser-synth-v2.1/ (CPU, about an
 # hour on 2 cores): the v2 bundle's data and networks trained longer. f2, f1 and f0
 # continue from paser-synth-v2 (warm start), and a smaller policy with a linear skip
 # learns its gains by regression (preset v2.1).
@@ -8,7 +8,9 @@
 #   SKIP_COPY=1 bash scripts/train_bundled_model_v2_1.sh  # leave the shipped bundle alone
 #
 # Needs the v2 training data (step 1 of scripts/train_bundled_model_v2.sh, which it runs;
-# finished volumes are kept). Rerunning resumes at the last checkpoint.
+# finished volumes are kept) and the v2 bundle it starts from, which no longer ships:
+# `SKIP_COPY=1 bash scripts/train_bundled_model_v2.sh` leaves it in runs/paser-synth-v2
+# (or set V2_BUNDLE to a copy of it). Rerunning resumes at the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +18,14 @@ DATA=data/synth_v2
 RUN=runs/paser-synth-v2.1
 DEST=src/napari_paser/models/paser-synth-v2.1
 THREADS=${THREADS:-2}
+V2_BUNDLE=${V2_BUNDLE:-runs/paser-synth-v2}
 
 napari-paser synth --out "$DATA" --volumes 40 --slices 16 --seed 2026 --distribution v2 --resume
 napari-paser synth --out "$DATA" --volumes 8 --slices 16 --seed 1000 --distribution v1 --name v1_ --resume
 
 # Same data, seed and split as v2, so the validation volumes stay unseen by every network.
 napari-paser train --data "$DATA" --out "$RUN" --preset v2.1 --seed 0 --name paser-synth-v2.1 \
-    --warm-start src/napari_paser/models/paser-synth-v2 \
+    --warm-start "$V2_BUNDLE" \
     --description "PaSeR v2.1: the v2 networks trained longer on the wide v2 synthetic distribution (f2, f1 and f0 continued from paser-synth-v2), with a smaller policy that learns per-patch dataset-IoU gains by regression" \
     --threads "$THREADS" --no-progress
 
