@@ -63,7 +63,7 @@ def best_offsets(logp: torch.Tensor, truth: np.ndarray) -> tuple[tuple[float, fl
         pred = (logp + torch.tensor([0.0, b1, b2]).view(1, 3, 1, 1)).argmax(1)
         iou = mean_iou(confusion_matrix(pred.numpy().ravel(), truth.ravel()))
         if iou > best[1]:
-            best = ((float(b1), float(b2)), iou)
+            best = ((round(float(b1), 2), round(float(b2), 2)), iou)
     return best
 
 
