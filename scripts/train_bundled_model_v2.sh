@@ -16,14 +16,8 @@ RUN=runs/paser-synth-v2
 DEST=src/napari_paser/models/paser-synth-v2
 THREADS=${THREADS:-2}
 
-# 1. Training data: 48 volumes in all: 40 x 16 slices of 224x256 from the wide v2 distribution
-#    (four microstructure families, every CT knob drawn per volume, uint8 / uint16 /
-#    float32 files), base seed 2026. The test sets use other seeds and distributions
-#    (benchmarks/common.py): v1 seeds 9001-9004 (in-family), oof seeds 9101-9104.
-napari-paser synth --out "$DATA" --volumes 40 --slices 16 --seed 2026 --distribution v2 --resume
-#    Plus 8 volumes of the first generator (v1's own training volumes 0-7, base seed
-#    1000), so the family of the in-family test keeps its share of the data.
-napari-paser synth --out "$DATA" --volumes 8 --slices 16 --seed 1000 --distribution v1 --name v1_ --resume
+# 1. Training data: 48 volumes (scripts/synth_v2_data.sh says which).
+bash scripts/synth_v2_data.sh "$DATA"
 
 # 2. The v2 networks and schedule; f2 starts from the v1 bundle's f2 (same weights
 #    shape: the halo does not change them), everything else from scratch.

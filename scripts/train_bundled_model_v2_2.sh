@@ -7,8 +7,8 @@
 #   bash scripts/train_bundled_model_v2_2.sh              # train, copy the bundle
 #   SKIP_COPY=1 bash scripts/train_bundled_model_v2_2.sh  # leave the shipped bundle alone
 #
-# Needs the v2 training data (step 1 of scripts/train_bundled_model_v2.sh, which it runs;
-# finished volumes are kept). Rerunning resumes at the last checkpoint.
+# Makes the v2 training data first (scripts/synth_v2_data.sh; finished volumes are
+# kept). Rerunning resumes at the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +17,7 @@ RUN=runs/paser-synth-v2.2
 DEST=src/napari_paser/models/paser-synth-v2.2
 THREADS=${THREADS:-2}
 
-napari-paser synth --out "$DATA" --volumes 40 --slices 16 --seed 2026 --distribution v2 --resume
-napari-paser synth --out "$DATA" --volumes 8 --slices 16 --seed 1000 --distribution v1 --name v1_ --resume
+bash scripts/synth_v2_data.sh "$DATA"
 
 # Same data, seed and split as v2 and v2.1, so the validation volumes stay unseen by every network.
 napari-paser train --data "$DATA" --out "$RUN" --preset v2.2 --seed 0 --name paser-synth-v2.2 \

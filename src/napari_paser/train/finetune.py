@@ -405,13 +405,19 @@ def validated_flops_ratio(meta: dict) -> float | None:
 
 
 @torch.no_grad()
+def _policy_gains(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """f0's MC mean softmax of slices ``x`` and the policy's gains (n, 2, GY, GX) there."""
+    prob, feats = _f0_prob(bundle, x, seed)
+    bundle.policy.eval()
+    return prob, bundle.policy.gains(feats.float()).numpy()
+
+
+@torch.no_grad()
 def _held_out_table(bundle: Bundle, data: _Data, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The policy's gains (n, 2, GY, GX) on the labelled slices and the confusion
     matrices (P, 3, C, C) of f0, f1 and f2 on the held-out patches."""
     ps = bundle.patch_size
-    prob, feats = _f0_prob(bundle, data.x, seed)
-    bundle.policy.eval()
-    gains = bundle.policy.gains(feats.float()).numpy()
+    prob, gains = _policy_gains(bundle, data.x, seed)
     patches = data.held_patches
     f0_pred = patch_windows(prob.argmax(1, keepdim=True).float(), ps, 0)[patches, 0].long()
     preds = torch.stack([f0_pred, _patch_logits(bundle.f1, data.x, ps, patches), _patch_logits(bundle.f2, data.x, ps, patches)])
@@ -461,9 +467,7 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
     n = len(data.scan)
     zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
     x = data.scan[zs]
-    _, feats = _f0_prob(bundle, x, seed)
-    bundle.policy.eval()
-    gains = bundle.policy.gains(feats.float()).numpy()
+    _, gains = _policy_gains(bundle, x, seed)
     costs = bundle.costs().numpy()
     cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
     f2_flops = len(x) * cm.slice_flops(0, gains[0, 0].size, analysis=False)

@@ -48,9 +48,12 @@ class _Table:
         self.costs = bundle.costs().numpy()
         self.confs = [c.conf.numpy().astype(np.int64) for c in caches]
         self.gains = [policy_gains(bundle, c) for c in caches]
-        # The padded slice from the patch grid: v2 features are stored pooled, not at full size.
+        # The padded slice from the patch grid (v2 features are stored pooled, not at full
+        # size); counted once per slice shape, not once per cache.
         ph, pw = bundle.patch_size
-        self.cost_models = [CostModel.measure(bundle, (c.conf.shape[2] * ph, c.conf.shape[3] * pw), bundle.mc_passes) for c in caches]
+        shapes = [(c.conf.shape[2] * ph, c.conf.shape[3] * pw) for c in caches]
+        measured = {shape: CostModel.measure(bundle, shape, bundle.mc_passes) for shape in set(shapes)}
+        self.cost_models = [measured[shape] for shape in shapes]
         self.slices = sum(len(c) for c in caches)
 
     def score(self, routings: list[np.ndarray]) -> dict:
