@@ -289,37 +289,6 @@ def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundl
         assert same != moved, k
 
 
-def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
-    from napari_paser.train.stages import distillation_loss
-
-    g = torch.Generator().manual_seed(0)
-    teacher = torch.randn(2, 3, 5, 6, generator=g)
-    assert float(distillation_loss(teacher.clone(), teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
-    student = torch.randn(2, 3, 5, 6, generator=g, requires_grad=True)
-    before = distillation_loss(student, teacher, 2.0)
-    assert float(before.detach()) > 0.01
-    before.backward()
-    with torch.no_grad():  # one gradient step moves the student toward the teacher
-        after = distillation_loss(student - 5.0 * student.grad, teacher, 2.0)
-    assert float(after) < float(before.detach())
-
-
-def test_f1_distilled_from_f2_keeps_the_teacher(toy_volumes, tiny_bundle, tmp_path):
-    """As the v2.3 preset does: f1 learns CE + KL to the warm-started f2, which stays fixed."""
-    from napari_paser.engine.bundle import load_bundle
-    from napari_paser.train.runner import train
-
-    cfg = _tiny_cfg(f2_steps=0, f0_steps=0, ft_steps=0, f1_distill=0.5, distill_temperature=2.0)
-    res = train(toy_volumes, tmp_path / "d", cfg, configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
-    h = res.report["history"]["pretrain_f1"]
-    assert len(h["kl"]) > 0 and all(k >= 0 for k in h["kl"])
-    loss = 0.5 * np.array(h["ce"]) + 0.5 * np.array(h["kl"])
-    assert np.allclose(loss, h["loss"], rtol=1e-4)
-    b = load_bundle(tmp_path / "d")
-    assert all(torch.equal(v, b.f2.state_dict()[n]) for n, v in tiny_bundle.f2.state_dict().items())
-    assert not all(torch.equal(v, b.f1.state_dict()[n]) for n, v in tiny_bundle.f1.state_dict().items())
-
-
 def test_cli_train_on_tiff_stacks(tmp_path):
     import argparse
 

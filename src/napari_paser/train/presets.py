@@ -33,9 +33,6 @@ class TrainConfig:
     f1_steps: int = 1000
     f2_lr: float = 1e-3
     f1_lr: float = 2e-3
-    # f1 learns f2's softened output too: loss (1-w)·CE + w·T²·KL(f2 ‖ f1) (0: CE only).
-    f1_distill: float = 0.0
-    distill_temperature: float = 2.0
     # Stage 2: f0 on whole patch grids, CE + β·MSE to f2's stitched logits.
     f0_steps: int = 500
     f0_batch: int = 4
@@ -189,19 +186,6 @@ PRESETS["v2.2"] = PRESETS["v2.1"].replace(
     f1_steps=15000,
     f1_lr=1e-3,
     checkpoint_every=250,
-)
-
-# v2.2 with f1 distilled from f2: f1 continues for 1200 steps on the same patches with
-# half of its loss the KL divergence to f2's softened output (f2 generalises better out of
-# family than f1 does); f0 and f2 are kept and the policy is re-fitted to f1's new gains.
-PRESETS["v2.3"] = PRESETS["v2.2"].replace(
-    preset="v2.3",
-    f0_steps=0,
-    f1_steps=1200,
-    f1_lr=3e-4,
-    f1_distill=0.5,
-    distill_temperature=2.0,
-    checkpoint_every=100,
 )
 
 

@@ -163,8 +163,7 @@ def train(
         if stage == "pretrain_f2":
             h = pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr)
         elif stage == "pretrain_f1":
-            h = pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr,
-                                     teacher=bundle.f2, distill=cfg.f1_distill)
+            h = pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
         elif stage == "pretrain_f0":
             h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
         elif stage == "policy":

@@ -1,7 +1,6 @@
 """The four stages of PaSeR training (Algorithm 1 of the paper), resumable.
 
-1. :func:`pretrain_patch_model`: f2 and f1 on random augmented patches, weighted CE
-   (f1 optionally distilled from f2).
+1. :func:`pretrain_patch_model`: f2 and f1 on random augmented patches, weighted CE.
 2. :func:`pretrain_f0`: f0 on whole patch grids, ``(1-β)·CE + β·MSE`` to f2's
    stitched patch logits.
 3. :func:`train_policy`: REINFORCE over a reward table cached once with frozen models,
@@ -48,7 +47,6 @@ __all__ = [
     "StageContext",
     "run_loop",
     "pretrain_patch_model",
-    "distillation_loss",
     "pretrain_f0",
     "cache_rewards",
     "train_policy",
@@ -229,35 +227,12 @@ def _summary(stage: str, history: dict) -> str:
 # --------------------------------------------------------------------------- stage 1
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T² · KL(teacher ‖ student)`` of softened logits (B, C, H, W), mean over pixels.
-
-    The T² keeps its gradient on the scale of the cross entropy's (Hinton et al. 2015).
-    """
-    t = float(temperature)
-    log_s = F.log_softmax(student.float() / t, 1)
-    log_t = F.log_softmax(teacher.float() / t, 1)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(1).mean() * t * t
-
-
-def pretrain_patch_model(
-    ctx: StageContext,
-    model: nn.Module,
-    stage: str,
-    bank: SliceBank,
-    steps: int,
-    lr: float,
-    *,
-    teacher: nn.Module | None = None,
-    distill: float = 0.0,
-) -> dict:
+def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: SliceBank, steps: int, lr: float) -> dict:
     """Stage 1: train a patch model (f1 or f2) with class-weighted cross entropy.
 
     Patches are random crops at any position of augmented slices (more variety than the
     fixed grid); impulse noise is included, as for the paper's noise experiment where
-    f1/f2 (not f0 or the policy) saw noisy data. With a ``teacher`` (the same halo) and
-    ``distill`` w > 0 the loss is ``(1 - w)·CE + w·`` :func:`distillation_loss` to the
-    frozen teacher's output on the same patches.
+    f1/f2 (not f0 or the policy) saw noisy data.
     """
     cfg = ctx.cfg
     g = ctx.generator(stage)
@@ -267,13 +242,6 @@ def pretrain_patch_model(
         model.to(memory_format=torch.channels_last)
     opt = _adam(model, lr, cfg.weight_decay)
     weight = None if ctx.class_weights is None else ctx.class_weights.to(ctx.device)
-    distilling = teacher is not None and distill > 0
-    if distilling:
-        if teacher.config.halo != model.config.halo:
-            raise ValueError(f"the teacher's halo ({teacher.config.halo}) differs from the student's ({model.config.halo})")
-        teacher.to(ctx.device).eval()
-        if cfg.channels_last:
-            teacher.to(memory_format=torch.channels_last)
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
@@ -281,26 +249,15 @@ def pretrain_patch_model(
         x, y = ctx.prepare(x), y.to(ctx.device)
         with ctx.autocast():
             out = model(x)
-        ce = labelled_cross_entropy(out.float(), y, weight)
-        stats = {}
-        if distilling:
-            with torch.no_grad(), ctx.autocast():
-                soft = teacher(x)
-            kl = distillation_loss(out, soft, cfg.distill_temperature)
-            loss = (1.0 - distill) * ce + distill * kl
-            stats = {"ce": float(ce.detach()), "kl": float(kl.detach())}
-        else:
-            loss = ce
+        loss = labelled_cross_entropy(out.float(), y, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         acc = (out.detach().argmax(1) == y).float().mean()
-        return {"loss": float(loss.detach()), "acc": float(acc), **stats}
+        return {"loss": float(loss.detach()), "acc": float(acc)}
 
     history = run_loop(ctx, stage, total, {"model": model}, {"opt": (opt, lr)}, step_fn, g)
     model.to(memory_format=torch.contiguous_format).eval()
-    if distilling:
-        teacher.to(memory_format=torch.contiguous_format)
     ctx.log(_summary(stage, history))
     return history
 
