@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import make_volumes  # noqa: E402
+from common import PatchTable, build_table, make_volumes, patch_confusion_np  # noqa: E402
 
 LAMS = (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2)
 BUDGETS = (0.15, 0.20, 0.25)
@@ -35,57 +35,43 @@ SETS = (("in-family development volumes", (8001, 8002, 8003, 8004), "v1"),
         ("out-of-family development volumes", (9201, 9202, 9203, 9204), "oof"))
 
 
-@torch.no_grad()
-def volume_tables(bundle, seed: int, distribution: str, slices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Policy gains (N, 2, GY, GX) and per-patch confusions of f0/f1/f2 against the truth and against f2."""
-    from napari_paser.engine.uncertainty import analyse_slices, slice_seed
-    from napari_paser.train.datasets import SliceBank, make_volume
-    from napari_paser.train.rewards import patch_confusion, predict_patches
-
-    ps = bundle.patch_size
-    image, labels = make_volumes((seed,), slices, distribution=distribution)[0]
-    x, y = SliceBank([make_volume(str(seed), image, labels, bundle.normalization)], ps).stacked()
-    x = x.float()
-    outs = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], bundle.mc_passes, slice_seed(0, i)) for i in range(len(x))]
-    features = torch.cat([o[2] for o in outs])
-    gains = torch.cat([bundle.policy.gains(features[i : i + 8]) for i in range(0, len(features), 8)]).numpy()
-    preds = [torch.cat([o[0] for o in outs]).argmax(1), predict_patches(bundle.f1, x, ps), predict_patches(bundle.f2, x, ps)]
-    to_truth = torch.stack([patch_confusion(p, y, ps) for p in preds], 1).numpy()
-    to_f2 = torch.stack([patch_confusion(p, preds[2], ps) for p in preds], 1).numpy()
-    return gains, to_truth, to_f2
+def f2_referenced(table: PatchTable) -> tuple[np.ndarray, np.ndarray]:
+    """Policy gains (N, 2, GY, GX) and per-patch confusions (N, 3, GY, GX, C, C) of
+    f0 / f1 / f2 against f2's own prediction, from the table's engine caches."""
+    gains, confs = [], []
+    for seg, zs in table.segs:
+        for z in zs:
+            f2 = seg.compose(z, routing=np.full(seg.grid, 2))
+            gains.append(seg.gains(z))
+            confs.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m)), f2, seg.patch_size) for m in range(3)]))
+    return np.stack(gains), np.stack(confs)
 
 
-def sweep(bundle, volumes, sample: float, seed: int = 1) -> list[tuple[float, float, float]]:
-    """(λ, mean IoU, GFLOPs / f2-everywhere's) of self-calibrated routing over all volumes."""
-    from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
+def calibrated_routing(table: PatchTable, gains: np.ndarray, to_f2: np.ndarray, lam: float, sample: float, seed: int = 1) -> np.ndarray:
+    """Per volume: f2 on a random ``sample`` of the patches, the policy's f1 gains shifted
+    to the gain measured there with f2 as the truth, then routed at ``lam``."""
+    from napari_paser.engine.metrics import dataset_iou_gains
     from napari_paser.engine.routing import route
 
-    flops = bundle.meta["flops"]
-    costs = bundle.costs().numpy()
-    rows = []
-    for lam in LAMS:
-        confs, n1, n2, slices = [], 0, 0, 0
-        for gains, to_truth, to_f2 in volumes:
-            g = gains.copy()
-            probed = np.zeros(g[:, 0].shape, bool)
-            if sample > 0:
-                k = max(1, int(round(sample * probed.size)))
-                probed.ravel()[np.random.default_rng(seed).choice(probed.size, k, replace=False)] = True
-                conf = to_f2.transpose(0, 2, 3, 1, 4, 5)[probed].reshape(k, 3, 1, 1, 3, 3)
-                measured = dataset_iou_gains(conf)[:, 0, 0, 0].mean() * k  # "if every patch gained like these"
-                g[:, 0] += measured - g[:, 0][probed].mean()
-            r = route(g, lam, costs)
-            r[probed] = 2  # f2 ran there already
-            confs.append(np.take_along_axis(to_truth, r[:, None, :, :, None, None], 1)[:, 0])
-            n1, n2, slices = n1 + int((r == 1).sum()), n2 + int((r == 2).sum()), slices + len(r)
-        gflops = slices * flops["f0_mc_analysis"] + n1 * flops["patch"][1] + n2 * flops["patch"][2]
-        rows.append((lam, mean_iou(np.concatenate(confs).sum((0, 1, 2))), gflops / (slices * flops["f2_everywhere_per_slice"])))
-    return rows
+    out, start = [], 0
+    for _, zs in table.segs:
+        g, ref = gains[start : start + len(zs)].copy(), to_f2[start : start + len(zs)]
+        start += len(zs)
+        probed = np.zeros(g[:, 0].shape, bool)
+        if sample > 0:
+            k = max(1, int(round(sample * probed.size)))
+            probed.ravel()[np.random.default_rng(seed).choice(probed.size, k, replace=False)] = True
+            conf = ref.transpose(0, 2, 3, 1, 4, 5)[probed].reshape(k, 3, 1, 1, *ref.shape[-2:])
+            measured = dataset_iou_gains(conf)[:, 0, 0, 0].mean() * k  # "if every patch gained like these"
+            g[:, 0] += measured - g[:, 0][probed].mean()
+        r = route(g, lam, table.costs)
+        r[probed] = 2  # f2 ran there already
+        out.append(r)
+    return np.concatenate(out)
 
 
 def main() -> None:
     from napari_paser.engine.bundle import load_bundle
-    from napari_paser.engine.metrics import mean_iou
     from napari_paser.engine.registry import resolve_bundle
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,16 +81,20 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle)).eval()
-    print(f"bundle {bundle.name}; IoU as a share of f2 everywhere's, GFLOPs as a share of its GFLOPs", flush=True)
+    print(f"bundle {bundle.name}; IoU as a share of f2 everywhere's, GFLOPs as a share of its GFLOPs (charged as PaSeR)", flush=True)
     for name, seeds, distribution in SETS:
-        volumes = [volume_tables(bundle, s, distribution, args.slices) for s in seeds]
-        pooled = np.concatenate([v[1] for v in volumes]).sum((0, 2, 3))
-        iou = [mean_iou(pooled[m]) for m in range(3)]
+        table = build_table(make_volumes(seeds, args.slices, distribution=distribution), bundle)
+        gains, to_f2 = f2_referenced(table)
+        f2 = table.score(table.constant(2), "f2")
+        iou = [table.score(table.constant(m), f"f{m}")["mean_iou"] for m in range(3)]
         print(f"{name} {list(seeds)}: f0 {iou[0]:.4f}, f1 {iou[1]:.4f}, f2 {iou[2]:.4f}", flush=True)
         for sample in (0.0, 1 / 32, 1 / 16):
-            rows = sweep(bundle, volumes, sample)
-            best = [max((r[1] for r in rows if r[2] <= b), default=float("nan")) / iou[2] for b in BUDGETS]
-            print(f"  f2 on {sample:.1%} of the patches: " + "  ".join(f"λ {lam:.3f}: {i / iou[2]:.4f} at {q:.3f}" for lam, i, q in rows), flush=True)
+            rows = []
+            for lam in LAMS:
+                r = table.score(calibrated_routing(table, gains, to_f2, lam, sample), "paser")
+                rows.append((lam, r["mean_iou"] / f2["mean_iou"], r["gflops"] / f2["gflops"]))
+            best = [max((i for _, i, q in rows if q <= b), default=float("nan")) for b in BUDGETS]
+            print(f"  f2 on {sample:.1%} of the patches: " + "  ".join(f"λ {lam:.3f}: {i:.4f} at {q:.3f}" for lam, i, q in rows), flush=True)
             print("    best within " + ", ".join(f"{b:.2f}: {v:.4f}" for b, v in zip(BUDGETS, best)), flush=True)
 
 
