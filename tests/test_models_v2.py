@@ -251,3 +251,63 @@ def test_unknown_policy_objective_is_refused(tmp_path):
     ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
     with pytest.raises(ValueError, match="policy objective"):
         train_policy(ctx, bundle, [_GainTable(*_entropy_gains(4, seed=0))])
+
+
+def test_entropy_policy_is_linear_in_patch_entropy_and_round_trips(tmp_path):
+    """The entropy policy's gains are a_k * H + b_k of f0's mean patch entropy, from the
+    same features the other policies read, and its bundle saves and loads."""
+    from napari_paser.engine.bundle import Bundle, load_bundle, save_bundle
+    from napari_paser.engine.models import PolicyConfig
+
+    configs = _v2_tiny()
+    configs["policy"] = PolicyConfig(in_channels=10, features="v2", kind="entropy")
+    bundle = Bundle.from_configs(configs, seed=0)
+    layer = bundle.policy.head[-1]
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.3, 0.5]).view(2, 1, 1, 1))
+        layer.bias.copy_(torch.tensor([-0.05, -0.1]))
+    feats = torch.rand(2, 10, 28, 32)  # pooled by 4: a 2x2 grid of 56x64 patches
+    ent = feats[:, 3].reshape(2, 2, 14, 2, 16).mean((2, 4))
+    gains = bundle.policy.gains(feats)
+    assert gains.shape == (2, 2, 2, 2)
+    torch.testing.assert_close(gains[:, 0], 0.3 * ent - 0.05)
+    torch.testing.assert_close(gains[:, 1], 0.5 * ent - 0.1)
+
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "b"))
+    assert loaded.policy.config.kind == "entropy"
+    torch.testing.assert_close(loaded.policy.gains(feats), gains)
+
+
+def test_unknown_policy_kind_is_refused():
+    from napari_paser.engine.models import PolicyConfig
+
+    with pytest.raises(ValueError, match="policy kind"):
+        PolicyConfig(kind="oracle")
+
+
+def test_entropy_policy_regression_is_the_least_squares_fit(tmp_path):
+    """With the regression objective the entropy policy is fitted in closed form: it
+    recovers planted linear gains exactly, and noise does not move it off the best fit."""
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.models import PolicyConfig
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    configs = tiny_configs(patch_size=(16, 16))
+    configs["policy"] = PolicyConfig(in_channels=6, features="v2", pool=4, patch_size=(16, 16), kind="entropy")
+    bundle = Bundle.from_configs(configs, seed=0)
+    cfg = get_preset("quick").replace(policy_objective="regression")
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    feats, gains = _entropy_gains(64, seed=1)  # gains 0.02 H and 0.08 H - 0.01
+    noise = 0.01 * torch.randn(gains.shape, generator=torch.Generator().manual_seed(3))
+    history = train_policy(ctx, bundle, [_GainTable(feats, gains + noise)])
+    layer = bundle.policy.head[-1]
+    ent = bundle.policy.patch_entropy(feats).flatten().double()
+    design = torch.stack([ent, torch.ones_like(ent)], 1)
+    for k in range(2):
+        best = torch.linalg.lstsq(design, (gains + noise)[:, k].flatten().double()[:, None]).solution.flatten()
+        assert float(layer.weight.detach()[k].flatten()[0]) == pytest.approx(float(best[0]), rel=1e-4)
+        assert float(layer.bias.detach()[k]) == pytest.approx(float(best[1]), abs=1e-6)
+    assert float(layer.weight.detach()[1].flatten()[0]) == pytest.approx(0.08, abs=0.02)
+    assert history["loss"][0] == pytest.approx(1e-4, rel=0.3)  # the noise's variance
