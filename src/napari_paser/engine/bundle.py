@@ -65,11 +65,6 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2")
         configs["policy"] = PolicyConfig(in_channels=22, width=16, features="v2", blocks=1, grid_context=True, linear_skip=True)
         return configs
-    if preset == "v2.4":
-        # v2's networks routed by a calibrated entropy: gains linear in f0's patch entropy.
-        configs = default_model_configs("v2")
-        configs["policy"] = PolicyConfig(in_channels=22, features="v2", kind="entropy")
-        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -77,7 +72,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.4' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

@@ -213,11 +213,6 @@ class mc_dropout:
 # --------------------------------------------------------------------------- policy
 
 
-POLICY_KINDS = ("cnn", "entropy")
-# Channel of f0's MC-dropout entropy in the policy features (after its 3 mean probabilities).
-ENTROPY_CHANNEL = 3
-
-
 @dataclass
 class PolicyConfig:
     """Shape of the patch-routing policy.
@@ -232,12 +227,6 @@ class PolicyConfig:
     ``temperature * ((1 - lam) * gain - lam * cost)``, so one network serves every
     λ and the chosen model's cost can only fall as λ rises. ``linear_skip`` adds a
     linear model of the patch-mean inputs to the predicted gains.
-
-    ``kind="entropy"`` replaces the network by that linear model on one input: each
-    gain is ``a_k * H + b_k`` with ``H`` f0's mean MC-dropout entropy over the patch
-    (4 parameters, fitted by least squares). On held-out volumes the residual networks
-    predicted the gains worse than entropy alone (``benchmarks/probe_results.md``), so
-    the simplest policy that uses what generalises is a calibrated entropy.
     """
 
     in_channels: int = 5
@@ -249,11 +238,6 @@ class PolicyConfig:
     blocks: int = 1
     grid_context: bool = False
     linear_skip: bool = False
-    kind: str = "cnn"
-
-    def __post_init__(self):
-        if self.kind not in POLICY_KINDS:
-            raise ValueError(f"unknown policy kind {self.kind!r}; choose one of {', '.join(POLICY_KINDS)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -287,14 +271,6 @@ class PolicyNet(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = config
-        # Sharpness of the routing distribution, learned by REINFORCE.
-        self.log_temperature = nn.Parameter(torch.tensor(2.0))
-        if config.kind == "entropy":
-            # gains = a * patch-mean entropy + b; ``head[-1]`` is the layer that writes the
-            # gains for every kind (fine-tuning re-centres its bias).
-            self.head = nn.Sequential(nn.Conv2d(1, config.num_models - 1, 1))
-            self.skip = None
-            return
         w = config.width
         self.stem = nn.Sequential(
             nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False),
@@ -318,17 +294,10 @@ class PolicyNet(nn.Module):
             if config.linear_skip
             else None
         )
-
-    def patch_entropy(self, features: torch.Tensor) -> torch.Tensor:
-        """f0's mean entropy per patch (B, 1, GY, GX) from the policy features."""
-        ph, pw = self.config.patch_size
-        cell = self.config.pool if self.config.features == "v2" else 1
-        ent = features[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1]
-        return F.avg_pool2d(ent, (ph // cell, pw // cell))
+        # Sharpness of the routing distribution, learned by REINFORCE.
+        self.log_temperature = nn.Parameter(torch.tensor(2.0))
 
     def gains(self, features: torch.Tensor) -> torch.Tensor:
-        if self.config.kind == "entropy":
-            return self.head(self.patch_entropy(features))
         ph, pw = self.config.patch_size
         p = self.config.pool
         # v2 features arrive pooled already (see policy_features).

@@ -189,14 +189,6 @@ PRESETS["v2.2"] = PRESETS["v2.1"].replace(
 )
 
 
-# v2.2's networks (warm start, no steps) with the entropy policy: each gain linear in
-# f0's patch entropy, fitted by least squares on the RL split's rewards, because on
-# held-out volumes v2.2's residual policy predicted the gains worse than entropy alone.
-# Minutes on 2 cores (the reward caches: f1 and f2 on every RL patch). v2.3, an f1
-# distilled from f2, did not ship (benchmarks/probe_results.md).
-PRESETS["v2.4"] = PRESETS["v2.2"].replace(preset="v2.4", arch="v2.4", f0_steps=0, f1_steps=0)
-
-
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:

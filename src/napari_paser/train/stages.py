@@ -363,37 +363,6 @@ def _fold_gain_scale(policy: nn.Module, scale: torch.Tensor, mean: torch.Tensor)
                 layer.bias.add_(mean.to(layer.bias))
 
 
-@torch.no_grad()
-def fit_entropy_policy(ctx: StageContext, policy: nn.Module, caches: list[RewardCache], deltas: list[torch.Tensor], stage: str = "policy") -> dict:
-    """Least-squares fit of an entropy policy's gains ``a_k * H + b_k`` to the cached gains.
-
-    The regression objective with a linear model has a closed form, so this replaces the
-    Adam loop: exact, deterministic and instant. Every patch weighs alike, as in the loop.
-
-    Returns
-    -------
-    dict
-        The stage history: the mean squared error of each model's fit (``loss``) and
-        the correlation of the fitted gains with the cached ones (``r_f1``, ``r_f2``).
-    """
-    ent = torch.cat([policy.patch_entropy(c.features.float()).flatten() for c in caches]).double()
-    gains = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1).double()
-    design = torch.stack([ent, torch.ones_like(ent)], 1)
-    solution = torch.linalg.lstsq(design, gains.T).solution  # (2, models): slope, intercept
-    layer = policy.head[-1]
-    layer.weight.copy_(solution[0].view(-1, 1, 1, 1).to(layer.weight))
-    layer.bias.copy_(solution[1].to(layer.bias))
-    residual = gains.T - design @ solution
-    history = {"loss": [float(residual.pow(2).mean())]}
-    for k in range(gains.shape[0]):
-        history[f"r_f{k + 1}"] = [float(torch.corrcoef(torch.stack([ent, gains[k]]))[0, 1])]
-    policy.eval()
-    ctx.log(f"[{stage}] entropy policy fitted by least squares on {ent.numel()} patches: slopes "
-            f"{[round(float(v), 4) for v in solution[0]]}, intercepts {[round(float(v), 4) for v in solution[1]]}, "
-            f"r = {[round(history[f'r_f{k + 1}'][0], 3) for k in range(gains.shape[0])]}")
-    return history
-
-
 def _alpha(schedule: tuple[float, float], step: int, total: int) -> float:
     a, b = schedule
     return a + (b - a) * step / max(1, total - 1)
@@ -441,8 +410,6 @@ def train_policy(
     if cfg.policy_objective not in ("reinforce", "regression"):
         raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce' or 'regression'")
     regression = cfg.policy_objective == "regression"
-    if regression and policy.config.kind == "entropy":
-        return fit_entropy_policy(ctx, policy, caches, deltas, stage)
     if regression:  # gains standardised per model, so f1's and f2's weigh alike
         flat = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1)
         spread = flat.std(1).clamp_min(1e-6).view(1, -1, 1, 1).to(ctx.device)
