@@ -10,24 +10,5 @@
 # checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-DATA=data/synth_v2
-RUN=runs/paser-synth-v2
-DEST=src/napari_paser/models/paser-synth-v2
-THREADS=${THREADS:-2}
-
-# 1. Training data: 48 volumes (scripts/synth_v2_data.sh says which).
-bash scripts/synth_v2_data.sh "$DATA"
-
-# 2. The v2 networks and schedule; f2 starts from the v1 bundle's f2 (same weights
-#    shape: the halo does not change them), everything else from scratch.
-napari-paser train --data "$DATA" --out "$RUN" --preset v2 --seed 0 --name paser-synth-v2 \
-    --warm-start src/napari_paser/models/paser-synth-quick \
-    --description "PaSeR v2 (f0 space-to-depth with head MC dropout, f1/f2 with an 8-pixel halo, policy on f0 features, dataset-IoU rewards) trained on the wide v2 synthetic distribution" \
-    --threads "$THREADS" --no-progress
-
-# 3. Ship only the manifest (as version 2.0.0: the second generation of the bundle) and
-#    the weights.
-if [ -z "${SKIP_COPY:-}" ]; then
-    bash scripts/ship_bundle.sh "$RUN" "$DEST" 2.0.0
-fi
+exec bash scripts/train_v2_bundle.sh paser-synth-v2 v2 src/napari_paser/models/paser-synth-quick 2.0.0 \
+    "PaSeR v2 (f0 space-to-depth with head MC dropout, f1/f2 with an 8-pixel halo, policy on f0 features, dataset-IoU rewards) trained on the wide v2 synthetic distribution"

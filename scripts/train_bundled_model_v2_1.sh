@@ -13,21 +13,5 @@
 # (or set V2_BUNDLE to a copy of it). Rerunning resumes at the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-DATA=data/synth_v2
-RUN=runs/paser-synth-v2.1
-DEST=src/napari_paser/models/paser-synth-v2.1
-THREADS=${THREADS:-2}
-V2_BUNDLE=${V2_BUNDLE:-runs/paser-synth-v2}
-
-bash scripts/synth_v2_data.sh "$DATA"
-
-# Same data, seed and split as v2, so the validation volumes stay unseen by every network.
-napari-paser train --data "$DATA" --out "$RUN" --preset v2.1 --seed 0 --name paser-synth-v2.1 \
-    --warm-start "$V2_BUNDLE" \
-    --description "PaSeR v2.1: the v2 networks trained longer on the wide v2 synthetic distribution (f2, f1 and f0 continued from paser-synth-v2), with a smaller policy that learns per-patch dataset-IoU gains by regression" \
-    --threads "$THREADS" --no-progress
-
-if [ -z "${SKIP_COPY:-}" ]; then
-    bash scripts/ship_bundle.sh "$RUN" "$DEST" 2.1.0
-fi
+exec bash scripts/train_v2_bundle.sh paser-synth-v2.1 v2.1 "${V2_BUNDLE:-runs/paser-synth-v2}" 2.1.0 \
+    "PaSeR v2.1: the v2 networks trained longer on the wide v2 synthetic distribution (f2, f1 and f0 continued from paser-synth-v2), with a smaller policy that learns per-patch dataset-IoU gains by regression"

@@ -11,20 +11,5 @@
 # kept). Rerunning resumes at the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-DATA=data/synth_v2
-RUN=runs/paser-synth-v2.2
-DEST=src/napari_paser/models/paser-synth-v2.2
-THREADS=${THREADS:-2}
-
-bash scripts/synth_v2_data.sh "$DATA"
-
-# Same data, seed and split as v2 and v2.1, so the validation volumes stay unseen by every network.
-napari-paser train --data "$DATA" --out "$RUN" --preset v2.2 --seed 0 --name paser-synth-v2.2 \
-    --warm-start src/napari_paser/models/paser-synth-v2.1 \
-    --description "PaSeR v2.2: paser-synth-v2.1 with f1 trained eight times and f0 four times longer on the wide v2 synthetic distribution (f2 kept), and the regression policy re-fitted" \
-    --threads "$THREADS" --no-progress
-
-if [ -z "${SKIP_COPY:-}" ]; then
-    bash scripts/ship_bundle.sh "$RUN" "$DEST" 2.2.0
-fi
+exec bash scripts/train_v2_bundle.sh paser-synth-v2.2 v2.2 src/napari_paser/models/paser-synth-v2.1 2.2.0 \
+    "PaSeR v2.2: paser-synth-v2.1 with f1 trained eight times and f0 four times longer on the wide v2 synthetic distribution (f2 kept), and the regression policy re-fitted"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train one bundle of the v2 family on the v2 training data and copy it into the package.
+# The per-bundle scripts (train_bundled_model_v2*.sh) call this with their own arguments.
+#
+#   bash scripts/train_v2_bundle.sh NAME PRESET WARM_START VERSION DESCRIPTION
+#
+# NAME: bundle name (runs/NAME, src/napari_paser/models/NAME); PRESET: training preset;
+# WARM_START: the bundle whose fitting weights every network starts from; VERSION: the
+# shipped version number. SKIP_COPY=1 leaves the shipped bundle alone; THREADS (default
+# 2) sets torch threads. Makes the v2 training data first (scripts/synth_v2_data.sh;
+# finished volumes are kept). Rerunning resumes at the last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAME=$1
+PRESET=$2
+WARM_START=$3
+VERSION=$4
+DESCRIPTION=$5
+
+DATA=data/synth_v2
+RUN=runs/$NAME
+
+bash scripts/synth_v2_data.sh "$DATA"
+
+# Same data, seed and split for every v2 bundle, so the validation volumes stay unseen by every network.
+napari-paser train --data "$DATA" --out "$RUN" --preset "$PRESET" --seed 0 --name "$NAME" \
+    --warm-start "$WARM_START" --description "$DESCRIPTION" --threads "${THREADS:-2}" --no-progress
+
+if [ -z "${SKIP_COPY:-}" ]; then
+    bash scripts/ship_bundle.sh "$RUN" "src/napari_paser/models/$NAME" "$VERSION"
+fi
