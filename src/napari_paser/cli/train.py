@@ -37,9 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="label stacks (0 pore, 1 carbon-binder, 2 nickel; 255 unlabelled: sparse labels), same order")
     src.add_argument("--data", metavar="DIR", help="folder of NAME_image.tif/NAME_labels.tif pairs, or the paper's PNG layout")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
-    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "v2.4", "paper", "init"), default=None,
+    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "paper", "init"), default=None,
                    help="quick: CPU in ~30 min; v2: the default bundle's networks and schedule (~1 h CPU with "
-                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.4: v2.2 with f2 trained 3000 steps longer, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.2); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
+                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
                         "(default: quick, or init with --init)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
     p.add_argument("--warm-start", metavar="BUNDLE",

@@ -189,13 +189,6 @@ PRESETS["v2.2"] = PRESETS["v2.1"].replace(
 )
 
 
-# v2.2 with f2 trained longer: f2 (4.3 M parameters) had 4 100 steps and a training loss
-# barely below f1's (0.295 vs 0.300), so on the training distribution it was no better
-# than f1 where routing sends it (benchmarks/probe_results.md). f2 continues for 3 000
-# steps from v2.2's weights (about 1 s a step on 2 CPU cores, an hour in all), f0 and
-# f1 are kept, and the policy is re-fitted to the new gains.
-PRESETS["v2.4"] = PRESETS["v2.2"].replace(preset="v2.4", f2_steps=3000, f2_lr=3e-4, f0_steps=0, f1_steps=0)
-
 
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
