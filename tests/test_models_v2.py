@@ -66,6 +66,37 @@ def test_head_mc_dropout_runs_the_unet_once_and_varies_only_the_head():
     assert not torch.equal(mc_predict(f0, x, passes=5, seed=4)[0], prob)  # the masks do something
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(base_width=4, depth=2, dropout=0.3, stem=4, mc_scope="head"),
+        dict(base_width=4, depth=2, dropout=0.3, stem=2, mc_scope="head", halo=4),
+        dict(base_width=3, depth=3, dropout=0.2),  # v1: no stem, dropout in the decoder
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mc_predict_equals_the_full_resolution_definition(config, channels_last):
+    """Softmax, pass mean and entropy on the folded grid then one pixel shuffle give exactly
+    the mean softmax of the full-resolution passes (``decode``) and its entropy."""
+    from napari_paser.engine.models import UNet, UNetConfig, mc_dropout
+    from napari_paser.engine.uncertainty import entropy, mc_predict
+
+    f0 = UNet(UNetConfig(**config)).eval()
+    halo = config.get("halo", 0)
+    x = torch.randn(2, 1, 64 + 2 * halo, 96 + 2 * halo)
+    if channels_last:
+        f0 = f0.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    prob, ent = mc_predict(f0, x, passes=5, seed=7)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), mc_dropout(f0):
+        torch.manual_seed(7)
+        logits = f0.decode([f.repeat(5, 1, 1, 1) for f in f0.encode(x)])
+    want = logits.softmax(1).reshape(5, 2, *logits.shape[1:]).mean(0)
+    assert prob.shape == want.shape == (2, 3, 64, 96)
+    torch.testing.assert_close(prob, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ent, entropy(want), rtol=0, atol=1e-6)
+
+
 def test_head_mc_costs_a_fraction_of_decoder_mc_in_flops():
     from napari_paser.engine.flops import unet_flops
     from napari_paser.engine.models import UNetConfig

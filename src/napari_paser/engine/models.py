@@ -146,10 +146,12 @@ class UNet(nn.Module):
             x = up(self.drop(x) if dropout and level != finest else x)
         return x
 
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.shuffle(self.head(x))
+    def unfold(self, t: torch.Tensor) -> torch.Tensor:
+        """Output grid to pixels: pixel-shuffle ``t`` (N, K·stem², rows/stem, columns/stem)
+        to (N, K, rows, columns) and crop the ``halo`` border."""
+        t = self.shuffle(t)
         h = self.config.halo
-        return logits[..., h:-h, h:-h] if h > 0 else logits
+        return t[..., h:-h, h:-h] if h > 0 else t
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Deterministic part: the features of every level, finest first.
@@ -172,9 +174,13 @@ class UNet(nn.Module):
         MC pass costs more than the convolutions they perturb, and the noise injected at
         the coarser levels still reaches every output pixel.
         """
+        return self.unfold(self.decode_folded(feats))
+
+    def decode_folded(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`decode` before :meth:`unfold`: logits (N, classes·stem², rows/stem, columns/stem)."""
         if self.config.mc_scope == "head":
-            return self._head(self.drop(feats[-1]))
-        return self._head(self._up(feats, dropout=True))
+            return self.head(self.drop(feats[-1]))
+        return self.head(self._up(feats, dropout=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
