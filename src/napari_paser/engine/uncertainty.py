@@ -66,7 +66,10 @@ def mc_predict(
     _, k, h, w = logits.shape
     c = f0.config.num_classes
     folded = logits.float().reshape(passes, b, c, k // c, h, w).softmax(2).mean(0)
-    prob = f0.unfold(folded.reshape(b, k, h, w))
+    # In the logits' memory layout, as a full-resolution softmax would give: with
+    # channels_last the class argmax over pixels is about 10x faster on a CPU.
+    layout = torch.channels_last if logits.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    prob = f0.unfold(folded.reshape(b, k, h, w)).contiguous(memory_format=layout)
     ent = f0.unfold(entropy(folded))[:, 0]
     if return_features:
         return prob, ent, feats[-1]
