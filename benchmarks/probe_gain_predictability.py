@@ -130,9 +130,9 @@ def main(argv=None) -> None:
     n_vol = len(test_seeds)
     yw = within_volume(y_test, n_vol)
     for name, pred in rows.items():
-        pw = within_volume(pred, n_vol)
+        pred_w = within_volume(pred, n_vol)
         print(f"{name:58s}  {corr(pred[:, 0], y_test[:, 0]):7.3f}  {corr(pred[:, 1], y_test[:, 1]):7.3f}"
-              f"   {corr(pw[:, 0], yw[:, 0]):.3f} / {corr(pw[:, 1], yw[:, 1]):.3f}")
+              f"   {corr(pred_w[:, 0], yw[:, 0]):.3f} / {corr(pred_w[:, 1], yw[:, 1]):.3f}")
     # Gains on the scale of the whole set: the mean over a volume's patches is about the
     # change of the set's IoU if that volume went to the model (times the volume count).
     y_set = y_test * y_test[:, 0].size

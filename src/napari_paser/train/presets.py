@@ -189,7 +189,6 @@ PRESETS["v2.2"] = PRESETS["v2.1"].replace(
 )
 
 
-
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
