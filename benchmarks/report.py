@@ -380,8 +380,8 @@ def _separate_benchmarks(out: Path) -> list[str]:
         ("Adapting to one scan", "finetune_results.md", "bench_finetune.py",
          "fine-tuning from painted labels against a random forest on the same labels"),
         ("What limits routing", "probe_results.md", "probe_gain_predictability.py",
-         "how well f0's entropy, the bundled policy and a policy fitted on the true gains predict each patch's gain, "
-         "per volume, in and out of family"),
+         "how well f0's entropy, the bundled policy, a policy fitted on the true gains and classical regressors on "
+         "f0's patch statistics predict each patch's gain, per volume, in and out of family"),
     ]
     L = ["## Separate benchmarks (their own runs and files)", ""]
     for title, name, script, what in items:
