@@ -7,7 +7,8 @@
 # NAME: bundle name (runs/NAME, src/napari_paser/models/NAME); PRESET: training preset;
 # WARM_START: the bundle whose fitting weights every network starts from; VERSION: the
 # shipped version number. SKIP_COPY=1 leaves the shipped bundle alone; THREADS (default
-# 2) sets torch threads. Makes the v2 training data first (scripts/synth_v2_data.sh;
+# 2) sets torch threads; EXTRA_PRETRAIN=DIR adds that folder's volumes to pre-training only
+# (train --extra-pretrain). Makes the v2 training data first (scripts/synth_v2_data.sh;
 # finished volumes are kept). Rerunning resumes at the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,8 @@ bash scripts/synth_v2_data.sh "$DATA"
 
 # Same data, seed and split for every v2 bundle, so the validation volumes stay unseen by every network.
 napari-paser train --data "$DATA" --out "$RUN" --preset "$PRESET" --seed 0 --name "$NAME" \
-    --warm-start "$WARM_START" --description "$DESCRIPTION" --threads "${THREADS:-2}" --no-progress
+    --warm-start "$WARM_START" --description "$DESCRIPTION" --threads "${THREADS:-2}" --no-progress \
+    ${EXTRA_PRETRAIN:+--extra-pretrain "$EXTRA_PRETRAIN"}
 
 if [ -z "${SKIP_COPY:-}" ]; then
     bash scripts/ship_bundle.sh "$RUN" "src/napari_paser/models/$NAME" "$VERSION"

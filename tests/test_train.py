@@ -289,6 +289,19 @@ def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundl
         assert same != moved, k
 
 
+def test_extra_pretrain_volumes_join_pretraining_only(toy_volumes, tiny_bundle, tmp_path):
+    """More data for the patch models leaves the RL and validation volumes as they were."""
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(f2_steps=0, f0_steps=0, f1_steps=2, ft_steps=0, policy_steps=2)
+    kw = dict(configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    plain = train(toy_volumes, tmp_path / "plain", cfg, **kw).report["split"]
+    extra = [_volume(20 + i, slices=2) for i in range(2)]
+    more = train(toy_volumes, tmp_path / "more", cfg, extra_pretrain=extra, **kw).report["split"]
+    assert more["pretrain"] == plain["pretrain"] + ["v20", "v21"]
+    assert {k: v for k, v in more.items() if k != "pretrain"} == {k: v for k, v in plain.items() if k != "pretrain"}
+
+
 def test_cli_train_on_tiff_stacks(tmp_path):
     import argparse
 
@@ -302,11 +315,15 @@ def test_cli_train_on_tiff_stacks(tmp_path):
         tifffile.imwrite(img, (v.image * 1000).astype(np.uint16))
         tifffile.imwrite(lab, v.labels)
         paths.append((img, lab))
+    (tmp_path / "extra").mkdir()
+    v = _volume(30, slices=2)
+    tifffile.imwrite(tmp_path / "extra" / "more_image.tif", (v.image * 1000).astype(np.uint16))
+    tifffile.imwrite(tmp_path / "extra" / "more_labels.tif", v.labels)
     parser = argparse.ArgumentParser()
     cli_train.add_parser(parser.add_subparsers())
     args = parser.parse_args(
         ["train", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "init",
-         "--scale", "0.01", "--seed", "2", "--no-progress"]
+         "--scale", "0.01", "--seed", "2", "--no-progress", "--extra-pretrain", str(tmp_path / "extra")]
     )
     # Tiny architecture through --init: a real preset's networks would make this slow.
     from napari_paser.engine.bundle import Bundle, save_bundle
@@ -316,6 +333,7 @@ def test_cli_train_on_tiff_stacks(tmp_path):
     assert args.func(args) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["training"]["seed"] == 2 and "--data" in manifest["training"]["command"]
+    assert manifest["training"]["data"]["pretrain"][-1] == "more_image" and "more_image" not in manifest["training"]["data"]["val"]
     bad = parser.parse_args(["train", "--out", str(tmp_path / "x")])
     from napari_paser.errors import PaserInputError
 

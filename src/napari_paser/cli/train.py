@@ -36,10 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--labels", nargs="+", metavar="TIF",
                      help="label stacks (0 pore, 1 carbon-binder, 2 nickel; 255 unlabelled: sparse labels), same order")
     src.add_argument("--data", metavar="DIR", help="folder of NAME_image.tif/NAME_labels.tif pairs, or the paper's PNG layout")
+    src.add_argument("--extra-pretrain", metavar="DIR",
+                     help="folder of more NAME_image.tif/NAME_labels.tif pairs for pre-training f2/f1/f0 only; the "
+                          "RL and validation volumes stay those of --data")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
-    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "paper", "init"), default=None,
+    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "v2.5", "paper", "init"), default=None,
                    help="quick: CPU in ~30 min; v2: the default bundle's networks and schedule (~1 h CPU with "
-                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
+                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.5: v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~40 min CPU, --warm-start paser-synth-v2.2); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
                         "(default: quick, or init with --init)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
     p.add_argument("--warm-start", metavar="BUNDLE",
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         volumes, validation = load_data_dir(args.data, norm)
     else:
         volumes, validation = load_tiff_pairs(args.images, args.labels, norm), None
+    extra = load_data_dir(args.extra_pretrain, norm)[0] if args.extra_pretrain else ()
     command = "napari-paser " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("napari-paser") else ""
     if not command:
         command = "napari-paser train " + _describe(args)
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         cfg,
         validation=validation,
+        extra_pretrain=extra,
         init=init,
         warm_start=warm,
         device=args.device,
@@ -137,6 +142,8 @@ def _describe(args: argparse.Namespace) -> str:
         parts += ["--data", args.data]
     if args.images:
         parts += ["--images", *args.images, "--labels", *args.labels]
+    if args.extra_pretrain:
+        parts += ["--extra-pretrain", args.extra_pretrain]
     parts += ["--out", args.out]
     for opt in ("preset", "init", "warm_start", "tvd", "name"):
         if getattr(args, opt) is not None:

@@ -69,7 +69,8 @@ def _cached_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: 
     return caches
 
 
-def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict) -> dict:
+def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict,
+               extra_pretrain: Sequence[Volume] = ()) -> dict:
     return {
         "config": cfg.to_dict(),
         "seed": int(seed),
@@ -77,6 +78,7 @@ def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, c
         "architecture": {k: v.to_dict() for k, v in configs.items()},
         "data": [[v.name, list(v.image.shape)] for v in volumes],
         "validation": None if validation is None else [[v.name, list(v.image.shape)] for v in validation],
+        "extra_pretrain": [[v.name, list(v.image.shape)] for v in extra_pretrain],
     }
 
 
@@ -86,6 +88,7 @@ def train(
     cfg: TrainConfig,
     *,
     validation: Sequence[Volume] | None = None,
+    extra_pretrain: Sequence[Volume] = (),
     init: Bundle | None = None,
     warm_start: Bundle | None = None,
     configs: dict[str, Any] | None = None,
@@ -110,6 +113,10 @@ def train(
     validation : sequence of Volume, optional
         Validation volumes given separately (e.g. the paper layout's split); otherwise
         they are split off ``volumes``.
+    extra_pretrain : sequence of Volume, optional
+        More volumes for the pre-training split only (f2, f1, f0 and the class weights),
+        added after the split of ``volumes``: the RL and validation volumes stay the
+        same as without them, so bundles trained on more data remain comparable.
     init : Bundle, optional
         Start from this bundle's weights, architecture and normalisation.
     warm_start : Bundle, optional
@@ -138,12 +145,13 @@ def train(
     if warm_start is not None and init is None:
         warm = {"bundle": warm_start.name, "models": copy_matching_weights(bundle, warm_start)}
         log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
-    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs) | {"warm_start": warm})
+    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain) | {"warm_start": warm})
     if ckpt.load_models(bundle.models()):
         log(f"resuming: stages done {ckpt.done}")
 
     split = split_volumes(len(volumes), cfg.splits, seed, has_validation=validation is not None)
     parts = {s: [volumes[i] for i in idx] for s, idx in split.items()}
+    parts["pretrain"] += list(extra_pretrain)
     val_vols = list(validation) if validation is not None else parts["val"]
     split_names = {s: [v.name for v in vs] for s, vs in parts.items()}
     split_names["val"] = [v.name for v in val_vols]
