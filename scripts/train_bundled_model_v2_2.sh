@@ -8,8 +8,9 @@
 #   SKIP_COPY=1 bash scripts/train_bundled_model_v2_2.sh  # leave the shipped bundle alone
 #
 # v2.1 no longer ships: its run folder (scripts/train_bundled_model_v2_1.sh) is the warm
-# start, or set V2_1_BUNDLE to another copy. Makes the v2 training data first (scripts/synth_v2_data.sh; finished volumes are
-# kept). Rerunning resumes at the last checkpoint.
+# start, or set V2_1_BUNDLE to another copy. Makes the v2 training data first
+# (scripts/synth_v2_data.sh; finished volumes are kept). Rerunning resumes at the last
+# checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec bash scripts/train_v2_bundle.sh paser-synth-v2.2 v2.2 "${V2_1_BUNDLE:-runs/paser-synth-v2.1}" 2.2.0 \

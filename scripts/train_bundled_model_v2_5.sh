@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce src/napari_paser/models/paser-synth-v2.5/ (CPU, about 40 minutes on 2 cores
+# Reproduce src/napari_paser/models/paser-synth-v2.5/ (CPU, 25 minutes on 2 cores
 # once the data exist): paser-synth-v2.2 with f1 continued for 8 000 steps on more
 # training volumes. Beside v2.2's 31 pre-training volumes, f1 sees 36 more of the wide v2
-# distribution (data/synth_v2_extra, base seed 3030, about 15 minutes to simulate); the
+# distribution (data/synth_v2_extra, base seed 3030; about 24 s a volume to simulate); the
 # RL and validation volumes are v2.2's. f0 and f2 are kept, and the regression policy is
 # re-fitted to the new f1's gains (preset v2.5).
 #

@@ -190,7 +190,7 @@ PRESETS["v2.2"] = PRESETS["v2.1"].replace(
 
 # v2.2 with f1 continued on more volumes (``train --extra-pretrain``: 36 more v2 volumes
 # beside v2.2's 31 pre-training ones; the RL and validation volumes unchanged): f0 and
-# f2 kept, the policy re-fitted to the new f1's gains. About 40 minutes on 2 CPU cores.
+# f2 kept, the policy re-fitted to the new f1's gains. 25 minutes on 2 CPU cores.
 PRESETS["v2.5"] = PRESETS["v2.2"].replace(
     preset="v2.5",
     f0_steps=0,
