@@ -282,3 +282,101 @@ def test_unknown_policy_objective_is_refused(tmp_path):
     ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
     with pytest.raises(ValueError, match="policy objective"):
         train_policy(ctx, bundle, [_GainTable(*_entropy_gains(4, seed=0))])
+
+
+def test_policy_without_f0_features_reads_six_channels_and_round_trips(tmp_path):
+    """``f0_features=False`` (the v2.6 policy): f0's feature maps are left out of the
+    policy's input, the FLOPs are still counted on what it reads, and the choice
+    survives saving the bundle."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_paser.engine.bundle import Bundle, load_bundle, save_bundle
+    from napari_paser.engine.flops import policy_flops
+    from napari_paser.engine.models import PolicyNet, UNet
+    from napari_paser.engine.uncertainty import analyse_slices
+
+    cfg = _v2_tiny()
+    cfg["policy"] = dataclasses.replace(cfg["policy"], in_channels=6, f0_features=False)
+    feats = analyse_slices(UNet(cfg["f0"]).eval(), cfg["policy"], torch.rand(1, 1, 112, 128), 2, seed=0)[2]
+    assert feats.shape[1] == 6
+    policy = PolicyNet(cfg["policy"]).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        policy.gains(feats)
+    assert policy_flops(cfg["policy"], (112, 128)) == counter.get_total_flops()
+    save_bundle(Bundle.from_configs(cfg, seed=0), tmp_path / "b")
+    assert load_bundle(tmp_path / "b").policy.config.f0_features is False
+
+
+def _noise_table(n, seed):
+    """Gains with a weak real signal (the entropy channel) under much noise."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.rand(n, 6, 8, 8, generator=g)
+    gains = 0.02 * F.avg_pool2d(feats[:, 3:4], 4).repeat(1, 2, 1, 1) + 0.05 * torch.randn(n, 2, 2, 2, generator=g)
+    return _GainTable(feats, gains)
+
+
+def _noisy_policy_setup(folder, **cfg_changes):
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.models import PolicyConfig
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext
+
+    configs = tiny_configs(patch_size=(16, 16))
+    configs["policy"] = PolicyConfig(in_channels=6, width=16, features="v2", pool=4, patch_size=(16, 16), blocks=2, grid_context=True)
+    bundle = Bundle.from_configs(configs, seed=0)
+    cfg = get_preset("quick").replace(policy_objective="regression", policy_steps=400, policy_batch=8, policy_lr=1e-2,
+                                      warmup=0.0, weight_decay=0.0, policy_eval_every=20, **cfg_changes)
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(folder, {}), seed=0, log=lambda s: None, progress=False)
+    return bundle, ctx
+
+
+def test_regression_policy_keeps_the_weights_best_on_held_out_volumes(tmp_path):
+    """Gains that are noise: the fit memorises its few examples and the error on held-out
+    ones rises again. The policy must end with the weights of the lowest held-out
+    error, not the last ones."""
+    from napari_paser.train.stages import train_policy
+
+    bundle, ctx = _noisy_policy_setup(tmp_path / "ck")
+    fit, held = _noise_table(12, seed=1), _noise_table(32, seed=2)
+    history = train_policy(ctx, bundle, [fit], holdout=[held])
+
+    steps, errors = zip(*history["holdout_error"])
+    assert list(steps) == list(range(20, 401, 20))
+    assert history["best_step"] == steps[int(np.argmin(errors))] < 400
+    # The folded policy's error on the held-out gains, standardised as in the fit.
+    flat = fit.gain_target("dataset_iou").transpose(0, 1).reshape(2, -1)
+    mean, spread = flat.mean(1).view(1, -1, 1, 1), flat.std(1).view(1, -1, 1, 1)
+    with torch.no_grad():
+        pred = bundle.policy.eval().gains(held.features)
+    error = float((((pred - mean) / spread - (held.gain_target("dataset_iou") - mean) / spread) ** 2).mean())
+    assert error == pytest.approx(min(errors), abs=1e-4)
+    assert error < errors[-1]
+
+
+def test_early_stopping_survives_an_interrupted_fit(tmp_path):
+    """Interrupted after its best step and resumed from a partial checkpoint, the fit ends
+    with the same best step and weights as an uninterrupted one."""
+    from napari_paser.train.stages import train_policy
+
+    fit, held = _noise_table(12, seed=1), _noise_table(32, seed=2)
+    bundle, ctx = _noisy_policy_setup(tmp_path / "a", checkpoint_every=50)
+    ref = train_policy(ctx, bundle, [fit], holdout=[held])
+    assert ref["best_step"] < 300  # so the interruption below comes after it
+
+    def interrupt(steps_done):
+        if steps_done == 330:
+            raise KeyboardInterrupt
+
+    first, ctx_b = _noisy_policy_setup(tmp_path / "b", checkpoint_every=50)
+    with pytest.raises(KeyboardInterrupt):
+        train_policy(ctx_b, first, [fit], holdout=[held], stop=interrupt)
+    resumed, ctx_b = _noisy_policy_setup(tmp_path / "b", checkpoint_every=50)
+    out = train_policy(ctx_b, resumed, [fit], holdout=[held])
+    assert out["best_step"] == ref["best_step"] and out["holdout_error"] == ref["holdout_error"]
+    for name, value in bundle.policy.state_dict().items():
+        assert torch.allclose(value, resumed.policy.state_dict()[name]), name

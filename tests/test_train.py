@@ -368,3 +368,35 @@ def test_default_lambda_rule():
     assert choose_default_lam(curve, 0.97, 0.30)[0] == 0.1
     assert choose_default_lam(curve, 0.995, 0.30)[0] == 0.1  # IoU unreachable: best within the budget
     assert choose_default_lam(curve, 0.97, 0.01)[0] == 0.5  # budget unreachable: cheapest
+
+
+def test_policy_holdout_takes_whole_volumes_and_never_all():
+    from napari_paser.train.runner import split_policy_holdout
+
+    vols = [_volume(i, slices=1, shape=(16, 16)) for i in range(10)]
+    fit, held = split_policy_holdout(vols, 0.2, seed=0)
+    assert len(held) == 2 and len(fit) == 8
+    assert {v.name for v in fit}.isdisjoint(v.name for v in held) and len(fit) + len(held) == 10
+    assert [v.name for v in split_policy_holdout(vols, 0.2, seed=0)[1]] == [v.name for v in held]  # seeded
+    assert split_policy_holdout(vols, 0.0, seed=0) == (vols, [])
+    assert split_policy_holdout(vols[:1], 0.5, seed=0) == (vols[:1], [])
+    assert len(split_policy_holdout(vols[:3], 1.0, seed=0)[0]) == 1  # at least one volume is fitted on
+
+
+def test_regression_policy_with_holdout_reports_disjoint_splits(toy_volumes, tmp_path):
+    """A run with ``policy_holdout``: the held-out RL volumes are named in the report,
+    apart from those the policy is fitted on, and the early stopping is in the history
+    and the loss figure."""
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(policy_objective="regression", policy_holdout=0.5, policy_eval_every=2, ft_steps=0,
+                    splits={"pretrain": 0.3, "rl": 0.5, "finetune": 0.1, "val": 0.1})
+    res = train(toy_volumes, tmp_path / "h", cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
+    split = res.report["split"]
+    assert len(split["rl_holdout"]) >= 1 and len(split["rl"]) >= 1
+    names = [n for s in split.values() for n in s]
+    assert len(names) == len(set(names)) == len(toy_volumes)
+    h = res.report["history"]["policy"]
+    assert [s for s, _ in h["holdout_error"]] == list(range(2, cfg.policy_steps + 1, 2))
+    assert h["best_step"] in [s for s, _ in h["holdout_error"]]
+    assert (tmp_path / "h" / "loss_curves.png").stat().st_size > 0

@@ -40,9 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="folder of more NAME_image.tif/NAME_labels.tif pairs for pre-training f2/f1/f0 only; the "
                           "RL and validation volumes stay those of --data")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
-    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "v2.5", "paper", "init"), default=None,
+    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "v2.5", "v2.6", "paper", "init"), default=None,
                    help="quick: CPU in ~30 min; v2: the default bundle's networks and schedule (~1 h CPU with "
-                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.5: v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~25 min CPU, --warm-start paser-synth-v2.2); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
+                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.5: v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~25 min CPU, --warm-start paser-synth-v2.2); v2.6: v2.5's networks kept, a policy on f0's output statistics early-stopped on held-out RL volumes (~10 min CPU, --warm-start paser-synth-v2.5); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
                         "(default: quick, or init with --init)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
     p.add_argument("--warm-start", metavar="BUNDLE",

@@ -65,6 +65,13 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2")
         configs["policy"] = PolicyConfig(in_channels=22, width=16, features="v2", blocks=1, grid_context=True, linear_skip=True)
         return configs
+    if preset == "v2.6":
+        # v2.1's networks; the policy reads f0's output statistics, not its features
+        # (with them it memorised its RL volumes: gain correlation 0.94 there, 0.10 on
+        # the validation volumes).
+        configs = default_model_configs("v2.1")
+        configs["policy"] = PolicyConfig(in_channels=6, width=16, features="v2", f0_features=False, blocks=1, grid_context=True, linear_skip=True)
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -72,7 +79,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

@@ -226,7 +226,9 @@ class PolicyConfig:
     ``features="v1"``: the policy sees f0's mean softmax (3 channels), its MC-dropout
     entropy and the normalised image, pooled by ``pool`` for cheapness. ``"v2"`` adds
     the local standard deviation of the image and f0's own finest features (free: f0
-    computed them), already pooled by :func:`..uncertainty.policy_features`. ``blocks``
+    computed them), already pooled by :func:`..uncertainty.policy_features`;
+    ``f0_features=False`` leaves f0's features out (6 input channels: a policy fitted on
+    a few volumes memorises them through those 16 maps). ``blocks``
     residual blocks run on the pooled map; ``grid_context`` adds a 3x3 convolution over
     the patch grid, so a patch's decision sees its neighbours. It predicts for every patch
     the IoU gain of f1 and f2 over f0. Routing logits for a cost weight ``lam`` are
@@ -244,6 +246,7 @@ class PolicyConfig:
     blocks: int = 1
     grid_context: bool = False
     linear_skip: bool = False
+    f0_features: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -87,8 +87,9 @@ def policy_features(
 
     ``v1`` policies (and ``config=None``): f0's mean softmax (3), its entropy (1) and the
     image (1) at full resolution. ``v2``: the same plus the local standard deviation of
-    the image, average-pooled by ``config.pool``, and f0's finest features resized to
-    that grid (they come for free with f0's analysis).
+    the image, average-pooled by ``config.pool``, and (unless ``config.f0_features`` is
+    False) f0's finest features resized to that grid (they come for free with f0's
+    analysis).
     """
     full = torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
     if config is None or config.features != "v2":
@@ -98,7 +99,7 @@ def policy_features(
     mean, mean_sq = pooled[:, 4:5], pooled[:, 5:6]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
     parts = [pooled[:, :5], std]
-    if f0_features is not None:
+    if f0_features is not None and config.f0_features:
         f = f0_features.float()
         if f.shape[-2:] != pooled.shape[-2:]:
             f = F.adaptive_avg_pool2d(f, pooled.shape[-2:])

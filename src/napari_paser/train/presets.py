@@ -54,6 +54,11 @@ class TrainConfig:
     # the best gain predictor: mean squared error on the gains, early-stopped on held-out
     # volumes).
     policy_objective: str = "reinforce"
+    # Regression only: share of the RL volumes held out of the fit; the policy keeps the
+    # weights with the lowest error on them, measured every ``policy_eval_every`` steps
+    # (0: no hold-out, all ``policy_steps`` on every RL volume).
+    policy_holdout: float = 0.0
+    policy_eval_every: int = 100
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
     ft_batch: int = 8
@@ -196,6 +201,18 @@ PRESETS["v2.5"] = PRESETS["v2.2"].replace(
     f0_steps=0,
     f1_steps=8000,
     f1_lr=5e-4,
+)
+
+# v2.5's networks (all kept) with a policy that generalises: it reads f0's output
+# statistics but not f0's feature maps, and its regression keeps the weights with the
+# lowest error on 2 of the 10 RL volumes held out of the fit. v2.5's policy, fitted
+# 3 000 steps on every RL volume, tracked the true gains with r = 0.94 on them and
+# 0.10 on the validation volumes. About 10 minutes on 2 CPU cores.
+PRESETS["v2.6"] = PRESETS["v2.5"].replace(
+    preset="v2.6",
+    arch="v2.6",
+    f1_steps=0,
+    policy_holdout=0.2,
 )
 
 

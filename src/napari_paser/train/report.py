@@ -19,9 +19,13 @@ def plot_losses(histories: dict[str, dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(3.6 * max(1, len(stages)), 3.0), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         h = histories[stage]
-        for key in [k for k in h if k not in ("step", "acc", "f1", "f2", "reward")][:3]:
-            if len(h[key]) == len(h["step"]):
-                ax.plot(h["step"], h[key], label=key)
+        curves = [k for k, v in h.items() if k not in ("step", "acc", "f1", "f2", "reward") and isinstance(v, list) and len(v) == len(h["step"])]
+        for key in curves[:3]:
+            ax.plot(h["step"], h[key], label=key)
+        if h.get("holdout_error"):  # (step, error) pairs of the policy's early stopping
+            steps, errors = zip(*h["holdout_error"])
+            ax.plot(steps, errors, label="held-out error")
+            ax.axvline(h["best_step"], color="grey", linestyle=":", linewidth=1)
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

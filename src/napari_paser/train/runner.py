@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -54,19 +55,33 @@ def _logger(out: Path, echo: bool) -> Callable[[str], None]:
     return log
 
 
-def _cached_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: int) -> list[RewardCache]:
+def _cached_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: int, name: str = "rewards-rl.pt") -> list[RewardCache]:
     """The RL split's reward caches, computed once per run and kept in ``checkpoints/``.
 
     f0, f1 and f2 are final when the policy stage starts, so a resumed or repeated policy
     stage reuses them (minutes of f2 inference on a CPU).
     """
-    path = ctx.ckpt.folder / "rewards-rl.pt"
+    path = ctx.ckpt.folder / name
     if path.is_file():
         ctx.log(f"[policy] reward caches from {path.name}")
         return [RewardCache(f, c) for f, c in torch.load(path, weights_only=True)]
     caches = cache_rewards(ctx, bundle, bank, copies)
     ctx.ckpt.save_tensors(path.name, [(c.features, c.conf) for c in caches])
     return caches
+
+
+def split_policy_holdout(volumes: Sequence[Volume], share: float, seed: int) -> tuple[list[Volume], list[Volume]]:
+    """The RL volumes the policy is fitted on and those held out for its early stopping.
+
+    ``round(share * n)`` whole volumes, at least one and never all of them, drawn with
+    ``seed``; none when ``share`` is 0 or there is a single RL volume.
+    """
+    n = len(volumes)
+    if share <= 0 or n < 2:
+        return list(volumes), []
+    k = min(n - 1, max(1, int(round(share * n))))
+    held = set(np.random.default_rng(seed + 1).permutation(n)[:k].tolist())
+    return [v for i, v in enumerate(volumes) if i not in held], [v for i, v in enumerate(volumes) if i in held]
 
 
 def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict,
@@ -155,6 +170,10 @@ def train(
     val_vols = list(validation) if validation is not None else parts["val"]
     split_names = {s: [v.name for v in vs] for s, vs in parts.items()}
     split_names["val"] = [v.name for v in val_vols]
+    fit_vols, held_vols = split_policy_holdout(parts["rl"], cfg.policy_holdout if cfg.policy_objective == "regression" else 0.0, seed)
+    if held_vols:  # the policy is fitted on the rest of the RL split
+        split_names["rl"] = [v.name for v in fit_vols]
+        split_names["rl_holdout"] = [v.name for v in held_vols]
     log("split by volume: " + "; ".join(f"{s} {len(v)}" for s, v in split_names.items()))
     ps = bundle.patch_size
     banks = {s: SliceBank(parts[s], ps) for s in ("pretrain", "rl", "finetune")}
@@ -175,10 +194,14 @@ def train(
         elif stage == "pretrain_f0":
             h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
         elif stage == "policy":
-            caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
+            fit_bank = banks["rl"] if not held_vols else SliceBank(fit_vols, ps)
+            caches = _cached_rewards(ctx, bundle, fit_bank, cfg.rl_copies)
+            holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, ps), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
             iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
             log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
-            h = train_policy(ctx, bundle, caches, stage)
+            if held_vols:
+                log(f"[policy] early stopping on {len(held_vols)} held-out RL volumes: {', '.join(v.name for v in held_vols)}")
+            h = train_policy(ctx, bundle, caches, stage, holdout=holdout)
         else:
             h = finetune_joint(ctx, bundle, banks["finetune"], stage)
         minutes = (time.time() - t0 + ckpt.resumed_seconds.pop(stage, 0.0)) / 60

@@ -20,7 +20,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +121,7 @@ def run_loop(
     ctx: StageContext,
     stage: str,
     total: int,
-    modules: dict[str, nn.Module],
+    modules: dict[str, Any],
     optimizers: dict[str, tuple[torch.optim.Optimizer, float]],
     step_fn: Callable[[int], dict[str, float]],
     g: torch.Generator,
@@ -131,6 +131,9 @@ def run_loop(
 
     Parameters
     ----------
+    modules : dict
+        name -> anything with ``state_dict`` / ``load_state_dict`` (networks, trackers),
+        saved in the partial checkpoints.
     optimizers : dict
         name -> (optimiser, base learning rate); the schedule is set before each step.
     step_fn : callable
@@ -217,7 +220,8 @@ def _adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Opti
 
 
 def _summary(stage: str, history: dict) -> str:
-    keys = [k for k in history if k != "step"]
+    # Per-step curves only (the policy's early stopping adds (step, error) pairs).
+    keys = [k for k, v in history.items() if k != "step" and isinstance(v, list) and len(v) == len(history["step"])]
     if not history["step"]:
         return f"[{stage}] no steps"
     parts = [f"{k} {history[k][0]:.4f} -> {history[k][-1]:.4f}" for k in keys[:3]]
@@ -363,6 +367,57 @@ def _fold_gain_scale(policy: nn.Module, scale: torch.Tensor, mean: torch.Tensor)
                 layer.bias.add_(mean.to(layer.bias))
 
 
+class _HoldoutTracker:
+    """Early stopping of the policy's regression on held-out volumes.
+
+    Measures the mean squared error of the standardised gains on ``caches`` every
+    ``every`` steps and keeps a copy of the weights with the lowest. It has a state dict
+    like a module, so :func:`run_loop` saves it in its partial checkpoints and a resumed
+    fit still ends with the best weights of the whole run.
+    """
+
+    def __init__(self, policy: nn.Module, caches: list[RewardCache], reward: str, mean: torch.Tensor, spread: torch.Tensor, every: int):
+        self.policy, self.every = policy, max(1, int(every))
+        dev = mean.device
+        self.data = [(c.features, ((c.gain_target(reward).to(dev) - mean) / spread)) for c in caches]
+        self.best_error, self.best_step, self.best_state = float("inf"), 0, None
+        self.errors: list[list[float]] = []
+
+    @torch.no_grad()
+    def error(self) -> float:
+        was_training = self.policy.training
+        self.policy.eval()
+        dev = next(self.policy.parameters()).device
+        total, count = 0.0, 0
+        for feats, target in self.data:
+            for i in range(0, len(feats), 64):
+                diff = self.policy.gains(feats[i : i + 64].to(dev).float()) - target[i : i + 64]
+                total += float(diff.pow(2).sum())
+                count += diff.numel()
+        self.policy.train(was_training)
+        return total / max(1, count)
+
+    def after_step(self, step: int) -> None:
+        if step % self.every:
+            return
+        err = self.error()
+        self.errors.append([step, round(err, 5)])
+        if err < self.best_error:
+            self.best_error, self.best_step = err, step
+            self.best_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"best_error": self.best_error, "best_step": self.best_step, "best_state": self.best_state, "errors": self.errors}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_error, self.best_step = float(state["best_error"]), int(state["best_step"])
+        self.best_state, self.errors = state["best_state"], [list(e) for e in state["errors"]]
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.policy.load_state_dict(self.best_state)
+
+
 def _alpha(schedule: tuple[float, float], step: int, total: int) -> float:
     a, b = schedule
     return a + (b - a) * step / max(1, total - 1)
@@ -377,6 +432,7 @@ def train_policy(
     lam_schedule: Callable[[int, int], float] | None = None,
     policy: nn.Module | None = None,
     stop: Callable[[int], bool] | None = None,
+    holdout: list[RewardCache] | None = None,
 ) -> dict:
     """Stage 3: train the λ-conditioned policy over cached rewards.
 
@@ -399,6 +455,11 @@ def train_policy(
         the costs are still ``bundle.costs()``.
     stop : callable, optional
         Early stopping, passed to :func:`run_loop`.
+    holdout : list of RewardCache, optional
+        Regression only: caches of volumes the fit does not see. Every
+        ``cfg.policy_eval_every`` steps the error on them is measured, and the policy
+        ends with the weights that had the lowest (early stopping: a regression over
+        a few volumes memorises them within a few hundred steps).
     """
     cfg = ctx.cfg
     g = ctx.generator(stage)
@@ -415,6 +476,7 @@ def train_policy(
         spread = flat.std(1).clamp_min(1e-6).view(1, -1, 1, 1).to(ctx.device)
         mean = flat.mean(1).view(1, -1, 1, 1).to(ctx.device)
     opt = _adam(policy, cfg.policy_lr, cfg.weight_decay if regression else 0.0)
+    tracker = _HoldoutTracker(policy, holdout, cfg.reward, mean, spread, cfg.policy_eval_every) if regression and holdout else None
 
     def step_fn(step: int) -> dict[str, float]:
         policy.train()
@@ -428,6 +490,8 @@ def train_policy(
             opt.zero_grad(set_to_none=True)
             error.backward()
             opt.step()
+            if tracker is not None:
+                tracker.after_step(step + 1)
             return {"loss": float(error.detach())}
         if lam_schedule is None:
             lam = sample_lambda(len(idx), g, cfg.lam_power).to(ctx.device)
@@ -442,7 +506,13 @@ def train_policy(
         opt.step()
         return {"loss": float(loss.detach()), **stats}
 
-    history = run_loop(ctx, stage, total, {"policy": policy}, {"opt": (opt, cfg.policy_lr)}, step_fn, g, stop=stop)
+    tracked = {"policy": policy} if tracker is None else {"policy": policy, "holdout": tracker}
+    history = run_loop(ctx, stage, total, tracked, {"opt": (opt, cfg.policy_lr)}, step_fn, g, stop=stop)
+    if tracker is not None:
+        tracker.restore_best()
+        history["holdout_error"] = tracker.errors
+        history["best_step"] = tracker.best_step
+        ctx.log(f"[{stage}] held-out error lowest at step {tracker.best_step} of {total}: {tracker.best_error:.4f}")
     if regression:
         _fold_gain_scale(policy, spread.flatten(), mean.flatten())
     policy.eval()
