@@ -289,7 +289,7 @@ def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundl
         assert same != moved, k
 
 
-def test_extra_pretrain_volumes_join_pretraining_only(toy_volumes, tiny_bundle, tmp_path):
+def test_extra_volumes_join_pretraining_or_the_policy_split_only(toy_volumes, tiny_bundle, tmp_path):
     """More data for the patch models leaves the RL and validation volumes as they were."""
     from napari_paser.train.runner import train
 
@@ -300,6 +300,10 @@ def test_extra_pretrain_volumes_join_pretraining_only(toy_volumes, tiny_bundle, 
     more = train(toy_volumes, tmp_path / "more", cfg, extra_pretrain=extra, **kw).report["split"]
     assert more["pretrain"] == plain["pretrain"] + ["v20", "v21"]
     assert {k: v for k, v in more.items() if k != "pretrain"} == {k: v for k, v in plain.items() if k != "pretrain"}
+    # Volumes for the policy only: they join the RL split and nothing else.
+    rl_more = train(toy_volumes, tmp_path / "rl", cfg, extra_rl=extra, **kw).report["split"]
+    assert rl_more["rl"] == plain["rl"] + ["v20", "v21"]
+    assert {k: v for k, v in rl_more.items() if k != "rl"} == {k: v for k, v in plain.items() if k != "rl"}
 
 
 def test_cli_train_on_tiff_stacks(tmp_path):
@@ -319,11 +323,16 @@ def test_cli_train_on_tiff_stacks(tmp_path):
     v = _volume(30, slices=2)
     tifffile.imwrite(tmp_path / "extra" / "more_image.tif", (v.image * 1000).astype(np.uint16))
     tifffile.imwrite(tmp_path / "extra" / "more_labels.tif", v.labels)
+    (tmp_path / "extra_rl").mkdir()
+    v = _volume(31, slices=2)
+    tifffile.imwrite(tmp_path / "extra_rl" / "rl_image.tif", (v.image * 1000).astype(np.uint16))
+    tifffile.imwrite(tmp_path / "extra_rl" / "rl_labels.tif", v.labels)
     parser = argparse.ArgumentParser()
     cli_train.add_parser(parser.add_subparsers())
     args = parser.parse_args(
         ["train", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--preset", "init",
-         "--scale", "0.01", "--seed", "2", "--no-progress", "--extra-pretrain", str(tmp_path / "extra")]
+         "--scale", "0.01", "--seed", "2", "--no-progress", "--extra-pretrain", str(tmp_path / "extra"),
+         "--extra-rl", str(tmp_path / "extra_rl")]
     )
     # Tiny architecture through --init: a real preset's networks would make this slow.
     from napari_paser.engine.bundle import Bundle, save_bundle
@@ -334,6 +343,7 @@ def test_cli_train_on_tiff_stacks(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["training"]["seed"] == 2 and "--data" in manifest["training"]["command"]
     assert manifest["training"]["data"]["pretrain"][-1] == "more_image" and "more_image" not in manifest["training"]["data"]["val"]
+    assert manifest["training"]["data"]["rl"][-1] == "rl_image" and "--extra-rl" in manifest["training"]["command"]
     bad = parser.parse_args(["train", "--out", str(tmp_path / "x")])
     from napari_paser.errors import PaserInputError
 

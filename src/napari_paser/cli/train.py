@@ -39,10 +39,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--extra-pretrain", metavar="DIR",
                      help="folder of more NAME_image.tif/NAME_labels.tif pairs for pre-training f2/f1/f0 only; the "
                           "RL and validation volumes stay those of --data")
+    src.add_argument("--extra-rl", metavar="DIR",
+                     help="folder of more NAME_image.tif/NAME_labels.tif pairs for fitting the routing policy only "
+                          "(volumes no network was trained on); the other splits stay those of --data")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
     p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "v2.5", "v2.6", "paper", "init"), default=None,
                    help="quick: CPU in ~30 min; v2: the default bundle's networks and schedule (~1 h CPU with "
-                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.5: v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~25 min CPU, --warm-start paser-synth-v2.2); v2.6: v2.5's networks kept, a policy on f0's output statistics early-stopped on held-out RL volumes (~10 min CPU, --warm-start paser-synth-v2.5); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
+                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.5: v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~25 min CPU, --warm-start paser-synth-v2.2); v2.6: v2.5's networks kept, a policy on f0's output statistics fitted on --extra-rl volumes too and early-stopped on held-out ones (~25 min CPU, --warm-start paser-synth-v2.5); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
                         "(default: quick, or init with --init)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
     p.add_argument("--warm-start", metavar="BUNDLE",
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         volumes, validation = load_tiff_pairs(args.images, args.labels, norm), None
     extra = load_data_dir(args.extra_pretrain, norm)[0] if args.extra_pretrain else ()
+    extra_rl = load_data_dir(args.extra_rl, norm)[0] if args.extra_rl else ()
     command = "napari-paser " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("napari-paser") else ""
     if not command:
         command = "napari-paser train " + _describe(args)
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         validation=validation,
         extra_pretrain=extra,
+        extra_rl=extra_rl,
         init=init,
         warm_start=warm,
         device=args.device,
@@ -144,6 +149,8 @@ def _describe(args: argparse.Namespace) -> str:
         parts += ["--images", *args.images, "--labels", *args.labels]
     if args.extra_pretrain:
         parts += ["--extra-pretrain", args.extra_pretrain]
+    if args.extra_rl:
+        parts += ["--extra-rl", args.extra_rl]
     parts += ["--out", args.out]
     for opt in ("preset", "init", "warm_start", "tvd", "name"):
         if getattr(args, opt) is not None:

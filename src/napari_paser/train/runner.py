@@ -85,7 +85,7 @@ def split_policy_holdout(volumes: Sequence[Volume], share: float, seed: int) -> 
 
 
 def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict,
-               extra_pretrain: Sequence[Volume] = ()) -> dict:
+               extra_pretrain: Sequence[Volume] = (), extra_rl: Sequence[Volume] = ()) -> dict:
     return {
         "config": cfg.to_dict(),
         "seed": int(seed),
@@ -94,6 +94,7 @@ def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, c
         "data": [[v.name, list(v.image.shape)] for v in volumes],
         "validation": None if validation is None else [[v.name, list(v.image.shape)] for v in validation],
         "extra_pretrain": [[v.name, list(v.image.shape)] for v in extra_pretrain],
+        **({"extra_rl": [[v.name, list(v.image.shape)] for v in extra_rl]} if extra_rl else {}),
     }
 
 
@@ -104,6 +105,7 @@ def train(
     *,
     validation: Sequence[Volume] | None = None,
     extra_pretrain: Sequence[Volume] = (),
+    extra_rl: Sequence[Volume] = (),
     init: Bundle | None = None,
     warm_start: Bundle | None = None,
     configs: dict[str, Any] | None = None,
@@ -132,6 +134,10 @@ def train(
         More volumes for the pre-training split only (f2, f1, f0 and the class weights),
         added after the split of ``volumes``: the RL and validation volumes stay the
         same as without them, so bundles trained on more data remain comparable.
+    extra_rl : sequence of Volume, optional
+        More volumes for the policy's split only (its reward caches and, with
+        ``cfg.policy_holdout``, its held-out volumes), added after the split; they must
+        be unseen by f0, f1 and f2, or their gains would flatter the networks.
     init : Bundle, optional
         Start from this bundle's weights, architecture and normalisation.
     warm_start : Bundle, optional
@@ -160,13 +166,14 @@ def train(
     if warm_start is not None and init is None:
         warm = {"bundle": warm_start.name, "models": copy_matching_weights(bundle, warm_start)}
         log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
-    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain) | {"warm_start": warm})
+    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain, extra_rl) | {"warm_start": warm})
     if ckpt.load_models(bundle.models()):
         log(f"resuming: stages done {ckpt.done}")
 
     split = split_volumes(len(volumes), cfg.splits, seed, has_validation=validation is not None)
     parts = {s: [volumes[i] for i in idx] for s, idx in split.items()}
     parts["pretrain"] += list(extra_pretrain)
+    parts["rl"] += list(extra_rl)
     val_vols = list(validation) if validation is not None else parts["val"]
     split_names = {s: [v.name for v in vs] for s, vs in parts.items()}
     split_names["val"] = [v.name for v in val_vols]
