@@ -211,6 +211,11 @@ def test_resume_after_interrupted_stage(toy_volumes, tmp_path, monkeypatch):
     result = runner.train(toy_volumes, out, cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
     assert (out / "manifest.json").is_file()
     assert "finetune" in result.report["history"]
+    # Another λ rule re-chooses λ on the finished networks: nothing is trained again.
+    again = runner.train(toy_volumes, out, cfg.replace(lam_flops_margin=0.5), configs=tiny_configs(), seed=0, progress=False, echo=False)
+    rule = again.report["default_lam_rule"]
+    assert again.report["config"]["lam_flops_margin"] == 0.5
+    assert "0.5 x 0.3 x f2" in rule or rule.startswith("no lambda met the FLOP budget")
     # Another preset in the same folder is refused rather than mixed.
     from napari_paser.errors import PaserInputError
 

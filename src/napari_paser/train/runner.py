@@ -86,8 +86,11 @@ def split_policy_holdout(volumes: Sequence[Volume], share: float, seed: int) -> 
 
 def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, cfg: TrainConfig, seed: int, init: str | None, configs: dict,
                extra_pretrain: Sequence[Volume] = (), extra_rl: Sequence[Volume] = ()) -> dict:
+    # The default λ's rule is applied after the last stage: changing it re-chooses λ on
+    # the finished networks instead of refusing the checkpoints.
+    lam_rule = ("iou_ratio_target", "flops_ratio_target", "lam_flops_margin", "tvd")
     return {
-        "config": cfg.to_dict(),
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in lam_rule},
         "seed": int(seed),
         "init": init,
         "architecture": {k: v.to_dict() for k, v in configs.items()},
@@ -230,7 +233,8 @@ def train(
         eval_ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=ckpt, seed=seed + 12345, log=log, progress=False)
         caches = cache_rewards(eval_ctx, bundle, eval_bank, 1, stage="validation")
         validation_report = evaluate_caches(
-            bundle, caches, iou_target=cfg.iou_ratio_target, flops_target=cfg.flops_ratio_target, tvd=cfg.tvd, seed=seed
+            bundle, caches, iou_target=cfg.iou_ratio_target, flops_target=cfg.flops_ratio_target, margin=cfg.lam_flops_margin,
+            tvd=cfg.tvd, seed=seed
         )
         default_lam, rule = validation_report["default_lam"], validation_report["default_lam_rule"] + rule_suffix
         m = validation_report["models"]

@@ -125,6 +125,7 @@ def evaluate_caches(
     *,
     iou_target: float = 0.97,
     flops_target: float = 0.30,
+    margin: float = 0.8,
     tvd: float | None = None,
     seed: int = 0,
 ) -> dict:
@@ -132,6 +133,9 @@ def evaluate_caches(
 
     Parameters
     ----------
+    margin : float
+        Share of ``flops_target`` the default λ may spend on these volumes (see
+        :func:`choose_default_lam`).
     tvd : float, optional
         The paper's TVD-threshold mode: the default λ is raised from 0 until the
         routing distribution is ``tvd`` away from the λ = 0 one (instead of the
@@ -158,7 +162,7 @@ def evaluate_caches(
         lam = lam_for_tvd(s1, s2, tvd)
         rule = f"TVD-threshold mode: largest lambda whose routing is within TVD {tvd} of lambda = 0 on validation"
     else:
-        lam, rule = choose_default_lam(curve, iou_target, flops_target)
+        lam, rule = choose_default_lam(curve, iou_target, flops_target, margin)
     paser = table.paser(lam)
     rand_same = table.random(np.array(paser["fractions"]), seed)
     rand_uniform = table.random(np.ones(3) / 3, seed)
