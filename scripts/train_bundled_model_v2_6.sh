@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce src/napari_paser/models/paser-synth-v2.6/ (CPU, about 25 minutes on 2 cores
+# Reproduce src/napari_paser/models/paser-synth-v2.6/ (CPU, 11 minutes on 2 cores
 # once the data exist): paser-synth-v2.5's f0, f1 and f2 unchanged, with a new routing
 # policy (preset v2.6). v2.5's policy had memorised its 10 RL volumes. This one reads f0's
 # output statistics but not its feature maps, is fitted on 30 fresh volumes beside them

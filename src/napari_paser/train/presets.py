@@ -212,7 +212,7 @@ PRESETS["v2.5"] = PRESETS["v2.2"].replace(
 # validation volumes. This one reads f0's output statistics but not f0's feature maps,
 # is fitted on 4x the RL volumes (``train --extra-rl``: 30 fresh ones; 2 augmented
 # copies each instead of 4), and keeps the weights with the lowest error on a fifth of
-# them held out of the fit. About 25 minutes on 2 CPU cores once the data exist.
+# them held out of the fit. 11 minutes on 2 CPU cores once the data exist.
 PRESETS["v2.6"] = PRESETS["v2.5"].replace(
     preset="v2.6",
     arch="v2.6",
