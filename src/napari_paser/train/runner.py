@@ -186,7 +186,8 @@ def train(
         split_names["rl_holdout"] = [v.name for v in held_vols]
     log("split by volume: " + "; ".join(f"{s} {len(v)}" for s, v in split_names.items()))
     ps = bundle.patch_size
-    banks = {s: SliceBank(parts[s], ps) for s in ("pretrain", "rl", "finetune")}
+    # The policy is fitted on fit_vols (all the RL split unless some are held out).
+    banks = {s: SliceBank(vols, ps) for s, vols in (("pretrain", parts["pretrain"]), ("rl", fit_vols), ("finetune", parts["finetune"]))}
     weights = class_weights(parts["pretrain"])
     ctx = StageContext(cfg=cfg, device=dev, ckpt=ckpt, seed=seed, log=log, progress=progress, class_weights=weights)
     log(f"class weights (pore, carbon-binder, nickel): {[round(float(w), 3) for w in weights]}")
@@ -204,8 +205,7 @@ def train(
         elif stage == "pretrain_f0":
             h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
         elif stage == "policy":
-            fit_bank = banks["rl"] if not held_vols else SliceBank(fit_vols, ps)
-            caches = _cached_rewards(ctx, bundle, fit_bank, cfg.rl_copies)
+            caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
             holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, ps), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
             iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
             log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
@@ -226,7 +226,8 @@ def train(
     eval_bank = SliceBank(val_vols, ps) if val_vols else None
     if eval_bank is None and init is None:
         # No volume to spare: choose on the RL split (optimistic, recorded as such).
-        eval_bank, rule_suffix = banks["rl"], " (on the RL split: no validation volume)"
+        eval_bank = SliceBank(parts["rl"], ps) if held_vols else banks["rl"]
+        rule_suffix = " (on the RL split: no validation volume)"
     else:
         rule_suffix = ""
     if eval_bank is not None:
