@@ -48,6 +48,26 @@ def test_forest_learns_from_sparse_labels_and_ignores_unlabelled_pixels():
     assert np.array_equal(again, pred)  # seeded
 
 
+def test_3d_features_of_a_block_equal_those_of_the_whole_volume(monkeypatch):
+    """Blocks of planes read the margin their filters need, so memory follows the block."""
+    from napari_paser.engine import random_forest as rf_mod
+
+    img, lab = _scan(30, shape=(40, 44))
+    vol = img.astype(np.float32) / 3000
+    sigmas = (0.7, 1.0)
+    assert rf_mod._margin(sigmas) == 10  # so planes 12-13 read planes 2-23 of 30
+    whole = rf_mod.pixel_features(vol, sigmas)
+    assert whole.shape == (*vol.shape, 1 + 10 * len(sigmas))  # 3-D: 3 Hessian and 3 structure-tensor eigenvalues
+    np.testing.assert_allclose(rf_mod.volume_features(vol[2:24], 10, 12, sigmas), whole[12:14], rtol=1e-4, atol=1e-5)
+    # The forest in blocks of 4 planes predicts what it predicts in blocks of 16.
+    forest = rf_mod.RandomForestSegmenter(n_estimators=5, n_jobs=1, sigmas=sigmas, features="3d").fit(img, np.where(np.arange(30)[:, None, None] < 2, lab, 255))
+    one_block = forest.predict(img)
+    monkeypatch.setattr(rf_mod, "BLOCK", 4)
+    np.testing.assert_array_equal(forest.predict(img), one_block)
+    with pytest.raises(ValueError, match="'2d' or '3d'"):
+        rf_mod.RandomForestSegmenter(n_estimators=2, features="4d").fit(img, lab)
+
+
 def test_forest_refuses_bad_labels_and_predicting_unfitted():
     from napari_paser.engine.random_forest import RandomForestSegmenter
 
@@ -72,6 +92,11 @@ def test_cli_evaluate_rf_row(tiny_bundle_dir, tmp_path, capsys):
     assert rc == 0
     rows = {r["method"]: r for r in json.loads(out.read_text())["methods"]}
     assert rows["rf"]["mean_iou"] > 0.8 and rows["rf"]["gflops"] is None and rows["rf"]["labelled_pixels"] == lab[0].size
-    assert "rf " in capsys.readouterr().out
+    assert "rf " in capsys.readouterr().out and rows["rf"]["features"] == "2d"
+    rc = main(["evaluate", "--images", paths[0], "--labels", paths[1], "--method", "rf", "--rf-train-labels", paths[2],
+               "--rf-trees", "5", "--rf-features", "3d", "--json", str(tmp_path / "3d.json"), "--quiet"])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "3d.json").read_text())["methods"]}
+    assert rc == 0 and rows["rf"]["features"] == "3d" and rows["rf"]["mean_iou"] > 0.5
+    capsys.readouterr()
     assert main(["evaluate", "--images", paths[0], "--labels", paths[1], "--method", "rf"]) == 2
     assert "--rf-train-labels" in capsys.readouterr().err

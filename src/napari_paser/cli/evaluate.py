@@ -43,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="training labels of the random forest (method rf): same shape as the image, "
                         "0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled")
     p.add_argument("--rf-trees", type=int, default=100, help="trees of the random forest (default 100)")
+    p.add_argument("--rf-features", choices=("2d", "3d"), default="2d",
+                   help="filters of the random forest: per slice (2d, default) or over the volume (3d, as ilastik on a 3-D dataset)")
     p.add_argument("--json", metavar="OUT.json", help="also write the scores as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -74,7 +76,7 @@ def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args)
     t0 = time.perf_counter()
     update, close = progress_bar("evaluate (rf)", args.quiet)
     try:
-        rf = RandomForestSegmenter(n_estimators=args.rf_trees).fit(image, train_labels)
+        rf = RandomForestSegmenter(n_estimators=args.rf_trees, features=args.rf_features).fit(image, train_labels)
         pred = rf.predict(image, progress=update)
     finally:
         close()
@@ -91,6 +93,7 @@ def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args)
         "route_fraction": None,
         "confusion": scores["confusion"],
         "train_labels": args.rf_train_labels,
+        "features": args.rf_features,
         "labelled_pixels": int((train_labels != 255).sum()),
     }
 

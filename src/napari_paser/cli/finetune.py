@@ -30,6 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", help="bundle name in the manifest (default: the folder's name)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="wall-clock budget (default: scaled with the labelled area, 60 s to at most 180 s)")
+    p.add_argument("--planes", type=int, default=None, metavar="N",
+                   help="neighbouring planes f1 and f2 read once adapted (odd; 1 keeps them 2-D; default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise PaserInputError("--budget must be positive")
     if args.threads is not None and args.threads < 1:
         raise PaserInputError("--threads must be at least 1")
+    if args.planes is not None and (args.planes < 1 or args.planes % 2 == 0):
+        raise PaserInputError(f"--planes must be an odd number of planes (1, 3, 5, ...), got {args.planes}")
     image, _ = read_image(args.image)
     labels, _ = read_image(args.labels)
     from ..train.sparse_labels import validate_training_labels
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.finetune import FinetuneConfig, finetune, save_finetuned, unique_bundle_folder
 
     cfg = FinetuneConfig(budget_s=args.budget, seed=args.seed, threads=args.threads)
+    if args.planes is not None:
+        cfg.planes = args.planes
     bar = tqdm(total=100, desc="finetune", unit="%", disable=args.quiet, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
 
     def show(msg) -> None:

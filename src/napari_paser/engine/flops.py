@@ -48,7 +48,7 @@ def _unet_flops(config_json: str, shape: tuple[int, int], batch: int) -> tuple[i
     config = UNetConfig(**json.loads(config_json))
     with torch.device("meta"):
         model = UNet(config).eval()
-        x = torch.empty(batch, config.in_channels, *shape)
+        x = torch.empty(batch, config.input_channels, *shape)
     holder: dict = {}
     enc = count_flops(lambda: holder.setdefault("f", model.encode(x)))
     dec = count_flops(lambda: model.decode(holder["f"]))

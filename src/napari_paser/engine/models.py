@@ -22,6 +22,7 @@ __all__ = [
     "PolicyNet",
     "mc_dropout",
     "count_parameters",
+    "with_planes",
 ]
 
 
@@ -60,6 +61,11 @@ class UNetConfig:
         Context pixels on each side of the input that the output leaves out: a patch
         model gets its patch plus ``halo`` pixels of the slice around it, so patches
         are predicted as in a whole-slice pass and seams do not show.
+    planes : int
+        Planes of the stack the network reads (odd): the slice and ``planes // 2`` on
+        each side, as input channels. A reconstruction's noise is independent from
+        plane to plane while the microstructure is not, so the neighbours tell a grain
+        from noise. At the stack's first and last planes the edge plane repeats.
     """
 
     in_channels: int = 1
@@ -70,9 +76,15 @@ class UNetConfig:
     stem: int = 1
     halo: int = 0
     mc_scope: str = "decoder"
+    planes: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the input tensor: image channels times planes."""
+        return self.in_channels * self.planes
 
 
 class DoubleConv(nn.Sequential):
@@ -110,9 +122,11 @@ class UNet(nn.Module):
         s = int(config.stem)
         if s < 1:
             raise ValueError("UNet stem must be at least 1")
+        if config.planes < 1 or config.planes % 2 == 0:
+            raise ValueError(f"UNet planes must be odd and positive, got {config.planes}")
         self.unshuffle = nn.PixelUnshuffle(s) if s > 1 else nn.Identity()
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
-        self.inc = DoubleConv(config.in_channels * s * s, widths[0])
+        self.inc = DoubleConv(config.input_channels * s * s, widths[0])
         self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(d))
         self.ups = nn.ModuleList()
         for i in reversed(range(d)):
@@ -339,6 +353,31 @@ class PolicyNet(nn.Module):
 
     def forward(self, features: torch.Tensor, lam: float | torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
         return self.logits(self.gains(features), lam, costs)
+
+
+@torch.no_grad()
+def with_planes(model: UNet, planes: int) -> UNet:
+    """A copy of ``model`` that reads ``planes`` neighbouring planes instead of its own.
+
+    The first convolution is widened: every plane gets the weights of the centre plane
+    divided by the number of planes, so the new network starts as the old one applied
+    to the planes' mean (a mildly z-smoothed slice) and learns from there what each
+    neighbour adds. Measured on out-of-family scans, this start learns from 4 labelled
+    slices what zero-initialised neighbours do not (benchmarks/probe_results.md).
+    """
+    import copy
+
+    if model.config.planes == planes:
+        return copy.deepcopy(model)
+    if model.config.planes != 1:
+        raise ValueError(f"only a one-plane network can be widened, this one reads {model.config.planes}")
+    new = UNet(UNetConfig(**{**model.config.to_dict(), "planes": int(planes)}))
+    state = model.state_dict()
+    key = "inc.0.weight"
+    w = state[key]  # (out, in_channels * stem², 3, 3); PixelUnshuffle keeps planes outermost
+    state[key] = w.repeat(1, planes, 1, 1) / planes
+    new.load_state_dict(state)
+    return new.train(model.training)
 
 
 def count_parameters(model: nn.Module) -> int:

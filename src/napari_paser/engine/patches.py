@@ -9,7 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["grid_shape", "pad_to_patches", "patchify", "patch_windows", "halo_pad", "unpatchify", "patch_view"]
+__all__ = ["plane_indices", "grid_shape", "pad_to_patches", "patchify", "patch_windows", "halo_pad", "unpatchify", "patch_view"]
+
+
+def plane_indices(z: int, num_planes: int, planes: int) -> np.ndarray:
+    """Indices of the ``planes`` planes centred on plane ``z`` of a stack of ``num_planes``:
+    ``z - planes // 2`` to ``z + planes // 2``, the first and last plane repeated past the
+    stack's ends."""
+    k = int(planes) // 2
+    return np.clip(np.arange(int(z) - k, int(z) + k + 1), 0, int(num_planes) - 1)
 
 
 def grid_shape(shape: tuple[int, int], patch_size: tuple[int, int]) -> tuple[int, int]:

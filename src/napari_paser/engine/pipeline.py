@@ -38,6 +38,7 @@ from .uncertainty import entropy as softmax_entropy
 from .uncertainty import mc_predict, policy_features, slice_seed
 
 __all__ = [
+    "read_with_context",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_PRECISION",
     "DEFAULT_CHANNELS_LAST",
@@ -211,7 +212,9 @@ class PaserSegmenter(SlicewiseRouting):
         self.first_slice = 0
 
     # ----------------------------------------------------------------- volume
-    def set_volume(self, image, *, normalizer: Normalizer | None = None, first_slice: int = 0) -> None:
+    def set_volume(
+        self, image, *, normalizer: Normalizer | None = None, first_slice: int = 0, context: tuple | None = None
+    ) -> None:
         """Validate and take a (Z,Y,X) stack or (Y,X) slice; resets all caches.
 
         Parameters
@@ -225,6 +228,11 @@ class PaserSegmenter(SlicewiseRouting):
         first_slice : int
             Index of ``image``'s first plane in that stack: dropout masks are seeded by
             the stack's slice index, so a slab gives the labels the whole stack would.
+        context : (before, after), optional
+            Planes of that stack just before and just after the slab (``(k, Y, X)``
+            arrays, up to :attr:`context_planes` each), for patch models that read
+            neighbouring planes: with them a slab gives the labels the whole stack would.
+            Without them the slab's first and last planes repeat, as at a stack's ends.
 
         Raises
         ------
@@ -243,6 +251,10 @@ class PaserSegmenter(SlicewiseRouting):
         self._normalizer = normalizer
         self.first_slice = int(first_slice)
         self._volume = vol
+        before, after = context if context is not None else (None, None)
+        empty = np.zeros((0, *vol.shape[1:]), dtype=vol.dtype)
+        self._before = empty if before is None or len(before) == 0 else _check_slab(before, self.patch_size).reshape(-1, *vol.shape[1:])
+        self._after = empty if after is None or len(after) == 0 else _check_slab(after, self.patch_size).reshape(-1, *vol.shape[1:])
         z, h, w = vol.shape
         self.shape: tuple[int, int, int] = (z, h, w)
         self.grid: tuple[int, int] = grid_shape((h, w), self.patch_size)
@@ -264,13 +276,18 @@ class PaserSegmenter(SlicewiseRouting):
         self._ptime = np.zeros((3, z, gy, gx))
         self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
         # The last slice padded by a patch model's halo (batches walk slices in order).
-        self._halo_key: tuple[int, int] | None = None
+        self._halo_key: tuple[int, int, int] | None = None
         self._halo_input: np.ndarray | None = None
 
     @property
     def num_slices(self) -> int:
         self._require_volume()
         return self.shape[0]
+
+    @property
+    def context_planes(self) -> int:
+        """Planes on each side of a slice that the patch models read (0 for 2-D models)."""
+        return max(m.config.planes for m in self.bundle.segmenters()) // 2
 
     def _require_volume(self) -> None:
         if self._volume is None:
@@ -283,29 +300,48 @@ class PaserSegmenter(SlicewiseRouting):
             raise IndexError(f"slice {z} out of range for a stack of {self.shape[0]} slices")
         return z
 
+    def _raw_plane(self, z: int) -> np.ndarray:
+        """Plane ``z`` of the slab; negative and past-the-end ``z`` read the context planes."""
+        n = self.shape[0]
+        if z < 0:
+            return self._before[len(self._before) + z]
+        if z >= n:
+            return self._after[z - n]
+        return self._volume[z]
+
     def _input(self, z: int) -> np.ndarray:
-        """Normalised slice padded to whole patches, float32 (small LRU: batches walk slices in order)."""
+        """Normalised plane padded to whole patches, float32 (small LRU: batches walk slices in order)."""
         if z in self._inputs:
             self._inputs.move_to_end(z)
             return self._inputs[z]
-        x = torch.from_numpy(self._normalizer(self._volume[z]))
+        x = torch.from_numpy(self._normalizer(self._raw_plane(z)))
         padded = pad_to_patches(x, self.patch_size).numpy()
         self._inputs[z] = padded
-        while len(self._inputs) > 4:
+        while len(self._inputs) > max(4, 2 * self.context_planes + 2):
             self._inputs.popitem(last=False)
         return padded
 
-    def _patch_window(self, z: int, gy: int, gx: int, halo: int) -> np.ndarray:
-        """Input of a patch model for patch (gy, gx) of slice ``z``: the patch and ``halo``
-        pixels of context on every side (the slice reflected at its border)."""
-        padded = self._input(z)
+    def _planes(self, z: int, planes: int) -> np.ndarray:
+        """(planes, rows, columns) normalised planes centred on ``z`` (edge planes repeat)."""
+        if planes == 1:
+            return self._input(z)[None]
+        lo, hi = -len(self._before), self.shape[0] + len(self._after) - 1
+        idx = np.clip(np.arange(z - planes // 2, z + planes // 2 + 1), lo, hi)
+        return np.stack([self._input(int(i)) for i in idx])
+
+    def _patch_window(self, z: int, gy: int, gx: int, halo: int, planes: int = 1) -> np.ndarray:
+        """Input of a patch model for patch (gy, gx) of slice ``z``: (planes, rows, columns),
+        the patch and ``halo`` pixels of context on every side (the slice reflected at its
+        border), on ``planes`` neighbouring planes."""
         ph, pw = self.patch_size
         if halo <= 0:
-            return patch_view(padded, self.patch_size)[gy, gx]
-        key = (z, halo)
+            stack = self._planes(z, planes)
+            return stack[:, gy * ph : (gy + 1) * ph, gx * pw : (gx + 1) * pw]
+        key = (z, halo, planes)
         if self._halo_key != key:
-            self._halo_key, self._halo_input = key, np.pad(padded, halo, mode="reflect")
-        return self._halo_input[gy * ph : (gy + 1) * ph + 2 * halo, gx * pw : (gx + 1) * pw + 2 * halo]
+            stack = self._planes(z, planes)
+            self._halo_key, self._halo_input = key, np.pad(stack, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
+        return self._halo_input[:, gy * ph : (gy + 1) * ph + 2 * halo, gx * pw : (gx + 1) * pw + 2 * halo]
 
     def _precision_ctx(self):
         if self.precision == "bf16":
@@ -393,8 +429,8 @@ class PaserSegmenter(SlicewiseRouting):
         net = self.bundle.segmenters()[model]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            batch = np.stack([self._patch_window(z, gy, gx, net.config.halo) for z, gy, gx in chunk])
-            x = self._to_device(torch.from_numpy(batch)[:, None])
+            batch = np.stack([self._patch_window(z, gy, gx, net.config.halo, net.config.planes) for z, gy, gx in chunk])
+            x = self._to_device(torch.from_numpy(batch))
             t0 = time.perf_counter()
             with torch.inference_mode(), self._precision_ctx():
                 prob = net(x).float().softmax(1)
@@ -551,6 +587,29 @@ def _check_slab(image, patch_size: tuple[int, int]) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise PaserInputError("image contains NaN or infinite values")
     return arr
+
+
+def read_with_context(read: Callable[[int, int], np.ndarray], num_planes: int, z0: int, z1: int, context: int):
+    """Planes ``z0:z1`` of a stack of ``num_planes`` and up to ``context`` planes on each
+    side, as :meth:`PaserSegmenter.set_volume` takes them.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(a, b)`` returns planes ``a:b`` of the stack.
+
+    Returns
+    -------
+    slab : np.ndarray
+    context : (before, after) or None
+        None when the patch models read one plane (``context`` 0).
+    """
+    slab = read(z0, z1)
+    if context <= 0:
+        return slab, None
+    before = read(max(0, z0 - context), z0) if z0 > 0 else None
+    after = read(z1, min(num_planes, z1 + context)) if z1 < num_planes else None
+    return slab, (before, after)
 
 
 def drain(gen: Generator, progress: Progress | None = None):

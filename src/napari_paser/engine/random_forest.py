@@ -1,37 +1,41 @@
 """The classical baseline: a random-forest pixel classifier on multi-scale filter features.
 
 What ilastik's pixel classification and Fiji's Weka segmentation do, so the gain of
-fine-tuning PaSeR is measured against what users would otherwise do: per slice,
-Gaussian smoothing, gradient magnitude, Laplacian of Gaussian, difference of Gaussians,
-Hessian eigenvalues and structure-tensor eigenvalues at several scales (scikit-image),
-and a scikit-learn random forest trained on the labelled pixels (255 = unlabelled).
+fine-tuning PaSeR is measured against what users would otherwise do: Gaussian
+smoothing, gradient magnitude, Laplacian of Gaussian, difference of Gaussians, Hessian
+eigenvalues and structure-tensor eigenvalues at several scales (scikit-image), per slice
+(``features="2d"``) or over the volume (``"3d"``, as ilastik filters a 3-D dataset), and
+a scikit-learn random forest trained on the labelled pixels (255 = unlabelled).
 Images are normalised per volume as for PaSeR. No torch here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..errors import PaserInputError
 from .normalize import Normalizer, validate_image
 
-__all__ = ["SIGMAS", "pixel_features", "RandomForestSegmenter"]
+__all__ = ["SIGMAS", "pixel_features", "volume_features", "RandomForestSegmenter"]
 
 SIGMAS = (0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 """ilastik's default scales (its 0.3 is left out: at this resolution it is the raw image)."""
 UNLABELLED = 255
+BLOCK = 16
+"""Planes whose 3-D features are computed together."""
 
 
 def pixel_features(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS) -> np.ndarray:
-    """Filter responses of one normalised (Y, X) slice: (Y, X, features) float32.
+    """Filter responses of one normalised (Y, X) slice, or of a (Z, Y, X) volume with 3-D
+    filters: (..., features) float32.
 
     Per sigma: Gaussian, gradient magnitude and Hessian eigenvalues
     (``skimage.feature.multiscale_basic_features``), Laplacian of Gaussian, difference
-    of Gaussians to the next scale and the two structure-tensor eigenvalues; plus the
-    raw intensity.
+    of Gaussians to the next scale and the structure-tensor eigenvalues; plus the raw
+    intensity.
     """
     from scipy import ndimage
     from skimage.feature import multiscale_basic_features, structure_tensor, structure_tensor_eigenvalues
@@ -49,6 +53,21 @@ def pixel_features(image: np.ndarray, sigmas: tuple[float, ...] = SIGMAS) -> np.
     return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
 
 
+def _margin(sigmas: tuple[float, ...]) -> int:
+    """Planes beyond a block that its 3-D features depend on: the structure tensor and
+    the Hessian smooth twice, each Gaussian reaching 4 sigma (scipy's truncation)."""
+    return 2 * (int(4 * max(sigmas) + 0.5) + 1)
+
+
+def volume_features(volume: np.ndarray, z0: int, z1: int, sigmas: tuple[float, ...] = SIGMAS) -> np.ndarray:
+    """3-D filter responses (z1 - z0, Y, X, features) of planes ``z0:z1`` of a normalised
+    volume, computed on the block and the planes around it that they depend on (so a
+    block's features equal those of the whole volume, and memory follows the block)."""
+    m = _margin(sigmas)
+    a, b = max(0, z0 - m), min(len(volume), z1 + m)
+    return pixel_features(volume[a:b], sigmas)[z0 - a : z1 - a]
+
+
 @dataclass
 class RandomForestSegmenter:
     """Random-forest pixel classifier (fit on sparse labels, predict whole stacks).
@@ -62,6 +81,8 @@ class RandomForestSegmenter:
         the forest's accuracy saturates long before every pixel of a full slice.
     sigmas : tuple of float
         Feature scales.
+    features : {"2d", "3d"}
+        Filters per slice, or over the volume (neighbouring planes inform each voxel).
     n_jobs : int or None
         Threads of scikit-learn (None: one; -1: every core).
     seed : int
@@ -72,6 +93,7 @@ class RandomForestSegmenter:
     n_estimators: int = 100
     max_samples: int = 100_000
     sigmas: tuple[float, ...] = SIGMAS
+    features: str = "2d"
     n_jobs: int | None = -1
     seed: int = 0
     normalization: dict = field(default_factory=lambda: {"low_percentile": 0.5, "high_percentile": 99.5})
@@ -80,6 +102,30 @@ class RandomForestSegmenter:
     def _normalizer(self, image: np.ndarray) -> Normalizer:
         n = self.normalization
         return Normalizer.fit(image, float(n.get("low_percentile", 0.5)), float(n.get("high_percentile", 99.5)))
+
+    def _features(self, vol: np.ndarray, norm: Normalizer, z0: int, z1: int) -> np.ndarray:
+        """Features (z1 - z0, Y, X, F) of planes ``z0:z1`` of ``vol``, normalised by ``norm``
+        (only the planes the features read are normalised: memory follows the block)."""
+        if self.features == "3d":
+            m = _margin(self.sigmas)
+            a, b = max(0, z0 - m), min(len(vol), z1 + m)
+            return volume_features(norm(vol[a:b]), z0 - a, z1 - a, self.sigmas)
+        if self.features != "2d":
+            raise ValueError(f"features must be '2d' or '3d', got {self.features!r}")
+        return np.stack([pixel_features(norm(vol[z]), self.sigmas) for z in range(z0, z1)])
+
+    def _blocks(self, vol: np.ndarray, norm: Normalizer, zs) -> Iterator[tuple[int, np.ndarray]]:
+        """(z, features of plane z) for the planes ``zs`` in order, 3-D features a block of
+        ``BLOCK`` planes at a time (each block's margin is filtered once, not per plane)."""
+        cached, feats = None, None
+        for z in zs:
+            if self.features != "3d":
+                yield z, self._features(vol, norm, z, z + 1)[0]
+                continue
+            b = z // BLOCK
+            if cached != b:
+                cached, feats = b, self._features(vol, norm, b * BLOCK, min(len(vol), (b + 1) * BLOCK))
+            yield z, feats[z - b * BLOCK]
 
     def fit(self, image, labels) -> "RandomForestSegmenter":
         """Train on the labelled pixels of ``labels`` (0, 1, 2; 255 unlabelled), same shape as ``image``."""
@@ -96,13 +142,12 @@ class RandomForestSegmenter:
         total = int((labels != UNLABELLED).sum())
         keep = min(1.0, self.max_samples / total)
         xs, ys = [], []
-        for z in zs:
+        for z, feats in self._blocks(vol, norm, zs):
             idx = np.flatnonzero(labels[z].ravel() != UNLABELLED)
             if keep < 1.0:
                 idx = idx[rng.random(len(idx)) < keep]
             if len(idx) == 0:
                 continue
-            feats = pixel_features(norm(vol[z]), self.sigmas)
             xs.append(feats.reshape(-1, feats.shape[-1])[idx])
             ys.append(labels[z].ravel()[idx])
         self.forest = RandomForestClassifier(n_estimators=self.n_estimators, n_jobs=self.n_jobs, random_state=self.seed)
@@ -117,8 +162,7 @@ class RandomForestSegmenter:
         vol = image[None] if image.ndim == 2 else image
         norm = self._normalizer(vol)
         out = np.empty(vol.shape, np.uint8)
-        for z in range(len(vol)):
-            feats = pixel_features(norm(vol[z]), self.sigmas)
+        for z, feats in self._blocks(vol, norm, range(len(vol))):
             out[z] = self.forest.predict(feats.reshape(-1, feats.shape[-1])).reshape(vol.shape[1:]).astype(np.uint8)
             if progress is not None:
                 progress(z + 1, len(vol))

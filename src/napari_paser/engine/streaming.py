@@ -277,9 +277,12 @@ def _segmenter(job: StreamJob):
 
 
 def _load_slab(job: StreamJob, k: int):
+    from .pipeline import read_with_context
+
     z0, z1 = job.bounds(k)
     seg = _segmenter(job)
-    seg.set_volume(job.volume.read(z0, z1), normalizer=job.normalizer, first_slice=z0)
+    slab, context = read_with_context(job.volume.read, job.volume.shape[0], z0, z1, seg.context_planes)
+    seg.set_volume(slab, normalizer=job.normalizer, first_slice=z0, context=context)
     return seg, z0, z1
 
 

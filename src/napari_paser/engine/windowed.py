@@ -26,7 +26,7 @@ from .bundle import Bundle
 from .flops import CostModel
 from .methods import charge, get_method
 from .patches import grid_shape
-from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, run_summary
+from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, read_with_context, run_summary
 from .routing import MODEL_NAMES, SlicewiseRouting, route_from_switch_points, switch_points, tvd_at
 from .streaming import check_volume, fit_normalizer
 
@@ -127,7 +127,8 @@ class WindowedSegmenter(SlicewiseRouting):
             self._states.move_to_end(z)
             return self._states[z]
         seg = self._make()
-        seg.set_volume(self.volume.read(z, z + 1), normalizer=self._normalizer, first_slice=z)
+        slab, context = read_with_context(self.volume.read, self.shape[0], z, z + 1, seg.context_planes)
+        seg.set_volume(slab, normalizer=self._normalizer, first_slice=z, context=context)
         self._states[z] = seg
         while len(self._states) > self.window:
             self._states.popitem(last=False)

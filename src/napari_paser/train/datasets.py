@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.patches import pad_to_patches
+from ..engine.patches import pad_to_patches, plane_indices
 from ..errors import PaserInputError
 from .augment import AugmentConfig, augment_batch, geometric, intensity
 
@@ -256,31 +256,35 @@ class SliceBank:
     ----------
     volumes : sequence of Volume
     patch_size : tuple of int
+    planes : int
+        Planes per sample (odd): each slice comes with ``planes // 2`` neighbouring
+        planes of its volume on each side as channels, for networks that read them
+        (:attr:`UNetConfig.planes`); slices without a labelled pixel still lend their
+        planes to their neighbours.
     """
 
-    def __init__(self, volumes: Sequence[Volume], patch_size: tuple[int, int]):
+    def __init__(self, volumes: Sequence[Volume], patch_size: tuple[int, int], planes: int = 1):
         if not volumes:
             raise PaserInputError("a training split has no volumes")
         self.patch_size = tuple(patch_size)
+        self.planes = int(planes)
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.shapes: list[tuple[int, int]] = []
         # Sparse labels (some pixels 255): slices without a labelled pixel are left out
         # and crops are centred on labelled pixels (see _crop). Fully labelled volumes
         # never take that path, so their sampling is unchanged.
-        self.sparse = any(bool((v.labels == IGNORE).any()) for v in volumes)
+        # Whole unlabelled slices (e.g. the neighbours of the painted ones) do not count.
+        self.sparse = any(bool((v.labels[z] == IGNORE).any()) for v in volumes for z in _labelled_planes(v))
         self._labelled: list[torch.Tensor] | None = [] if self.sparse else None
         for v in volumes:
             img = pad_to_patches(torch.from_numpy(v.image).unsqueeze(1), self.patch_size)
             # Labels are padded like the image (reflection), so pairs stay consistent.
             lab = pad_to_patches(torch.from_numpy(v.labels).float().unsqueeze(1), self.patch_size).round().long()
-            for z in range(v.num_slices):
+            for z in _labelled_planes(v):
                 if self._labelled is not None:
-                    coords = torch.nonzero(lab[z, 0] != IGNORE)
-                    if len(coords) == 0:
-                        continue
-                    self._labelled.append(coords)
-                self.images.append(img[z])
+                    self._labelled.append(torch.nonzero(lab[z, 0] != IGNORE))
+                self.images.append(img[z] if self.planes == 1 else img[plane_indices(z, v.num_slices, self.planes), 0])
                 self.labels.append(lab[z, 0])
                 self.shapes.append((v.image.shape[1], v.image.shape[2]))
         if not self.images:
@@ -288,6 +292,14 @@ class SliceBank:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def _flip_planes(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Reverse the plane order of a random half of the samples: up and down the stack
+        look alike."""
+        if self.planes == 1:
+            return img
+        flip = torch.rand(img.shape[0], generator=g) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), img.flip(1), img)
 
     def stacked(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Slices of equal padded size as (B, 1, H, W) and (B, H, W)."""
@@ -346,8 +358,9 @@ class SliceBank:
         if halo > 0:
             ph, pw = self.patch_size
             img, lab = self._sample_crops(n, (ph + 2 * halo, pw + 2 * halo), cfg, g, impulse)
-            return img, lab[..., halo:-halo, halo:-halo].contiguous()
-        return self._sample_crops(n, self.patch_size, cfg, g, impulse)
+            return self._flip_planes(img, g), lab[..., halo:-halo, halo:-halo].contiguous()
+        img, lab = self._sample_crops(n, self.patch_size, cfg, g, impulse)
+        return self._flip_planes(img, g), lab
 
     def _sample_crops(
         self, n: int, size: tuple[int, int], cfg: AugmentConfig, g: torch.Generator, impulse: bool
@@ -390,6 +403,11 @@ class SliceBank:
             img, lab = self._crop(idx, (gy * ph, gx * pw), g)
             img, lab = geometric(img, lab, AugmentConfig(**{**cfg.to_dict(), "rot90": False}), g)
         return intensity(img, cfg, g).contiguous(), lab
+
+
+def _labelled_planes(v: Volume) -> list[int]:
+    """Planes of ``v`` with at least one labelled pixel."""
+    return [z for z in range(v.num_slices) if bool((v.labels[z] != IGNORE).any())]
 
 
 def class_weights(volumes: Sequence[Volume], power: float = 0.5, cap: float = 10.0) -> torch.Tensor:

@@ -46,9 +46,9 @@ from torch import nn
 
 from ..engine.bundle import Bundle, save_bundle
 from ..engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
-from ..engine.models import mc_dropout
+from ..engine.models import mc_dropout, with_planes
 from ..engine.normalize import Normalizer, validate_image
-from ..engine.patches import grid_shape, pad_to_patches, patch_windows
+from ..engine.patches import grid_shape, pad_to_patches, patch_windows, plane_indices
 from ..engine.routing import route
 from ..engine.uncertainty import analyse_slices, slice_seed
 from ..errors import PaserInputError
@@ -101,6 +101,12 @@ class FinetuneConfig:
         Patches per step of f1 / f2.
     f0_batch : int
         Patch-grid crops per step of f0.
+    planes : int
+        Neighbouring planes f1 and f2 read after adapting (odd; 1 keeps them 2-D). A
+        one-plane network is widened first (:func:`~napari_paser.engine.models.with_planes`):
+        the scan's noise is independent from plane to plane while its grains are not,
+        and the adapted networks learn to use that from the painted slices. Scans of a
+        single plane stay 2-D.
     adapt : str
         ``all``: every weight; ``decoder``: batch-norm affine parameters, the decoder and
         the head only (the encoder keeps the synthetic features).
@@ -136,6 +142,7 @@ class FinetuneConfig:
     lr: dict = field(default_factory=lambda: {"f0": 2e-3, "f1": 1e-3, "f2": 5e-4})
     batch: int = 16
     f0_batch: int = 2
+    planes: int = 5
     adapt: str = "all"
     class_power: float = 0.5
     adabn: bool = True
@@ -215,15 +222,27 @@ class FinetuneResult:
 class _Data:
     """The labelled slices of the scan, normalised and padded, with the held-out set."""
 
-    bank: SliceBank
+    bank: SliceBank  # f0's: the labelled slices
+    patch_bank: SliceBank  # f1's and f2's: the labelled slices with their neighbouring planes
     weight: torch.Tensor  # cross-entropy class weights
     x: torch.Tensor  # (n, 1, H, W) padded labelled slices
+    x_planes: torch.Tensor  # (n, planes, H, W) the same with their neighbouring planes
     held: torch.Tensor  # (n, H, W) held-out labels, 255 elsewhere (and in padding)
     held_patches: torch.Tensor  # flat indices of the patches holding held-out pixels
     scan: torch.Tensor  # (Z, 1, H, W) the whole scan (for batch-norm statistics)
+    planes: int
     slices: list[int]
     labelled_pixels: int
     held_pixels: int
+
+
+def _planes(bundle: Bundle, cfg: FinetuneConfig, num_planes: int) -> int:
+    """Planes f1 and f2 read once adapted: as many as they read already (an adapted
+    bundle), else ``cfg.planes`` (1 for a single-plane scan)."""
+    read = max(bundle.f1.config.planes, bundle.f2.config.planes)
+    if read > 1:
+        return read
+    return int(cfg.planes) if num_planes > 1 else 1
 
 
 def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig) -> _Data:
@@ -241,6 +260,16 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
     volume = Volume("scan", scan[zs], train_lab)
     bank = SliceBank([volume], ps)
     x = pad_to_patches(torch.from_numpy(scan[zs]).unsqueeze(1), ps)
+    planes = _planes(bundle, cfg, len(vol))
+    if planes > 1:
+        # The painted slices stay where they are in the scan, so each has its neighbours.
+        whole = np.full(vol.shape, UNLABELLED, dtype=np.uint8)
+        whole[zs] = train_lab
+        patch_bank = SliceBank([Volume("scan", scan, whole)], ps, planes=planes)
+        padded = pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps)[:, 0]
+        x_planes = torch.stack([padded[plane_indices(z, len(vol), planes)] for z in zs])
+    else:
+        patch_bank, x_planes = bank, x
     h, w = vol.shape[1:]
     held = torch.full((len(zs), x.shape[-2], x.shape[-1]), UNLABELLED, dtype=torch.long)
     held[:, :h, :w] = torch.from_numpy(held_lab).long()
@@ -248,14 +277,17 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
     per_patch = (held != UNLABELLED).reshape(len(zs), gy, ps[0], gx, ps[1]).any(4).any(2).reshape(-1)
     return _Data(
         bank=bank,
+        patch_bank=patch_bank,
         weight=class_weights([volume], power=cfg.class_power),
         x=x,
+        x_planes=x_planes,
         held=held,
         held_patches=torch.nonzero(per_patch).view(-1),
         scan=pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps),
         slices=zs,
         labelled_pixels=int((labels != UNLABELLED).sum()),
         held_pixels=held_pixels,
+        planes=planes,
     )
 
 
@@ -281,6 +313,11 @@ def _patch_logits(model: nn.Module, x: torch.Tensor, ps: tuple[int, int], patche
     return torch.cat([model(win[i : i + batch]).argmax(1) for i in range(0, len(win), batch)])
 
 
+def _patch_input(data: _Data, model: nn.Module) -> torch.Tensor:
+    """The labelled slices as ``model`` reads them: alone or with their neighbouring planes."""
+    return data.x_planes if model.config.planes > 1 else data.x
+
+
 def _held_patch_truth(data: _Data, ps: tuple[int, int]) -> torch.Tensor:
     from ..engine.patches import patchify
 
@@ -295,7 +332,7 @@ def _score(bundle: Bundle, name: str, data: _Data, seed: int) -> float:
     if name == "f0":
         prob, _ = _f0_prob(bundle, data.x, seed)
         return mean_iou(_confusion(prob.argmax(1), data.held))
-    pred = _patch_logits(model, data.x, ps, data.held_patches)
+    pred = _patch_logits(model, _patch_input(data, model), ps, data.held_patches)
     return mean_iou(_confusion(pred, _held_patch_truth(data, ps)))
 
 
@@ -321,12 +358,15 @@ def _adabn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
     """Inputs of a network over evenly spaced slices of the scan (8 for f0, 4 for the patch
     models: 64 patches of 224x256 slices pin the statistics down at a quarter of the cost)."""
-    z = data.scan.shape[0]
-    pick = np.unique(np.linspace(0, z - 1, min(z, 8 if name == "f0" else 4)).round().astype(int))
+    z_count = data.scan.shape[0]
+    pick = np.unique(np.linspace(0, z_count - 1, min(z_count, 8 if name == "f0" else 4)).round().astype(int))
     x = data.scan[pick]
     if name == "f0":
         return [x[i : i + 4] for i in range(0, len(x), 4)]
-    win = patch_windows(x, bundle.patch_size, getattr(bundle, name).config.halo)
+    model = getattr(bundle, name)
+    if model.config.planes > 1:
+        x = torch.stack([data.scan[plane_indices(z, z_count, model.config.planes), 0] for z in pick])
+    win = patch_windows(x, bundle.patch_size, model.config.halo)
     return [win[i : i + 64] for i in range(0, len(win), 64)]
 
 
@@ -381,7 +421,7 @@ class _Trainer:
             with mc_dropout(self.model):
                 out = self.model(x)
         else:
-            x, y = bank.sample_patches(cfg.batch, cfg.augment, self.g, halo=self.model.config.halo)
+            x, y = self.data.patch_bank.sample_patches(cfg.batch, cfg.augment, self.g, halo=self.model.config.halo)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = self.model(x)
         loss = _ce(out, y, self.data.weight)
@@ -420,7 +460,7 @@ def _held_out_table(bundle: Bundle, data: _Data, seed: int) -> tuple[np.ndarray,
     prob, gains = _policy_gains(bundle, data.x, seed)
     patches = data.held_patches
     f0_pred = patch_windows(prob.argmax(1, keepdim=True).float(), ps, 0)[patches, 0].long()
-    preds = torch.stack([f0_pred, _patch_logits(bundle.f1, data.x, ps, patches), _patch_logits(bundle.f2, data.x, ps, patches)])
+    preds = torch.stack([f0_pred] + [_patch_logits(m, _patch_input(data, m), ps, patches) for m in (bundle.f1, bundle.f2)])
     truth = _held_patch_truth(data, ps)
     confs = np.stack([np.stack([_confusion(preds[m, i], truth[i]) for m in range(3)]) for i in range(len(patches))])
     return gains, confs
@@ -561,6 +601,8 @@ def finetune_iter(
         bundle = copy.deepcopy(bundle).to("cpu").eval()
         history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
         data = _prepare(bundle, np.asarray(image), np.asarray(labels), cfg)
+        if data.planes > 1:
+            bundle.f1, bundle.f2 = (with_planes(m, data.planes) for m in (bundle.f1, bundle.f2))
         budget = float(cfg.budget_s) if cfg.budget_s else auto_budget(data.labelled_pixels, len(data.slices))
         elapsed = lambda: time.perf_counter() - t0  # noqa: E731
         stopped = lambda: stop is not None and bool(stop())  # noqa: E731

@@ -1,0 +1,218 @@
+"""Does f2 fine-tuned with neighbouring planes as input beat a forest on 3-D features by more?
+
+``probe_finetune_margin.py`` found fine-tuned f2 only about +0.006 above the random forest
+on development volumes of the out-of-family generator, and that smoothing the image along
+the plane axis lifts both alike. This probe asks whether a network that *learns* from the
+planes around each slice gains more than the forest does from 3-D filters (as ilastik
+computes on volumes). On development volumes (labels on slices 0-3, scored on 8-15):
+
+- forest on per-slice 2-D features (the benchmark's baseline) and on 3-D features;
+- f2 fine-tuned for ``--fit`` seconds with 1 plane (as shipped) and with ``2k+1`` planes:
+  its first convolution is widened, the new planes' weights start at zero, so the
+  widened network starts as the shipped one and learns what the neighbours add.
+
+Both f2 runs use the same plain loop (AdaBN on the scan, AdamW with cosine decay, random
+patches with their halo, flips and 90-degree turns, class-weighted cross-entropy).
+
+    python benchmarks/probe_context_planes.py [--seeds 9201 9202] [--fit 100] [--planes 1 3 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def features_3d(vol: np.ndarray, sigmas) -> np.ndarray:
+    """ilastik-style filters on a (Z, Y, X) volume: (Z, Y, X, features) float32."""
+    from scipy import ndimage
+    from skimage.feature import multiscale_basic_features, structure_tensor, structure_tensor_eigenvalues
+
+    img = np.asarray(vol, np.float32)
+    parts = [img[..., None]]
+    for s in sigmas:
+        parts.append(multiscale_basic_features(img, intensity=True, edges=True, texture=True, sigma_min=s, sigma_max=s, num_sigma=1, channel_axis=None))
+        parts.append(ndimage.gaussian_laplace(img, s)[..., None])
+        parts.append((ndimage.gaussian_filter(img, s) - ndimage.gaussian_filter(img, 1.6 * s))[..., None])
+        parts.append(np.moveaxis(structure_tensor_eigenvalues(structure_tensor(img, sigma=s, order="rc")), 0, -1))
+    return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+
+
+def forest_3d(scan: np.ndarray, labels: np.ndarray, threads: int, max_samples: int = 100_000) -> np.ndarray:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from napari_paser.engine.random_forest import SIGMAS
+
+    feats = features_3d(scan, SIGMAS)
+    keep = labels != 255
+    x, y = feats[keep], labels[keep]
+    rng = np.random.default_rng(0)
+    if len(y) > max_samples:
+        pick = rng.choice(len(y), max_samples, replace=False)
+        x, y = x[pick], y[pick]
+    forest = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=0).fit(x, y)
+    return forest.predict(feats[8:16].reshape(-1, feats.shape[-1])).reshape(scan[8:16].shape)
+
+
+def plane_stack(scan: np.ndarray, z: int, k: int) -> np.ndarray:
+    """Planes z-k..z+k of ``scan`` (edge planes repeated): (2k+1, Y, X)."""
+    idx = np.clip(np.arange(z - k, z + k + 1), 0, len(scan) - 1)
+    return scan[idx]
+
+
+def widen(model, planes: int, init: str = "zero"):
+    """A copy of ``model`` whose input has ``planes`` channels.
+
+    ``zero``: the centre plane keeps the weights, the others start at zero (the shipped
+    network exactly). ``mean``: every plane gets the weights / planes (the shipped network
+    on the planes' mean, a z-smoothed image).
+    """
+    if planes == 1:
+        return copy.deepcopy(model)
+    m = copy.deepcopy(model)
+    conv = m.inc[0]
+    s = m.config.stem
+    w = conv.weight.data  # (out, s*s, 3, 3): channel c*s*s + i*s + j after PixelUnshuffle
+    new = torch.zeros(w.shape[0], planes * s * s, *w.shape[2:])
+    if init == "mean":
+        new[:] = w.repeat(1, planes, 1, 1) / planes
+    else:
+        centre = planes // 2
+        new[:, centre * s * s : (centre + 1) * s * s] = w
+    conv.in_channels = planes * s * s
+    conv.weight = torch.nn.Parameter(new)
+    m.config = copy.copy(m.config)
+    m.config.in_channels = planes
+    return m
+
+
+def windows(stack: torch.Tensor, ps, halo: int) -> torch.Tensor:
+    from napari_paser.engine.patches import pad_to_patches, patch_windows
+
+    return patch_windows(pad_to_patches(stack, ps), ps, halo)
+
+
+def predict(model, scan: np.ndarray, zs, k: int, ps) -> np.ndarray:
+    from napari_paser.engine.patches import grid_shape, unpatchify
+
+    h, w = scan.shape[1:]
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for z in zs:
+            x = torch.from_numpy(plane_stack(scan, z, k)).unsqueeze(0)
+            win = windows(x, ps, model.config.halo)
+            logits = torch.cat([model(win[i : i + 32]).float() for i in range(0, len(win), 32)])
+            out.append(unpatchify(logits, grid_shape((h, w), ps))[0, :, :h, :w].argmax(0).numpy())
+    return np.stack(out).astype(np.uint8)
+
+
+def finetune_f2(bundle, scan: np.ndarray, labels: np.ndarray, planes: int, fit_s: float, seed: int = 0, init: str = "zero"):
+    """The plain loop: AdaBN, then AdamW on random halo patches of the labelled slices."""
+    from napari_paser.train.finetune import _adabn
+
+    ps = tuple(bundle.patch_size)
+    k = planes // 2
+    model = widen(bundle.f2, planes, init)
+    halo = model.config.halo
+    zs = [z for z in range(len(labels)) if (labels[z] != 255).any()]
+    # AdaBN on 4 evenly spaced slices of the scan.
+    pick = np.unique(np.linspace(0, len(scan) - 1, 4).round().astype(int))
+    win = torch.cat([windows(torch.from_numpy(plane_stack(scan, z, k)).unsqueeze(0), ps, halo) for z in pick])
+    _adabn(model, [win[i : i + 64] for i in range(0, len(win), 64)])
+    counts = np.bincount(labels[labels != 255].ravel(), minlength=3).astype(np.float64)
+    weight = torch.tensor((counts / counts.sum() + 1e-6) ** -0.5, dtype=torch.float32)
+    weight = weight / weight.mean()
+    stacks = [np.pad(plane_stack(scan, z, k), ((0, 0), (halo, halo), (halo, halo)), mode="reflect") for z in zs]
+    targets = [np.pad(labels[z], halo, constant_values=255) for z in zs]
+    g = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    hh, ww = ps[0] + 2 * halo, ps[1] + 2 * halo
+    t0, steps = time.perf_counter(), 0
+    while (t := (time.perf_counter() - t0) / fit_s) < 1.0:
+        lr = 5e-4 * (0.2 + 0.8 * t / 0.05 if t < 0.05 else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (t - 0.05) / 0.95)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        xs, ys = [], []
+        for _ in range(16):
+            i = int(g.integers(len(zs)))
+            y0 = int(g.integers(0, stacks[i].shape[1] - hh + 1))
+            x0 = int(g.integers(0, stacks[i].shape[2] - ww + 1))
+            xb = stacks[i][:, y0 : y0 + hh, x0 : x0 + ww]
+            yb = targets[i][y0 + halo : y0 + hh - halo, x0 + halo : x0 + ww - halo]
+            if g.random() < 0.5:
+                xb, yb = xb[..., ::-1], yb[..., ::-1]
+            if g.random() < 0.5:
+                xb, yb = xb[..., ::-1, :], yb[..., ::-1, :]
+            if g.random() < 0.5 and planes > 1:
+                xb = xb[::-1]  # the plane axis has no preferred direction
+            xs.append(np.ascontiguousarray(xb))
+            ys.append(np.ascontiguousarray(yb))
+        x = torch.from_numpy(np.stack(xs))
+        y = torch.from_numpy(np.stack(ys)).long()
+        if not bool((y != 255).any()):
+            continue
+        model.eval()  # batch norm keeps the scan's statistics
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y, weight=weight, ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    return model, steps
+
+
+def main() -> None:
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.metrics import confusion_matrix, mean_iou
+    from napari_paser.engine.normalize import Normalizer
+    from napari_paser.engine.random_forest import RandomForestSegmenter
+    from napari_paser.engine.registry import resolve_bundle
+    from napari_paser.train.synth import generate_volume
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[9201, 9202])
+    p.add_argument("--fit", type=float, default=100.0)
+    p.add_argument("--planes", type=int, nargs="+", default=[1, 3, 5])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-forest", action="store_true")
+    p.add_argument("--init", choices=("zero", "mean"), default="zero", help="weights of the new planes")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    print(f"bundle {bundle.name}; labels on slices 0-3, scored on 8-15; f2 fine-tuned {args.fit:.0f} s", flush=True)
+    for seed in args.seeds:
+        image, truth, _ = generate_volume(seed, 16, (224, 256), distribution="oof")
+        labels = np.full_like(truth, 255)
+        labels[:4] = truth[:4]
+        n = bundle.normalization
+        scan = Normalizer.fit(image, n.get("low_percentile", 0.5), n.get("high_percentile", 99.5))(image).astype(np.float32)
+
+        def score(pred: np.ndarray) -> float:
+            return mean_iou(confusion_matrix(pred.ravel(), truth[8:16].ravel()))
+
+        if not args.no_forest:
+            t = time.perf_counter()
+            rf2 = score(RandomForestSegmenter(n_jobs=args.threads).fit(image, labels).predict(image[8:16]))
+            print(f"  volume {seed}: forest 2-D features {rf2:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+            t = time.perf_counter()
+            rf3 = score(forest_3d(scan, labels, args.threads))
+            print(f"  volume {seed}: forest 3-D features {rf3:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+        for planes in args.planes:
+            t = time.perf_counter()
+            model, steps = finetune_f2(bundle, scan, labels, planes, args.fit, init=args.init)
+            f2 = score(predict(model, scan, range(8, 16), planes // 2, tuple(bundle.patch_size)))
+            print(f"  volume {seed}: f2 with {planes} planes ({args.init} init) {f2:.4f} ({steps} steps, {time.perf_counter() - t:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
