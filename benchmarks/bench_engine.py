@@ -70,7 +70,7 @@ def precision_table(bundle: Bundle, seg: PaserSegmenter) -> list[dict]:
     for name in ("f0", "f1", "f2"):
         net = getattr(bundle, name)
         # What the engine feeds a patch model: the patch and its halo.
-        patches = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo) for z, gy, gx in cells]))[:, None]
+        patches = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo, net.config.planes) for z, gy, gx in cells]))
         ref = None
         for cl in (False, True):
             for bf16 in (False, True):

@@ -245,7 +245,7 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
     cells = [(gy, gx) for gy in range(seg.grid[0]) for gx in range(seg.grid[1])]
     for m in (1, 2):
         net = seg.bundle.segmenters()[m]
-        patches = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo) for gy, gx in cells]))[:, None]
+        patches = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo, net.config.planes) for gy, gx in cells]))
         logits = net(patches)
         ce = torch.nn.functional.cross_entropy(logits, yp, reduction="none").mean((-2, -1))
         out[m] = ce.reshape(seg.grid).numpy()

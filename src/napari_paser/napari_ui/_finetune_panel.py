@@ -410,6 +410,9 @@ class FinetunePanel(QWidget):
             f"Fine-tuning {what} in {outcome.result.seconds:.0f} s: held-out IoU f2 {held['start']['f2']:.3f} → "
             f"{held['best']['f2']:.3f}. Bundle {outcome.folder.name} is selected: press Run in the PaSeR widget."
         )
+        planes = outcome.result.bundle.f2.config.planes
+        if planes > 1:
+            text += f" Its f1 and f2 read {planes} neighbouring planes per slice."
         widget = self._paser_widget() or self._open_paser_widget()
         if widget is not None:
             widget.add_bundle_folder(outcome.folder)
