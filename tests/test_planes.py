@@ -10,7 +10,7 @@ import torch
 def _widened(bundle, planes: int = 3):
     from napari_paser.engine.models import with_planes
 
-    bundle.f1, bundle.f2 = (with_planes(m, planes) for m in (bundle.f1, bundle.f2))
+    bundle.f0, bundle.f1, bundle.f2 = (with_planes(m, planes) for m in bundle.segmenters())
     return bundle.eval()
 
 
@@ -57,8 +57,8 @@ def test_engine_feeds_the_neighbouring_planes(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def looks_back():
-    """The default bundle with f1 and f2 widened to 3 planes and then made to read only the
-    plane before each slice: any plane taken from the wrong place changes the labels."""
+    """The default bundle with f0, f1 and f2 widened to 3 planes and then made to read only
+    the plane before each slice: any plane taken from the wrong place changes the labels."""
     from pathlib import Path
 
     from napari_paser import io
@@ -66,7 +66,7 @@ def looks_back():
 
     bundle = _widened(load_bundle(resolve_bundle()))
     with torch.no_grad():
-        for m in (bundle.f1, bundle.f2):
+        for m in bundle.segmenters():
             w = m.inc[0].weight
             per_plane = w.shape[1] // 3
             w[:, :per_plane] = 3 * w[:, per_plane : 2 * per_plane]
@@ -86,12 +86,16 @@ def test_streamed_slabs_and_the_windowed_engine_equal_the_in_memory_engine(looks
 
     bundle, vol = looks_back
     path = save_bundle(bundle, tmp_path / "wide")
-    ref = segment(vol, bundle, method="f2", mc_passes=1)
-    assert len(np.unique(ref.labels)) == 3
-    out: dict = {}
-    stream_segment(ArrayVolume(vol), str(path), method="f2", mc_passes=1, slab=slab,
-                   writer=lambda kind, arr: out.setdefault(kind, []).append(arr))
-    np.testing.assert_array_equal(np.concatenate(out["labels"]), ref.labels)
+    for method in ("paser", "f2"):
+        ref = segment(vol, bundle, method=method, lam=0.005 if method == "paser" else None, mc_passes=1)
+        assert len(np.unique(ref.labels)) == 3
+        out: dict = {}
+        stream_segment(ArrayVolume(vol), str(path), method=method, lam=0.005 if method == "paser" else None, mc_passes=1,
+                       slab=slab, entropy=True, routing=True, writer=lambda kind, arr: out.setdefault(kind, []).append(arr))
+        np.testing.assert_array_equal(np.concatenate(out["labels"]), ref.labels)
+        np.testing.assert_array_equal(np.concatenate(out["entropy"]), segment(vol, bundle, method="paser", mc_passes=1).entropy)
+        if method == "paser":
+            np.testing.assert_array_equal(np.concatenate(out["routing"]), ref.routing)
     windowed = WindowedSegmenter(bundle, vol, mc_passes=1, window=2)
     np.testing.assert_array_equal(np.stack([windowed.compose(z, routing=np.full(windowed.grid, 2)) for z in range(6)]), ref.labels)
     # The check has teeth: without its context a slab's first plane reads itself instead.
@@ -119,7 +123,7 @@ def test_slice_bank_samples_the_neighbouring_planes_around_labelled_slices():
     torch.testing.assert_close(x3[:, 1], x1[:, 0])  # the centre plane is the slice itself
 
 
-def test_finetune_widens_f1_and_f2_and_the_adapted_bundle_round_trips(tiny_bundle, tmp_path):
+def test_finetune_widens_the_networks_and_the_adapted_bundle_round_trips(tiny_bundle, tmp_path):
     from napari_paser.engine.bundle import load_bundle, save_bundle
     from napari_paser.engine.pipeline import segment
     from napari_paser.train.finetune import FinetuneConfig, finetune
@@ -130,11 +134,12 @@ def test_finetune_widens_f1_and_f2_and_the_adapted_bundle_round_trips(tiny_bundl
     lab[1] = rng.integers(0, 3, (56, 64))
     cfg = FinetuneConfig(budget_s=3.0, batch=4, f0_batch=1, evaluations=1, threads=1, planes=3)
     res = finetune(tiny_bundle, img, lab, cfg)
-    assert res.bundle.f1.config.planes == res.bundle.f2.config.planes == 3 and tiny_bundle.f2.config.planes == 1
-    assert res.bundle.f0.config.planes == 1  # f0 analyses whole slices alone
+    assert all(m.config.planes == 3 for m in res.bundle.segmenters()) and tiny_bundle.f2.config.planes == 1
+    assert res.bundle.policy.config == tiny_bundle.policy.config  # the policy reads the slice itself
     loaded = load_bundle(save_bundle(res.bundle, tmp_path / "adapted"))
     assert loaded.f2.config.planes == 3
-    np.testing.assert_array_equal(segment(img, loaded, method="f2").labels, segment(img, res.bundle, method="f2").labels)
+    for method in ("paser", "f2"):
+        np.testing.assert_array_equal(segment(img, loaded, method=method).labels, segment(img, res.bundle, method=method).labels)
     # Adapting the adapted bundle keeps its planes; a single slice stays 2-D.
     again = finetune(loaded, img, lab, FinetuneConfig(**{**cfg.to_dict(), "planes": 5, "augment": cfg.augment}))
     assert again.bundle.f2.config.planes == 3

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="wall-clock budget (default: scaled with the labelled area, 60 s to at most 180 s)")
     p.add_argument("--planes", type=int, default=None, metavar="N",
-                   help="neighbouring planes f1 and f2 read once adapted (odd; 1 keeps them 2-D; default 5)")
+                   help="neighbouring planes the adapted networks read (odd; 1 keeps them 2-D; default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -362,10 +362,12 @@ class PaserSegmenter(SlicewiseRouting):
         if self._analysed[z]:
             return
         h, w = self.shape[1:]
-        x = torch.from_numpy(self._input(z))[None, None]
+        x = torch.from_numpy(self._input(z))[None, None]  # the slice: the policy's image channel
+        f0 = self.bundle.f0
+        f0_in = x if f0.config.planes == 1 else torch.from_numpy(self._planes(z, f0.config.planes))[None]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            prob, ent, f0_feats = mc_predict(self.bundle.f0, self._to_device(x), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
+            prob, ent, f0_feats = mc_predict(f0, self._to_device(f0_in), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
                                              return_features=True)
             t1 = time.perf_counter()
             feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, self.bundle.policy.config)

@@ -108,6 +108,11 @@ def policy_features(
 
 
 def analyse_slices(f0: UNet, policy_config: PolicyConfig, x: torch.Tensor, passes: int, seed: int | None) -> tuple[torch.Tensor, ...]:
-    """f0's MC-dropout analysis of ``x`` and the policy's input: (mean_prob, entropy, features)."""
+    """f0's MC-dropout analysis of ``x`` and the policy's input: (mean_prob, entropy, features).
+
+    ``x`` is (N, planes, rows, columns) as f0 reads it; the policy's image channel is the
+    centre plane (the slice itself).
+    """
     prob, ent, feats = mc_predict(f0, x, passes, seed=seed, return_features=True)
-    return prob, ent, policy_features(x, prob.float(), ent.float(), feats, policy_config)
+    centre = x.shape[1] // 2
+    return prob, ent, policy_features(x[:, centre : centre + 1], prob.float(), ent.float(), feats, policy_config)

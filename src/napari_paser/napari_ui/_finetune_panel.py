@@ -412,7 +412,7 @@ class FinetunePanel(QWidget):
         )
         planes = outcome.result.bundle.f2.config.planes
         if planes > 1:
-            text += f" Its f1 and f2 read {planes} neighbouring planes per slice."
+            text += f" Its networks read {planes} neighbouring planes per slice."
         widget = self._paser_widget() or self._open_paser_widget()
         if widget is not None:
             widget.add_bundle_folder(outcome.folder)

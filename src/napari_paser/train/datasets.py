@@ -402,7 +402,7 @@ class SliceBank:
         else:
             img, lab = self._crop(idx, (gy * ph, gx * pw), g)
             img, lab = geometric(img, lab, AugmentConfig(**{**cfg.to_dict(), "rot90": False}), g)
-        return intensity(img, cfg, g).contiguous(), lab
+        return self._flip_planes(intensity(img, cfg, g), g).contiguous(), lab
 
 
 def _labelled_planes(v: Volume) -> list[int]:

@@ -102,11 +102,11 @@ class FinetuneConfig:
     f0_batch : int
         Patch-grid crops per step of f0.
     planes : int
-        Neighbouring planes f1 and f2 read after adapting (odd; 1 keeps them 2-D). A
+        Neighbouring planes f0, f1 and f2 read after adapting (odd; 1 keeps them 2-D). A
         one-plane network is widened first (:func:`~napari_paser.engine.models.with_planes`):
         the scan's noise is independent from plane to plane while its grains are not,
-        and the adapted networks learn to use that from the painted slices. Scans of a
-        single plane stay 2-D.
+        and the adapted networks learn to use that from the painted slices. The policy
+        keeps reading the slice itself. Scans of a single plane stay 2-D.
     adapt : str
         ``all``: every weight; ``decoder``: batch-norm affine parameters, the decoder and
         the head only (the encoder keeps the synthetic features).
@@ -222,8 +222,8 @@ class FinetuneResult:
 class _Data:
     """The labelled slices of the scan, normalised and padded, with the held-out set."""
 
-    bank: SliceBank  # f0's: the labelled slices
-    patch_bank: SliceBank  # f1's and f2's: the labelled slices with their neighbouring planes
+    bank: SliceBank  # the labelled slices
+    planes_bank: SliceBank  # the same with their neighbouring planes (``bank`` when 2-D)
     weight: torch.Tensor  # cross-entropy class weights
     x: torch.Tensor  # (n, 1, H, W) padded labelled slices
     x_planes: torch.Tensor  # (n, planes, H, W) the same with their neighbouring planes
@@ -237,9 +237,9 @@ class _Data:
 
 
 def _planes(bundle: Bundle, cfg: FinetuneConfig, num_planes: int) -> int:
-    """Planes f1 and f2 read once adapted: as many as they read already (an adapted
+    """Planes the networks read once adapted: as many as they read already (an adapted
     bundle), else ``cfg.planes`` (1 for a single-plane scan)."""
-    read = max(bundle.f1.config.planes, bundle.f2.config.planes)
+    read = max(m.config.planes for m in bundle.segmenters())
     if read > 1:
         return read
     return int(cfg.planes) if num_planes > 1 else 1
@@ -265,11 +265,11 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
         # The painted slices stay where they are in the scan, so each has its neighbours.
         whole = np.full(vol.shape, UNLABELLED, dtype=np.uint8)
         whole[zs] = train_lab
-        patch_bank = SliceBank([Volume("scan", scan, whole)], ps, planes=planes)
+        planes_bank = SliceBank([Volume("scan", scan, whole)], ps, planes=planes)
         padded = pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps)[:, 0]
         x_planes = torch.stack([padded[plane_indices(z, len(vol), planes)] for z in zs])
     else:
-        patch_bank, x_planes = bank, x
+        planes_bank, x_planes = bank, x
     h, w = vol.shape[1:]
     held = torch.full((len(zs), x.shape[-2], x.shape[-1]), UNLABELLED, dtype=torch.long)
     held[:, :h, :w] = torch.from_numpy(held_lab).long()
@@ -277,7 +277,7 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
     per_patch = (held != UNLABELLED).reshape(len(zs), gy, ps[0], gx, ps[1]).any(4).any(2).reshape(-1)
     return _Data(
         bank=bank,
-        patch_bank=patch_bank,
+        planes_bank=planes_bank,
         weight=class_weights([volume], power=cfg.class_power),
         x=x,
         x_planes=x_planes,
@@ -302,7 +302,7 @@ def _confusion(pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def _f0_prob(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """f0's MC-dropout mean softmax and the policy features of each slice, as at inference."""
-    out = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], bundle.mc_passes, slice_seed(seed, i)) for i in range(len(x))]
+    out = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], bundle.mc_passes, slice_seed(seed, i)) for i in range(len(x))]  # x as f0 reads it
     return torch.cat([o[0] for o in out]), torch.cat([o[2] for o in out])
 
 
@@ -313,9 +313,16 @@ def _patch_logits(model: nn.Module, x: torch.Tensor, ps: tuple[int, int], patche
     return torch.cat([model(win[i : i + batch]).argmax(1) for i in range(0, len(win), batch)])
 
 
-def _patch_input(data: _Data, model: nn.Module) -> torch.Tensor:
+def _labelled_input(data: _Data, model: nn.Module) -> torch.Tensor:
     """The labelled slices as ``model`` reads them: alone or with their neighbouring planes."""
     return data.x_planes if model.config.planes > 1 else data.x
+
+
+def _scan_planes(data: _Data, zs, planes: int) -> torch.Tensor:
+    """Slices ``zs`` of the scan, (n, planes, H, W) with their neighbouring planes."""
+    if planes == 1:
+        return data.scan[zs]
+    return torch.stack([data.scan[plane_indices(z, len(data.scan), planes), 0] for z in zs])
 
 
 def _held_patch_truth(data: _Data, ps: tuple[int, int]) -> torch.Tensor:
@@ -330,9 +337,9 @@ def _score(bundle: Bundle, name: str, data: _Data, seed: int) -> float:
     model = getattr(bundle, name)
     model.eval()
     if name == "f0":
-        prob, _ = _f0_prob(bundle, data.x, seed)
+        prob, _ = _f0_prob(bundle, _labelled_input(data, model), seed)
         return mean_iou(_confusion(prob.argmax(1), data.held))
-    pred = _patch_logits(model, _patch_input(data, model), ps, data.held_patches)
+    pred = _patch_logits(model, _labelled_input(data, model), ps, data.held_patches)
     return mean_iou(_confusion(pred, _held_patch_truth(data, ps)))
 
 
@@ -360,12 +367,10 @@ def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
     models: 64 patches of 224x256 slices pin the statistics down at a quarter of the cost)."""
     z_count = data.scan.shape[0]
     pick = np.unique(np.linspace(0, z_count - 1, min(z_count, 8 if name == "f0" else 4)).round().astype(int))
-    x = data.scan[pick]
+    model = getattr(bundle, name)
+    x = _scan_planes(data, pick, model.config.planes)
     if name == "f0":
         return [x[i : i + 4] for i in range(0, len(x), 4)]
-    model = getattr(bundle, name)
-    if model.config.planes > 1:
-        x = torch.stack([data.scan[plane_indices(z, z_count, model.config.planes), 0] for z in pick])
     win = patch_windows(x, bundle.patch_size, model.config.halo)
     return [win[i : i + 64] for i in range(0, len(win), 64)]
 
@@ -414,14 +419,15 @@ class _Trainer:
     def step(self, t: float) -> float | None:
         for group in self.opt.param_groups:
             group["lr"] = _lr(self.cfg.lr[self.name], t)
-        bank, cfg = self.data.bank, self.cfg
+        cfg = self.cfg
+        bank = self.data.planes_bank if self.model.config.planes > 1 else self.data.bank
         self.model.eval()  # batch norm stays at the scan's statistics
         if self.name == "f0":
             x, y = bank.sample_slices(cfg.f0_batch, cfg.augment, self.g)
             with mc_dropout(self.model):
                 out = self.model(x)
         else:
-            x, y = self.data.patch_bank.sample_patches(cfg.batch, cfg.augment, self.g, halo=self.model.config.halo)
+            x, y = bank.sample_patches(cfg.batch, cfg.augment, self.g, halo=self.model.config.halo)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = self.model(x)
         loss = _ce(out, y, self.data.weight)
@@ -457,10 +463,10 @@ def _held_out_table(bundle: Bundle, data: _Data, seed: int) -> tuple[np.ndarray,
     """The policy's gains (n, 2, GY, GX) on the labelled slices and the confusion
     matrices (P, 3, C, C) of f0, f1 and f2 on the held-out patches."""
     ps = bundle.patch_size
-    prob, gains = _policy_gains(bundle, data.x, seed)
+    prob, gains = _policy_gains(bundle, _labelled_input(data, bundle.f0), seed)
     patches = data.held_patches
     f0_pred = patch_windows(prob.argmax(1, keepdim=True).float(), ps, 0)[patches, 0].long()
-    preds = torch.stack([f0_pred] + [_patch_logits(m, _patch_input(data, m), ps, patches) for m in (bundle.f1, bundle.f2)])
+    preds = torch.stack([f0_pred] + [_patch_logits(m, _labelled_input(data, m), ps, patches) for m in (bundle.f1, bundle.f2)])
     truth = _held_patch_truth(data, ps)
     confs = np.stack([np.stack([_confusion(preds[m, i], truth[i]) for m in range(3)]) for i in range(len(patches))])
     return gains, confs
@@ -506,7 +512,7 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
 
     n = len(data.scan)
     zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
-    x = data.scan[zs]
+    x = _scan_planes(data, zs, bundle.f0.config.planes)
     _, gains = _policy_gains(bundle, x, seed)
     costs = bundle.costs().numpy()
     cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
@@ -602,7 +608,7 @@ def finetune_iter(
         history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
         data = _prepare(bundle, np.asarray(image), np.asarray(labels), cfg)
         if data.planes > 1:
-            bundle.f1, bundle.f2 = (with_planes(m, data.planes) for m in (bundle.f1, bundle.f2))
+            bundle.f0, bundle.f1, bundle.f2 = (with_planes(m, data.planes) for m in bundle.segmenters())
         budget = float(cfg.budget_s) if cfg.budget_s else auto_budget(data.labelled_pixels, len(data.slices))
         elapsed = lambda: time.perf_counter() - t0  # noqa: E731
         stopped = lambda: stop is not None and bool(stop())  # noqa: E731
