@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("its scores do not depend on the bundle and are reused from `--cache` when an earlier run measured them." if args.cache else ""),
         "",
         "*RF 3-D*: the same forest on the same features computed with 3-D filters over the volume (as ilastik on a 3-D "
-        "dataset); the adapted f1 and f2 read neighbouring planes (planes in the log).",
+        "dataset); the adapted networks read neighbouring planes (planes in the log).",
         "",
         "| volume | shipped PaSeR | RF full | RF sparse | RF 3-D full / sparse | PaSeR full (f1 / f2) | PaSeR sparse (f1 / f2) | "
         "λ full / sparse | seconds full / sparse |",
