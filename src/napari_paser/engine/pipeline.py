@@ -275,7 +275,7 @@ class PaserSegmenter(SlicewiseRouting):
         self._pentropy = np.full((3, z, gy, gx), np.nan, dtype=np.float32)
         self._ptime = np.zeros((3, z, gy, gx))
         self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
-        # The last slice padded by a patch model's halo (batches walk slices in order).
+        # The last slice's planes padded by a patch model's halo (batches walk slices in order).
         self._halo_key: tuple[int, int, int] | None = None
         self._halo_input: np.ndarray | None = None
 
@@ -286,7 +286,7 @@ class PaserSegmenter(SlicewiseRouting):
 
     @property
     def context_planes(self) -> int:
-        """Planes on each side of a slice that the patch models read (0 for 2-D models)."""
+        """Planes on each side of a slice that the networks read (0 for 2-D networks)."""
         return max(m.config.planes for m in self.bundle.segmenters()) // 2
 
     def _require_volume(self) -> None:
@@ -334,13 +334,13 @@ class PaserSegmenter(SlicewiseRouting):
         the patch and ``halo`` pixels of context on every side (the slice reflected at its
         border), on ``planes`` neighbouring planes."""
         ph, pw = self.patch_size
-        if halo <= 0:
-            stack = self._planes(z, planes)
-            return stack[:, gy * ph : (gy + 1) * ph, gx * pw : (gx + 1) * pw]
+        if halo <= 0 and planes == 1:
+            return self._input(z)[None, gy * ph : (gy + 1) * ph, gx * pw : (gx + 1) * pw]
         key = (z, halo, planes)
-        if self._halo_key != key:
+        if self._halo_key != key:  # built once per slice, not per patch
             stack = self._planes(z, planes)
-            self._halo_key, self._halo_input = key, np.pad(stack, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
+            self._halo_key = key
+            self._halo_input = np.pad(stack, ((0, 0), (halo, halo), (halo, halo)), mode="reflect") if halo > 0 else stack
         return self._halo_input[:, gy * ph : (gy + 1) * ph + 2 * halo, gx * pw : (gx + 1) * pw + 2 * halo]
 
     def _precision_ctx(self):
