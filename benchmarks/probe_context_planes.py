@@ -20,7 +20,6 @@ patches with their halo, flips and 90-degree turns, class-weighted cross-entropy
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 
@@ -28,67 +27,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def features_3d(vol: np.ndarray, sigmas) -> np.ndarray:
-    """ilastik-style filters on a (Z, Y, X) volume: (Z, Y, X, features) float32."""
-    from scipy import ndimage
-    from skimage.feature import multiscale_basic_features, structure_tensor, structure_tensor_eigenvalues
-
-    img = np.asarray(vol, np.float32)
-    parts = [img[..., None]]
-    for s in sigmas:
-        parts.append(multiscale_basic_features(img, intensity=True, edges=True, texture=True, sigma_min=s, sigma_max=s, num_sigma=1, channel_axis=None))
-        parts.append(ndimage.gaussian_laplace(img, s)[..., None])
-        parts.append((ndimage.gaussian_filter(img, s) - ndimage.gaussian_filter(img, 1.6 * s))[..., None])
-        parts.append(np.moveaxis(structure_tensor_eigenvalues(structure_tensor(img, sigma=s, order="rc")), 0, -1))
-    return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+from napari_paser.engine.patches import plane_indices
 
 
-def forest_3d(scan: np.ndarray, labels: np.ndarray, threads: int, max_samples: int = 100_000) -> np.ndarray:
-    from sklearn.ensemble import RandomForestClassifier
+def widen(model, planes: int, init: str = "mean"):
+    """A copy of ``model`` that reads ``planes`` planes: ``mean`` as fine-tuning widens it
+    (:func:`with_planes`), ``zero`` with the new planes' weights at zero and the centre's
+    as shipped (the shipped network exactly)."""
+    from napari_paser.engine.models import with_planes
 
-    from napari_paser.engine.random_forest import SIGMAS
-
-    feats = features_3d(scan, SIGMAS)
-    keep = labels != 255
-    x, y = feats[keep], labels[keep]
-    rng = np.random.default_rng(0)
-    if len(y) > max_samples:
-        pick = rng.choice(len(y), max_samples, replace=False)
-        x, y = x[pick], y[pick]
-    forest = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=0).fit(x, y)
-    return forest.predict(feats[8:16].reshape(-1, feats.shape[-1])).reshape(scan[8:16].shape)
-
-
-def plane_stack(scan: np.ndarray, z: int, k: int) -> np.ndarray:
-    """Planes z-k..z+k of ``scan`` (edge planes repeated): (2k+1, Y, X)."""
-    idx = np.clip(np.arange(z - k, z + k + 1), 0, len(scan) - 1)
-    return scan[idx]
-
-
-def widen(model, planes: int, init: str = "zero"):
-    """A copy of ``model`` whose input has ``planes`` channels.
-
-    ``zero``: the centre plane keeps the weights, the others start at zero (the shipped
-    network exactly). ``mean``: every plane gets the weights / planes (the shipped network
-    on the planes' mean, a z-smoothed image).
-    """
-    if planes == 1:
-        return copy.deepcopy(model)
-    m = copy.deepcopy(model)
-    conv = m.inc[0]
-    s = m.config.stem
-    w = conv.weight.data  # (out, s*s, 3, 3): channel c*s*s + i*s + j after PixelUnshuffle
-    new = torch.zeros(w.shape[0], planes * s * s, *w.shape[2:])
-    if init == "mean":
-        new[:] = w.repeat(1, planes, 1, 1) / planes
-    else:
-        centre = planes // 2
-        new[:, centre * s * s : (centre + 1) * s * s] = w
-    conv.in_channels = planes * s * s
-    conv.weight = torch.nn.Parameter(new)
-    m.config = copy.copy(m.config)
-    m.config.in_channels = planes
+    m = with_planes(model, planes)
+    if init == "zero" and planes > 1:
+        with torch.no_grad():
+            w = m.inc[0].weight
+            per_plane = w.shape[1] // planes
+            centre = (planes // 2) * per_plane
+            w[:, centre : centre + per_plane] *= planes
+            w[:, :centre] = 0
+            w[:, centre + per_plane :] = 0
     return m
 
 
@@ -98,7 +54,7 @@ def windows(stack: torch.Tensor, ps, halo: int) -> torch.Tensor:
     return patch_windows(pad_to_patches(stack, ps), ps, halo)
 
 
-def predict(model, scan: np.ndarray, zs, k: int, ps) -> np.ndarray:
+def predict(model, scan: np.ndarray, zs, planes: int, ps) -> np.ndarray:
     from napari_paser.engine.patches import grid_shape, unpatchify
 
     h, w = scan.shape[1:]
@@ -106,7 +62,7 @@ def predict(model, scan: np.ndarray, zs, k: int, ps) -> np.ndarray:
     out = []
     with torch.no_grad():
         for z in zs:
-            x = torch.from_numpy(plane_stack(scan, z, k)).unsqueeze(0)
+            x = torch.from_numpy(scan[plane_indices(z, len(scan), planes)]).unsqueeze(0)
             win = windows(x, ps, model.config.halo)
             logits = torch.cat([model(win[i : i + 32]).float() for i in range(0, len(win), 32)])
             out.append(unpatchify(logits, grid_shape((h, w), ps))[0, :, :h, :w].argmax(0).numpy())
@@ -118,18 +74,17 @@ def finetune_f2(bundle, scan: np.ndarray, labels: np.ndarray, planes: int, fit_s
     from napari_paser.train.finetune import _adabn
 
     ps = tuple(bundle.patch_size)
-    k = planes // 2
     model = widen(bundle.f2, planes, init)
     halo = model.config.halo
     zs = [z for z in range(len(labels)) if (labels[z] != 255).any()]
     # AdaBN on 4 evenly spaced slices of the scan.
     pick = np.unique(np.linspace(0, len(scan) - 1, 4).round().astype(int))
-    win = torch.cat([windows(torch.from_numpy(plane_stack(scan, z, k)).unsqueeze(0), ps, halo) for z in pick])
+    win = torch.cat([windows(torch.from_numpy(scan[plane_indices(z, len(scan), planes)]).unsqueeze(0), ps, halo) for z in pick])
     _adabn(model, [win[i : i + 64] for i in range(0, len(win), 64)])
     counts = np.bincount(labels[labels != 255].ravel(), minlength=3).astype(np.float64)
     weight = torch.tensor((counts / counts.sum() + 1e-6) ** -0.5, dtype=torch.float32)
     weight = weight / weight.mean()
-    stacks = [np.pad(plane_stack(scan, z, k), ((0, 0), (halo, halo), (halo, halo)), mode="reflect") for z in zs]
+    stacks = [np.pad(scan[plane_indices(z, len(scan), planes)], ((0, 0), (halo, halo), (halo, halo)), mode="reflect") for z in zs]
     targets = [np.pad(labels[z], halo, constant_values=255) for z in zs]
     g = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
@@ -205,12 +160,12 @@ def main() -> None:
             rf2 = score(RandomForestSegmenter(n_jobs=args.threads).fit(image, labels).predict(image[8:16]))
             print(f"  volume {seed}: forest 2-D features {rf2:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
             t = time.perf_counter()
-            rf3 = score(forest_3d(scan, labels, args.threads))
+            rf3 = score(RandomForestSegmenter(n_jobs=args.threads, features="3d").fit(image, labels).predict(image)[8:16])
             print(f"  volume {seed}: forest 3-D features {rf3:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
         for planes in args.planes:
             t = time.perf_counter()
             model, steps = finetune_f2(bundle, scan, labels, planes, args.fit, init=args.init)
-            f2 = score(predict(model, scan, range(8, 16), planes // 2, tuple(bundle.patch_size)))
+            f2 = score(predict(model, scan, range(8, 16), planes, tuple(bundle.patch_size)))
             print(f"  volume {seed}: f2 with {planes} planes ({args.init} init) {f2:.4f} ({steps} steps, {time.perf_counter() - t:.0f} s)", flush=True)
 
 

@@ -8,6 +8,7 @@ only the decoder once per MC pass.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -365,8 +366,6 @@ def with_planes(model: UNet, planes: int) -> UNet:
     neighbour adds. Measured on out-of-family scans, this start learns from 4 labelled
     slices what zero-initialised neighbours do not (benchmarks/probe_results.md).
     """
-    import copy
-
     if model.config.planes == planes:
         return copy.deepcopy(model)
     if model.config.planes != 1:

@@ -59,13 +59,20 @@ def _margin(sigmas: tuple[float, ...]) -> int:
     return 2 * (int(4 * max(sigmas) + 0.5) + 1)
 
 
-def volume_features(volume: np.ndarray, z0: int, z1: int, sigmas: tuple[float, ...] = SIGMAS) -> np.ndarray:
-    """3-D filter responses (z1 - z0, Y, X, features) of planes ``z0:z1`` of a normalised
-    volume, computed on the block and the planes around it that they depend on (so a
-    block's features equal those of the whole volume, and memory follows the block)."""
+def volume_features(
+    volume: np.ndarray, z0: int, z1: int, sigmas: tuple[float, ...] = SIGMAS, normalize: Callable | None = None
+) -> np.ndarray:
+    """3-D filter responses (z1 - z0, Y, X, features) of planes ``z0:z1`` of a volume,
+    computed on the block and the planes around it that they depend on (so a block's
+    features equal those of the whole volume, and memory follows the block).
+
+    ``normalize`` (e.g. a :class:`Normalizer`) is applied to those planes only; without
+    it the volume is taken as normalised.
+    """
     m = _margin(sigmas)
     a, b = max(0, z0 - m), min(len(volume), z1 + m)
-    return pixel_features(volume[a:b], sigmas)[z0 - a : z1 - a]
+    block = volume[a:b] if normalize is None else normalize(volume[a:b])
+    return pixel_features(block, sigmas)[z0 - a : z1 - a]
 
 
 @dataclass
@@ -103,28 +110,23 @@ class RandomForestSegmenter:
         n = self.normalization
         return Normalizer.fit(image, float(n.get("low_percentile", 0.5)), float(n.get("high_percentile", 99.5)))
 
-    def _features(self, vol: np.ndarray, norm: Normalizer, z0: int, z1: int) -> np.ndarray:
-        """Features (z1 - z0, Y, X, F) of planes ``z0:z1`` of ``vol``, normalised by ``norm``
-        (only the planes the features read are normalised: memory follows the block)."""
-        if self.features == "3d":
-            m = _margin(self.sigmas)
-            a, b = max(0, z0 - m), min(len(vol), z1 + m)
-            return volume_features(norm(vol[a:b]), z0 - a, z1 - a, self.sigmas)
-        if self.features != "2d":
-            raise ValueError(f"features must be '2d' or '3d', got {self.features!r}")
-        return np.stack([pixel_features(norm(vol[z]), self.sigmas) for z in range(z0, z1)])
-
     def _blocks(self, vol: np.ndarray, norm: Normalizer, zs) -> Iterator[tuple[int, np.ndarray]]:
-        """(z, features of plane z) for the planes ``zs`` in order, 3-D features a block of
-        ``BLOCK`` planes at a time (each block's margin is filtered once, not per plane)."""
+        """(z, features (Y, X, F) of plane z) for the planes ``zs`` in order.
+
+        Only the planes the features read are normalised, so memory follows a block: 2-D
+        features one plane at a time, 3-D features ``BLOCK`` planes at a time with the
+        margin their filters read (filtered once per block, not per plane).
+        """
+        if self.features not in ("2d", "3d"):
+            raise ValueError(f"features must be '2d' or '3d', got {self.features!r}")
         cached, feats = None, None
         for z in zs:
-            if self.features != "3d":
-                yield z, self._features(vol, norm, z, z + 1)[0]
+            if self.features == "2d":
+                yield z, pixel_features(norm(vol[z]), self.sigmas)
                 continue
             b = z // BLOCK
             if cached != b:
-                cached, feats = b, self._features(vol, norm, b * BLOCK, min(len(vol), (b + 1) * BLOCK))
+                cached, feats = b, volume_features(vol, b * BLOCK, min(len(vol), (b + 1) * BLOCK), self.sigmas, normalize=norm)
             yield z, feats[z - b * BLOCK]
 
     def fit(self, image, labels) -> "RandomForestSegmenter":

@@ -21,6 +21,7 @@ import torch
 from ..engine.patches import pad_to_patches, plane_indices
 from ..errors import PaserInputError
 from .augment import AugmentConfig, augment_batch, geometric, intensity
+from .sparse_labels import labelled_slices
 
 __all__ = [
     "Volume",
@@ -275,13 +276,14 @@ class SliceBank:
         # and crops are centred on labelled pixels (see _crop). Fully labelled volumes
         # never take that path, so their sampling is unchanged.
         # Whole unlabelled slices (e.g. the neighbours of the painted ones) do not count.
-        self.sparse = any(bool((v.labels[z] == IGNORE).any()) for v in volumes for z in _labelled_planes(v))
+        labelled = [labelled_slices(v.labels) for v in volumes]
+        self.sparse = any(bool((v.labels[z] == IGNORE).any()) for v, zs in zip(volumes, labelled) for z in zs)
         self._labelled: list[torch.Tensor] | None = [] if self.sparse else None
-        for v in volumes:
+        for v, zs in zip(volumes, labelled):
             img = pad_to_patches(torch.from_numpy(v.image).unsqueeze(1), self.patch_size)
             # Labels are padded like the image (reflection), so pairs stay consistent.
             lab = pad_to_patches(torch.from_numpy(v.labels).float().unsqueeze(1), self.patch_size).round().long()
-            for z in _labelled_planes(v):
+            for z in zs:
                 if self._labelled is not None:
                     self._labelled.append(torch.nonzero(lab[z, 0] != IGNORE))
                 self.images.append(img[z] if self.planes == 1 else img[plane_indices(z, v.num_slices, self.planes), 0])
@@ -403,11 +405,6 @@ class SliceBank:
             img, lab = self._crop(idx, (gy * ph, gx * pw), g)
             img, lab = geometric(img, lab, AugmentConfig(**{**cfg.to_dict(), "rot90": False}), g)
         return self._flip_planes(intensity(img, cfg, g), g).contiguous(), lab
-
-
-def _labelled_planes(v: Volume) -> list[int]:
-    """Planes of ``v`` with at least one labelled pixel."""
-    return [z for z in range(v.num_slices) if bool((v.labels[z] != IGNORE).any())]
 
 
 def class_weights(volumes: Sequence[Volume], power: float = 0.5, cap: float = 10.0) -> torch.Tensor:

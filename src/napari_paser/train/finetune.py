@@ -259,15 +259,15 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
         held_lab = train_lab
     volume = Volume("scan", scan[zs], train_lab)
     bank = SliceBank([volume], ps)
-    x = pad_to_patches(torch.from_numpy(scan[zs]).unsqueeze(1), ps)
+    padded = pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps)  # (Z, 1, H, W)
+    x = padded[zs]
     planes = _planes(bundle, cfg, len(vol))
     if planes > 1:
         # The painted slices stay where they are in the scan, so each has its neighbours.
         whole = np.full(vol.shape, UNLABELLED, dtype=np.uint8)
         whole[zs] = train_lab
         planes_bank = SliceBank([Volume("scan", scan, whole)], ps, planes=planes)
-        padded = pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps)[:, 0]
-        x_planes = torch.stack([padded[plane_indices(z, len(vol), planes)] for z in zs])
+        x_planes = _stack_planes(padded, zs, planes)
     else:
         planes_bank, x_planes = bank, x
     h, w = vol.shape[1:]
@@ -283,7 +283,7 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
         x_planes=x_planes,
         held=held,
         held_patches=torch.nonzero(per_patch).view(-1),
-        scan=pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps),
+        scan=padded,
         slices=zs,
         labelled_pixels=int((labels != UNLABELLED).sum()),
         held_pixels=held_pixels,
@@ -318,11 +318,11 @@ def _labelled_input(data: _Data, model: nn.Module) -> torch.Tensor:
     return data.x_planes if model.config.planes > 1 else data.x
 
 
-def _scan_planes(data: _Data, zs, planes: int) -> torch.Tensor:
-    """Slices ``zs`` of the scan, (n, planes, H, W) with their neighbouring planes."""
+def _stack_planes(scan: torch.Tensor, zs, planes: int) -> torch.Tensor:
+    """Slices ``zs`` of a (Z, 1, H, W) scan, (n, planes, H, W) with their neighbouring planes."""
     if planes == 1:
-        return data.scan[zs]
-    return torch.stack([data.scan[plane_indices(z, len(data.scan), planes), 0] for z in zs])
+        return scan[zs]
+    return torch.stack([scan[plane_indices(z, len(scan), planes), 0] for z in zs])
 
 
 def _held_patch_truth(data: _Data, ps: tuple[int, int]) -> torch.Tensor:
@@ -368,7 +368,7 @@ def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
     z_count = data.scan.shape[0]
     pick = np.unique(np.linspace(0, z_count - 1, min(z_count, 8 if name == "f0" else 4)).round().astype(int))
     model = getattr(bundle, name)
-    x = _scan_planes(data, pick, model.config.planes)
+    x = _stack_planes(data.scan, pick, model.config.planes)
     if name == "f0":
         return [x[i : i + 4] for i in range(0, len(x), 4)]
     win = patch_windows(x, bundle.patch_size, model.config.halo)
@@ -512,7 +512,7 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
 
     n = len(data.scan)
     zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
-    x = _scan_planes(data, zs, bundle.f0.config.planes)
+    x = _stack_planes(data.scan, zs, bundle.f0.config.planes)
     _, gains = _policy_gains(bundle, x, seed)
     costs = bundle.costs().numpy()
     cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
