@@ -69,6 +69,85 @@ def predict(model, scan: np.ndarray, zs, planes: int, ps) -> np.ndarray:
     return np.stack(out).astype(np.uint8)
 
 
+def class_weight(labels: list[np.ndarray]) -> torch.Tensor:
+    """Cross-entropy weights ∝ frequency^-0.5 of the labelled pixels (mean 1)."""
+    every = np.concatenate([lab[lab != 255] for lab in labels])
+    counts = np.bincount(every, minlength=3).astype(np.float64)
+    weight = torch.tensor((counts / counts.sum() + 1e-6) ** -0.5, dtype=torch.float32)
+    return weight / weight.mean()
+
+
+def labelled_stacks(scan: np.ndarray, labels: np.ndarray, planes: int, halo: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(the planes around the slice, its labels), both padded by ``halo``, per labelled slice."""
+    pad = ((0, 0), (halo, halo), (halo, halo))
+    return [
+        (np.pad(scan[plane_indices(z, len(scan), planes)], pad, mode="reflect"), np.pad(labels[z], halo, constant_values=255))
+        for z in range(len(labels))
+        if (labels[z] != 255).any()
+    ]
+
+
+def cosine_lr(t: float, base: float = 5e-4) -> float:
+    """Warm-up over the first 5 % of the run, then cosine decay to 5 % of ``base``."""
+    if t < 0.05:
+        return base * (0.2 + 0.8 * t / 0.05)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (t - 0.05) / 0.95)))
+
+
+def random_batch(pairs, ps, halo: int, g: np.random.Generator, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` random halo patches of (planes, labels) ``pairs`` padded by ``halo``, flipped
+    at random; the plane order too (up and down the stack look alike)."""
+    hh, ww = ps[0] + 2 * halo, ps[1] + 2 * halo
+    xs, ys = [], []
+    for _ in range(size):
+        stack, target = pairs[int(g.integers(len(pairs)))]
+        y0 = int(g.integers(0, stack.shape[1] - hh + 1))
+        x0 = int(g.integers(0, stack.shape[2] - ww + 1))
+        xb = stack[:, y0 : y0 + hh, x0 : x0 + ww]
+        yb = target[y0 + halo : y0 + hh - halo, x0 + halo : x0 + ww - halo]
+        if g.random() < 0.5:
+            xb, yb = xb[..., ::-1], yb[..., ::-1]
+        if g.random() < 0.5:
+            xb, yb = xb[..., ::-1, :], yb[..., ::-1, :]
+        if g.random() < 0.5 and len(xb) > 1:
+            xb = xb[::-1]
+        xs.append(np.ascontiguousarray(xb))
+        ys.append(np.ascontiguousarray(yb))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)).long()
+
+
+def train_step(model, opt, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
+    """One AdamW step of class-weighted cross entropy (bfloat16 autocast; 255 ignored)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    loss = F.cross_entropy(out.float(), y, weight=weight, ignore_index=255)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def fit(model, groups: list[list[tuple[np.ndarray, np.ndarray]]], ps, fit_s: float, seed: int = 0, batch_norm: str = "scan") -> int:
+    """AdamW with cosine decay for ``fit_s`` seconds on class-weighted cross entropy; each
+    batch holds 16 random halo patches of one group of :func:`labelled_stacks` pairs (one
+    scan). ``batch_norm``: ``scan`` keeps the statistics the model has (one scan's, from
+    AdaBN), ``batch`` uses each batch's own (several scans). Returns the steps made."""
+    halo = model.config.halo
+    weight = class_weight([t for pairs in groups for _, t in pairs])
+    g = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    t0, steps = time.perf_counter(), 0
+    while (t := (time.perf_counter() - t0) / fit_s) < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(t)
+        x, y = random_batch(groups[int(g.integers(len(groups)))], ps, halo, g)
+        if not bool((y != 255).any()):
+            continue
+        model.train(batch_norm == "batch")
+        train_step(model, opt, x, y, weight)
+        steps += 1
+    return steps
+
+
 def finetune_f2(bundle, scan: np.ndarray, labels: np.ndarray, planes: int, fit_s: float, seed: int = 0, init: str = "zero"):
     """The plain loop: AdaBN, then AdamW on random halo patches of the labelled slices."""
     from napari_paser.train.finetune import _adabn
@@ -76,51 +155,11 @@ def finetune_f2(bundle, scan: np.ndarray, labels: np.ndarray, planes: int, fit_s
     ps = tuple(bundle.patch_size)
     model = widen(bundle.f2, planes, init)
     halo = model.config.halo
-    zs = [z for z in range(len(labels)) if (labels[z] != 255).any()]
     # AdaBN on 4 evenly spaced slices of the scan.
     pick = np.unique(np.linspace(0, len(scan) - 1, 4).round().astype(int))
     win = torch.cat([windows(torch.from_numpy(scan[plane_indices(z, len(scan), planes)]).unsqueeze(0), ps, halo) for z in pick])
     _adabn(model, [win[i : i + 64] for i in range(0, len(win), 64)])
-    counts = np.bincount(labels[labels != 255].ravel(), minlength=3).astype(np.float64)
-    weight = torch.tensor((counts / counts.sum() + 1e-6) ** -0.5, dtype=torch.float32)
-    weight = weight / weight.mean()
-    stacks = [np.pad(scan[plane_indices(z, len(scan), planes)], ((0, 0), (halo, halo), (halo, halo)), mode="reflect") for z in zs]
-    targets = [np.pad(labels[z], halo, constant_values=255) for z in zs]
-    g = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
-    hh, ww = ps[0] + 2 * halo, ps[1] + 2 * halo
-    t0, steps = time.perf_counter(), 0
-    while (t := (time.perf_counter() - t0) / fit_s) < 1.0:
-        lr = 5e-4 * (0.2 + 0.8 * t / 0.05 if t < 0.05 else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (t - 0.05) / 0.95)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        xs, ys = [], []
-        for _ in range(16):
-            i = int(g.integers(len(zs)))
-            y0 = int(g.integers(0, stacks[i].shape[1] - hh + 1))
-            x0 = int(g.integers(0, stacks[i].shape[2] - ww + 1))
-            xb = stacks[i][:, y0 : y0 + hh, x0 : x0 + ww]
-            yb = targets[i][y0 + halo : y0 + hh - halo, x0 + halo : x0 + ww - halo]
-            if g.random() < 0.5:
-                xb, yb = xb[..., ::-1], yb[..., ::-1]
-            if g.random() < 0.5:
-                xb, yb = xb[..., ::-1, :], yb[..., ::-1, :]
-            if g.random() < 0.5 and planes > 1:
-                xb = xb[::-1]  # the plane axis has no preferred direction
-            xs.append(np.ascontiguousarray(xb))
-            ys.append(np.ascontiguousarray(yb))
-        x = torch.from_numpy(np.stack(xs))
-        y = torch.from_numpy(np.stack(ys)).long()
-        if not bool((y != 255).any()):
-            continue
-        model.eval()  # batch norm keeps the scan's statistics
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y, weight=weight, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        steps += 1
+    steps = fit(model, [labelled_stacks(scan, labels, planes, halo)], ps, fit_s, seed)
     return model, steps
 
 

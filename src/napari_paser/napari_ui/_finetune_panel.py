@@ -40,6 +40,7 @@ from ._finetune_controller import (
     new_training_labels,
     training_labels_from,
 )
+from ._launch import JobCallbacks, job_worker, run_here
 
 if TYPE_CHECKING:
     import napari
@@ -334,32 +335,17 @@ class FinetunePanel(QWidget):
         self._stage = ""
         self._draw_history(None)
         self._set_status(f"Fine-tuning {Path(request.bundle_path).name} on {self.labels_layer.name!r} → {request.folder}")
+        callbacks = JobCallbacks(
+            message=lambda msg: self._on_progress(msg, gen),
+            returned=lambda out: self._on_returned(out, gen),
+            errored=lambda err: self._on_errored(err, gen),
+            finished=lambda: self._on_finished(gen),
+        )
         if self.blocking if blocking is None else blocking:
-            return self._run_blocking(self.controller.job(request), gen)
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(self.controller.job, request, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(lambda msg: self._on_progress(msg, gen))
-        worker.returned.connect(lambda out: self._on_returned(out, gen))
-        worker.errored.connect(lambda err: self._on_errored(err, gen))
-        worker.finished.connect(lambda: self._on_finished(gen))
-        self._worker = worker
-        worker.start()
-        return worker
-
-    def _run_blocking(self, job: Any, gen: int) -> FinetuneOutcome | None:
-        outcome = None
-        try:
-            while True:
-                self._on_progress(next(job), gen)
-        except StopIteration as stop:
-            outcome = stop.value
-            self._on_returned(outcome, gen)
-        except Exception as err:  # every failure becomes a notification, as in the worker
-            self._on_errored(err, gen)
-        finally:
-            self._on_finished(gen)
-        return outcome
+            return run_here(self.controller.job(request), callbacks)
+        self._worker = job_worker(self.controller.job, (request,), callbacks)
+        self._worker.start()
+        return self._worker
 
     def cancel(self) -> None:
         """Stop training now; the best networks so far are saved as the new bundle."""

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
+from ._launch import JobCallbacks, job_worker, run_here
 
 if TYPE_CHECKING:
     import napari
@@ -205,30 +206,17 @@ class MetricsPanel(QWidget):
         self.cancel_button.setEnabled(True)
         self._pbar = progress(total=100, desc="Metrics")
         self.status.setText("Computing…")
+        callbacks = JobCallbacks(
+            message=lambda msg: self._on_progress(msg, gen),
+            returned=lambda out: self._on_returned(out, gen),
+            errored=lambda err: self._on_errored(err, gen),
+            finished=lambda: self._on_finished(gen),
+        )
         if self.blocking if blocking is None else blocking:
-            outcome = None
-            generator = jobs.metrics_job(req)
-            try:
-                while True:
-                    self._on_progress(next(generator), gen)
-            except StopIteration as stop:
-                outcome = stop.value
-                self._on_returned(outcome, gen)
-            except Exception as err:  # every failure becomes a notification
-                self._on_errored(err, gen)
-            finally:
-                self._on_finished(gen)
-            return outcome
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(jobs.metrics_job, req, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(lambda msg: self._on_progress(msg, gen))
-        worker.returned.connect(lambda out: self._on_returned(out, gen))
-        worker.errored.connect(lambda err: self._on_errored(err, gen))
-        worker.finished.connect(lambda: self._on_finished(gen))
-        self._worker = worker
-        worker.start()
-        return worker
+            return run_here(jobs.metrics_job(req), callbacks)
+        self._worker = job_worker(jobs.metrics_job, (req,), callbacks)
+        self._worker.start()
+        return self._worker
 
     def cancel(self) -> None:
         """Stop at the next step (a TauFactor solve stops within 100 iterations)."""

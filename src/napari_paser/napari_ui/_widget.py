@@ -42,6 +42,7 @@ from ..engine import registry
 from ..errors import PaserInputError, one_line
 from . import _jobs
 from ._export import export_phases, export_targets
+from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import ResultLayers
 from ._stats import StatsPanel, summarize
 from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
@@ -510,33 +511,18 @@ class PaserWidget(QWidget):
         self.cancel_button.setEnabled(True)
         self._close_progress()
         self._pbar = progress(total=0, desc=f"PaSeR {'run' if kind == 'run' else 're-routing'}")
+        callbacks = JobCallbacks(
+            message=lambda msg: self._on_message(msg, gen),
+            returned=lambda out: self._on_returned(out, gen),
+            errored=lambda err: self._on_errored(err, gen),
+            finished=lambda: self._on_finished(gen),
+            aborted=lambda: self._on_aborted(gen),
+        )
         if self.blocking if blocking is None else blocking:
-            return self._run_blocking(job(*args), gen)
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(lambda msg: self._on_message(msg, gen))
-        worker.returned.connect(lambda out: self._on_returned(out, gen))
-        worker.errored.connect(lambda err: self._on_errored(err, gen))
-        worker.aborted.connect(lambda: self._on_aborted(gen))
-        worker.finished.connect(lambda: self._on_finished(gen))
-        self._worker = worker
-        worker.start()
-        return worker
-
-    def _run_blocking(self, generator: Any, gen: int) -> Any:
-        outcome = None
-        try:
-            while True:
-                self._on_message(next(generator), gen)
-        except StopIteration as stop:
-            outcome = stop.value
-            self._on_returned(outcome, gen)
-        except Exception as err:  # every failure becomes a notification, as in the worker
-            self._on_errored(err, gen)
-        finally:
-            self._on_finished(gen)
-        return outcome
+            return run_here(job(*args), callbacks)
+        self._worker = job_worker(job, args, callbacks)
+        self._worker.start()
+        return self._worker
 
     def cancel(self) -> None:
         """Stop the running job after the slice in progress; finished slices stay."""
