@@ -1,0 +1,89 @@
+"""Would an f2 that reads neighbouring planes give routing something to gain? (issue 11)
+
+Issue 11's second line asks for a λ at which PaSeR beats f1 everywhere at no more GFLOPs
+and seconds. BENCHMARKS.md shows that no policy over the shipped models can: oracle
+routing's best within f1's GFLOPs is below f1 in family, because f2 is only 0.0065 above
+f1 there. Fine-tuning found that reading the 2 planes above and below a slice lifts a
+network more than anything else tried (``probe_results.md``). This probe measures
+whether it lifts f2 away from f1 on the synthetic training distribution:
+
+- ``--volumes`` fresh volumes of the training distribution (``v2``, seeds 7701 upwards,
+  16 slices; not used by any bundle or test set);
+- the shipped f2 trained on them for ``--fit`` seconds as it is (the control: more
+  steps on new data alone) and widened to 5 planes (mean init) for as long;
+- each f2 put into a copy of the bundle and scored with the benchmark's patch tables on
+  the in-family and out-of-family test volumes (as ``bench_testsets.py``): f0, f1 and f2
+  everywhere, and oracle routing's best IoU within f1-everywhere's GFLOPs (the bound of
+  any policy for issue 11's second line).
+
+    python benchmarks/probe_f2_planes.py [--volumes 12] [--fit 600] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+
+from common import OOF_SEEDS, TEST_SEEDS, build_table, make_volumes, oracle_front
+from probe_context_planes import fit, labelled_stacks, widen
+
+
+def summary(bundle, volumes) -> dict:
+    """f0/f1/f2 everywhere and oracle routing within f1's GFLOPs on ``volumes``."""
+    table = build_table(volumes, bundle)
+    rows = {m: table.score(table.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
+    front = oracle_front(table)
+    within = max((p for p in front if p["gflops"] <= rows["f1"]["gflops"]), key=lambda p: p["mean_iou"], default=None)
+    return {**{m: rows[m]["mean_iou"] for m in rows}, "oracle_within_f1": within["mean_iou"] if within else float("nan"),
+            "f2_gflops_ratio_f1": rows["f2"]["gflops"] / rows["f1"]["gflops"]}
+
+
+def main() -> None:
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.normalize import Normalizer
+    from napari_paser.engine.registry import resolve_bundle
+    from napari_paser.train.synth import generate_volume
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", default=None)
+    p.add_argument("--volumes", type=int, default=12)
+    p.add_argument("--fit", type=float, default=600.0)
+    p.add_argument("--planes", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    n = bundle.normalization
+    ps = tuple(bundle.patch_size)
+    t = time.perf_counter()
+    train = [generate_volume(7701 + i, 16, (224, 256), distribution="v2")[:2] for i in range(args.volumes)]
+    scans = [(Normalizer.fit(im, n.get("low_percentile", 0.5), n.get("high_percentile", 99.5))(im).astype(np.float32), lab) for im, lab in train]
+    sets = {"in-family": make_volumes(TEST_SEEDS, 8, distribution="v1"), "out-of-family": make_volumes(OOF_SEEDS, 8, distribution="oof")}
+    print(f"bundle {bundle.name}; {args.volumes} v2 volumes (seeds 7701-{7700 + args.volumes}) and the test sets made in {time.perf_counter() - t:.0f} s", flush=True)
+    variants = {"shipped f2": bundle.f2}
+    for planes in (1, args.planes):
+        model = widen(bundle.f2, planes, "mean") if planes > 1 else copy.deepcopy(bundle.f2)
+        # One group: batches mix the volumes, as the bundle's own training does.
+        pairs = [pair for scan, lab in scans for pair in labelled_stacks(scan, lab, planes, model.config.halo)]
+        t = time.perf_counter()
+        steps = fit(model, [pairs], ps, args.fit, batch_norm="batch")
+        model.eval()
+        variants[f"f2 + {args.fit:.0f} s, {planes} plane{'s' if planes > 1 else ''}"] = model
+        print(f"f2 with {planes} planes: {steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
+    print("set | f2 | f0 / f1 / f2 everywhere | f2 - f1 | oracle routing's best within f1's GFLOPs (- f1) | f2 GFLOPs / f1's", flush=True)
+    for name, volumes in sets.items():
+        for label, f2 in variants.items():
+            b = copy.deepcopy(bundle)
+            b.f2 = copy.deepcopy(f2).eval()
+            s = summary(b, volumes)
+            print(f"{name} | {label} | {s['f0']:.4f} / {s['f1']:.4f} / {s['f2']:.4f} | {s['f2'] - s['f1']:+.4f} | "
+                  f"{s['oracle_within_f1']:.4f} ({s['oracle_within_f1'] - s['f1']:+.4f}) | {s['f2_gflops_ratio_f1']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
