@@ -54,6 +54,43 @@ def windows(stack: torch.Tensor, ps, halo: int) -> torch.Tensor:
     return patch_windows(pad_to_patches(stack, ps), ps, halo)
 
 
+def probe_parser(doc: str, fit: float) -> argparse.ArgumentParser:
+    """The options every probe of this family has: ``--bundle``, ``--fit`` and ``--threads``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--bundle", default=None)
+    p.add_argument("--fit", type=float, default=fit, help="training seconds")
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def setup(args: argparse.Namespace):
+    """Torch threads and seed set, the bundle loaded; returns it and its normalisation
+    (any stack -> float32, as inference normalises it)."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.normalize import Normalizer
+    from napari_paser.engine.registry import resolve_bundle
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    n = bundle.normalization
+
+    def normalise(image: np.ndarray) -> np.ndarray:
+        return Normalizer.fit(image, n.get("low_percentile", 0.5), n.get("high_percentile", 99.5))(image).astype(np.float32)
+
+    return bundle, normalise
+
+
+def adabn_on_scan(model, scan: np.ndarray, planes: int, ps, slices: int) -> None:
+    """Batch-norm statistics of ``model`` re-estimated on ``slices`` evenly spaced slices of
+    the normalised ``scan`` (label-free, as fine-tuning does)."""
+    from napari_paser.train.finetune import _adabn
+
+    pick = np.unique(np.linspace(0, len(scan) - 1, slices).round().astype(int))
+    win = torch.cat([windows(torch.from_numpy(scan[plane_indices(z, len(scan), planes)]).unsqueeze(0), ps, model.config.halo) for z in pick])
+    _adabn(model, [win[i : i + 64] for i in range(0, len(win), 64)])
+
+
 def predict(model, scan: np.ndarray, zs, planes: int, ps) -> np.ndarray:
     from napari_paser.engine.patches import grid_shape, unpatchify
 
@@ -149,47 +186,33 @@ def fit(model, groups: list[list[tuple[np.ndarray, np.ndarray]]], ps, fit_s: flo
 
 
 def finetune_f2(bundle, scan: np.ndarray, labels: np.ndarray, planes: int, fit_s: float, seed: int = 0, init: str = "zero"):
-    """The plain loop: AdaBN, then AdamW on random halo patches of the labelled slices."""
-    from napari_paser.train.finetune import _adabn
-
+    """The plain loop: AdaBN on 4 slices of the scan, then AdamW on random halo patches of
+    the labelled slices."""
     ps = tuple(bundle.patch_size)
     model = widen(bundle.f2, planes, init)
-    halo = model.config.halo
-    # AdaBN on 4 evenly spaced slices of the scan.
-    pick = np.unique(np.linspace(0, len(scan) - 1, 4).round().astype(int))
-    win = torch.cat([windows(torch.from_numpy(scan[plane_indices(z, len(scan), planes)]).unsqueeze(0), ps, halo) for z in pick])
-    _adabn(model, [win[i : i + 64] for i in range(0, len(win), 64)])
-    steps = fit(model, [labelled_stacks(scan, labels, planes, halo)], ps, fit_s, seed)
+    adabn_on_scan(model, scan, planes, ps, 4)
+    steps = fit(model, [labelled_stacks(scan, labels, planes, model.config.halo)], ps, fit_s, seed)
     return model, steps
 
 
 def main() -> None:
-    from napari_paser.engine.bundle import load_bundle
     from napari_paser.engine.metrics import confusion_matrix, mean_iou
-    from napari_paser.engine.normalize import Normalizer
     from napari_paser.engine.random_forest import RandomForestSegmenter
-    from napari_paser.engine.registry import resolve_bundle
     from napari_paser.train.synth import generate_volume
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=None)
+    p = probe_parser(__doc__, fit=100.0)
     p.add_argument("--seeds", type=int, nargs="+", default=[9201, 9202])
-    p.add_argument("--fit", type=float, default=100.0)
     p.add_argument("--planes", type=int, nargs="+", default=[1, 3, 5])
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-forest", action="store_true")
     p.add_argument("--init", choices=("zero", "mean"), default="zero", help="weights of the new planes")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    bundle = load_bundle(resolve_bundle(args.bundle))
+    bundle, normalise = setup(args)
     print(f"bundle {bundle.name}; labels on slices 0-3, scored on 8-15; f2 fine-tuned {args.fit:.0f} s", flush=True)
     for seed in args.seeds:
         image, truth, _ = generate_volume(seed, 16, (224, 256), distribution="oof")
         labels = np.full_like(truth, 255)
         labels[:4] = truth[:4]
-        n = bundle.normalization
-        scan = Normalizer.fit(image, n.get("low_percentile", 0.5), n.get("high_percentile", 99.5))(image).astype(np.float32)
+        scan = normalise(image)
 
         def score(pred: np.ndarray) -> float:
             return mean_iou(confusion_matrix(pred.ravel(), truth[8:16].ravel()))

@@ -21,15 +21,11 @@ whether it lifts f2 away from f1 on the synthetic training distribution:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
-import numpy as np
-import torch
-
 from common import OOF_SEEDS, TEST_SEEDS, build_table, make_volumes, oracle_front
-from probe_context_planes import fit, labelled_stacks, widen
+from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
 
 
 def summary(bundle, volumes) -> dict:
@@ -43,31 +39,22 @@ def summary(bundle, volumes) -> dict:
 
 
 def main() -> None:
-    from napari_paser.engine.bundle import load_bundle
-    from napari_paser.engine.normalize import Normalizer
-    from napari_paser.engine.registry import resolve_bundle
     from napari_paser.train.synth import generate_volume
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=None)
+    p = probe_parser(__doc__, fit=600.0)
     p.add_argument("--volumes", type=int, default=12)
-    p.add_argument("--fit", type=float, default=600.0)
     p.add_argument("--planes", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    bundle = load_bundle(resolve_bundle(args.bundle))
-    n = bundle.normalization
+    bundle, normalise = setup(args)
     ps = tuple(bundle.patch_size)
     t = time.perf_counter()
     train = [generate_volume(7701 + i, 16, (224, 256), distribution="v2")[:2] for i in range(args.volumes)]
-    scans = [(Normalizer.fit(im, n.get("low_percentile", 0.5), n.get("high_percentile", 99.5))(im).astype(np.float32), lab) for im, lab in train]
+    scans = [(normalise(im), lab) for im, lab in train]
     sets = {"in-family": make_volumes(TEST_SEEDS, 8, distribution="v1"), "out-of-family": make_volumes(OOF_SEEDS, 8, distribution="oof")}
     print(f"bundle {bundle.name}; {args.volumes} v2 volumes (seeds 7701-{7700 + args.volumes}) and the test sets made in {time.perf_counter() - t:.0f} s", flush=True)
     variants = {"shipped f2": bundle.f2}
     for planes in (1, args.planes):
-        model = widen(bundle.f2, planes, "mean") if planes > 1 else copy.deepcopy(bundle.f2)
+        model = widen(bundle.f2, planes, "mean")  # a copy, as shipped for 1 plane
         # One group: batches mix the volumes, as the bundle's own training does.
         pairs = [pair for scan, lab in scans for pair in labelled_stacks(scan, lab, planes, model.config.halo)]
         t = time.perf_counter()

@@ -18,44 +18,28 @@ trained on slices 0-3 only.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import numpy as np
-import torch
 
-from probe_context_planes import fit, labelled_stacks, predict, widen, windows
+from probe_context_planes import adabn_on_scan, fit, labelled_stacks, predict, probe_parser, setup, widen
 
 SEEDS = (9201, 9202)
 
 
 def main() -> None:
-    from napari_paser.engine.bundle import load_bundle
     from napari_paser.engine.metrics import confusion_matrix, mean_iou
-    from napari_paser.engine.normalize import Normalizer
-    from napari_paser.engine.patches import plane_indices
     from napari_paser.engine.random_forest import RandomForestSegmenter
-    from napari_paser.engine.registry import resolve_bundle
-    from napari_paser.train.finetune import _adabn
     from napari_paser.train.synth import generate_volume
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=None)
+    p = probe_parser(__doc__, fit=600.0)
     p.add_argument("--volumes", type=int, default=8)
-    p.add_argument("--fit", type=float, default=600.0)
     p.add_argument("--planes", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-forest", action="store_true")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    bundle = load_bundle(resolve_bundle(args.bundle))
-    n = bundle.normalization
+    bundle, normalise = setup(args)
     ps = tuple(bundle.patch_size)
-
-    def normalise(image: np.ndarray) -> np.ndarray:
-        return Normalizer.fit(image, n.get("low_percentile", 0.5), n.get("high_percentile", 99.5))(image).astype(np.float32)
 
     t = time.perf_counter()
     extra = [generate_volume(9301 + i, 16, (224, 256), distribution="oof") for i in range(args.volumes)]
@@ -74,9 +58,7 @@ def main() -> None:
     for s, (image, truth, _) in scans.items():
         scan = normalise(image)
         m = copy.deepcopy(model)
-        pick = np.unique(np.linspace(0, len(scan) - 1, 8).round().astype(int))
-        win = torch.cat([windows(torch.from_numpy(scan[plane_indices(z, len(scan), args.planes)]).unsqueeze(0), ps, halo) for z in pick])
-        _adabn(m, [win[i : i + 64] for i in range(0, len(win), 64)])
+        adabn_on_scan(m, scan, args.planes, ps, 8)
         pred = predict(m, scan, range(8, 16), args.planes, ps)
         f2 = mean_iou(confusion_matrix(pred.ravel(), truth[8:16].ravel()))
         line = f"  volume {s}: f2 on {args.volumes} labelled volumes + slices 0-3 {f2:.4f}"
