@@ -178,22 +178,55 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     assert sum(rec["steps"].values()) > 0
 
 
-def test_recentred_policy_gains_have_the_measured_mean_gain(tiny_bundle):
+def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     import copy
 
     from napari_paser.engine.metrics import dataset_iou_gains
-    from napari_paser.train.finetune import FinetuneConfig, _held_out_table, _prepare, _recentre_policy
+    from napari_paser.train.finetune import FinetuneConfig, _held_out_table, _prepare, _shift_policy
 
     img, lab = _scan(2)
     bundle = copy.deepcopy(tiny_bundle)
     data = _prepare(bundle, img, lab, FinetuneConfig())
-    gains, confs = _held_out_table(bundle, data, 0)
-    shift = _recentre_policy(bundle, data, gains, confs)
-    after, _ = _held_out_table(bundle, data, 0)
+    gains, confs, _ = _held_out_table(bundle, data, 0)
+    shift = np.array(_shift_policy(bundle, data, gains, confs)["shift"])
+    after, _, _ = _held_out_table(bundle, data, 0)
     np.testing.assert_allclose(after - gains, np.broadcast_to(shift.reshape(1, 2, 1, 1), gains.shape), atol=1e-5)  # a pure shift
     held = after.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
     measured = dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * len(confs)
     np.testing.assert_allclose(held.mean(0), measured.mean(0), atol=1e-5)
+
+
+def test_entropy_fitted_policy_ranks_by_f0_entropy_at_the_measured_level(tiny_bundle, tmp_path):
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from napari_paser.engine.bundle import load_bundle, save_bundle
+    from napari_paser.engine.metrics import dataset_iou_gains
+    from napari_paser.train.finetune import ENTROPY_CHANNEL, FinetuneConfig, _fit_policy_to_entropy, _held_out_table, _prepare
+
+    img, lab = _scan(2)
+    bundle = copy.deepcopy(tiny_bundle)
+    assert bundle.policy.skip is None  # the fit adds the linear path it needs
+    data = _prepare(bundle, img, lab, FinetuneConfig())
+    _, confs, feats = _held_out_table(bundle, data, 0)
+    fit = _fit_policy_to_entropy(bundle, data, feats, confs)
+    after, _, _ = _held_out_table(bundle, data, 0)
+    measured = (dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * len(confs)).mean(0)
+    held = after.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
+    np.testing.assert_allclose(held.mean(0), measured, atol=1e-5)
+    np.testing.assert_allclose(fit["mean_gain"], measured, atol=1e-5)
+    # every patch: the level times its mean f0 entropy over the held-out patches' mean
+    pool, ps = bundle.policy.config.pool, bundle.patch_size
+    entropy = F.avg_pool2d(F.avg_pool2d(feats[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1].float(), pool), (ps[0] // pool, ps[1] // pool))
+    expected = measured.reshape(1, 2, 1, 1) * entropy.numpy() / fit["mean_entropy"]
+    np.testing.assert_allclose(after, expected, atol=1e-4)
+    assert entropy.std() > 0  # the check above ranks patches, not a constant
+    # the adapted policy is saved and loaded as any other
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "fitted"))
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.policy.eval().gains(feats.float()).numpy(), after, atol=1e-6)
 
 
 @pytest.mark.parametrize("share", [0.05, 0.3])
@@ -205,7 +238,7 @@ def test_adapted_lambda_keeps_the_validated_compute_share(tiny_bundle, share):
     res = finetune(tiny_bundle, img, lab, _fast_cfg(evaluations=1))
     rec = res.bundle.meta["finetune"]
     assert rec["validated_flops_ratio"] == share and "validated" in rec["default_lam"]["rule"]
-    assert len(rec["policy_gain_shift"]) == 2
+    assert rec["policy_fit"]["rule"] == "entropy" and len(rec["policy_fit"]["mean_gain"]) == 2
     curve = {row["lam"]: row for row in rec["lam_curve"]}
     lam = res.bundle.default_lam
     within = [v for v, row in curve.items() if row["flops_ratio"] <= share]

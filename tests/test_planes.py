@@ -135,7 +135,8 @@ def test_finetune_widens_the_networks_and_the_adapted_bundle_round_trips(tiny_bu
     cfg = FinetuneConfig(budget_s=3.0, batch=4, f0_batch=1, evaluations=1, threads=1, planes=3)
     res = finetune(tiny_bundle, img, lab, cfg)
     assert all(m.config.planes == 3 for m in res.bundle.segmenters()) and tiny_bundle.f2.config.planes == 1
-    assert res.bundle.policy.config == tiny_bundle.policy.config  # the policy reads the slice itself
+    assert res.bundle.policy.config.in_channels == tiny_bundle.policy.config.in_channels  # the policy reads the slice itself
+    assert tiny_bundle.policy.skip is None and res.bundle.policy.config.linear_skip  # re-fitted on a copy
     loaded = load_bundle(save_bundle(res.bundle, tmp_path / "adapted"))
     assert loaded.f2.config.planes == 3
     for method in ("paser", "f2"):

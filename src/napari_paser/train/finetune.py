@@ -15,9 +15,12 @@ within a wall-clock budget:
    frozen at the scan's statistics. Every few seconds each network is scored on the
    held-out pixels; the best state of each is kept, so a cancel (``stop()``) or the end
    of the budget returns the best networks seen, never a worse one than the start.
-4. The policy's ranking of patches is kept and its gains are re-centred: their mean on
-   the held-out patches is set to the adapted networks' measured gain there (adapting f0
-   changes the features the policy reads). The bundle's λ is re-chosen so that PaSeR
+4. The policy is re-fitted to the adapted networks (``policy_gains="entropy"``): the
+   gain of f1 / f2 on a patch is their mean gain measured on the held-out patches times
+   the patch's f0 entropy over its held-out mean. The trained policy's ranking does not
+   carry over to an adapted scan (on development scans its gains tracked the true ones
+   worse than f0's entropy, sometimes inversely), and a dozen held-out patches fix a
+   level, not a ranking. The bundle's λ is re-chosen so that PaSeR
    spends on this scan the share of f2-everywhere's GFLOPs the bundle was validated at
    (``lam_rule="compute"``): the few held-out painted pixels cannot rank λ values
    reliably, and choosing λ by them kept most patches on f0 (``lam_rule="held_out"``,
@@ -119,9 +122,14 @@ class FinetuneConfig:
         Share of labelled pixels held out for scoring (whole patches).
     evaluations : int
         How many times the held-out pixels are scored during training.
-    recentre_policy : bool
-        Shift the policy's gains of f1 and f2 so that their mean on the held-out patches
-        is the adapted networks' measured mean gain (the ranking is kept).
+    policy_gains : str
+        How the policy's gains are fitted to the adapted networks. ``entropy``: each
+        patch's gain of f1 / f2 is the networks' mean gain measured on the held-out
+        patches times the patch's f0 entropy over its mean there (the trained policy's
+        ranking does not carry over to an adapted scan; f0's entropy does, see
+        ``benchmarks/probe_results.md``). ``shift``: the trained policy's gains, shifted so
+        that their mean on the held-out patches is the measured mean gain. ``keep``: the
+        trained policy as it is.
     lam_rule : str
         ``compute``: the smallest λ whose GFLOPs on (up to 16 slices of) the scan are at
         most the share of f2-everywhere's that the bundle was validated at (the held-out
@@ -148,7 +156,7 @@ class FinetuneConfig:
     adabn: bool = True
     held_out: float = 0.15
     evaluations: int = 6
-    recentre_policy: bool = True
+    policy_gains: str = "entropy"
     lam_rule: str = "compute"
     lam_tolerance: float = 0.0
     augment: AugmentConfig = field(
@@ -451,46 +459,94 @@ def validated_flops_ratio(meta: dict) -> float | None:
 
 
 @torch.no_grad()
-def _policy_gains(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """f0's MC mean softmax of slices ``x`` and the policy's gains (n, 2, GY, GX) there."""
+def _policy_gains(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """f0's MC mean softmax of slices ``x``, the policy's gains (n, 2, GY, GX) there and
+    the policy's input features."""
     prob, feats = _f0_prob(bundle, x, seed)
     bundle.policy.eval()
-    return prob, bundle.policy.gains(feats.float()).numpy()
+    return prob, bundle.policy.gains(feats.float()).numpy(), feats
 
 
 @torch.no_grad()
-def _held_out_table(bundle: Bundle, data: _Data, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The policy's gains (n, 2, GY, GX) on the labelled slices and the confusion
-    matrices (P, 3, C, C) of f0, f1 and f2 on the held-out patches."""
+def _held_out_table(bundle: Bundle, data: _Data, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The policy's gains (n, 2, GY, GX) on the labelled slices, the confusion matrices
+    (P, 3, C, C) of f0, f1 and f2 on the held-out patches and the policy's features."""
     ps = bundle.patch_size
-    prob, gains = _policy_gains(bundle, _labelled_input(data, bundle.f0), seed)
+    prob, gains, feats = _policy_gains(bundle, _labelled_input(data, bundle.f0), seed)
     patches = data.held_patches
     f0_pred = patch_windows(prob.argmax(1, keepdim=True).float(), ps, 0)[patches, 0].long()
     preds = torch.stack([f0_pred] + [_patch_logits(m, _labelled_input(data, m), ps, patches) for m in (bundle.f1, bundle.f2)])
     truth = _held_patch_truth(data, ps)
     confs = np.stack([np.stack([_confusion(preds[m, i], truth[i]) for m in range(3)]) for i in range(len(patches))])
-    return gains, confs
+    return gains, confs, feats
 
 
-@torch.no_grad()
-def _recentre_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndarray) -> np.ndarray:
-    """Shift the policy's gains of f1 and f2 so that their mean over the held-out patches
-    is the adapted networks' measured mean gain there; returns the shift (2,).
-
-    Adapting f0 changes the features the policy reads, and adapting f1 and f2 changes
-    what they gain: the policy's ranking of patches is kept, its level is re-measured.
-    Two numbers from the held-out patches: few patches fix a mean, not a ranking.
-    """
+def _measured_gains(confs: np.ndarray) -> np.ndarray:
+    """Mean dataset-IoU gain (2,) of f1 and f2 over f0 on the held-out patches, scaled as
+    the policy is trained (× patches)."""
     n = len(confs)
     if n == 0:
         return np.zeros(2)
-    # Dataset-IoU gains over the held-out patches, scaled as in training (× patches).
-    true = dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * n
+    return (dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * n).mean(0)
+
+
+ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), ...
+
+
+@torch.no_grad()
+def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, confs: np.ndarray) -> dict:
+    """Make the policy's gain of f1 / f2 on a patch the measured mean gain times the
+    patch's mean f0 entropy over its mean on the held-out patches; returns the fit.
+
+    The trained policy's ranking of patches does not carry over to an adapted scan (its
+    gains track the true ones worse than f0's entropy does, and sometimes inversely), and
+    a dozen held-out patches fix a mean, not a ranking: the ranking comes from f0's
+    entropy, the level from the held-out patches. The policy's network path is zeroed and
+    its linear skip (added if the policy has none) reads the entropy channel alone, so the
+    adapted bundle routes with the unchanged engine.
+    """
+    policy = bundle.policy
+    level = _measured_gains(confs)
+    ps, pool = bundle.patch_size, policy.config.pool
+    inputs = feats.float() if policy.config.features == "v2" else F.avg_pool2d(feats.float(), pool)
+    k = (ps[0] // pool, ps[1] // pool)
+    entropy = F.avg_pool2d(inputs[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1], k).reshape(-1)  # per patch, as the skip reads it
+    held = entropy[data.held_patches].double()
+    mean_entropy = float(held.mean()) if len(held) else 0.0
+    if policy.skip is None:
+        policy.config.linear_skip = True
+        c = policy.config.in_channels
+        policy.skip = nn.Sequential(nn.BatchNorm2d(c), nn.Conv2d(c, policy.config.num_models - 1, 1)).eval()
+    last = policy.head[-1]
+    last.weight.zero_()
+    last.bias.zero_()
+    bn, conv = policy.skip
+    # batch norm in eval mode is x * a + b per channel
+    a = (bn.weight / torch.sqrt(bn.running_var + bn.eps))[ENTROPY_CHANNEL].double()
+    b = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps))[ENTROPY_CHANNEL].double()
+    conv.weight.zero_()
+    conv.bias.zero_()
+    for j in range(2):
+        if mean_entropy > 1e-6 and abs(float(a)) > 1e-12:
+            slope = level[j] / (mean_entropy * a)  # gain = level * entropy / mean_entropy
+            conv.weight[j, ENTROPY_CHANNEL] = float(slope)
+            conv.bias[j] = float(-slope * b)
+        else:  # f0 certain on every held-out patch: no ranking, the level everywhere
+            conv.bias[j] = float(level[j])
+    return {"rule": "entropy", "mean_gain": [round(float(v), 6) for v in level], "mean_entropy": round(mean_entropy, 6)}
+
+
+@torch.no_grad()
+def _shift_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndarray) -> dict:
+    """Shift the policy's gains of f1 and f2 so that their mean over the held-out patches
+    is the adapted networks' measured mean gain there (the trained ranking is kept)."""
+    if len(confs) == 0:
+        return {"rule": "shift", "shift": [0.0, 0.0]}
     pred = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
-    shift = true.mean(0) - pred.mean(0)
+    shift = _measured_gains(confs) - pred.mean(0)
     head = bundle.policy.head[-1]
     head.bias.add_(torch.as_tensor(shift, dtype=head.bias.dtype))
-    return shift
+    return {"rule": "shift", "shift": [round(float(v), 6) for v in shift]}
 
 
 def _held_out_curve(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndarray) -> list[dict]:
@@ -513,7 +569,7 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
     n = len(data.scan)
     zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
     x = _stack_planes(data.scan, zs, bundle.f0.config.planes)
-    _, gains = _policy_gains(bundle, x, seed)
+    _, gains, _ = _policy_gains(bundle, x, seed)
     costs = bundle.costs().numpy()
     cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
     f2_flops = len(x) * cm.slice_flops(0, gains[0, 0].size, analysis=False)
@@ -524,17 +580,22 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
     return shares
 
 
-def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str, list[float]]:
+def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str, dict]:
     """The adapted bundle's default λ, the held-out curve, the rule that chose it (see
-    ``lam_rule``) and the shift of the policy's gains (``recentre_policy``)."""
+    ``lam_rule``) and how the policy's gains were fitted (``policy_gains``)."""
     if cfg.lam_rule not in ("compute", "held_out"):
         raise ValueError(f"unknown lam_rule {cfg.lam_rule!r}; choose 'compute' or 'held_out'")
-    gains, confs = _held_out_table(bundle, data, cfg.seed)
-    shift = np.zeros(2)
-    if cfg.recentre_policy:
-        shift = _recentre_policy(bundle, data, gains, confs)
-        gains = gains + shift.reshape(1, 2, 1, 1)
-    shift_list = [round(float(v), 6) for v in shift]
+    if cfg.policy_gains not in ("entropy", "shift", "keep"):
+        raise ValueError(f"unknown policy_gains {cfg.policy_gains!r}; choose 'entropy', 'shift' or 'keep'")
+    gains, confs, feats = _held_out_table(bundle, data, cfg.seed)
+    fit: dict = {"rule": "keep"}
+    if cfg.policy_gains == "entropy":
+        fit = _fit_policy_to_entropy(bundle, data, feats, confs)
+    elif cfg.policy_gains == "shift":
+        fit = _shift_policy(bundle, data, gains, confs)
+    if fit["rule"] != "keep":
+        with torch.no_grad():
+            gains = bundle.policy.eval().gains(feats.float()).numpy()
     curve = _held_out_curve(bundle, data, gains, confs)
     share = validated_flops_ratio(bundle.meta)
     if cfg.lam_rule == "compute" and share:
@@ -543,13 +604,13 @@ def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float
             row["flops_ratio"] = round(float(v), 5)
         within = [row["lam"] for row in curve if row["flops_ratio"] <= share]
         lam = min(within) if within else float(LAM_GRID[-1])
-        return lam, curve, f"smallest lambda whose GFLOPs on the scan are at most the validated {share:.4g} x f2-everywhere's", shift_list
+        return lam, curve, f"smallest lambda whose GFLOPs on the scan are at most the validated {share:.4g} x f2-everywhere's", fit
     # Many λ tie on a few held-out patches (routings that differ elsewhere score the same):
     # among the ties the bundle's validated λ (or the nearest to it) is kept.
     best = max(c["mean_iou"] for c in curve)
     ties = [c["lam"] for c in curve if c["mean_iou"] >= best - cfg.lam_tolerance]
     lam = min(ties, key=lambda v: (abs(v - bundle.default_lam), v))
-    return lam, curve, f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda", shift_list
+    return lam, curve, f"best held-out IoU (within {cfg.lam_tolerance}); ties: nearest the bundle's default lambda", fit
 
 
 # --------------------------------------------------------------------------- the loop
@@ -684,7 +745,7 @@ def finetune_iter(
             for p in getattr(bundle, m).parameters():
                 p.requires_grad_(True)
         yield FinetuneProgress("lambda", elapsed(), budget, _snapshot(history), "choosing λ")
-        lam, curve, lam_rule, gain_shift = _choose_lam(bundle, data, cfg)
+        lam, curve, lam_rule, policy_fit = _choose_lam(bundle, data, cfg)
         old_lam = bundle.default_lam
         bundle.default_lam = float(lam)
         seconds = elapsed()
@@ -715,7 +776,7 @@ def finetune_iter(
             # kept, so that adapting this bundle again keeps the same compute share
             "validated_flops_ratio": validated_flops_ratio(bundle.meta),
             "lam_curve": curve,
-            "policy_gain_shift": gain_shift,
+            "policy_fit": policy_fit,
             "config": {k: v for k, v in cfg.to_dict().items() if k != "augment"},
             "torch_threads": torch.get_num_threads(),
         }
