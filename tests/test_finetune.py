@@ -196,7 +196,7 @@ def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     np.testing.assert_allclose(held.mean(0), measured.mean(0), atol=1e-5)
 
 
-def test_entropy_fitted_policy_ranks_by_f0_entropy_at_the_measured_level(tiny_bundle, tmp_path):
+def test_entropy_fitted_policy_ranks_by_f0_entropy_at_its_level(tiny_bundle, tmp_path):
     import copy
 
     import torch
@@ -210,17 +210,21 @@ def test_entropy_fitted_policy_ranks_by_f0_entropy_at_the_measured_level(tiny_bu
     bundle = copy.deepcopy(tiny_bundle)
     assert bundle.policy.skip is None  # the fit adds the linear path it needs
     data = _prepare(bundle, img, lab, FinetuneConfig())
-    _, confs, feats = _held_out_table(bundle, data, 0)
-    fit = _fit_policy_to_entropy(bundle, data, feats, confs)
+    gains, confs, feats = _held_out_table(bundle, data, 0)
+    fit = _fit_policy_to_entropy(bundle, data, feats, gains, confs)
     after, _, _ = _held_out_table(bundle, data, 0)
     measured = (dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * len(confs)).mean(0)
+    trained = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()].mean(0)
+    # f1: the trained policy's level; f2: f1's plus f2's measured gain over f1
+    measured_level = np.array([trained[0], trained[0] + measured[1] - measured[0]])
     held = after.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
-    np.testing.assert_allclose(held.mean(0), measured, atol=1e-5)
-    np.testing.assert_allclose(fit["mean_gain"], measured, atol=1e-5)
+    np.testing.assert_allclose(held.mean(0), measured_level, atol=1e-5)
+    np.testing.assert_allclose(fit["mean_gain"], measured_level, atol=1e-5)
+    np.testing.assert_allclose(fit["measured_gain"], measured, atol=1e-5)
     # every patch: the level times its mean f0 entropy over the held-out patches' mean
     pool, ps = bundle.policy.config.pool, bundle.patch_size
     entropy = F.avg_pool2d(F.avg_pool2d(feats[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1].float(), pool), (ps[0] // pool, ps[1] // pool))
-    expected = measured.reshape(1, 2, 1, 1) * entropy.numpy() / fit["mean_entropy"]
+    expected = measured_level.reshape(1, 2, 1, 1) * entropy.numpy() / fit["mean_entropy"]
     np.testing.assert_allclose(after, expected, atol=1e-4)
     assert entropy.std() > 0  # the check above ranks patches, not a constant
     # the adapted policy is saved and loaded as any other

@@ -16,11 +16,12 @@ within a wall-clock budget:
    held-out pixels; the best state of each is kept, so a cancel (``stop()``) or the end
    of the budget returns the best networks seen, never a worse one than the start.
 4. The policy is re-fitted to the adapted networks (``policy_gains="entropy"``): the
-   gain of f1 / f2 on a patch is their mean gain measured on the held-out patches times
-   the patch's f0 entropy over its held-out mean. The trained policy's ranking does not
-   carry over to an adapted scan (on development scans its gains tracked the true ones
-   worse than f0's entropy, sometimes inversely), and a dozen held-out patches fix a
-   level, not a ranking. The bundle's λ is re-chosen so that PaSeR
+   gain of f1 / f2 on a patch is a level times the patch's f0 entropy over its held-out
+   mean. The trained policy's ranking does not carry over to an adapted scan (on
+   development scans its gains tracked the true ones worse than f0's entropy, sometimes
+   inversely). f1's level is the trained policy's mean gain on the held-out patches; f2's
+   adds f2's measured gain over f1 there (held-out patches of the painted slices rate
+   f0 too well to set f1's level). The bundle's λ is re-chosen so that PaSeR
    spends on this scan the share of f2-everywhere's GFLOPs the bundle was validated at
    (``lam_rule="compute"``): the few held-out painted pixels cannot rank λ values
    reliably, and choosing λ by them kept most patches on f0 (``lam_rule="held_out"``,
@@ -124,9 +125,11 @@ class FinetuneConfig:
         How many times the held-out pixels are scored during training.
     policy_gains : str
         How the policy's gains are fitted to the adapted networks. ``entropy``: each
-        patch's gain of f1 / f2 is the networks' mean gain measured on the held-out
-        patches times the patch's f0 entropy over its mean there (the trained policy's
-        ranking does not carry over to an adapted scan; f0's entropy does, see
+        patch's gain of f1 / f2 is a level times the patch's f0 entropy over its mean on
+        the held-out patches; f1's level is the trained policy's mean gain there, f2's is
+        f1's plus f2's measured gain over f1 on the held-out patches (the trained
+        policy's ranking does not carry over to an adapted scan and the held-out patches
+        rate f0 too well; see :func:`_fit_policy_to_entropy` and
         ``benchmarks/probe_results.md``). ``shift``: the trained policy's gains, shifted so
         that their mean on the held-out patches is the measured mean gain. ``keep``: the
         trained policy as it is.
@@ -494,19 +497,26 @@ ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entro
 
 
 @torch.no_grad()
-def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, confs: np.ndarray) -> dict:
-    """Make the policy's gain of f1 / f2 on a patch the measured mean gain times the
-    patch's mean f0 entropy over its mean on the held-out patches; returns the fit.
+def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gains: np.ndarray, confs: np.ndarray) -> dict:
+    """Make the policy's gain of f1 / f2 on a patch a level times the patch's mean f0
+    entropy over its mean on the held-out patches; returns the fit.
 
-    The trained policy's ranking of patches does not carry over to an adapted scan (its
-    gains track the true ones worse than f0's entropy does, and sometimes inversely), and
-    a dozen held-out patches fix a mean, not a ranking: the ranking comes from f0's
-    entropy, the level from the held-out patches. The policy's network path is zeroed and
-    its linear skip (added if the policy has none) reads the entropy channel alone, so the
-    adapted bundle routes with the unchanged engine.
+    The trained policy's ranking of patches does not carry over to an adapted scan (on
+    development scans its gains tracked the true ones worse than f0's entropy did, on
+    some inversely): the ranking comes from f0's entropy. The levels: f1's is the trained
+    policy's mean gain of f1 on the held-out patches (what it was validated with); the
+    painted pixels cannot set it, since held-out patches of the painted slices rate f0
+    too well against the unpainted slices (one development fine-tuning in eight measured
+    f1 no better than f0 there and would have kept every patch on f0, while f1 beat f0 on
+    the unpainted slices in all eight). f2's level is f1's plus f2's measured gain over
+    f1 on the held-out patches: two patch networks compared on the same patches. The
+    policy's network path is zeroed and its linear skip (added if the policy has none)
+    reads the entropy channel alone, so the adapted bundle routes with the unchanged engine.
     """
     policy = bundle.policy
-    level = _measured_gains(confs)
+    measured = _measured_gains(confs)
+    trained = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()].mean(0) if len(confs) else gains.mean((0, 2, 3))
+    level = np.array([trained[0], trained[0] + measured[1] - measured[0]])
     ps, pool = bundle.patch_size, policy.config.pool
     inputs = feats.float() if policy.config.features == "v2" else F.avg_pool2d(feats.float(), pool)
     k = (ps[0] // pool, ps[1] // pool)
@@ -533,7 +543,12 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, con
             conv.bias[j] = float(-slope * b)
         else:  # f0 certain on every held-out patch: no ranking, the level everywhere
             conv.bias[j] = float(level[j])
-    return {"rule": "entropy", "mean_gain": [round(float(v), 6) for v in level], "mean_entropy": round(mean_entropy, 6)}
+    return {
+        "rule": "entropy",
+        "mean_gain": [round(float(v), 6) for v in level],
+        "measured_gain": [round(float(v), 6) for v in measured],
+        "mean_entropy": round(mean_entropy, 6),
+    }
 
 
 @torch.no_grad()
@@ -590,7 +605,7 @@ def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float
     gains, confs, feats = _held_out_table(bundle, data, cfg.seed)
     fit: dict = {"rule": "keep"}
     if cfg.policy_gains == "entropy":
-        fit = _fit_policy_to_entropy(bundle, data, feats, confs)
+        fit = _fit_policy_to_entropy(bundle, data, feats, gains, confs)
     elif cfg.policy_gains == "shift":
         fit = _shift_policy(bundle, data, gains, confs)
     if fit["rule"] != "keep":
