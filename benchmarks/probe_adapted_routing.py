@@ -104,8 +104,8 @@ def main() -> None:
             score = lambda res: float(evaluate(res.labels, truth[TEST_SLICES])["mean_iou"])  # noqa: E731
             seg = PaserSegmenter(adapted)
             seg.set_volume(image)
-            single = {m: score(drain(seg.run(method=m, slices=TEST_SLICES))) for m in ("f1", "f2")}
-            print(f"  f1 everywhere {single['f1']:.4f}, f2 everywhere {single['f2']:.4f}")
+            single = {m: score(drain(seg.run(method=m, slices=TEST_SLICES))) for m in ("f0", "f1", "f2")}
+            print(f"  f0 everywhere {single['f0']:.4f}, f1 everywhere {single['f1']:.4f}, f2 everywhere {single['f2']:.4f}")
             for rule in ("shift", "entropy", "keep"):
                 b = copy.deepcopy(adapted)
                 lam, _, _, fit = ft._choose_lam(b, data, ft.FinetuneConfig(policy_gains=rule))
