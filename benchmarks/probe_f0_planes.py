@@ -23,51 +23,20 @@ convolution), so this probe asks whether they lift f0 on the patches it keeps:
 from __future__ import annotations
 
 import copy
-import time
 
-from common import OOF_SEEDS, TEST_SEEDS, build_table, make_volumes, oracle_front
-from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
+from probe_f2_planes import probe_setup, summary, trained_copy
 
 F0_CROP = (112, 128)  # f0 reads whole slices; its crops must be multiples of stem × 2**depth
 
 
-def summary(bundle, volumes) -> dict:
-    """f0/f1/f2 everywhere, oracle routing within f1's GFLOPs and seconds on ``volumes``."""
-    table = build_table(volumes, bundle)
-    rows = {m: table.score(table.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
-    front = oracle_front(table)
-    within = max((p for p in front if p["gflops"] <= rows["f1"]["gflops"]), key=lambda p: p["mean_iou"], default=None)
-    analysis, f1_seconds = table.seconds[0].sum(), table.seconds[2][:, 1].sum()
-    return {**{m: rows[m]["mean_iou"] for m in rows}, "oracle_within_f1": within["mean_iou"] if within else float("nan"),
-            "analysis_over_f1": analysis / f1_seconds}
-
-
 def main() -> None:
-    from napari_paser.train.synth import generate_volume
-
-    p = probe_parser(__doc__, fit=450.0)
-    p.add_argument("--volumes", type=int, default=12)
-    p.add_argument("--planes", type=int, default=5)
-    args = p.parse_args()
-    bundle, normalise = setup(args)
-    ps = tuple(bundle.patch_size)
-    t = time.perf_counter()
-    train = [generate_volume(7701 + i, 16, (224, 256), distribution="v2")[:2] for i in range(args.volumes)]
-    scans = [(normalise(im), lab) for im, lab in train]
-    sets = {"in-family": make_volumes(TEST_SEEDS, 8, distribution="v1"), "out-of-family": make_volumes(OOF_SEEDS, 8, distribution="oof")}
-    print(f"bundle {bundle.name}; {args.volumes} v2 volumes (seeds 7701-{7700 + args.volumes}) and the test sets made in {time.perf_counter() - t:.0f} s", flush=True)
-
-    def trained(model, planes: int, crop) -> object:
-        model = widen(model, planes, "mean")  # a copy, as shipped for 1 plane
-        # One group: batches mix the volumes, as the bundle's own training does.
-        pairs = [pair for scan, lab in scans for pair in labelled_stacks(scan, lab, planes, model.config.halo)]
-        t = time.perf_counter()
-        steps = fit(model, [pairs], crop, args.fit, batch_norm="batch")
-        print(f"{'f0' if model.config.dropout else 'f2'} with {planes} plane(s): {steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
-        return model.eval()
-
-    f0_flat, f0_wide = trained(bundle.f0, 1, F0_CROP), trained(bundle.f0, args.planes, F0_CROP)
-    f2_wide = trained(bundle.f2, args.planes, ps)
+    args, bundle, scans, sets = probe_setup(__doc__, 450.0)
+    print("f0, ", end="")
+    f0_flat = trained_copy(bundle.f0, scans, 1, F0_CROP, args.fit)
+    print("f0, ", end="")
+    f0_wide = trained_copy(bundle.f0, scans, args.planes, F0_CROP, args.fit)
+    print("f2, ", end="")
+    f2_wide = trained_copy(bundle.f2, scans, args.planes, tuple(bundle.patch_size), args.fit)
     variants = {
         "shipped": {},
         f"f0 + {args.fit:.0f} s, 1 plane": {"f0": f0_flat},

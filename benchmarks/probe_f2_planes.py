@@ -29,39 +29,62 @@ from probe_context_planes import fit, labelled_stacks, probe_parser, setup, wide
 
 
 def summary(bundle, volumes) -> dict:
-    """f0/f1/f2 everywhere and oracle routing within f1's GFLOPs on ``volumes``."""
+    """f0/f1/f2 everywhere, oracle routing within f1's GFLOPs, f2's GFLOPs over f1's and
+    f0's analysis seconds over f1-everywhere's on ``volumes``."""
     table = build_table(volumes, bundle)
     rows = {m: table.score(table.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
     front = oracle_front(table)
     within = max((p for p in front if p["gflops"] <= rows["f1"]["gflops"]), key=lambda p: p["mean_iou"], default=None)
     return {**{m: rows[m]["mean_iou"] for m in rows}, "oracle_within_f1": within["mean_iou"] if within else float("nan"),
-            "f2_gflops_ratio_f1": rows["f2"]["gflops"] / rows["f1"]["gflops"]}
+            "f2_gflops_ratio_f1": rows["f2"]["gflops"] / rows["f1"]["gflops"],
+            "analysis_over_f1": table.seconds[0].sum() / table.seconds[2][:, 1].sum()}
 
 
-def main() -> None:
+def training_and_test_sets(volumes: int, normalise) -> tuple[list, dict]:
+    """``volumes`` fresh normalised v2 volumes (seeds 7701 upwards) with their labels, and
+    the in-family and out-of-family test sets."""
     from napari_paser.train.synth import generate_volume
 
-    p = probe_parser(__doc__, fit=600.0)
+    t = time.perf_counter()
+    train = [generate_volume(7701 + i, 16, (224, 256), distribution="v2")[:2] for i in range(volumes)]
+    scans = [(normalise(im), lab) for im, lab in train]
+    sets = {"in-family": make_volumes(TEST_SEEDS, 8, distribution="v1"), "out-of-family": make_volumes(OOF_SEEDS, 8, distribution="oof")}
+    print(f"{volumes} v2 volumes (seeds 7701-{7700 + volumes}) and the test sets made in {time.perf_counter() - t:.0f} s", flush=True)
+    return scans, sets
+
+
+def probe_setup(doc: str, fit_s: float):
+    """Options (``--volumes``, ``--planes`` and :func:`probe_parser`'s), the bundle, the
+    training volumes and the test sets of a plane probe."""
+    p = probe_parser(doc, fit=fit_s)
     p.add_argument("--volumes", type=int, default=12)
     p.add_argument("--planes", type=int, default=5)
     args = p.parse_args()
     bundle, normalise = setup(args)
-    ps = tuple(bundle.patch_size)
+    print(f"bundle {bundle.name}", flush=True)
+    scans, sets = training_and_test_sets(args.volumes, normalise)
+    return args, bundle, scans, sets
+
+
+def trained_copy(model, scans: list, planes: int, crop, fit_s: float):
+    """A copy of ``model`` widened to ``planes`` (mean init) and trained for ``fit_s``
+    seconds on random ``crop`` crops of ``scans``; in eval mode."""
+    model = widen(model, planes, "mean")  # a copy, as shipped for 1 plane
+    # One group: batches mix the volumes, as the bundle's own training does.
+    pairs = [pair for scan, lab in scans for pair in labelled_stacks(scan, lab, planes, model.config.halo)]
     t = time.perf_counter()
-    train = [generate_volume(7701 + i, 16, (224, 256), distribution="v2")[:2] for i in range(args.volumes)]
-    scans = [(normalise(im), lab) for im, lab in train]
-    sets = {"in-family": make_volumes(TEST_SEEDS, 8, distribution="v1"), "out-of-family": make_volumes(OOF_SEEDS, 8, distribution="oof")}
-    print(f"bundle {bundle.name}; {args.volumes} v2 volumes (seeds 7701-{7700 + args.volumes}) and the test sets made in {time.perf_counter() - t:.0f} s", flush=True)
+    steps = fit(model, [pairs], crop, fit_s, batch_norm="batch")
+    print(f"{planes} plane(s): {steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
+    return model.eval()
+
+
+def main() -> None:
+    args, bundle, scans, sets = probe_setup(__doc__, 600.0)
     variants = {"shipped f2": bundle.f2}
     for planes in (1, args.planes):
-        model = widen(bundle.f2, planes, "mean")  # a copy, as shipped for 1 plane
-        # One group: batches mix the volumes, as the bundle's own training does.
-        pairs = [pair for scan, lab in scans for pair in labelled_stacks(scan, lab, planes, model.config.halo)]
-        t = time.perf_counter()
-        steps = fit(model, [pairs], ps, args.fit, batch_norm="batch")
-        model.eval()
+        print("f2, ", end="")
+        model = trained_copy(bundle.f2, scans, planes, tuple(bundle.patch_size), args.fit)
         variants[f"f2 + {args.fit:.0f} s, {planes} plane{'s' if planes > 1 else ''}"] = model
-        print(f"f2 with {planes} planes: {steps} steps in {time.perf_counter() - t:.0f} s", flush=True)
     print("set | f2 | f0 / f1 / f2 everywhere | f2 - f1 | oracle routing's best within f1's GFLOPs (- f1) | f2 GFLOPs / f1's", flush=True)
     for name, volumes in sets.items():
         for label, f2 in variants.items():
