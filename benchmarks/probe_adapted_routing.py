@@ -108,7 +108,7 @@ def main() -> None:
             print(f"  f0 everywhere {single['f0']:.4f}, f1 everywhere {single['f1']:.4f}, f2 everywhere {single['f2']:.4f}")
             for rule in ("shift", "entropy", "keep"):
                 b = copy.deepcopy(adapted)
-                lam, _, _, fit = ft._choose_lam(b, data, ft.FinetuneConfig(policy_gains=rule))
+                lam, _, _, fit = ft._fit_policy_and_lam(b, data, ft.FinetuneConfig(policy_gains=rule))
                 b.default_lam = lam
                 seg = PaserSegmenter(b)
                 seg.set_volume(image)

@@ -506,9 +506,9 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
     some inversely): the ranking comes from f0's entropy. The levels: f1's is the trained
     policy's mean gain of f1 on the held-out patches (what it was validated with); the
     painted pixels cannot set it, since held-out patches of the painted slices rate f0
-    too well against the unpainted slices (one development fine-tuning in eight measured
-    f1 no better than f0 there and would have kept every patch on f0, while f1 beat f0 on
-    the unpainted slices in all eight). f2's level is f1's plus f2's measured gain over
+    too well against the unpainted slices (on one development scan they measured f1 no
+    better than f0, and every patch stayed on f0, although f1 was the better network on
+    the unpainted slices; ``benchmarks/probe_results.md``). f2's level is f1's plus f2's measured gain over
     f1 on the held-out patches: two patch networks compared on the same patches. The
     policy's network path is zeroed and its linear skip (added if the policy has none)
     reads the entropy channel alone, so the adapted bundle routes with the unchanged engine.
@@ -595,7 +595,7 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
     return shares
 
 
-def _choose_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str, dict]:
+def _fit_policy_and_lam(bundle: Bundle, data: _Data, cfg: FinetuneConfig) -> tuple[float, list[dict], str, dict]:
     """The adapted bundle's default λ, the held-out curve, the rule that chose it (see
     ``lam_rule``) and how the policy's gains were fitted (``policy_gains``)."""
     if cfg.lam_rule not in ("compute", "held_out"):
@@ -760,7 +760,7 @@ def finetune_iter(
             for p in getattr(bundle, m).parameters():
                 p.requires_grad_(True)
         yield FinetuneProgress("lambda", elapsed(), budget, _snapshot(history), "choosing λ")
-        lam, curve, lam_rule, policy_fit = _choose_lam(bundle, data, cfg)
+        lam, curve, lam_rule, policy_fit = _fit_policy_and_lam(bundle, data, cfg)
         old_lam = bundle.default_lam
         bundle.default_lam = float(lam)
         seconds = elapsed()
