@@ -28,20 +28,20 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-TRAIN_SLICES = list(range(0, 4))
-TEST_SLICES = list(range(8, 16))
+from bench_finetune import SPARSE_FRACTION, TEST_SLICES, TRAIN_SLICES, load_volume, score
+
+TRAIN, TEST = list(TRAIN_SLICES), list(TEST_SLICES)  # as lists: numpy indices and the segmenter's slices
 
 
 def scan_and_labels(seed: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A development volume, its truth and the painted labels (slices 0-3)."""
+    """A development volume, its truth and the painted labels (slices 0-3), as the
+    fine-tuning benchmark paints its test volumes."""
     from napari_paser.train.sparse_labels import UNLABELLED, simulate_strokes
-    from napari_paser.train.synth import generate_volume
 
-    image, truth, _ = generate_volume(seed, 16, (224, 256), distribution="oof")
+    image, truth = load_volume(seed, None)
     labels = np.full_like(truth, UNLABELLED)
-    labels[TRAIN_SLICES] = truth[TRAIN_SLICES] if kind == "full" else simulate_strokes(truth[TRAIN_SLICES], 0.15, seed=seed)
+    labels[TRAIN] = truth[TRAIN] if kind == "full" else simulate_strokes(truth[TRAIN], SPARSE_FRACTION, seed=seed)
     return image, truth, labels
 
 
@@ -51,23 +51,22 @@ def tracking(bundle, data, truth: np.ndarray, seed: int) -> dict:
     per-patch gains of f1 and f2 on the test slices."""
     from napari_paser.engine.metrics import dataset_iou_gains
     from napari_paser.engine.patches import patchify
+    from napari_paser.engine.uncertainty import ENTROPY_CHANNEL
     from napari_paser.train import finetune as ft
 
     ps = bundle.patch_size
-    x = ft._stack_planes(data.scan, TEST_SLICES, bundle.f0.config.planes)
+    x = ft._stack_planes(data.scan, TEST, bundle.f0.config.planes)
     prob, gains, feats = ft._policy_gains(bundle, x, seed)
     n = gains.shape[0] * gains.shape[2] * gains.shape[3]
     preds = [patchify(prob.argmax(1, keepdim=True).float(), ps)[:, 0].long()]
     preds += [ft._patch_logits(m, x, ps, torch.arange(n)) for m in (bundle.f1, bundle.f2)]
-    padded = torch.full((len(TEST_SLICES), 1, *x.shape[-2:]), 255.0)
-    padded[:, 0, : truth.shape[1], : truth.shape[2]] = torch.from_numpy(truth[TEST_SLICES].astype(np.float32))
+    padded = torch.full((len(TEST), 1, *x.shape[-2:]), 255.0)
+    padded[:, 0, : truth.shape[1], : truth.shape[2]] = torch.from_numpy(truth[TEST].astype(np.float32))
     truth_patches = patchify(padded, ps)[:, 0].long()
     confs = np.stack([np.stack([ft._confusion(p[i], truth_patches[i]) for p in preds]) for i in range(n)])
     true = dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0]
     policy = gains.transpose(0, 2, 3, 1).reshape(-1, 2)
-    pool = bundle.policy.config.pool
-    inputs = feats.float() if bundle.policy.config.features == "v2" else F.avg_pool2d(feats.float(), pool)
-    entropy = F.avg_pool2d(inputs[:, ft.ENTROPY_CHANNEL : ft.ENTROPY_CHANNEL + 1], (ps[0] // pool, ps[1] // pool)).reshape(-1).numpy()
+    entropy = bundle.policy.patch_means(feats.float())[:, ENTROPY_CHANNEL].reshape(-1).numpy()
     r = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
     return {
         "policy": [r(policy[:, j], true[:, j]) for j in range(2)],
@@ -84,7 +83,6 @@ def main() -> None:
     args = p.parse_args()
 
     from napari_paser.engine.bundle import load_bundle
-    from napari_paser.engine.metrics import evaluate
     from napari_paser.engine.pipeline import PaserSegmenter, drain
     from napari_paser.engine.registry import resolve_bundle
     from napari_paser.train import finetune as ft
@@ -101,10 +99,10 @@ def main() -> None:
             data = ft._prepare(adapted, image, labels, ft.FinetuneConfig())
             track = tracking(adapted, data, truth, 0)
             print("  r with true test gains of f1 / f2: trained policy {:.3f} / {:.3f}; f0 entropy {:.3f} / {:.3f}".format(*track["policy"], *track["entropy"]))
-            score = lambda res: float(evaluate(res.labels, truth[TEST_SLICES])["mean_iou"])  # noqa: E731
+            truth_test = truth[TEST]
             seg = PaserSegmenter(adapted)
             seg.set_volume(image)
-            single = {m: score(drain(seg.run(method=m, slices=TEST_SLICES))) for m in ("f0", "f1", "f2")}
+            single = {m: score(drain(seg.run(method=m, slices=TEST)).labels, truth_test) for m in ("f0", "f1", "f2")}
             print(f"  f0 everywhere {single['f0']:.4f}, f1 everywhere {single['f1']:.4f}, f2 everywhere {single['f2']:.4f}")
             for rule in ("shift", "entropy", "keep"):
                 b = copy.deepcopy(adapted)
@@ -112,9 +110,9 @@ def main() -> None:
                 b.default_lam = lam
                 seg = PaserSegmenter(b)
                 seg.set_volume(image)
-                res = drain(seg.run(method="paser", slices=TEST_SLICES))
+                res = drain(seg.run(method="paser", slices=TEST))
                 route = ", ".join(f"{k} {v:.3f}" for k, v in res.route_fraction.items())
-                print(f"  {rule:8s} λ {lam:.3f}: PaSeR {score(res):.4f}, GFLOPs {res.gflops_total / res.gflops_f2_everywhere:.3f} x f2's, route {route}", flush=True)
+                print(f"  {rule:8s} λ {lam:.3f}: PaSeR {score(res.labels, truth_test):.4f}, GFLOPs {res.gflops_total / res.gflops_f2_everywhere:.3f} x f2's, route {route}", flush=True)
 
 
 if __name__ == "__main__":

@@ -321,13 +321,23 @@ class PolicyNet(nn.Module):
         # Sharpness of the routing distribution, learned by REINFORCE.
         self.log_temperature = nn.Parameter(torch.tensor(2.0))
 
-    def gains(self, features: torch.Tensor) -> torch.Tensor:
-        ph, pw = self.config.patch_size
-        p = self.config.pool
+    def _grid_inputs(self, features: torch.Tensor) -> torch.Tensor:
         # v2 features arrive pooled already (see policy_features).
-        inputs = features if self.config.features == "v2" else F.avg_pool2d(features, p)
+        return features if self.config.features == "v2" else F.avg_pool2d(features, self.config.pool)
+
+    def _patch_cells(self) -> tuple[int, int]:
+        ph, pw = self.config.patch_size
+        return ph // self.config.pool, pw // self.config.pool
+
+    def patch_means(self, features: torch.Tensor) -> torch.Tensor:
+        """Mean of every input channel over each patch, (B, C, GY, GX): what the linear
+        skip reads."""
+        return F.avg_pool2d(self._grid_inputs(features), self._patch_cells())
+
+    def gains(self, features: torch.Tensor) -> torch.Tensor:
+        inputs = self._grid_inputs(features)
         x = self.block(self.stem(inputs))
-        k = (ph // p, pw // p)
+        k = self._patch_cells()
         pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)
         gains = self.head(pooled)
         if self.skip is not None:

@@ -76,6 +76,9 @@ def mc_predict(
     return prob, ent
 
 
+ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), the image (4), ...
+
+
 def policy_features(
     x: torch.Tensor,
     mean_prob: torch.Tensor,

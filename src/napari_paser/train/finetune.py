@@ -54,7 +54,7 @@ from ..engine.models import mc_dropout, with_planes
 from ..engine.normalize import Normalizer, validate_image
 from ..engine.patches import grid_shape, pad_to_patches, patch_windows, plane_indices
 from ..engine.routing import route
-from ..engine.uncertainty import analyse_slices, slice_seed
+from ..engine.uncertainty import ENTROPY_CHANNEL, analyse_slices, slice_seed
 from ..errors import PaserInputError
 from .augment import AugmentConfig
 from .datasets import SliceBank, Volume, class_weights
@@ -488,12 +488,7 @@ def _measured_gains(confs: np.ndarray) -> np.ndarray:
     """Mean dataset-IoU gain (2,) of f1 and f2 over f0 on the held-out patches, scaled as
     the policy is trained (× patches)."""
     n = len(confs)
-    if n == 0:
-        return np.zeros(2)
     return (dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * n).mean(0)
-
-
-ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), ...
 
 
 @torch.no_grad()
@@ -515,14 +510,11 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
     """
     policy = bundle.policy
     measured = _measured_gains(confs)
-    trained = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()].mean(0) if len(confs) else gains.mean((0, 2, 3))
+    # _prepare always leaves held-out patches (the training pixels when none can be spared)
+    trained = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()].mean(0)
     level = np.array([trained[0], trained[0] + measured[1] - measured[0]])
-    ps, pool = bundle.patch_size, policy.config.pool
-    inputs = feats.float() if policy.config.features == "v2" else F.avg_pool2d(feats.float(), pool)
-    k = (ps[0] // pool, ps[1] // pool)
-    entropy = F.avg_pool2d(inputs[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1], k).reshape(-1)  # per patch, as the skip reads it
-    held = entropy[data.held_patches].double()
-    mean_entropy = float(held.mean()) if len(held) else 0.0
+    entropy = policy.patch_means(feats.float())[:, ENTROPY_CHANNEL].reshape(-1)  # as the skip reads it
+    mean_entropy = float(entropy[data.held_patches].double().mean())
     if policy.skip is None:
         policy.config.linear_skip = True
         c = policy.config.in_channels
@@ -532,8 +524,8 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
     last.bias.zero_()
     bn, conv = policy.skip
     # batch norm in eval mode is x * a + b per channel
-    a = (bn.weight / torch.sqrt(bn.running_var + bn.eps))[ENTROPY_CHANNEL].double()
-    b = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps))[ENTROPY_CHANNEL].double()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    a, b = scale[ENTROPY_CHANNEL].double(), (bn.bias - bn.running_mean * scale)[ENTROPY_CHANNEL].double()
     conv.weight.zero_()
     conv.bias.zero_()
     for j in range(2):
@@ -555,8 +547,6 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
 def _shift_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndarray) -> dict:
     """Shift the policy's gains of f1 and f2 so that their mean over the held-out patches
     is the adapted networks' measured mean gain there (the trained ranking is kept)."""
-    if len(confs) == 0:
-        return {"rule": "shift", "shift": [0.0, 0.0]}
     pred = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
     shift = _measured_gains(confs) - pred.mean(0)
     head = bundle.policy.head[-1]
