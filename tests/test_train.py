@@ -294,6 +294,34 @@ def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundl
         assert same != moved, k
 
 
+def test_an_f0_that_reads_planes_trains_from_a_one_plane_warm_start(toy_volumes, tiny_bundle, tmp_path):
+    """As the v2.7 preset does: f0 widened to 3 planes (started as the one-plane f0 on the
+    planes' mean), trained on samples that carry the planes; f1, f2 keep reading one,
+    in every stage (the joint fine-tuning too)."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.models import UNetConfig, centre_planes, with_planes
+    from napari_paser.engine.pipeline import PaserSegmenter
+    from napari_paser.train.runner import train
+
+    configs = tiny_configs()
+    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "planes": 3})
+    cfg = _tiny_cfg(f2_steps=0, f1_steps=0, f0_steps=3, ft_steps=2, policy_steps=2)
+    res = train(toy_volumes, tmp_path / "p", cfg, configs=configs, warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    assert len(res.report["history"]["pretrain_f0"]["loss"]) == 3 and len(res.report["history"]["finetune"]["loss"]) == 2
+    b = load_bundle(tmp_path / "p")
+    assert "f0" in b.meta["training"]["warm_start"]["models"]
+    assert (b.f0.config.planes, b.f1.config.planes, b.f2.config.planes) == (3, 1, 1)
+    widened = with_planes(tiny_bundle.f0, 3).state_dict()
+    assert not torch.equal(b.f0.state_dict()["inc.0.weight"], widened["inc.0.weight"])  # trained on
+    seg = PaserSegmenter(b, mc_passes=2)
+    seg.set_volume(toy_volumes[0].image)
+    assert seg.result().labels.shape == toy_volumes[0].image.shape
+    x = torch.arange(5.0).view(1, 5, 1, 1)
+    assert centre_planes(x, 3).flatten().tolist() == [1.0, 2.0, 3.0] and centre_planes(x, 5) is x
+    with pytest.raises(ValueError, match="centre planes"):
+        centre_planes(x, 2)
+
+
 def test_extra_volumes_join_pretraining_or_the_policy_split_only(toy_volumes, tiny_bundle, tmp_path):
     """More data for the patch models leaves the RL and validation volumes as they were."""
     from napari_paser.train.runner import train

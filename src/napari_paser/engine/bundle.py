@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import CLASS_COLORS, CLASS_NAMES, __version__
 from ..errors import PaserInputError
-from .models import PolicyConfig, PolicyNet, UNet, UNetConfig, count_parameters
+from .models import PolicyConfig, PolicyNet, UNet, UNetConfig, count_parameters, with_planes
 
 __all__ = ["Bundle", "BundleError", "load_bundle", "save_bundle", "default_model_configs", "copy_matching_weights"]
 
@@ -72,6 +72,13 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2.1")
         configs["policy"] = PolicyConfig(in_channels=6, width=16, features="v2", f0_features=False, blocks=1, grid_context=True, linear_skip=True)
         return configs
+    if preset == "v2.7":
+        # v2.6's networks with an f0 that reads the 2 planes above and below its slice:
+        # its space-to-depth stem folds them into the first convolution, so they cost
+        # f0 almost nothing (probe_results.md: +0.021 IoU in family).
+        configs = default_model_configs("v2.6")
+        configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "planes": 5})
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -79,7 +86,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:
@@ -87,11 +94,18 @@ def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:
 
     A network is copied whole or not at all: every tensor must exist in both with the
     same shape (a halo or a new head does not change the weights of a UNet; a stem
-    or other widths do). Returns the names of the networks copied.
+    or other widths do). A one-plane UNet is first widened to a destination that reads
+    more planes (:func:`~napari_paser.engine.models.with_planes`). Returns the names of
+    the networks copied.
     """
     copied = []
     for name, model in dst.models().items():
-        mine, theirs = model.state_dict(), getattr(src, name).state_dict()
+        source = getattr(src, name)
+        planes = getattr(model.config, "planes", 1)
+        if planes > 1 and getattr(source.config, "planes", 1) == 1:
+            # A one-plane network warm-starts a reader of more planes (with_planes).
+            source = with_planes(source, planes)
+        mine, theirs = model.state_dict(), source.state_dict()
         if mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine):
             model.load_state_dict(theirs)
             copied.append(name)

@@ -24,6 +24,7 @@ __all__ = [
     "mc_dropout",
     "count_parameters",
     "with_planes",
+    "centre_planes",
 ]
 
 
@@ -387,6 +388,19 @@ def with_planes(model: UNet, planes: int) -> UNet:
     state[key] = w.repeat(1, planes, 1, 1) / planes
     new.load_state_dict(state)
     return new.train(model.training)
+
+
+def centre_planes(x: torch.Tensor, planes: int) -> torch.Tensor:
+    """The ``planes`` centre planes of a stack of planes ``x`` (N, P, rows, columns).
+
+    Training samples carry as many planes as the bundle's widest reader; each network
+    takes the ones it reads (P and ``planes`` odd, the slice itself in the middle).
+    """
+    have = x.shape[1]
+    if planes > have or (have - planes) % 2:
+        raise ValueError(f"cannot take {planes} centre planes of {have}")
+    first = (have - planes) // 2
+    return x if planes == have else x[:, first : first + planes]
 
 
 def count_parameters(model: nn.Module) -> int:

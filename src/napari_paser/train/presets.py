@@ -225,6 +225,16 @@ PRESETS["v2.6"] = PRESETS["v2.5"].replace(
     lam_flops_margin=0.6,
 )
 
+# v2.6 with an f0 that reads 5 planes (arch v2.7): the shipped f0 widened (each plane
+# starts with the centre plane's weights / 5) and trained on for 6 000 steps of the same
+# data; f1 and f2 kept, the policy re-fitted to the new f0 as v2.6's was.
+PRESETS["v2.7"] = PRESETS["v2.6"].replace(
+    preset="v2.7",
+    arch="v2.7",
+    f0_steps=6000,
+    f0_lr=1e-3,
+)
+
 
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""

@@ -18,6 +18,7 @@ import torch
 
 from ..engine.bundle import Bundle
 from ..engine.metrics import dataset_iou_gains
+from ..engine.models import centre_planes
 from ..engine.patches import grid_shape, patch_windows, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 
@@ -68,9 +69,11 @@ def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_patches(model: torch.nn.Module, x: torch.Tensor, patch_size: tuple[int, int], batch: int = 64) -> torch.Tensor:
-    """Argmax of a patch model over the whole patch grid of ``x`` (B, 1, H, W) -> (B, H, W)."""
+    """Argmax of a patch model over the whole patch grid of ``x`` (B, planes, H, W) -> (B, H, W).
+
+    The model reads the centre planes it was built for (all of them for one plane)."""
     gy, gx = grid_shape(x.shape[-2:], patch_size)
-    patches = patch_windows(x, patch_size, model.config.halo)
+    patches = patch_windows(centre_planes(x, model.config.planes), patch_size, model.config.halo)
     out = torch.cat([model(patches[i : i + batch]).argmax(1, keepdim=True) for i in range(0, len(patches), batch)])
     return unpatchify(out, (gy, gx))[:, 0]
 
@@ -145,8 +148,10 @@ def build_reward_cache(
     ----------
     bundle : Bundle
         Models (put in eval mode here).
-    images : Tensor (N, 1, H, W)
-        Normalised slices, already padded to whole patches.
+    images : Tensor (N, planes, H, W)
+        Normalised slices with their neighbouring planes (as many as the bundle's widest
+        reader; one for 2-D bundles), already padded to whole patches. Each network
+        reads its own centre planes; the policy's image channel is the slice.
     labels : Tensor (N, H, W)
     mc_passes : int, optional
         Defaults to ``bundle.mc_passes``.
@@ -161,7 +166,8 @@ def build_reward_cache(
         x = images[s : s + batch].float()
         y = labels[s : s + batch]
         # One seed per slice, as at inference: a slice's result does not depend on its batch.
-        outs = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], passes, slice_seed(seed, first_index + s + i)) for i in range(len(x))]
+        x0 = centre_planes(x, bundle.f0.config.planes)
+        outs = [analyse_slices(bundle.f0, bundle.policy.config, x0[i : i + 1], passes, slice_seed(seed, first_index + s + i)) for i in range(len(x))]
         prob = torch.cat([o[0] for o in outs])
         feats.append(torch.cat([o[2] for o in outs]).half())
         preds = [prob.argmax(1), predict_patches(bundle.f1, x, ps), predict_patches(bundle.f2, x, ps)]

@@ -186,8 +186,11 @@ def train(
         split_names["rl_holdout"] = [v.name for v in held_vols]
     log("split by volume: " + "; ".join(f"{s} {len(v)}" for s, v in split_names.items()))
     ps = bundle.patch_size
+    # Every sample carries the planes of the bundle's widest reader; each network takes
+    # its own centre planes (engine.models.centre_planes).
+    planes = max(m.config.planes for m in bundle.segmenters())
     # The policy is fitted on fit_vols (all the RL split unless some are held out).
-    banks = {s: SliceBank(vols, ps) for s, vols in (("pretrain", parts["pretrain"]), ("rl", fit_vols), ("finetune", parts["finetune"]))}
+    banks = {s: SliceBank(vols, ps, planes) for s, vols in (("pretrain", parts["pretrain"]), ("rl", fit_vols), ("finetune", parts["finetune"]))}
     weights = class_weights(parts["pretrain"])
     ctx = StageContext(cfg=cfg, device=dev, ckpt=ckpt, seed=seed, log=log, progress=progress, class_weights=weights)
     log(f"class weights (pore, carbon-binder, nickel): {[round(float(w), 3) for w in weights]}")
@@ -206,7 +209,7 @@ def train(
             h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
         elif stage == "policy":
             caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
-            holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, ps), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
+            holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, ps, planes), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
             iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
             log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
             if held_vols:
@@ -223,10 +226,10 @@ def train(
     t0 = time.time()
     validation_report = None
     default_lam, rule = bundle.default_lam, "kept from the initial bundle" if init is not None else "preset default"
-    eval_bank = SliceBank(val_vols, ps) if val_vols else None
+    eval_bank = SliceBank(val_vols, ps, planes) if val_vols else None
     if eval_bank is None and init is None:
         # No volume to spare: choose on the RL split (optimistic, recorded as such).
-        eval_bank = SliceBank(parts["rl"], ps) if held_vols else banks["rl"]
+        eval_bank = SliceBank(parts["rl"], ps, planes) if held_vols else banks["rl"]
         rule_suffix = " (on the RL split: no validation volume)"
     else:
         rule_suffix = ""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.bundle import Bundle
+from ..engine.models import centre_planes
 from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 from .augment import AugmentConfig, geometric, intensity
@@ -250,7 +251,7 @@ def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
         x, y = bank.sample_patches(cfg.patch_batch, cfg.augment, g, impulse=True, halo=model.config.halo)
-        x, y = ctx.prepare(x), y.to(ctx.device)
+        x, y = ctx.prepare(centre_planes(x, model.config.planes)), y.to(ctx.device)
         with ctx.autocast():
             out = model(x)
         loss = labelled_cross_entropy(out.float(), y, weight)
@@ -299,9 +300,10 @@ def pretrain_f0(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str =
         if cfg.beta > 0:
             with torch.no_grad(), ctx.autocast():
                 grid = grid_shape(x.shape[-2:], ps)
-                target = unpatchify(f2(ctx.prepare(patch_windows(x, ps, f2.config.halo))).float(), grid)
+                windows = patch_windows(centre_planes(x, f2.config.planes), ps, f2.config.halo)
+                target = unpatchify(f2(ctx.prepare(windows)).float(), grid)
         f0.train()
-        out = f0(x)
+        out = f0(centre_planes(x, f0.config.planes))
         ce = labelled_cross_entropy(out, y, weight)
         loss = ce
         if cfg.beta > 0:
@@ -555,7 +557,8 @@ def finetune_joint(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: st
         b = x.shape[0]
         grid = grid_shape(x.shape[-2:], ps)
         with torch.no_grad():
-            pr = [analyse_slices(f0, policy.config, x[i : i + 1], cfg.mc_passes, slice_seed(ctx.seed + 1, step * b + i)) for i in range(b)]
+            x0 = centre_planes(x, f0.config.planes)
+            pr = [analyse_slices(f0, policy.config, x0[i : i + 1], cfg.mc_passes, slice_seed(ctx.seed + 1, step * b + i)) for i in range(b)]
             prob, feats = torch.cat([p[0] for p in pr]), torch.cat([p[2] for p in pr])
             iou0 = iou_from_confusion(patch_confusion(prob.argmax(1), y, ps))  # (B, GY, GX)
         lam = sample_lambda(b, g, cfg.lam_power).to(ctx.device)
@@ -563,7 +566,7 @@ def finetune_joint(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: st
         gains = policy.gains(feats)
         logits = policy.logits(gains, lam, costs)
         actions = sample_actions(logits, _alpha(cfg.ft_alpha, step, total), g).to(ctx.device)
-        px = {m: patch_windows(x, ps, models[m].config.halo) for m in models}
+        px = {m: patch_windows(centre_planes(x, models[m].config.planes), ps, models[m].config.halo) for m in models}
         py = patchify(y.unsqueeze(1).float(), ps)[:, 0].long()
         flat = actions.reshape(-1)
         delta = torch.zeros(b, 2, *grid, device=ctx.device)
