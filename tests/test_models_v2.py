@@ -380,3 +380,60 @@ def test_early_stopping_survives_an_interrupted_fit(tmp_path):
     assert out["best_step"] == ref["best_step"] and out["holdout_error"] == ref["holdout_error"]
     for name, value in bundle.policy.state_dict().items():
         assert torch.allclose(value, resumed.policy.state_dict()[name]), name
+
+
+def _linear_policy_setup(folder, policy_holdout=0.0):
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.models import PolicyConfig
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext
+
+    configs = tiny_configs(patch_size=(16, 16))
+    configs["policy"] = PolicyConfig(in_channels=6, width=4, features="v2", pool=4, patch_size=(16, 16), grid_context=True, linear_skip=True)
+    bundle = Bundle.from_configs(configs, seed=0)
+    cfg = get_preset("quick").replace(policy_objective="linear", policy_holdout=policy_holdout)
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(folder, {}), seed=0, log=lambda s: None, progress=False)
+    return bundle, ctx
+
+
+def test_linear_policy_is_the_ridge_fit_and_survives_saving(tmp_path):
+    """Gains that are a linear function of a patch mean: the closed-form policy predicts
+    them on unseen features (the network's head adds nothing), and a saved bundle
+    predicts the same."""
+    from napari_paser.engine.bundle import load_bundle, save_bundle
+    from napari_paser.train.stages import train_policy
+
+    bundle, ctx = _linear_policy_setup(tmp_path / "ck")
+    history = train_policy(ctx, bundle, [_GainTable(*_entropy_gains(40, seed=1))])
+    assert min(history["corr_fit"]) > 0.999
+
+    feats, truth = _entropy_gains(16, seed=2)
+    with torch.no_grad():
+        pred = bundle.policy.eval().gains(feats)
+        assert torch.allclose(pred, truth, atol=1e-4)
+        assert float(bundle.policy.head(torch.randn(2, 8, 2, 2)).abs().max()) == 0.0
+    save_bundle(bundle, tmp_path / "b")
+    with torch.no_grad():
+        again = load_bundle(tmp_path / "b").policy.eval().gains(feats)
+    assert torch.allclose(again, pred, atol=1e-6)
+
+
+def test_linear_policy_chooses_its_penalty_on_held_out_volumes(tmp_path):
+    """Few noisy examples: the penalty kept is the one with the lowest error on the held-out
+    volumes, and the policy predicts with it."""
+    from napari_paser.train.linear_policy import fit_ridge, held_out_error, patch_table
+    from napari_paser.train.stages import train_policy
+
+    bundle, ctx = _linear_policy_setup(tmp_path / "ck", policy_holdout=0.5)
+    fit, held = _noise_table(6, seed=1), _noise_table(32, seed=2)
+    history = train_policy(ctx, bundle, [fit], holdout=[held])
+    penalties, errors = zip(*history["penalty_errors"])
+    assert history["penalty"] == penalties[int(np.argmin(errors))]
+    assert history["penalty"] > 0  # 24 noisy patches for 7 coefficients: an unpenalised fit memorises them
+    x, y = patch_table(bundle.policy, [fit], "dataset_iou")
+    xh, yh = patch_table(bundle.policy, [held], "dataset_iou")
+    assert held_out_error(fit_ridge(x, y, history["penalty"]), [(xh, yh)]) < held_out_error(fit_ridge(x, y, 0.0), [(xh, yh)])
+    with torch.no_grad():
+        pred = bundle.policy.eval().gains(held.features).permute(0, 2, 3, 1).reshape(-1, 2).double().numpy()
+    assert float(((pred - yh) ** 2).mean()) == pytest.approx(min(errors), rel=1e-3)

@@ -52,11 +52,12 @@ class TrainConfig:
     # How the policy learns: "reinforce" (the paper's, sampled actions) or "regression"
     # (every model's gain is cached for every patch, so the best λ-conditioned router is
     # the best gain predictor: mean squared error on the gains, early-stopped on held-out
-    # volumes).
+    # volumes), or "linear" (a ridge regression of the gains on the patch means of the
+    # policy's inputs, closed form, in the policy's linear skip).
     policy_objective: str = "reinforce"
-    # Regression only: share of the RL volumes held out of the fit; the policy keeps the
-    # weights with the lowest error on them, measured every ``policy_eval_every`` steps
-    # (0: no hold-out, all ``policy_steps`` on every RL volume).
+    # Regression and linear: share of the RL volumes held out of the fit; the policy
+    # keeps the weights (regression, measured every ``policy_eval_every`` steps) or the
+    # ridge penalty (linear) with the lowest error on them (0: no hold-out).
     policy_holdout: float = 0.0
     policy_eval_every: int = 100
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
@@ -235,6 +236,16 @@ PRESETS["v2.7"] = PRESETS["v2.6"].replace(
     f0_lr=1e-3,
 )
 
+
+# v2.7's networks (all kept) with the policy fitted in closed form: a ridge regression
+# of the gains on the patch means of its 6 input channels (f0's probabilities and
+# entropy, the image's mean and local spread), the penalty chosen on the held-out RL
+# volumes. Same RL volumes and reward caches as v2.7; a few minutes once they exist.
+PRESETS["v2.8"] = PRESETS["v2.7"].replace(
+    preset="v2.8",
+    f0_steps=0,
+    policy_objective="linear",
+)
 
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""

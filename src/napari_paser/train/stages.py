@@ -32,6 +32,7 @@ from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
+from .linear_policy import fit_linear_policy
 from .datasets import IGNORE, SliceBank
 from .presets import TrainConfig
 from .rewards import (
@@ -444,7 +445,10 @@ def train_policy(
     at once is the one whose gains are closest to the truth. ``"reinforce"`` (the paper's):
     each example draws its own λ (``u**lam_power``), actions follow the policy with
     probability α (rising 0.7 → 0.95) and are uniform otherwise; the loss has the
-    expected-reward baseline and gain regression of :func:`reinforce_loss`.
+    expected-reward baseline and gain regression of :func:`reinforce_loss`. ``"linear"``:
+    a ridge regression of the gains on the patch means of the policy's inputs, in
+    closed form, written into its linear skip (:mod:`.linear_policy`); the penalty is
+    chosen on ``holdout``.
 
     Parameters
     ----------
@@ -458,10 +462,11 @@ def train_policy(
     stop : callable, optional
         Early stopping, passed to :func:`run_loop`.
     holdout : list of RewardCache, optional
-        Regression only: caches of volumes the fit does not see. Every
+        Regression: caches of volumes the fit does not see. Every
         ``cfg.policy_eval_every`` steps the error on them is measured, and the policy
         ends with the weights that had the lowest (early stopping: a regression over
-        a few volumes memorises them within a few hundred steps).
+        a few volumes memorises them within a few hundred steps). Linear: they choose
+        the ridge penalty.
     """
     cfg = ctx.cfg
     g = ctx.generator(stage)
@@ -470,8 +475,13 @@ def train_policy(
     sizes = torch.tensor([len(c) for c in caches], dtype=torch.float)
     deltas = [c.gain_target(cfg.reward) for c in caches]
     total = ctx.steps(cfg.policy_steps, int(sizes.sum()), cfg.policy_batch)
-    if cfg.policy_objective not in ("reinforce", "regression"):
-        raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce' or 'regression'")
+    if cfg.policy_objective not in ("reinforce", "regression", "linear"):
+        raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression' or 'linear'")
+    if cfg.policy_objective == "linear":
+        history = fit_linear_policy(policy, caches, cfg.reward, holdout)
+        ctx.log(f"[{stage}] ridge on the patch means, penalty {history['penalty']:g}; r with the true gains (f1, f2): "
+                f"fit {history['corr_fit']}, held out {history.get('corr_holdout', 'none')}")
+        return history
     regression = cfg.policy_objective == "regression"
     if regression:  # gains standardised per model, so f1's and f2's weigh alike
         flat = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1)
