@@ -64,7 +64,7 @@ def load_any_bundle() -> tuple[Bundle, str]:
 
 def precision_table(bundle: Bundle, seg: PaserSegmenter) -> list[dict]:
     """Time and fp32 argmax agreement of channels_last / bf16 for f0 MC and f1/f2 patch batches."""
-    x = torch.from_numpy(seg._input(0))[None, None]
+    x = torch.from_numpy(seg._planes(0, bundle.f0.config.planes))[None]  # the planes f0 reads
     cells = [(z, gy, gx) for z in range(2) for gy in range(seg.grid[0]) for gx in range(seg.grid[1])][:DEFAULT_BATCH_SIZE]
     rows = []
     for name in ("f0", "f1", "f2"):
@@ -107,7 +107,7 @@ def batch_table(bundle: Bundle, seg: PaserSegmenter, n: int = 32) -> list[dict]:
     for name in ("f1", "f2"):
         net = getattr(bundle, name)
         h = net.config.halo
-        patches = torch.rand(n, 1, ph + 2 * h, pw + 2 * h)
+        patches = torch.rand(n, net.config.planes, ph + 2 * h, pw + 2 * h)
         net.to(memory_format=torch.channels_last)
         for bs in (1, 8, 16, 32):
             def call(net=net, bs=bs):
@@ -123,7 +123,7 @@ def batch_table(bundle: Bundle, seg: PaserSegmenter, n: int = 32) -> list[dict]:
 def mc_comparison(bundle: Bundle, seg: PaserSegmenter, slices: int = 8) -> dict:
     """Shared encoder vs ``passes`` full forwards, with the same dropout masks."""
     f0, passes = bundle.f0, seg.mc_passes
-    xs = [torch.from_numpy(seg._input(z))[None, None] for z in range(slices)]
+    xs = [torch.from_numpy(seg._planes(z, f0.config.planes))[None] for z in range(slices)]
 
     def naive(x, z):
         # passes full forwards in one batch: the decoder draws exactly the masks that

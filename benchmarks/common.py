@@ -234,7 +234,7 @@ def patch_confusion_np(pred: np.ndarray, truth: np.ndarray, patch_size, num_clas
 @torch.no_grad()
 def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray:
     """Mean pixel CE per patch (3, GY, GX) of f0 (MC mean, same seed as the engine), f1, f2."""
-    x = torch.from_numpy(seg._input(z))[None, None]
+    x = torch.from_numpy(seg._planes(z, seg.bundle.f0.config.planes))[None]  # the planes f0 reads
     ps = seg.patch_size
     y = torch.from_numpy(truth.astype(np.int64))
     prob0, _ = mc_predict(seg.bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, z))
