@@ -1,0 +1,55 @@
+"""Which of two bundles routes better on development volumes? (issue 11)
+
+Chooses between bundles that differ in their routing policy before the test sets are
+run: development volumes no test set shares (in family: seeds 8001-8004 of the first
+generator; out of family: 9201-9204 of ``--distribution oof``), 8 slices each, scored
+with the benchmark's patch tables. For each bundle it prints f0 / f1 / f2 everywhere,
+PaSeR at the bundle's default λ (IoU, × f2's IoU, × f2's GFLOPs), PaSeR's best IoU
+within f1 everywhere's GFLOPs and seconds over the λ grid, and the Pearson r of the
+policy's predicted gains and of f0's patch entropy with the true per-patch gains.
+
+    python benchmarks/probe_policy_choice.py runs/paser-synth-v2.7 runs/paser-synth-v2.8
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from bench_testsets import _lam_grid, gain_correlations
+from common import build_table, make_volumes
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.registry import resolve_bundle
+
+DEVELOPMENT = {"in-family development": ("v1", (8001, 8002, 8003, 8004)), "out-of-family development": ("oof", (9201, 9202, 9203, 9204))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundles", nargs="+", help="bundle names or folders")
+    p.add_argument("--slices", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    for name, (distribution, seeds) in DEVELOPMENT.items():
+        volumes = make_volumes(seeds, args.slices, distribution=distribution)
+        for ref in args.bundles:
+            bundle = load_bundle(resolve_bundle(ref)).eval()
+            table = build_table(volumes, bundle, seed=0)
+            f0, f1, f2 = (table.score(table.constant(i), m) for i, m in enumerate(("f0", "f1", "f2")))
+            lam = float(bundle.default_lam)
+            paser = table.score(table.paser(lam), "paser")
+            sweep = [table.score(table.paser(float(x)), "paser") for x in _lam_grid()]
+            within = [s for s in sweep if s["gflops"] <= f1["gflops"] and s["seconds"] <= f1["seconds"]]
+            best = max((s["mean_iou"] for s in within), default=float("nan"))
+            r = gain_correlations(table)
+            print(f"{name}, {bundle.name}: f0 / f1 / f2 {f0['mean_iou']:.4f} / {f1['mean_iou']:.4f} / {f2['mean_iou']:.4f}; "
+                  f"PaSeR at λ {lam:.3f} {paser['mean_iou']:.4f} ({paser['mean_iou'] / f2['mean_iou']:.4f} × f2) at "
+                  f"{paser['gflops'] / f2['gflops']:.3f} × its GFLOPs; best within f1's cost {best:.4f}; r with the true gains "
+                  f"(f1 / f2): policy {r['f1']['policy']:.3f} / {r['f2']['policy']:.3f}, f0 entropy "
+                  f"{r['f1']['f0_entropy']:.3f} / {r['f2']['f0_entropy']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
