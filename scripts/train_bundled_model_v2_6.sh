@@ -14,8 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA_RL=data/synth_rl_extra
-napari-paser synth --out "$EXTRA_RL" --volumes 15 --slices 16 --seed 4040 --distribution v2 --name rla --resume
-napari-paser synth --out "$EXTRA_RL" --volumes 9 --slices 16 --seed 4242 --distribution v2 --name rlb --resume
-napari-paser synth --out "$EXTRA_RL" --volumes 6 --slices 16 --seed 4141 --distribution v1 --name rlv1_ --resume
+bash scripts/synth_rl_extra_data.sh "$EXTRA_RL"
 EXTRA_RL=$EXTRA_RL exec bash scripts/train_v2_bundle.sh paser-synth-v2.6 v2.6 src/napari_paser/models/paser-synth-v2.5 2.6.0 \
     "PaSeR v2.6: paser-synth-v2.5's f0, f1 and f2 with a routing policy that generalises: it reads f0's output statistics, not its feature maps, is fitted on 40 RL volumes instead of 10, and stops early on held-out ones"

@@ -11,8 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA_RL=data/synth_rl_extra
-napari-paser synth --out "$EXTRA_RL" --volumes 15 --slices 16 --seed 4040 --distribution v2 --name rla --resume
-napari-paser synth --out "$EXTRA_RL" --volumes 9 --slices 16 --seed 4242 --distribution v2 --name rlb --resume
-napari-paser synth --out "$EXTRA_RL" --volumes 6 --slices 16 --seed 4141 --distribution v1 --name rlv1_ --resume
+bash scripts/synth_rl_extra_data.sh "$EXTRA_RL"
 EXTRA_RL=$EXTRA_RL exec bash scripts/train_v2_bundle.sh paser-synth-v2.7 v2.7 src/napari_paser/models/paser-synth-v2.6 2.7.0 \
     "PaSeR v2.7: paser-synth-v2.6's f1 and f2 with an f0 that reads the 2 planes above and below its slice (widened from v2.6's f0 and trained on), and the routing policy re-fitted to it"
