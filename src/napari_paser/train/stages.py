@@ -32,8 +32,8 @@ from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
-from .linear_policy import fit_linear_policy
 from .datasets import IGNORE, SliceBank
+from .linear_policy import fit_linear_policy
 from .presets import TrainConfig
 from .rewards import (
     RewardCache,
