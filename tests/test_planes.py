@@ -57,20 +57,23 @@ def test_engine_feeds_the_neighbouring_planes(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def looks_back():
-    """The default bundle with f0, f1 and f2 widened to 3 planes and then made to read only
-    the plane before each slice: any plane taken from the wrong place changes the labels."""
+    """The default bundle with f0, f1 and f2 reading 5 planes (widened where they read one)
+    and then made to read only the plane before each slice: any plane taken from the wrong
+    place changes the labels."""
     from pathlib import Path
 
     from napari_paser import io
     from napari_paser.engine import load_bundle, resolve_bundle
 
-    bundle = _widened(load_bundle(resolve_bundle()))
+    planes = 5
+    bundle = _widened(load_bundle(resolve_bundle()), planes)
     with torch.no_grad():
         for m in bundle.segmenters():
-            w = m.inc[0].weight
-            per_plane = w.shape[1] // 3
-            w[:, :per_plane] = 3 * w[:, per_plane : 2 * per_plane]
-            w[:, per_plane:] = 0
+            w = m.inc[0].weight  # (out, planes * per_plane, k, k), planes outermost
+            blocks = w.reshape(w.shape[0], planes, -1, *w.shape[2:])
+            summed = blocks.sum(1)  # what the network applies to a stack of equal planes
+            blocks.zero_()
+            blocks[:, planes // 2 - 1] = summed
     image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
     return bundle, np.ascontiguousarray(image[:6, 56:168, 64:192])
 
