@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.uncertainty import ENTROPY_CHANNEL
-from napari_paser.train.linear_policy import choose_ridge
+from napari_paser.train.linear_policy import choose_ridge, patch_table
 from napari_paser.train.rewards import RewardCache
 
 
@@ -38,26 +38,18 @@ def load_caches(path: Path) -> list[RewardCache]:
 
 
 @torch.no_grad()
-def patch_statistics(policy, features: torch.Tensor, extended: bool) -> np.ndarray:
-    """(patches, k) statistics of each patch of the policy's input: channel means, and
-    with ``extended`` also their within-patch standard deviation and maximum."""
+def spread_and_maxima(policy, features: torch.Tensor) -> np.ndarray:
+    """(patches, 2C) within-patch standard deviation and maximum of each input channel,
+    rows in the order of :func:`~napari_paser.train.linear_policy.patch_table`."""
     out = []
     cells = policy._patch_cells()
     for i in range(0, len(features), 64):
         x = policy._grid_inputs(features[i : i + 64].float())
         mean = F.avg_pool2d(x, cells)
-        parts = [mean]
-        if extended:
-            sq = F.avg_pool2d(x * x, cells)
-            parts += [(sq - mean * mean).clamp_min(0).sqrt(), F.max_pool2d(x, cells)]
-        s = torch.cat(parts, 1)
+        sd = (F.avg_pool2d(x * x, cells) - mean * mean).clamp_min(0).sqrt()
+        s = torch.cat([sd, F.max_pool2d(x, cells)], 1)
         out.append(s.permute(0, 2, 3, 1).reshape(-1, s.shape[1]))
     return torch.cat(out).double().numpy()
-
-
-def gains_of(caches: list[RewardCache], reward: str) -> list[np.ndarray]:
-    """(patches, 2) true gains of f1 and f2 per cache, patch order as patch_statistics."""
-    return [c.gain_target(reward).permute(0, 2, 3, 1).reshape(-1, 2).double().numpy() for c in caches]
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,18 +74,25 @@ def main() -> None:
     fit = load_caches(run / "checkpoints" / "rewards-rl.pt")
     held = load_caches(run / "checkpoints" / "rewards-rl-holdout.pt")
     print(f"run {run}: fit {sum(len(c) for c in fit)} slices, held out {sum(len(c) for c in held)} slices", flush=True)
-    truth_fit, truth_held = gains_of(fit, args.reward), gains_of(held, args.reward)
+    # Patch means of the policy's inputs (what the linear skip reads) and the true gains, per cache.
+    fit_tables = [patch_table(policy, [c], args.reward) for c in fit]
+    held_tables = [patch_table(policy, [c], args.reward) for c in held]
+    truth_held = [y for _, y in held_tables]
     print(f"{'predictor (held-out RL volumes)':<58} {'corr f1':>7} {'corr f2':>7}   within caches f1 / f2")
     with torch.no_grad():
         trained = [torch.cat([policy.gains(c.features[i : i + 64].float()) for i in range(0, len(c), 64)])
                    .permute(0, 2, 3, 1).reshape(-1, 2).double().numpy() for c in held]
     report("the run's trained policy", trained, truth_held)
-    ent = [np.repeat(patch_statistics(policy, c.features, False)[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1], 2, 1) for c in held]
+    ent = [np.repeat(x[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1], 2, 1) for x, _ in held_tables]
     report("f0's mean patch entropy", ent, truth_held)
     for extended, label in ((False, "channel means (the linear skip's inputs)"), (True, "means, sds and maxima")):
-        xf = np.concatenate([patch_statistics(policy, c.features, extended) for c in fit])
-        yf = np.concatenate(truth_fit)
-        xh = [patch_statistics(policy, c.features, extended) for c in held]
+        def inputs(tables, caches):
+            if not extended:
+                return [x for x, _ in tables]
+            return [np.concatenate([x, spread_and_maxima(policy, c.features)], 1) for (x, _), c in zip(tables, caches)]
+
+        xf, yf = np.concatenate(inputs(fit_tables, fit)), np.concatenate([y for _, y in fit_tables])
+        xh = inputs(held_tables, held)
         model, _ = choose_ridge((xf, yf), list(zip(xh, truth_held)))
         report(f"ridge on {label}, penalty {model.penalty:g}", [model.predict(x) for x in xh], truth_held)
         train_fit = model.predict(xf)

@@ -471,17 +471,17 @@ def train_policy(
     cfg = ctx.cfg
     g = ctx.generator(stage)
     policy = (bundle.policy if policy is None else policy).to(ctx.device)
-    costs = bundle.costs().to(ctx.device)
-    sizes = torch.tensor([len(c) for c in caches], dtype=torch.float)
-    deltas = [c.gain_target(cfg.reward) for c in caches]
-    total = ctx.steps(cfg.policy_steps, int(sizes.sum()), cfg.policy_batch)
     if cfg.policy_objective not in ("reinforce", "regression", "linear"):
         raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression' or 'linear'")
-    if cfg.policy_objective == "linear":
+    if cfg.policy_objective == "linear":  # closed form: no steps, so none of the loop's set-up below
         history = fit_linear_policy(policy, caches, cfg.reward, holdout)
         ctx.log(f"[{stage}] ridge on the patch means, penalty {history['penalty']:g}; r with the true gains (f1, f2): "
                 f"fit {history['corr_fit']}, held out {history.get('corr_holdout', 'none')}")
         return history
+    costs = bundle.costs().to(ctx.device)
+    sizes = torch.tensor([len(c) for c in caches], dtype=torch.float)
+    deltas = [c.gain_target(cfg.reward) for c in caches]
+    total = ctx.steps(cfg.policy_steps, int(sizes.sum()), cfg.policy_batch)
     regression = cfg.policy_objective == "regression"
     if regression:  # gains standardised per model, so f1's and f2's weigh alike
         flat = torch.cat([d.transpose(0, 1).reshape(d.shape[1], -1) for d in deltas], 1)
