@@ -80,6 +80,13 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2.6")
         configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "planes": 5})
         return configs
+    if preset == "v2.9":
+        # v2.7's networks with a dense policy: the gain of every 4x4-pixel cell from f0's
+        # probabilities and entropy (train.dense_policy), a patch's gain the mean of its
+        # cells'.
+        configs = default_model_configs("v2.7")
+        configs["policy"] = PolicyConfig(in_channels=6, width=32, features="v2", f0_features=False, head="dense", dense_inputs=4, dense_layers=3)
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -87,7 +94,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "iou_per_gflop", "evaluate", "dataset_iou_gains"]
+__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "iou_per_gflop", "evaluate", "dataset_iou_gains", "dataset_iou_weights"]
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int = 3) -> np.ndarray:
@@ -51,6 +51,33 @@ def mean_iou(pred_or_cm: np.ndarray, truth: np.ndarray | None = None, num_classe
     return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
 
 
+def dataset_iou_weights(pooled: np.ndarray) -> np.ndarray:
+    """First-order change of the mean IoU of confusion ``pooled`` per pixel added to each entry.
+
+    Parameters
+    ----------
+    pooled : array (C, C)
+        The confusion matrix the derivative is taken at (rows truth, columns prediction).
+
+    Returns
+    -------
+    array (C, C)
+        Entry (t, p): the change of the mean IoU when one pixel of truth t predicted as p
+        is added. With intersection I_c and union U_c, such a pixel changes them by dI_c,
+        dU_c and the mean IoU by about ``mean_c (dI_c - IoU_c dU_c) / U_c``. Moving a
+        pixel from one prediction to another changes the mean IoU by the difference of
+        two entries, so a router's gain is linear in the pixels it changes.
+    """
+    pooled = np.asarray(pooled, dtype=np.float64)
+    c = pooled.shape[0]
+    inter = np.diag(pooled)
+    union = np.maximum(pooled.sum(0) + pooled.sum(1) - inter, 1.0)
+    eye = np.eye(c)
+    d_inter = eye[:, :, None] * eye[:, None, :]  # (t, p, class): t == p == class
+    d_union = eye[:, None, :] + eye[None, :, :] - d_inter  # t == class or p == class
+    return ((d_inter - (inter / union) * d_union) / union).mean(-1)
+
+
 def dataset_iou_gains(conf: np.ndarray) -> np.ndarray:
     """First-order change of the dataset mean IoU when one patch moves from f0 to f1 / f2.
 
@@ -64,17 +91,13 @@ def dataset_iou_gains(conf: np.ndarray) -> np.ndarray:
     array (N, 2, GY, GX)
         With f0 everywhere, class c has intersection I_c and union U_c over all patches;
         a patch changes them by dI_c, dU_c and the mean IoU by about
-        ``mean_c (dI_c - IoU_c dU_c) / U_c``. This is the gain a router should learn
-        (what users measure is the volume's IoU) and what oracle routing uses.
+        ``mean_c (dI_c - IoU_c dU_c) / U_c`` (:func:`dataset_iou_weights`). This is the
+        gain a router should learn (what users measure is the volume's IoU) and what
+        oracle routing uses.
     """
     conf = np.asarray(conf, dtype=np.float64)
-    pooled = conf[:, 0].sum((0, 1, 2))
-    inter = np.diag(pooled)
-    union = np.maximum(pooled.sum(0) + pooled.sum(1) - inter, 1.0)
-    diff = conf[:, 1:] - conf[:, :1]
-    d_inter = np.diagonal(diff, axis1=-2, axis2=-1)
-    d_union = diff.sum(-1) + diff.sum(-2) - d_inter
-    return ((d_inter - inter / union * d_union) / union).mean(-1)
+    weights = dataset_iou_weights(conf[:, 0].sum((0, 1, 2)))
+    return np.einsum("ngyxtp,tp->ngyx", conf[:, 1:] - conf[:, :1], weights)
 
 
 def iou_per_gflop(iou: float, gflops: float) -> float:

@@ -251,6 +251,15 @@ class PolicyConfig:
     ``temperature * ((1 - lam) * gain - lam * cost)``, so one network serves every
     λ and the chosen model's cost can only fall as λ rises. ``linear_skip`` adds a
     linear model of the patch-mean inputs to the predicted gains.
+
+    ``head="dense"`` replaces the network over the patch grid by a small convolutional
+    network that predicts the gain of every cell of the pooled grid (``pool`` x ``pool``
+    pixels) from the first ``dense_inputs`` input channels (4: f0's mean softmax and
+    entropy, which do not move with a scan's grey levels); a patch's gain is the mean of
+    its cells' gains. It is fitted on per-cell gains (:mod:`napari_paser.train.dense_policy`):
+    a 56x64-pixel patch gives it 224 targets instead of one, so it learns from a few
+    dozen volumes what a patch-level network memorises. ``width`` and ``dense_layers``
+    size it.
     """
 
     in_channels: int = 5
@@ -263,6 +272,9 @@ class PolicyConfig:
     grid_context: bool = False
     linear_skip: bool = False
     f0_features: bool = True
+    head: str = "patch"
+    dense_inputs: int = 4
+    dense_layers: int = 3
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -295,8 +307,16 @@ class PolicyNet(nn.Module):
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
+        if config.head not in ("patch", "dense"):
+            raise ValueError(f"unknown policy head {config.head!r}; choose 'patch' or 'dense'")
         self.config = config
         w = config.width
+        self.skip = self._linear_skip(config)
+        # Sharpness of the routing distribution, learned by REINFORCE.
+        self.log_temperature = nn.Parameter(torch.tensor(2.0))
+        if config.head == "dense":
+            self.dense = self._dense_network(config)
+            return
         self.stem = nn.Sequential(
             nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False),
             nn.BatchNorm2d(w),
@@ -310,17 +330,31 @@ class PolicyNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(w, config.num_models - 1, 1),
         )
+
+    @staticmethod
+    def _linear_skip(config: PolicyConfig) -> nn.Sequential | None:
         # A linear model of the patch-mean inputs (f0's entropy and probabilities among
         # them) added to the network's output: the policy starts from what entropy alone
         # predicts and the network learns the rest.
         # Batch norm puts the inputs on one scale (in eval mode it is a fixed affine map).
-        self.skip = (
-            nn.Sequential(nn.BatchNorm2d(config.in_channels), nn.Conv2d(config.in_channels, config.num_models - 1, 1))
-            if config.linear_skip
-            else None
-        )
-        # Sharpness of the routing distribution, learned by REINFORCE.
-        self.log_temperature = nn.Parameter(torch.tensor(2.0))
+        if not config.linear_skip:
+            return None
+        return nn.Sequential(nn.BatchNorm2d(config.in_channels), nn.Conv2d(config.in_channels, config.num_models - 1, 1))
+
+    @staticmethod
+    def _dense_network(config: PolicyConfig) -> nn.Sequential:
+        # Batch norm first: the inputs' fixed standardisation (set when fitted).
+        c, w = config.dense_inputs, config.width
+        layers: list[nn.Module] = [nn.BatchNorm2d(c)]
+        for i in range(config.dense_layers):
+            layers += [nn.Conv2d(c if i == 0 else w, w, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(w, config.num_models - 1, 1))
+        return nn.Sequential(*layers)
+
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        """The last convolution of the network path (zeroed to leave the linear skip alone)."""
+        return self.dense[-1] if self.config.head == "dense" else self.head[-1]
 
     def _grid_inputs(self, features: torch.Tensor) -> torch.Tensor:
         # v2 features arrive pooled already (see policy_features).
@@ -335,12 +369,37 @@ class PolicyNet(nn.Module):
         skip reads."""
         return F.avg_pool2d(self._grid_inputs(features), self._patch_cells())
 
+    @torch.no_grad()
+    def rescale_gains_(self, scale: torch.Tensor, mean: torch.Tensor) -> None:
+        """Make :meth:`gains` return ``scale * gains + mean`` (per model) from now on.
+
+        A policy is fitted on standardised gains (order one, where Adam's step size
+        suits); the layers that write the gains (the network's last convolution and the
+        linear skip) are linear, so the standardisation folds into their weights exactly.
+        """
+        layers = [self.output_layer] + ([self.skip[-1]] if self.skip is not None else [])
+        for i, layer in enumerate(layers):
+            layer.weight.mul_(scale.view(-1, 1, 1, 1).to(layer.weight))
+            layer.bias.mul_(scale.to(layer.bias))
+            if i == 0:
+                layer.bias.add_(mean.to(layer.bias))
+
+    def cell_gains(self, features: torch.Tensor) -> torch.Tensor:
+        """Dense head: the predicted gain (B, num_models - 1, rows / pool, columns / pool)
+        of every cell of the pooled grid."""
+        if self.config.head != "dense":
+            raise ValueError("only a dense policy predicts the gains of cells")
+        return self.dense(self._grid_inputs(features)[:, : self.config.dense_inputs])
+
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         inputs = self._grid_inputs(features)
-        x = self.block(self.stem(inputs))
         k = self._patch_cells()
-        pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)
-        gains = self.head(pooled)
+        if self.config.head == "dense":
+            gains = F.avg_pool2d(self.cell_gains(features), k)
+        else:
+            x = self.block(self.stem(inputs))
+            pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)
+            gains = self.head(pooled)
         if self.skip is not None:
             gains = gains + self.skip(F.avg_pool2d(inputs, k))
         return gains

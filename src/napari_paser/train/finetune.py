@@ -519,7 +519,7 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
         policy.config.linear_skip = True
         c = policy.config.in_channels
         policy.skip = nn.Sequential(nn.BatchNorm2d(c), nn.Conv2d(c, policy.config.num_models - 1, 1)).eval()
-    last = policy.head[-1]
+    last = policy.output_layer
     last.weight.zero_()
     last.bias.zero_()
     bn, conv = policy.skip
@@ -549,7 +549,7 @@ def _shift_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndar
     is the adapted networks' measured mean gain there (the trained ranking is kept)."""
     pred = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
     shift = _measured_gains(confs) - pred.mean(0)
-    head = bundle.policy.head[-1]
+    head = bundle.policy.output_layer
     head.bias.add_(torch.as_tensor(shift, dtype=head.bias.dtype))
     return {"rule": "shift", "shift": [round(float(v), 6) for v in shift]}
 

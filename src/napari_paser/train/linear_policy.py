@@ -112,7 +112,7 @@ def write_linear_policy(policy: nn.Module, fit: RidgeFit) -> None:
     norm.bias.zero_()
     conv.weight.copy_(torch.as_tensor(fit.coef.T, dtype=dtype).reshape(conv.weight.shape))
     conv.bias.copy_(torch.as_tensor(fit.intercept, dtype=dtype))
-    last = policy.head[-1]
+    last = policy.output_layer
     last.weight.zero_()
     last.bias.zero_()
 

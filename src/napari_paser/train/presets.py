@@ -53,11 +53,13 @@ class TrainConfig:
     # (every model's gain is cached for every patch, so the best λ-conditioned router is
     # the best gain predictor: mean squared error on the gains, early-stopped on held-out
     # volumes), or "linear" (a ridge regression of the gains on the patch means of the
-    # policy's inputs, closed form, in the policy's linear skip).
+    # policy's inputs, closed form, in the policy's linear skip), or "dense" (a policy
+    # with a dense head fitted on the gains of the cells of its pooled grid).
     policy_objective: str = "reinforce"
-    # Regression and linear: share of the RL volumes held out of the fit; the policy
-    # keeps the weights (regression, measured every ``policy_eval_every`` steps) or the
-    # ridge penalty (linear) with the lowest error on them (0: no hold-out).
+    # Regression, linear and dense: share of the RL volumes held out of the fit; the
+    # policy keeps the weights (regression, measured every ``policy_eval_every`` steps;
+    # dense: the best correlation of its gains with the true ones) or the ridge penalty
+    # (linear) with the lowest error on them (0: no hold-out).
     policy_holdout: float = 0.0
     policy_eval_every: int = 100
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
@@ -246,6 +248,21 @@ PRESETS["v2.8"] = PRESETS["v2.7"].replace(
     f0_steps=0,
     policy_objective="linear",
 )
+
+# v2.7's networks (all kept) with a dense policy (arch v2.9): a small convolutional
+# network predicts the gain of every 4x4-pixel cell from f0's probabilities and entropy,
+# fitted on the cells' gains (224 targets per patch) with early stopping on the held-out
+# RL volumes. The reward caches are rebuilt (they hold the cells' confusions).
+PRESETS["v2.9"] = PRESETS["v2.8"].replace(
+    preset="v2.9",
+    arch="v2.9",
+    policy_objective="dense",
+    policy_steps=3000,
+    policy_batch=16,
+    policy_lr=2e-3,
+    policy_eval_every=250,
+)
+
 
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""

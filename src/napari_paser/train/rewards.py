@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.bundle import Bundle
-from ..engine.metrics import dataset_iou_gains
+from ..engine.metrics import dataset_iou_gains, dataset_iou_weights
 from ..engine.models import centre_planes
 from ..engine.patches import grid_shape, patch_windows, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 
 __all__ = [
     "patch_confusion",
+    "cell_confusion",
     "iou_from_confusion",
     "RewardCache",
     "predict_patches",
@@ -57,6 +58,22 @@ def patch_confusion(pred: torch.Tensor, truth: torch.Tensor, patch_size: tuple[i
     return counts.view(b, gy, gx, num_classes, num_classes)
 
 
+def cell_confusion(pred: torch.Tensor, truth: torch.Tensor, cell: int, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Confusion counts of every ``cell`` x ``cell`` block: (B, C * C, H / cell, W / cell), uint8.
+
+    Channel ``t * C + p`` counts the block's pixels of truth t predicted as p; truth
+    values of ``num_classes`` or more (padding) are not counted. ``cell`` is at most 15
+    (counts fit a byte).
+    """
+    if cell > 15:
+        raise ValueError("cells of more than 15 x 15 pixels overflow a byte")
+    code = truth.long() * num_classes + pred.long()
+    code = torch.where(truth.long() < num_classes, code, torch.full_like(code, num_classes**2))
+    onehot = torch.nn.functional.one_hot(code, num_classes**2 + 1)[..., : num_classes**2]
+    counts = torch.nn.functional.avg_pool2d(onehot.permute(0, 3, 1, 2).float(), cell, divisor_override=1)
+    return counts.round().to(torch.uint8)
+
+
 def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
     """Macro IoU over classes present in truth or prediction, from (..., C, C) confusions."""
     conf = conf.double()
@@ -88,10 +105,14 @@ class RewardCache:
         Policy input (f0 mean softmax, entropy, image); half precision saves memory.
     conf : Tensor (N, 3, GY, GX, C, C) int32
         Per-patch confusion of f0 (MC mean argmax), f1 and f2 against the truth.
+    cells : Tensor (N, 3, C * C, rows / pool, columns / pool) uint8, optional
+        The same counts per cell of the policy's pooled grid (:func:`cell_confusion`);
+        kept for a dense policy only, which is fitted on the gains of cells.
     """
 
     features: torch.Tensor
     conf: torch.Tensor
+    cells: torch.Tensor | None = None
 
     @property
     def iou(self) -> torch.Tensor:
@@ -118,6 +139,22 @@ class RewardCache:
         n, _, gy, gx = self.conf.shape[:4]
         gain = dataset_iou_gains(self.conf.numpy())
         return torch.from_numpy(gain * (n * gy * gx)).float()
+
+    def cell_gain(self) -> torch.Tensor:
+        """First-order gain in dataset mean IoU (N, 2, rows / pool, columns / pool) of
+        sending the pixels of one cell to f1 / f2, on the scale of :meth:`dataset_gain`.
+
+        Taken at the same point (f0's totals over these slices) and multiplied by the
+        number of cells per patch, so a patch's :meth:`dataset_gain` is the mean of its
+        cells' gains.
+        """
+        if self.cells is None:
+            raise ValueError("this reward cache holds no cell confusions (built for a patch-level policy)")
+        n, _, gy, gx, c, _ = self.conf.shape
+        weights = torch.from_numpy(dataset_iou_weights(self.conf[:, 0].sum((0, 1, 2)).numpy()).reshape(-1)).float()
+        cells_per_patch = self.cells.shape[-2] * self.cells.shape[-1] / (gy * gx)
+        per_model = torch.einsum("nmkyx,k->nmyx", self.cells.float(), weights)
+        return (per_model[:, 1:] - per_model[:, :1]) * (n * gy * gx * cells_per_patch)
 
     def gain_target(self, kind: str) -> torch.Tensor:
         """The reward gains the policy learns: ``patch_iou`` (:attr:`delta`) or ``dataset_iou``."""
@@ -157,11 +194,14 @@ def build_reward_cache(
         Defaults to ``bundle.mc_passes``.
     seed : int
         Dropout seed; slice ``i`` uses :func:`slice_seed` ``(seed, first_index + i)``.
+
+    A dense policy's cache also holds the confusion of every cell of its pooled grid.
     """
     bundle.eval()
     passes = mc_passes or bundle.mc_passes
     ps = bundle.patch_size
-    feats, confs = [], []
+    dense = bundle.policy.config.head == "dense"
+    feats, confs, cells = [], [], []
     for s in range(0, len(images), batch):
         x = images[s : s + batch].float()
         y = labels[s : s + batch]
@@ -172,7 +212,9 @@ def build_reward_cache(
         feats.append(torch.cat([o[2] for o in outs]).half())
         preds = [prob.argmax(1), predict_patches(bundle.f1, x, ps), predict_patches(bundle.f2, x, ps)]
         confs.append(torch.stack([patch_confusion(p, y, ps) for p in preds], dim=1).int())
-    return RewardCache(torch.cat(feats), torch.cat(confs))
+        if dense:
+            cells.append(torch.stack([cell_confusion(p, y, bundle.policy.config.pool) for p in preds], dim=1))
+    return RewardCache(torch.cat(feats), torch.cat(confs), torch.cat(cells) if dense else None)
 
 
 def sample_lambda(n: int, g: torch.Generator, power: float = 2.0) -> torch.Tensor:

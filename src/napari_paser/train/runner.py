@@ -64,9 +64,9 @@ def _cached_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: 
     path = ctx.ckpt.folder / name
     if path.is_file():
         ctx.log(f"[policy] reward caches from {path.name}")
-        return [RewardCache(f, c) for f, c in torch.load(path, weights_only=True)]
+        return [RewardCache(*parts) for parts in torch.load(path, weights_only=True)]
     caches = cache_rewards(ctx, bundle, bank, copies)
-    ctx.ckpt.save_tensors(path.name, [(c.features, c.conf) for c in caches])
+    ctx.ckpt.save_tensors(path.name, [(c.features, c.conf) if c.cells is None else (c.features, c.conf, c.cells) for c in caches])
     return caches
 
 
@@ -180,7 +180,7 @@ def train(
     val_vols = list(validation) if validation is not None else parts["val"]
     split_names = {s: [v.name for v in vs] for s, vs in parts.items()}
     split_names["val"] = [v.name for v in val_vols]
-    fit_vols, held_vols = split_policy_holdout(parts["rl"], cfg.policy_holdout if cfg.policy_objective in ("regression", "linear") else 0.0, seed)
+    fit_vols, held_vols = split_policy_holdout(parts["rl"], cfg.policy_holdout if cfg.policy_objective in ("regression", "linear", "dense") else 0.0, seed)
     if held_vols:  # the policy is fitted on the rest of the RL split
         split_names["rl"] = [v.name for v in fit_vols]
         split_names["rl_holdout"] = [v.name for v in held_vols]

@@ -33,6 +33,7 @@ from ..engine.uncertainty import analyse_slices, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
 from .datasets import IGNORE, SliceBank
+from .dense_policy import fit_dense_policy
 from .linear_policy import fit_linear_policy
 from .presets import TrainConfig
 from .rewards import (
@@ -350,24 +351,9 @@ def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: in
                 xk = intensity(xk, aug, g)
             parts.append(build_reward_cache(bundle, xk.to(ctx.device), yk.to(ctx.device), mc_passes=ctx.cfg.mc_passes, seed=ctx.seed, first_index=index))
             index += len(xk)
-        caches.append(RewardCache(torch.cat([p.features for p in parts]), torch.cat([p.conf for p in parts])))
+        cells = torch.cat([p.cells for p in parts]) if parts[0].cells is not None else None
+        caches.append(RewardCache(torch.cat([p.features for p in parts]), torch.cat([p.conf for p in parts]), cells))
     return caches
-
-
-def _fold_gain_scale(policy: nn.Module, scale: torch.Tensor, mean: torch.Tensor) -> None:
-    """Make ``policy.gains`` return ``scale * gains + mean`` (per model) from now on.
-
-    The regression fits standardised gains (order one, where Adam's step size suits);
-    the layers that write the gains (the head's last convolution and the linear skip)
-    are linear, so the standardisation is folded into their weights exactly.
-    """
-    with torch.no_grad():
-        layers = [policy.head[-1]] + ([policy.skip[-1]] if policy.skip is not None else [])
-        for i, layer in enumerate(layers):
-            layer.weight.mul_(scale.view(-1, 1, 1, 1).to(layer.weight))
-            layer.bias.mul_(scale.to(layer.bias))
-            if i == 0:
-                layer.bias.add_(mean.to(layer.bias))
 
 
 class _HoldoutTracker:
@@ -448,7 +434,10 @@ def train_policy(
     expected-reward baseline and gain regression of :func:`reinforce_loss`. ``"linear"``:
     a ridge regression of the gains on the patch means of the policy's inputs, in
     closed form, written into its linear skip (:mod:`.linear_policy`); the penalty is
-    chosen on ``holdout``.
+    chosen on ``holdout``. ``"dense"``: a policy with a dense head is fitted to the gains
+    of the cells of its pooled grid (:mod:`.dense_policy`; ``policy_steps``,
+    ``policy_batch``, ``policy_lr``, early stopping on ``holdout`` every
+    ``policy_eval_every`` steps).
 
     Parameters
     ----------
@@ -466,13 +455,20 @@ def train_policy(
         ``cfg.policy_eval_every`` steps the error on them is measured, and the policy
         ends with the weights that had the lowest (early stopping: a regression over
         a few volumes memorises them within a few hundred steps). Linear: they choose
-        the ridge penalty.
+        the ridge penalty. Dense: the weights with the best correlation on them are kept.
     """
     cfg = ctx.cfg
     g = ctx.generator(stage)
     policy = (bundle.policy if policy is None else policy).to(ctx.device)
-    if cfg.policy_objective not in ("reinforce", "regression", "linear"):
-        raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression' or 'linear'")
+    if cfg.policy_objective not in ("reinforce", "regression", "linear", "dense"):
+        raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression', 'linear' or 'dense'")
+    if cfg.policy_objective == "dense":  # its own loop over the cells' gains
+        history = fit_dense_policy(policy, caches, holdout, steps=ctx.steps(cfg.policy_steps, 1, 1), batch=cfg.policy_batch,
+                                   lr=cfg.policy_lr, weight_decay=cfg.weight_decay, eval_every=cfg.policy_eval_every,
+                                   seed=ctx.seed, log=lambda line: ctx.log(f"[{stage}] {line}"))
+        ctx.log(f"[{stage}] dense head, best step {history['best_step']}; r with the true gains (f1, f2): "
+                f"fit {history['corr_fit']}, held out {history.get('corr_holdout', 'none')}")
+        return history
     if cfg.policy_objective == "linear":  # closed form: no steps, so none of the loop's set-up below
         history = fit_linear_policy(policy, caches, cfg.reward, holdout)
         ctx.log(f"[{stage}] ridge on the patch means, penalty {history['penalty']:g}; r with the true gains (f1, f2): "
@@ -526,7 +522,7 @@ def train_policy(
         history["best_step"] = tracker.best_step
         ctx.log(f"[{stage}] held-out error lowest at step {tracker.best_step} of {total}: {tracker.best_error:.4f}")
     if regression:
-        _fold_gain_scale(policy, spread.flatten(), mean.flatten())
+        policy.rescale_gains_(spread.flatten(), mean.flatten())
     policy.eval()
     ctx.log(_summary(stage, history))
     return history

@@ -1,0 +1,156 @@
+"""A routing policy fitted on the gains of cells: the dense head of ``PolicyNet``.
+
+A patch-level policy sees one target per patch: its gain over f0 if it went to f1 or f2.
+Fitted on a few dozen volumes it memorises them (``benchmarks/probe_results.md``). The
+gain of a patch is a sum over its pixels, though (:func:`~napari_paser.engine.metrics.
+dataset_iou_weights`), so every cell of the policy's pooled grid has a gain of its
+own, and a patch's gain is the mean of its cells'. A small convolutional network that
+predicts the gains of cells from f0's probabilities and entropy gets 224 targets per
+patch and learns where a bigger network fixes f0's pixels, not which patches of its
+volumes did.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rewards import RewardCache
+
+
+def _patch_gains(policy: nn.Module, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    return torch.cat([policy.gains(features[i : i + batch].float()) for i in range(0, len(features), batch)])
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().reshape(-1), b.double().reshape(-1)
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+@torch.no_grad()
+def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache]) -> list[float]:
+    """Pearson r of the predicted with the true patch gains of f1 and f2 over ``caches``
+    (each cache's gains at its own f0 totals, as :meth:`RewardCache.dataset_gain`)."""
+    policy.eval()
+    pred = torch.cat([_patch_gains(policy, c.features) for c in caches])
+    true = torch.cat([c.dataset_gain() for c in caches])
+    return [_pearson(pred[:, k], true[:, k]) for k in range(true.shape[1])]
+
+
+@torch.no_grad()
+def _set_input_scale(policy: nn.Module, caches: Sequence[RewardCache]) -> None:
+    """The dense head's batch norm becomes a fixed standardisation of its inputs."""
+    k = policy.config.dense_inputs
+    x = torch.cat([policy._grid_inputs(c.features.float())[:, :k] for c in caches])
+    norm = policy.dense[0]
+    norm.running_mean.copy_(x.mean((0, 2, 3)))
+    norm.running_var.copy_(x.var((0, 2, 3)).clamp_min(1e-8))
+    norm.weight.fill_(1.0)
+    norm.bias.zero_()
+    norm.weight.requires_grad_(False)
+    norm.bias.requires_grad_(False)
+
+
+def fit_dense_policy(
+    policy: nn.Module,
+    caches: Sequence[RewardCache],
+    holdout: Sequence[RewardCache] | None = None,
+    *,
+    steps: int = 3000,
+    batch: int = 16,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    eval_every: int = 250,
+    seed: int = 0,
+    log=None,
+) -> dict:
+    """Fit a dense policy's network to the gains of the cells of ``caches``.
+
+    Parameters
+    ----------
+    policy : PolicyNet
+        With ``head="dense"``; changed in place and left in eval mode.
+    caches : sequence of RewardCache
+        Built for this policy (with cell confusions).
+    holdout : sequence of RewardCache, optional
+        Volumes the fit does not see. Every ``eval_every`` steps the Pearson r of the
+        predicted with the true patch gains on them is measured, and the policy ends
+        with the weights that had the highest mean r (early stopping).
+    steps, batch, lr, weight_decay : training of the mean squared error of the
+        standardised cell gains (AdamW, one-cycle schedule; random flips of the grid).
+    seed : int
+        Seeds the initial weights, the batches and the flips.
+    log : callable, optional
+        Called with one line per evaluation.
+
+    Returns
+    -------
+    dict
+        ``loss`` per evaluation, ``holdout_r`` per evaluation, ``best_step`` and the
+        correlations on the fit and held-out volumes at the end.
+    """
+    if policy.config.head != "dense":
+        raise ValueError("fit_dense_policy needs a policy with head='dense'")
+    if policy.skip is not None:
+        raise ValueError("a dense policy is fitted without a linear skip")
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in policy.dense:
+            if isinstance(m, nn.Conv2d):
+                m.reset_parameters()
+    feats = [c.features for c in caches]
+    targets = [c.cell_gain() for c in caches]
+    flat = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in targets], 1)
+    mean, scale = flat.mean(1), flat.std(1).clamp_min(1e-9)
+    targets = [(t - mean.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1) for t in targets]
+    _set_input_scale(policy, caches)
+    params = [p for p in policy.dense.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    sizes = torch.tensor([len(f) for f in feats], dtype=torch.float)
+    history: dict = {"loss": [], "holdout_r": [], "best_step": 0}
+    best = (-np.inf, None)
+    running = []
+    for step in range(1, steps + 1):
+        policy.dense.train()
+        policy.dense[0].eval()  # the fixed standardisation
+        ci = int(torch.multinomial(sizes, 1, generator=g))
+        idx = torch.randint(0, len(feats[ci]), (min(batch, len(feats[ci])),), generator=g)
+        x, y = feats[ci][idx].float(), targets[ci][idx]
+        for dim in (-1, -2):
+            if bool(torch.rand((), generator=g) < 0.5):
+                x, y = x.flip(dim), y.flip(dim)
+        loss = F.mse_loss(policy.cell_gains(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(float(loss.detach()))
+        if step % eval_every == 0 or step == steps:
+            history["loss"].append([step, round(float(np.mean(running)), 5)])
+            running = []
+            if holdout:
+                r = holdout_correlation(policy, holdout)  # r does not see the standardisation
+                history["holdout_r"].append([step] + [round(v, 4) for v in r])
+                if log is not None:
+                    log(f"step {step}: loss {history['loss'][-1][1]:.4f}, held-out r (f1, f2) {r[0]:.3f} / {r[1]:.3f}")
+                if np.mean(r) > best[0]:
+                    best = (float(np.mean(r)), {n: t.detach().clone() for n, t in policy.dense.state_dict().items()})
+                    history["best_step"] = step
+    if best[1] is not None:
+        policy.dense.load_state_dict(best[1])
+    else:
+        history["best_step"] = steps
+    policy.rescale_gains_(scale, mean)
+    policy.eval()
+    history["corr_fit"] = [round(v, 4) for v in holdout_correlation(policy, caches)]
+    if holdout:
+        history["corr_holdout"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
+    return history

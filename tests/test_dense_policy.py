@@ -1,0 +1,150 @@
+"""The dense routing policy: cell confusions, cell gains and the fit (issue 11)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_paser.engine.bundle import Bundle, default_model_configs, load_bundle, save_bundle
+from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights, mean_iou
+from napari_paser.engine.models import PolicyConfig, PolicyNet
+from napari_paser.train.dense_policy import fit_dense_policy, holdout_correlation
+from napari_paser.train.rewards import RewardCache, cell_confusion, patch_confusion
+
+PATCH = (56, 64)
+
+
+def _random_cache(seed: int, slices: int = 4, signal: bool = True) -> RewardCache:
+    """Slices of 112 x 128 (2 x 2 patches) whose f1 / f2 fix f0 where f0's entropy is high."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randint(0, 3, (slices, 112, 128), generator=g)
+    hard = F.interpolate(torch.rand(slices, 1, 14, 16, generator=g), size=(112, 128), mode="nearest")[:, 0]
+    wrong = torch.rand(slices, 112, 128, generator=g) < hard  # f0 errs where it is hard
+    f0 = torch.where(wrong, (truth + 1) % 3, truth)
+    f1 = torch.where(wrong & (torch.rand(slices, 112, 128, generator=g) < 0.6), (truth + 2) % 3, truth)
+    f2 = torch.where(wrong & (torch.rand(slices, 112, 128, generator=g) < 0.3), (truth + 2) % 3, truth)
+    preds = [f0, f1, f2]
+    conf = torch.stack([patch_confusion(p, truth, PATCH) for p in preds], 1).int()
+    cells = torch.stack([cell_confusion(p, truth, 4) for p in preds], 1)
+    prob = torch.full((slices, 3, 28, 32), 1 / 3)
+    ent = F.avg_pool2d(hard[:, None], 4) if signal else torch.rand(slices, 1, 28, 32, generator=g)
+    feats = torch.cat([prob, ent, torch.zeros(slices, 2, 28, 32)], 1).half()
+    return RewardCache(feats, conf, cells)
+
+
+def test_cell_confusion_sums_to_the_patch_confusion():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 4, (2, 112, 128), generator=g)  # 3: padding, not counted
+    pred = torch.randint(0, 3, (2, 112, 128), generator=g)
+    cells = cell_confusion(pred, truth, 4)
+    assert cells.shape == (2, 9, 28, 32) and cells.dtype == torch.uint8
+    per_patch = F.avg_pool2d(cells.float(), (14, 16), divisor_override=1)  # (2, 9, 2, 2)
+    expected = patch_confusion(pred, truth, PATCH).reshape(2, 2, 2, 9).permute(0, 3, 1, 2)
+    assert torch.equal(per_patch.long(), expected)
+
+
+def test_dataset_iou_weights_are_the_derivative_of_the_mean_iou():
+    conf = np.array([[500, 20, 5], [30, 200, 10], [4, 15, 800]], float)
+    w = dataset_iou_weights(conf)
+    for t, p in ((0, 0), (1, 2), (2, 1)):
+        bumped = conf.copy()
+        bumped[t, p] += 1
+        assert mean_iou(bumped) - mean_iou(conf) == pytest.approx(w[t, p], rel=0.02, abs=1e-7)
+
+
+def test_a_patch_gain_is_the_mean_of_its_cells_gains():
+    cache = _random_cache(0)
+    cells = cache.cell_gain()
+    assert cells.shape == (4, 2, 28, 32)
+    torch.testing.assert_close(F.avg_pool2d(cells, (14, 16)), cache.dataset_gain(), rtol=1e-4, atol=1e-5)
+    n, gy, gx = 4, 2, 2
+    np.testing.assert_allclose(cache.dataset_gain().numpy(), dataset_iou_gains(cache.conf.numpy()) * n * gy * gx, rtol=1e-5)
+
+
+def test_dense_policy_gains_are_patch_means_of_its_cells_and_survive_saving(tmp_path):
+    configs = default_model_configs("v2.9")
+    bundle = Bundle.from_configs(configs, seed=0)
+    policy = bundle.policy.eval()
+    assert policy.config.head == "dense" and not hasattr(policy, "stem")
+    feats = torch.rand(2, 6, 56, 64)
+    cells = policy.cell_gains(feats)
+    assert cells.shape == (2, 2, 56, 64)
+    torch.testing.assert_close(policy.gains(feats), F.avg_pool2d(cells, (14, 16)))
+    again = load_bundle(save_bundle(bundle, tmp_path / "b")).policy.eval()
+    assert again.config.head == "dense"
+    torch.testing.assert_close(again.gains(feats), policy.gains(feats))
+
+
+def test_a_patch_policy_has_no_cells():
+    with pytest.raises(ValueError, match="only a dense policy"):
+        PolicyNet(PolicyConfig(in_channels=6, features="v2")).cell_gains(torch.rand(1, 6, 56, 64))
+    with pytest.raises(ValueError, match="unknown policy head"):
+        PolicyNet(PolicyConfig(head="pixels"))
+
+
+def test_fit_dense_policy_learns_which_patches_gain():
+    torch.manual_seed(0)
+    fit = [_random_cache(s) for s in range(4)]
+    held = [_random_cache(10)]
+    policy = PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2))
+    history = fit_dense_policy(policy, fit, held, steps=200, batch=4, eval_every=50, seed=0)
+    assert history["best_step"] in (50, 100, 150, 200)
+    assert min(history["corr_holdout"]) > 0.8  # the entropy channel says where f0 errs
+    # the gains come out on the scale of the true ones, not standardised
+    with torch.no_grad():
+        pred = policy.gains(held[0].features.float())
+    true = held[0].dataset_gain()
+    assert abs(float(pred.mean() - true.mean())) < 0.5 * float(true.abs().mean())
+    # with an input that says nothing, nothing is learnt
+    noise = fit_dense_policy(policy, [_random_cache(s, signal=False) for s in range(4)], [_random_cache(10, signal=False)],
+                             steps=200, batch=4, eval_every=50, seed=0)
+    assert max(noise["corr_holdout"]) < 0.5
+
+
+def test_fit_dense_policy_needs_cells():
+    policy = PolicyNet(PolicyConfig(in_channels=6, features="v2", head="dense"))
+    cache = _random_cache(0)
+    with pytest.raises(ValueError, match="no cell confusions"):
+        fit_dense_policy(policy, [RewardCache(cache.features, cache.conf)], steps=2)
+    with pytest.raises(ValueError, match="head='dense'"):
+        fit_dense_policy(PolicyNet(PolicyConfig(in_channels=6, features="v2")), [cache], steps=2)
+    assert holdout_correlation(policy, [cache])  # runs on a cache without cells too
+
+
+def _tiny_dense_bundle():
+    from conftest import tiny_configs
+
+    configs = tiny_configs()
+    configs["policy"] = PolicyConfig(in_channels=6, width=4, features="v2", f0_features=False, head="dense", dense_layers=1)
+    return Bundle.from_configs(configs, seed=0).eval()
+
+
+def test_a_dense_bundle_caches_the_confusions_of_its_cells():
+    from napari_paser.train.rewards import build_reward_cache
+
+    bundle = _tiny_dense_bundle()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, 112, 128, generator=g)
+    labels = torch.randint(0, 3, (3, 112, 128), generator=g)
+    cache = build_reward_cache(bundle, images, labels)
+    assert cache.cells.shape == (3, 3, 9, 28, 32)
+    per_patch = F.avg_pool2d(cache.cells.flatten(0, 1).float(), (14, 16), divisor_override=1).reshape(3, 3, 9, 2, 2)
+    assert torch.equal(per_patch.permute(0, 1, 3, 4, 2).reshape(cache.conf.shape).int(), cache.conf)
+    bundle.policy.config.head = "patch"  # a patch-level policy's cache keeps no cells
+    assert build_reward_cache(bundle, images, labels).cells is None
+
+
+def test_the_policy_stage_fits_a_dense_policy(tmp_path):
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    bundle = _tiny_dense_bundle()
+    cfg = get_preset("v2.9").replace(policy_steps=100, policy_eval_every=50, policy_batch=4)
+    assert cfg.policy_objective == "dense"
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    history = train_policy(ctx, bundle, [_random_cache(s) for s in range(3)], holdout=[_random_cache(9)])
+    assert history["best_step"] in (50, 100) and len(history["holdout_r"]) == 2
+    assert min(history["corr_holdout"]) > 0.5
