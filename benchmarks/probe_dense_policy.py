@@ -30,10 +30,10 @@ from napari_paser.train.dense_policy import fit_dense_policy
 from napari_paser.train.rewards import RewardCache
 
 VARIANTS = {
-    "4 inputs, width 32, 3 layers (v2.9)": {"dense_inputs": 4, "width": 32, "dense_layers": 3},
+    "4 inputs, width 32, 3 layers": {"dense_inputs": 4, "width": 32, "dense_layers": 3},
     "4 inputs, width 16, 3 layers": {"dense_inputs": 4, "width": 16, "dense_layers": 3},
     "4 inputs, width 32, 5 layers": {"dense_inputs": 4, "width": 32, "dense_layers": 5},
-    "6 inputs (+ image mean, spread), width 32, 3 layers": {"dense_inputs": 6, "width": 32, "dense_layers": 3},
+    "6 inputs (+ image mean, spread), width 32, 3 layers (v2.9)": {"dense_inputs": 6, "width": 32, "dense_layers": 3},
 }
 
 

@@ -82,10 +82,12 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         return configs
     if preset == "v2.9":
         # v2.7's networks with a dense policy: the gain of every 4x4-pixel cell from f0's
-        # probabilities and entropy (train.dense_policy), a patch's gain the mean of its
-        # cells'.
+        # probabilities and entropy and the image's local mean and spread
+        # (train.dense_policy), a patch's gain the mean of its cells'. Reading the image
+        # too tracked the true gains best on the development volumes
+        # (benchmarks/probe_dense_policy.py).
         configs = default_model_configs("v2.7")
-        configs["policy"] = PolicyConfig(in_channels=6, width=32, features="v2", f0_features=False, head="dense", dense_inputs=4, dense_layers=3)
+        configs["policy"] = PolicyConfig(in_channels=6, width=32, features="v2", f0_features=False, head="dense", dense_inputs=6, dense_layers=3)
         return configs
     if preset == "paper":
         return {

@@ -255,7 +255,7 @@ class PolicyConfig:
     ``head="dense"`` replaces the network over the patch grid by a small convolutional
     network that predicts the gain of every cell of the pooled grid (``pool`` x ``pool``
     pixels) from the first ``dense_inputs`` input channels (4: f0's mean softmax and
-    entropy, which do not move with a scan's grey levels); a patch's gain is the mean of
+    entropy; 6 adds the image's local mean and spread); a patch's gain is the mean of
     its cells' gains. It is fitted on per-cell gains (:mod:`napari_paser.train.dense_policy`):
     a 56x64-pixel patch gives it 224 targets instead of one, so it learns from a few
     dozen volumes what a patch-level network memorises. ``width`` and ``dense_layers``

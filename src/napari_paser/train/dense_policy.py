@@ -5,8 +5,8 @@ Fitted on a few dozen volumes it memorises them (``benchmarks/probe_results.md``
 gain of a patch is a sum over its pixels, though (:func:`~napari_paser.engine.metrics.
 dataset_iou_weights`), so every cell of the policy's pooled grid has a gain of its
 own, and a patch's gain is the mean of its cells'. A small convolutional network that
-predicts the gains of cells from f0's probabilities and entropy gets 224 targets per
-patch and learns where a bigger network fixes f0's pixels, not which patches of its
+predicts the gains of cells from f0's probabilities and entropy (and the image's local
+mean and spread) gets 224 targets per patch and learns where a bigger network fixes f0's pixels, not which patches of its
 volumes did.
 """
 

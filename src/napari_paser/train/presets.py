@@ -250,8 +250,8 @@ PRESETS["v2.8"] = PRESETS["v2.7"].replace(
 )
 
 # v2.7's networks (all kept) with a dense policy (arch v2.9): a small convolutional
-# network predicts the gain of every 4x4-pixel cell from f0's probabilities and entropy,
-# fitted on the cells' gains (224 targets per patch) with early stopping on the held-out
+# network predicts the gain of every 4x4-pixel cell from f0's probabilities and entropy
+# and the image's local mean and spread, fitted on the cells' gains (224 targets per patch) with early stopping on the held-out
 # RL volumes. The reward caches are rebuilt (they hold the cells' confusions).
 PRESETS["v2.9"] = PRESETS["v2.8"].replace(
     preset="v2.9",
