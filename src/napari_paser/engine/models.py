@@ -310,13 +310,16 @@ class PolicyNet(nn.Module):
         if config.head not in ("patch", "dense"):
             raise ValueError(f"unknown policy head {config.head!r}; choose 'patch' or 'dense'")
         self.config = config
-        w = config.width
+        if config.head == "dense":
+            self.dense = self._dense_network(config)
+        else:
+            self._patch_network(config)
         self.skip = self._linear_skip(config)
         # Sharpness of the routing distribution, learned by REINFORCE.
         self.log_temperature = nn.Parameter(torch.tensor(2.0))
-        if config.head == "dense":
-            self.dense = self._dense_network(config)
-            return
+
+    def _patch_network(self, config: PolicyConfig) -> None:
+        w = config.width
         self.stem = nn.Sequential(
             nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False),
             nn.BatchNorm2d(w),
