@@ -27,7 +27,7 @@ from probe_policy_choice import DEVELOPMENT
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyConfig, PolicyNet
 from napari_paser.train.dense_policy import fit_dense_policy
-from napari_paser.train.rewards import RewardCache
+from napari_paser.train.rewards import load_reward_caches
 
 VARIANTS = {
     "4 inputs, width 32, 3 layers": {"dense_inputs": 4, "width": 32, "dense_layers": 3},
@@ -36,9 +36,6 @@ VARIANTS = {
     "6 inputs (+ image mean, spread), width 32, 3 layers (v2.9)": {"dense_inputs": 6, "width": 32, "dense_layers": 3},
 }
 
-
-def load_caches(path: Path) -> list[RewardCache]:
-    return [RewardCache(*parts) for parts in torch.load(path, weights_only=True)]
 
 
 def main() -> None:
@@ -49,8 +46,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = load_bundle(args.run).eval()
-    caches = load_caches(args.run / "checkpoints" / "rewards-rl.pt")
-    holdout = load_caches(args.run / "checkpoints" / "rewards-rl-holdout.pt")
+    caches = load_reward_caches(args.run / "checkpoints" / "rewards-rl.pt")
+    holdout = load_reward_caches(args.run / "checkpoints" / "rewards-rl-holdout.pt")
     dev = {name: make_volumes(seeds, 8, distribution=dist) for name, (dist, seeds) in DEVELOPMENT.items()}
     lam = float(base.default_lam)
     print(f"{'policy':<52} {'held-out RL r':>14}   per development set: r policy (f1 / f2), r entropy, PaSeR at λ {lam:.3f} (× f2 IoU, × f2 GFLOPs)")

@@ -30,11 +30,8 @@ import torch.nn.functional as F
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.uncertainty import ENTROPY_CHANNEL
 from napari_paser.train.linear_policy import choose_ridge, patch_table
-from napari_paser.train.rewards import RewardCache
+from napari_paser.train.rewards import load_reward_caches
 
-
-def load_caches(path: Path) -> list[RewardCache]:
-    return [RewardCache(f, c) for f, c in torch.load(path, weights_only=True)]
 
 
 @torch.no_grad()
@@ -71,8 +68,8 @@ def main() -> None:
     run = Path(args.run)
     bundle = load_bundle(run).eval()
     policy = bundle.policy
-    fit = load_caches(run / "checkpoints" / "rewards-rl.pt")
-    held = load_caches(run / "checkpoints" / "rewards-rl-holdout.pt")
+    fit = load_reward_caches(run / "checkpoints" / "rewards-rl.pt")
+    held = load_reward_caches(run / "checkpoints" / "rewards-rl-holdout.pt")
     print(f"run {run}: fit {sum(len(c) for c in fit)} slices, held out {sum(len(c) for c in held)} slices", flush=True)
     # Patch means of the policy's inputs (what the linear skip reads) and the true gains, per cache.
     fit_tables = [patch_table(policy, [c], args.reward) for c in fit]

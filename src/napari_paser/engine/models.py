@@ -392,13 +392,16 @@ class PolicyNet(nn.Module):
         of every cell of the pooled grid."""
         if self.config.head != "dense":
             raise ValueError("only a dense policy predicts the gains of cells")
-        return self.dense(self._grid_inputs(features)[:, : self.config.dense_inputs])
+        return self._dense_cells(self._grid_inputs(features))
+
+    def _dense_cells(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.dense(inputs[:, : self.config.dense_inputs])
 
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         inputs = self._grid_inputs(features)
         k = self._patch_cells()
         if self.config.head == "dense":
-            gains = F.avg_pool2d(self.cell_gains(features), k)
+            gains = F.avg_pool2d(self._dense_cells(inputs), k)
         else:
             x = self.block(self.stem(inputs))
             pooled = torch.cat([F.avg_pool2d(x, k), F.max_pool2d(x, k)], dim=1)

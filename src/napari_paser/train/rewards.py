@@ -29,6 +29,7 @@ __all__ = [
     "RewardCache",
     "predict_patches",
     "build_reward_cache",
+    "load_reward_caches",
     "sample_lambda",
     "sample_actions",
     "reinforce_loss",
@@ -67,11 +68,8 @@ def cell_confusion(pred: torch.Tensor, truth: torch.Tensor, cell: int, num_class
     """
     if cell > 15:
         raise ValueError("cells of more than 15 x 15 pixels overflow a byte")
-    code = truth.long() * num_classes + pred.long()
-    code = torch.where(truth.long() < num_classes, code, torch.full_like(code, num_classes**2))
-    onehot = torch.nn.functional.one_hot(code, num_classes**2 + 1)[..., : num_classes**2]
-    counts = torch.nn.functional.avg_pool2d(onehot.permute(0, 3, 1, 2).float(), cell, divisor_override=1)
-    return counts.round().to(torch.uint8)
+    conf = patch_confusion(pred, truth, (cell, cell), num_classes)  # (B, GY, GX, C, C)
+    return conf.flatten(-2).permute(0, 3, 1, 2).to(torch.uint8)
 
 
 def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
@@ -156,6 +154,10 @@ class RewardCache:
         per_model = torch.einsum("nmkyx,k->nmyx", self.cells.float(), weights)
         return (per_model[:, 1:] - per_model[:, :1]) * (n * gy * gx * cells_per_patch)
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What :func:`load_reward_caches` reads back: features, conf and, if kept, cells."""
+        return (self.features, self.conf) if self.cells is None else (self.features, self.conf, self.cells)
+
     def gain_target(self, kind: str) -> torch.Tensor:
         """The reward gains the policy learns: ``patch_iou`` (:attr:`delta`) or ``dataset_iou``."""
         if kind == "patch_iou":
@@ -215,6 +217,11 @@ def build_reward_cache(
         if dense:
             cells.append(torch.stack([cell_confusion(p, y, bundle.policy.config.pool) for p in preds], dim=1))
     return RewardCache(torch.cat(feats), torch.cat(confs), torch.cat(cells) if dense else None)
+
+
+def load_reward_caches(path) -> list[RewardCache]:
+    """Reward caches saved as a list of :meth:`RewardCache.tensors` (``torch.save``)."""
+    return [RewardCache(*parts) for parts in torch.load(path, weights_only=True)]
 
 
 def sample_lambda(n: int, g: torch.Generator, power: float = 2.0) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..engine.flops import CostModel
 from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
 from .presets import TrainConfig
-from .rewards import RewardCache
+from .rewards import RewardCache, load_reward_caches
 from .stages import StageContext, cache_rewards, finetune_joint, pretrain_f0, pretrain_patch_model, train_policy
 from .validation import evaluate_caches
 
@@ -64,9 +64,9 @@ def _cached_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: 
     path = ctx.ckpt.folder / name
     if path.is_file():
         ctx.log(f"[policy] reward caches from {path.name}")
-        return [RewardCache(*parts) for parts in torch.load(path, weights_only=True)]
+        return load_reward_caches(path)
     caches = cache_rewards(ctx, bundle, bank, copies)
-    ctx.ckpt.save_tensors(path.name, [(c.features, c.conf) if c.cells is None else (c.features, c.conf, c.cells) for c in caches])
+    ctx.ckpt.save_tensors(path.name, [c.tensors() for c in caches])
     return caches
 
 

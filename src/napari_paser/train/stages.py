@@ -463,7 +463,7 @@ def train_policy(
     if cfg.policy_objective not in ("reinforce", "regression", "linear", "dense"):
         raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression', 'linear' or 'dense'")
     if cfg.policy_objective == "dense":  # its own loop over the cells' gains
-        history = fit_dense_policy(policy, caches, holdout, steps=ctx.steps(cfg.policy_steps, 1, 1), batch=cfg.policy_batch,
+        history = fit_dense_policy(policy, caches, holdout, steps=ctx.steps(cfg.policy_steps, sum(len(c) for c in caches), cfg.policy_batch), batch=cfg.policy_batch,
                                    lr=cfg.policy_lr, weight_decay=cfg.weight_decay, eval_every=cfg.policy_eval_every,
                                    seed=ctx.seed, log=lambda line: ctx.log(f"[{stage}] {line}"))
         ctx.log(f"[{stage}] dense head, best step {history['best_step']}; r with the true gains (f1, f2): "
