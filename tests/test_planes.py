@@ -149,3 +149,16 @@ def test_finetune_widens_the_networks_and_the_adapted_bundle_round_trips(tiny_bu
     assert again.bundle.f2.config.planes == 3
     flat = finetune(tiny_bundle, img[1], lab[1], cfg)
     assert flat.bundle.f2.config.planes == 1
+
+
+def test_preset_v2_10_widens_only_f2():
+    """v2.10 is v2.9 with an f2 that reads 5 planes; its training preset trains f2 only."""
+    from napari_paser.engine.bundle import default_model_configs
+    from napari_paser.train.presets import get_preset
+
+    old, new = default_model_configs("v2.9"), default_model_configs("v2.10")
+    assert new["f2"].planes == 5 and old["f2"].planes == 1
+    assert {k: v.to_dict() for k, v in new.items() if k != "f2"} == {k: v.to_dict() for k, v in old.items() if k != "f2"}
+    cfg = get_preset("v2.10")
+    assert cfg.arch == "v2.10" and cfg.f2_steps > 0 and cfg.f1_steps == 0 and cfg.f0_steps == 0
+    assert cfg.policy_objective == "dense"

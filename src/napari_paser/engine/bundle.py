@@ -89,6 +89,15 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2.7")
         configs["policy"] = PolicyConfig(in_channels=6, width=32, features="v2", f0_features=False, head="dense", dense_inputs=6, dense_layers=3)
         return configs
+    if preset == "v2.10":
+        # v2.9's networks with an f2 that reads the 2 planes above and below its slice.
+        # Widened and trained 1 500 s on the pre-training volumes it went 0.030 above f1
+        # in family (0.007 before), and where it gains became visible to a router: f0's
+        # entropy tracks f2's gain over f1 with r 0.26 instead of -0.10
+        # (benchmarks/probe_f2_choice.py).
+        configs = default_model_configs("v2.9")
+        configs["f2"] = UNetConfig(**{**configs["f2"].to_dict(), "planes": 5})
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -96,7 +105,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

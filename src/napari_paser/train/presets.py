@@ -264,6 +264,17 @@ PRESETS["v2.9"] = PRESETS["v2.8"].replace(
 )
 
 
+# v2.9 with f2 widened to read the 2 planes above and below its slice (arch v2.10, mean
+# init) and trained on for 1 500 steps of the pre-training volumes; f0 and f1 kept, the
+# reward caches rebuilt for the new f2 and the dense policy re-fitted to its gains.
+PRESETS["v2.10"] = PRESETS["v2.9"].replace(
+    preset="v2.10",
+    arch="v2.10",
+    f2_steps=1500,
+    f2_lr=5e-4,
+)
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
