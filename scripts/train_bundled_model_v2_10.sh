@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train paser-synth-v2.10 (CPU, about an hour on 2 cores once the data exist): the
+# Train paser-synth-v2.10 (CPU, about 40 minutes on 2 cores once the data exist): the
 # shipped paser-synth-v2.9 with f2 widened to read the 2 planes above and below its
 # slice and trained on for 1 500 steps of the pre-training volumes (preset v2.10); f0 and
 # f1 kept, the reward caches rebuilt for the new f2 and the dense policy re-fitted.
