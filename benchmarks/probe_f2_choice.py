@@ -31,29 +31,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_testsets import oracle_gains
+from bench_testsets import _corr, oracle_gains
 from common import build_table, make_volumes, oracle_front
 from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
 from probe_policy_choice import DEVELOPMENT
 
-from napari_paser.engine.patches import plane_indices
+from napari_paser.engine.patches import patch_view, plane_indices
 
 
 def plane_noise(image: np.ndarray, normalise, patch_size) -> np.ndarray:
-    """(Z, GY, GX) patch means of (centre plane - mean of its 4 neighbours)², square-rooted."""
+    """(Z, GY, GX) patch means of (centre plane - mean of its 4 neighbours)², square-rooted
+    (slices of whole patches, as the development volumes)."""
     scan = normalise(image)
     out = []
     for z in range(len(scan)):
         p = scan[plane_indices(z, len(scan), 5)]
         d2 = (p[2] - (p.sum(0) - p[2]) / 4) ** 2
-        (ph, pw), (h, w) = patch_size, d2.shape
-        out.append(np.sqrt(d2[: h - h % ph, : w - w % pw].reshape(h // ph, ph, w // pw, pw).mean(axis=(1, 3))))
+        out.append(np.sqrt(patch_view(d2, patch_size).mean(axis=(-2, -1))))
     return np.stack(out)
-
-
-def _r(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a), np.ravel(b)
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
 
 
 def diagnostics(bundle, volumes, normalise) -> dict:
@@ -71,8 +66,8 @@ def diagnostics(bundle, volumes, normalise) -> dict:
     return {
         **{m: rows[m]["mean_iou"] for m in rows},
         "oracle_within_f1": within["mean_iou"],
-        "r_diff": {k: _r(v, diff) for k, v in signals.items()},
-        "r_f2": {k: _r(v, true[:, 1]) for k, v in signals.items() if k != "policy"} | {"policy": _r(pred[:, 1], true[:, 1])},
+        "r_diff": {k: _corr(v, diff) for k, v in signals.items()},
+        "r_f2": {k: _corr(v, true[:, 1]) for k, v in signals.items() if k != "policy"} | {"policy": _corr(pred[:, 1], true[:, 1])},
     }
 
 

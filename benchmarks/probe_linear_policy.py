@@ -33,7 +33,6 @@ from napari_paser.train.linear_policy import choose_ridge, patch_table
 from napari_paser.train.rewards import load_reward_caches
 
 
-
 @torch.no_grad()
 def spread_and_maxima(policy, features: torch.Tensor) -> np.ndarray:
     """(patches, 2C) within-patch standard deviation and maximum of each input channel,
