@@ -6,7 +6,10 @@ generator; out of family: 9201-9204 of ``--distribution oof``), 8 slices each, s
 with the benchmark's patch tables. For each bundle it prints f0 / f1 / f2 everywhere,
 PaSeR at the bundle's default λ (IoU, × f2's IoU, × f2's GFLOPs), PaSeR's best IoU
 within f1 everywhere's GFLOPs and seconds over the λ grid, and the Pearson r of the
-policy's predicted gains and of f0's patch entropy with the true per-patch gains.
+policy's predicted gains and of f0's patch entropy with the true per-patch gains, and
+the bounds of any policy over the bundle's networks (oracle routing): its best IoU within
+25 % of f2 everywhere's GFLOPs (× f2's IoU; issue 11's first line) and within f1
+everywhere's GFLOPs.
 
     python benchmarks/probe_policy_choice.py runs/paser-synth-v2.7 runs/paser-synth-v2.8
 """
@@ -17,7 +20,7 @@ import argparse
 
 import torch
 from bench_testsets import _lam_grid, gain_correlations
-from common import build_table, make_volumes
+from common import build_table, make_volumes, oracle_front
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
@@ -44,11 +47,15 @@ def main() -> None:
             within = [s for s in sweep if s["gflops"] <= f1["gflops"] and s["seconds"] <= f1["seconds"]]
             best = max((s["mean_iou"] for s in within), default=float("nan"))
             r = gain_correlations(table)
+            front = oracle_front(table)
+            oracle_quarter = max((q["mean_iou"] for q in front if q["gflops"] <= 0.25 * f2["gflops"]), default=float("nan"))
+            oracle_f1 = max((q["mean_iou"] for q in front if q["gflops"] <= f1["gflops"]), default=float("nan"))
             print(f"{name}, {bundle.name}: f0 / f1 / f2 {f0['mean_iou']:.4f} / {f1['mean_iou']:.4f} / {f2['mean_iou']:.4f}; "
                   f"PaSeR at λ {lam:.3f} {paser['mean_iou']:.4f} ({paser['mean_iou'] / f2['mean_iou']:.4f} × f2) at "
                   f"{paser['gflops'] / f2['gflops']:.3f} × its GFLOPs; best within f1's cost {best:.4f}; r with the true gains "
                   f"(f1 / f2): policy {r['f1']['policy']:.3f} / {r['f2']['policy']:.3f}, f0 entropy "
-                  f"{r['f1']['f0_entropy']:.3f} / {r['f2']['f0_entropy']:.3f}", flush=True)
+                  f"{r['f1']['f0_entropy']:.3f} / {r['f2']['f0_entropy']:.3f}; oracle within 0.25 × f2's GFLOPs "
+                  f"{oracle_quarter:.4f} ({oracle_quarter / f2['mean_iou']:.4f} × f2), within f1's GFLOPs {oracle_f1:.4f}", flush=True)
 
 
 if __name__ == "__main__":

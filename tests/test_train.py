@@ -443,3 +443,57 @@ def test_regression_policy_with_holdout_reports_disjoint_splits(toy_volumes, tmp
     assert [s for s, _ in h["holdout_error"]] == list(range(2, cfg.policy_steps + 1, 2))
     assert h["best_step"] in [s for s, _ in h["holdout_error"]]
     assert (tmp_path / "h" / "loss_curves.png").stat().st_size > 0
+
+
+def test_patch_cross_entropy_is_the_labelled_cross_entropy_of_each_patch():
+    import torch.nn.functional as F
+
+    from napari_paser.train.stages import labelled_cross_entropy, patch_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 8, 9)
+    y = torch.randint(0, 3, (3, 8, 9))
+    w = torch.tensor([1.5, 2.0, 0.4])
+    y[1, :4] = 255
+    y[2] = 255
+    per = patch_cross_entropy(x, y, w)
+    for i in range(2):
+        assert per[i].item() == pytest.approx(labelled_cross_entropy(x[i : i + 1], y[i : i + 1], w).item(), rel=1e-5)
+    assert per[2].item() == 0.0
+    full = torch.randint(0, 3, (3, 8, 9))
+    assert patch_cross_entropy(x, full).mean().item() == pytest.approx(F.cross_entropy(x, full).item(), rel=1e-5)
+
+
+def test_focus_weights_favour_the_patches_the_teacher_gets_wrong():
+    from napari_paser.engine.models import UNet
+    from napari_paser.train.stages import focus_weights, patch_cross_entropy
+
+    torch.manual_seed(0)
+    teacher = UNet(tiny_configs()["f1"]).eval()
+    with torch.no_grad():
+        teacher.head.weight.mul_(50.0)  # a confident teacher
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        pred = teacher(x).argmax(1)
+    y = torch.stack([pred[0], (pred[1] + 1) % 3])  # right on the first patch, wrong on the second
+    w = focus_weights(teacher, x, y, power=2.0)
+    with torch.no_grad():
+        ce = patch_cross_entropy(teacher(x), y)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert w[1] > w[0]
+    assert (w[1] / w[0]).item() == pytest.approx((ce[1] / ce[0]).item() ** 2, rel=1e-4)
+    assert torch.allclose(focus_weights(teacher, x, y, power=0.0), torch.ones(2))
+
+
+def test_a_focused_f2_trains_from_a_warm_start_and_f1_stays(toy_volumes, tiny_bundle, tmp_path):
+    """As the v2.11 preset does: f2 trained on with every patch weighted by f1's error."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(f1_steps=0, f0_steps=0, ft_steps=0, f2_focus=2.0)
+    res = train(toy_volumes, tmp_path / "s", cfg, configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    b = load_bundle(tmp_path / "s")
+    assert all(np.isfinite(res.report["history"]["pretrain_f2"]["loss"]))
+    for k, moved in (("f1", False), ("f2", True)):
+        before, after = getattr(tiny_bundle, k).state_dict(), getattr(b, k).state_dict()
+        assert all(torch.equal(before[n], after[n]) for n in before) != moved, k

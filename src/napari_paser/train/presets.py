@@ -33,6 +33,10 @@ class TrainConfig:
     f1_steps: int = 1000
     f2_lr: float = 1e-3
     f1_lr: float = 2e-3
+    # f2 only: weight each patch's loss by f1's cross entropy on it to this power (0:
+    # every patch alike), so f2 learns most where f1 fails and its gains over f1 gather
+    # on the few patches a router can afford to send to it.
+    f2_focus: float = 0.0
     # Stage 2: f0 on whole patch grids, CE + β·MSE to f2's stitched logits.
     f0_steps: int = 500
     f0_batch: int = 4
@@ -272,6 +276,19 @@ PRESETS["v2.10"] = PRESETS["v2.9"].replace(
     arch="v2.10",
     f2_steps=1500,
     f2_lr=5e-4,
+)
+
+
+# v2.10's networks with f2 trained on as a specialist (preset only; arch v2.10): 1 000
+# more steps with every patch's loss weighted by f1's cross entropy on it squared, so
+# that f2's lead over f1 gathers where f1 fails. With v2.10's f2 even oracle routing
+# reached only 0.983 x f2's IoU within 25 % of its GFLOPs on the development volumes:
+# its gains were spread over every patch (benchmarks/probe_results.md).
+PRESETS["v2.11"] = PRESETS["v2.10"].replace(
+    preset="v2.11",
+    f2_steps=1000,
+    f2_lr=3e-4,
+    f2_focus=2.0,
 )
 
 

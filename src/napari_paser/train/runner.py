@@ -202,7 +202,7 @@ def train(
         t0 = time.time()
         log(f"[{stage}] start")
         if stage == "pretrain_f2":
-            h = pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr)
+            h = pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr, focus_on=bundle.f1, focus=cfg.f2_focus)
         elif stage == "pretrain_f1":
             h = pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
         elif stage == "pretrain_f0":

@@ -218,6 +218,32 @@ def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
     return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
 
 
+def patch_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-patch :func:`labelled_cross_entropy`: (N,) for logits (N, K, rows, columns).
+
+    A patch without labelled pixels gets 0.
+    """
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE, reduction="none")
+    labelled = target != IGNORE
+    pixel_weight = labelled.float() if weight is None else weight[target.clamp(0, len(weight) - 1)] * labelled
+    return ce.sum((1, 2)) / pixel_weight.sum((1, 2)).clamp_min(1e-8)
+
+
+def focus_weights(teacher: nn.Module, x: torch.Tensor, target: torch.Tensor, power: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights (N,) of a batch of patches, mean 1: ``teacher``'s cross entropy on each to ``power``.
+
+    ``x`` holds the patches as the trained model reads them; the teacher reads their
+    centre planes.
+    """
+    with torch.no_grad():
+        was_training = teacher.training
+        teacher.eval()
+        ce = patch_cross_entropy(teacher(centre_planes(x, teacher.config.planes)).float(), target, weight)
+        teacher.train(was_training)
+    w = ce.clamp_min(1e-6) ** power
+    return w / w.mean()
+
+
 def _adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
@@ -234,12 +260,17 @@ def _summary(stage: str, history: dict) -> str:
 # --------------------------------------------------------------------------- stage 1
 
 
-def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: SliceBank, steps: int, lr: float) -> dict:
+def pretrain_patch_model(
+    ctx: StageContext, model: nn.Module, stage: str, bank: SliceBank, steps: int, lr: float,
+    *, focus_on: nn.Module | None = None, focus: float = 0.0,
+) -> dict:
     """Stage 1: train a patch model (f1 or f2) with class-weighted cross entropy.
 
     Patches are random crops at any position of augmented slices (more variety than the
     fixed grid); impulse noise is included, as for the paper's noise experiment where
-    f1/f2 (not f0 or the policy) saw noisy data.
+    f1/f2 (not f0 or the policy) saw noisy data. With ``focus`` > 0 every patch's loss
+    is weighted by the cross entropy of ``focus_on`` (a frozen model with the same halo)
+    on it to that power (:func:`focus_weights`).
     """
     cfg = ctx.cfg
     g = ctx.generator(stage)
@@ -249,6 +280,10 @@ def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: 
         model.to(memory_format=torch.channels_last)
     opt = _adam(model, lr, cfg.weight_decay)
     weight = None if ctx.class_weights is None else ctx.class_weights.to(ctx.device)
+    if focus > 0:
+        if focus_on is None or focus_on.config.halo != model.config.halo:
+            raise ValueError("focus needs a model to focus on with the same halo as the trained one")
+        focus_on.to(ctx.device).eval()
 
     def step_fn(step: int) -> dict[str, float]:
         model.train()
@@ -256,7 +291,11 @@ def pretrain_patch_model(ctx: StageContext, model: nn.Module, stage: str, bank: 
         x, y = ctx.prepare(centre_planes(x, model.config.planes)), y.to(ctx.device)
         with ctx.autocast():
             out = model(x)
-        loss = labelled_cross_entropy(out.float(), y, weight)
+            w = focus_weights(focus_on, x, y, focus, weight) if focus > 0 else None
+        if w is None:
+            loss = labelled_cross_entropy(out.float(), y, weight)
+        else:
+            loss = (w * patch_cross_entropy(out.float(), y, weight)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
