@@ -9,7 +9,8 @@ within f1 everywhere's GFLOPs and seconds over the λ grid, and the Pearson r of
 policy's predicted gains and of f0's patch entropy with the true per-patch gains, and
 the bounds of any policy over the bundle's networks (oracle routing): its best IoU within
 25 % of f2 everywhere's GFLOPs (× f2's IoU; issue 11's first line) and within f1
-everywhere's GFLOPs.
+everywhere's GFLOPs, and the latter again with f0's analysis and the policy free (their
+FLOPs added to the budget): how much of that bound is what the routing itself costs.
 
     python benchmarks/probe_policy_choice.py runs/paser-synth-v2.7 runs/paser-synth-v2.8
 """
@@ -50,12 +51,16 @@ def main() -> None:
             front = oracle_front(table)
             oracle_quarter = max((q["mean_iou"] for q in front if q["gflops"] <= 0.25 * f2["gflops"]), default=float("nan"))
             oracle_f1 = max((q["mean_iou"] for q in front if q["gflops"] <= f1["gflops"]), default=float("nan"))
+            slices = sum(len(zs) for _, zs in table.segs)
+            charge = slices * (table.cost.f0_mc + table.cost.policy) / 1e9
+            oracle_free = max((q["mean_iou"] for q in front if q["gflops"] <= f1["gflops"] + charge), default=float("nan"))
             print(f"{name}, {bundle.name}: f0 / f1 / f2 {f0['mean_iou']:.4f} / {f1['mean_iou']:.4f} / {f2['mean_iou']:.4f}; "
                   f"PaSeR at λ {lam:.3f} {paser['mean_iou']:.4f} ({paser['mean_iou'] / f2['mean_iou']:.4f} × f2) at "
                   f"{paser['gflops'] / f2['gflops']:.3f} × its GFLOPs; best within f1's cost {best:.4f}; r with the true gains "
                   f"(f1 / f2): policy {r['f1']['policy']:.3f} / {r['f2']['policy']:.3f}, f0 entropy "
                   f"{r['f1']['f0_entropy']:.3f} / {r['f2']['f0_entropy']:.3f}; oracle within 0.25 × f2's GFLOPs "
-                  f"{oracle_quarter:.4f} ({oracle_quarter / f2['mean_iou']:.4f} × f2), within f1's GFLOPs {oracle_f1:.4f}", flush=True)
+                  f"{oracle_quarter:.4f} ({oracle_quarter / f2['mean_iou']:.4f} × f2), within f1's GFLOPs {oracle_f1:.4f} "
+                  f"({oracle_free:.4f} with f0's analysis and the policy free: {charge / f1['gflops']:.3f} × f1's GFLOPs)", flush=True)
 
 
 if __name__ == "__main__":
