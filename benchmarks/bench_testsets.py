@@ -26,6 +26,7 @@ from common import (
     TEST_SEEDS,
     VAL_SEEDS,
     Timer,
+    best_within,
     build_table,
     cheapest_reaching,
     idk_grid,
@@ -107,9 +108,9 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     beats_f1 = [p for p in sweep["paser"] if p["mean_iou"] > f1["mean_iou"] and p["gflops"] <= f1["gflops"] and p["seconds"] <= f1["seconds"]]
     best_under_f1 = max((p for p in sweep["paser"] if p["gflops"] <= f1["gflops"] and p["seconds"] <= f1["seconds"]),
                         key=lambda p: p["mean_iou"], default=None)
-    oracle_under_f1 = max((p for p in front if p["gflops"] <= f1["gflops"]), key=lambda p: p["mean_iou"], default=None)
+    oracle_under_f1 = best_within(front, f1["gflops"])
     # The bound of issue 11's first line: no policy over these networks does better there.
-    oracle_under_quarter = max((p for p in front if p["gflops"] <= 0.25 * rows["f2"]["gflops"]), key=lambda p: p["mean_iou"], default=None)
+    oracle_under_quarter = best_within(front, 0.25 * rows["f2"]["gflops"])
     res = {
         "lam": lam,
         "rows": rows,

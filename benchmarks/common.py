@@ -382,6 +382,12 @@ def oracle_front(table: PatchTable, points: int = 240) -> list[dict]:
     return pareto(out)
 
 
+def best_within(points: list[dict], gflops: float) -> dict | None:
+    """The point with the highest IoU whose GFLOPs are at most ``gflops``."""
+    ok = [p for p in points if p["gflops"] <= gflops]
+    return max(ok, key=lambda p: p["mean_iou"]) if ok else None
+
+
 def cheapest_reaching(points: list[dict], target_iou: float) -> dict | None:
     """The point with the fewest GFLOPs whose IoU is at least ``target_iou``."""
     ok = [p for p in points if p["mean_iou"] >= target_iou]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_testsets import _corr, oracle_gains
-from common import build_table, make_volumes, oracle_front
+from common import best_within, build_table, make_volumes, oracle_front
 from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
 from probe_policy_choice import DEVELOPMENT
 
@@ -56,7 +56,7 @@ def diagnostics(bundle, volumes, normalise) -> dict:
     the true ``g2 - g1`` (and with ``g2``) on ``volumes``."""
     table = build_table(volumes, bundle)
     rows = {m: table.score(table.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
-    within = max((p for p in oracle_front(table) if p["gflops"] <= rows["f1"]["gflops"]), key=lambda p: p["mean_iou"])
+    within = best_within(oracle_front(table), rows["f1"]["gflops"])
     true = oracle_gains(table)  # (N, 2, GY, GX): gains of f1 and f2 over f0
     pred = np.concatenate([np.stack([seg.gains(z) for z in zs]) for seg, zs in table.segs])
     noise = np.concatenate([plane_noise(image, normalise, bundle.patch_size) for image, _ in volumes])

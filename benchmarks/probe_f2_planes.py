@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import time
 
-from common import OOF_SEEDS, TEST_SEEDS, build_table, make_volumes, oracle_front
+from common import OOF_SEEDS, TEST_SEEDS, best_within, build_table, make_volumes, oracle_front
 from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
 
 
@@ -34,7 +34,7 @@ def summary(bundle, volumes) -> dict:
     table = build_table(volumes, bundle)
     rows = {m: table.score(table.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
     front = oracle_front(table)
-    within = max((p for p in front if p["gflops"] <= rows["f1"]["gflops"]), key=lambda p: p["mean_iou"], default=None)
+    within = best_within(front, rows["f1"]["gflops"])
     return {**{m: rows[m]["mean_iou"] for m in rows}, "oracle_within_f1": within["mean_iou"] if within else float("nan"),
             "f2_gflops_ratio_f1": rows["f2"]["gflops"] / rows["f1"]["gflops"],
             "analysis_over_f1": table.seconds[0].sum() / table.seconds[2][:, 1].sum()}

@@ -21,7 +21,7 @@ import argparse
 
 import torch
 from bench_testsets import _lam_grid, gain_correlations
-from common import build_table, make_volumes, oracle_front
+from common import best_within, build_table, make_volumes, oracle_front
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
@@ -49,11 +49,10 @@ def main() -> None:
             best = max((s["mean_iou"] for s in within), default=float("nan"))
             r = gain_correlations(table)
             front = oracle_front(table)
-            oracle_quarter = max((q["mean_iou"] for q in front if q["gflops"] <= 0.25 * f2["gflops"]), default=float("nan"))
-            oracle_f1 = max((q["mean_iou"] for q in front if q["gflops"] <= f1["gflops"]), default=float("nan"))
             slices = sum(len(zs) for _, zs in table.segs)
-            charge = slices * (table.cost.f0_mc + table.cost.policy) / 1e9
-            oracle_free = max((q["mean_iou"] for q in front if q["gflops"] <= f1["gflops"] + charge), default=float("nan"))
+            charge = slices * table.cost.slice_flops(0, 0) / 1e9  # f0's analysis and the policy
+            oracle_quarter, oracle_f1, oracle_free = (
+                best_within(front, budget)["mean_iou"] for budget in (0.25 * f2["gflops"], f1["gflops"], f1["gflops"] + charge))
             print(f"{name}, {bundle.name}: f0 / f1 / f2 {f0['mean_iou']:.4f} / {f1['mean_iou']:.4f} / {f2['mean_iou']:.4f}; "
                   f"PaSeR at λ {lam:.3f} {paser['mean_iou']:.4f} ({paser['mean_iou'] / f2['mean_iou']:.4f} × f2) at "
                   f"{paser['gflops'] / f2['gflops']:.3f} × its GFLOPs; best within f1's cost {best:.4f}; r with the true gains "

@@ -232,14 +232,11 @@ def patch_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torc
 def focus_weights(teacher: nn.Module, x: torch.Tensor, target: torch.Tensor, power: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Weights (N,) of a batch of patches, mean 1: ``teacher``'s cross entropy on each to ``power``.
 
-    ``x`` holds the patches as the trained model reads them; the teacher reads their
-    centre planes.
+    ``teacher`` is in eval mode; ``x`` holds the patches as the trained model reads them,
+    the teacher reads their centre planes.
     """
     with torch.no_grad():
-        was_training = teacher.training
-        teacher.eval()
         ce = patch_cross_entropy(teacher(centre_planes(x, teacher.config.planes)).float(), target, weight)
-        teacher.train(was_training)
     w = ce.clamp_min(1e-6) ** power
     return w / w.mean()
 
