@@ -90,11 +90,32 @@ def test_mc_predict_equals_the_full_resolution_definition(config, channels_last)
     prob, ent = mc_predict(f0, x, passes=5, seed=7)
     with torch.no_grad(), torch.random.fork_rng(devices=[]), mc_dropout(f0):
         torch.manual_seed(7)
-        logits = f0.decode([f.repeat(5, 1, 1, 1) for f in f0.encode(x)])
+        if f0.config.mc_scope == "head":  # the head's passes draw from their own generator
+            logits = f0.unfold(f0.mc_head_logits(f0.encode(x)[-1], 5, torch.Generator().manual_seed(7)))
+        else:
+            logits = f0.decode([f.repeat(5, 1, 1, 1) for f in f0.encode(x)])
     want = logits.softmax(1).reshape(5, 2, *logits.shape[1:]).mean(0)
     assert prob.shape == want.shape == (2, 3, 64, 96)
     torch.testing.assert_close(prob, want, rtol=0, atol=1e-6)
     torch.testing.assert_close(ent, entropy(want), rtol=0, atol=1e-6)
+
+
+def test_head_passes_are_dropout_on_the_features_before_the_head():
+    """Each pass is the head on the features with some dropped and the rest scaled by
+    1 / (1 - p), as nn.Dropout in training; over many passes the mean is the plain head."""
+    from napari_paser.engine.models import UNet, UNetConfig
+
+    p = 0.3
+    f0 = UNet(UNetConfig(base_width=4, depth=2, dropout=p, stem=4, mc_scope="head")).eval()
+    with torch.no_grad():
+        feats = f0.encode(torch.randn(2, 1, 64, 96))[-1]
+        logits = f0.mc_head_logits(feats, 3, torch.Generator().manual_seed(5))
+        keep = torch.rand((3, *feats.shape), generator=torch.Generator().manual_seed(5)) >= p
+        want = f0.head((feats * keep / (1 - p)).reshape(6, *feats.shape[1:]))
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+        assert 0.25 < float((~keep).float().mean()) < 0.35  # the dropout rate
+        many = f0.mc_head_logits(feats, 2000, torch.Generator().manual_seed(6)).reshape(2000, *f0.head(feats).shape).mean(0)
+        torch.testing.assert_close(many, f0.head(feats), rtol=0, atol=0.05)
 
 
 def test_head_mc_costs_a_fraction_of_decoder_mc_in_flops():
