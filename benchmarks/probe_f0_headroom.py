@@ -8,25 +8,20 @@ training one: on the development volumes it replaces f0's prediction on a share 
 the patches by f1's, taking the patches where f1 gains least over f0 (the most
 favourable f0 one could hope to train: exactly as good as f1 where f1 matters least, f0's
 analysis cost unchanged; patches where f0 is already as good as f1 stay as they are).
-For each ``q`` it prints f0 everywhere's IoU and oracle
-routing's best IoU within f1 everywhere's GFLOPs, and within its GFLOPs *and* seconds
-(both are issue 11's line), beside f1 everywhere.
+For each ``q`` it prints f0 everywhere's IoU and oracle routing's best IoU within f1
+everywhere's GFLOPs, and within its GFLOPs *and* seconds (both are issue 11's line),
+beside f1 everywhere.
 
     python benchmarks/probe_f0_headroom.py paser-synth-v2.9 runs/paser-synth-v2.10 [--shares 0 0.1 0.2 0.3 0.4 0.5]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import numpy as np
-import torch
-from common import best_within, build_table, make_volumes, oracle_front, oracle_gains
-from probe_policy_choice import DEVELOPMENT
-
-from napari_paser.engine.bundle import load_bundle
-from napari_paser.engine.registry import resolve_bundle
+from common import best_within, oracle_front, oracle_gains
+from probe_policy_choice import development_parser, development_tables
 
 
 def with_f0_as_f1(table, share: float):
@@ -57,27 +52,19 @@ def line_two_bounds(table) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundles", nargs="+", help="bundle names or folders")
+    p = development_parser(__doc__)
     p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--slices", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    for name, (distribution, seeds) in DEVELOPMENT.items():
-        volumes = make_volumes(seeds, args.slices, distribution=distribution)
-        for ref in args.bundles:
-            bundle = load_bundle(resolve_bundle(ref)).eval()
-            table = build_table(volumes, bundle, seed=0)
-            f2 = table.score(table.constant(2), "f2")["mean_iou"]
-            for share in args.shares:
-                b = line_two_bounds(with_f0_as_f1(table, share))
-                g, gs = b["gflops"], b["gflops_seconds"]
-                routed = " / ".join(f"{100 * x:.1f}%" for x in g["fractions"])
-                print(f"{name}, {bundle.name} (f2 {f2:.4f}), f0 as f1 on {100 * share:.0f} % of the patches: f0 {b['f0']:.4f}, "
-                      f"f1 {b['f1']:.4f}; oracle within f1's GFLOPs {g['mean_iou']:.4f} ({g['mean_iou'] - b['f1']:+.4f}; routed {routed}), "
-                      f"within its GFLOPs and seconds {gs['mean_iou'] if gs else float('nan'):.4f} "
-                      f"(f0's analysis {b['analysis_seconds']:.3f} × f1's seconds)", flush=True)
+    for name, bundle, table in development_tables(args):
+        f2 = table.score(table.constant(2), "f2")["mean_iou"]
+        for share in args.shares:
+            b = line_two_bounds(with_f0_as_f1(table, share))
+            g, gs = b["gflops"], b["gflops_seconds"]
+            routed = " / ".join(f"{100 * x:.1f}%" for x in g["fractions"])
+            print(f"{name}, {bundle.name} (f2 {f2:.4f}), f0 as f1 on {100 * share:.0f} % of the patches: f0 {b['f0']:.4f}, "
+                  f"f1 {b['f1']:.4f}; oracle within f1's GFLOPs {g['mean_iou']:.4f} ({g['mean_iou'] - b['f1']:+.4f}; routed {routed}), "
+                  f"within its GFLOPs and seconds {gs['mean_iou'] if gs else float('nan'):.4f} "
+                  f"(f0's analysis {b['analysis_seconds']:.3f} × f1's seconds)", flush=True)
 
 
 if __name__ == "__main__":
