@@ -105,9 +105,7 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     sweep["random"] = [{"q": q, **tt.score(tt.random((1 - q, q / 2, q / 2), seed), "random")} for q in RAND_MIXES]
     sweep["oracle"] = front
     f1 = rows["f1"]
-    beats_f1 = [p for p in sweep["paser"] if p["mean_iou"] > f1["mean_iou"] and p["gflops"] <= f1["gflops"] and p["seconds"] <= f1["seconds"]]
-    best_under_f1 = max((p for p in sweep["paser"] if p["gflops"] <= f1["gflops"] and p["seconds"] <= f1["seconds"]),
-                        key=lambda p: p["mean_iou"], default=None)
+    best_under_f1 = best_within(sweep["paser"], f1["gflops"], f1["seconds"])
     oracle_under_f1 = best_within(front, f1["gflops"])
     # The bound of issue 11's first line: no policy over these networks does better there.
     oracle_under_quarter = best_within(front, 0.25 * rows["f2"]["gflops"])
@@ -116,7 +114,7 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
         "rows": rows,
         "idk_matched": {k: matched[k] for k in ("a0", "a1", "match")},
         "sweep": sweep,
-        "beats_f1": max(beats_f1, key=lambda p: p["mean_iou"]) if beats_f1 else None,
+        "beats_f1": best_under_f1 if best_under_f1 and best_under_f1["mean_iou"] > f1["mean_iou"] else None,
         "best_within_f1_cost": best_under_f1,
         "oracle_within_f1_gflops": oracle_under_f1,
         "oracle_within_quarter_f2_gflops": oracle_under_quarter,

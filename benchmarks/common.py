@@ -382,9 +382,10 @@ def oracle_front(table: PatchTable, points: int = 240) -> list[dict]:
     return pareto(out)
 
 
-def best_within(points: list[dict], gflops: float) -> dict | None:
-    """The point with the highest IoU whose GFLOPs are at most ``gflops``."""
-    ok = [p for p in points if p["gflops"] <= gflops]
+def best_within(points: list[dict], gflops: float, seconds: float | None = None) -> dict | None:
+    """The point with the highest IoU whose GFLOPs are at most ``gflops`` (and, if given,
+    whose measured seconds are at most ``seconds``)."""
+    ok = [p for p in points if p["gflops"] <= gflops and (seconds is None or p["seconds"] <= seconds)]
     return max(ok, key=lambda p: p["mean_iou"]) if ok else None
 
 

@@ -55,8 +55,8 @@ def main() -> None:
         lam = float(bundle.default_lam)
         paser = table.score(table.paser(lam), "paser")
         sweep = [table.score(table.paser(float(x)), "paser") for x in _lam_grid()]
-        within = [s for s in sweep if s["gflops"] <= f1["gflops"] and s["seconds"] <= f1["seconds"]]
-        best = max((s["mean_iou"] for s in within), default=float("nan"))
+        within = best_within(sweep, f1["gflops"], f1["seconds"])
+        best = within["mean_iou"] if within else float("nan")
         r = gain_correlations(table)
         front = oracle_front(table)
         slices = sum(len(zs) for _, zs in table.segs)

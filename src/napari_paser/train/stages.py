@@ -289,10 +289,7 @@ def pretrain_patch_model(
         with ctx.autocast():
             out = model(x)
             w = focus_weights(focus_on, x, y, focus, weight) if focus > 0 else None
-        if w is None:
-            loss = labelled_cross_entropy(out.float(), y, weight)
-        else:
-            loss = (w * patch_cross_entropy(out.float(), y, weight)).mean()
+        loss = labelled_cross_entropy(out.float(), y, weight) if w is None else (w * patch_cross_entropy(out.float(), y, weight)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
