@@ -103,19 +103,33 @@ def test_mc_predict_equals_the_full_resolution_definition(config, channels_last)
 def test_head_passes_are_dropout_on_the_features_before_the_head():
     """Each pass is the head on the features with some dropped and the rest scaled by
     1 / (1 - p), as nn.Dropout in training; over many passes the mean is the plain head."""
-    from napari_paser.engine.models import UNet, UNetConfig
+    from napari_paser.engine.models import UNet, UNetConfig, dropout_keep_mask
 
     p = 0.3
     f0 = UNet(UNetConfig(base_width=4, depth=2, dropout=p, stem=4, mc_scope="head")).eval()
     with torch.no_grad():
         feats = f0.encode(torch.randn(2, 1, 64, 96))[-1]
         logits = f0.mc_head_logits(feats, 3, torch.Generator().manual_seed(5))
-        keep = torch.rand((3, *feats.shape), generator=torch.Generator().manual_seed(5)) >= p
+        keep = dropout_keep_mask((3, *feats.shape), p, torch.Generator().manual_seed(5))
         want = f0.head((feats * keep / (1 - p)).reshape(6, *feats.shape[1:]))
         torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
         assert 0.25 < float((~keep).float().mean()) < 0.35  # the dropout rate
         many = f0.mc_head_logits(feats, 2000, torch.Generator().manual_seed(6)).reshape(2000, *f0.head(feats).shape).mean(0)
         torch.testing.assert_close(many, f0.head(feats), rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.2, 0.5, 1.0])
+def test_dropout_keep_mask_drops_at_rate_p_reproducibly(p):
+    from napari_paser.engine.models import dropout_keep_mask
+
+    keep = dropout_keep_mask((5, 2, 16, 56, 64), p, torch.Generator().manual_seed(3))
+    assert keep.shape == (5, 2, 16, 56, 64) and keep.dtype == torch.bool
+    assert abs(float((~keep).float().mean()) - p) < 0.005  # 573 440 draws: sd of the rate < 0.0007
+    assert torch.equal(keep, dropout_keep_mask((5, 2, 16, 56, 64), p, torch.Generator().manual_seed(3)))
+    assert not torch.equal(keep, dropout_keep_mask((5, 2, 16, 56, 64), p, torch.Generator().manual_seed(4))) or p in (0.0, 1.0)
+    # every 16-bit lane of the 64-bit words is uniform (a sign bit that never varies would bias one lane)
+    lanes = (~keep).reshape(-1)[: keep.numel() // 4 * 4].view(-1, 4).float().mean(0)
+    assert float((lanes - p).abs().max()) < 0.01
 
 
 def test_head_mc_costs_a_fraction_of_decoder_mc_in_flops():

@@ -22,6 +22,7 @@ __all__ = [
     "PolicyConfig",
     "PolicyNet",
     "mc_dropout",
+    "dropout_keep_mask",
     "count_parameters",
     "with_planes",
     "centre_planes",
@@ -213,22 +214,48 @@ class UNet(nn.Module):
         -------
         Tensor (passes * N, classes * stem², rows / stem, columns / stem), pass-major.
 
-        Each mask keeps a feature with probability ``1 - dropout`` and scales it by
-        ``1 / (1 - dropout)``, as ``nn.Dropout`` does in training. The masks are uniform
-        draws compared with ``dropout`` (on a CPU about twice as fast as Bernoulli
-        sampling), the scale is folded into the head's weights, and everything runs in
-        the plain memory layout, where these elementwise steps are fastest.
+        Each pass keeps a feature with probability ``1 - dropout`` (the masks of
+        :func:`dropout_keep_mask`) and scales it by ``1 / (1 - dropout)``, as
+        ``nn.Dropout`` does in training. The scale is folded into the head's weights and
+        everything runs in the plain memory layout, where these elementwise steps are
+        fastest on a CPU.
         """
         p = float(self.config.dropout)
         f = features.contiguous()
         if p <= 0:
             return self.head(f).repeat(passes, 1, 1, 1)
-        keep = torch.rand((passes, *f.shape), generator=generator, device=f.device, dtype=f.dtype) >= p
-        dropped = (f * keep).view(passes * f.shape[0], *f.shape[1:])
-        return F.conv2d(dropped, self.head.weight * (1.0 / (1.0 - p)), self.head.bias)
+        n, c, h, w = f.shape
+        keep = dropout_keep_mask((passes, n, c, h, w), p, generator, f.device)
+        dropped = (f * keep).view(passes * n, c, h * w)
+        # The 1x1 head as one batched matrix product: plain layout whatever the module's
+        # memory format (a channels-last convolution here would cost a copy per pass).
+        weight = self.head.weight.reshape(-1, c) * (1.0 / (1.0 - p))
+        logits = torch.baddbmm(self.head.bias.view(1, -1, 1), weight.expand(passes * n, -1, -1), dropped)
+        return logits.view(passes * n, -1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean dropout mask of ``shape``: True (keep) with probability ``1 - p``.
+
+    Each element compares 16 random bits with ``round(p * 65536)``, so the drop rate is
+    ``p`` to within 1e-5. One 64-bit draw gives four elements: on a CPU this is about
+    four times faster than ``torch.rand(shape) >= p``, and drawing the masks was the
+    largest part of f0's MC passes.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1], got {p}")
+    if p == 1.0:  # the threshold 32768 would not fit the 16 bits
+        return torch.zeros(tuple(shape), dtype=torch.bool, device=device)
+    numel = 1
+    for size in shape:
+        numel *= int(size)
+    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, generator=generator, device=device)
+    bits = words.view(torch.int16)[:numel].view(*shape)  # uniform over [-32768, 32767]
+    return bits >= round(p * 65536) - 32768
 
 
 class mc_dropout:

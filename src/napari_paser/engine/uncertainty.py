@@ -99,18 +99,19 @@ def policy_features(
     False) f0's finest features resized to that grid (they come for free with f0's
     analysis).
     """
-    full = torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
     if config is None or config.features != "v2":
-        return full
+        return torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
     p = config.pool
-    pooled = F.avg_pool2d(torch.cat([full, x * x], dim=1), p)
-    mean, mean_sq = pooled[:, 4:5], pooled[:, 5:6]
+    # Pooled before they are concatenated: a full-resolution concatenation would copy
+    # every channel once more.
+    rest = F.avg_pool2d(torch.cat([ent.unsqueeze(1), x, x * x], dim=1), p)
+    mean, mean_sq = rest[:, 1:2], rest[:, 2:3]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
-    parts = [pooled[:, :5], std]
+    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std]
     if f0_features is not None and config.f0_features:
         f = f0_features.float()
-        if f.shape[-2:] != pooled.shape[-2:]:
-            f = F.adaptive_avg_pool2d(f, pooled.shape[-2:])
+        if f.shape[-2:] != rest.shape[-2:]:
+            f = F.adaptive_avg_pool2d(f, rest.shape[-2:])
         parts.append(f)
     return torch.cat(parts, dim=1)
 
