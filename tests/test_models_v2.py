@@ -132,6 +132,27 @@ def test_dropout_keep_mask_drops_at_rate_p_reproducibly(p):
     assert float((lanes - p).abs().max()) < 0.01
 
 
+@pytest.mark.parametrize("stem,planes", [(2, 3), (4, 5), (4, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_space_to_depth_stem_as_one_strided_convolution(stem, planes, channels_last):
+    """The stem's first convolution on the pixels equals PixelUnshuffle then the 3x3
+    convolution, in values and in gradients."""
+    from napari_paser.engine.models import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(base_width=8, depth=2, stem=stem, planes=planes)).eval()
+    x = torch.randn(2, planes, 32, 48)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    got = net._stem_in(x)
+    want = net.inc(net.unshuffle(x))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    (g_got,) = torch.autograd.grad(got.square().sum(), net.inc[0].weight)
+    (g_want,) = torch.autograd.grad(net.inc(net.unshuffle(x)).square().sum(), net.inc[0].weight)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-4)
+
+
 def test_head_mc_costs_a_fraction_of_decoder_mc_in_flops():
     from napari_paser.engine.flops import unet_flops
     from napari_paser.engine.models import UNetConfig

@@ -148,8 +148,34 @@ class UNet(nn.Module):
             return widths[depth]
         return widths[level + 1] // 2
 
+    def _stem_in(self, x: torch.Tensor) -> torch.Tensor:
+        """``inc`` on the space-to-depth input, ``inc(unshuffle(x))``.
+
+        With ``stem > 1`` and several input planes the first 3x3 convolution runs as one
+        convolution on the pixels (kernel ``3 * stem``, stride ``stem``): the same sums
+        as PixelUnshuffle followed by the 3x3 convolution, without copying the input
+        into blocks first. For f0 (5 planes, stem 4) that copy took as long as the
+        convolution itself.
+        """
+        s = int(self.config.stem)
+        if s == 1 or x.shape[1] == 1:
+            # One input channel: its layout is ambiguous, the strided convolution would
+            # return the plain layout to channels-last layers, and unshuffling is cheap.
+            return self.inc(self.unshuffle(x))
+        first = self.inc[0]
+        out_ch, _, kh, kw = first.weight.shape
+        c = x.shape[1]
+        # Weight channel (c, i, j) of the unshuffled grid is pixel offset (i, j) inside a block.
+        w = first.weight.reshape(out_ch, c, s, s, kh, kw).permute(0, 1, 4, 2, 5, 3).reshape(out_ch, c, kh * s, kw * s)
+        if first.weight.is_contiguous(memory_format=torch.channels_last):  # keep the module's layout
+            w = w.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, w, first.bias, stride=s, padding=s * first.padding[0])
+        for layer in list(self.inc)[1:]:
+            y = layer(y)
+        return y
+
     def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = [self.inc(self.unshuffle(x))]
+        feats = [self._stem_in(x)]
         for down in self.downs:
             feats.append(down(F.max_pool2d(feats[-1], 2)))
         return feats
