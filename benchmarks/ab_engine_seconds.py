@@ -1,11 +1,11 @@
-"""Seconds of f0's analysis, the policy and f1 on every patch: two commits, one process.
+"""Seconds of f0's analysis, the policy, f1 and f2 on every patch: two commits, one process.
 
 The shared machine's speed drifts by tens of percent between runs, so comparing two
 runs of the benchmark says little about a change of a few milliseconds. This script
 exports the engine of commit ``A`` (``git archive``) under another package name, loads
 the same bundle into both engines and analyses the same slices with both, alternating
 which goes first, so both see the same machine. It prints the medians per slice and
-the median of the per-slice ratios to f1 everywhere (16 halo patches).
+the median of the per-slice ratios to f1 everywhere and f2 everywhere (16 halo patches each).
 
     python benchmarks/ab_engine_seconds.py 6f9974d            # A = 6f9974d, B = this tree
     python benchmarks/ab_engine_seconds.py 6f9974d --threads 2 --rounds 6
@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pipeline_a, bundle_a = import_commit(args.commit, Path(tmp))
         sides = {args.commit: (pipeline_a, bundle_a.load_bundle(path)), "this tree": (pipeline_b, bundle_b.load_bundle(path))}
-        times = {name: [] for name in sides}  # (f0, policy, f1) per slice
+        times = {name: [] for name in sides}  # (f0, policy, f1, f2) per slice
         for r in range(args.rounds):
             segs = {}
             for name, (pipeline, bundle) in sides.items():
@@ -69,14 +69,16 @@ def main() -> None:
                     seg = segs[name]
                     seg.analyse(z)
                     seg.ensure_patches(z, 1)
+                    seg.ensure_patches(z, 2)
                     f0, policy, patches = seg.timings(z)
-                    times[name].append((f0, policy, float(patches[1].sum())))
+                    times[name].append((f0, policy, float(patches[1].sum()), float(patches[2].sum())))
     print(f"{args.bundle}, {args.rounds} rounds x {args.slices} slices of 224 x 256, {args.threads} thread(s); medians per slice")
-    print(f"{'engine':<12} {'f0 ms':>7} {'policy ms':>10} {'f1 ms':>7} {'f0 / f1':>8} {'(f0 + policy) / f1':>19}")
+    print(f"{'engine':<12} {'f0 ms':>7} {'policy ms':>10} {'f1 ms':>7} {'f2 ms':>7} {'(f0 + policy) / f1':>19} {'(f0 + policy) / f2':>19} {'f1 / f2':>8}")
     for name, rows in times.items():
         t = np.array(rows)
-        print(f"{name:<12} {np.median(t[:, 0]) * 1e3:7.2f} {np.median(t[:, 1]) * 1e3:10.2f} {np.median(t[:, 2]) * 1e3:7.2f} "
-              f"{np.median(t[:, 0] / t[:, 2]):8.3f} {np.median((t[:, 0] + t[:, 1]) / t[:, 2]):19.3f}")
+        analysis = t[:, 0] + t[:, 1]
+        print(f"{name:<12} {np.median(t[:, 0]) * 1e3:7.2f} {np.median(t[:, 1]) * 1e3:10.2f} {np.median(t[:, 2]) * 1e3:7.2f} {np.median(t[:, 3]) * 1e3:7.1f} "
+              f"{np.median(analysis / t[:, 2]):19.3f} {np.median(analysis / t[:, 3]):19.4f} {np.median(t[:, 2] / t[:, 3]):8.3f}")
 
 
 if __name__ == "__main__":
