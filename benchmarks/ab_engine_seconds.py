@@ -73,11 +73,13 @@ def main() -> None:
                     f0, policy, patches = seg.timings(z)
                     times[name].append((f0, policy, float(patches[1].sum()), float(patches[2].sum())))
     print(f"{args.bundle}, {args.rounds} rounds x {args.slices} slices of 224 x 256, {args.threads} thread(s); medians per slice")
-    print(f"{'engine':<12} {'f0 ms':>7} {'policy ms':>10} {'f1 ms':>7} {'f2 ms':>7} {'(f0 + policy) / f1':>19} {'(f0 + policy) / f2':>19} {'f1 / f2':>8}")
+    print(f"{'engine':<12} {'f0 ms':>7} {'policy ms':>10} {'f1 ms':>7} {'f2 ms':>7} "
+          f"{'(f0 + policy) / f1':>19} {'(f0 + policy) / f2':>19} {'f1 / f2':>8}")
     for name, rows in times.items():
         t = np.array(rows)
         analysis = t[:, 0] + t[:, 1]
-        print(f"{name:<12} {np.median(t[:, 0]) * 1e3:7.2f} {np.median(t[:, 1]) * 1e3:10.2f} {np.median(t[:, 2]) * 1e3:7.2f} {np.median(t[:, 3]) * 1e3:7.1f} "
+        ms = np.median(t, axis=0) * 1e3
+        print(f"{name:<12} {ms[0]:7.2f} {ms[1]:10.2f} {ms[2]:7.2f} {ms[3]:7.1f} "
               f"{np.median(analysis / t[:, 2]):19.3f} {np.median(analysis / t[:, 3]):19.4f} {np.median(t[:, 2] / t[:, 3]):8.3f}")
 
 

@@ -3,6 +3,8 @@ dataset-IoU rewards and warm starts; and that v1 bundles still load and run unch
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -118,7 +120,7 @@ def test_head_passes_are_dropout_on_the_features_before_the_head():
         torch.testing.assert_close(many, f0.head(feats), rtol=0, atol=0.05)
 
 
-@pytest.mark.parametrize("p", [0.0, 0.1, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.2, 0.5, 0.999995, 1.0])
 def test_dropout_keep_mask_drops_at_rate_p_reproducibly(p):
     from napari_paser.engine.models import dropout_keep_mask
 
@@ -126,10 +128,34 @@ def test_dropout_keep_mask_drops_at_rate_p_reproducibly(p):
     assert keep.shape == (5, 2, 16, 56, 64) and keep.dtype == torch.bool
     assert abs(float((~keep).float().mean()) - p) < 0.005  # 573 440 draws: sd of the rate < 0.0007
     assert torch.equal(keep, dropout_keep_mask((5, 2, 16, 56, 64), p, torch.Generator().manual_seed(3)))
-    assert not torch.equal(keep, dropout_keep_mask((5, 2, 16, 56, 64), p, torch.Generator().manual_seed(4))) or p in (0.0, 1.0)
+    assert not torch.equal(keep, dropout_keep_mask((5, 2, 16, 56, 64), p, torch.Generator().manual_seed(4))) or p in (0.0, 0.999995, 1.0)
     # every 16-bit lane of the 64-bit words is uniform (a sign bit that never varies would bias one lane)
     lanes = (~keep).reshape(-1)[: keep.numel() // 4 * 4].view(-1, 4).float().mean(0)
     assert float((lanes - p).abs().max()) < 0.01
+
+
+def test_double_conv_folds_batch_norm_only_in_eval_mode():
+    """Eval: batch norm folded into the convolutions gives the unfolded block's output.
+    Training: the block is the plain sequence (batch statistics, running stats updated)."""
+    from torch import nn
+
+    from napari_paser.engine.models import DoubleConv
+
+    torch.manual_seed(0)
+    block = DoubleConv(3, 8)
+    with torch.no_grad():
+        for norm in (block[1], block[4]):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 16, 20)
+    block.eval()
+    torch.testing.assert_close(block(x), nn.Sequential.forward(block, x), rtol=1e-5, atol=1e-5)
+    reference = copy.deepcopy(block).train()
+    block.train()
+    torch.testing.assert_close(block(x), nn.Sequential.forward(reference, x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(block[1].running_mean, reference[1].running_mean)
 
 
 @pytest.mark.parametrize("stem,planes", [(2, 3), (4, 5), (4, 1)])

@@ -110,16 +110,20 @@ class DoubleConv(nn.Sequential):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, x: torch.Tensor, first_weight: torch.Tensor | None = None, stride: int = 1, padding: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_weight: torch.Tensor | None = None, stride: int = 1,
+                padding: int | None = None) -> torch.Tensor:
         """``first_weight`` (with ``stride`` and ``padding``) stands in for the first
         convolution's weight: the strided form of a space-to-depth stem (:meth:`UNet._stem_in`)."""
-        first = (self[0], self[1], self[0].weight if first_weight is None else first_weight, stride, self[0].padding if padding is None else padding)
+        first_weight = self[0].weight if first_weight is None else first_weight
+        first = (self[0], self[1], first_weight, stride, self[0].padding if padding is None else padding)
         for conv, norm, weight, step, pad in (first, (self[3], self[4], self[3].weight, 1, self[3].padding)):
             if self.training:
-                x = F.relu_(norm(F.conv2d(x, weight, conv.bias, stride=step, padding=pad)))
+                x = norm(F.conv2d(x, weight, conv.bias, stride=step, padding=pad))
             else:
                 scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-                x = F.relu_(F.conv2d(x, weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale, stride=step, padding=pad))
+                weight, bias = weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale
+                x = F.conv2d(x, weight, bias, stride=step, padding=pad)
+            x = F.relu_(x)
         return x
 
 
@@ -289,14 +293,15 @@ def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout rate must be in [0, 1], got {p}")
-    if p == 1.0:  # the threshold 32768 would not fit the 16 bits
+    level = round(p * 65536)
+    if level >= 65536:  # drop everything; the threshold would not fit the 16 bits
         return torch.zeros(tuple(shape), dtype=torch.bool, device=device)
     numel = 1
     for size in shape:
         numel *= int(size)
     words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, generator=generator, device=device)
     bits = words.view(torch.int16)[:numel].view(*shape)  # uniform over [-32768, 32767]
-    return bits >= round(p * 65536) - 32768
+    return bits >= level - 32768
 
 
 class mc_dropout:
