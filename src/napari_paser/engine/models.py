@@ -9,6 +9,7 @@ only the decoder once per MC pass.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -114,17 +115,18 @@ class DoubleConv(nn.Sequential):
                 padding: int | None = None) -> torch.Tensor:
         """``first_weight`` (with ``stride`` and ``padding``) stands in for the first
         convolution's weight: the strided form of a space-to-depth stem (:meth:`UNet._stem_in`)."""
-        first_weight = self[0].weight if first_weight is None else first_weight
-        first = (self[0], self[1], first_weight, stride, self[0].padding if padding is None else padding)
-        for conv, norm, weight, step, pad in (first, (self[3], self[4], self[3].weight, 1, self[3].padding)):
-            if self.training:
-                x = norm(F.conv2d(x, weight, conv.bias, stride=step, padding=pad))
-            else:
-                scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-                weight, bias = weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale
-                x = F.conv2d(x, weight, bias, stride=step, padding=pad)
-            x = F.relu_(x)
-        return x
+        x = self._conv_norm_relu(x, self[0], self[1], first_weight, stride, padding)
+        return self._conv_norm_relu(x, self[3], self[4])
+
+    def _conv_norm_relu(self, x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d, weight: torch.Tensor | None = None,
+                        stride: int = 1, padding: int | None = None) -> torch.Tensor:
+        weight = conv.weight if weight is None else weight
+        padding = conv.padding if padding is None else padding
+        if self.training:
+            return F.relu_(norm(F.conv2d(x, weight, conv.bias, stride=stride, padding=padding)))
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        bias = norm.bias - norm.running_mean * scale
+        return F.relu_(F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, stride=stride, padding=padding))
 
 
 class UNet(nn.Module):
@@ -296,9 +298,7 @@ def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator
     level = round(p * 65536)
     if level >= 65536:  # drop everything; the threshold would not fit the 16 bits
         return torch.zeros(tuple(shape), dtype=torch.bool, device=device)
-    numel = 1
-    for size in shape:
-        numel *= int(size)
+    numel = math.prod(int(size) for size in shape)
     words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, generator=generator, device=device)
     bits = words.view(torch.int16)[:numel].view(*shape)  # uniform over [-32768, 32767]
     return bits >= level - 32768
