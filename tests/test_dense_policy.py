@@ -148,3 +148,14 @@ def test_the_policy_stage_fits_a_dense_policy(tmp_path):
     history = train_policy(ctx, bundle, [_random_cache(s) for s in range(3)], holdout=[_random_cache(9)])
     assert history["best_step"] in (50, 100) and len(history["holdout_r"]) == 2
     assert min(history["corr_holdout"]) > 0.5
+
+
+def test_fit_dense_policy_with_an_error_on_the_patch_means_too():
+    fit, held = [_random_cache(s) for s in range(4)], [_random_cache(10)]
+    config = PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2)
+    plain, weighted = PolicyNet(config), PolicyNet(config)
+    fit_dense_policy(plain, fit, held, steps=100, batch=4, eval_every=50, seed=0)
+    history = fit_dense_policy(weighted, fit, held, steps=100, batch=4, eval_every=50, seed=0, patch_weight=20.0)
+    assert min(history["corr_holdout"]) > 0.8
+    # same seed, same batches: only the added error makes the weights differ
+    assert not torch.equal(plain.output_layer.weight, weighted.output_layer.weight)

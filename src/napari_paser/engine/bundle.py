@@ -98,6 +98,14 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2.9")
         configs["f2"] = UNetConfig(**{**configs["f2"].to_dict(), "planes": 5})
         return configs
+    if preset == "v2.12":
+        # v2.9's networks; the dense policy also reads f0's finest features, which f0
+        # (stem 4, MC dropout in its head only) computes once per slice on the policy's
+        # 4x4-pixel cell grid. Fitted on v2.9's reward caches they tracked the gains
+        # better out of family and a little worse in family (probe_policy_fit.py).
+        configs = default_model_configs("v2.9")
+        configs["policy"] = PolicyConfig(in_channels=22, width=32, features="v2", f0_features=True, head="dense", dense_inputs=22, dense_layers=3)
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -105,7 +113,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10', 'v2.12' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

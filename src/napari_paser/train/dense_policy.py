@@ -67,6 +67,7 @@ def fit_dense_policy(
     lr: float = 2e-3,
     weight_decay: float = 1e-4,
     eval_every: int = 250,
+    patch_weight: float = 0.0,
     seed: int = 0,
     log=None,
 ) -> dict:
@@ -84,6 +85,9 @@ def fit_dense_policy(
         with the weights that had the highest mean r (early stopping).
     steps, batch, lr, weight_decay : training of the mean squared error of the
         standardised cell gains (AdamW, one-cycle schedule; random flips of the grid).
+    patch_weight : float
+        Weight of a second squared error, on the patches' mean gains (what routing
+        reads), added to the cells'.
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -127,7 +131,11 @@ def fit_dense_policy(
         for dim in (-1, -2):
             if bool(torch.rand((), generator=g) < 0.5):
                 x, y = x.flip(dim), y.flip(dim)
-        loss = F.mse_loss(policy.cell_gains(x), y)
+        pred = policy.cell_gains(x)
+        loss = F.mse_loss(pred, y)
+        if patch_weight:
+            k = policy._patch_cells()
+            loss = loss + patch_weight * F.mse_loss(F.avg_pool2d(pred, k), F.avg_pool2d(y, k))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

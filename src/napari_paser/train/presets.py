@@ -292,6 +292,12 @@ PRESETS["v2.11"] = PRESETS["v2.10"].replace(
 )
 
 
+# v2.9's networks (all kept) with a dense policy that also reads f0's finest features
+# (arch v2.12); the reward caches are rebuilt (they hold the new input) and the policy
+# fitted as v2.9's.
+PRESETS["v2.12"] = PRESETS["v2.9"].replace(preset="v2.12", arch="v2.12")
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
