@@ -1,16 +1,18 @@
 """How should the dense policy be fitted so its gains track the true ones? (issue 11, line 4)
 
 A quick loop for choosing how the dense policy is fitted, without rerunning the networks
-for every candidate: the development volumes (those of ``probe_policy_choice``) are run
-through a bundle's f0, f1 and f2 once and kept as reward caches, one per set, so a
+for every candidate: the development volumes (``probe_policy_choice``'s and eight more
+out-of-family ones, :data:`SETS`) go through a bundle's f0, f1 and f2 once and are kept
+as reward caches, one per set (``checkpoints/dev-caches-wide.pt`` of the run), so a
 patch's gain is its first-order change of the *set's* mean IoU, as in the benchmark's
-``oracle_gains``. Each candidate fit on the run's own reward caches is then scored by
-the Pearson r of its predicted patch gains with the true ones, beside f0's mean patch
+``oracle_gains``. Each candidate, fitted on the run's own reward caches, is scored by the
+Pearson r of its predicted patch gains with the true ones, beside f0's mean patch
 entropy (issue 11's fourth line asks for r ≥ the entropy's + 0.1).
 
-    python benchmarks/probe_policy_fit.py --run runs/paser-synth-v2.9 --variants base patch-loss
-
-The development caches are saved beside the run's caches (``dev-caches.pt``) and reused.
+    python benchmarks/probe_policy_fit.py --run runs/paser-synth-v2.9 --seeds 0 1
+    python benchmarks/probe_policy_fit.py --run runs/paser-synth-v2.9 --patch-weight 20
+    python benchmarks/probe_f0_feature_caches.py --run runs/paser-synth-v2.9 --data data/synth_v2 --extra-rl data/synth_rl_extra
+    python benchmarks/probe_policy_fit.py --run runs/paser-synth-v2.9 --suffix=-f0feat --config f0_features=1 dense_inputs=22
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import copy
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from common import make_volumes
@@ -28,7 +31,7 @@ from probe_policy_choice import DEVELOPMENT
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyConfig, PolicyNet
 from napari_paser.train.datasets import SliceBank, make_volume
-from napari_paser.train.dense_policy import _pearson, _patch_gains, fit_dense_policy
+from napari_paser.train.dense_policy import fit_dense_policy
 from napari_paser.train.rewards import RewardCache, build_reward_cache, load_reward_caches
 
 
@@ -61,18 +64,22 @@ def development_caches(run: Path, bundle) -> dict[str, RewardCache]:
     return {name: RewardCache(*t) for name, t in torch.load(path, weights_only=True).items()}
 
 
+def _r(pred: torch.Tensor, true: torch.Tensor) -> list[float]:
+    """Pearson r per model of (N, 2, GY, GX) predictions with the true gains."""
+    return [float(np.corrcoef(pred[:, k].reshape(-1).double(), true[:, k].reshape(-1).double())[0, 1]) for k in range(2)]
+
+
 def entropy_r(cache: RewardCache, patch_cells: tuple[int, int]) -> list[float]:
-    ent = F.avg_pool2d(cache.features[:, 3:4].float(), patch_cells)[:, 0]
-    true = cache.dataset_gain()
-    return [_pearson(ent, true[:, k]) for k in range(2)]
+    ent = F.avg_pool2d(cache.features[:, 3:4].float(), patch_cells)
+    return _r(ent.expand(-1, 2, -1, -1), cache.dataset_gain())
 
 
-def policy_r(policies, cache: RewardCache) -> list[float]:
+@torch.no_grad()
+def policy_r(policies, cache: RewardCache, batch: int = 64) -> list[float]:
     """r of the mean predicted gains of ``policies`` (an ensemble) with the true gains."""
-    with torch.no_grad():
-        pred = torch.stack([_patch_gains(p.eval(), cache.features) for p in policies]).mean(0)
-    true = cache.dataset_gain()
-    return [_pearson(pred[:, k], true[:, k]) for k in range(2)]
+    x = cache.features
+    pred = torch.stack([torch.cat([p.eval().gains(x[i : i + batch].float()) for i in range(0, len(x), batch)]) for p in policies]).mean(0)
+    return _r(pred, cache.dataset_gain())
 
 
 def main() -> None:
