@@ -159,3 +159,24 @@ def test_fit_dense_policy_with_an_error_on_the_patch_means_too():
     assert min(history["corr_holdout"]) > 0.8
     # same seed, same batches: only the added error makes the weights differ
     assert not torch.equal(plain.output_layer.weight, weighted.output_layer.weight)
+
+
+def test_a_dense_policy_reads_f0s_features_in_the_engine_and_its_reward_caches():
+    """v2.12: the policy's 22 inputs are f0's probabilities, entropy, the image's mean and
+    spread and f0's 16 finest feature channels, on the 4x4-pixel cell grid."""
+    from napari_paser.engine.pipeline import PaserSegmenter
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.rewards import build_reward_cache
+
+    configs = default_model_configs("v2.12")
+    assert configs["policy"].f0_features and configs["policy"].dense_inputs == 22
+    assert {k: v.to_dict() for k, v in configs.items() if k != "policy"} == {k: v.to_dict() for k, v in default_model_configs("v2.9").items() if k != "policy"}
+    assert get_preset("v2.12").arch == "v2.12" and get_preset("v2.12").policy_objective == "dense"
+    bundle = Bundle.from_configs(configs, seed=0).eval()
+    image = torch.rand(5, 112, 128)
+    cache = build_reward_cache(bundle, image[:, None].expand(-1, 5, -1, -1).contiguous(), torch.randint(0, 3, (5, 112, 128)), mc_passes=2)
+    assert cache.features.shape == (5, 22, 28, 32) and cache.cells is not None
+    seg = PaserSegmenter(bundle, mc_passes=2)
+    seg.set_volume(image.numpy())
+    seg.analyse(2)
+    assert seg.gains(2).shape == (2, 2, 2) and np.isfinite(seg.gains(2)).all()
