@@ -101,8 +101,8 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
     if preset == "v2.12":
         # v2.9's networks; the dense policy also reads f0's finest features, which f0
         # (stem 4, MC dropout in its head only) computes once per slice on the policy's
-        # 4x4-pixel cell grid. Fitted on v2.9's reward caches they tracked the gains
-        # better out of family and a little worse in family (probe_policy_fit.py).
+        # 4x4-pixel cell grid. Not shipped: trained, it tracked the gains worse in family
+        # and no better out of family (benchmarks/probe_results.md).
         configs = default_model_configs("v2.9")
         configs["policy"] = PolicyConfig(in_channels=22, width=32, features="v2", f0_features=True, head="dense", dense_inputs=22, dense_layers=3)
         return configs
