@@ -38,7 +38,7 @@ def spread_and_maxima(policy, features: torch.Tensor) -> np.ndarray:
     """(patches, 2C) within-patch standard deviation and maximum of each input channel,
     rows in the order of :func:`~napari_paser.train.linear_policy.patch_table`."""
     out = []
-    cells = policy._patch_cells()
+    cells = policy.patch_cells()
     for i in range(0, len(features), 64):
         x = policy._grid_inputs(features[i : i + 64].float())
         mean = F.avg_pool2d(x, cells)

@@ -465,14 +465,15 @@ class PolicyNet(nn.Module):
         # v2 features arrive pooled already (see policy_features).
         return features if self.config.features == "v2" else F.avg_pool2d(features, self.config.pool)
 
-    def _patch_cells(self) -> tuple[int, int]:
+    def patch_cells(self) -> tuple[int, int]:
+        """Cells of the pooled grid per patch (rows, columns): the pooling from cells to patches."""
         ph, pw = self.config.patch_size
         return ph // self.config.pool, pw // self.config.pool
 
     def patch_means(self, features: torch.Tensor) -> torch.Tensor:
         """Mean of every input channel over each patch, (B, C, GY, GX): what the linear
         skip reads."""
-        return F.avg_pool2d(self._grid_inputs(features), self._patch_cells())
+        return F.avg_pool2d(self._grid_inputs(features), self.patch_cells())
 
     @torch.no_grad()
     def rescale_gains_(self, scale: torch.Tensor, mean: torch.Tensor) -> None:
@@ -501,7 +502,7 @@ class PolicyNet(nn.Module):
 
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         inputs = self._grid_inputs(features)
-        k = self._patch_cells()
+        k = self.patch_cells()
         if self.config.head == "dense":
             gains = F.avg_pool2d(self._dense_cells(inputs), k)
         else:

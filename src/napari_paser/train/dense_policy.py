@@ -134,7 +134,7 @@ def fit_dense_policy(
         pred = policy.cell_gains(x)
         loss = F.mse_loss(pred, y)
         if patch_weight:
-            k = policy._patch_cells()
+            k = policy.patch_cells()
             loss = loss + patch_weight * F.mse_loss(F.avg_pool2d(pred, k), F.avg_pool2d(y, k))
         opt.zero_grad(set_to_none=True)
         loss.backward()
