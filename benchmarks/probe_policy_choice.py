@@ -38,14 +38,16 @@ def development_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def development_tables(args: argparse.Namespace):
-    """Yield (set name, bundle, patch table) for every bundle of ``args`` on every development set."""
+def development_tables(args: argparse.Namespace, with_volumes: bool = False):
+    """Yield (set name, bundle, patch table) for every bundle of ``args`` on every development
+    set; with ``with_volumes`` the set's labelled volumes [(image, labels)] come last."""
     torch.set_num_threads(args.threads)
     for name, (distribution, seeds) in DEVELOPMENT.items():
         volumes = make_volumes(seeds, args.slices, distribution=distribution)
         for ref in args.bundles:
             bundle = load_bundle(resolve_bundle(ref)).eval()
-            yield name, bundle, build_table(volumes, bundle, seed=0)
+            table = build_table(volumes, bundle, seed=0)
+            yield (name, bundle, table, volumes) if with_volumes else (name, bundle, table)
 
 
 def main() -> None:
