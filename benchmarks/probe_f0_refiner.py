@@ -1,0 +1,187 @@
+"""Would a tiny full-resolution refiner on f0's output place boundaries like f1? (issue 11)
+
+``probe_patch_texture.py`` found that in family 89 % of f0's extra wrong pixels over f1's
+are boundary pixels, and that a third of every patch is boundary: f1's gain is better
+boundary placement, spread over every patch. f0 computes at a quarter of the resolution
+(space-to-depth stem 4). This probe trains, on fresh labelled volumes, a refiner that
+reads f0's MC-dropout mean probabilities and the image at full resolution (two 3 × 3
+convolutions of ``--width`` channels and a 1 × 1 one, added to f0's log-probabilities,
+the last layer zero-initialised so it starts as f0) and asks, on the development volumes,
+how far it moves f0 towards f1 and whether oracle routing within f1 everywhere's GFLOPs
+(and seconds) then beats f1: issue 11's second line for a perfect router. The refiner's
+FLOPs (``torch.utils.flop_counter``) and measured seconds are charged to f0's analysis.
+
+    python benchmarks/probe_f0_refiner.py paser-synth-v2.9 [--steps 3000] [--width 8] [--planes 1 5] [--threads 2]
+
+Training volumes: 8 fresh ``v2`` (seeds 7801-7808) and 4 fresh ``v1`` volumes (7851-7854),
+16 slices each, disjoint from the bundle's, the development and the test volumes; made
+once and kept in ``--cache``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import make_volumes, patch_confusion_np
+from probe_f0_headroom import line_two_bounds
+from probe_policy_choice import development_parser, development_tables
+from torch import nn
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.flops import count_flops
+from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.registry import resolve_bundle
+from napari_paser.engine.uncertainty import mc_predict, slice_seed
+from napari_paser.train.datasets import SliceBank, make_volume
+
+TRAIN = (("v2", tuple(range(7801, 7809))), ("v1", (7851, 7852, 7853, 7854)))
+
+
+class Refiner(nn.Module):
+    """f0's log-probabilities plus a correction read from them and the image at full resolution."""
+
+    def __init__(self, planes: int, width: int, classes: int = 3):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(planes + classes, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, classes, 1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        logp = prob.clamp_min(1e-4).log()
+        return logp + self.body(torch.cat([image, logp], 1))
+
+
+def f0_outputs(bundle, volumes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per volume: its planes as f0 reads them (Z, P, H, W), f0's MC mean probabilities
+    (Z, 3, H, W; masks seeded per slice as the engine's) and the labels (Z, H, W)."""
+    f0, out = bundle.f0, []
+    for i, (image, labels) in enumerate(volumes):
+        bank = SliceBank([make_volume(f"v{i}", image, labels, bundle.normalization)], bundle.patch_size, planes=f0.config.planes)
+        x, y = bank.stacked()
+        with torch.inference_mode():
+            prob = torch.cat([mc_predict(f0, x[z : z + 1], bundle.mc_passes, seed=slice_seed(0, z))[0] for z in range(len(x))])
+        out.append((x, prob, y))
+    return out
+
+
+def training_volumes(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The training volumes of :data:`TRAIN`, generated once and kept in ``folder``."""
+    out = []
+    for dist, seeds in TRAIN:
+        for seed in seeds:
+            path = folder / f"vol_{dist}_{seed}.npz"
+            if not path.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                image, labels = make_volumes([seed], 16, distribution=dist)[0]
+                np.savez_compressed(path, image=image, labels=labels)
+            with np.load(path) as f:
+                out.append((f["image"], f["labels"]))
+    return out
+
+
+def planes_of(x: torch.Tensor, planes: int) -> torch.Tensor:
+    c = x.shape[1] // 2
+    return x[:, c - planes // 2 : c + planes // 2 + 1]
+
+
+def train_refiner(data, planes: int, width: int, steps: int, seed: int = 0, crop: int = 64, batch: int = 16) -> Refiner:
+    """Cross entropy on random crops of the training slices (Adam, cosine decay)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([planes_of(d[0], planes) for d in data])
+    p = torch.cat([d[1] for d in data])
+    y = torch.cat([d[2] for d in data]).long()
+    model = Refiner(planes, width)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    h, w = y.shape[-2:]
+    for _ in range(steps):
+        i = torch.randint(0, len(y), (batch,), generator=g)
+        r = int(torch.randint(0, h - crop + 1, (1,), generator=g))
+        c = int(torch.randint(0, w - crop + 1, (1,), generator=g))
+        win = (slice(None), slice(None), slice(r, r + crop), slice(c, c + crop))
+        loss = F.cross_entropy(model(x[i][win], p[i][win]), y[i][:, r : r + crop, c : c + crop])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def refined_table(table, volumes, outputs, model: Refiner, planes: int, seconds: float, flops: int):
+    """``table`` with f0's patch confusions from the refined prediction and the refiner's
+    seconds and FLOPs added to every slice's f0 analysis."""
+    conf = table.conf.copy()
+    n = 0
+    check = 0
+    for (_, labels), (x, prob, _) in zip(volumes, outputs):
+        with torch.inference_mode():
+            pred = model(planes_of(x, planes), prob).argmax(1).numpy()
+            plain = prob.argmax(1).numpy()
+        for z in range(len(labels)):
+            h, w = labels[z].shape
+            conf[n, 0] = patch_confusion_np(pred[z, :h, :w], labels[z], table.segs[0][0].patch_size)
+            check += int((patch_confusion_np(plain[z, :h, :w], labels[z], table.segs[0][0].patch_size) != table.conf[n, 0]).any())
+            n += 1
+    t_f0, t_policy, t_patch = table.seconds
+    cost = dataclasses.replace(table.cost, f0_encode=table.cost.f0_encode + flops)
+    return dataclasses.replace(table, conf=conf, seconds=(t_f0 + seconds, t_policy, t_patch), cost=cost), check
+
+
+def main() -> None:
+    p = development_parser(__doc__)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--planes", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve_bundle(args.bundles[0])).eval()
+    t = time.perf_counter()
+    train = f0_outputs(bundle, training_volumes(args.cache))
+    print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
+    refiners = {}
+    for planes in args.planes:
+        t = time.perf_counter()
+        model = train_refiner(train, planes, args.width, args.steps)
+        x = torch.randn(1, planes, 224, 256)
+        prob = torch.softmax(torch.randn(1, 3, 224, 256), 1)
+        flops = count_flops(lambda: model(x, prob))
+        with torch.inference_mode():
+            for _ in range(3):
+                model(x, prob)
+            times = []
+            for _ in range(20):
+                t1 = time.perf_counter()
+                model(x, prob)
+                times.append(time.perf_counter() - t1)
+        refiners[planes] = (model, flops, float(np.median(times)))
+        print(f"refiner on {planes} plane(s), width {args.width}: trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
+              f"{flops / 1e6:.1f} MFLOPs and {np.median(times) * 1e3:.2f} ms per 224 × 256 slice", flush=True)
+    for name, bundle, table, volumes in development_tables(args, with_volumes=True):
+        outputs = f0_outputs(bundle, volumes)
+        rows = [("f0 as shipped", table, 0)]
+        for planes, (model, flops, seconds) in refiners.items():
+            rt, mismatched = refined_table(table, volumes, outputs, model, planes, seconds, flops)
+            rows.append((f"f0 + refiner on {planes} plane(s)", rt, mismatched))
+        for label, tab, mismatched in rows:
+            b = line_two_bounds(tab)
+            gain = dataset_iou_gains(tab.conf)[:, 0]
+            g, gs = b["gflops"], b["gflops_seconds"]
+            print(f"{name}, {label}: f0 / f1 everywhere {b['f0']:.4f} / {b['f1']:.4f}; f1's gain <= 0 on {(gain <= 0).mean():.1%} of patches; "
+                  f"oracle within f1's GFLOPs {g['mean_iou'] if g else float('nan'):.4f}, within its GFLOPs and seconds "
+                  f"{gs['mean_iou'] if gs else float('nan'):.4f}; f0's analysis {b['analysis_seconds']:.3f} × f1's seconds"
+                  + (f"; unrefined f0 differs from the engine's on {mismatched} slices" if mismatched else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
