@@ -4,14 +4,14 @@
 are boundary pixels, and that a third of every patch is boundary: f1's gain is better
 boundary placement, spread over every patch. f0 computes at a quarter of the resolution
 (space-to-depth stem 4). This probe trains, on fresh labelled volumes, a refiner that
-reads f0's MC-dropout mean probabilities and the image at full resolution (two 3 × 3
-convolutions of ``--width`` channels and a 1 × 1 one, added to f0's log-probabilities,
+reads f0's MC-dropout mean probabilities and the image (two 3 × 3 convolutions and a
+1 × 1 one, at full or half resolution, added to f0's log-probabilities,
 the last layer zero-initialised so it starts as f0) and asks, on the development volumes,
 how far it moves f0 towards f1 and whether oracle routing within f1 everywhere's GFLOPs
 (and seconds) then beats f1: issue 11's second line for a perfect router. The refiner's
 FLOPs (``torch.utils.flop_counter``) and measured seconds are charged to f0's analysis.
 
-    python benchmarks/probe_f0_refiner.py paser-synth-v2.9 [--steps 3000] [--width 8] [--planes 1 5] [--threads 2]
+    python benchmarks/probe_f0_refiner.py paser-synth-v2.9 [--steps 3000] [--variants 1:8:1 2:16:1] [--threads 2]
 
 Training volumes: 8 fresh ``v2`` (seeds 7801-7808) and 4 fresh ``v1`` volumes (7851-7854),
 16 slices each, disjoint from the bundle's, the development and the test volumes; made
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import make_volumes, patch_confusion_np
+from bench_testsets import _lam_grid
+from common import best_within, make_volumes, patch_confusion_np
 from probe_f0_headroom import line_two_bounds
 from probe_policy_choice import development_parser, development_tables
 from torch import nn
@@ -43,21 +44,31 @@ TRAIN = (("v2", tuple(range(7801, 7809))), ("v1", (7851, 7852, 7853, 7854)))
 
 
 class Refiner(nn.Module):
-    """f0's log-probabilities plus a correction read from them and the image at full resolution."""
+    """f0's log-probabilities plus a correction read from them and the image.
 
-    def __init__(self, planes: int, width: int, classes: int = 3):
+    With ``stem`` 2 the correction is computed at half resolution: the image's 2 × 2 pixel
+    blocks become channels and the last layer predicts the 4 sub-pixels of each block
+    (space-to-depth, as f1's stem), a quarter of the pixels for the same width.
+    """
+
+    def __init__(self, planes: int, width: int, stem: int = 1, classes: int = 3):
         super().__init__()
+        self.stem = stem
+        inputs = (planes + classes) * stem * stem
         self.body = nn.Sequential(
-            nn.Conv2d(planes + classes, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(inputs, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, classes, 1),
+            nn.Conv2d(width, classes * stem * stem, 1),
         )
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         logp = prob.clamp_min(1e-4).log()
-        return logp + self.body(torch.cat([image, logp], 1))
+        x = torch.cat([image, logp], 1)
+        if self.stem > 1:
+            return logp + F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
+        return logp + self.body(x)
 
 
 def f0_outputs(bundle, volumes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -93,14 +104,14 @@ def planes_of(x: torch.Tensor, planes: int) -> torch.Tensor:
     return x[:, c - planes // 2 : c + planes // 2 + 1]
 
 
-def train_refiner(data, planes: int, width: int, steps: int, seed: int = 0, crop: int = 64, batch: int = 16) -> Refiner:
+def train_refiner(data, planes: int, width: int, steps: int, stem: int = 1, seed: int = 0, crop: int = 64, batch: int = 16) -> Refiner:
     """Cross entropy on random crops of the training slices (Adam, cosine decay)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([planes_of(d[0], planes) for d in data])
     p = torch.cat([d[1] for d in data])
     y = torch.cat([d[2] for d in data]).long()
-    model = Refiner(planes, width)
+    model = Refiner(planes, width, stem)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     h, w = y.shape[-2:]
@@ -137,11 +148,30 @@ def refined_table(table, volumes, outputs, model: Refiner, planes: int, seconds:
     return dataclasses.replace(table, conf=conf, seconds=(t_f0 + seconds, t_policy, t_patch), cost=cost), check
 
 
+def routed_bests(table) -> dict:
+    """Best IoU within f1 everywhere's GFLOPs and seconds of the bundle's policy over the λ
+    grid, and of thresholds on f0's patch entropy (f0 below a0, f2 above a2, f1 between;
+    charged like PaSeR), on ``table``."""
+    f1 = table.score(table.constant(1), "f1")
+    sweep = [table.score(table.paser(float(lam)), "paser") for lam in _lam_grid()]
+    ent = table.ent[:, 0]
+    rules = []
+    for a0 in np.quantile(ent, np.linspace(0, 0.6, 25)):
+        for a2 in np.quantile(ent, [0.9, 0.95, 0.98, 1.0]):
+            routing = np.where(ent < a0, 0, np.where(ent > a2, 2, 1)).astype(np.uint8)
+            rules.append(table.score(routing, "paser"))
+    out = {}
+    for key, points in (("policy", sweep), ("entropy", rules)):
+        best = best_within(points, f1["gflops"], f1["seconds"])
+        out[key] = best["mean_iou"] if best else float("nan")
+    return out
+
+
 def main() -> None:
     p = development_parser(__doc__)
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--width", type=int, default=8)
-    p.add_argument("--planes", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--variants", nargs="+", default=["1:8:1", "1:8:5"],
+                   help="refiners as stem:width:planes (stem 1 full resolution, 2 half)")
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,12 +180,16 @@ def main() -> None:
     train = f0_outputs(bundle, training_volumes(args.cache))
     print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
     refiners = {}
-    for planes in args.planes:
+    for variant in args.variants:
+        stem, width, planes = (int(v) for v in variant.split(":"))
         t = time.perf_counter()
-        model = train_refiner(train, planes, args.width, args.steps)
+        model = train_refiner(train, planes, width, args.steps, stem)
         x = torch.randn(1, planes, 224, 256)
         prob = torch.softmax(torch.randn(1, 3, 224, 256), 1)
         flops = count_flops(lambda: model(x, prob))
+        # Timed in the channels-last layout the engine gives f0 (about twice as fast here).
+        model = model.to(memory_format=torch.channels_last)
+        x, prob = (t.contiguous(memory_format=torch.channels_last) for t in (x, prob))
         with torch.inference_mode():
             for _ in range(3):
                 model(x, prob)
@@ -164,22 +198,24 @@ def main() -> None:
                 t1 = time.perf_counter()
                 model(x, prob)
                 times.append(time.perf_counter() - t1)
-        refiners[planes] = (model, flops, float(np.median(times)))
-        print(f"refiner on {planes} plane(s), width {args.width}: trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
+        refiners[variant] = (model, planes, flops, float(np.median(times)))
+        print(f"refiner {variant} (stem:width:planes): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
               f"{flops / 1e6:.1f} MFLOPs and {np.median(times) * 1e3:.2f} ms per 224 × 256 slice", flush=True)
     for name, bundle, table, volumes in development_tables(args, with_volumes=True):
         outputs = f0_outputs(bundle, volumes)
         rows = [("f0 as shipped", table, 0)]
-        for planes, (model, flops, seconds) in refiners.items():
+        for variant, (model, planes, flops, seconds) in refiners.items():
             rt, mismatched = refined_table(table, volumes, outputs, model, planes, seconds, flops)
-            rows.append((f"f0 + refiner on {planes} plane(s)", rt, mismatched))
+            rows.append((f"f0 + refiner {variant}", rt, mismatched))
         for label, tab, mismatched in rows:
             b = line_two_bounds(tab)
             gain = dataset_iou_gains(tab.conf)[:, 0]
             g, gs = b["gflops"], b["gflops_seconds"]
+            real = routed_bests(tab)
             print(f"{name}, {label}: f0 / f1 everywhere {b['f0']:.4f} / {b['f1']:.4f}; f1's gain <= 0 on {(gain <= 0).mean():.1%} of patches; "
                   f"oracle within f1's GFLOPs {g['mean_iou'] if g else float('nan'):.4f}, within its GFLOPs and seconds "
-                  f"{gs['mean_iou'] if gs else float('nan'):.4f}; f0's analysis {b['analysis_seconds']:.3f} × f1's seconds"
+                  f"{gs['mean_iou'] if gs else float('nan'):.4f}; within f1's GFLOPs and seconds, the bundle's policy {real['policy']:.4f}, "
+                  f"an entropy rule {real['entropy']:.4f}; f0's analysis {b['analysis_seconds']:.3f} × f1's seconds"
                   + (f"; unrefined f0 differs from the engine's on {mismatched} slices" if mismatched else ""), flush=True)
 
 
