@@ -519,3 +519,46 @@ def test_linear_policy_chooses_its_penalty_on_held_out_volumes(tmp_path):
     with torch.no_grad():
         pred = bundle.policy.eval().gains(held.features).permute(0, 2, 3, 1).reshape(-1, 2).double().numpy()
     assert float(((pred - yh) ** 2).mean()) == pytest.approx(min(errors), rel=1e-3)
+
+
+@pytest.mark.parametrize("stem", [1, 2])
+def test_f0_refiner_starts_as_the_identity_and_sets_f0s_prediction_only(tiny_bundle, stem):
+    """A refiner added to a warm-started f0 leaves its prediction as it was; trained, it
+    changes f0's labels in the engine, while the entropy and the policy's gains still come
+    from the MC mean; its FLOPs are charged once per slice."""
+    from napari_paser.engine.bundle import Bundle, copy_matching_weights
+    from napari_paser.engine.flops import CostModel, refine_flops
+    from napari_paser.engine.models import UNetConfig
+    from napari_paser.engine.pipeline import PaserSegmenter
+
+    configs = tiny_configs()
+    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "refine_width": 4, "refine_stem": stem})
+    refined = Bundle.from_configs(configs, seed=1, meta={"name": "refined", "version": "0"}).eval()
+    assert copy_matching_weights(refined, tiny_bundle) == ["f0", "f1", "f2", "policy"]
+
+    image = torch.rand(1, 1, 56, 64)
+    prob = torch.softmax(torch.randn(1, 3, 56, 64), 1)
+    out = refined.f0.refine(image, prob)
+    assert torch.equal(out.argmax(1), prob.argmax(1)) and torch.allclose(out, prob, atol=1e-3)
+    assert tiny_bundle.f0.refine(image, prob) is prob  # no refiner: the MC mean itself
+
+    volume = np.random.default_rng(0).random((2, 112, 128)).astype(np.float32)
+    plain, ref = PaserSegmenter(tiny_bundle, mc_passes=2), PaserSegmenter(refined, mc_passes=2)
+    for seg in (plain, ref):
+        seg.set_volume(volume)
+    assert np.array_equal(plain.compose(0, routing=np.zeros((2, 2), np.uint8)), ref.compose(0, routing=np.zeros((2, 2), np.uint8)))
+    with torch.no_grad():
+        refined.f0.refiner.body[-1].bias.copy_(torch.tensor([0.0, 0.0, 30.0]).repeat_interleave(stem * stem))  # class-major, as pixel_shuffle
+    ref = PaserSegmenter(refined, mc_passes=2)
+    ref.set_volume(volume)
+    assert (ref.compose(0, routing=np.zeros((2, 2), np.uint8)) == 2).all()
+    np.testing.assert_allclose(ref.gains(0), plain.gains(0), atol=1e-6)
+    np.testing.assert_allclose(ref.entropy(0), plain.entropy(0), atol=1e-6)
+
+    with_refiner, without = CostModel.measure(refined, (112, 128), 2), CostModel.measure(tiny_bundle, (112, 128), 2)
+    assert with_refiner.f0_refine == refine_flops(refined.f0.config, (112, 128)) > 0 == without.f0_refine
+    assert with_refiner.f0_mc == without.f0_mc + with_refiner.f0_refine
+    from napari_paser.engine.models import Refiner
+
+    with pytest.raises(ValueError, match="refiner"):
+        Refiner(0)

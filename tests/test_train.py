@@ -202,7 +202,7 @@ def test_resume_after_interrupted_stage(toy_volumes, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         runner.train(toy_volumes, out, cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["done"] == ["pretrain_f2", "pretrain_f1", "pretrain_f0", "policy"]
+    assert state["done"] == ["pretrain_f2", "pretrain_f1", "pretrain_f0", "refine_f0", "policy"]
     monkeypatch.undo()
     # The finished stages must not run again.
     monkeypatch.setattr(runner, "pretrain_patch_model", boom)
@@ -497,3 +497,25 @@ def test_a_focused_f2_trains_from_a_warm_start_and_f1_stays(toy_volumes, tiny_bu
     for k, moved in (("f1", False), ("f2", True)):
         before, after = getattr(tiny_bundle, k).state_dict(), getattr(b, k).state_dict()
         assert all(torch.equal(before[n], after[n]) for n in before) != moved, k
+
+
+def test_a_refiner_on_f0_trains_with_f0_frozen(toy_volumes, tiny_bundle, tmp_path):
+    """As the v2.13 preset does: a refiner added to a warm-started f0 (the identity at
+    first) is trained with f0's own weights frozen, and the bundle keeps it."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.models import UNetConfig
+    from napari_paser.train.runner import train
+
+    configs = tiny_configs()
+    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "refine_width": 4, "refine_stem": 2})
+    cfg = _tiny_cfg(f2_steps=0, f1_steps=0, f0_steps=0, refine_steps=3, ft_steps=0, policy_steps=2)
+    res = train(toy_volumes, tmp_path / "r", cfg, configs=configs, warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    assert len(res.report["history"]["refine_f0"]["loss"]) == 3
+    b = load_bundle(tmp_path / "r")
+    assert "f0" in b.meta["training"]["warm_start"]["models"]
+    trained = b.f0.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in tiny_bundle.f0.state_dict().items())  # f0 frozen
+    assert b.f0.refiner.body[-1].weight.abs().sum() > 0  # moved off its zero start
+    # Without a refiner the stage has nothing to do.
+    res = train(toy_volumes, tmp_path / "n", cfg, configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    assert not res.report["history"].get("refine_f0")

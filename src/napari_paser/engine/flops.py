@@ -7,7 +7,8 @@ linear in the batch, so one measurement per shape serves every batch size.
 
 What the pipeline charges (the calls that actually run):
 
-- analysis of a slice: f0's encoder once + its decoder once per MC pass + the policy;
+- analysis of a slice: f0's encoder once + its decoder once per MC pass + its refiner
+  once (if it has one) + the policy;
 - a patch routed to f1 or f2: one forward of that model on a patch and its halo.
 """
 
@@ -23,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import PolicyConfig, PolicyNet, UNet, UNetConfig
 
-__all__ = ["count_flops", "unet_flops", "policy_flops", "patch_input_shape", "CostModel"]
+__all__ = ["count_flops", "unet_flops", "refine_flops", "policy_flops", "patch_input_shape", "CostModel"]
 
 
 def patch_input_shape(config: UNetConfig, patch_size: tuple[int, int]) -> tuple[int, int]:
@@ -62,6 +63,23 @@ def unet_flops(config: UNetConfig, shape: tuple[int, int], batch: int = 1) -> di
 
 
 @lru_cache(maxsize=64)
+def _refine_flops(config_json: str, shape: tuple[int, int]) -> int:
+    config = UNetConfig(**json.loads(config_json))
+    if config.refine_width <= 0:
+        return 0
+    with torch.device("meta"):
+        model = UNet(config).eval()
+        image = torch.empty(1, 1, *shape)
+        prob = torch.empty(1, config.num_classes, *shape)
+    return count_flops(lambda: model.refine(image, prob))
+
+
+def refine_flops(config: UNetConfig, shape: tuple[int, int]) -> int:
+    """FLOPs of :meth:`UNet.refine` on one padded slice of ``shape`` (0 without a refiner)."""
+    return _refine_flops(_key(config), tuple(int(s) for s in shape))
+
+
+@lru_cache(maxsize=64)
 def _policy_flops(config_json: str, shape: tuple[int, int]) -> int:
     d = json.loads(config_json)
     d["patch_size"] = tuple(d["patch_size"])
@@ -95,6 +113,8 @@ class CostModel:
         f0 runs on whole slices).
     passes : int
         MC-dropout passes.
+    f0_refine : int
+        f0's refiner on one whole padded slice, once after the MC passes (0 without one).
     """
 
     f0_encode: int
@@ -102,6 +122,7 @@ class CostModel:
     policy: int
     patch: tuple[int, int, int]
     passes: int
+    f0_refine: int = 0
 
     @classmethod
     def measure(cls, bundle, padded_shape: tuple[int, int], passes: int) -> "CostModel":
@@ -116,17 +137,18 @@ class CostModel:
             policy=policy_flops(bundle.policy.config, padded_shape),
             patch=patch,  # type: ignore[arg-type]
             passes=int(passes),
+            f0_refine=refine_flops(bundle.f0.config, padded_shape),
         )
 
     @property
     def f0_mc(self) -> int:
-        """f0 MC-dropout prediction of one slice: encoder once, decoder per pass."""
-        return self.f0_encode + self.passes * self.f0_decode
+        """f0 MC-dropout prediction of one slice: encoder once, decoder per pass, refiner once."""
+        return self.f0_encode + self.passes * self.f0_decode + self.f0_refine
 
     @property
     def f0_naive_mc(self) -> int:
-        """What ``passes`` independent full forwards of f0 would cost."""
-        return self.passes * (self.f0_encode + self.f0_decode)
+        """What ``passes`` independent full forwards of f0 (and its refiner) would cost."""
+        return self.passes * (self.f0_encode + self.f0_decode) + self.f0_refine
 
     @property
     def analysis(self) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 __all__ = [
     "UNetConfig",
     "UNet",
+    "Refiner",
     "PolicyConfig",
     "PolicyNet",
     "mc_dropout",
@@ -70,6 +71,13 @@ class UNetConfig:
         each side, as input channels. A reconstruction's noise is independent from
         plane to plane while the microstructure is not, so the neighbours tell a grain
         from noise. At the stack's first and last planes the edge plane repeats.
+    refine_width : int
+        Width of a :class:`Refiner` on the prediction (0: none). f0's prediction is its
+        MC-dropout mean refined once per slice: at a quarter of the resolution (stem 4)
+        f0 places phase boundaries coarsely, and in family nearly all that f1 gains over
+        it is boundary placement (``benchmarks/probe_patch_texture.py``).
+    refine_stem : int
+        Space-to-depth factor of the refiner (1: full resolution, 2: half).
     """
 
     in_channels: int = 1
@@ -81,6 +89,8 @@ class UNetConfig:
     halo: int = 0
     mc_scope: str = "decoder"
     planes: int = 1
+    refine_width: int = 0
+    refine_stem: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +139,43 @@ class DoubleConv(nn.Sequential):
         return F.relu_(F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, stride=stride, padding=padding))
 
 
+class Refiner(nn.Module):
+    """A correction of a prediction's log-probabilities read from them and the slice.
+
+    Two 3x3 convolutions and a 1x1 one on the slice and the log-probabilities; with
+    ``stem`` 2 they run at half resolution on 2x2 pixel blocks folded into channels and
+    predict the correction of each block's 4 pixels (as a space-to-depth UNet stem does).
+    The last layer starts at zero, so an untrained refiner returns its input. Tiny and
+    run once per slice, it places the boundaries of f0's quarter-resolution prediction
+    at the pixel (``benchmarks/probe_f0_refiner.py``).
+    """
+
+    def __init__(self, width: int, stem: int = 1, num_classes: int = 3):
+        super().__init__()
+        if width < 1 or stem < 1:
+            raise ValueError(f"refiner width and stem must be positive, got {width} and {stem}")
+        self.stem = int(stem)
+        inputs = (1 + num_classes) * self.stem**2
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes * self.stem**2, 1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """Refined logits (N, classes, rows, columns) from the slice (N, 1, rows, columns)
+        and probabilities (N, classes, rows, columns); rows and columns divisible by the stem."""
+        logp = prob.clamp_min(1e-4).log()
+        x = torch.cat([image.to(logp.dtype), logp], dim=1)
+        if self.stem > 1:
+            return logp + F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
+        return logp + self.body(x)
+
+
 class UNet(nn.Module):
     """Bilinear UNet (up-sampling by interpolation, channels halved on the way up).
 
@@ -163,6 +210,7 @@ class UNet(nn.Module):
             self.ups.append(DoubleConv(skip + below, out, mid_channels=(skip + below) // 2))
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.head = nn.Conv2d(widths[0], config.num_classes * s * s, 1)
+        self.refiner = Refiner(config.refine_width, config.refine_stem, config.num_classes) if config.refine_width > 0 else None
 
     @staticmethod
     def _up_in_channels(widths: Sequence[int], level: int) -> int:
@@ -282,6 +330,14 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def refine(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """The prediction's probabilities: ``prob`` (N, classes, rows, columns), e.g. the
+        MC-dropout mean, corrected by the :class:`Refiner` from the slice ``image``
+        (N, 1, rows, columns); ``prob`` itself without a refiner."""
+        if self.refiner is None:
+            return prob
+        return torch.softmax(self.refiner(image, prob), dim=1)
 
 
 def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator | None = None,

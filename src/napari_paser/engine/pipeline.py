@@ -371,11 +371,12 @@ class PaserSegmenter(SlicewiseRouting):
         with torch.inference_mode():
             prob, ent, f0_feats = mc_predict(f0, self._to_device(f0_in), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
                                              return_features=True)
+            prediction = f0.refine(self._to_device(x), prob)  # the MC mean itself without a refiner
             t1 = time.perf_counter()
             feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, self.bundle.policy.config)
             gains = self.bundle.policy.gains(feats)
         t2 = time.perf_counter()
-        labels = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
+        labels = prediction[0].argmax(0).to(torch.uint8).cpu().numpy()
         ent_np = ent[0].float().cpu().numpy()
         gains_np = gains[0].float().cpu().numpy()
         self._plabels[0, z] = patch_view(labels, self.patch_size)

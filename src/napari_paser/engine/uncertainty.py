@@ -117,11 +117,15 @@ def policy_features(
 
 
 def analyse_slices(f0: UNet, policy_config: PolicyConfig, x: torch.Tensor, passes: int, seed: int | None) -> tuple[torch.Tensor, ...]:
-    """f0's MC-dropout analysis of ``x`` and the policy's input: (mean_prob, entropy, features).
+    """f0's MC-dropout analysis of ``x`` and the policy's input: (prob, entropy, features).
 
     ``x`` is (N, planes, rows, columns) as f0 reads it; the policy's image channel is the
-    centre plane (the slice itself).
+    centre plane (the slice itself). ``prob`` is f0's prediction: the MC mean, refined
+    when f0 has a refiner (:meth:`UNet.refine`); the entropy and the policy's input are
+    those of the MC mean.
     """
     prob, ent, feats = mc_predict(f0, x, passes, seed=seed, return_features=True)
-    centre = x.shape[1] // 2
-    return prob, ent, policy_features(x[:, centre : centre + 1], prob.float(), ent.float(), feats, policy_config)
+    c = x.shape[1] // 2
+    centre = x[:, c : c + 1]
+    features = policy_features(centre, prob.float(), ent.float(), feats, policy_config)
+    return f0.refine(centre, prob), ent, features

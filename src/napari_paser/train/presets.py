@@ -42,9 +42,14 @@ class TrainConfig:
     f0_batch: int = 4
     f0_lr: float = 3e-3
     beta: float = 0.01
+    # Stage 2b: f0's refiner (arch with ``refine_width``) on whole slices, f0 frozen,
+    # cross entropy of the refined MC mean.
+    refine_steps: int = 3000
+    refine_batch: int = 4
+    refine_lr: float = 2e-3
     # Stage 3: policy by REINFORCE over cached per-patch rewards.
     rl_copies: int = 4
-    policy_steps: int = 1200
+    policy_steps: int = 1200  # 0 keeps the warm-started policy (no reward caches)
     policy_batch: int = 32
     policy_lr: float = 2e-3
     alpha: tuple[float, float] = (0.7, 0.95)
@@ -296,6 +301,14 @@ PRESETS["v2.11"] = PRESETS["v2.10"].replace(
 # (arch v2.12); the reward caches are rebuilt (they hold the new input) and the policy
 # fitted as v2.9's.
 PRESETS["v2.12"] = PRESETS["v2.9"].replace(preset="v2.12", arch="v2.12")
+
+
+# v2.9's networks and policy (all kept) with a refiner on f0's prediction (arch v2.13),
+# trained 3 000 steps on the pre-training volumes with f0 frozen; the default λ is chosen
+# again on the validation split. The policy still reads f0's unrefined MC mean and
+# predicts the gains over the unrefined f0 (benchmarks/probe_f0_refiner.py scored this
+# pairing on the development volumes).
+PRESETS["v2.13"] = PRESETS["v2.9"].replace(preset="v2.13", arch="v2.13", policy_steps=0)
 
 
 def get_preset(name: str) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""One training run end to end: split, the four stages with checkpoints, bundle, report.
+"""One training run end to end: split, the stages with checkpoints, bundle, report.
 
 :func:`train` is what ``napari-paser train`` calls. Rerunning it with the same data,
 preset and seed into the same folder resumes at the first unfinished stage (and inside
@@ -24,12 +24,12 @@ from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
 from .presets import TrainConfig
 from .rewards import RewardCache, load_reward_caches
-from .stages import StageContext, cache_rewards, finetune_joint, pretrain_f0, pretrain_patch_model, train_policy
+from .stages import StageContext, cache_rewards, finetune_joint, pretrain_f0, pretrain_patch_model, train_f0_refiner, train_policy
 from .validation import evaluate_caches
 
 __all__ = ["STAGES", "TrainResult", "train"]
 
-STAGES = ("pretrain_f2", "pretrain_f1", "pretrain_f0", "policy", "finetune")
+STAGES = ("pretrain_f2", "pretrain_f1", "pretrain_f0", "refine_f0", "policy", "finetune")
 
 
 @dataclass
@@ -207,6 +207,11 @@ def train(
             h = pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
         elif stage == "pretrain_f0":
             h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
+        elif stage == "refine_f0":
+            h = train_f0_refiner(ctx, bundle, banks["pretrain"], stage)
+        elif stage == "policy" and cfg.policy_steps <= 0:
+            log("[policy] policy_steps is 0: the warm-started policy is kept")
+            h = {}
         elif stage == "policy":
             caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
             holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, ps, planes), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
@@ -255,7 +260,7 @@ def train(
     shape = tuple(banks["pretrain"].images[0].shape[-2:])
     cost = CostModel.measure(bundle, shape, bundle.mc_passes)
     gy, gx = shape[0] // ps[0], shape[1] // ps[1]
-    f0_pass = cost.f0_encode + cost.f0_decode
+    f0_pass = cost.f0_encode + cost.f0_decode + cost.f0_refine
     meta = dict(init.meta) if init is not None else {}
     meta.pop("training", None)
     meta.update(

@@ -2,7 +2,8 @@
 
 1. :func:`pretrain_patch_model`: f2 and f1 on random augmented patches, weighted CE.
 2. :func:`pretrain_f0`: f0 on whole patch grids, ``(1-β)·CE + β·MSE`` to f2's
-   stitched patch logits.
+   stitched patch logits; then :func:`train_f0_refiner`, f0's refiner (if it has one)
+   on its frozen MC-dropout mean, CE (not in the paper).
 3. :func:`train_policy`: REINFORCE over a reward table cached once with frozen models,
    λ drawn per example so one policy serves every λ (or λ given by a schedule, e.g.
    fixed at 0 or a linear ramp: see :mod:`.tvd_finetune`).
@@ -29,7 +30,7 @@ from torch import nn
 from ..engine.bundle import Bundle
 from ..engine.models import centre_planes
 from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
-from ..engine.uncertainty import analyse_slices, slice_seed
+from ..engine.uncertainty import analyse_slices, mc_predict, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
 from .datasets import IGNORE, SliceBank
@@ -352,6 +353,42 @@ def pretrain_f0(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str =
 
     history = run_loop(ctx, stage, total, {"f0": f0}, {"opt": (opt, cfg.f0_lr)}, step_fn, g)
     f2.to(memory_format=torch.contiguous_format)
+    f0.eval()
+    ctx.log(_summary(stage, history))
+    return history
+
+
+def train_f0_refiner(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str = "refine_f0") -> dict:
+    """Stage 2b: f0's refiner (:class:`~napari_paser.engine.models.Refiner`) with f0 frozen.
+
+    Each step runs f0's MC-dropout analysis on a batch of whole augmented slices, as at
+    inference, and fits the refiner by cross entropy of the refined prediction. Nothing
+    to do (an empty history) when f0 has no refiner or ``refine_steps`` is 0.
+    """
+    cfg = ctx.cfg
+    f0 = bundle.f0.to(ctx.device)
+    if f0.refiner is None or cfg.refine_steps <= 0:
+        return {}
+    g = ctx.generator(stage)
+    total = ctx.steps(cfg.refine_steps, len(bank), cfg.refine_batch)
+    opt = _adam(f0.refiner, cfg.refine_lr, 0.0)
+    aug = AugmentConfig(**{**cfg.augment.to_dict(), "impulse": 0.0})  # as f0's own stage
+
+    def step_fn(step: int) -> dict[str, float]:
+        x, y = bank.sample_slices(cfg.refine_batch, aug, g)
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        x0 = centre_planes(x, f0.config.planes)
+        f0.eval()
+        with torch.no_grad():
+            prob = mc_predict(f0, x0, cfg.mc_passes, seed=slice_seed(ctx.seed + 2, step))[0]
+        f0.refiner.train()
+        loss = labelled_cross_entropy(f0.refiner(centre_planes(x, 1), prob), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss.detach())}
+
+    history = run_loop(ctx, stage, total, {"f0": f0}, {"opt": (opt, cfg.refine_lr)}, step_fn, g)
     f0.eval()
     ctx.log(_summary(stage, history))
     return history
