@@ -3,15 +3,15 @@
 ``probe_patch_texture.py`` found that in family 89 % of f0's extra wrong pixels over f1's
 are boundary pixels, and that a third of every patch is boundary: f1's gain is better
 boundary placement, spread over every patch. f0 computes at a quarter of the resolution
-(space-to-depth stem 4). This probe trains, on fresh labelled volumes, a refiner that
-reads f0's MC-dropout mean probabilities and the image (two 3 × 3 convolutions and a
-1 × 1 one, at full or half resolution, added to f0's log-probabilities,
+(space-to-depth stem 4). This probe trains, on fresh labelled volumes, a refiner
+(``napari_paser.engine.models.Refiner``) that reads f0's MC-dropout mean probabilities
+and the slice (two 3 × 3 convolutions and a 1 × 1 one, at full or half resolution, added to f0's log-probabilities,
 the last layer zero-initialised so it starts as f0) and asks, on the development volumes,
 how far it moves f0 towards f1 and whether oracle routing within f1 everywhere's GFLOPs
 (and seconds) then beats f1: issue 11's second line for a perfect router. The refiner's
 FLOPs (``torch.utils.flop_counter``) and measured seconds are charged to f0's analysis.
 
-    python benchmarks/probe_f0_refiner.py paser-synth-v2.9 [--steps 3000] [--variants 1:8:1 2:16:1] [--threads 2]
+    python benchmarks/probe_f0_refiner.py paser-synth-v2.9 [--steps 3000] [--variants 1:4 1:8 2:32] [--threads 2]
 
 Training volumes: 8 fresh ``v2`` (seeds 7801-7808) and 4 fresh ``v1`` volumes (7851-7854),
 16 slices each, disjoint from the bundle's, the development and the test volumes; made
@@ -31,44 +31,16 @@ from bench_testsets import _lam_grid
 from common import best_within, make_volumes, patch_confusion_np
 from probe_f0_headroom import line_two_bounds
 from probe_policy_choice import development_parser, development_tables
-from torch import nn
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.flops import count_flops
 from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.models import Refiner
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
 from napari_paser.train.datasets import SliceBank, make_volume
 
 TRAIN = (("v2", tuple(range(7801, 7809))), ("v1", (7851, 7852, 7853, 7854)))
-
-
-class Refiner(nn.Module):
-    """f0's log-probabilities plus a correction read from them and the image.
-
-    With ``stem`` 2 the correction is computed at half resolution: the image's 2 × 2 pixel
-    blocks become channels and the last layer predicts the 4 sub-pixels of each block
-    (space-to-depth, as f1's stem), a quarter of the pixels for the same width.
-    """
-
-    def __init__(self, planes: int, width: int, stem: int = 1, classes: int = 3):
-        super().__init__()
-        self.stem = stem
-        inputs = (planes + classes) * stem * stem
-        self.body = nn.Sequential(
-            nn.Conv2d(inputs, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, classes * stem * stem, 1),
-        )
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
-
-    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
-        logp = prob.clamp_min(1e-4).log()
-        x = torch.cat([image, logp], 1)
-        if self.stem > 1:
-            return logp + F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
-        return logp + self.body(x)
 
 
 def f0_outputs(bundle, volumes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -99,19 +71,19 @@ def training_volumes(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def planes_of(x: torch.Tensor, planes: int) -> torch.Tensor:
+def centre_plane(x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1] // 2
-    return x[:, c - planes // 2 : c + planes // 2 + 1]
+    return x[:, c : c + 1]
 
 
-def train_refiner(data, planes: int, width: int, steps: int, stem: int = 1, seed: int = 0, crop: int = 64, batch: int = 16) -> Refiner:
+def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, crop: int = 64, batch: int = 16) -> Refiner:
     """Cross entropy on random crops of the training slices (Adam, cosine decay)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.cat([planes_of(d[0], planes) for d in data])
+    x = torch.cat([centre_plane(d[0]) for d in data])
     p = torch.cat([d[1] for d in data])
     y = torch.cat([d[2] for d in data]).long()
-    model = Refiner(planes, width, stem)
+    model = Refiner(width, stem)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     h, w = y.shape[-2:]
@@ -128,7 +100,7 @@ def train_refiner(data, planes: int, width: int, steps: int, stem: int = 1, seed
     return model.eval()
 
 
-def refined_table(table, volumes, outputs, model: Refiner, planes: int, seconds: float, flops: int):
+def refined_table(table, volumes, outputs, model: Refiner, seconds: float, flops: int):
     """``table`` with f0's patch confusions from the refined prediction and the refiner's
     seconds and FLOPs added to every slice's f0 analysis."""
     conf = table.conf.copy()
@@ -136,7 +108,7 @@ def refined_table(table, volumes, outputs, model: Refiner, planes: int, seconds:
     check = 0
     for (_, labels), (x, prob, _) in zip(volumes, outputs):
         with torch.inference_mode():
-            pred = model(planes_of(x, planes), prob).argmax(1).numpy()
+            pred = model(centre_plane(x), prob).argmax(1).numpy()
             plain = prob.argmax(1).numpy()
         for z in range(len(labels)):
             h, w = labels[z].shape
@@ -170,8 +142,8 @@ def routed_bests(table) -> dict:
 def main() -> None:
     p = development_parser(__doc__)
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--variants", nargs="+", default=["1:8:1", "1:8:5"],
-                   help="refiners as stem:width:planes (stem 1 full resolution, 2 half)")
+    p.add_argument("--variants", nargs="+", default=["1:4", "1:8", "2:32"],
+                   help="refiners as stem:width (stem 1 full resolution, 2 half)")
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -181,10 +153,10 @@ def main() -> None:
     print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
     refiners = {}
     for variant in args.variants:
-        stem, width, planes = (int(v) for v in variant.split(":"))
+        stem, width = (int(v) for v in variant.split(":"))
         t = time.perf_counter()
-        model = train_refiner(train, planes, width, args.steps, stem)
-        x = torch.randn(1, planes, 224, 256)
+        model = train_refiner(train, width, args.steps, stem)
+        x = torch.randn(1, 1, 224, 256)
         prob = torch.softmax(torch.randn(1, 3, 224, 256), 1)
         flops = count_flops(lambda: model(x, prob))
         # Timed in the channels-last layout the engine gives f0 (about twice as fast here).
@@ -198,14 +170,14 @@ def main() -> None:
                 t1 = time.perf_counter()
                 model(x, prob)
                 times.append(time.perf_counter() - t1)
-        refiners[variant] = (model, planes, flops, float(np.median(times)))
-        print(f"refiner {variant} (stem:width:planes): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
+        refiners[variant] = (model, flops, float(np.median(times)))
+        print(f"refiner {variant} (stem:width): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
               f"{flops / 1e6:.1f} MFLOPs and {np.median(times) * 1e3:.2f} ms per 224 × 256 slice", flush=True)
     for name, bundle, table, volumes in development_tables(args, with_volumes=True):
         outputs = f0_outputs(bundle, volumes)
         rows = [("f0 as shipped", table, 0)]
-        for variant, (model, planes, flops, seconds) in refiners.items():
-            rt, mismatched = refined_table(table, volumes, outputs, model, planes, seconds, flops)
+        for variant, (model, flops, seconds) in refiners.items():
+            rt, mismatched = refined_table(table, volumes, outputs, model, seconds, flops)
             rows.append((f"f0 + refiner {variant}", rt, mismatched))
         for label, tab, mismatched in rows:
             b = line_two_bounds(tab)
