@@ -311,6 +311,11 @@ PRESETS["v2.12"] = PRESETS["v2.9"].replace(preset="v2.12", arch="v2.12")
 PRESETS["v2.13"] = PRESETS["v2.9"].replace(preset="v2.13", arch="v2.13", policy_steps=0)
 
 
+# v2.13's networks and refiner (all kept) with the dense policy re-fitted as v2.9's to the
+# gains over the refined f0 (reward caches rebuilt).
+PRESETS["v2.14"] = PRESETS["v2.9"].replace(preset="v2.14", arch="v2.13", refine_steps=0)
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
