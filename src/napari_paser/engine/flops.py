@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import PolicyConfig, PolicyNet, UNet, UNetConfig
+from .models import PolicyConfig, PolicyNet, Refiner, UNet, UNetConfig
 
 __all__ = ["count_flops", "unet_flops", "refine_flops", "policy_flops", "patch_input_shape", "CostModel"]
 
@@ -67,11 +67,11 @@ def _refine_flops(config_json: str, shape: tuple[int, int]) -> int:
     config = UNetConfig(**json.loads(config_json))
     if config.refine_width <= 0:
         return 0
-    with torch.device("meta"):
-        model = UNet(config).eval()
+    with torch.device("meta"):  # the refiner alone, not the UNet around it
+        refiner = Refiner(config.refine_width, config.refine_stem, config.num_classes).eval()
         image = torch.empty(1, 1, *shape)
         prob = torch.empty(1, config.num_classes, *shape)
-    return count_flops(lambda: model.refine(image, prob))
+    return count_flops(lambda: refiner(image, prob))
 
 
 def refine_flops(config: UNetConfig, shape: tuple[int, int]) -> int:
