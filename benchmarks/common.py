@@ -367,19 +367,38 @@ def oracle_gains(table: PatchTable) -> np.ndarray:
     return dataset_iou_gains(table.conf)
 
 
-def oracle_front(table: PatchTable, points: int = 240) -> list[dict]:
+def oracle_front(table: PatchTable, points: int = 240, cost: str = "gflops") -> list[dict]:
     """Upper bound of any patch policy with these f0/f1/f2: route every patch by its
-    true first-order IoU gain minus ``lam`` times its GFLOPs, over a sweep of ``lam``;
-    charged like PaSeR (f0's analysis and the policy on every slice)."""
-    gains = oracle_gains(table)
-    patch_gflops = np.asarray(table.cost.patch[1:], float) / 1e9
-    scale = np.abs(gains).max() / patch_gflops.min()
+    true first-order IoU gain minus ``lam`` times its cost (see :func:`gain_front`)."""
+    return gain_front(table, oracle_gains(table), points, cost)
+
+
+def gain_front(table: PatchTable, gains: np.ndarray, points: int = 240, cost: str = "gflops") -> list[dict]:
+    """Pareto front of routing every patch by ``gains`` (N, 2, GY, GX) of f1 and f2 over
+    f0 minus ``lam`` times its cost, over a sweep of ``lam``; charged like PaSeR (f0's
+    analysis and the policy on every slice). ``cost`` is each model's GFLOPs on a patch,
+    or ``"seconds"``: its measured seconds on that patch (on a CPU f2's seconds are a
+    smaller multiple of f1's than its FLOPs)."""
+    if cost == "gflops":
+        patch_cost = np.broadcast_to((np.asarray(table.cost.patch[1:], float) / 1e9).reshape(1, 2, 1, 1), gains.shape)
+    elif cost == "seconds":
+        patch_cost = table.seconds[2][:, 1:]
+    else:
+        raise ValueError(f"cost must be 'gflops' or 'seconds', not {cost!r}")
+    scale = np.abs(gains).max() / patch_cost[patch_cost > 0].min()
     out = []
     for lam in np.concatenate([[0.0], np.geomspace(1e-4, 1.0, points - 1)]) * scale:
-        utility = np.concatenate([np.zeros_like(gains[:, :1]), gains - lam * patch_gflops.reshape(1, 2, 1, 1)], axis=1)
+        utility = np.concatenate([np.zeros_like(gains[:, :1]), gains - lam * patch_cost], axis=1)
         routing = utility.argmax(1).astype(np.uint8)
-        out.append({"lam_gflops": float(lam), **table.score(routing, "paser")})
+        out.append({f"lam_{cost}": float(lam), **table.score(routing, "paser")})
     return pareto(out)
+
+
+def oracle_within(table: PatchTable, gflops: float, seconds: float, front: list[dict] | None = None) -> dict | None:
+    """Oracle routing's best point within ``gflops`` and ``seconds``: the better of its
+    fronts swept over each patch's GFLOPs and over its measured seconds."""
+    points = (front if front is not None else oracle_front(table)) + oracle_front(table, cost="seconds")
+    return best_within(points, gflops, seconds)
 
 
 def best_within(points: list[dict], gflops: float, seconds: float | None = None) -> dict | None:

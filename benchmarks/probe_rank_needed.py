@@ -20,22 +20,10 @@ import dataclasses
 
 import numpy as np
 from bench_testsets import _lam_grid, gain_correlations
-from common import best_within, oracle_gains, pareto
+from common import best_within, gain_front, oracle_gains
 from probe_policy_choice import development_parser, development_tables
 
 RANKS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-
-
-def gain_front(table, gains: np.ndarray, points: int = 160) -> list[dict]:
-    """Pareto front of routing every patch by ``gains`` (N, 2, GY, GX) minus λ × its
-    GFLOPs over a sweep of λ, charged like PaSeR."""
-    patch_gflops = np.asarray(table.cost.patch[1:], float) / 1e9
-    scale = np.abs(gains).max() / patch_gflops.min()
-    out = []
-    for lam in np.concatenate([[0.0], np.geomspace(1e-4, 1.0, points - 1)]) * scale:
-        utility = np.concatenate([np.zeros_like(gains[:, :1]), gains - lam * patch_gflops.reshape(1, 2, 1, 1)], axis=1)
-        out.append(table.score(utility.argmax(1).astype(np.uint8), "paser"))
-    return pareto(out)
 
 
 def noisy_gains(true: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +81,7 @@ def with_analysis_share(table, share: float):
 
 
 def _best(table, gains: np.ndarray, budget: tuple[float, float]) -> float:
-    point = best_within(gain_front(table, gains), *budget)
+    point = best_within(gain_front(table, gains, points=160), *budget)
     return point["mean_iou"] if point else float("nan")
 
 

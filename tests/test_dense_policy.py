@@ -180,38 +180,3 @@ def test_a_dense_policy_reads_f0s_features_in_the_engine_and_its_reward_caches()
     seg.set_volume(image.numpy())
     seg.analyse(2)
     assert seg.gains(2).shape == (2, 2, 2) and np.isfinite(seg.gains(2)).all()
-
-
-def _scan_level_cache(seed: int, slices: int = 6) -> RewardCache:
-    """Slices of 112 x 128 where f1 fixes f0's errors on half the scans and adds errors on
-    the others; which half shows only in the image channel's mean over the whole slice
-    (each cell's own value is mostly noise)."""
-    g = torch.Generator().manual_seed(seed)
-    truth = torch.randint(0, 3, (slices, 112, 128), generator=g)
-    helps = torch.arange(slices) % 2 == 0
-    wrong = torch.rand(slices, 112, 128, generator=g) < 0.3
-    f0 = torch.where(wrong, (truth + 1) % 3, truth)
-    f1 = torch.where(helps.view(-1, 1, 1), truth, torch.where(torch.rand(slices, 112, 128, generator=g) < 0.5, (truth + 2) % 3, f0))
-    preds = [f0, f1, f1]
-    conf = torch.stack([patch_confusion(p, truth, PATCH) for p in preds], 1).int()
-    cells = torch.stack([cell_confusion(p, truth, 4) for p in preds], 1)
-    image = helps.float().view(-1, 1, 1, 1) + 4.0 * torch.randn(slices, 1, 28, 32, generator=g)
-    feats = torch.cat([torch.full((slices, 3, 28, 32), 1 / 3), torch.zeros(slices, 1, 28, 32), image, torch.zeros(slices, 1, 28, 32)], 1)
-    return RewardCache(feats.half(), conf, cells)
-
-
-def test_a_slice_context_policy_learns_which_scans_gain():
-    fit = [_scan_level_cache(s) for s in range(4)]
-    held = [_scan_level_cache(10)]
-    config = dict(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_inputs=6, dense_layers=2)
-    local = fit_dense_policy(PolicyNet(PolicyConfig(**config)), fit, held, steps=200, batch=4, eval_every=50, seed=0)
-    context = PolicyNet(PolicyConfig(**config, slice_context=True))
-    fitted = fit_dense_policy(context, fit, held, steps=200, batch=4, eval_every=50, seed=0)
-    assert min(fitted["corr_holdout"]) > 0.9 > max(local["corr_holdout"])
-    # the slice means are the same for every cell: they move the whole slice's gains
-    x = held[0].features[:1].float()
-    shifted = x.clone()
-    shifted[:, 4, :2, :2] += 50.0  # one corner of the slice changes
-    with torch.no_grad():
-        far = (context.gains(shifted) - context.gains(x))[..., -1, -1]  # the patch at the other corner
-    assert far.abs().max() > 0

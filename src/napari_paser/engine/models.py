@@ -417,9 +417,7 @@ class PolicyConfig:
     its cells' gains. It is fitted on per-cell gains (:mod:`napari_paser.train.dense_policy`):
     a 56x64-pixel patch gives it 224 targets instead of one, so it learns from a few
     dozen volumes what a patch-level network memorises. ``width`` and ``dense_layers``
-    size it. ``slice_context`` also gives every cell the means of those inputs over the
-    whole slice: how uncertain, bright and noisy the scan is around it, which decides
-    out of family whether a bigger network gains at all (``benchmarks/probe_results.md``).
+    size it.
     """
 
     in_channels: int = 5
@@ -435,7 +433,6 @@ class PolicyConfig:
     head: str = "patch"
     dense_inputs: int = 4
     dense_layers: int = 3
-    slice_context: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -508,7 +505,7 @@ class PolicyNet(nn.Module):
     @staticmethod
     def _dense_network(config: PolicyConfig) -> nn.Sequential:
         # Batch norm first: the inputs' fixed standardisation (set when fitted).
-        c, w = config.dense_inputs * (2 if config.slice_context else 1), config.width
+        c, w = config.dense_inputs, config.width
         layers: list[nn.Module] = [nn.BatchNorm2d(c)]
         for i in range(config.dense_layers):
             layers += [nn.Conv2d(c if i == 0 else w, w, 3, padding=1), nn.ReLU(inplace=True)]
@@ -556,16 +553,8 @@ class PolicyNet(nn.Module):
             raise ValueError("only a dense policy predicts the gains of cells")
         return self._dense_cells(self._grid_inputs(features))
 
-    def dense_input(self, inputs: torch.Tensor) -> torch.Tensor:
-        """What the dense network reads from the pooled grid: its first ``dense_inputs``
-        channels, and with ``slice_context`` their means over the slice beside them."""
-        x = inputs[:, : self.config.dense_inputs]
-        if self.config.slice_context:
-            x = torch.cat([x, x.mean((-2, -1), keepdim=True).expand_as(x)], dim=1)
-        return x
-
     def _dense_cells(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.dense(self.dense_input(inputs))
+        return self.dense(inputs[:, : self.config.dense_inputs])
 
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         inputs = self._grid_inputs(features)

@@ -46,7 +46,8 @@ def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache]) -> lis
 @torch.no_grad()
 def _set_input_scale(policy: nn.Module, caches: Sequence[RewardCache]) -> None:
     """The dense head's batch norm becomes a fixed standardisation of its inputs."""
-    x = torch.cat([policy.dense_input(policy._grid_inputs(c.features.float())) for c in caches])
+    k = policy.config.dense_inputs
+    x = torch.cat([policy._grid_inputs(c.features.float())[:, :k] for c in caches])
     norm = policy.dense[0]
     norm.running_mean.copy_(x.mean((0, 2, 3)))
     norm.running_var.copy_(x.var((0, 2, 3)).clamp_min(1e-8))
