@@ -89,7 +89,7 @@ def test_mc_predict_equals_the_full_resolution_definition(config, channels_last)
     if channels_last:
         f0 = f0.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    prob, ent = mc_predict(f0, x, passes=5, seed=7)
+    prob, ent, spread = mc_predict(f0, x, passes=5, seed=7, return_spread=True)
     with torch.no_grad(), torch.random.fork_rng(devices=[]), mc_dropout(f0):
         torch.manual_seed(7)
         if f0.config.mc_scope == "head":  # the head's passes draw from their own generator
@@ -100,6 +100,8 @@ def test_mc_predict_equals_the_full_resolution_definition(config, channels_last)
     assert prob.shape == want.shape == (2, 3, 64, 96)
     torch.testing.assert_close(prob, want, rtol=0, atol=1e-6)
     torch.testing.assert_close(ent, entropy(want), rtol=0, atol=1e-6)
+    want_spread = logits.softmax(1).reshape(5, 2, *logits.shape[1:]).var(0, correction=0).sum(1)
+    torch.testing.assert_close(spread, want_spread, rtol=0, atol=1e-6)
 
 
 def test_head_passes_are_dropout_on_the_features_before_the_head():

@@ -115,6 +115,14 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs = default_model_configs("v2.9")
         configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "refine_width": 32, "refine_stem": 2})
         return configs
+    if preset == "v2.15":
+        # v2.9's networks; the dense policy also reads how much f0's MC passes disagree.
+        # On the development volumes that spread tracked the true gains better than f0's
+        # entropy (r +0.02 in family, +0.10 out of family; benchmarks/probe_results.md).
+        configs = default_model_configs("v2.9")
+        configs["policy"] = PolicyConfig(in_channels=7, width=32, features="v2", f0_features=False, head="dense", dense_inputs=7,
+                                         dense_layers=3, mc_spread=True)
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -122,7 +130,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10', 'v2.12', 'v2.13' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10', 'v2.12', 'v2.13', 'v2.15' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

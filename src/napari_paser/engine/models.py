@@ -418,6 +418,10 @@ class PolicyConfig:
     a 56x64-pixel patch gives it 224 targets instead of one, so it learns from a few
     dozen volumes what a patch-level network memorises. ``width`` and ``dense_layers``
     size it.
+
+    ``mc_spread`` adds one input after the image's spread (``features="v2"``): how much
+    f0's MC passes disagree, the variance of each class's probability over the passes
+    summed over the classes (:func:`..uncertainty.mc_predict`).
     """
 
     in_channels: int = 5
@@ -433,6 +437,7 @@ class PolicyConfig:
     head: str = "patch"
     dense_inputs: int = 4
     dense_layers: int = 3
+    mc_spread: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -369,11 +369,12 @@ class PaserSegmenter(SlicewiseRouting):
         f0_in = x if f0.config.planes == 1 else torch.from_numpy(self._planes(z, f0.config.planes))[None]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            prob, ent, f0_feats = mc_predict(f0, self._to_device(f0_in), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
-                                             return_features=True)
+            policy_config = self.bundle.policy.config
+            prob, ent, f0_feats, *spread = mc_predict(f0, self._to_device(f0_in), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
+                                                      return_features=True, return_spread=policy_config.mc_spread)
             prediction = f0.refine(self._to_device(x), prob)  # the MC mean itself without a refiner
             t1 = time.perf_counter()
-            feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, self.bundle.policy.config)
+            feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config, *spread)
             gains = self.bundle.policy.gains(feats)
         t2 = time.perf_counter()
         labels = prediction[0].argmax(0).to(torch.uint8).cpu().numpy()

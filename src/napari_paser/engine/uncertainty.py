@@ -27,7 +27,8 @@ def entropy(prob: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 @torch.no_grad()
 def mc_predict(
-    f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0, *, return_features: bool = False
+    f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0, *, return_features: bool = False,
+    return_spread: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Mean softmax and its entropy over ``passes`` MC-dropout passes of f0.
 
@@ -43,12 +44,16 @@ def mc_predict(
         Seed for the dropout masks; ``None`` uses the global RNG.
     return_features : bool
         Also return f0's deterministic features (the last tensor of ``f0.encode``).
+    return_spread : bool
+        Also return how much the passes disagree: the variance over the passes of each
+        class's probability, summed over the classes (0 with one pass).
 
     Returns
     -------
     mean_prob : Tensor (B, classes, rows, columns)
     entropy : Tensor (B, rows, columns)
     features : Tensor, only with ``return_features``
+    spread : Tensor (B, rows, columns), only with ``return_spread``
     """
     if passes < 1:
         raise ValueError("passes must be at least 1")
@@ -72,13 +77,15 @@ def mc_predict(
     # resolution (the shuffle only moves values), with less memory traffic on a CPU.
     _, k, h, w = logits.shape
     c = f0.config.num_classes
-    folded = logits.float().reshape(passes, b, c, k // c, h, w).softmax(2).mean(0)
+    per_pass = logits.float().reshape(passes, b, c, k // c, h, w).softmax(2)
+    folded = per_pass.mean(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     prob = f0.unfold(folded.reshape(b, k, h, w)).contiguous(memory_format=layout)
     ent = f0.unfold(entropy(folded))[:, 0]
-    if return_features:
-        return prob, ent, feats[-1]
-    return prob, ent
+    out = (prob, ent) + ((feats[-1],) if return_features else ())
+    if return_spread:
+        out += (f0.unfold(per_pass.var(0, correction=0).sum(1))[:, 0],)
+    return out
 
 
 ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), the image (4), ...
@@ -90,24 +97,31 @@ def policy_features(
     ent: torch.Tensor,
     f0_features: torch.Tensor | None = None,
     config: PolicyConfig | None = None,
+    spread: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Input of the policy.
 
     ``v1`` policies (and ``config=None``): f0's mean softmax (3), its entropy (1) and the
     image (1) at full resolution. ``v2``: the same plus the local standard deviation of
-    the image, average-pooled by ``config.pool``, and (unless ``config.f0_features`` is
+    the image, average-pooled by ``config.pool``, then (with ``config.mc_spread``) the
+    MC passes' ``spread`` (:func:`mc_predict`), and (unless ``config.f0_features`` is
     False) f0's finest features resized to that grid (they come for free with f0's
     analysis).
     """
     if config is None or config.features != "v2":
         return torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
     p = config.pool
+    maps = [ent.unsqueeze(1), x, x * x]
+    if config.mc_spread:
+        if spread is None:
+            raise ValueError("this policy reads the spread of f0's MC passes: pass spread (mc_predict(..., return_spread=True))")
+        maps.append(spread.unsqueeze(1).to(x.dtype))
     # Pooled before they are concatenated: a full-resolution concatenation would copy
     # every channel once more.
-    rest = F.avg_pool2d(torch.cat([ent.unsqueeze(1), x, x * x], dim=1), p)
+    rest = F.avg_pool2d(torch.cat(maps, dim=1), p)
     mean, mean_sq = rest[:, 1:2], rest[:, 2:3]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
-    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std]
+    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std, rest[:, 3:]]
     if f0_features is not None and config.f0_features:
         f = f0_features.float()
         if f.shape[-2:] != rest.shape[-2:]:
@@ -124,8 +138,8 @@ def analyse_slices(f0: UNet, policy_config: PolicyConfig, x: torch.Tensor, passe
     when f0 has a refiner (:meth:`UNet.refine`); the entropy and the policy's input are
     those of the MC mean.
     """
-    prob, ent, feats = mc_predict(f0, x, passes, seed=seed, return_features=True)
+    prob, ent, feats, *spread = mc_predict(f0, x, passes, seed=seed, return_features=True, return_spread=policy_config.mc_spread)
     c = x.shape[1] // 2
     centre = x[:, c : c + 1]
-    features = policy_features(centre, prob.float(), ent.float(), feats, policy_config)
+    features = policy_features(centre, prob.float(), ent.float(), feats, policy_config, *spread)
     return f0.refine(centre, prob), ent, features

@@ -316,6 +316,12 @@ PRESETS["v2.13"] = PRESETS["v2.9"].replace(preset="v2.13", arch="v2.13", policy_
 PRESETS["v2.14"] = PRESETS["v2.9"].replace(preset="v2.14", arch="v2.13", refine_steps=0)
 
 
+# v2.9's networks (all kept) with a dense policy that also reads the spread of f0's MC
+# passes (arch v2.15); the reward caches are rebuilt (they hold the new input) and the
+# policy fitted as v2.9's.
+PRESETS["v2.15"] = PRESETS["v2.9"].replace(preset="v2.15", arch="v2.15")
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
