@@ -19,6 +19,7 @@ import copy
 import dataclasses
 
 import numpy as np
+
 from bench_testsets import _lam_grid, gain_correlations
 from common import best_within, gain_front, oracle_gains
 from probe_policy_choice import development_parser, development_tables

@@ -53,6 +53,7 @@ from ..engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
 from ..engine.models import mc_dropout, with_planes
 from ..engine.normalize import Normalizer, validate_image
 from ..engine.patches import grid_shape, pad_to_patches, patch_windows, plane_indices
+from ..engine.precision import bf16_autocast
 from ..engine.routing import route
 from ..engine.uncertainty import ENTROPY_CHANNEL, analyse_slices, slice_seed
 from ..errors import PaserInputError
@@ -439,7 +440,7 @@ class _Trainer:
                 out = self.model(x)
         else:
             x, y = bank.sample_patches(cfg.batch, cfg.augment, self.g, halo=self.model.config.halo)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with bf16_autocast("cpu"):
                 out = self.model(x)
         loss = _ce(out, y, self.data.weight)
         if loss is None:

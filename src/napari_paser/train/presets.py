@@ -1,8 +1,8 @@
 """Training presets: how long, how fast and with which settings each stage runs.
 
 ``quick`` trains the whole pipeline on a 2-core CPU in about half an hour (bf16
-autocast and channels_last for the UNets: measured about 2x faster for f2 on this
-CPU); ``paper`` follows the paper (Adam 1e-4, batch 32, 200 epochs per stage) for a
+autocast and channels_last for the UNets: measured about 2x faster for f2 on a CPU with
+AVX-512; where bf16 is emulated, autocast stays off, see ``engine.precision``); ``paper`` follows the paper (Adam 1e-4, batch 32, 200 epochs per stage) for a
 GPU; ``init`` is the short fine-tuning of an existing bundle on a few labelled slices.
 """
 
@@ -83,7 +83,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.05
     splits: dict = field(default_factory=lambda: {"pretrain": 0.5, "rl": 0.2, "finetune": 0.15, "val": 0.15})
-    bf16: bool = True
+    bf16: bool = True  # only where the device computes bf16 natively (engine.precision)
     channels_last: bool = True
     checkpoint_every: int = 200
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(impulse=0.02, impulse_prob=0.3))
