@@ -161,55 +161,52 @@ def test_fit_dense_policy_with_an_error_on_the_patch_means_too():
     assert not torch.equal(plain.output_layer.weight, weighted.output_layer.weight)
 
 
-def test_a_dense_policy_reads_f0s_features_in_the_engine_and_its_reward_caches():
-    """v2.12: the policy's 22 inputs are f0's probabilities, entropy, the image's mean and
-    spread and f0's 16 finest feature channels, on the 4x4-pixel cell grid."""
+def _dense_policy_variant(arch: str, inputs: int) -> tuple[Bundle, torch.Tensor]:
+    """A bundle of ``arch`` (v2.9's networks, another dense policy) and the 5-slice image
+    on which its reward cache and the engine were checked to give the policy ``inputs``
+    channels on the 4x4-pixel cell grid."""
     from napari_paser.engine.pipeline import PaserSegmenter
     from napari_paser.train.presets import get_preset
     from napari_paser.train.rewards import build_reward_cache
 
-    configs = default_model_configs("v2.12")
-    assert configs["policy"].f0_features and configs["policy"].dense_inputs == 22
+    configs = default_model_configs(arch)
+    assert configs["policy"].dense_inputs == inputs
     assert {k: v.to_dict() for k, v in configs.items() if k != "policy"} == {k: v.to_dict() for k, v in default_model_configs("v2.9").items() if k != "policy"}
-    assert get_preset("v2.12").arch == "v2.12" and get_preset("v2.12").policy_objective == "dense"
+    assert get_preset(arch).arch == arch and get_preset(arch).policy_objective == "dense"
     bundle = Bundle.from_configs(configs, seed=0).eval()
     image = torch.rand(5, 112, 128)
     cache = build_reward_cache(bundle, image[:, None].expand(-1, 5, -1, -1).contiguous(), torch.randint(0, 3, (5, 112, 128)), mc_passes=2)
-    assert cache.features.shape == (5, 22, 28, 32) and cache.cells is not None
+    assert cache.features.shape == (5, inputs, 28, 32) and cache.cells is not None
     seg = PaserSegmenter(bundle, mc_passes=2)
     seg.set_volume(image.numpy())
     seg.analyse(2)
     assert seg.gains(2).shape == (2, 2, 2) and np.isfinite(seg.gains(2)).all()
+    return bundle, image
+
+
+def test_a_dense_policy_reads_f0s_features_in_the_engine_and_its_reward_caches():
+    """v2.12: the policy's 22 inputs are f0's probabilities, entropy, the image's mean and
+    spread and f0's 16 finest feature channels."""
+    bundle, _ = _dense_policy_variant("v2.12", 22)
+    assert bundle.policy.config.f0_features
 
 
 def test_a_dense_policy_reads_the_spread_of_f0s_mc_passes_in_the_engine_and_its_reward_caches():
     """v2.15: a seventh input, how much f0's MC passes disagree, after the image's spread;
     the engine and the reward caches compute it the same way."""
-    from napari_paser.engine.pipeline import PaserSegmenter
     from napari_paser.engine.uncertainty import analyse_slices, mc_predict, policy_features
-    from napari_paser.train.presets import get_preset
-    from napari_paser.train.rewards import build_reward_cache
 
-    configs = default_model_configs("v2.15")
-    assert configs["policy"].mc_spread and configs["policy"].dense_inputs == 7
-    assert {k: v.to_dict() for k, v in configs.items() if k != "policy"} == {k: v.to_dict() for k, v in default_model_configs("v2.9").items() if k != "policy"}
-    assert get_preset("v2.15").arch == "v2.15" and get_preset("v2.15").policy_objective == "dense"
-    bundle = Bundle.from_configs(configs, seed=0).eval()
-    image = torch.rand(5, 112, 128)
+    bundle, image = _dense_policy_variant("v2.15", 7)
+    config = bundle.policy.config
+    assert config.mc_spread
     planes = image[:, None].expand(-1, 5, -1, -1).contiguous()
     prob, ent, feats, spread = mc_predict(bundle.f0, planes[:1], 3, seed=1, return_features=True, return_spread=True)
     assert spread.shape == (1, 112, 128) and float(spread.min()) >= 0 and float(spread.max()) > 0
     assert float(mc_predict(bundle.f0, planes[:1], 1, seed=1, return_spread=True)[2].abs().max()) == 0  # one pass: no spread
     x = planes[:1, 2:3]
-    inputs = policy_features(x, prob, ent, feats, configs["policy"], spread)
+    inputs = policy_features(x, prob, ent, feats, config, spread)
     assert inputs.shape == (1, 7, 28, 32)
     torch.testing.assert_close(inputs[:, 6:7], F.avg_pool2d(spread[:, None], 4))
-    torch.testing.assert_close(analyse_slices(bundle.f0, configs["policy"], planes[:1], 3, 1)[2], inputs)
+    torch.testing.assert_close(analyse_slices(bundle.f0, config, planes[:1], 3, 1)[2], inputs)
     with pytest.raises(ValueError, match="spread of f0's MC passes"):
-        policy_features(x, prob, ent, feats, configs["policy"])
-    cache = build_reward_cache(bundle, planes, torch.randint(0, 3, (5, 112, 128)), mc_passes=2)
-    assert cache.features.shape == (5, 7, 28, 32) and cache.cells is not None
-    seg = PaserSegmenter(bundle, mc_passes=2)
-    seg.set_volume(image.numpy())
-    seg.analyse(2)
-    assert seg.gains(2).shape == (2, 2, 2) and np.isfinite(seg.gains(2)).all()
+        policy_features(x, prob, ent, feats, config)
