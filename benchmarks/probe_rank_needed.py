@@ -3,9 +3,10 @@
 Oracle routing (``common.oracle_front``) knows every patch's true first-order gain in
 the set's mean IoU. A real policy predicts it with some error. This probe routes with
 the true gains plus independent Gaussian noise sized so that the noisy gains correlate
-with the true ones at a chosen Pearson r, over the same λ sweep, charged like PaSeR,
-and prints the best IoU within f1 everywhere's GFLOPs and seconds for each r (mean and
-range over ``--draws`` noise draws) beside the bundle's own policy and f0's entropy.
+with the true ones at a chosen Pearson r, over the same λ sweep (λ times each patch's
+GFLOPs, as ``oracle_front``), charged like PaSeR, and prints the best IoU within f1
+everywhere's GFLOPs and seconds for each r (mean and range over ``--draws`` noise
+draws) beside the bundle's own policy and f0's entropy.
 ``--analysis-share`` repeats the bound with f0's analysis and the policy charged at
 those fractions of their measured seconds and FLOPs: what a cheaper analysis would buy.
 Development volumes of ``probe_policy_choice`` (no test set shares them).

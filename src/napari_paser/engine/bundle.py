@@ -117,8 +117,9 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         return configs
     if preset == "v2.15":
         # v2.9's networks; the dense policy also reads how much f0's MC passes disagree.
-        # On the development volumes that spread tracked the true gains better than f0's
-        # entropy (r +0.02 in family, +0.10 out of family; benchmarks/probe_results.md).
+        # On the development volumes that spread alone tracked the true gains better than
+        # f0's entropy out of family (r +0.06 to +0.09; 0.02 worse in family), but the
+        # policy fitted on it did not, so it is not shipped (benchmarks/probe_mc_spread.py).
         configs = default_model_configs("v2.9")
         configs["policy"] = PolicyConfig(in_channels=7, width=32, features="v2", f0_features=False, head="dense", dense_inputs=7,
                                          dense_layers=3, mc_spread=True)

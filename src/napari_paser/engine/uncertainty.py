@@ -121,7 +121,7 @@ def policy_features(
     rest = F.avg_pool2d(torch.cat(maps, dim=1), p)
     mean, mean_sq = rest[:, 1:2], rest[:, 2:3]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
-    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std, rest[:, 3:]]
+    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std] + ([rest[:, 3:4]] if config.mc_spread else [])
     if f0_features is not None and config.f0_features:
         f = f0_features.float()
         if f.shape[-2:] != rest.shape[-2:]:

@@ -2,8 +2,9 @@
 
 ``quick`` trains the whole pipeline on a 2-core CPU in about half an hour (bf16
 autocast and channels_last for the UNets: measured about 2x faster for f2 on a CPU with
-AVX-512; where bf16 is emulated, autocast stays off, see ``engine.precision``); ``paper`` follows the paper (Adam 1e-4, batch 32, 200 epochs per stage) for a
-GPU; ``init`` is the short fine-tuning of an existing bundle on a few labelled slices.
+AVX-512; where bf16 is emulated, autocast stays off, see ``engine.precision``);
+``paper`` follows the paper (Adam 1e-4, batch 32, 200 epochs per stage) for a GPU;
+``init`` is the short fine-tuning of an existing bundle on a few labelled slices.
 """
 
 from __future__ import annotations
