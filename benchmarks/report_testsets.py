@@ -17,6 +17,15 @@ def _f(v, nd=4):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _oracle_within_f1_cost(s: dict) -> str:
+    """Line 2's bound counting seconds too, as ", within its GFLOPs and seconds X" ("" for
+    results saved before it was measured)."""
+    if "oracle_within_f1_cost" not in s:
+        return ""
+    oc = s["oracle_within_f1_cost"]
+    return f", within its GFLOPs and seconds {_f(oc['mean_iou'])}" if oc else ", none within its GFLOPs and seconds"
+
+
 def _row(label: str, r: dict, f2: dict) -> str:
     per = " | ".join(_f(v) for v in r["iou_per_class"])
     fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
@@ -98,13 +107,11 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
         b = s["beats_f1"]
         w = s["best_within_f1_cost"]
         o = s["oracle_within_f1_gflops"]
-        oc = s.get("oracle_within_f1_cost")
-        within_cost = f", within its GFLOPs and seconds {_f(oc['mean_iou']) if oc else '-'}" if "oracle_within_f1_cost" in s else ""
         L += ["Within f1 everywhere's cost (GFLOPs and seconds): "
               + (f"PaSeR at λ = {b['lam']:.3g} reaches {_f(b['mean_iou'])} > f1's {_f(rows['f1']['mean_iou'])} "
                  f"({b['gflops'] / f2['gflops']:.3f} × f2's GFLOPs, {b['seconds_ratio_f2']:.3f} × its seconds)."
                  if b else f"no λ beats f1 everywhere ({_f(rows['f1']['mean_iou'])}); PaSeR's best there "
-                 f"{_f(w['mean_iou']) if w else '-'}; oracle routing's best within f1's GFLOPs {_f(o['mean_iou']) if o else '-'}{within_cost}."), ""]
+                 f"{_f(w['mean_iou']) if w else '-'}; oracle routing's best within f1's GFLOPs {_f(o['mean_iou']) if o else '-'}{_oracle_within_f1_cost(s)}."), ""]
     L += [f"![fronts]({os.path.relpath(fig_dir / 'testsets_fronts.png', out)})", ""]
     return L
 
@@ -136,9 +143,7 @@ def targets(res: dict) -> list[dict]:
         b = s["beats_f1"]
         o1 = s.get("oracle_within_f1_gflops")
         bound = f"; oracle routing's best within f1's GFLOPs {o1['mean_iou']:.4f}" if o1 else ""
-        if "oracle_within_f1_cost" in s:
-            oc = s["oracle_within_f1_cost"]
-            bound += f", within its GFLOPs and seconds {oc['mean_iou']:.4f}" if oc else ", none within its GFLOPs and seconds"
+        bound += _oracle_within_f1_cost(s)
         out.append({"target": f"{name}: some λ gives PaSeR IoU above f1 everywhere at ≤ its GFLOPs and seconds",
                     "value": (f"λ {b['lam']:.3g}: {b['mean_iou']:.4f} vs {s['rows']['f1']['mean_iou']:.4f}" if b
                               else f"no such λ (f1 {s['rows']['f1']['mean_iou']:.4f}){bound}"),
