@@ -11,6 +11,12 @@ f1 and f2 beside the run's (``*-f0feat.pt``): minutes instead of an hour of f1 a
 (``probe_policy_fit``'s development caches hold f0's features already.)
 
     python benchmarks/probe_f0_feature_caches.py --run runs/paser-synth-v2.9 --data data/synth_v2 --extra-rl data/synth_rl_extra
+
+``--config`` appends other inputs instead, for example the image residual
+(``PolicyConfig.image_residual``) to a run whose caches hold the MC spread:
+
+    python benchmarks/probe_f0_feature_caches.py --run runs/paser-synth-v2.15 --data data/synth_v2 --extra-rl data/synth_rl_extra \
+        --config f0_features=0 mc_spread=1 image_residual=1 --suffix=-residual
 """
 
 from __future__ import annotations
@@ -66,12 +72,15 @@ def main() -> None:
     p.add_argument("--preset", default="v2.9")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--config", nargs="*", default=["f0_features=1"], help="PolicyConfig overrides key=value (ints) of the rebuilt input")
+    p.add_argument("--suffix", default="-f0feat", help="the caches are saved as rewards-rl{SUFFIX}.pt etc.")
     args = p.parse_args()
+    overrides = {k: bool(int(v)) for k, v in (kv.split("=") for kv in args.config)}
     torch.set_num_threads(args.threads)
     ck = args.run / "checkpoints"
     bundle = copy.deepcopy(load_bundle(args.run)).eval()
     cfg = bundle.policy.config
-    bundle.policy = PolicyNet(PolicyConfig(**{**cfg.to_dict(), "f0_features": True, "patch_size": tuple(cfg.patch_size)}))
+    bundle.policy = PolicyNet(PolicyConfig(**{**cfg.to_dict(), **overrides, "patch_size": tuple(cfg.patch_size)}))
     stages.build_reward_cache = _features_only  # cache_rewards then computes the features alone
 
     tc = get_preset(args.preset)
@@ -86,7 +95,7 @@ def main() -> None:
         old = [RewardCache(*t) for t in torch.load(ck / f"{name}.pt", weights_only=True)]
         new = stages.cache_rewards(ctx, bundle, SliceBank(vols, bundle.patch_size, planes), tc.rl_copies)
         merged = _merge(new, old)
-        torch.save([c.tensors() for c in merged], ck / f"{name}-f0feat.pt")
+        torch.save([c.tensors() for c in merged], ck / f"{name}{args.suffix}.pt")
         print(f"{name}: {sum(len(c) for c in merged)} slices, {merged[0].features.shape[1]} input channels", flush=True)
 
 

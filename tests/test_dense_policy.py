@@ -170,7 +170,7 @@ def _dense_policy_variant(arch: str, inputs: int) -> tuple[Bundle, torch.Tensor]
     from napari_paser.train.rewards import build_reward_cache
 
     configs = default_model_configs(arch)
-    assert configs["policy"].dense_inputs == inputs
+    assert configs["policy"].in_channels == inputs
     assert {k: v.to_dict() for k, v in configs.items() if k != "policy"} == {k: v.to_dict() for k, v in default_model_configs("v2.9").items() if k != "policy"}
     assert get_preset(arch).arch == arch and get_preset(arch).policy_objective == "dense"
     bundle = Bundle.from_configs(configs, seed=0).eval()
@@ -210,3 +210,90 @@ def test_a_dense_policy_reads_the_spread_of_f0s_mc_passes_in_the_engine_and_its_
     torch.testing.assert_close(analyse_slices(bundle.f0, config, planes[:1], 3, 1)[2], inputs)
     with pytest.raises(ValueError, match="spread of f0's MC passes"):
         policy_features(x, prob, ent, feats, config)
+
+
+def test_the_image_residual_is_what_f0s_labels_leave_unexplained_where_f0_is_unsure():
+    from napari_paser.engine.uncertainty import image_residual
+
+    g = torch.Generator().manual_seed(0)
+    prob = torch.softmax(3 * torch.randn(2, 3, 16, 24, generator=g), 1)
+    x = torch.randn(2, 1, 16, 24, generator=g)
+    ent = torch.rand(2, 16, 24, generator=g)
+    res = image_residual(x, prob, ent)
+    assert res.shape == (2, 1, 16, 24)
+    p, xv = prob.double().numpy(), x.double().numpy()
+    for b in range(2):
+        means = [(p[b, c] * xv[b, 0]).sum() / p[b, c].sum() for c in range(3)]  # each class's mean intensity
+        expected = sum(p[b, c] * means[c] for c in range(3))
+        np.testing.assert_allclose(res[b, 0].numpy(), (xv[b, 0] - expected) ** 2 * ent[b].numpy(), rtol=1e-4, atol=1e-6)
+    # One intensity per class, and labels that say so: nothing left to explain.
+    labels = torch.randint(0, 3, (1, 16, 24), generator=g)
+    one_hot = F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    image = torch.tensor([-1.0, 0.2, 1.5])[labels][:, None]
+    assert float(image_residual(image, one_hot, torch.ones(1, 16, 24)).abs().max()) < 1e-10
+    # f0 certain everywhere: nothing either, however wrong the image looks.
+    assert float(image_residual(x[:1], prob[:1], torch.zeros(1, 16, 24)).abs().max()) == 0
+
+
+def test_a_dense_policy_adds_the_calibrated_image_residual_to_its_gains():
+    """v2.16: a seventh input, the image residual, that the network does not read; a
+    prior set from reward caches adds it to every cell's gains."""
+    from napari_paser.engine.uncertainty import analyse_slices, image_residual, mc_predict, policy_features
+    from napari_paser.train.dense_policy import calibrate_residual_prior
+
+    bundle, image = _dense_policy_variant("v2.16", 7)
+    policy, config = bundle.policy, bundle.policy.config
+    assert config.image_residual and config.dense_inputs == 6 and config.residual_channel == 6
+    planes = image[:, None].expand(-1, 5, -1, -1).contiguous()
+    prob, ent, feats = mc_predict(bundle.f0, planes[:1], 3, seed=1, return_features=True)
+    x = planes[:1, 2:3]
+    inputs = policy_features(x, prob, ent, feats, config)
+    assert inputs.shape == (1, 7, 28, 32)
+    torch.testing.assert_close(inputs[:, 6:7], F.avg_pool2d(image_residual(x, prob, ent), 4))
+    torch.testing.assert_close(analyse_slices(bundle.f0, config, planes[:1], 3, 1)[2], inputs)
+
+    # Until calibrated the gains are the network's alone.
+    network = F.avg_pool2d(policy.dense(inputs[:, :6]), policy.patch_cells())
+    torch.testing.assert_close(policy.gains(inputs), network)
+    caches = [_random_cache(s) for s in range(3)]
+    for cache in caches:  # a residual channel that varies
+        cache.features = torch.cat([cache.features, torch.rand(len(cache), 1, 28, 32).half()], 1)
+    prior = calibrate_residual_prior(policy, caches, standing=2.0)
+    c = policy.patch_cells()
+    with torch.no_grad():
+        net = torch.cat([F.avg_pool2d(policy.dense(k.features[:, :6].float()), c) for k in caches]).double()
+    res = torch.cat([F.avg_pool2d(k.features[:, 6:7].float(), c) for k in caches]).double()
+    for k in range(2):  # twice the network's spread, and the mean gain kept
+        term = prior["residual_weight"][k] * (res - prior["residual_offset"])
+        assert float(term.std()) == pytest.approx(2.0 * float(net[:, k].std()), rel=1e-3)
+        assert abs(float(term.mean())) < 1e-6
+    cells = policy.cell_gains(inputs)
+    torch.testing.assert_close(policy.gains(inputs), F.avg_pool2d(cells, c))
+    expected = network + policy.residual_weight.view(1, 2, 1, 1) * (F.avg_pool2d(inputs[:, 6:7], c) - policy.residual_offset)
+    torch.testing.assert_close(policy.gains(inputs), expected)
+
+    # Fitting the network again starts without the prior.
+    fit_dense_policy(policy, caches, steps=5, batch=2, eval_every=5)
+    assert float(policy.residual_weight.abs().max()) == 0 and float(policy.residual_offset) == 0
+    with pytest.raises(ValueError, match="prior of a dense 'v2' policy"):
+        PolicyNet(PolicyConfig(in_channels=7, features="v2", head="patch", image_residual=True))
+    with pytest.raises(ValueError, match="does not read the image residual"):
+        calibrate_residual_prior(PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_inputs=6)), caches)
+
+
+def test_the_policy_stage_calibrates_the_image_residual_after_fitting(tmp_path):
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    bundle = Bundle.from_configs(default_model_configs("v2.16"), seed=0)
+    cfg = get_preset("v2.16").replace(policy_steps=50, policy_eval_every=50, policy_batch=4)
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    caches = [_random_cache(s) for s in range(3)] + [_random_cache(9)]
+    for cache in caches:  # the residual tracks the hard regions, as the entropy does here
+        cache.features = torch.cat([cache.features, cache.features[:, 3:4]], 1)
+    history = train_policy(ctx, bundle, caches[:3], holdout=caches[3:])
+    weight = history["residual_prior"]["residual_weight"]
+    assert len(weight) == 2 and min(weight) > 0
+    torch.testing.assert_close(bundle.policy.residual_weight, torch.tensor(weight), rtol=1e-4, atol=0)
+    assert len(history["corr_holdout_with_residual"]) == 2

@@ -124,6 +124,17 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
         configs["policy"] = PolicyConfig(in_channels=7, width=32, features="v2", f0_features=False, head="dense", dense_inputs=7,
                                          dense_layers=3, mc_spread=True)
         return configs
+    if preset == "v2.16":
+        # v2.9's networks and dense policy network; the patch gains also add the image
+        # residual, how far the slice departs from what f0's labels predict where f0 is
+        # unsure, at twice the network's standing (train.dense_policy.calibrate_residual_prior).
+        # On five development sets it tracked the gains of f1 and f2 better than f0's
+        # entropy out of family (r +0.09 to +0.31) and about as well in family
+        # (benchmarks/probe_image_residual.py).
+        configs = default_model_configs("v2.9")
+        configs["policy"] = PolicyConfig(in_channels=7, width=32, features="v2", f0_features=False, head="dense", dense_inputs=6,
+                                         dense_layers=3, image_residual=True)
+        return configs
     if preset == "paper":
         return {
             "f0": UNetConfig(base_width=8, depth=2, dropout=0.1),
@@ -131,7 +142,7 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
             "f2": UNetConfig(base_width=64, depth=4),
             "policy": PolicyConfig(),
         }
-    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10', 'v2.12', 'v2.13', 'v2.15' or 'paper'")
+    raise ValueError(f"unknown preset {preset!r}; choose 'quick', 'v2', 'v2.1', 'v2.6', 'v2.7', 'v2.9', 'v2.10', 'v2.12', 'v2.13', 'v2.15', 'v2.16' or 'paper'")
 
 
 def copy_matching_weights(dst: "Bundle", src: "Bundle") -> list[str]:

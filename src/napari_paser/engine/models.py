@@ -421,7 +421,11 @@ class PolicyConfig:
 
     ``mc_spread`` adds one input after the image's spread (``features="v2"``): how much
     f0's MC passes disagree, the variance of each class's probability over the passes
-    summed over the classes (:func:`..uncertainty.mc_predict`).
+    summed over the classes (:func:`..uncertainty.mc_predict`). ``image_residual`` adds
+    one more after it: how far the image departs from what f0's labels predict, where f0
+    is unsure (:func:`..uncertainty.image_residual`). The dense network does not read it
+    (it comes after its ``dense_inputs``); a calibrated linear prior adds it to every
+    cell's gains (:attr:`PolicyNet.residual_weight`).
     """
 
     in_channels: int = 5
@@ -438,11 +442,18 @@ class PolicyConfig:
     dense_inputs: int = 4
     dense_layers: int = 3
     mc_spread: bool = False
+    image_residual: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["patch_size"] = list(self.patch_size)
         return d
+
+    @property
+    def residual_channel(self) -> int:
+        """Index of the image residual among the ``v2`` inputs (after the image's spread
+        and, if read, the MC spread)."""
+        return 6 + int(self.mc_spread)
 
 
 class BasicBlock(nn.Module):
@@ -478,6 +489,13 @@ class PolicyNet(nn.Module):
         else:
             self._patch_network(config)
         self.skip = self._linear_skip(config)
+        if config.image_residual:
+            if config.head != "dense" or config.features != "v2" or config.dense_inputs > config.residual_channel:
+                raise ValueError("the image residual is a prior of a dense 'v2' policy whose network reads the inputs before it")
+            # gains of f1 and f2 += residual_weight * (the cell's image residual - residual_offset):
+            # zero until calibrate_residual_prior sets them (train.dense_policy).
+            self.register_buffer("residual_weight", torch.zeros(config.num_models - 1))
+            self.register_buffer("residual_offset", torch.zeros(()))
         # Sharpness of the routing distribution, learned by REINFORCE.
         self.log_temperature = nn.Parameter(torch.tensor(2.0))
 
@@ -559,7 +577,11 @@ class PolicyNet(nn.Module):
         return self._dense_cells(self._grid_inputs(features))
 
     def _dense_cells(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.dense(inputs[:, : self.config.dense_inputs])
+        cells = self.dense(inputs[:, : self.config.dense_inputs])
+        if self.config.image_residual:
+            c = self.config.residual_channel
+            cells = cells + self.residual_weight.view(1, -1, 1, 1) * (inputs[:, c : c + 1] - self.residual_offset)
+        return cells
 
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         inputs = self._grid_inputs(features)

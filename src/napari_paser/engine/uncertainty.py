@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .models import PolicyConfig, UNet, mc_dropout
 
-__all__ = ["mc_predict", "entropy", "policy_features", "analyse_slices", "slice_seed"]
+__all__ = ["mc_predict", "entropy", "image_residual", "policy_features", "analyse_slices", "slice_seed"]
 
 
 def slice_seed(seed: int, index: int) -> int:
@@ -88,6 +88,37 @@ def mc_predict(
     return out
 
 
+def image_residual(x: torch.Tensor, mean_prob: torch.Tensor, ent: torch.Tensor) -> torch.Tensor:
+    """Where the image departs from what f0's labels predict, where f0 is unsure.
+
+    Each class's mean intensity in the slice is taken under f0's probabilities; the
+    image f0's labels predict is their probability-weighted mix, and the squared
+    difference from the slice is weighted by f0's entropy (alone it also flags noise and
+    fringes far from any boundary). The class means are measured in every slice, so the
+    map follows a scanner's contrast where f0's confidence does not: on scans unlike
+    the training data it tracks the gains of f1 and f2 over f0 better than the entropy
+    does (``benchmarks/probe_results.md``).
+
+    Parameters
+    ----------
+    x : Tensor (B, 1, rows, columns)
+        Normalised slices.
+    mean_prob : Tensor (B, classes, rows, columns)
+        f0's probabilities (the MC mean).
+    ent : Tensor (B, rows, columns)
+        Their entropy.
+
+    Returns
+    -------
+    Tensor (B, 1, rows, columns)
+    """
+    x = x.to(mean_prob.dtype)
+    weight = mean_prob.sum((2, 3)).clamp_min(1e-6)
+    class_mean = (mean_prob * x).sum((2, 3)) / weight  # (B, classes)
+    expected = torch.einsum("bchw,bc->bhw", mean_prob, class_mean).unsqueeze(1)
+    return (x - expected).square_() * ent.unsqueeze(1).to(x.dtype)
+
+
 ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), the image (4), ...
 
 
@@ -104,7 +135,8 @@ def policy_features(
     ``v1`` policies (and ``config=None``): f0's mean softmax (3), its entropy (1) and the
     image (1) at full resolution. ``v2``: the same plus the local standard deviation of
     the image, average-pooled by ``config.pool``, then (with ``config.mc_spread``) the
-    MC passes' ``spread`` (:func:`mc_predict`), and (unless ``config.f0_features`` is
+    MC passes' ``spread`` (:func:`mc_predict`), then (with ``config.image_residual``)
+    the :func:`image_residual` of f0's prediction, and (unless ``config.f0_features`` is
     False) f0's finest features resized to that grid (they come for free with f0's
     analysis).
     """
@@ -116,12 +148,14 @@ def policy_features(
         if spread is None:
             raise ValueError("this policy reads the spread of f0's MC passes: pass spread (mc_predict(..., return_spread=True))")
         maps.append(spread.unsqueeze(1).to(x.dtype))
+    if config.image_residual:
+        maps.append(image_residual(x, mean_prob, ent))
     # Pooled before they are concatenated: a full-resolution concatenation would copy
     # every channel once more.
     rest = F.avg_pool2d(torch.cat(maps, dim=1), p)
     mean, mean_sq = rest[:, 1:2], rest[:, 2:3]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
-    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std] + ([rest[:, 3:4]] if config.mc_spread else [])
+    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std, rest[:, 3:]]  # then the spread and the residual, if read
     if f0_features is not None and config.f0_features:
         f = f0_features.float()
         if f.shape[-2:] != rest.shape[-2:]:

@@ -323,6 +323,12 @@ PRESETS["v2.14"] = PRESETS["v2.9"].replace(preset="v2.14", arch="v2.13", refine_
 PRESETS["v2.15"] = PRESETS["v2.9"].replace(preset="v2.15", arch="v2.15")
 
 
+# v2.9's networks (all kept) and its dense policy network, fitted again as v2.9's (the
+# reward caches are rebuilt: they hold the image residual), with the image residual added
+# to the gains by a prior calibrated on the same caches (arch v2.16).
+PRESETS["v2.16"] = PRESETS["v2.9"].replace(preset="v2.16", arch="v2.16")
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:

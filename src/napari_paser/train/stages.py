@@ -34,7 +34,7 @@ from ..engine.uncertainty import analyse_slices, mc_predict, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
 from .datasets import IGNORE, SliceBank
-from .dense_policy import fit_dense_policy
+from .dense_policy import calibrate_residual_prior, fit_dense_policy, holdout_correlation
 from .linear_policy import fit_linear_policy
 from .presets import TrainConfig
 from .rewards import (
@@ -536,6 +536,12 @@ def train_policy(
                                    seed=ctx.seed, log=lambda line: ctx.log(f"[{stage}] {line}"))
         ctx.log(f"[{stage}] dense head, best step {history['best_step']}; r with the true gains (f1, f2): "
                 f"fit {history['corr_fit']}, held out {history.get('corr_holdout', 'none')}")
+        if policy.config.image_residual:
+            history["residual_prior"] = calibrate_residual_prior(policy, caches)
+            if holdout:
+                history["corr_holdout_with_residual"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
+            ctx.log(f"[{stage}] image residual prior {history['residual_prior']}; held-out r with it "
+                    f"{history.get('corr_holdout_with_residual', 'none')}")
         return history
     if cfg.policy_objective == "linear":  # closed form: no steps, so none of the loop's set-up below
         history = fit_linear_policy(policy, caches, cfg.reward, holdout)
