@@ -196,7 +196,8 @@ def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     np.testing.assert_allclose(held.mean(0), measured.mean(0), atol=1e-5)
 
 
-def test_entropy_fitted_policy_ranks_by_f0_entropy_at_its_level(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("image_residual", [False, True])
+def test_entropy_fitted_policy_ranks_by_f0_entropy_at_its_level(tiny_bundle, tmp_path, image_residual):
     import copy
 
     import torch
@@ -204,10 +205,15 @@ def test_entropy_fitted_policy_ranks_by_f0_entropy_at_its_level(tiny_bundle, tmp
 
     from napari_paser.engine.bundle import load_bundle, save_bundle
     from napari_paser.engine.metrics import dataset_iou_gains
+    from napari_paser.engine.models import PolicyConfig, PolicyNet
     from napari_paser.train.finetune import ENTROPY_CHANNEL, FinetuneConfig, _fit_policy_to_entropy, _held_out_table, _prepare
 
     img, lab = _scan(2)
     bundle = copy.deepcopy(tiny_bundle)
+    if image_residual:  # a dense policy whose gains add the image residual: the rule drops it too
+        bundle.policy = PolicyNet(PolicyConfig(in_channels=7, width=4, features="v2", f0_features=False, head="dense", dense_inputs=6,
+                                               dense_layers=1, image_residual=True)).eval()
+        bundle.policy.residual_weight.fill_(5.0)
     assert bundle.policy.skip is None  # the fit adds the linear path it needs
     data = _prepare(bundle, img, lab, FinetuneConfig())
     gains, confs, feats = _held_out_table(bundle, data, 0)
@@ -223,10 +229,15 @@ def test_entropy_fitted_policy_ranks_by_f0_entropy_at_its_level(tiny_bundle, tmp
     np.testing.assert_allclose(fit["measured_gain"], measured, atol=1e-5)
     # every patch: the level times its mean f0 entropy over the held-out patches' mean
     pool, ps = bundle.policy.config.pool, bundle.patch_size
-    entropy = F.avg_pool2d(F.avg_pool2d(feats[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1].float(), pool), (ps[0] // pool, ps[1] // pool))
+    entropy = feats[:, ENTROPY_CHANNEL : ENTROPY_CHANNEL + 1].float()
+    if not image_residual:  # v1 inputs are at full resolution, v2's on the cell grid
+        entropy = F.avg_pool2d(entropy, pool)
+    entropy = F.avg_pool2d(entropy, (ps[0] // pool, ps[1] // pool))
     expected = measured_level.reshape(1, 2, 1, 1) * entropy.numpy() / fit["mean_entropy"]
     np.testing.assert_allclose(after, expected, atol=1e-4)
     assert entropy.std() > 0  # the check above ranks patches, not a constant
+    if image_residual:
+        assert float(bundle.policy.residual_weight.abs().max()) == 0
     # the adapted policy is saved and loaded as any other
     loaded = load_bundle(save_bundle(bundle, tmp_path / "fitted"))
     with torch.no_grad():

@@ -506,8 +506,9 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
     better than f0, and every patch stayed on f0, although f1 was the better network on
     the unpainted slices; ``benchmarks/probe_results.md``). f2's level is f1's plus f2's measured gain over
     f1 on the held-out patches: two patch networks compared on the same patches. The
-    policy's network path is zeroed and its linear skip (added if the policy has none)
-    reads the entropy channel alone, so the adapted bundle routes with the unchanged engine.
+    policy's network path (and its image residual prior, if any) is zeroed and its linear
+    skip (added if the policy has none) reads the entropy channel alone, so the adapted
+    bundle routes with the unchanged engine.
     """
     policy = bundle.policy
     measured = _measured_gains(confs)
@@ -523,6 +524,8 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
     last = policy.output_layer
     last.weight.zero_()
     last.bias.zero_()
+    if policy.config.image_residual:  # the entropy alone ranks, as for every policy
+        policy.residual_weight.zero_()
     bn, conv = policy.skip
     # batch norm in eval mode is x * a + b per channel
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
