@@ -14,4 +14,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/synth_rl_extra_data.sh data/synth_rl_extra
 EXTRA_RL=data/synth_rl_extra exec bash scripts/train_v2_bundle.sh paser-synth-v2.16 v2.16 src/napari_paser/models/paser-synth-v2.9 2.16.0 \
-    "PaSeR v2.16: paser-synth-v2.9's networks (f0 reads the 2 planes above and below its slice) with v2.9's dense routing policy (a small convolutional network predicts the gain of every 4x4-pixel cell from f0's mean probabilities and entropy and the image's local mean and spread; a patch's gain is the mean of its cells') plus the image residual, how far the slice departs from what f0's labels predict where f0 is unsure, at twice the network's standing"
+    "PaSeR v2.16: paser-synth-v2.9's networks (f0 reads the 2 planes above and below its slice) with v2.9's dense routing policy (a small convolutional network predicts the gain of every 4x4-pixel cell from f0's mean probabilities and entropy and the image's local mean and spread; a patch's gain is the mean of its cells') plus the image residual, how far the slice departs from what f0's labels predict where f0 is unsure, at the network's standing"

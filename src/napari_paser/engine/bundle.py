@@ -127,9 +127,9 @@ def default_model_configs(preset: str = "quick") -> dict[str, Any]:
     if preset == "v2.16":
         # v2.9's networks and dense policy network; the patch gains also add the image
         # residual, how far the slice departs from what f0's labels predict where f0 is
-        # unsure, at twice the network's standing (train.dense_policy.calibrate_residual_prior).
-        # On five development sets it tracked the gains of f1 and f2 better than f0's
-        # entropy out of family (r +0.09 to +0.31) and about as well in family
+        # unsure, at the network's standing (train.dense_policy.calibrate_residual_prior).
+        # Alone it tracked the gains of f1 and f2 better than f0's entropy on three
+        # out-of-family development sets (r +0.13 to +0.30) and about as well in family
         # (benchmarks/probe_image_residual.py).
         configs = default_model_configs("v2.9")
         configs["policy"] = PolicyConfig(in_channels=7, width=32, features="v2", f0_features=False, head="dense", dense_inputs=6,
