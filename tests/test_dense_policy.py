@@ -253,24 +253,30 @@ def test_a_dense_policy_adds_the_calibrated_image_residual_to_its_gains():
     torch.testing.assert_close(analyse_slices(bundle.f0, config, planes[:1], 3, 1)[2], inputs)
 
     # Until calibrated the gains are the network's alone.
-    network = F.avg_pool2d(policy.dense(inputs[:, :6]), policy.patch_cells())
+    c = policy.patch_cells()
+    network = F.avg_pool2d(policy.dense(inputs[:, :6]), c)
     torch.testing.assert_close(policy.gains(inputs), network)
     caches = [_random_cache(s) for s in range(3)]
     for cache in caches:  # a residual channel that varies
         cache.features = torch.cat([cache.features, torch.rand(len(cache), 1, 28, 32).half()], 1)
-    prior = calibrate_residual_prior(policy, caches, standing=2.0)
-    c = policy.patch_cells()
+    prior = calibrate_residual_prior(policy, caches, standing=3.0)
     with torch.no_grad():
         net = torch.cat([F.avg_pool2d(policy.dense(k.features[:, :6].float()), c) for k in caches]).double()
     res = torch.cat([F.avg_pool2d(k.features[:, 6:7].float(), c) for k in caches]).double()
-    for k in range(2):  # twice the network's spread, and the mean gain kept
-        term = prior["residual_weight"][k] * (res - prior["residual_offset"])
-        assert float(term.std()) == pytest.approx(2.0 * float(net[:, k].std()), rel=1e-3)
-        assert abs(float(term.mean())) < 1e-6
-    cells = policy.cell_gains(inputs)
-    torch.testing.assert_close(policy.gains(inputs), F.avg_pool2d(cells, c))
-    expected = network + policy.residual_weight.view(1, 2, 1, 1) * (F.avg_pool2d(inputs[:, 6:7], c) - policy.residual_offset)
-    torch.testing.assert_close(policy.gains(inputs), expected)
+    assert prior["residual_offset"] == pytest.approx(float(res.mean()), rel=1e-4)
+    for k in range(2):  # three times the network's spread over the residual's
+        assert prior["residual_weight"][k] == pytest.approx(3.0 * float(net[:, k].std() / res.std()), rel=1e-3)
+    # Only a patch's excess over the offset adds to its gains: the others keep the network's.
+    excess = (F.avg_pool2d(inputs[:, 6:7], c) - policy.residual_offset).clamp_min(0)
+    torch.testing.assert_close(policy.gains(inputs), network + policy.residual_weight.view(1, 2, 1, 1) * excess)
+    quiet = inputs.clone()
+    quiet[:, 6] = 0.5 * float(policy.residual_offset)  # below the offset everywhere
+    torch.testing.assert_close(policy.gains(quiet), F.avg_pool2d(policy.dense(quiet[:, :6]), c))
+    loud = inputs.clone()
+    loud[:, 6] = float(policy.residual_offset) + 0.01
+    lift = policy.gains(loud) - F.avg_pool2d(policy.dense(loud[:, :6]), c)
+    torch.testing.assert_close(lift, (0.01 * policy.residual_weight).view(1, 2, 1, 1).expand_as(lift), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(policy.cell_gains(inputs), policy.dense(inputs[:, :6]))  # the network's cells
 
     # Fitting the network again starts without the prior.
     fit_dense_policy(policy, caches, steps=5, batch=2, eval_every=5)

@@ -424,8 +424,8 @@ class PolicyConfig:
     summed over the classes (:func:`..uncertainty.mc_predict`). ``image_residual`` adds
     one more after it: how far the image departs from what f0's labels predict, where f0
     is unsure (:func:`..uncertainty.image_residual`). The dense network does not read it
-    (it comes after its ``dense_inputs``); a calibrated linear prior adds it to every
-    cell's gains (:attr:`PolicyNet.residual_weight`).
+    (it comes after its ``dense_inputs``); a calibrated prior adds to every patch's gains
+    the patch's excess over the training volumes' mean (``PolicyNet.residual_weight``).
     """
 
     in_channels: int = 5
@@ -492,7 +492,7 @@ class PolicyNet(nn.Module):
         if config.image_residual:
             if config.head != "dense" or config.features != "v2" or config.dense_inputs > config.residual_channel:
                 raise ValueError("the image residual is a prior of a dense 'v2' policy whose network reads the inputs before it")
-            # gains of f1 and f2 += residual_weight * (the cell's image residual - residual_offset):
+            # gains of f1 and f2 += residual_weight * max(the patch's image residual - residual_offset, 0):
             # zero until calibrate_residual_prior sets them (train.dense_policy).
             self.register_buffer("residual_weight", torch.zeros(config.num_models - 1))
             self.register_buffer("residual_offset", torch.zeros(()))
@@ -571,17 +571,14 @@ class PolicyNet(nn.Module):
 
     def cell_gains(self, features: torch.Tensor) -> torch.Tensor:
         """Dense head: the predicted gain (B, num_models - 1, rows / pool, columns / pool)
-        of every cell of the pooled grid."""
+        of every cell of the pooled grid by the network (an image-residual prior acts on
+        whole patches, in :meth:`gains`)."""
         if self.config.head != "dense":
             raise ValueError("only a dense policy predicts the gains of cells")
         return self._dense_cells(self._grid_inputs(features))
 
     def _dense_cells(self, inputs: torch.Tensor) -> torch.Tensor:
-        cells = self.dense(inputs[:, : self.config.dense_inputs])
-        if self.config.image_residual:
-            c = self.config.residual_channel
-            cells = cells + self.residual_weight.view(1, -1, 1, 1) * (inputs[:, c : c + 1] - self.residual_offset)
-        return cells
+        return self.dense(inputs[:, : self.config.dense_inputs])
 
     def gains(self, features: torch.Tensor) -> torch.Tensor:
         inputs = self._grid_inputs(features)
@@ -594,6 +591,10 @@ class PolicyNet(nn.Module):
             gains = self.head(pooled)
         if self.skip is not None:
             gains = gains + self.skip(F.avg_pool2d(inputs, k))
+        if self.config.image_residual:  # a whole patch's excess: a cell's alone is noisy
+            c = self.config.residual_channel
+            excess = (F.avg_pool2d(inputs[:, c : c + 1], k) - self.residual_offset).clamp_min(0)
+            gains = gains + self.residual_weight.view(1, -1, 1, 1) * excess
         return gains
 
     def logits(self, gains: torch.Tensor, lam: float | torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
