@@ -183,11 +183,10 @@ def calibrate_residual_prior(policy: nn.Module, caches: Sequence[RewardCache], s
 
     The policy's patch gains become the network's plus ``w_k · max(residual − mean, 0)``,
     with the patch's mean residual: ``mean`` is its mean over the patches of ``caches``,
-    and ``w_k``
-    ``standing`` times the ratio of the standard deviations over those patches of the
-    network's predicted gains of model ``k`` and of the residual. So only patches that f0's
-    labels explain worse than a typical training patch gain more; the rest keep the
-    network's gains. Fitted to the gains of the training volumes the residual would get
+    and ``w_k`` is ``standing`` times the ratio of the standard deviations over those
+    patches of the network's predicted gains of model ``k`` and of the residual. So only
+    patches that f0's labels explain worse than a typical training patch gain more; the
+    rest keep the network's gains. Fitted to the gains of the training volumes the residual would get
     little or negative weight: there it tracks them worse than f0's entropy. On scans from
     the test sets' generators (other seeds), and most of all from a scanner outside the
     training distribution, it tracks them better than the entropy, and the network plus

@@ -324,8 +324,8 @@ PRESETS["v2.15"] = PRESETS["v2.9"].replace(preset="v2.15", arch="v2.15")
 
 
 # v2.9's networks (all kept) and its dense policy network, fitted again as v2.9's (the
-# reward caches are rebuilt: they hold the image residual), with the image residual added
-# to the gains by a prior calibrated on the same caches (arch v2.16).
+# reward caches are rebuilt: they hold the image residual); a prior calibrated on the
+# same caches adds a patch's excess of image residual over their mean (arch v2.16).
 PRESETS["v2.16"] = PRESETS["v2.9"].replace(preset="v2.16", arch="v2.16")
 
 
