@@ -28,7 +28,7 @@ import torch
 from common import build_table, make_volumes, oracle_gains
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
-from napari_paser.engine.uncertainty import analyse_slices, image_residual, mc_predict, slice_seed
+from napari_paser.engine.uncertainty import image_residual, mc_predict, policy_features, slice_seed
 from probe_policy_choice import development_parser
 from probe_policy_fit import SETS
 
@@ -50,15 +50,15 @@ def patch_signals(table, bundles) -> dict[str, np.ndarray]:
             planes = torch.from_numpy(seg._planes(z, first.f0.config.planes))[None]
             x = torch.from_numpy(seg._input(z))[None, None]
             seed = slice_seed(seg.seed, seg.first_slice + z)
-            prob, ent = mc_predict(first.f0, planes, seg.mc_passes, seed=seed)
-            res = image_residual(x, prob.float().contiguous(), ent.float())[0, 0].numpy()
+            # One analysis per slice, as the engine draws it; every other bundle's policy reads it.
+            prob, ent, feats, spread = mc_predict(first.f0, planes, seg.mc_passes, seed=seed, return_features=True, return_spread=True)
+            prob, ent = prob.float().contiguous(), ent.float()
+            res = image_residual(x, prob, ent)[0, 0].numpy()
             out["residual"].append(res.reshape(res.shape[0] // ph, ph, res.shape[1] // pw, pw).mean((1, 3)))
-            for i, bundle in enumerate(bundles):
-                if i == 0:
-                    out["gains 0"].append(seg.gains(z))
-                else:
-                    features = analyse_slices(first.f0, bundle.policy.config, planes, seg.mc_passes, seed)[2]
-                    out[f"gains {i}"].append(bundle.policy.gains(features)[0].numpy())
+            out["gains 0"].append(seg.gains(z))
+            for i, bundle in enumerate(bundles[1:], start=1):
+                features = policy_features(x, prob, ent, feats, bundle.policy.config, spread)
+                out[f"gains {i}"].append(bundle.policy.gains(features)[0].numpy())
     return {k: np.asarray(v) for k, v in out.items()}
 
 

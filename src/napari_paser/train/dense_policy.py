@@ -213,8 +213,7 @@ def calibrate_residual_prior(policy: nn.Module, caches: Sequence[RewardCache], s
     policy.residual_offset.zero_()
     net = torch.cat([_patch_gains(policy, c.features) for c in caches]).double()
     c = policy.config.residual_channel
-    cells = policy.patch_cells()
-    residual = torch.cat([F.avg_pool2d(x.features[:, c : c + 1].float(), cells) for x in caches]).double()
+    residual = torch.cat([policy.patch_means(x.features.float())[:, c] for x in caches]).double()
     weight = standing * net.transpose(0, 1).reshape(net.shape[1], -1).std(1) / residual.std().clamp_min(1e-12)
     policy.residual_weight.copy_(weight.to(policy.residual_weight))
     policy.residual_offset.fill_(float(residual.mean()))
