@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--distribution", choices=("v1", "v2", "oof"), default="v2",
                    help="parameter distribution: v2 (wide training distribution, default), v1 (the first "
                         "generator: the in-family test), oof (held-out family and scanner: the out-of-family test)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes generating volumes at once (default 1; the files are the same for any number)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--resume", action="store_true",
                    help="keep the volumes already written by this generator with these arguments; write the rest")
@@ -63,15 +65,15 @@ def paper_splits(volumes: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and write the volumes; prints one line per volume."""
-    if args.volumes < 1 or args.slices < 1:
-        raise PaserInputError("--volumes and --slices must be at least 1")
+    if args.volumes < 1 or args.slices < 1 or args.workers < 1:
+        raise PaserInputError("--volumes, --slices and --workers must be at least 1")
     from ..train.synth import generate_volume, volume_seed, write_dataset
 
     start = time.perf_counter()
     if args.format == "tiff":
         files = write_dataset(args.out, args.volumes, args.slices, args.size, args.seed,
                               name=args.name, overwrite=args.overwrite, distribution=args.distribution,
-                              skip_current=args.resume)
+                              skip_current=args.resume, workers=args.workers)
         for f in files:
             print(f)
     else:

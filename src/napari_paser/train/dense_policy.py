@@ -22,8 +22,14 @@ from torch import nn
 from .rewards import RewardCache
 
 
+def _device(policy: nn.Module) -> torch.device:
+    return next(policy.parameters()).device
+
+
 def _patch_gains(policy: nn.Module, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    return torch.cat([policy.gains(features[i : i + batch].float()) for i in range(0, len(features), batch)])
+    """The policy's patch gains of cached features (host memory), computed where it runs."""
+    dev = _device(policy)
+    return torch.cat([policy.gains(features[i : i + batch].to(dev).float()).cpu() for i in range(0, len(features), batch)])
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,7 +53,8 @@ def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache]) -> lis
 def _set_input_scale(policy: nn.Module, caches: Sequence[RewardCache]) -> None:
     """The dense head's batch norm becomes a fixed standardisation of its inputs."""
     k = policy.config.dense_inputs
-    x = torch.cat([policy._grid_inputs(c.features.float())[:, :k] for c in caches])
+    dev = _device(policy)
+    x = torch.cat([policy._grid_inputs(c.features[i : i + 256].to(dev).float())[:, :k] for c in caches for i in range(0, len(c), 256)])
     norm = policy.dense[0]
     norm.running_mean.copy_(x.mean((0, 2, 3)))
     norm.running_var.copy_(x.var((0, 2, 3)).clamp_min(1e-8))
@@ -123,6 +130,7 @@ def fit_dense_policy(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     sizes = torch.tensor([len(f) for f in feats], dtype=torch.float)
+    dev = _device(policy)  # the caches stay in host memory; each batch moves
     history: dict = {"loss": [], "holdout_r": [], "best_step": 0}
     best = (-np.inf, None)
     running = []
@@ -131,7 +139,7 @@ def fit_dense_policy(
         policy.dense[0].eval()  # the fixed standardisation
         ci = int(torch.multinomial(sizes, 1, generator=g))
         idx = torch.randint(0, len(feats[ci]), (min(batch, len(feats[ci])),), generator=g)
-        x, y = feats[ci][idx].float(), targets[ci][idx]
+        x, y = feats[ci][idx].to(dev).float(), targets[ci][idx].to(dev)
         for dim in (-1, -2):
             if bool(torch.rand((), generator=g) < 0.5):
                 x, y = x.flip(dim), y.flip(dim)
@@ -213,7 +221,8 @@ def calibrate_residual_prior(policy: nn.Module, caches: Sequence[RewardCache], s
     policy.residual_offset.zero_()
     net = torch.cat([_patch_gains(policy, c.features) for c in caches]).double()
     c = policy.config.residual_channel
-    residual = torch.cat([policy.patch_means(x.features.float())[:, c] for x in caches]).double()
+    dev = _device(policy)
+    residual = torch.cat([policy.patch_means(x.features[i : i + 256].to(dev).float())[:, c].cpu() for x in caches for i in range(0, len(x), 256)]).double()
     weight = standing * net.transpose(0, 1).reshape(net.shape[1], -1).std(1) / residual.std().clamp_min(1e-12)
     policy.residual_weight.copy_(weight.to(policy.residual_weight))
     policy.residual_offset.fill_(float(residual.mean()))

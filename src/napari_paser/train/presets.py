@@ -329,6 +329,16 @@ PRESETS["v2.15"] = PRESETS["v2.9"].replace(preset="v2.15", arch="v2.15")
 PRESETS["v2.16"] = PRESETS["v2.9"].replace(preset="v2.16", arch="v2.16")
 
 
+# v2.16's networks and policy network, fitted again on five times the RL volumes
+# (``train --extra-rl data/synth_rl_large``: v2.16's 30 extra volumes and 160 fresh ones
+# of 8 slices, a quarter from v1's generator; a fifth of all RL volumes held out for the
+# early stopping), twice as many steps; the residual prior is calibrated again. The
+# dense policy memorised its first 10 volumes, and 40 gave it its first lead over f0's
+# entropy; this asks how far more volumes take that lead. Meant for a GPU
+# (``train --device cuda``): the reward caches run f1 and f2 on 3 776 slices.
+PRESETS["v2.17"] = PRESETS["v2.16"].replace(preset="v2.17", policy_steps=6000)
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:

@@ -211,11 +211,13 @@ def build_reward_cache(
         x0 = centre_planes(x, bundle.f0.config.planes)
         outs = [analyse_slices(bundle.f0, bundle.policy.config, x0[i : i + 1], passes, slice_seed(seed, first_index + s + i)) for i in range(len(x))]
         prob = torch.cat([o[0] for o in outs])
-        feats.append(torch.cat([o[2] for o in outs]).half())
+        # The caches live in host memory wherever the networks run (on a GPU too): they
+        # are data, read by numpy and saved with the run.
+        feats.append(torch.cat([o[2] for o in outs]).half().cpu())
         preds = [prob.argmax(1), predict_patches(bundle.f1, x, ps), predict_patches(bundle.f2, x, ps)]
-        confs.append(torch.stack([patch_confusion(p, y, ps) for p in preds], dim=1).int())
+        confs.append(torch.stack([patch_confusion(p, y, ps) for p in preds], dim=1).int().cpu())
         if dense:
-            cells.append(torch.stack([cell_confusion(p, y, bundle.policy.config.pool) for p in preds], dim=1))
+            cells.append(torch.stack([cell_confusion(p, y, bundle.policy.config.pool) for p in preds], dim=1).cpu())
     return RewardCache(torch.cat(feats), torch.cat(confs), torch.cat(cells) if dense else None)
 
 

@@ -330,6 +330,7 @@ def write_dataset(
     compress: bool = True,
     distribution: str = "v2",
     skip_current: bool = False,
+    workers: int = 1,
 ) -> list[Path]:
     """Generate volumes and write ``<stem>_image.tif``, ``<stem>_labels.tif``, ``<stem>.json``.
 
@@ -351,6 +352,9 @@ def write_dataset(
     skip_current
         Keep volumes whose files exist and match this generator (resume an interrupted
         run); implies replacing the stale ones.
+    workers
+        Processes generating volumes at once (each volume is drawn from its own seed,
+        so the files do not depend on this).
 
     Returns
     -------
@@ -367,13 +371,24 @@ def write_dataset(
         for t in targets:
             if t.exists():
                 raise FileExistsError(f"{t} exists (use --overwrite)")
-    written: list[Path] = []
-    for k, stem in enumerate(stems):
-        if skip_current and is_current(out, stem, volume_seed(seed, k), distribution):
-            continue
-        written += write_volume(out, stem, volume_seed(seed, k), slices, size, distribution=distribution,
-                                dataset={"seed": int(seed), "index": k}, overwrite=overwrite, compress=compress)
-    return written
+    todo = [(k, stem) for k, stem in enumerate(stems) if not (skip_current and is_current(out, stem, volume_seed(seed, k), distribution))]
+    jobs = [
+        (out, stem, volume_seed(seed, k), slices, size, distribution, {"seed": int(seed), "index": k}, overwrite, compress)
+        for k, stem in todo
+    ]
+    if workers <= 1 or len(jobs) <= 1:
+        return [path for job in jobs for path in _write_volume_job(job)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return [path for paths in pool.map(_write_volume_job, jobs) for path in paths]
+
+
+def _write_volume_job(job: tuple) -> list[Path]:
+    """:func:`write_volume` from one tuple of arguments (picklable, for a process pool)."""
+    out, stem, seed, slices, size, distribution, dataset, overwrite, compress = job
+    return write_volume(out, stem, seed, slices, size, distribution=distribution, dataset=dataset,
+                        overwrite=overwrite, compress=compress)
 
 
 # Bumped whenever the generator's output changes for the same parameters, so data sets
