@@ -139,6 +139,22 @@ def test_write_dataset_same_bytes(tmp_path):
         assert fa.read_bytes() == fb.read_bytes()
 
 
+def test_write_dataset_in_parallel_writes_the_same_files(tmp_path):
+    one = write_dataset(tmp_path / "one", 3, 1, (32, 32), seed=9)
+    many = write_dataset(tmp_path / "many", 3, 1, (32, 32), seed=9, workers=2)
+    assert [f.name for f in one] == [f.name for f in many]
+    for fa, fb in zip(one, many):
+        assert fa.read_bytes() == fb.read_bytes()
+
+
+def test_synth_rejects_zero_workers(tmp_path, capsys):
+    from napari_paser.cli import main
+
+    assert main.main(["synth", "--out", str(tmp_path), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_help_runs():
     proc = subprocess.run([sys.executable, "-m", "napari_paser.cli.main", "--help"],
                           capture_output=True, text=True, timeout=60)
