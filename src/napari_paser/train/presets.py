@@ -335,7 +335,7 @@ PRESETS["v2.16"] = PRESETS["v2.9"].replace(preset="v2.16", arch="v2.16")
 # early stopping), twice as many steps; the residual prior is calibrated again. The
 # dense policy memorised its first 10 volumes, and 40 gave it its first lead over f0's
 # entropy; this asks how far more volumes take that lead. Meant for a GPU
-# (``train --device cuda``): the reward caches run f1 and f2 on 3 776 slices.
+# (``train --device cuda``): the reward caches run f1 and f2 on over 3 000 slices.
 PRESETS["v2.17"] = PRESETS["v2.16"].replace(preset="v2.17", policy_steps=6000)
 
 
