@@ -7,8 +7,9 @@
 #   SKIP_COPY=1 bash scripts/train_bundled_model_v2_17.sh   # CPU; leave the shipped bundles alone
 #
 # The reward caches run f1 and f2 on over 3 000 slices: hours on 2 CPU cores, under a
-# minute on one H200. The data (2 528 slices, about 1.6 s each on one core) are made first, every set
-# at once with WORKERS processes each. Rerunning resumes at the last checkpoint.
+# minute on one H200. The data (2 528 slices, about 1.6 s each on one core) are made
+# first, every set at once with WORKERS processes each. Rerunning resumes at the last
+# checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORKERS:-2}

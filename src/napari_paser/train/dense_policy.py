@@ -26,10 +26,16 @@ def _device(policy: nn.Module) -> torch.device:
     return next(policy.parameters()).device
 
 
-def _patch_gains(policy: nn.Module, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """The policy's patch gains of cached features (host memory), computed where it runs."""
+def _batches(policy: nn.Module, features: torch.Tensor, batch: int = 64):
+    """Cached features (host memory) in float batches on the policy's device."""
     dev = _device(policy)
-    return torch.cat([policy.gains(features[i : i + batch].to(dev).float()).cpu() for i in range(0, len(features), batch)])
+    for i in range(0, len(features), batch):
+        yield features[i : i + batch].to(dev).float()
+
+
+def _patch_gains(policy: nn.Module, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The policy's patch gains of cached features, computed where it runs, in host memory."""
+    return torch.cat([policy.gains(x).cpu() for x in _batches(policy, features, batch)])
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,8 +59,7 @@ def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache]) -> lis
 def _set_input_scale(policy: nn.Module, caches: Sequence[RewardCache]) -> None:
     """The dense head's batch norm becomes a fixed standardisation of its inputs."""
     k = policy.config.dense_inputs
-    dev = _device(policy)
-    x = torch.cat([policy._grid_inputs(c.features[i : i + 256].to(dev).float())[:, :k] for c in caches for i in range(0, len(c), 256)])
+    x = torch.cat([policy._grid_inputs(f)[:, :k] for c in caches for f in _batches(policy, c.features, 256)])
     norm = policy.dense[0]
     norm.running_mean.copy_(x.mean((0, 2, 3)))
     norm.running_var.copy_(x.var((0, 2, 3)).clamp_min(1e-8))
@@ -221,8 +226,7 @@ def calibrate_residual_prior(policy: nn.Module, caches: Sequence[RewardCache], s
     policy.residual_offset.zero_()
     net = torch.cat([_patch_gains(policy, c.features) for c in caches]).double()
     c = policy.config.residual_channel
-    dev = _device(policy)
-    residual = torch.cat([policy.patch_means(x.features[i : i + 256].to(dev).float())[:, c].cpu() for x in caches for i in range(0, len(x), 256)]).double()
+    residual = torch.cat([policy.patch_means(f)[:, c].cpu() for x in caches for f in _batches(policy, x.features, 256)]).double()
     weight = standing * net.transpose(0, 1).reshape(net.shape[1], -1).std(1) / residual.std().clamp_min(1e-12)
     policy.residual_weight.copy_(weight.to(policy.residual_weight))
     policy.residual_offset.fill_(float(residual.mean()))

@@ -371,24 +371,16 @@ def write_dataset(
         for t in targets:
             if t.exists():
                 raise FileExistsError(f"{t} exists (use --overwrite)")
-    todo = [(k, stem) for k, stem in enumerate(stems) if not (skip_current and is_current(out, stem, volume_seed(seed, k), distribution))]
-    jobs = [
-        (out, stem, volume_seed(seed, k), slices, size, distribution, {"seed": int(seed), "index": k}, overwrite, compress)
-        for k, stem in todo
-    ]
+    jobs = [(stem, volume_seed(seed, k), {"seed": int(seed), "index": k}) for k, stem in enumerate(stems)
+            if not (skip_current and is_current(out, stem, volume_seed(seed, k), distribution))]
+    options = {"distribution": distribution, "overwrite": overwrite, "compress": compress}
     if workers <= 1 or len(jobs) <= 1:
-        return [path for job in jobs for path in _write_volume_job(job)]
+        return [path for stem, seed_k, info in jobs for path in write_volume(out, stem, seed_k, slices, size, dataset=info, **options)]
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        return [path for paths in pool.map(_write_volume_job, jobs) for path in paths]
-
-
-def _write_volume_job(job: tuple) -> list[Path]:
-    """:func:`write_volume` from one tuple of arguments (picklable, for a process pool)."""
-    out, stem, seed, slices, size, distribution, dataset, overwrite, compress = job
-    return write_volume(out, stem, seed, slices, size, distribution=distribution, dataset=dataset,
-                        overwrite=overwrite, compress=compress)
+        futures = [pool.submit(write_volume, out, stem, seed_k, slices, size, dataset=info, **options) for stem, seed_k, info in jobs]
+        return [path for future in futures for path in future.result()]
 
 
 # Bumped whenever the generator's output changes for the same parameters, so data sets
