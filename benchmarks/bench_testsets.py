@@ -89,6 +89,8 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     tt = build_table(volumes, bundle, seed=seed)
     lam = float(bundle.default_lam)
     rows = {m: tt.score(tt.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
+    if any(bundle.fusion):  # what fusing f0 into f1 gives without routing
+        rows["f1+f0"] = tt.score(tt.constant(1), "f1+f0")
     rows["paser"] = tt.score(tt.paser(lam), "paser")
     rows["idk"] = tt.score(tt.idk(*thresholds), "idk")
     grid = idk_grid(tt, steps=21 if fast else 61)

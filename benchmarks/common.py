@@ -105,6 +105,10 @@ class PatchTable:
     Attributes
     ----------
     conf : (N, 3, GY, GX, C, C) int64
+        What PaSeR composes from each model on each patch (f1 / f2 with f0 fused in,
+        for a bundle that fuses: ``Bundle.fusion``); routings and the oracle use these.
+    conf_plain : (N, 3, GY, GX, C, C) int64 or None
+        The patch models' own outputs (what f1 / f2 everywhere return), if they differ.
     ent : (N, 3, GY, GX) float64
         Mean patch entropy per model (f0: MC-dropout mean softmax).
     ce : (N, 3, GY, GX) float64 or None
@@ -123,6 +127,7 @@ class PatchTable:
     cost: object
     costs: np.ndarray
     segs: list = field(default_factory=list)
+    conf_plain: np.ndarray | None = None
     ce: np.ndarray | None = None
     seconds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     num_classes: int = 3
@@ -135,10 +140,12 @@ class PatchTable:
     def patches(self) -> int:
         return int(np.prod(self.conf.shape[:1] + self.conf.shape[2:4]))
 
-    def pooled(self, routing: np.ndarray) -> np.ndarray:
-        n, _, gy, gx, c, _ = self.conf.shape
+    def pooled(self, routing: np.ndarray, plain: bool = False) -> np.ndarray:
+        """Dataset confusion of ``routing``; ``plain``: the patch models' own outputs."""
+        conf = self.conf_plain if plain and self.conf_plain is not None else self.conf
+        n, _, gy, gx, c, _ = conf.shape
         idx = np.broadcast_to(routing.reshape(n, 1, gy, gx, 1, 1).astype(np.int64), (n, 1, gy, gx, c, c))
-        return np.take_along_axis(self.conf, idx, axis=1).sum((0, 1, 2, 3))
+        return np.take_along_axis(conf, idx, axis=1).sum((0, 1, 2, 3))
 
     def flops(self, routing: np.ndarray, kind: str) -> float:
         """GFLOPs of ``routing`` charged like the engine's method ``kind``."""
@@ -148,6 +155,8 @@ class PatchTable:
             return self.patches * cm.patch[int(kind[1])] / 1e9
         if kind == "f0":
             return self.n * cm.f0_mc / 1e9
+        if kind == "f1+f0":
+            return (self.n * cm.f0_mc + self.patches * cm.patch[1]) / 1e9
         total = 0
         if kind == "paser":
             total = self.n * (cm.f0_mc + cm.policy) + n1 * cm.patch[1] + n2 * cm.patch[2]
@@ -168,6 +177,8 @@ class PatchTable:
             return float(t_patch[:, int(kind[1])].sum())
         if kind == "f0":
             return float(t_f0.sum())
+        if kind == "f1+f0":
+            return float(t_f0.sum() + t_patch[:, 1].sum())
         f1, f2 = t_patch[:, 1][r == 1].sum(), t_patch[:, 2][r == 2].sum()
         if kind == "paser":
             return float(t_f0.sum() + t_policy.sum() + f1 + f2)
@@ -186,7 +197,10 @@ class PatchTable:
         return float(per.mean())
 
     def score(self, routing: np.ndarray, kind: str) -> dict:
-        cm = self.pooled(routing)
+        """IoU, GFLOPs, seconds and shares of ``routing`` charged like method ``kind``
+        (``"f1+f0"``: f1 everywhere with f0's analysis fused in)."""
+        # Methods that do not run f0's analysis compose the patch models' own outputs.
+        cm = self.pooled(routing, plain=kind in ("f1", "f2") or (kind == "random" and not (routing == 0).any()))
         iou = mean_iou(cm)
         g = self.flops(routing, kind)
         frac = np.bincount(routing.reshape(-1).astype(int), minlength=3) / routing.size
@@ -254,7 +268,8 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
 
 def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool = False, batch_size: int = 32) -> PatchTable:
     """Run f0's analysis, f1 and f2 on every patch of ``volumes`` [(image, labels)] via the engine."""
-    confs, ents, ces, segs, times = [], [], [], [], []
+    confs, plains, ents, ces, segs, times = [], [], [], [], [], []
+    fuses = any(bundle.fusion)
     cost = None
     for image, labels in volumes:
         seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, batch_size=batch_size)
@@ -268,6 +283,9 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
         seg.result(method="f2")
         for z in range(seg.num_slices):
             confs.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m)), labels[z], seg.patch_size) for m in range(3)]))
+            if fuses:
+                plains.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m), fused=False), labels[z], seg.patch_size)
+                                        for m in range(3)]))
             ents.append(np.stack([seg.patch_entropy(z, m) for m in range(3)]))
             if with_ce:
                 ces.append(_cross_entropy(seg, z, labels[z]))
@@ -280,6 +298,7 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
         cost=cost,
         costs=bundle.costs().double().numpy(),
         segs=segs,
+        conf_plain=np.stack(plains).astype(np.int64) if fuses else None,
         ce=np.stack(ces) if with_ce else None,
         seconds=(np.array([t[0] for t in times]), np.array([t[1] for t in times]), np.stack([t[2] for t in times])),
     )

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 CLASSES = ("pore", "carbon-binder", "nickel")
-ROWS = (("f0", "f0 everywhere"), ("f1", "f1 everywhere"), ("f2", "f2 everywhere"), ("paser", "PaSeR (default λ)"),
+ROWS = (("f0", "f0 everywhere"), ("f1", "f1 everywhere"), ("f2", "f2 everywhere"),
+        ("f1+f0", "f1 everywhere with f0 fused in (f0's analysis + f1; no routing)"), ("paser", "PaSeR (default λ)"),
         ("idk", "IDK cascade (tuned on in-family validation)"), ("idk-matched", "IDK cascade, IoU-matched to PaSeR"),
         ("random", "RandPol (uniform)"), ("oracle", "oracle routing at PaSeR's IoU (knows the truth)"))
 # Acceptance lines of the issues this section measures.

@@ -8,6 +8,10 @@
 - per (slice, patch, model): the patch's label map and the mean entropy of that model's
   softmax over the patch, filled on demand. Patches still missing for a request are
   gathered across slices, grouped per model and run in batches.
+- with a bundle that fuses f0 into its patch models (``Bundle.fusion``): f0's MC-mean
+  probabilities per analysed slice (uint8), and each f1 / f2 patch's fused labels, the
+  argmax of (1 - w) p_f + w p_f0. Methods that run f0's analysis (PaSeR, the baselines)
+  compose from the fused labels; f1 and f2 everywhere from the patch models' own.
 
 Changing λ therefore only runs the patches that no earlier λ needed. Results are
 deterministic: argmax routing and dropout masks seeded per slice.
@@ -210,6 +214,7 @@ class PaserSegmenter(SlicewiseRouting):
                 m.to(memory_format=torch.channels_last)
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         self._costs = bundle.costs().double().numpy()
+        self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output
         self._volume: np.ndarray | None = None
         self.first_slice = 0
 
@@ -276,6 +281,10 @@ class PaserSegmenter(SlicewiseRouting):
         self._pdone = np.zeros((3, z, gy, gx), dtype=bool)
         self._pentropy = np.full((3, z, gy, gx), np.nan, dtype=np.float32)
         self._ptime = np.zeros((3, z, gy, gx))
+        if self._fusion.any():
+            self._f0prob = np.zeros((z, gy, gx, 3, ph, pw), dtype=np.uint8)  # f0's probabilities x 255
+            self._pfused = np.zeros((3, z, gy, gx, ph, pw), dtype=np.uint8)
+            self._pfdone = np.zeros((3, z, gy, gx), dtype=bool)
         self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
         # The last slice's planes padded by a patch model's halo (batches walk slices in order).
         self._halo_key: tuple[int, int, int] | None = None
@@ -383,6 +392,9 @@ class PaserSegmenter(SlicewiseRouting):
         self._plabels[0, z] = patch_view(labels, self.patch_size)
         self._pentropy[0, z] = patch_view(ent_np, self.patch_size).mean(axis=(-2, -1))
         self._pdone[0, z] = True
+        if self._fusion.any():
+            quantised = (prediction[0].float() * 255).round_().to(torch.uint8).cpu().numpy()
+            self._f0prob[z] = np.stack([patch_view(q, self.patch_size) for q in quantised], axis=2)
         self._entropy[z] = ent_np[:h, :w]
         self._gains[z] = gains_np
         self._s1[z], self._s2[z] = switch_points(gains_np, self._costs)
@@ -414,19 +426,27 @@ class PaserSegmenter(SlicewiseRouting):
         """True if composing slice ``z`` with ``routing`` runs no network.
 
         The slice is analysed and every patch that ``routing`` sends to f1 or f2 has
-        that model's output cached, so a GUI may compose it on its own thread at once.
+        that model's output cached (fused with f0's, as :meth:`compose` returns it), so a
+        GUI may compose it on its own thread at once.
         """
         z = self._check_slice(z)
         if not self.is_analysed(z):
             return False
         routing = self._check_routing(routing)
-        return all(bool(self._pdone[m, z][routing == m].all()) for m in (1, 2))
+        return all(bool((self._pfdone if self._fuses(m, True) else self._pdone)[m, z][routing == m].all()) for m in (1, 2))
 
-    def _missing(self, requests: Iterable[tuple[int, np.ndarray]], model: int) -> np.ndarray:
-        """(k, 3) array of (z, gy, gx) for the requested patches of ``model`` not cached yet."""
+    def _fuses(self, model: int, fused: bool) -> bool:
+        """True if ``model``'s patches are composed from their fused labels."""
+        return bool(fused and self._fusion[model] > 0)
+
+    def _missing(self, requests: Iterable[tuple[int, np.ndarray]], model: int, fused: bool = False) -> np.ndarray:
+        """(k, 3) array of (z, gy, gx) for the requested patches of ``model`` not cached yet
+        (``fused``: not cached with f0 fused in; a patch run before its slice's analysis
+        runs again)."""
+        done = self._pfdone if self._fuses(model, fused) else self._pdone
         rows = []
         for z, mask in requests:
-            gy, gx = np.nonzero(mask & ~self._pdone[model, z])
+            gy, gx = np.nonzero(mask & ~done[model, z])
             rows.append(np.stack([np.full_like(gy, z), gy, gx], axis=1))
         return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
 
@@ -442,17 +462,36 @@ class PaserSegmenter(SlicewiseRouting):
                 prob = net(x).float().softmax(1)
             labels = prob.argmax(1).to(torch.uint8).cpu().numpy()
             ent = softmax_entropy(prob).mean(dim=(-2, -1)).cpu().numpy()
-            dt = (time.perf_counter() - t0) / len(chunk)
             z, gy, gx = chunk.T
+            if self._fusion[model] > 0:
+                self._fuse_f0(model, chunk, prob)
+            dt = (time.perf_counter() - t0) / len(chunk)
             self._plabels[model, z, gy, gx] = labels
             self._pentropy[model, z, gy, gx] = ent
             self._ptime[model, z, gy, gx] = dt
             self._pdone[model, z, gy, gx] = True
             yield len(chunk)
 
-    def _ensure(self, requests: Sequence[tuple[int, np.ndarray]]) -> Generator[tuple[int, int], None, None]:
-        """Run every missing (patch, model) pair of ``requests`` = [(z, routing)]; yields (done, total)."""
-        todo = {m: self._missing(((z, r == m) for z, r in requests), m) for m in (1, 2)}
+    def _fuse_f0(self, model: int, chunk: np.ndarray, prob: torch.Tensor) -> None:
+        """Fused labels of the patches in ``chunk`` whose slice f0 has analysed."""
+        rows = self._analysed[chunk[:, 0]]
+        if not rows.any():
+            return
+        z, gy, gx = chunk[rows].T
+        w = float(self._fusion[model])
+        p0 = torch.from_numpy(self._f0prob[z, gy, gx]).to(prob.device, torch.float32).mul_(w / 255)
+        fused = prob[torch.from_numpy(np.flatnonzero(rows)).to(prob.device)].mul(1 - w).add_(p0)
+        self._pfused[model, z, gy, gx] = fused.argmax(1).to(torch.uint8).cpu().numpy()
+        self._pfdone[model, z, gy, gx] = True
+
+    def _ensure(self, requests: Sequence[tuple[int, np.ndarray]], fused: bool = False) -> Generator[tuple[int, int], None, None]:
+        """Run every missing (patch, model) pair of ``requests`` = [(z, routing)]; yields
+        (done, total). ``fused``: f0 is fused into the patch outputs (its analysis runs first)."""
+        if fused and self._fusion.any():
+            for z, r in requests:
+                if (r > 0).any():
+                    self.analyse(z)
+        todo = {m: self._missing(((z, r == m) for z, r in requests), m, fused) for m in (1, 2)}
         total = sum(len(t) for t in todo.values())
         done = 0
         for m, t in todo.items():
@@ -469,13 +508,13 @@ class PaserSegmenter(SlicewiseRouting):
         mask = np.ones(self.grid, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         drain(self._run_patches(model, self._missing([(z, mask)], model)))
 
-    def _assemble(self, z: int, routing: np.ndarray) -> np.ndarray:
+    def _assemble(self, z: int, routing: np.ndarray, fused: bool = False) -> np.ndarray:
         ph, pw = self.patch_size
         gy, gx = self.grid
         out = self._plabels[0, z].copy()
         for m in (1, 2):
             sel = routing == m
-            out[sel] = self._plabels[m, z][sel]
+            out[sel] = (self._pfused if self._fuses(m, fused) else self._plabels)[m, z][sel]
         h, w = self.shape[1:]
         return out.swapaxes(1, 2).reshape(gy * ph, gx * pw)[:h, :w]
 
@@ -485,17 +524,20 @@ class PaserSegmenter(SlicewiseRouting):
             raise ValueError(f"routing must be a {self.grid} array of model indices 0..2")
         return r.astype(np.uint8, copy=False)
 
-    def compose(self, z: int, lam: float | None = None, routing: np.ndarray | None = None) -> np.ndarray:
+    def compose(self, z: int, lam: float | None = None, routing: np.ndarray | None = None, *, fused: bool = True) -> np.ndarray:
         """Labels (Y, X) uint8 of slice ``z`` for ``lam`` or an explicit ``routing``.
 
-        Runs only the (patch, model) pairs not cached yet, batched per model.
+        Runs only the (patch, model) pairs not cached yet, batched per model. ``fused``
+        (PaSeR's output): with a bundle that fuses f0 into its patch models, f0 analyses
+        the slice and is fused into every f1 / f2 patch; False gives the patch models'
+        own labels (what f1 / f2 everywhere return).
         """
         z = self._check_slice(z)
         r = self.routing(lam, z) if routing is None else self._check_routing(routing)
         if (r == 0).any():
             self.analyse(z)
-        drain(self._ensure([(z, r)]))
-        return self._assemble(z, r)
+        drain(self._ensure([(z, r)], fused))
+        return self._assemble(z, r, fused)
 
     # ----------------------------------------------------------------- whole runs
     def _slices(self, slices: Iterable[int] | None) -> list[int]:
@@ -537,7 +579,7 @@ class PaserSegmenter(SlicewiseRouting):
             lam = None if lam is None else self._lam(lam)
         routings = [self._check_routing(spec.route(self, z, lam)) for z in zs]
         base = done
-        for k, m in self._ensure(list(zip(zs, routings))):
+        for k, m in self._ensure(list(zip(zs, routings)), spec.analyse):
             done = base + (n * k) // m
             yield done, total
         if done < total:  # everything was cached already
@@ -562,7 +604,7 @@ class PaserSegmenter(SlicewiseRouting):
         idx = np.asarray(zs)
         analysed = bool(self._analysed[idx].all())
         measured_tvd = tvd_at(self._s1[idx], self._s2[idx], lam) if spec.uses_lam else None
-        labels = np.stack([self._assemble(z, r) for z, r in zip(zs, routings)])
+        labels = np.stack([self._assemble(z, r, spec.analyse) for z, r in zip(zs, routings)])
         return SegmentationResult(
             labels=labels,
             entropy=self._entropy[idx] if analysed else None,

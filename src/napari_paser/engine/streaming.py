@@ -55,8 +55,9 @@ SLAB_BYTES = 128 << 20
 """Default slab: as many planes as fit about this many bytes of engine state."""
 
 # Bytes of engine state per padded pixel of a slab: input, normalised float32 LRU,
-# f0/f1/f2 patch labels, entropy float32, labels, plus torch's activations of one slice.
-_BYTES_PER_PIXEL = 16
+# f0/f1/f2 patch labels, entropy float32, labels, f0's probabilities and the fused f1/f2
+# labels of a bundle that fuses f0 in (5), plus torch's activations of one slice.
+_BYTES_PER_PIXEL = 21
 
 Progress = Callable[[int, int], None]
 

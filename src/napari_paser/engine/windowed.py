@@ -1,7 +1,7 @@
 """PaSeR on a lazily read stack with a bounded cache: the napari widget's big-stack engine.
 
 :class:`PaserSegmenter` keeps every slice's analysis and patch outputs, about 13 bytes per
-voxel once a stack is segmented. :class:`WindowedSegmenter` keeps only what is tiny per
+voxel once a stack is segmented (18 with a bundle that fuses f0 into f1 / f2). :class:`WindowedSegmenter` keeps only what is tiny per
 slice (the two switch points of every patch, so routing and λ-for-TVD work on every
 analysed slice) and the full engine state of the few most recently used slices, so
 re-routing the visible slice for a new λ runs only the patches it has not run yet.

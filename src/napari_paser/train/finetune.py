@@ -675,6 +675,9 @@ def finetune_iter(
     try:
         torch.manual_seed(cfg.seed)
         bundle = copy.deepcopy(bundle).to("cpu").eval()
+        # The weights of f0 in f1 / f2's output were chosen for the shipped networks on
+        # development scans; adapted networks are the patch models' own on this scan.
+        bundle.fusion = (0.0, 0.0)
         history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
         data = _prepare(bundle, np.asarray(image), np.asarray(labels), cfg)
         if data.planes > 1:

@@ -1,0 +1,103 @@
+"""f0 fused into the patch models' output (Bundle.fusion): engine, manifest, benchmark tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_paser.engine.bundle import BundleError, load_bundle, save_bundle  # noqa: E402
+from napari_paser.engine.pipeline import PaserSegmenter  # noqa: E402
+from napari_paser.engine.uncertainty import mc_predict, slice_seed  # noqa: E402
+
+from test_engine_pipeline import PASSES, smooth_volume  # noqa: E402
+
+WEIGHTS = (0.4, 0.3)
+
+
+@pytest.fixture
+def fused_bundle(tiny_bundle):
+    """The tiny bundle fusing f0, whose head is tilted towards class 0 so that it disagrees
+    with the patch models (random tiny networks all favour one class)."""
+    with torch.no_grad():
+        tiny_bundle.f0.head.bias.view(3, -1)[0] += 3.0  # pixel shuffle: class-major channels
+    tiny_bundle.fusion = WEIGHTS
+    return tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return smooth_volume((2, 112, 128), seed=3)
+
+
+def fresh(bundle, volume) -> PaserSegmenter:
+    seg = PaserSegmenter(bundle, mc_passes=PASSES, channels_last=False)
+    seg.set_volume(volume)
+    return seg
+
+
+def expected_fused(seg: PaserSegmenter, z: int, model: int, weight: float) -> np.ndarray:
+    """argmax of (1 - w) p_model + w p_f0 on every patch of slice ``z``, from the networks."""
+    x = torch.from_numpy(seg._planes(z, seg.bundle.f0.config.planes))[None]
+    with torch.no_grad():
+        p0, _ = mc_predict(seg.bundle.f0, x, PASSES, seed=slice_seed(0, z))
+        p0 = (p0[0] * 255).round() / 255  # the engine keeps f0's probabilities as bytes
+        net = seg.bundle.segmenters()[model]
+        ph, pw = seg.patch_size
+        out = np.zeros(seg.padded_shape, np.uint8)
+        for gy, gx in np.ndindex(*seg.grid):
+            win = torch.from_numpy(seg._patch_window(z, gy, gx, net.config.halo, net.config.planes))[None]
+            pm = net(win).softmax(1)[0]
+            cell = (slice(gy * ph, (gy + 1) * ph), slice(gx * pw, (gx + 1) * pw))
+            out[cell] = ((1 - weight) * pm + weight * p0[:, cell[0], cell[1]]).argmax(0).numpy()
+    h, w = seg.shape[1:]
+    return out[:h, :w]
+
+
+@pytest.mark.parametrize("model", [1, 2])
+def test_fused_patches_are_the_weighted_argmax(fused_bundle, volume, model):
+    seg = fresh(fused_bundle, volume)
+    everywhere = np.full(seg.grid, model, np.uint8)
+    fused = seg.compose(0, routing=everywhere)
+    np.testing.assert_array_equal(fused, expected_fused(seg, 0, model, WEIGHTS[model - 1]))
+    plain = seg.compose(0, routing=everywhere, fused=False)
+    assert not np.array_equal(fused, plain)  # the random networks disagree: fusion moves labels
+    # The patch models' own labels are what the same bundle without fusion returns.
+    fused_bundle.fusion = (0.0, 0.0)
+    np.testing.assert_array_equal(plain, fresh(fused_bundle, volume).compose(0, routing=everywhere))
+
+
+def test_methods_without_f0_return_the_plain_models(fused_bundle, volume):
+    seg = fresh(fused_bundle, volume)
+    f1_first = seg.result(method="f1").labels  # no analysis yet: nothing to fuse
+    paser = seg.result(lam=0.0)  # analyses, then runs the f1 patches again to fuse them
+    assert seg.result(method="f1").labels.tolist() == f1_first.tolist()
+    for z in range(2):
+        np.testing.assert_array_equal(paser.labels[z], seg.compose(z, routing=paser.routing[z]))
+        assert seg.is_cached(z, paser.routing[z])
+    f1_only = fresh(fused_bundle, volume)
+    f1_only.result(method="f1")
+    assert not f1_only.is_cached(0, np.ones(seg.grid, np.uint8))  # analysed nowhere, fused nowhere
+
+
+def test_fusion_round_trips_through_the_manifest(fused_bundle, tmp_path):
+    folder = save_bundle(fused_bundle, tmp_path / "fused")
+    assert json.loads((folder / "manifest.json").read_text())["f0_fusion"] == {"f1": WEIGHTS[0], "f2": WEIGHTS[1]}
+    assert load_bundle(folder).fusion == WEIGHTS
+    fused_bundle.fusion = (0.0, 0.0)
+    plain = save_bundle(fused_bundle, tmp_path / "plain")
+    assert "f0_fusion" not in json.loads((plain / "manifest.json").read_text())
+    assert load_bundle(plain).fusion == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("bad", [{"f1": 1.0}, {"f2": -0.1}, {"f1": "a lot"}, [0.2, 0.3]])
+def test_bad_fusion_weights_are_a_clear_bundle_error(tiny_bundle, tmp_path, bad):
+    folder = save_bundle(tiny_bundle, tmp_path / "b")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["f0_fusion"] = bad
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(folder)
