@@ -10,8 +10,9 @@
   gathered across slices, grouped per model and run in batches.
 - with a bundle that fuses f0 into its patch models (``Bundle.fusion``): f0's MC-mean
   probabilities per analysed slice (uint8), and each f1 / f2 patch's fused labels, the
-  argmax of (1 - w) p_f + w p_f0. Methods that run f0's analysis (PaSeR, the baselines)
-  compose from the fused labels; f1 and f2 everywhere from the patch models' own.
+  argmax of (1 - w) p_f + w p_f0. Methods that run f0's analysis (``Method.analyse``:
+  PaSeR, f0, the IDK cascade, RandPol when it keeps patches on f0) compose from the
+  fused labels; f1 and f2 everywhere from the patch models' own.
 
 Changing λ therefore only runs the patches that no earlier λ needed. Results are
 deterministic: argmax routing and dropout masks seeded per slice.
@@ -283,7 +284,7 @@ class PaserSegmenter(SlicewiseRouting):
         self._ptime = np.zeros((3, z, gy, gx))
         if self._fusion.any():
             self._f0prob = np.zeros((z, gy, gx, 3, ph, pw), dtype=np.uint8)  # f0's probabilities x 255
-            self._pfused = np.zeros((3, z, gy, gx, ph, pw), dtype=np.uint8)
+            self._pfused = np.zeros((3, z, gy, gx, ph, pw), dtype=np.uint8)  # model 0's pages are never touched
             self._pfdone = np.zeros((3, z, gy, gx), dtype=bool)
         self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
         # The last slice's planes padded by a patch model's halo (batches walk slices in order).
