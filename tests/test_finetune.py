@@ -164,9 +164,12 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     sparse = np.full_like(lab, 255)
     sparse[:2] = simulate_strokes(lab[:2], 0.2, seed=0)
     before = {k: v.clone() for k, v in tiny_bundle.f2.state_dict().items()}
+    tiny_bundle.fusion = (0.3, 0.25)  # chosen for the shipped networks: not carried to adapted ones
+    tiny_bundle.meta["f0_fusion_rule"] = "development sets"
     seen = []
     res = finetune(tiny_bundle, img, sparse, _fast_cfg(), callback=lambda m: seen.append(m.stage))
     assert all(torch.equal(before[k], v) for k, v in tiny_bundle.f2.state_dict().items())  # input untouched
+    assert tiny_bundle.fusion == (0.3, 0.25) and res.bundle.fusion == (0.0, 0.0) and "f0_fusion_rule" not in res.bundle.meta
     assert seen[0] == "prepare" and seen[-1] == "done" and "train" in seen and "lambda" in seen
     assert not res.cancelled and res.seconds < 30
     for m in ("f0", "f1", "f2"):

@@ -676,8 +676,9 @@ def finetune_iter(
         torch.manual_seed(cfg.seed)
         bundle = copy.deepcopy(bundle).to("cpu").eval()
         # The weights of f0 in f1 / f2's output were chosen for the shipped networks on
-        # development scans; adapted networks are the patch models' own on this scan.
+        # development scans, not for networks adapted to this scan: use their own outputs.
         bundle.fusion = (0.0, 0.0)
+        bundle.meta.pop("f0_fusion_rule", None)
         history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
         data = _prepare(bundle, np.asarray(image), np.asarray(labels), cfg)
         if data.planes > 1:
