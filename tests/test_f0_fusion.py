@@ -12,7 +12,6 @@ torch = pytest.importorskip("torch")
 from napari_paser.engine.bundle import BundleError, load_bundle, save_bundle  # noqa: E402
 from napari_paser.engine.pipeline import PaserSegmenter  # noqa: E402
 from napari_paser.engine.uncertainty import mc_predict, slice_seed  # noqa: E402
-
 from test_engine_pipeline import PASSES, smooth_volume  # noqa: E402
 
 WEIGHTS = (0.4, 0.3)
@@ -72,8 +71,10 @@ def test_fused_patches_are_the_weighted_argmax(fused_bundle, volume, model):
 
 def test_methods_without_f0_return_the_plain_models(fused_bundle, volume):
     seg = fresh(fused_bundle, volume)
-    f1_first = seg.result(method="f1").labels  # no analysis yet: nothing to fuse
+    f1_result = seg.result(method="f1")  # no analysis yet: nothing to fuse
+    f1_first = f1_result.labels
     paser = seg.result(lam=0.0)  # analyses, then runs the f1 patches again to fuse them
+    assert "f0_fusion" not in f1_result.bundle and paser.bundle["f0_fusion"] == {"f1": WEIGHTS[0], "f2": WEIGHTS[1]}
     assert seg.result(method="f1").labels.tolist() == f1_first.tolist()
     for z in range(2):
         np.testing.assert_array_equal(paser.labels[z], seg.compose(z, routing=paser.routing[z]))
@@ -101,3 +102,18 @@ def test_bad_fusion_weights_are_a_clear_bundle_error(tiny_bundle, tmp_path, bad)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="manifest"):
         load_bundle(folder)
+
+
+def test_streamed_slabs_fuse_like_the_in_memory_engine_and_say_so(fused_bundle, volume, tmp_path):
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.engine.streaming import stream_segment
+    from napari_paser.io_sources import ArrayVolume
+
+    path = save_bundle(fused_bundle, tmp_path / "fused")
+    for method, fused in (("paser", True), ("f1", False)):
+        ref = segment(volume, fused_bundle, method=method, lam=0.0 if method == "paser" else None, mc_passes=PASSES)
+        out: dict = {}
+        summary = stream_segment(ArrayVolume(volume), str(path), method=method, lam=0.0 if method == "paser" else None, mc_passes=PASSES,
+                                 slab=1, writer=lambda kind, arr: out.setdefault(kind, []).append(arr))
+        np.testing.assert_array_equal(np.concatenate(out["labels"]), ref.labels)
+        assert ("f0_fusion" in summary.report["bundle"]) is fused and ("f0_fusion" in ref.bundle) is fused

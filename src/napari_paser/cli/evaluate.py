@@ -99,6 +99,7 @@ def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args)
 
 
 def run(args) -> int:
+    from ..engine.bundle import bundle_record
     from ..engine.metrics import evaluate, iou_per_gflop
     from ..engine.normalize import validate_labels
     from ..engine.pipeline import drain, get_method
@@ -173,7 +174,7 @@ def run(args) -> int:
             {
                 "images": args.images,
                 "labels": args.labels,
-                "bundle": {"name": bundle.name, "version": str(bundle.meta.get("version", ""))},
+                "bundle": bundle_record(bundle, fused=True),  # f0 fused into the methods that run its analysis
                 "num_slices": seg.num_slices,
                 "mc_passes": seg.mc_passes,
                 "wall_seconds": time.perf_counter() - t0,

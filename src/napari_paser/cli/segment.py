@@ -165,6 +165,9 @@ def _tiff_meta(meta: dict, kind: str) -> dict:
 
 def _run_key(args, volume, bundle_path: Path, bundle, slab: int) -> dict:
     """What makes two runs the same run: an unfinished Zarr output is resumed only by it."""
+    from ..engine.bundle import bundle_record
+    from ..engine.pipeline import get_method
+
     return {
         "input": volume.source,
         "shape": [int(v) for v in volume.shape],
@@ -172,7 +175,7 @@ def _run_key(args, volume, bundle_path: Path, bundle, slab: int) -> dict:
         "method": args.method,
         "lam": args.lam,
         "tvd": args.tvd,
-        "bundle": {"path": str(bundle_path.resolve()), "name": bundle.name, "version": str(bundle.meta.get("version", ""))},
+        "bundle": {"path": str(bundle_path.resolve()), **bundle_record(bundle, fused=get_method(args.method).analyse)},
         "mc_passes": args.mc_passes,
         "seed": args.seed,
         "slab": slab,
@@ -190,6 +193,7 @@ def _executor(args):
 
 
 def run(args) -> int:
+    from ..engine.bundle import bundle_record
     from ..engine.patches import grid_shape
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, get_method
     from ..engine.streaming import check_volume, default_slab, stream_segment
@@ -221,7 +225,7 @@ def run(args) -> int:
     slab = int(args.slab or default_slab(volume.shape, patch))
     plane_shape = tuple(volume.shape) if volume.input_ndim == 3 else tuple(volume.shape[1:])
     provenance = {"method": args.method, "lam": args.lam, "tvd": args.tvd,
-                  "bundle": {"name": bundle.name, "version": str(bundle.meta.get("version", ""))}}
+                  "bundle": bundle_record(bundle, fused=get_method(args.method).analyse)}
 
     store = writers = None
     todo = None

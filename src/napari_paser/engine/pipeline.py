@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import PaserInputError
-from .bundle import Bundle
+from .bundle import Bundle, bundle_record
 from .flops import CostModel
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
 from .normalize import Normalizer, validate_image
@@ -103,7 +103,8 @@ class SegmentationResult:
         Measured compute time of the calls the method is charged for (shared caches
         make ``seconds`` depend on what ran before; this does not).
     bundle : dict
-        ``{"name": ..., "version": ...}``.
+        ``{"name": ..., "version": ...}``, and ``"f0_fusion"`` (f0's weights in the f1 / f2
+        patches) when the labels were composed with f0 fused in.
     tvd_target : float or None
         The TVD budget λ was chosen for, if any.
     slices : list of int
@@ -620,7 +621,7 @@ class PaserSegmenter(SlicewiseRouting):
             route_fraction={name: float(f) for name, f in zip(MODEL_NAMES, frac)},
             seconds=wall,
             compute_seconds=float(compute),
-            bundle={"name": self.bundle.name, "version": str(self.bundle.meta.get("version", ""))},
+            bundle=bundle_record(self.bundle, fused=spec.analyse),
             tvd_target=None if tvd_target is None else float(tvd_target),
             slices=list(zs),
         )

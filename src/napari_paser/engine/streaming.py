@@ -529,7 +529,7 @@ def stream_segment(
         ``report`` has the keys of :meth:`SegmentationResult.report` plus ``slab``,
         ``workers`` and the normaliser's range.
     """
-    from .bundle import load_bundle
+    from .bundle import bundle_record, load_bundle
     from .flops import CostModel
     from .patches import grid_shape
     from .pipeline import get_method
@@ -613,7 +613,7 @@ def stream_segment(
         "lam": job.lam,
         "tvd": measured_tvd,
         "tvd_target": None if tvd is None else float(tvd),
-        "bundle": {"name": bundle.name, "version": str(bundle.meta.get("version", ""))},
+        "bundle": bundle_record(bundle, fused=spec.analyse),
         "shape": [int(v) for v in volume.shape],
         "patch_size": list(patch),
         "grid": [int(g) for g in grid],

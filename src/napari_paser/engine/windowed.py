@@ -22,7 +22,7 @@ import torch
 
 from ..errors import PaserInputError
 from ..io_sources import ArrayVolume, Volume
-from .bundle import Bundle
+from .bundle import Bundle, bundle_record
 from .flops import CostModel
 from .methods import charge, get_method
 from .patches import grid_shape
@@ -186,6 +186,6 @@ class WindowedSegmenter(SlicewiseRouting):
             gflops_per_slice=flops / 1e9,
             gflops_f2_everywhere=f2_all,
             route_fraction={name: float(c) / max(int(counts.sum()), 1) for name, c in zip(MODEL_NAMES, counts)},
-            bundle={"name": self.bundle.name, "version": str(self.bundle.meta.get("version", ""))},
+            bundle=bundle_record(self.bundle, fused=True),
             tvd_target=None if tvd is None else float(tvd),
         )
