@@ -1,4 +1,4 @@
-"""f0 fused into the patch models' output (Bundle.fusion): engine, manifest, benchmark tables."""
+"""f0 fused into the patch models' output (Bundle.fusion): engine, manifest, streaming, reports."""
 
 from __future__ import annotations
 
