@@ -147,6 +147,14 @@ class PatchTable:
         idx = np.broadcast_to(routing.reshape(n, 1, gy, gx, 1, 1).astype(np.int64), (n, 1, gy, gx, c, c))
         return np.take_along_axis(conf, idx, axis=1).sum((0, 1, 2, 3))
 
+    @staticmethod
+    def runs_f0(routing: np.ndarray, kind: str) -> bool:
+        """Whether method ``kind`` runs f0's analysis on ``routing`` (and so composes f1 / f2
+        with f0 fused in): RandPol only when it keeps patches on f0, f1 / f2 everywhere never."""
+        if kind in ("f1", "f2"):
+            return False
+        return kind != "random" or bool((routing == 0).any())
+
     def flops(self, routing: np.ndarray, kind: str) -> float:
         """GFLOPs of ``routing`` charged like the engine's method ``kind``."""
         cm = self.cost
@@ -163,7 +171,7 @@ class PatchTable:
         elif kind == "idk":
             total = self.n * cm.f0_mc + (n1 + n2) * cm.patch[1] + n2 * cm.patch[2]
         elif kind == "random":
-            total = (self.n * cm.f0_mc if (routing == 0).any() else 0) + n1 * cm.patch[1] + n2 * cm.patch[2]
+            total = (self.n * cm.f0_mc if self.runs_f0(routing, kind) else 0) + n1 * cm.patch[1] + n2 * cm.patch[2]
         else:
             raise ValueError(kind)
         return total / 1e9
@@ -185,7 +193,7 @@ class PatchTable:
         if kind == "idk":
             return float(t_f0.sum() + t_patch[:, 1][r >= 1].sum() + f2)
         if kind == "random":
-            return float((t_f0.sum() if (r == 0).any() else 0.0) + f1 + f2)
+            return float((t_f0.sum() if self.runs_f0(routing, kind) else 0.0) + f1 + f2)
         raise ValueError(kind)
 
     def mean_cost(self, routing: np.ndarray, kind: str) -> float:
@@ -199,8 +207,7 @@ class PatchTable:
     def score(self, routing: np.ndarray, kind: str) -> dict:
         """IoU, GFLOPs, seconds and shares of ``routing`` charged like method ``kind``
         (``"f1+f0"``: f1 everywhere with f0's analysis fused in)."""
-        # Methods that do not run f0's analysis compose the patch models' own outputs.
-        cm = self.pooled(routing, plain=kind in ("f1", "f2") or (kind == "random" and not (routing == 0).any()))
+        cm = self.pooled(routing, plain=not self.runs_f0(routing, kind))
         iou = mean_iou(cm)
         g = self.flops(routing, kind)
         frac = np.bincount(routing.reshape(-1).astype(int), minlength=3) / routing.size

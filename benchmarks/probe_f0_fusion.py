@@ -31,6 +31,7 @@ from probe_policy_fit import SETS
 
 from napari_paser.engine.bundle import check_fusion, load_bundle
 from napari_paser.engine.metrics import confusion_matrix, mean_iou
+from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
@@ -46,15 +47,11 @@ def slice_probabilities(seg: PaserSegmenter, z: int) -> list[torch.Tensor]:
     prob, _ = mc_predict(bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
     p0 = bundle.f0.refine(torch.from_numpy(seg._input(z))[None, None], prob)[0]
     out = [(p0 * 255).round() / 255]
-    ph, pw = seg.patch_size
-    cells = list(np.ndindex(*seg.grid))
+    cells = list(np.ndindex(*seg.grid))  # row-major, as unpatchify expects
     for net in bundle.segmenters()[1:]:
         windows = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo, net.config.planes) for gy, gx in cells]))
         patches = torch.cat([net(windows[i : i + 32]).float().softmax(1) for i in range(0, len(cells), 32)])
-        full = torch.zeros(3, *seg.padded_shape)
-        for (gy, gx), p in zip(cells, patches):
-            full[:, gy * ph : (gy + 1) * ph, gx * pw : (gx + 1) * pw] = p
-        out.append(full)
+        out.append(unpatchify(patches, seg.grid)[0])
     return out
 
 

@@ -482,7 +482,7 @@ class PaserSegmenter(SlicewiseRouting):
         z, gy, gx = chunk[rows].T
         w = float(self._fusion[model])
         p0 = torch.from_numpy(self._f0prob[z, gy, gx]).to(prob.device, torch.float32).mul_(w / 255)
-        fused = prob[torch.from_numpy(np.flatnonzero(rows)).to(prob.device)].mul(1 - w).add_(p0)
+        fused = prob[torch.from_numpy(rows).to(prob.device)].mul(1 - w).add_(p0)
         self._pfused[model, z, gy, gx] = fused.argmax(1).to(torch.uint8).cpu().numpy()
         self._pfdone[model, z, gy, gx] = True
 
