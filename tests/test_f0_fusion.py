@@ -117,3 +117,30 @@ def test_streamed_slabs_fuse_like_the_in_memory_engine_and_say_so(fused_bundle, 
                                  slab=1, writer=lambda kind, arr: out.setdefault(kind, []).append(arr))
         np.testing.assert_array_equal(np.concatenate(out["labels"]), ref.labels)
         assert ("f0_fusion" in summary.report["bundle"]) is fused and ("f0_fusion" in ref.bundle) is fused
+
+
+def test_reward_caches_score_the_patches_the_engine_composes(fused_bundle, volume):
+    """The policy learns the gains routing realises: the training stage's per-patch
+    confusions of f1 / f2 are those of the engine's fused labels (and of the networks'
+    own labels when the bundle does not fuse)."""
+    from napari_paser.train.rewards import build_reward_cache, patch_confusion
+
+    seg = fresh(fused_bundle, volume)
+    planes = max(m.config.planes for m in fused_bundle.segmenters())
+    x = torch.from_numpy(np.stack([seg._planes(z, planes) for z in range(2)]))
+    truth = torch.from_numpy(np.random.default_rng(0).integers(0, 3, (2, *seg.padded_shape)))
+
+    def engine_confusion(segmenter, model):
+        labels = np.stack([segmenter.compose(z, routing=np.full(segmenter.grid, model, np.uint8)) for z in range(2)])
+        return patch_confusion(torch.from_numpy(labels).long(), truth, seg.patch_size).int()
+
+    fused_cache = build_reward_cache(fused_bundle, x, truth, mc_passes=PASSES, seed=0)
+    for model in range(3):
+        assert torch.equal(fused_cache.conf[:, model], engine_confusion(seg, model))
+    fused_bundle.fusion = (0.0, 0.0)
+    plain_cache = build_reward_cache(fused_bundle, x, truth, mc_passes=PASSES, seed=0)
+    assert not torch.equal(plain_cache.conf[:, 1:], fused_cache.conf[:, 1:])  # fusion moved labels
+    assert torch.equal(plain_cache.conf[:, 0], fused_cache.conf[:, 0])
+    plain = fresh(fused_bundle, volume)
+    for model in (1, 2):
+        assert torch.equal(plain_cache.conf[:, model], engine_confusion(plain, model))

@@ -294,6 +294,23 @@ def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundl
         assert same != moved, k
 
 
+def test_a_fused_preset_fits_the_policy_with_f0_fused_and_ships_the_weights(toy_volumes, tiny_bundle, tmp_path):
+    """As v2.18 does: the networks kept, f0 fused into f1 / f2 before the reward caches,
+    and the weights in the trained bundle's manifest."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.presets import TrainConfig, get_preset
+    from napari_paser.train.runner import train
+
+    assert get_preset("v2.18").f0_fusion == (0.30, 0.25) and get_preset("v2.16").f0_fusion == (0.0, 0.0)
+    cfg = _tiny_cfg(f2_steps=0, f1_steps=0, f0_steps=0, ft_steps=0, f0_fusion=(0.3, 0.25))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    train(toy_volumes, tmp_path / "fused", cfg, configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    fused = load_bundle(tmp_path / "fused")
+    assert fused.fusion == (0.3, 0.25)
+    assert json.loads((tmp_path / "fused" / "manifest.json").read_text())["f0_fusion"] == {"f1": 0.3, "f2": 0.25}
+    assert tiny_bundle.fusion == (0.0, 0.0)  # the warm start is copied, not changed
+
+
 def test_an_f0_that_reads_planes_trains_from_a_one_plane_warm_start(toy_volumes, tiny_bundle, tmp_path):
     """As the v2.7 preset does: f0 widened to 3 planes (started as the one-plane f0 on the
     planes' mean), trained on samples that carry the planes; f1, f2 keep reading one,

@@ -95,11 +95,16 @@ class TrainConfig:
     flops_ratio_target: float = 0.30
     lam_flops_margin: float = 0.8
     tvd: float | None = None
+    # f0's weights in the f1 / f2 patch outputs (engine.bundle.Bundle.fusion), set on the
+    # bundle before the reward caches are built, so the policy learns the gains of the
+    # fused patches the engine composes; (0, 0) keeps the bundle's own.
+    f0_fusion: tuple[float, float] = (0.0, 0.0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["alpha"] = list(self.alpha)
         d["ft_alpha"] = list(self.ft_alpha)
+        d["f0_fusion"] = list(self.f0_fusion)
         return d
 
     @classmethod
@@ -108,6 +113,7 @@ class TrainConfig:
         d["augment"] = AugmentConfig(**d["augment"])
         d["alpha"] = tuple(d["alpha"])
         d["ft_alpha"] = tuple(d["ft_alpha"])
+        d["f0_fusion"] = tuple(d.get("f0_fusion", (0.0, 0.0)))
         return cls(**d)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -337,6 +343,13 @@ PRESETS["v2.16"] = PRESETS["v2.9"].replace(preset="v2.16", arch="v2.16")
 # entropy; this asks how far more volumes take that lead. Meant for a GPU
 # (``train --device cuda``): the reward caches run f1 and f2 on over 3 000 slices.
 PRESETS["v2.17"] = PRESETS["v2.16"].replace(preset="v2.17", policy_steps=6000)
+
+
+# v2.16's networks and policy network with f0 fused into f1 / f2 as 2.16.1 ships them
+# (0.30 / 0.25, chosen by benchmarks/probe_f0_fusion.py): the reward caches are built from
+# the fused patches, so the dense policy and the residual prior are fitted again, as
+# v2.16's, to the gains that routing a patch realises.
+PRESETS["v2.18"] = PRESETS["v2.16"].replace(preset="v2.18", f0_fusion=(0.30, 0.25))
 
 
 def get_preset(name: str) -> TrainConfig:

@@ -83,14 +83,35 @@ def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_patches(model: torch.nn.Module, x: torch.Tensor, patch_size: tuple[int, int], batch: int = 64) -> torch.Tensor:
+def predict_patches(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    patch_size: tuple[int, int],
+    batch: int = 64,
+    *,
+    f0_prob: torch.Tensor | None = None,
+    f0_weight: float = 0.0,
+) -> torch.Tensor:
     """Argmax of a patch model over the whole patch grid of ``x`` (B, planes, H, W) -> (B, H, W).
 
-    The model reads the centre planes it was built for (all of them for one plane)."""
+    The model reads the centre planes it was built for (all of them for one plane). With
+    ``f0_prob`` (B, classes, H, W) and ``f0_weight`` w > 0, each pixel takes the argmax of
+    (1 - w) p_model + w p_f0, p_f0 rounded to bytes as the engine keeps it
+    (:class:`~napari_paser.engine.pipeline.PaserSegmenter`), so the labels are those
+    the engine composes for a patch routed to this model.
+    """
     gy, gx = grid_shape(x.shape[-2:], patch_size)
     patches = patch_windows(centre_planes(x, model.config.planes), patch_size, model.config.halo)
-    out = torch.cat([model(patches[i : i + batch]).argmax(1, keepdim=True) for i in range(0, len(patches), batch)])
-    return unpatchify(out, (gy, gx))[:, 0]
+    fuse = f0_prob is not None and f0_weight > 0
+    if fuse:
+        quantised = patch_windows((f0_prob.float() * 255).round_().to(torch.uint8), patch_size)
+    outs = []
+    for i in range(0, len(patches), batch):
+        prob = model(patches[i : i + batch]).float().softmax(1)
+        if fuse:
+            prob = prob.mul_(1 - f0_weight).add_(quantised[i : i + batch].float().mul_(f0_weight / 255))
+        outs.append(prob.argmax(1, keepdim=True))
+    return unpatchify(torch.cat(outs), (gy, gx))[:, 0]
 
 
 @dataclass
@@ -102,7 +123,8 @@ class RewardCache:
     features : Tensor (N, 5, H, W) float16
         Policy input (f0 mean softmax, entropy, image); half precision saves memory.
     conf : Tensor (N, 3, GY, GX, C, C) int32
-        Per-patch confusion of f0 (MC mean argmax), f1 and f2 against the truth.
+        Per-patch confusion of f0 (MC mean argmax), f1 and f2 against the truth; f1's
+        and f2's with f0 fused in where the bundle fuses (:attr:`Bundle.fusion`).
     cells : Tensor (N, 3, C * C, rows / pool, columns / pool) uint8, optional
         The same counts per cell of the policy's pooled grid (:func:`cell_confusion`);
         kept for a dense policy only, which is fitted on the gains of cells.
@@ -198,6 +220,9 @@ def build_reward_cache(
         Dropout seed; slice ``i`` uses :func:`slice_seed` ``(seed, first_index + i)``.
 
     A dense policy's cache also holds the confusion of every cell of its pooled grid.
+    With a bundle that fuses f0 into its patch models (``bundle.fusion``), f1's and f2's
+    labels are the fused ones the engine composes, so the policy learns the gains that
+    routing a patch realises.
     """
     bundle.eval()
     passes = mc_passes or bundle.mc_passes
@@ -214,7 +239,8 @@ def build_reward_cache(
         # The caches live in host memory wherever the networks run (on a GPU too): they
         # are data, read by numpy and saved with the run.
         feats.append(torch.cat([o[2] for o in outs]).half().cpu())
-        preds = [prob.argmax(1), predict_patches(bundle.f1, x, ps), predict_patches(bundle.f2, x, ps)]
+        w1, w2 = bundle.fusion
+        preds = [prob.argmax(1), predict_patches(bundle.f1, x, ps, f0_prob=prob, f0_weight=w1), predict_patches(bundle.f2, x, ps, f0_prob=prob, f0_weight=w2)]
         confs.append(torch.stack([patch_confusion(p, y, ps) for p in preds], dim=1).int().cpu())
         if dense:
             cells.append(torch.stack([cell_confusion(p, y, bundle.policy.config.pool) for p in preds], dim=1).cpu())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..engine.bundle import Bundle, copy_matching_weights, default_model_configs, save_bundle
+from ..engine.bundle import Bundle, check_fusion, copy_matching_weights, default_model_configs, save_bundle
 from ..engine.flops import CostModel
 from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
@@ -169,6 +169,9 @@ def train(
     if warm_start is not None and init is None:
         warm = {"bundle": warm_start.name, "models": copy_matching_weights(bundle, warm_start)}
         log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
+    if any(cfg.f0_fusion):
+        bundle.fusion = check_fusion(cfg.f0_fusion)
+        log(f"f0 fused into f1 / f2 at {bundle.fusion[0]:.2f} / {bundle.fusion[1]:.2f} (reward caches and validation)")
     ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain, extra_rl) | {"warm_start": warm})
     if ckpt.load_models(bundle.models()):
         log(f"resuming: stages done {ckpt.done}")
