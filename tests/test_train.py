@@ -557,3 +557,16 @@ def test_bf16_autocast_only_where_the_cpu_computes_bf16(monkeypatch):
     with ctx.autocast():
         assert torch.nn.Linear(4, 4)(torch.rand(2, 4)).dtype == torch.bfloat16
     assert isinstance(ctx.autocast(enabled=False), contextlib.nullcontext)
+
+
+def test_the_cli_offers_every_training_preset():
+    """The CLI lists the presets by hand (importing them would import torch for every
+    command's --help); a preset missing there cannot be trained from the command line."""
+    import argparse
+
+    from napari_paser.cli.main import build_parser
+    from napari_paser.train.presets import PRESETS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    preset = next(a for a in sub.choices["train"]._actions if a.dest == "preset")
+    assert set(preset.choices) == set(PRESETS)
