@@ -10,6 +10,9 @@ holds (≥ 0.99 × f2's IoU at ≤ 25 % of its GFLOPs and ≤ 33 % of its second
 the two ratios.
 
     python benchmarks/probe_lambda_lines.py paser-synth-v2.16 --threads 2
+    python benchmarks/probe_lambda_lines.py runs/paser-synth-v2.18 --lams 0.005 0.0055 0.006 0.007 0.008 0.009 0.010
+
+``--lams`` walks those λs instead of the benchmark's grid.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ def line_one(row: dict, f2: dict) -> bool:
 
 
 def main() -> None:
-    args = development_parser(__doc__).parse_args()
+    parser = development_parser(__doc__)
+    parser.add_argument("--lams", type=float, nargs="+", help="the λs to walk (default: the benchmark's grid)")
+    args = parser.parse_args()
+    lams = sorted(args.lams) if args.lams else [float(x) for x in _lam_grid()]
     for name, bundle, table in development_tables(args):
         f2 = table.score(table.constant(2), "f2")
         grid = idk_grid(table, steps=61)
@@ -35,7 +41,7 @@ def main() -> None:
         print("| λ | IoU (× f2's) | GFLOPs, seconds (× f2's) | routed f0 / f1 / f2 | IDK-matched / PaSeR | IDK-matched / oracle | line 1 |")
         print("|---|---|---|---|---|---|---|")
         held, previous = [], None
-        for lam in _lam_grid():
+        for lam in lams:
             routing = table.paser(float(lam))
             if previous is not None and (routing == previous).all():
                 continue  # the same routing as the λ before: the same row
@@ -50,13 +56,13 @@ def main() -> None:
             if ok:
                 held.append((float(lam), vs_paser, vs_oracle))
             fractions = " / ".join(f"{100 * f:.1f} %" for f in row["fractions"])
-            print(f"| {lam:.3f} | {row['mean_iou']:.4f} ({row['mean_iou'] / f2['mean_iou']:.4f}) | {row['gflops'] / f2['gflops']:.3f}, "
+            print(f"| {lam:.4g} | {row['mean_iou']:.4f} ({row['mean_iou'] / f2['mean_iou']:.4f}) | {row['gflops'] / f2['gflops']:.3f}, "
                   f"{row['seconds'] / f2['seconds']:.3f} | {fractions} | {vs_paser:.3f} | {vs_oracle:.3f} | {'yes' if ok else 'no'} |")
         if held:
             best = max(held, key=lambda h: h[1])
             bound = max(held, key=lambda h: h[2])
-            print(f"where line 1 holds (λ {held[0][0]:.3f}-{held[-1][0]:.3f} of the rows above): IDK-matched / PaSeR at most "
-                  f"{best[1]:.3f} (λ {best[0]:.3f}); IDK-matched / oracle at most {bound[2]:.3f} (λ {bound[0]:.3f})")
+            print(f"where line 1 holds (λ {held[0][0]:.4g}-{held[-1][0]:.4g} of the rows above): IDK-matched / PaSeR at most "
+                  f"{best[1]:.3f} (λ {best[0]:.4g}); IDK-matched / oracle at most {bound[2]:.3f} (λ {bound[0]:.4g})")
         else:
             print("line 1 holds at no λ of the grid")
 
