@@ -13,12 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORKERS:-2}
-napari-paser synth --out data/synth_v2 --volumes 40 --slices 16 --seed 2026 --distribution v2 --resume --workers "$W" &
+WORKERS=$W bash scripts/synth_v2_data.sh data/synth_v2 &
 base=$!
-napari-paser synth --out data/synth_v2 --volumes 8 --slices 16 --seed 1000 --distribution v1 --name v1_ --resume --workers "$W" &
-v1=$!
 WORKERS=$W bash scripts/synth_rl_large_data.sh data/synth_rl_large
 wait "$base"
-wait "$v1"
 DEVICE=${DEVICE:-cpu} EXTRA_RL=data/synth_rl_large exec bash scripts/train_v2_bundle.sh paser-synth-v2.17 v2.17 src/napari_paser/models/paser-synth-v2.16 2.17.0 \
     "PaSeR v2.17: paser-synth-v2.16's networks (f0 reads the 2 planes above and below its slice) and dense routing policy network (a small convolutional network predicts the gain of every 4x4-pixel cell from f0's mean probabilities and entropy and the image's local mean and spread), fitted again on five times the RL volumes, plus the excess of the image residual over its training mean, at three times the network's standing"

@@ -12,12 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORKERS:-1}
-napari-paser synth --out data/synth_v2 --volumes 40 --slices 16 --seed 2026 --distribution v2 --resume --workers "$W" &
+WORKERS=$W bash scripts/synth_v2_data.sh data/synth_v2 &
 base=$!
-napari-paser synth --out data/synth_v2 --volumes 8 --slices 16 --seed 1000 --distribution v1 --name v1_ --resume --workers "$W" &
-v1=$!
 WORKERS=$W bash scripts/synth_rl_extra_data.sh data/synth_rl_extra
 wait "$base"
-wait "$v1"
 DEVICE=${DEVICE:-cpu} EXTRA_RL=data/synth_rl_extra exec bash scripts/train_v2_bundle.sh paser-synth-v2.18 v2.18 src/napari_paser/models/paser-synth-v2.16 2.18.0 \
     "PaSeR v2.18: paser-synth-v2.16's networks (f0 reads the 2 planes above and below its slice) and dense routing policy network (a small convolutional network predicts the gain of every 4x4-pixel cell from f0's mean probabilities and entropy and the image's local mean and spread) plus the excess of the image residual over its training mean, at three times the network's standing; a patch that f1 or f2 segments takes the argmax of 0.70 x f1's (0.75 x f2's) probabilities plus 0.30 (0.25) x f0's MC mean, and the policy and the prior are fitted to the gains of these fused patches"
