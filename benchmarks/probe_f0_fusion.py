@@ -30,6 +30,7 @@ from probe_image_residual import FRESH
 from probe_policy_fit import SETS
 
 from napari_paser.engine.bundle import check_fusion, load_bundle
+from napari_paser.engine.fusion import to_bytes
 from napari_paser.engine.metrics import confusion_matrix, mean_iou
 from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
@@ -46,7 +47,7 @@ def slice_probabilities(seg: PaserSegmenter, z: int) -> list[torch.Tensor]:
     x = torch.from_numpy(seg._planes(z, bundle.f0.config.planes))[None]
     prob, _ = mc_predict(bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
     p0 = bundle.f0.refine(torch.from_numpy(seg._input(z))[None, None], prob)[0]
-    out = [(p0 * 255).round() / 255]
+    out = [to_bytes(p0).float() / 255]
     cells = list(np.ndindex(*seg.grid))  # row-major, as unpatchify expects
     for net in bundle.segmenters()[1:]:
         windows = torch.from_numpy(np.stack([seg._patch_window(z, gy, gx, net.config.halo, net.config.planes) for gy, gx in cells]))

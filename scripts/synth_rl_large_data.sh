@@ -10,9 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-data/synth_rl_large}
 W=${WORKERS:-2}
 pids=()
-napari-paser synth --out "$OUT" --volumes 15 --slices 16 --seed 4040 --distribution v2 --name rla --resume --workers "$W" & pids+=($!)
-napari-paser synth --out "$OUT" --volumes 9 --slices 16 --seed 4242 --distribution v2 --name rlb --resume --workers "$W" & pids+=($!)
-napari-paser synth --out "$OUT" --volumes 6 --slices 16 --seed 4141 --distribution v1 --name rlv1_ --resume --workers "$W" & pids+=($!)
+WORKERS=$W bash scripts/synth_rl_extra_data.sh "$OUT" & pids+=($!)
 napari-paser synth --out "$OUT" --volumes 120 --slices 8 --seed 4343 --distribution v2 --name rlc --resume --workers "$W" & pids+=($!)
 napari-paser synth --out "$OUT" --volumes 40 --slices 8 --seed 4444 --distribution v1 --name rlv1c_ --resume --workers "$W" & pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done

@@ -10,7 +10,7 @@
 # 2) sets torch threads; EXTRA_PRETRAIN=DIR adds that folder's volumes to pre-training only
 # (train --extra-pretrain); EXTRA_RL=DIR adds that folder's volumes to the policy's split
 # only (train --extra-rl); DEVICE (default cpu) is where the networks train and run.
-# Makes the v2 training data first (scripts/synth_v2_data.sh;
+# Makes the v2 training data first (scripts/synth_v2_data.sh, WORKERS processes per set;
 # finished volumes are kept). Rerunning resumes at the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -35,6 +35,7 @@ import torch
 from ..errors import PaserInputError
 from .bundle import Bundle, bundle_record
 from .flops import CostModel
+from .fusion import fuse_f0, to_bytes
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
@@ -395,7 +396,7 @@ class PaserSegmenter(SlicewiseRouting):
         self._pentropy[0, z] = patch_view(ent_np, self.patch_size).mean(axis=(-2, -1))
         self._pdone[0, z] = True
         if self._fusion.any():
-            quantised = (prediction[0].float() * 255).round_().to(torch.uint8).cpu().numpy()
+            quantised = to_bytes(prediction[0]).cpu().numpy()
             self._f0prob[z] = np.stack([patch_view(q, self.patch_size) for q in quantised], axis=2)
         self._entropy[z] = ent_np[:h, :w]
         self._gains[z] = gains_np
@@ -480,9 +481,7 @@ class PaserSegmenter(SlicewiseRouting):
         if not rows.any():
             return
         z, gy, gx = chunk[rows].T
-        w = float(self._fusion[model])
-        p0 = torch.from_numpy(self._f0prob[z, gy, gx]).to(prob.device, torch.float32).mul_(w / 255)
-        fused = prob[torch.from_numpy(rows).to(prob.device)].mul(1 - w).add_(p0)
+        fused = fuse_f0(prob[torch.from_numpy(rows).to(prob.device)], torch.from_numpy(self._f0prob[z, gy, gx]), float(self._fusion[model]))
         self._pfused[model, z, gy, gx] = fused.argmax(1).to(torch.uint8).cpu().numpy()
         self._pfdone[model, z, gy, gx] = True
 

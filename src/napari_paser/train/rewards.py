@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.bundle import Bundle
+from ..engine.fusion import fuse_f0, to_bytes
 from ..engine.metrics import dataset_iou_gains, dataset_iou_weights
 from ..engine.models import centre_planes
 from ..engine.patches import grid_shape, patch_windows, unpatchify
@@ -104,12 +105,12 @@ def predict_patches(
     patches = patch_windows(centre_planes(x, model.config.planes), patch_size, model.config.halo)
     fuse = f0_prob is not None and f0_weight > 0
     if fuse:
-        quantised = patch_windows((f0_prob.float() * 255).round_().to(torch.uint8), patch_size)
+        f0_bytes = patch_windows(to_bytes(f0_prob), patch_size)
     outs = []
     for i in range(0, len(patches), batch):
         prob = model(patches[i : i + batch]).float().softmax(1)
         if fuse:
-            prob = prob.mul_(1 - f0_weight).add_(quantised[i : i + batch].float().mul_(f0_weight / 255))
+            prob = fuse_f0(prob, f0_bytes[i : i + batch], f0_weight)
         outs.append(prob.argmax(1, keepdim=True))
     return unpatchify(torch.cat(outs), (gy, gx))[:, 0]
 
