@@ -56,14 +56,54 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def scan_spread(pred: np.ndarray, ent: np.ndarray, true: np.ndarray, scans: np.ndarray,
+                draws: int = 2000, seed: int = 0) -> dict:
+    """How much the policy's lead over f0's entropy rests on which scans a set holds.
+
+    Parameters
+    ----------
+    pred, ent, true : ndarray (N, GY, GX)
+        Predicted gains, f0's patch entropy and true gains of one model, per slice.
+    scans : ndarray (N,)
+        Which scan each slice comes from.
+    draws : int
+        Bootstrap draws: each draws as many scans as the set has, with replacement, and
+        measures r (policy) − r (entropy) on their patches pooled, as the set's r is.
+    seed : int
+        Seeds the draws.
+
+    Returns
+    -------
+    dict
+        ``per_scan``: r of the policy and of the entropy within each scan;
+        ``lead_interval``: the 2.5 and 97.5 percentiles of the lead over the draws;
+        ``share_of_draws_meeting``: the share of draws whose lead is at least 0.1.
+    """
+    ids = np.unique(scans)
+    rows = [np.flatnonzero(scans == i) for i in ids]
+    per_scan = [{"policy": _corr(pred[r], true[r]), "f0_entropy": _corr(ent[r], true[r])} for r in rows]
+    rng = np.random.default_rng(seed)
+    leads = []
+    for _ in range(draws):
+        pick = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+        leads.append(_corr(pred[pick], true[pick]) - _corr(ent[pick], true[pick]))
+    leads = np.asarray(leads)
+    leads = leads[np.isfinite(leads)]
+    return {"per_scan": per_scan, "lead_interval": [float(np.percentile(leads, 2.5)), float(np.percentile(leads, 97.5))],
+            "share_of_draws_meeting": float(np.mean(leads >= 0.1)), "draws": int(leads.size)}
+
+
 def gain_correlations(table) -> dict:
-    """Pearson r of each predictor with the true per-patch gains of f1 and f2 over f0."""
+    """Pearson r of each predictor with the true per-patch gains of f1 and f2 over f0,
+    pooled over the set's patches, and how it spreads over its scans (:func:`scan_spread`)."""
     true = oracle_gains(table)  # (N, 2, GY, GX)
     pred = np.concatenate([np.stack([seg.gains(z) for z in zs]) for seg, zs in table.segs])
     ent = table.ent[:, 0]
+    scans = np.concatenate([np.full(len(zs), i) for i, (_, zs) in enumerate(table.segs)])
     out = {}
     for k, name in ((0, "f1"), (1, "f2")):
-        out[name] = {"policy": _corr(pred[:, k], true[:, k]), "f0_entropy": _corr(ent, true[:, k])}
+        out[name] = {"policy": _corr(pred[:, k], true[:, k]), "f0_entropy": _corr(ent, true[:, k]),
+                     "scans": scan_spread(pred[:, k], ent, true[:, k], scans)}
     out["patches"] = int(true[:, 0].size)
     return out
 

@@ -27,6 +27,22 @@ def _oracle_within_f1_cost(s: dict) -> str:
     return f", within its GFLOPs and seconds {_f(oc['mean_iou'])}" if oc else ", none within its GFLOPs and seconds"
 
 
+def _scan_spread_lines(gc: dict) -> list[str]:
+    """r within each scan and the scan-bootstrap interval of the policy's lead over the
+    entropy ([] for results saved before they were measured)."""
+    if "scans" not in gc["f1"]:
+        return []
+    per = [" / ".join(f"{sc['policy']:.2f} vs {sc['f0_entropy']:.2f}" for sc in gc[k]["scans"]["per_scan"]) for k in ("f1", "f2")]
+    lead = [gc[k]["policy"] - gc[k]["f0_entropy"] for k in ("f1", "f2")]
+    iv = [gc[k]["scans"]["lead_interval"] for k in ("f1", "f2")]
+    share = [gc[k]["scans"]["share_of_draws_meeting"] for k in ("f1", "f2")]
+    return [f"Within each scan, r of the policy vs the entropy: f1 {per[0]}; f2 {per[1]}. "
+            f"The policy's lead over the entropy, {lead[0]:+.3f} (f1) / {lead[1]:+.3f} (f2), rests on which scans the set holds: "
+            f"redrawing its scans with replacement ({gc['f1']['scans']['draws']} draws) puts it between {iv[0][0]:+.3f} and {iv[0][1]:+.3f} "
+            f"(f1) and {iv[1][0]:+.3f} and {iv[1][1]:+.3f} (f2) in 95 % of them, and at +0.1 or more in {100 * share[0]:.0f} % / "
+            f"{100 * share[1]:.0f} %.", ""]
+
+
 def _row(label: str, r: dict, f2: dict) -> str:
     per = " | ".join(_f(v) for v in r["iou_per_class"])
     fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
@@ -105,6 +121,7 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
         L += [f"Predicted vs true per-patch gains ({gc['patches']} patches; true gain = first-order change of the set's mean IoU): "
               f"Pearson r of the policy's gains {gc['f1']['policy']:.3f} (f1) / {gc['f2']['policy']:.3f} (f2); "
               f"of f0's patch entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}.", ""]
+        L += _scan_spread_lines(gc)
         b = s["beats_f1"]
         w = s["best_within_f1_cost"]
         o = s["oracle_within_f1_gflops"]

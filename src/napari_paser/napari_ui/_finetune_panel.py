@@ -19,7 +19,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -41,6 +40,7 @@ from ._finetune_controller import (
     training_labels_from,
 )
 from ._launch import JobCallbacks, job_worker, run_here
+from ._qt_rows import hbox_row
 
 if TYPE_CHECKING:
     import napari
@@ -143,25 +143,16 @@ class FinetunePanel(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Labels", self.labels_combo)
         form.addRow(self.new_labels_button)
-        form.addRow(self._row(self.reviewed_check, self.mark_button, self.clear_button))
+        form.addRow(hbox_row(self.reviewed_check, self.mark_button, self.clear_button))
         form.addRow("Reviewed", self.reviewed_label)
         form.addRow("Start from", self.bundle_combo)
         form.addRow("Budget", self.budget_spin)
         form.addRow("New bundle", self.name_edit)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self._row(self.start_button, self.cancel_button))
+        layout.addWidget(hbox_row(self.start_button, self.cancel_button))
         layout.addWidget(self.status)
         layout.addWidget(self.canvas)
-
-    @staticmethod
-    def _row(*widgets: QWidget) -> QWidget:
-        row = QWidget()
-        box = QHBoxLayout(row)
-        box.setContentsMargins(0, 0, 0, 0)
-        for w in widgets:
-            box.addWidget(w)
-        return row
 
     def refresh_layers(self, *_: Any) -> None:
         """Image picker: grey-level images that are not PaSeR outputs; labels picker: Labels layers."""

@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QMessageBox,
     QPushButton,
@@ -44,6 +43,7 @@ from . import _jobs
 from ._export import export_phases, export_targets
 from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import ResultLayers
+from ._qt_rows import hbox_row
 from ._stats import StatsPanel, summarize
 from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
 
@@ -202,9 +202,9 @@ class PaserWidget(QWidget):
         form.addRow("Bundle", self.bundle_combo)
         form.addRow("MC passes", self.mc_spin)
         form.addRow("Mode", self.mode_combo)
-        form.addRow("λ", self._row(self.lam_slider, self.lam_label))
-        form.addRow("TVD", self._row(self.tvd_slider, self.tvd_label))
-        form.addRow(self._row(self.run_button, self.cancel_button))
+        form.addRow("λ", hbox_row(self.lam_slider, self.lam_label))
+        form.addRow("TVD", hbox_row(self.tvd_slider, self.tvd_label))
+        form.addRow(hbox_row(self.run_button, self.cancel_button))
         form.addRow("Device", self.device_label)
         stats_box = QGroupBox("Statistics")
         stats_box.setToolTip(TOOLTIPS["stats"])
@@ -214,7 +214,7 @@ class PaserWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(stats_box)
-        layout.addWidget(self._row(self.masks_check, self.export_button))
+        layout.addWidget(hbox_row(self.masks_check, self.export_button))
         layout.addWidget(self.store_button)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
@@ -252,15 +252,6 @@ class PaserWidget(QWidget):
         label = QLabel(f"{value / SLIDER_STEPS:.3f}")
         label.setMinimumWidth(32)
         return slider, label
-
-    @staticmethod
-    def _row(*widgets: QWidget) -> QWidget:
-        row = QWidget()
-        box = QHBoxLayout(row)
-        box.setContentsMargins(0, 0, 0, 0)
-        for w in widgets:
-            box.addWidget(w)
-        return row
 
     def _fill_bundles(self, select: str | None = None) -> None:
         """Bundled models (default first), folders loaded by the user, then the loader."""
