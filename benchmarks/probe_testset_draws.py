@@ -1,0 +1,141 @@
+"""How often would a test set of four scans show the policy's lead that line 4 asks for?
+
+Issue 11's fourth line asks, on each test set, for a Pearson r of the policy's predicted
+patch gains with the true ones at least 0.1 above that of f0's patch entropy. Each test
+set holds four scans, and the pooled r rests mostly on which scans gain at all
+(probe_results.md). This probe segments many fresh scans of a test set's generator (seeds
+no test, development or training set uses), keeps each scan's per-patch confusions of
+f0 / f1 / f2 (as PaSeR composes them), the policy's gains and f0's entropy, and then draws
+many sets of four scans from them. For each drawn set it measures what the benchmark
+measures on a test set: the true gains as the first-order change of *that set's* mean
+IoU, r of the policy and of the entropy, and the lead. It prints the share of drawn sets
+that meet the line, the spread of the lead, and the same over all scans pooled.
+
+    python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8660 oof:9401-9460 --workers 2
+    python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8800 oof:9401-9600 --workers 16 --device cuda
+
+Nothing here is tuned: it measures the shipped bundle on scans of the test generators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_testsets import _corr
+from common import patch_confusion_np
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.pipeline import PaserSegmenter
+from napari_paser.engine.registry import resolve_bundle
+
+# Seeds of the sets the project already uses, which a fresh scan must avoid.
+USED = {"v1": set(range(8001, 8005)) | set(range(8501, 8505)) | set(range(9001, 9005)),
+        "oof": set(range(9101, 9105)) | set(range(9201, 9213)) | set(range(9301, 9309))}
+
+
+def _parse_set(text: str) -> tuple[str, list[int]]:
+    dist, span = text.split(":")
+    lo, hi = (int(v) for v in span.split("-"))
+    seeds = list(range(lo, hi + 1))
+    clash = sorted(set(seeds) & USED.get(dist, set()))
+    if clash:
+        raise SystemExit(f"{text}: seeds {clash} belong to a test or development set")
+    return dist, seeds
+
+
+def _volume(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
+    from napari_paser.train.synth import generate_volume
+
+    seed, slices, dist = args
+    return generate_volume(seed, slices, (224, 256), distribution=dist)[:2]
+
+
+def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, seed: int = 0) -> dict:
+    """One scan's per-patch confusions (S, 3, GY, GX, C, C), the policy's gains (S, 2, GY, GX)
+    and f0's patch entropy (S, GY, GX), as the benchmark's tables hold them."""
+    seg = PaserSegmenter(bundle, seed=seed, device=device)
+    seg.set_volume(image)
+    for method in ("f0", "f1", "f2"):
+        seg.result(method=method)
+    conf, gains, ent = [], [], []
+    for z in range(seg.num_slices):
+        conf.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m)), labels[z], seg.patch_size) for m in range(3)]))
+        gains.append(seg.gains(z))
+        ent.append(seg.patch_entropy(z, 0))
+    return {"conf": np.stack(conf).astype(np.int64), "gains": np.stack(gains), "ent": np.stack(ent)}
+
+
+def set_correlations(scans: list[dict]) -> np.ndarray:
+    """r of the policy and of the entropy with the true gains of f1 and f2 over a set of
+    scans pooled, the gains taken on the set's own mean IoU: (2 models, 2 predictors)."""
+    conf = np.concatenate([s["conf"] for s in scans])
+    true = dataset_iou_gains(conf)
+    pred = np.concatenate([s["gains"] for s in scans])
+    ent = np.concatenate([s["ent"] for s in scans])
+    return np.array([[_corr(pred[:, k], true[:, k]), _corr(ent, true[:, k])] for k in range(2)])
+
+
+def draw_sets(scans: list[dict], size: int, draws: int, seed: int = 0) -> np.ndarray:
+    """r of every drawn set of ``size`` distinct scans: (draws, 2 models, 2 predictors)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([set_correlations([scans[i] for i in rng.choice(len(scans), size, replace=False)]) for _ in range(draws)])
+
+
+def summarise(name: str, scans: list[dict], size: int, draws: int) -> dict:
+    pooled = set_correlations(scans)
+    r = draw_sets(scans, size, draws)
+    lead = r[:, :, 0] - r[:, :, 1]
+    out = {"scans": len(scans), "pooled": {"policy": pooled[:, 0].tolist(), "f0_entropy": pooled[:, 1].tolist()},
+           "draws": draws, "set_size": size,
+           "lead_percentiles_5_50_95": np.percentile(lead, [5, 50, 95], axis=0).T.tolist(),
+           "share_meeting": (lead >= 0.1).mean(0).tolist(), "share_meeting_both": float((lead >= 0.1).all(1).mean())}
+    print(f"\n{name}: {len(scans)} fresh scans")
+    print(f"  all scans pooled: r policy {pooled[0, 0]:.3f} / {pooled[1, 0]:.3f}, f0 entropy {pooled[0, 1]:.3f} / {pooled[1, 1]:.3f} (f1 / f2)")
+    for k, model in enumerate(("f1", "f2")):
+        p5, p50, p95 = out["lead_percentiles_5_50_95"][k]
+        print(f"  sets of {size} ({draws} draws), {model}: lead of the policy over the entropy 5 / 50 / 95 % "
+              f"{p5:+.3f} / {p50:+.3f} / {p95:+.3f}; ≥ 0.1 in {100 * out['share_meeting'][k]:.1f} % of the sets")
+    print(f"  both f1 and f2 ≥ 0.1 (line 4 on that set): {100 * out['share_meeting_both']:.1f} % of the sets")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", help="bundle name or folder")
+    p.add_argument("--sets", nargs="+", required=True, help="generator:first-last seeds, e.g. oof:9401-9460")
+    p.add_argument("--slices", type=int, default=8, help="slices per scan (the test sets have 8)")
+    p.add_argument("--set-size", type=int, default=4, help="scans per drawn set (the test sets have 4)")
+    p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=1, help="processes that simulate the scans")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, help="write the summary as JSON here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    summary = {"bundle": bundle.name, "version": bundle.meta.get("version"), "sets": {}}
+    for text in args.sets:
+        dist, seeds = _parse_set(text)
+        t0 = time.perf_counter()
+        scans = []
+        # spawn: the scans are simulated beside a parent that may hold CUDA
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for image, labels in pool.map(_volume, [(s, args.slices, dist) for s in seeds]):
+                scans.append(scan_arrays(image, labels, bundle, args.device))
+        print(f"{text}: {len(scans)} scans segmented in {time.perf_counter() - t0:.0f} s")
+        summary["sets"][text] = summarise(f"{dist} seeds {seeds[0]}-{seeds[-1]}", scans, args.set_size, args.draws)
+        if args.out:  # after every set, so a run cut short keeps what it measured
+            args.out.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
