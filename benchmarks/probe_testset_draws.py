@@ -1,4 +1,4 @@
-"""How often would a test set of four scans show the policy's lead that line 4 asks for?
+"""How often would a test set of four scans meet issue 11's lines 1-4?
 
 Issue 11's fourth line asks, on each test set, for a Pearson r of the policy's predicted
 patch gains with the true ones at least 0.1 above that of f0's patch entropy. Each test
@@ -10,6 +10,13 @@ many sets of four scans from them. For each drawn set it measures what the bench
 measures on a test set: the true gains as the first-order change of *that set's* mean
 IoU, r of the policy and of the entropy, and the lead. It prints the share of drawn sets
 that meet the line, the spread of the lead, and the same over all scans pooled.
+
+With ``--lines-draws N`` it also scores lines 1-3 on N drawn sets, counting GFLOPs only
+(the scans are segmented wherever ``--device`` says, so their seconds are not the
+benchmark's): PaSeR at the bundle's default λ against f2 everywhere (line 1), the best
+λ of the validation grid within f1 everywhere's GFLOPs (line 2), and the GFLOPs of the
+IoU-matched IDK cascade over PaSeR's and over oracle routing's (line 3 and its bound), as
+``bench_testsets`` does on a test set.
 
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8660 oof:9401-9460 --workers 2
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8800 oof:9401-9600 --workers 16 --device cuda
@@ -29,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_testsets import _corr
-from common import patch_confusion_np
+from common import PatchTable, cheapest_reaching, idk_grid, match_idk, oracle_front, patch_confusion_np
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains
@@ -58,19 +65,25 @@ def _volume(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
     return generate_volume(seed, slices, (224, 256), distribution=dist)[:2]
 
 
-def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, seed: int = 0) -> dict:
-    """One scan's per-patch confusions (S, 3, GY, GX, C, C), the policy's gains (S, 2, GY, GX)
-    and f0's patch entropy (S, GY, GX), as the benchmark's tables hold them."""
+def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, lams, seed: int = 0) -> dict:
+    """One scan as the benchmark's tables hold it: per-patch confusions of f0 / f1 / f2 as
+    PaSeR composes them and as the networks return them (S, 3, GY, GX, C, C), the policy's
+    gains (S, 2, GY, GX), the patch entropy of each model (S, 3, GY, GX), PaSeR's routing
+    at each of ``lams`` (S, GY, GX) and the segmenter's cost model."""
     seg = PaserSegmenter(bundle, seed=seed, device=device)
     seg.set_volume(image)
     for method in ("f0", "f1", "f2"):
         seg.result(method=method)
-    conf, gains, ent = [], [], []
+    conf, plain, gains, ent = [], [], [], []
     for z in range(seg.num_slices):
-        conf.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m)), labels[z], seg.patch_size) for m in range(3)]))
+        for out, fused in ((conf, True), (plain, False)):
+            out.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m), fused=fused), labels[z], seg.patch_size)
+                                 for m in range(3)]))
         gains.append(seg.gains(z))
-        ent.append(seg.patch_entropy(z, 0))
-    return {"conf": np.stack(conf).astype(np.int64), "gains": np.stack(gains), "ent": np.stack(ent)}
+        ent.append(np.stack([seg.patch_entropy(z, m) for m in range(3)]))
+    routes = {float(lam): np.stack([seg.routing(float(lam), z) for z in range(seg.num_slices)]) for lam in lams}
+    return {"conf": np.stack(conf).astype(np.int64), "plain": np.stack(plain).astype(np.int64), "gains": np.stack(gains),
+            "ent_all": np.stack(ent), "ent": np.stack(ent)[:, 0], "routes": routes, "cost": seg.cost_model}
 
 
 def set_correlations(scans: list[dict]) -> np.ndarray:
@@ -87,6 +100,50 @@ def draw_sets(scans: list[dict], size: int, draws: int, seed: int = 0) -> np.nda
     """r of every drawn set of ``size`` distinct scans: (draws, 2 models, 2 predictors)."""
     rng = np.random.default_rng(seed)
     return np.stack([set_correlations([scans[i] for i in rng.choice(len(scans), size, replace=False)]) for _ in range(draws)])
+
+
+def set_lines(scans: list[dict], costs: np.ndarray, default_lam: float) -> dict:
+    """Lines 1-3 of issue 11 on one set of scans, counting GFLOPs (see the module doc);
+    ``costs`` are the bundle's model costs and ``default_lam`` its default λ."""
+    table = PatchTable(conf=np.concatenate([s["conf"] for s in scans]), ent=np.concatenate([s["ent_all"] for s in scans]),
+                       cost=scans[0]["cost"], costs=costs, conf_plain=np.concatenate([s["plain"] for s in scans]))
+    route = {lam: np.concatenate([s["routes"][lam] for s in scans]) for lam in scans[0]["routes"]}
+    f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
+    paser = table.score(route[default_lam], "paser")
+    sweep = [table.score(r, "paser") for r in route.values()]
+    within_f1 = [p for p in sweep if p["gflops"] <= f1["gflops"]]
+    best = max((p["mean_iou"] for p in within_f1), default=float("nan"))
+    match = match_idk(idk_grid(table), paser["mean_iou"])
+    matched = table.score(table.idk(match["a0"], match["a1"]), "idk")
+    oracle = cheapest_reaching(oracle_front(table), paser["mean_iou"])
+    return {"line1_iou": paser["mean_iou"] / f2["mean_iou"], "line1_gflops": paser["gflops"] / f2["gflops"],
+            "line2_margin": best - f1["mean_iou"], "line3": matched["gflops"] / paser["gflops"],
+            "line3_bound": matched["gflops"] / oracle["gflops"] if oracle else float("nan"),
+            "line3_cascade_within_0.001": float(match["match"].startswith("within"))}
+
+
+def _set_lines_job(args: tuple) -> dict:
+    return set_lines(*args)
+
+
+def summarise_lines(scans: list[dict], bundle, size: int, draws: int, workers: int = 1, seed: int = 1) -> dict:
+    """Lines 1-3 over ``draws`` sets of ``size`` distinct scans (``workers`` processes)."""
+    rng = np.random.default_rng(seed)
+    costs, lam = bundle.costs().double().numpy(), float(bundle.default_lam)
+    jobs = [([scans[i] for i in rng.choice(len(scans), size, replace=False)], costs, lam) for _ in range(draws)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = list(pool.map(_set_lines_job, jobs, chunksize=max(1, draws // (4 * workers))))
+    cols = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    met = {"line 1 (IoU and GFLOPs)": (cols["line1_iou"] >= 0.99) & (cols["line1_gflops"] <= 0.25),
+           "line 2 (GFLOPs only)": cols["line2_margin"] > 0, "line 3": cols["line3"] >= 1.3, "line 3's bound": cols["line3_bound"] >= 1.3}
+    matched = cols.pop("line3_cascade_within_0.001")
+    out = {"draws": draws, "percentiles_5_50_95": {k: np.nanpercentile(v, [5, 50, 95]).tolist() for k, v in cols.items()},
+           "share_meeting": {k: float(v.mean()) for k, v in met.items()}, "share_cascade_matched_within_0.001": float(matched.mean())}
+    for k, v in out["percentiles_5_50_95"].items():
+        print(f"  sets of {size} ({draws} draws), {k}: 5 / 50 / 95 % {v[0]:.4f} / {v[1]:.4f} / {v[2]:.4f}")
+    print("  share of the sets meeting " + "; ".join(f"{k} {100 * v:.1f} %" for k, v in out["share_meeting"].items())
+          + f"; the cascade matched PaSeR's IoU within 0.001 in {100 * out['share_cascade_matched_within_0.001']:.1f} %")
+    return out
 
 
 def summarise(name: str, scans: list[dict], size: int, draws: int) -> dict:
@@ -114,6 +171,7 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=8, help="slices per scan (the test sets have 8)")
     p.add_argument("--set-size", type=int, default=4, help="scans per drawn set (the test sets have 4)")
     p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--lines-draws", type=int, default=0, help="also score lines 1-3 (GFLOPs) on this many drawn sets")
     p.add_argument("--workers", type=int, default=1, help="processes that simulate the scans")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -122,6 +180,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    from napari_paser.train.validation import LAM_GRID
+
+    lams = sorted({float(v) for v in LAM_GRID} | {float(bundle.default_lam)})
     summary = {"bundle": bundle.name, "version": bundle.meta.get("version"), "sets": {}}
     for text in args.sets:
         dist, seeds = _parse_set(text)
@@ -130,9 +191,15 @@ def main() -> None:
         # spawn: the scans are simulated beside a parent that may hold CUDA
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for image, labels in pool.map(_volume, [(s, args.slices, dist) for s in seeds]):
-                scans.append(scan_arrays(image, labels, bundle, args.device))
+                scans.append(scan_arrays(image, labels, bundle, args.device, lams))
         print(f"{text}: {len(scans)} scans segmented in {time.perf_counter() - t0:.0f} s")
         summary["sets"][text] = summarise(f"{dist} seeds {seeds[0]}-{seeds[-1]}", scans, args.set_size, args.draws)
+        if args.lines_draws:
+            t0 = time.perf_counter()
+            summary["sets"][text]["lines"] = summarise_lines(scans, bundle, args.set_size, args.lines_draws, args.workers)
+            print(f"  lines 1-3 on {args.lines_draws} sets in {time.perf_counter() - t0:.0f} s")
+            if args.out:
+                args.out.write_text(json.dumps(summary, indent=1))
         if args.out:  # after every set, so a run cut short keeps what it measured
             args.out.write_text(json.dumps(summary, indent=1))
 
