@@ -20,6 +20,10 @@ IoU-matched IDK cascade over PaSeR's and over oracle routing's (line 3 and its b
 
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8660 oof:9401-9460 --workers 2
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8800 oof:9401-9600 --workers 16 --device cuda
+    python benchmarks/probe_testset_draws.py paser-synth-v2.16 runs/paser-synth-v2.18 --sets oof:9401-9440 --workers 2
+
+Given several bundles, it segments the same scans with each and draws the same sets, and
+prints how often each later bundle's r is above the first's.
 
 Nothing here is tuned: it measures the shipped bundle on scans of the test generators.
 """
@@ -146,7 +150,9 @@ def summarise_lines(scans: list[dict], bundle, size: int, draws: int, workers: i
     return out
 
 
-def summarise(name: str, scans: list[dict], size: int, draws: int) -> dict:
+def summarise(name: str, scans: list[dict], size: int, draws: int) -> tuple[dict, np.ndarray]:
+    """Line 4 over all scans pooled and over ``draws`` sets of ``size``; also returns the
+    policy's r in every drawn set (draws, 2 models), for comparing bundles set by set."""
     pooled = set_correlations(scans)
     r = draw_sets(scans, size, draws)
     lead = r[:, :, 0] - r[:, :, 1]
@@ -161,12 +167,22 @@ def summarise(name: str, scans: list[dict], size: int, draws: int) -> dict:
         print(f"  sets of {size} ({draws} draws), {model}: lead of the policy over the entropy 5 / 50 / 95 % "
               f"{p5:+.3f} / {p50:+.3f} / {p95:+.3f}; ≥ 0.1 in {100 * out['share_meeting'][k]:.1f} % of the sets")
     print(f"  both f1 and f2 ≥ 0.1 (line 4 on that set): {100 * out['share_meeting_both']:.1f} % of the sets")
+    return out, r[:, :, 0]
+
+
+def compare(first: str, r_first: np.ndarray, other: str, r_other: np.ndarray) -> dict:
+    """How another bundle's r compares with the first's on the same drawn sets."""
+    diff = r_other - r_first
+    out = {"against": first, "median_difference": np.median(diff, 0).tolist(), "share_higher": (diff > 0).mean(0).tolist()}
+    print(f"  {other} against {first} on the same sets: r higher in {100 * out['share_higher'][0]:.1f} % / "
+          f"{100 * out['share_higher'][1]:.1f} % of them (f1 / f2), median difference "
+          f"{out['median_difference'][0]:+.3f} / {out['median_difference'][1]:+.3f}")
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle", help="bundle name or folder")
+    p.add_argument("bundles", nargs="+", help="bundle names or folders; several are measured on the same scans and sets")
     p.add_argument("--sets", nargs="+", required=True, help="generator:first-last seeds, e.g. oof:9401-9460")
     p.add_argument("--slices", type=int, default=8, help="slices per scan (the test sets have 8)")
     p.add_argument("--set-size", type=int, default=4, help="scans per drawn set (the test sets have 4)")
@@ -179,29 +195,41 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
     from napari_paser.train.validation import LAM_GRID
 
-    lams = sorted({float(v) for v in LAM_GRID} | {float(bundle.default_lam)})
-    summary = {"bundle": bundle.name, "version": bundle.meta.get("version"), "sets": {}}
+    bundles = {}
+    for ref in args.bundles:
+        bundle = load_bundle(resolve_bundle(ref)).eval()
+        bundles[f"{bundle.name} {bundle.meta.get('version')}"] = bundle
+    if len(bundles) < len(args.bundles):
+        raise SystemExit("two of the bundles have the same name and version")
+    lams = {label: sorted({float(v) for v in LAM_GRID} | {float(b.default_lam)}) for label, b in bundles.items()}
+    summary = {"bundles": list(bundles), "sets": {}}
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
-        scans = []
+        scans = {label: [] for label in bundles}
         # spawn: the scans are simulated beside a parent that may hold CUDA
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for image, labels in pool.map(_volume, [(s, args.slices, dist) for s in seeds]):
-                scans.append(scan_arrays(image, labels, bundle, args.device, lams))
-        print(f"{text}: {len(scans)} scans segmented in {time.perf_counter() - t0:.0f} s")
-        summary["sets"][text] = summarise(f"{dist} seeds {seeds[0]}-{seeds[-1]}", scans, args.set_size, args.draws)
-        if args.lines_draws:
-            t0 = time.perf_counter()
-            summary["sets"][text]["lines"] = summarise_lines(scans, bundle, args.set_size, args.lines_draws, args.workers)
-            print(f"  lines 1-3 on {args.lines_draws} sets in {time.perf_counter() - t0:.0f} s")
-            if args.out:
+                for label, bundle in bundles.items():
+                    scans[label].append(scan_arrays(image, labels, bundle, args.device, lams[label]))
+        print(f"{text}: {len(seeds)} scans segmented in {time.perf_counter() - t0:.0f} s")
+        summary["sets"][text] = {}
+        first = None
+        for label, bundle in bundles.items():
+            res, r = summarise(f"{dist} seeds {seeds[0]}-{seeds[-1]}, {label}", scans[label], args.set_size, args.draws)
+            if first is None:
+                first = (label, r)
+            else:
+                res["compared"] = compare(first[0], first[1], label, r)
+            if args.lines_draws:
+                t0 = time.perf_counter()
+                res["lines"] = summarise_lines(scans[label], bundle, args.set_size, args.lines_draws, args.workers)
+                print(f"  lines 1-3 on {args.lines_draws} sets in {time.perf_counter() - t0:.0f} s")
+            summary["sets"][text][label] = res
+            if args.out:  # after every result, so a run cut short keeps what it measured
                 args.out.write_text(json.dumps(summary, indent=1))
-        if args.out:  # after every set, so a run cut short keeps what it measured
-            args.out.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
