@@ -47,8 +47,10 @@ from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
-# Seeds of the sets the project already uses, which a fresh scan must avoid.
-USED = {"v1": set(range(8001, 8005)) | set(range(8501, 8505)) | set(range(9001, 9005)),
+# Seeds the project's test, validation, development and probe sets already use with these
+# generators (benchmarks/common.py and the probes), which a fresh scan must avoid.
+USED = {"v1": set(range(6001, 6013)) | set(range(7001, 7004)) | set(range(7851, 7855)) | set(range(8001, 8005))
+        | set(range(8501, 8505)) | set(range(9001, 9005)),
         "oof": set(range(9101, 9105)) | set(range(9201, 9213)) | set(range(9301, 9309))}
 
 
@@ -58,7 +60,7 @@ def _parse_set(text: str) -> tuple[str, list[int]]:
     seeds = list(range(lo, hi + 1))
     clash = sorted(set(seeds) & USED.get(dist, set()))
     if clash:
-        raise SystemExit(f"{text}: seeds {clash} belong to a test or development set")
+        raise SystemExit(f"{text}: seeds {clash} belong to a set the project already uses")
     return dist, seeds
 
 
