@@ -273,13 +273,14 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
     return out
 
 
-def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool = False, batch_size: int = 32) -> PatchTable:
+def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool = False, batch_size: int = 32,
+                device: str = "cpu") -> PatchTable:
     """Run f0's analysis, f1 and f2 on every patch of ``volumes`` [(image, labels)] via the engine."""
     confs, plains, ents, ces, segs, times = [], [], [], [], [], []
     fuses = any(bundle.fusion)
     cost = None
     for image, labels in volumes:
-        seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, batch_size=batch_size)
+        seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, batch_size=batch_size, device=device)
         seg.set_volume(image)
         h, w = seg.shape[1:]
         ph, pw = seg.patch_size

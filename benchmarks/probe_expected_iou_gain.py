@@ -24,12 +24,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
-from common import patch_confusion_np
-from probe_testset_draws import _corr, _parse_set, _volume
+from bench_testsets import _corr
+from common import build_table
+from probe_testset_draws import _parse_set, _volume
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
-from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
 PREDICTORS = ("f0 entropy", "expected gain (scan)", "expected gain (slice)", "policy", "policy + expected gain")
@@ -55,21 +55,14 @@ def expected_iou_gain(prob: np.ndarray, per_slice: bool) -> np.ndarray:
 
 
 def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
-    """Per-patch confusions (S, 3, GY, GX, C, C) and each predictor (S, [2,] GY, GX)."""
+    """Per-patch confusions (S, 3, GY, GX, C, C), as the benchmark's table holds them, and
+    each predictor (S, [2,] GY, GX)."""
     if not any(bundle.fusion):
         raise SystemExit("the engine keeps f0's probabilities only for a bundle that fuses f0 in")
-    seg = PaserSegmenter(bundle, seed=0)
-    seg.set_volume(image)
-    for method in ("f0", "f1", "f2"):
-        seg.result(method=method)
-    conf, gains, ent, prob = [], [], [], []
-    for z in range(seg.num_slices):
-        conf.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m)), labels[z], seg.patch_size) for m in range(3)]))
-        gains.append(seg.gains(z))
-        ent.append(seg.patch_entropy(z, 0))
-        prob.append(seg._f0prob[z].astype(np.float32) / 255.0)  # as the engine keeps them: (GY, GX, C, ph, pw)
-    prob = np.stack(prob)
-    return {"conf": np.stack(conf).astype(np.int64), "policy": np.stack(gains), "f0 entropy": np.stack(ent),
+    table = build_table([(image, labels)], bundle)
+    seg, zs = table.segs[0]
+    prob = np.stack([seg._f0prob[z] for z in zs]).astype(np.float32) / 255.0  # as the engine keeps them: (S, GY, GX, C, ph, pw)
+    return {"conf": table.conf, "policy": np.stack([seg.gains(z) for z in zs]), "f0 entropy": table.ent[:, 0],
             "expected gain (scan)": expected_iou_gain(prob, per_slice=False), "expected gain (slice)": expected_iou_gain(prob, per_slice=True)}
 
 

@@ -40,11 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_testsets import _corr
-from common import PatchTable, cheapest_reaching, idk_grid, match_idk, oracle_front, patch_confusion_np
+from common import PatchTable, build_table, cheapest_reaching, idk_grid, make_volumes, match_idk, oracle_front
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains
-from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
 # Seeds the project's test, validation, development and probe sets already use with these
@@ -65,31 +64,22 @@ def _parse_set(text: str) -> tuple[str, list[int]]:
 
 
 def _volume(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
-    from napari_paser.train.synth import generate_volume
-
+    """One labelled scan as the benchmark makes its test volumes (picklable for a pool)."""
     seed, slices, dist = args
-    return generate_volume(seed, slices, (224, 256), distribution=dist)[:2]
+    return make_volumes([seed], slices, distribution=dist)[0]
 
 
-def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, lams, seed: int = 0) -> dict:
-    """One scan as the benchmark's tables hold it: per-patch confusions of f0 / f1 / f2 as
-    PaSeR composes them and as the networks return them (S, 3, GY, GX, C, C), the policy's
-    gains (S, 2, GY, GX), the patch entropy of each model (S, 3, GY, GX), PaSeR's routing
-    at each of ``lams`` (S, GY, GX) and the segmenter's cost model."""
-    seg = PaserSegmenter(bundle, seed=seed, device=device)
-    seg.set_volume(image)
-    for method in ("f0", "f1", "f2"):
-        seg.result(method=method)
-    conf, plain, gains, ent = [], [], [], []
-    for z in range(seg.num_slices):
-        for out, fused in ((conf, True), (plain, False)):
-            out.append(np.stack([patch_confusion_np(seg.compose(z, routing=np.full(seg.grid, m), fused=fused), labels[z], seg.patch_size)
-                                 for m in range(3)]))
-        gains.append(seg.gains(z))
-        ent.append(np.stack([seg.patch_entropy(z, m) for m in range(3)]))
-    routes = {float(lam): np.stack([seg.routing(float(lam), z) for z in range(seg.num_slices)]) for lam in lams}
-    return {"conf": np.stack(conf).astype(np.int64), "plain": np.stack(plain).astype(np.int64), "gains": np.stack(gains),
-            "ent_all": np.stack(ent), "ent": np.stack(ent)[:, 0], "routes": routes, "cost": seg.cost_model}
+def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, lams) -> dict:
+    """One scan as the benchmark's table holds it (:func:`common.build_table`): per-patch
+    confusions of f0 / f1 / f2 as PaSeR composes them and, for a bundle that fuses f0 in,
+    as the networks return them (S, 3, GY, GX, C, C), the policy's gains (S, 2, GY, GX),
+    the patch entropy of each model (S, 3, GY, GX), PaSeR's routing at each of ``lams``
+    (S, GY, GX) and the cost model. The segmenter is dropped: memory stays per patch."""
+    table = build_table([(image, labels)], bundle, device=device)
+    seg, zs = table.segs[0]
+    return {"conf": table.conf, "plain": table.conf_plain, "gains": np.stack([seg.gains(z) for z in zs]),
+            "ent_all": table.ent, "ent": table.ent[:, 0], "cost": table.cost,
+            "routes": {float(lam): np.stack([seg.routing(float(lam), z) for z in zs]) for lam in lams}}
 
 
 def set_correlations(scans: list[dict]) -> np.ndarray:
@@ -111,8 +101,9 @@ def draw_sets(scans: list[dict], size: int, draws: int, seed: int = 0) -> np.nda
 def set_lines(scans: list[dict], costs: np.ndarray, default_lam: float) -> dict:
     """Lines 1-3 of issue 11 on one set of scans, counting GFLOPs (see the module doc);
     ``costs`` are the bundle's model costs and ``default_lam`` its default λ."""
+    plain = None if scans[0]["plain"] is None else np.concatenate([s["plain"] for s in scans])
     table = PatchTable(conf=np.concatenate([s["conf"] for s in scans]), ent=np.concatenate([s["ent_all"] for s in scans]),
-                       cost=scans[0]["cost"], costs=costs, conf_plain=np.concatenate([s["plain"] for s in scans]))
+                       cost=scans[0]["cost"], costs=costs, conf_plain=plain)
     route = {lam: np.concatenate([s["routes"][lam] for s in scans]) for lam in scans[0]["routes"]}
     f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
     paser = table.score(route[default_lam], "paser")
