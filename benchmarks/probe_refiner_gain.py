@@ -1,0 +1,303 @@
+"""Does a full-resolution refiner of f0 tell which patches f1 and f2 improve? (issue 11, line 4)
+
+In family f1's gain over f0 is boundary placement spread over every patch
+(probe_results.md), and f0 computes at a quarter of the resolution, so its output alone
+ranks the gains only a little better than its entropy. A refiner
+(``napari_paser.engine.models.Refiner``: three small convolutions on the slice and f0's
+MC-mean probabilities, trained with f0 frozen as ``probe_f0_refiner`` trains it) reads
+the image at full resolution and moves f0 most of the way towards f1. Where it changes
+f0's labels, f1 probably does too. For every refiner of ``--refiners`` (stem:width) this
+probe scores, per patch:
+
+- "disagreement": the share of pixels whose refined label differs from f0's;
+- "expected gain": the first-order change of the mean IoU from f0's labels to the refined
+  ones, expected under the refined probabilities q: sum over t of q_t (W[t, b] - W[t, a])
+  with a f0's label, b the refined one and W the ``dataset_iou_weights`` of the slice's
+  confusion that q implies for f0's labels;
+- "KL": KL(q || f0's probabilities), a soft disagreement;
+
+and, unless ``--gain-steps 0``, a "gain map": a network of the refiner's kind with a third
+convolution that regresses each pixel's first-order gain of f1 and f2 over f0 (the
+metric's own signal, summed over a patch it is the patch's gain), trained on the same
+volumes. Each is compared with f0's entropy and the bundle's policy by Pearson r with the
+true gains of f1 / f2 (as PaSeR composes them) on fresh scans of the test generators,
+pooled and over drawn sets of four as ``probe_testset_draws``; "policy + X" adds the two
+standardised over the set's patches (no fit). Each refiner's MFLOPs and milliseconds per
+slice (one thread, channels-last) are printed: what it would add to f0's analysis.
+
+    python benchmarks/probe_refiner_gain.py paser-synth-v2.16 --sets v1:8601-8620 oof:9401-9420 --workers 2 --threads 2
+    python benchmarks/probe_refiner_gain.py paser-synth-v2.16 --sets v1:8601-8620 oof:9401-9420 --workers 2 --threads 2 \
+        --train v2:7801-7808 v1:7851-7854 v2:7701-7716 v1:7855-7862 --refiners 2:32 2:16 2:8 4:32 4:16 --gain-steps 0
+
+The refiners and the gain map train on ``--train`` volumes (by default the 12 of
+``probe_f0_refiner``; 16 slices each, made once and kept in ``--cache``), none of which a
+test, development or probe set uses (``v2`` 7701-7800 are the fresh volumes of
+``probe_f2_planes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+import torch
+import torch.nn.functional as F
+from bench_testsets import _corr
+from common import build_table, make_volumes
+from probe_f0_refiner import f0_outputs, train_refiner
+from probe_testset_draws import _parse_set, _volume
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.flops import count_flops
+from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
+from napari_paser.engine.patches import patch_view
+from napari_paser.engine.pipeline import PaserSegmenter
+from napari_paser.engine.registry import resolve_bundle
+from napari_paser.engine.uncertainty import mc_predict, slice_seed
+
+ENTROPY, POLICY, GAIN_MAP = "f0 entropy", "policy", "gain map"
+
+
+class GainMap(nn.Module):
+    """Per-pixel first-order mean-IoU gain of f1 and f2 over f0, read from the slice and
+    f0's MC-mean probabilities (a :class:`Refiner`'s body with two outputs); its patch
+    means predict the patch gains, which are sums of pixel gains."""
+
+    def __init__(self, width: int, stem: int = 2, num_classes: int = 3, outputs: int = 2):
+        super().__init__()
+        self.stem = stem
+        inputs = (1 + num_classes) * stem**2
+        self.body = nn.Sequential(nn.Conv2d(inputs, width, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, outputs * stem**2, 1))
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([image.to(prob.dtype), prob.clamp_min(1e-4).log()], dim=1)
+        return F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
+
+
+def gain_targets(image: np.ndarray, labels: np.ndarray, bundle, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one labelled volume: the slices (Z, 1, H, W) and f0's MC-mean probabilities
+    (Z, C, H, W) as the engine computes them, and the labels of f0 / f1 / f2 everywhere as
+    PaSeR composes them (Z, 3, H, W)."""
+    seg = PaserSegmenter(bundle, seed=0, device=device)
+    seg.set_volume(image)
+    for method in ("f0", "f1", "f2"):
+        seg.result(method=method)
+    f0 = bundle.f0
+    h, w = labels.shape[1:]
+    xs, probs, preds = [], [], []
+    with torch.inference_mode():
+        for z in range(seg.num_slices):
+            x = torch.from_numpy(seg._planes(z, f0.config.planes))[None].to(device)
+            prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
+            xs.append(seg._input(z)[None, :h, :w])
+            probs.append(prob[0, :, :h, :w].cpu().numpy())
+            preds.append(np.stack([seg.compose(z, routing=np.full(seg.grid, m)) for m in range(3)]))
+    return np.stack(xs), np.stack(probs), np.stack(preds)
+
+
+def train_gain_map(data, width: int, steps: int, stem: int = 2, seed: int = 0, crop: int = 64, batch: int = 16,
+                   device: str = "cpu") -> GainMap:
+    """MSE of the per-pixel gains on random crops; the gains are W[t, f_k] - W[t, f0] with W
+    the ``dataset_iou_weights`` of f0's confusion over the training volumes, scaled to unit
+    spread."""
+    x = np.concatenate([d[0] for d in data])
+    prob = np.concatenate([d[1] for d in data])
+    preds = np.concatenate([d[2] for d in data]).astype(np.int64)
+    truth = np.concatenate([d[3] for d in data]).astype(np.int64)
+    c = prob.shape[1]
+    w = dataset_iou_weights(np.bincount(truth.ravel() * c + preds[:, 0].ravel(), minlength=c * c).reshape(c, c))
+    gains = np.stack([w[truth, preds[:, k]] - w[truth, preds[:, 0]] for k in (1, 2)], 1).astype(np.float32)
+    scale = float(gains.std())
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, prob, target = torch.from_numpy(x), torch.from_numpy(prob), torch.from_numpy(gains / scale)
+    model = GainMap(width, stem).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    h, w_ = target.shape[-2:]
+    for _ in range(steps):
+        i = torch.randint(0, len(target), (batch,), generator=g)
+        r = int(torch.randint(0, h - crop + 1, (1,), generator=g)) // stem * stem
+        cc = int(torch.randint(0, w_ - crop + 1, (1,), generator=g)) // stem * stem
+        win = (i, slice(None), slice(r, r + crop), slice(cc, cc + crop))
+        loss = F.mse_loss(model(x[win].to(device), prob[win].to(device)), target[win].to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def refiner_signals(prob: np.ndarray, refined: np.ndarray, patch_size) -> dict[str, np.ndarray]:
+    """Patch means (GY, GX) of each refiner signal for one slice, from f0's probabilities
+    ``prob`` and the refined ones ``refined`` (C, rows, columns)."""
+    c = prob.shape[0]
+    a, b = prob.argmax(0), refined.argmax(0)
+    q = np.moveaxis(refined, 0, -1).reshape(-1, c)
+    w = dataset_iou_weights(q.T @ np.eye(c)[a.ravel()])  # the confusion q implies for f0's labels
+    expected = (q * (w[:, b.ravel()].T - w[:, a.ravel()].T)).sum(1).reshape(a.shape)
+    kl = (refined * (np.log(refined.clip(1e-6)) - np.log(prob.clip(1e-6)))).sum(0)
+    maps = {"disagreement": (a != b).astype(np.float64), "expected gain": expected, "KL": kl}
+    return {k: patch_view(v, patch_size).mean((-2, -1)) for k, v in maps.items()}
+
+
+def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dict, gain_map, device: str = "cpu") -> dict:
+    """Per-patch confusions (S, 3, GY, GX, C, C) as the benchmark's table holds them and
+    each predictor: (S, GY, GX), or (S, 2, GY, GX) for those that predict f1's and f2's
+    gains apart (the policy, the gain map)."""
+    table = build_table([(image, labels)], bundle, device=device)
+    seg, zs = table.segs[0]
+    f0 = bundle.f0
+    h, w = labels.shape[1:]
+    out: dict[str, list] = {}
+    with torch.inference_mode():
+        for z in zs:
+            x = torch.from_numpy(seg._planes(z, f0.config.planes))[None].to(device)
+            prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
+            centre = torch.from_numpy(seg._input(z))[None, None].to(device)
+            for variant, refiner in refiners.items():
+                refined = torch.softmax(refiner(centre, prob), 1)
+                for k, v in refiner_signals(prob[0, :, :h, :w].cpu().numpy(), refined[0, :, :h, :w].cpu().numpy(), seg.patch_size).items():
+                    out.setdefault(f"refiner {variant} {k}", []).append(v)
+            if gain_map is not None:
+                gm = gain_map(centre, prob)[0, :, :h, :w].cpu().numpy()
+                out.setdefault(GAIN_MAP, []).append(np.stack([patch_view(m, seg.patch_size).mean((-2, -1)) for m in gm]))
+    return {"conf": table.conf, POLICY: np.stack([seg.gains(z) for z in zs]), ENTROPY: table.ent[:, 0],
+            **{k: np.stack(v) for k, v in out.items()}}
+
+
+def set_correlations(scans: list[dict]) -> dict[str, list[float]]:
+    """r with the true gains of f1 and f2, on a set of scans pooled, of every predictor
+    and of the policy plus each (both standardised over the set's patches)."""
+    true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
+    cat = {k: np.concatenate([s[k] for s in scans]) for k in scans[0] if k != "conf"}
+
+    def z(v: np.ndarray) -> np.ndarray:
+        return (v - v.mean()) / v.std()
+
+    out: dict[str, list[float]] = {}
+    for k in range(2):
+        values = {name: v[:, k] if v.ndim == 4 else v for name, v in cat.items()}
+        values.update({f"policy + {name}": z(values[POLICY]) + z(v) for name, v in list(values.items()) if name not in (ENTROPY, POLICY)})
+        for name, v in values.items():
+            out.setdefault(name, []).append(_corr(v, true[:, k]))
+    return out
+
+
+def refiner_costs(model, threads: int) -> tuple[float, float]:
+    """MFLOPs (``torch.utils.flop_counter``) and median milliseconds of ``model`` on one
+    224 × 256 slice, in the channels-last layout the engine gives f0, on ``threads`` threads."""
+    x, prob = torch.randn(1, 1, 224, 256), torch.softmax(torch.randn(1, 3, 224, 256), 1)
+    flops = count_flops(lambda: model(x, prob))
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x, prob = (t.contiguous(memory_format=torch.channels_last) for t in (x, prob))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x, prob)
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            model(x, prob)
+            times.append(time.perf_counter() - t)
+    torch.set_num_threads(before)
+    return flops / 1e6, float(np.median(times)) * 1e3
+
+
+def _make_volume(args: tuple[str, int, Path]) -> Path:
+    """Make one 16-slice training volume and keep it in the cache (picklable for a pool)."""
+    dist, seed, folder = args
+    path = folder / f"vol_{dist}_{seed}.npz"
+    if not path.exists():
+        image, labels = make_volumes([seed], 16, distribution=dist)[0]
+        np.savez_compressed(path, image=image, labels=labels)
+    return path
+
+
+def cached_volumes(folder: Path, sets: list[str], workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The training volumes of ``sets`` (generator:first-last), made once and kept in
+    ``folder`` under the names ``probe_f0_refiner`` gives its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for text in sets:
+        dist, span = text.split(":")
+        lo, hi = (int(v) for v in span.split("-"))
+        jobs += [(dist, seed, folder) for seed in range(lo, hi + 1)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        paths = list(pool.map(_make_volume, jobs))
+    out = []
+    for path in paths:
+        with np.load(path) as f:
+            out.append((f["image"], f["labels"]))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("--sets", nargs="+", required=True, help="generator:first-last seeds, e.g. oof:9401-9420")
+    p.add_argument("--refiners", nargs="+", default=["2:32"], help="refiners as stem:width (stem 1 full resolution, 2 half)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--gain-map", default="2:32", help="stem:width of the gain map")
+    p.add_argument("--gain-steps", type=int, default=3000, help="0: no gain map")
+    p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
+    p.add_argument("--train", nargs="+", default=["v2:7801-7808", "v1:7851-7854"],
+                   help="training volumes (generator:first-last, 16 slices each) of the refiner and the gain map")
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the networks run (the refiners train on the CPU)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    t0 = time.perf_counter()
+    volumes = cached_volumes(args.cache, args.train, args.workers)
+    outputs = f0_outputs(bundle, volumes)
+    print(f"{len(volumes)} training volumes and f0's output on them ({time.perf_counter() - t0:.0f} s)", flush=True)
+    refiners = {}
+    for variant in args.refiners:
+        t0 = time.perf_counter()
+        stem, width = (int(v) for v in variant.split(":"))
+        refiners[variant] = train_refiner(outputs, width, args.steps, stem)
+        mflops, ms = refiner_costs(refiners[variant], 1)
+        print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {mflops:.1f} MFLOPs and {ms:.2f} ms "
+              "(one thread, channels-last) per 224 × 256 slice", flush=True)
+        refiners[variant].to(args.device)
+    del outputs
+    gain_map = None
+    if args.gain_steps:
+        t0 = time.perf_counter()
+        data = [(*gain_targets(image, labels, bundle, args.device), labels) for image, labels in volumes]
+        stem, width = (int(v) for v in args.gain_map.split(":"))
+        gain_map = train_gain_map(data, width, args.gain_steps, stem, device=args.device)
+        del data
+        print(f"gain map {args.gain_map} trained {args.gain_steps} steps with its targets ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for text in args.sets:
+        dist, seeds = _parse_set(text)
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            scans = [scan_predictors(image, labels, bundle, refiners, gain_map, args.device)
+                     for image, labels in pool.map(_volume, [(s, 8, dist) for s in seeds])]
+        pooled = set_correlations(scans)
+        rng = np.random.default_rng(0)
+        drawn = [set_correlations([scans[i] for i in rng.choice(len(scans), 4, replace=False)]) for _ in range(args.draws)]
+        print(f"\n{text}: {len(scans)} scans ({time.perf_counter() - t0:.0f} s); r with the true gains of f1 / f2")
+        print("| predictor | all scans pooled | median lead over f0's entropy in sets of four | sets with both leads ≥ 0.1 |\n|---|---|---|---|")
+        for name in pooled:
+            lead = np.array([[d[name][k] - d[ENTROPY][k] for k in range(2)] for d in drawn])
+            med = np.median(lead, 0)
+            print(f"| {name} | {pooled[name][0]:.3f} / {pooled[name][1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {100 * (lead >= 0.1).all(1).mean():.1f} % |")
+
+
+if __name__ == "__main__":
+    main()
