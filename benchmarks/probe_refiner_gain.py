@@ -39,19 +39,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 import torch
 import torch.nn.functional as F
+from torch import nn
 from bench_testsets import _corr
-from common import build_table, make_volumes
+from common import PatchTable, build_table, make_volumes
 from probe_f0_refiner import f0_outputs, train_refiner
-from probe_testset_draws import _parse_set, _volume
+from probe_testset_draws import _parse_set, _volume, set_lines
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.flops import count_flops
@@ -59,9 +60,12 @@ from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
+from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
+from napari_paser.train.validation import LAM_GRID, choose_default_lam
 
 ENTROPY, POLICY, GAIN_MAP = "f0 entropy", "policy", "gain map"
+NOT_PREDICTORS = ("conf", "plain", "ent_all", "cost", "routes")
 
 
 class GainMap(nn.Module):
@@ -171,15 +175,16 @@ def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dic
             if gain_map is not None:
                 gm = gain_map(centre, prob)[0, :, :h, :w].cpu().numpy()
                 out.setdefault(GAIN_MAP, []).append(np.stack([patch_view(m, seg.patch_size).mean((-2, -1)) for m in gm]))
+    extra = {"plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost}
     return {"conf": table.conf, POLICY: np.stack([seg.gains(z) for z in zs]), ENTROPY: table.ent[:, 0],
-            **{k: np.stack(v) for k, v in out.items()}}
+            **{k: np.stack(v) for k, v in out.items()}, **extra}
 
 
 def set_correlations(scans: list[dict]) -> dict[str, list[float]]:
     """r with the true gains of f1 and f2, on a set of scans pooled, of every predictor
     and of the policy plus each (both standardised over the set's patches)."""
     true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
-    cat = {k: np.concatenate([s[k] for s in scans]) for k in scans[0] if k != "conf"}
+    cat = {k: np.concatenate([s[k] for s in scans]) for k in scans[0] if k not in NOT_PREDICTORS}
 
     def z(v: np.ndarray) -> np.ndarray:
         return (v - v.mean()) / v.std()
@@ -212,6 +217,68 @@ def refiner_costs(model, threads: int) -> tuple[float, float]:
             times.append(time.perf_counter() - t)
     torch.set_num_threads(before)
     return flops / 1e6, float(np.median(times)) * 1e3
+
+
+def mixed_gains(scans: list[dict], signal: str) -> tuple[np.ndarray, float]:
+    """The policy plus ``signal`` at the same standing, as one fixed rule: per model k,
+    ``beta_k`` is the ratio of the spreads of the policy's gains and of the signal over
+    the patches of ``scans``, and the signal enters less its mean there, so the gains
+    keep the policy's mean. Returns ``beta`` (2,) and that mean."""
+    pol = np.concatenate([s[POLICY] for s in scans])
+    sig = np.concatenate([s[signal] for s in scans])
+    return pol.transpose(1, 0, 2, 3).reshape(2, -1).std(1) / sig.std(), float(sig.mean())
+
+
+def with_routes(scan: dict, gains: np.ndarray, costs: np.ndarray, lams, refiner_flops: int) -> dict:
+    """``scan`` routed by ``gains`` (S, 2, GY, GX) at each of ``lams`` (the engine's argmax
+    rule), with ``refiner_flops`` added to every slice's f0 analysis."""
+    cost = dataclasses.replace(scan["cost"], f0_encode=scan["cost"].f0_encode + refiner_flops)
+    return {**scan, "cost": cost, "routes": {float(lam): route(gains, float(lam), costs) for lam in lams}}
+
+
+def chosen_lam(scans: list[dict], costs: np.ndarray) -> float:
+    """The bundle's rule for its default λ (``train.validation.choose_default_lam``: the
+    smallest λ with IoU ≥ 0.99 × f2's at GFLOPs ≤ 0.6 × 0.25 × f2's) on routed ``scans``."""
+    table = PatchTable(conf=np.concatenate([s["conf"] for s in scans]), ent=np.concatenate([s["ent_all"] for s in scans]),
+                       cost=scans[0]["cost"], costs=costs,
+                       conf_plain=None if scans[0]["plain"] is None else np.concatenate([s["plain"] for s in scans]))
+    f2 = table.score(table.constant(2), "f2")
+    curve = []
+    for lam in scans[0]["routes"]:
+        r = table.score(np.concatenate([s["routes"][lam] for s in scans]), "paser")
+        curve.append({"lam": lam, "iou_ratio": r["mean_iou"] / f2["mean_iou"], "flops_ratio": r["gflops"] / f2["gflops"]})
+    return choose_default_lam(sorted(curve, key=lambda c: c["lam"]), 0.99, 0.25, margin=0.6)[0]
+
+
+def routing_lines(fresh: list[dict], val: list[dict], bundle, signal: str, refiner_flops: int, draws: int) -> None:
+    """Lines 1-3 (GFLOPs) on ``draws`` sets of four fresh scans, routed by the policy at
+    the bundle's default λ and at the λ its rule picks on ``val``, and by the policy plus
+    ``signal`` (:func:`mixed_gains` fitted on ``val``, the refiner charged) at the λ the
+    same rule picks for it on ``val``."""
+    costs = bundle.costs().double().numpy()
+    lams = sorted({float(v) for v in LAM_GRID} | {float(bundle.default_lam)})
+    beta, mean = mixed_gains(val, signal)
+
+    def mix(s: dict) -> np.ndarray:
+        return s[POLICY] + beta[None, :, None, None] * (s[signal] - mean)[:, None]
+
+    rows = {}
+    for name, gains, flops in ((POLICY, lambda s: s[POLICY], 0), (f"policy + {signal}", mix, refiner_flops)):
+        routed_val = [with_routes(s, gains(s), costs, lams, flops) for s in val]
+        routed = [with_routes(s, gains(s), costs, lams, flops) for s in fresh]
+        lam = chosen_lam(routed_val, costs)
+        chosen = [(f"{name}, λ {lam} chosen on val", lam)]
+        for label, at in ([(f"{name}, the bundle's λ {float(bundle.default_lam)}", float(bundle.default_lam))] if name == POLICY else []) + chosen:
+            rng = np.random.default_rng(1)
+            rows[label] = [set_lines([routed[i] for i in rng.choice(len(routed), 4, replace=False)], costs, at) for _ in range(draws)]
+    print(f"\nlines 1-3 (GFLOPs) on {draws} sets of four; mix: policy + {np.round(beta, 6).tolist()} × ({signal} − {mean:.3e})")
+    print("| routing | line 1 met | line 1: IoU / f2's, GFLOPs / f2's (median) | line 2 met (GFLOPs) | margin over f1 (median) | line 3 met | line 3 (median) | bound ≥ 1.3 |\n|---|---|---|---|---|---|---|---|")
+    for label, sets in rows.items():
+        c = {k: np.array([r[k] for r in sets]) for k in sets[0]}
+        line1 = (c["line1_iou"] >= 0.99) & (c["line1_gflops"] <= 0.25)
+        print(f"| {label} | {100 * line1.mean():.1f} % | {np.median(c['line1_iou']):.4f}, {np.median(c['line1_gflops']):.3f} | "
+              f"{100 * (c['line2_margin'] > 0).mean():.1f} % | {np.median(c['line2_margin']):+.4f} | {100 * (c['line3'] >= 1.3).mean():.1f} % | "
+              f"{np.median(c['line3']):.3f} | {100 * (c['line3_bound'] >= 1.3).mean():.1f} % |")
 
 
 def _make_volume(args: tuple[str, int, Path]) -> Path:
@@ -257,6 +324,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="where the networks run (the refiners train on the CPU)")
+    p.add_argument("--route-val", nargs="+", help="volumes (generator:first-last, 16 slices) on which to fit the mix of the policy "
+                   "and the first refiner's --route-signal and choose its λ; then lines 1-3 are scored with it on the fresh scans")
+    p.add_argument("--route-signal", default="expected gain", choices=["expected gain", "KL", "disagreement"])
+    p.add_argument("--lines-draws", type=int, default=100)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle)).eval()
@@ -273,6 +344,8 @@ def main() -> None:
         print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {mflops:.1f} MFLOPs and {ms:.2f} ms "
               "(one thread, channels-last) per 224 × 256 slice", flush=True)
         refiners[variant].to(args.device)
+        if variant == args.refiners[0]:
+            first_flops = int(mflops * 1e6)
     del outputs
     gain_map = None
     if args.gain_steps:
@@ -282,6 +355,11 @@ def main() -> None:
         gain_map = train_gain_map(data, width, args.gain_steps, stem, device=args.device)
         del data
         print(f"gain map {args.gain_map} trained {args.gain_steps} steps with its targets ({time.perf_counter() - t0:.0f} s)", flush=True)
+    val = None
+    if args.route_val:
+        t0 = time.perf_counter()
+        val = [scan_predictors(image, labels, bundle, refiners, gain_map, args.device) for image, labels in cached_volumes(args.cache, args.route_val, args.workers)]
+        print(f"{len(val)} volumes for the mix and its λ ({time.perf_counter() - t0:.0f} s)", flush=True)
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
@@ -297,6 +375,8 @@ def main() -> None:
             lead = np.array([[d[name][k] - d[ENTROPY][k] for k in range(2)] for d in drawn])
             med = np.median(lead, 0)
             print(f"| {name} | {pooled[name][0]:.3f} / {pooled[name][1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {100 * (lead >= 0.1).all(1).mean():.1f} % |")
+        if val is not None:
+            routing_lines(scans, val, bundle, f"refiner {args.refiners[0]} {args.route_signal}", first_flops, args.lines_draws)
 
 
 if __name__ == "__main__":
