@@ -38,7 +38,6 @@ test, development or probe set uses (``v2`` 7701-7800 are the fresh volumes of
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import multiprocessing
 import time
@@ -51,11 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 from bench_testsets import _corr
 from common import PatchTable, build_table, make_volumes
-from probe_f0_refiner import f0_outputs, train_refiner
+from probe_f0_refiner import f0_outputs, refiner_costs, train_refiner
 from probe_testset_draws import _parse_set, _volume, set_lines
 
 from napari_paser.engine.bundle import load_bundle
-from napari_paser.engine.flops import count_flops
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
@@ -198,27 +196,6 @@ def set_correlations(scans: list[dict]) -> dict[str, list[float]]:
     return out
 
 
-def refiner_costs(model, threads: int) -> tuple[float, float]:
-    """MFLOPs (``torch.utils.flop_counter``) and median milliseconds of ``model`` on one
-    224 × 256 slice, in the channels-last layout the engine gives f0, on ``threads`` threads."""
-    x, prob = torch.randn(1, 1, 224, 256), torch.softmax(torch.randn(1, 3, 224, 256), 1)
-    flops = count_flops(lambda: model(x, prob))
-    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    x, prob = (t.contiguous(memory_format=torch.channels_last) for t in (x, prob))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    with torch.inference_mode():
-        for _ in range(3):
-            model(x, prob)
-        times = []
-        for _ in range(30):
-            t = time.perf_counter()
-            model(x, prob)
-            times.append(time.perf_counter() - t)
-    torch.set_num_threads(before)
-    return flops / 1e6, float(np.median(times)) * 1e3
-
-
 def mixed_gains(scans: list[dict], signal: str) -> tuple[np.ndarray, float]:
     """The policy plus ``signal`` at the same standing, as one fixed rule: per model k,
     ``beta_k`` is the ratio of the spreads of the policy's gains and of the signal over
@@ -340,12 +317,12 @@ def main() -> None:
         t0 = time.perf_counter()
         stem, width = (int(v) for v in variant.split(":"))
         refiners[variant] = train_refiner(outputs, width, args.steps, stem)
-        mflops, ms = refiner_costs(refiners[variant], 1)
-        print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {mflops:.1f} MFLOPs and {ms:.2f} ms "
-              "(one thread, channels-last) per 224 × 256 slice", flush=True)
+        flops, seconds = refiner_costs(refiners[variant], 1)
+        print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {flops / 1e6:.1f} MFLOPs and "
+              f"{seconds * 1e3:.2f} ms (one thread, channels-last) per 224 × 256 slice", flush=True)
         refiners[variant].to(args.device)
         if variant == args.refiners[0]:
-            first_flops = int(mflops * 1e6)
+            first_flops = flops
     del outputs
     gain_map = None
     if args.gain_steps:
