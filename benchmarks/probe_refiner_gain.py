@@ -29,6 +29,16 @@ slice (one thread, channels-last) are printed: what it would add to f0's analysi
     python benchmarks/probe_refiner_gain.py paser-synth-v2.16 --sets v1:8601-8620 oof:9401-9420 --workers 2 --threads 2 \
         --train v2:7801-7808 v1:7851-7854 v2:7701-7716 v1:7855-7862 --refiners 2:32 2:16 2:8 4:32 4:16 --gain-steps 0
 
+With ``--route-val`` it also asks whether the better ranking routes better: it fits one
+fixed mix of the policy's gains and the first refiner's ``--route-signal`` on those
+volumes (:func:`mixed_gains`), picks the mix's λ and the policy's by the bundle's rule on
+them, routes the fresh scans with the engine's argmax rule (the refiner's FLOPs charged to
+f0's analysis) and scores issue 11's lines 1-3 on drawn sets of four, counting GFLOPs, as
+``probe_testset_draws`` does:
+
+    python benchmarks/probe_refiner_gain.py paser-synth-v2.16 --sets v1:8601-8620 oof:9401-9420 --workers 2 --threads 2 \
+        --train v2:7801-7808 v1:7851-7854 v2:7701-7716 v1:7855-7862 --gain-steps 0 --route-val v2:7731-7738 v1:7873-7876
+
 The refiners and the gain map train on ``--train`` volumes (by default the 12 of
 ``probe_f0_refiner``; 16 slices each, made once and kept in ``--cache``), none of which a
 test, development or probe set uses (``v2`` 7701-7800 are the fresh volumes of
