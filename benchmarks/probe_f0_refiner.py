@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
 from napari_paser.train.datasets import SliceBank, make_volume
 
-TRAIN = (("v2", tuple(range(7801, 7809))), ("v1", (7851, 7852, 7853, 7854)))
+TRAIN = ["v2:7801-7808", "v1:7851-7854"]
 
 
 def f0_outputs(bundle, volumes) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -57,18 +59,34 @@ def f0_outputs(bundle, volumes) -> list[tuple[torch.Tensor, torch.Tensor, torch.
     return out
 
 
-def training_volumes(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The training volumes of :data:`TRAIN`, generated once and kept in ``folder``."""
+def _make_volume(args: tuple[str, int, Path]) -> Path:
+    """Make one 16-slice training volume and keep it in the cache (picklable for a pool)."""
+    dist, seed, folder = args
+    path = folder / f"vol_{dist}_{seed}.npz"
+    if not path.exists():
+        image, labels = make_volumes([seed], 16, distribution=dist)[0]
+        np.savez_compressed(path, image=image, labels=labels)
+    return path
+
+
+def cached_volumes(folder: Path, sets: list[str], workers: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Labelled 16-slice volumes of ``sets`` (generator:first-last seeds), made once
+    (``workers`` processes) and kept in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for text in sets:
+        dist, span = text.split(":")
+        lo, hi = (int(v) for v in span.split("-"))
+        jobs += [(dist, seed, folder) for seed in range(lo, hi + 1)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            paths = list(pool.map(_make_volume, jobs))
+    else:
+        paths = [_make_volume(job) for job in jobs]
     out = []
-    for dist, seeds in TRAIN:
-        for seed in seeds:
-            path = folder / f"vol_{dist}_{seed}.npz"
-            if not path.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                image, labels = make_volumes([seed], 16, distribution=dist)[0]
-                np.savez_compressed(path, image=image, labels=labels)
-            with np.load(path) as f:
-                out.append((f["image"], f["labels"]))
+    for path in paths:
+        with np.load(path) as v:
+            out.append((v["image"], v["labels"]))
     return out
 
 
@@ -172,7 +190,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundles[0])).eval()
     t = time.perf_counter()
-    train = f0_outputs(bundle, training_volumes(args.cache))
+    train = f0_outputs(bundle, cached_volumes(args.cache, TRAIN))
     print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
     refiners = {}
     for variant in args.variants:

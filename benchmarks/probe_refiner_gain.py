@@ -59,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from bench_testsets import _corr
-from common import PatchTable, build_table, make_volumes
-from probe_f0_refiner import f0_outputs, refiner_costs, train_refiner
-from probe_testset_draws import _parse_set, _volume, set_lines
+from common import build_table
+from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, refiner_costs, train_refiner
+from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
@@ -226,9 +226,7 @@ def with_routes(scan: dict, gains: np.ndarray, costs: np.ndarray, lams, refiner_
 def chosen_lam(scans: list[dict], costs: np.ndarray) -> float:
     """The bundle's rule for its default λ (``train.validation.choose_default_lam``: the
     smallest λ with IoU ≥ 0.99 × f2's at GFLOPs ≤ 0.6 × 0.25 × f2's) on routed ``scans``."""
-    table = PatchTable(conf=np.concatenate([s["conf"] for s in scans]), ent=np.concatenate([s["ent_all"] for s in scans]),
-                       cost=scans[0]["cost"], costs=costs,
-                       conf_plain=None if scans[0]["plain"] is None else np.concatenate([s["plain"] for s in scans]))
+    table = scans_table(scans, costs)
     f2 = table.score(table.constant(2), "f2")
     curve = []
     for lam in scans[0]["routes"]:
@@ -268,34 +266,6 @@ def routing_lines(fresh: list[dict], val: list[dict], bundle, signal: str, refin
               f"{np.median(c['line3']):.3f} | {100 * (c['line3_bound'] >= 1.3).mean():.1f} % |")
 
 
-def _make_volume(args: tuple[str, int, Path]) -> Path:
-    """Make one 16-slice training volume and keep it in the cache (picklable for a pool)."""
-    dist, seed, folder = args
-    path = folder / f"vol_{dist}_{seed}.npz"
-    if not path.exists():
-        image, labels = make_volumes([seed], 16, distribution=dist)[0]
-        np.savez_compressed(path, image=image, labels=labels)
-    return path
-
-
-def cached_volumes(folder: Path, sets: list[str], workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The training volumes of ``sets`` (generator:first-last), made once and kept in
-    ``folder`` under the names ``probe_f0_refiner`` gives its own."""
-    folder.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for text in sets:
-        dist, span = text.split(":")
-        lo, hi = (int(v) for v in span.split("-"))
-        jobs += [(dist, seed, folder) for seed in range(lo, hi + 1)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        paths = list(pool.map(_make_volume, jobs))
-    out = []
-    for path in paths:
-        with np.load(path) as f:
-            out.append((f["image"], f["labels"]))
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")
@@ -305,7 +275,7 @@ def main() -> None:
     p.add_argument("--gain-map", default="2:32", help="stem:width of the gain map")
     p.add_argument("--gain-steps", type=int, default=3000, help="0: no gain map")
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
-    p.add_argument("--train", nargs="+", default=["v2:7801-7808", "v1:7851-7854"],
+    p.add_argument("--train", nargs="+", default=TRAIN,
                    help="training volumes (generator:first-last, 16 slices each) of the refiner and the gain map")
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1)

@@ -99,12 +99,17 @@ def draw_sets(scans: list[dict], size: int, draws: int, seed: int = 0) -> np.nda
     return np.stack([set_correlations([scans[i] for i in rng.choice(len(scans), size, replace=False)]) for _ in range(draws)])
 
 
+def scans_table(scans: list[dict], costs: np.ndarray) -> PatchTable:
+    """The per-patch table of ``scans`` (:func:`scan_arrays`) pooled, without segmenters."""
+    plain = None if scans[0]["plain"] is None else np.concatenate([s["plain"] for s in scans])
+    return PatchTable(conf=np.concatenate([s["conf"] for s in scans]), ent=np.concatenate([s["ent_all"] for s in scans]),
+                      cost=scans[0]["cost"], costs=costs, conf_plain=plain)
+
+
 def set_lines(scans: list[dict], costs: np.ndarray, default_lam: float) -> dict:
     """Lines 1-3 of issue 11 on one set of scans, counting GFLOPs (see the module doc);
     ``costs`` are the bundle's model costs and ``default_lam`` its default λ."""
-    plain = None if scans[0]["plain"] is None else np.concatenate([s["plain"] for s in scans])
-    table = PatchTable(conf=np.concatenate([s["conf"] for s in scans]), ent=np.concatenate([s["ent_all"] for s in scans]),
-                       cost=scans[0]["cost"], costs=costs, conf_plain=plain)
+    table = scans_table(scans, costs)
     route = {lam: np.concatenate([s["routes"][lam] for s in scans]) for lam in scans[0]["routes"]}
     f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
     paser = table.score(route[default_lam], "paser")
