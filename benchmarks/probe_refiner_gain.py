@@ -39,6 +39,15 @@ f0's analysis) and scores issue 11's lines 1-3 on drawn sets of four, counting G
     python benchmarks/probe_refiner_gain.py paser-synth-v2.16 --sets v1:8601-8620 oof:9401-9420 --workers 2 --threads 2 \
         --train v2:7801-7808 v1:7851-7854 v2:7701-7716 v1:7855-7862 --gain-steps 0 --route-val v2:7731-7738 v1:7873-7876
 
+With ``--distil`` the first refiner is also trained twice more, on f1's and on f2's labels
+(as PaSeR composes them) instead of the truth, and the expected gain is taken from f0's
+labels to each distilled refiner's labels (a guess at f_k's), under the first refiner's
+probabilities; so is the share of pixels those labels change. The same two signals with
+f1's and f2's own labels bound what any such guess could reach:
+
+    python benchmarks/probe_refiner_gain.py paser-synth-v2.16 --sets v1:8601-8660 oof:9401-9460 --workers 2 --threads 2 \
+        --train v2:7801-7808 v1:7851-7854 v2:7701-7716 v1:7855-7862 --gain-steps 0 --distil
+
 The refiners and the gain map train on ``--train`` volumes (by default the 12 of
 ``probe_f0_refiner``; 16 slices each, made once and kept in ``--cache``), none of which a
 test, development or probe set uses (``v2`` 7701-7800 are the fresh volumes of
@@ -149,23 +158,45 @@ def train_gain_map(data, width: int, steps: int, stem: int = 2, seed: int = 0, c
     return model.eval()
 
 
+def expected_gain_map(a: np.ndarray, b: np.ndarray, refined: np.ndarray) -> np.ndarray:
+    """Per pixel (rows, columns), the first-order change of the mean IoU from labels ``a``
+    to labels ``b``, expected under the refined probabilities ``refined`` (C, rows,
+    columns): sum over t of q_t (W[t, b] - W[t, a]), W the ``dataset_iou_weights`` of the
+    confusion q implies for ``a`` in the slice."""
+    c = refined.shape[0]
+    q = np.moveaxis(refined, 0, -1).reshape(-1, c)
+    w = dataset_iou_weights(q.T @ np.eye(c)[a.ravel()])
+    return (q * (w[:, b.ravel()].T - w[:, a.ravel()].T)).sum(1).reshape(a.shape)
+
+
 def refiner_signals(prob: np.ndarray, refined: np.ndarray, patch_size) -> dict[str, np.ndarray]:
     """Patch means (GY, GX) of each refiner signal for one slice, from f0's probabilities
     ``prob`` and the refined ones ``refined`` (C, rows, columns)."""
-    c = prob.shape[0]
     a, b = prob.argmax(0), refined.argmax(0)
-    q = np.moveaxis(refined, 0, -1).reshape(-1, c)
-    w = dataset_iou_weights(q.T @ np.eye(c)[a.ravel()])  # the confusion q implies for f0's labels
-    expected = (q * (w[:, b.ravel()].T - w[:, a.ravel()].T)).sum(1).reshape(a.shape)
     kl = (refined * (np.log(refined.clip(1e-6)) - np.log(prob.clip(1e-6)))).sum(0)
-    maps = {"disagreement": (a != b).astype(np.float64), "expected gain": expected, "KL": kl}
+    maps = {"disagreement": (a != b).astype(np.float64), "expected gain": expected_gain_map(a, b, refined), "KL": kl}
     return {k: patch_view(v, patch_size).mean((-2, -1)) for k, v in maps.items()}
 
 
-def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dict, gain_map, device: str = "cpu") -> dict:
+def label_signals(prob: np.ndarray, refined: np.ndarray, labels: list[np.ndarray], patch_size) -> tuple[np.ndarray, np.ndarray]:
+    """Patch means (2, GY, GX) for f1 and f2 of the expected gain of going from f0's labels
+    to ``labels[k]`` (f_k's labels, or a distilled refiner's guess at them) under the
+    refined probabilities, and of the share of pixels those labels change."""
+    a = prob.argmax(0)
+    gain = [patch_view(expected_gain_map(a, b, refined), patch_size).mean((-2, -1)) for b in labels]
+    changed = [patch_view((a != b).astype(np.float64), patch_size).mean((-2, -1)) for b in labels]
+    return np.stack(gain), np.stack(changed)
+
+
+def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dict, gain_map, device: str = "cpu",
+                    distilled: list | None = None) -> dict:
     """Per-patch confusions (S, 3, GY, GX, C, C) as the benchmark's table holds them and
     each predictor: (S, GY, GX), or (S, 2, GY, GX) for those that predict f1's and f2's
-    gains apart (the policy, the gain map)."""
+    gains apart (the policy, the gain map, the label signals).
+
+    With ``distilled`` (two refiners trained on f1's and f2's labels), the expected gain and
+    the changed share of their labels, under the first refiner's probabilities; and, as
+    the bound of such a guess, the same with f1's and f2's own labels."""
     table = build_table([(image, labels)], bundle, device=device)
     seg, zs = table.segs[0]
     f0 = bundle.f0
@@ -176,10 +207,20 @@ def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dic
             x = torch.from_numpy(seg._planes(z, f0.config.planes))[None].to(device)
             prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
             centre = torch.from_numpy(seg._input(z))[None, None].to(device)
+            first = None
             for variant, refiner in refiners.items():
-                refined = torch.softmax(refiner(centre, prob), 1)
-                for k, v in refiner_signals(prob[0, :, :h, :w].cpu().numpy(), refined[0, :, :h, :w].cpu().numpy(), seg.patch_size).items():
+                refined = torch.softmax(refiner(centre, prob), 1)[0, :, :h, :w].cpu().numpy()
+                first = refined if first is None else first
+                for k, v in refiner_signals(prob[0, :, :h, :w].cpu().numpy(), refined, seg.patch_size).items():
                     out.setdefault(f"refiner {variant} {k}", []).append(v)
+            if distilled:
+                f0_prob = prob[0, :, :h, :w].cpu().numpy()
+                guesses = [m(centre, prob)[0, :, :h, :w].argmax(0).cpu().numpy() for m in distilled]
+                own = [seg.compose(z, routing=np.full(seg.grid, k))[:h, :w] for k in (1, 2)]
+                for name, labels_k in (("distilled", guesses), ("own labels (bound)", own)):
+                    gain, changed = label_signals(f0_prob, first, labels_k, seg.patch_size)
+                    out.setdefault(f"{name} expected gain", []).append(gain)
+                    out.setdefault(f"{name} changed share", []).append(changed)
             if gain_map is not None:
                 gm = gain_map(centre, prob)[0, :, :h, :w].cpu().numpy()
                 out.setdefault(GAIN_MAP, []).append(np.stack([patch_view(m, seg.patch_size).mean((-2, -1)) for m in gm]))
@@ -285,6 +326,8 @@ def main() -> None:
                    "and the first refiner's --route-signal and choose its λ; then lines 1-3 are scored with it on the fresh scans")
     p.add_argument("--route-signal", default="expected gain", choices=["expected gain", "KL", "disagreement"])
     p.add_argument("--lines-draws", type=int, default=100)
+    p.add_argument("--distil", action="store_true", help="also train the first refiner on f1's and on f2's labels and score "
+                   "the expected gain of those guessed labels (and, as its bound, of f1's and f2's own)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle)).eval()
@@ -303,25 +346,35 @@ def main() -> None:
         refiners[variant].to(args.device)
         if variant == args.refiners[0]:
             first_flops = flops
-    del outputs
-    gain_map = None
-    if args.gain_steps:
+    gain_map, distilled, data = None, None, None
+    if args.gain_steps or args.distil:
         t0 = time.perf_counter()
         data = [(*gain_targets(image, labels, bundle, args.device), labels) for image, labels in volumes]
+        print(f"f0, f1 and f2 everywhere on the training volumes ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.distil:
+        # The same refiner, trained on f1's (f2's) labels as PaSeR composes them instead of the truth.
+        t0 = time.perf_counter()
+        stem, width = (int(v) for v in args.refiners[0].split(":"))
+        distilled = [train_refiner([(x, prob, torch.from_numpy(np.ascontiguousarray(d[2][:, k]))) for (x, prob, _), d in zip(outputs, data)], width, args.steps, stem)
+                     .to(args.device) for k in (1, 2)]
+        print(f"refiners {args.refiners[0]} distilled from f1's and f2's labels, {args.steps} steps each ({time.perf_counter() - t0:.0f} s)", flush=True)
+    del outputs
+    if args.gain_steps:
+        t0 = time.perf_counter()
         stem, width = (int(v) for v in args.gain_map.split(":"))
         gain_map = train_gain_map(data, width, args.gain_steps, stem, device=args.device)
-        del data
-        print(f"gain map {args.gain_map} trained {args.gain_steps} steps with its targets ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"gain map {args.gain_map} trained {args.gain_steps} steps ({time.perf_counter() - t0:.0f} s)", flush=True)
+    del data
     val = None
     if args.route_val:
         t0 = time.perf_counter()
-        val = [scan_predictors(image, labels, bundle, refiners, gain_map, args.device) for image, labels in cached_volumes(args.cache, args.route_val, args.workers)]
+        val = [scan_predictors(image, labels, bundle, refiners, gain_map, args.device, distilled) for image, labels in cached_volumes(args.cache, args.route_val, args.workers)]
         print(f"{len(val)} volumes for the mix and its λ ({time.perf_counter() - t0:.0f} s)", flush=True)
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            scans = [scan_predictors(image, labels, bundle, refiners, gain_map, args.device)
+            scans = [scan_predictors(image, labels, bundle, refiners, gain_map, args.device, distilled)
                      for image, labels in pool.map(_volume, [(s, 8, dist) for s in seeds])]
         pooled = set_correlations(scans)
         rng = np.random.default_rng(0)
