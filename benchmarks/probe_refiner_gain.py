@@ -72,8 +72,9 @@ from common import build_table
 from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, refiner_costs, train_refiner
 from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
 
-from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.bundle import load_bundle, save_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
+from napari_paser.engine.models import UNet, UNetConfig
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
@@ -102,6 +103,17 @@ class GainMap(nn.Module):
     def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         x = torch.cat([image.to(prob.dtype), prob.clamp_min(1e-4).log()], dim=1)
         return F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
+
+
+def with_refiner(bundle, refiner, stem: int, width: int, version: str):
+    """A copy of ``bundle`` whose f0 refines its MC mean with ``refiner`` (f0's weights,
+    the other networks, the policy and f0's fusion weights unchanged)."""
+    config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem})
+    f0 = UNet(config)
+    f0.load_state_dict({**bundle.f0.state_dict(), **{f"refiner.{k}": v for k, v in refiner.state_dict().items()}})
+    meta = {**bundle.meta, "name": f"{bundle.name}-refined", "version": version,
+            "notes": f"{bundle.name} with a {stem}:{width} refiner on f0, trained by benchmarks/probe_refiner_gain.py (not shipped)"}
+    return dataclasses.replace(bundle, f0=f0.eval(), meta=meta, path=None)
 
 
 def gain_targets(image: np.ndarray, labels: np.ndarray, bundle, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -310,7 +322,7 @@ def routing_lines(fresh: list[dict], val: list[dict], bundle, signal: str, refin
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")
-    p.add_argument("--sets", nargs="+", required=True, help="generator:first-last seeds, e.g. oof:9401-9420")
+    p.add_argument("--sets", nargs="*", default=[], help="fresh scans to score, as generator:first-last seeds, e.g. oof:9401-9420")
     p.add_argument("--refiners", nargs="+", default=["2:32"], help="refiners as stem:width (stem 1 full resolution, 2 half)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--gain-map", default="2:32", help="stem:width of the gain map")
@@ -326,6 +338,8 @@ def main() -> None:
                    "and the first refiner's --route-signal and choose its λ; then lines 1-3 are scored with it on the fresh scans")
     p.add_argument("--route-signal", default="expected gain", choices=["expected gain", "KL", "disagreement"])
     p.add_argument("--lines-draws", type=int, default=100)
+    p.add_argument("--save", type=Path, help="write the bundle with the first refiner on f0 to this (new) folder, "
+                   "for the development-set probes (probe_f0_fusion, probe_f0_headroom)")
     p.add_argument("--distil", action="store_true", help="also train the first refiner on f1's and on f2's labels and score "
                    "the expected gain of those guessed labels (and, as its bound, of f1's and f2's own)")
     args = p.parse_args()
@@ -359,6 +373,10 @@ def main() -> None:
                      .to(args.device) for k in (1, 2)]
         print(f"refiners {args.refiners[0]} distilled from f1's and f2's labels, {args.steps} steps each ({time.perf_counter() - t0:.0f} s)", flush=True)
     del outputs
+    if args.save:
+        stem, width = (int(v) for v in args.refiners[0].split(":"))
+        save_bundle(with_refiner(bundle, refiners[args.refiners[0]].cpu(), stem, width, f"{bundle.meta.get('version', '0')}+refiner"), args.save)
+        print(f"wrote {args.save}: {bundle.name} with refiner {args.refiners[0]} on f0", flush=True)
     if args.gain_steps:
         t0 = time.perf_counter()
         stem, width = (int(v) for v in args.gain_map.split(":"))
