@@ -538,6 +538,34 @@ def test_a_refiner_on_f0_trains_with_f0_frozen(toy_volumes, tiny_bundle, tmp_pat
     assert not res.report["history"].get("refine_f0")
 
 
+def test_a_warm_start_with_a_refiner_keeps_it_and_fuses_the_refined_f0(toy_volumes, tiny_bundle, tmp_path):
+    """As the v2.19 preset does: the warm start already holds a trained refiner (refine
+    steps 0 keep it as it is), every network is kept, the policy is fitted again and the
+    fusion weights reach the trained bundle."""
+    from napari_paser.engine.bundle import Bundle, copy_matching_weights, load_bundle
+    from napari_paser.engine.models import UNetConfig
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.runner import train
+
+    preset = get_preset("v2.19")
+    assert (preset.arch, preset.refine_steps, preset.f0_fusion) == ("v2.19", 0, (0.35, 0.40))
+    configs = tiny_configs()
+    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "refine_width": 4, "refine_stem": 2})
+    warm = Bundle.from_configs(configs, seed=1, meta={"name": "refined", "version": "0"}).eval()
+    copy_matching_weights(warm, tiny_bundle)
+    with torch.no_grad():
+        warm.f0.refiner.body[-1].weight.normal_(0, 0.1)  # a refiner that does something
+    cfg = _tiny_cfg(f2_steps=0, f1_steps=0, f0_steps=0, refine_steps=0, ft_steps=0, policy_steps=2, f0_fusion=(0.35, 0.40))
+    res = train(toy_volumes, tmp_path / "r", cfg, configs=configs, warm_start=warm, seed=0, progress=False, echo=False)
+    assert not res.report["history"].get("refine_f0")
+    b = load_bundle(tmp_path / "r")
+    assert b.fusion == (0.35, 0.40)
+    for name in ("f0", "f1", "f2"):
+        kept, trained = getattr(warm, name).state_dict(), getattr(b, name).state_dict()
+        assert kept.keys() == trained.keys() and all(torch.equal(trained[k], v) for k, v in kept.items()), name
+    assert any(k.startswith("refiner.") for k in b.f0.state_dict())
+
+
 def test_bf16_autocast_only_where_the_cpu_computes_bf16(monkeypatch):
     """Emulated bf16 made a training step of f2 about 12x slower on an AVX2 CPU: there
     the stages and fine-tuning run in fp32 whatever the preset says."""

@@ -352,6 +352,16 @@ PRESETS["v2.17"] = PRESETS["v2.16"].replace(preset="v2.17", policy_steps=6000)
 PRESETS["v2.18"] = PRESETS["v2.16"].replace(preset="v2.18", f0_fusion=(0.30, 0.25))
 
 
+# v2.16's networks and policy network with a refiner on f0's prediction (arch v2.19),
+# warm-started from a bundle that holds the refiner (``probe_refiner_gain.py --save``:
+# trained 3 000 steps on 36 fresh volumes with f0 frozen; refine_steps 0 keeps it), and
+# the refined f0 fused into f1 / f2 at 0.35 / 0.40 (chosen by probe_f0_fusion on that
+# bundle). The reward caches are built from the refined f0 and the fused patches, so the
+# dense policy and the residual prior are fitted again, as v2.16's, to the gains that
+# routing a patch realises over the refined f0.
+PRESETS["v2.19"] = PRESETS["v2.16"].replace(preset="v2.19", arch="v2.19", refine_steps=0, f0_fusion=(0.35, 0.40))
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
