@@ -105,13 +105,13 @@ class GainMap(nn.Module):
         return F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
 
 
-def with_refiner(bundle, refiner, stem: int, width: int, version: str):
-    """A copy of ``bundle`` whose f0 refines its MC mean with ``refiner`` (f0's weights,
-    the other networks, the policy and f0's fusion weights unchanged)."""
+def with_refiner(bundle, refiner, stem: int, width: int, name: str, version: str):
+    """A copy of ``bundle``, called ``name``, whose f0 refines its MC mean with ``refiner``
+    (f0's weights, the other networks, the policy and f0's fusion weights unchanged)."""
     config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem})
     f0 = UNet(config)
     f0.load_state_dict({**bundle.f0.state_dict(), **{f"refiner.{k}": v for k, v in refiner.state_dict().items()}})
-    meta = {**bundle.meta, "name": f"{bundle.name}-refined", "version": version,
+    meta = {**bundle.meta, "name": name, "version": version,
             "notes": f"{bundle.name} with a {stem}:{width} refiner on f0, trained by benchmarks/probe_refiner_gain.py (not shipped)"}
     return dataclasses.replace(bundle, f0=f0.eval(), meta=meta, path=None)
 
@@ -369,13 +369,16 @@ def main() -> None:
         # The same refiner, trained on f1's (f2's) labels as PaSeR composes them instead of the truth.
         t0 = time.perf_counter()
         stem, width = (int(v) for v in args.refiners[0].split(":"))
-        distilled = [train_refiner([(x, prob, torch.from_numpy(np.ascontiguousarray(d[2][:, k]))) for (x, prob, _), d in zip(outputs, data)], width, args.steps, stem)
-                     .to(args.device) for k in (1, 2)]
+        distilled = []
+        for k in (1, 2):
+            targets = [(x, prob, torch.from_numpy(np.ascontiguousarray(d[2][:, k]))) for (x, prob, _), d in zip(outputs, data)]
+            distilled.append(train_refiner(targets, width, args.steps, stem).to(args.device))
         print(f"refiners {args.refiners[0]} distilled from f1's and f2's labels, {args.steps} steps each ({time.perf_counter() - t0:.0f} s)", flush=True)
     del outputs
     if args.save:
         stem, width = (int(v) for v in args.refiners[0].split(":"))
-        save_bundle(with_refiner(bundle, refiners[args.refiners[0]].cpu(), stem, width, f"{bundle.meta.get('version', '0')}+refiner"), args.save)
+        refined = with_refiner(bundle, refiners[args.refiners[0]].cpu(), stem, width, args.save.name, f"{bundle.meta.get('version', '0')}+refiner")
+        save_bundle(refined, args.save)
         print(f"wrote {args.save}: {bundle.name} with refiner {args.refiners[0]} on f0", flush=True)
     if args.gain_steps:
         t0 = time.perf_counter()
