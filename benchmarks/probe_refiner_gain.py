@@ -15,6 +15,8 @@ probe scores, per patch:
   with a f0's label, b the refined one and W the ``dataset_iou_weights`` of the slice's
   confusion that q implies for f0's labels;
 - "KL": KL(q || f0's probabilities), a soft disagreement;
+- "boundary share": the share of pixels of the refined labels with a 4-neighbour of
+  another phase (in family f1's gain over f0 is boundary placement);
 
 and, unless ``--gain-steps 0``, a "gain map": a network of the refiner's kind with a third
 convolution that regresses each pixel's first-order gain of f1 and f2 over f0 (the
@@ -70,6 +72,7 @@ from torch import nn
 from bench_testsets import _corr
 from common import build_table
 from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, refiner_costs, train_refiner
+from probe_patch_texture import boundary_mask
 from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
 
 from napari_paser.engine.bundle import load_bundle, save_bundle
@@ -186,7 +189,8 @@ def refiner_signals(prob: np.ndarray, refined: np.ndarray, patch_size) -> dict[s
     ``prob`` and the refined ones ``refined`` (C, rows, columns)."""
     a, b = prob.argmax(0), refined.argmax(0)
     kl = (refined * (np.log(refined.clip(1e-6)) - np.log(prob.clip(1e-6)))).sum(0)
-    maps = {"disagreement": (a != b).astype(np.float64), "expected gain": expected_gain_map(a, b, refined), "KL": kl}
+    maps = {"disagreement": (a != b).astype(np.float64), "expected gain": expected_gain_map(a, b, refined), "KL": kl,
+            "boundary share": boundary_mask(b).astype(np.float64)}
     return {k: patch_view(v, patch_size).mean((-2, -1)) for k, v in maps.items()}
 
 
