@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train paser-synth-v2.19 (CPU, about 30 minutes on 2 cores once the data exist):
+# Train paser-synth-v2.19 (CPU, about 12 minutes on 2 cores once the data exist: the refiner
+# 1, the training stages 10):
 # paser-synth-v2.16's networks with f0's prediction refined at half resolution by a tiny
 # convolutional network, the refined f0 fused into f1's and f2's patches at 0.35 / 0.40,
 # and the dense routing policy and residual prior fitted again, as v2.16's, to the gains

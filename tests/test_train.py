@@ -538,7 +538,7 @@ def test_a_refiner_on_f0_trains_with_f0_frozen(toy_volumes, tiny_bundle, tmp_pat
     assert not res.report["history"].get("refine_f0")
 
 
-def test_a_warm_start_with_a_refiner_keeps_it_and_fuses_the_refined_f0(toy_volumes, tiny_bundle, tmp_path):
+def test_a_warm_start_with_a_refiner_keeps_it_and_ships_the_fusion_weights(toy_volumes, tiny_bundle, tmp_path):
     """As the v2.19 preset does: the warm start already holds a trained refiner (refine
     steps 0 keep it as it is), every network is kept, the policy is fitted again and the
     fusion weights reach the trained bundle."""
