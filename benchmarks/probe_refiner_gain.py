@@ -223,14 +223,14 @@ def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dic
             x = torch.from_numpy(seg._planes(z, f0.config.planes))[None].to(device)
             prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
             centre = torch.from_numpy(seg._input(z))[None, None].to(device)
-            first = None
-            for variant, refiner in refiners.items():
-                refined = torch.softmax(refiner(centre, prob), 1)[0, :, :h, :w].cpu().numpy()
-                first = refined if first is None else first
-                for k, v in refiner_signals(prob[0, :, :h, :w].cpu().numpy(), refined, seg.patch_size).items():
+            f0_prob = prob[0, :, :h, :w].cpu().numpy()
+            refined = {variant: torch.softmax(refiner(centre, prob), 1)[0, :, :h, :w].cpu().numpy()
+                       for variant, refiner in refiners.items()}
+            for variant, q in refined.items():
+                for k, v in refiner_signals(f0_prob, q, seg.patch_size).items():
                     out.setdefault(f"refiner {variant} {k}", []).append(v)
             if distilled:
-                f0_prob = prob[0, :, :h, :w].cpu().numpy()
+                first = next(iter(refined.values()))
                 guesses = [m(centre, prob)[0, :, :h, :w].argmax(0).cpu().numpy() for m in distilled]
                 own = [seg.compose(z, routing=np.full(seg.grid, k))[:h, :w] for k in (1, 2)]
                 for name, labels_k in (("distilled", guesses), ("own labels (bound)", own)):
@@ -353,16 +353,17 @@ def main() -> None:
     volumes = cached_volumes(args.cache, args.train, args.workers)
     outputs = f0_outputs(bundle, volumes)
     print(f"{len(volumes)} training volumes and f0's output on them ({time.perf_counter() - t0:.0f} s)", flush=True)
+    shapes = {variant: tuple(int(v) for v in variant.split(":")) for variant in args.refiners}  # stem, width
+    first = args.refiners[0]
     refiners = {}
-    for variant in args.refiners:
+    for variant, (stem, width) in shapes.items():
         t0 = time.perf_counter()
-        stem, width = (int(v) for v in variant.split(":"))
         refiners[variant] = train_refiner(outputs, width, args.steps, stem)
         flops, seconds = refiner_costs(refiners[variant], 1)
         print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {flops / 1e6:.1f} MFLOPs and "
               f"{seconds * 1e3:.2f} ms (one thread, channels-last) per 224 × 256 slice", flush=True)
         refiners[variant].to(args.device)
-        if variant == args.refiners[0]:
+        if variant == first:
             first_flops = flops
     gain_map, distilled, data = None, None, None
     if args.gain_steps or args.distil:
@@ -372,18 +373,18 @@ def main() -> None:
     if args.distil:
         # The same refiner, trained on f1's (f2's) labels as PaSeR composes them instead of the truth.
         t0 = time.perf_counter()
-        stem, width = (int(v) for v in args.refiners[0].split(":"))
+        stem, width = shapes[first]
         distilled = []
         for k in (1, 2):
             targets = [(x, prob, torch.from_numpy(np.ascontiguousarray(d[2][:, k]))) for (x, prob, _), d in zip(outputs, data)]
             distilled.append(train_refiner(targets, width, args.steps, stem).to(args.device))
-        print(f"refiners {args.refiners[0]} distilled from f1's and f2's labels, {args.steps} steps each ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"refiners {first} distilled from f1's and f2's labels, {args.steps} steps each "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
     del outputs
     if args.save:
-        stem, width = (int(v) for v in args.refiners[0].split(":"))
-        refined = with_refiner(bundle, refiners[args.refiners[0]].cpu(), stem, width, args.save.name, f"{bundle.meta.get('version', '0')}+refiner")
+        refined = with_refiner(bundle, refiners[first].cpu(), *shapes[first], args.save.name, f"{bundle.meta.get('version', '0')}+refiner")
         save_bundle(refined, args.save)
-        print(f"wrote {args.save}: {bundle.name} with refiner {args.refiners[0]} on f0", flush=True)
+        print(f"wrote {args.save}: {bundle.name} with refiner {first} on f0", flush=True)
     if args.gain_steps:
         t0 = time.perf_counter()
         stem, width = (int(v) for v in args.gain_map.split(":"))
@@ -411,7 +412,7 @@ def main() -> None:
             med = np.median(lead, 0)
             print(f"| {name} | {pooled[name][0]:.3f} / {pooled[name][1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {100 * (lead >= 0.1).all(1).mean():.1f} % |")
         if val is not None:
-            routing_lines(scans, val, bundle, f"refiner {args.refiners[0]} {args.route_signal}", first_flops, args.lines_draws)
+            routing_lines(scans, val, bundle, f"refiner {first} {args.route_signal}", first_flops, args.lines_draws)
 
 
 if __name__ == "__main__":
