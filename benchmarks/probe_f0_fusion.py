@@ -46,7 +46,7 @@ def slice_probabilities(seg: PaserSegmenter, z: int) -> list[torch.Tensor]:
     bundle = seg.bundle
     x = torch.from_numpy(seg._planes(z, bundle.f0.config.planes))[None]
     prob, _ = mc_predict(bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
-    p0 = bundle.f0.refine(torch.from_numpy(seg._input(z))[None, None], prob)[0]
+    p0 = bundle.f0.refine(x, prob)[0]
     out = [to_bytes(p0).float() / 255]
     cells = list(np.ndindex(*seg.grid))  # row-major, as unpatchify expects
     for net in bundle.segmenters()[1:]:

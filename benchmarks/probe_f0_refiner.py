@@ -38,7 +38,7 @@ from probe_policy_choice import development_parser, development_tables
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.flops import count_flops
 from napari_paser.engine.metrics import dataset_iou_gains
-from napari_paser.engine.models import Refiner
+from napari_paser.engine.models import Refiner, centre_planes
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
 from napari_paser.train.datasets import SliceBank, make_volume
@@ -90,19 +90,24 @@ def cached_volumes(folder: Path, sets: list[str], workers: int = 1) -> list[tupl
     return out
 
 
-def centre_plane(x: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1] // 2
-    return x[:, c : c + 1]
+def parse_variant(text: str) -> tuple[int, int, int]:
+    """``stem:width[:planes]`` → (stem, width, planes); planes 1 unless given."""
+    values = [int(v) for v in text.split(":")]
+    if len(values) not in (2, 3):
+        raise ValueError(f"a refiner is stem:width or stem:width:planes, got {text!r}")
+    return values[0], values[1], values[2] if len(values) == 3 else 1
 
 
-def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, crop: int = 64, batch: int = 16) -> Refiner:
-    """Cross entropy on random crops of the training slices (Adam, cosine decay)."""
+def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, crop: int = 64, batch: int = 16,
+                  planes: int = 1) -> Refiner:
+    """Cross entropy on random crops of the training slices (Adam, cosine decay); the
+    refiner reads the ``planes`` centre planes of f0's input."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.cat([centre_plane(d[0]) for d in data])
+    x = torch.cat([centre_planes(d[0], planes) for d in data])
     p = torch.cat([d[1] for d in data])
     y = torch.cat([d[2] for d in data]).long()
-    model = Refiner(width, stem)
+    model = Refiner(width, stem, planes=planes)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     h, w = y.shape[-2:]
@@ -123,7 +128,7 @@ def refiner_costs(model, threads: int) -> tuple[int, float]:
     """FLOPs (``torch.utils.flop_counter``) and median seconds of ``model`` on one 224 × 256
     slice, timed in the channels-last layout the engine gives f0 (about twice as fast
     here) on ``threads`` threads."""
-    x, prob = torch.randn(1, 1, 224, 256), torch.softmax(torch.randn(1, 3, 224, 256), 1)
+    x, prob = torch.randn(1, model.planes, 224, 256), torch.softmax(torch.randn(1, 3, 224, 256), 1)
     flops = count_flops(lambda: model(x, prob))
     model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x, prob = (t.contiguous(memory_format=torch.channels_last) for t in (x, prob))
@@ -149,7 +154,7 @@ def refined_table(table, volumes, outputs, model: Refiner, seconds: float, flops
     check = 0
     for (_, labels), (x, prob, _) in zip(volumes, outputs):
         with torch.inference_mode():
-            pred = model(centre_plane(x), prob).argmax(1).numpy()
+            pred = model(centre_planes(x, model.planes), prob).argmax(1).numpy()
             plain = prob.argmax(1).numpy()
         for z in range(len(labels)):
             h, w = labels[z].shape
@@ -184,22 +189,24 @@ def main() -> None:
     p = development_parser(__doc__)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--variants", nargs="+", default=["1:4", "1:8", "2:32"],
-                   help="refiners as stem:width (stem 1 full resolution, 2 half)")
+                   help="refiners as stem:width[:planes] (stem 1 full resolution, 2 half; planes of the stack read, 1 unless given)")
+    p.add_argument("--train", nargs="+", default=TRAIN,
+                   help="training volumes as generator:first-last seeds (16 slices each)")
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundles[0])).eval()
     t = time.perf_counter()
-    train = f0_outputs(bundle, cached_volumes(args.cache, TRAIN))
+    train = f0_outputs(bundle, cached_volumes(args.cache, args.train))
     print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
     refiners = {}
     for variant in args.variants:
-        stem, width = (int(v) for v in variant.split(":"))
+        stem, width, planes = parse_variant(variant)
         t = time.perf_counter()
-        model = train_refiner(train, width, args.steps, stem)
+        model = train_refiner(train, width, args.steps, stem, planes=planes)
         flops, seconds = refiner_costs(model, torch.get_num_threads())
         refiners[variant] = (model, flops, seconds)
-        print(f"refiner {variant} (stem:width): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
+        print(f"refiner {variant} (stem:width[:planes]): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
               f"{flops / 1e6:.1f} MFLOPs and {seconds * 1e3:.2f} ms per 224 × 256 slice", flush=True)
     for name, bundle, table, volumes in development_tables(args, with_volumes=True):
         outputs = f0_outputs(bundle, volumes)

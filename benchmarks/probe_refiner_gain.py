@@ -6,7 +6,7 @@ ranks the gains only a little better than its entropy. A refiner
 (``napari_paser.engine.models.Refiner``: three small convolutions on the slice and f0's
 MC-mean probabilities, trained with f0 frozen as ``probe_f0_refiner`` trains it) reads
 the image at full resolution and moves f0 most of the way towards f1. Where it changes
-f0's labels, f1 probably does too. For every refiner of ``--refiners`` (stem:width) this
+f0's labels, f1 probably does too. For every refiner of ``--refiners`` (stem:width[:planes]) this
 probe scores, per patch:
 
 - "disagreement": the share of pixels whose refined label differs from f0's;
@@ -71,13 +71,13 @@ import torch.nn.functional as F
 from torch import nn
 from bench_testsets import _corr
 from common import build_table
-from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, refiner_costs, train_refiner
+from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, parse_variant, refiner_costs, train_refiner
 from probe_patch_texture import boundary_mask
 from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
 
 from napari_paser.engine.bundle import load_bundle, save_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
-from napari_paser.engine.models import UNet, UNetConfig
+from napari_paser.engine.models import UNet, UNetConfig, centre_planes
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
@@ -108,10 +108,10 @@ class GainMap(nn.Module):
         return F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
 
 
-def with_refiner(bundle, refiner, stem: int, width: int, name: str, version: str):
+def with_refiner(bundle, refiner, stem: int, width: int, planes: int, name: str, version: str):
     """A copy of ``bundle``, called ``name``, whose f0 refines its MC mean with ``refiner``
     (f0's weights, the other networks, the policy and f0's fusion weights unchanged)."""
-    config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem})
+    config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem, "refine_planes": planes})
     f0 = UNet(config)
     f0.load_state_dict({**bundle.f0.state_dict(), **{f"refiner.{k}": v for k, v in refiner.state_dict().items()}})
     meta = {**bundle.meta, "name": name, "version": version,
@@ -224,14 +224,14 @@ def scan_predictors(image: np.ndarray, labels: np.ndarray, bundle, refiners: dic
             prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))
             centre = torch.from_numpy(seg._input(z))[None, None].to(device)
             f0_prob = prob[0, :, :h, :w].cpu().numpy()
-            refined = {variant: torch.softmax(refiner(centre, prob), 1)[0, :, :h, :w].cpu().numpy()
+            refined = {variant: torch.softmax(refiner(centre_planes(x, refiner.planes), prob), 1)[0, :, :h, :w].cpu().numpy()
                        for variant, refiner in refiners.items()}
             for variant, q in refined.items():
                 for k, v in refiner_signals(f0_prob, q, seg.patch_size).items():
                     out.setdefault(f"refiner {variant} {k}", []).append(v)
             if distilled:
                 first = next(iter(refined.values()))
-                guesses = [m(centre, prob)[0, :, :h, :w].argmax(0).cpu().numpy() for m in distilled]
+                guesses = [m(centre_planes(x, m.planes), prob)[0, :, :h, :w].argmax(0).cpu().numpy() for m in distilled]
                 own = [seg.compose(z, routing=np.full(seg.grid, k))[:h, :w] for k in (1, 2)]
                 for name, labels_k in (("distilled", guesses), ("own labels (bound)", own)):
                     gain, changed = label_signals(f0_prob, first, labels_k, seg.patch_size)
@@ -327,7 +327,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")
     p.add_argument("--sets", nargs="*", default=[], help="fresh scans to score, as generator:first-last seeds, e.g. oof:9401-9420")
-    p.add_argument("--refiners", nargs="+", default=["2:32"], help="refiners as stem:width (stem 1 full resolution, 2 half)")
+    p.add_argument("--refiners", nargs="+", default=["2:32"], help="refiners as stem:width[:planes] (stem 1 full resolution, 2 half; planes of the stack read, 1 unless given)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--gain-map", default="2:32", help="stem:width of the gain map")
     p.add_argument("--gain-steps", type=int, default=3000, help="0: no gain map")
@@ -353,12 +353,12 @@ def main() -> None:
     volumes = cached_volumes(args.cache, args.train, args.workers)
     outputs = f0_outputs(bundle, volumes)
     print(f"{len(volumes)} training volumes and f0's output on them ({time.perf_counter() - t0:.0f} s)", flush=True)
-    shapes = {variant: tuple(int(v) for v in variant.split(":")) for variant in args.refiners}  # stem, width
+    shapes = {variant: parse_variant(variant) for variant in args.refiners}  # stem, width, planes
     first = args.refiners[0]
     refiners = {}
-    for variant, (stem, width) in shapes.items():
+    for variant, (stem, width, planes) in shapes.items():
         t0 = time.perf_counter()
-        refiners[variant] = train_refiner(outputs, width, args.steps, stem)
+        refiners[variant] = train_refiner(outputs, width, args.steps, stem, planes=planes)
         flops, seconds = refiner_costs(refiners[variant], 1)
         print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {flops / 1e6:.1f} MFLOPs and "
               f"{seconds * 1e3:.2f} ms (one thread, channels-last) per 224 × 256 slice", flush=True)
@@ -373,11 +373,11 @@ def main() -> None:
     if args.distil:
         # The same refiner, trained on f1's (f2's) labels as PaSeR composes them instead of the truth.
         t0 = time.perf_counter()
-        stem, width = shapes[first]
+        stem, width, planes = shapes[first]
         distilled = []
         for k in (1, 2):
             targets = [(x, prob, torch.from_numpy(np.ascontiguousarray(d[2][:, k]))) for (x, prob, _), d in zip(outputs, data)]
-            distilled.append(train_refiner(targets, width, args.steps, stem).to(args.device))
+            distilled.append(train_refiner(targets, width, args.steps, stem, planes=planes).to(args.device))
         print(f"refiners {first} distilled from f1's and f2's labels, {args.steps} steps each "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     del outputs

@@ -564,3 +564,43 @@ def test_f0_refiner_starts_as_the_identity_and_sets_f0s_prediction_only(tiny_bun
 
     with pytest.raises(ValueError, match="refiner"):
         Refiner(0)
+
+
+def test_a_refiner_that_reads_neighbouring_planes_takes_the_centre_ones_of_f0s_input(tmp_path):
+    """With ``refine_planes`` 3 under an f0 that reads 5 planes, the refiner sees the slice
+    and one plane on each side (not the outer two), in the engine as in ``UNet.refine``;
+    the bundle round-trips and its FLOPs grow with the planes read."""
+    from napari_paser.engine.bundle import Bundle, load_bundle, save_bundle
+    from napari_paser.engine.flops import refine_flops
+    from napari_paser.engine.models import Refiner, UNetConfig
+    from napari_paser.engine.pipeline import PaserSegmenter
+
+    configs = tiny_configs()
+    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "planes": 5, "refine_width": 4, "refine_stem": 2, "refine_planes": 3})
+    bundle = Bundle.from_configs(configs, seed=2, meta={"name": "planes", "version": "0"}).eval()
+    refiner = bundle.f0.refiner
+    assert refiner.planes == 3 and refiner.body[0].in_channels == (3 + 3) * 4
+    with torch.no_grad():
+        refiner.body[-1].weight.normal_(0, 1.0)  # no longer the identity
+    prob = torch.softmax(torch.randn(1, 3, 56, 64), 1)
+    x = torch.rand(1, 5, 56, 64)
+    base = bundle.f0.refine(x, prob)
+    for plane, matters in ((0, False), (1, True), (2, True), (3, True), (4, False)):
+        moved = x.clone()
+        moved[:, plane] += 1.0
+        assert torch.equal(bundle.f0.refine(moved, prob), base) != matters, plane
+
+    one = UNetConfig(**{**configs["f0"].to_dict(), "refine_planes": 1})
+    assert refine_flops(bundle.f0.config, (112, 128)) > refine_flops(one, (112, 128)) > 0
+
+    volume = np.random.default_rng(0).random((4, 112, 128)).astype(np.float32)
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "planes")).eval()
+    assert loaded.f0.config.refine_planes == 3
+    segs = [PaserSegmenter(b, mc_passes=2) for b in (bundle, loaded)]
+    for seg in segs:
+        seg.set_volume(volume)
+    routing = np.zeros((2, 2), np.uint8)
+    assert np.array_equal(segs[0].compose(1, routing=routing), segs[1].compose(1, routing=routing))
+    with pytest.raises(ValueError, match="planes"):
+        Refiner(4, planes=2)
+

@@ -68,8 +68,8 @@ def _refine_flops(config_json: str, shape: tuple[int, int]) -> int:
     if config.refine_width <= 0:
         return 0
     with torch.device("meta"):  # the refiner alone, not the UNet around it
-        refiner = Refiner(config.refine_width, config.refine_stem, config.num_classes).eval()
-        image = torch.empty(1, 1, *shape)
+        refiner = Refiner(config.refine_width, config.refine_stem, config.num_classes, config.refine_planes).eval()
+        image = torch.empty(1, config.refine_planes, *shape)
         prob = torch.empty(1, config.num_classes, *shape)
     return count_flops(lambda: refiner(image, prob))
 

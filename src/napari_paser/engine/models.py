@@ -78,6 +78,9 @@ class UNetConfig:
         it is boundary placement (``benchmarks/probe_patch_texture.py``).
     refine_stem : int
         Space-to-depth factor of the refiner (1: full resolution, 2: half).
+    refine_planes : int
+        Planes the refiner reads (odd, at most ``planes``): the slice and
+        ``refine_planes // 2`` on each side of it, the centre planes of f0's input.
     """
 
     in_channels: int = 1
@@ -91,6 +94,7 @@ class UNetConfig:
     planes: int = 1
     refine_width: int = 0
     refine_stem: int = 1
+    refine_planes: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,12 +154,13 @@ class Refiner(nn.Module):
     at the pixel (``benchmarks/probe_f0_refiner.py``).
     """
 
-    def __init__(self, width: int, stem: int = 1, num_classes: int = 3):
+    def __init__(self, width: int, stem: int = 1, num_classes: int = 3, planes: int = 1):
         super().__init__()
-        if width < 1 or stem < 1:
-            raise ValueError(f"refiner width and stem must be positive, got {width} and {stem}")
+        if width < 1 or stem < 1 or planes < 1 or planes % 2 == 0:
+            raise ValueError(f"refiner width and stem must be positive and its planes odd, got {width}, {stem} and {planes}")
         self.stem = int(stem)
-        inputs = (1 + num_classes) * self.stem**2
+        self.planes = int(planes)
+        inputs = (self.planes + num_classes) * self.stem**2
         self.body = nn.Sequential(
             nn.Conv2d(inputs, width, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -167,8 +172,9 @@ class Refiner(nn.Module):
         nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
-        """Refined logits (N, classes, rows, columns) from the slice (N, 1, rows, columns)
-        and probabilities (N, classes, rows, columns); rows and columns divisible by the stem."""
+        """Refined logits (N, classes, rows, columns) from the slice and its neighbours
+        (N, planes, rows, columns) and probabilities (N, classes, rows, columns); rows and
+        columns divisible by the stem."""
         logp = prob.clamp_min(1e-4).log()
         x = torch.cat([image.to(logp.dtype), logp], dim=1)
         if self.stem > 1:
@@ -210,7 +216,9 @@ class UNet(nn.Module):
             self.ups.append(DoubleConv(skip + below, out, mid_channels=(skip + below) // 2))
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.head = nn.Conv2d(widths[0], config.num_classes * s * s, 1)
-        self.refiner = Refiner(config.refine_width, config.refine_stem, config.num_classes) if config.refine_width > 0 else None
+        self.refiner = (
+            Refiner(config.refine_width, config.refine_stem, config.num_classes, config.refine_planes) if config.refine_width > 0 else None
+        )
 
     @staticmethod
     def _up_in_channels(widths: Sequence[int], level: int) -> int:
@@ -333,11 +341,12 @@ class UNet(nn.Module):
 
     def refine(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         """The prediction's probabilities: ``prob`` (N, classes, rows, columns), e.g. the
-        MC-dropout mean, corrected by the :class:`Refiner` from the slice ``image``
-        (N, 1, rows, columns); ``prob`` itself without a refiner."""
+        MC-dropout mean, corrected by the :class:`Refiner` from ``image``, f0's input
+        (N, planes, rows, columns; the refiner reads its centre ``refine_planes``);
+        ``prob`` itself without a refiner."""
         if self.refiner is None:
             return prob
-        return torch.softmax(self.refiner(image, prob), dim=1)
+        return torch.softmax(self.refiner(centre_planes(image, self.refiner.planes), prob), dim=1)
 
 
 def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator | None = None,

@@ -172,11 +172,11 @@ def analyse_slices(f0: UNet, policy_config: PolicyConfig, x: torch.Tensor, passe
 
     ``x`` is (N, planes, rows, columns) as f0 reads it; the policy's image channel is the
     centre plane (the slice itself). ``prob`` is f0's prediction: the MC mean, refined
-    when f0 has a refiner (:meth:`UNet.refine`); the entropy and the policy's input are
-    those of the MC mean.
+    when f0 has a refiner (:meth:`UNet.refine`, which reads the centre planes it needs);
+    the entropy and the policy's input are those of the MC mean.
     """
     prob, ent, feats, *spread = mc_predict(f0, x, passes, seed=seed, return_features=True, return_spread=policy_config.mc_spread)
     c = x.shape[1] // 2
     centre = x[:, c : c + 1]
     features = policy_features(centre, prob.float(), ent.float(), feats, policy_config, *spread)
-    return f0.refine(centre, prob), ent, features
+    return f0.refine(x, prob), ent, features

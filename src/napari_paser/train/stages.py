@@ -380,7 +380,7 @@ def train_f0_refiner(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: 
         with torch.no_grad():
             prob = mc_predict(f0, x0, cfg.mc_passes, seed=slice_seed(ctx.seed + 2, step))[0]
         f0.refiner.train()
-        loss = labelled_cross_entropy(f0.refiner(centre_planes(x, 1), prob), y)
+        loss = labelled_cross_entropy(f0.refiner(centre_planes(x, f0.refiner.planes), prob), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
