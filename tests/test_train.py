@@ -538,28 +538,31 @@ def test_a_refiner_on_f0_trains_with_f0_frozen(toy_volumes, tiny_bundle, tmp_pat
     assert not res.report["history"].get("refine_f0")
 
 
-def test_a_warm_start_with_a_refiner_keeps_it_and_ships_the_fusion_weights(toy_volumes, tiny_bundle, tmp_path):
-    """As the v2.19 preset does: the warm start already holds a trained refiner (refine
-    steps 0 keep it as it is), every network is kept, the policy is fitted again and the
-    fusion weights reach the trained bundle."""
-    from napari_paser.engine.bundle import Bundle, copy_matching_weights, load_bundle
+@pytest.mark.parametrize("name, planes, fusion", [("v2.19", 1, (0.35, 0.40)), ("v2.20", 5, (0.35, 0.45))])
+def test_a_warm_start_with_a_refiner_keeps_it_and_ships_the_fusion_weights(toy_volumes, tiny_bundle, tmp_path, name, planes, fusion):
+    """As the v2.19 and v2.20 presets do: the warm start already holds a trained refiner
+    (refine steps 0 keep it as it is; v2.20's reads 5 planes), every network is kept, the
+    policy is fitted again and the fusion weights reach the trained bundle."""
+    from napari_paser.engine.bundle import Bundle, copy_matching_weights, default_model_configs, load_bundle
     from napari_paser.engine.models import UNetConfig
     from napari_paser.train.presets import get_preset
     from napari_paser.train.runner import train
 
-    preset = get_preset("v2.19")
-    assert (preset.arch, preset.refine_steps, preset.f0_fusion) == ("v2.19", 0, (0.35, 0.40))
+    preset = get_preset(name)
+    assert (preset.arch, preset.refine_steps, preset.f0_fusion) == (name, 0, fusion)
+    arch_f0 = default_model_configs(preset.arch)["f0"]
+    assert (arch_f0.refine_width, arch_f0.refine_stem, arch_f0.refine_planes) == (32, 2, planes) and arch_f0.planes >= planes
     configs = tiny_configs()
-    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "refine_width": 4, "refine_stem": 2})
+    configs["f0"] = UNetConfig(**{**configs["f0"].to_dict(), "planes": planes, "refine_width": 4, "refine_stem": 2, "refine_planes": planes})
     warm = Bundle.from_configs(configs, seed=1, meta={"name": "refined", "version": "0"}).eval()
     copy_matching_weights(warm, tiny_bundle)
     with torch.no_grad():
         warm.f0.refiner.body[-1].weight.normal_(0, 0.1)  # a refiner that does something
-    cfg = _tiny_cfg(f2_steps=0, f1_steps=0, f0_steps=0, refine_steps=0, ft_steps=0, policy_steps=2, f0_fusion=(0.35, 0.40))
+    cfg = _tiny_cfg(f2_steps=0, f1_steps=0, f0_steps=0, refine_steps=0, ft_steps=0, policy_steps=2, f0_fusion=fusion)
     res = train(toy_volumes, tmp_path / "r", cfg, configs=configs, warm_start=warm, seed=0, progress=False, echo=False)
     assert not res.report["history"].get("refine_f0")
     b = load_bundle(tmp_path / "r")
-    assert b.fusion == (0.35, 0.40)
+    assert b.fusion == fusion and b.f0.config.refine_planes == planes
     for name in ("f0", "f1", "f2"):
         kept, trained = getattr(warm, name).state_dict(), getattr(b, name).state_dict()
         assert kept.keys() == trained.keys() and all(torch.equal(trained[k], v) for k, v in kept.items()), name
