@@ -1,0 +1,90 @@
+"""Can a scan tell, without labels, whether f0's refiner was trained on its kind? (issue 11)
+
+A refiner trained on in-family volumes lifts f0 a lot in family and little out of family,
+where its analysis seconds are not paid back. A bundle could apply it only to scans that
+look like its training volumes, if some label-free statistic of a scan said so. For every
+scan this probe computes, with the refined bundle given (8 slices, f0's MC analysis as the
+engine seeds it):
+
+- **f0's entropy**: the mean of f0's MC-mean entropy over the scan's pixels;
+- **refiner KL**: the mean KL(refined ‖ f0's MC mean) per pixel;
+- **refiner relabels**: the share of pixels whose label the refiner changes.
+
+The threshold of each statistic comes from in-family data alone: the largest value over
+the refiner's own training volumes (their first 8 slices). A scan above it is called
+shifted. The probe prints, per set of fresh scans, how many each statistic calls shifted:
+a useful switch calls none of the in-family scans and most of the out-of-family ones.
+
+    python benchmarks/probe_scan_shift.py runs/paser-synth-v2.16-refined5p --sets v1:8661-8700 oof:9461-9500 --workers 2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs
+from probe_testset_draws import _parse_set, _volume
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.registry import resolve_bundle
+
+STATISTICS = ("f0's entropy", "refiner KL", "refiner relabels")
+
+
+@torch.inference_mode()
+def scan_statistics(bundle, volumes: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(scans, 3): the label-free statistics of :data:`STATISTICS` per scan."""
+    if bundle.f0.refiner is None:
+        raise SystemExit(f"{bundle.name}'s f0 has no refiner")
+    rows = []
+    for x, prob, y in f0_outputs(bundle, volumes):
+        h, w = y.shape[-2:]
+        p = prob[..., :h, :w].clamp_min(1e-6)
+        q = bundle.f0.refine(x, prob)[..., :h, :w].clamp_min(1e-6)
+        entropy = -(p * p.log()).sum(1)
+        kl = (q * (q.log() - p.log())).sum(1)
+        relabels = (q.argmax(1) != p.argmax(1)).float()
+        rows.append([float(entropy.mean()), float(kl.mean()), float(relabels.mean())])
+    return np.asarray(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="a bundle whose f0 has a refiner")
+    p.add_argument("--sets", nargs="+", required=True, help="fresh scans as generator:first-last seeds, e.g. oof:9461-9500")
+    p.add_argument("--train", nargs="+", default=TRAIN + ["v2:7701-7716", "v1:7855-7862"],
+                   help="the refiner's training volumes (generator:first-last, 16 slices each): they set the thresholds")
+    p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"))
+    p.add_argument("--slices", type=int, default=8)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    t0 = time.perf_counter()
+    train = [(image[: args.slices], labels[: args.slices]) for image, labels in cached_volumes(args.cache, args.train, args.workers)]
+    reference = scan_statistics(bundle, train)
+    threshold = reference.max(0)
+    print(f"{bundle.name}: thresholds from {len(train)} training volumes ({time.perf_counter() - t0:.0f} s): "
+          + ", ".join(f"{name} {t:.4f} (median {m:.4f})" for name, t, m in zip(STATISTICS, threshold, np.median(reference, 0))), flush=True)
+    print("| scans | " + " | ".join(f"{name}: median; called shifted" for name in STATISTICS) + " |")
+    print("|---|" + "---|" * len(STATISTICS))
+    for text in args.sets:
+        dist, seeds = _parse_set(text)
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            volumes = list(pool.map(_volume, [(s, args.slices, dist) for s in seeds]))
+        stats = scan_statistics(bundle, volumes)
+        shifted = (stats > threshold).mean(0)
+        cells = [f"{m:.4f}; {s:.0%}" for m, s in zip(np.median(stats, 0), shifted)]
+        print(f"| {text} ({len(volumes)}, {time.perf_counter() - t0:.0f} s) | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
