@@ -572,7 +572,7 @@ def test_a_refiner_that_reads_neighbouring_planes_takes_the_centre_ones_of_f0s_i
     the bundle round-trips and its FLOPs grow with the planes read."""
     from napari_paser.engine.bundle import Bundle, load_bundle, save_bundle
     from napari_paser.engine.flops import refine_flops
-    from napari_paser.engine.models import Refiner, UNetConfig
+    from napari_paser.engine.models import Refiner, UNet, UNetConfig
     from napari_paser.engine.pipeline import PaserSegmenter
 
     configs = tiny_configs()
@@ -603,4 +603,6 @@ def test_a_refiner_that_reads_neighbouring_planes_takes_the_centre_ones_of_f0s_i
     assert np.array_equal(segs[0].compose(1, routing=routing), segs[1].compose(1, routing=routing))
     with pytest.raises(ValueError, match="planes"):
         Refiner(4, planes=2)
+    with pytest.raises(ValueError, match="too many"):
+        UNet(UNetConfig(**{**configs["f0"].to_dict(), "planes": 1}))
 

@@ -204,6 +204,8 @@ class UNet(nn.Module):
             raise ValueError("UNet stem must be at least 1")
         if config.planes < 1 or config.planes % 2 == 0:
             raise ValueError(f"UNet planes must be odd and positive, got {config.planes}")
+        if config.refine_width > 0 and config.refine_planes > config.planes:
+            raise ValueError(f"the refiner reads planes of the network's input: {config.refine_planes} of {config.planes} is too many")
         self.unshuffle = nn.PixelUnshuffle(s) if s > 1 else nn.Identity()
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
         self.inc = DoubleConv(config.input_channels * s * s, widths[0])

@@ -382,9 +382,10 @@ class PaserSegmenter(SlicewiseRouting):
         t0 = time.perf_counter()
         with torch.inference_mode():
             policy_config = self.bundle.policy.config
-            prob, ent, f0_feats, *spread = mc_predict(f0, self._to_device(f0_in), self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
+            f0_in = self._to_device(f0_in)
+            prob, ent, f0_feats, *spread = mc_predict(f0, f0_in, self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
                                                       return_features=True, return_spread=policy_config.mc_spread)
-            prediction = f0.refine(self._to_device(f0_in), prob)  # the MC mean itself without a refiner
+            prediction = f0.refine(f0_in, prob)  # the MC mean itself without a refiner
             t1 = time.perf_counter()
             feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config, *spread)
             gains = self.bundle.policy.gains(feats)
