@@ -124,6 +124,32 @@ def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, cr
     return model.eval()
 
 
+def train_refiner_in_stage(bundle, volumes, width: int, steps: int, stem: int = 1, planes: int = 1) -> Refiner:
+    """The same refiner trained by the train package's ``refine_f0`` stage instead: ``steps``
+    batches of whole slices augmented as f0's own training (noise, blur, contrast, flips),
+    f0's MC analysis run on every batch, f0 frozen (a copy of ``bundle`` is trained)."""
+    import tempfile
+
+    from napari_paser.engine.models import UNet, UNetConfig
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_f0_refiner
+
+    config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem, "refine_planes": planes})
+    f0 = UNet(config)
+    missing = f0.load_state_dict(bundle.f0.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("refiner.") for k in missing), missing
+    refined = dataclasses.replace(bundle, f0=f0.eval())
+    bank = SliceBank([make_volume(f"t{i}", image, labels, bundle.normalization) for i, (image, labels) in enumerate(volumes)],
+                     bundle.patch_size, planes=bundle.f0.config.planes)
+    cfg = get_preset("v2.16").replace(refine_steps=steps)
+    with tempfile.TemporaryDirectory() as folder:
+        ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(folder, {"probe": "refiner"}), seed=0,
+                           log=print, progress=False)
+        train_f0_refiner(ctx, refined, bank)
+    return refined.f0.refiner.eval()
+
+
 def refiner_costs(model, threads: int) -> tuple[int, float]:
     """FLOPs (``torch.utils.flop_counter``) and median seconds of ``model`` on one 224 × 256
     slice, timed in the channels-last layout the engine gives f0 (about twice as fast
@@ -193,17 +219,23 @@ def main() -> None:
     p.add_argument("--train", nargs="+", default=TRAIN,
                    help="training volumes as generator:first-last seeds (16 slices each)")
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
+    p.add_argument("--stage", action="store_true",
+                   help="train with the train package's refine_f0 stage (augmented whole slices, f0 run every step) instead")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundles[0])).eval()
     t = time.perf_counter()
-    train = f0_outputs(bundle, cached_volumes(args.cache, args.train))
+    train_volumes = cached_volumes(args.cache, args.train)
+    train = f0_outputs(bundle, train_volumes)
     print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
     refiners = {}
     for variant in args.variants:
         stem, width, planes = parse_variant(variant)
         t = time.perf_counter()
-        model = train_refiner(train, width, args.steps, stem, planes=planes)
+        if args.stage:
+            model = train_refiner_in_stage(bundle, train_volumes, width, args.steps, stem, planes)
+        else:
+            model = train_refiner(train, width, args.steps, stem, planes=planes)
         flops, seconds = refiner_costs(model, torch.get_num_threads())
         refiners[variant] = (model, flops, seconds)
         print(f"refiner {variant} (stem:width[:planes]): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
