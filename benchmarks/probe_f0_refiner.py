@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import multiprocessing
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -38,10 +39,13 @@ from probe_policy_choice import development_parser, development_tables
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.flops import count_flops
 from napari_paser.engine.metrics import dataset_iou_gains
-from napari_paser.engine.models import Refiner, centre_planes
+from napari_paser.engine.models import Refiner, UNet, UNetConfig, centre_planes
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
+from napari_paser.train.checkpoint import Checkpointer
 from napari_paser.train.datasets import SliceBank, make_volume
+from napari_paser.train.presets import get_preset
+from napari_paser.train.stages import StageContext, train_f0_refiner
 
 TRAIN = ["v2:7801-7808", "v1:7851-7854"]
 
@@ -128,13 +132,6 @@ def train_refiner_in_stage(bundle, volumes, width: int, steps: int, stem: int = 
     """The same refiner trained by the train package's ``refine_f0`` stage instead: ``steps``
     batches of whole slices augmented as f0's own training (noise, blur, contrast, flips),
     f0's MC analysis run on every batch, f0 frozen (a copy of ``bundle`` is trained)."""
-    import tempfile
-
-    from napari_paser.engine.models import UNet, UNetConfig
-    from napari_paser.train.checkpoint import Checkpointer
-    from napari_paser.train.presets import get_preset
-    from napari_paser.train.stages import StageContext, train_f0_refiner
-
     config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem, "refine_planes": planes})
     f0 = UNet(config)
     missing = f0.load_state_dict(bundle.f0.state_dict(), strict=False).missing_keys

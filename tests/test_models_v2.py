@@ -605,4 +605,3 @@ def test_a_refiner_that_reads_neighbouring_planes_takes_the_centre_ones_of_f0s_i
         Refiner(4, planes=2)
     with pytest.raises(ValueError, match="too many"):
         UNet(UNetConfig(**{**configs["f0"].to_dict(), "planes": 1}))
-

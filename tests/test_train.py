@@ -563,9 +563,9 @@ def test_a_warm_start_with_a_refiner_keeps_it_and_ships_the_fusion_weights(toy_v
     assert not res.report["history"].get("refine_f0")
     b = load_bundle(tmp_path / "r")
     assert b.fusion == fusion and b.f0.config.refine_planes == planes
-    for name in ("f0", "f1", "f2"):
-        kept, trained = getattr(warm, name).state_dict(), getattr(b, name).state_dict()
-        assert kept.keys() == trained.keys() and all(torch.equal(trained[k], v) for k, v in kept.items()), name
+    for net in ("f0", "f1", "f2"):
+        kept, trained = getattr(warm, net).state_dict(), getattr(b, net).state_dict()
+        assert kept.keys() == trained.keys() and all(torch.equal(trained[k], v) for k, v in kept.items()), net
     assert any(k.startswith("refiner.") for k in b.f0.state_dict())
 
 

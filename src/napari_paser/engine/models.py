@@ -146,7 +146,8 @@ class DoubleConv(nn.Sequential):
 class Refiner(nn.Module):
     """A correction of a prediction's log-probabilities read from them and the slice.
 
-    Two 3x3 convolutions and a 1x1 one on the slice and the log-probabilities; with
+    Two 3x3 convolutions and a 1x1 one on the slice (and, with ``planes`` > 1, the
+    planes around it) and the log-probabilities; with
     ``stem`` 2 they run at half resolution on 2x2 pixel blocks folded into channels and
     predict the correction of each block's 4 pixels (as a space-to-depth UNet stem does).
     The last layer starts at zero, so an untrained refiner returns its input. Tiny and

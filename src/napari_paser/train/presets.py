@@ -362,13 +362,13 @@ PRESETS["v2.18"] = PRESETS["v2.16"].replace(preset="v2.18", f0_fusion=(0.30, 0.2
 PRESETS["v2.19"] = PRESETS["v2.16"].replace(preset="v2.19", arch="v2.19", refine_steps=0, f0_fusion=(0.35, 0.40))
 
 
-
 # v2.19 with a refiner that also reads the two planes on each side of the slice (arch
 # v2.20), warm-started from a bundle that holds it (``probe_refiner_gain.py --refiners
 # 2:32:5 --steps 6000 --save``; refine_steps 0 keeps it); the refined f0 fused into f1 / f2
 # at 0.35 / 0.45 (chosen by probe_f0_fusion on that bundle); the dense policy and the
 # residual prior fitted again to the gains over the refined f0.
-PRESETS["v2.20"] = PRESETS["v2.16"].replace(preset="v2.20", arch="v2.20", refine_steps=0, f0_fusion=(0.35, 0.45))
+PRESETS["v2.20"] = PRESETS["v2.19"].replace(preset="v2.20", arch="v2.20", f0_fusion=(0.35, 0.45))
+
 
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
