@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train paser-synth-v2.20 (CPU, about 15 minutes on 2 cores once the data exist: the refiner
-# 3, the training stages 10):
+# Train paser-synth-v2.20 (CPU, about 13 minutes on 2 cores once the data exist: the refiner
+# 3, the training stages 9):
 # paser-synth-v2.16's networks with f0's prediction refined at half resolution by a tiny
 # convolutional network that reads the slice and the two planes on each side of it, the
 # refined f0 fused into f1's and f2's patches, and the dense routing policy and residual
