@@ -53,10 +53,14 @@ from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
 
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "probe_refiner_switch"
-MODES = ("plain", "refined")
-# The refiner on a sample patch reads the patch with an 8-pixel halo: (56 + 16) x (64 + 16)
-# pixels for a 56 x 64 patch, 1.6 x the patch's share of the slice's refiner FLOPs.
-CROP_FACTOR = (56 + 16) * (64 + 16) / (56 * 64)
+CHECK_HALO = 8  # pixels around a sample patch that the refiner reads for the check
+
+
+def crop_factor(patch_size: tuple[int, int], halo: int = CHECK_HALO) -> float:
+    """The refiner's FLOPs on one sample patch read with ``halo`` over the patch's share
+    of the slice's (1.6 for 56 x 64 patches and 8 pixels)."""
+    ph, pw = patch_size
+    return (ph + 2 * halo) * (pw + 2 * halo) / (ph * pw)
 
 
 def scan_record(image: np.ndarray, labels: np.ndarray, bundle, lams: list[float]) -> dict:
@@ -155,14 +159,18 @@ class SwitchedTable(PatchTable):
 
 @dataclass
 class CostFields:
+    """The parts of :class:`~napari_paser.engine.flops.CostModel` that the tables charge."""
+
     f0_mc: float
     policy: float
     patch: np.ndarray
 
 
-def set_table(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray]) -> tuple[SwitchedTable, dict, np.ndarray]:
+def set_table(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray],
+              factor: float) -> tuple[SwitchedTable, dict, np.ndarray]:
     """The pooled table of ``scans`` each in its mode, PaSeR's routes per λ, and the
-    per-slice default λ route; ``switched``: PaSeR pays the check on ``samples``."""
+    per-slice default λ route; ``switched``: PaSeR pays the check on ``samples`` (the
+    refiner's crops cost ``factor`` times their patches' share of a slice)."""
     plain = scans[0]
     cost = CostFields(float(plain["plain_f0_mc"]), float(plain["plain_policy"]), plain["plain_patch"])
     conf = np.concatenate([s[f"{m}_conf"] for s, m in zip(scans, modes)])
@@ -172,7 +180,7 @@ def set_table(scans: list[dict], modes: list[str], switched: bool, samples: list
     analysis = np.concatenate([np.full(len(s[f"{m}_conf"]), float(s[f"{m}_f0_mc"])) for s, m in zip(scans, modes)])
     check = sample = None
     if switched:
-        check = np.concatenate([np.full(len(s["plain_conf"]), float(s["refined_f0_refine"]) * CROP_FACTOR * smp.sum() / smp.size)
+        check = np.concatenate([np.full(len(s["plain_conf"]), float(s["refined_f0_refine"]) * factor * smp.sum() / smp.size)
                                 for s, smp in zip(scans, samples)])
         sample = np.concatenate(samples)
     table = SwitchedTable(conf=conf, conf_plain=conf_plain, ent=ent, cost=cost, costs=np.zeros(3), analysis=analysis, check=check)
@@ -185,9 +193,9 @@ def set_table(scans: list[dict], modes: list[str], switched: bool, samples: list
     return table, routes, default
 
 
-def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray]) -> dict:
+def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray], factor: float) -> dict:
     """Issue 11's four lines on one set (lines 1-3 GFLOPs only, as probe_testset_draws)."""
-    table, routes, default = set_table(scans, modes, switched, samples)
+    table, routes, default = set_table(scans, modes, switched, samples, factor)
     f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
     paser = table.score(default, "paser")
     within = [p for p in (table.score(r, "paser") for r in routes.values()) if p["gflops"] <= f1["gflops"]]
@@ -268,6 +276,7 @@ def main() -> None:
     # one threshold per sample count, chosen on the development sets with the same sampling
     thresholds = {k: args.threshold if args.threshold is not None else choose_threshold(dev, k, args.rule) for k in args.samples}
     in_family = args.sets[0]
+    factor = crop_factor(bundles["plain"].patch_size)
     rng = np.random.default_rng(0)
     for k in args.samples:
         print(f"\n## check on {'all' if k == 0 else k} sample patches per scan ({args.rule}), threshold {thresholds[k]:.3f}")
@@ -291,7 +300,7 @@ def main() -> None:
             else:
                 samples = [check_mask(s, k, args.rule) for s in scans]
                 modes = ["refined" if closed_share(s, m) >= thresholds[k] else "plain" for s, m in zip(scans, samples)]
-            jobs = [([scans[i] for i in d], [modes[i] for i in d], k is not None, [samples[i] for i in d]) for d in draws]
+            jobs = [([scans[i] for i in d], [modes[i] for i in d], k is not None, [samples[i] for i in d], factor) for d in draws]
             with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 rows = list(pool.map(_lines_job, jobs, chunksize=max(1, len(jobs) // (4 * args.workers))))
             share = {key: np.mean([r[key] for r in rows]) for key in ("line1", "line2", "line3", "line3_bound", "line4")}
