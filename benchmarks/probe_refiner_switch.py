@@ -243,7 +243,7 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", required=True, help="generator:first-last seeds; the first is the in-family one")
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--samples", type=int, nargs="+", default=[0, 32, 16, 8], help="sample patches per scan for the check (0: all)")
-    p.add_argument("--dev", nargs="+", default=["v1:8001-8004", "v1:8501-8504", "oof:9201-9212", "oof:9301-9308"],
+    p.add_argument("--dev", nargs="*", default=["v1:8001-8004", "v1:8501-8504", "oof:9201-9212", "oof:9301-9308"],
                    help="development sets (generator:first-last) that choose the threshold; the v1 / v2 ones are in family")
     p.add_argument("--threshold", type=float, default=None,
                    help="share of the disagreement the refiner must remove; default: chosen on --dev (see choose_threshold)")
@@ -273,6 +273,8 @@ def main() -> None:
     for text, scans in dev.items():
         closed = np.array([closed_share(s, check_mask(s, 0, args.rule)) for s in scans])
         print(f"development {text}: closed on all patches, per scan: " + " ".join(f"{c:.3f}" for c in closed))
+    if args.threshold is None and not dev:
+        raise SystemExit("give --threshold, or --dev sets to choose it on")
     # one threshold per sample count, chosen on the development sets with the same sampling
     thresholds = {k: args.threshold if args.threshold is not None else choose_threshold(dev, k, args.rule) for k in args.samples}
     in_family = args.sets[0]
