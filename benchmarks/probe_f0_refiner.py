@@ -128,15 +128,21 @@ def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, cr
     return model.eval()
 
 
+def f0_with_refiner(f0: UNet, width: int, stem: int, planes: int, refiner: Refiner | None = None) -> UNet:
+    """A copy of ``f0`` with a refiner of that shape: ``refiner``'s weights, or a fresh one
+    (which returns its input until trained)."""
+    config = UNetConfig(**{**f0.config.to_dict(), "refine_width": width, "refine_stem": stem, "refine_planes": planes})
+    out = UNet(config)
+    head = (refiner if refiner is not None else out.refiner).state_dict()
+    out.load_state_dict({**f0.state_dict(), **{f"refiner.{k}": v for k, v in head.items()}})
+    return out.eval()
+
+
 def train_refiner_in_stage(bundle, volumes, width: int, steps: int, stem: int = 1, planes: int = 1) -> Refiner:
     """The same refiner trained by the train package's ``refine_f0`` stage instead: ``steps``
     batches of whole slices augmented as f0's own training (noise, blur, contrast, flips),
     f0's MC analysis run on every batch, f0 frozen (a copy of ``bundle`` is trained)."""
-    config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem, "refine_planes": planes})
-    f0 = UNet(config)
-    missing = f0.load_state_dict(bundle.f0.state_dict(), strict=False).missing_keys
-    assert all(k.startswith("refiner.") for k in missing), missing
-    refined = dataclasses.replace(bundle, f0=f0.eval())
+    refined = dataclasses.replace(bundle, f0=f0_with_refiner(bundle.f0, width, stem, planes))
     bank = SliceBank([make_volume(f"t{i}", image, labels, bundle.normalization) for i, (image, labels) in enumerate(volumes)],
                      bundle.patch_size, planes=bundle.f0.config.planes)
     cfg = get_preset("v2.16").replace(refine_steps=steps)

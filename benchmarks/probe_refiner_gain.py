@@ -71,13 +71,13 @@ import torch.nn.functional as F
 from torch import nn
 from bench_testsets import _corr
 from common import build_table
-from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, parse_variant, refiner_costs, train_refiner
+from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, f0_with_refiner, parse_variant, refiner_costs, train_refiner
 from probe_patch_texture import boundary_mask
 from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
 
 from napari_paser.engine.bundle import load_bundle, save_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
-from napari_paser.engine.models import UNet, UNetConfig, centre_planes
+from napari_paser.engine.models import centre_planes
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
@@ -111,12 +111,10 @@ class GainMap(nn.Module):
 def with_refiner(bundle, refiner, stem: int, width: int, planes: int, name: str, version: str):
     """A copy of ``bundle``, called ``name``, whose f0 refines its MC mean with ``refiner``
     (f0's weights, the other networks, the policy and f0's fusion weights unchanged)."""
-    config = UNetConfig(**{**bundle.f0.config.to_dict(), "refine_width": width, "refine_stem": stem, "refine_planes": planes})
-    f0 = UNet(config)
-    f0.load_state_dict({**bundle.f0.state_dict(), **{f"refiner.{k}": v for k, v in refiner.state_dict().items()}})
+    f0 = f0_with_refiner(bundle.f0, width, stem, planes, refiner)
     meta = {**bundle.meta, "name": name, "version": version,
             "notes": f"{bundle.name} with a {stem}:{width} refiner on f0, trained by benchmarks/probe_refiner_gain.py (not shipped)"}
-    return dataclasses.replace(bundle, f0=f0.eval(), meta=meta, path=None)
+    return dataclasses.replace(bundle, f0=f0, meta=meta, path=None)
 
 
 def gain_targets(image: np.ndarray, labels: np.ndarray, bundle, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

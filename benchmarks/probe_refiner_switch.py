@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PatchTable, build_table, cheapest_reaching, idk_grid, match_idk, oracle_front
-from probe_testset_draws import _parse_set, _volume, set_correlations
+from common import PatchTable, build_table
+from probe_testset_draws import _parse_set, _volume, set_correlations, table_arrays, table_lines
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
@@ -64,15 +64,17 @@ def crop_factor(patch_size: tuple[int, int], halo: int = CHECK_HALO) -> float:
 
 
 def scan_record(image: np.ndarray, labels: np.ndarray, bundle, lams: list[float]) -> dict:
-    """One scan segmented by ``bundle`` through the engine: what the line scores need,
-    and f0's and f1's own labels (S, H, W) for the disagreement counts."""
+    """One scan segmented by ``bundle`` through the engine: what ``probe_testset_draws``
+    keeps (routes stacked per λ, the cost model as numbers), and f0's and f1's own labels
+    (S, H, W) for the disagreement counts."""
     table = build_table([(image, labels)], bundle)
+    arrays = table_arrays(table, lams)
     seg, zs = table.segs[0]
     ones, zeros = np.ones(seg.grid, np.uint8), np.zeros(seg.grid, np.uint8)
     cm = table.cost
     return {
-        "conf": table.conf, "conf_plain": table.conf_plain, "gains": np.stack([seg.gains(z) for z in zs]), "ent_all": table.ent,
-        "routes": np.stack([np.stack([seg.routing(lam, z) for z in zs]) for lam in lams]),
+        "conf": arrays["conf"], "conf_plain": arrays["plain"], "gains": arrays["gains"], "ent_all": arrays["ent_all"],
+        "routes": np.stack(list(arrays["routes"].values())),
         "f0_labels": np.stack([seg.compose(z, routing=zeros) for z in zs]),
         "f1_labels": np.stack([seg.compose(z, routing=ones, fused=False) for z in zs]),
         "f0_mc": cm.f0_mc, "policy": cm.policy, "patch": np.asarray(cm.patch, float), "f0_refine": cm.f0_refine,
@@ -196,18 +198,12 @@ def set_table(scans: list[dict], modes: list[str], switched: bool, samples: list
 def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray], factor: float) -> dict:
     """Issue 11's four lines on one set (lines 1-3 GFLOPs only, as probe_testset_draws)."""
     table, routes, default = set_table(scans, modes, switched, samples, factor)
-    f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
-    paser = table.score(default, "paser")
-    within = [p for p in (table.score(r, "paser") for r in routes.values()) if p["gflops"] <= f1["gflops"]]
-    best = max((p["mean_iou"] for p in within), default=float("nan"))
-    matched = table.score(table.idk(**{k: v for k, v in match_idk(idk_grid(table), paser["mean_iou"]).items() if k in ("a0", "a1")}), "idk")
-    oracle = cheapest_reaching(oracle_front(table), paser["mean_iou"])
+    lines = table_lines(table, routes, default)
     r = set_correlations([{"conf": s[f"{m}_conf"], "gains": s[f"{m}_gains"], "ent": s[f"{m}_ent_all"][:, 0]} for s, m in zip(scans, modes)])
     lead = r[:, 0] - r[:, 1]
-    return {"line1": paser["mean_iou"] / f2["mean_iou"] >= 0.99 and paser["gflops"] / f2["gflops"] <= 0.25,
-            "line2": best > f1["mean_iou"], "line3": matched["gflops"] / paser["gflops"] >= 1.3,
-            "line3_bound": bool(oracle) and matched["gflops"] / oracle["gflops"] >= 1.3,
-            "line4": bool((lead >= 0.1).all()), "mixed": len(set(modes)) > 1, "margin2": best - f1["mean_iou"], "gflops1": paser["gflops"] / f2["gflops"]}
+    return {"line1": lines["line1_iou"] >= 0.99 and lines["line1_gflops"] <= 0.25, "line2": lines["line2_margin"] > 0,
+            "line3": lines["line3"] >= 1.3, "line3_bound": lines["line3_bound"] >= 1.3,
+            "line4": bool((lead >= 0.1).all()), "mixed": len(set(modes)) > 1, "margin2": lines["line2_margin"]}
 
 
 def segment_set(dist: str, seeds: list[int], bundles: dict, lams: list[float], slices: int, workers: int, text: str) -> list[dict]:

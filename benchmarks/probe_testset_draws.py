@@ -76,7 +76,11 @@ def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, lams
     as the networks return them (S, 3, GY, GX, C, C), the policy's gains (S, 2, GY, GX),
     the patch entropy of each model (S, 3, GY, GX), PaSeR's routing at each of ``lams``
     (S, GY, GX) and the cost model. The segmenter is dropped: memory stays per patch."""
-    table = build_table([(image, labels)], bundle, device=device)
+    return table_arrays(build_table([(image, labels)], bundle, device=device), lams)
+
+
+def table_arrays(table: PatchTable, lams) -> dict:
+    """What :func:`scan_arrays` keeps of a one-scan ``table`` (its segmenter still cached)."""
     seg, zs = table.segs[0]
     return {"conf": table.conf, "plain": table.conf_plain, "gains": np.stack([seg.gains(z) for z in zs]),
             "ent_all": table.ent, "ent": table.ent[:, 0], "cost": table.cost,
@@ -109,11 +113,16 @@ def scans_table(scans: list[dict], costs: np.ndarray) -> PatchTable:
 def set_lines(scans: list[dict], costs: np.ndarray, default_lam: float) -> dict:
     """Lines 1-3 of issue 11 on one set of scans, counting GFLOPs (see the module doc);
     ``costs`` are the bundle's model costs and ``default_lam`` its default λ."""
-    table = scans_table(scans, costs)
     route = {lam: np.concatenate([s["routes"][lam] for s in scans]) for lam in scans[0]["routes"]}
+    return table_lines(scans_table(scans, costs), route, route[default_lam])
+
+
+def table_lines(table: PatchTable, routes: dict, default: np.ndarray) -> dict:
+    """Lines 1-3 on ``table``: PaSeR's ``routes`` per λ, ``default`` its route at the
+    default λ (see :func:`set_lines`)."""
     f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
-    paser = table.score(route[default_lam], "paser")
-    sweep = [table.score(r, "paser") for r in route.values()]
+    paser = table.score(default, "paser")
+    sweep = [table.score(r, "paser") for r in routes.values()]
     within_f1 = [p for p in sweep if p["gflops"] <= f1["gflops"]]
     best = max((p["mean_iou"] for p in within_f1), default=float("nan"))
     match = match_idk(idk_grid(table), paser["mean_iou"])
