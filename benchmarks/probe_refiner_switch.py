@@ -148,11 +148,17 @@ class SwitchedTable(PatchTable):
 
     analysis: np.ndarray | None = None
     check: np.ndarray | None = None
+    own_patch: np.ndarray | None = None  # f1 / f2 everywhere's patch FLOPs where ``cost.patch`` is shifted (kept_costs)
+    kept_crop: float = 0.0
 
     def flops(self, routing: np.ndarray, kind: str) -> float:
+        if kind in ("f1", "f2") and self.own_patch is not None:
+            return self.patches * self.own_patch[int(kind[1])] / 1e9
         base = super().flops(routing, kind)
         if kind in ("f1", "f2") or not self.runs_f0(routing, kind):
             return base
+        if kind == "idk":  # the cascade ran f1 before f2: no crop was credited for those patches twice
+            base += int((routing == 2).sum()) * self.kept_crop / 1e9
         extra = self.analysis.sum() - self.n * self.cost.f0_mc
         if kind == "paser" and self.check is not None:
             extra += self.check.sum()
@@ -195,9 +201,38 @@ def set_table(scans: list[dict], modes: list[str], switched: bool, samples: list
     return table, routes, default
 
 
+def kept_scan(scan: dict) -> dict:
+    """``scan`` with a third mode, ``kept``: the plain bundle (its policy, routes, fusion
+    and default λ) whose f0 is refined only on the patches kept on f0. There f0's labels
+    are the refined ones; f1 and f2 stay fused with the plain f0."""
+    kept = {f"kept_{k[len('plain_'):]}": v for k, v in scan.items() if k.startswith("plain_")}
+    kept["kept_conf"] = scan["plain_conf"].copy()
+    kept["kept_conf"][:, 0] = scan["refined_conf"][:, 0]
+    return scan | kept
+
+
+def kept_costs(table: SwitchedTable, scan: dict, factor: float) -> None:
+    """Charge ``table`` the refiner on every patch kept on f0 (one crop with its halo,
+    ``factor`` × the patch's share of a slice's refiner FLOPs). Charging it on every patch
+    with f0's analysis and crediting it on every patch sent to f1 or f2 is the same sum,
+    and lets oracle routing weigh it: its sweep prices a patch by ``cost.patch``."""
+    gy, gx = table.conf.shape[2:4]
+    crop = float(scan["refined_f0_refine"]) * factor / (gy * gx)
+    patch = np.asarray(table.cost.patch, float)
+    table.own_patch, table.kept_crop = patch, crop
+    table.cost = CostFields(table.cost.f0_mc + gy * gx * crop, table.cost.policy, np.array([0.0, patch[1] - crop, patch[2] - crop]))
+    table.analysis = table.analysis + gy * gx * crop
+
+
 def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray], factor: float) -> dict:
     """Issue 11's four lines on one set (lines 1-3 GFLOPs only, as probe_testset_draws)."""
+    if "kept" in modes:
+        if set(modes) != {"kept"} or switched:
+            raise ValueError("the kept mode is scored on its own, never switched")
+        scans = [kept_scan(s) for s in scans]
     table, routes, default = set_table(scans, modes, switched, samples, factor)
+    if "kept" in modes:
+        kept_costs(table, scans[0], factor)
     lines = table_lines(table, routes, default)
     r = set_correlations([{"conf": s[f"{m}_conf"], "gains": s[f"{m}_gains"], "ent": s[f"{m}_ent_all"][:, 0]} for s, m in zip(scans, modes)])
     lead = r[:, 0] - r[:, 1]
@@ -247,6 +282,8 @@ def main() -> None:
                    help="sample patches spread over the scan, or where the plain policy predicts f1's largest gain")
     p.add_argument("--draws", type=int, default=300)
     p.add_argument("--switched-only", action="store_true", help="score only the switched bundles")
+    p.add_argument("--kept", action="store_true",
+                   help="also score the plain bundle with f0 refined only on the patches it keeps on f0 (kept_scan)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -285,6 +322,8 @@ def main() -> None:
     for text, scans in families.items():
         draws = [rng.choice(len(scans), 4, replace=False) for _ in range(args.draws)]
         fixed = {} if args.switched_only else {"plain": None, "refined": None, "perfect switch": None}
+        if args.kept:
+            fixed["refined f0 on kept patches only"] = None
         variants = fixed | {f"switched, {k} samples ({args.rule})": k for k in args.samples if k > 0}
         print(f"\n## {text}: share of {args.draws} sets of four meeting each line (lines 1-3 GFLOPs only)")
         print("| bundle | line 1 | line 2 (median margin) | line 3 | line 3's bound | line 4 | lines met |")
@@ -292,7 +331,8 @@ def main() -> None:
         for name, k in variants.items():
             t0 = time.perf_counter()
             if k is None:
-                mode = {"plain": "plain", "refined": "refined"}.get(name, "refined" if text == in_family else "plain")
+                mode = {"plain": "plain", "refined": "refined", "refined f0 on kept patches only": "kept"}.get(
+                    name, "refined" if text == in_family else "plain")
                 modes = [mode] * len(scans)
                 samples = [None] * len(scans)
             else:
