@@ -27,7 +27,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
-from probe_refiner_switch import disagreement
 from probe_testset_draws import _parse_set, _volume
 
 from napari_paser.engine.bundle import load_bundle
@@ -61,8 +60,7 @@ def scan_check(job: tuple[str, str, str, int, int, int]) -> dict:
     plain, refined = _BUNDLES[plain_ref], _BUNDLES[refined_ref]
     image, labels = _volume((seed, slices, dist))
     p0, r0, f1 = model_labels(plain, image, 0), model_labels(refined, image, 0), model_labels(plain, image, 1)
-    ps = plain.patch_size
-    dis_plain = int(disagreement(p0, f1, ps).sum())
+    dis_plain = int((p0 != f1).sum())
     a = int(((r0 == f1) & (p0 != f1)).sum())
     b = int(((p0 == f1) & (r0 != f1)).sum())
     iou = {name: mean_iou(pred, labels) for name, pred in (("plain", p0), ("refined", r0), ("f1", f1))}
@@ -70,7 +68,7 @@ def scan_check(job: tuple[str, str, str, int, int, int]) -> dict:
         "dist": dist, "slices": slices,
         "closed": 1.0 - (dis_plain - a + b) / dis_plain if dis_plain else 1.0,
         "sides": a / (a + b) if a + b else 0.5,
-        "gap_closed": (iou["refined"] - iou["plain"]) / (iou["f1"] - iou["plain"]),
+        "gap_closed": (iou["refined"] - iou["plain"]) / (iou["f1"] - iou["plain"]) if iou["f1"] != iou["plain"] else float("nan"),
         "agree1": plane_agreement(labels, 1), "agree2": plane_agreement(labels, 2),
     }
 

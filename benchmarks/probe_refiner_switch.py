@@ -31,8 +31,13 @@ an 8-pixel halo) and f1 on them; f1's output is then kept there (PaSeR's routes 
 sample patches to f1 at least). The IDK cascade and the oracle get the switch for free,
 which can only make line 3 harder.
 
+``--kept`` also scores a third way to use the refiner: the plain bundle unchanged, with
+f0 refined only on the patches it keeps on f0 (the refiner on each such patch with its
+halo; f1 and f2 fused with the plain f0). It is scored from the same records.
+
     python benchmarks/probe_refiner_switch.py paser-synth-v2.16 runs/paser-synth-v2.20 --sets v1:8661-8700 oof:9461-9500 --workers 2 --threads 2
     python benchmarks/probe_refiner_switch.py paser-synth-v2.16 runs/paser-synth-v2.20 --sets v1:8661-8700 oof:9461-9500 --workers 2 --threads 2 --rule top --switched-only
+    python benchmarks/probe_refiner_switch.py paser-synth-v2.16 runs/paser-synth-v2.20 --sets v1:8661-8700 oof:9461-9500 --workers 2 --threads 2 --samples 0 --switched-only --kept
 """
 
 from __future__ import annotations
@@ -144,7 +149,9 @@ def closed_share(scan: dict, mask: np.ndarray) -> float:
 class SwitchedTable(PatchTable):
     """A pooled table of scans segmented in different modes: f0's analysis is charged per
     slice (``analysis``, FLOPs) and PaSeR also pays the refiner on the check's sample
-    patches (``check``, FLOPs per slice); f1 on them is in PaSeR's routes."""
+    patches (``check``, FLOPs per slice); f1 on them is in PaSeR's routes. For the ``kept``
+    mode (:func:`kept_costs`) ``own_patch`` holds the patch models' FLOPs that f1 and f2
+    everywhere pay, and ``kept_crop`` the refiner's FLOPs on one patch kept on f0."""
 
     analysis: np.ndarray | None = None
     check: np.ndarray | None = None
@@ -157,7 +164,7 @@ class SwitchedTable(PatchTable):
         base = super().flops(routing, kind)
         if kind in ("f1", "f2") or not self.runs_f0(routing, kind):
             return base
-        if kind == "idk":  # the cascade ran f1 before f2: no crop was credited for those patches twice
+        if kind == "idk":  # a patch sent on to f2 pays f1 and f2: the shifted costs credit its crop twice
             base += int((routing == 2).sum()) * self.kept_crop / 1e9
         extra = self.analysis.sum() - self.n * self.cost.f0_mc
         if kind == "paser" and self.check is not None:
