@@ -258,6 +258,15 @@ def generate_volume(
     info : dict
         JSON-serialisable: ``seed``, ``params``, ``fractions``, ``voxel_size_um``
         (plane, row, column) and ``shape``.
+
+    Notes
+    -----
+    The microstructure is periodic in every axis (particles wrap around the volume's
+    faces; its smooth fields are filtered with wrap-around). A volume of few slices is
+    thinner than its larger particles, so its planes are more alike than in a longer
+    one. For the first generator, labels equal the next plane's on 90.5 % of the voxels
+    with 8 slices against 87.7 % with 16 and 87.3 % with 32 (median of 12 seeds,
+    ``benchmarks/probe_check_level.py``). Use 16 slices or more where that matters.
     """
     ny, nx = (int(s) for s in size)
     if int(slices) < 1 or ny < 16 or nx < 16:
