@@ -120,6 +120,9 @@ class PatchTable:
         Segmenters whose caches hold the outputs (for PaSeR routings).
     cost : CostModel
     costs : (3,) parameter-ratio costs C(f)
+    kept_flops : float
+        FLOPs a patch pays only when it stays on f0, beyond f0's analysis (e.g. a refiner
+        run on that patch alone); 0 for the engine's bundles.
     """
 
     conf: np.ndarray
@@ -131,6 +134,7 @@ class PatchTable:
     ce: np.ndarray | None = None
     seconds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     num_classes: int = 3
+    kept_flops: float = 0.0
 
     @property
     def n(self) -> int:
@@ -162,16 +166,16 @@ class PatchTable:
         if kind in ("f1", "f2"):
             return self.patches * cm.patch[int(kind[1])] / 1e9
         if kind == "f0":
-            return self.n * cm.f0_mc / 1e9
+            return (self.n * cm.f0_mc + self.patches * self.kept_flops) / 1e9
         if kind == "f1+f0":
             return (self.n * cm.f0_mc + self.patches * cm.patch[1]) / 1e9
-        total = 0
+        total = int((routing == 0).sum()) * self.kept_flops if self.runs_f0(routing, kind) else 0
         if kind == "paser":
-            total = self.n * (cm.f0_mc + cm.policy) + n1 * cm.patch[1] + n2 * cm.patch[2]
+            total += self.n * (cm.f0_mc + cm.policy) + n1 * cm.patch[1] + n2 * cm.patch[2]
         elif kind == "idk":
-            total = self.n * cm.f0_mc + (n1 + n2) * cm.patch[1] + n2 * cm.patch[2]
+            total += self.n * cm.f0_mc + (n1 + n2) * cm.patch[1] + n2 * cm.patch[2]
         elif kind == "random":
-            total = (self.n * cm.f0_mc if self.runs_f0(routing, kind) else 0) + n1 * cm.patch[1] + n2 * cm.patch[2]
+            total += (self.n * cm.f0_mc if self.runs_f0(routing, kind) else 0) + n1 * cm.patch[1] + n2 * cm.patch[2]
         else:
             raise ValueError(kind)
         return total / 1e9
@@ -405,17 +409,21 @@ def gain_front(table: PatchTable, gains: np.ndarray, points: int = 240, cost: st
     f0 minus ``lam`` times its cost, over a sweep of ``lam``; charged like PaSeR (f0's
     analysis and the policy on every slice). ``cost`` is each model's GFLOPs on a patch,
     or ``"seconds"``: its measured seconds on that patch (on a CPU f2's seconds are a
-    smaller multiple of f1's than its FLOPs)."""
+    smaller multiple of f1's than its FLOPs). A patch kept on f0 is priced at the
+    table's ``kept_flops`` (GFLOPs sweep only)."""
+    kept_cost = 0.0
     if cost == "gflops":
         patch_cost = np.broadcast_to((np.asarray(table.cost.patch[1:], float) / 1e9).reshape(1, 2, 1, 1), gains.shape)
+        kept_cost = table.kept_flops / 1e9
     elif cost == "seconds":
         patch_cost = table.seconds[2][:, 1:]
     else:
         raise ValueError(f"cost must be 'gflops' or 'seconds', not {cost!r}")
-    scale = np.abs(gains).max() / patch_cost[patch_cost > 0].min()
+    extra = patch_cost - kept_cost  # what sending a patch up costs over keeping it: sets the sweep's range
+    scale = np.abs(gains).max() / extra[extra > 0].min()
     out = []
     for lam in np.concatenate([[0.0], np.geomspace(1e-4, 1.0, points - 1)]) * scale:
-        utility = np.concatenate([np.zeros_like(gains[:, :1]), gains - lam * patch_cost], axis=1)
+        utility = np.concatenate([np.full_like(gains[:, :1], -lam * kept_cost), gains - lam * patch_cost], axis=1)
         routing = utility.argmax(1).astype(np.uint8)
         out.append({f"lam_{cost}": float(lam), **table.score(routing, "paser")})
     return pareto(out)

@@ -37,12 +37,11 @@ from napari_paser.engine.registry import resolve_bundle
 _BUNDLES: dict = {}
 
 
-def model_labels(bundle, image: np.ndarray, model: int) -> np.ndarray:
-    """(S, H, W) labels of f0 (``model`` 0) or f1 (1) everywhere, as the network returns them (not fused)."""
+def model_labels(bundle, image: np.ndarray, method: str) -> np.ndarray:
+    """(S, H, W) labels of ``method`` (``f0`` or ``f1`` everywhere) through the engine."""
     seg = PaserSegmenter(bundle, seed=0)
     seg.set_volume(image)
-    seg.result(method=("f0", "f1")[model])
-    return np.stack([seg.compose(z, routing=np.full(seg.grid, model, np.uint8), fused=False) for z in range(seg.num_slices)])
+    return seg.result(method=method).labels
 
 
 def plane_agreement(labels: np.ndarray, step: int) -> float:
@@ -59,7 +58,7 @@ def scan_check(job: tuple[str, str, str, int, int, int]) -> dict:
             _BUNDLES[ref] = load_bundle(resolve_bundle(ref)).eval()
     plain, refined = _BUNDLES[plain_ref], _BUNDLES[refined_ref]
     image, labels = _volume((seed, slices, dist))
-    p0, r0, f1 = model_labels(plain, image, 0), model_labels(refined, image, 0), model_labels(plain, image, 1)
+    p0, r0, f1 = model_labels(plain, image, "f0"), model_labels(refined, image, "f0"), model_labels(plain, image, "f1")
     dis_plain = int((p0 != f1).sum())
     a = int(((r0 == f1) & (p0 != f1)).sum())
     b = int(((p0 == f1) & (r0 != f1)).sum())

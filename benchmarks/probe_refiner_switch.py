@@ -149,23 +149,15 @@ def closed_share(scan: dict, mask: np.ndarray) -> float:
 class SwitchedTable(PatchTable):
     """A pooled table of scans segmented in different modes: f0's analysis is charged per
     slice (``analysis``, FLOPs) and PaSeR also pays the refiner on the check's sample
-    patches (``check``, FLOPs per slice); f1 on them is in PaSeR's routes. For the ``kept``
-    mode (:func:`kept_costs`) ``own_patch`` holds the patch models' FLOPs that f1 and f2
-    everywhere pay, and ``kept_crop`` the refiner's FLOPs on one patch kept on f0."""
+    patches (``check``, FLOPs per slice); f1 on them is in PaSeR's routes."""
 
     analysis: np.ndarray | None = None
     check: np.ndarray | None = None
-    own_patch: np.ndarray | None = None  # f1 / f2 everywhere's patch FLOPs where ``cost.patch`` is shifted (kept_costs)
-    kept_crop: float = 0.0
 
     def flops(self, routing: np.ndarray, kind: str) -> float:
-        if kind in ("f1", "f2") and self.own_patch is not None:
-            return self.patches * self.own_patch[int(kind[1])] / 1e9
         base = super().flops(routing, kind)
         if kind in ("f1", "f2") or not self.runs_f0(routing, kind):
             return base
-        if kind == "idk":  # a patch sent on to f2 pays f1 and f2: the shifted costs credit its crop twice
-            base += int((routing == 2).sum()) * self.kept_crop / 1e9
         extra = self.analysis.sum() - self.n * self.cost.f0_mc
         if kind == "paser" and self.check is not None:
             extra += self.check.sum()
@@ -218,19 +210,6 @@ def kept_scan(scan: dict) -> dict:
     return scan | kept
 
 
-def kept_costs(table: SwitchedTable, scan: dict, factor: float) -> None:
-    """Charge ``table`` the refiner on every patch kept on f0 (one crop with its halo,
-    ``factor`` × the patch's share of a slice's refiner FLOPs). Charging it on every patch
-    with f0's analysis and crediting it on every patch sent to f1 or f2 is the same sum,
-    and lets oracle routing weigh it: its sweep prices a patch by ``cost.patch``."""
-    gy, gx = table.conf.shape[2:4]
-    crop = float(scan["refined_f0_refine"]) * factor / (gy * gx)
-    patch = np.asarray(table.cost.patch, float)
-    table.own_patch, table.kept_crop = patch, crop
-    table.cost = CostFields(table.cost.f0_mc + gy * gx * crop, table.cost.policy, np.array([0.0, patch[1] - crop, patch[2] - crop]))
-    table.analysis = table.analysis + gy * gx * crop
-
-
 def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list[np.ndarray], factor: float) -> dict:
     """Issue 11's four lines on one set (lines 1-3 GFLOPs only, as probe_testset_draws)."""
     if "kept" in modes:
@@ -238,8 +217,9 @@ def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list
             raise ValueError("the kept mode is scored on its own, never switched")
         scans = [kept_scan(s) for s in scans]
     table, routes, default = set_table(scans, modes, switched, samples, factor)
-    if "kept" in modes:
-        kept_costs(table, scans[0], factor)
+    if "kept" in modes:  # the refiner on each patch kept on f0: one crop with its halo
+        gy, gx = table.conf.shape[2:4]
+        table.kept_flops = float(scans[0]["refined_f0_refine"]) * factor / (gy * gx)
     lines = table_lines(table, routes, default)
     r = set_correlations([{"conf": s[f"{m}_conf"], "gains": s[f"{m}_gains"], "ent": s[f"{m}_ent_all"][:, 0]} for s, m in zip(scans, modes)])
     lead = r[:, 0] - r[:, 1]
