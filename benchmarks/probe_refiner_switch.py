@@ -56,6 +56,7 @@ from probe_testset_draws import _parse_set, _volume, set_correlations, table_arr
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
+from napari_paser.train.synth import GENERATOR_VERSION
 
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "probe_refiner_switch"
 CHECK_HALO = 8  # pixels around a sample patch that the refiner reads for the check
@@ -230,7 +231,8 @@ def set_lines(scans: list[dict], modes: list[str], switched: bool, samples: list
 
 def segment_set(dist: str, seeds: list[int], bundles: dict, lams: list[float], slices: int, workers: int, text: str) -> list[dict]:
     """The records of one set of scans, segmenting those not yet in :data:`CACHE`."""
-    paths = [CACHE / f"{dist}_{seed}_{slices}.npz" for seed in seeds]
+    # The generator's version in the name: a record of a volume it no longer makes is not reused.
+    paths = [CACHE / f"{dist}_{seed}_{slices}_g{GENERATOR_VERSION}.npz" for seed in seeds]
     todo = [(seed, path) for seed, path in zip(seeds, paths) if not path.exists()]
     t0 = time.perf_counter()
     if todo:

@@ -64,10 +64,19 @@ def _parse_set(text: str) -> tuple[str, list[int]]:
     return dist, seeds
 
 
-def _volume(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
-    """One labelled scan as the benchmark makes its test volumes (picklable for a pool)."""
-    seed, slices, dist = args
-    return make_volumes([seed], slices, distribution=dist)[0]
+def _volume(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """One labelled scan as the benchmark makes its test volumes (picklable for a pool):
+    ``(seed, slices, generator)``, or ``(seed, slices, generator, depth)``.
+
+    With ``depth`` above ``slices`` the scan is the middle ``slices`` planes of a volume
+    made ``depth`` slices deep. The generator wraps its microstructure around the
+    volume's faces, so a thin volume made whole is more alike from plane to plane than a
+    thin part of a deeper one; since generator version 3 it cuts volumes of fewer than
+    ``MIN_SLICES`` slices from one that deep itself (``generate_volume``'s Notes)."""
+    seed, slices, dist, depth = (*args, 0)[:4]
+    image, labels = make_volumes([seed], max(slices, depth), distribution=dist)[0]
+    start = (image.shape[0] - slices) // 2
+    return image[start:start + slices], labels[start:start + slices]
 
 
 def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, lams) -> dict:
@@ -193,6 +202,8 @@ def main() -> None:
     p.add_argument("bundles", nargs="+", help="bundle names or folders; several are measured on the same scans and sets")
     p.add_argument("--sets", nargs="+", required=True, help="generator:first-last seeds, e.g. oof:9401-9460")
     p.add_argument("--slices", type=int, default=8, help="slices per scan (the test sets have 8)")
+    p.add_argument("--depth", type=int, default=0,
+                   help="make each scan this many slices deep and keep its middle --slices (0: as the test sets)")
     p.add_argument("--set-size", type=int, default=4, help="scans per drawn set (the test sets have 4)")
     p.add_argument("--draws", type=int, default=2000)
     p.add_argument("--lines-draws", type=int, default=0, help="also score lines 1-3 (GFLOPs) on this many drawn sets")
@@ -219,7 +230,7 @@ def main() -> None:
         scans = {label: [] for label in bundles}
         # spawn: the scans are simulated beside a parent that may hold CUDA
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for image, labels in pool.map(_volume, [(s, args.slices, dist) for s in seeds]):
+            for image, labels in pool.map(_volume, [(s, args.slices, dist, args.depth) for s in seeds]):
                 for label, bundle in bundles.items():
                     scans[label].append(scan_arrays(image, labels, bundle, args.device, lams[label]))
         print(f"{text}: {len(seeds)} scans segmented in {time.perf_counter() - t0:.0f} s")

@@ -62,6 +62,40 @@ def test_volumes_differ():
     assert sample_params(np.random.default_rng(5)) == sample_params(np.random.default_rng(5))
 
 
+def test_thin_volume_is_the_middle_of_a_deeper_one():
+    # Particles wrap around the faces: a volume thinner than them would wrap them onto
+    # themselves, so thin volumes are cut from the middle of one MIN_SLICES deep.
+    from napari_paser.train.synth import MIN_SLICES
+
+    size = (32, 48)
+    deep = generate_volume(7, MIN_SLICES, size, distribution="v1")
+    thin = generate_volume(7, 4, size, distribution="v1")
+    first = (MIN_SLICES - 4) // 2
+    assert thin[0].shape == (4, *size) and thin[2]["shape"] == [4, *size]
+    assert np.array_equal(thin[0], deep[0][first : first + 4])
+    assert np.array_equal(thin[1], deep[1][first : first + 4])
+    assert thin[2]["cut_from"] == {"slices": MIN_SLICES, "first": first}
+    assert "cut_from" not in deep[2]
+    counts = np.bincount(thin[1].ravel(), minlength=3) / thin[1].size
+    assert np.allclose(list(thin[2]["fractions"].values()), counts)
+
+
+def test_resume_rewrites_thin_volumes_of_older_generators(tmp_path):
+    import json
+
+    from napari_paser.train.synth import MIN_SLICES, is_current, volume_seed
+
+    for stem, slices in (("thin", 2), ("deep", MIN_SLICES)):
+        write_dataset(tmp_path / stem, 1, slices, (16, 16), seed=9, distribution="v1")
+    seed = volume_seed(9, 0)
+    for stem, current_before in (("thin", False), ("deep", True)):
+        record = tmp_path / stem / "vol0.json"
+        assert is_current(tmp_path / stem, "vol0", seed, "v1")
+        info = json.loads(record.read_text())
+        record.write_text(json.dumps({**info, "generator": 2}))  # as version 2 wrote it
+        assert is_current(tmp_path / stem, "vol0", seed, "v1") is current_before
+
+
 def test_slices_are_correlated(small_volume):
     labels = small_volume[1]
     agree = np.mean(labels[1] == labels[2])
