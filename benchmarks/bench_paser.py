@@ -19,6 +19,7 @@ from common import (
     Timer,
     build_table,
     cheapest_reaching,
+    generator_record,
     idk_grid,
     make_volumes,
     match_idk,
@@ -76,7 +77,7 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
     slices = 3 if fast else 8
     res: dict = {"data": {
         "test_seeds": list(TEST_SEEDS[:n_test]), "val_seeds": list(VAL_SEEDS[:n_val]), "retrain_seeds": list(RETRAIN_SEEDS[:n_re]),
-        "slices_per_volume": slices, "slice_shape": [224, 256], "noise": f"salt and pepper, {NOISE_FRACTION:.0%} of pixels per slice (slice min / max), seed {NOISE_SEED}",
+        "slices_per_volume": slices, "slice_shape": [224, 256], "generator": generator_record(), "noise": f"salt and pepper, {NOISE_FRACTION:.0%} of pixels per slice (slice min / max), seed {NOISE_SEED}",
     }}
     test = make_volumes(TEST_SEEDS[:n_test], slices)
     val = make_volumes(VAL_SEEDS[:n_val], slices)

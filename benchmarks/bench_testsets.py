@@ -29,6 +29,7 @@ from common import (
     best_within,
     build_table,
     cheapest_reaching,
+    generator_record,
     idk_grid,
     make_volumes,
     match_idk,
@@ -190,7 +191,7 @@ def run(bundle, reference, fast: bool, seed: int, log) -> dict:
     for name, (dist, seeds) in SETS.items():
         vols = make_volumes(seeds[:n], slices, distribution=dist)
         log(f"[testsets] {name}: {n} volumes x {slices} slices ({t.lap(name + ' data'):.0f} s)")
-        res["sets"][name] = {"distribution": dist, "seeds": list(seeds[:n]), "slices_per_volume": slices,
+        res["sets"][name] = {"distribution": dist, "seeds": list(seeds[:n]), "slices_per_volume": slices, "generator": generator_record(),
                              **_evaluate_set(name, vols, bundle, reference, tuned["thresholds"], seed, fast, log, t)}
     res["seconds"] = t.parts
     return res

@@ -88,6 +88,13 @@ def salt_and_pepper(image: np.ndarray, fraction: float, seed: int) -> np.ndarray
     return out
 
 
+def generator_record() -> dict:
+    """Which synthetic generator made the volumes: its version and the fewest slices it makes whole."""
+    from napari_paser.train.synth import GENERATOR_VERSION, MIN_SLICES
+
+    return {"version": GENERATOR_VERSION, "min_slices": MIN_SLICES}
+
+
 def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1") -> list[tuple[np.ndarray, np.ndarray]]:
     """Labelled test volumes; ``v1`` (the in-family test set of every bundle so far) by default."""
     from napari_paser.train.synth import generate_volume

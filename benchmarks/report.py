@@ -22,6 +22,17 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:.1f} %"
 
 
+def generator_note(data: dict, slices: int) -> str:
+    """How the generator made volumes of ``slices`` slices (empty for runs that did not record it)."""
+    gen = data.get("generator")
+    if not gen:
+        return ""
+    if slices < gen["min_slices"]:
+        return (f" (generator version {gen['version']}: the middle {slices} slices of the seed's "
+                f"{gen['min_slices']}-slice volume)")
+    return f" (generator version {gen['version']})"
+
+
 def _g(v):
     return "-" if v is None else f"{v:.4g}"
 
@@ -242,7 +253,8 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
               f"- bundle `{b['name']}` {b['version']} ({'trained' if b['trained'] else 'RANDOM WEIGHTS: routing meaningless'}), "
               f"parameters {b['parameters']}, costs C = {[round(c, 4) for c in b['costs']]}, default λ {b['default_lam']:.4g}, "
               f"{b['mc_passes']} MC-dropout passes",
-              f"- held-out test volumes: `generate_volume(seed, {D['slices_per_volume']}, (224, 256))` for seeds {D['test_seeds']}; "
+              f"- held-out test volumes: `generate_volume(seed, {D['slices_per_volume']}, (224, 256))` for seeds {D['test_seeds']}"
+              f"{generator_note(D, D['slices_per_volume'])}; "
               f"validation (IDK tuning) seeds {D['val_seeds']}; Table 3 retraining seeds {D['retrain_seeds']}. The bundled model was "
               "trained on `napari-paser synth --seed 1000` volumes (hashed per-volume seeds), disjoint from these.",
               f"- noisy copies: {D['noise']}",

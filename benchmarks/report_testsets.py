@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from report import generator_note
+
 CLASSES = ("pore", "carbon-binder", "nickel")
 ROWS = (("f0", "f0 everywhere"), ("f1", "f1 everywhere"), ("f2", "f2 everywhere"),
         ("f1+f0", "f1 everywhere with f0 fused in (f0's analysis + f1; no routing)"), ("paser", "PaSeR (default λ)"),
@@ -101,6 +103,8 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
     for name, s in res["sets"].items():
         rows, f2 = s["rows"], s["rows"]["f2"]
         L += [f"### {name} ({len(s['seeds'])} volumes × {s['slices_per_volume']} slices, seeds {s['seeds']}, distribution `{s['distribution']}`)", "",
+              f"Volumes `generate_volume(seed, {s['slices_per_volume']}, (224, 256), distribution={s['distribution']!r})`"
+              f"{generator_note(s, s['slices_per_volume'])}.", "",
               f"Bundle `{bundle_name}`; PaSeR at its default λ = {s['lam']:.4g}.", "",
               "| method | mean IoU | " + " | ".join(f"IoU {c}" for c in CLASSES) + " | GFLOPs / f2's | seconds / f2's | routed f0 / f1 / f2 |",
               "|---|---|---|---|---|---|---|---|"]
