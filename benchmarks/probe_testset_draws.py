@@ -21,6 +21,7 @@ IoU-matched IDK cascade over PaSeR's and over oracle routing's (line 3 and its b
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8660 oof:9401-9460 --workers 2
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8601-8800 oof:9401-9600 --workers 16 --device cuda
     python benchmarks/probe_testset_draws.py paser-synth-v2.16 runs/paser-synth-v2.18 --sets oof:9401-9440 --workers 2
+    python benchmarks/probe_testset_draws.py paser-synth-v2.16 --sets v1:8801-8830 oof:9601-9630 --depth 24 --lines-draws 300
 
 Given several bundles, it segments the same scans with each and draws the same sets, and
 prints how often each later bundle's r is above the first's.
