@@ -46,14 +46,6 @@ def direct_taufactor(mask: np.ndarray) -> float:
         return float(taufactor.Solver(mask.astype(np.uint8), device="cpu").solve(verbose=False)[0])
 
 
-def _generator_text(slices: int) -> str:
-    """Which generator made the volumes, and whether they are cut from deeper ones."""
-    from napari_paser.train.synth import GENERATOR_VERSION, MIN_SLICES
-
-    cut = f", the middle {slices} slices of the seed's {MIN_SLICES}-slice volume" if slices < MIN_SLICES else ""
-    return f"generator version {GENERATOR_VERSION}{cut}"
-
-
 def rel_err(value: float, truth: float) -> float:
     return (value - truth) / truth
 
@@ -72,6 +64,8 @@ def main(argv=None) -> int:
     import inspect
 
     import torch
+    from common import generator_record
+    from report import generator_note
 
     from napari_paser.cli.segment import load_bundle_arg
     from napari_paser.engine.metrics_band import DEFAULT_BAND_LAMS, PhaseEnvelope, band_steps
@@ -131,8 +125,8 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}).",
         "",
         f"Bundle `{bundle.name}` (version {bundle.meta.get('version', '')}), default λ = {bundle.default_lam:g}. "
-        f"Test volumes: synthetic seeds {', '.join(map(str, args.seeds))} (distribution `{distribution}`), {args.slices} slices of {args.size[0]}×{args.size[1]} "
-        f"(metrics over the whole volume; {_generator_text(args.slices)}), voxel size from the generator. τ: TauFactor, pore phase, flux along axis 0 "
+        f"Test volumes: synthetic seeds {', '.join(map(str, args.seeds))} (distribution `{distribution}`), {args.slices} slices of {args.size[0]}×{args.size[1]}"
+        f"{generator_note(generator_record(), args.slices)}, metrics over the whole volume, voxel size from the generator. τ: TauFactor, pore phase, flux along axis 0 "
         f"({args.slices} planes). SSA: nickel surface area per unit sample volume, marching cubes. "
         f"Band: PaSeR at λ ∈ {{0, default, 0.1, 0.3, 1}}, f2 everywhere and {args.band_mc} single-pass f0 MC-dropout samples "
         "(the defaults of `napari-paser metrics --band`); the volume fractions' ranges also span the voxel-wise envelope of "

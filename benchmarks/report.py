@@ -22,9 +22,9 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:.1f} %"
 
 
-def generator_note(data: dict, slices: int) -> str:
-    """How the generator made volumes of ``slices`` slices (empty for runs that did not record it)."""
-    gen = data.get("generator")
+def generator_note(gen: dict | None, slices: int) -> str:
+    """How the generator (``common.generator_record``) made volumes of ``slices`` slices,
+    as a parenthesis to append (empty for runs that did not record it)."""
     if not gen:
         return ""
     if slices < gen["min_slices"]:
@@ -254,7 +254,7 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
               f"parameters {b['parameters']}, costs C = {[round(c, 4) for c in b['costs']]}, default λ {b['default_lam']:.4g}, "
               f"{b['mc_passes']} MC-dropout passes",
               f"- held-out test volumes: `generate_volume(seed, {D['slices_per_volume']}, (224, 256))` for seeds {D['test_seeds']}"
-              f"{generator_note(D, D['slices_per_volume'])}; "
+              f"{generator_note(D.get('generator'), D['slices_per_volume'])}; "
               f"validation (IDK tuning) seeds {D['val_seeds']}; Table 3 retraining seeds {D['retrain_seeds']}. The bundled model was "
               "trained on `napari-paser synth --seed 1000` volumes (hashed per-volume seeds), disjoint from these.",
               f"- noisy copies: {D['noise']}",

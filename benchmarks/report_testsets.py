@@ -104,7 +104,7 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
         rows, f2 = s["rows"], s["rows"]["f2"]
         L += [f"### {name} ({len(s['seeds'])} volumes × {s['slices_per_volume']} slices, seeds {s['seeds']}, distribution `{s['distribution']}`)", "",
               f"Volumes `generate_volume(seed, {s['slices_per_volume']}, (224, 256), distribution={s['distribution']!r})`"
-              f"{generator_note(s, s['slices_per_volume'])}.", "",
+              f"{generator_note(s.get('generator'), s['slices_per_volume'])}.", "",
               f"Bundle `{bundle_name}`; PaSeR at its default λ = {s['lam']:.4g}.", "",
               "| method | mean IoU | " + " | ".join(f"IoU {c}" for c in CLASSES) + " | GFLOPs / f2's | seconds / f2's | routed f0 / f1 / f2 |",
               "|---|---|---|---|---|---|---|---|"]
