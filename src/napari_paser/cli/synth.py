@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--volumes", type=int, default=1, help="number of volumes (default 1)")
-    p.add_argument("--slices", type=int, default=16, help="slices per volume (default 16)")
+    p.add_argument("--slices", type=int, default=16,
+                   help="slices per volume (default 16; fewer are cut from the middle of a 16-slice volume)")
     p.add_argument("--size", type=_size, default=(224, 256), help="slice size YxX (default 224x256)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--format", choices=("tiff", "paper"), default="tiff",
