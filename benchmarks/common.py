@@ -95,11 +95,14 @@ def generator_record() -> dict:
     return {"version": GENERATOR_VERSION, "min_slices": MIN_SLICES}
 
 
-def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1") -> list[tuple[np.ndarray, np.ndarray]]:
-    """Labelled test volumes; ``v1`` (the in-family test set of every bundle so far) by default."""
-    from napari_paser.train.synth import generate_volume
+def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1",
+                 depth: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Labelled test volumes; ``v1`` (the in-family test set of every bundle so far) by
+    default; ``depth``: cut thinner ones from volumes this deep (the generator's default)."""
+    from napari_paser.train.synth import MIN_SLICES, generate_volume
 
-    return [generate_volume(s, slices, size, distribution=distribution)[:2] for s in seeds]
+    deep = MIN_SLICES if depth is None else depth
+    return [generate_volume(s, slices, size, distribution=distribution, depth=deep)[:2] for s in seeds]
 
 
 # --------------------------------------------------------------------------- tables

@@ -67,17 +67,10 @@ def _parse_set(text: str) -> tuple[str, list[int]]:
 
 def _volume(args: tuple) -> tuple[np.ndarray, np.ndarray]:
     """One labelled scan as the benchmark makes its test volumes (picklable for a pool):
-    ``(seed, slices, generator)``, or ``(seed, slices, generator, depth)``.
-
-    With ``depth`` above ``slices`` the scan is the middle ``slices`` planes of a volume
-    made ``depth`` slices deep. The generator wraps its microstructure around the
-    volume's faces, so a thin volume made whole is more alike from plane to plane than a
-    thin part of a deeper one; since generator version 3 it cuts volumes of fewer than
-    ``MIN_SLICES`` slices from one that deep itself (``generate_volume``'s Notes)."""
+    ``(seed, slices, generator)``, or ``(seed, slices, generator, depth)`` to cut it from a
+    volume ``depth`` slices deep (``generate_volume``'s Notes; 0: the generator's default)."""
     seed, slices, dist, depth = (*args, 0)[:4]
-    image, labels = make_volumes([seed], max(slices, depth), distribution=dist)[0]
-    start = (image.shape[0] - slices) // 2
-    return image[start:start + slices], labels[start:start + slices]
+    return make_volumes([seed], slices, distribution=dist, depth=depth or None)[0]
 
 
 def scan_arrays(image: np.ndarray, labels: np.ndarray, bundle, device: str, lams) -> dict:

@@ -80,6 +80,13 @@ def test_thin_volume_is_the_middle_of_a_deeper_one():
     assert np.allclose(list(thin[2]["fractions"].values()), counts)
 
 
+def test_thin_volume_from_a_chosen_depth():
+    size = (32, 32)
+    deep = generate_volume(5, 20, size, distribution="v1")
+    thin = generate_volume(5, 3, size, distribution="v1", depth=20)
+    assert np.array_equal(thin[1], deep[1][8:11]) and thin[2]["cut_from"] == {"slices": 20, "first": 8}
+
+
 def test_resume_rewrites_thin_volumes_of_older_generators(tmp_path):
     import json
 
