@@ -1,0 +1,115 @@
+"""Which cheap signal ranks the gains that f1 and f2 still make over a refined f0? (issue 11)
+
+With the default bundle (v2.20) f0's prediction is refined at half resolution and fused
+into f1's and f2's patches. The true gain of a patch is then the change of the set's mean
+IoU from the refined f0's labels to the fused f1's (f2's), and BENCHMARKS.md finds that
+v2.20's policy tracks it worse than f0's MC entropy. This probe scores, on fresh scans of
+both test generators, per-patch signals that the analysis computes anyway or could at a
+few full-resolution elementwise passes:
+
+- ``entropy``: f0's MC-dropout entropy (the baseline of issue 11's fourth line);
+- ``policy``: the bundle's predicted gains;
+- ``refined entropy`` and ``refined 1-max``: the refined probabilities' uncertainty;
+- ``relabelled``: the share of pixels whose label the refiner changes;
+- ``KL``: KL(refined ‖ MC mean), the refiner's correction;
+- ``boundary``: the share of pixels whose refined label differs from a neighbour's.
+
+For each it prints r with the true gains over all scans pooled and the median lead over the
+entropy in drawn sets of four scans (as a test set holds), and the share of sets where the
+lead is at least +0.1 for both f1 and f2. Nothing is fitted.
+
+    python benchmarks/probe_refined_ranking.py --sets v1:8831-8850 oof:9631-9650
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from bench_testsets import _corr
+from common import build_table, make_volumes
+from probe_testset_draws import _parse_set
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.registry import resolve_bundle
+from napari_paser.engine.uncertainty import mc_predict, slice_seed
+
+SIGNALS = ("entropy", "policy", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
+
+
+def _patch_mean(a: np.ndarray, ps: tuple[int, int]) -> np.ndarray:
+    h, w = a.shape
+    return a.reshape(h // ps[0], ps[0], w // ps[1], ps[1]).mean(axis=(1, 3))
+
+
+@torch.no_grad()
+def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
+    """Per-patch confusions (as PaSeR composes them) and every signal of one scan."""
+    table = build_table([(image, labels)], bundle)
+    seg, zs = table.segs[0]
+    f0, ps = bundle.f0, seg.patch_size
+    out = {s: [] for s in SIGNALS}
+    for z in zs:
+        x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]
+        prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))  # as the engine seeds it
+        q = f0.refine(x, prob)[0].double()
+        p = prob[0].double()
+        lab_q, lab_p = q.argmax(0), p.argmax(0)
+        ent_q = -(q.clamp_min(1e-12).log() * q).sum(0)
+        kl = (q * (q.clamp_min(1e-12).log() - p.clamp_min(1e-12).log())).sum(0)
+        edge = torch.zeros_like(lab_q, dtype=torch.bool)
+        edge[1:] |= lab_q[1:] != lab_q[:-1]
+        edge[:, 1:] |= lab_q[:, 1:] != lab_q[:, :-1]
+        maps = {"refined entropy": ent_q, "refined 1-max": 1 - q.max(0).values, "relabelled": (lab_q != lab_p).double(),
+                "KL": kl, "boundary": edge.double()}
+        for name, m in maps.items():
+            out[name].append(_patch_mean(m.numpy(), ps))
+        out["entropy"].append(seg.patch_entropy(z, 0))
+        out["policy"].append(seg.gains(z))
+    return {"conf": table.conf, **{k: np.stack(v) for k, v in out.items()}}
+
+
+def set_r(scans: list[dict]) -> np.ndarray:
+    """r of every signal with the true gains of f1 and f2 over ``scans`` pooled: (signals, 2)."""
+    true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
+    r = np.zeros((len(SIGNALS), 2))
+    for i, name in enumerate(SIGNALS):
+        v = np.concatenate([s[name] for s in scans])
+        for k in range(2):
+            r[i, k] = _corr(v[:, k] if name == "policy" else v, true[:, k])
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle", nargs="?", default=None)
+    ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
+    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    print(f"bundle {bundle.meta.get('name')} {bundle.meta.get('version')}; signals over the refined f0's labels")
+    for text in args.sets:
+        dist, seeds = _parse_set(text)
+        t0 = time.perf_counter()
+        scans = [scan_signals(img, lab, bundle) for img, lab in make_volumes(seeds, args.slices, distribution=dist)]
+        pooled = set_r(scans)
+        rng = np.random.default_rng(0)
+        draws = np.stack([set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)]) for _ in range(args.draws)])
+        lead = draws - draws[:, :1]  # over the entropy
+        print(f"\n{text} ({len(scans)} scans, {time.perf_counter() - t0:.0f} s)")
+        print("| signal | pooled r (f1 / f2) | median lead over the entropy, sets of four (f1 / f2) | sets with both leads ≥ 0.1 |")
+        print("|---|---|---|---|")
+        for i, name in enumerate(SIGNALS):
+            both = np.mean((lead[:, i, 0] >= 0.1) & (lead[:, i, 1] >= 0.1)) * 100
+            med = np.median(lead[:, i], axis=0)
+            print(f"| {name} | {pooled[i, 0]:.3f} / {pooled[i, 1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {both:.1f} % |")
+
+
+if __name__ == "__main__":
+    main()
