@@ -18,7 +18,13 @@ For each it prints r with the true gains over all scans pooled and the median le
 entropy in drawn sets of four scans (as a test set holds), and the share of sets where the
 lead is at least +0.1 for both f1 and f2. Nothing is fitted.
 
-    python benchmarks/probe_refined_ranking.py --sets v1:8831-8850 oof:9631-9650
+With ``--lines-draws N`` it also asks whether routing by the best of them would route
+better: on N drawn sets of four it scores issue 11's lines 1-3 (GFLOPs only, as
+``probe_testset_draws`` scores them) for PaSeR routed by the policy's gains and by the
+*mix* ``policy_k + β_k (KL − its mean)``, β_k the ratio of the two spreads over the set's
+patches (no labels), at the bundle's default λ and over the validation λ grid.
+
+    python benchmarks/probe_refined_ranking.py --sets v1:8831-8850 oof:9631-9650 [--lines-draws 200]
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ import numpy as np
 import torch
 from bench_testsets import _corr
 from common import build_table, make_volumes
-from probe_testset_draws import _parse_set
+from probe_testset_draws import _parse_set, scans_table, table_lines
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.registry import resolve_bundle
+from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
 
 SIGNALS = ("entropy", "policy", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
@@ -69,7 +76,23 @@ def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
             out[name].append(_patch_mean(m.numpy(), ps))
         out["entropy"].append(seg.patch_entropy(z, 0))
         out["policy"].append(seg.gains(z))
-    return {"conf": table.conf, **{k: np.stack(v) for k, v in out.items()}}
+    return {"conf": table.conf, "plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost,
+            **{k: np.stack(v) for k, v in out.items()}}
+
+
+def mixed_gains(scans: list[dict]) -> np.ndarray:
+    """The policy's gains plus the refiner's KL, standardised to the gains' spread over the
+    set's patches (label-free): (patches, 2, GY, GX) pooled over ``scans``."""
+    g = np.concatenate([s["policy"] for s in scans])
+    kl = np.concatenate([s["KL"] for s in scans])
+    dev = kl - kl.mean()
+    return np.stack([g[:, k] + g[:, k].std() / max(kl.std(), 1e-12) * dev for k in range(2)], axis=1)
+
+
+def routing_lines(scans: list[dict], gains: np.ndarray, costs: np.ndarray, lams: list[float], default: float) -> dict:
+    """Issue 11's lines 1-3 on ``scans`` routed by ``gains`` at every λ (GFLOPs only)."""
+    routes = {lam: route(gains, lam, costs) for lam in lams}
+    return table_lines(scans_table(scans, costs), routes, routes[default])
 
 
 def set_r(scans: list[dict]) -> np.ndarray:
@@ -90,6 +113,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lines-draws", type=int, default=0, help="sets of four to score lines 1-3 on (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle))
@@ -109,6 +133,42 @@ def main() -> None:
             both = np.mean((lead[:, i, 0] >= 0.1) & (lead[:, i, 1] >= 0.1)) * 100
             med = np.median(lead[:, i], axis=0)
             print(f"| {name} | {pooled[i, 0]:.3f} / {pooled[i, 1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {both:.1f} % |")
+        if args.lines_draws:
+            print_lines(scans, bundle, args.lines_draws)
+
+
+def print_lines(scans: list[dict], bundle, draws: int) -> None:
+    """Lines 1-3 (and line 4 for the mix) on drawn sets of four, routed by the policy and by the mix."""
+    from napari_paser.train.validation import LAM_GRID
+
+    costs = bundle.costs().double().numpy()
+    default = float(bundle.default_lam)
+    lams = sorted({float(v) for v in LAM_GRID} | {default})
+    rng = np.random.default_rng(1)
+    rows = {"policy": [], "policy + KL": []}
+    lead4 = []
+    for _ in range(draws):
+        pick = [scans[i] for i in rng.choice(len(scans), 4, replace=False)]
+        mix = mixed_gains(pick)
+        rows["policy"].append(routing_lines(pick, np.concatenate([s["policy"] for s in pick]), costs, lams, default))
+        rows["policy + KL"].append(routing_lines(pick, mix, costs, lams, default))
+        true = dataset_iou_gains(np.concatenate([s["conf"] for s in pick]))
+        ent = np.concatenate([s["entropy"] for s in pick])
+        lead4.append([_corr(mix[:, k], true[:, k]) - _corr(ent, true[:, k]) for k in range(2)])
+    lead4 = np.array(lead4)
+    print(f"\nlines 1-3 on {draws} drawn sets of four (GFLOPs only), default λ {default:g}; share of sets meeting each line (median):")
+    print("| routing | line 1 | line 2 (margin over f1) | line 3 | line 3's bound |")
+    print("|---|---|---|---|---|")
+    for name, res in rows.items():
+        l1 = np.array([r["line1_iou"] >= 0.99 and r["line1_gflops"] <= 0.25 for r in res])
+        m2 = np.array([r["line2_margin"] for r in res])
+        l3 = np.array([r["line3"] for r in res])
+        b3 = np.array([r["line3_bound"] for r in res])
+        print(f"| {name} | {l1.mean() * 100:.1f} % ({np.median([r['line1_iou'] for r in res]):.4f} ×) | {np.mean(m2 > 0) * 100:.1f} % ({np.median(m2):+.4f}) "
+              f"| {np.mean(l3 >= 1.3) * 100:.1f} % ({np.median(l3):.3f} ×) | {np.mean(b3 >= 1.3) * 100:.1f} % |")
+    both = np.mean((lead4[:, 0] >= 0.1) & (lead4[:, 1] >= 0.1)) * 100
+    med = np.median(lead4, axis=0)
+    print(f"line 4 for the mix: median lead over the entropy {med[0]:+.3f} / {med[1]:+.3f}; sets with both ≥ 0.1: {both:.1f} %")
 
 
 if __name__ == "__main__":
