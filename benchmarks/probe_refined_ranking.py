@@ -40,16 +40,12 @@ from probe_testset_draws import _parse_set, scans_table, table_lines
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.patches import patch_view
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
 
 SIGNALS = ("entropy", "policy", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
-
-
-def _patch_mean(a: np.ndarray, ps: tuple[int, int]) -> np.ndarray:
-    h, w = a.shape
-    return a.reshape(h // ps[0], ps[0], w // ps[1], ps[1]).mean(axis=(1, 3))
 
 
 @torch.no_grad()
@@ -60,7 +56,7 @@ def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
     f0, ps = bundle.f0, seg.patch_size
     out = {s: [] for s in SIGNALS}
     for z in zs:
-        x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]
+        x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
         prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))  # as the engine seeds it
         q = f0.refine(x, prob)[0].double()
         p = prob[0].double()
@@ -73,7 +69,7 @@ def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
         maps = {"refined entropy": ent_q, "refined 1-max": 1 - q.max(0).values, "relabelled": (lab_q != lab_p).double(),
                 "KL": kl, "boundary": edge.double()}
         for name, m in maps.items():
-            out[name].append(_patch_mean(m.numpy(), ps))
+            out[name].append(patch_view(m.numpy(), ps).mean(axis=(-2, -1)))
         out["entropy"].append(seg.patch_entropy(z, 0))
         out["policy"].append(seg.gains(z))
     return {"conf": table.conf, "plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost,
