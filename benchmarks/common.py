@@ -99,10 +99,10 @@ def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1",
                  depth: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Labelled test volumes; ``v1`` (the in-family test set of every bundle so far) by
     default; ``depth``: cut thinner ones from volumes this deep (the generator's default)."""
-    from napari_paser.train.synth import MIN_SLICES, generate_volume
+    from napari_paser.train.synth import generate_volume
 
-    deep = MIN_SLICES if depth is None else depth
-    return [generate_volume(s, slices, size, distribution=distribution, depth=deep)[:2] for s in seeds]
+    deep = {} if depth is None else {"depth": depth}
+    return [generate_volume(s, slices, size, distribution=distribution, **deep)[:2] for s in seeds]
 
 
 # --------------------------------------------------------------------------- tables

@@ -12,7 +12,9 @@ few full-resolution elementwise passes:
 - ``refined entropy`` and ``refined 1-max``: the refined probabilities' uncertainty;
 - ``relabelled``: the share of pixels whose label the refiner changes;
 - ``KL``: KL(refined ‖ MC mean), the refiner's correction;
-- ``boundary``: the share of pixels whose refined label differs from a neighbour's.
+- ``boundary``: the share of pixels with a 4-neighbour of another refined label.
+
+The last three are ``probe_refiner_gain.refiner_signals``.
 
 For each it prints r with the true gains over all scans pooled and the median lead over the
 entropy in drawn sets of four scans (as a test set holds), and the share of sets where the
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from bench_testsets import _corr
 from common import build_table, make_volumes
+from probe_refiner_gain import refiner_signals
 from probe_testset_draws import _parse_set, scans_table, table_lines
 
 from napari_paser.engine.bundle import load_bundle
@@ -43,7 +46,7 @@ from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
-from napari_paser.engine.uncertainty import mc_predict, slice_seed
+from napari_paser.engine.uncertainty import entropy, mc_predict, slice_seed
 
 SIGNALS = ("entropy", "policy", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
 
@@ -59,17 +62,13 @@ def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
         x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
         prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))  # as the engine seeds it
         q = f0.refine(x, prob)[0].double()
-        p = prob[0].double()
-        lab_q, lab_p = q.argmax(0), p.argmax(0)
-        ent_q = -(q.clamp_min(1e-12).log() * q).sum(0)
-        kl = (q * (q.clamp_min(1e-12).log() - p.clamp_min(1e-12).log())).sum(0)
-        edge = torch.zeros_like(lab_q, dtype=torch.bool)
-        edge[1:] |= lab_q[1:] != lab_q[:-1]
-        edge[:, 1:] |= lab_q[:, 1:] != lab_q[:, :-1]
-        maps = {"refined entropy": ent_q, "refined 1-max": 1 - q.max(0).values, "relabelled": (lab_q != lab_p).double(),
-                "KL": kl, "boundary": edge.double()}
+        # The refiner's relabelling, KL and boundary share as probe_refiner_gain measures them.
+        shared = refiner_signals(prob[0].double().numpy(), q.numpy(), ps)
+        maps = {"refined entropy": entropy(q, dim=0), "refined 1-max": 1 - q.max(0).values}
         for name, m in maps.items():
             out[name].append(patch_view(m.numpy(), ps).mean(axis=(-2, -1)))
+        for name, key in (("relabelled", "disagreement"), ("KL", "KL"), ("boundary", "boundary share")):
+            out[name].append(shared[key])
         out["entropy"].append(seg.patch_entropy(z, 0))
         out["policy"].append(seg.gains(z))
     return {"conf": table.conf, "plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost,
