@@ -9,6 +9,8 @@ few full-resolution elementwise passes:
 
 - ``entropy``: f0's MC-dropout entropy (the baseline of issue 11's fourth line);
 - ``policy``: the bundle's predicted gains;
+- ``policy network``: the same without the image-residual prior (the dense network alone;
+  the policy itself when it has no prior);
 - ``refined entropy`` and ``refined 1-max``: the refined probabilities' uncertainty;
 - ``relabelled``: the share of pixels whose label the refiner changes;
 - ``KL``: KL(refined ‖ MC mean), the refiner's correction;
@@ -22,8 +24,8 @@ lead is at least +0.1 for both f1 and f2. Nothing is fitted.
 
 With ``--lines-draws N`` it also asks whether routing by the best of them would route
 better: on N drawn sets of four it scores issue 11's lines 1-3 (GFLOPs only, as
-``probe_testset_draws`` scores them) for PaSeR routed by the policy's gains and by the
-*mix* ``policy_k + β_k (KL − its mean)``, β_k the ratio of the two spreads over the set's
+``probe_testset_draws`` scores them) for PaSeR routed by the policy's gains, by its
+network's alone and by the *mix* ``policy_k + β_k (KL − its mean)``, β_k the ratio of the two spreads over the set's
 patches (no labels), at the bundle's default λ and over the validation λ grid.
 
     python benchmarks/probe_refined_ranking.py --sets v1:8831-8850 oof:9631-9650 [--lines-draws 200]
@@ -32,6 +34,7 @@ patches (no labels), at the bundle's default λ and over the validation λ grid.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -46,31 +49,59 @@ from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
-from napari_paser.engine.uncertainty import entropy, mc_predict, slice_seed
+from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
 
-SIGNALS = ("entropy", "policy", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
+
+
+def network_only(policy):
+    """A copy of ``policy`` without its image-residual prior (the policy when it has none)."""
+    net = copy.deepcopy(policy)
+    if net.config.image_residual:
+        net.residual_weight.zero_()
+    return net
+
+SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
+
+
+def same_networks(a, b) -> bool:
+    """Whether bundles ``a`` and ``b`` hold tensor-equal f0, f1 and f2 and fuse them alike."""
+    def equal(m, n):
+        x, y = m.state_dict(), n.state_dict()
+        return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    return tuple(a.fusion) == tuple(b.fusion) and all(equal(getattr(a, k), getattr(b, k)) for k in ("f0", "f1", "f2"))
 
 
 @torch.no_grad()
-def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
-    """Per-patch confusions (as PaSeR composes them) and every signal of one scan."""
+def scan_signals(image: np.ndarray, labels: np.ndarray, bundle, others: dict | None = None) -> dict:
+    """Per-patch confusions (as PaSeR composes them) and every signal of one scan.
+
+    ``others`` (name: bundle with ``bundle``'s networks) adds the rows ``policy NAME`` and
+    ``policy network NAME`` of their policies on the same scan."""
     table = build_table([(image, labels)], bundle)
     seg, zs = table.segs[0]
     f0, ps = bundle.f0, seg.patch_size
-    out = {s: [] for s in SIGNALS}
+    policies = {"": bundle.policy} | {f" {name}": b.policy for name, b in (others or {}).items()}
+    nets = {key: network_only(p) for key, p in policies.items()}
+    out: dict[str, list] = {}
     for z in zs:
         x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
-        prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))  # as the engine seeds it
+        seed = slice_seed(seg.seed, seg.first_slice + z)  # as the engine seeds it
+        prob, _ = mc_predict(f0, x, seg.mc_passes, seed=seed)
+        for key, policy in policies.items():
+            features = analyse_slices(f0, policy.config, x, seg.mc_passes, seed)[2]
+            if not key:  # the probe's features are the engine's: the whole policy gives the engine's gains
+                np.testing.assert_allclose(policy.gains(features)[0].numpy(), seg.gains(z), rtol=1e-4, atol=1e-6)
+            out.setdefault(f"policy{key}", []).append(policy.gains(features)[0].numpy())
+            out.setdefault(f"policy network{key}", []).append(nets[key].gains(features)[0].numpy())
         q = f0.refine(x, prob)[0].double()
         # The refiner's relabelling, KL and boundary share as probe_refiner_gain measures them.
         shared = refiner_signals(prob[0].double().numpy(), q.numpy(), ps)
         maps = {"refined entropy": entropy(q, dim=0), "refined 1-max": 1 - q.max(0).values}
         for name, m in maps.items():
-            out[name].append(patch_view(m.numpy(), ps).mean(axis=(-2, -1)))
+            out.setdefault(name, []).append(patch_view(m.numpy(), ps).mean(axis=(-2, -1)))
         for name, key in (("relabelled", "disagreement"), ("KL", "KL"), ("boundary", "boundary share")):
-            out[name].append(shared[key])
-        out["entropy"].append(seg.patch_entropy(z, 0))
-        out["policy"].append(seg.gains(z))
+            out.setdefault(name, []).append(shared[key])
+        out.setdefault("entropy", []).append(seg.patch_entropy(z, 0))
     return {"conf": table.conf, "plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost,
             **{k: np.stack(v) for k, v in out.items()}}
 
@@ -90,20 +121,27 @@ def routing_lines(scans: list[dict], gains: np.ndarray, costs: np.ndarray, lams:
     return table_lines(scans_table(scans, costs), routes, routes[default])
 
 
-def set_r(scans: list[dict]) -> np.ndarray:
+def per_model(name: str) -> bool:
+    """Whether signal ``name`` has one value per model (f1, f2): the policies' gains."""
+    return name.startswith("policy")
+
+
+def set_r(scans: list[dict], signals: list[str]) -> np.ndarray:
     """r of every signal with the true gains of f1 and f2 over ``scans`` pooled: (signals, 2)."""
     true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
-    r = np.zeros((len(SIGNALS), 2))
-    for i, name in enumerate(SIGNALS):
+    r = np.zeros((len(signals), 2))
+    for i, name in enumerate(signals):
         v = np.concatenate([s[name] for s in scans])
         for k in range(2):
-            r[i, k] = _corr(v[:, k] if name == "policy" else v, true[:, k])
+            r[i, k] = _corr(v[:, k] if per_model(name) else v, true[:, k])
     return r
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", nargs="?", default=None)
+    ap.add_argument("--policies", nargs="+", default=[], metavar="BUNDLE",
+                    help="more bundles with the first's networks whose policies are scored on the same scans")
     ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--draws", type=int, default=1000)
@@ -112,55 +150,69 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle))
-    print(f"bundle {bundle.meta.get('name')} {bundle.meta.get('version')}; signals over the refined f0's labels")
+    others = {}
+    for name in args.policies:
+        other = load_bundle(resolve_bundle(name))
+        if not same_networks(bundle, other):
+            raise SystemExit(f"{name} does not hold {bundle.name}'s networks: its policy would be scored on other gains")
+        others[other.name] = other
+    signals = list(SIGNALS[:3]) + [f"{s} {n}" for n in others for s in SIGNALS[1:3]] + list(SIGNALS[3:])
+    lams = {"": float(bundle.default_lam)} | {f" {n}": float(b.default_lam) for n, b in others.items()}
+    print(f"bundle {bundle.meta.get('name')} {bundle.meta.get('version')}; signals over the refined f0's labels"
+          + "".join(f"; policy {n} {b.meta.get('version')}" for n, b in others.items()))
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
-        scans = [scan_signals(img, lab, bundle) for img, lab in make_volumes(seeds, args.slices, distribution=dist)]
-        pooled = set_r(scans)
+        scans = [scan_signals(img, lab, bundle, others) for img, lab in make_volumes(seeds, args.slices, distribution=dist)]
+        pooled = set_r(scans, signals)
         rng = np.random.default_rng(0)
-        draws = np.stack([set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)]) for _ in range(args.draws)])
+        draws = np.stack([set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], signals) for _ in range(args.draws)])
         lead = draws - draws[:, :1]  # over the entropy
         print(f"\n{text} ({len(scans)} scans, {time.perf_counter() - t0:.0f} s)")
         print("| signal | pooled r (f1 / f2) | median lead over the entropy, sets of four (f1 / f2) | sets with both leads ≥ 0.1 |")
         print("|---|---|---|---|")
-        for i, name in enumerate(SIGNALS):
+        for i, name in enumerate(signals):
             both = np.mean((lead[:, i, 0] >= 0.1) & (lead[:, i, 1] >= 0.1)) * 100
             med = np.median(lead[:, i], axis=0)
             print(f"| {name} | {pooled[i, 0]:.3f} / {pooled[i, 1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {both:.1f} % |")
         if args.lines_draws:
-            print_lines(scans, bundle, args.lines_draws)
+            print_lines(scans, bundle, lams, args.lines_draws)
 
 
-def print_lines(scans: list[dict], bundle, draws: int) -> None:
-    """Lines 1-3 (and line 4 for the mix) on drawn sets of four, routed by the policy and by the mix."""
+def print_lines(scans: list[dict], bundle, lams: dict[str, float], draws: int) -> None:
+    """Lines 1-3 (and line 4 for the mix) on drawn sets of four, routed by each policy (at its
+    bundle's default λ, ``lams`` by the signals' suffix), its network alone, and the mix."""
     from napari_paser.train.validation import LAM_GRID
 
     costs = bundle.costs().double().numpy()
-    default = float(bundle.default_lam)
-    lams = sorted({float(v) for v in LAM_GRID} | {default})
+    grid = {float(v) for v in LAM_GRID}
+    routings = {f"{s}{key}": default for key, default in lams.items() for s in SIGNALS[1:3]}
     rng = np.random.default_rng(1)
-    rows = {"policy": [], "policy + KL": []}
+    rows: dict[str, list] = {name: [] for name in [*routings, "policy + KL"]}
     lead4 = []
     for _ in range(draws):
         pick = [scans[i] for i in rng.choice(len(scans), 4, replace=False)]
         mix = mixed_gains(pick)
-        rows["policy"].append(routing_lines(pick, np.concatenate([s["policy"] for s in pick]), costs, lams, default))
-        rows["policy + KL"].append(routing_lines(pick, mix, costs, lams, default))
+        for name, default in routings.items():
+            rows[name].append(routing_lines(pick, np.concatenate([s[name] for s in pick]), costs, sorted(grid | {default}), default))
+        rows["policy + KL"].append(routing_lines(pick, mix, costs, sorted(grid | {lams[""]}), lams[""]))
         true = dataset_iou_gains(np.concatenate([s["conf"] for s in pick]))
         ent = np.concatenate([s["entropy"] for s in pick])
         lead4.append([_corr(mix[:, k], true[:, k]) - _corr(ent, true[:, k]) for k in range(2)])
     lead4 = np.array(lead4)
-    print(f"\nlines 1-3 on {draws} drawn sets of four (GFLOPs only), default λ {default:g}; share of sets meeting each line (median):")
-    print("| routing | line 1 | line 2 (margin over f1) | line 3 | line 3's bound |")
-    print("|---|---|---|---|---|")
+    print(f"\nlines 1-3 on {draws} drawn sets of four (GFLOPs only), each policy at its bundle's default λ "
+          f"({', '.join(f'{v:g}' for v in lams.values())}); share of sets meeting each line (median):")
+    print("| routing | line 1 | line 2 (margin over f1) | line 3 | line 3 at the best λ where line 1 holds | line 3's bound |")
+    print("|---|---|---|---|---|---|")
     for name, res in rows.items():
         l1 = np.array([r["line1_iou"] >= 0.99 and r["line1_gflops"] <= 0.25 for r in res])
         m2 = np.array([r["line2_margin"] for r in res])
         l3 = np.array([r["line3"] for r in res])
         b3 = np.array([r["line3_bound"] for r in res])
+        a3 = np.array([r["line3_best_within_line1"] for r in res])
         print(f"| {name} | {l1.mean() * 100:.1f} % ({np.median([r['line1_iou'] for r in res]):.4f} ×) | {np.mean(m2 > 0) * 100:.1f} % ({np.median(m2):+.4f}) "
-              f"| {np.mean(l3 >= 1.3) * 100:.1f} % ({np.median(l3):.3f} ×) | {np.mean(b3 >= 1.3) * 100:.1f} % |")
+              f"| {np.mean(l3 >= 1.3) * 100:.1f} % ({np.median(l3):.3f} ×) | {np.mean(a3 >= 1.3) * 100:.1f} % ({np.nanmedian(a3):.3f} ×) "
+              f"| {np.mean(b3 >= 1.3) * 100:.1f} % |")
     both = np.mean((lead4[:, 0] >= 0.1) & (lead4[:, 1] >= 0.1)) * 100
     med = np.median(lead4, axis=0)
     print(f"line 4 for the mix: median lead over the entropy {med[0]:+.3f} / {med[1]:+.3f}; sets with both ≥ 0.1: {both:.1f} %")

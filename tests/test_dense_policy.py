@@ -303,3 +303,73 @@ def test_the_policy_stage_calibrates_the_image_residual_after_fitting(tmp_path):
     assert len(weight) == 2 and min(weight) > 0
     torch.testing.assert_close(bundle.policy.residual_weight, torch.tensor(weight), rtol=1e-4, atol=0)
     assert len(history["corr_holdout_with_residual"]) == 2
+
+
+def test_the_refiners_correction_is_the_kl_of_the_refined_from_the_mc_mean():
+    from napari_paser.engine.uncertainty import refiner_correction
+
+    g = torch.Generator().manual_seed(0)
+    prob = torch.softmax(3 * torch.randn(2, 3, 16, 24, generator=g), 1)
+    refined = torch.softmax(3 * torch.randn(2, 3, 16, 24, generator=g), 1)
+    kl = refiner_correction(prob, refined)
+    assert kl.shape == (2, 1, 16, 24) and float(kl.min()) >= 0
+    p, q = prob.double().numpy().clip(1e-6), refined.double().numpy().clip(1e-6)  # clipped as the probe measured it
+    np.testing.assert_allclose(kl[:, 0].numpy(), (q * (np.log(q) - np.log(p))).sum(1), rtol=1e-4, atol=1e-5)
+    # A refiner that leaves f0's prediction alone moved nothing.
+    assert float(refiner_correction(prob, prob).abs().max()) == 0
+
+
+@torch.no_grad()
+def test_a_v2_21_policy_reads_how_far_the_refiner_moved_f0():
+    """v2.21: v2.20's networks; the policy's seventh input, which its dense network reads,
+    is the refiner's KL correction; the image residual moves to the eighth."""
+    from napari_paser.engine.pipeline import PaserSegmenter
+    from napari_paser.engine.uncertainty import analyse_slices, image_residual, mc_predict, policy_features, refiner_correction
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.rewards import build_reward_cache
+
+    configs = default_model_configs("v2.21")
+    assert {k: v.to_dict() for k, v in configs.items() if k != "policy"} == {k: v.to_dict() for k, v in default_model_configs("v2.20").items() if k != "policy"}
+    assert get_preset("v2.21").arch == "v2.21" and get_preset("v2.21").policy_objective == "dense"
+    config = configs["policy"]
+    assert config.refiner_kl and config.dense_inputs == 7 and config.residual_channel == 7 and config.in_channels == 8
+    bundle = Bundle.from_configs(configs, seed=0).eval()
+    # A refiner that moves f0's prediction (an untrained one returns it).
+    torch.nn.init.normal_(bundle.f0.refiner.body[-1].weight, std=0.5, generator=torch.Generator().manual_seed(1))
+    image = torch.rand(5, 112, 128, generator=torch.Generator().manual_seed(2))
+    planes = image[None]  # f0 reads 5 planes: slice 2 and two on each side
+    prob, ent, feats = mc_predict(bundle.f0, planes, 2, seed=1, return_features=True)
+    refined = bundle.f0.refine(planes, prob)
+    x = planes[:, 2:3]
+    inputs = policy_features(x, prob, ent, feats, config, refined=refined)
+    assert inputs.shape == (1, 8, 28, 32)
+    correction = F.avg_pool2d(refiner_correction(prob, refined), 4)
+    assert float(correction.mean()) > 1e-3
+    torch.testing.assert_close(inputs[:, 6:7], correction)
+    torch.testing.assert_close(inputs[:, 7:8], F.avg_pool2d(image_residual(x, prob, ent), 4))
+    out = analyse_slices(bundle.f0, config, planes, 2, 1)
+    torch.testing.assert_close(out[0], refined)
+    torch.testing.assert_close(out[2], inputs)
+    with pytest.raises(ValueError, match="pass refined"):
+        policy_features(x, prob, ent, feats, config)
+
+    # The dense network reads the correction: moving it moves the gains.
+    moved = inputs.clone()
+    moved[:, 6] += 1.0
+    assert not torch.allclose(bundle.policy.gains(moved), bundle.policy.gains(inputs))
+
+    # The reward cache and the engine give the policy the same eight inputs.
+    cache = build_reward_cache(bundle, image[:, None].expand(-1, 5, -1, -1).contiguous(), torch.randint(0, 3, (5, 112, 128)), mc_passes=2)
+    assert cache.features.shape == (5, 8, 28, 32)
+    seg = PaserSegmenter(bundle, mc_passes=2)
+    seg.set_volume(image.numpy())
+    seg.analyse(2)
+    assert seg.gains(2).shape == (2, 2, 2) and np.isfinite(seg.gains(2)).all()
+
+    # Only an f0 with a refiner can be asked how far it moved.
+    no_refiner = default_model_configs("v2.16")
+    no_refiner["policy"] = config
+    with pytest.raises(ValueError, match="f0 has no refiner"):
+        Bundle.from_configs(no_refiner, seed=0)
+    with pytest.raises(ValueError, match="input of a 'v2' policy"):
+        PolicyNet(PolicyConfig(in_channels=6, refiner_kl=True))

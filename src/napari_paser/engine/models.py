@@ -438,6 +438,12 @@ class PolicyConfig:
     is unsure (:func:`..uncertainty.image_residual`). The dense network does not read it
     (it comes after its ``dense_inputs``); a calibrated prior adds to every patch's gains
     the patch's excess over the training volumes' mean (``PolicyNet.residual_weight``).
+
+    ``refiner_kl`` (an f0 with a refiner) adds one input right after the image's spread,
+    before the MC spread: how far f0's refiner moved its prediction, the KL divergence of
+    the refined probabilities from the MC mean (:func:`..uncertainty.refiner_correction`).
+    Where the refiner moves f0 most, f1 and f2 still gain most over the refined f0
+    (``benchmarks/probe_results.md``); a ``dense_inputs`` of 7 lets the dense network read it.
     """
 
     in_channels: int = 5
@@ -455,6 +461,7 @@ class PolicyConfig:
     dense_layers: int = 3
     mc_spread: bool = False
     image_residual: bool = False
+    refiner_kl: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -464,8 +471,8 @@ class PolicyConfig:
     @property
     def residual_channel(self) -> int:
         """Index of the image residual among the ``v2`` inputs (after the image's spread
-        and, if read, the MC spread)."""
-        return 6 + int(self.mc_spread)
+        and, if read, the refiner's KL and the MC spread)."""
+        return 6 + int(self.refiner_kl) + int(self.mc_spread)
 
 
 class BasicBlock(nn.Module):
@@ -501,6 +508,8 @@ class PolicyNet(nn.Module):
         else:
             self._patch_network(config)
         self.skip = self._linear_skip(config)
+        if config.refiner_kl and config.features != "v2":
+            raise ValueError("the refiner's KL is an input of a 'v2' policy")
         if config.image_residual:
             if config.head != "dense" or config.features != "v2" or config.dense_inputs > config.residual_channel:
                 raise ValueError("the image residual is a prior of a dense 'v2' policy whose network reads the inputs before it")

@@ -387,7 +387,8 @@ class PaserSegmenter(SlicewiseRouting):
                                                       return_features=True, return_spread=policy_config.mc_spread)
             prediction = f0.refine(f0_in, prob)  # the MC mean itself without a refiner
             t1 = time.perf_counter()
-            feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config, *spread)
+            feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config,
+                                    spread[0] if spread else None, prediction)
             gains = self.bundle.policy.gains(feats)
         t2 = time.perf_counter()
         labels = prediction[0].argmax(0).to(torch.uint8).cpu().numpy()

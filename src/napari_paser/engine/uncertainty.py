@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .models import PolicyConfig, UNet, mc_dropout
 
-__all__ = ["mc_predict", "entropy", "image_residual", "policy_features", "analyse_slices", "slice_seed"]
+__all__ = ["mc_predict", "entropy", "image_residual", "refiner_correction", "policy_features", "analyse_slices", "slice_seed"]
 
 
 def slice_seed(seed: int, index: int) -> int:
@@ -122,6 +122,30 @@ def image_residual(x: torch.Tensor, mean_prob: torch.Tensor, ent: torch.Tensor) 
     return (image - expected).square_().mul_(ent.reshape(b, 1, -1).to(prob.dtype)).view(x.shape)
 
 
+def refiner_correction(mean_prob: torch.Tensor, refined: torch.Tensor) -> torch.Tensor:
+    """How far f0's refiner moved its prediction: KL(refined ‖ MC mean) per pixel (nats).
+
+    The refiner moves f0's boundaries part of the way; where it moves them most, f1 and
+    f2 still gain most over the refined prediction. Over the refined f0 this ranks their
+    true gains better than f0's entropy in both test families
+    (``benchmarks/probe_refined_ranking.py``).
+
+    Parameters
+    ----------
+    mean_prob : Tensor (B, classes, rows, columns)
+        f0's probabilities (the MC mean).
+    refined : Tensor (B, classes, rows, columns)
+        The refined probabilities (:meth:`~napari_paser.engine.models.UNet.refine`).
+
+    Returns
+    -------
+    Tensor (B, 1, rows, columns)
+    """
+    # Clipped at 1e-6 as the probe measured it: a class f0 rules out adds at most ~14 nats.
+    q = refined.float().clamp_min(1e-6)
+    return (q * (q.log() - mean_prob.float().clamp_min(1e-6).log())).sum(1, keepdim=True)
+
+
 ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), the image (4), ...
 
 
@@ -132,12 +156,14 @@ def policy_features(
     f0_features: torch.Tensor | None = None,
     config: PolicyConfig | None = None,
     spread: torch.Tensor | None = None,
+    refined: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Input of the policy.
 
     ``v1`` policies (and ``config=None``): f0's mean softmax (3), its entropy (1) and the
     image (1) at full resolution. ``v2``: the same plus the local standard deviation of
-    the image, average-pooled by ``config.pool``, then (with ``config.mc_spread``) the
+    the image, average-pooled by ``config.pool``, then (with ``config.refiner_kl``) the
+    :func:`refiner_correction` of f0's ``refined`` prediction, then (with ``config.mc_spread``) the
     MC passes' ``spread`` (:func:`mc_predict`), then (with ``config.image_residual``)
     the :func:`image_residual` of f0's prediction, and (unless ``config.f0_features`` is
     False) f0's finest features resized to that grid (they come for free with f0's
@@ -147,6 +173,10 @@ def policy_features(
         return torch.cat([mean_prob, ent.unsqueeze(1), x], dim=1)
     p = config.pool
     maps = [ent.unsqueeze(1), x, x * x]
+    if config.refiner_kl:
+        if refined is None:
+            raise ValueError("this policy reads how far f0's refiner moved its prediction: pass refined (UNet.refine)")
+        maps.append(refiner_correction(mean_prob, refined).to(x.dtype))
     if config.mc_spread:
         if spread is None:
             raise ValueError("this policy reads the spread of f0's MC passes: pass spread (mc_predict(..., return_spread=True))")
@@ -158,7 +188,7 @@ def policy_features(
     rest = F.avg_pool2d(torch.cat(maps, dim=1), p)
     mean, mean_sq = rest[:, 1:2], rest[:, 2:3]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
-    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std, rest[:, 3:]]  # then the spread and the residual, if read
+    parts = [F.avg_pool2d(mean_prob, p), rest[:, :2], std, rest[:, 3:]]  # then the KL, the spread and the residual, if read
     if f0_features is not None and config.f0_features:
         f = f0_features.float()
         if f.shape[-2:] != rest.shape[-2:]:
@@ -173,10 +203,12 @@ def analyse_slices(f0: UNet, policy_config: PolicyConfig, x: torch.Tensor, passe
     ``x`` is (N, planes, rows, columns) as f0 reads it; the policy's image channel is the
     centre plane (the slice itself). ``prob`` is f0's prediction: the MC mean, refined
     when f0 has a refiner (:meth:`UNet.refine`, which reads the centre planes it needs);
-    the entropy and the policy's input are those of the MC mean.
+    the entropy and the policy's input are those of the MC mean (with how far the
+    refiner moved it, if the policy reads that).
     """
     prob, ent, feats, *spread = mc_predict(f0, x, passes, seed=seed, return_features=True, return_spread=policy_config.mc_spread)
+    refined = f0.refine(x, prob)
     c = x.shape[1] // 2
     centre = x[:, c : c + 1]
-    features = policy_features(centre, prob.float(), ent.float(), feats, policy_config, *spread)
-    return f0.refine(x, prob), ent, features
+    features = policy_features(centre, prob.float(), ent.float(), feats, policy_config, spread[0] if spread else None, refined)
+    return refined, ent, features

@@ -370,6 +370,11 @@ PRESETS["v2.19"] = PRESETS["v2.16"].replace(preset="v2.19", arch="v2.19", refine
 PRESETS["v2.20"] = PRESETS["v2.19"].replace(preset="v2.20", arch="v2.20", f0_fusion=(0.35, 0.45))
 
 
+# v2.20's networks (all kept: warm-started from it) with a dense policy whose network also
+# reads how far the refiner moved f0's prediction (arch v2.21), fitted as v2.20's.
+PRESETS["v2.21"] = PRESETS["v2.20"].replace(preset="v2.21", arch="v2.21")
+
+
 def get_preset(name: str) -> TrainConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
