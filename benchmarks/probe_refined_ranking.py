@@ -25,8 +25,10 @@ lead is at least +0.1 for both f1 and f2. Nothing is fitted.
 With ``--lines-draws N`` it also asks whether routing by the best of them would route
 better: on N drawn sets of four it scores issue 11's lines 1-3 (GFLOPs only, as
 ``probe_testset_draws`` scores them) for PaSeR routed by the policy's gains, by its
-network's alone and by the *mix* ``policy_k + β_k (KL − its mean)``, β_k the ratio of the two spreads over the set's
-patches (no labels), at the bundle's default λ and over the validation λ grid.
+network's alone, by the *mix* ``policy_k + β_k (KL − its mean)``, β_k the ratio of the two
+spreads over the set's patches (no labels), and by the KL alone on the policy's mean and
+spread, at the bundle's default λ and over the validation λ grid; and for each, the one λ
+of the grid at which most sets meet lines 1 and 3 together.
 
     python benchmarks/probe_refined_ranking.py --sets v1:8831-8850 oof:9631-9650 [--lines-draws 200]
 """
@@ -35,7 +37,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +52,7 @@ from probe_testset_draws import _parse_set, scans_table, table_lines
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.patches import patch_view
+from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
@@ -71,28 +77,32 @@ def same_networks(a, b) -> bool:
     return tuple(a.fusion) == tuple(b.fusion) and all(equal(getattr(a, k), getattr(b, k)) for k in ("f0", "f1", "f2"))
 
 
-@torch.no_grad()
-def scan_signals(image: np.ndarray, labels: np.ndarray, bundle, others: dict | None = None) -> dict:
-    """Per-patch confusions (as PaSeR composes them) and every signal of one scan.
+def policy_signals(seg, zs: list[int], policy, suffix: str = "") -> dict[str, np.ndarray]:
+    """``policy NAME`` and ``policy network NAME`` (``suffix`` " NAME"): the predicted gains
+    (slices, 2, GY, GX) of ``policy`` with and without its image-residual prior, on the
+    slices ``zs`` of ``seg``'s volume, from f0's analysis as the engine runs it."""
+    f0, net = seg.bundle.f0, network_only(policy)
+    whole, alone = [], []
+    for z in zs:
+        x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
+        features = analyse_slices(f0, policy.config, x, seg.mc_passes, slice_seed(seg.seed, seg.first_slice + z))[2]
+        whole.append(policy.gains(features)[0].numpy())
+        if policy is seg.bundle.policy:  # the probe's features are the engine's: the whole policy gives the engine's gains
+            np.testing.assert_allclose(whole[-1], seg.gains(z), rtol=1e-4, atol=1e-6)
+        alone.append(net.gains(features)[0].numpy())
+    return {f"policy{suffix}": np.stack(whole), f"policy network{suffix}": np.stack(alone)}
 
-    ``others`` (name: bundle with ``bundle``'s networks) adds the rows ``policy NAME`` and
-    ``policy network NAME`` of their policies on the same scan."""
+
+@torch.no_grad()
+def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
+    """Per-patch confusions (as PaSeR composes them) and every signal of one scan."""
     table = build_table([(image, labels)], bundle)
     seg, zs = table.segs[0]
     f0, ps = bundle.f0, seg.patch_size
-    policies = {"": bundle.policy} | {f" {name}": b.policy for name, b in (others or {}).items()}
-    nets = {key: network_only(p) for key, p in policies.items()}
     out: dict[str, list] = {}
     for z in zs:
         x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
-        seed = slice_seed(seg.seed, seg.first_slice + z)  # as the engine seeds it
-        prob, _ = mc_predict(f0, x, seg.mc_passes, seed=seed)
-        for key, policy in policies.items():
-            features = analyse_slices(f0, policy.config, x, seg.mc_passes, seed)[2]
-            if not key:  # the probe's features are the engine's: the whole policy gives the engine's gains
-                np.testing.assert_allclose(policy.gains(features)[0].numpy(), seg.gains(z), rtol=1e-4, atol=1e-6)
-            out.setdefault(f"policy{key}", []).append(policy.gains(features)[0].numpy())
-            out.setdefault(f"policy network{key}", []).append(nets[key].gains(features)[0].numpy())
+        prob, _ = mc_predict(f0, x, seg.mc_passes, seed=slice_seed(seg.seed, seg.first_slice + z))  # as the engine seeds it
         q = f0.refine(x, prob)[0].double()
         # The refiner's relabelling, KL and boundary share as probe_refiner_gain measures them.
         shared = refiner_signals(prob[0].double().numpy(), q.numpy(), ps)
@@ -103,16 +113,41 @@ def scan_signals(image: np.ndarray, labels: np.ndarray, bundle, others: dict | N
             out.setdefault(name, []).append(shared[key])
         out.setdefault("entropy", []).append(seg.patch_entropy(z, 0))
     return {"conf": table.conf, "plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost,
-            **{k: np.stack(v) for k, v in out.items()}}
+            **{k: np.stack(v) for k, v in out.items()}, **policy_signals(seg, zs, bundle.policy)}
 
 
-def mixed_gains(scans: list[dict]) -> np.ndarray:
+@torch.no_grad()
+def other_policy_signals(volumes, bundle, suffix: str) -> list[dict]:
+    """:func:`policy_signals` of another bundle's policy on each of ``volumes`` [(image, labels)]
+    (f0's analysis only: the networks are the base bundle's)."""
+    out = []
+    for image, _ in volumes:
+        seg = PaserSegmenter(bundle)
+        seg.set_volume(image)
+        out.append(policy_signals(seg, list(range(seg.num_slices)), bundle.policy, suffix))
+    return out
+
+
+def cached(path: Path | None, make):
+    """``make()``, kept in ``path`` (pickled) and read back from it when it exists."""
+    if path is not None and path.exists():
+        return pickle.loads(path.read_bytes())
+    value = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(value))
+    return value
+
+
+def mixed_gains(scans: list[dict], keep_policy: bool = True) -> np.ndarray:
     """The policy's gains plus the refiner's KL, standardised to the gains' spread over the
-    set's patches (label-free): (patches, 2, GY, GX) pooled over ``scans``."""
+    set's patches (label-free): (patches, 2, GY, GX) pooled over ``scans``. Without
+    ``keep_policy`` the KL alone, put on the policy's mean and spread (it ranks as the KL)."""
     g = np.concatenate([s["policy"] for s in scans])
     kl = np.concatenate([s["KL"] for s in scans])
     dev = kl - kl.mean()
-    return np.stack([g[:, k] + g[:, k].std() / max(kl.std(), 1e-12) * dev for k in range(2)], axis=1)
+    base = g if keep_policy else np.broadcast_to(g.mean((0, 2, 3)).reshape(1, 2, 1, 1), g.shape)
+    return np.stack([base[:, k] + g[:, k].std() / max(kl.std(), 1e-12) * dev for k in range(2)], axis=1)
 
 
 def routing_lines(scans: list[dict], gains: np.ndarray, costs: np.ndarray, lams: list[float], default: float) -> dict:
@@ -147,6 +182,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lines-draws", type=int, default=0, help="sets of four to score lines 1-3 on (0: none)")
+    ap.add_argument("--cache", type=Path, help="keep each set's scans and signals (and each other policy's) here and reuse them")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle))
@@ -155,7 +191,7 @@ def main() -> None:
         other = load_bundle(resolve_bundle(name))
         if not same_networks(bundle, other):
             raise SystemExit(f"{name} does not hold {bundle.name}'s networks: its policy would be scored on other gains")
-        others[other.name] = other
+        others[Path(name).name] = other  # as given: a run's folder may hold a bundle of a shipped one's name
     signals = list(SIGNALS[:3]) + [f"{s} {n}" for n in others for s in SIGNALS[1:3]] + list(SIGNALS[3:])
     lams = {"": float(bundle.default_lam)} | {f" {n}": float(b.default_lam) for n, b in others.items()}
     print(f"bundle {bundle.meta.get('name')} {bundle.meta.get('version')}; signals over the refined f0's labels"
@@ -163,7 +199,14 @@ def main() -> None:
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
-        scans = [scan_signals(img, lab, bundle, others) for img, lab in make_volumes(seeds, args.slices, distribution=dist)]
+        stem = f"{text.replace(':', '_')}_{args.slices}_{bundle.name}-{bundle.meta.get('version')}"
+        volumes = functools.partial(make_volumes, seeds, args.slices, distribution=dist)  # made again only when not cached
+        scans = cached(args.cache and args.cache / f"{stem}.pkl", lambda: [scan_signals(img, lab, bundle) for img, lab in volumes()])
+        for name, other in others.items():
+            rows = cached(args.cache and args.cache / f"{stem}_policy_{name}-{other.meta.get('version')}.pkl",
+                          lambda: other_policy_signals(volumes(), other, f" {name}"))
+            for scan, row in zip(scans, rows):
+                scan.update(row)
         pooled = set_r(scans, signals)
         rng = np.random.default_rng(0)
         draws = np.stack([set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], signals) for _ in range(args.draws)])
@@ -188,7 +231,7 @@ def print_lines(scans: list[dict], bundle, lams: dict[str, float], draws: int) -
     grid = {float(v) for v in LAM_GRID}
     routings = {f"{s}{key}": default for key, default in lams.items() for s in SIGNALS[1:3]}
     rng = np.random.default_rng(1)
-    rows: dict[str, list] = {name: [] for name in [*routings, "policy + KL"]}
+    rows: dict[str, list] = {name: [] for name in [*routings, "policy + KL", "KL alone"]}
     lead4 = []
     for _ in range(draws):
         pick = [scans[i] for i in rng.choice(len(scans), 4, replace=False)]
@@ -196,6 +239,7 @@ def print_lines(scans: list[dict], bundle, lams: dict[str, float], draws: int) -
         for name, default in routings.items():
             rows[name].append(routing_lines(pick, np.concatenate([s[name] for s in pick]), costs, sorted(grid | {default}), default))
         rows["policy + KL"].append(routing_lines(pick, mix, costs, sorted(grid | {lams[""]}), lams[""]))
+        rows["KL alone"].append(routing_lines(pick, mixed_gains(pick, keep_policy=False), costs, sorted(grid | {lams[""]}), lams[""]))
         true = dataset_iou_gains(np.concatenate([s["conf"] for s in pick]))
         ent = np.concatenate([s["entropy"] for s in pick])
         lead4.append([_corr(mix[:, k], true[:, k]) - _corr(ent, true[:, k]) for k in range(2)])
@@ -204,6 +248,7 @@ def print_lines(scans: list[dict], bundle, lams: dict[str, float], draws: int) -
           f"({', '.join(f'{v:g}' for v in lams.values())}); share of sets meeting each line (median):")
     print("| routing | line 1 | line 2 (margin over f1) | line 3 | line 3 at the best λ where line 1 holds | line 3's bound |")
     print("|---|---|---|---|---|---|")
+    lam_lists = {name: sorted(grid | {routings.get(name, lams[""])}) for name in rows}
     for name, res in rows.items():
         l1 = np.array([r["line1_iou"] >= 0.99 and r["line1_gflops"] <= 0.25 for r in res])
         m2 = np.array([r["line2_margin"] for r in res])
@@ -213,6 +258,19 @@ def print_lines(scans: list[dict], bundle, lams: dict[str, float], draws: int) -
         print(f"| {name} | {l1.mean() * 100:.1f} % ({np.median([r['line1_iou'] for r in res]):.4f} ×) | {np.mean(m2 > 0) * 100:.1f} % ({np.median(m2):+.4f}) "
               f"| {np.mean(l3 >= 1.3) * 100:.1f} % ({np.median(l3):.3f} ×) | {np.mean(a3 >= 1.3) * 100:.1f} % ({np.nanmedian(a3):.3f} ×) "
               f"| {np.mean(b3 >= 1.3) * 100:.1f} % |")
+    print("\nOne λ for every set: the λ of the grid at which most sets meet lines 1 and 3 together "
+          "(if none does, the best median line 3 where line 1 holds on 90 % of the sets)")
+    print("| routing | λ | sets meeting lines 1 and 3 | line 1 | line 3 (median) |")
+    print("|---|---|---|---|---|")
+    for name, res in rows.items():
+        one = np.array([r["sweep_line1"] for r in res])  # (draws, λ)
+        three = np.array([r["sweep_line3"] for r in res])
+        both13 = (one & (three >= 1.3)).mean(0)
+        if both13.max() == 0:  # then the λ with the best median line 3 where line 1 mostly holds
+            i = int(np.argmax(np.where(one.mean(0) >= 0.9, np.median(three, 0), -np.inf)))
+        else:
+            i = int(np.argmax(both13))
+        print(f"| {name} | {lam_lists[name][i]:g} | {both13[i] * 100:.1f} % | {one[:, i].mean() * 100:.1f} % | {np.median(three[:, i]):.3f} × |")
     both = np.mean((lead4[:, 0] >= 0.1) & (lead4[:, 1] >= 0.1)) * 100
     med = np.median(lead4, axis=0)
     print(f"line 4 for the mix: median lead over the entropy {med[0]:+.3f} / {med[1]:+.3f}; sets with both ≥ 0.1: {both:.1f} %")

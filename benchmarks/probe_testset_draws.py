@@ -122,7 +122,9 @@ def set_lines(scans: list[dict], costs: np.ndarray, default_lam: float) -> dict:
 
 def table_lines(table: PatchTable, routes: dict, default: np.ndarray) -> dict:
     """Lines 1-3 on ``table``: PaSeR's ``routes`` per λ, ``default`` its route at the
-    default λ (see :func:`set_lines`)."""
+    default λ (see :func:`set_lines`). Also, for each λ of ``routes`` in order, whether
+    line 1 holds (``sweep_line1``) and line 3's ratio (``sweep_line3``), and line 3's best
+    where line 1 holds (``line3_best_within_line1``)."""
     f1, f2 = table.score(table.constant(1), "f1"), table.score(table.constant(2), "f2")
     paser = table.score(default, "paser")
     sweep = [table.score(r, "paser") for r in routes.values()]
@@ -132,11 +134,13 @@ def table_lines(table: PatchTable, routes: dict, default: np.ndarray) -> dict:
     match = match_idk(grid, paser["mean_iou"])
     matched = table.score(table.idk(match["a0"], match["a1"]), "idk")
     oracle = cheapest_reaching(oracle_front(table), paser["mean_iou"])
-    # Line 3 at every λ of the sweep where line 1 holds: would another default λ meet it?
-    line1 = [p for p in sweep if p["mean_iou"] >= 0.99 * f2["mean_iou"] and p["gflops"] <= 0.25 * f2["gflops"]]
-    line3_best = max((match_idk(grid, p["mean_iou"])["gflops"] / p["gflops"] for p in line1), default=float("nan"))
+    # Lines 1 and 3 at every λ of the sweep: would another default λ meet both?
+    sweep_line1 = [p["mean_iou"] >= 0.99 * f2["mean_iou"] and p["gflops"] <= 0.25 * f2["gflops"] for p in sweep]
+    sweep_line3 = [match_idk(grid, p["mean_iou"])["gflops"] / p["gflops"] for p in sweep]
+    line3_best = max((r for r, ok in zip(sweep_line3, sweep_line1) if ok), default=float("nan"))
     return {"line1_iou": paser["mean_iou"] / f2["mean_iou"], "line1_gflops": paser["gflops"] / f2["gflops"],
             "line2_margin": best - f1["mean_iou"], "line3": matched["gflops"] / paser["gflops"], "line3_best_within_line1": line3_best,
+            "sweep_line1": sweep_line1, "sweep_line3": sweep_line3,
             "line3_bound": matched["gflops"] / oracle["gflops"] if oracle else float("nan"),
             "line3_cascade_within_0.001": float(match["match"].startswith("within"))}
 
@@ -152,7 +156,7 @@ def summarise_lines(scans: list[dict], bundle, size: int, draws: int, workers: i
     jobs = [([scans[i] for i in rng.choice(len(scans), size, replace=False)], costs, lam) for _ in range(draws)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(_set_lines_job, jobs, chunksize=max(1, draws // (4 * workers))))
-    cols = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    cols = {k: np.array([r[k] for r in rows]) for k in rows[0] if not k.startswith("sweep_")}  # the per-λ lists aside
     met = {"line 1 (IoU and GFLOPs)": (cols["line1_iou"] >= 0.99) & (cols["line1_gflops"] <= 0.25),
            "line 2 (GFLOPs only)": cols["line2_margin"] > 0, "line 3": cols["line3"] >= 1.3, "line 3's bound": cols["line3_bound"] >= 1.3}
     matched = cols.pop("line3_cascade_within_0.001")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -322,7 +324,7 @@ def test_the_refiners_correction_is_the_kl_of_the_refined_from_the_mc_mean():
 @torch.no_grad()
 def test_a_v2_21_policy_reads_how_far_the_refiner_moved_f0():
     """v2.21: v2.20's networks; the policy's seventh input, which its dense network reads,
-    is the refiner's KL correction; the image residual moves to the eighth."""
+    is the refiner's KL correction; with an image-residual prior the residual moves to the eighth."""
     from napari_paser.engine.pipeline import PaserSegmenter
     from napari_paser.engine.uncertainty import analyse_slices, image_residual, mc_predict, policy_features, refiner_correction
     from napari_paser.train.presets import get_preset
@@ -332,7 +334,9 @@ def test_a_v2_21_policy_reads_how_far_the_refiner_moved_f0():
     assert {k: v.to_dict() for k, v in configs.items() if k != "policy"} == {k: v.to_dict() for k, v in default_model_configs("v2.20").items() if k != "policy"}
     assert get_preset("v2.21").arch == "v2.21" and get_preset("v2.21").policy_objective == "dense"
     config = configs["policy"]
-    assert config.refiner_kl and config.dense_inputs == 7 and config.residual_channel == 7 and config.in_channels == 8
+    assert config.refiner_kl and config.dense_inputs == 7 and config.in_channels == 7 and not config.image_residual
+    config = configs["policy"] = replace(config, in_channels=8, image_residual=True)  # the residual's place checked too
+    assert config.residual_channel == 7
     bundle = Bundle.from_configs(configs, seed=0).eval()
     # A refiner that moves f0's prediction (an untrained one returns it).
     torch.nn.init.normal_(bundle.f0.refiner.body[-1].weight, std=0.5, generator=torch.Generator().manual_seed(1))

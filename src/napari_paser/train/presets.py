@@ -371,7 +371,8 @@ PRESETS["v2.20"] = PRESETS["v2.19"].replace(preset="v2.20", arch="v2.20", f0_fus
 
 
 # v2.20's networks (all kept: warm-started from it) with a dense policy whose network also
-# reads how far the refiner moved f0's prediction (arch v2.21), fitted as v2.20's.
+# reads how far the refiner moved f0's prediction (arch v2.21), fitted as v2.20's, without
+# the image-residual prior.
 PRESETS["v2.21"] = PRESETS["v2.20"].replace(preset="v2.21", arch="v2.21")
 
 
