@@ -57,6 +57,7 @@ from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
 
+SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
 
 
 def network_only(policy):
@@ -65,8 +66,6 @@ def network_only(policy):
     if net.config.image_residual:
         net.residual_weight.zero_()
     return net
-
-SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
 
 
 def same_networks(a, b) -> bool:
