@@ -47,6 +47,7 @@ from probe_testset_draws import _parse_set, _volume
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
+from napari_paser.engine.uncertainty import refiner_correction
 
 STATISTICS = ("f0's entropy", "refiner KL", "refiner relabels", "noise", "plane correlation", "sharpness", "spread")
 IMAGE_STATISTICS = STATISTICS[3:]
@@ -81,10 +82,10 @@ def scan_statistics(bundle, volumes: list[tuple[np.ndarray, np.ndarray]]) -> np.
     for x, prob, y in f0_outputs(bundle, volumes):
         h, w = y.shape[-2:]
         p = prob[..., :h, :w].clamp_min(1e-6)
-        q = bundle.f0.refine(x, prob)[..., :h, :w].clamp_min(1e-6)
+        refined = bundle.f0.refine(x, prob)[..., :h, :w]
         entropy = -(p * p.log()).sum(1)
-        kl = (q * (q.log() - p.log())).sum(1)
-        relabels = (q.argmax(1) != p.argmax(1)).float()
+        kl = refiner_correction(prob[..., :h, :w], refined)
+        relabels = (refined.argmax(1) != p.argmax(1)).float()
         image = image_statistics(x[..., :h, :w].float().numpy())
         rows.append([float(entropy.mean()), float(kl.mean()), float(relabels.mean()), *image])
     return np.asarray(rows)

@@ -141,7 +141,7 @@ def refiner_correction(mean_prob: torch.Tensor, refined: torch.Tensor) -> torch.
     -------
     Tensor (B, 1, rows, columns)
     """
-    # Clipped at 1e-6 as the probe measured it: a class f0 rules out adds at most ~14 nats.
+    # Both clipped at 1e-6 (as benchmarks/probe_scan_shift.py measures it): a class f0 rules out adds at most ~14 nats.
     q = refined.float().clamp_min(1e-6)
     return (q * (q.log() - mean_prob.float().clamp_min(1e-6).log())).sum(1, keepdim=True)
 
