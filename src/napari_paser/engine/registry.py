@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["PretrainedBundle", "DEFAULT_BUNDLE", "BUNDLE_ROOT", "list_bundles", "resolve_bundle"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_BUNDLE = "paser-synth-v2.20"
+DEFAULT_BUNDLE = "paser-synth-v2.21"
 
 
 @dataclass(frozen=True)
