@@ -171,6 +171,21 @@ def set_r(scans: list[dict], signals: list[str]) -> np.ndarray:
     return r
 
 
+def print_ranking(scans: list[dict], signals: list[str], draws: int) -> None:
+    """The table of each signal's pooled r with the true gains over ``scans`` and its lead
+    over f0's entropy (the first signal) in ``draws`` drawn sets of four (line 4)."""
+    pooled = set_r(scans, signals)
+    rng = np.random.default_rng(0)
+    drawn = np.stack([set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], signals) for _ in range(draws)])
+    lead = drawn - drawn[:, :1]  # over the entropy
+    print("| signal | pooled r (f1 / f2) | median lead over the entropy, sets of four (f1 / f2) | sets with both leads ≥ 0.1 |")
+    print("|---|---|---|---|")
+    for i, name in enumerate(signals):
+        both = np.mean((lead[:, i, 0] >= 0.1) & (lead[:, i, 1] >= 0.1)) * 100
+        med = np.median(lead[:, i], axis=0)
+        print(f"| {name} | {pooled[i, 0]:.3f} / {pooled[i, 1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {both:.1f} % |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", nargs="?", default=None)
@@ -206,17 +221,8 @@ def main() -> None:
                           lambda: other_policy_signals(volumes(), other, f" {name}"))
             for scan, row in zip(scans, rows):
                 scan.update(row)
-        pooled = set_r(scans, signals)
-        rng = np.random.default_rng(0)
-        draws = np.stack([set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], signals) for _ in range(args.draws)])
-        lead = draws - draws[:, :1]  # over the entropy
         print(f"\n{text} ({len(scans)} scans, {time.perf_counter() - t0:.0f} s)")
-        print("| signal | pooled r (f1 / f2) | median lead over the entropy, sets of four (f1 / f2) | sets with both leads ≥ 0.1 |")
-        print("|---|---|---|---|")
-        for i, name in enumerate(signals):
-            both = np.mean((lead[:, i, 0] >= 0.1) & (lead[:, i, 1] >= 0.1)) * 100
-            med = np.median(lead[:, i], axis=0)
-            print(f"| {name} | {pooled[i, 0]:.3f} / {pooled[i, 1]:.3f} | {med[0]:+.3f} / {med[1]:+.3f} | {both:.1f} % |")
+        print_ranking(scans, signals, args.draws)
         if args.lines_draws:
             print_lines(scans, bundle, lams, args.lines_draws)
 
