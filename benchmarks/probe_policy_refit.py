@@ -75,7 +75,7 @@ def scan_features(volumes, bundle) -> list[torch.Tensor]:
             feats.append(analyse_slices(f0, bundle.policy.config, x, seg.mc_passes, slice_seed(seg.seed, seg.first_slice + z))[2][0])
         # The engine's own gains from the same input: the probe scores what PaSeR would route by.
         np.testing.assert_allclose(bundle.policy.gains(feats[0][None])[0].numpy(), seg.gains(0), rtol=1e-4, atol=1e-6)
-        out.append(torch.stack(feats).half())  # as the reward caches keep them
+        out.append(torch.stack(feats))  # float32, as the engine routes by them (the reward caches keep half precision)
     return out
 
 
