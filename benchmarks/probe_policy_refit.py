@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import make_volumes
-from probe_refined_ranking import cached, print_lines, print_ranking
+from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
 from probe_testset_draws import _parse_set
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
-from napari_paser.engine.uncertainty import analyse_slices, slice_seed
 from napari_paser.train.dense_policy import fit_dense_policy
 from napari_paser.train.rewards import load_reward_caches
 
@@ -68,14 +67,10 @@ def scan_features(volumes, bundle) -> list[torch.Tensor]:
     for image, _ in volumes:
         seg = PaserSegmenter(bundle)
         seg.set_volume(image)
-        f0 = bundle.f0
-        feats = []
-        for z in range(seg.num_slices):
-            x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
-            feats.append(analyse_slices(f0, bundle.policy.config, x, seg.mc_passes, slice_seed(seg.seed, seg.first_slice + z))[2][0])
+        feats = policy_inputs(seg, range(seg.num_slices), bundle.policy.config)
         # The engine's own gains from the same input: the probe scores what PaSeR would route by.
-        np.testing.assert_allclose(bundle.policy.gains(feats[0][None])[0].numpy(), seg.gains(0), rtol=1e-4, atol=1e-6)
-        out.append(torch.stack(feats))  # float32, as the engine routes by them (the reward caches keep half precision)
+        np.testing.assert_allclose(bundle.policy.gains(feats[0])[0].numpy(), seg.gains(0), rtol=1e-4, atol=1e-6)
+        out.append(torch.cat(feats))  # float32, as the engine routes by them (the reward caches keep half precision)
     return out
 
 

@@ -76,15 +76,24 @@ def same_networks(a, b) -> bool:
     return tuple(a.fusion) == tuple(b.fusion) and all(equal(getattr(a, k), getattr(b, k)) for k in ("f0", "f1", "f2"))
 
 
+def policy_inputs(seg, zs, config) -> list[torch.Tensor]:
+    """The input (1, channels, ...) of a policy with ``config`` on each of the slices ``zs``
+    of ``seg``'s volume, from f0's analysis as the engine runs it."""
+    f0 = seg.bundle.f0
+    out = []
+    for z in zs:
+        x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
+        out.append(analyse_slices(f0, config, x, seg.mc_passes, slice_seed(seg.seed, seg.first_slice + z))[2])
+    return out
+
+
 def policy_signals(seg, zs: list[int], policy, suffix: str = "") -> dict[str, np.ndarray]:
     """``policy NAME`` and ``policy network NAME`` (``suffix`` " NAME"): the predicted gains
     (slices, 2, GY, GX) of ``policy`` with and without its image-residual prior, on the
     slices ``zs`` of ``seg``'s volume, from f0's analysis as the engine runs it."""
-    f0, net = seg.bundle.f0, network_only(policy)
+    net = network_only(policy)
     whole, alone = [], []
-    for z in zs:
-        x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
-        features = analyse_slices(f0, policy.config, x, seg.mc_passes, slice_seed(seg.seed, seg.first_slice + z))[2]
+    for z, features in zip(zs, policy_inputs(seg, zs, policy.config)):
         whole.append(policy.gains(features)[0].numpy())
         if policy is seg.bundle.policy:  # the probe's features are the engine's: the whole policy gives the engine's gains
             np.testing.assert_allclose(whole[-1], seg.gains(z), rtol=1e-4, atol=1e-6)
