@@ -181,6 +181,45 @@ def test_space_to_depth_stem_as_one_strided_convolution(stem, planes, channels_l
     torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stem,planes", [(2, 1), (2, 5), (3, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_refiner_first_convolution_as_one_strided_convolution(stem, planes, channels_last):
+    """The refiner's first convolution on the pixels equals PixelUnshuffle then its 3x3
+    convolution, in values and in gradients; UNet.refine keeps a channels-last input's
+    layout (where the engine's argmax of f0's labels is fast)."""
+    import torch.nn.functional as F
+
+    from napari_paser.engine.models import Refiner, UNet, UNetConfig
+
+    torch.manual_seed(0)
+    refiner = Refiner(6, stem=stem, planes=planes)
+    torch.nn.init.normal_(refiner.body[-1].weight)  # it starts at zero: make the correction count
+    image, prob = torch.randn(2, planes, 24, 36), torch.softmax(torch.randn(2, 3, 24, 36), 1)
+    if channels_last:
+        refiner = refiner.to(memory_format=torch.channels_last)
+        image, prob = (t.contiguous(memory_format=torch.channels_last) for t in (image, prob))
+
+    def unshuffled(weight):
+        logp = prob.clamp_min(1e-4).log()
+        x = F.pixel_unshuffle(torch.cat([image, logp], dim=1), stem)
+        return logp + F.pixel_shuffle(refiner.body[1:](F.conv2d(x, weight, refiner.body[0].bias, padding=1)), stem)
+
+    got = refiner(image, prob)
+    torch.testing.assert_close(got, unshuffled(refiner.body[0].weight), rtol=1e-5, atol=1e-5)
+    (g_got,) = torch.autograd.grad(refiner(image, prob).square().sum(), refiner.body[0].weight)
+    (g_want,) = torch.autograd.grad(unshuffled(refiner.body[0].weight).square().sum(), refiner.body[0].weight)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-5 * float(g_want.abs().max()))  # sums in another order
+
+    f0 = UNet(UNetConfig(base_width=4, depth=1, stem=stem if 24 % stem == 0 else 1, planes=planes,
+                         refine_width=6, refine_stem=stem, refine_planes=planes)).eval()
+    if channels_last:
+        f0 = f0.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        refined = f0.refine(image, prob)
+    assert refined.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(refined.sum(1), torch.ones(2, 24, 36))
+
+
 def test_head_mc_costs_a_fraction_of_decoder_mc_in_flops():
     from napari_paser.engine.flops import unet_flops
     from napari_paser.engine.models import UNetConfig

@@ -105,6 +105,32 @@ class UNetConfig:
         return self.in_channels * self.planes
 
 
+def strided_weight(weight: torch.Tensor, stem: int) -> torch.Tensor:
+    """A convolution's weight on a space-to-depth grid as one on the pixels.
+
+    A ``k x k`` convolution after ``PixelUnshuffle(stem)`` is the ``(k * stem) x (k * stem)``
+    convolution of the pixels with stride ``stem`` (and ``stem`` times the padding) whose
+    weight this returns: the same sums without copying the input into blocks first.
+
+    Parameters
+    ----------
+    weight : Tensor (out, channels * stem², k, k)
+        Weight on the unshuffled grid (channel ``(c, i, j)`` is pixel offset ``(i, j)``
+        inside a block), in the module's memory layout.
+    stem : int
+
+    Returns
+    -------
+    Tensor (out, channels, k * stem, k * stem), in the same layout.
+    """
+    out_ch, inputs, kh, kw = weight.shape
+    c = inputs // (stem * stem)
+    strided = weight.reshape(out_ch, c, stem, stem, kh, kw).permute(0, 1, 4, 2, 5, 3).reshape(out_ch, c, kh * stem, kw * stem)
+    if weight.is_contiguous(memory_format=torch.channels_last):  # keep the module's layout
+        strided = strided.contiguous(memory_format=torch.channels_last)
+    return strided
+
+
 class DoubleConv(nn.Sequential):
     """(3x3 conv, batch norm, ReLU) twice.
 
@@ -178,9 +204,13 @@ class Refiner(nn.Module):
         columns divisible by the stem."""
         logp = prob.clamp_min(1e-4).log()
         x = torch.cat([image.to(logp.dtype), logp], dim=1)
-        if self.stem > 1:
-            return logp + F.pixel_shuffle(self.body(F.pixel_unshuffle(x, self.stem)), self.stem)
-        return logp + self.body(x)
+        if self.stem == 1:
+            return logp + self.body(x)
+        first, rest = self.body[0], self.body[1:]
+        # PixelUnshuffle then the first convolution, as one strided convolution on the
+        # pixels: on a CPU the copy into blocks took half as long as the convolution.
+        h = F.conv2d(x, strided_weight(first.weight, self.stem), first.bias, stride=self.stem, padding=self.stem * first.padding[0])
+        return logp + F.pixel_shuffle(rest(h), self.stem)
 
 
 class UNet(nn.Module):
@@ -246,13 +276,7 @@ class UNet(nn.Module):
             # return the plain layout to channels-last layers, and unshuffling is cheap.
             return self.inc(self.unshuffle(x))
         first = self.inc[0]
-        out_ch, _, kh, kw = first.weight.shape
-        c = x.shape[1]
-        # Weight channel (c, i, j) of the unshuffled grid is pixel offset (i, j) inside a block.
-        w = first.weight.reshape(out_ch, c, s, s, kh, kw).permute(0, 1, 4, 2, 5, 3).reshape(out_ch, c, kh * s, kw * s)
-        if first.weight.is_contiguous(memory_format=torch.channels_last):  # keep the module's layout
-            w = w.contiguous(memory_format=torch.channels_last)
-        return self.inc(x, first_weight=w, stride=s, padding=s * first.padding[0])
+        return self.inc(x, first_weight=strided_weight(first.weight, s), stride=s, padding=s * first.padding[0])
 
     def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self._stem_in(x)]
@@ -349,7 +373,10 @@ class UNet(nn.Module):
         ``prob`` itself without a refiner."""
         if self.refiner is None:
             return prob
-        return torch.softmax(self.refiner(centre_planes(image, self.refiner.planes), prob), dim=1)
+        refined = torch.softmax(self.refiner(centre_planes(image, self.refiner.planes), prob), dim=1)
+        # softmax returns the plain layout; keep the input's, where the class argmax over
+        # pixels is about 10x faster on a CPU (as mc_predict's output).
+        return refined.contiguous(memory_format=torch.channels_last) if _is_channels_last(prob) else refined
 
 
 def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator | None = None,
@@ -661,6 +688,11 @@ def with_planes(model: UNet, planes: int) -> UNet:
     state[key] = w.repeat(1, planes, 1, 1) / planes
     new.load_state_dict(state)
     return new.train(model.training)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """True if ``t`` (N, C, rows, columns) is stored channels-last and not also plainly."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def centre_planes(x: torch.Tensor, planes: int) -> torch.Tensor:
