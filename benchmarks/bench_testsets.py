@@ -166,9 +166,12 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
         "oracle_within_f1_cost": oracle_under_f1_cost,
         "oracle_within_quarter_f2_gflops": oracle_under_quarter,
         "gain_correlation": gain_correlations(tt),
+        # Issue 11's first aim: f0's whole analysis (MC passes, refiner, labels and the
+        # policy) is what PaSeR pays on a slice that keeps every patch on f0.
+        "analysis": tt.score(tt.constant(0), "paser"),
     }
     routings = {"paser": (tt.paser(lam), "paser"), "f0": (tt.constant(0), "f0"), "f1": (tt.constant(1), "f1"),
-                "idk-matched": (tt.idk(matched["a0"], matched["a1"]), "idk")}
+                "idk-matched": (tt.idk(matched["a0"], matched["a1"]), "idk"), "analysis": (tt.constant(0), "paser")}
     res["all_cores"] = _seconds_all_cores(volumes, bundle, seed, routings)
     log(f"[testsets] {name}: sweep, correlations, all-core seconds ({t.lap(name + ' sweep'):.0f} s)")
     if reference is not None:

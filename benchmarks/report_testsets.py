@@ -120,7 +120,13 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
                          f"{r['gflops'] / f2['gflops']:.3f} (of this bundle's f2) | - | - |")
         ac = s["all_cores"]
         L += ["", f"Seconds with every core ({ac['threads']} threads), same routings: "
-              + ", ".join(f"{k} {v['seconds_ratio_f2']:.3f} × f2's" for k, v in ac.items() if k != "threads") + ".", ""]
+              + ", ".join(f"{k} {v['seconds_ratio_f2']:.3f} × f2's" for k, v in ac.items() if k not in ("threads", "analysis")) + ".", ""]
+        if "analysis" in s:  # runs before this line was added lack it
+            a, a_all = s["analysis"], ac.get("analysis", {})
+            all_cores = f" and {a_all['seconds_ratio_f2']:.3f} × with every core" if a_all else ""
+            L += [f"f0's whole analysis (all MC passes, the refiner, f0's labels and the policy; what a slice that keeps every "
+                  f"patch on f0 costs): {a['gflops'] / f2['gflops']:.3f} × f2's GFLOPs, {a['seconds_ratio_f2']:.3f} × its seconds "
+                  f"with one thread{all_cores} (issue 11 aims at ≤ 0.05 × its seconds).", ""]
         gc = s["gain_correlation"]
         L += [f"Predicted vs true per-patch gains ({gc['patches']} patches; true gain = first-order change of the set's mean IoU): "
               f"Pearson r of the policy's gains {gc['f1']['policy']:.3f} (f1) / {gc['f2']['policy']:.3f} (f2); "
