@@ -210,8 +210,7 @@ def test_refiner_first_convolution_as_one_strided_convolution(stem, planes, chan
     (g_want,) = torch.autograd.grad(unshuffled(refiner.body[0].weight).square().sum(), refiner.body[0].weight)
     torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-5 * float(g_want.abs().max()))  # sums in another order
 
-    f0 = UNet(UNetConfig(base_width=4, depth=1, stem=stem if 24 % stem == 0 else 1, planes=planes,
-                         refine_width=6, refine_stem=stem, refine_planes=planes)).eval()
+    f0 = UNet(UNetConfig(base_width=4, depth=1, planes=planes, refine_width=6, refine_stem=stem, refine_planes=planes)).eval()
     if channels_last:
         f0 = f0.to(memory_format=torch.channels_last)
     with torch.no_grad():

@@ -171,7 +171,10 @@ def test_two_dask_workers_equal_one_process(tmp_path, electrode):
     two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
     np.testing.assert_array_equal(two["0"][:], one["0"][:])
     r1, r2 = one.attrs["napari_paser"]["report"], two.attrs["napari_paser"]["report"]
-    assert r2["workers"] == 2 and r2["lam"] == r1["lam"] and r2["route_fraction"] == r1["route_fraction"]
+    # The λ that meets the TVD target is a switch point of the policy's gains (about 1e-4),
+    # whose convolutions sum in another order with one thread per worker than with every
+    # core here (about 2e-9 apart): the same λ to a relative 1e-4, the same routing.
+    assert r2["workers"] == 2 and r2["lam"] == pytest.approx(r1["lam"], rel=1e-4) and r2["route_fraction"] == r1["route_fraction"]
 
 
 def test_written_files_keep_the_users_umask(tmp_path, electrode, tiny_bundle):

@@ -28,6 +28,8 @@ __all__ = [
     "count_parameters",
     "with_planes",
     "centre_planes",
+    "strided_weight",
+    "is_channels_last",
 ]
 
 
@@ -376,7 +378,7 @@ class UNet(nn.Module):
         refined = torch.softmax(self.refiner(centre_planes(image, self.refiner.planes), prob), dim=1)
         # softmax returns the plain layout; keep the input's, where the class argmax over
         # pixels is about 10x faster on a CPU (as mc_predict's output).
-        return refined.contiguous(memory_format=torch.channels_last) if _is_channels_last(prob) else refined
+        return refined.contiguous(memory_format=torch.channels_last) if is_channels_last(prob) else refined
 
 
 def dropout_keep_mask(shape: Sequence[int], p: float, generator: torch.Generator | None = None,
@@ -690,7 +692,7 @@ def with_planes(model: UNet, planes: int) -> UNet:
     return new.train(model.training)
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
+def is_channels_last(t: torch.Tensor) -> bool:
     """True if ``t`` (N, C, rows, columns) is stored channels-last and not also plainly."""
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 

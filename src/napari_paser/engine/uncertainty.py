@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models import PolicyConfig, UNet, mc_dropout
+from .models import PolicyConfig, UNet, is_channels_last, mc_dropout
 
 __all__ = ["mc_predict", "entropy", "image_residual", "refiner_correction", "policy_features", "analyse_slices", "slice_seed"]
 
@@ -61,7 +61,7 @@ def mc_predict(
     b = x.shape[0]
     # The output layout follows the network's: with channels_last the class argmax over
     # pixels is about 10x faster on a CPU.
-    channels_last = feats[-1].is_contiguous(memory_format=torch.channels_last) and not feats[-1].is_contiguous()
+    channels_last = is_channels_last(feats[-1])
     if f0.config.mc_scope == "head":
         generator = torch.Generator(device=x.device).manual_seed(seed) if seed is not None else None
         logits = f0.mc_head_logits(feats[-1], passes, generator)
