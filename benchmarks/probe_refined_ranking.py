@@ -14,9 +14,11 @@ few full-resolution elementwise passes:
 - ``refined entropy`` and ``refined 1-max``: the refined probabilities' uncertainty;
 - ``relabelled``: the share of pixels whose label the refiner changes;
 - ``KL``: KL(refined ‖ MC mean), the refiner's correction;
-- ``boundary``: the share of pixels with a 4-neighbour of another refined label.
+- ``boundary``: the share of pixels with a 4-neighbour of another refined label;
+- ``f_k relabels`` (a bound, not a signal any policy has): the share of pixels whose label
+  the fused f1 (f2) changes from the refined f0's, known only once f1 (f2) has run.
 
-The last three are ``probe_refiner_gain.refiner_signals``.
+``relabelled``, ``KL`` and ``boundary`` are ``probe_refiner_gain.refiner_signals``.
 
 For each it prints r with the true gains over all scans pooled and the median lead over the
 entropy in drawn sets of four scans (as a test set holds), and the share of sets where the
@@ -57,7 +59,7 @@ from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
 
-SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary")
+SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary", "f_k relabels")
 
 
 def network_only(policy):
@@ -120,6 +122,10 @@ def scan_signals(image: np.ndarray, labels: np.ndarray, bundle) -> dict:
         for name, key in (("relabelled", "disagreement"), ("KL", "KL"), ("boundary", "boundary share")):
             out.setdefault(name, []).append(shared[key])
         out.setdefault("entropy", []).append(seg.patch_entropy(z, 0))
+        kept = seg.compose(z, routing=np.zeros(seg.grid, np.uint8))  # the refined f0's labels
+        out.setdefault("f_k relabels", []).append(np.stack([
+            patch_view((seg.compose(z, routing=np.full(seg.grid, k, np.uint8)) != kept).astype(np.float64), ps).mean(axis=(-2, -1))
+            for k in (1, 2)]))
     return {"conf": table.conf, "plain": table.conf_plain, "ent_all": table.ent, "cost": table.cost,
             **{k: np.stack(v) for k, v in out.items()}, **policy_signals(seg, zs, bundle.policy)}
 
@@ -165,8 +171,9 @@ def routing_lines(scans: list[dict], gains: np.ndarray, costs: np.ndarray, lams:
 
 
 def per_model(name: str) -> bool:
-    """Whether signal ``name`` has one value per model (f1, f2): the policies' gains."""
-    return name.startswith("policy")
+    """Whether signal ``name`` has one value per model (f1, f2): the policies' gains and
+    what f1 and f2 relabel."""
+    return name.startswith("policy") or name == "f_k relabels"
 
 
 def set_r(scans: list[dict], signals: list[str]) -> np.ndarray:
