@@ -1,0 +1,126 @@
+"""How well could any mix of the analysis' signals rank the gains over the refined f0? (issue 11)
+
+``probe_refined_ranking`` scores each signal alone. This probe fits ridge regressions of
+the true per-patch gains of f1 and f2 on several signals at once, on the scans that probe
+kept (its ``--cache``), and scores them as line 4 does: the lead of their r over f0's
+entropy in sets of four scans. Two sets of inputs:
+
+- ``analysis``: what f0's analysis knows before any patch model runs: f0's entropy, both
+  of the policy's gains, the refiner's KL and relabelled share, the refined labels'
+  boundary share, the refined entropy and 1 − max, and the refined labels' class shares;
+- ``look-ahead``: the same plus what f1 and f2 return: their patch entropies, the share
+  of pixels each relabels, and their labels' class shares. No router that decides before
+  running them has this.
+
+Each is fitted in two ways. **Within a family**: five folds by scan, so that each scan is
+predicted by a fit that never saw it. This is generous, since no bundle is fitted on the
+scans of the family it is tested on. **Across families**: fitted on all the scans of one
+family and scored on the other's. The targets are the true gains at the fitted family's
+pooled IoU weights. Scoring uses each drawn set's own weights, as the benchmark does.
+
+    python benchmarks/probe_gain_regressors.py runs/rrcache/v1_8831-8850_8_paser-synth-v2.21-2.21.0.pkl \\
+        runs/rrcache/oof_9631-9650_8_paser-synth-v2.21-2.21.0.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+from bench_testsets import _corr
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from napari_paser.engine.metrics import dataset_iou_gains
+
+FOLDS = 5
+
+
+def inputs(scan: dict, look_ahead: bool) -> np.ndarray:
+    """(patches, signals) of one cached scan; class shares come from the predicted labels
+    (the confusions' column sums), which need no truth."""
+    shares = scan["conf"].sum(-2).astype(np.float64)
+    shares /= shares.sum(-1, keepdims=True)  # (slices, 3 models, GY, GX, classes)
+    cols = [scan["entropy"], scan["policy"][:, 0], scan["policy"][:, 1], scan["KL"], scan["relabelled"], scan["boundary"],
+            scan["refined entropy"], scan["refined 1-max"]] + [shares[:, 0, ..., c] for c in range(3)]
+    if look_ahead:
+        cols += [scan["ent_all"][:, 1], scan["ent_all"][:, 2], scan["f_k relabels"][:, 0], scan["f_k relabels"][:, 1]]
+        cols += [shares[:, m, ..., c] for m in (1, 2) for c in range(3)]
+    return np.stack([c.reshape(-1) for c in cols], axis=1)
+
+
+def targets(scans: list[dict]) -> list[np.ndarray]:
+    """Per scan, the true gains (patches, 2) at the pooled IoU weights of ``scans``."""
+    gains = dataset_iou_gains(np.concatenate([s["conf"] for s in scans])) * 1e4
+    ends = np.cumsum([0] + [len(s["conf"]) for s in scans])
+    return [np.stack([gains[a:b, k].reshape(-1) for k in range(2)], axis=1) for a, b in zip(ends[:-1], ends[1:])]
+
+
+def fit(scans: list[dict], look_ahead: bool):
+    """One ridge regression per model (f1, f2) on all of ``scans``."""
+    x = np.concatenate([inputs(s, look_ahead) for s in scans])
+    y = np.concatenate(targets(scans))
+    return [make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(x, y[:, k]) for k in range(2)]
+
+
+def predict(models, scan: dict, look_ahead: bool) -> np.ndarray:
+    x = inputs(scan, look_ahead)
+    return np.stack([m.predict(x) for m in models], axis=1)
+
+
+def cross_fitted(scans: list[dict], look_ahead: bool) -> list[np.ndarray]:
+    """Each scan's predicted gains from a fit on the other folds of the same family."""
+    fold = np.arange(len(scans)) % FOLDS
+    out = [None] * len(scans)
+    for f in range(FOLDS):
+        models = fit([s for s, g in zip(scans, fold) if g != f], look_ahead)
+        for i in np.flatnonzero(fold == f):
+            out[i] = predict(models, scans[i], look_ahead)
+    return out
+
+
+def line_four(scans: list[dict], predicted: list[np.ndarray], draws: int, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Median lead over f0's entropy (f1, f2) in drawn sets of four, and the share of sets
+    where both leads are at least 0.1."""
+    rng = np.random.default_rng(seed)
+    leads = []
+    for _ in range(draws):
+        pick = rng.choice(len(scans), 4, replace=False)
+        true = dataset_iou_gains(np.concatenate([scans[i]["conf"] for i in pick]))
+        ent = np.concatenate([scans[i]["entropy"].reshape(-1) for i in pick])
+        pred = np.concatenate([predicted[i] for i in pick])
+        leads.append([_corr(pred[:, k], true[:, k].reshape(-1)) - _corr(ent, true[:, k].reshape(-1)) for k in range(2)])
+    leads = np.array(leads)
+    return np.median(leads, axis=0), float(np.mean((leads >= 0.1).all(axis=1)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("caches", nargs=2, type=Path, help="probe_refined_ranking's cached scans of two families")
+    ap.add_argument("--draws", type=int, default=1000)
+    args = ap.parse_args()
+    families = {path.name.split("_")[0]: pickle.loads(path.read_bytes()) for path in args.caches}
+    print("| fitted on | scored on | inputs | median lead over the entropy (f1 / f2) | sets meeting line 4 |")
+    print("|---|---|---|---|---|")
+    for fitted_on, fit_scans in families.items():
+        for scored_on, scans in families.items():
+            policy = [s["policy"].transpose(0, 2, 3, 1).reshape(-1, 2) for s in scans]
+            if fitted_on == scored_on:
+                med, share = line_four(scans, policy, args.draws)
+                print(f"| (the bundle's policy) | {scored_on} | - | {med[0]:+.3f} / {med[1]:+.3f} | {share * 100:.1f} % |")
+            for look_ahead in (False, True):
+                if fitted_on == scored_on:
+                    predicted, how = cross_fitted(scans, look_ahead), f"{fitted_on}, other folds"
+                else:
+                    models = fit(fit_scans, look_ahead)
+                    predicted, how = [predict(models, s, look_ahead) for s in scans], fitted_on
+                med, share = line_four(scans, predicted, args.draws)
+                name = "look-ahead" if look_ahead else "analysis"
+                print(f"| {how} | {scored_on} | {name} | {med[0]:+.3f} / {med[1]:+.3f} | {share * 100:.1f} % |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
