@@ -12,6 +12,12 @@ entropy in sets of four scans. Two sets of inputs:
   of pixels each relabels, and their labels' class shares. No router that decides before
   running them has this.
 
+- ``their entropies``: the analysis plus f1's and f2's patch entropies only;
+- ``predicted entropies``: the analysis plus f1's and f2's patch entropies as a ridge
+  regression on the analysis' signals predicts them (cross-fitted within the family):
+  what a head distilled from f1 and f2, reading those signals, could add (within a
+  family only).
+
 Each is fitted in two ways. **Within a family**: five folds by scan, so that each scan is
 predicted by a fit that never saw it. This is generous, since no bundle is fitted on the
 scans of the family it is tested on. **Across families**: fitted on all the scans of one
@@ -39,17 +45,38 @@ from napari_paser.engine.metrics import dataset_iou_gains
 FOLDS = 5
 
 
-def inputs(scan: dict, look_ahead: bool) -> np.ndarray:
-    """(patches, signals) of one cached scan; class shares come from the predicted labels
-    (the confusions' column sums), which need no truth."""
+INPUTS = ("analysis", "look-ahead", "their entropies", "predicted entropies")
+
+
+def inputs(scan: dict, which: str) -> np.ndarray:
+    """(patches, signals) of one cached scan for the input set ``which`` (:data:`INPUTS`);
+    class shares come from the predicted labels (the confusions' column sums), which need
+    no truth."""
     shares = scan["conf"].sum(-2).astype(np.float64)
     shares /= shares.sum(-1, keepdims=True)  # (slices, 3 models, GY, GX, classes)
     cols = [scan["entropy"], scan["policy"][:, 0], scan["policy"][:, 1], scan["KL"], scan["relabelled"], scan["boundary"],
             scan["refined entropy"], scan["refined 1-max"]] + [shares[:, 0, ..., c] for c in range(3)]
-    if look_ahead:
+    if which == "look-ahead":
         cols += [scan["ent_all"][:, 1], scan["ent_all"][:, 2], scan["f_k relabels"][:, 0], scan["f_k relabels"][:, 1]]
         cols += [shares[:, m, ..., c] for m in (1, 2) for c in range(3)]
+    elif which == "their entropies":
+        cols += [scan["ent_all"][:, 1], scan["ent_all"][:, 2]]
+    elif which == "predicted entropies":
+        cols += [scan["predicted entropies"][:, 0], scan["predicted entropies"][:, 1]]
     return np.stack([c.reshape(-1) for c in cols], axis=1)
+
+
+def predict_entropies(scans: list[dict]) -> None:
+    """Store in each scan f1's and f2's patch entropies (patches, 2) as a ridge regression
+    on the analysis' signals predicts them, fitted on the other folds of ``scans``."""
+    fold = np.arange(len(scans)) % FOLDS
+    x = [inputs(s, "analysis") for s in scans]
+    for f in range(FOLDS):
+        fit_on = np.flatnonzero(fold != f)
+        models = [make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(
+            np.concatenate([x[i] for i in fit_on]), np.concatenate([scans[i]["ent_all"][:, m].reshape(-1) for i in fit_on])) for m in (1, 2)]
+        for i in np.flatnonzero(fold == f):
+            scans[i]["predicted entropies"] = np.stack([model.predict(x[i]) for model in models], axis=1)
 
 
 def targets(scans: list[dict]) -> list[np.ndarray]:
@@ -59,26 +86,26 @@ def targets(scans: list[dict]) -> list[np.ndarray]:
     return [np.stack([gains[a:b, k].reshape(-1) for k in range(2)], axis=1) for a, b in zip(ends[:-1], ends[1:])]
 
 
-def fit(scans: list[dict], look_ahead: bool):
+def fit(scans: list[dict], which: str):
     """One ridge regression per model (f1, f2) on all of ``scans``."""
-    x = np.concatenate([inputs(s, look_ahead) for s in scans])
+    x = np.concatenate([inputs(s, which) for s in scans])
     y = np.concatenate(targets(scans))
     return [make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(x, y[:, k]) for k in range(2)]
 
 
-def predict(models, scan: dict, look_ahead: bool) -> np.ndarray:
-    x = inputs(scan, look_ahead)
+def predict(models, scan: dict, which: str) -> np.ndarray:
+    x = inputs(scan, which)
     return np.stack([m.predict(x) for m in models], axis=1)
 
 
-def cross_fitted(scans: list[dict], look_ahead: bool) -> list[np.ndarray]:
+def cross_fitted(scans: list[dict], which: str) -> list[np.ndarray]:
     """Each scan's predicted gains from a fit on the other folds of the same family."""
     fold = np.arange(len(scans)) % FOLDS
     out = [None] * len(scans)
     for f in range(FOLDS):
-        models = fit([s for s, g in zip(scans, fold) if g != f], look_ahead)
+        models = fit([s for s, g in zip(scans, fold) if g != f], which)
         for i in np.flatnonzero(fold == f):
-            out[i] = predict(models, scans[i], look_ahead)
+            out[i] = predict(models, scans[i], which)
     return out
 
 
@@ -103,6 +130,13 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)
     args = ap.parse_args()
     families = {path.name.split("_")[0]: pickle.loads(path.read_bytes()) for path in args.caches}
+    for scans in families.values():
+        predict_entropies(scans)
+        ent = np.concatenate([s["entropy"].reshape(-1) for s in scans])
+        for m in (1, 2):
+            true = np.concatenate([s["ent_all"][:, m].reshape(-1) for s in scans])
+            print(f"f{m}'s patch entropy: r with f0's {_corr(ent, true):.3f}, "
+                  f"with its cross-fitted prediction from the analysis {_corr(np.concatenate([s['predicted entropies'][:, m - 1] for s in scans]), true):.3f}")
     print("| fitted on | scored on | inputs | median lead over the entropy (f1 / f2) | sets meeting line 4 |")
     print("|---|---|---|---|---|")
     for fitted_on, fit_scans in families.items():
@@ -111,15 +145,16 @@ def main() -> None:
             if fitted_on == scored_on:
                 med, share = line_four(scans, policy, args.draws)
                 print(f"| (the bundle's policy) | {scored_on} | - | {med[0]:+.3f} / {med[1]:+.3f} | {share * 100:.1f} % |")
-            for look_ahead in (False, True):
+            for which in INPUTS:
+                if which == "predicted entropies" and fitted_on != scored_on:
+                    continue  # those predictions are fitted on the scored family's own scans
                 if fitted_on == scored_on:
-                    predicted, how = cross_fitted(scans, look_ahead), f"{fitted_on}, other folds"
+                    predicted, how = cross_fitted(scans, which), f"{fitted_on}, other folds"
                 else:
-                    models = fit(fit_scans, look_ahead)
-                    predicted, how = [predict(models, s, look_ahead) for s in scans], fitted_on
+                    models = fit(fit_scans, which)
+                    predicted, how = [predict(models, s, which) for s in scans], fitted_on
                 med, share = line_four(scans, predicted, args.draws)
-                name = "look-ahead" if look_ahead else "analysis"
-                print(f"| {how} | {scored_on} | {name} | {med[0]:+.3f} / {med[1]:+.3f} | {share * 100:.1f} % |", flush=True)
+                print(f"| {how} | {scored_on} | {which} | {med[0]:+.3f} / {med[1]:+.3f} | {share * 100:.1f} % |", flush=True)
 
 
 if __name__ == "__main__":
