@@ -3,15 +3,14 @@
 ``probe_refined_ranking`` scores each signal alone. This probe fits ridge regressions of
 the true per-patch gains of f1 and f2 on several signals at once, on the scans that probe
 kept (its ``--cache``), and scores them as line 4 does: the lead of their r over f0's
-entropy in sets of four scans. Two sets of inputs:
+entropy in sets of four scans. Four sets of inputs:
 
 - ``analysis``: what f0's analysis knows before any patch model runs: f0's entropy, both
   of the policy's gains, the refiner's KL and relabelled share, the refined labels'
   boundary share, the refined entropy and 1 − max, and the refined labels' class shares;
 - ``look-ahead``: the same plus what f1 and f2 return: their patch entropies, the share
   of pixels each relabels, and their labels' class shares. No router that decides before
-  running them has this.
-
+  running them has this;
 - ``their entropies``: the analysis plus f1's and f2's patch entropies only;
 - ``predicted entropies``: the analysis plus f1's and f2's patch entropies as a ridge
   regression on the analysis' signals predicts them (cross-fitted within the family):
@@ -43,8 +42,6 @@ from sklearn.preprocessing import StandardScaler
 from napari_paser.engine.metrics import dataset_iou_gains
 
 FOLDS = 5
-
-
 INPUTS = ("analysis", "look-ahead", "their entropies", "predicted entropies")
 
 
