@@ -66,14 +66,15 @@ def inputs(scan: dict, which: str) -> np.ndarray:
 def predict_entropies(scans: list[dict]) -> None:
     """Store in each scan f1's and f2's patch entropies (patches, 2) as a ridge regression
     on the analysis' signals predicts them, fitted on the other folds of ``scans``."""
-    fold = np.arange(len(scans)) % FOLDS
     x = [inputs(s, "analysis") for s in scans]
-    for f in range(FOLDS):
-        fit_on = np.flatnonzero(fold != f)
-        models = [make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(
-            np.concatenate([x[i] for i in fit_on]), np.concatenate([scans[i]["ent_all"][:, m].reshape(-1) for i in fit_on])) for m in (1, 2)]
-        for i in np.flatnonzero(fold == f):
-            scans[i]["predicted entropies"] = np.stack([model.predict(x[i]) for model in models], axis=1)
+    entropies = [np.stack([s["ent_all"][:, m].reshape(-1) for m in (1, 2)], axis=1) for s in scans]
+
+    def fit_folds(rows):
+        models = ridges(np.concatenate([x[i] for i in rows]), np.concatenate([entropies[i] for i in rows]))
+        return lambda i: predict(models, x[i])
+
+    for scan, predicted in zip(scans, cross_fit(len(scans), fit_folds)):
+        scan["predicted entropies"] = predicted
 
 
 def targets(scans: list[dict]) -> list[np.ndarray]:
@@ -83,27 +84,40 @@ def targets(scans: list[dict]) -> list[np.ndarray]:
     return [np.stack([gains[a:b, k].reshape(-1) for k in range(2)], axis=1) for a, b in zip(ends[:-1], ends[1:])]
 
 
-def fit(scans: list[dict], which: str):
-    """One ridge regression per model (f1, f2) on all of ``scans``."""
-    x = np.concatenate([inputs(s, which) for s in scans])
-    y = np.concatenate(targets(scans))
-    return [make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(x, y[:, k]) for k in range(2)]
+def ridges(x: np.ndarray, y: np.ndarray) -> list:
+    """One ridge regression (standardised inputs, its penalty chosen by leave-one-out) per
+    column of ``y``."""
+    return [make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(x, y[:, k]) for k in range(y.shape[1])]
 
 
-def predict(models, scan: dict, which: str) -> np.ndarray:
-    x = inputs(scan, which)
+def predict(models: list, x: np.ndarray) -> np.ndarray:
     return np.stack([m.predict(x) for m in models], axis=1)
+
+
+def fit(scans: list[dict], which: str) -> list:
+    """One ridge regression per model (f1, f2) of the gains on all of ``scans``."""
+    return ridges(np.concatenate([inputs(s, which) for s in scans]), np.concatenate(targets(scans)))
+
+
+def cross_fit(count: int, fit_folds) -> list[np.ndarray]:
+    """Each of ``count`` scans predicted by ``fit_folds(rows)`` (which fits on the scans
+    ``rows`` and returns a predictor of scan ``i``) fitted on the folds it is not in."""
+    fold = np.arange(count) % FOLDS
+    out = [None] * count
+    for f in range(FOLDS):
+        predictor = fit_folds(np.flatnonzero(fold != f))
+        for i in np.flatnonzero(fold == f):
+            out[i] = predictor(i)
+    return out
 
 
 def cross_fitted(scans: list[dict], which: str) -> list[np.ndarray]:
     """Each scan's predicted gains from a fit on the other folds of the same family."""
-    fold = np.arange(len(scans)) % FOLDS
-    out = [None] * len(scans)
-    for f in range(FOLDS):
-        models = fit([s for s, g in zip(scans, fold) if g != f], which)
-        for i in np.flatnonzero(fold == f):
-            out[i] = predict(models, scans[i], which)
-    return out
+    def fit_folds(rows):
+        models = fit([scans[i] for i in rows], which)
+        return lambda i: predict(models, inputs(scans[i], which))
+
+    return cross_fit(len(scans), fit_folds)
 
 
 def line_four(scans: list[dict], predicted: list[np.ndarray], draws: int, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -149,7 +163,7 @@ def main() -> None:
                     predicted, how = cross_fitted(scans, which), f"{fitted_on}, other folds"
                 else:
                     models = fit(fit_scans, which)
-                    predicted, how = [predict(models, s, which) for s in scans], fitted_on
+                    predicted, how = [predict(models, inputs(s, which)) for s in scans], fitted_on
                 med, share = line_four(scans, predicted, args.draws)
                 print(f"| {how} | {scored_on} | {which} | {med[0]:+.3f} / {med[1]:+.3f} | {share * 100:.1f} % |", flush=True)
 

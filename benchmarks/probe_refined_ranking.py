@@ -170,12 +170,6 @@ def routing_lines(scans: list[dict], gains: np.ndarray, costs: np.ndarray, lams:
     return table_lines(scans_table(scans, costs), routes, routes[default])
 
 
-def per_model(name: str) -> bool:
-    """Whether signal ``name`` has one value per model (f1, f2): the policies' gains and
-    what f1 and f2 relabel."""
-    return name.startswith("policy") or name == "f_k relabels"
-
-
 def set_r(scans: list[dict], signals: list[str]) -> np.ndarray:
     """r of every signal with the true gains of f1 and f2 over ``scans`` pooled: (signals, 2)."""
     true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
@@ -183,7 +177,7 @@ def set_r(scans: list[dict], signals: list[str]) -> np.ndarray:
     for i, name in enumerate(signals):
         v = np.concatenate([s[name] for s in scans])
         for k in range(2):
-            r[i, k] = _corr(v[:, k] if per_model(name) else v, true[:, k])
+            r[i, k] = _corr(v[:, k] if v.ndim == 4 else v, true[:, k])  # (slices, 2, GY, GX): one value per model
     return r
 
 
