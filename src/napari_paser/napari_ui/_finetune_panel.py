@@ -334,7 +334,7 @@ class FinetunePanel(QWidget):
         )
         if self.blocking if blocking is None else blocking:
             return run_here(self.controller.job(request), callbacks)
-        self._worker = job_worker(self.controller.job, (request,), callbacks)
+        self._worker = job_worker(self.controller.job, (request,), callbacks, owner=self)
         self._worker.start()
         return self._worker
 

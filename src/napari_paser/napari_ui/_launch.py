@@ -26,18 +26,37 @@ class JobCallbacks:
     aborted: Callable[[], None] | None = None
 
 
-def job_worker(job: Callable[..., Generator], args: tuple, callbacks: JobCallbacks) -> Any:
+def job_worker(job: Callable[..., Generator], args: tuple, callbacks: JobCallbacks, owner: Any) -> Any:
     """A napari thread worker for ``job(*args)`` wired to ``callbacks``, not started yet
-    (keep a reference to it first, then ``start()`` it)."""
+    (keep a reference to it first, then ``start()`` it).
+
+    ``owner`` is the panel (a QWidget) the callbacks update. If it is destroyed first (the
+    user closed the panel or the viewer), the worker is told to quit and its signals no
+    longer reach the callbacks, which would touch deleted widgets.
+    """
     from napari.qt.threading import create_worker
 
     worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
-    worker.yielded.connect(callbacks.message)
-    worker.returned.connect(callbacks.returned)
-    worker.errored.connect(callbacks.errored)
+    wiring = [(worker.yielded, callbacks.message), (worker.returned, callbacks.returned),
+              (worker.errored, callbacks.errored), (worker.finished, callbacks.finished)]
     if callbacks.aborted is not None:
-        worker.aborted.connect(callbacks.aborted)
-    worker.finished.connect(callbacks.finished)
+        wiring.append((worker.aborted, callbacks.aborted))
+    for signal, slot in wiring:
+        signal.connect(slot)
+
+    def orphan(*_: Any) -> None:
+        for signal, slot in wiring:
+            signal.disconnect(slot)
+        worker.quit()
+
+    def release() -> None:  # one connection per job would pile up on a long-lived panel
+        try:
+            owner.destroyed.disconnect(orphan)
+        except (RuntimeError, TypeError):  # the owner is gone, or orphan already ran
+            pass
+
+    owner.destroyed.connect(orphan)
+    worker.finished.connect(release)
     return worker
 
 

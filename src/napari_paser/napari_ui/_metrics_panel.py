@@ -214,7 +214,7 @@ class MetricsPanel(QWidget):
         )
         if self.blocking if blocking is None else blocking:
             return run_here(jobs.metrics_job(req), callbacks)
-        self._worker = job_worker(jobs.metrics_job, (req,), callbacks)
+        self._worker = job_worker(jobs.metrics_job, (req,), callbacks, owner=self)
         self._worker.start()
         return self._worker
 

@@ -511,7 +511,7 @@ class PaserWidget(QWidget):
         )
         if self.blocking if blocking is None else blocking:
             return run_here(job(*args), callbacks)
-        self._worker = job_worker(job, args, callbacks)
+        self._worker = job_worker(job, args, callbacks, owner=self)
         self._worker.start()
         return self._worker
 
