@@ -238,21 +238,25 @@ def test_lambda_slider_reroutes_and_matches_the_engine(setup, qtbot):
     np.testing.assert_array_equal(viewer.layers["routing"].data, routing0)
 
 
-def test_closing_the_panel_during_a_run_leaves_no_error(make_napari_viewer, routing_bundle_dir, qtbot):
-    """A run still going when its panel is deleted quits, and its signals reach none of
-    the deleted panel's widgets (pytest-qt fails on an error in the Qt event loop)."""
+def _running_widget(make_napari_viewer, bundle_dir, qtbot, slices_done: int):
+    """A viewer and its panel whose run over 30 slices has finished ``slices_done`` of them and goes on; and the run."""
     from napari_paser.napari_ui._widget import PaserWidget
 
     viewer = make_napari_viewer()
     viewer.add_image(_volume((30, 120, 150)), name="ct")
     widget = PaserWidget(viewer)
-    widget.add_bundle_folder(routing_bundle_dir)
+    widget.add_bundle_folder(bundle_dir)
     worker = widget.run()
-    qtbot.waitUntil(lambda: widget.result_layers is not None and widget.result_layers.done.sum() >= 1, timeout=60_000)
-    with qtbot.waitSignal(widget.destroyed, timeout=10_000):
+    qtbot.waitUntil(lambda: widget.result_layers is not None and widget.result_layers.done.sum() >= slices_done, timeout=60_000)
+    return viewer, widget, worker
+
+
+def test_closing_the_panel_during_a_run_leaves_no_error(make_napari_viewer, routing_bundle_dir, qtbot):
+    """A run still going when its panel is deleted quits, and its signals reach none of
+    the deleted panel's widgets (pytest-qt fails on an error in the Qt event loop)."""
+    _, widget, worker = _running_widget(make_napari_viewer, routing_bundle_dir, qtbot, slices_done=1)
+    with qtbot.waitSignal(worker.finished, timeout=60_000), qtbot.waitSignal(widget.destroyed, timeout=10_000):
         widget.deleteLater()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
     qtbot.wait(50)  # let the queued signals be delivered
     assert worker.abort_requested
 
@@ -272,14 +276,7 @@ def test_tvd_mode_uses_the_engines_lambda(setup, qtbot):
 
 
 def test_cancel_stops_mid_run_and_leaves_layers_consistent(make_napari_viewer, routing_bundle_dir, qtbot, notes):
-    from napari_paser.napari_ui._widget import PaserWidget
-
-    viewer = make_napari_viewer()
-    viewer.add_image(_volume((30, 120, 150)), name="ct")
-    widget = PaserWidget(viewer)
-    widget.add_bundle_folder(routing_bundle_dir)
-    worker = widget.run()
-    qtbot.waitUntil(lambda: widget.result_layers is not None and widget.result_layers.done.sum() >= 2, timeout=60_000)
+    viewer, widget, worker = _running_widget(make_napari_viewer, routing_bundle_dir, qtbot, slices_done=2)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         widget.cancel()
     layers = widget.result_layers
