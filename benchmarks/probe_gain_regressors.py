@@ -15,7 +15,16 @@ entropy in sets of four scans. Four sets of inputs:
 - ``predicted entropies``: the analysis plus f1's and f2's patch entropies as a ridge
   regression on the analysis' signals predicts them (cross-fitted within the family):
   what a head distilled from f1 and f2, reading those signals, could add (within a
-  family only).
+  family only);
+- ``with the image``: the analysis plus six statistics of the scan itself that f0's
+  analysis could compute for almost nothing, each a patch mean of the normalised scan:
+  the plane noise (the slice against the mean of the two planes on each side), the
+  change between the planes above and below, the same as plane noise on 5 × 5 means
+  (structure that changes along the planes), the in-plane gradient, the local variance
+  and the intensity (the scans are made again from the cache's name);
+- ``standardised per scan``: the analysis' signals, each standardised over the scan's
+  own patches. A fit that fails across families only because the signals' levels shift
+  with the scanner would transfer this way.
 
 Each is fitted in two ways. **Within a family**: five folds by scan, so that each scan is
 predicted by a fit that never saw it. This is generous, since no bundle is fitted on the
@@ -35,14 +44,20 @@ from pathlib import Path
 
 import numpy as np
 from bench_testsets import _corr
+from common import make_volumes
+from probe_f2_choice import plane_noise
+from scipy import ndimage
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.normalize import normalize_volume
+from napari_paser.engine.patches import patch_view
 
 FOLDS = 5
-INPUTS = ("analysis", "look-ahead", "their entropies", "predicted entropies")
+INPUTS = ("analysis", "look-ahead", "their entropies", "predicted entropies", "with the image", "standardised per scan")
+IMAGE_STATISTICS = ("plane noise", "plane change", "plane structure", "gradient", "local variance", "intensity")
 
 
 def inputs(scan: dict, which: str) -> np.ndarray:
@@ -60,7 +75,41 @@ def inputs(scan: dict, which: str) -> np.ndarray:
         cols += [scan["ent_all"][:, 1], scan["ent_all"][:, 2]]
     elif which == "predicted entropies":
         cols += [scan["predicted entropies"][:, 0], scan["predicted entropies"][:, 1]]
-    return np.stack([c.reshape(-1) for c in cols], axis=1)
+    elif which == "with the image":
+        cols += [scan[name] for name in IMAGE_STATISTICS]
+    x = np.stack([c.reshape(-1) for c in cols], axis=1)
+    if which == "standardised per scan":
+        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    return x
+
+
+def add_image_statistics(scans: list[dict], cache: Path) -> None:
+    """Store :data:`IMAGE_STATISTICS` (slices, GY, GX) in each scan, made again from the
+    volumes the cache's name gives (``DIST_LO-HI_SLICES_...``, as probe_refined_ranking
+    names it), normalised as the engine does, and kept beside the cache (``.image.npz``)."""
+    kept = cache.with_suffix(".image.npz")
+    if not kept.exists():
+        dist, span, slices = cache.name.split("_")[:3]
+        lo, hi = (int(v) for v in span.split("-"))
+        stats = {name: [] for name in IMAGE_STATISTICS}
+        for scan, (image, _) in zip(scans, make_volumes(range(lo, hi + 1), int(slices), distribution=dist), strict=True):
+            grid = scan["entropy"].shape[-2:]
+            patch = (image.shape[1] // grid[0], image.shape[2] // grid[1])
+            v = normalize_volume(image).astype(np.float64)
+            local_mean = ndimage.uniform_filter(v, size=(1, 5, 5))
+            near = np.pad(v, ((2, 2), (0, 0), (0, 0)), mode="edge")  # the planes on each side, as plane_noise
+            neighbours = (near[:-4] + near[1:-3] + near[3:-1] + near[4:]) / 4
+            maps = {"plane change": np.abs(near[3:-1] - near[1:-3]),
+                    "plane structure": (local_mean - ndimage.uniform_filter(neighbours, size=(1, 5, 5))) ** 2,
+                    "gradient": np.hypot(*np.gradient(v, axis=(1, 2))),
+                    "local variance": ndimage.uniform_filter(v * v, size=(1, 5, 5)) - local_mean**2, "intensity": v}
+            stats["plane noise"].append(plane_noise(image, normalize_volume, patch))
+            for name, m in maps.items():
+                stats[name].append(np.stack([patch_view(plane, patch).mean(axis=(-2, -1)) for plane in m]))
+        np.savez(kept, **{name: np.stack(v) for name, v in stats.items()})
+    with np.load(kept) as stats:
+        for i, scan in enumerate(scans):
+            scan.update({name: stats[name][i] for name in IMAGE_STATISTICS})
 
 
 def predict_entropies(scans: list[dict]) -> None:
@@ -141,8 +190,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)
     args = ap.parse_args()
     families = {path.name.split("_")[0]: pickle.loads(path.read_bytes()) for path in args.caches}
-    for scans in families.values():
+    for path, scans in zip(args.caches, families.values()):
         predict_entropies(scans)
+        add_image_statistics(scans, path)
         ent = np.concatenate([s["entropy"].reshape(-1) for s in scans])
         for m in (1, 2):
             true = np.concatenate([s["ent_all"][:, m].reshape(-1) for s in scans])
