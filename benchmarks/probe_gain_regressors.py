@@ -3,7 +3,7 @@
 ``probe_refined_ranking`` scores each signal alone. This probe fits ridge regressions of
 the true per-patch gains of f1 and f2 on several signals at once, on the scans that probe
 kept (its ``--cache``), and scores them as line 4 does: the lead of their r over f0's
-entropy in sets of four scans. Four sets of inputs:
+entropy in sets of four scans. Six sets of inputs:
 
 - ``analysis``: what f0's analysis knows before any patch model runs: f0's entropy, both
   of the policy's gains, the refiner's KL and relabelled share, the refined labels'
@@ -92,9 +92,12 @@ def add_image_statistics(scans: list[dict], cache: Path) -> None:
         dist, span, slices = cache.name.split("_")[:3]
         lo, hi = (int(v) for v in span.split("-"))
         stats = {name: [] for name in IMAGE_STATISTICS}
-        for scan, (image, _) in zip(scans, make_volumes(range(lo, hi + 1), int(slices), distribution=dist), strict=True):
+        for scan, (image, labels) in zip(scans, make_volumes(range(lo, hi + 1), int(slices), distribution=dist), strict=True):
             grid = scan["entropy"].shape[-2:]
             patch = (image.shape[1] // grid[0], image.shape[2] // grid[1])
+            truth = np.stack([[patch_view(plane == c, patch).sum(axis=(-2, -1)) for c in range(3)] for plane in labels])
+            if not np.array_equal(truth, np.moveaxis(scan["conf"][:, 0].sum(-1), -1, 1)):  # (slices, classes, GY, GX)
+                raise SystemExit(f"{cache.name}: the scans made again are not the cached ones")
             v = normalize_volume(image).astype(np.float64)
             local_mean = ndimage.uniform_filter(v, size=(1, 5, 5))
             near = np.pad(v, ((2, 2), (0, 0), (0, 0)), mode="edge")  # the planes on each side, as plane_noise
