@@ -16,7 +16,10 @@ few full-resolution elementwise passes:
 - ``KL``: KL(refined ‖ MC mean), the refiner's correction;
 - ``boundary``: the share of pixels with a 4-neighbour of another refined label;
 - ``f_k relabels`` (a bound, not a signal any policy has): the share of pixels whose label
-  the fused f1 (f2) changes from the refined f0's, known only once f1 (f2) has run.
+  the fused f1 (f2) changes from the refined f0's, known only once f1 (f2) has run;
+- ``f0 wrong (truth)`` (a bound): the number of pixels the refined f0 labels wrongly, read
+  from the truth. A head that predicts where f0 errs (a confidence head, as ConfidNet)
+  can at best know this.
 
 ``relabelled``, ``KL`` and ``boundary`` are ``probe_refiner_gain.refiner_signals``.
 
@@ -59,7 +62,8 @@ from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
 
-SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary", "f_k relabels")
+SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary", "f_k relabels",
+           "f0 wrong (truth)")
 
 
 def network_only(policy):
@@ -226,6 +230,9 @@ def main() -> None:
         stem = f"{text.replace(':', '_')}_{args.slices}_{bundle.name}-{bundle.meta.get('version')}"
         volumes = functools.partial(make_volumes, seeds, args.slices, distribution=dist)  # made again only when not cached
         scans = cached(args.cache and args.cache / f"{stem}.pkl", lambda: [scan_signals(img, lab, bundle) for img, lab in volumes()])
+        for scan in scans:  # from the confusions, so that older caches hold it too
+            conf = scan["conf"][:, 0]  # the refined f0's, (slices, GY, GX, truth, label)
+            scan["f0 wrong (truth)"] = (conf.sum((-2, -1)) - np.trace(conf, axis1=-2, axis2=-1)).astype(np.float64)
         for name, other in others.items():
             rows = cached(args.cache and args.cache / f"{stem}_policy_{name}-{other.meta.get('version')}.pkl",
                           lambda: other_policy_signals(volumes(), other, f" {name}"))
