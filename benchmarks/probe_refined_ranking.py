@@ -17,9 +17,10 @@ few full-resolution elementwise passes:
 - ``boundary``: the share of pixels with a 4-neighbour of another refined label;
 - ``f_k relabels`` (a bound, not a signal any policy has): the share of pixels whose label
   the fused f1 (f2) changes from the refined f0's, known only once f1 (f2) has run;
-- ``f0 wrong (truth)`` (a bound): the number of pixels the refined f0 labels wrongly, read
-  from the truth. A head that predicts where f0 errs (a confidence head, as ConfidNet)
-  can at best know this.
+- ``f0 wrong (truth)`` and ``f0 IoU loss (truth)`` (bounds): the number of pixels the
+  refined f0 labels wrongly, and what the scan's mean IoU would gain to first order if
+  the refined f0 were right on the whole patch, read from the truth. A head that predicts
+  where f0 errs (a confidence head, as ConfidNet) can at best know these.
 
 ``relabelled``, ``KL`` and ``boundary`` are ``probe_refiner_gain.refiner_signals``.
 
@@ -63,7 +64,7 @@ from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
 
 SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary", "f_k relabels",
-           "f0 wrong (truth)")
+           "f0 wrong (truth)", "f0 IoU loss (truth)")
 
 
 def network_only(policy):
@@ -157,6 +158,18 @@ def cached(path: Path | None, make):
     return value
 
 
+def truth_bounds(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """``f0 wrong (truth)`` and ``f0 IoU loss (truth)`` (slices, GY, GX) of one scan from its
+    confusions (slices, models, GY, GX, truth, label); the IoU loss at the scan's own weights."""
+    f0 = conf[:, 0].astype(np.float64)
+    wrong = f0.sum((-2, -1)) - np.trace(f0, axis1=-2, axis2=-1)
+    perfect = np.zeros_like(f0)
+    classes = np.arange(f0.shape[-1])
+    perfect[..., classes, classes] = f0.sum(-1)  # every pixel labelled as its truth
+    loss = dataset_iou_gains(np.stack([f0, perfect, perfect], axis=1))[:, 0]
+    return {"f0 wrong (truth)": wrong, "f0 IoU loss (truth)": loss}
+
+
 def mixed_gains(scans: list[dict], keep_policy: bool = True) -> np.ndarray:
     """The policy's gains plus the refiner's KL, standardised to the gains' spread over the
     set's patches (label-free): (patches, 2, GY, GX) pooled over ``scans``. Without
@@ -230,9 +243,8 @@ def main() -> None:
         stem = f"{text.replace(':', '_')}_{args.slices}_{bundle.name}-{bundle.meta.get('version')}"
         volumes = functools.partial(make_volumes, seeds, args.slices, distribution=dist)  # made again only when not cached
         scans = cached(args.cache and args.cache / f"{stem}.pkl", lambda: [scan_signals(img, lab, bundle) for img, lab in volumes()])
-        for scan in scans:  # from the confusions, so that older caches hold it too
-            conf = scan["conf"][:, 0]  # the refined f0's, (slices, GY, GX, truth, label)
-            scan["f0 wrong (truth)"] = (conf.sum((-2, -1)) - np.trace(conf, axis1=-2, axis2=-1)).astype(np.float64)
+        for scan in scans:  # from the confusions, so that older caches hold them too
+            scan.update(truth_bounds(scan["conf"]))
         for name, other in others.items():
             rows = cached(args.cache and args.cache / f"{stem}_policy_{name}-{other.meta.get('version')}.pkl",
                           lambda: other_policy_signals(volumes(), other, f" {name}"))
