@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 from bench_testsets import _corr
 from common import make_volumes
-from probe_f2_choice import plane_noise
 from scipy import ndimage
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
@@ -100,15 +99,15 @@ def add_image_statistics(scans: list[dict], cache: Path) -> None:
                 raise SystemExit(f"{cache.name}: the scans made again are not the cached ones")
             v = normalize_volume(image).astype(np.float64)
             local_mean = ndimage.uniform_filter(v, size=(1, 5, 5))
-            near = np.pad(v, ((2, 2), (0, 0), (0, 0)), mode="edge")  # the planes on each side, as plane_noise
+            near = np.pad(v, ((2, 2), (0, 0), (0, 0)), mode="edge")  # the planes on each side, as the engine stacks them
             neighbours = (near[:-4] + near[1:-3] + near[3:-1] + near[4:]) / 4
-            maps = {"plane change": np.abs(near[3:-1] - near[1:-3]),
+            maps = {"plane noise": (v - neighbours) ** 2, "plane change": np.abs(near[3:-1] - near[1:-3]),
                     "plane structure": (local_mean - ndimage.uniform_filter(neighbours, size=(1, 5, 5))) ** 2,
                     "gradient": np.hypot(*np.gradient(v, axis=(1, 2))),
                     "local variance": ndimage.uniform_filter(v * v, size=(1, 5, 5)) - local_mean**2, "intensity": v}
-            stats["plane noise"].append(plane_noise(image, normalize_volume, patch))
             for name, m in maps.items():
                 stats[name].append(np.stack([patch_view(plane, patch).mean(axis=(-2, -1)) for plane in m]))
+            stats["plane noise"][-1] = np.sqrt(stats["plane noise"][-1])  # an RMS, as probe_f2_choice.plane_noise
         np.savez(kept, **{name: np.stack(v) for name, v in stats.items()})
     with np.load(kept) as stats:
         for i, scan in enumerate(scans):
