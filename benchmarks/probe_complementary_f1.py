@@ -35,6 +35,7 @@ from napari_paser.engine.bundle import load_bundle, save_bundle
 from napari_paser.engine.models import centre_planes
 from napari_paser.engine.normalize import normalize_volume
 from napari_paser.engine.pipeline import PaserSegmenter
+from napari_paser.engine.precision import bf16_autocast
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.datasets import IGNORE, SliceBank, Volume, class_weights
 from napari_paser.train.presets import TrainConfig
@@ -65,17 +66,22 @@ def decode(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(unlabelled, lab, lab % CLASSES).long(), (~unlabelled) & (lab >= CLASSES)
 
 
-def train_f1(bundle, bank: SliceBank, weight: torch.Tensor, boost: float, steps: int, lr: float, seed: int):
-    """A copy of ``bundle.f1`` trained ``steps`` more with boosted cross entropy."""
+def train_patch_model(model, bank: SliceBank, weight: torch.Tensor, boost: float, steps: int, lr: float, seed: int,
+                      *, bf16: bool = False):
+    """A copy of the patch model ``model`` trained ``steps`` more with cross entropy boosted
+    ``1 + boost`` where the refined f0 is wrong (labels as :func:`encoded_volumes` makes
+    them; plain labels: no boost), under bf16 autocast with ``bf16`` where it is native."""
     cfg = TrainConfig()
-    f1 = copy.deepcopy(bundle.f1).train()
-    opt = torch.optim.AdamW(f1.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    net = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
     g = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        x, lab = bank.sample_patches(cfg.patch_batch, cfg.augment, g, impulse=True, halo=f1.config.halo)
+        x, lab = bank.sample_patches(cfg.patch_batch, cfg.augment, g, impulse=True, halo=net.config.halo)
         y, wrong = decode(lab)
-        ce = F.cross_entropy(f1(centre_planes(x, f1.config.planes)).float(), y, weight=weight, ignore_index=IGNORE, reduction="none")
+        with bf16_autocast("cpu", bf16):
+            logits = net(centre_planes(x, net.config.planes))
+        ce = F.cross_entropy(logits.float(), y, weight=weight, ignore_index=IGNORE, reduction="none")
         pixel = weight[y.clamp(0, CLASSES - 1)] * (y != IGNORE) * (1 + boost * wrong)
         loss = (ce * (1 + boost * wrong)).sum() / pixel.sum().clamp_min(1e-8)
         opt.zero_grad(set_to_none=True)
@@ -84,7 +90,7 @@ def train_f1(bundle, bank: SliceBank, weight: torch.Tensor, boost: float, steps:
         sched.step()
         if step % 500 == 0 or step == steps - 1:
             print(f"  boost {boost:g}: step {step} loss {float(loss.detach()):.4f}", flush=True)
-    return f1.eval()
+    return net.eval()
 
 
 def main() -> None:
@@ -111,7 +117,7 @@ def main() -> None:
     for boost in args.boost:
         t0 = time.perf_counter()
         variant = copy.deepcopy(bundle)
-        variant.f1 = train_f1(bundle, bank, weight, boost, args.steps, args.lr, seed=1)
+        variant.f1 = train_patch_model(bundle.f1, bank, weight, boost, args.steps, args.lr, seed=1)
         variant.meta = {**variant.meta, "name": f"{bundle.name}-f1-boost-{boost:g}",
                         "description": f"{bundle.name} with f1 continued {args.steps} steps on {args.train}, "
                                        f"cross entropy x (1 + {boost:g}) where the refined f0 is wrong (benchmarks/probe_complementary_f1.py)"}

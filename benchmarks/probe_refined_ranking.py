@@ -56,7 +56,7 @@ from probe_refiner_gain import refiner_signals
 from probe_testset_draws import _parse_set, scans_table, table_lines
 
 from napari_paser.engine.bundle import load_bundle
-from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
@@ -198,6 +198,22 @@ def set_r(scans: list[dict], signals: list[str]) -> np.ndarray:
     return r
 
 
+def print_models(scans: list[dict]) -> None:
+    """Each model's mean IoU over ``scans`` pooled (the refined f0, the fused f1 and f2, as
+    PaSeR composes them), its wrong pixels, and per patch how its wrong pixels follow the
+    refined f0's (r), and how f0's follow the pixels it fixes (r of f0's wrong pixels with
+    f0's minus its)."""
+    conf = np.concatenate([s["conf"] for s in scans]).astype(np.float64)  # (slices, models, GY, GX, truth, label)
+    wrong = conf.sum((-2, -1)) - np.trace(conf, axis1=-2, axis2=-1)  # (slices, models, GY, GX)
+    total = conf[:, 0].sum()
+    ious = [mean_iou(conf[:, k].sum((0, 1, 2))) for k in range(3)]
+    w = [wrong[:, k].ravel() for k in range(3)]
+    print(f"mean IoU refined f0 / fused f1 / fused f2: {' / '.join(f'{v:.4f}' for v in ious)}; "
+          f"wrong pixels {' / '.join(f'{v.sum() / total * 100:.2f} %' for v in w)}; per patch, r of f0's wrong pixels with "
+          f"f1's / f2's {_corr(w[0], w[1]):.3f} / {_corr(w[0], w[2]):.3f}, with the pixels f1 / f2 fix "
+          f"{_corr(w[0], w[0] - w[1]):.3f} / {_corr(w[0], w[0] - w[2]):.3f}")
+
+
 def print_ranking(scans: list[dict], signals: list[str], draws: int) -> None:
     """The table of each signal's pooled r with the true gains over ``scans`` and its lead
     over f0's entropy (the first signal) in ``draws`` drawn sets of four (line 4)."""
@@ -251,6 +267,7 @@ def main() -> None:
             for scan, row in zip(scans, rows):
                 scan.update(row)
         print(f"\n{text} ({len(scans)} scans, {time.perf_counter() - t0:.0f} s)")
+        print_models(scans)
         print_ranking(scans, signals, args.draws)
         if args.lines_draws:
             print_lines(scans, bundle, lams, args.lines_draws)

@@ -1,0 +1,72 @@
+"""Would an f2 that has learnt the other scanner make out-of-family gains rankable? (issue 11)
+
+``probe_refined_ranking`` found that out of family even the truth about where the
+refined f0 errs does not rank f2's gains (its lead over f0's entropy −0.170): f2 fails on
+the same patches as f0, because every network of the bundle learnt one scanner. Training
+on many scanners (domain randomisation) is what a robust f2 would need, and it is a
+GPU-sized job. This probe asks first whether it would pay: it continues the bundle's f2
+on fresh scans of the bundle's training distribution *and of the out-of-family one*
+(other seeds than every test and development set), the most that any randomisation could
+teach f2 about that scanner. The f2 goes into a copy of the bundle (f0, its refiner, f1,
+the fusion weights and the policy unchanged) under ``--out``, to be scored with
+
+    python benchmarks/probe_refined_ranking.py runs/robust_f2/mixed --sets v1:8831-8850 oof:9631-9650 --lines-draws 60
+
+If even this f2's gains stay unrankable out of family from what f0 knows (the truth
+bounds ``f0 wrong`` and ``f0 IoU loss``), a scanner-robust f2 trained on a GPU would not
+open issue 11's fourth line either.
+
+    python benchmarks/probe_robust_f2.py paser-synth-v2.21 --train v2:7401-7406 oof:7501-7506 --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import make_volumes
+from probe_complementary_f1 import train_patch_model
+from probe_testset_draws import _parse_set
+
+from napari_paser.engine.bundle import load_bundle, save_bundle
+from napari_paser.engine.normalize import normalize_volume
+from napari_paser.engine.registry import resolve_bundle
+from napari_paser.train.datasets import SliceBank, Volume, class_weights
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
+    ap.add_argument("--train", nargs="+", default=["v2:7401-7406", "oof:7501-7506"], help="fresh scans to continue f2 on (16 slices each)")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("runs/robust_f2/mixed"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    t0 = time.perf_counter()
+    volumes = []
+    for text in args.train:
+        dist, seeds = _parse_set(text)
+        for seed, (image, labels) in zip(seeds, make_volumes(seeds, 16, distribution=dist)):
+            volumes.append(Volume(f"{dist}{seed}", normalize_volume(image).astype(np.float32), labels.astype(np.uint8)))
+    print(f"{len(volumes)} scans made ({' + '.join(args.train)}; {time.perf_counter() - t0:.0f} s)", flush=True)
+    bank = SliceBank(volumes, bundle.patch_size, planes=bundle.f2.config.planes)
+    t0 = time.perf_counter()
+    variant = copy.deepcopy(bundle)
+    variant.f2 = train_patch_model(bundle.f2, bank, class_weights(volumes), 0.0, args.steps, args.lr, seed=1, bf16=True)
+    variant.meta = {**variant.meta, "name": f"{bundle.name}-f2-{args.out.name}",
+                    "description": f"{bundle.name} with f2 continued {args.steps} steps on {' + '.join(args.train)} "
+                                   "(benchmarks/probe_robust_f2.py)"}
+    path = save_bundle(variant, args.out, overwrite=True)
+    print(f"f2: {args.steps} steps in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
