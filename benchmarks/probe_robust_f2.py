@@ -7,7 +7,7 @@ on many scanners (domain randomisation) is what a robust f2 would need, and it i
 GPU-sized job. This probe asks first whether it would pay: it continues the bundle's f2
 on fresh scans of the bundle's training distribution *and of the out-of-family one*
 (other seeds than every test and development set), the most that any randomisation could
-teach f2 about that scanner. The f2 goes into a copy of the bundle (f0, its refiner, f1,
+teach f2 about that scanner (``--models f1 f2``: f1 too). The f2 goes into a copy of the bundle (f0, its refiner, f1,
 the fusion weights and the policy unchanged) under ``--out``, to be scored with
 
     python benchmarks/probe_refined_ranking.py runs/robust_f2/mixed --sets v1:8831-8850 oof:9631-9650 --lines-draws 60
@@ -42,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
     ap.add_argument("--train", nargs="+", default=["v2:7401-7406", "oof:7501-7506"], help="fresh scans to continue f2 on (16 slices each)")
+    ap.add_argument("--models", nargs="+", choices=["f1", "f2"], default=["f2"], help="the patch models to continue")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
@@ -57,15 +58,18 @@ def main() -> None:
         for seed, (image, labels) in zip(seeds, make_volumes(seeds, 16, distribution=dist)):
             volumes.append(Volume(f"{dist}{seed}", normalize_volume(image).astype(np.float32), labels.astype(np.uint8)))
     print(f"{len(volumes)} scans made ({' + '.join(args.train)}; {time.perf_counter() - t0:.0f} s)", flush=True)
-    bank = SliceBank(volumes, bundle.patch_size, planes=bundle.f2.config.planes)
-    t0 = time.perf_counter()
     variant = copy.deepcopy(bundle)
-    variant.f2 = train_patch_model(bundle.f2, bank, class_weights(volumes), 0.0, args.steps, args.lr, seed=1, bf16=True)
-    variant.meta = {**variant.meta, "name": f"{bundle.name}-f2-{args.out.name}",
-                    "description": f"{bundle.name} with f2 continued {args.steps} steps on {' + '.join(args.train)} "
+    for name in args.models:
+        t0 = time.perf_counter()
+        model = getattr(bundle, name)
+        bank = SliceBank(volumes, bundle.patch_size, planes=model.config.planes)
+        setattr(variant, name, train_patch_model(model, bank, class_weights(volumes), 0.0, args.steps, args.lr, seed=1, bf16=True))
+        print(f"{name}: {args.steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
+    models = " and ".join(args.models)
+    variant.meta = {**variant.meta, "name": f"{bundle.name}-{'-'.join(args.models)}-{args.out.name}",
+                    "description": f"{bundle.name} with {models} continued {args.steps} steps on {' + '.join(args.train)} "
                                    "(benchmarks/probe_robust_f2.py)"}
-    path = save_bundle(variant, args.out, overwrite=True)
-    print(f"f2: {args.steps} steps in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
+    print(f"-> {save_bundle(variant, args.out, overwrite=True)}", flush=True)
 
 
 if __name__ == "__main__":
