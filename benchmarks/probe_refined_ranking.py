@@ -202,7 +202,9 @@ def print_models(scans: list[dict]) -> None:
     """Each model's mean IoU over ``scans`` pooled (the refined f0, the fused f1 and f2, as
     PaSeR composes them), its wrong pixels, and per patch how its wrong pixels follow the
     refined f0's (r), and how f0's follow the pixels it fixes (r of f0's wrong pixels with
-    f0's minus its)."""
+    f0's minus its). Then the pixels f1 and f2 relabel and the most of those relabels that
+    can be right: of R relabels, F fix f0, B break it and W change one wrong label to
+    another, so F − B is the fall in wrong pixels and F = (R + F − B − W) / 2 ≤ (R + F − B) / 2."""
     conf = np.concatenate([s["conf"] for s in scans]).astype(np.float64)  # (slices, models, GY, GX, truth, label)
     wrong = conf.sum((-2, -1)) - np.trace(conf, axis1=-2, axis2=-1)  # (slices, models, GY, GX)
     total = conf[:, 0].sum()
@@ -212,6 +214,11 @@ def print_models(scans: list[dict]) -> None:
           f"wrong pixels {' / '.join(f'{v.sum() / total * 100:.2f} %' for v in w)}; per patch, r of f0's wrong pixels with "
           f"f1's / f2's {_corr(w[0], w[1]):.3f} / {_corr(w[0], w[2]):.3f}, with the pixels f1 / f2 fix "
           f"{_corr(w[0], w[0] - w[1]):.3f} / {_corr(w[0], w[0] - w[2]):.3f}")
+    pixels = conf[:, 0].sum((-2, -1))  # (slices, GY, GX)
+    relabels = [(np.concatenate([s["f_k relabels"] for s in scans])[:, k - 1] * pixels).sum() for k in (1, 2)]
+    net = [(w[0] - w[k]).sum() for k in (1, 2)]
+    print(f"f1 / f2 relabel {' / '.join(f'{r / total * 100:.2f} %' for r in relabels)} of the refined f0's pixels; "
+          f"at most {' / '.join(f'{(r + n) / 2 / r * 100:.1f} %' for r, n in zip(relabels, net))} of those relabels are right")
 
 
 def print_ranking(scans: list[dict], signals: list[str], draws: int) -> None:
