@@ -93,19 +93,33 @@ def train_patch_model(model, bank: SliceBank, weight: torch.Tensor, boost: float
     return net.eval()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def continuation_parser(doc: str, train: str | list[str], steps: int, out: str) -> argparse.ArgumentParser:
+    """The arguments every probe that continues a bundle's patch model takes: the bundle,
+    ``--train`` (the fresh scans, ``dist:first-last``), ``--steps``, ``--lr``, ``--threads``
+    and ``--out``, with these defaults."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
-    ap.add_argument("--train", default="v2:7401-7412", help="fresh scans to continue f1 on (16 slices each)")
-    ap.add_argument("--boost", type=float, nargs="+", default=[0.0, 4.0])
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--train", nargs="+" if isinstance(train, list) else None, default=train,
+                    help="fresh scans to continue the model on (16 slices each)")
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("runs/complementary"))
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=Path(out))
+    return ap
+
+
+def continuation_start(args: argparse.Namespace):
+    """Threads and seed as ``args`` asks; the bundle to continue, in eval mode."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    return load_bundle(resolve_bundle(args.bundle)).eval()
+
+
+def main() -> None:
+    ap = continuation_parser(__doc__, "v2:7401-7412", 3000, "runs/complementary")
+    ap.add_argument("--boost", type=float, nargs="+", default=[0.0, 4.0])
+    args = ap.parse_args()
+    bundle = continuation_start(args)
     dist, seeds = _parse_set(args.train)
     t0 = time.perf_counter()
     volumes = encoded_volumes(bundle, make_volumes(seeds, 16, distribution=dist))

@@ -21,36 +21,24 @@ open issue 11's fourth line either.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 from common import make_volumes
-from probe_complementary_f1 import train_patch_model
+from probe_complementary_f1 import continuation_parser, continuation_start, train_patch_model
 from probe_testset_draws import _parse_set
 
-from napari_paser.engine.bundle import load_bundle, save_bundle
+from napari_paser.engine.bundle import save_bundle
 from napari_paser.engine.normalize import normalize_volume
-from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.datasets import SliceBank, Volume, class_weights
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
-    ap.add_argument("--train", nargs="+", default=["v2:7401-7406", "oof:7501-7506"], help="fresh scans to continue f2 on (16 slices each)")
+    ap = continuation_parser(__doc__, ["v2:7401-7406", "oof:7501-7506"], 2000, "runs/robust_f2/mixed")
     ap.add_argument("--models", nargs="+", choices=["f1", "f2"], default=["f2"], help="the patch models to continue")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("runs/robust_f2/mixed"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    bundle = load_bundle(resolve_bundle(args.bundle)).eval()
+    bundle = continuation_start(args)
     t0 = time.perf_counter()
     volumes = []
     for text in args.train:
