@@ -7,8 +7,9 @@ on many scanners (domain randomisation) is what a robust f2 would need, and it i
 GPU-sized job. This probe asks first whether it would pay: it continues the bundle's f2
 on fresh scans of the bundle's training distribution *and of the out-of-family one*
 (other seeds than every test and development set), the most that any randomisation could
-teach f2 about that scanner (``--models f1 f2``: f1 too). The f2 goes into a copy of the bundle (f0, its refiner, f1,
-the fusion weights and the policy unchanged) under ``--out``, to be scored with
+teach f2 about that scanner (``--models f1 f2``: f1 too). The f2 goes into a copy of the
+bundle (f0, its refiner, f1, the fusion weights and the policy unchanged) under ``--out``,
+to be scored with
 
     python benchmarks/probe_refined_ranking.py runs/robust_f2/mixed --sets v1:8831-8850 oof:9631-9650 --lines-draws 60
 
