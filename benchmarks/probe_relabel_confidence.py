@@ -1,0 +1,139 @@
+"""Are f1's and f2's changes to the refined f0 right where they are confident? (issue 11)
+
+``probe_refined_ranking`` bounds how many of the pixels f1 and f2 relabel over the refined
+f0 are right: at most 54-57 % in family and 57-63 % out of family, so a patch's gain is
+the small difference of two large counts. This probe asks whether confidence separates
+the right relabels from the wrong ones, and whether a fusion that keeps only confident
+relabels would leave gains a router can rank.
+
+On fresh scans of both test generators (seeds no test or development set uses) it runs
+the engine as PaSeR composes patches: f0's analysis, then f1 and f2 on every patch, f0's
+probabilities fused in (:func:`~napari_paser.engine.fusion.fuse_f0`; the labels are
+checked against the engine's). For every pixel where the fused f_k's label differs from
+the refined f0's it records the fused probability of that label, and prints
+
+- the share of relabels and the share of them that are right, by that probability;
+- for gates ``t``: f_k's mean IoU everywhere when it may relabel only where its fused
+  probability is at least ``t`` (``0``: the engine's fusion), and the r of the per-patch
+  gains (the first-order change of the set's mean IoU, as everywhere in issue 11) with
+  f0's entropy and with the policy's predicted gains, pooled over the set's scans.
+
+    python benchmarks/probe_relabel_confidence.py paser-synth-v2.21 --sets v1:8831-8842 oof:9631-9642
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from bench_testsets import _corr
+from common import make_volumes
+from probe_testset_draws import _parse_set
+
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.fusion import fuse_f0
+from napari_paser.engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
+from napari_paser.engine.models import class_softmax
+from napari_paser.engine.patches import patch_view
+from napari_paser.engine.pipeline import PaserSegmenter
+from napari_paser.engine.registry import resolve_bundle
+
+BINS = np.array([1 / 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])  # fused probability of the new label
+
+
+@torch.no_grad()
+def fused_patch_probs(seg: PaserSegmenter, z: int, model: int) -> np.ndarray:
+    """(GY, GX, classes, rows, columns): f_``model``'s softmax on each patch of slice ``z``
+    with f0's analysed probabilities fused in, as the engine fuses them."""
+    seg.analyse(z)
+    net = seg.bundle.segmenters()[model]
+    gy, gx = np.indices(seg.grid).reshape(2, -1)
+    x = torch.from_numpy(np.stack([seg._patch_window(z, a, b, net.config.halo, net.config.planes) for a, b in zip(gy, gx)]))
+    prob = class_softmax(net(x).float())
+    fused = fuse_f0(prob, torch.from_numpy(seg._f0prob[z, gy, gx]), float(seg.bundle.fusion[model - 1]))
+    return fused.numpy().reshape(*seg.grid, *fused.shape[1:])
+
+
+def scan_relabels(image: np.ndarray, labels: np.ndarray, bundle, gates: list[float]) -> dict:
+    """One scan's relabel counts by confidence (2, bins: relabels, right) and per-patch
+    confusions (slices, GY, GX, 1 + 2 * gates, classes, classes) of the refined f0, then
+    of f1 and f2 gated at each of ``gates``; f0's patch entropy and the policy's gains."""
+    seg = PaserSegmenter(bundle, seed=0)
+    seg.set_volume(image)
+    ps, grid, k_bins = seg.patch_size, seg.grid, len(BINS) - 1
+    counts = np.zeros((2, 2, k_bins))
+    confs, entropy, gains = [], [], []
+    for z in range(seg.num_slices):
+        kept = patch_view(seg.compose(z, routing=np.zeros(grid, np.uint8)), ps)  # (GY, GX, rows, columns)
+        truth = patch_view(labels[z], ps)
+        conf = np.zeros((*grid, 1 + 2 * len(gates), 3, 3))
+        for gy, gx in np.ndindex(grid):
+            conf[gy, gx, 0] = confusion_matrix(kept[gy, gx], truth[gy, gx])
+        for m in (1, 2):
+            fused = fused_patch_probs(seg, z, m)
+            new = fused.argmax(2)
+            if not np.array_equal(new, patch_view(seg.compose(z, routing=np.full(grid, m, np.uint8)), ps)):
+                raise AssertionError(f"f{m}'s fused labels differ from the engine's on slice {z}")
+            sure = fused.max(2)
+            moved = new != kept
+            right = new == truth
+            where = np.digitize(sure[moved], BINS) - 1
+            np.add.at(counts[m - 1, 0], where, 1)
+            np.add.at(counts[m - 1, 1], where, right[moved])
+            for j, gate in enumerate(gates):
+                gated = np.where(moved & (sure >= gate), new, kept)
+                for gy, gx in np.ndindex(grid):
+                    conf[gy, gx, 1 + (m - 1) * len(gates) + j] = confusion_matrix(gated[gy, gx], truth[gy, gx])
+        confs.append(conf)
+        entropy.append(seg.patch_entropy(z, 0))
+        gains.append(seg.gains(z))
+    return {"counts": counts, "conf": np.stack(confs), "entropy": np.stack(entropy), "gains": np.stack(gains)}
+
+
+def print_set(scans: list[dict], gates: list[float]) -> None:
+    counts = sum(s["counts"] for s in scans)
+    conf = np.concatenate([s["conf"] for s in scans])  # (slices, GY, GX, variants, 3, 3)
+    entropy = np.concatenate([s["entropy"] for s in scans]).ravel()
+    gains = np.concatenate([s["gains"] for s in scans])  # (slices, 2, GY, GX)
+    print("| fused probability of the new label | " + " | ".join(f"{a:.2f}-{min(b, 1):.2f}" for a, b in zip(BINS[:-1], BINS[1:])) + " |")
+    print("|---|" + "---|" * (len(BINS) - 1))
+    for m in (1, 2):
+        n, right = counts[m - 1]
+        print(f"| f{m}: share of relabels | " + " | ".join(f"{v:.1f} %" for v in n / n.sum() * 100) + " |")
+        print(f"| f{m}: right | " + " | ".join(f"{r / v * 100:.1f} %" if v else "-" for r, v in zip(right, n)) + " |")
+    print(f"\nrefined f0 mean IoU {mean_iou(conf[..., 0, :, :].sum((0, 1, 2))):.4f}")
+    print("| model | gate | mean IoU everywhere | r(gain, f0's entropy) | r(gain, policy) | policy's lead |")
+    print("|---|---|---|---|---|---|")
+    for m in (1, 2):
+        for j, gate in enumerate(gates):
+            v = 1 + (m - 1) * len(gates) + j
+            both = np.moveaxis(conf[..., [0, v, v], :, :], 3, 1)  # (slices, 3, GY, GX, 3, 3): f0, gated f_k twice
+            true = dataset_iou_gains(both)[:, 0].ravel()
+            if not np.any(true):
+                print(f"| f{m} | {gate:g} | {mean_iou(conf[..., v, :, :].sum((0, 1, 2))):.4f} | - | - | - |")
+                continue
+            r_ent, r_pol = _corr(entropy, true), _corr(gains[:, m - 1].ravel(), true)
+            print(f"| f{m} | {gate:g} | {mean_iou(conf[..., v, :, :].sum((0, 1, 2))):.4f} | {r_ent:.3f} | {r_pol:.3f} | {r_pol - r_ent:+.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
+    ap.add_argument("--sets", nargs="+", default=["v1:8831-8842", "oof:9631-9642"])
+    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--gates", type=float, nargs="+", default=[0.0, 0.5, 0.6, 0.7])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    print(f"bundle {bundle.meta.get('name')} {bundle.meta.get('version')}")
+    for text in args.sets:
+        dist, seeds = _parse_set(text)
+        scans = [scan_relabels(image, labels, bundle, args.gates) for image, labels in make_volumes(seeds, args.slices, distribution=dist)]
+        print(f"\n{text} ({len(scans)} scans, {args.slices} slices each)")
+        print_set(scans, args.gates)
+
+
+if __name__ == "__main__":
+    main()
