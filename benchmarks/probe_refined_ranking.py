@@ -158,11 +158,16 @@ def cached(path: Path | None, make):
     return value
 
 
+def wrong_pixels(conf: np.ndarray) -> np.ndarray:
+    """Wrong pixels of confusions (..., truth, label): everything off the diagonal."""
+    return conf.sum((-2, -1)) - np.trace(conf, axis1=-2, axis2=-1)
+
+
 def truth_bounds(conf: np.ndarray) -> dict[str, np.ndarray]:
     """``f0 wrong (truth)`` and ``f0 IoU loss (truth)`` (slices, GY, GX) of one scan from its
     confusions (slices, models, GY, GX, truth, label); the IoU loss at the scan's own weights."""
     f0 = conf[:, 0].astype(np.float64)
-    wrong = f0.sum((-2, -1)) - np.trace(f0, axis1=-2, axis2=-1)
+    wrong = wrong_pixels(f0)
     perfect = np.zeros_like(f0)
     classes = np.arange(f0.shape[-1])
     perfect[..., classes, classes] = f0.sum(-1)  # every pixel labelled as its truth
@@ -206,7 +211,7 @@ def print_models(scans: list[dict]) -> None:
     can be right: of R relabels, F fix f0, B break it and W change one wrong label to
     another, so F − B is the fall in wrong pixels and F = (R + F − B − W) / 2 ≤ (R + F − B) / 2."""
     conf = np.concatenate([s["conf"] for s in scans]).astype(np.float64)  # (slices, models, GY, GX, truth, label)
-    wrong = conf.sum((-2, -1)) - np.trace(conf, axis1=-2, axis2=-1)  # (slices, models, GY, GX)
+    wrong = wrong_pixels(conf)  # (slices, models, GY, GX)
     total = conf[:, 0].sum()
     ious = [mean_iou(conf[:, k].sum((0, 1, 2))) for k in range(3)]
     w = [wrong[:, k].ravel() for k in range(3)]

@@ -28,14 +28,14 @@ import argparse
 import numpy as np
 import torch
 from bench_testsets import _corr
-from common import make_volumes
+from common import make_volumes, patch_confusion_np
 from probe_testset_draws import _parse_set
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.fusion import fuse_f0
-from napari_paser.engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
+from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
 from napari_paser.engine.models import class_softmax
-from napari_paser.engine.patches import patch_view
+from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
@@ -43,16 +43,16 @@ BINS = np.array([1 / 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])  # fused prob
 
 
 @torch.no_grad()
-def fused_patch_probs(seg: PaserSegmenter, z: int, model: int) -> np.ndarray:
-    """(GY, GX, classes, rows, columns): f_``model``'s softmax on each patch of slice ``z``
-    with f0's analysed probabilities fused in, as the engine fuses them."""
+def fused_probs(seg: PaserSegmenter, z: int, model: int) -> np.ndarray:
+    """(classes, rows, columns): f_``model``'s softmax on every patch of slice ``z`` with
+    f0's analysed probabilities fused in, as the engine fuses them."""
     seg.analyse(z)
     net = seg.bundle.segmenters()[model]
     gy, gx = np.indices(seg.grid).reshape(2, -1)
     x = torch.from_numpy(np.stack([seg._patch_window(z, a, b, net.config.halo, net.config.planes) for a, b in zip(gy, gx)]))
     prob = class_softmax(net(x).float())
     fused = fuse_f0(prob, torch.from_numpy(seg._f0prob[z, gy, gx]), float(seg.bundle.fusion[model - 1]))
-    return fused.numpy().reshape(*seg.grid, *fused.shape[1:])
+    return unpatchify(fused, seg.grid)[0].numpy()
 
 
 def scan_relabels(image: np.ndarray, labels: np.ndarray, bundle, gates: list[float]) -> dict:
@@ -61,31 +61,24 @@ def scan_relabels(image: np.ndarray, labels: np.ndarray, bundle, gates: list[flo
     of f1 and f2 gated at each of ``gates``; f0's patch entropy and the policy's gains."""
     seg = PaserSegmenter(bundle, seed=0)
     seg.set_volume(image)
-    ps, grid, k_bins = seg.patch_size, seg.grid, len(BINS) - 1
-    counts = np.zeros((2, 2, k_bins))
+    ps, grid = seg.patch_size, seg.grid
+    counts = np.zeros((2, 2, len(BINS) - 1))
     confs, entropy, gains = [], [], []
     for z in range(seg.num_slices):
-        kept = patch_view(seg.compose(z, routing=np.zeros(grid, np.uint8)), ps)  # (GY, GX, rows, columns)
-        truth = patch_view(labels[z], ps)
-        conf = np.zeros((*grid, 1 + 2 * len(gates), 3, 3))
-        for gy, gx in np.ndindex(grid):
-            conf[gy, gx, 0] = confusion_matrix(kept[gy, gx], truth[gy, gx])
+        kept, truth = seg.compose(z, routing=np.zeros(grid, np.uint8)), labels[z]
+        conf = [patch_confusion_np(kept, truth, ps)]
         for m in (1, 2):
-            fused = fused_patch_probs(seg, z, m)
-            new = fused.argmax(2)
-            if not np.array_equal(new, patch_view(seg.compose(z, routing=np.full(grid, m, np.uint8)), ps)):
+            fused = fused_probs(seg, z, m)
+            new = fused.argmax(0)
+            if not np.array_equal(new, seg.compose(z, routing=np.full(grid, m, np.uint8))):
                 raise AssertionError(f"f{m}'s fused labels differ from the engine's on slice {z}")
-            sure = fused.max(2)
+            sure = fused.max(0)
             moved = new != kept
-            right = new == truth
             where = np.digitize(sure[moved], BINS) - 1
             np.add.at(counts[m - 1, 0], where, 1)
-            np.add.at(counts[m - 1, 1], where, right[moved])
-            for j, gate in enumerate(gates):
-                gated = np.where(moved & (sure >= gate), new, kept)
-                for gy, gx in np.ndindex(grid):
-                    conf[gy, gx, 1 + (m - 1) * len(gates) + j] = confusion_matrix(gated[gy, gx], truth[gy, gx])
-        confs.append(conf)
+            np.add.at(counts[m - 1, 1], where, (new == truth)[moved])
+            conf += [patch_confusion_np(np.where(moved & (sure >= gate), new, kept), truth, ps) for gate in gates]
+        confs.append(np.stack(conf, axis=2))
         entropy.append(seg.patch_entropy(z, 0))
         gains.append(seg.gains(z))
     return {"counts": counts, "conf": np.stack(confs), "entropy": np.stack(entropy), "gains": np.stack(gains)}
