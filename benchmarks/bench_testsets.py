@@ -9,7 +9,9 @@ test set it measures, in one run and on the same slices:
   truth: the upper bound of any patch policy over these models);
 - PaSeR's λ sweep as IoU–GFLOPs and IoU–seconds fronts beside those baselines;
 - how well the policy's predicted gains track the true per-patch gains (the first-order
-  change of the volume's IoU), against f0's patch entropy as a predictor;
+  change of the volume's IoU), against f0's patch entropy as a predictor, and two bounds
+  on that (:mod:`gain_bounds`): the split-half ceiling of any router's r and the r of the
+  models' own expectation of their gains;
 - the same slices with a reference bundle (v1): f2 everywhere and PaSeR;
 - seconds measured twice: with one torch thread (the tables) and with every core.
 """
@@ -39,6 +41,7 @@ from common import (
     pareto,
     tune_idk,
 )
+from gain_bounds import gain_bounds, slice_halves
 
 SETS = {"in-family": ("v1", TEST_SEEDS), "out-of-family": ("oof", OOF_SEEDS)}
 RAND_MIXES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -94,17 +97,22 @@ def scan_spread(pred: np.ndarray, ent: np.ndarray, true: np.ndarray, scans: np.n
             "share_of_draws_meeting": float(np.mean(leads >= 0.1)), "draws": int(leads.size)}
 
 
-def gain_correlations(table) -> dict:
+def gain_correlations(table, truths) -> dict:
     """Pearson r of each predictor with the true per-patch gains of f1 and f2 over f0,
-    pooled over the set's patches, and how it spreads over its scans (:func:`scan_spread`)."""
+    pooled over the set's patches, how it spreads over its scans (:func:`scan_spread`),
+    and the bounds of :mod:`gain_bounds` (``truths``: each volume's labels, in ``table``'s order)."""
     true = oracle_gains(table)  # (N, 2, GY, GX)
+    per_slice = [slice_halves(seg, z, truth[z]) for (seg, zs), truth in zip(table.segs, truths, strict=True) for z in zs]
+    bounds = gain_bounds(np.stack([h["halves"] for h in per_slice]), np.stack([h["expected"] for h in per_slice]))
+    np.testing.assert_allclose(bounds["true"], true, rtol=1e-9, atol=1e-15)  # the halves add up to the table's patches
     pred = np.concatenate([np.stack([seg.gains(z) for z in zs]) for seg, zs in table.segs])
     ent = table.ent[:, 0]
     scans = np.concatenate([np.full(len(zs), i) for i, (_, zs) in enumerate(table.segs)])
     out = {}
     for k, name in ((0, "f1"), (1, "f2")):
         out[name] = {"policy": _corr(pred[:, k], true[:, k]), "f0_entropy": _corr(ent, true[:, k]),
-                     "scans": scan_spread(pred[:, k], ent, true[:, k], scans)}
+                     "scans": scan_spread(pred[:, k], ent, true[:, k], scans),
+                     "split_half_ceiling": float(bounds["ceiling"][0, k]), "self_assessed": float(bounds["self_assessed_r"][k])}
     out["patches"] = int(true[:, 0].size)
     return out
 
@@ -165,7 +173,7 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
         "oracle_within_f1_gflops": oracle_under_f1,
         "oracle_within_f1_cost": oracle_under_f1_cost,
         "oracle_within_quarter_f2_gflops": oracle_under_quarter,
-        "gain_correlation": gain_correlations(tt),
+        "gain_correlation": gain_correlations(tt, [labels for _, labels in volumes]),
         # Issue 11's first aim: f0's whole analysis (MC passes, refiner, labels and the
         # policy) is what PaSeR pays on a slice that keeps every patch on f0.
         "analysis": tt.score(tt.constant(0), "paser"),

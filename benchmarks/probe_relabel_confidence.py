@@ -29,30 +29,15 @@ import numpy as np
 import torch
 from bench_testsets import _corr
 from common import make_volumes, patch_confusion_np
+from gain_bounds import fused_probs
 from probe_testset_draws import _parse_set
 
 from napari_paser.engine.bundle import load_bundle
-from napari_paser.engine.fusion import fuse_f0
 from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
-from napari_paser.engine.models import class_softmax
-from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
 BINS = np.array([1 / 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])  # fused probability of the new label
-
-
-@torch.no_grad()
-def fused_probs(seg: PaserSegmenter, z: int, model: int) -> np.ndarray:
-    """(classes, rows, columns): f_``model``'s softmax on every patch of slice ``z`` with
-    f0's analysed probabilities fused in, as the engine fuses them."""
-    seg.analyse(z)
-    net = seg.bundle.segmenters()[model]
-    gy, gx = np.indices(seg.grid).reshape(2, -1)
-    x = torch.from_numpy(np.stack([seg._patch_window(z, a, b, net.config.halo, net.config.planes) for a, b in zip(gy, gx)]))
-    prob = class_softmax(net(x).float())
-    fused = fuse_f0(prob, torch.from_numpy(seg._f0prob[z, gy, gx]), float(seg.bundle.fusion[model - 1]))
-    return unpatchify(fused, seg.grid)[0].numpy()
 
 
 def scan_relabels(image: np.ndarray, labels: np.ndarray, bundle, gates: list[float]) -> dict:

@@ -45,6 +45,21 @@ def _scan_spread_lines(gc: dict) -> list[str]:
             f"{100 * share[1]:.0f} %.", ""]
 
 
+def _bound_lines(gc: dict) -> list[str]:
+    """The bounds of ``gain_bounds`` on line 4 ([] for results saved before they were measured)."""
+    if "split_half_ceiling" not in gc["f1"]:
+        return []
+    ceiling, selfish = ([gc[k][key] for k in ("f1", "f2")] for key in ("split_half_ceiling", "self_assessed"))
+    target = [gc[k]["f0_entropy"] + 0.1 for k in ("f1", "f2")]
+    verdict = ("so the scans leave room for line 4's target of " if all(c >= t for c, t in zip(ceiling, target))
+               else "so no router can meet line 4's target of ")
+    return [f"How well could a router track these gains (`benchmarks/gain_bounds.py`)? Split each patch's pixels into the two "
+            f"colours of a checkerboard: how the halves' gains agree bounds the r of anything that reads the scan at "
+            f"{ceiling[0]:.3f} (f1) / {ceiling[1]:.3f} (f2), {verdict}{target[0]:.3f} / {target[1]:.3f}. The models' own "
+            f"expectation of their gains (under the fused f_k's probabilities, known only once f_k has run) has r "
+            f"{selfish[0]:.3f} / {selfish[1]:.3f}.", ""]
+
+
 def _row(label: str, r: dict, f2: dict) -> str:
     per = " | ".join(_f(v) for v in r["iou_per_class"])
     fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
@@ -131,6 +146,7 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
         L += [f"Predicted vs true per-patch gains ({gc['patches']} patches; true gain = first-order change of the set's mean IoU): "
               f"Pearson r of the policy's gains {gc['f1']['policy']:.3f} (f1) / {gc['f2']['policy']:.3f} (f2); "
               f"of f0's patch entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}.", ""]
+        L += _bound_lines(gc)
         L += _scan_spread_lines(gc)
         b = s["beats_f1"]
         w = s["best_within_f1_cost"]
@@ -190,7 +206,10 @@ def targets(res: dict) -> list[dict]:
         gc = s["gain_correlation"]
         ok = all(gc[k]["policy"] >= gc[k]["f0_entropy"] + 0.1 for k in ("f1", "f2"))
         out.append({"target": f"{name}: predicted-gain correlation ≥ entropy's + 0.1 (f1 and f2)",
-                    "value": f"policy {gc['f1']['policy']:.3f} / {gc['f2']['policy']:.3f}, entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}",
+                    "value": f"policy {gc['f1']['policy']:.3f} / {gc['f2']['policy']:.3f}, entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}"
+                             + (f"; split-half ceiling of any router {gc['f1']['split_half_ceiling']:.3f} / {gc['f2']['split_half_ceiling']:.3f}, "
+                                f"the models' self-assessed gains {gc['f1']['self_assessed']:.3f} / {gc['f2']['self_assessed']:.3f}"
+                                if "split_half_ceiling" in gc["f1"] else ""),
                     "met": ok})
     return out
 
