@@ -103,7 +103,7 @@ def gain_correlations(table, truths) -> dict:
     and the bounds of :mod:`gain_bounds` (``truths``: each volume's labels, in ``table``'s order)."""
     true = oracle_gains(table)  # (N, 2, GY, GX)
     per_slice = [slice_halves(seg, z, truth[z]) for (seg, zs), truth in zip(table.segs, truths, strict=True) for z in zs]
-    bounds = gain_bounds(np.stack([h["halves"] for h in per_slice]), np.stack([h["expected"] for h in per_slice]))
+    bounds = gain_bounds(*(np.stack([h[key] for h in per_slice]) for key in ("halves", "expected", "expected_f2")))
     np.testing.assert_allclose(bounds["true"], true, rtol=1e-9, atol=1e-15)  # the halves add up to the table's patches
     pred = np.concatenate([np.stack([seg.gains(z) for z in zs]) for seg, zs in table.segs])
     ent = table.ent[:, 0]
@@ -112,7 +112,8 @@ def gain_correlations(table, truths) -> dict:
     for k, name in ((0, "f1"), (1, "f2")):
         out[name] = {"policy": _corr(pred[:, k], true[:, k]), "f0_entropy": _corr(ent, true[:, k]),
                      "scans": scan_spread(pred[:, k], ent, true[:, k], scans),
-                     "split_half_ceiling": float(bounds["ceiling"][0, k]), "self_assessed": float(bounds["self_assessed_r"][k])}
+                     "split_half_ceiling": float(bounds["ceiling"][0, k]), "self_assessed": float(bounds["self_assessed_r"][k]),
+                     "f2_posterior": float(bounds["posterior_r"][k])}
     out["patches"] = int(true[:, 0].size)
     return out
 

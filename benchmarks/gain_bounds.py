@@ -17,8 +17,12 @@ function of the image the largest Pearson r with G is r(S, G) = sd(S) / sd(G).
 - **Self-assessed gain.** What the models themselves expect once f_k has run: the gain
   under the fused f_k's own probabilities q_k, the sum over the patch's pixels and truths
   t of q_k(t) (W[t, f_k's label] - W[t, f0's label]) with the set's IoU weights W. A
-  policy reads f0's analysis before f_k runs. If this tracks the gains no better than a
-  target, a policy would have to know the truth better than f_k's own posterior does.
+  policy reads f0's analysis before f_k runs.
+- **Gain expected under f2's posterior.** The same with the fused f2's probabilities for
+  both f1's and f2's gains. Where f2's fused posterior is close to the truth's given the
+  image (calibrated, and no network could do much better) this is S itself, and its r
+  estimates the ceiling that the split-half bound leaves loose. It is an estimate, not a
+  bound: a better posterior would raise it.
 """
 
 from __future__ import annotations
@@ -69,26 +73,30 @@ def slice_halves(seg: PaserSegmenter, z: int, truth: np.ndarray, blocks=(1,)) ->
     """Slice ``z`` of ``seg``'s volume against ``truth`` (rows, columns): ``halves``, the
     checkerboard halves' confusions of the refined f0 and the fused f1 / f2 as PaSeR
     composes them (blocks, 2, 3 models, GY, GX, C, C); ``expected``, the confusion change
-    from f0's labels to f_k's expected under f_k's fused probabilities (2, GY, GX, C, C)."""
+    from f0's labels to f_k's expected under f_k's fused probabilities (2, GY, GX, C, C);
+    ``expected_f2``, the same under f2's fused probabilities."""
     labels = [seg.compose(z, routing=np.full(seg.grid, k, np.uint8)) for k in range(3)]
     halves = np.stack([np.stack([half_confusions(lab, truth, seg.patch_size, b) for lab in labels], axis=1) for b in blocks])
-    expected = []
-    for k in (1, 2):
-        q = fused_probs(seg, z, k)
+    probs = {k: fused_probs(seg, z, k) for k in (1, 2)}
+    for k, q in probs.items():
         np.testing.assert_array_equal(q.argmax(0), labels[k])  # the engine's fused labels
-        expected.append(expected_confusion(q, labels[k], seg.patch_size) - expected_confusion(q, labels[0], seg.patch_size))
-    return {"halves": halves, "expected": np.stack(expected)}
+
+    def change(q: np.ndarray, k: int) -> np.ndarray:  # f0's labels -> f_k's, expected under q
+        return expected_confusion(q, labels[k], seg.patch_size) - expected_confusion(q, labels[0], seg.patch_size)
+
+    return {"halves": halves, "expected": np.stack([change(probs[k], k) for k in (1, 2)]),
+            "expected_f2": np.stack([change(probs[2], k) for k in (1, 2)])}
 
 
-def gain_bounds(halves: np.ndarray, expected: np.ndarray) -> dict:
+def gain_bounds(halves: np.ndarray, expected: np.ndarray, expected_f2: np.ndarray) -> dict:
     """The true gains and both bounds over a set's slices pooled.
 
     Parameters
     ----------
     halves : ndarray (N, blocks, 2, 3, GY, GX, C, C)
         :func:`slice_halves`' ``halves`` of every slice.
-    expected : ndarray (N, 2, GY, GX, C, C)
-        Their ``expected``.
+    expected, expected_f2 : ndarray (N, 2, GY, GX, C, C)
+        Their ``expected`` and ``expected_f2``.
 
     Returns
     -------
@@ -96,7 +104,8 @@ def gain_bounds(halves: np.ndarray, expected: np.ndarray) -> dict:
         ``true``: the gains (N, 2, GY, GX), as :func:`dataset_iou_gains` computes them from
         the whole patches; ``ceiling`` (blocks, 2): the split-half value per block size and
         model (a bound for blocks of one pixel); ``self_assessed`` (N, 2, GY, GX) and
-        ``self_assessed_r`` (2,): the self-assessed gains and their r with the true ones.
+        ``self_assessed_r`` (2,): the self-assessed gains and their r with the true ones;
+        ``posterior_r`` (2,): r of the gains expected under f2's posterior.
     """
     halves = np.asarray(halves, np.float64)
     weights = dataset_iou_weights(halves[:, 0].sum(1)[:, 0].sum((0, 1, 2)))  # the set's f0 confusion
@@ -108,6 +117,10 @@ def gain_bounds(halves: np.ndarray, expected: np.ndarray) -> dict:
             a, b = g[:, i, 0, k].ravel(), g[:, i, 1, k].ravel()
             cov = np.mean((a - a.mean()) * (b - b.mean()))
             ceiling[i, k] = np.sqrt(max(4 * cov, 0.0) / true[:, k].var())
-    selfish = np.einsum("nkyxtp,tp->nkyx", np.asarray(expected, np.float64), weights)
-    r = np.array([np.corrcoef(selfish[:, k].ravel(), true[:, k].ravel())[0, 1] for k in range(2)])
-    return {"true": true, "ceiling": ceiling, "self_assessed": selfish, "self_assessed_r": r}
+    def r(change: np.ndarray) -> np.ndarray:
+        gains = np.einsum("nkyxtp,tp->nkyx", np.asarray(change, np.float64), weights)
+        return gains, np.array([np.corrcoef(gains[:, k].ravel(), true[:, k].ravel())[0, 1] for k in range(2)])
+
+    selfish, selfish_r = r(expected)
+    return {"true": true, "ceiling": ceiling, "self_assessed": selfish, "self_assessed_r": selfish_r,
+            "posterior_r": r(expected_f2)[1]}

@@ -4,7 +4,8 @@ Issue 11's fourth line asks that a policy's predicted gains correlate with the t
 per-patch gains at least 0.1 better than f0's entropy does. This probe prints the two
 bounds of :mod:`gain_bounds` beside that target: the split-half ceiling of any router's r
 (checkerboards of 1 × 1 pixels, the bound, and of 2, 4 and 8 pixels, which show how loose
-it is) and the r of the models' self-assessed gains (known once f_k has run). Beside them
+it is), the r of the models' self-assessed gains and of the gains expected under f2's
+posterior (both known once the models have run). Beside them
 it prints r of f0's entropy and of the bundle's policy with the same gains, for the
 benchmark's test sets (``--test-sets``) and for fresh scans of either generator
 (``--sets``), pooled over the set's patches as BENCHMARKS.md pools them.
@@ -39,7 +40,7 @@ def scan_bounds(image: np.ndarray, truth: np.ndarray, bundle) -> dict:
     seg = PaserSegmenter(bundle)
     seg.set_volume(image)
     per_slice = [slice_halves(seg, z, truth[z], BLOCKS) for z in range(seg.num_slices)]
-    return {"halves": np.stack([s["halves"] for s in per_slice]), "expected": np.stack([s["expected"] for s in per_slice]),
+    return {**{key: np.stack([s[key] for s in per_slice]) for key in ("halves", "expected", "expected_f2")},
             "entropy": np.stack([seg.patch_entropy(z, 0) for z in range(seg.num_slices)]),
             "policy": np.stack([seg.gains(z) for z in range(seg.num_slices)])}
 
@@ -47,13 +48,13 @@ def scan_bounds(image: np.ndarray, truth: np.ndarray, bundle) -> dict:
 def ceilings(scans: list[dict]) -> dict:
     """r of the entropy, the policy and the self-assessed gains with the true gains (each
     (2,) for f1 / f2), and the split-half values per block size (blocks, 2), over ``scans`` pooled."""
-    b = gain_bounds(np.concatenate([s["halves"] for s in scans]), np.concatenate([s["expected"] for s in scans]))
+    b = gain_bounds(*(np.concatenate([s[key] for s in scans]) for key in ("halves", "expected", "expected_f2")))
     true = b["true"]
     ent = np.concatenate([s["entropy"] for s in scans])
     pol = np.concatenate([s["policy"] for s in scans])
     return {"entropy": np.array([_corr(ent, true[:, k]) for k in range(2)]),
             "policy": np.array([_corr(pol[:, k], true[:, k]) for k in range(2)]),
-            "self-assessed": b["self_assessed_r"], "ceiling": b["ceiling"]}
+            "self-assessed": b["self_assessed_r"], "posterior": b["posterior_r"], "ceiling": b["ceiling"]}
 
 
 def print_set(name: str, scans: list[dict]) -> None:
@@ -66,6 +67,7 @@ def print_set(name: str, scans: list[dict]) -> None:
     print(f"| the bundle's policy | {both(c['policy'])} |")
     print(f"| line 4's target (entropy + 0.1) | {both(c['entropy'] + 0.1)} |")
     print(f"| the fused f_k's self-assessed gain (known once f_k has run) | {both(c['self-assessed'])} |")
+    print(f"| the gain expected under the fused f2's posterior (known once f2 has run) | {both(c['posterior'])} |")
     for b, v in zip(BLOCKS, c["ceiling"]):
         kind = "ceiling of any policy" if b == 1 else "split-half estimate"
         print(f"| {kind}, {b} × {b} checkerboard | {both(v)} |")

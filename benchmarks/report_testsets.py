@@ -49,15 +49,16 @@ def _bound_lines(gc: dict) -> list[str]:
     """The bounds of ``gain_bounds`` on line 4 ([] for results saved before they were measured)."""
     if "split_half_ceiling" not in gc["f1"]:
         return []
-    ceiling, selfish = ([gc[k][key] for k in ("f1", "f2")] for key in ("split_half_ceiling", "self_assessed"))
+    ceiling, selfish, posterior = ([gc[k][key] for k in ("f1", "f2")] for key in ("split_half_ceiling", "self_assessed", "f2_posterior"))
     target = [gc[k]["f0_entropy"] + 0.1 for k in ("f1", "f2")]
     verdict = ("so the scans leave room for line 4's target of " if all(c >= t for c, t in zip(ceiling, target))
                else "so no router can meet line 4's target of ")
     return [f"How well could a router track these gains (`benchmarks/gain_bounds.py`)? Split each patch's pixels into the two "
             f"colours of a checkerboard: how the halves' gains agree bounds the r of anything that reads the scan at "
-            f"{ceiling[0]:.3f} (f1) / {ceiling[1]:.3f} (f2), {verdict}{target[0]:.3f} / {target[1]:.3f}. The models' own "
-            f"expectation of their gains (under the fused f_k's probabilities, known only once f_k has run) has r "
-            f"{selfish[0]:.3f} / {selfish[1]:.3f}.", ""]
+            f"{ceiling[0]:.3f} (f1) / {ceiling[1]:.3f} (f2), {verdict}{target[0]:.3f} / {target[1]:.3f}. The bound is loose where "
+            f"whole regions are uncertain together. What the models expect of their gains once they have run has r "
+            f"{selfish[0]:.3f} / {selfish[1]:.3f} (under the fused f_k's own probabilities) and {posterior[0]:.3f} / "
+            f"{posterior[1]:.3f} (under the fused f2's: the ceiling, if f2's posterior were the truth's given the image).", ""]
 
 
 def _row(label: str, r: dict, f2: dict) -> str:
@@ -208,7 +209,7 @@ def targets(res: dict) -> list[dict]:
         out.append({"target": f"{name}: predicted-gain correlation ≥ entropy's + 0.1 (f1 and f2)",
                     "value": f"policy {gc['f1']['policy']:.3f} / {gc['f2']['policy']:.3f}, entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}"
                              + (f"; split-half ceiling of any router {gc['f1']['split_half_ceiling']:.3f} / {gc['f2']['split_half_ceiling']:.3f}, "
-                                f"the models' self-assessed gains {gc['f1']['self_assessed']:.3f} / {gc['f2']['self_assessed']:.3f}"
+                                f"gains expected under f2's posterior {gc['f1']['f2_posterior']:.3f} / {gc['f2']['f2_posterior']:.3f}"
                                 if "split_half_ceiling" in gc["f1"] else ""),
                     "met": ok})
     return out
