@@ -9,9 +9,9 @@ test set it measures, in one run and on the same slices:
   truth: the upper bound of any patch policy over these models);
 - PaSeR's λ sweep as IoU–GFLOPs and IoU–seconds fronts beside those baselines;
 - how well the policy's predicted gains track the true per-patch gains (the first-order
-  change of the volume's IoU), against f0's patch entropy as a predictor, and two bounds
-  on that (:mod:`gain_bounds`): the split-half ceiling of any router's r and the r of the
-  models' own expectation of their gains;
+  change of the volume's IoU), against f0's patch entropy as a predictor; the split-half
+  ceiling of any router's r, and how well the models' own expectations of their gains
+  track them (:mod:`gain_bounds`);
 - the same slices with a reference bundle (v1): f2 everywhere and PaSeR;
 - seconds measured twice: with one torch thread (the tables) and with every core.
 """

@@ -1,4 +1,4 @@
-"""How well could anything track the per-patch gains? Two bounds for issue 11's fourth line.
+"""How well could anything track the per-patch gains? A bound and two references for issue 11's line 4.
 
 The true gain of a patch (the first-order change of the set's mean IoU when it moves from
 f0 to f1 or f2, :func:`~napari_paser.engine.metrics.dataset_iou_gains`) is a sum over its
@@ -89,7 +89,7 @@ def slice_halves(seg: PaserSegmenter, z: int, truth: np.ndarray, blocks=(1,)) ->
 
 
 def gain_bounds(halves: np.ndarray, expected: np.ndarray, expected_f2: np.ndarray) -> dict:
-    """The true gains and both bounds over a set's slices pooled.
+    """The true gains, the split-half values and the models' expected gains over a set's slices pooled.
 
     Parameters
     ----------
@@ -117,10 +117,11 @@ def gain_bounds(halves: np.ndarray, expected: np.ndarray, expected_f2: np.ndarra
             a, b = g[:, i, 0, k].ravel(), g[:, i, 1, k].ravel()
             cov = np.mean((a - a.mean()) * (b - b.mean()))
             ceiling[i, k] = np.sqrt(max(4 * cov, 0.0) / true[:, k].var())
-    def r(change: np.ndarray) -> np.ndarray:
+
+    def expected_gains(change: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the gains and their r with the true ones
         gains = np.einsum("nkyxtp,tp->nkyx", np.asarray(change, np.float64), weights)
         return gains, np.array([np.corrcoef(gains[:, k].ravel(), true[:, k].ravel())[0, 1] for k in range(2)])
 
-    selfish, selfish_r = r(expected)
+    selfish, selfish_r = expected_gains(expected)
     return {"true": true, "ceiling": ceiling, "self_assessed": selfish, "self_assessed_r": selfish_r,
-            "posterior_r": r(expected_f2)[1]}
+            "posterior_r": expected_gains(expected_f2)[1]}
