@@ -12,6 +12,7 @@ calls. The headline rows are also run through the real pipeline and checked agai
 
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,27 @@ def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1",
 
     deep = {} if depth is None else {"depth": depth}
     return [generate_volume(s, slices, size, distribution=distribution, **deep)[:2] for s in seeds]
+
+
+def scan_probe_parser(doc: str, sets: list[str], *, threads: int = 2, bundle: str | None = "paser-synth-v2.21") -> argparse.ArgumentParser:
+    """The arguments of a probe that scores a bundle on sets of fresh scans: the bundle,
+    ``--sets`` (``generator:first-last``; may be empty where ``sets`` is), ``--slices`` and
+    ``--threads``, with these defaults. The probe adds its own."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("bundle", nargs="?", default=bundle)
+    ap.add_argument("--sets", nargs="+" if sets else "*", default=sets, help="fresh scans, generator:first-last (e.g. v1:8831-8850)")
+    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=threads)
+    return ap
+
+
+def scan_probe_start(args: argparse.Namespace):
+    """Torch threads as ``args`` asks; the bundle it names, loaded."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.registry import resolve_bundle
+
+    torch.set_num_threads(args.threads)
+    return load_bundle(resolve_bundle(args.bundle))
 
 
 # --------------------------------------------------------------------------- tables

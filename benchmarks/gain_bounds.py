@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from common import patch_confusion_np
 
 from napari_paser.engine.fusion import fuse_f0
 from napari_paser.engine.metrics import dataset_iou_weights
@@ -53,11 +54,10 @@ def fused_probs(seg: PaserSegmenter, z: int, model: int) -> np.ndarray:
 def half_confusions(labels: np.ndarray, truth: np.ndarray, patch_size, block: int, num_classes: int = 3) -> np.ndarray:
     """(2, GY, GX, C, C) confusions of each patch's two checkerboard halves of ``block`` × ``block`` pixels."""
     rows, cols = np.indices(truth.shape)
-    half = ((rows // block + cols // block) % 2).astype(np.int64)
-    p, t, h = (patch_view(a.astype(np.int64), patch_size) for a in (labels, truth, half))
-    gy, gx = p.shape[:2]
-    code = ((h * gy * gx + np.arange(gy * gx).reshape(gy, gx, 1, 1)) * num_classes + t) * num_classes + p
-    return np.bincount(code.ravel(), minlength=2 * gy * gx * num_classes**2).reshape(2, gy, gx, num_classes, num_classes)
+    half = (rows // block + cols // block) % 2
+    # The half rides on the truth as extra classes: rows [half * C, (half + 1) * C) of one confusion.
+    conf = patch_confusion_np(labels, truth.astype(np.int64) + num_classes * half, patch_size, 2 * num_classes)[..., :num_classes]
+    return np.stack([conf[..., :num_classes, :], conf[..., num_classes:, :]])
 
 
 def expected_confusion(prob: np.ndarray, labels: np.ndarray, patch_size) -> np.ndarray:

@@ -15,21 +15,17 @@ benchmark's test sets (``--test-sets``) and for fresh scans of either generator
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from bench_testsets import SETS, _corr
-from common import make_volumes
+from common import make_volumes, scan_probe_parser, scan_probe_start
 from gain_bounds import gain_bounds, slice_halves
 from probe_refined_ranking import cached
 from probe_testset_draws import _parse_set
 
-from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.pipeline import PaserSegmenter
-from napari_paser.engine.registry import resolve_bundle
 
 BLOCKS = (1, 2, 4, 8)
 
@@ -74,16 +70,11 @@ def print_set(name: str, scans: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
+    ap = scan_probe_parser(__doc__, [], threads=1)
     ap.add_argument("--test-sets", action="store_true", help="also the benchmark's in- and out-of-family test sets")
-    ap.add_argument("--sets", nargs="*", default=[], help="fresh scans, generator:first-last (e.g. v1:8831-8850)")
-    ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--cache", type=Path, default=None, help="keep each set's halves here and read them back")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(resolve_bundle(args.bundle))
+    bundle = scan_probe_start(args)
     sets = [(f"{name} test set", dist, list(seeds)) for name, (dist, seeds) in SETS.items()] if args.test_sets else []
     sets += [(f"fresh {text}", *_parse_set(text)) for text in args.sets]
     print(f"bundle {bundle.name} {bundle.meta.get('version')}; {args.slices} slices per scan; threads {args.threads}")

@@ -41,7 +41,6 @@ of the grid at which most sets meet lines 1 and 3 together.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import pickle
@@ -51,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_testsets import _corr
-from common import build_table, make_volumes
+from common import build_table, make_volumes, scan_probe_parser, scan_probe_start
 from probe_refiner_gain import refiner_signals
 from probe_testset_draws import _parse_set, scans_table, table_lines
 
@@ -242,19 +241,14 @@ def print_ranking(scans: list[dict], signals: list[str], draws: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundle", nargs="?", default=None)
+    ap = scan_probe_parser(__doc__, ["v1:8831-8850", "oof:9631-9650"], bundle=None)
     ap.add_argument("--policies", nargs="+", default=[], metavar="BUNDLE",
                     help="more bundles with the first's networks whose policies are scored on the same scans")
-    ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
-    ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--draws", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lines-draws", type=int, default=0, help="sets of four to score lines 1-3 on (0: none)")
     ap.add_argument("--cache", type=Path, help="keep each set's scans and signals (and each other policy's) here and reuse them")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(resolve_bundle(args.bundle))
+    bundle = scan_probe_start(args)
     others = {}
     for name in args.policies:
         other = load_bundle(resolve_bundle(name))

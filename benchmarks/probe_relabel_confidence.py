@@ -23,19 +23,14 @@ the refined f0's it records the fused probability of that label, and prints
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-import torch
 from bench_testsets import _corr
-from common import make_volumes, patch_confusion_np
+from common import make_volumes, patch_confusion_np, scan_probe_parser, scan_probe_start
 from gain_bounds import fused_probs
 from probe_testset_draws import _parse_set
 
-from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
 from napari_paser.engine.pipeline import PaserSegmenter
-from napari_paser.engine.registry import resolve_bundle
 
 BINS = np.array([1 / 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])  # fused probability of the new label
 
@@ -96,15 +91,10 @@ def print_set(scans: list[dict], gates: list[float]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundle", nargs="?", default="paser-synth-v2.21")
-    ap.add_argument("--sets", nargs="+", default=["v1:8831-8842", "oof:9631-9642"])
-    ap.add_argument("--slices", type=int, default=8)
+    ap = scan_probe_parser(__doc__, ["v1:8831-8842", "oof:9631-9642"])
     ap.add_argument("--gates", type=float, nargs="+", default=[0.0, 0.5, 0.6, 0.7])
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(resolve_bundle(args.bundle))
+    bundle = scan_probe_start(args)
     print(f"bundle {bundle.meta.get('name')} {bundle.meta.get('version')}")
     for text in args.sets:
         dist, seeds = _parse_set(text)
