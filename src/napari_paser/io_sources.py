@@ -140,6 +140,11 @@ class Volume(abc.ABC):
 
     def close(self) -> None:
         """Release open file handles (they are reopened on the next read)."""
+        # Subclasses that read through one open file keep it in ``_handle``.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.close()
+            self._handle = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -216,12 +221,6 @@ class TiffVolume(Volume):
     def _read(self, z0: int, z1: int) -> np.ndarray:
         data = self._tif().asarray(key=range(z0, z1), series=0)
         return np.asarray(data).reshape((z1 - z0,) + tuple(self.shape[1:]))
-
-    def close(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            handle.close()
-            self._handle = None
 
 
 class _NotPlanar(Exception):
@@ -351,12 +350,6 @@ class HDF5Volume(Volume):
             index[self._lead[0]] = slice(z0, z1)
         data = self._ds()[tuple(index) + (slice(None), slice(None))]
         return np.asarray(data).reshape((z1 - z0,) + tuple(self.shape[1:]))
-
-    def close(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            handle.close()
-            self._handle = None
 
 
 def _pick_hdf5_dataset(f: Any, dataset: str | None, path: str) -> str:
