@@ -24,6 +24,20 @@ def tiny_configs(patch_size=(56, 64)):
     }
 
 
+def channels(axis: int = 0, shape=(12, 14, 16)):
+    """Nickel with straight pore channels and one carbon-binder channel along ``axis``
+    (labels for the microstructure metrics, whose tortuosity along ``axis`` is about 1)."""
+    import numpy as np
+
+    lab = np.full(shape, 2, np.uint8)
+    others = [a for a in range(3) if a != axis]
+    for (a, b), phase in (((slice(2, 5), slice(7, 9)), 0), ((slice(8, 10), slice(2, 4)), 0), ((slice(8, 10), slice(10, 12)), 1)):
+        idx = [slice(None)] * 3
+        idx[others[0]], idx[others[1]] = a, b
+        lab[tuple(idx)] = phase
+    return lab
+
+
 @pytest.fixture
 def tiny_bundle():
     """A randomly initialised (seeded) bundle with tiny networks, in eval mode."""

@@ -8,21 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from conftest import channels
 from napari_paser import io
 from napari_paser.cli.main import main
 
 pytest.importorskip("taufactor")
 
 VOXEL = (0.5, 0.25, 0.25)
-
-
-def channels(shape=(12, 14, 16)) -> np.ndarray:
-    """Nickel with straight pore and carbon-binder channels along axis 0."""
-    lab = np.full(shape, 2, np.uint8)
-    lab[:, 2:5, 7:9] = 0
-    lab[:, 8:10, 2:4] = 0
-    lab[:, 8:10, 10:12] = 1
-    return lab
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from conftest import channels
 from napari_paser.engine.metrics_report import csv_text, metric_ranges, profile_range, report_dict
 from napari_paser.engine.microstructure import (
     compute_metrics,
@@ -35,17 +36,6 @@ def layered(shape=(10, 12, 14), axis=1):
     lab[tuple(idx)] = 1
     idx[axis] = slice(8, None)
     lab[tuple(idx)] = 2
-    return lab
-
-
-def channels(axis, shape=(12, 14, 16)):
-    """Nickel with straight pore channels and one carbon-binder channel along ``axis``."""
-    lab = np.full(shape, 2, np.uint8)
-    others = [a for a in range(3) if a != axis]
-    for (a, b), phase in (((slice(2, 5), slice(7, 9)), 0), ((slice(8, 10), slice(2, 4)), 0), ((slice(8, 10), slice(10, 12)), 1)):
-        idx = [slice(None)] * 3
-        idx[others[0]], idx[others[1]] = a, b
-        lab[tuple(idx)] = phase
     return lab
 
 
