@@ -41,6 +41,7 @@ from .models import class_softmax
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
 from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_points, tvd_at
+from .steps import run_steps
 from .uncertainty import entropy as softmax_entropy
 from .uncertainty import mc_predict, policy_features, slice_seed
 
@@ -668,13 +669,7 @@ def read_with_context(read: Callable[[int, int], np.ndarray], num_planes: int, z
 
 def drain(gen: Generator, progress: Progress | None = None):
     """Exhaust a progress generator (calling ``progress(done, total)``); return its value."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(*item)
+    return run_steps(gen, None if progress is None else lambda item: progress(*item))
 
 
 def segment(

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import PaserInputError
+from .steps import run_steps
 
 __all__ = [
     "CHECK_EVERY",
@@ -251,11 +252,4 @@ def tortuosity_steps(
 
 def tortuosity(labels: np.ndarray, axis: int, progress: Callable[[TauProgress], None] | None = None, **kwargs) -> TortuosityResult:
     """:func:`tortuosity_steps` run to the end; ``progress`` is called with every step."""
-    gen = tortuosity_steps(labels, axis, **kwargs)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
+    return run_steps(tortuosity_steps(labels, axis, **kwargs), progress)

@@ -55,6 +55,7 @@ from ..engine.normalize import Normalizer, validate_image
 from ..engine.patches import grid_shape, pad_to_patches, patch_windows, plane_indices
 from ..engine.precision import bf16_autocast
 from ..engine.routing import route
+from ..engine.steps import run_steps
 from ..engine.uncertainty import ENTROPY_CHANNEL, analyse_slices, slice_seed
 from ..errors import PaserInputError
 from .augment import AugmentConfig
@@ -812,14 +813,7 @@ def finetune(
     callback: Callable[[FinetuneProgress], None] | None = None,
 ) -> FinetuneResult:
     """:func:`finetune_iter` run to the end; ``callback`` receives every progress message."""
-    gen = finetune_iter(bundle, image, labels, cfg, stop=stop)
-    while True:
-        try:
-            msg = next(gen)
-        except StopIteration as end:
-            return end.value
-        if callback is not None:
-            callback(msg)
+    return run_steps(finetune_iter(bundle, image, labels, cfg, stop=stop), callback)
 
 
 # --------------------------------------------------------------------------- saving
