@@ -79,17 +79,12 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
     from tqdm import tqdm
 
     from ..engine.microstructure import metrics_steps
+    from ..engine.steps import run_steps
 
     bar = tqdm(total=None, desc="metrics", file=sys.stderr, disable=args.quiet, leave=False, bar_format="{desc} {elapsed}")
     try:
-        gen = metrics_steps(labels, axis, **kwargs)
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                metrics = stop.value
-                break
-            bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}")
+        metrics = run_steps(metrics_steps(labels, axis, **kwargs),
+                            lambda step: bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}"))
         band, envelope = [], None
         if image is not None:
             from ..engine.metrics_band import PhaseEnvelope, band_steps
@@ -99,13 +94,12 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
             envelope.add(labels)
             gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
                              seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, envelope=envelope, **kwargs)
-            while True:
-                try:
-                    stage, done, total = next(gen)
-                except StopIteration as stop:
-                    band = stop.value
-                    break
+
+            def show(step: tuple[str, int, int]) -> None:
+                stage, done, total = step
                 bar.set_description_str(f"band {done}/{total}: {stage}")
+
+            band = run_steps(gen, show)
     finally:
         bar.close()
     return metrics, band, envelope

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import PaserInputError
 from .microstructure import MicrostructureMetrics, metrics_steps
+from .steps import relay_steps
 
 __all__ = ["DEFAULT_BAND_LAMS", "DEFAULT_BAND_METHODS", "BandMember", "PhaseEnvelope", "parse_lams", "parse_methods", "band_steps"]
 
@@ -240,27 +241,18 @@ def band_steps(
             this.set_volume(img)
             lam_value = None
         run = this.run(lam=lam_value if method == "paser" else None, method=method)
-        try:
-            while True:
-                d, t = next(run)
-                yield f"{name}: segmenting {d}/{t}", len(members), total
-        except StopIteration as stop:
-            result = stop.value
-        finally:
-            run.close()
+
+        def segmenting(progress: tuple[int, int]) -> tuple[str, int, int]:
+            done, todo = progress
+            return f"{name}: segmenting {done}/{todo}", len(members), total
+
+        result = yield from relay_steps(run, segmenting)
         labels = result.labels[0] if img.ndim == 2 else result.labels
         if envelope is not None and passes is None:
             envelope.add(labels)
         # A cheap segmentation may miss a phase entirely: its metrics are still defined.
         gen = metrics_steps(labels, axis, require_all_phases=False, **metric_kwargs)
-        try:
-            while True:
-                step = next(gen)
-                yield f"{name}: {step.stage}", len(members), total
-        except StopIteration as stop:
-            metrics = stop.value
-        finally:
-            gen.close()  # also when the caller cancels: stops a TauFactor solve at once
+        metrics = yield from relay_steps(gen, lambda step: (f"{name}: {step.stage}", len(members), total))
         members.append(BandMember(name, lam_value, float(result.gflops_total), metrics))
         del labels, result
     yield "band done", total, total

@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import CLASS_NAMES
 from ..errors import PaserInputError
+from .steps import relay_steps, run_steps
 from .tortuosity import TortuosityResult, tortuosity_steps
 
 __all__ = [
@@ -377,14 +378,7 @@ def metrics_steps(
             runs.append(("pore+carbon-binder", float(cb_diffusivity)))
         for name, cb in runs:
             gen = tortuosity_steps(lab, axis, cb_diffusivity=cb, voxel_size=vs, diffusivity=diffusivity, device=device, iter_limit=iter_limit)
-            try:
-                while True:
-                    p = next(gen)
-                    yield MetricsStep(f"tortuosity ({name})", p.fraction)
-            except StopIteration as stop:
-                res: TortuosityResult = stop.value
-            finally:
-                gen.close()
+            res: TortuosityResult = yield from relay_steps(gen, lambda p: MetricsStep(f"tortuosity ({name})", p.fraction))
             taus[name] = res
             values[f"tortuosity_factor.{name}"] = res.tau
             values[f"effective_diffusivity.{name}"] = res.effective_diffusivity
@@ -394,9 +388,4 @@ def metrics_steps(
 
 def compute_metrics(labels, axis: int, **kwargs) -> MicrostructureMetrics:
     """:func:`metrics_steps` run to the end (same arguments)."""
-    gen = metrics_steps(labels, axis, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_steps(metrics_steps(labels, axis, **kwargs))

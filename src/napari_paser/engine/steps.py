@@ -7,9 +7,11 @@ so that napari can run them on a worker thread and a script can run them inline.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, TypeVar
 
-__all__ = ["run_steps"]
+T = TypeVar("T")
+
+__all__ = ["run_steps", "relay_steps"]
 
 
 def run_steps(steps: Generator, on_step: Callable[[Any], None] | None = None) -> Any:
@@ -26,3 +28,21 @@ def run_steps(steps: Generator, on_step: Callable[[Any], None] | None = None) ->
             return end.value
         if on_step is not None:
             on_step(item)
+
+
+def relay_steps(steps: Generator, message: Callable[[Any], T]) -> Generator[T, None, Any]:
+    """Yield ``message(item)`` for every item ``steps`` yields; return its return value.
+
+    For a job made of smaller jobs: each part's progress is passed on in the job's own
+    terms. ``steps`` is closed when the caller stops early (a cancelled napari worker), so
+    that a part such as a TauFactor solve stops at once.
+    """
+    try:
+        while True:
+            try:
+                item = next(steps)
+            except StopIteration as end:
+                return end.value
+            yield message(item)
+    finally:
+        steps.close()

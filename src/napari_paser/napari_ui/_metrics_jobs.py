@@ -103,6 +103,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
     """Compute the metrics (and the band); see the module docstring."""
     from ..engine.metrics_report import metric_ranges, profile_range
     from ..engine.microstructure import metrics_steps
+    from ..engine.steps import relay_steps
 
     labels = check_request(req)
     if req.tortuosity or req.image is not None:
@@ -117,14 +118,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
     kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity)
     n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
     gen = metrics_steps(labels, req.axis, **kwargs)
-    try:
-        while True:
-            step = next(gen)
-            yield MetricsProgress(step.stage, step.fraction, 0, 1 + n_band)
-    except StopIteration as stop:
-        metrics = stop.value
-    finally:
-        gen.close()
+    metrics = yield from relay_steps(gen, lambda step: MetricsProgress(step.stage, step.fraction, 0, 1 + n_band))
     band: list = []
     envelope = None
     if n_band:
@@ -138,14 +132,11 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         envelope.add(labels)
         gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
                          shape=labels.shape, envelope=envelope, **kwargs)
-        try:
-            while True:
-                stage, done, total = next(gen)
-                yield MetricsProgress(stage, done / max(total, 1), 1 + done, 1 + n_band)
-        except StopIteration as stop:
-            band = stop.value
-        finally:
-            gen.close()
+        def band_progress(step: tuple[str, int, int]) -> MetricsProgress:
+            stage, done, total = step
+            return MetricsProgress(stage, done / max(total, 1), 1 + done, 1 + n_band)
+
+        band = yield from relay_steps(gen, band_progress)
     if not band:
         return MetricsOutcome(metrics, [], {})
     members = [metrics] + [b.metrics for b in band]
