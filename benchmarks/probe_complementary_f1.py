@@ -28,15 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import make_volumes
+from common import make_volumes, scan_probe_start
 from probe_testset_draws import _parse_set
 
-from napari_paser.engine.bundle import load_bundle, save_bundle
+from napari_paser.engine.bundle import save_bundle
 from napari_paser.engine.models import centre_planes
 from napari_paser.engine.normalize import normalize_volume
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.precision import bf16_autocast
-from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.datasets import IGNORE, SliceBank, Volume, class_weights
 from napari_paser.train.presets import TrainConfig
 
@@ -109,10 +108,9 @@ def continuation_parser(doc: str, train: str | list[str], steps: int, out: str) 
 
 
 def continuation_start(args: argparse.Namespace):
-    """Threads and seed as ``args`` asks; the bundle to continue, in eval mode."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    return load_bundle(resolve_bundle(args.bundle)).eval()
+    """Threads as ``args`` asks and a fixed seed; the bundle to continue, in eval mode."""
+    torch.manual_seed(0)  # before the bundle is built, as it always was
+    return scan_probe_start(args).eval()
 
 
 def main() -> None:
