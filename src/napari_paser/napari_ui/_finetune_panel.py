@@ -51,8 +51,6 @@ TRAINING_LAYER_NAME = "training labels"
 MODEL_COLORS = {"f0": "#7f7f7f", "f1": "#1f77b4", "f2": "#d62728"}
 
 
-
-
 class FinetunePanel(QWidget):
     """Dock widget adapting a PaSeR bundle to the open scan from painted labels.
 

@@ -48,8 +48,6 @@ NO_BAND = "(no band)"
 DEFAULT_LAMS = "0, default, 0.1, 0.3, 1"
 
 
-
-
 class MetricsPanel(QWidget):
     """Dock widget computing microstructure metrics of a labels layer.
 

@@ -89,8 +89,6 @@ def _start_warm_imports() -> None:
         threading.Thread(target=_warm_imports, name="napari-paser-warm-imports", daemon=True).start()
 
 
-
-
 def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
     """Patch size from a bundle manifest, read without torch (None if unreadable)."""
     try:
