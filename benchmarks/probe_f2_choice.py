@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from bench_testsets import _corr, oracle_gains
 from common import best_within, build_table, make_volumes, oracle_front
 from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
