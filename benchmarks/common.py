@@ -106,6 +106,27 @@ def make_volumes(seeds, slices: int, size=(224, 256), distribution: str = "v1",
     return [generate_volume(s, slices, size, distribution=distribution, **deep)[:2] for s in seeds]
 
 
+# (flip rows, flip columns, transpose): the eight symmetries of a pixel grid, the
+# identity first and the four that keep a non-square slice's shape (no transpose) next.
+DIHEDRAL = [(fy, fx, tr) for tr in (False, True) for fy in (False, True) for fx in (False, True)]
+
+
+def dihedral(x: torch.Tensor, t: tuple[bool, bool, bool]) -> torch.Tensor:
+    """``x`` (..., rows, columns) under the symmetry ``t`` of :data:`DIHEDRAL`."""
+    fy, fx, tr = t
+    x = x.flip(-2) if fy else x
+    x = x.flip(-1) if fx else x
+    return x.transpose(-2, -1) if tr else x
+
+
+def undo_dihedral(x: torch.Tensor, t: tuple[bool, bool, bool]) -> torch.Tensor:
+    """The inverse of :func:`dihedral`: ``undo_dihedral(dihedral(x, t), t)`` is ``x``."""
+    fy, fx, tr = t
+    x = x.transpose(-2, -1) if tr else x
+    x = x.flip(-1) if fx else x
+    return x.flip(-2) if fy else x
+
+
 def scan_probe_parser(doc: str, sets: list[str], *, threads: int = 2, bundle: str | None = "paser-synth-v2.21") -> argparse.ArgumentParser:
     """The arguments of a probe that scores a bundle on sets of fresh scans: the bundle,
     ``--sets`` (``generator:first-last``; may be empty where ``sets`` is), ``--slices`` and

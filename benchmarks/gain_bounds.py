@@ -122,6 +122,6 @@ def gain_bounds(halves: np.ndarray, expected: np.ndarray, expected_f2: np.ndarra
         gains = np.einsum("nkyxtp,tp->nkyx", np.asarray(change, np.float64), weights)
         return gains, np.array([np.corrcoef(gains[:, k].ravel(), true[:, k].ravel())[0, 1] for k in range(2)])
 
-    selfish, selfish_r = expected_gains(expected)
-    return {"true": true, "ceiling": ceiling, "self_assessed": selfish, "self_assessed_r": selfish_r,
+    self_assessed, self_assessed_r = expected_gains(expected)
+    return {"true": true, "ceiling": ceiling, "self_assessed": self_assessed, "self_assessed_r": self_assessed_r,
             "posterior_r": expected_gains(expected_f2)[1]}

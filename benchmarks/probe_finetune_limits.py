@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from common import DIHEDRAL, dihedral, undo_dihedral
 
 OFFSETS = np.linspace(-1.0, 1.0, 21)
 
@@ -43,14 +44,10 @@ def slice_logits(model, x: torch.Tensor, patch_size: tuple[int, int]) -> torch.T
 def dihedral_mean(model, x: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
     """Softmax averaged over the flips and rotations that keep the slice's shape."""
     total = 0
-    for k, flip in itertools.product(range(4), (False, True)):
-        xx = torch.rot90(x, k, (-2, -1))
-        if xx.shape[-2:] != x.shape[-2:]:
-            continue  # a 90° turn of a non-square slice: skipped
-        xx = xx.flip(-1) if flip else xx
-        p = slice_logits(model, xx, patch_size).exp()
-        p = p.flip(-1) if flip else p
-        total = total + torch.rot90(p, -k, (-2, -1))
+    for t in DIHEDRAL:
+        if t[2] and x.shape[-2] != x.shape[-1]:
+            continue  # a transpose (a 90° turn, with a flip) of a non-square slice: skipped
+        total = total + undo_dihedral(slice_logits(model, dihedral(x, t), patch_size).exp(), t)
     return total
 
 

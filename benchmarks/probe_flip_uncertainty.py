@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import make_volumes, scan_probe_parser, scan_probe_start
+from common import DIHEDRAL, dihedral, make_volumes, scan_probe_parser, scan_probe_start, undo_dihedral
 from probe_refined_ranking import cached, print_ranking, scan_signals
 from probe_testset_draws import _parse_set
 
@@ -40,26 +40,8 @@ from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.uncertainty import entropy, mc_predict, slice_seed
 
-# (flip rows, flip columns, transpose): the eight symmetries of a rectangle's pixel grid.
-TRANSFORMS = [(fy, fx, tr) for tr in (False, True) for fy in (False, True) for fx in (False, True)]
-FLIPS = 4  # the first four: flips without a transpose
+FLIPS = 4  # the first four of DIHEDRAL: flips without a transpose
 SIGNALS = ("flip entropy", "flip disagreement", "flip KL", "flip MC entropy", "flip4 entropy", "flip4 disagreement")
-
-
-def apply(x: torch.Tensor, t: tuple[bool, bool, bool]) -> torch.Tensor:
-    """``x`` (..., rows, columns) under transform ``t``."""
-    fy, fx, tr = t
-    x = x.flip(-2) if fy else x
-    x = x.flip(-1) if fx else x
-    return x.transpose(-2, -1) if tr else x
-
-
-def undo(x: torch.Tensor, t: tuple[bool, bool, bool]) -> torch.Tensor:
-    """The inverse of :func:`apply`."""
-    fy, fx, tr = t
-    x = x.transpose(-2, -1) if tr else x
-    x = x.flip(-1) if fx else x
-    return x.flip(-2) if fy else x
 
 
 def kl_from_mean(q: torch.Tensor) -> torch.Tensor:
@@ -78,9 +60,9 @@ def disagreement(q: torch.Tensor) -> torch.Tensor:
 def analyse(f0, x: torch.Tensor, passes: int, seed: int, t) -> tuple[torch.Tensor, torch.Tensor]:
     """f0's MC mean and refined probabilities (classes, rows, columns) of slice input ``x``
     under transform ``t``, mapped back; the dropout seeded as the engine seeds it."""
-    xt = apply(x, t)
+    xt = dihedral(x, t)
     prob, _ = mc_predict(f0, xt, passes, seed=seed)
-    return undo(prob, t)[0].double(), undo(f0.refine(xt, prob), t)[0].double()
+    return undo_dihedral(prob, t)[0].double(), undo_dihedral(f0.refine(xt, prob), t)[0].double()
 
 
 @torch.no_grad()
@@ -96,7 +78,7 @@ def flip_signals(image: np.ndarray, bundle) -> tuple[dict, np.ndarray]:
         x = torch.from_numpy(seg._planes(z, f0.config.planes))[None]  # f0's input, as the engine stacks it
         seed = slice_seed(seg.seed, seg.first_slice + z)
         runs = []
-        for t in TRANSFORMS:
+        for t in DIHEDRAL:
             start = time.perf_counter()
             runs.append(analyse(f0, x, seg.mc_passes, seed, t))
             took = time.perf_counter() - start
@@ -117,7 +99,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="probe_refined_ranking's cache folder: its scans are reused, the flip signals kept beside them")
     args = ap.parse_args()
     bundle = scan_probe_start(args)
-    print(f"bundle {bundle.name} {bundle.meta.get('version')}; {len(TRANSFORMS)} transforms, {args.threads} threads")
+    print(f"bundle {bundle.name} {bundle.meta.get('version')}; {len(DIHEDRAL)} transforms, {args.threads} threads")
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
@@ -129,7 +111,7 @@ def main() -> None:
             scan.update(signals)
         seconds = np.median([s for _, s in flips], axis=0)
         print(f"\n{text} ({len(scans)} scans, {time.perf_counter() - t0:.0f} s); f0's analysis per slice, median over the scans: "
-              f"{seconds[0] * 1e3:.1f} ms with one transform, {seconds[1] * 1e3:.1f} ms with all {len(TRANSFORMS)}")
+              f"{seconds[0] * 1e3:.1f} ms with one transform, {seconds[1] * 1e3:.1f} ms with all {len(DIHEDRAL)}")
         print_ranking(scans, ["entropy", "policy", "KL", *SIGNALS], args.draws)
 
 

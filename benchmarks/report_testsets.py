@@ -49,7 +49,7 @@ def _bound_lines(gc: dict) -> list[str]:
     """The bounds of ``gain_bounds`` on line 4 ([] for results saved before they were measured)."""
     if "split_half_ceiling" not in gc["f1"]:
         return []
-    ceiling, selfish, posterior = ([gc[k][key] for k in ("f1", "f2")] for key in ("split_half_ceiling", "self_assessed", "f2_posterior"))
+    ceiling, self_assessed, posterior = ([gc[k][key] for k in ("f1", "f2")] for key in ("split_half_ceiling", "self_assessed", "f2_posterior"))
     target = [gc[k]["f0_entropy"] + 0.1 for k in ("f1", "f2")]
     verdict = ("so the scans leave room for line 4's target of " if all(c >= t for c, t in zip(ceiling, target))
                else "so no router can meet line 4's target of ")
@@ -57,7 +57,7 @@ def _bound_lines(gc: dict) -> list[str]:
             f"colours of a checkerboard: how the halves' gains agree bounds the r of anything that reads the scan at "
             f"{ceiling[0]:.3f} (f1) / {ceiling[1]:.3f} (f2), {verdict}{target[0]:.3f} / {target[1]:.3f}. The bound is loose where "
             f"whole regions are uncertain together. What the models expect of their gains once they have run has r "
-            f"{selfish[0]:.3f} / {selfish[1]:.3f} (under the fused f_k's own probabilities) and {posterior[0]:.3f} / "
+            f"{self_assessed[0]:.3f} / {self_assessed[1]:.3f} (under the fused f_k's own probabilities) and {posterior[0]:.3f} / "
             f"{posterior[1]:.3f} (under the fused f2's: the ceiling, if f2's posterior were the truth's given the image).", ""]
 
 

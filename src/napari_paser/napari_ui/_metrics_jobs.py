@@ -132,6 +132,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         envelope.add(labels)
         gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
                          shape=labels.shape, envelope=envelope, **kwargs)
+
         def band_progress(step: tuple[str, int, int]) -> MetricsProgress:
             stage, done, total = step
             return MetricsProgress(stage, done / max(total, 1), 1 + done, 1 + n_band)
