@@ -265,7 +265,7 @@ def _zarr():
 _RECORDS = "paser"  # group of per-slab records inside the store
 
 
-def new_zarr_group(path: str | os.PathLike):
+def new_zarr_group(path: str | os.PathLike) -> Any:
     """A new, empty Zarr group in format 2 (OME-NGFF 0.4), with zarr 2 or zarr 3."""
     zarr = _zarr()
     try:
@@ -274,7 +274,7 @@ def new_zarr_group(path: str | os.PathLike):
         return zarr.open_group(str(path), mode="w")
 
 
-def create_zarr_array(group, name: str, **kwargs):
+def create_zarr_array(group: Any, name: str, **kwargs: Any) -> Any:
     """``group.create_array`` (zarr 3) or ``group.create_dataset`` (zarr 2)."""
     create = getattr(group, "create_array", None) or group.create_dataset
     return create(name, **kwargs)

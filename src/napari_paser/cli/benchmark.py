@@ -17,7 +17,7 @@ from ..errors import PaserInputError
 HELP = "run the benchmark suite (tables, figures) and write BENCHMARKS.md"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("benchmark", help=HELP, description=HELP + ". Needs a source checkout and the benchmark extra.")
     p.add_argument("--out", metavar="DIR", help="folder for BENCHMARKS.md, figures/ and results.json (default: the checkout root)")
     p.add_argument("--fast", action="store_true", help="smoke run: tiny data and few training steps (minutes)")
@@ -38,7 +38,7 @@ def find_suite() -> Path:
     raise PaserInputError("the benchmark suite (benchmarks/run_all.py) is only in a source checkout; install with pip install -e .")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     script = find_suite()
     argv = [str(script)]
     if args.out:

@@ -28,7 +28,7 @@ DEFAULT_METHODS = ("paser", "f0", "f1", "f2", "idk", "random")
 RF = "rf"  # the classical baseline: a random forest trained on --rf-train-labels
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help=HELP, description=HELP + ".")
     p.add_argument("--images", required=True, metavar="IMG.tif", help="grayscale (Z,Y,X) stack or (Y,X) slice")
     p.add_argument("--labels", required=True, metavar="LAB.tif", help="labels 0 pore, 1 carbon-binder, 2 nickel")
@@ -98,7 +98,7 @@ def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args)
     }
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..engine.bundle import bundle_record
     from ..engine.metrics import evaluate, iou_per_gflop
     from ..engine.normalize import validate_labels

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_parser", "run"]
 
 HELP = "adapt a bundle to one scan from sparse labels (255 = unlabelled) within a time budget"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help=HELP, description=HELP + ". The result is a new bundle folder.")
     p.add_argument("image", metavar="IMG.tif", help="the scan: grayscale (Z,Y,X) stack or (Y,X) slice")
     p.add_argument("--labels", required=True, metavar="LAB.tif",
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.planes = args.planes
     bar = tqdm(total=100, desc="finetune", unit="%", disable=args.quiet, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
 
-    def show(msg) -> None:
+    def show(msg: Any) -> None:
         bar.n = int(100 * msg.fraction)
         bar.set_postfix_str(msg.text, refresh=False)
         bar.refresh()

@@ -15,14 +15,20 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import PaserInputError
 from .segment import add_bundle_arguments, check_writable, load_bundle_arg, write_json
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..io import VoxelSize
+
 HELP = "microstructure metrics (fractions, porosity profile, surface areas, tortuosity) of a label volume"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("metrics", help=HELP, description=HELP + ".")
     p.add_argument("labels", metavar="LABELS", help="phase labels (0 pore, 1 carbon-binder, 2 nickel): any input segment reads")
     p.add_argument("--axis", type=int, default=0, help="axis of the porosity profile and the tortuosity (0 plane, 1 row, 2 column; default 0)")
@@ -51,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def read_volume(path: str):
+def read_volume(path: str) -> tuple[np.ndarray, VoxelSize | None]:
     """Array and voxel size of any input ``segment`` reads (whole volume in memory:
     TauFactor solves the whole volume at once)."""
     import numpy as np
@@ -105,7 +111,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
     return metrics, band, envelope
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, write_text_atomic
     from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels

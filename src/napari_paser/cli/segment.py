@@ -15,8 +15,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import PaserInputError
+
+if TYPE_CHECKING:  # torch-free at import: the CLI parses arguments before loading anything
+    import numpy as np
+
+    from ..engine.bundle import Bundle
+    from ..engine.pipeline import PaserSegmenter
+    from ..io import VoxelSize
 
 HELP = "segment a stack into pore / carbon-binder / nickel labels"
 INPUT_HELP = (
@@ -25,7 +33,7 @@ INPUT_HELP = (
 )
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("segment", help=HELP, description=HELP + ".")
     p.add_argument("input", metavar="INPUT", help=INPUT_HELP)
     p.add_argument("--dataset", metavar="PATH", help="dataset of an HDF5 file or array of a Zarr store (default: found)")
@@ -71,7 +79,7 @@ def resolve_bundle_arg(name_or_path: str | None) -> Path:
         raise PaserInputError(str(err)) from None
 
 
-def load_bundle_arg(name_or_path: str | None):
+def load_bundle_arg(name_or_path: str | None) -> Bundle:
     """Resolve and load ``--bundle``; a missing bundle becomes a one-line input error."""
     folder = resolve_bundle_arg(name_or_path)
     from ..engine.bundle import load_bundle
@@ -112,7 +120,7 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     return p
 
 
-def progress_bar(desc: str, quiet: bool):
+def progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """A tqdm bar on stderr driven by ``(done, total)`` callbacks; returns (callback, close)."""
     from tqdm import tqdm
 
@@ -128,7 +136,7 @@ def progress_bar(desc: str, quiet: bool):
     return update, bar.close
 
 
-def read_image(path: str | os.PathLike):
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, VoxelSize | None]:
     """``io.read_stack`` with every failure on a damaged file reported as one input error."""
     import logging
 
@@ -148,7 +156,8 @@ def read_image(path: str | os.PathLike):
         log.setLevel(level)
 
 
-def make_segmenter(args, bundle):
+def make_segmenter(args: argparse.Namespace, bundle: Bundle) -> PaserSegmenter:
+    """The engine for ``bundle`` with the command's MC passes, seed and batch size."""
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
 
     return PaserSegmenter(bundle, mc_passes=args.mc_passes, seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
@@ -192,7 +201,7 @@ def _executor(args):
     return LocalExecutor()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..engine.bundle import bundle_record
     from ..engine.patches import grid_shape
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, get_method

@@ -20,7 +20,7 @@ import sys
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train a PaSeR bundle (or fine-tune one with --init)",

@@ -42,6 +42,7 @@ import numpy as np
 from .methods import METHODS, Method, register_method
 
 if TYPE_CHECKING:  # the pipeline imports this module: no import cycle at run time
+    from .bundle import Bundle
     from .pipeline import PaserSegmenter
 
 __all__ = [
@@ -95,7 +96,7 @@ def cascade_charged(seg: "PaserSegmenter", z: int, routing: np.ndarray) -> tuple
     return routing >= 1, routing == 2
 
 
-def bundle_idk_thresholds(bundle) -> tuple[float, float] | None:
+def bundle_idk_thresholds(bundle: Bundle) -> tuple[float, float] | None:
     """Tuned ``(a0, a1)`` from the bundle manifest's ``meta["idk"]``, or None."""
     idk = bundle.meta.get("idk") if isinstance(bundle.meta, dict) else None
     if isinstance(idk, dict) and idk.get("thresholds") is not None:

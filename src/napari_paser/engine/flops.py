@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import PolicyConfig, PolicyNet, Refiner, UNet, UNetConfig
+
+if TYPE_CHECKING:  # the bundle module imports this one
+    from .bundle import Bundle
 
 __all__ = ["count_flops", "unet_flops", "refine_flops", "policy_flops", "patch_input_shape", "CostModel"]
 
@@ -125,7 +128,7 @@ class CostModel:
     f0_refine: int = 0
 
     @classmethod
-    def measure(cls, bundle, padded_shape: tuple[int, int], passes: int) -> "CostModel":
+    def measure(cls, bundle: Bundle, padded_shape: tuple[int, int], passes: int) -> "CostModel":
         """Measure the networks of ``bundle`` for slices padded to ``padded_shape``."""
         f0 = unet_flops(bundle.f0.config, padded_shape)
         patch = tuple(unet_flops(m.config, patch_input_shape(m.config, bundle.patch_size))["total"] for m in bundle.segmenters())

@@ -19,13 +19,17 @@ noise, which would bound that noise rather than the segmentation's choices.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generator, Sequence
+from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 from .microstructure import MicrostructureMetrics, metrics_steps
 from .steps import relay_steps
+
+if TYPE_CHECKING:  # torch only once a band is computed
+    from .bundle import Bundle
 
 __all__ = ["DEFAULT_BAND_LAMS", "DEFAULT_BAND_METHODS", "BandMember", "PhaseEnvelope", "parse_lams", "parse_methods", "band_steps"]
 
@@ -77,7 +81,7 @@ class PhaseEnvelope:
         self._ndim = 3
         self.count = 0
 
-    def add(self, labels) -> None:
+    def add(self, labels: np.ndarray) -> None:
         """Add one segmentation (labels in {0, 1, 2}, the shape of the first one added)."""
         lab = np.asarray(labels)
         ndim = lab.ndim
@@ -153,8 +157,8 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def band_steps(
-    image,
-    bundle,
+    image: ArrayLike,
+    bundle: Bundle,
     axis: int,
     *,
     lams: Sequence[float | None] = DEFAULT_BAND_LAMS,

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Generator, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import CLASS_NAMES
 from ..errors import PaserInputError
@@ -88,7 +89,7 @@ UNITS = _units("µm")
 # --------------------------------------------------------------------------- checks
 
 
-def validate_phase_labels(labels, *, require_all: bool = True) -> np.ndarray:
+def validate_phase_labels(labels: ArrayLike, *, require_all: bool = True) -> np.ndarray:
     """Check a phase-label volume; returns it as uint8 (Z, Y, X) or (Y, X).
 
     Parameters
@@ -135,7 +136,7 @@ def check_axis(axis: int, ndim: int) -> int:
     return a % ndim
 
 
-def check_voxel_size(voxel_size) -> tuple[float, float, float] | None:
+def check_voxel_size(voxel_size: Sequence[float] | None) -> tuple[float, float, float] | None:
     """Three positive finite sizes (plane, row, column) or None."""
     if voxel_size is None:
         return None
@@ -297,7 +298,7 @@ class MicrostructureMetrics:
 
 
 def metrics_steps(
-    labels,
+    labels: ArrayLike,
     axis: int,
     *,
     voxel_size: Sequence[float] | None = None,
@@ -386,6 +387,6 @@ def metrics_steps(
     return MicrostructureMetrics(values, units, axis, vs, profiles, positions, taus)
 
 
-def compute_metrics(labels, axis: int, **kwargs) -> MicrostructureMetrics:
+def compute_metrics(labels: ArrayLike, axis: int, **kwargs) -> MicrostructureMetrics:
     """:func:`metrics_steps` run to the end (same arguments)."""
     return run_steps(metrics_steps(labels, axis, **kwargs))

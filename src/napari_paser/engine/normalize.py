@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 
@@ -35,7 +36,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
-def validate_image(image, patch_size: tuple[int, int] | None = None) -> np.ndarray:
+def validate_image(image: ArrayLike, patch_size: tuple[int, int] | None = None) -> np.ndarray:
     """Check that ``image`` is a usable grayscale (Z,Y,X) stack or (Y,X) slice.
 
     Parameters
@@ -83,7 +84,7 @@ def validate_image(image, patch_size: tuple[int, int] | None = None) -> np.ndarr
     return arr
 
 
-def validate_labels(labels, shape: tuple[int, ...] | None = None, num_classes: int = 3) -> np.ndarray:
+def validate_labels(labels: ArrayLike, shape: tuple[int, ...] | None = None, num_classes: int = 3) -> np.ndarray:
     """Check ground-truth labels: class indices 0..num_classes-1, same shape as the image.
 
     Returns
@@ -153,7 +154,7 @@ class Normalizer:
         return np.clip(out, -self.margin, 1.0 + self.margin, out=out)
 
 
-def normalize_volume(volume, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
+def normalize_volume(volume: ArrayLike, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
     """Float32 volume normalised by its own robust percentiles (see :class:`Normalizer`)."""
     volume = np.asarray(volume)
     return Normalizer.fit(volume, low_percentile, high_percentile)(volume)

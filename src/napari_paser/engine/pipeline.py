@@ -27,10 +27,11 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Iterable, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 from .bundle import Bundle, bundle_record
@@ -72,6 +73,7 @@ DEFAULT_PRECISION = "fp32"
 DEFAULT_CHANNELS_LAST = True
 
 Progress = Callable[[int, int], None]
+R = TypeVar("R")  # what a drained generator returns
 
 
 # --------------------------------------------------------------------------- result
@@ -141,7 +143,7 @@ class SegmentationResult:
         }
 
 
-def run_summary(result, shape: list[int]) -> dict:
+def run_summary(result: SegmentationResult, shape: list[int]) -> dict:
     """The report fields every run result shares (method, knobs, bundle, grid, GFLOPs, routing).
 
     ``result`` has the attributes of :class:`SegmentationResult` that describe cost and
@@ -225,7 +227,7 @@ class PaserSegmenter(SlicewiseRouting):
 
     # ----------------------------------------------------------------- volume
     def set_volume(
-        self, image, *, normalizer: Normalizer | None = None, first_slice: int = 0, context: tuple | None = None
+        self, image: ArrayLike, *, normalizer: Normalizer | None = None, first_slice: int = 0, context: tuple | None = None
     ) -> None:
         """Validate and take a (Z,Y,X) stack or (Y,X) slice; resets all caches.
 
@@ -644,7 +646,9 @@ def _check_slab(image, patch_size: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def read_with_context(read: Callable[[int, int], np.ndarray], num_planes: int, z0: int, z1: int, context: int):
+def read_with_context(
+    read: Callable[[int, int], np.ndarray], num_planes: int, z0: int, z1: int, context: int
+) -> tuple[np.ndarray, tuple[np.ndarray | None, np.ndarray | None] | None]:
     """Planes ``z0:z1`` of a stack of ``num_planes`` and up to ``context`` planes on each
     side, as :meth:`PaserSegmenter.set_volume` takes them.
 
@@ -667,13 +671,13 @@ def read_with_context(read: Callable[[int, int], np.ndarray], num_planes: int, z
     return slab, (before, after)
 
 
-def drain(gen: Generator, progress: Progress | None = None):
+def drain(gen: Generator[Any, Any, R], progress: Progress | None = None) -> R:
     """Exhaust a progress generator (calling ``progress(done, total)``); return its value."""
     return run_steps(gen, None if progress is None else lambda item: progress(*item))
 
 
 def segment(
-    image,
+    image: ArrayLike,
     bundle: Bundle,
     lam: float | None = None,
     tvd: float | None = None,

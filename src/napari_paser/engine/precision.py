@@ -31,7 +31,7 @@ def bf16_is_fast(device_type: str = "cpu") -> bool:
         return False
 
 
-def bf16_autocast(device_type: str = "cpu", enabled: bool = True):
+def bf16_autocast(device_type: str = "cpu", enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on ``device_type`` when ``enabled`` and :func:`bf16_is_fast`; else a
     context that does nothing (fp32)."""
     if enabled and bf16_is_fast(device_type):

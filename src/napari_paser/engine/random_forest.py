@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 from .normalize import Normalizer, validate_image
@@ -129,7 +130,7 @@ class RandomForestSegmenter:
                 cached, feats = b, volume_features(vol, b * BLOCK, min(len(vol), (b + 1) * BLOCK), self.sigmas, normalize=norm)
             yield z, feats[z - b * BLOCK]
 
-    def fit(self, image, labels) -> "RandomForestSegmenter":
+    def fit(self, image: ArrayLike, labels: ArrayLike) -> "RandomForestSegmenter":
         """Train on the labelled pixels of ``labels`` (0, 1, 2; 255 unlabelled), same shape as ``image``."""
         from sklearn.ensemble import RandomForestClassifier
 
@@ -156,7 +157,7 @@ class RandomForestSegmenter:
         self.forest.fit(np.concatenate(xs), np.concatenate(ys))
         return self
 
-    def predict(self, image, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def predict(self, image: ArrayLike, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Phase labels (Z, Y, X) uint8 of ``image`` (a (Y, X) slice gives (1, Y, X))."""
         if self.forest is None:
             raise PaserInputError("the random forest is not trained: call fit() first")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 
@@ -54,7 +55,7 @@ def _check_costs(costs) -> np.ndarray:
     return c
 
 
-def switch_points(gains: np.ndarray, costs) -> tuple[np.ndarray, np.ndarray]:
+def switch_points(gains: np.ndarray, costs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Per-patch switch points of the argmax routing.
 
     Parameters
@@ -90,7 +91,7 @@ def route_from_switch_points(s1: np.ndarray, s2: np.ndarray, lam: float) -> np.n
     return (s1 > lam).astype(np.uint8) + (s2 > lam).astype(np.uint8)
 
 
-def route(gains: np.ndarray, lam: float, costs) -> np.ndarray:
+def route(gains: np.ndarray, lam: float, costs: ArrayLike) -> np.ndarray:
     """Argmax routing of ``gains`` (..., 2, GY, GX) for ``lam``; ties go to the cheaper model."""
     return route_from_switch_points(*switch_points(gains, costs), lam)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any, Callable, Generator, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = ["run_steps", "relay_steps"]
 
 
-def run_steps(steps: Generator, on_step: Callable[[Any], None] | None = None) -> Any:
+def run_steps(steps: Generator[Any, Any, R], on_step: Callable[[Any], None] | None = None) -> R:
     """Exhaust ``steps``, calling ``on_step`` with every item it yields.
 
     Returns
@@ -30,7 +31,7 @@ def run_steps(steps: Generator, on_step: Callable[[Any], None] | None = None) ->
             on_step(item)
 
 
-def relay_steps(steps: Generator, message: Callable[[Any], T]) -> Generator[T, None, Any]:
+def relay_steps(steps: Generator[Any, Any, R], message: Callable[[Any], T]) -> Generator[T, None, R]:
     """Yield ``message(item)`` for every item ``steps`` yields; return its return value.
 
     For a job made of smaller jobs: each part's progress is passed on in the job's own

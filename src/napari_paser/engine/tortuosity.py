@@ -19,6 +19,7 @@ import contextlib
 import io
 import math
 import warnings
+from types import ModuleType
 from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
 
@@ -99,7 +100,7 @@ class TortuosityResult:
     phases: str
 
 
-def import_taufactor():
+def import_taufactor() -> ModuleType:
     """Import TauFactor, or raise one clear error saying how to install it."""
     try:
         import taufactor

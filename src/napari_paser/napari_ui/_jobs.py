@@ -235,7 +235,7 @@ def reroute_job(
     order: list[int],
     per_slice: np.ndarray,
     done: np.ndarray,
-    ground_truth=None,
+    ground_truth: np.ndarray | None = None,
 ) -> Generator[Any, None, Outcome]:
     """Re-route the slices in ``order`` for a new λ, running the patches not cached yet.
 

@@ -263,7 +263,9 @@ class ResultLayers:
         for layer in self.layers:
             layer.refresh()
 
-    def set_slice(self, z: int, labels=None, entropy=None, routing=None) -> None:
+    def set_slice(
+        self, z: int, labels: np.ndarray | None = None, entropy: np.ndarray | None = None, routing: np.ndarray | None = None
+    ) -> None:
         """Fill slice ``z`` of any of the three buffers and redraw what changed."""
         if labels is not None:
             self.labels[z] = labels

@@ -282,7 +282,7 @@ class MetricsPanel(QWidget):
 
     # ------------------------------------------------------------------ export
     def default_export_base(self) -> Path:
-        def path_of(layer) -> str | None:
+        def path_of(layer: Any) -> str | None:
             return getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
 
         layer = self._layer(self.labels_combo.currentText())

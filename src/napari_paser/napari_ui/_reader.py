@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .. import io
 from ..errors import PaserInputError
+
+if TYPE_CHECKING:
+    from ..io_sources import Volume
 
 __all__ = ["napari_get_reader", "read_tiff", "read_volume", "LAZY_BYTES", "layer_data_from_file", "layer_data_from_volume"]
 
@@ -95,7 +98,7 @@ def _zarr_provenance(p: Path) -> dict:
     return attrs if isinstance(attrs, dict) else {}
 
 
-def layer_data_from_volume(volume, path: Path) -> LayerData:
+def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
     """``(dask array, kwargs, layer_type)`` of a lazily read volume (one plane per chunk)."""
     import dask.array as da
 
@@ -104,10 +107,11 @@ def layer_data_from_volume(volume, path: Path) -> LayerData:
     data = da.from_array(volume, chunks=(1, h, w), lock=True, meta=np.empty((0, 0, 0), volume.dtype), name=f"paser-{path.name}-{id(volume)}")
     data = data[0] if volume.input_ndim == 2 else data
     kwargs: dict[str, Any] = {"name": path.stem if path.suffix else path.name, "metadata": {"source_path": str(path)}}
-    scale = _voxel_scale(volume.voxel_size, data.ndim)
-    if scale is not None:
+    voxel_size = volume.voxel_size
+    scale = _voxel_scale(voxel_size, data.ndim)
+    if scale is not None and voxel_size is not None:
         kwargs["scale"] = scale
-        kwargs["metadata"]["voxel_size_um"] = list(volume.voxel_size)
+        kwargs["metadata"]["voxel_size_um"] = list(voxel_size)
     meta = _zarr_provenance(path)
     if meta.get("kind") == "phases":
         from ._layers import phase_colormap

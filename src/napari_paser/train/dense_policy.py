@@ -12,7 +12,7 @@ volumes did.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def fit_dense_policy(
     eval_every: int = 250,
     patch_weight: float = 0.0,
     seed: int = 0,
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Fit a dense policy's network to the gains of the cells of ``caches``.
 

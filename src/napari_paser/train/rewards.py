@@ -13,6 +13,7 @@ policy stage runs, so the IoU of every (patch, model) pair is computed once and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -248,7 +249,7 @@ def build_reward_cache(
     return RewardCache(torch.cat(feats), torch.cat(confs), torch.cat(cells) if dense else None)
 
 
-def load_reward_caches(path) -> list[RewardCache]:
+def load_reward_caches(path: str | Path) -> list[RewardCache]:
     """Reward caches saved as a list of :meth:`RewardCache.tensors` (``torch.save``)."""
     return [RewardCache(*parts) for parts in torch.load(path, weights_only=True)]
 

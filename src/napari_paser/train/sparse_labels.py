@@ -10,6 +10,7 @@ on (:func:`split_held_out`). No torch here.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 
@@ -34,7 +35,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
-def validate_training_labels(labels, image_shape: tuple[int, ...] | None = None, *, min_classes: int = 2) -> np.ndarray:
+def validate_training_labels(labels: ArrayLike, image_shape: tuple[int, ...] | None = None, *, min_classes: int = 2) -> np.ndarray:
     """Check sparse training labels and return them as uint8 (Z, Y, X).
 
     Parameters
@@ -167,7 +168,7 @@ def simulate_strokes(truth: np.ndarray, fraction: float = 0.15, seed: int = 0, r
     return out[0] if squeeze else out
 
 
-def from_napari_layer(data) -> np.ndarray:
+def from_napari_layer(data: ArrayLike) -> np.ndarray:
     """Labels painted in napari (0 = unpainted, 1 pore, 2 carbon-binder, 3 nickel) -> 255/0/1/2.
 
     napari draws label 0 as transparent, so a training-labels layer stores class + 1.

@@ -17,6 +17,7 @@ shows a progress bar, keeps a short loss history, and saves its progress every
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ class StageContext:
         g.manual_seed((self.seed * 7919 + sum(ord(c) * 31**i for i, c in enumerate(stage))) % (2**63 - 1))
         return g
 
-    def autocast(self, enabled: bool | None = None):
+    def autocast(self, enabled: bool | None = None) -> contextlib.AbstractContextManager:
         """bf16 autocast where configured and where the device computes bf16 natively
         (:func:`~napari_paser.engine.precision.bf16_autocast`)."""
         return bf16_autocast(self.device.type, self.cfg.bf16 if enabled is None else enabled)

@@ -32,9 +32,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..engine.bundle import Bundle
@@ -80,7 +82,7 @@ class TVDResult:
     history: dict = field(default_factory=dict)
 
 
-def linear_ramp(lam_max: float):
+def linear_ramp(lam_max: float) -> Callable[[int, int], float]:
     """λ schedule ``lam_max * (step + 1) / total`` for :func:`~.stages.train_policy`.
 
     Step 0 already trains at a small positive λ; the last step trains at ``lam_max``.
@@ -96,7 +98,7 @@ def linear_ramp(lam_max: float):
 
 
 @torch.no_grad()
-def assignment(policy: nn.Module, features: torch.Tensor, lam: float, costs, batch: int = 256) -> np.ndarray:
+def assignment(policy: nn.Module, features: torch.Tensor, lam: float, costs: ArrayLike, batch: int = 256) -> np.ndarray:
     """Argmax model per patch (N, GY, GX) uint8, as the engine routes (ties to the cheaper).
 
     Parameters
