@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -139,7 +139,7 @@ class MetricsPanel(QWidget):
 
     def refresh_layers(self, *_: Any) -> None:
         """Fill the layer choosers (phases layers first)."""
-        def fill(combo: QComboBox, names: list[str], extra: list[str] = ()) -> None:
+        def fill(combo: QComboBox, names: list[str], extra: Sequence[str] = ()) -> None:
             current = combo.currentText()
             combo.blockSignals(True)
             combo.clear()
