@@ -11,7 +11,8 @@ import tifffile
 from napari_paser import io
 from napari_paser.errors import PaserInputError
 from napari_paser.napari_ui import _reader, _writer
-from napari_paser.napari_ui._export import export_phases
+from napari_paser.napari_ui import _export
+from napari_paser.napari_ui._export import export_phases, export_steps
 from napari_paser.napari_ui._layers import PENDING
 
 
@@ -107,6 +108,39 @@ def test_export_refuses_existing_files_and_bad_labels(tmp_path):
     pending[:5] = PENDING
     export_phases(tmp_path / "c.tif", pending)
     assert json.loads((tmp_path / "c_report.json").read_text())["unsegmented_voxels"] == 5 * 30
+
+
+def test_export_reads_and_writes_a_slab_at_a_time(tmp_path, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    labels = _phases((7, 30, 40))
+    labels[5:] = PENDING
+    store = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=labels.shape, chunks=(1, 30, 40), dtype="uint8")
+    store[:] = labels
+    monkeypatch.setattr(_export, "SLAB_BYTES", 3 * 30 * 40)  # 3 planes a step: 3 + 3 + 1
+    steps = export_steps(tmp_path / "z.tif", store, scale=(2.0, 0.5, 0.5), masks=True)
+    progress = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            progress.append(next(steps))
+    assert progress == [(3, 7), (6, 7), (7, 7)]
+    assert [p.name for p in end.value.value] == ["z.tif", "z_pore.tif", "z_carbon-binder.tif", "z_nickel.tif", "z_report.json"]
+    out, voxel = io.read_stack(tmp_path / "z.tif")
+    np.testing.assert_array_equal(out, labels)
+    assert voxel == (2.0, 0.5, 0.5) and io.read_metadata(tmp_path / "z.tif")["kind"] == "phases"
+    mask, _ = io.read_stack(tmp_path / "z_carbon-binder.tif")
+    np.testing.assert_array_equal(mask, np.where(labels == 1, 255, 0))
+    assert json.loads((tmp_path / "z_report.json").read_text())["unsegmented_voxels"] == 2 * 30 * 40
+
+
+def test_an_export_stopped_half_way_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(_export, "SLAB_BYTES", 1)  # one plane a step
+    out = tmp_path / "out"
+    out.mkdir()
+    steps = export_steps(out / "p.tif", _phases(), masks=True)
+    assert next(steps) == (1, 4)
+    assert len(list(out.iterdir())) == 4  # the temporary files of the volume and its masks
+    steps.close()  # what the widget does when the user cancels
+    assert list(out.iterdir()) == []
 
 
 def test_sample_data_gives_image_and_ground_truth():

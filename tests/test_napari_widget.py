@@ -300,9 +300,9 @@ def test_export_and_file_save_round_trip(setup, tmp_path, qtbot, notes):
     viewer, widget = setup
     widget.run(blocking=True)
     widget.masks_check.setChecked(True)
-    written = widget.export(tmp_path / "out.tif")
+    written = widget.export(tmp_path / "out.tif", blocking=True)
     assert [p.name for p in written] == ["out.tif", "out_pore.tif", "out_carbon-binder.tif", "out_nickel.tif", "out_report.json"]
-    assert widget.export(tmp_path / "out.tif") == []  # never overwrites silently
+    assert widget.export(tmp_path / "out.tif", blocking=True) == []  # never overwrites silently
     assert any(level == "error" and "not overwriting" in m for level, m in notes)
     (layer,) = viewer.open(str(written[0]), plugin="napari-paser")
     assert layer._type_string == "labels"
@@ -317,6 +317,45 @@ def test_export_and_file_save_round_trip(setup, tmp_path, qtbot, notes):
     meta = io.read_metadata(tmp_path / "saved.tif")
     assert meta["provenance"]["bundle"]["name"] == "tiny-test"
     assert meta["provenance"]["gflops_total"] == pytest.approx(widget.stats.stats["gflops_total"])
+
+
+def test_export_runs_in_a_worker_and_a_cancelled_one_leaves_no_file(setup, tmp_path, qtbot, notes, monkeypatch):
+    import threading
+
+    from napari_paser.napari_ui import _export, _widget
+
+    viewer, widget = setup
+    widget.run(blocking=True)
+    monkeypatch.setattr(_export, "SLAB_BYTES", 1)  # one plane a step
+    out = tmp_path / "exports"
+    # Finished in the worker; a λ moved meanwhile is applied once the export ends.
+    worker = widget.export(out / "a.tif", masks=True)
+    assert widget.busy
+    widget.lam = 0.0
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "a_carbon-binder.tif", "a_nickel.tif", "a_pore.tif", "a_report.json"]
+    assert any(level == "info" and "exported 5 files" in m for level, m in notes)
+    qtbot.waitUntil(lambda: widget._lam_shown == 0.0, timeout=30_000)
+    _wait_idle(qtbot, widget)
+    # Cancelled after its first plane: the temporary files go, nothing is renamed into place.
+    gate, real = threading.Event(), _export.export_steps
+
+    def gated(*args, **kwargs):
+        steps = real(*args, **kwargs)
+        yield next(steps)
+        gate.wait(30)
+        return (yield from steps)
+
+    monkeypatch.setattr(_widget, "export_steps", gated)
+    worker = widget.export(out / "b.tif", masks=True)
+    qtbot.waitUntil(lambda: widget._pbar is not None and widget._pbar.n >= 1, timeout=30_000)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        widget.cancel()
+        gate.set()
+    assert not [p.name for p in out.iterdir() if "b." in p.name or p.name.startswith("b_")]
+    assert any(level == "info" and "export cancelled" in m for level, m in notes)
+    assert not widget.busy and widget.run_button.isEnabled()
 
 
 def test_screenshot_is_not_blank(make_napari_viewer, routing_bundle_dir):

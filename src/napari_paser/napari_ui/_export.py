@@ -3,6 +3,10 @@
 Used by both the npe2 writer (File > Save Layers) and the widget's Export button. All
 target files are checked before anything is written, so an export never leaves a mix
 of old and new files; each file is written atomically (temporary file + rename).
+
+The volume is read and written a slab of planes at a time, so exporting a stack that
+was segmented through a Zarr store on disk never holds it in memory, and stacks over
+4 GiB become BigTIFF (:class:`napari_paser.io_writers.TiffSliceWriter`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generator, Sequence
 
 import numpy as np
 
@@ -20,7 +24,10 @@ from .. import CLASS_COLORS, CLASS_NAMES, __version__
 from ..errors import PaserInputError
 from ._layers import PENDING
 
-__all__ = ["export_targets", "export_phases", "to_uint8_labels", "voxel_size_from_scale"]
+__all__ = ["export_targets", "export_phases", "export_steps", "to_uint8_labels", "voxel_size_from_scale"]
+
+SLAB_BYTES = 16 << 20
+"""Label bytes read per step of an export (each mask adds as much again)."""
 
 
 def export_targets(path: str | os.PathLike, masks: bool = False) -> dict[str, Path]:
@@ -38,11 +45,23 @@ def export_targets(path: str | os.PathLike, masks: bool = False) -> dict[str, Pa
 def to_uint8_labels(data: Any) -> np.ndarray:
     """Labels as uint8, refusing values that do not fit (negative or above 255)."""
     arr = np.asarray(data)
-    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != bool:
-        raise PaserInputError(f"labels must be integers, got {arr.dtype}")
+    _check_label_dtype(arr.dtype)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise PaserInputError(f"labels range {arr.min()}..{arr.max()} does not fit in uint8 (0..255)")
     return arr.astype(np.uint8, copy=False)
+
+
+def _check_label_dtype(dtype: np.dtype) -> None:
+    if not np.issubdtype(dtype, np.integer) and dtype != bool:
+        raise PaserInputError(f"labels must be integers, got {dtype}")
+
+
+def _slabs(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, stop) planes of each step: about SLAB_BYTES of labels, at least one plane."""
+    if len(shape) == 2:
+        return [(0, 1)]
+    step = max(1, SLAB_BYTES // max(1, shape[1] * shape[2]))
+    return [(z0, min(z0 + step, shape[0])) for z0 in range(0, shape[0], step)]
 
 
 def voxel_size_from_scale(scale: Sequence[float] | None, ndim: int) -> tuple[float, float, float] | None:
@@ -82,7 +101,27 @@ def export_phases(
     masks: bool = False,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Write a phase volume, optionally one binary mask per phase, and a JSON report.
+    """Write a phase volume, optionally one binary mask per phase, and a JSON report:
+    :func:`export_steps` run to its end (see it for the parameters)."""
+    from ..engine.steps import run_steps
+
+    return run_steps(export_steps(path, labels, scale=scale, provenance=provenance, masks=masks, overwrite=overwrite))
+
+
+def export_steps(
+    path: str | os.PathLike,
+    labels: Any,
+    *,
+    scale: Sequence[float] | None = None,
+    provenance: dict | None = None,
+    masks: bool = False,
+    overwrite: bool = False,
+) -> Generator[tuple[int, int], None, list[Path]]:
+    """Write a phase volume, optionally one binary mask per phase, and a JSON report,
+    yielding ``(planes_done, planes_total)`` after every slab.
+
+    Closing the generator before its end (a cancelled export) deletes what it had
+    written so far: the files are renamed into place only once every plane is written.
 
     Parameters
     ----------
@@ -91,6 +130,8 @@ def export_phases(
         ``<stem>_report.json``, masks ``<stem>_<phase>.tif`` (0/255 uint8, ImageJ binary).
     labels : array (Z, Y, X) or (Y, X)
         0 pore, 1 carbon-binder, 2 nickel; 255 marks slices that were never segmented.
+        Any array that slices along its first axis (numpy, Zarr, dask): it is read a
+        slab of planes at a time.
     scale : sequence of float, optional
         napari layer scale (µm per voxel, plane/row/column).
     provenance : dict, optional
@@ -104,7 +145,7 @@ def export_phases(
     Returns
     -------
     list of Path
-        The files written, phase volume first.
+        The files written, phase volume first (the generator's return value).
 
     Raises
     ------
@@ -113,29 +154,48 @@ def export_phases(
     PaserInputError
         If the labels are not integers in 0..255.
     """
-    from .. import io
+    from ..io_writers import TiffSliceWriter
 
     targets = export_targets(path, masks)
     existing = [p for p in targets.values() if p.exists()]
     if existing and not overwrite:
         names = ", ".join(p.name for p in existing)
         raise FileExistsError(f"not overwriting existing file(s): {names}")
-    data = to_uint8_labels(labels)
-    voxel_size = voxel_size_from_scale(scale, data.ndim)
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
+        labels = np.asarray(labels)
+    shape = tuple(int(n) for n in labels.shape)
+    if len(shape) not in (2, 3):
+        raise PaserInputError(f"expected a (Z,Y,X) or (Y,X) label volume, got shape {shape}")
+    _check_label_dtype(np.dtype(labels.dtype))
+    voxel_size = voxel_size_from_scale(scale, len(shape))
     prov = json.loads(json.dumps(provenance or {}, default=_json_default))
     classes = [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))]
-    pending = int((data == PENDING).sum())
     base = {"layer_type": "labels", "classes": classes, "pending_value": PENDING, "provenance": prov}
-    written = [io.write_tiff(targets["phases"], data, voxel_size=voxel_size, metadata={**base, "kind": "phases"}, overwrite=overwrite)]
+    outputs = {"phases": {**base, "kind": "phases"}}
     for index, name in enumerate(CLASS_NAMES if masks else ()):
-        mask = np.where(data == index, np.uint8(255), np.uint8(0))
-        meta = {**base, "kind": "mask", "phase": name, "phase_index": index}
-        written.append(io.write_tiff(targets[f"mask:{name}"], mask, voxel_size=voxel_size, metadata=meta, overwrite=overwrite))
+        outputs[f"mask:{name}"] = {**base, "kind": "mask", "phase": name, "phase_index": index}
+    writers: list[TiffSliceWriter] = []
+    try:
+        for key, meta in outputs.items():
+            writers.append(TiffSliceWriter(targets[key], shape, np.uint8, voxel_size=voxel_size, metadata=meta, overwrite=overwrite))
+        pending, planes = 0, shape[0] if len(shape) == 3 else 1
+        for z0, z1 in _slabs(shape):
+            slab = to_uint8_labels(labels[z0:z1] if len(shape) == 3 else labels)
+            pending += int(np.count_nonzero(slab == PENDING))
+            writers[0].write(slab)
+            for index, writer in enumerate(writers[1:]):
+                writer.write(np.where(slab == index, np.uint8(255), np.uint8(0)))
+            yield z1, planes
+        written = [writer.close() for writer in writers]
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
     report = {
         "napari_paser_version": __version__,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": [str(Path(p).name) for p in written],
-        "shape": list(data.shape),
+        "shape": list(shape),
         "voxel_size_um": list(voxel_size) if voxel_size else None,
         "classes": classes,
         "unsegmented_voxels": pending,

@@ -40,7 +40,8 @@ TOOLTIPS: dict[str, str] = {
     ),
     "export": (
         "Write the phase volume (uint8 TIFF with voxel size and provenance), a JSON report of the "
-        "run and, optionally, one binary mask per phase. Existing files are never replaced silently."
+        "run and, optionally, one binary mask per phase, a slab of planes at a time in the background "
+        "(Cancel stops it and leaves no file). Existing files are never replaced silently."
     ),
     "export_masks": "Also write one binary uint8 mask (0/255) per phase next to the phase volume.",
     "stats": (

@@ -38,9 +38,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import registry
-from ..errors import PaserInputError, one_line
+from ..errors import one_line
 from . import _jobs
-from ._export import export_phases, export_targets
+from ._export import export_steps, export_targets
 from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import ResultLayers
 from ._qt_rows import hbox_row
@@ -55,6 +55,7 @@ __all__ = ["PaserWidget"]
 MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory bounded
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
+JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export"}
 SLIDER_STEPS = 1000
 STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
 """Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.025)."""
@@ -147,7 +148,8 @@ class PaserWidget(QWidget):
         self._result = None
         self._lam_shown: float | None = None  # λ of the composed layers
         self._worker = None
-        self._job: str | None = None
+        self._job: str | None = None  # a key of JOB_TITLES while a job runs
+        self._export_steps: Any = None  # the running export's generator (closed if cancelled)
         self._generation = 0  # messages of older jobs are ignored
         self._job_started = 0.0
         self._pbar: progress | None = None
@@ -499,7 +501,7 @@ class PaserWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._close_progress()
-        self._pbar = progress(total=0, desc=f"PaSeR {'run' if kind == 'run' else 're-routing'}")
+        self._pbar = progress(total=0, desc=f"PaSeR {JOB_TITLES[kind]}")
         callbacks = JobCallbacks(
             message=lambda msg: self._on_message(msg, gen),
             returned=lambda out: self._on_returned(out, gen),
@@ -514,10 +516,11 @@ class PaserWidget(QWidget):
         return self._worker
 
     def cancel(self) -> None:
-        """Stop the running job after the slice in progress; finished slices stay."""
+        """Stop the running job after the slice in progress; finished slices stay (a
+        cancelled export leaves no file)."""
         self._debounce.stop()
         if self._worker is not None:
-            self._set_status("Cancelling after the current slice…")
+            self._set_status("Cancelling the export…" if self._job == "export" else "Cancelling after the current slice…")
             self._worker.quit()
             self._release_worker()
 
@@ -528,7 +531,12 @@ class PaserWidget(QWidget):
             if isinstance(msg, _jobs.Ready):
                 msg.shown.set()  # nothing will be shown: let the superseded job end
             return  # a superseded job
-        if isinstance(msg, _jobs.Ready):
+        if self._job == "export":
+            if self._pbar is not None:
+                done, total = msg
+                self._pbar.total = total
+                self._pbar.update(done - self._pbar.n)
+        elif isinstance(msg, _jobs.Ready):
             self._on_ready(msg)
         elif isinstance(msg, _jobs.Stage) and self._pbar is not None:
             # One bar per job, reset per stage: making a bar costs the GUI ~0.1 s.
@@ -588,8 +596,12 @@ class PaserWidget(QWidget):
             self._layers_shown.set()
             self._layers_shown = None
 
-    def _on_returned(self, outcome: _jobs.Outcome, gen: int) -> None:
+    def _on_returned(self, outcome: _jobs.Outcome | list[Path], gen: int) -> None:
         if gen != self._generation or outcome is None or self._layers is None:
+            return
+        if self._job == "export":
+            show_info(f"exported {len(outcome)} files to {outcome[0].parent}")
+            self._set_status(f"Exported {outcome[0].name}.")
             return
         self._layers.add_all()  # a quick job can end before the stepwise adding did
         self._result, self._lam_shown = outcome.result, outcome.lam
@@ -605,10 +617,10 @@ class PaserWidget(QWidget):
     def _on_errored(self, err: BaseException, gen: int) -> None:
         if gen != self._generation:
             return
-        what = "run" if self._job == "run" else "re-routing"
-        show_error(f"PaSeR {what} failed: {one_line(err)}")
+        show_error(f"PaSeR {JOB_TITLES[self._job]} failed: {one_line(err)}")
         self._set_status(f"Failed: {one_line(err)}")
-        self._publish_partial()
+        if self._job != "export":
+            self._publish_partial()
 
     def _on_aborted(self, gen: int) -> None:
         if gen != self._generation:
@@ -618,10 +630,17 @@ class PaserWidget(QWidget):
             show_info(f"PaSeR run cancelled: {done} of {total} slices segmented, the others left empty")
             self._set_status(f"Cancelled: {done} of {total} slices segmented.")
             self._publish_partial()
+        elif self._job == "export":
+            show_info("PaSeR export cancelled: no file was written")
+            self._set_status("Export cancelled.")
 
     def _on_finished(self, gen: int) -> None:
         if gen != self._generation:
             return
+        if self._export_steps is not None:
+            # A cancelled export stopped at a slab: closing it deletes its temporary files.
+            self._export_steps.close()
+            self._export_steps = None
         if self._layers is not None and self._layers.alive():
             self._layers.add_all()  # cancelled or failed before the stepwise adding ended
         self._release_worker()
@@ -694,8 +713,8 @@ class PaserWidget(QWidget):
         """
         if self._active is None or self._layers is None or not self._layers.alive():
             return None
-        if self._job == "run":
-            self._reroute_pending = True  # applied when the run ends
+        if self._job in ("run", "export"):
+            self._reroute_pending = True  # applied when the job ends (an export reads the layer)
             return None
         if self._worker is not None:
             self._worker.quit()  # superseded: its messages are ignored from now on
@@ -756,18 +775,26 @@ class PaserWidget(QWidget):
         if self._layers is not None:
             self._layers.set_metadata(export_masks=bool(checked))
 
-    def export(self, path: str | Path | None = None, *, masks: bool | None = None, overwrite: bool = False) -> list[Path]:
+    def export(
+        self, path: str | Path | None = None, *, masks: bool | None = None, overwrite: bool = False,
+        blocking: bool | None = None,
+    ) -> Any:
         """Write the phase volume, its JSON report and (optionally) per-phase masks.
 
         Without ``path`` a save dialog asks for one; existing files are replaced only after
-        the user confirms (or with ``overwrite``). Returns the written files ([] if none).
+        the user confirms (or with ``overwrite``). The volume is written a slab of planes
+        at a time in a thread worker, with a progress bar; Cancel stops it and leaves no
+        file. Returns the started worker, or, with ``blocking``, the written files ([] if
+        none; the reason is notified).
         """
+        blocking = self.blocking if blocking is None else blocking
+        nothing = [] if blocking else None
         if self.busy:
             show_warning("wait for the running job to finish before exporting")
-            return []
+            return nothing
         if self._layers is None or not self._layers.alive() or not self._layers.done.any():
             show_error("nothing to export yet: run PaSeR first")
-            return []
+            return nothing
         masks = self.masks_check.isChecked() if masks is None else masks
         if path is None:
             path, _ = QFileDialog.getSaveFileName(
@@ -775,25 +802,21 @@ class PaserWidget(QWidget):
                 options=QFileDialog.Option.DontConfirmOverwrite,  # we ask for all files at once below
             )
             if not path:
-                return []
+                return nothing
             existing = [p.name for p in export_targets(path, masks).values() if p.exists()]
             if existing:
                 answer = QMessageBox.question(self, "Replace files?", "Replace " + ", ".join(existing) + "?")
                 if answer != QMessageBox.StandardButton.Yes:
-                    return []
+                    return nothing
                 overwrite = True
         phases = self._layers.phases_layer
         provenance = {**phases.metadata.get("napari_paser", {}), "export_masks": masks}
         if not self._layers.done.all():
             show_warning("only part of the stack is segmented: unsegmented slices are written as 255")
-        try:
-            written = export_phases(path, phases.data, scale=phases.scale, provenance=provenance, masks=masks, overwrite=overwrite)
-        except (OSError, PaserInputError, TypeError) as err:
-            show_error(f"export failed: {one_line(err)}")
-            return []
-        show_info(f"exported {len(written)} files to {written[0].parent}")
-        self._set_status(f"Exported {written[0].name}.")
-        return written
+        self._export_steps = export_steps(path, phases.data, scale=phases.scale, provenance=provenance, masks=masks, overwrite=overwrite)
+        self._set_status(f"Exporting {Path(path).name}…")
+        started = self._start("export", _jobs.relay, self._export_steps, blocking=blocking)
+        return (started or []) if blocking else started
 
     def _set_status(self, text: str) -> None:
         self.status_label.setText(text)
