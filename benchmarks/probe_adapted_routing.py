@@ -55,7 +55,7 @@ def tracking(bundle, data, truth: np.ndarray, seed: int) -> dict:
     from napari_paser.train import finetune as ft
 
     ps = bundle.patch_size
-    x = ft._stack_planes(data.scan, TEST, bundle.f0.config.planes)
+    x = data.scan.stack(TEST, bundle.f0.config.planes)
     prob, gains, feats = ft._policy_gains(bundle, x, seed)
     n = gains.shape[0] * gains.shape[2] * gains.shape[3]
     preds = [patchify(prob.argmax(1, keepdim=True).float(), ps)[:, 0].long()]

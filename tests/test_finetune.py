@@ -181,6 +181,49 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     assert sum(rec["steps"].values()) > 0
 
 
+class _CountingVolume:
+    """An in-memory scan behind the Volume interface that records the planes read."""
+
+    def __new__(cls, data):
+        from napari_paser.io_sources import ArrayVolume
+
+        class Counting(ArrayVolume):
+            def _read(self, z0, z1):
+                self.read_planes.update(range(z0, z1))
+                return super()._read(z0, z1)
+
+        volume = Counting(data)
+        volume.read_planes = set()
+        return volume
+
+
+def test_a_lazily_read_scan_trains_on_the_same_data_and_keeps_only_the_planes_it_uses(tiny_bundle):
+    import copy
+
+    import torch
+
+    from napari_paser.train.finetune import FinetuneConfig, _compute_shares, _prepare, _scan_batches
+
+    img, lab = _scan(60, shape=(60, 70))
+    sparse = np.full(lab.shape, 255, np.uint8)
+    sparse[[0, 30, 31]] = lab[[0, 30, 31]]
+    in_memory = _prepare(copy.deepcopy(tiny_bundle), img, sparse, FinetuneConfig(planes=5))
+    volume, painted = _CountingVolume(img), _CountingVolume(sparse)
+    lazy = _prepare(copy.deepcopy(tiny_bundle), volume, painted, FinetuneConfig(planes=5))
+    for name in ("x", "x_planes", "held", "held_patches", "weight"):
+        assert torch.equal(getattr(in_memory, name), getattr(lazy, name)), name
+    for bank in ("bank", "planes_bank"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(in_memory, bank).images, getattr(lazy, bank).images))
+    assert len(lazy.planes_bank) == 3 and lazy.planes_bank.images[0].shape[0] == 5
+    # The normaliser's pass reads every plane once, slab by slab; only the painted planes
+    # and their two neighbours on each side are kept.
+    assert volume.read_planes == painted.read_planes == set(range(60))
+    assert lazy.scan.planes_kept == [0, 1, 2, 28, 29, 30, 31, 32, 33] and lazy.slices == [0, 30, 31]
+    _scan_batches(tiny_bundle, "f0", lazy)  # batch-norm statistics: 8 evenly spaced slices
+    _compute_shares(tiny_bundle, lazy, 0, max_slices=4)  # λ's compute shares: 4 more
+    assert lazy.scan.planes_kept == [0, 1, 2, 28, 29, 30, 31, 32, 33]  # read, used, let go
+
+
 def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     import copy
 
@@ -338,6 +381,23 @@ def test_cli_finetune_writes_a_new_bundle_beside_the_image_and_never_replaces_on
     assert (tmp_path / "scan-paser-ft-2" / "manifest.json").is_file()
     assert main(args + ["--out", str(tmp_path / "scan-paser-ft")]) == 2
     assert "already holds a bundle" in capsys.readouterr().err
+
+
+def test_cli_finetune_reads_an_hdf5_scan_and_names_the_bundle_after_its_file(tiny_bundle_dir, tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    from napari_paser.cli.main import main
+    from napari_paser.train.sparse_labels import simulate_strokes
+
+    img, lab = _scan(2)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f["exchange/data"] = img
+    labels = _write(tmp_path, "strokes.tif", simulate_strokes(lab, 0.2, seed=0))
+    spec = f"{tmp_path / 'scan.h5'}:/exchange/data"
+    args = ["finetune", spec, "--labels", labels, "--bundle", str(tiny_bundle_dir), "--budget", "2", "--threads", "1", "--quiet"]
+    assert main(args) == 0
+    assert (tmp_path / "scan-paser-ft" / "manifest.json").is_file()
+    assert main(args[:1] + [spec, "--labels", _write(tmp_path, "small.tif", lab[:, :100])] + args[4:]) == 2
+    assert "do not match the image shape" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ __all__ = [
     "HDF5Volume",
     "ZarrVolume",
     "open_volume",
+    "input_path",
     "is_volume_path",
     "HDF5_SUFFIXES",
 ]
@@ -510,6 +511,18 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     if p.suffix.lower() in TIFF_SUFFIXES + (".zarr",):
         return True
     return p.is_dir()
+
+
+def input_path(path: str | os.PathLike) -> Path:
+    """The file or folder behind an input of :func:`open_volume`: an HDF5 file without its
+    ``:/dataset``, the folder of a glob of slices, else the path itself."""
+    s = str(path)
+    m = _SPEC.match(s)
+    if m and not os.path.isdir(s):
+        return Path(m.group("file"))
+    if not os.path.exists(s) and any(c in s for c in "*?["):
+        return Path(s).parent
+    return Path(s)
 
 
 def open_volume(path: str | os.PathLike, dataset: str | None = None) -> Volume:

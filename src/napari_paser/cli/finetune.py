@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..io_sources import Volume
 
 __all__ = ["add_parser", "run"]
 
@@ -22,9 +25,13 @@ HELP = "adapt a bundle to one scan from sparse labels (255 = unlabelled) within 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help=HELP, description=HELP + ". The result is a new bundle folder.")
-    p.add_argument("image", metavar="IMG.tif", help="the scan: grayscale (Z,Y,X) stack or (Y,X) slice")
+    p.add_argument("image", metavar="IMG.tif",
+                   help="the scan: grayscale (Z,Y,X) stack or (Y,X) slice; any input `segment` reads (TIFF, folder of "
+                        "slices, HDF5, Zarr), read a plane at a time: only the painted planes and their neighbours are kept")
+    p.add_argument("--dataset", metavar="PATH", help="dataset of an HDF5 file or array of a Zarr store (default: found)")
     p.add_argument("--labels", required=True, metavar="LAB.tif",
-                   help="same shape: 0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled (whole unlabelled slices allowed)")
+                   help="same shape: 0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled (whole unlabelled slices allowed); "
+                        "any input `segment` reads")
     p.add_argument("--bundle", default=None, help="bundle to start from: registry name or folder (default: the default bundle)")
     p.add_argument("--out", metavar="BUNDLE_DIR",
                    help="output bundle folder (default: IMAGE-STEM-paser-ft beside the image, -2, -3... if taken)")
@@ -42,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import PaserInputError
-    from .segment import load_bundle_arg, read_image
+    from ..io_sources import open_volume
 
     if args.budget is not None and args.budget <= 0:
         raise PaserInputError("--budget must be positive")
@@ -50,11 +57,18 @@ def run(args: argparse.Namespace) -> int:
         raise PaserInputError("--threads must be at least 1")
     if args.planes is not None and (args.planes < 1 or args.planes % 2 == 0):
         raise PaserInputError(f"--planes must be an odd number of planes (1, 3, 5, ...), got {args.planes}")
-    image, _ = read_image(args.image)
-    labels, _ = read_image(args.labels)
-    from ..train.sparse_labels import validate_training_labels
+    # Both are read when fine-tuning needs them: the labels a slab at a time, keeping
+    # the painted slices; the scan's painted planes and their neighbours.
+    with open_volume(args.labels) as labels, open_volume(args.image, args.dataset) as image:
+        return _finetune(args, image, labels)
 
-    validate_training_labels(labels, image.shape)  # before loading torch and the bundle: fail fast
+
+def _finetune(args: argparse.Namespace, image: Volume, labels: Volume) -> int:
+    from ..io_sources import input_path
+    from ..train.sparse_labels import read_labelled_slices
+    from .segment import load_bundle_arg
+
+    read_labelled_slices(labels, image.shape if image.input_ndim == 3 else image.shape[1:])  # before loading torch
     out = Path(args.out) if args.out else None
     if out is not None and (out / "manifest.json").exists():
         raise FileExistsError(f"{out} already holds a bundle; choose another --out")
@@ -79,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if out is None:
-        out = unique_bundle_folder(Path(args.image).resolve().parent, f"{Path(args.image).stem}-paser-ft")
+        source = input_path(args.image).resolve()  # scan.h5 of scan.h5:/exchange/data, recon/ of recon/*.tif
+        out = unique_bundle_folder(source.parent, f"{source.stem}-paser-ft")
     folder = save_finetuned(result, out, args.name)
     held = result.held_out_iou
     print(

@@ -145,6 +145,7 @@ class FinetuneController:
 
         bundle = load_bundle(request.bundle_path)
         cfg = FinetuneConfig(budget_s=request.budget_s, seed=request.seed, threads=worker_threads())
-        result = yield from finetune_iter(bundle, np.asarray(request.image), request.labels, cfg, stop=self._stop.is_set)
+        # The layer's data as it is (numpy, dask, Zarr): fine-tuning reads only the planes it uses.
+        result = yield from finetune_iter(bundle, request.image, request.labels, cfg, stop=self._stop.is_set)
         folder = save_finetuned(result, request.folder, request.name)
         return FinetuneOutcome(folder, result)

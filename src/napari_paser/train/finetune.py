@@ -41,7 +41,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Any, Callable, Generator
 
 import numpy as np
 import torch
@@ -51,8 +51,7 @@ from torch import nn
 from ..engine.bundle import Bundle, save_bundle
 from ..engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
 from ..engine.models import mc_dropout, with_planes
-from ..engine.normalize import Normalizer, validate_image
-from ..engine.patches import grid_shape, pad_to_patches, patch_windows, plane_indices
+from ..engine.patches import grid_shape, patch_windows, plane_indices
 from ..engine.precision import bf16_autocast
 from ..engine.routing import route
 from ..engine.steps import run_steps
@@ -60,7 +59,8 @@ from ..engine.uncertainty import ENTROPY_CHANNEL, analyse_slices, slice_seed
 from ..errors import PaserInputError
 from .augment import AugmentConfig
 from .datasets import SliceBank, Volume, class_weights
-from .sparse_labels import UNLABELLED, labelled_slices, split_held_out, validate_training_labels
+from .scan_planes import ScanPlanes, as_volume
+from .sparse_labels import UNLABELLED, read_labelled_slices, split_held_out
 
 __all__ = [
     "FinetuneConfig",
@@ -242,7 +242,7 @@ class _Data:
     x_planes: torch.Tensor  # (n, planes, H, W) the same with their neighbouring planes
     held: torch.Tensor  # (n, H, W) held-out labels, 255 elsewhere (and in padding)
     held_patches: torch.Tensor  # flat indices of the patches holding held-out pixels
-    scan: torch.Tensor  # (Z, 1, H, W) the whole scan (for batch-norm statistics)
+    scan: ScanPlanes  # any plane of the scan, read when first used (batch-norm statistics, λ)
     planes: int
     slices: list[int]
     labelled_pixels: int
@@ -258,32 +258,49 @@ def _planes(bundle: Bundle, cfg: FinetuneConfig, num_planes: int) -> int:
     return int(cfg.planes) if num_planes > 1 else 1
 
 
-def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig) -> _Data:
+def _runs(planes: set[int]) -> list[tuple[int, int]]:
+    """``[(z0, z1), ...]``: the runs of consecutive planes in ``planes``, in order."""
+    out: list[tuple[int, int]] = []
+    for z in sorted(planes):
+        if out and out[-1][1] == z:
+            out[-1] = (out[-1][0], z + 1)
+        else:
+            out.append((z, z + 1))
+    return out
+
+
+def _prepare(bundle: Bundle, image: Any, labels: Any, cfg: FinetuneConfig) -> _Data:
     ps = bundle.patch_size
-    image = validate_image(image, ps)
-    labels = validate_training_labels(labels, image.shape)
-    vol = image[None] if image.ndim == 2 else image
+    volume = as_volume(image)
     norm = bundle.normalization
-    scan = Normalizer.fit(vol, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))(vol)
-    zs = labelled_slices(labels)
-    train_lab, held_lab = split_held_out(labels[zs], cfg.held_out, block=ps, seed=cfg.seed)
+    scan = ScanPlanes(volume, ps, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
+    zs, painted = read_labelled_slices(labels, volume.shape if volume.input_ndim == 3 else volume.shape[1:])
+    train_lab, held_lab = split_held_out(painted, cfg.held_out, block=ps, seed=cfg.seed)
     held_pixels = int((held_lab != UNLABELLED).sum())
     if held_pixels == 0:  # too few labels to spare any: score on the training pixels (optimistic)
         held_lab = train_lab
-    volume = Volume("scan", scan[zs], train_lab)
-    bank = SliceBank([volume], ps)
-    padded = pad_to_patches(torch.from_numpy(scan).unsqueeze(1), ps)  # (Z, 1, H, W)
-    x = padded[zs]
-    planes = _planes(bundle, cfg, len(vol))
+    planes = _planes(bundle, cfg, len(scan))
+    read = {int(i) for z in zs for i in plane_indices(z, len(scan), planes)}  # the painted slices and their neighbours
+    scan.keep(read)  # every training step and score reads them; the rest of the scan is read when needed
+    labelled = Volume("scan", scan.pixels(zs), train_lab)
+    bank = SliceBank([labelled], ps)
+    x = scan.stack(zs)
     if planes > 1:
-        # The painted slices stay where they are in the scan, so each has its neighbours.
-        whole = np.full(vol.shape, UNLABELLED, dtype=np.uint8)
-        whole[zs] = train_lab
-        planes_bank = SliceBank([Volume("scan", scan, whole)], ps, planes=planes)
-        x_planes = _stack_planes(padded, zs, planes)
+        # One volume per run of consecutive planes the painted slices read, so each keeps
+        # its neighbours and the rest of the scan is not loaded.
+        trained = dict(zip(zs, train_lab))
+        volumes = []
+        for z0, z1 in _runs(read):
+            lab = np.full((z1 - z0, *scan.plane_shape), UNLABELLED, dtype=np.uint8)
+            for z in range(z0, z1):
+                if z in trained:
+                    lab[z - z0] = trained[z]
+            volumes.append(Volume("scan", scan.pixels(range(z0, z1)), lab))
+        planes_bank = SliceBank(volumes, ps, planes=planes)
+        x_planes = scan.stack(zs, planes)
     else:
         planes_bank, x_planes = bank, x
-    h, w = vol.shape[1:]
+    h, w = scan.plane_shape
     held = torch.full((len(zs), x.shape[-2], x.shape[-1]), UNLABELLED, dtype=torch.long)
     held[:, :h, :w] = torch.from_numpy(held_lab).long()
     gy, gx = grid_shape((h, w), ps)
@@ -291,14 +308,14 @@ def _prepare(bundle: Bundle, image: np.ndarray, labels: np.ndarray, cfg: Finetun
     return _Data(
         bank=bank,
         planes_bank=planes_bank,
-        weight=class_weights([volume], power=cfg.class_power),
+        weight=class_weights([labelled], power=cfg.class_power),
         x=x,
         x_planes=x_planes,
         held=held,
         held_patches=torch.nonzero(per_patch).view(-1),
-        scan=padded,
+        scan=scan,
         slices=zs,
-        labelled_pixels=int((labels != UNLABELLED).sum()),
+        labelled_pixels=int((painted != UNLABELLED).sum()),
         held_pixels=held_pixels,
         planes=planes,
     )
@@ -313,9 +330,11 @@ def _confusion(pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def _f0_prob(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """f0's MC-dropout mean softmax and the policy features of each slice, as at inference."""
-    out = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], bundle.mc_passes, slice_seed(seed, i)) for i in range(len(x))]  # x as f0 reads it
+def _f0_prob(bundle: Bundle, x: torch.Tensor, seed: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """f0's MC-dropout mean softmax and the policy features of each slice, as at inference
+    (slice ``i`` of ``x`` seeded as slice ``first + i``)."""
+    out = [analyse_slices(bundle.f0, bundle.policy.config, x[i : i + 1], bundle.mc_passes, slice_seed(seed, first + i))
+           for i in range(len(x))]  # x as f0 reads it
     return torch.cat([o[0] for o in out]), torch.cat([o[2] for o in out])
 
 
@@ -329,13 +348,6 @@ def _patch_logits(model: nn.Module, x: torch.Tensor, ps: tuple[int, int], patche
 def _labelled_input(data: _Data, model: nn.Module) -> torch.Tensor:
     """The labelled slices as ``model`` reads them: alone or with their neighbouring planes."""
     return data.x_planes if model.config.planes > 1 else data.x
-
-
-def _stack_planes(scan: torch.Tensor, zs, planes: int) -> torch.Tensor:
-    """Slices ``zs`` of a (Z, 1, H, W) scan, (n, planes, H, W) with their neighbouring planes."""
-    if planes == 1:
-        return scan[zs]
-    return torch.stack([scan[plane_indices(z, len(scan), planes), 0] for z in zs])
 
 
 def _held_patch_truth(data: _Data, ps: tuple[int, int]) -> torch.Tensor:
@@ -378,10 +390,10 @@ def _adabn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
     """Inputs of a network over evenly spaced slices of the scan (8 for f0, 4 for the patch
     models: 64 patches of 224x256 slices pin the statistics down at a quarter of the cost)."""
-    z_count = data.scan.shape[0]
+    z_count = len(data.scan)
     pick = np.unique(np.linspace(0, z_count - 1, min(z_count, 8 if name == "f0" else 4)).round().astype(int))
     model = getattr(bundle, name)
-    x = _stack_planes(data.scan, pick, model.config.planes)
+    x = data.scan.stack(pick, model.config.planes)
     if name == "f0":
         return [x[i : i + 4] for i in range(0, len(x), 4)]
     win = patch_windows(x, bundle.patch_size, model.config.halo)
@@ -464,10 +476,10 @@ def validated_flops_ratio(meta: dict) -> float | None:
 
 
 @torch.no_grad()
-def _policy_gains(bundle: Bundle, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+def _policy_gains(bundle: Bundle, x: torch.Tensor, seed: int, first: int = 0) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
     """f0's MC mean softmax of slices ``x``, the policy's gains (n, 2, GY, GX) there and
-    the policy's input features."""
-    prob, feats = _f0_prob(bundle, x, seed)
+    the policy's input features (slice ``i`` seeded as slice ``first + i``)."""
+    prob, feats = _f0_prob(bundle, x, seed, first)
     bundle.policy.eval()
     return prob, bundle.policy.gains(feats.float()).numpy(), feats
 
@@ -578,11 +590,12 @@ def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16
 
     n = len(data.scan)
     zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
-    x = _stack_planes(data.scan, zs, bundle.f0.config.planes)
-    _, gains, _ = _policy_gains(bundle, x, seed)
+    # A slice at a time (seeded as one batch of them): these slices are not kept.
+    planes = bundle.f0.config.planes
+    gains = np.concatenate([_policy_gains(bundle, data.scan.stack([z], planes), seed, first=i)[1] for i, z in enumerate(zs)])
     costs = bundle.costs().numpy()
-    cm = CostModel.measure(bundle, tuple(x.shape[-2:]), bundle.mc_passes)
-    f2_flops = len(x) * cm.slice_flops(0, gains[0, 0].size, analysis=False)
+    cm = CostModel.measure(bundle, data.scan.padded_shape, bundle.mc_passes)
+    f2_flops = len(zs) * cm.slice_flops(0, gains[0, 0].size, analysis=False)
     shares = []
     for lam in LAM_GRID:
         routing = route(gains, float(lam), costs)
@@ -634,8 +647,8 @@ def _snapshot(history: dict) -> dict:
 
 def finetune_iter(
     bundle: Bundle,
-    image: np.ndarray,
-    labels: np.ndarray,
+    image: Any,
+    labels: Any,
     cfg: FinetuneConfig | None = None,
     *,
     stop: Callable[[], bool] | None = None,
@@ -647,10 +660,14 @@ def finetune_iter(
     ----------
     bundle : Bundle
         The starting point (not modified).
-    image : array_like
-        The scan, (Z, Y, X) or (Y, X), any dtype.
-    labels : array_like
-        Same shape: 0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled.
+    image : array_like or Volume
+        The scan, (Z, Y, X) or (Y, X), any dtype: an array (numpy, dask, Zarr) or a
+        lazily read :class:`~napari_paser.io_sources.Volume`. Only the planes fine-tuning
+        uses are read and kept: the painted slices with their neighbouring planes and a
+        few evenly spaced slices (:class:`~.scan_planes.ScanPlanes`).
+    labels : array_like or Volume
+        Same shape: 0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled; read a slab at a
+        time, keeping only the slices that hold a label.
     cfg : FinetuneConfig, optional
     stop : callable, optional
         Polled between steps; when it returns True training ends early and the best
@@ -681,7 +698,7 @@ def finetune_iter(
         bundle.fusion = (0.0, 0.0)
         bundle.meta.pop("f0_fusion_rule", None)
         history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
-        data = _prepare(bundle, np.asarray(image), np.asarray(labels), cfg)
+        data = _prepare(bundle, image, labels, cfg)
         if data.planes > 1:
             bundle.f0, bundle.f1, bundle.f2 = (with_planes(m, data.planes) for m in bundle.segmenters())
         budget = float(cfg.budget_s) if cfg.budget_s else auto_budget(data.labelled_pixels, len(data.slices))
@@ -805,8 +822,8 @@ def finetune_iter(
 
 def finetune(
     bundle: Bundle,
-    image: np.ndarray,
-    labels: np.ndarray,
+    image: Any,
+    labels: Any,
     cfg: FinetuneConfig | None = None,
     *,
     stop: Callable[[], bool] | None = None,

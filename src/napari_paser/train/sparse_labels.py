@@ -9,6 +9,8 @@ on (:func:`split_held_out`). No torch here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -18,6 +20,7 @@ __all__ = [
     "UNLABELLED",
     "NUM_CLASSES",
     "validate_training_labels",
+    "read_labelled_slices",
     "labelled_slices",
     "split_held_out",
     "simulate_strokes",
@@ -59,17 +62,8 @@ def validate_training_labels(labels: ArrayLike, image_shape: tuple[int, ...] | N
         no labelled pixel, or fewer than ``min_classes`` phases labelled.
     """
     arr = np.asarray(labels)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise PaserInputError(f"training labels of dtype {arr.dtype} are not class indices: expected {CLASS_TEXT}")
-    if image_shape is not None and tuple(arr.shape) != tuple(image_shape):
-        raise PaserInputError(f"training labels of shape {_shape_text(arr.shape)} do not match the image shape {_shape_text(image_shape)}")
-    if arr.ndim not in (2, 3):
-        raise PaserInputError(f"training labels must be a (Z,Y,X) stack or a (Y,X) slice, got shape {_shape_text(arr.shape)}")
-    values = np.unique(arr)
-    bad = values[~np.isin(values, [0, 1, 2, UNLABELLED])]
-    if bad.size:
-        shown = ", ".join(repr(v.item()) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        raise PaserInputError(f"training labels contain values outside {{0, 1, 2, 255}}: {shown}; use {CLASS_TEXT}")
+    _check_header(arr.dtype, arr.shape, image_shape)
+    values = _checked_values(arr)
     out = arr.astype(np.uint8, copy=False)
     if out.ndim == 2:
         out = out[None]
@@ -84,6 +78,81 @@ def validate_training_labels(labels: ArrayLike, image_shape: tuple[int, ...] | N
             "or nothing can be learned about the boundaries between them"
         )
     return out
+
+
+def _check_header(dtype: np.dtype, shape: tuple[int, ...], image_shape: tuple[int, ...] | None) -> None:
+    if dtype == bool or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise PaserInputError(f"training labels of dtype {dtype} are not class indices: expected {CLASS_TEXT}")
+    if image_shape is not None and tuple(shape) != tuple(image_shape):
+        raise PaserInputError(f"training labels of shape {_shape_text(shape)} do not match the image shape {_shape_text(image_shape)}")
+    if len(shape) not in (2, 3):
+        raise PaserInputError(f"training labels must be a (Z,Y,X) stack or a (Y,X) slice, got shape {_shape_text(shape)}")
+
+
+def _checked_values(arr: np.ndarray) -> np.ndarray:
+    """The distinct values of ``arr``, refusing any outside {0, 1, 2, 255}."""
+    values = np.unique(arr)
+    bad = values[~np.isin(values, [0, 1, 2, UNLABELLED])]
+    if bad.size:
+        shown = ", ".join(repr(v.item()) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise PaserInputError(f"training labels contain values outside {{0, 1, 2, 255}}: {shown}; use {CLASS_TEXT}")
+    return values
+
+
+def read_labelled_slices(
+    labels: Any, image_shape: tuple[int, ...] | None = None, *, slab: int = 8, min_classes: int = 2
+) -> tuple[list[int], np.ndarray]:
+    """The slices of a training-label volume that hold a labelled pixel, read a slab at a time.
+
+    A painted stack is mostly 255: only its labelled slices are kept, so memory follows
+    them, not the length of the stack.
+
+    Parameters
+    ----------
+    labels : array_like or Volume
+        (Z, Y, X) or (Y, X), values in {0, 1, 2, 255}: an array (numpy, dask, Zarr) or a
+        lazily read :class:`~napari_paser.io_sources.Volume`.
+    image_shape : tuple of int, optional
+        Shape of the image the labels belong to; must be equal.
+    slab : int
+        Planes read at a time.
+    min_classes : int
+        How many different phases must be labelled.
+
+    Returns
+    -------
+    slices : list of int
+        Indices of the labelled slices (0 for a (Y, X) input).
+    painted : np.ndarray
+        Their labels, uint8 (len(slices), Y, X).
+
+    Raises
+    ------
+    PaserInputError
+        As :func:`validate_training_labels`.
+    """
+    from ..io_sources import ArrayVolume, Volume
+
+    if isinstance(labels, Volume):
+        volume = labels
+        shape = volume.shape if volume.input_ndim == 3 else volume.shape[1:]
+        _check_header(np.dtype(volume.dtype), shape, image_shape)
+    else:
+        if not (hasattr(labels, "shape") and hasattr(labels, "dtype") and hasattr(labels, "ndim")):
+            labels = np.asarray(labels)
+        _check_header(np.dtype(labels.dtype), tuple(labels.shape), image_shape)
+        volume = ArrayVolume(labels)
+    slices: list[int] = []
+    parts = []
+    for z0 in range(0, volume.shape[0], slab):
+        block = volume.read(z0, z0 + slab)
+        _checked_values(block)
+        keep = np.flatnonzero((block != UNLABELLED).reshape(len(block), -1).any(1))
+        slices += [z0 + int(k) for k in keep]
+        parts.append(block[keep].astype(np.uint8))
+    painted = np.concatenate(parts)
+    validate_training_labels(painted, min_classes=min_classes)  # no labelled pixel, one phase only
+    return slices, painted
 
 
 def labelled_slices(labels: np.ndarray) -> list[int]:
