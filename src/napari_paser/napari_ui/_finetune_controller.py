@@ -42,7 +42,7 @@ def new_training_labels(shape: tuple[int, ...]) -> np.ndarray:
     return np.full(tuple(shape), UNLABELLED, np.uint8)
 
 
-def training_labels_from(data: Any, image_shape: tuple[int, ...], reviewed: Iterable[int] | None = None) -> np.ndarray:
+def training_labels_from(data: Any, image_shape: tuple[int, ...], reviewed: Iterable[int] | None = None) -> Any:
     """Training labels (0, 1, 2, 255) from a labels layer's data, checked against the image.
 
     Parameters
@@ -54,30 +54,30 @@ def training_labels_from(data: Any, image_shape: tuple[int, ...], reviewed: Iter
         Only these slices count (the others become 255): a corrected ``phases`` layer
         is right only where the user looked.
 
+    Returns
+    -------
+    PaintedSlices
+        A label volume of the image's shape that holds the painted slices only (the
+        layer is read a slab at a time, the reviewed slices alone when given).
+
     Raises
     ------
     PaserInputError
         Shape, values, no labelled pixel, one phase only, or no reviewed slice.
     """
-    from ..train.sparse_labels import validate_training_labels
+    from ..train.sparse_labels import PaintedSlices, read_labelled_slices
 
-    arr = np.asarray(data)
-    if tuple(arr.shape) != tuple(image_shape):
-        validate_training_labels(arr, image_shape)  # raises the shape message
-    if reviewed is not None:
-        zs = sorted({int(z) for z in reviewed})
-        if not zs:
-            raise PaserInputError("no slice is marked as reviewed: mark the slices whose labels you checked, or untick 'reviewed slices only'")
-        if arr.ndim == 2:
-            arr = arr[None]
-        if zs[0] < 0 or zs[-1] >= arr.shape[0]:
-            raise PaserInputError(f"reviewed slice {zs[-1] if zs[-1] >= arr.shape[0] else zs[0]} is outside the stack of {arr.shape[0]} slices")
-        out = np.full(arr.shape, UNLABELLED, np.uint8)
-        part = arr[zs]
-        if np.issubdtype(part.dtype, np.integer) or np.issubdtype(part.dtype, np.floating):
-            out[zs] = np.where(np.isin(part, [0, 1, 2, UNLABELLED]), part, 254).astype(np.uint8)  # 254: reported below
-        arr = out.reshape(image_shape)
-    return validate_training_labels(arr, image_shape).reshape(image_shape)
+    if reviewed is None or tuple(data.shape) != tuple(image_shape):
+        slices, painted = read_labelled_slices(data, image_shape)  # (or the shape's message)
+        return PaintedSlices(image_shape, slices, painted)
+    zs = sorted({int(z) for z in reviewed})
+    if not zs:
+        raise PaserInputError("no slice is marked as reviewed: mark the slices whose labels you checked, or untick 'reviewed slices only'")
+    stack = data if len(image_shape) == 3 else data[None]
+    if zs[0] < 0 or zs[-1] >= stack.shape[0]:
+        raise PaserInputError(f"reviewed slice {zs[-1] if zs[-1] >= stack.shape[0] else zs[0]} is outside the stack of {stack.shape[0]} slices")
+    found, painted = read_labelled_slices(np.stack([np.asarray(stack[z]) for z in zs]))
+    return PaintedSlices(image_shape, [zs[k] for k in found], painted)
 
 
 def default_bundle_name(image_name: str) -> str:
@@ -98,7 +98,7 @@ class FinetuneRequest:
     """Everything a fine-tuning needs, captured on the GUI thread."""
 
     image: Any
-    labels: np.ndarray
+    labels: Any  # a PaintedSlices volume (see training_labels_from)
     bundle_path: Path
     folder: Path
     name: str

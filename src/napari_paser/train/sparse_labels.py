@@ -15,12 +15,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
+from ..io_sources import ArrayVolume, Volume
 
 __all__ = [
     "UNLABELLED",
     "NUM_CLASSES",
     "validate_training_labels",
     "read_labelled_slices",
+    "PaintedSlices",
     "labelled_slices",
     "split_held_out",
     "simulate_strokes",
@@ -131,8 +133,6 @@ def read_labelled_slices(
     PaserInputError
         As :func:`validate_training_labels`.
     """
-    from ..io_sources import ArrayVolume, Volume
-
     if isinstance(labels, Volume):
         volume = labels
         shape = volume.shape if volume.input_ndim == 3 else volume.shape[1:]
@@ -153,6 +153,38 @@ def read_labelled_slices(
     painted = np.concatenate(parts)
     validate_training_labels(painted, min_classes=min_classes)  # no labelled pixel, one phase only
     return slices, painted
+
+
+class PaintedSlices(Volume):
+    """A (Z, Y, X) or (Y, X) training-label volume that holds only its painted slices.
+
+    What the napari panel hands to fine-tuning: the labels layer's painted slices, copied
+    once, and 255 wherever else fine-tuning reads, without a full-size copy.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image's shape.
+    slices : list of int
+        Indices of the painted slices (0 for a (Y, X) image).
+    painted : np.ndarray
+        Their labels, uint8 (len(slices), Y, X).
+    """
+
+    def __init__(self, shape: tuple[int, ...], slices: list[int], painted: np.ndarray):
+        self.input_ndim = len(shape)
+        self.shape = tuple(int(n) for n in (shape if len(shape) == 3 else (1, *shape)))  # type: ignore[assignment]
+        self.dtype = np.dtype(np.uint8)
+        self.source = "painted slices"
+        self.slices = [int(z) for z in slices]
+        self._painted = dict(zip(self.slices, painted))
+
+    def _read(self, z0: int, z1: int) -> np.ndarray:
+        out = np.full((z1 - z0, *self.shape[1:]), UNLABELLED, np.uint8)
+        for z, lab in self._painted.items():
+            if z0 <= z < z1:
+                out[z - z0] = lab
+        return out
 
 
 def labelled_slices(labels: np.ndarray) -> list[int]:
