@@ -224,6 +224,23 @@ def test_a_lazily_read_scan_trains_on_the_same_data_and_keeps_only_the_planes_it
     assert lazy.scan.planes_kept == [0, 1, 2, 28, 29, 30, 31, 32, 33]  # read, used, let go
 
 
+def test_a_dask_image_layer_trains_on_the_same_data(tiny_bundle):
+    """What napari holds for a stack opened lazily (a folder of slices, HDF5, Zarr)."""
+    import copy
+
+    import torch
+
+    da = pytest.importorskip("dask.array")
+    from napari_paser.train.finetune import FinetuneConfig, _prepare
+
+    img, lab = _scan(4)
+    sparse = np.where(np.arange(4)[:, None, None] == 2, lab, 255).astype(np.uint8)
+    in_memory = _prepare(copy.deepcopy(tiny_bundle), img, sparse, FinetuneConfig(planes=3))
+    lazy = _prepare(copy.deepcopy(tiny_bundle), da.from_array(img, chunks=(1, 56, 64)), da.from_array(sparse), FinetuneConfig(planes=3))
+    assert torch.equal(in_memory.x_planes, lazy.x_planes) and torch.equal(in_memory.held, lazy.held)
+    assert lazy.slices == [2] and lazy.scan.planes_kept == [1, 2, 3]
+
+
 def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     import copy
 
