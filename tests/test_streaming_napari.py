@@ -91,3 +91,17 @@ def test_folder_stack_streams_through_zarr_and_reroutes(make_napari_viewer, rout
     np.testing.assert_array_equal(routing.data[3, :: routing.data.shape[1] // seg.grid[0], :: routing.data.shape[2] // seg.grid[1]],
                                   seg.routing(0.0, 3))
     assert not np.array_equal(routing.data[3, ::4, ::4], routing_before)
+    # Export reads the store a slab at a time (never the whole volume) into a TIFF that reopens.
+    from napari_paser.napari_ui import _export
+
+    monkeypatch.setattr(_export, "SLAB_BYTES", phases.data.shape[1] * phases.data.shape[2])  # one plane a step
+    slabs = []
+    real_getitem = type(phases.data).__getitem__
+    monkeypatch.setattr(type(phases.data), "__getitem__", lambda self, key: slabs.append(key) or real_getitem(self, key))
+    written = widget.export(tmp_path / "big_phases.tif", blocking=True)
+    monkeypatch.undo()
+    assert [p.name for p in written] == ["big_phases.tif", "big_phases_report.json"]
+    assert all(isinstance(k, slice) and k.stop - k.start == 1 for k in slabs) and len(slabs) == SHAPE[0]
+    out, voxel = io.read_stack(written[0])
+    np.testing.assert_array_equal(out, phases.data[:])
+    np.testing.assert_allclose(voxel, VOXEL)
