@@ -75,6 +75,12 @@ __all__ = [
 
 MODELS = ("f0", "f1", "f2")
 SLICE_PIXELS = 224 * 256
+ADABN_PATCHES = 64
+"""Patches a patch model's batch-norm statistics are re-estimated on: 4 slices of 224x256
+pin them down; larger slices give evenly spaced patches of theirs, at the same cost."""
+SHARE_PIXELS = 16 * SLICE_PIXELS
+"""Pixels of the evenly spaced slices λ's compute shares are measured on (16 slices of
+224x256, one of 1024x1024): the cost of choosing λ does not grow with the slice size."""
 LAM_GRID = np.unique(np.round(np.concatenate([np.linspace(0, 0.2, 41), np.linspace(0.2, 1.0, 17)]), 4))
 
 
@@ -388,8 +394,9 @@ def _adabn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 
 
 def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
-    """Inputs of a network over evenly spaced slices of the scan (8 for f0, 4 for the patch
-    models: 64 patches of 224x256 slices pin the statistics down at a quarter of the cost)."""
+    """Inputs of a network over evenly spaced slices of the scan: 8 for f0, 4 for the patch
+    models, of which at most :data:`ADABN_PATCHES` evenly spaced patches (64 patches of
+    224x256 slices pin the statistics down at a quarter of the cost)."""
     z_count = len(data.scan)
     pick = np.unique(np.linspace(0, z_count - 1, min(z_count, 8 if name == "f0" else 4)).round().astype(int))
     model = getattr(bundle, name)
@@ -397,6 +404,8 @@ def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
     if name == "f0":
         return [x[i : i + 4] for i in range(0, len(x), 4)]
     win = patch_windows(x, bundle.patch_size, model.config.halo)
+    if len(win) > ADABN_PATCHES:  # large slices: f2 on all 1216 patches of four 1024x1024 slices took 29 s
+        win = win[np.linspace(0, len(win) - 1, ADABN_PATCHES).round().astype(int)]
     return [win[i : i + 64] for i in range(0, len(win), 64)]
 
 
@@ -583,12 +592,16 @@ def _held_out_curve(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.nd
 
 
 @torch.no_grad()
-def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int = 16) -> list[float]:
+def _compute_shares(bundle: Bundle, data: _Data, seed: int, max_slices: int | None = None) -> list[float]:
     """PaSeR's GFLOPs over f2-everywhere's at every λ of the grid, on up to ``max_slices``
-    evenly spaced slices of the scan (charged as validation charges them)."""
+    evenly spaced slices of the scan (default: 16 or as many as hold :data:`SHARE_PIXELS`
+    pixels, at least one), charged as validation charges them."""
     from ..engine.flops import CostModel
 
     n = len(data.scan)
+    if max_slices is None:
+        h, w = data.scan.plane_shape
+        max_slices = max(1, min(16, SHARE_PIXELS // (h * w)))
     zs = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
     # A slice at a time (seeded as one batch of them): these slices are not kept.
     planes = bundle.f0.config.planes
