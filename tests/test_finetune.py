@@ -241,6 +241,25 @@ def test_a_dask_image_layer_trains_on_the_same_data(tiny_bundle):
     assert lazy.slices == [2] and lazy.scan.planes_kept == [1, 2, 3]
 
 
+def test_batch_norm_statistics_and_compute_shares_cost_no_more_on_large_slices(tiny_bundle, monkeypatch):
+    import copy
+
+    from napari_paser.train import finetune as ft
+
+    calls = []
+    real = ft._policy_gains
+    monkeypatch.setattr(ft, "_policy_gains", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    for shape, patches, slices in (((112, 128), 4 * 4, 16), ((224, 320), 64, 12), ((640, 768), 64, 1)):
+        img, lab = _scan(20, shape=shape)
+        sparse = np.where(np.arange(20)[:, None, None] == 9, lab, 255).astype(np.uint8)
+        bundle = copy.deepcopy(tiny_bundle)
+        data = ft._prepare(bundle, img, sparse, ft.FinetuneConfig(planes=1))
+        assert sum(len(b) for b in ft._scan_batches(bundle, "f2", data)) == patches  # 4 slices, at most 64 patches
+        calls.clear()
+        ft._compute_shares(bundle, data, 0)
+        assert len(calls) == slices  # as many as hold 16 slices of 224x256 pixels (at most 16, at least 1)
+
+
 def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     import copy
 
