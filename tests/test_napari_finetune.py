@@ -91,6 +91,24 @@ def test_paint_adapt_select_and_run_with_the_new_bundle(setup, notes, qtbot):
     assert again.folder.name == "ct-paser-ft-2" and (folder / "manifest.json").is_file()
 
 
+def test_a_stack_too_big_for_memory_gets_its_training_labels_on_disk(setup, notes, monkeypatch, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from napari_paser.napari_ui import _jobs
+
+    viewer, widget, panel, truth = setup
+    monkeypatch.setattr(_jobs, "STREAM_BYTES", 1)  # treat this small stack as one too big for memory
+    layer = panel.new_training_layer()
+    assert isinstance(layer.data, zarr.Array) and layer.data.shape == SHAPE
+    store = next((tmp_path / "bundles").glob("napari-paser-labels-*/training_labels.zarr"))  # beside where the bundle goes
+    assert str(store) in panel.status.text()
+    _paint_strokes(layer, truth)  # napari paints into the store
+    painted = np.asarray(layer.data[:]) != 255
+    assert 0.01 < painted.mean() < 0.5
+    request = panel._request()
+    assert request.labels.slices == list(range(SHAPE[0]))
+    np.testing.assert_array_equal(request.labels.read(0, SHAPE[0]), np.asarray(layer.data[:]))
+
+
 def test_cancel_mid_training_saves_a_usable_bundle_and_the_viewer_stays_responsive(setup, notes, qtbot):
     from qtpy.QtCore import QTimer
 

@@ -24,6 +24,7 @@ __all__ = [
     "TRAINING_LABELS_KEY",
     "UNLABELLED",
     "new_training_labels",
+    "new_labels_store",
     "training_labels_from",
     "default_bundle_name",
     "bundle_parent_folder",
@@ -37,9 +38,33 @@ TRAINING_LABELS_KEY = "napari_paser_training_labels"
 UNLABELLED = 255
 
 
-def new_training_labels(shape: tuple[int, ...]) -> np.ndarray:
-    """An empty (all unlabelled) uint8 labels array of the image's shape."""
-    return np.full(tuple(shape), UNLABELLED, np.uint8)
+def new_training_labels(shape: tuple[int, ...], store: str | Path | None = None) -> Any:
+    """An empty (all unlabelled) uint8 labels array of the image's shape.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    store : path-like, optional
+        Make it a Zarr store there (chunked by slice) instead of an array in memory, for
+        a stack too big for memory: napari paints into it and fine-tuning reads the
+        painted slices from it (see :func:`new_labels_store`).
+    """
+    if store is None:
+        return np.full(tuple(shape), UNLABELLED, np.uint8)
+    from ..io_writers import create_zarr_array, new_zarr_group
+
+    chunks = (1, *shape[1:]) if len(shape) == 3 else tuple(shape)
+    return create_zarr_array(new_zarr_group(store), "labels", shape=tuple(shape), chunks=chunks, dtype="uint8", fill_value=UNLABELLED)
+
+
+def new_labels_store(folder: str | Path | None = None) -> Path:
+    """A new, unused store path for training labels in a new folder under ``folder`` (the
+    system's temporary folder by default). Nothing removes it: the labels are the user's work."""
+    import tempfile
+
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="napari-paser-labels-", dir=folder)) / "training_labels.zarr"
 
 
 def training_labels_from(data: Any, image_shape: tuple[int, ...], reviewed: Iterable[int] | None = None) -> Any:

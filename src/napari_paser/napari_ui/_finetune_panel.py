@@ -36,9 +36,11 @@ from ._finetune_controller import (
     FinetuneRequest,
     bundle_parent_folder,
     default_bundle_name,
+    new_labels_store,
     new_training_labels,
     training_labels_from,
 )
+from . import _jobs
 from ._launch import JobCallbacks, job_worker, run_here
 from ._qt_rows import hbox_row
 
@@ -216,8 +218,15 @@ class FinetunePanel(QWidget):
         if image is None:
             show_error("open or choose an image layer first")
             return None
+        # A stack too big to segment in memory gets its training labels on disk, beside the
+        # image file as its adapted bundle will be.
+        store = None
+        if _jobs.needs_streaming(image.data):
+            source = getattr(getattr(image, "source", None), "path", None)
+            store = new_labels_store(bundle_parent_folder(source, self.output_folder))
+        data = new_training_labels(image.data.shape, store)
         layer = Labels(
-            new_training_labels(image.data.shape), name=TRAINING_LAYER_NAME, colormap=phase_colormap(), opacity=0.8,
+            data, name=TRAINING_LAYER_NAME, colormap=phase_colormap(), opacity=0.8,
             scale=image.scale, translate=image.translate, metadata={TRAINING_LABELS_KEY: True},
         )
         layer = self.viewer.add_layer(layer)
@@ -226,7 +235,8 @@ class FinetunePanel(QWidget):
         layer.mode = "paint"
         self.labels_layer = layer
         self.viewer.layers.selection.active = layer
-        self._set_status("Paint pore (label 0), carbon-binder (1) and nickel (2) in a few slices; 255 erases.")
+        where = f" (kept on disk in {store})" if store is not None else ""
+        self._set_status(f"Paint pore (label 0), carbon-binder (1) and nickel (2) in a few slices; 255 erases{where}.")
         return layer
 
     def _visible_slice(self) -> int:
