@@ -74,7 +74,7 @@ def test_slabs_do_not_change_marching_cubes_area(monkeypatch):
 
     lab = random_electrode(shape=(20, 16, 18))
     whole = phase_surface_areas(lab, (1.0, 1.0, 1.0))
-    monkeypatch.setattr(ms, "SLAB", 3)
+    monkeypatch.setattr(ms, "SLAB_VOXELS", 3 * 16 * 18)  # 3 planes a slab
     np.testing.assert_allclose(phase_surface_areas(lab, (1.0, 1.0, 1.0)), whole, rtol=1e-9)
 
 

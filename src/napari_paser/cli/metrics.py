@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PaserInputError
 from .segment import add_bundle_arguments, check_writable, load_bundle_arg, write_json
@@ -58,8 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def read_volume(path: str) -> tuple[np.ndarray, VoxelSize | None]:
-    """Array and voxel size of any input ``segment`` reads (whole volume in memory:
-    TauFactor solves the whole volume at once)."""
+    """Array and voxel size of any input ``segment`` reads, the whole volume in memory
+    (the grey scan of a band is segmented in memory)."""
     import numpy as np
 
     from ..io_sources import open_volume
@@ -114,7 +114,10 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
 def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, write_text_atomic
+    import numpy as np
+
     from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels
+    from ..io_sources import open_volume
 
     t0 = time.perf_counter()
     # Fail on every cheap check before reading or computing anything.
@@ -128,20 +131,21 @@ def run(args: argparse.Namespace) -> int:
         raise PaserInputError(f"--band-mc must be >= 0, got {args.band_mc}")
     if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
         raise PaserInputError(f"--cb-diffusivity must be a number >= 0, got {args.cb_diffusivity}")
-    labels, file_voxel = read_volume(args.labels)
-    labels = validate_phase_labels(labels)
-    axis = check_axis(args.axis, labels.ndim)
-    voxel = voxel or file_voxel
-    kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
-                  tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device)
-    image = None
-    if args.band:
-        image, _ = read_volume(args.band)
-        if image.shape != labels.shape:
-            raise PaserInputError(f"--band image has shape {image.shape} but the labels have shape {labels.shape}")
-    with warnings.catch_warnings(record=True) as notes:
-        warnings.simplefilter("always", UserWarning)
-        metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
+    with open_volume(args.labels) as source:
+        axis = check_axis(args.axis, source.input_ndim)
+        voxel = voxel or source.voxel_size
+        kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
+                      tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device)
+        image = None
+        labels: Any = source  # read a slab of planes at a time (TauFactor's solves read it whole)
+        if args.band:  # the band compares segmentations voxel by voxel, in memory
+            labels = validate_phase_labels(np.asarray(source))
+            image, _ = read_volume(args.band)
+            if image.shape != labels.shape:
+                raise PaserInputError(f"--band image has shape {image.shape} but the labels have shape {labels.shape}")
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", UserWarning)
+            metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
     # Engine warnings (e.g. cubic voxels assumed) become one line each.
     for msg in dict.fromkeys(str(w.message) for w in notes if issubclass(w.category, UserWarning)):
         print(f"napari-paser metrics: warning: {msg}", file=sys.stderr)

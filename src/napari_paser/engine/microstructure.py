@@ -29,7 +29,14 @@ on each side, so the mesh runs straight out through the box; in the padded bound
 cells exactly half of it lies inside the box, so those triangles are counted with weight
 1/2 per boundary axis. A plane layer of an N×M box then measures exactly N·M. The volume
 is processed in slabs of planes (with one plane of overlap, so each cell is meshed once)
-and memory does not grow with the number of planes. An interface ``a/b`` has area
+and memory does not grow with the number of planes.
+
+Big volumes
+-----------
+The labels may be a lazily read :class:`~napari_paser.io_sources.Volume` (any input
+``segment`` reads) or any array that slices by plane (numpy, Zarr, dask). Checks,
+fractions, profiles and surfaces read it a slab of planes at a time; only TauFactor's
+solves read the whole volume, since they solve it at once. An interface ``a/b`` has area
 ``(A_a + A_b − A_c) / 2`` from the three phases' surface areas (exact for face counting;
 for marching cubes close to triple lines an approximation).
 """
@@ -44,6 +51,7 @@ from numpy.typing import ArrayLike
 
 from .. import CLASS_NAMES
 from ..errors import PaserInputError
+from ..io_sources import ArrayVolume, Volume
 from .steps import relay_steps, run_steps
 from .tortuosity import TortuosityResult, tortuosity_steps
 
@@ -65,7 +73,13 @@ __all__ = [
 
 PAIRS = ((0, 1), (0, 2), (1, 2))
 SURFACE_METHODS = ("marching_cubes", "faces")
-SLAB = 32  # planes meshed at a time
+SLAB_VOXELS = 32 * 224 * 256
+"""Voxels read (and meshed) at a time: 32 planes of 224x256, 1 of 2048x2048. Marching
+cubes on a dense microstructure peaks at about 180 bytes per voxel meshed."""
+
+
+def _slab_planes(volume: Volume) -> int:
+    return max(1, SLAB_VOXELS // (int(volume.shape[1]) * int(volume.shape[2])))
 
 
 def _pair_name(a: int, b: int) -> str:
@@ -108,21 +122,52 @@ def validate_phase_labels(labels: ArrayLike, *, require_all: bool = True) -> np.
     arr = np.asarray(labels)
     if arr.ndim not in (2, 3) or min(arr.shape) < 1:
         raise PaserInputError(f"expected labels of shape (Z,Y,X) or (Y,X), got shape {arr.shape}")
-    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise PaserInputError(f"labels of dtype {arr.dtype} are not phase labels")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise PaserInputError("labels must be whole numbers 0 (pore), 1 (carbon-binder), 2 (nickel)")
-    values = np.unique(arr)
-    bad = values[(values < 0) | (values > 2)]
-    if bad.size:
-        shown = ", ".join(f"{v.item():g}" for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        raise PaserInputError(f"labels contain values outside {{0, 1, 2}} (0 pore, 1 carbon-binder, 2 nickel): {shown}")
+    out = _checked_slab(arr)
     if require_all:
-        missing = [CLASS_NAMES[k] for k in range(3) if k not in values]
-        if missing:
-            raise PaserInputError(f"phase {', '.join(missing)} absent from the labels: metrics need all of pore, carbon-binder and nickel")
-    return arr.astype(np.uint8, copy=False)
+        _check_all_phases(np.bincount(out.ravel(), minlength=3))
+    return out
+
+
+def _check_all_phases(counts: np.ndarray) -> None:
+    missing = [CLASS_NAMES[k] for k in range(3) if counts[k] == 0]
+    if missing:
+        raise PaserInputError(f"phase {', '.join(missing)} absent from the labels: metrics need all of pore, carbon-binder and nickel")
+
+
+def count_phases(labels: ArrayLike | Volume, axis: int, *, require_all: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels of each phase and the phase fractions of every plane along ``axis``, in one
+    pass over the volume a slab at a time (checked as :func:`validate_phase_labels`).
+
+    Parameters
+    ----------
+    labels : array-like or Volume
+        (Z, Y, X) or (Y, X) labels 0 pore, 1 carbon-binder, 2 nickel.
+    axis : int
+        Axis of the profile, of the labels as given (a (Y, X) image has axes 0 and 1).
+    require_all : bool
+        Every phase must be present.
+
+    Returns
+    -------
+    counts : ndarray (3,) int64
+    profiles : ndarray (3, N) float64
+        As :func:`phase_profiles`.
+    """
+    volume = _label_volume(labels)
+    axis = check_axis(axis, volume.input_ndim) + (3 - volume.input_ndim)  # as an axis of (Z, Y, X)
+    n = volume.shape[axis]
+    per_plane = np.zeros((3, n), dtype=np.int64)
+    for z0, block in _slabs(volume):
+        for k in range(3):
+            hit = block == k
+            if axis == 0:
+                per_plane[k, z0 : z0 + len(block)] = hit.reshape(len(block), -1).sum(1)
+            else:
+                per_plane[k] += hit.sum(axis=(0, 3 - axis))
+    counts = per_plane.sum(1)
+    if require_all:
+        _check_all_phases(counts)
+    return counts, per_plane / (volume.size // n)
 
 
 def check_axis(axis: int, ndim: int) -> int:
@@ -151,6 +196,39 @@ def check_voxel_size(voxel_size: Sequence[float] | None) -> tuple[float, float, 
 
 def _as3d(labels: np.ndarray) -> np.ndarray:
     return labels[None] if labels.ndim == 2 else labels
+
+
+def _label_volume(labels: ArrayLike | Volume) -> Volume:
+    """``labels`` as a Volume read a slab at a time (arrays are wrapped, not copied)."""
+    if isinstance(labels, Volume):
+        return labels
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype") and hasattr(labels, "ndim")):
+        labels = np.asarray(labels)
+    if labels.ndim not in (2, 3) or min(labels.shape) < 1:
+        raise PaserInputError(f"expected labels of shape (Z,Y,X) or (Y,X), got shape {tuple(labels.shape)}")
+    return ArrayVolume(labels)
+
+
+def _checked_slab(block: np.ndarray) -> np.ndarray:
+    """A slab of planes checked as :func:`validate_phase_labels` checks labels, as uint8."""
+    if not (block.dtype == bool or np.issubdtype(block.dtype, np.integer) or np.issubdtype(block.dtype, np.floating)):
+        raise PaserInputError(f"labels of dtype {block.dtype} are not phase labels")
+    if np.issubdtype(block.dtype, np.floating):
+        if not np.isfinite(block).all() or not np.array_equal(block, np.round(block)):
+            raise PaserInputError("labels must be whole numbers 0 (pore), 1 (carbon-binder), 2 (nickel)")
+    values = np.unique(block)
+    bad = values[(values < 0) | (values > 2)]
+    if bad.size:
+        shown = ", ".join(f"{v.item():g}" for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise PaserInputError(f"labels contain values outside {{0, 1, 2}} (0 pore, 1 carbon-binder, 2 nickel): {shown}")
+    return block.astype(np.uint8, copy=False)
+
+
+def _slabs(volume: Volume) -> Generator[tuple[int, np.ndarray], None, None]:
+    """``(z0, planes)`` of every slab of ``volume``, checked, as uint8."""
+    slab = _slab_planes(volume)
+    for z0 in range(0, volume.shape[0], slab):
+        yield z0, _checked_slab(volume.read(z0, z0 + slab))
 
 
 # --------------------------------------------------------------------------- fractions
@@ -202,7 +280,7 @@ def _mesh_area(mask: np.ndarray, spacing: tuple[float, float, float], pad_front:
     return float((area * weight).sum())
 
 
-def _face_areas(vol: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+def _face_areas(vol: Volume, spacing: tuple[float, float, float]) -> np.ndarray:
     """Face-counting area of each phase's surface inside the box, (3,); plane by plane."""
     areas = np.zeros(3)
     f_plane, f_row, f_col = spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]
@@ -211,38 +289,42 @@ def _face_areas(vol: np.ndarray, spacing: tuple[float, float, float]) -> np.ndar
         diff = a != b
         areas[:] += face * (np.bincount(a[diff], minlength=3)[:3] + np.bincount(b[diff], minlength=3)[:3])
 
-    for z in range(vol.shape[0]):
-        p = vol[z]
-        count(p[1:], p[:-1], f_row)
-        count(p[:, 1:], p[:, :-1], f_col)
-        if z + 1 < vol.shape[0]:
-            count(p, vol[z + 1], f_plane)
+    previous = None
+    for _, block in _slabs(vol):
+        for plane in block:
+            if previous is not None:
+                count(previous, plane, f_plane)
+            count(plane[1:], plane[:-1], f_row)
+            count(plane[:, 1:], plane[:, :-1], f_col)
+            previous = plane
     return areas
 
 
-def phase_surface_areas(labels: np.ndarray, voxel_size: Sequence[float] | None = None, method: str = "marching_cubes") -> np.ndarray:
+def phase_surface_areas(labels: ArrayLike | Volume, voxel_size: Sequence[float] | None = None, method: str = "marching_cubes") -> np.ndarray:
     """Area of the surface of each phase inside the sample, (3,) in µm² (voxel faces without a voxel size).
 
     Parameters
     ----------
-    labels : ndarray (Z, Y, X) or (Y, X)
-        Phase labels; a 2-D image counts as one plane of thickness ``voxel_size[0]``.
+    labels : array-like or Volume, (Z, Y, X) or (Y, X)
+        Phase labels, read a slab of planes at a time; a 2-D image counts as one plane
+        of thickness ``voxel_size[0]``.
     voxel_size : three floats or None
     method : {"marching_cubes", "faces"}
         See the module docstring.
     """
     if method not in SURFACE_METHODS:
         raise PaserInputError(f"unknown surface method {method!r}; choose one of {', '.join(SURFACE_METHODS)}")
-    vol = _as3d(np.asarray(labels))
+    vol = _label_volume(labels)
     spacing = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
     if method == "faces":
         return _face_areas(vol, spacing)
     z = vol.shape[0]
     areas = np.zeros(3)
     # Slabs of planes [s, e] share their last plane with the next slab: each cell once.
-    for s in range(0, max(z - 1, 1), SLAB):
-        e = min(s + SLAB, z - 1)
-        chunk = vol[s:e + 1]
+    slab = _slab_planes(vol)
+    for s in range(0, max(z - 1, 1), slab):
+        e = min(s + slab, z - 1)
+        chunk = _checked_slab(vol.read(s, e + 1))
         for k in range(3):
             areas[k] += _mesh_area(chunk == k, spacing, pad_front=(s == 0), pad_back=(e == z - 1))
     return areas
@@ -344,8 +426,9 @@ def metrics_steps(
     -------
     MicrostructureMetrics
     """
-    lab = validate_phase_labels(labels, require_all=require_all_phases)
-    axis = check_axis(axis, lab.ndim)
+    volume = _label_volume(labels)
+    ndim = volume.input_ndim
+    axis = check_axis(axis, ndim)
     vs = check_voxel_size(voxel_size)
     if cb_diffusivity is not None and not (np.isfinite(cb_diffusivity) and cb_diffusivity >= 0):
         raise PaserInputError(f"carbon-binder diffusivity must be a number >= 0, got {cb_diffusivity}")
@@ -361,19 +444,21 @@ def metrics_steps(
     units = _units("µm" if vs is not None else "voxel")
     values: dict[str, float] = {}
     yield MetricsStep("volume fractions", 0.0)
-    for name, f in volume_fractions(lab).items():
-        values[f"volume_fraction.{name}"] = f
-    profiles = phase_profiles(lab, axis)
-    step = vs[axis if lab.ndim == 3 else axis + 1] if vs is not None else 1.0
+    counts, profiles = count_phases(volume, axis, require_all=require_all_phases)
+    for name, c in zip(CLASS_NAMES, counts):
+        values[f"volume_fraction.{name}"] = float(c) / volume.size
+    step = vs[axis if ndim == 3 else axis + 1] if vs is not None else 1.0
     positions = (np.arange(profiles.shape[1]) + 0.5) * step
     yield MetricsStep("surface areas", 0.0)
-    surface = phase_surface_areas(lab, vs, surface_method)
-    volume = lab.size * float(np.prod(vs if vs is not None else (1.0, 1.0, 1.0)))
-    values["specific_surface_area.nickel"] = float(surface[2] / volume)
+    surface = phase_surface_areas(volume, vs, surface_method)
+    sample = volume.size * float(np.prod(vs if vs is not None else (1.0, 1.0, 1.0)))
+    values["specific_surface_area.nickel"] = float(surface[2] / sample)
     for (a, b), area in interfacial_areas(surface).items():
-        values[f"interfacial_area.{_pair_name(a, b)}"] = float(area / volume)
+        values[f"interfacial_area.{_pair_name(a, b)}"] = float(area / sample)
     taus: dict[str, TortuosityResult] = {}
     if tortuosity:
+        # TauFactor solves the whole volume at once: the one step that reads it whole.
+        lab = validate_phase_labels(np.asarray(volume), require_all=False)
         runs = [("pore", None)]
         if cb_diffusivity:
             runs.append(("pore+carbon-binder", float(cb_diffusivity)))
