@@ -249,3 +249,25 @@ def test_metrics_modules_do_not_import_torch(fresh_python):
         "print('torch' in sys.modules)\n"
     )
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_lazily_read_volume_gives_the_same_metrics_reading_a_slab_at_a_time(monkeypatch, axis):
+    import napari_paser.engine.microstructure as ms
+    from napari_paser.io_sources import ArrayVolume
+
+    lab = random_electrode(shape=(20, 16, 18))
+    reads = []
+
+    class Counting(ArrayVolume):
+        def _read(self, z0, z1):
+            reads.append(z1 - z0)
+            return super()._read(z0, z1)
+
+    monkeypatch.setattr(ms, "SLAB_VOXELS", 4 * 16 * 18)  # 4 planes a slab
+    for method in ("marching_cubes", "faces"):
+        reads.clear()
+        lazy = compute_metrics(Counting(lab), axis, voxel_size=(2.0, 0.5, 0.5), tortuosity=False, surface_method=method)
+        whole = compute_metrics(lab, axis, voxel_size=(2.0, 0.5, 0.5), tortuosity=False, surface_method=method)
+        assert lazy.values == whole.values and np.array_equal(lazy.profiles, whole.profiles)
+        assert max(reads) <= 5  # 4 planes, and one shared with the next slab when meshing
