@@ -29,16 +29,16 @@ on each side, so the mesh runs straight out through the box; in the padded bound
 cells exactly half of it lies inside the box, so those triangles are counted with weight
 1/2 per boundary axis. A plane layer of an N×M box then measures exactly N·M. The volume
 is processed in slabs of planes (with one plane of overlap, so each cell is meshed once)
-and memory does not grow with the number of planes.
+and memory does not grow with the number of planes. An interface ``a/b`` has area
+``(A_a + A_b − A_c) / 2`` from the three phases' surface areas (exact for face counting;
+for marching cubes close to triple lines an approximation).
 
 Big volumes
 -----------
 The labels may be a lazily read :class:`~napari_paser.io_sources.Volume` (any input
 ``segment`` reads) or any array that slices by plane (numpy, Zarr, dask). Checks,
 fractions, profiles and surfaces read it a slab of planes at a time; only TauFactor's
-solves read the whole volume, since they solve it at once. An interface ``a/b`` has area
-``(A_a + A_b − A_c) / 2`` from the three phases' surface areas (exact for face counting;
-for marching cubes close to triple lines an approximation).
+solves read the whole volume, since they solve it at once.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ __all__ = [
     "validate_phase_labels",
     "check_axis",
     "check_voxel_size",
+    "count_phases",
     "volume_fractions",
     "phase_profiles",
     "phase_surface_areas",
@@ -194,10 +195,6 @@ def check_voxel_size(voxel_size: Sequence[float] | None) -> tuple[float, float, 
     return vs  # type: ignore[return-value]
 
 
-def _as3d(labels: np.ndarray) -> np.ndarray:
-    return labels[None] if labels.ndim == 2 else labels
-
-
 def _label_volume(labels: ArrayLike | Volume) -> Volume:
     """``labels`` as a Volume read a slab at a time (arrays are wrapped, not copied)."""
     if isinstance(labels, Volume):
@@ -234,25 +231,18 @@ def _slabs(volume: Volume) -> Generator[tuple[int, np.ndarray], None, None]:
 # --------------------------------------------------------------------------- fractions
 
 
-def volume_fractions(labels: np.ndarray) -> dict[str, float]:
-    """Fraction of voxels of each phase, ``{"pore": .., "carbon-binder": .., "nickel": ..}``."""
-    vol = _as3d(np.asarray(labels))
-    counts = np.zeros(3, dtype=np.int64)
-    for z in range(vol.shape[0]):  # plane by plane: no full-size temporaries
-        counts += np.bincount(vol[z].ravel(), minlength=3)[:3]
-    return {name: float(c) / vol.size for name, c in zip(CLASS_NAMES, counts)}
+def volume_fractions(labels: ArrayLike | Volume) -> dict[str, float]:
+    """Fraction of voxels of each phase, ``{"pore": .., "carbon-binder": .., "nickel": ..}``
+    (read a slab at a time: see :func:`count_phases`)."""
+    volume = _label_volume(labels)
+    counts, _ = count_phases(volume, 0, require_all=False)
+    return {name: float(c) / volume.size for name, c in zip(CLASS_NAMES, counts)}
 
 
-def phase_profiles(labels: np.ndarray, axis: int) -> np.ndarray:
-    """Fraction of each phase in every plane perpendicular to ``axis``: (3, N) float64."""
-    arr = np.asarray(labels)
-    axis = check_axis(axis, arr.ndim)
-    n = arr.shape[axis]
-    out = np.zeros((3, n))
-    for i in range(n):
-        plane = np.take(arr, i, axis=axis)
-        out[:, i] = np.bincount(plane.ravel(), minlength=3)[:3] / plane.size
-    return out
+def phase_profiles(labels: ArrayLike | Volume, axis: int) -> np.ndarray:
+    """Fraction of each phase in every plane perpendicular to ``axis``: (3, N) float64
+    (read a slab at a time: see :func:`count_phases`)."""
+    return count_phases(labels, axis, require_all=False)[1]
 
 
 # --------------------------------------------------------------------------- surfaces
