@@ -59,6 +59,31 @@ def test_panel_shows_known_answers_profile_and_exports(viewer_panel, tmp_path, n
     assert panel.export(base, overwrite=True) is not None
 
 
+def test_a_phases_layer_in_a_zarr_store_is_read_a_slab_at_a_time(make_napari_viewer, tmp_path, monkeypatch, notes):
+    """The phases layer of a stack segmented through a Zarr store: nothing loads it whole."""
+    zarr = pytest.importorskip("zarr")
+    import napari_paser.engine.microstructure as ms
+    from napari_paser.engine.microstructure import compute_metrics
+
+    lab = channels()
+    store = zarr.open_array(str(tmp_path / "phases.zarr"), mode="w", shape=lab.shape, chunks=(1, *lab.shape[1:]), dtype="uint8")
+    store[:] = lab
+    viewer = make_napari_viewer()
+    viewer.add_labels(store, name="phases", scale=SCALE)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-paser", "Microstructure metrics")
+    panel.tau_check.setChecked(False)
+    monkeypatch.setattr(ms, "SLAB_VOXELS", 2 * lab.shape[1] * lab.shape[2])  # 2 planes a slab
+    reads = []
+    real = type(store).__getitem__
+    monkeypatch.setattr(type(store), "__getitem__", lambda self, key: reads.append(key) or real(self, key))
+    outcome = panel.compute(blocking=True)
+    assert outcome is not None, notes
+    assert reads and all(isinstance(k, slice) and k.stop - k.start <= 3 for k in reads)  # slabs (meshing shares a plane)
+    expected = compute_metrics(lab, 0, voxel_size=SCALE, tortuosity=False)  # the same slabs, in memory
+    monkeypatch.undo()
+    assert outcome.metrics.values == expected.values
+
+
 BAD = [
     (np.where(channels() == 1, 5, channels()).astype(np.uint8), 0, "outside {0, 1, 2}"),
     (np.where(channels() == 0, 2, channels()).astype(np.uint8), 0, "pore absent"),

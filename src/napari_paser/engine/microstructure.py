@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 PAIRS = ((0, 1), (0, 2), (1, 2))
+UNSEGMENTED = 255
 SURFACE_METHODS = ("marching_cubes", "faces")
 SLAB_VOXELS = 32 * 224 * 256
 """Voxels read (and meshed) at a time: 32 planes of 224x256, 1 of 2048x2048. Marching
@@ -217,7 +218,9 @@ def _checked_slab(block: np.ndarray) -> np.ndarray:
     bad = values[(values < 0) | (values > 2)]
     if bad.size:
         shown = ", ".join(f"{v.item():g}" for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        raise PaserInputError(f"labels contain values outside {{0, 1, 2}} (0 pore, 1 carbon-binder, 2 nickel): {shown}")
+        # 255 is what napari-paser writes (and its napari layers show) for slices not segmented yet.
+        why = " (255: slices not segmented yet, finish the segmentation first)" if UNSEGMENTED in values else ""
+        raise PaserInputError(f"labels contain values outside {{0, 1, 2}} (0 pore, 1 carbon-binder, 2 nickel): {shown}{why}")
     return block.astype(np.uint8, copy=False)
 
 

@@ -15,7 +15,6 @@ from typing import Any, Generator, Sequence
 import numpy as np
 
 from ..errors import PaserInputError
-from ._layers import PENDING
 
 __all__ = ["MetricsRequest", "MetricsProgress", "MetricsOutcome", "check_request", "metrics_job", "table_rows",
            "export_targets", "export_metrics"]
@@ -77,35 +76,40 @@ class MetricsOutcome:
     profile_max: np.ndarray | None = None
 
 
-def check_request(req: MetricsRequest) -> np.ndarray:
-    """Validate before a worker starts; returns the labels as uint8.
+def check_request(req: MetricsRequest) -> None:
+    """The checks that need no pixel, before a worker starts (the GUI thread reads none:
+    the job checks the values a slab at a time, see :func:`metrics_job`).
 
     Raises
     ------
     PaserInputError
-        With one line for the user: unfinished run, bad labels, absent phase, axis out
-        of range, band image of another shape.
+        With one line for the user: shape, dtype, axis out of range, voxel size, band
+        image of another shape.
     """
-    from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels
+    from ..engine.microstructure import check_axis, check_voxel_size
 
-    arr = np.asarray(req.labels)
-    if arr.dtype == np.uint8 and (arr == PENDING).any():
-        raise PaserInputError("the labels layer has slices not segmented yet (value 255): finish the run first")
-    labels = validate_phase_labels(arr)
-    check_axis(req.axis, labels.ndim)
+    shape = tuple(int(n) for n in np.shape(req.labels))
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise PaserInputError(f"expected labels of shape (Z,Y,X) or (Y,X), got shape {shape}")
+    dtype = np.dtype(req.labels.dtype) if hasattr(req.labels, "dtype") else np.asarray(req.labels).dtype
+    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise PaserInputError(f"labels of dtype {dtype} are not phase labels")
+    check_axis(req.axis, len(shape))
     check_voxel_size(req.voxel_size)
-    if req.image is not None and tuple(np.shape(req.image)) != labels.shape:
-        raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {labels.shape}")
-    return labels
+    if req.image is not None and tuple(np.shape(req.image)) != shape:
+        raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {shape}")
 
 
 def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, MetricsOutcome]:
     """Compute the metrics (and the band); see the module docstring."""
     from ..engine.metrics_report import metric_ranges, profile_range
-    from ..engine.microstructure import metrics_steps
+    from ..engine.microstructure import metrics_steps, validate_phase_labels
     from ..engine.steps import relay_steps
 
-    labels = check_request(req)
+    check_request(req)
+    labels = req.labels  # read a slab at a time by the metrics (whole only for TauFactor)
+    if req.image is not None:  # the band compares segmentations voxel by voxel, in memory
+        labels = validate_phase_labels(np.asarray(labels))
     if req.tortuosity or req.image is not None:
         # TauFactor and the band run on torch: import it the way the PaSeR widget does
         # (no GUI stall) and leave one core to the GUI.

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
@@ -169,7 +168,7 @@ class MetricsPanel(QWidget):
         layer = self._layer(self.labels_combo.currentText())
         if layer is None:
             raise PaserInputError("choose a labels layer (e.g. the 'phases' layer of a PaSeR run)")
-        data = np.asarray(layer.data)
+        data = layer.data  # as it is (a Zarr store for a big stack): the job reads it a slab at a time
         image_layer = self._layer(self.image_combo.currentText())
         meta = layer.metadata.get("napari_paser", {}) if isinstance(layer.metadata, dict) else {}
         bundle = (meta.get("bundle") or {}).get("path") if isinstance(meta.get("bundle"), dict) else None
