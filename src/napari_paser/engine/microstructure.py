@@ -260,9 +260,14 @@ def _mesh_area(mask: np.ndarray, spacing: tuple[float, float, float], pad_front:
     if m.min() == m.max():
         return 0.0
     verts, faces, _, _ = marching_cubes(m, 0.5, spacing=spacing, method="lewiner")
-    tri = verts[faces]  # (T, 3, 3) in physical units
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    cell = np.floor(tri.mean(axis=1) / np.asarray(spacing)).astype(np.int64)
+    v0, v1, v2 = (verts[faces[:, i]] for i in range(3))  # the triangles' corners, physical units
+    a, b = v1 - v0, v2 - v0
+    # |a × b| written out: np.cross took two thirds of a 1024² slab's time, for the same values.
+    cx = a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1]
+    cy = a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2]
+    cz = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    area = 0.5 * np.sqrt(cx * cx + cy * cy + cz * cz)
+    cell = np.floor((v0 + v1 + v2) / 3 / np.asarray(spacing)).astype(np.int64)
     weight = np.ones(len(area))
     n_cells = np.asarray(m.shape) - 1
     for ax, (front, back) in enumerate((z_pad, (1, 1), (1, 1))):
