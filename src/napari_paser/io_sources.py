@@ -21,7 +21,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -37,6 +37,7 @@ __all__ = [
     "HDF5Volume",
     "ZarrVolume",
     "open_volume",
+    "as_volume",
     "input_path",
     "is_volume_path",
     "HDF5_SUFFIXES",
@@ -105,6 +106,13 @@ class Volume(abc.ABC):
         if out.shape != expected:
             raise PaserInputError(f"{self.source}: planes {z0}..{z1 - 1} have shape {out.shape}, expected {expected}")
         return out
+
+    def slabs(self, planes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(z0, block)`` for consecutive slabs of ``planes`` planes, the last one shorter:
+        the whole stack read once, a slab in memory at a time."""
+        step = max(1, int(planes))
+        for z0 in range(0, self.shape[0], step):
+            yield z0, self.read(z0, z0 + step)
 
     @abc.abstractmethod
     def _read(self, z0: int, z1: int) -> np.ndarray:
@@ -511,6 +519,17 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     if p.suffix.lower() in TIFF_SUFFIXES + (".zarr",):
         return True
     return p.is_dir()
+
+
+def as_volume(data: Any) -> Volume:
+    """``data`` as a :class:`Volume`: a Volume as it is; an array-like with a shape and a
+    dtype (numpy, memmap, dask, Zarr) wrapped without being read; anything else through
+    ``np.asarray``. Raises PaserInputError unless it is 2-D or 3-D."""
+    if isinstance(data, Volume):
+        return data
+    if not (hasattr(data, "shape") and hasattr(data, "dtype") and hasattr(data, "ndim")):
+        data = np.asarray(data)
+    return ArrayVolume(data)
 
 
 def input_path(path: str | os.PathLike) -> Path:

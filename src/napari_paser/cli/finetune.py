@@ -65,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace, image: Volume, labels: Volume) -> int:
     from ..io_sources import input_path
-    from ..train.sparse_labels import read_labelled_slices
+    from ..train.sparse_labels import PaintedSlices, read_labelled_slices
     from .segment import load_bundle_arg
 
-    read_labelled_slices(labels, image.shape if image.input_ndim == 3 else image.shape[1:])  # before loading torch
+    shape = image.shape if image.input_ndim == 3 else image.shape[1:]
+    # Checked and read once, before loading torch; fine-tuning gets only the painted slices.
+    painted = PaintedSlices(shape, *read_labelled_slices(labels, shape))
     out = Path(args.out) if args.out else None
     if out is not None and (out / "manifest.json").exists():
         raise FileExistsError(f"{out} already holds a bundle; choose another --out")
@@ -89,7 +91,7 @@ def _finetune(args: argparse.Namespace, image: Volume, labels: Volume) -> int:
         bar.refresh()
 
     try:
-        result = finetune(bundle, image, labels, cfg, callback=show)
+        result = finetune(bundle, image, painted, cfg, callback=show)
     finally:
         bar.close()
     if out is None:

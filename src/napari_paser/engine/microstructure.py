@@ -51,7 +51,7 @@ from numpy.typing import ArrayLike
 
 from .. import CLASS_NAMES
 from ..errors import PaserInputError
-from ..io_sources import ArrayVolume, Volume
+from ..io_sources import Volume, as_volume
 from .steps import relay_steps, run_steps
 from .tortuosity import TortuosityResult, tortuosity_steps
 
@@ -61,6 +61,7 @@ __all__ = [
     "MetricsStep",
     "MicrostructureMetrics",
     "validate_phase_labels",
+    "phase_label_volume",
     "check_axis",
     "check_voxel_size",
     "count_phases",
@@ -155,7 +156,7 @@ def count_phases(labels: ArrayLike | Volume, axis: int, *, require_all: bool = T
     profiles : ndarray (3, N) float64
         As :func:`phase_profiles`.
     """
-    volume = _label_volume(labels)
+    volume = phase_label_volume(labels)
     axis = check_axis(axis, volume.input_ndim) + (3 - volume.input_ndim)  # as an axis of (Z, Y, X)
     n = volume.shape[axis]
     per_plane = np.zeros((3, n), dtype=np.int64)
@@ -196,21 +197,31 @@ def check_voxel_size(voxel_size: Sequence[float] | None) -> tuple[float, float, 
     return vs  # type: ignore[return-value]
 
 
-def _label_volume(labels: ArrayLike | Volume) -> Volume:
-    """``labels`` as a Volume read a slab at a time (arrays are wrapped, not copied)."""
-    if isinstance(labels, Volume):
-        return labels
-    if not (hasattr(labels, "shape") and hasattr(labels, "dtype") and hasattr(labels, "ndim")):
-        labels = np.asarray(labels)
-    if labels.ndim not in (2, 3) or min(labels.shape) < 1:
-        raise PaserInputError(f"expected labels of shape (Z,Y,X) or (Y,X), got shape {tuple(labels.shape)}")
-    return ArrayVolume(labels)
+def phase_label_volume(labels: ArrayLike | Volume) -> Volume:
+    """``labels`` as a Volume read a slab at a time (arrays are wrapped, not read), with the
+    checks that need no voxel: shape and dtype (the values are checked as they are read).
+
+    Raises
+    ------
+    PaserInputError
+        Not (Z, Y, X) or (Y, X), an empty axis, or a dtype that cannot hold phase labels.
+    """
+    shape = tuple(int(n) for n in (labels.shape if isinstance(labels, Volume) else np.shape(labels)))
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise PaserInputError(f"expected labels of shape (Z,Y,X) or (Y,X), got shape {shape}")
+    volume = as_volume(labels)
+    _check_label_dtype(np.dtype(volume.dtype))
+    return volume
+
+
+def _check_label_dtype(dtype: np.dtype) -> None:
+    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise PaserInputError(f"labels of dtype {dtype} are not phase labels")
 
 
 def _checked_slab(block: np.ndarray) -> np.ndarray:
     """A slab of planes checked as :func:`validate_phase_labels` checks labels, as uint8."""
-    if not (block.dtype == bool or np.issubdtype(block.dtype, np.integer) or np.issubdtype(block.dtype, np.floating)):
-        raise PaserInputError(f"labels of dtype {block.dtype} are not phase labels")
+    _check_label_dtype(block.dtype)
     if np.issubdtype(block.dtype, np.floating):
         if not np.isfinite(block).all() or not np.array_equal(block, np.round(block)):
             raise PaserInputError("labels must be whole numbers 0 (pore), 1 (carbon-binder), 2 (nickel)")
@@ -226,9 +237,8 @@ def _checked_slab(block: np.ndarray) -> np.ndarray:
 
 def _slabs(volume: Volume) -> Generator[tuple[int, np.ndarray], None, None]:
     """``(z0, planes)`` of every slab of ``volume``, checked, as uint8."""
-    slab = _slab_planes(volume)
-    for z0 in range(0, volume.shape[0], slab):
-        yield z0, _checked_slab(volume.read(z0, z0 + slab))
+    for z0, block in volume.slabs(_slab_planes(volume)):
+        yield z0, _checked_slab(block)
 
 
 # --------------------------------------------------------------------------- fractions
@@ -237,7 +247,7 @@ def _slabs(volume: Volume) -> Generator[tuple[int, np.ndarray], None, None]:
 def volume_fractions(labels: ArrayLike | Volume) -> dict[str, float]:
     """Fraction of voxels of each phase, ``{"pore": .., "carbon-binder": .., "nickel": ..}``
     (read a slab at a time: see :func:`count_phases`)."""
-    volume = _label_volume(labels)
+    volume = phase_label_volume(labels)
     counts, _ = count_phases(volume, 0, require_all=False)
     return {name: float(c) / volume.size for name, c in zip(CLASS_NAMES, counts)}
 
@@ -312,7 +322,7 @@ def phase_surface_areas(labels: ArrayLike | Volume, voxel_size: Sequence[float] 
     """
     if method not in SURFACE_METHODS:
         raise PaserInputError(f"unknown surface method {method!r}; choose one of {', '.join(SURFACE_METHODS)}")
-    vol = _label_volume(labels)
+    vol = phase_label_volume(labels)
     spacing = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
     if method == "faces":
         return _face_areas(vol, spacing)
@@ -424,7 +434,7 @@ def metrics_steps(
     -------
     MicrostructureMetrics
     """
-    volume = _label_volume(labels)
+    volume = phase_label_volume(labels)
     ndim = volume.input_ndim
     axis = check_axis(axis, ndim)
     vs = check_voxel_size(voxel_size)

@@ -38,7 +38,6 @@ __all__ = [
     "check_volume",
     "fit_normalizer",
     "default_slab",
-    "slab_bounds",
     "run_slab",
     "stream_segment",
     "LocalExecutor",
@@ -138,11 +137,6 @@ def default_slab(shape: Sequence[int], patch_size: tuple[int, int], budget: int 
     return int(max(1, min(int(shape[0]), budget // (padded * _BYTES_PER_PIXEL))))
 
 
-def slab_bounds(num_planes: int, slab: int) -> list[tuple[int, int]]:
-    """``[(z0, z1), ...]`` covering ``num_planes`` planes in slabs of ``slab``."""
-    return [(z0, min(z0 + slab, num_planes)) for z0 in range(0, num_planes, slab)]
-
-
 def fit_normalizer(
     volume: Volume,
     low_percentile: float = 0.5,
@@ -169,8 +163,8 @@ def fit_normalizer(
     parts = []
     lo = hi = None
     floating = np.issubdtype(np.dtype(volume.dtype), np.floating)
-    for z0, z1 in slab_bounds(z, slab):
-        block = volume.read(z0, z1)
+    for z0, block in volume.slabs(slab):
+        z1 = z0 + len(block)
         if floating and not np.isfinite(block).all():
             raise PaserInputError("image contains NaN or infinite values")
         bmin, bmax = block.min(), block.max()

@@ -56,14 +56,6 @@ def _check_label_dtype(dtype: np.dtype) -> None:
         raise PaserInputError(f"labels must be integers, got {dtype}")
 
 
-def _slabs(shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(start, stop) planes of each step: about SLAB_BYTES of labels, at least one plane."""
-    if len(shape) == 2:
-        return [(0, 1)]
-    step = max(1, SLAB_BYTES // max(1, shape[1] * shape[2]))
-    return [(z0, min(z0 + step, shape[0])) for z0 in range(0, shape[0], step)]
-
-
 def voxel_size_from_scale(scale: Sequence[float] | None, ndim: int) -> tuple[float, float, float] | None:
     """(plane, row, column) voxel size from a layer scale; ``None`` for unit scale (unknown)."""
     if scale is None:
@@ -154,6 +146,7 @@ def export_steps(
     PaserInputError
         If the labels are not integers in 0..255.
     """
+    from ..io_sources import as_volume
     from ..io_writers import TiffSliceWriter
 
     targets = export_targets(path, masks)
@@ -161,12 +154,11 @@ def export_steps(
     if existing and not overwrite:
         names = ", ".join(p.name for p in existing)
         raise FileExistsError(f"not overwriting existing file(s): {names}")
-    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
-        labels = np.asarray(labels)
-    shape = tuple(int(n) for n in labels.shape)
+    shape = tuple(int(n) for n in np.shape(labels))
     if len(shape) not in (2, 3):
         raise PaserInputError(f"expected a (Z,Y,X) or (Y,X) label volume, got shape {shape}")
-    _check_label_dtype(np.dtype(labels.dtype))
+    volume = as_volume(labels)
+    _check_label_dtype(np.dtype(volume.dtype))
     voxel_size = voxel_size_from_scale(scale, len(shape))
     prov = json.loads(json.dumps(provenance or {}, default=_json_default))
     classes = [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))]
@@ -178,14 +170,14 @@ def export_steps(
     try:
         for key, meta in outputs.items():
             writers.append(TiffSliceWriter(targets[key], shape, np.uint8, voxel_size=voxel_size, metadata=meta, overwrite=overwrite))
-        pending, planes = 0, shape[0] if len(shape) == 3 else 1
-        for z0, z1 in _slabs(shape):
-            slab = to_uint8_labels(labels[z0:z1] if len(shape) == 3 else labels)
+        pending = 0
+        for z0, block in volume.slabs(SLAB_BYTES // (shape[-2] * shape[-1])):
+            slab = to_uint8_labels(block)
             pending += int(np.count_nonzero(slab == PENDING))
             writers[0].write(slab)
             for index, writer in enumerate(writers[1:]):
                 writer.write(np.where(slab == index, np.uint8(255), np.uint8(0)))
-            yield z1, planes
+            yield z0 + len(block), len(volume)
         written = [writer.close() for writer in writers]
     except BaseException:
         for writer in writers:

@@ -20,7 +20,7 @@ from ._torch_loading import import_torch_quietly, worker_threads
 
 __all__ = [
     "Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session",
-    "needs_streaming", "STREAM_BYTES", "relay",
+    "needs_streaming", "STREAM_BYTES",
 ]
 
 STREAM_BYTES = 2 << 30
@@ -251,13 +251,3 @@ def reroute_job(
         per_slice[z] = slice_fractions(labels)
         yield SliceDone(z, lam, labels, None, routing, per_slice[z])
     return _finish(session, lam, mode, tvd, per_slice, ground_truth, done)
-
-
-def relay(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
-    """Yield what ``steps`` yields and return what it returns.
-
-    A napari worker runs a generator *function*; this one lets it run a generator the
-    widget made and keeps, so that the widget can close it if the user cancels (an
-    export then deletes its temporary files).
-    """
-    return (yield from steps)

@@ -4,7 +4,9 @@ Every panel runs its work as a generator (see :mod:`._jobs`, :mod:`._metrics_job
 :mod:`._finetune_controller`) with the same four callbacks: a message was yielded, the
 job returned, it raised, it finished. :func:`job_worker` wires them to a worker;
 :func:`run_here` calls them the same way on this thread (tests and scripts), so both
-paths behave alike.
+paths behave alike. A worker that stops early (Cancel) leaves its generator suspended:
+:func:`job_worker` closes it once the worker has finished, so the job's own clean-up runs
+(an export deletes its temporary files, a TauFactor solve is let go).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def job_worker(job: Callable[..., Generator], args: tuple, callbacks: JobCallbac
     """
     from napari.qt.threading import create_worker
 
-    worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
+    steps = job(*args)
+    worker = create_worker(_relay, steps, _start_thread=False, _ignore_errors=True)
     wiring = [(worker.yielded, callbacks.message), (worker.returned, callbacks.returned),
               (worker.errored, callbacks.errored), (worker.finished, callbacks.finished)]
     if callbacks.aborted is not None:
@@ -57,7 +60,13 @@ def job_worker(job: Callable[..., Generator], args: tuple, callbacks: JobCallbac
 
     owner.destroyed.connect(orphan)
     worker.finished.connect(release)
+    worker.finished.connect(steps.close)  # runs the job's clean-up if it stopped early; no-op once it ended
     return worker
+
+
+def _relay(steps: Generator) -> Generator:
+    """``steps`` as a generator function's generator, which is what a napari worker runs."""
+    return (yield from steps)
 
 
 def run_here(generator: Generator, callbacks: JobCallbacks) -> Any:

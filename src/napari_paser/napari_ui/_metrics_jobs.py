@@ -86,14 +86,10 @@ def check_request(req: MetricsRequest) -> None:
         With one line for the user: shape, dtype, axis out of range, voxel size, band
         image of another shape.
     """
-    from ..engine.microstructure import check_axis, check_voxel_size
+    from ..engine.microstructure import check_axis, check_voxel_size, phase_label_volume
 
+    phase_label_volume(req.labels)  # shape and dtype, nothing read
     shape = tuple(int(n) for n in np.shape(req.labels))
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise PaserInputError(f"expected labels of shape (Z,Y,X) or (Y,X), got shape {shape}")
-    dtype = np.dtype(req.labels.dtype) if hasattr(req.labels, "dtype") else np.asarray(req.labels).dtype
-    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise PaserInputError(f"labels of dtype {dtype} are not phase labels")
     check_axis(req.axis, len(shape))
     check_voxel_size(req.voxel_size)
     if req.image is not None and tuple(np.shape(req.image)) != shape:

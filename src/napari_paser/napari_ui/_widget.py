@@ -8,6 +8,7 @@ panel. torch is imported by the jobs only, so opening the widget does not import
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import tempfile
@@ -149,7 +150,6 @@ class PaserWidget(QWidget):
         self._lam_shown: float | None = None  # λ of the composed layers
         self._worker = None
         self._job: str | None = None  # a key of JOB_TITLES while a job runs
-        self._export_steps: Any = None  # the running export's generator (closed if cancelled)
         self._generation = 0  # messages of older jobs are ignored
         self._job_started = 0.0
         self._pbar: progress | None = None
@@ -637,10 +637,6 @@ class PaserWidget(QWidget):
     def _on_finished(self, gen: int) -> None:
         if gen != self._generation:
             return
-        if self._export_steps is not None:
-            # A cancelled export stopped at a slab: closing it deletes its temporary files.
-            self._export_steps.close()
-            self._export_steps = None
         if self._layers is not None and self._layers.alive():
             self._layers.add_all()  # cancelled or failed before the stepwise adding ended
         self._release_worker()
@@ -813,9 +809,9 @@ class PaserWidget(QWidget):
         provenance = {**phases.metadata.get("napari_paser", {}), "export_masks": masks}
         if not self._layers.done.all():
             show_warning("only part of the stack is segmented: unsegmented slices are written as 255")
-        self._export_steps = export_steps(path, phases.data, scale=phases.scale, provenance=provenance, masks=masks, overwrite=overwrite)
+        job = functools.partial(export_steps, scale=phases.scale, provenance=provenance, masks=masks, overwrite=overwrite)
         self._set_status(f"Exporting {Path(path).name}…")
-        started = self._start("export", _jobs.relay, self._export_steps, blocking=blocking)
+        started = self._start("export", job, path, phases.data, blocking=blocking)
         return (started or []) if blocking else started
 
     def _set_status(self, text: str) -> None:

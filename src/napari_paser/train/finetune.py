@@ -59,7 +59,7 @@ from ..engine.uncertainty import ENTROPY_CHANNEL, analyse_slices, slice_seed
 from ..errors import PaserInputError
 from .augment import AugmentConfig
 from .datasets import SliceBank, Volume, class_weights
-from .scan_planes import ScanPlanes, as_volume
+from .scan_planes import ScanPlanes, scan_volume
 from .sparse_labels import UNLABELLED, read_labelled_slices, split_held_out
 
 __all__ = [
@@ -277,7 +277,7 @@ def _runs(planes: set[int]) -> list[tuple[int, int]]:
 
 def _prepare(bundle: Bundle, image: Any, labels: Any, cfg: FinetuneConfig) -> _Data:
     ps = bundle.patch_size
-    volume = as_volume(image)
+    volume = scan_volume(image)
     norm = bundle.normalization
     scan = ScanPlanes(volume, ps, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
     zs, painted = read_labelled_slices(labels, volume.shape if volume.input_ndim == 3 else volume.shape[1:])

@@ -20,24 +20,18 @@ import torch
 from ..engine.normalize import validate_image
 from ..engine.patches import pad_to_patches, plane_indices
 from ..engine.streaming import check_volume, fit_normalizer
-from ..io_sources import ArrayVolume, Volume
+from ..io_sources import Volume, as_volume
 
-__all__ = ["as_volume", "ScanPlanes"]
+__all__ = ["scan_volume", "ScanPlanes"]
 
 
-def as_volume(image: Any) -> Volume:
-    """``image`` as a lazily read :class:`~napari_paser.io_sources.Volume`.
-
-    A Volume is returned as is; an array-like (numpy, memmap, dask, Zarr) is wrapped
-    without being read. Anything else becomes a numpy array first.
-    """
-    if isinstance(image, Volume):
-        return image
-    if not (hasattr(image, "ndim") and hasattr(image, "dtype") and hasattr(image, "shape")):
-        image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        validate_image(np.asarray(image))  # its one-line reason (4-D, colour data, ...)
-    return ArrayVolume(image)
+def scan_volume(image: Any) -> Volume:
+    """The scan as a lazily read :class:`~napari_paser.io_sources.Volume` (see
+    :func:`~napari_paser.io_sources.as_volume`), with the image's own one-line reason
+    when it is not 2-D or 3-D (4-D, colour data, ...)."""
+    if not isinstance(image, Volume) and np.ndim(image) not in (2, 3):
+        validate_image(np.asarray(image))
+    return as_volume(image)
 
 
 class ScanPlanes:

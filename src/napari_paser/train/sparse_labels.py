@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
-from ..io_sources import ArrayVolume, Volume
+from ..io_sources import Volume, as_volume
 
 __all__ = [
     "UNLABELLED",
@@ -133,19 +133,13 @@ def read_labelled_slices(
     PaserInputError
         As :func:`validate_training_labels`.
     """
-    if isinstance(labels, Volume):
-        volume = labels
-        shape = volume.shape if volume.input_ndim == 3 else volume.shape[1:]
-        _check_header(np.dtype(volume.dtype), shape, image_shape)
-    else:
-        if not (hasattr(labels, "shape") and hasattr(labels, "dtype") and hasattr(labels, "ndim")):
-            labels = np.asarray(labels)
-        _check_header(np.dtype(labels.dtype), tuple(labels.shape), image_shape)
-        volume = ArrayVolume(labels)
+    if not isinstance(labels, Volume) and np.ndim(labels) not in (2, 3):
+        _check_header(np.asarray(labels).dtype, np.shape(labels), image_shape)  # the labels' own one-line reason
+    volume = as_volume(labels)
+    _check_header(np.dtype(volume.dtype), volume.shape if volume.input_ndim == 3 else volume.shape[1:], image_shape)
     slices: list[int] = []
     parts = []
-    for z0 in range(0, volume.shape[0], slab):
-        block = volume.read(z0, z0 + slab)
+    for z0, block in volume.slabs(slab):
         _checked_values(block)
         keep = np.flatnonzero((block != UNLABELLED).reshape(len(block), -1).any(1))
         slices += [z0 + int(k) for k in keep]
