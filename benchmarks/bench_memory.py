@@ -1,4 +1,4 @@
-"""Peak memory of the whole-stack jobs by the number of planes: export, finetune, metrics.
+"""Peak memory of the whole-stack jobs by the number of planes: export, finetune, metrics, tortuosity, band.
 
 Run ``python benchmarks/bench_memory.py JOB [--planes N1 N2 ...]``. For each stack size
 the job runs in a fresh process on a (planes, 1024, 1024) stack written for it, and the
@@ -16,7 +16,15 @@ Jobs:
   sample stack tiled and shifted per plane, as ``bench_streaming.py`` makes them) with
   strokes on three slices of a labels TIFF;
 - ``metrics``: ``napari-paser metrics --no-tortuosity`` on a uint8 label TIFF (the
-  sample's labels tiled the same way).
+  sample's labels tiled the same way);
+- ``tortuosity [--tau-width W] [--axis A] [--iter-limit N]``: ``napari-paser metrics`` with
+  the pore tortuosity along ``A`` on the same labels (surfaces by face counting, the
+  faster estimator), solved whole or in columns ``W`` voxels across. TauFactor's memory
+  does not depend on its iterations, so ``N`` (default 100) only bounds the time; the τ
+  printed is then not converged;
+- ``band``: ``napari-paser metrics --no-tortuosity --band SCAN`` with the default band
+  (5 λ, f2 everywhere, 4 f0 MC samples), labels and scan as above: the band holds the
+  scan and its segmentations in memory, so its peak grows with the planes.
 """
 
 from __future__ import annotations
@@ -108,14 +116,23 @@ def measure(job: str, planes: int, work: Path, args: argparse.Namespace) -> tupl
         return run_child(CLI_CHILD, ["finetune", str(scan), "--labels", str(labels), "--out", str(work / f"ft{planes}"),
                                      "--budget", str(args.budget), "--threads", "1", "--quiet"])
     labels = write_labels(work / f"labels{planes}.tif", planes, truth_planes())
-    return run_child(CLI_CHILD, ["metrics", str(labels), "--no-tortuosity", "--quiet"])
+    if job == "band":
+        scan = write_stack(work / f"scan{planes}.tif", planes, sample_planes())
+        return run_child(CLI_CHILD, ["metrics", str(labels), "--no-tortuosity", "--band", str(scan), "--quiet"])
+    if job == "metrics":
+        return run_child(CLI_CHILD, ["metrics", str(labels), "--no-tortuosity", "--quiet"])
+    width = ["--tau-width", str(args.tau_width)] if args.tau_width else []
+    return run_child(CLI_CHILD, ["metrics", str(labels), "--axis", str(args.axis), "--surface-method", "faces",
+                                 "--tau-iter-limit", str(args.iter_limit), "--quiet", *width])
 
 
-DEFAULT_PLANES = {"export": [96, 384], "finetune": [64, 256], "metrics": [64, 256]}
+DEFAULT_PLANES = {"export": [96, 384], "finetune": [64, 256], "metrics": [64, 256], "tortuosity": [32, 64], "band": [4, 8]}
 WHAT = {
     "export": "export of uint8 labels from a Zarr store{masks}",
     "finetune": "napari-paser finetune, uint16 scan, 3 painted slices, --budget {budget:g} --threads 1",
     "metrics": "napari-paser metrics --no-tortuosity, uint8 labels",
+    "band": "napari-paser metrics --no-tortuosity --band SCAN (default band), uint8 labels, uint16 scan",
+    "tortuosity": "napari-paser metrics --axis {axis} --surface-method faces --tau-iter-limit {iter_limit}{width}, uint8 labels",
 }
 
 
@@ -125,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planes", type=int, nargs="+", help="stack sizes (default: export 96 384, the others 64 256)")
     parser.add_argument("--masks", action="store_true", help="export: also the three per-phase masks")
     parser.add_argument("--budget", type=float, default=10.0, help="finetune: budget in seconds (default 10)")
+    parser.add_argument("--tau-width", type=int, help="tortuosity: columns this many voxels across (default: metrics' choice)")
+    parser.add_argument("--axis", type=int, default=0, help="tortuosity: flux axis (default 0)")
+    parser.add_argument("--iter-limit", type=int, default=100, help="tortuosity: TauFactor iterations per solve (default 100)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the stacks are written (default: a temporary folder)")
     args = parser.parse_args(argv)
     rows = []
@@ -134,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((n, *measure(args.job, n, work, args)))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print(WHAT[args.job].format(masks=" with masks" if args.masks else "", budget=args.budget) + f", (planes, {SIDE}, {SIDE})")
+    width = f" --tau-width {args.tau_width}" if args.tau_width else ""
+    what = WHAT[args.job].format(masks=" with masks" if args.masks else "", budget=args.budget, axis=args.axis,
+                                 iter_limit=args.iter_limit, width=width)
+    print(what + f", (planes, {SIDE}, {SIDE})")
     print("| planes | peak RSS MB | wall s |")
     print("|---|---|---|")
     for n, peak, seconds in rows:

@@ -84,6 +84,33 @@ def test_a_phases_layer_in_a_zarr_store_is_read_a_slab_at_a_time(make_napari_vie
     assert outcome.metrics.values == expected.values
 
 
+def test_a_stack_too_big_for_one_solve_is_solved_in_columns_read_from_the_store(make_napari_viewer, tmp_path, monkeypatch, notes):
+    """τ of a Zarr-backed phases layer whose solve would not fit: columns, read in slabs."""
+    zarr = pytest.importorskip("zarr")
+    import napari_paser.engine.microstructure as ms
+    import napari_paser.engine.tortuosity_columns as columns
+    from napari_paser.engine.tortuosity_columns import solve_bytes
+
+    lab = channels(shape=(12, 70, 72))
+    store = zarr.open_array(str(tmp_path / "phases.zarr"), mode="w", shape=lab.shape, chunks=(1, *lab.shape[1:]), dtype="uint8")
+    store[:] = lab
+    viewer = make_napari_viewer()
+    viewer.add_labels(store, name="phases", scale=SCALE)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-paser", "Microstructure metrics")
+    monkeypatch.setattr(ms, "memory_budget", lambda device=None: solve_bytes(12 * 40 * 40))
+    monkeypatch.setattr(ms, "SLAB_VOXELS", 2 * 70 * 72)  # 2 planes a slab
+    monkeypatch.setattr(columns, "_READ_VOXELS", 2 * 70 * 72)
+    reads = []
+    real = type(store).__getitem__
+    monkeypatch.setattr(type(store), "__getitem__", lambda self, key: reads.append(key) or real(self, key))
+    outcome = panel.compute(blocking=True)
+    assert outcome is not None, notes
+    res = outcome.metrics.tortuosity["pore"]
+    assert res.column_width == 40 and len(res.column_taus) == 4
+    assert reads and all(isinstance(k, slice) and k.stop - k.start <= 3 for k in reads)  # slabs, never the whole store
+    assert "τ (pore) solved in 4 columns up to 40 voxels across" in panel.status.text()
+
+
 BAD = [
     (np.where(channels() == 1, 5, channels()).astype(np.uint8), 0, "outside {0, 1, 2}"),
     (np.where(channels() == 0, 2, channels()).astype(np.uint8), 0, "pore absent"),
@@ -149,6 +176,21 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     ranges = [panel.table.item(i, 2).text() for i in range(panel.table.rowCount())]
     assert all(r.startswith("[") for r in ranges)
     assert len(panel.figure.axes[0].collections) == 1  # the band around the profile
+
+
+def test_a_band_too_big_for_memory_is_one_notification(make_napari_viewer, monkeypatch, notes):
+    import napari_paser.engine.metrics_band as mb
+    from napari_paser.napari_ui._metrics_panel import MetricsPanel
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 56, 64), np.uint16), name="scan")
+    viewer.add_labels(np.random.default_rng(0).integers(0, 3, (2, 56, 64)).astype(np.uint8), name="phases")
+    monkeypatch.setattr(mb, "physical_memory", lambda: mb.band_memory((2, 56, 64), np.uint16))
+    panel = MetricsPanel(viewer)
+    panel.image_combo.setCurrentText("scan")
+    assert panel.compute(blocking=True) is None
+    assert notes == [("error", notes[0][1])] and "would hold about" in notes[0][1]
+    assert panel.outcome is None and panel.run_button.isEnabled()
 
 
 def test_default_export_is_beside_the_phase_volume():

@@ -2,7 +2,8 @@
 
 Volume fractions, the porosity profile along an axis, nickel's specific surface area and
 the interfacial areas (marching cubes), tortuosity factor and effective diffusivity of the
-pore network (TauFactor; optional extra ``metrics``). ``--band IMAGE`` segments the grey
+pore network (TauFactor; optional extra ``metrics``; in columns when the whole volume's
+solve would not fit, see :mod:`~napari_paser.engine.tortuosity_columns`). ``--band IMAGE`` segments the grey
 scan again at several λ, with f2 everywhere and as f0 MC-dropout samples and reports every metric's
 [min, max] over those segmentations.
 """
@@ -23,8 +24,6 @@ from .segment import add_bundle_arguments, check_writable, load_bundle_arg, writ
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..io import VoxelSize
-
 HELP = "microstructure metrics (fractions, porosity profile, surface areas, tortuosity) of a label volume"
 
 
@@ -40,6 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--diffusivity", type=float, default=1.0, metavar="D",
                    help="bulk diffusivity D; effective diffusivity D·ε/τ is in its units (default 1)")
     p.add_argument("--no-tortuosity", action="store_true", help="skip the TauFactor solves")
+    p.add_argument("--tau-iter-limit", type=int, default=20000, metavar="N",
+                   help="TauFactor's iteration limit per solve (default 20000; τ is flagged when it stops unconverged)")
+    p.add_argument("--tau-width", type=int, metavar="N",
+                   help="solve τ in columns N voxels across that span the volume along --axis, one at a time, combined "
+                        "in parallel (default: the whole volume when its solve fits in half the memory, else the widest "
+                        "columns that do)")
     p.add_argument("--surface-method", choices=("marching_cubes", "faces"), default="marching_cubes",
                    help="surface area estimator (default marching_cubes)")
     p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
@@ -57,15 +62,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def read_volume(path: str) -> tuple[np.ndarray, VoxelSize | None]:
-    """Array and voxel size of any input ``segment`` reads, the whole volume in memory
-    (the grey scan of a band is segmented in memory)."""
+def read_band_scan(path: str, labels_shape: tuple[int, ...]) -> np.ndarray:
+    """The grey scan of a band, whole in memory (the band segments it in memory), once its
+    shape matches the labels and the band fits in memory."""
     import numpy as np
 
+    from ..engine.metrics_band import check_band_fits
     from ..io_sources import open_volume
 
     with open_volume(path) as vol:
-        return np.asarray(vol), vol.voxel_size
+        shape = vol.shape if vol.input_ndim == 3 else vol.shape[1:]
+        if tuple(shape) != tuple(labels_shape):
+            raise PaserInputError(f"--band image has shape {tuple(shape)} but the labels have shape {tuple(labels_shape)}")
+        check_band_fits(shape, vol.dtype)
+        return np.asarray(vol).reshape(shape)
 
 
 def _format(v: float) -> str:
@@ -113,7 +123,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
-    from ..engine.metrics_report import csv_text, metric_ranges, report_dict, write_text_atomic
+    from ..engine.metrics_report import csv_text, metric_ranges, report_dict, tortuosity_notes, write_text_atomic
     import numpy as np
 
     from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels
@@ -129,20 +139,21 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.band_methods) if args.band else ()
     if args.band and args.band_mc < 0:
         raise PaserInputError(f"--band-mc must be >= 0, got {args.band_mc}")
+    if args.tau_iter_limit < 1:
+        raise PaserInputError(f"--tau-iter-limit must be >= 1, got {args.tau_iter_limit}")
     if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
         raise PaserInputError(f"--cb-diffusivity must be a number >= 0, got {args.cb_diffusivity}")
     with open_volume(args.labels) as source:
         axis = check_axis(args.axis, source.input_ndim)
         voxel = voxel or source.voxel_size
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
-                      tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device)
+                      tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device,
+                      tortuosity_width=args.tau_width, iter_limit=args.tau_iter_limit)
         image = None
-        labels: Any = source  # read a slab of planes at a time (TauFactor's solves read it whole)
+        labels: Any = source  # read a slab of planes at a time (or a column at a time for TauFactor)
         if args.band:  # the band compares segmentations voxel by voxel, in memory
+            image = read_band_scan(args.band, source.shape if source.input_ndim == 3 else source.shape[1:])
             labels = validate_phase_labels(np.asarray(source))
-            image, _ = read_volume(args.band)
-            if image.shape != labels.shape:
-                raise PaserInputError(f"--band image has shape {image.shape} but the labels have shape {labels.shape}")
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always", UserWarning)
             metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
@@ -165,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_text_atomic(args.csv, csv_text(metrics, ranges), overwrite=args.overwrite)
     print(_table(metrics, ranges))
+    for note in tortuosity_notes(metrics):
+        print(f"napari-paser metrics: {note}", file=sys.stderr)
     for name, res in metrics.tortuosity.items():
         if not res.converged:
             print(f"napari-paser metrics: warning: τ ({name}) did not converge in {res.iterations} iterations", file=sys.stderr)

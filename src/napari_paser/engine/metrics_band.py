@@ -25,19 +25,58 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
+from .memory import physical_memory
 from .microstructure import MicrostructureMetrics, metrics_steps
 from .steps import relay_steps
 
 if TYPE_CHECKING:  # torch only once a band is computed
     from .bundle import Bundle
 
-__all__ = ["DEFAULT_BAND_LAMS", "DEFAULT_BAND_METHODS", "BandMember", "PhaseEnvelope", "parse_lams", "parse_methods", "band_steps"]
+__all__ = [
+    "DEFAULT_BAND_LAMS",
+    "DEFAULT_BAND_METHODS",
+    "BandMember",
+    "PhaseEnvelope",
+    "band_memory",
+    "check_band_fits",
+    "parse_lams",
+    "parse_methods",
+    "band_steps",
+]
 
 DEFAULT_BAND_LAMS = (0.0, None, 0.1, 0.3, 1.0)
 """λ of the default band; None is the bundle's default λ (λ = 1 is f0 alone, λ = 0 the most expensive routing)."""
 
 DEFAULT_BAND_METHODS = ("f2",)
 """Single models run on every patch in the default band."""
+
+BAND_BYTES_PER_VOXEL = 30
+"""Peak memory of a band per voxel besides its scan: the labels and the envelope, the
+segmenter's caches and a second segmenter while the f0 MC samples run. Measured with the
+default band on 1024² uint16 scans (``benchmarks/bench_memory.py band``): the peak grew by
+31.2 bytes per voxel from 8 to 16 planes, 2 of them the scan's."""
+
+
+def band_memory(shape: Sequence[int], scan_dtype: np.dtype | type = np.uint16) -> int:
+    """Estimated peak bytes of a band over a scan of ``shape`` and ``scan_dtype``."""
+    return int(np.prod(shape)) * (BAND_BYTES_PER_VOXEL + np.dtype(scan_dtype).itemsize)
+
+
+def check_band_fits(shape: Sequence[int], scan_dtype: np.dtype | type = np.uint16) -> None:
+    """Refuse a band that would take more than three quarters of the RAM.
+
+    Raises
+    ------
+    PaserInputError
+        Saying how much it would need and what to do instead.
+    """
+    ram = physical_memory()
+    need = band_memory(shape, scan_dtype)
+    if ram is not None and need > ram * 3 // 4:
+        raise PaserInputError(
+            f"a band over {'x'.join(str(int(n)) for n in shape)} voxels would hold about {need / 2**30:.1f} GiB in memory, "
+            f"more than three quarters of this machine's {ram / 2**30:.1f} GiB: compute the band on a crop of the scan "
+            "and of its labels")
 
 
 @dataclass(frozen=True)
@@ -211,6 +250,7 @@ def band_steps(
     """
     from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
 
+    check_band_fits(np.shape(image), getattr(image, "dtype", np.float32))
     img = np.asarray(image)
     if shape is not None and tuple(img.shape) != tuple(shape):
         raise PaserInputError(f"the band image has shape {img.shape} but the labels have shape {tuple(shape)}")

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .microstructure import MicrostructureMetrics
+from .tortuosity import TortuosityResult
 
 if TYPE_CHECKING:
     from .metrics_band import PhaseEnvelope
 
-__all__ = ["metric_ranges", "profile_range", "report_dict", "csv_text", "write_text_atomic"]
+__all__ = ["metric_ranges", "profile_range", "report_dict", "csv_text", "tortuosity_notes", "write_text_atomic"]
 
 
 def metric_ranges(members: Sequence[MicrostructureMetrics], envelope: PhaseEnvelope | None = None) -> dict[str, tuple[float, float]]:
@@ -58,6 +59,15 @@ def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _tortuosity_details(r: TortuosityResult) -> dict[str, Any]:
+    details: dict[str, Any] = {"tau": _num(r.tau), "converged": r.converged, "iterations": r.iterations,
+                               "volume_fraction": r.volume_fraction}
+    if r.column_width is not None:  # solved in columns: how, and each column's own τ
+        details["column_width"] = r.column_width
+        details["column_tau"] = [_num(t) for t in r.column_taus]
+    return details
+
+
 def report_dict(
     metrics: MicrostructureMetrics,
     *,
@@ -70,7 +80,8 @@ def report_dict(
     Top-level keys are the metric keys (``"volume_fraction.pore": 0.31``, ...; null for
     an infinite τ), plus ``units``, ``ranges`` (``{key: [min, max]}`` over the main
     segmentation and ``band``, only with a band; volume fractions also over ``envelope``), ``porosity_profile`` (axis, positions,
-    values and, with a band, min / max), ``tortuosity`` (convergence details),
+    values and, with a band, min / max), ``tortuosity`` (convergence details and, for a
+    volume solved in columns, their width and each one's τ),
     ``band`` (each member's name and metrics), ``axis``, ``voxel_size`` and ``extra``.
     """
     out: dict[str, Any] = {k: _num(v) for k, v in metrics.values.items()}
@@ -89,15 +100,28 @@ def report_dict(
         profile["max"] = [float(v) for v in hi]
         out["band"] = [{"name": name, **{k: _num(v) for k, v in m.values.items()}} for name, m in band]
     out["porosity_profile"] = profile
-    out["tortuosity"] = {
-        name: {"tau": _num(r.tau), "converged": r.converged, "iterations": r.iterations, "volume_fraction": r.volume_fraction}
-        for name, r in metrics.tortuosity.items()
-    }
+    out["tortuosity"] = {name: _tortuosity_details(r) for name, r in metrics.tortuosity.items()}
     out["axis"] = metrics.axis
     out["voxel_size"] = list(metrics.voxel_size) if metrics.voxel_size is not None else None
     if extra:
         out.update(extra)
     return out
+
+
+def tortuosity_notes(metrics: MicrostructureMetrics) -> list[str]:
+    """One sentence for every τ solved in columns rather than whole: how many, how wide,
+    and the range of their own τ."""
+    notes = []
+    for name, r in metrics.tortuosity.items():
+        if r.column_width is None:
+            continue
+        finite = [t for t in r.column_taus if math.isfinite(t)]
+        spread = f"; their own τ {min(finite):.4g} to {max(finite):.4g}" if finite else ""
+        blocked = len(r.column_taus) - len(finite)
+        spread += f"; {blocked} not percolating" if blocked else ""
+        notes.append(f"τ ({name}) solved in {len(r.column_taus)} columns up to {r.column_width} voxels across, "
+                     f"combined in parallel{spread}")
+    return notes
 
 
 def csv_text(metrics: MicrostructureMetrics, ranges: dict[str, tuple[float, float]] | None = None) -> str:

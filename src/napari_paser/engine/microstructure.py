@@ -37,8 +37,9 @@ Big volumes
 -----------
 The labels may be a lazily read :class:`~napari_paser.io_sources.Volume` (any input
 ``segment`` reads) or any array that slices by plane (numpy, Zarr, dask). Checks,
-fractions, profiles and surfaces read it a slab of planes at a time; only TauFactor's
-solves read the whole volume, since they solve it at once.
+fractions, profiles and surfaces read it a slab of planes at a time. TauFactor's solves
+read the whole volume, or, when a solve of it would not fit in half the memory, columns
+of it one at a time (:mod:`.tortuosity_columns`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from .. import CLASS_NAMES
 from ..errors import PaserInputError
 from ..io_sources import Volume, as_volume
 from .steps import relay_steps, run_steps
-from .tortuosity import TortuosityResult, tortuosity_steps
+from .tortuosity import TortuosityResult
+from .tortuosity_columns import ColumnPlan, memory_budget, plan_columns, tortuosity_columns_steps
 
 __all__ = [
     "PAIRS",
@@ -398,6 +400,7 @@ def metrics_steps(
     surface_method: str = "marching_cubes",
     device: str | None = None,
     iter_limit: int = 20000,
+    tortuosity_width: int | None = None,
     require_all_phases: bool = True,
 ) -> Generator[MetricsStep, None, MicrostructureMetrics]:
     """Compute every metric of a label volume, yielding progress; close it to cancel.
@@ -423,6 +426,10 @@ def metrics_steps(
         Torch device for TauFactor (None: CUDA if available, else CPU).
     iter_limit : int
         TauFactor's iteration limit.
+    tortuosity_width : int or None
+        Solve the tortuosity in columns of this many voxels across, spanning the volume
+        along ``axis`` (see :mod:`.tortuosity_columns`). None: the whole volume at once
+        when it fits in half the memory, else the widest columns that do.
     require_all_phases : bool
         Refuse labels without one of the phases (the default for user input).
 
@@ -444,10 +451,16 @@ def metrics_steps(
         raise PaserInputError(f"diffusivity must be a positive number, got {diffusivity}")
     if surface_method not in SURFACE_METHODS:
         raise PaserInputError(f"unknown surface method {surface_method!r}; choose one of {', '.join(SURFACE_METHODS)}")
+    tau_runs: list[tuple[str, float | None, ColumnPlan]] = []
     if tortuosity:
         from .tortuosity import import_taufactor
 
         import_taufactor()  # fail before the cheap metrics if it is missing
+        # TauFactor solves the whole volume at once, or columns of it when that would not fit.
+        budget = memory_budget(device)
+        for name, cb in [("pore", None)] + ([("pore+carbon-binder", float(cb_diffusivity))] if cb_diffusivity else []):
+            plan = plan_columns(volume.shape, axis + 3 - ndim, multi_phase=cb is not None, width=tortuosity_width, budget=budget)
+            tau_runs.append((name, cb, plan))
 
     units = _units("µm" if vs is not None else "voxel")
     values: dict[str, float] = {}
@@ -464,18 +477,13 @@ def metrics_steps(
     for (a, b), area in interfacial_areas(surface).items():
         values[f"interfacial_area.{_pair_name(a, b)}"] = float(area / sample)
     taus: dict[str, TortuosityResult] = {}
-    if tortuosity:
-        # TauFactor solves the whole volume at once: the one step that reads it whole.
-        lab = validate_phase_labels(np.asarray(volume), require_all=False)
-        runs = [("pore", None)]
-        if cb_diffusivity:
-            runs.append(("pore+carbon-binder", float(cb_diffusivity)))
-        for name, cb in runs:
-            gen = tortuosity_steps(lab, axis, cb_diffusivity=cb, voxel_size=vs, diffusivity=diffusivity, device=device, iter_limit=iter_limit)
-            res: TortuosityResult = yield from relay_steps(gen, lambda p: MetricsStep(f"tortuosity ({name})", p.fraction))
-            taus[name] = res
-            values[f"tortuosity_factor.{name}"] = res.tau
-            values[f"effective_diffusivity.{name}"] = res.effective_diffusivity
+    for name, cb, plan in tau_runs:
+        gen = tortuosity_columns_steps(volume, axis, plan, cb_diffusivity=cb, voxel_size=vs, diffusivity=diffusivity,
+                                       device=device, iter_limit=iter_limit)
+        res: TortuosityResult = yield from relay_steps(gen, lambda p: MetricsStep(f"tortuosity ({name})", p.fraction))
+        taus[name] = res
+        values[f"tortuosity_factor.{name}"] = res.tau
+        values[f"effective_diffusivity.{name}"] = res.effective_diffusivity
     units = {k: u for k, u in units.items() if k in values}
     return MicrostructureMetrics(values, units, axis, vs, profiles, positions, taus)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import PaserInputError
 from ..io_sources import Volume
+from .memory import bound_heap, release_heap
 from .normalize import Normalizer
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
     "stream_segment",
     "LocalExecutor",
     "DaskExecutor",
-    "bound_heap",
-    "release_heap",
 ]
 
 SAMPLE_VOXELS = 4_000_000
@@ -59,51 +58,6 @@ SLAB_BYTES = 128 << 20
 _BYTES_PER_PIXEL = 21
 
 Progress = Callable[[int, int], None]
-
-
-# --------------------------------------------------------------------------- heap
-
-
-_HEAP_BOUNDED = False
-
-
-def _libc():
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
-def bound_heap() -> None:
-    """Keep freed memory from piling up in the heap over many slabs (glibc only).
-
-    f0's MC analysis of a 1024x1024 slice allocates about 600 MB for a moment. glibc's
-    dynamic mmap threshold lets such blocks land in the heap, whose fragments are not
-    given back: in a measurement the peak RSS crept up by 88 MB over 12 one-slice slabs.
-    A fixed 4 MiB threshold (large blocks are mapped and unmapped) plus
-    :func:`release_heap` after each slab kept it within 9 MB.
-    """
-    global _HEAP_BOUNDED
-    if _HEAP_BOUNDED:
-        return
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-    _HEAP_BOUNDED = True
-
-
-def release_heap() -> None:
-    """Give the heap's free memory back to the system (glibc's ``malloc_trim``)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 # --------------------------------------------------------------------------- volume checks

@@ -89,6 +89,12 @@ class TortuosityResult:
     axis : int
     phases : str
         ``"pore"`` or ``"pore+carbon-binder"``.
+    column_width : int or None
+        None: one solve of the whole volume. Else the volume was solved in columns this
+        many voxels wide (see :mod:`.tortuosity_columns`); the other fields combine them
+        and ``iterations`` is the most any column took.
+    column_taus : tuple of float
+        Each column's own τ (empty for a whole-volume solve).
     """
 
     tau: float
@@ -98,6 +104,8 @@ class TortuosityResult:
     iterations: int
     axis: int
     phases: str
+    column_width: int | None = None
+    column_taus: tuple[float, ...] = ()
 
 
 def import_taufactor() -> ModuleType:

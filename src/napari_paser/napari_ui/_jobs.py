@@ -7,7 +7,6 @@ paths share one code. torch and the engine are imported only inside the jobs.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +32,10 @@ _STATE_BYTES_PER_VOXEL = 28
 
 
 def _memory_limit() -> int:
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: keep the fixed limit
+    from ..engine.memory import physical_memory
+
+    ram = physical_memory()
+    if ram is None:  # not POSIX: keep the fixed limit
         return STREAM_BYTES
     return int(min(STREAM_BYTES, ram // 4))
 

@@ -84,7 +84,7 @@ def check_request(req: MetricsRequest) -> None:
     ------
     PaserInputError
         With one line for the user: shape, dtype, axis out of range, voxel size, band
-        image of another shape.
+        image of another shape, a band too big for memory.
     """
     from ..engine.microstructure import check_axis, check_voxel_size, phase_label_volume
 
@@ -92,8 +92,12 @@ def check_request(req: MetricsRequest) -> None:
     shape = tuple(int(n) for n in np.shape(req.labels))
     check_axis(req.axis, len(shape))
     check_voxel_size(req.voxel_size)
-    if req.image is not None and tuple(np.shape(req.image)) != shape:
-        raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {shape}")
+    if req.image is not None:
+        from ..engine.metrics_band import check_band_fits
+
+        if tuple(np.shape(req.image)) != shape:
+            raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {shape}")
+        check_band_fits(shape, getattr(req.image, "dtype", np.float32))
 
 
 def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, MetricsOutcome]:

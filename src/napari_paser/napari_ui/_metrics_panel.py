@@ -231,6 +231,8 @@ class MetricsPanel(QWidget):
         self.status.setText(f"{msg.stage} ({100 * msg.fraction:.0f} %)")
 
     def _on_returned(self, outcome: jobs.MetricsOutcome, gen: int) -> None:
+        from ..engine.metrics_report import tortuosity_notes
+
         if gen != self._generation or outcome is None:
             return
         self.outcome = outcome
@@ -238,7 +240,8 @@ class MetricsPanel(QWidget):
         self._show(outcome)
         self.export_button.setEnabled(True)
         extra = f", band of {len(outcome.band)} segmentations" if outcome.band else ""
-        self.status.setText(f"Done in {time.perf_counter() - self._started:.1f} s{extra}.")
+        notes = "".join(f" {note}." for note in tortuosity_notes(outcome.metrics))
+        self.status.setText(f"Done in {time.perf_counter() - self._started:.1f} s{extra}.{notes}")
 
     def _on_errored(self, err: BaseException, gen: int) -> None:
         if gen != self._generation:

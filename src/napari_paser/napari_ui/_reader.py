@@ -11,7 +11,6 @@ phase colours.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -33,9 +32,10 @@ LayerData = tuple[Any, dict, str]
 
 
 def _lazy_threshold() -> int:
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: keep the fixed limit
+    from ..engine.memory import physical_memory
+
+    ram = physical_memory()
+    if ram is None:  # not POSIX: keep the fixed limit
         return LAZY_BYTES
     return int(min(LAZY_BYTES, ram // 4))
 

@@ -1,0 +1,261 @@
+"""Tortuosity of volumes too big for one TauFactor solve: columns solved one at a time.
+
+TauFactor keeps several float32 fields of the whole volume on its device; measured on
+this project's CPU (TauFactor 1.2, random pore networks of 128³ and 256³ voxels) a solve
+took about 60 bytes per voxel for the pore network and 91 with carbon-binder conducting,
+plus 70-110 MB, so a 1000³ scan would need 60-90 GB. When the whole volume does not fit
+the memory budget (half of the machine's RAM, or of the GPU's memory), the volume is cut
+into **columns** that span it whole along the flux axis and tile the cross-section, each
+read and solved on its own. They are combined as conductors in parallel (no flux crosses
+a column's side walls):
+
+    D_rel = Σ A_i D_rel,i / Σ A_i,    ε = Σ A_i ε_i / Σ A_i,    τ = ε / D_rel
+
+with A_i a column's cross-section, D_rel,i = D_eff,i / D and ε_i its conducting volume
+fraction (for pore + carbon-binder, TauFactor's weighted ``D_mean``). The side walls
+close the detours a path could take through a neighbouring column, so the combined τ is
+at least the whole volume's, and closer to it the wider the columns; the spread of the
+columns' own τ shows how far a column is from a representative volume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+from typing import Generator, Sequence
+
+import numpy as np
+
+from ..errors import PaserInputError
+from ..io_sources import Volume
+from .memory import physical_memory, release_heap
+from .steps import relay_steps
+from .tortuosity import CARBON, PORE, TauProgress, TortuosityResult, tortuosity_steps
+
+__all__ = [
+    "MIN_COLUMN_WIDTH",
+    "ColumnPlan",
+    "solve_bytes",
+    "memory_budget",
+    "plan_columns",
+    "read_box",
+    "tortuosity_columns_steps",
+]
+
+# Peak memory of one solve (see the module docstring), rounded up.
+_BYTES_PER_VOXEL = {False: 64, True: 96}
+_FIXED_BYTES = 128 << 20
+MIN_COLUMN_WIDTH = 32
+"""Narrower columns measure their walls more than the microstructure."""
+_READ_VOXELS = 32 * 224 * 256  # planes read at a time while a column is filled
+
+
+def solve_bytes(n_voxels: int, multi_phase: bool = False) -> int:
+    """Estimated peak memory (bytes) of a TauFactor solve of ``n_voxels`` voxels."""
+    return _FIXED_BYTES + int(n_voxels) * _BYTES_PER_VOXEL[bool(multi_phase)]
+
+
+def memory_budget(device: str | None = None) -> int:
+    """Bytes one solve may take on ``device`` (None: where TauFactor would run, CUDA if
+    there is a GPU): half of the RAM, or half of the GPU's memory."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda"):
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory // 2)
+    ram = physical_memory()
+    return ram // 2 if ram is not None else 4 << 30
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How a tortuosity solve is cut.
+
+    Attributes
+    ----------
+    axis : int
+        Flux axis of the (plane, row, column) volume.
+    width : int or None
+        Columns' cross-section edge in voxels; None: the whole volume in one solve.
+    boxes : list of (slice, slice, slice)
+        The (plane, row, column) box of every solve.
+    whole_bytes : int
+        Estimated memory of solving the whole volume at once.
+    budget : int
+        The memory one solve may take.
+    """
+
+    axis: int
+    width: int | None
+    boxes: list[tuple[slice, slice, slice]]
+    whole_bytes: int
+    budget: int
+
+
+def _edges(n: int, width: int) -> list[tuple[int, int]]:
+    """``ceil(n / width)`` near-equal parts of ``range(n)``, none wider than ``width``."""
+    k = max(1, math.ceil(n / width))
+    cuts = np.linspace(0, n, k + 1).round().astype(int)
+    return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+
+
+def plan_columns(
+    shape: Sequence[int],
+    axis: int,
+    *,
+    multi_phase: bool = False,
+    width: int | None = None,
+    budget: int | None = None,
+) -> ColumnPlan:
+    """Cut a (plane, row, column) volume into columns along ``axis`` that fit the budget.
+
+    Parameters
+    ----------
+    shape : three ints
+    axis : int
+        Flux axis (0, 1 or 2).
+    multi_phase : bool
+        Carbon-binder conducts too (a bigger solver).
+    width : int or None
+        Columns' cross-section edge in voxels; None chooses: the whole volume when it fits
+        ``budget``, else the widest columns that do. A width as wide as the volume solves
+        it whole.
+    budget : int or None
+        Bytes one solve may take (default :func:`memory_budget` on the CPU).
+
+    Raises
+    ------
+    PaserInputError
+        A width below :data:`MIN_COLUMN_WIDTH`, or columns that need more memory than
+        twice the budget (the whole RAM by default).
+    """
+    shape = tuple(int(n) for n in shape)
+    budget = memory_budget() if budget is None else int(budget)
+    cross = [a for a in range(3) if a != axis]
+    whole = solve_bytes(int(np.prod(shape)), multi_phase)
+    if width is None:
+        if whole <= budget:
+            width = max(shape[a] for a in cross)
+        else:
+            # the largest cross-section that fits, as a square unless the volume is thinner
+            area = max(0, budget - _FIXED_BYTES) // (shape[axis] * _BYTES_PER_VOXEL[bool(multi_phase)])
+            width = math.isqrt(area)
+            thinnest = min(shape[a] for a in cross)
+            if thinnest < width:
+                width = area // thinnest
+            if width < MIN_COLUMN_WIDTH:
+                raise PaserInputError(
+                    f"tortuosity: even columns of {MIN_COLUMN_WIDTH} voxels along axis {axis} need "
+                    f"{solve_bytes(shape[axis] * MIN_COLUMN_WIDTH**2, multi_phase) / 2**30:.1f} GiB, more than the "
+                    f"{budget / 2**30:.1f} GiB one solve may take; crop the volume or skip the tortuosity")
+    elif int(width) < MIN_COLUMN_WIDTH:
+        raise PaserInputError(f"tortuosity column width must be at least {MIN_COLUMN_WIDTH} voxels, got {width}")
+    width = int(width)
+    parts = [_edges(shape[a], width) for a in cross]
+    boxes: list[tuple[slice, slice, slice]] = []
+    for lo0, hi0 in parts[0]:
+        for lo1, hi1 in parts[1]:
+            box = [slice(0, shape[axis])] * 3
+            box[cross[0]], box[cross[1]] = slice(lo0, hi0), slice(lo1, hi1)
+            boxes.append((box[0], box[1], box[2]))
+    biggest = max(math.prod(s.stop - s.start for s in b) for b in boxes)
+    if solve_bytes(biggest, multi_phase) > 2 * budget:
+        raise PaserInputError(
+            f"tortuosity: columns of {width} voxels need {solve_bytes(biggest, multi_phase) / 2**30:.1f} GiB each, more than "
+            f"this machine has ({2 * budget / 2**30:.1f} GiB); choose narrower columns")
+    whole_volume = len(boxes) == 1
+    return ColumnPlan(axis, None if whole_volume else width, boxes, whole, budget)
+
+
+def read_box(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:
+    """The (plane, row, column) ``box`` of ``volume``, read a few planes at a time."""
+    planes, rows, cols = box
+    out = np.empty((planes.stop - planes.start, rows.stop - rows.start, cols.stop - cols.start), dtype=volume.dtype)
+    step = max(1, _READ_VOXELS // (int(volume.shape[1]) * int(volume.shape[2])))
+    for z in range(planes.start, planes.stop, step):
+        z1 = min(z + step, planes.stop)
+        out[z - planes.start : z1 - planes.start] = volume.read(z, z1)[:, rows, cols]
+    return out
+
+
+def _combine(results: list[TortuosityResult], areas: list[int], mean_conductance: list[float], diffusivity: float,
+             plan: ColumnPlan) -> TortuosityResult:
+    """One result for columns in parallel (see the module docstring)."""
+    a = np.asarray(areas, dtype=float) / float(sum(areas))
+    d_rel = float(np.dot(a, [r.effective_diffusivity / diffusivity for r in results]))
+    eps = float(np.dot(a, mean_conductance))
+    tau = eps / d_rel if d_rel > 0 else math.inf
+    return TortuosityResult(
+        tau=tau,
+        effective_diffusivity=diffusivity * d_rel,
+        volume_fraction=float(np.dot(a, [r.volume_fraction for r in results])),
+        converged=all(r.converged for r in results),
+        iterations=max(r.iterations for r in results),
+        axis=results[0].axis,
+        phases=results[0].phases,
+        column_width=plan.width,
+        column_taus=tuple(r.tau for r in results),
+    )
+
+
+def _over_columns(step: TauProgress, done: int, total: int) -> TauProgress:
+    """A column's progress as progress over all the columns."""
+    return dataclasses.replace(step, fraction=(done + step.fraction) / total)
+
+
+def tortuosity_columns_steps(
+    volume: Volume,
+    axis: int,
+    plan: ColumnPlan,
+    *,
+    cb_diffusivity: float | None = None,
+    voxel_size: Sequence[float] | None = None,
+    diffusivity: float = 1.0,
+    **solve_kwargs,
+) -> Generator[TauProgress, None, TortuosityResult]:
+    """Solve the tortuosity of ``volume`` column by column as ``plan`` cuts it.
+
+    Parameters
+    ----------
+    volume : Volume
+        Phase labels (checked by the caller), (plane, row, column).
+    axis : int
+        Flux axis of ``volume`` (``plan.axis``); the result reports ``axis``.
+    plan : ColumnPlan
+        From :func:`plan_columns`; a plan of one box solves the whole volume.
+    cb_diffusivity, voxel_size, diffusivity, **solve_kwargs
+        As for :func:`~napari_paser.engine.tortuosity.tortuosity_steps`.
+
+    Yields
+    ------
+    TauProgress
+        The current column's progress, with ``fraction`` over all columns.
+
+    Returns
+    -------
+    TortuosityResult
+        The whole volume's, or the columns' combined with their own τ in ``column_taus``.
+    """
+    multi = cb_diffusivity is not None and cb_diffusivity > 0
+    results, areas, conductance = [], [], []
+    n = len(plan.boxes)
+    for i, box in enumerate(plan.boxes):
+        labels = read_box(volume, box).astype(np.uint8, copy=False)  # checked by the caller
+        gen = tortuosity_steps(labels, plan.axis, cb_diffusivity=cb_diffusivity, voxel_size=voxel_size,
+                               diffusivity=diffusivity, **solve_kwargs)
+        res: TortuosityResult = yield from relay_steps(gen, functools.partial(_over_columns, done=i, total=n))
+        res = dataclasses.replace(res, axis=int(axis))
+        if n == 1:
+            return res
+        results.append(res)
+        areas.append(labels.size // labels.shape[plan.axis])
+        conductance.append(float(np.mean(labels == PORE) + (cb_diffusivity * np.mean(labels == CARBON) if multi else 0.0)))
+        del labels, gen
+        # Each column allocates and frees the same large fields: give them back, or the
+        # heap's fragments pile up column after column. (A fixed mmap threshold, as in
+        # segment's slabs, bounds them further but slowed TauFactor's iterations 1.7-2.5x.)
+        release_heap()
+    return _combine(results, areas, conductance, diffusivity, plan)
