@@ -111,6 +111,29 @@ def test_a_stack_too_big_for_one_solve_is_solved_in_columns_read_from_the_store(
     assert "τ (pore) solved in 4 columns up to 40 voxels across" in panel.status.text()
 
 
+def test_the_column_width_is_the_users_choice(make_napari_viewer, notes):
+    from napari_paser.engine.microstructure import compute_metrics
+
+    lab = channels(shape=(12, 70, 72))
+    viewer = make_napari_viewer()
+    viewer.add_labels(lab, name="phases", scale=SCALE)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-paser", "Microstructure metrics")
+    assert panel.tau_width_spin.text() == "auto" and panel.request().tortuosity_width is None
+    panel.tau_width_spin.setValue(16)
+    assert panel.compute(blocking=True) is None
+    assert notes[-1][0] == "error" and "at least 32 voxels" in notes[-1][1]
+    panel.tau_width_spin.setValue(36)
+    outcome = panel.compute(blocking=True)
+    assert outcome is not None, notes
+    res = outcome.metrics.tortuosity["pore"]
+    assert res.column_width == 36 and len(res.column_taus) == 4
+    expected = compute_metrics(lab, 0, voxel_size=SCALE, tortuosity_width=36)
+    assert outcome.metrics.values == expected.values
+    assert "4 columns up to 36 voxels across" in panel.status.text()
+    panel.tau_check.setChecked(False)
+    assert not panel.tau_width_spin.isEnabled()
+
+
 BAD = [
     (np.where(channels() == 1, 5, channels()).astype(np.uint8), 0, "outside {0, 1, 2}"),
     (np.where(channels() == 0, 2, channels()).astype(np.uint8), 0, "pore absent"),

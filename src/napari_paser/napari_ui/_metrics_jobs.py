@@ -33,6 +33,9 @@ class MetricsRequest:
     cb_diffusivity : float or None
         > 0 adds the pore + carbon-binder tortuosity.
     tortuosity : bool
+    tortuosity_width : int or None
+        Solve τ in columns this many voxels across (None: the whole volume when it fits
+        in memory, else the widest columns that do).
     image : array or None
         The grey scan for the band (None: no band).
     bundle_path : Path or None
@@ -48,6 +51,7 @@ class MetricsRequest:
     voxel_size: tuple[float, float, float] | None = None
     cb_diffusivity: float | None = None
     tortuosity: bool = True
+    tortuosity_width: int | None = None
     image: Any = None
     bundle_path: Path | None = None
     band_lams: tuple = ()
@@ -92,6 +96,11 @@ def check_request(req: MetricsRequest) -> None:
     shape = tuple(int(n) for n in np.shape(req.labels))
     check_axis(req.axis, len(shape))
     check_voxel_size(req.voxel_size)
+    if req.tortuosity and req.tortuosity_width is not None:
+        from ..engine.tortuosity_columns import MIN_COLUMN_WIDTH
+
+        if req.tortuosity_width < MIN_COLUMN_WIDTH:
+            raise PaserInputError(f"tortuosity columns must be at least {MIN_COLUMN_WIDTH} voxels across, got {req.tortuosity_width}")
     if req.image is not None:
         from ..engine.metrics_band import check_band_fits
 
@@ -119,7 +128,8 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
-    kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity)
+    kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity,
+                  tortuosity_width=req.tortuosity_width)
     n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
     gen = metrics_steps(labels, req.axis, **kwargs)
     metrics = yield from relay_steps(gen, lambda step: MetricsProgress(step.stage, step.fraction, 0, 1 + n_band))

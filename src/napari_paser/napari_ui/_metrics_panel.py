@@ -92,6 +92,15 @@ class MetricsPanel(QWidget):
                                 "(> 0 adds the pore + carbon-binder tortuosity)")
         self.tau_check = QCheckBox("tortuosity (TauFactor)")
         self.tau_check.setChecked(True)
+        self.tau_width_spin = QSpinBox()
+        self.tau_width_spin.setRange(0, 1_000_000)
+        self.tau_width_spin.setSingleStep(32)
+        self.tau_width_spin.setSpecialValueText("auto")
+        self.tau_width_spin.setSuffix(" voxels")
+        self.tau_width_spin.setToolTip("Solve τ in columns this wide that span the volume along the axis, one at a time, "
+                                       "combined in parallel (walls between columns raise τ a little). auto: the whole "
+                                       "volume when its solve fits in half the memory, else the widest columns that do")
+        self.tau_check.toggled.connect(self.tau_width_spin.setEnabled)
         self.lams_edit = QLineEdit(DEFAULT_LAMS)
         self.lams_edit.setToolTip("λ values of the band ('default' is the bundle's)")
         self.mc_spin = QSpinBox()
@@ -102,6 +111,7 @@ class MetricsPanel(QWidget):
         form.addRow("Axis", self.axis_spin)
         form.addRow("Carbon-binder D", self.cb_spin)
         form.addRow("", self.tau_check)
+        form.addRow("τ columns", self.tau_width_spin)
         form.addRow("Band image", self.image_combo)
         form.addRow("Band λ", self.lams_edit)
         form.addRow("Band MC samples", self.mc_spin)
@@ -175,6 +185,7 @@ class MetricsPanel(QWidget):
         return jobs.MetricsRequest(
             labels=data, axis=self.axis_spin.value(), voxel_size=voxel_size_from_scale(layer.scale, data.ndim),
             cb_diffusivity=self.cb_spin.value() or None, tortuosity=self.tau_check.isChecked(),
+            tortuosity_width=self.tau_width_spin.value() or None,
             image=None if image_layer is None else image_layer.data,
             bundle_path=Path(bundle) if bundle else None,
             band_lams=parse_lams(self.lams_edit.text()) if image_layer is not None else (),
