@@ -17,6 +17,7 @@ from napari_paser.engine.steps import run_steps
 from napari_paser.engine.tortuosity import tortuosity
 from napari_paser.engine.tortuosity_columns import (
     MIN_COLUMN_WIDTH,
+    ColumnJob,
     ColumnPlan,
     plan_columns,
     read_box,
@@ -114,7 +115,7 @@ def test_columns_in_parallel_give_the_whole_volume_when_no_flux_crosses_them(cb)
     vol = walled_halves()
     whole = tortuosity(vol, 0, cb_diffusivity=cb, conv_crit=1e-3)
     halves = ColumnPlan(0, 17, [(slice(0, 24), slice(0, 16), slice(0, 20)), (slice(0, 24), slice(16, 33), slice(0, 20))], 0, 0)
-    cols = run_steps(tortuosity_columns_steps(as_volume(vol), 0, halves, cb_diffusivity=cb, conv_crit=1e-3))
+    cols = run_steps(tortuosity_columns_steps(ColumnJob(as_volume(vol), 0, halves, cb_diffusivity=cb, conv_crit=1e-3)))
     assert cols.column_width == 17 and len(cols.column_taus) == 2
     assert cols.column_taus[0] == pytest.approx(1.0, abs=1e-5)  # straight channels
     assert cols.column_taus[1] > 1.5  # the random half is tortuous, so the mean is weighted
@@ -182,3 +183,32 @@ def test_cli_tau_width_reports_the_columns(tmp_path, capsys):
     assert report["tortuosity_factor.pore"] == pytest.approx(compute_metrics(lab, 0, tortuosity_width=35).values["tortuosity_factor.pore"])
     assert main(["metrics", str(tmp_path / "phases.tif"), "--tau-width", "8", "--quiet"]) == 2
     assert "at least 32 voxels" in capsys.readouterr().err
+
+
+def test_columns_as_tasks_give_the_same_result_with_progress_after_each():
+    from napari_paser.engine.streaming import LocalExecutor
+
+    lab = random_electrode((30, 64, 70), seed=11)
+    here = compute_metrics(lab, 0, tortuosity_width=35, cb_diffusivity=0.2)
+    fractions = []
+    gen = metrics_steps(lab, 0, tortuosity_width=35, cb_diffusivity=0.2, executor=LocalExecutor())
+    tasks = run_steps(gen, lambda step: fractions.append(step.fraction) if step.stage == "tortuosity (pore)" else None)
+    assert tasks.values == here.values
+    assert tasks.tortuosity["pore+carbon-binder"].column_taus == here.tortuosity["pore+carbon-binder"].column_taus
+    assert fractions == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_cli_solves_columns_on_a_dask_cluster(tmp_path, capsys):
+    """Workers open the labels from their path and solve their columns; nothing differs."""
+    import tifffile
+
+    lab = random_electrode((30, 64, 70), seed=11)
+    tifffile.imwrite(tmp_path / "phases.tif", lab)
+    out = tmp_path / "m.json"
+    assert main(["metrics", str(tmp_path / "phases.tif"), "--tau-width", "35", "--workers", "2", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    here = compute_metrics(lab, 0, tortuosity_width=35)
+    assert report["tortuosity_factor.pore"] == here.values["tortuosity_factor.pore"]
+    assert report["tortuosity"]["pore"]["column_tau"] == list(here.tortuosity["pore"].column_taus)
+    assert main(["metrics", str(tmp_path / "phases.tif"), "--workers", "0", "--quiet"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err

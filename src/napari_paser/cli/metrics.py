@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PaserInputError
-from .segment import add_bundle_arguments, check_writable, load_bundle_arg, write_json
+from .segment import add_bundle_arguments, check_writable, executor_from_args, load_bundle_arg, write_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="solve τ in columns N voxels across that span the volume along --axis, one at a time, combined "
                         "in parallel (default: the whole volume when its solve fits in half the memory, else the widest "
                         "columns that do)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="solve τ's columns on a local dask cluster of N processes")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="solve τ's columns on a running dask scheduler (tcp://host:8786)")
     p.add_argument("--surface-method", choices=("marching_cubes", "faces"), default="marching_cubes",
                    help="surface area estimator (default marching_cubes)")
     p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
@@ -139,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.band_methods) if args.band else ()
     if args.band and args.band_mc < 0:
         raise PaserInputError(f"--band-mc must be >= 0, got {args.band_mc}")
+    if args.workers is not None and args.workers < 1:
+        raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
     if args.tau_iter_limit < 1:
         raise PaserInputError(f"--tau-iter-limit must be >= 1, got {args.tau_iter_limit}")
     if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
@@ -154,9 +159,16 @@ def run(args: argparse.Namespace) -> int:
         if args.band:  # the band compares segmentations voxel by voxel, in memory
             image = read_band_scan(args.band, source.shape if source.input_ndim == 3 else source.shape[1:])
             labels = validate_phase_labels(np.asarray(source))
-        with warnings.catch_warnings(record=True) as notes:
-            warnings.simplefilter("always", UserWarning)
-            metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
+        executor = None
+        if not args.no_tortuosity and (args.scheduler or (args.workers or 1) > 1):
+            executor = kwargs["executor"] = executor_from_args(args)
+        try:
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", UserWarning)
+                metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
+        finally:
+            if executor is not None:
+                executor.close()
     # Engine warnings (e.g. cubic voxels assumed) become one line each.
     for msg in dict.fromkeys(str(w.message) for w in notes if issubclass(w.category, UserWarning)):
         print(f"napari-paser metrics: warning: {msg}", file=sys.stderr)

@@ -193,7 +193,8 @@ def _run_key(args, volume, bundle_path: Path, bundle, slab: int) -> dict:
     }
 
 
-def _executor(args):
+def executor_from_args(args: argparse.Namespace):
+    """A dask executor for ``--workers N`` (N > 1) or ``--scheduler``, else a local one."""
     from ..engine.streaming import LocalExecutor, dask_executor
 
     if args.scheduler or (args.workers or 1) > 1:
@@ -259,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     executor = None
     update, close = progress_bar(f"segment ({args.method})", args.quiet)
     try:
-        executor = _executor(args)
+        executor = executor_from_args(args)
         summary = stream_segment(
             volume, str(bundle_path), method=args.method, lam=args.lam, tvd=args.tvd, mc_passes=args.mc_passes,
             seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, slab=slab,

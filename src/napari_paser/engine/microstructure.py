@@ -45,7 +45,7 @@ of it one at a time (:mod:`.tortuosity_columns`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generator, Sequence
+from typing import Any, Generator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -55,7 +55,7 @@ from ..errors import PaserInputError
 from ..io_sources import Volume, as_volume
 from .steps import relay_steps, run_steps
 from .tortuosity import TortuosityResult
-from .tortuosity_columns import ColumnPlan, memory_budget, plan_columns, tortuosity_columns_steps
+from .tortuosity_columns import ColumnJob, ColumnPlan, memory_budget, plan_columns, tortuosity_columns_steps
 
 __all__ = [
     "PAIRS",
@@ -401,6 +401,7 @@ def metrics_steps(
     device: str | None = None,
     iter_limit: int = 20000,
     tortuosity_width: int | None = None,
+    executor: Any = None,
     require_all_phases: bool = True,
 ) -> Generator[MetricsStep, None, MicrostructureMetrics]:
     """Compute every metric of a label volume, yielding progress; close it to cancel.
@@ -430,6 +431,9 @@ def metrics_steps(
         Solve the tortuosity in columns of this many voxels across, spanning the volume
         along ``axis`` (see :mod:`.tortuosity_columns`). None: the whole volume at once
         when it fits in half the memory, else the widest columns that do.
+    executor : LocalExecutor, DaskExecutor or None
+        Runs the columns as tasks (e.g. on a dask cluster); None: one after the other
+        here. A whole-volume solve always runs here.
     require_all_phases : bool
         Refuse labels without one of the phases (the default for user input).
 
@@ -478,8 +482,9 @@ def metrics_steps(
         values[f"interfacial_area.{_pair_name(a, b)}"] = float(area / sample)
     taus: dict[str, TortuosityResult] = {}
     for name, cb, plan in tau_runs:
-        gen = tortuosity_columns_steps(volume, axis, plan, cb_diffusivity=cb, voxel_size=vs, diffusivity=diffusivity,
-                                       device=device, iter_limit=iter_limit)
+        job = ColumnJob(volume, axis, plan, cb_diffusivity=cb, voxel_size=vs, diffusivity=diffusivity, device=device,
+                        iter_limit=iter_limit)
+        gen = tortuosity_columns_steps(job, executor)
         res: TortuosityResult = yield from relay_steps(gen, lambda p: MetricsStep(f"tortuosity ({name})", p.fraction))
         taus[name] = res
         values[f"tortuosity_factor.{name}"] = res.tau

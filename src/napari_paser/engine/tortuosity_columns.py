@@ -24,23 +24,26 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Generator, Sequence
+from typing import Any, Generator, Sequence
 
 import numpy as np
 
 from ..errors import PaserInputError
 from ..io_sources import Volume
 from .memory import physical_memory, release_heap
-from .steps import relay_steps
+from .steps import relay_steps, run_steps
 from .tortuosity import CARBON, PORE, TauProgress, TortuosityResult, tortuosity_steps
 
 __all__ = [
     "MIN_COLUMN_WIDTH",
     "ColumnPlan",
+    "ColumnJob",
+    "ColumnOutcome",
     "solve_bytes",
     "memory_budget",
     "plan_columns",
     "read_box",
+    "solve_column",
     "tortuosity_columns_steps",
 ]
 
@@ -181,22 +184,79 @@ def read_box(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:
     return out
 
 
-def _combine(results: list[TortuosityResult], areas: list[int], mean_conductance: list[float], diffusivity: float,
-             plan: ColumnPlan) -> TortuosityResult:
+@dataclass(frozen=True)
+class ColumnJob:
+    """Everything a column's solve needs; picklable, so dask workers can run columns
+    (a file-backed volume pickles as its path).
+
+    Attributes
+    ----------
+    volume : Volume
+        Phase labels (checked by the caller), (plane, row, column).
+    axis : int
+        The flux axis the result reports (the caller's; ``plan.axis`` is the volume's).
+    plan : ColumnPlan
+    cb_diffusivity, voxel_size, diffusivity, device, iter_limit, conv_crit
+        As for :func:`~napari_paser.engine.tortuosity.tortuosity_steps`.
+    """
+
+    volume: Volume
+    axis: int
+    plan: ColumnPlan
+    cb_diffusivity: float | None = None
+    voxel_size: tuple[float, float, float] | None = None
+    diffusivity: float = 1.0
+    device: str | None = None
+    iter_limit: int = 20000
+    conv_crit: float = 1e-2
+
+
+@dataclass(frozen=True)
+class ColumnOutcome:
+    """One column's solve, its cross-section (voxels) and mean conductance (ε, or
+    ``ε_pore + D_cb · ε_cb`` with carbon-binder conducting)."""
+
+    result: TortuosityResult
+    area: int
+    conductance: float
+
+
+def _column_steps(job: ColumnJob, k: int) -> Generator[TauProgress, None, ColumnOutcome]:
+    labels = read_box(job.volume, job.plan.boxes[k]).astype(np.uint8, copy=False)  # checked by the caller
+    res = yield from tortuosity_steps(labels, job.plan.axis, cb_diffusivity=job.cb_diffusivity, voxel_size=job.voxel_size,
+                                      diffusivity=job.diffusivity, device=job.device, iter_limit=job.iter_limit,
+                                      conv_crit=job.conv_crit)
+    conductance = float(np.mean(labels == PORE))
+    if job.cb_diffusivity:
+        conductance += job.cb_diffusivity * float(np.mean(labels == CARBON))
+    return ColumnOutcome(dataclasses.replace(res, axis=int(job.axis)), labels.size // labels.shape[job.plan.axis], conductance)
+
+
+def solve_column(job: ColumnJob, k: int) -> ColumnOutcome:
+    """Column ``k`` solved to the end: the task a dask worker runs."""
+    try:
+        return run_steps(_column_steps(job, k))
+    finally:
+        release_heap()
+
+
+def _combine(outcomes: list[ColumnOutcome], job: ColumnJob) -> TortuosityResult:
     """One result for columns in parallel (see the module docstring)."""
-    a = np.asarray(areas, dtype=float) / float(sum(areas))
-    d_rel = float(np.dot(a, [r.effective_diffusivity / diffusivity for r in results]))
-    eps = float(np.dot(a, mean_conductance))
+    results = [o.result for o in outcomes]
+    a = np.asarray([o.area for o in outcomes], dtype=float)
+    a /= a.sum()
+    d_rel = float(np.dot(a, [r.effective_diffusivity / job.diffusivity for r in results]))
+    eps = float(np.dot(a, [o.conductance for o in outcomes]))
     tau = eps / d_rel if d_rel > 0 else math.inf
     return TortuosityResult(
         tau=tau,
-        effective_diffusivity=diffusivity * d_rel,
+        effective_diffusivity=job.diffusivity * d_rel,
         volume_fraction=float(np.dot(a, [r.volume_fraction for r in results])),
         converged=all(r.converged for r in results),
         iterations=max(r.iterations for r in results),
         axis=results[0].axis,
         phases=results[0].phases,
-        column_width=plan.width,
+        column_width=job.plan.width,
         column_taus=tuple(r.tau for r in results),
     )
 
@@ -206,56 +266,43 @@ def _over_columns(step: TauProgress, done: int, total: int) -> TauProgress:
     return dataclasses.replace(step, fraction=(done + step.fraction) / total)
 
 
-def tortuosity_columns_steps(
-    volume: Volume,
-    axis: int,
-    plan: ColumnPlan,
-    *,
-    cb_diffusivity: float | None = None,
-    voxel_size: Sequence[float] | None = None,
-    diffusivity: float = 1.0,
-    **solve_kwargs,
-) -> Generator[TauProgress, None, TortuosityResult]:
-    """Solve the tortuosity of ``volume`` column by column as ``plan`` cuts it.
+def tortuosity_columns_steps(job: ColumnJob, executor: Any = None) -> Generator[TauProgress, None, TortuosityResult]:
+    """Solve the tortuosity of ``job.volume`` column by column as ``job.plan`` cuts it.
 
     Parameters
     ----------
-    volume : Volume
-        Phase labels (checked by the caller), (plane, row, column).
-    axis : int
-        Flux axis of ``volume`` (``plan.axis``); the result reports ``axis``.
-    plan : ColumnPlan
-        From :func:`plan_columns`; a plan of one box solves the whole volume.
-    cb_diffusivity, voxel_size, diffusivity, **solve_kwargs
-        As for :func:`~napari_paser.engine.tortuosity.tortuosity_steps`.
+    job : ColumnJob
+    executor : LocalExecutor, DaskExecutor or None
+        None: the columns one after the other in this process, with progress within
+        each. An executor of :mod:`.streaming` (e.g. ``dask_executor(workers=4)``) runs
+        them as tasks, progress after each; the result is the same.
 
     Yields
     ------
     TauProgress
-        The current column's progress, with ``fraction`` over all columns.
+        With ``fraction`` over all columns.
 
     Returns
     -------
     TortuosityResult
         The whole volume's, or the columns' combined with their own τ in ``column_taus``.
     """
-    multi = cb_diffusivity is not None and cb_diffusivity > 0
-    results, areas, conductance = [], [], []
-    n = len(plan.boxes)
-    for i, box in enumerate(plan.boxes):
-        labels = read_box(volume, box).astype(np.uint8, copy=False)  # checked by the caller
-        gen = tortuosity_steps(labels, plan.axis, cb_diffusivity=cb_diffusivity, voxel_size=voxel_size,
-                               diffusivity=diffusivity, **solve_kwargs)
-        res: TortuosityResult = yield from relay_steps(gen, functools.partial(_over_columns, done=i, total=n))
-        res = dataclasses.replace(res, axis=int(axis))
+    n = len(job.plan.boxes)
+    outcomes: list[ColumnOutcome] = []
+    if executor is not None and n > 1:
+        for out in executor.map(solve_column, job, range(n), ordered=True):
+            outcomes.append(out)
+            yield TauProgress(out.result.iterations, job.iter_limit, 0.0, len(outcomes) / n, out.result.tau)
+        return _combine(outcomes, job)
+    for k in range(n):
+        gen = _column_steps(job, k)
+        out = yield from relay_steps(gen, functools.partial(_over_columns, done=k, total=n))
         if n == 1:
-            return res
-        results.append(res)
-        areas.append(labels.size // labels.shape[plan.axis])
-        conductance.append(float(np.mean(labels == PORE) + (cb_diffusivity * np.mean(labels == CARBON) if multi else 0.0)))
-        del labels, gen
+            return out.result
+        outcomes.append(out)
+        del gen
         # Each column allocates and frees the same large fields: give them back, or the
         # heap's fragments pile up column after column. (A fixed mmap threshold, as in
         # segment's slabs, bounds them further but slowed TauFactor's iterations 1.7-2.5x.)
         release_heap()
-    return _combine(results, areas, conductance, diffusivity, plan)
+    return _combine(outcomes, job)
