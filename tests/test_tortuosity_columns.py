@@ -114,7 +114,7 @@ def test_read_box_reads_only_a_few_planes_at_a_time(monkeypatch):
 def test_columns_in_parallel_give_the_whole_volume_when_no_flux_crosses_them(cb):
     vol = walled_halves()
     whole = tortuosity(vol, 0, cb_diffusivity=cb, conv_crit=1e-3)
-    halves = ColumnPlan(0, 17, [(slice(0, 24), slice(0, 16), slice(0, 20)), (slice(0, 24), slice(16, 33), slice(0, 20))], 0, 0)
+    halves = ColumnPlan(0, 17, [(slice(0, 24), slice(0, 16), slice(0, 20)), (slice(0, 24), slice(16, 33), slice(0, 20))])
     cols = run_steps(tortuosity_columns_steps(ColumnJob(as_volume(vol), 0, halves, cb_diffusivity=cb, conv_crit=1e-3)))
     assert cols.column_width == 17 and len(cols.column_taus) == 2
     assert cols.column_taus[0] == pytest.approx(1.0, abs=1e-5)  # straight channels

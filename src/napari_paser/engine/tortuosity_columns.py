@@ -39,6 +39,7 @@ __all__ = [
     "ColumnPlan",
     "ColumnJob",
     "ColumnOutcome",
+    "check_column_width",
     "solve_bytes",
     "memory_budget",
     "plan_columns",
@@ -53,6 +54,19 @@ _FIXED_BYTES = 128 << 20
 MIN_COLUMN_WIDTH = 32
 """Narrower columns measure their walls more than the microstructure."""
 _READ_VOXELS = 32 * 224 * 256  # planes read at a time while a column is filled
+
+
+def check_column_width(width: int) -> int:
+    """``width`` as an int, if it is at least :data:`MIN_COLUMN_WIDTH`.
+
+    Raises
+    ------
+    PaserInputError
+        A narrower width.
+    """
+    if int(width) < MIN_COLUMN_WIDTH:
+        raise PaserInputError(f"tortuosity columns must be at least {MIN_COLUMN_WIDTH} voxels across, got {width}")
+    return int(width)
 
 
 def solve_bytes(n_voxels: int, multi_phase: bool = False) -> int:
@@ -85,17 +99,11 @@ class ColumnPlan:
         Columns' cross-section edge in voxels; None: the whole volume in one solve.
     boxes : list of (slice, slice, slice)
         The (plane, row, column) box of every solve.
-    whole_bytes : int
-        Estimated memory of solving the whole volume at once.
-    budget : int
-        The memory one solve may take.
     """
 
     axis: int
     width: int | None
     boxes: list[tuple[slice, slice, slice]]
-    whole_bytes: int
-    budget: int
 
 
 def _edges(n: int, width: int) -> list[tuple[int, int]]:
@@ -127,7 +135,7 @@ def plan_columns(
         ``budget``, else the widest columns that do. A width as wide as the volume solves
         it whole.
     budget : int or None
-        Bytes one solve may take (default :func:`memory_budget` on the CPU).
+        Bytes one solve may take (default: :func:`memory_budget`).
 
     Raises
     ------
@@ -154,9 +162,7 @@ def plan_columns(
                     f"tortuosity: even columns of {MIN_COLUMN_WIDTH} voxels along axis {axis} need "
                     f"{solve_bytes(shape[axis] * MIN_COLUMN_WIDTH**2, multi_phase) / 2**30:.1f} GiB, more than the "
                     f"{budget / 2**30:.1f} GiB one solve may take; crop the volume or skip the tortuosity")
-    elif int(width) < MIN_COLUMN_WIDTH:
-        raise PaserInputError(f"tortuosity column width must be at least {MIN_COLUMN_WIDTH} voxels, got {width}")
-    width = int(width)
+    width = check_column_width(width)
     parts = [_edges(shape[a], width) for a in cross]
     boxes: list[tuple[slice, slice, slice]] = []
     for lo0, hi0 in parts[0]:
@@ -170,7 +176,7 @@ def plan_columns(
             f"tortuosity: columns of {width} voxels need {solve_bytes(biggest, multi_phase) / 2**30:.1f} GiB each, more than "
             f"this machine has ({2 * budget / 2**30:.1f} GiB); choose narrower columns")
     whole_volume = len(boxes) == 1
-    return ColumnPlan(axis, None if whole_volume else width, boxes, whole, budget)
+    return ColumnPlan(axis, None if whole_volume else width, boxes)
 
 
 def read_box(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:

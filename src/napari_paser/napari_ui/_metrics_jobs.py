@@ -97,10 +97,9 @@ def check_request(req: MetricsRequest) -> None:
     check_axis(req.axis, len(shape))
     check_voxel_size(req.voxel_size)
     if req.tortuosity and req.tortuosity_width is not None:
-        from ..engine.tortuosity_columns import MIN_COLUMN_WIDTH
+        from ..engine.tortuosity_columns import check_column_width
 
-        if req.tortuosity_width < MIN_COLUMN_WIDTH:
-            raise PaserInputError(f"tortuosity columns must be at least {MIN_COLUMN_WIDTH} voxels across, got {req.tortuosity_width}")
+        check_column_width(req.tortuosity_width)
     if req.image is not None:
         from ..engine.metrics_band import check_band_fits
 
