@@ -162,7 +162,8 @@ def plan_columns(
                     f"tortuosity: even columns of {MIN_COLUMN_WIDTH} voxels along axis {axis} need "
                     f"{solve_bytes(shape[axis] * MIN_COLUMN_WIDTH**2, multi_phase) / 2**30:.1f} GiB, more than the "
                     f"{budget / 2**30:.1f} GiB one solve may take; crop the volume or skip the tortuosity")
-    width = check_column_width(width)
+    else:
+        width = check_column_width(width)
     parts = [_edges(shape[a], width) for a in cross]
     boxes: list[tuple[slice, slice, slice]] = []
     for lo0, hi0 in parts[0]:
