@@ -127,7 +127,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
-    kwargs = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity,
+    kwargs: dict[str, Any] = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity,
                   tortuosity_width=req.tortuosity_width)
     n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
     gen = metrics_steps(labels, req.axis, **kwargs)
