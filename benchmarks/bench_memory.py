@@ -23,8 +23,7 @@ Jobs:
   does not depend on its iterations, so ``N`` (default 100) only bounds the time; the τ
   printed is then not converged;
 - ``band``: ``napari-paser metrics --no-tortuosity --band SCAN`` with the default band
-  (5 λ, f2 everywhere, 4 f0 MC samples), labels and scan as above: the band holds the
-  scan and its segmentations in memory, so its peak grows with the planes.
+  (5 λ, f2 everywhere, 4 f0 MC samples), labels and scan as above.
 """
 
 from __future__ import annotations

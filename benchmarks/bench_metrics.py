@@ -95,9 +95,8 @@ def main(argv=None) -> int:
             direct_tau = direct_taufactor(truth == 0)
         m_paser = compute_metrics(paser.labels, 0, require_all_phases=False, **kw)
         m_f2 = compute_metrics(f2.labels, 0, require_all_phases=False, **kw)
-        envelope = PhaseEnvelope()
-        envelope.add(paser.labels)  # the main segmentation joins the band, as in `napari-paser metrics`
-        gen = band_steps(image, bundle, 0, lams=DEFAULT_BAND_LAMS, mc_samples=args.band_mc, envelope=envelope, **kw)
+        envelope = PhaseEnvelope()  # the main segmentation joins the band, as in `napari-paser metrics`
+        gen = band_steps(image, bundle, 0, lams=DEFAULT_BAND_LAMS, mc_samples=args.band_mc, labels=paser.labels, envelope=envelope, **kw)
         while True:
             try:
                 next(gen)

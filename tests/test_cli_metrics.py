@@ -116,25 +116,3 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
     rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--band-methods", "f3", "--quiet")
     assert rc == 2 and "f0, f1 or f2" in err
 
-
-def test_a_band_too_big_for_memory_is_one_clear_error_before_anything_is_read(tmp_path, tiny_bundle_dir, capsys, monkeypatch):
-    import napari_paser.engine.metrics_band as mb
-    from napari_paser.engine.metrics_band import band_memory
-
-    from napari_paser.io_sources import Volume
-
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16)
-    img_f = io.write_tiff(tmp_path / "img.tif", image)
-    lab_f = io.write_tiff(tmp_path / "lab.tif", rng.integers(0, 3, (2, 56, 64)).astype(np.uint8))
-    ram = band_memory(image.shape, image.dtype) * 4 // 3 - 1  # the band needs just over three quarters
-    monkeypatch.setattr(mb, "physical_memory", lambda: ram)
-    monkeypatch.setattr(Volume, "read", lambda *a: pytest.fail("a volume was read before the check"))
-    rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--quiet")
-    monkeypatch.undo()
-    assert rc == 2 and "a band over 2x56x64 voxels would hold about" in err and "crop" in err
-    assert len(err.strip().splitlines()) == 1
-    monkeypatch.setattr(mb, "physical_memory", lambda: ram + 4)  # three quarters of it is enough
-    rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--no-tortuosity",
-                         "--band-lams", "1", "--band-methods", "", "--band-mc", "0", "--quiet")
-    assert rc == 0, err

@@ -218,8 +218,7 @@ def test_envelope_widens_fraction_ranges_to_voxelwise_bounds():
     ma, mb = (compute_metrics(x, 2, tortuosity=False) for x in (a, b))
     assert metric_ranges([ma, mb])["volume_fraction.pore"] == (0.25, 0.25)
     env = PhaseEnvelope()
-    env.add(a)
-    env.add(b)
+    env.add_slab(0, [a, b])
     rng = metric_ranges([ma, mb], env)
     assert rng["volume_fraction.pore"] == (1 / 8, 3 / 8)
     assert rng["volume_fraction.carbon-binder"] == (0.25, 0.25)
@@ -228,8 +227,21 @@ def test_envelope_widens_fraction_ranges_to_voxelwise_bounds():
     lo, hi = profile_range([ma, mb], env)  # along the columns: pore in column 0 always, 1 and 2 sometimes
     np.testing.assert_allclose(lo, [0.5, 0, 0, 0])
     np.testing.assert_allclose(hi, [0.5, 0.5, 0.5, 0])
-    with pytest.raises(PaserInputError, match="shape"):
-        env.add(a[:, :1])
+    with pytest.raises(PaserInputError, match="cannot join an envelope"):
+        env.add_slab(0, [a[:, :1], b[:, :1]])
+    with pytest.raises(PaserInputError, match="holds 2 segmentations"):
+        env.add_slab(0, [a])
+    # slab by slab, the same counts as at once
+    stack_a, stack_b = np.concatenate([a, b, a]), np.concatenate([b, b, a])
+    whole, slabs = PhaseEnvelope(), PhaseEnvelope()
+    whole.add_slab(0, [stack_a, stack_b])
+    slabs.start(stack_a.shape, 2)
+    slabs.add_slab(0, [stack_a[:2], stack_b[:2]])
+    slabs.add_slab(2, [stack_a[2:], stack_b[2:]])
+    assert slabs.fraction_ranges() == whole.fraction_ranges()
+    for axis in range(3):
+        for got, want in zip(slabs.profile_range(axis), whole.profile_range(axis)):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_missing_taufactor_is_one_clear_error(monkeypatch):

@@ -201,21 +201,6 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     assert len(panel.figure.axes[0].collections) == 1  # the band around the profile
 
 
-def test_a_band_too_big_for_memory_is_one_notification(make_napari_viewer, monkeypatch, notes):
-    import napari_paser.engine.metrics_band as mb
-    from napari_paser.napari_ui._metrics_panel import MetricsPanel
-
-    viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((2, 56, 64), np.uint16), name="scan")
-    viewer.add_labels(np.random.default_rng(0).integers(0, 3, (2, 56, 64)).astype(np.uint8), name="phases")
-    monkeypatch.setattr(mb, "physical_memory", lambda: mb.band_memory((2, 56, 64), np.uint16))
-    panel = MetricsPanel(viewer)
-    panel.image_combo.setCurrentText("scan")
-    assert panel.compute(blocking=True) is None
-    assert notes == [("error", notes[0][1])] and "would hold about" in notes[0][1]
-    assert panel.outcome is None and panel.run_button.isEnabled()
-
-
 def test_default_export_is_beside_the_phase_volume():
     from pathlib import Path
 

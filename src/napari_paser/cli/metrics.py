@@ -11,18 +11,15 @@ scan again at several λ, with f2 everywhere and as f0 MC-dropout samples and re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..errors import PaserInputError
 from .segment import add_bundle_arguments, check_writable, executor_from_args, load_bundle_arg, write_json
-
-if TYPE_CHECKING:
-    import numpy as np
 
 HELP = "microstructure metrics (fractions, porosity profile, surface areas, tortuosity) of a label volume"
 
@@ -65,20 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def read_band_scan(path: str, labels_shape: tuple[int, ...]) -> np.ndarray:
-    """The grey scan of a band, whole in memory (the band segments it in memory), once its
-    shape matches the labels and the band fits in memory."""
-    import numpy as np
-
-    from ..engine.metrics_band import check_band_fits
-    from ..io_sources import open_volume
-
-    with open_volume(path) as vol:
-        shape = vol.shape if vol.input_ndim == 3 else vol.shape[1:]
-        if tuple(shape) != tuple(labels_shape):
-            raise PaserInputError(f"--band image has shape {tuple(shape)} but the labels have shape {tuple(labels_shape)}")
-        check_band_fits(shape, vol.dtype)
-        return np.asarray(vol).reshape(shape)
+def _plane_shape(volume) -> tuple[int, ...]:
+    """The shape the input had: (Z, Y, X), or (Y, X) for a 2-D image."""
+    return tuple(volume.shape) if volume.input_ndim == 3 else tuple(volume.shape[1:])
 
 
 def _format(v: float) -> str:
@@ -110,13 +96,13 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
 
             bundle = load_bundle_arg(args.bundle)
             envelope = PhaseEnvelope()
-            envelope.add(labels)
             gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
-                             seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, envelope=envelope, **kwargs)
+                             seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, labels=labels,
+                             envelope=envelope, **kwargs)
 
             def show(step: tuple[str, int, int]) -> None:
                 stage, done, total = step
-                bar.set_description_str(f"band {done}/{total}: {stage}")
+                bar.set_description_str(f"band {done / max(total, 1):.0%}: {stage}")
 
             band = run_steps(gen, show)
     finally:
@@ -127,9 +113,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
 def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, tortuosity_notes, write_text_atomic
-    import numpy as np
-
-    from ..engine.microstructure import check_axis, check_voxel_size, validate_phase_labels
+    from ..engine.microstructure import check_axis, check_voxel_size
     from ..io_sources import open_volume
 
     t0 = time.perf_counter()
@@ -148,27 +132,23 @@ def run(args: argparse.Namespace) -> int:
         raise PaserInputError(f"--tau-iter-limit must be >= 1, got {args.tau_iter_limit}")
     if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
         raise PaserInputError(f"--cb-diffusivity must be a number >= 0, got {args.cb_diffusivity}")
-    with open_volume(args.labels) as source:
+    with contextlib.ExitStack() as opened:
+        # Labels and the band's scan are read a slab of planes at a time (τ's columns: a column at a time).
+        source = opened.enter_context(open_volume(args.labels))
         axis = check_axis(args.axis, source.input_ndim)
         voxel = voxel or source.voxel_size
+        scan = opened.enter_context(open_volume(args.band)) if args.band else None
+        if scan is not None and _plane_shape(scan) != _plane_shape(source):
+            raise PaserInputError(f"--band image has shape {_plane_shape(scan)} but the labels have shape {_plane_shape(source)}")
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
                       tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device,
                       tortuosity_width=args.tau_width, iter_limit=args.tau_iter_limit)
-        image = None
-        labels: Any = source  # read a slab of planes at a time (or a column at a time for TauFactor)
-        if args.band:  # the band compares segmentations voxel by voxel, in memory
-            image = read_band_scan(args.band, source.shape if source.input_ndim == 3 else source.shape[1:])
-            labels = validate_phase_labels(np.asarray(source))
-        executor = None
         if not args.no_tortuosity and (args.scheduler or (args.workers or 1) > 1):
-            executor = kwargs["executor"] = executor_from_args(args)
-        try:
-            with warnings.catch_warnings(record=True) as notes:
-                warnings.simplefilter("always", UserWarning)
-                metrics, band, envelope = _compute(args, labels, axis, image, lams, methods, kwargs)
-        finally:
-            if executor is not None:
-                executor.close()
+            kwargs["executor"] = executor_from_args(args)
+            opened.callback(kwargs["executor"].close)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", UserWarning)
+            metrics, band, envelope = _compute(args, source, axis, scan, lams, methods, kwargs)
     # Engine warnings (e.g. cubic voxels assumed) become one line each.
     for msg in dict.fromkeys(str(w.message) for w in notes if issubclass(w.category, UserWarning)):
         print(f"napari-paser metrics: warning: {msg}", file=sys.stderr)

@@ -4,8 +4,14 @@ The same scan is segmented at several cost weights λ (one :class:`PaserSegmente
 re-routing reuses its caches: only patches no earlier λ needed are run), with single
 models everywhere (by default f2, the most expensive segmentation PaSeR can give) and,
 on request, as single Monte-Carlo dropout samples of f0 (one f0 decoder pass with its own dropout
-mask, seeds 1..N). Each segmentation's metrics are computed at once and its labels
-dropped, so memory holds one label volume at a time besides the segmenter's caches.
+mask, seeds 1..N); then every segmentation's metrics are computed.
+
+The scan is read and segmented a slab of planes at a time, as ``segment`` streams a
+stack (intensity statistics from the whole stack, neighbouring planes as context, so
+the labels are those of the stack in memory); each segmentation's slabs go to a Zarr
+array in a temporary folder (``TMPDIR``) that is deleted at the end, and its metrics
+read that array a slab at a time. Memory therefore depends on the slice size, not on the
+number of planes.
 
 Every segmentation agrees with the others on most voxels and the band's members share
 the networks' biases, so the spread of their volume fractions understates how uncertain
@@ -18,6 +24,7 @@ noise, which would bound that noise rather than the segmentation's choices.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generator, Sequence
 
@@ -25,8 +32,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
-from .memory import physical_memory
-from .microstructure import MicrostructureMetrics, metrics_steps
+from ..io_sources import Volume, as_volume
+from .microstructure import MetricsStep, MicrostructureMetrics, metrics_steps, phase_label_volume, validate_phase_labels
 from .steps import relay_steps
 
 if TYPE_CHECKING:  # torch only once a band is computed
@@ -37,8 +44,6 @@ __all__ = [
     "DEFAULT_BAND_METHODS",
     "BandMember",
     "PhaseEnvelope",
-    "band_memory",
-    "check_band_fits",
     "parse_lams",
     "parse_methods",
     "band_steps",
@@ -49,35 +54,6 @@ DEFAULT_BAND_LAMS = (0.0, None, 0.1, 0.3, 1.0)
 
 DEFAULT_BAND_METHODS = ("f2",)
 """Single models run on every patch in the default band."""
-
-BAND_BYTES_PER_VOXEL = 30
-"""Peak memory of a band per voxel besides its scan: the labels and the envelope, the
-segmenter's caches and a second segmenter while the f0 MC samples run. Measured with the
-default band on 1024² uint16 scans (``benchmarks/bench_memory.py band``): the peak grew by
-31.2 bytes per voxel from 8 to 16 planes, 2 of them the scan's."""
-
-
-def band_memory(shape: Sequence[int], scan_dtype: np.dtype | type = np.uint16) -> int:
-    """Estimated peak bytes of a band over a scan of ``shape`` and ``scan_dtype``."""
-    return int(np.prod(shape)) * (BAND_BYTES_PER_VOXEL + np.dtype(scan_dtype).itemsize)
-
-
-def check_band_fits(shape: Sequence[int], scan_dtype: np.dtype | type = np.uint16) -> None:
-    """Refuse a band that would take more than three quarters of the RAM.
-
-    Raises
-    ------
-    PaserInputError
-        Saying how much it would need and what to do instead.
-    """
-    ram = physical_memory()
-    need = band_memory(shape, scan_dtype)
-    if ram is not None and need > ram * 3 // 4:
-        raise PaserInputError(
-            f"a band over {'x'.join(str(int(n)) for n in shape)} voxels would hold about {need / 2**30:.1f} GiB in memory, "
-            f"more than three quarters of this machine's {ram / 2**30:.1f} GiB: compute the band on a crop of the scan "
-            "and of its labels")
-
 
 @dataclass(frozen=True)
 class BandMember:
@@ -100,71 +76,78 @@ class BandMember:
 
 
 class PhaseEnvelope:
-    """Per voxel, the phases every added segmentation gives it and the phases any gives it.
-
-    Two uint8 bit fields of the volume's shape (bit ``c`` is phase ``c``), updated plane
-    by plane, so adding a segmentation needs no full-size temporary.
+    """Per voxel, the phases every segmentation gives it and the phases any gives it,
+    kept as counts along each axis (so a slab at a time, with no full-size array).
 
     Examples
     --------
     >>> env = PhaseEnvelope()
-    >>> env.add(np.array([[0, 0, 2, 2]]))
-    >>> env.add(np.array([[0, 2, 2, 2]]))
+    >>> env.add_slab(0, [np.array([[[0, 0, 2, 2]]]), np.array([[[0, 2, 2, 2]]])])
     >>> env.fraction_ranges()["volume_fraction.pore"]
     (0.25, 0.5)
     """
 
     def __init__(self) -> None:
-        self._every: np.ndarray | None = None
-        self._any: np.ndarray | None = None
+        self._shape: tuple[int, int, int] | None = None
         self._ndim = 3
+        self._every: list[np.ndarray] = []  # per axis: (3 phases, positions) voxel counts
+        self._any: list[np.ndarray] = []
         self.count = 0
 
-    def add(self, labels: np.ndarray) -> None:
-        """Add one segmentation (labels in {0, 1, 2}, the shape of the first one added)."""
-        lab = np.asarray(labels)
-        ndim = lab.ndim
-        lab = lab[None] if lab.ndim == 2 else lab
-        if self._every is None:
-            self._ndim = ndim
-            self._every = np.full(lab.shape, 0b111, dtype=np.uint8)
-            self._any = np.zeros(lab.shape, dtype=np.uint8)
-        elif lab.shape != self._every.shape:
-            raise PaserInputError(f"a segmentation of shape {lab.shape} cannot join an envelope of shape {self._every.shape}")
-        for z in range(lab.shape[0]):
-            bits = np.left_shift(np.uint8(1), lab[z].astype(np.uint8, copy=False))
-            self._every[z] &= bits
-            self._any[z] |= bits
-        self.count += 1
+    def start(self, shape: Sequence[int], count: int) -> None:
+        """Prepare for ``count`` segmentations of ``shape`` ((Z, Y, X) or (Y, X)), added
+        slab by slab with :meth:`add_slab`."""
+        self._ndim = len(shape)
+        z, y, x = (int(n) for n in (1,) * (3 - len(shape)) + tuple(shape))
+        self._shape = (z, y, x)
+        self._every = [np.zeros((3, n), np.int64) for n in (z, y, x)]
+        self._any = [np.zeros((3, n), np.int64) for n in (z, y, x)]
+        self.count = int(count)
 
-    def _counts(self, phase: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
-        """Voxels of ``phase`` in every / in any segmentation, per plane perpendicular to
-        ``axis`` of the stored 3-D volume (plane by plane: no full-size temporary)."""
-        if self._every is None:
-            raise RuntimeError("the envelope is empty: add a segmentation first")
-        keep = None if axis == 0 else 2 - axis  # axis 1 (rows): sum each plane's columns
-        lo = np.array([((plane >> phase) & 1).sum(axis=keep) for plane in self._every])
-        hi = np.array([((plane >> phase) & 1).sum(axis=keep) for plane in self._any])
-        return (lo, hi) if axis == 0 else (lo.sum(axis=0), hi.sum(axis=0))
+    def add_slab(self, z0: int, segmentations: Sequence[np.ndarray]) -> None:
+        """Planes ``z0 ...`` of every segmentation at once (labels in {0, 1, 2})."""
+        slabs = [np.asarray(s) for s in segmentations]
+        slabs = [s[None] if s.ndim == 2 else s for s in slabs]
+        if self._shape is None:
+            self.start(slabs[0].shape, len(slabs))
+        if len(slabs) != self.count:
+            raise PaserInputError(f"the envelope holds {self.count} segmentations, got {len(slabs)}")
+        assert self._shape is not None
+        for z in range(slabs[0].shape[0]):
+            every = np.full(self._shape[1:], 0b111, dtype=np.uint8)
+            any_ = np.zeros(self._shape[1:], dtype=np.uint8)
+            for s in slabs:
+                if s.shape[1:] != self._shape[1:]:
+                    raise PaserInputError(f"a segmentation of planes {s.shape[1:]} cannot join an envelope of {self._shape[1:]}")
+                bits = np.left_shift(np.uint8(1), s[z].astype(np.uint8, copy=False))
+                every &= bits
+                any_ |= bits
+            for phase in range(3):
+                for bitfield, counts in ((every, self._every), (any_, self._any)):
+                    has = (bitfield >> phase) & 1
+                    counts[0][phase, z0 + z] += int(has.sum())
+                    counts[1][phase] += has.sum(axis=1, dtype=np.int64)
+                    counts[2][phase] += has.sum(axis=0, dtype=np.int64)
+
+    def _size(self) -> int:
+        if self._shape is None:
+            raise RuntimeError("the envelope is empty: add segmentations first")
+        return int(np.prod(self._shape))
 
     def fraction_ranges(self) -> dict[str, tuple[float, float]]:
         """``{"volume_fraction.<phase>": (lowest, highest)}`` over the voxel-wise envelope."""
         from .. import CLASS_NAMES
 
-        n = self._every.size if self._every is not None else 0
-        out = {}
-        for c, name in enumerate(CLASS_NAMES):
-            lo, hi = self._counts(c, 0)
-            out[f"volume_fraction.{name}"] = (float(lo.sum()) / n, float(hi.sum()) / n)
-        return out
+        n = self._size()
+        return {f"volume_fraction.{name}": (float(self._every[0][c].sum()) / n, float(self._any[0][c].sum()) / n)
+                for c, name in enumerate(CLASS_NAMES)}
 
     def profile_range(self, axis: int, phase: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest fraction of ``phase`` (default pore) in every plane
         perpendicular to ``axis`` of the labels as added (0 or 1 for a 2-D image)."""
         axis = int(axis) + (3 - self._ndim)
-        lo, hi = self._counts(phase, axis)
-        per_plane = self._every.size / self._every.shape[axis]
-        return lo / per_plane, hi / per_plane
+        per_plane = self._size() / self._every[axis].shape[1]
+        return self._every[axis][phase] / per_plane, self._any[axis][phase] / per_plane
 
 
 def parse_lams(text: str) -> tuple[float | None, ...]:
@@ -195,8 +178,25 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return out
 
 
+def _metrics_stage(step: MetricsStep, name: str, done: int, units: int) -> tuple[str, int, int]:
+    return f"{name}: {step.stage}", done, units
+
+
+def _member_runs(bundle: Bundle, lams, methods, mc_samples: int, seed: int) -> list[tuple[str, str, float | None, int | None, int]]:
+    """(name, method, λ, MC passes or None for the shared segmenter, seed) of every member."""
+    runs: list[tuple[str, str, float | None, int | None, int]] = []
+    for lam in lams:
+        value = bundle.default_lam if lam is None else float(lam)
+        runs.append((f"paser λ={value:.4g}" + (" (default)" if lam is None else ""), "paser", value, None, seed))
+    for method in methods:
+        runs.append((f"{method} everywhere", method, None, None, seed))
+    for k in range(mc_samples):
+        runs.append((f"f0 MC sample {k + 1}", "f0", None, 1, seed + 1 + k))
+    return runs
+
+
 def band_steps(
-    image: ArrayLike,
+    image: ArrayLike | Volume,
     bundle: Bundle,
     axis: int,
     *,
@@ -208,16 +208,19 @@ def band_steps(
     segment_device: str = "cpu",
     batch_size: int | None = None,
     shape: tuple[int, ...] | None = None,
+    labels: ArrayLike | Volume | None = None,
     envelope: PhaseEnvelope | None = None,
+    slab: int | None = None,
     **metric_kwargs,
 ) -> Generator[tuple[str, int, int], None, list[BandMember]]:
-    """Segment ``image`` at every λ in ``lams`` and as ``mc_samples`` f0 dropout samples;
-    compute the metrics of each.
+    """Segment ``image`` at every λ in ``lams``, with ``methods`` everywhere and as
+    ``mc_samples`` f0 dropout samples, a slab of planes at a time; compute the metrics of
+    each.
 
     Parameters
     ----------
-    image : array (Z, Y, X) or (Y, X)
-        The grey scan.
+    image : array or Volume (Z, Y, X) or (Y, X)
+        The grey scan (a Volume or a Zarr / dask array is read a slab at a time).
     bundle : Bundle
     axis : int
     lams : sequence of float or None
@@ -234,70 +237,93 @@ def band_steps(
         Passed to :class:`PaserSegmenter` (``device`` in ``metric_kwargs`` is TauFactor's).
     shape : tuple or None
         Shape the labels must have (the main segmentation's); checked before any work.
+    labels : array or Volume, optional
+        The main segmentation, added to ``envelope`` with the members (checked values).
     envelope : PhaseEnvelope or None
-        If given, the labels of every PaSeR and single-model member are added to it.
+        If given, filled with ``labels`` and every PaSeR and single-model member.
+    slab : int or None
+        Planes per slab (default: about 128 MB of engine state, as ``segment``).
     **metric_kwargs
         Passed to :func:`metrics_steps` (voxel_size, cb_diffusivity, tortuosity, ...).
 
     Yields
     ------
     (stage, done, total)
-        Text of the current step and the number of band members finished.
+        Text of the current step, and the units of work done out of ``total``: one per
+        slab segmented (every member at once), then one per member's metrics.
 
     Returns
     -------
     list of BandMember
     """
-    from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
+    import tempfile
 
-    check_band_fits(np.shape(image), getattr(image, "dtype", np.float32))
-    img = np.asarray(image)
-    if shape is not None and tuple(img.shape) != tuple(shape):
-        raise PaserInputError(f"the band image has shape {img.shape} but the labels have shape {tuple(shape)}")
+    import zarr
+
+    from .memory import release_heap
+    from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, drain, get_method, read_with_context
+    from .streaming import check_volume, default_slab, fit_normalizer
+
+    volume = as_volume(image)
+    out_shape = volume.shape if volume.input_ndim == 3 else volume.shape[1:]
+    if shape is not None and tuple(out_shape) != tuple(shape):
+        raise PaserInputError(f"the band image has shape {tuple(out_shape)} but the labels have shape {tuple(shape)}")
     if mc_samples < 0:
         raise PaserInputError(f"MC samples must be >= 0, got {mc_samples}")
-    total = len(lams) + len(methods) + mc_samples
-    if total == 0:
+    runs = _member_runs(bundle, lams, methods, mc_samples, seed)
+    if not runs:
         raise PaserInputError("the band is empty: give λ values, methods or MC samples")
-    members: list[BandMember] = []
+    check_volume(volume, bundle.patch_size)
+    main_labels = phase_label_volume(labels) if labels is not None and envelope is not None else None
+    total = len(runs)
     bs = batch_size or DEFAULT_BATCH_SIZE
-    runs: list[tuple[str, float | None, int, int | None, str]] = []
-    for lam in lams:
-        runs.append(("paser", lam, seed, None, ""))
-    for method in methods:
-        runs.append((method, None, seed, None, f"{method} everywhere"))
-    for k in range(mc_samples):
-        runs.append(("f0", None, seed + 1 + k, 1, f"f0 MC sample {k + 1}"))
-    seg = None
-    for method, lam, s, passes, name in runs:
-        if passes is None:  # PaSeR and single models share one segmenter and its caches
-            if seg is None:
-                seg = PaserSegmenter(bundle, mc_passes=mc_passes, seed=s, device=segment_device, batch_size=bs)
-                seg.set_volume(img)
-            this = seg
-        if method == "paser":
-            lam_value = bundle.default_lam if lam is None else lam
-            name = f"paser λ={lam_value:.4g}" + (" (default)" if lam is None else "")
-        elif passes is None:
-            lam_value = None
-        else:
-            this = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=segment_device, batch_size=bs)
-            this.set_volume(img)
-            lam_value = None
-        run = this.run(lam=lam_value if method == "paser" else None, method=method)
-
-        def segmenting(progress: tuple[int, int]) -> tuple[str, int, int]:
-            done, todo = progress
-            return f"{name}: segmenting {done}/{todo}", len(members), total
-
-        result = yield from relay_steps(run, segmenting)
-        labels = result.labels[0] if img.ndim == 2 else result.labels
-        if envelope is not None and passes is None:
-            envelope.add(labels)
-        # A cheap segmentation may miss a phase entirely: its metrics are still defined.
-        gen = metrics_steps(labels, axis, require_all_phases=False, **metric_kwargs)
-        metrics = yield from relay_steps(gen, lambda step: (f"{name}: {step.stage}", len(members), total))
-        members.append(BandMember(name, lam_value, float(result.gflops_total), metrics))
-        del labels, result
-    yield "band done", total, total
+    z = volume.shape[0]
+    step = int(slab) if slab else default_slab(volume.shape, bundle.patch_size)
+    norm = bundle.normalization
+    normalizer = fit_normalizer(volume, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5), slab=step)
+    # The λ and single-model members share one segmenter (and its caches) per slab; each
+    # MC sample has its own (one pass, its own seed).
+    shared = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=segment_device, batch_size=bs)
+    own = {i: PaserSegmenter(bundle, mc_passes=passes, seed=s, device=segment_device, batch_size=bs)
+           for i, (_, _, _, passes, s) in enumerate(runs) if passes is not None}
+    deterministic = [i for i, run in enumerate(runs) if run[3] is None]
+    gflops = np.zeros(total)
+    members: list[BandMember] = []
+    slabs = list(range(0, z, step))
+    units = len(slabs) + total  # progress: every slab segmented, then every member's metrics
+    with tempfile.TemporaryDirectory(prefix="napari-paser-band-") as tmp:
+        stores = [zarr.open_array(f"{tmp}/member{i}.zarr", mode="w", shape=tuple(out_shape),
+                                  chunks=(1,) * (len(out_shape) - 2) + tuple(out_shape[-2:]), dtype="uint8")
+                  for i in range(total)]
+        if envelope is not None:
+            envelope.start(out_shape, len(deterministic) + (main_labels is not None))
+        for k, z0 in enumerate(slabs):
+            z1 = min(z0 + step, z)
+            yield f"segmenting planes {z0}-{z1 - 1} of {z}", k, units
+            planes, context = read_with_context(volume.read, z, z0, z1, shared.context_planes)
+            slab_labels: dict[int, np.ndarray] = {}
+            for i, (name, method, lam, passes, _) in enumerate(runs):
+                seg = shared if passes is None else own[i]
+                if seg is not shared or i == deterministic[0]:  # the shared one keeps its caches across members
+                    seg.set_volume(planes, normalizer=normalizer, first_slice=z0, context=context)
+                result = drain(seg.run(lam=lam, method=get_method(method)))
+                gflops[i] += float(result.gflops_total)
+                lab = np.asarray(result.labels, dtype=np.uint8)
+                stores[i][z0:z1] = lab if volume.input_ndim == 3 else lab[0]
+                if passes is None:
+                    slab_labels[i] = lab
+                del result
+            if envelope is not None:
+                parts = [slab_labels[i] for i in deterministic]
+                if main_labels is not None:
+                    parts.insert(0, validate_phase_labels(main_labels.read(z0, z1), require_all=False))
+                envelope.add_slab(z0, parts)
+            del slab_labels, planes, context
+            release_heap()
+        for i, (name, method, lam, passes, _) in enumerate(runs):
+            # A cheap segmentation may miss a phase entirely: its metrics are still defined.
+            gen = metrics_steps(as_volume(stores[i]), axis, require_all_phases=False, **metric_kwargs)
+            metrics = yield from relay_steps(gen, functools.partial(_metrics_stage, name=name, done=len(slabs) + i, units=units))
+            members.append(BandMember(name, lam if method == "paser" else None, float(gflops[i]), metrics))
+    yield "band done", units, units
     return members

@@ -390,7 +390,7 @@ class MicrostructureMetrics:
 
 
 def metrics_steps(
-    labels: ArrayLike,
+    labels: ArrayLike | Volume,
     axis: int,
     *,
     voxel_size: Sequence[float] | None = None,

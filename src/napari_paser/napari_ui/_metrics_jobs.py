@@ -88,7 +88,7 @@ def check_request(req: MetricsRequest) -> None:
     ------
     PaserInputError
         With one line for the user: shape, dtype, axis out of range, voxel size, band
-        image of another shape, a band too big for memory.
+        image of another shape, a column width below the minimum.
     """
     from ..engine.microstructure import check_axis, check_voxel_size, phase_label_volume
 
@@ -100,24 +100,18 @@ def check_request(req: MetricsRequest) -> None:
         from ..engine.tortuosity_columns import check_column_width
 
         check_column_width(req.tortuosity_width)
-    if req.image is not None:
-        from ..engine.metrics_band import check_band_fits
-
-        if tuple(np.shape(req.image)) != shape:
-            raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {shape}")
-        check_band_fits(shape, getattr(req.image, "dtype", np.float32))
+    if req.image is not None and tuple(np.shape(req.image)) != shape:
+        raise PaserInputError(f"the band image has shape {tuple(np.shape(req.image))} but the labels have shape {shape}")
 
 
 def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, MetricsOutcome]:
     """Compute the metrics (and the band); see the module docstring."""
     from ..engine.metrics_report import metric_ranges, profile_range
-    from ..engine.microstructure import metrics_steps, validate_phase_labels
+    from ..engine.microstructure import metrics_steps
     from ..engine.steps import relay_steps
 
     check_request(req)
-    labels = req.labels  # read a slab at a time by the metrics (whole only for TauFactor)
-    if req.image is not None:  # the band compares segmentations voxel by voxel, in memory
-        labels = validate_phase_labels(np.asarray(labels))
+    labels = req.labels  # as it is: the metrics and the band read it a slab at a time
     if req.tortuosity or req.image is not None:
         # TauFactor and the band run on torch: import it the way the PaSeR widget does
         # (no GUI stall) and leave one core to the GUI.
@@ -127,8 +121,8 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
-    kwargs: dict[str, Any] = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None, tortuosity=req.tortuosity,
-                  tortuosity_width=req.tortuosity_width)
+    kwargs: dict[str, Any] = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None,
+                                  tortuosity=req.tortuosity, tortuosity_width=req.tortuosity_width)
     n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
     gen = metrics_steps(labels, req.axis, **kwargs)
     metrics = yield from relay_steps(gen, lambda step: MetricsProgress(step.stage, step.fraction, 0, 1 + n_band))
@@ -142,13 +136,13 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         yield MetricsProgress("loading the bundle", 0.0, 1, 1 + n_band)
         bundle = load_bundle(resolve_bundle(req.bundle_path))
         envelope = PhaseEnvelope()
-        envelope.add(labels)
-        gen = band_steps(np.asarray(req.image), bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
-                         shape=labels.shape, envelope=envelope, **kwargs)
+        gen = band_steps(req.image, bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
+                         shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
 
         def band_progress(step: tuple[str, int, int]) -> MetricsProgress:
             stage, done, total = step
-            return MetricsProgress(stage, done / max(total, 1), 1 + done, 1 + n_band)
+            members = n_band * done / max(total, 1)  # the band's share of work, in members
+            return MetricsProgress(stage, members - int(members), 1 + int(members), 1 + n_band)
 
         band = yield from relay_steps(gen, band_progress)
     if not band:
