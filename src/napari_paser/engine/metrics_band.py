@@ -320,6 +320,8 @@ def band_steps(
                 envelope.add_slab(z0, parts)
             del slab_labels, planes, context
             release_heap()
+        del shared, own  # their caches hold the last slab
+        release_heap()
         for i, (name, method, lam, passes, _) in enumerate(runs):
             # A cheap segmentation may miss a phase entirely: its metrics are still defined.
             gen = metrics_steps(as_volume(stores[i]), axis, require_all_phases=False, **metric_kwargs)
