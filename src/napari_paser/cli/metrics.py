@@ -3,9 +3,10 @@
 Volume fractions, the porosity profile along an axis, nickel's specific surface area and
 the interfacial areas (marching cubes), tortuosity factor and effective diffusivity of the
 pore network (TauFactor; optional extra ``metrics``; in columns when the whole volume's
-solve would not fit, see :mod:`~napari_paser.engine.tortuosity_columns`). ``--band IMAGE`` segments the grey
-scan again at several λ, with f2 everywhere and as f0 MC-dropout samples and reports every metric's
-[min, max] over those segmentations.
+solve would not fit, see :mod:`~napari_paser.engine.tortuosity_columns`). ``--band IMAGE``
+segments the grey scan again at several λ, with f2 everywhere and as f0 MC-dropout samples,
+and reports every metric's [min, max] over those segmentations. Labels and scan are read a
+slab of planes at a time.
 """
 
 from __future__ import annotations
