@@ -85,6 +85,15 @@ class Volume(abc.ABC):
         return int(np.prod(self.shape))
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape the input had: (Z, Y, X), or (Y, X) for a 2-D image."""
+        return tuple(self.shape) if self.input_ndim == 3 else tuple(self.shape[1:])
+
+    def slab_planes(self, voxels: int) -> int:
+        """Planes of about ``voxels`` voxels (at least one): the slab size for a budget."""
+        return max(1, int(voxels) // (int(self.shape[1]) * int(self.shape[2])))
+
+    @property
     def nbytes(self) -> int:
         return self.size * np.dtype(self.dtype).itemsize
 

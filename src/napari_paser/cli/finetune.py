@@ -68,7 +68,7 @@ def _finetune(args: argparse.Namespace, image: Volume, labels: Volume) -> int:
     from ..train.sparse_labels import PaintedSlices, read_labelled_slices
     from .segment import load_bundle_arg
 
-    shape = image.shape if image.input_ndim == 3 else image.shape[1:]
+    shape = image.input_shape
     # Checked and read once, before loading torch; fine-tuning gets only the painted slices.
     painted = PaintedSlices(shape, *read_labelled_slices(labels, shape))
     out = Path(args.out) if args.out else None

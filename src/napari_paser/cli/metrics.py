@@ -63,11 +63,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _plane_shape(volume) -> tuple[int, ...]:
-    """The shape the input had: (Z, Y, X), or (Y, X) for a 2-D image."""
-    return tuple(volume.shape) if volume.input_ndim == 3 else tuple(volume.shape[1:])
-
-
 def _format(v: float) -> str:
     return "inf" if math.isinf(v) else f"{v:.4g}"
 
@@ -139,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
         axis = check_axis(args.axis, source.input_ndim)
         voxel = voxel or source.voxel_size
         scan = opened.enter_context(open_volume(args.band)) if args.band else None
-        if scan is not None and _plane_shape(scan) != _plane_shape(source):
-            raise PaserInputError(f"--band image has shape {_plane_shape(scan)} but the labels have shape {_plane_shape(source)}")
+        if scan is not None and scan.input_shape != source.input_shape:
+            raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}")
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
                       tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device,
                       tortuosity_width=args.tau_width, iter_limit=args.tau_iter_limit)

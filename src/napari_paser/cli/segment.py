@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     patch = tuple(int(v) for v in bundle.patch_size)
     check_volume(volume, patch)
     slab = int(args.slab or default_slab(volume.shape, patch))
-    plane_shape = tuple(volume.shape) if volume.input_ndim == 3 else tuple(volume.shape[1:])
+    plane_shape = volume.input_shape
     provenance = {"method": args.method, "lam": args.lam, "tvd": args.tvd,
                   "bundle": bundle_record(bundle, fused=get_method(args.method).analyse)}
 

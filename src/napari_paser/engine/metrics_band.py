@@ -262,10 +262,10 @@ def band_steps(
 
     from .memory import release_heap
     from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, drain, get_method, read_with_context
-    from .streaming import check_volume, default_slab, fit_normalizer
+    from .streaming import check_volume, default_slab, fit_bundle_normalizer
 
     volume = as_volume(image)
-    out_shape = volume.shape if volume.input_ndim == 3 else volume.shape[1:]
+    out_shape = volume.input_shape
     if shape is not None and tuple(out_shape) != tuple(shape):
         raise PaserInputError(f"the band image has shape {tuple(out_shape)} but the labels have shape {tuple(shape)}")
     if mc_samples < 0:
@@ -279,8 +279,7 @@ def band_steps(
     bs = batch_size or DEFAULT_BATCH_SIZE
     z = volume.shape[0]
     step = int(slab) if slab else default_slab(volume.shape, bundle.patch_size)
-    norm = bundle.normalization
-    normalizer = fit_normalizer(volume, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5), slab=step)
+    normalizer = fit_bundle_normalizer(volume, bundle, slab=step)
     # The λ and single-model members share one segmenter (and its caches) per slab; each
     # MC sample has its own (one pass, its own seed).
     shared = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=segment_device, batch_size=bs)

@@ -84,7 +84,7 @@ cubes on a dense microstructure peaks at about 180 bytes per voxel meshed."""
 
 
 def _slab_planes(volume: Volume) -> int:
-    return max(1, SLAB_VOXELS // (int(volume.shape[1]) * int(volume.shape[2])))
+    return volume.slab_planes(SLAB_VOXELS)
 
 
 def _pair_name(a: int, b: int) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "SlabOutput",
     "check_volume",
     "fit_normalizer",
+    "fit_bundle_normalizer",
     "default_slab",
     "run_slab",
     "stream_segment",
@@ -74,7 +75,7 @@ def check_volume(volume: Volume, patch_size: tuple[int, int]) -> None:
     dt = np.dtype(volume.dtype)
     if dt == bool or not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)):
         raise PaserInputError(f"image dtype {dt} is not supported: expected integer or float grayscale pixels")
-    shape = tuple(volume.shape) if volume.input_ndim == 3 else tuple(volume.shape[1:])
+    shape = volume.input_shape
     if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
         raise PaserInputError(f"image of shape {shape} looks like RGB/RGBA colour data: convert it to one grayscale channel")
     if volume.size == 0:
@@ -137,6 +138,12 @@ def fit_normalizer(
     except PaserInputError:
         # The sample happened to be constant though the stack is not: use the full range.
         return Normalizer(float(lo), float(hi))
+
+
+def fit_bundle_normalizer(volume: Volume, bundle: Any, **kwargs) -> Normalizer:
+    """:func:`fit_normalizer` with the bundle's percentiles (``kwargs``: ``slab``, ``progress``)."""
+    norm = bundle.normalization
+    return fit_normalizer(volume, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5), **kwargs)
 
 
 # --------------------------------------------------------------------------- slab tasks
@@ -505,9 +512,7 @@ def stream_segment(
     to_segment = sum(min(slab, z - k * slab) for k in ks)
     counter = _Counter(total=(pre_passes * z if ks else z) + to_segment, progress=progress)
 
-    norm = bundle.normalization
-    normalizer = fit_normalizer(volume, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5),
-                                slab=slab, progress=counter.add)
+    normalizer = fit_bundle_normalizer(volume, bundle, slab=slab, progress=counter.add)
     if spec.uses_lam:
         lam = bundle.default_lam if lam is None and tvd is None else lam
     if lam is not None and not 0.0 <= float(lam) <= 1.0:

@@ -184,7 +184,7 @@ def read_box(volume: Volume, box: tuple[slice, slice, slice]) -> np.ndarray:
     """The (plane, row, column) ``box`` of ``volume``, read a few planes at a time."""
     planes, rows, cols = box
     out = np.empty((planes.stop - planes.start, rows.stop - rows.start, cols.stop - cols.start), dtype=volume.dtype)
-    step = max(1, _READ_VOXELS // (int(volume.shape[1]) * int(volume.shape[2])))
+    step = volume.slab_planes(_READ_VOXELS)
     for z in range(planes.start, planes.stop, step):
         z1 = min(z + step, planes.stop)
         out[z - planes.start : z1 - planes.start] = volume.read(z, z1)[:, rows, cols]

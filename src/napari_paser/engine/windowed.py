@@ -28,7 +28,7 @@ from .methods import charge, get_method
 from .patches import grid_shape
 from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, read_with_context, run_summary
 from .routing import MODEL_NAMES, SlicewiseRouting, route_from_switch_points, switch_points, tvd_at
-from .streaming import check_volume, fit_normalizer
+from .streaming import check_volume, fit_bundle_normalizer
 
 __all__ = ["WindowedSegmenter", "StreamResult", "DEFAULT_WINDOW"]
 
@@ -92,8 +92,7 @@ class WindowedSegmenter(SlicewiseRouting):
         self.volume = volume if isinstance(volume, Volume) else ArrayVolume(volume)
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         check_volume(self.volume, self.patch_size)
-        norm = bundle.normalization
-        self._normalizer = fit_normalizer(self.volume, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
+        self._normalizer = fit_bundle_normalizer(self.volume, bundle)
         self._make = lambda: PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, batch_size=batch_size)
         probe = self._make()
         self.mc_passes = probe.mc_passes

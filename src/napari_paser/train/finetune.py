@@ -280,7 +280,7 @@ def _prepare(bundle: Bundle, image: Any, labels: Any, cfg: FinetuneConfig) -> _D
     volume = scan_volume(image)
     norm = bundle.normalization
     scan = ScanPlanes(volume, ps, norm.get("low_percentile", 0.5), norm.get("high_percentile", 99.5))
-    zs, painted = read_labelled_slices(labels, volume.shape if volume.input_ndim == 3 else volume.shape[1:])
+    zs, painted = read_labelled_slices(labels, volume.input_shape)
     train_lab, held_lab = split_held_out(painted, cfg.held_out, block=ps, seed=cfg.seed)
     held_pixels = int((held_lab != UNLABELLED).sum())
     if held_pixels == 0:  # too few labels to spare any: score on the training pixels (optimistic)

@@ -136,7 +136,7 @@ def read_labelled_slices(
     if not isinstance(labels, Volume) and np.ndim(labels) not in (2, 3):
         _check_header(np.asarray(labels).dtype, np.shape(labels), image_shape)  # the labels' own one-line reason
     volume = as_volume(labels)
-    _check_header(np.dtype(volume.dtype), volume.shape if volume.input_ndim == 3 else volume.shape[1:], image_shape)
+    _check_header(np.dtype(volume.dtype), volume.input_shape, image_shape)
     slices: list[int] = []
     parts = []
     for z0, block in volume.slabs(slab):
