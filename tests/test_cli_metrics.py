@@ -116,3 +116,22 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
     rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--band-methods", "f3", "--quiet")
     assert rc == 2 and "f0, f1 or f2" in err
 
+
+
+def test_band_on_a_dask_cluster_reports_what_one_process_does(tmp_path, tiny_bundle_dir, capsys):
+    """Workers load the bundle from its folder, segment their slabs and write them where the driver reads."""
+    pytest.importorskip("distributed")
+    rng = np.random.default_rng(3)
+    img_f = io.write_tiff(tmp_path / "img.tif", rng.integers(0, 4000, (4, 56, 64)).astype(np.uint16))
+    lab_f = io.write_tiff(tmp_path / "lab.tif", rng.integers(0, 3, (4, 56, 64)).astype(np.uint8))
+    reports = []
+    for name, extra in (("here", ()), ("cluster", ("--workers", "2"))):
+        js = tmp_path / f"{name}.json"
+        rc, _, err = run_cli(capsys, "metrics", lab_f, "--no-tortuosity", "--band", img_f, "--bundle", tiny_bundle_dir,
+                             "--band-lams", "0,1", "--band-mc", "1", "--mc-passes", "2", "--band-slab", "1", "--json", js, "--quiet", *extra)
+        assert rc == 0, err
+        reports.append(json.loads(js.read_text()))
+    here, cluster = reports
+    for report in reports:
+        report.pop("seconds")
+    assert cluster == here

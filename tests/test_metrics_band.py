@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,54 @@ def test_the_band_reads_the_scan_and_the_labels_a_slab_at_a_time(tiny_bundle, mo
     scan_reads = [n for v, n in reads if v is image]
     assert len(scan_reads) == 6 and max(scan_reads) == 2  # the statistics pass, then the segmentation
     assert [n for v, n in reads if v is labels] == [2, 2, 2]  # into the envelope
+
+
+class ReversedExecutor:
+    """Runs the tasks in this process, last slab first (as a cluster may finish them),
+    through a pickled copy of the job (as a cluster receives it)."""
+
+    workers = 1
+
+    def map(self, fn, job, ks, *args, ordered=True):
+        import pickle
+
+        job = pickle.loads(pickle.dumps(job))
+        for k in reversed(list(ks)):
+            yield fn(job, k, *args)
+
+    def close(self):
+        pass
+
+
+def test_slabs_as_tasks_in_any_order_give_the_band_of_one_process(context_bundle, tmp_path):
+    """The workers' job carries the bundle's folder, not its networks; slab order changes nothing."""
+    pytest.importorskip("zarr")
+    from napari_paser.engine.bundle import load_bundle, save_bundle
+
+    bundle = load_bundle(save_bundle(context_bundle, tmp_path / "context-bundle"))
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 4000, (5, 56, 64)).astype(np.uint16)
+    labels = rng.integers(0, 3, image.shape).astype(np.uint8)
+    kwargs = dict(lams=(0.0, None), methods=("f2",), mc_samples=1, labels=labels, slab=2, tortuosity=False)
+    here_env, tasks_env = PhaseEnvelope(), PhaseEnvelope()
+    here = run_steps(band_steps(image, bundle, 0, envelope=here_env, **kwargs))
+    done = []
+    tasks = run_steps(band_steps(image, bundle, 0, envelope=tasks_env, executor=ReversedExecutor(), **kwargs),
+                      lambda step: done.append(step[1]))
+    assert done[:4] == [0, 1, 2, 3]  # a unit per slab as it finishes (3 slabs), then the members
+    for a, b in zip(here, tasks):
+        assert (a.name, a.gflops, a.metrics.values) == (b.name, b.gflops, b.metrics.values)
+        np.testing.assert_array_equal(a.metrics.profiles, b.metrics.profiles)
+    assert tasks_env.fraction_ranges() == here_env.fraction_ranges()
+    for got, want in zip(tasks_env.profile_range(2), here_env.profile_range(2)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(Exception, match="bundle loaded from a folder"):
+        run_steps(band_steps(image, dataclasses.replace(bundle, path=None), 0, executor=ReversedExecutor(), **kwargs))
+
+
+def test_envelopes_of_other_shapes_do_not_merge():
+    a, b = PhaseEnvelope(), PhaseEnvelope()
+    a.start((2, 3, 4), 2)
+    b.start((2, 3, 5), 2)
+    with pytest.raises(Exception, match="cannot merge"):
+        a.merge(b)

@@ -44,8 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "in parallel (default: the whole volume when its solve fits in half the memory, else the widest "
                         "columns that do)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N", help="solve τ's columns on a local dask cluster of N processes")
-    where.add_argument("--scheduler", metavar="ADDRESS", help="solve τ's columns on a running dask scheduler (tcp://host:8786)")
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="segment the band's slabs and solve τ's columns on a local dask cluster of N processes")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="segment the band's slabs and solve τ's columns on a running dask scheduler (tcp://host:8786)")
     p.add_argument("--surface-method", choices=("marching_cubes", "faces"), default="marching_cubes",
                    help="surface area estimator (default marching_cubes)")
     p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
@@ -56,6 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     band.add_argument("--band-methods", default="f2", metavar="M1,M2",
                       help="single models run on every patch in the band: f0, f1, f2 ('' for none; default f2)")
     band.add_argument("--band-mc", type=int, default=4, metavar="N", help="single-pass f0 MC-dropout samples in the band (default 4)")
+    band.add_argument("--band-slab", type=int, metavar="N",
+                      help="planes the band segments at a time, one task each on a cluster (default: about 128 MB of engine state)")
     add_bundle_arguments(band)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,7 +98,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
             envelope = PhaseEnvelope()
             gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
                              seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size, labels=labels,
-                             envelope=envelope, **kwargs)
+                             envelope=envelope, slab=args.band_slab, **kwargs)
 
             def show(step: tuple[str, int, int]) -> None:
                 stage, done, total = step
@@ -122,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.band_methods) if args.band else ()
     if args.band and args.band_mc < 0:
         raise PaserInputError(f"--band-mc must be >= 0, got {args.band_mc}")
+    if args.band_slab is not None and args.band_slab < 1:
+        raise PaserInputError(f"--band-slab must be at least 1, got {args.band_slab}")
     if args.workers is not None and args.workers < 1:
         raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
     if args.tau_iter_limit < 1:
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
                       tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device,
                       tortuosity_width=args.tau_width, iter_limit=args.tau_iter_limit)
-        if not args.no_tortuosity and (args.scheduler or (args.workers or 1) > 1):
+        if (args.band or not args.no_tortuosity) and (args.scheduler or (args.workers or 1) > 1):
             kwargs["executor"] = executor_from_args(args)
             opened.callback(kwargs["executor"].close)
         with warnings.catch_warnings(record=True) as notes:

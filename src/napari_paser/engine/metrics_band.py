@@ -11,7 +11,10 @@ stack (intensity statistics from the whole stack, neighbouring planes as context
 the labels are those of the stack in memory); each segmentation's slabs go to a Zarr
 array in a temporary folder (``TMPDIR``) that is deleted at the end, and its metrics
 read that array a slab at a time. Memory therefore depends on the slice size, not on the
-number of planes.
+number of planes. The slabs are independent tasks (:func:`band_slab` of a picklable
+:class:`BandJob`), so a dask.distributed cluster segments them as it runs ``segment``'s
+slabs (:class:`~napari_paser.engine.streaming.DaskExecutor`): its workers load the
+bundle from its folder and write their slabs into the shared temporary folder.
 
 Every segmentation agrees with the others on most voxels and the band's members share
 the networks' biases, so the spread of their volume fractions understates how uncertain
@@ -25,8 +28,10 @@ noise, which would bound that noise rather than the segmentation's choices.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator, Sequence
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -42,8 +47,11 @@ if TYPE_CHECKING:  # torch only once a band is computed
 __all__ = [
     "DEFAULT_BAND_LAMS",
     "DEFAULT_BAND_METHODS",
+    "BandJob",
     "BandMember",
+    "BandSlab",
     "PhaseEnvelope",
+    "band_slab",
     "parse_lams",
     "parse_methods",
     "band_steps",
@@ -129,6 +137,15 @@ class PhaseEnvelope:
                     counts[1][phase] += has.sum(axis=1, dtype=np.int64)
                     counts[2][phase] += has.sum(axis=0, dtype=np.int64)
 
+    def merge(self, other: "PhaseEnvelope") -> None:
+        """Add the counts of ``other``, an envelope of the same shape and count filled with
+        other planes (a slab task's part of the band)."""
+        if other._shape != self._shape or other.count != self.count:
+            raise PaserInputError(f"cannot merge an envelope of {other._shape} x {other.count} into one of {self._shape} x {self.count}")
+        for mine, theirs in ((self._every, other._every), (self._any, other._any)):
+            for counts, more in zip(mine, theirs):
+                counts += more
+
     def _size(self) -> int:
         if self._shape is None:
             raise RuntimeError("the envelope is empty: add segmentations first")
@@ -182,9 +199,13 @@ def _metrics_stage(step: MetricsStep, name: str, done: int, units: int) -> tuple
     return f"{name}: {step.stage}", done, units
 
 
-def _member_runs(bundle: Bundle, lams, methods, mc_samples: int, seed: int) -> list[tuple[str, str, float | None, int | None, int]]:
+MemberRun = tuple[str, str, "float | None", "int | None", int]
+"""(name, method, λ, MC passes or None for the shared segmenter, seed) of one member."""
+
+
+def _member_runs(bundle: Bundle, lams, methods, mc_samples: int, seed: int) -> list[MemberRun]:
     """(name, method, λ, MC passes or None for the shared segmenter, seed) of every member."""
-    runs: list[tuple[str, str, float | None, int | None, int]] = []
+    runs: list[MemberRun] = []
     for lam in lams:
         value = bundle.default_lam if lam is None else float(lam)
         runs.append((f"paser λ={value:.4g}" + (" (default)" if lam is None else ""), "paser", value, None, seed))
@@ -193,6 +214,154 @@ def _member_runs(bundle: Bundle, lams, methods, mc_samples: int, seed: int) -> l
     for k in range(mc_samples):
         runs.append((f"f0 MC sample {k + 1}", "f0", None, 1, seed + 1 + k))
     return runs
+
+
+@dataclass
+class BandJob:
+    """What every slab task of a band needs: the scan, the members, where their labels go.
+
+    Picklable for a dask cluster when ``bundle`` is None: the workers then load the
+    bundle from ``bundle_path`` (once per worker thread).
+
+    Attributes
+    ----------
+    volume : Volume
+        The grey scan (every worker must be able to open it).
+    runs : tuple
+        (name, method, λ, MC passes or None, seed) of every member, in report order.
+    normalizer : Normalizer
+        The intensity statistics of the whole scan.
+    slab : int
+        Planes per task.
+    stores : tuple of str
+        Zarr array of every member's labels (the same shape as the scan's input).
+    labels : Volume or None
+        The main segmentation, joining the envelope.
+    envelope : bool
+        Count the envelope of the labels and the deterministic members.
+    bundle_path : str or None
+        Bundle folder the workers load.
+    mc_passes, seed, batch_size, device
+        Engine settings of the λ and single-model members.
+    bundle : Bundle or None
+        A bundle already loaded (runs in this process).
+    """
+
+    volume: Volume
+    runs: tuple[MemberRun, ...]
+    normalizer: Any
+    slab: int
+    stores: tuple[str, ...]
+    labels: Volume | None = None
+    envelope: bool = False
+    bundle_path: str | None = None
+    mc_passes: int | None = None
+    seed: int = 0
+    batch_size: int = 32
+    device: str = "cpu"
+    bundle: Any = field(default=None, repr=False)
+    _segmenters: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_segmenters"] = {}  # a worker builds its own
+        return state
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        z0 = int(k) * self.slab
+        return z0, min(z0 + self.slab, self.volume.shape[0])
+
+    @property
+    def num_slabs(self) -> int:
+        return -(-self.volume.shape[0] // self.slab)
+
+    @property
+    def deterministic(self) -> list[int]:
+        """Members of the shared segmenter (PaSeR at every λ and single models)."""
+        return [i for i, run in enumerate(self.runs) if run[3] is None]
+
+    def release(self) -> None:
+        """Drop the segmenters of a run in this process (their caches hold the last slab)."""
+        self._segmenters.clear()
+
+
+@dataclass
+class BandSlab:
+    """What one slab task hands back: every member's GFLOPs, and the envelope's counts."""
+
+    k: int
+    gflops: np.ndarray
+    envelope: PhaseEnvelope | None
+
+
+# Workers keep one band's segmenters per thread (a segmenter's caches are not thread-safe).
+_LOCAL = threading.local()
+
+
+def _band_segmenters(job: BandJob) -> dict:
+    """``{None: the shared segmenter, i: member i's own}``, built once per job here or per
+    worker thread on a cluster."""
+    if job.bundle is None:
+        key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device)
+        cached = getattr(_LOCAL, "band", None)
+        if cached is None or cached[0] != key:  # keep one band: a new one replaces it
+            _LOCAL.band = cached = (key, {})
+        cache = cached[1]
+    else:
+        cache = job._segmenters
+    if not cache:
+        from .bundle import load_bundle
+        from .memory import bound_heap
+        from .pipeline import PaserSegmenter
+
+        bound_heap()  # also in dask worker processes
+        bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
+        # The λ and single-model members share one segmenter (and its caches); each MC
+        # sample has its own (one pass, its own seed).
+        cache[None] = PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, device=job.device, batch_size=job.batch_size)
+        for i, (_, _, _, passes, s) in enumerate(job.runs):
+            if passes is not None:
+                cache[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=job.device, batch_size=job.batch_size)
+    return cache
+
+
+def band_slab(job: BandJob, k: int) -> BandSlab:
+    """Segment slab ``k`` of the scan as every member, write the labels into the
+    members' stores and count the slab's envelope."""
+    import zarr
+
+    from .memory import release_heap
+    from .pipeline import drain, get_method, read_with_context
+
+    segmenters = _band_segmenters(job)
+    shared = segmenters[None]
+    z0, z1 = job.bounds(k)
+    planes, context = read_with_context(job.volume.read, job.volume.shape[0], z0, z1, shared.context_planes)
+    deterministic = job.deterministic
+    gflops = np.zeros(len(job.runs))
+    slab_labels: dict[int, np.ndarray] = {}
+    for i, (_, method, lam, passes, _) in enumerate(job.runs):
+        seg = shared if passes is None else segmenters[i]
+        if seg is not shared or i == deterministic[0]:  # the shared one keeps its caches across members
+            seg.set_volume(planes, normalizer=job.normalizer, first_slice=z0, context=context)
+        result = drain(seg.run(lam=lam, method=get_method(method)))
+        gflops[i] = float(result.gflops_total)
+        lab = np.asarray(result.labels, dtype=np.uint8)
+        zarr.open_array(job.stores[i], mode="r+")[z0:z1] = lab if job.volume.input_ndim == 3 else lab[0]
+        if passes is None:
+            slab_labels[i] = lab
+        del result
+    envelope = None
+    if job.envelope:
+        parts = [slab_labels[i] for i in deterministic]
+        if job.labels is not None:
+            parts.insert(0, validate_phase_labels(job.labels.read(z0, z1), require_all=False))
+        envelope = PhaseEnvelope()
+        envelope.start(job.volume.input_shape, len(parts))
+        envelope.add_slab(z0, parts)
+    del slab_labels, planes, context
+    release_heap()
+    return BandSlab(int(k), gflops, envelope)
 
 
 def band_steps(
@@ -211,6 +380,7 @@ def band_steps(
     labels: ArrayLike | Volume | None = None,
     envelope: PhaseEnvelope | None = None,
     slab: int | None = None,
+    executor: Any = None,
     **metric_kwargs,
 ) -> Generator[tuple[str, int, int], None, list[BandMember]]:
     """Segment ``image`` at every λ in ``lams``, with ``methods`` everywhere and as
@@ -243,6 +413,10 @@ def band_steps(
         If given, filled with ``labels`` and every PaSeR and single-model member.
     slab : int or None
         Planes per slab (default: about 128 MB of engine state, as ``segment``).
+    executor : LocalExecutor, DaskExecutor or None
+        Runs the slabs (:func:`band_slab`) and τ's columns as tasks, e.g. on a dask
+        cluster: the workers load the bundle from ``bundle.path`` and write into the
+        temporary folder, so both must be on a file system they share. None: here.
     **metric_kwargs
         Passed to :func:`metrics_steps` (voxel_size, cb_diffusivity, tortuosity, ...).
 
@@ -250,7 +424,8 @@ def band_steps(
     ------
     (stage, done, total)
         Text of the current step, and the units of work done out of ``total``: one per
-        slab segmented (every member at once), then one per member's metrics.
+        slab segmented (every member at once, in the order they finish), then one per
+        member's metrics.
 
     Returns
     -------
@@ -261,8 +436,8 @@ def band_steps(
     import zarr
 
     from .memory import release_heap
-    from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, drain, get_method, read_with_context
-    from .streaming import check_volume, default_slab, fit_bundle_normalizer
+    from .pipeline import DEFAULT_BATCH_SIZE
+    from .streaming import LocalExecutor, check_volume, default_slab, fit_bundle_normalizer
 
     volume = as_volume(image)
     out_shape = volume.input_shape
@@ -273,58 +448,44 @@ def band_steps(
     runs = _member_runs(bundle, lams, methods, mc_samples, seed)
     if not runs:
         raise PaserInputError("the band is empty: give λ values, methods or MC samples")
+    here = executor is None or isinstance(executor, LocalExecutor)
+    if not here and bundle.path is None:
+        raise PaserInputError("a band on a dask cluster needs a bundle loaded from a folder the workers can read")
     check_volume(volume, bundle.patch_size)
     main_labels = phase_label_volume(labels) if labels is not None and envelope is not None else None
     total = len(runs)
-    bs = batch_size or DEFAULT_BATCH_SIZE
-    z = volume.shape[0]
     step = int(slab) if slab else default_slab(volume.shape, bundle.patch_size)
     normalizer = fit_bundle_normalizer(volume, bundle, slab=step)
-    # The λ and single-model members share one segmenter (and its caches) per slab; each
-    # MC sample has its own (one pass, its own seed).
-    shared = PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=segment_device, batch_size=bs)
-    own = {i: PaserSegmenter(bundle, mc_passes=passes, seed=s, device=segment_device, batch_size=bs)
-           for i, (_, _, _, passes, s) in enumerate(runs) if passes is not None}
-    deterministic = [i for i, run in enumerate(runs) if run[3] is None]
-    gflops = np.zeros(total)
     members: list[BandMember] = []
-    slabs = list(range(0, z, step))
-    units = len(slabs) + total  # progress: every slab segmented, then every member's metrics
     with tempfile.TemporaryDirectory(prefix="napari-paser-band-") as tmp:
-        stores = [zarr.open_array(f"{tmp}/member{i}.zarr", mode="w", shape=tuple(out_shape),
-                                  chunks=(1,) * (len(out_shape) - 2) + tuple(out_shape[-2:]), dtype="uint8")
-                  for i in range(total)]
+        stores = tuple(f"{tmp}/member{i}.zarr" for i in range(total))
+        for path in stores:
+            zarr.open_array(path, mode="w", shape=tuple(out_shape), dtype="uint8",
+                            chunks=(1,) * (len(out_shape) - 2) + tuple(out_shape[-2:]))
+        job = BandJob(volume, tuple(runs), normalizer, step, stores, labels=main_labels, envelope=envelope is not None,
+                      bundle_path=None if bundle.path is None else str(bundle.path), mc_passes=mc_passes, seed=seed,
+                      batch_size=batch_size or DEFAULT_BATCH_SIZE, device=segment_device, bundle=bundle if here else None)
+        slabs = job.num_slabs
+        units = slabs + total  # progress: every slab segmented, then every member's metrics
         if envelope is not None:
-            envelope.start(out_shape, len(deterministic) + (main_labels is not None))
-        for k, z0 in enumerate(slabs):
-            z1 = min(z0 + step, z)
-            yield f"segmenting planes {z0}-{z1 - 1} of {z}", k, units
-            planes, context = read_with_context(volume.read, z, z0, z1, shared.context_planes)
-            slab_labels: dict[int, np.ndarray] = {}
-            for i, (name, method, lam, passes, _) in enumerate(runs):
-                seg = shared if passes is None else own[i]
-                if seg is not shared or i == deterministic[0]:  # the shared one keeps its caches across members
-                    seg.set_volume(planes, normalizer=normalizer, first_slice=z0, context=context)
-                result = drain(seg.run(lam=lam, method=get_method(method)))
-                gflops[i] += float(result.gflops_total)
-                lab = np.asarray(result.labels, dtype=np.uint8)
-                stores[i][z0:z1] = lab if volume.input_ndim == 3 else lab[0]
-                if passes is None:
-                    slab_labels[i] = lab
-                del result
-            if envelope is not None:
-                parts = [slab_labels[i] for i in deterministic]
-                if main_labels is not None:
-                    parts.insert(0, validate_phase_labels(main_labels.read(z0, z1), require_all=False))
-                envelope.add_slab(z0, parts)
-            del slab_labels, planes, context
-            release_heap()
-        del shared, own  # their caches hold the last slab
+            envelope.start(out_shape, len(job.deterministic) + (main_labels is not None))
+        per_slab: dict[int, np.ndarray] = {}
+        yield f"segmenting {volume.shape[0]} planes as {total} members", 0, units
+        for out in (executor or LocalExecutor()).map(band_slab, job, range(slabs), ordered=False):
+            per_slab[out.k] = out.gflops
+            if envelope is not None and out.envelope is not None:
+                envelope.merge(out.envelope)
+            yield f"segmented {len(per_slab)} of {slabs} slabs", len(per_slab), units
+        gflops = np.zeros(total)
+        for k in range(slabs):  # in slab order: the same sums whatever finished first
+            gflops += per_slab[k]
+        job.release()
         release_heap()
         for i, (name, method, lam, passes, _) in enumerate(runs):
             # A cheap segmentation may miss a phase entirely: its metrics are still defined.
-            gen = metrics_steps(as_volume(stores[i]), axis, require_all_phases=False, **metric_kwargs)
-            metrics = yield from relay_steps(gen, functools.partial(_metrics_stage, name=name, done=len(slabs) + i, units=units))
+            gen = metrics_steps(as_volume(zarr.open_array(stores[i], mode="r")), axis, require_all_phases=False,
+                                executor=executor, **metric_kwargs)
+            metrics = yield from relay_steps(gen, functools.partial(_metrics_stage, name=name, done=slabs + i, units=units))
             members.append(BandMember(name, lam if method == "paser" else None, float(gflops[i]), metrics))
     yield "band done", units, units
     return members
