@@ -22,8 +22,10 @@ Jobs:
   faster estimator), solved whole or in columns ``W`` voxels across. TauFactor's memory
   does not depend on its iterations, so ``N`` (default 100) only bounds the time; the τ
   printed is then not converged;
-- ``band``: ``napari-paser metrics --no-tortuosity --band SCAN`` with the default band
-  (5 λ, f2 everywhere, 4 f0 MC samples), labels and scan as above.
+- ``band [--workers N]``: ``napari-paser metrics --no-tortuosity --band SCAN`` with the
+  default band (5 λ, f2 everywhere, 4 f0 MC samples), labels and scan as above; with
+  ``--workers N`` the band's slabs run on a local dask cluster of N one-thread processes
+  (the peak RSS is then the driver's alone, not its workers').
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def measure(job: str, planes: int, work: Path, args: argparse.Namespace) -> tupl
     labels = write_labels(work / f"labels{planes}.tif", planes, truth_planes())
     if job == "band":
         scan = write_stack(work / f"scan{planes}.tif", planes, sample_planes())
-        return run_child(CLI_CHILD, ["metrics", str(labels), "--no-tortuosity", "--band", str(scan), "--quiet"])
+        workers = ["--workers", str(args.workers)] if args.workers else []
+        return run_child(CLI_CHILD, ["metrics", str(labels), "--no-tortuosity", "--band", str(scan), "--quiet", *workers])
     if job == "metrics":
         return run_child(CLI_CHILD, ["metrics", str(labels), "--no-tortuosity", "--quiet"])
     width = ["--tau-width", str(args.tau_width)] if args.tau_width else []
@@ -130,7 +133,7 @@ WHAT = {
     "export": "export of uint8 labels from a Zarr store{masks}",
     "finetune": "napari-paser finetune, uint16 scan, 3 painted slices, --budget {budget:g} --threads 1",
     "metrics": "napari-paser metrics --no-tortuosity, uint8 labels",
-    "band": "napari-paser metrics --no-tortuosity --band SCAN (default band), uint8 labels, uint16 scan",
+    "band": "napari-paser metrics --no-tortuosity --band SCAN (default band){workers}, uint8 labels, uint16 scan",
     "tortuosity": "napari-paser metrics --axis {axis} --surface-method faces --tau-iter-limit {iter_limit}{width}, uint8 labels",
 }
 
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tau-width", type=int, help="tortuosity: columns this many voxels across (default: metrics' choice)")
     parser.add_argument("--axis", type=int, default=0, help="tortuosity: flux axis (default 0)")
     parser.add_argument("--iter-limit", type=int, default=100, help="tortuosity: TauFactor iterations per solve (default 100)")
+    parser.add_argument("--workers", type=int, help="band: slabs on a local dask cluster of this many processes")
     parser.add_argument("--workdir", type=Path, default=None, help="where the stacks are written (default: a temporary folder)")
     args = parser.parse_args(argv)
     rows = []
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     width = f" --tau-width {args.tau_width}" if args.tau_width else ""
     what = WHAT[args.job].format(masks=" with masks" if args.masks else "", budget=args.budget, axis=args.axis,
-                                 iter_limit=args.iter_limit, width=width)
+                                 iter_limit=args.iter_limit, width=width,
+                                 workers=f" --workers {args.workers}" if args.workers else "")
     print(what + f", (planes, {SIDE}, {SIDE})")
     print("| planes | peak RSS MB | wall s |")
     print("|---|---|---|")

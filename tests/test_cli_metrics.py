@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,20 +119,25 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
 
 
 
-def test_band_on_a_dask_cluster_reports_what_one_process_does(tmp_path, tiny_bundle_dir, capsys):
-    """Workers load the bundle from its folder, segment their slabs and write them where the driver reads."""
+def test_band_on_a_dask_cluster_reports_what_one_process_does(tmp_path, capsys):
+    """Workers load the bundle from its folder, segment their slabs, write them where the
+    driver reads them, and compute the members' metrics, τ included."""
     pytest.importorskip("distributed")
-    rng = np.random.default_rng(3)
-    img_f = io.write_tiff(tmp_path / "img.tif", rng.integers(0, 4000, (4, 56, 64)).astype(np.uint16))
-    lab_f = io.write_tiff(tmp_path / "lab.tif", rng.integers(0, 3, (4, 56, 64)).astype(np.uint8))
+    sample = Path(__file__).parents[1] / "sample_data"
+    image, _ = io.read_stack(sample / "electrode_image.tif")
+    labels, _ = io.read_stack(sample / "electrode_labels.tif")
+    img_f = io.write_tiff(tmp_path / "img.tif", image[:6])
+    lab_f = io.write_tiff(tmp_path / "lab.tif", labels[:6])
     reports = []
     for name, extra in (("here", ()), ("cluster", ("--workers", "2"))):
         js = tmp_path / f"{name}.json"
-        rc, _, err = run_cli(capsys, "metrics", lab_f, "--no-tortuosity", "--band", img_f, "--bundle", tiny_bundle_dir,
-                             "--band-lams", "0,1", "--band-mc", "1", "--mc-passes", "2", "--band-slab", "1", "--json", js, "--quiet", *extra)
+        rc, _, err = run_cli(capsys, "metrics", lab_f, "--axis", "0", "--tau-iter-limit", "300", "--band", img_f, "--band-lams", "1",
+                             "--band-methods", "", "--band-mc", "1", "--band-slab", "2", "--json", js, "--quiet", *extra)
         assert rc == 0, err
         reports.append(json.loads(js.read_text()))
     here, cluster = reports
+    assert [m["name"] for m in here["band"]] == ["paser λ=1", "f0 MC sample 1"]
+    assert all(0 < m["tortuosity_factor.pore"] < 100 for m in here["band"])
     for report in reports:
         report.pop("seconds")
     assert cluster == here

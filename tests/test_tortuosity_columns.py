@@ -212,3 +212,17 @@ def test_cli_solves_columns_on_a_dask_cluster(tmp_path, capsys):
     assert report["tortuosity"]["pore"]["column_tau"] == list(here.tortuosity["pore"].column_taus)
     assert main(["metrics", str(tmp_path / "phases.tif"), "--workers", "0", "--quiet"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_in_a_dask_worker_a_solve_fits_the_workers_memory_limit():
+    """A band member's τ is planned on its worker: within the worker's share of the node."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    from napari_paser.engine.memory import physical_memory
+    from napari_paser.engine.tortuosity_columns import memory_budget
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GiB", dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            assert client.submit(memory_budget, "cpu", pure=False).result() == (1 << 30) // 2
+    assert memory_budget("cpu") == physical_memory() // 2

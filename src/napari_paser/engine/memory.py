@@ -12,7 +12,7 @@ nothing.
 
 from __future__ import annotations
 
-__all__ = ["physical_memory", "bound_heap", "release_heap"]
+__all__ = ["physical_memory", "worker_memory_limit", "bound_heap", "release_heap"]
 
 
 def physical_memory() -> int | None:
@@ -23,6 +23,22 @@ def physical_memory() -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def worker_memory_limit() -> int | None:
+    """Bytes this process may hold as a dask worker with a memory limit, else None."""
+    import sys
+
+    if "distributed" not in sys.modules:  # not a dask worker: do not import it
+        return None
+    from distributed import get_worker
+
+    try:
+        limit = get_worker().memory_manager.memory_limit
+    except (ValueError, AttributeError):  # not in a worker's task, or an older distributed
+        return None
+    return int(limit) if limit else None
+
 
 _HEAP_BOUNDED = False
 

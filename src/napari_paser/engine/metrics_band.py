@@ -12,9 +12,10 @@ the labels are those of the stack in memory); each segmentation's slabs go to a 
 array in a temporary folder (``TMPDIR``) that is deleted at the end, and its metrics
 read that array a slab at a time. Memory therefore depends on the slice size, not on the
 number of planes. The slabs are independent tasks (:func:`band_slab` of a picklable
-:class:`BandJob`), so a dask.distributed cluster segments them as it runs ``segment``'s
-slabs (:class:`~napari_paser.engine.streaming.DaskExecutor`): its workers load the
-bundle from its folder and write their slabs into the shared temporary folder.
+:class:`BandJob`), and so are the members' metrics (:func:`band_member_metrics`), so a
+dask.distributed cluster runs them as it runs ``segment``'s slabs
+(:class:`~napari_paser.engine.streaming.DaskExecutor`): its workers load the bundle from
+its folder and share the temporary folder.
 
 Every segmentation agrees with the others on most voxels and the band's members share
 the networks' biases, so the spread of their volume fractions understates how uncertain
@@ -51,6 +52,7 @@ __all__ = [
     "BandMember",
     "BandSlab",
     "PhaseEnvelope",
+    "band_member_metrics",
     "band_slab",
     "parse_lams",
     "parse_methods",
@@ -364,6 +366,18 @@ def band_slab(job: BandJob, k: int) -> BandSlab:
     return BandSlab(int(k), gflops, envelope)
 
 
+def band_member_metrics(job: BandJob, i: int, axis: int, metric_kwargs: dict) -> tuple[int, MicrostructureMetrics]:
+    """Metrics of member ``i``, read from its store a slab at a time (τ solved here, in
+    columns that fit this process: a dask worker's memory limit, where it has one)."""
+    import zarr
+
+    from .steps import run_steps
+
+    # A cheap segmentation may miss a phase entirely: its metrics are still defined.
+    labels = as_volume(zarr.open_array(job.stores[i], mode="r"))
+    return i, run_steps(metrics_steps(labels, axis, require_all_phases=False, **metric_kwargs))
+
+
 def band_steps(
     image: ArrayLike | Volume,
     bundle: Bundle,
@@ -414,9 +428,11 @@ def band_steps(
     slab : int or None
         Planes per slab (default: about 128 MB of engine state, as ``segment``).
     executor : LocalExecutor, DaskExecutor or None
-        Runs the slabs (:func:`band_slab`) and τ's columns as tasks, e.g. on a dask
-        cluster: the workers load the bundle from ``bundle.path`` and write into the
-        temporary folder, so both must be on a file system they share. None: here.
+        None or a LocalExecutor: everything runs here (a LocalExecutor runs τ's columns
+        as tasks). A DaskExecutor runs the slabs (:func:`band_slab`) and then every
+        member's metrics (:func:`band_member_metrics`) as tasks on its cluster: the
+        workers load the bundle from ``bundle.path`` and read and write the temporary
+        folder, so both must be on a file system they share.
     **metric_kwargs
         Passed to :func:`metrics_steps` (voxel_size, cb_diffusivity, tortuosity, ...).
 
@@ -456,7 +472,6 @@ def band_steps(
     total = len(runs)
     step = int(slab) if slab else default_slab(volume.shape, bundle.patch_size)
     normalizer = fit_bundle_normalizer(volume, bundle, slab=step)
-    members: list[BandMember] = []
     with tempfile.TemporaryDirectory(prefix="napari-paser-band-") as tmp:
         stores = tuple(f"{tmp}/member{i}.zarr" for i in range(total))
         for path in stores:
@@ -481,11 +496,17 @@ def band_steps(
             gflops += per_slab[k]
         job.release()
         release_heap()
-        for i, (name, method, lam, passes, _) in enumerate(runs):
-            # A cheap segmentation may miss a phase entirely: its metrics are still defined.
-            gen = metrics_steps(as_volume(zarr.open_array(stores[i], mode="r")), axis, require_all_phases=False,
-                                executor=executor, **metric_kwargs)
-            metrics = yield from relay_steps(gen, functools.partial(_metrics_stage, name=name, done=slabs + i, units=units))
-            members.append(BandMember(name, lam if method == "paser" else None, float(gflops[i]), metrics))
+        found: dict[int, MicrostructureMetrics] = {}
+        if here:  # step by step: each member's stages show, and closing the generator stops between them
+            for i, (name, *_) in enumerate(runs):
+                gen = metrics_steps(as_volume(zarr.open_array(stores[i], mode="r")), axis, require_all_phases=False,
+                                    executor=executor, **metric_kwargs)
+                found[i] = yield from relay_steps(gen, functools.partial(_metrics_stage, name=name, done=slabs + i, units=units))
+        else:  # every member at once, one task each
+            for i, metrics in executor.map(band_member_metrics, job, range(total), axis, metric_kwargs, ordered=False):
+                found[i] = metrics
+                yield f"metrics of {len(found)} of {total} members", slabs + len(found), units
+        members = [BandMember(name, lam if method == "paser" else None, float(gflops[i]), found[i])
+                   for i, (name, method, lam, _, _) in enumerate(runs)]
     yield "band done", units, units
     return members

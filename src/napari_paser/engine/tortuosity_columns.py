@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import PaserInputError
 from ..io_sources import Volume
-from .memory import physical_memory, release_heap
+from .memory import physical_memory, release_heap, worker_memory_limit
 from .steps import relay_steps, run_steps
 from .tortuosity import CARBON, PORE, TauProgress, TortuosityResult, tortuosity_steps
 
@@ -76,15 +76,16 @@ def solve_bytes(n_voxels: int, multi_phase: bool = False) -> int:
 
 def memory_budget(device: str | None = None) -> int:
     """Bytes one solve may take on ``device`` (None: where TauFactor would run, CUDA if
-    there is a GPU): half of the RAM, or half of the GPU's memory."""
+    there is a GPU): half of the RAM (of a dask worker's memory limit, in a worker that
+    has one), or half of the GPU's memory."""
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda"):
         return int(torch.cuda.get_device_properties(torch.device(device)).total_memory // 2)
-    ram = physical_memory()
-    return ram // 2 if ram is not None else 4 << 30
+    limits = [m for m in (physical_memory(), worker_memory_limit()) if m]
+    return min(limits) // 2 if limits else 4 << 30
 
 
 @dataclass(frozen=True)
