@@ -346,7 +346,10 @@ class DaskExecutor:
         from distributed import as_completed
 
         ks = list(ks)
-        [job_future] = self.client.scatter([job], broadcast=True)
+        # A key of its own: scattered by content, a second map of the same job would share
+        # the first one's key, which the first map's end releases under the second's tasks
+        # ("lost dependencies", seen when the band's metrics followed its slabs).
+        [job_future] = self.client.scatter([job], broadcast=True, hash=False)
         slab_of: dict[str, int] = {}
         ready: dict[int, Any] = {}
         todo = iter(ks)
