@@ -6,7 +6,8 @@ pore network (TauFactor; optional extra ``metrics``; in columns when the whole v
 solve would not fit, see :mod:`~napari_paser.engine.tortuosity_columns`). ``--band IMAGE``
 segments the grey scan again at several λ, with f2 everywhere and as f0 MC-dropout samples,
 and reports every metric's [min, max] over those segmentations. Labels and scan are read a
-slab of planes at a time.
+slab of planes at a time. ``--workers`` / ``--scheduler`` run τ's columns, the band's slabs
+and its members' metrics on a dask cluster.
 """
 
 from __future__ import annotations
