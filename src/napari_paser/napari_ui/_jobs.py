@@ -14,12 +14,12 @@ from typing import Any, Generator
 
 import numpy as np
 
-from ._stats import slice_fractions, summarize
+from ._stats import no_comparison, slice_confusion, slice_fractions, summarize
 from ._torch_loading import import_torch_quietly, worker_threads
 
 __all__ = [
-    "Ready", "Stage", "SliceDone", "Outcome", "RunRequest", "run_job", "reroute_job", "pick_device", "Session",
-    "needs_streaming", "STREAM_BYTES",
+    "Ready", "Stage", "SliceDone", "Compared", "Outcome", "RunRequest", "run_job", "reroute_job", "compare_job",
+    "pick_device", "Session", "needs_streaming", "STREAM_BYTES",
 ]
 
 STREAM_BYTES = 2 << 30
@@ -101,6 +101,15 @@ class SliceDone:
     entropy: np.ndarray | None = None
     routing: np.ndarray | None = None
     fractions: np.ndarray | None = None
+    confusion: np.ndarray | None = None
+
+
+@dataclass
+class Compared:
+    """Slice ``z`` compared with the ground truth: its (3, 3) confusion."""
+
+    z: int
+    confusion: np.ndarray
 
 
 @dataclass
@@ -125,7 +134,7 @@ class RunRequest:
     tvd: float
     order: list[int] | None = None
     session: Session | None = None
-    ground_truth: np.ndarray | None = None
+    ground_truth: Any = None  # (Z, Y, X) labels, read a slice at a time (a lazy layer too)
     store: str | None = None  # a folder: stream through a Zarr store there (big stacks)
 
 
@@ -172,20 +181,17 @@ def _geometry(seg) -> tuple[tuple, tuple, tuple]:
     return (z, h, w), (z, gy, gx), tuple(int(p) for p in seg.patch_size)
 
 
-def _finish(session: Session, lam: float, mode: str, tvd: float, per_slice: np.ndarray, gt, done: np.ndarray) -> Outcome:
+def _finish(session: Session, lam: float, mode: str, tvd: float, per_slice: np.ndarray, confusion: np.ndarray | None,
+            done: np.ndarray) -> Outcome:
     """Engine result and statistics once every slice is segmented (else partial statistics)."""
     seg = session.segmenter
     if not done.all():  # a cancelled run: GFLOPs and the engine result need every slice
         with session.lock:
             routing = np.stack([seg.routing(lam, z) if d else np.full(seg.grid, 255, np.uint8) for z, d in enumerate(done)])
-        return Outcome(None, lam, summarize(per_slice=per_slice, routing=routing, done=done))
+        return Outcome(None, lam, summarize(per_slice=per_slice, routing=routing, done=done, confusion=confusion))
     with session.lock:
         result = seg.result(tvd=tvd) if mode == "tvd" else seg.result(lam=lam)
-    labels = getattr(result, "labels", None)  # the windowed engine keeps no label volume
-    stats = summarize(
-        per_slice=per_slice, routing=np.asarray(result.routing), done=done, result=result,
-        labels=None if labels is None else np.asarray(labels), ground_truth=gt,
-    )
+    stats = summarize(per_slice=per_slice, routing=np.asarray(result.routing), done=done, result=result, confusion=confusion)
     if mode == "tvd":
         stats["tvd_target"] = float(tvd)
     return Outcome(result, lam, stats)
@@ -205,6 +211,8 @@ def run_job(req: RunRequest) -> Generator[Any, None, Outcome]:
     ready.shown.wait(LAYERS_WAIT_S)
     order = _visible_first(req.order, shape[0])
     per_slice = np.full((shape[0], 3), np.nan)
+    gt = req.ground_truth
+    confusion = no_comparison(shape[0]) if gt is not None else None
     lam = float(req.lam)
     if req.mode == "tvd":
         yield Stage("analysing", len(order))
@@ -223,8 +231,10 @@ def run_job(req: RunRequest) -> Generator[Any, None, Outcome]:
             labels = seg.compose(z, routing=routing)
             ent = seg.entropy(z) if req.mode != "tvd" else None
         per_slice[z] = slice_fractions(labels)
-        yield SliceDone(z, lam, labels, ent, routing, per_slice[z])
-    return _finish(session, lam, req.mode, req.tvd, per_slice, req.ground_truth, np.ones(shape[0], bool))
+        if confusion is not None:
+            confusion[z] = slice_confusion(labels, gt[z])
+        yield SliceDone(z, lam, labels, ent, routing, per_slice[z], None if confusion is None else confusion[z])
+    return _finish(session, lam, req.mode, req.tvd, per_slice, confusion, np.ones(shape[0], bool))
 
 
 def reroute_job(
@@ -235,19 +245,37 @@ def reroute_job(
     order: list[int],
     per_slice: np.ndarray,
     done: np.ndarray,
-    ground_truth: np.ndarray | None = None,
+    confusion: np.ndarray | None = None,
+    ground_truth: Any = None,
 ) -> Generator[Any, None, Outcome]:
     """Re-route the slices in ``order`` for a new λ, running the patches not cached yet.
 
-    ``done`` marks the slices segmented so far (all but those of a cancelled run).
+    ``done`` marks the slices segmented so far (all but those of a cancelled run);
+    ``confusion`` holds every slice's comparison with ``ground_truth`` (re-compared here
+    for the slices re-routed).
     """
     seg = session.segmenter
     per_slice = per_slice.copy()
+    compare = confusion is not None and ground_truth is not None
+    confusion = confusion.copy() if compare else None
     yield Stage("re-routing", len(order))
     for z in order:
         with session.lock:
             routing = seg.routing(lam, z)
             labels = seg.compose(z, routing=routing)
         per_slice[z] = slice_fractions(labels)
-        yield SliceDone(z, lam, labels, None, routing, per_slice[z])
-    return _finish(session, lam, mode, tvd, per_slice, ground_truth, done)
+        if confusion is not None:
+            confusion[z] = slice_confusion(labels, ground_truth[z])
+        yield SliceDone(z, lam, labels, None, routing, per_slice[z], None if confusion is None else confusion[z])
+    return _finish(session, lam, mode, tvd, per_slice, confusion, done)
+
+
+def compare_job(labels: Any, ground_truth: Any, slices: list[int]) -> Generator[Any, None, np.ndarray]:
+    """Compare the phases of ``slices`` with a ground truth chosen after the run, a slice
+    at a time (labels and truth may both be read from disk); returns the confusions."""
+    confusion = no_comparison(len(labels))
+    yield Stage("comparing with the ground truth", len(slices))
+    for z in slices:
+        confusion[z] = slice_confusion(np.asarray(labels[z]), ground_truth[z])
+        yield Compared(z, confusion[z])
+    return confusion

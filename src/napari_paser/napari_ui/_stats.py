@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, 
 from .. import CLASS_NAMES
 from ._tooltips import TOOLTIPS
 
-__all__ = ["slice_fractions", "summarize", "StatsPanel"]
+__all__ = ["slice_fractions", "slice_confusion", "no_comparison", "summarize", "StatsPanel"]
 
 MODELS = ("f0", "f1", "f2")
 
@@ -27,14 +27,30 @@ def slice_fractions(labels: np.ndarray) -> np.ndarray:
     return counts / total if total else np.full(len(CLASS_NAMES), np.nan)
 
 
+def slice_confusion(labels: np.ndarray, truth: Any) -> np.ndarray:
+    """(3, 3) confusion of one slice against its ground truth (rows truth, columns
+    prediction), read here (a lazy layer reads one plane); -1 everywhere if the truth
+    holds values other than 0, 1, 2 (it is then left out of the IoU)."""
+    from ..engine import metrics
+
+    truth = np.asarray(truth)
+    if not np.issubdtype(truth.dtype, np.integer) or truth.min() < 0 or truth.max() > 2:
+        return np.full((3, 3), -1, np.int64)
+    return metrics.confusion_matrix(labels, truth)
+
+
+def no_comparison(planes: int) -> np.ndarray:
+    """Per-slice confusions of a stack not compared yet (-1: no slice compared)."""
+    return np.full((planes, 3, 3), -1, np.int64)
+
+
 def summarize(
     *,
     per_slice: np.ndarray,
     routing: np.ndarray,
     done: np.ndarray,
     result: Any | None = None,
-    labels: np.ndarray | None = None,
-    ground_truth: np.ndarray | None = None,
+    confusion: np.ndarray | None = None,
 ) -> dict:
     """Statistics of a (possibly partial) run as a JSON-serialisable dict.
 
@@ -48,8 +64,9 @@ def summarize(
         Slices segmented.
     result : SegmentationResult, optional
         The engine's result for the whole stack (GFLOPs, route fractions, λ, TVD).
-    labels, ground_truth : (Z, Y, X), optional
-        Prediction and truth for mean IoU (over the segmented slices).
+    confusion : (Z, 3, 3) int, optional
+        Every slice's confusion against a ground truth (:func:`slice_confusion`; -1 where
+        not compared): mean IoU over the segmented slices compared.
     """
     from ..engine import metrics
 
@@ -72,8 +89,10 @@ def summarize(
         stats["gflops_percent_of_f2"] = (
             100.0 * stats["gflops_total"] / stats["gflops_f2_everywhere"] if stats["gflops_f2_everywhere"] else float("nan")
         )
-    if labels is not None and ground_truth is not None and done.any():
-        cm = sum(metrics.confusion_matrix(labels[z], ground_truth[z]) for z in np.flatnonzero(done))
+    compared = done & (confusion[:, 0, 0] >= 0) if confusion is not None else np.zeros_like(done)
+    if compared.any():
+        cm = confusion[compared].sum(0)
+        stats["iou_slices"] = int(compared.sum())
         ious = metrics.iou_per_class(cm)
         stats["iou_per_class"] = {n: float(v) for n, v in zip(CLASS_NAMES, ious)}
         stats["mean_iou"] = metrics.mean_iou(cm)
@@ -121,7 +140,7 @@ class StatsPanel(QWidget):
         if "gflops_total" in stats:
             lines.append(
                 f"<b>Compute</b>: {stats['gflops_total']:.3g} GFLOPs "
-                f"({stats['gflops_percent_of_f2']:.1f} % of f2 everywhere, {stats['gflops_f2_everywhere']:.3g})"
+                f"({stats['gflops_percent_of_f2']:.1f} % of f2 everywhere's {stats['gflops_f2_everywhere']:.3g})"
             )
         lines.append(
             f"<b>Porosity</b> {_pct(pf.get(CLASS_NAMES[0]))}, <b>carbon-binder</b> {_pct(pf.get(CLASS_NAMES[1]))}, "
@@ -131,6 +150,8 @@ class StatsPanel(QWidget):
             iou = f"<b>Mean IoU</b> {stats['mean_iou']:.3f}"
             if "iou_per_gflop" in stats:
                 iou += f", IoU/GFLOP {stats['iou_per_gflop']:.3g}"
+            if stats.get("iou_slices", 0) < stats.get("slices_done", 0):
+                iou += f" (over {stats['iou_slices']} of {stats['slices_done']} slices: the others not compared, or their truth not 0, 1, 2)"
             lines.append(iou)
         if stats.get("slices_done", 0) < stats.get("slices_total", 0):
             lines.append(f"<i>{stats['slices_done']} of {stats['slices_total']} slices segmented</i>")

@@ -36,7 +36,7 @@ TOOLTIPS: dict[str, str] = {
     "device": "Where the networks run: CUDA if a GPU is available, else the CPU.",
     "ground_truth": (
         "Optional ground-truth Labels layer (0 pore, 1 carbon-binder, 2 nickel) to report mean IoU "
-        "and IoU per GFLOP."
+        "and IoU per GFLOP, compared a slice at a time as the slices are segmented."
     ),
     "export": (
         "Write the phase volume (uint8 TIFF with voxel size and provenance), a JSON report of the "

@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 
 from ..engine import registry
 from ..errors import one_line
-from . import _jobs
+from . import _jobs, _stats
 from ._export import export_steps, export_targets
 from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import ResultLayers
@@ -56,10 +56,10 @@ __all__ = ["PaserWidget"]
 MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory bounded
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
-JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export"}
+JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compare": "comparison"}
 SLIDER_STEPS = 1000
+"""Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.015)."""
 STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
-"""Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.025)."""
 
 
 # napari imports these the first time a Labels layer is made (features table, colour
@@ -146,6 +146,8 @@ class PaserWidget(QWidget):
         self._layers: ResultLayers | None = None
         self._layers_shown: threading.Event | None = None
         self._per_slice = np.zeros((0, 3))
+        self._confusion: np.ndarray | None = None  # per slice against the ground truth (summarize)
+        self._compare_pending = False  # the ground truth changed while a job ran
         self._result = None
         self._lam_shown: float | None = None  # λ of the composed layers
         self._worker = None
@@ -441,17 +443,20 @@ class PaserWidget(QWidget):
         z = layer.world_to_data(self.viewer.dims.point)[-3]
         return int(np.clip(round(float(z)), 0, layer.data.shape[-3] - 1))
 
-    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True) -> np.ndarray | None:
-        """The chosen ground truth as (Z, Y, X) if it fits the image, else None (warned)."""
+    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True) -> Any:
+        """The chosen ground truth's (Z, Y, X) data if it fits the image, else None (warned).
+
+        A lazily read layer is not read here: the jobs read it a slice at a time and leave
+        out of the IoU any slice that is not labels 0, 1, 2."""
         layer = self.ground_truth_layer
         if layer is None:
             return None
-        gt = np.asarray(layer.data)
+        gt = layer.data
         gt = gt[None] if gt.ndim == 2 else gt
         problem = None
-        if gt.shape != tuple(shape):
-            problem = f"has shape {gt.shape}, not the image's {tuple(shape)}"
-        elif not np.issubdtype(gt.dtype, np.integer) or gt.min() < 0 or gt.max() > 2:
+        if tuple(gt.shape) != tuple(shape):
+            problem = f"has shape {tuple(gt.shape)}, not the image's {tuple(shape)}"
+        elif not np.issubdtype(gt.dtype, np.integer) or (isinstance(gt, np.ndarray) and (gt.min() < 0 or gt.max() > 2)):
             problem = "is not made of labels 0 (pore), 1 (carbon-binder), 2 (nickel)"
         if problem:
             if warn:
@@ -487,7 +492,7 @@ class PaserWidget(QWidget):
         request = _jobs.RunRequest(
             data=layer.data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
             tvd=self.tvd, order=[self._visible_slice(layer)], session=self._sessions.get(key),
-            ground_truth=None if store else self._ground_truth(shape), store=store,
+            ground_truth=self._ground_truth(shape), store=store,
         )
         self._pending_source = layer
         self._set_status(f"Running on {layer.name!r}…")
@@ -544,6 +549,11 @@ class PaserWidget(QWidget):
             pbar.n = 0
             pbar.total = msg.total
             pbar.set_description(f"PaSeR {msg.name}")
+        elif isinstance(msg, _jobs.Compared):
+            if self._confusion is not None:
+                self._confusion[msg.z] = msg.confusion
+            if self._pbar is not None:
+                self._pbar.update(1)
         elif isinstance(msg, _jobs.SliceDone) and self._layers is not None and self._layers.alive():
             z = msg.z
             visible = z == self._visible_slice() or self.viewer.dims.ndisplay == 3
@@ -551,6 +561,8 @@ class PaserWidget(QWidget):
                 self._layers.labels[z] = msg.labels
                 self._layers.done[z] = True
                 self._per_slice[z] = msg.fractions
+            if msg.confusion is not None and self._confusion is not None:
+                self._confusion[z] = msg.confusion
             if msg.entropy is not None:
                 self._layers.entropy[z] = msg.entropy
             if msg.routing is not None:
@@ -575,6 +587,7 @@ class PaserWidget(QWidget):
         else:
             msg.shown.set()
         self._per_slice = np.full((msg.shape[0], 3), np.nan)
+        self._confusion = _stats.no_comparison(msg.shape[0]) if self.ground_truth_layer is not None else None
         self._result = None
         self.device_label.setText(session.device)
 
@@ -603,6 +616,11 @@ class PaserWidget(QWidget):
             show_info(f"exported {len(outcome)} files to {outcome[0].parent}")
             self._set_status(f"Exported {outcome[0].name}.")
             return
+        if self._job == "compare":
+            self._confusion = outcome
+            self._publish_comparison()
+            self._set_status("Compared with the ground truth.")
+            return
         self._layers.add_all()  # a quick job can end before the stepwise adding did
         self._result, self._lam_shown = outcome.result, outcome.lam
         if outcome.result is None:
@@ -619,7 +637,7 @@ class PaserWidget(QWidget):
             return
         show_error(f"PaSeR {JOB_TITLES[self._job]} failed: {one_line(err)}")
         self._set_status(f"Failed: {one_line(err)}")
-        if self._job != "export":
+        if self._job in ("run", "reroute"):
             self._publish_partial()
 
     def _on_aborted(self, gen: int) -> None:
@@ -633,6 +651,9 @@ class PaserWidget(QWidget):
         elif self._job == "export":
             show_info("PaSeR export cancelled: no file was written")
             self._set_status("Export cancelled.")
+        elif self._job == "compare":
+            self._publish_comparison()
+            self._set_status("Comparison cancelled: the IoU is over the slices compared.")
 
     def _on_finished(self, gen: int) -> None:
         if gen != self._generation:
@@ -644,6 +665,9 @@ class PaserWidget(QWidget):
         self._worker, self._job = None, None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        if self._compare_pending:
+            self._compare_pending = False
+            self._on_ground_truth()
         if self._reroute_pending:
             self._reroute_pending = False
             self._debounce.start()
@@ -672,7 +696,7 @@ class PaserWidget(QWidget):
         if self._layers is None or not self._layers.done.any():
             return
         self._result = None
-        stats = summarize(per_slice=self._per_slice, routing=self._layers.routing, done=self._layers.done)
+        stats = self._summary()
         self._lam_shown = self._lam_shown if self._lam_shown is not None else self.lam
         self._publish(stats, note="partial run: GFLOPs are reported once every slice is segmented")
 
@@ -709,8 +733,8 @@ class PaserWidget(QWidget):
         """
         if self._active is None or self._layers is None or not self._layers.alive():
             return None
-        if self._job in ("run", "export"):
-            self._reroute_pending = True  # applied when the job ends (an export reads the layer)
+        if self._job in ("run", "export", "compare"):
+            self._reroute_pending = True  # applied when the job ends (an export or a comparison reads the layer)
             return None
         if self._worker is not None:
             self._worker.quit()  # superseded: its messages are ignored from now on
@@ -733,7 +757,8 @@ class PaserWidget(QWidget):
         self._set_status(f"Re-routing at λ = {lam:.3f}…")
         return self._start(
             "reroute", _jobs.reroute_job, session, lam, self.mode, self.tvd, analysed, self._per_slice,
-            self._layers.done.copy(), self._ground_truth(self._layers.labels.shape, warn=False), blocking=blocking,
+            self._layers.done.copy(), self._confusion, self._ground_truth(self._layers.labels.shape, warn=False),
+            blocking=blocking,
         )
 
     def _reroute_visible_now(self, session: _jobs.Session, lam: float, z: int) -> bool:
@@ -757,15 +782,31 @@ class PaserWidget(QWidget):
 
     # ================================================================== statistics, export
 
+    def _summary(self) -> dict:
+        """Statistics of the layers shown (the engine's result once every slice is done)."""
+        assert self._layers is not None
+        return summarize(per_slice=self._per_slice, routing=self._layers.routing, done=self._layers.done,
+                         result=self._result, confusion=self._confusion)
+
+    def _publish_comparison(self) -> None:
+        partial = self._result is None
+        self._publish(self._summary(), note="partial run: GFLOPs are reported once every slice is segmented" if partial else "")
+
     def _on_ground_truth(self, *_: Any) -> None:
-        if self._layers is None or self._active is None or self.busy or not self._layers.done.any():
+        """Compare the shown phases with the newly chosen ground truth, a slice at a time
+        in the background (the layers may be read from disk)."""
+        if self._layers is None or self._active is None or not self._layers.done.any():
+            return
+        if self.busy:
+            self._compare_pending = True  # compared once the job ends
             return
         gt = self._ground_truth(self._layers.labels.shape)
-        stats = summarize(
-            per_slice=self._per_slice, routing=self._layers.routing, done=self._layers.done, result=self._result,
-            labels=self._layers.labels, ground_truth=gt,
-        )
-        self._publish(stats)
+        if gt is None:
+            self._confusion = None
+            self._publish_comparison()
+            return
+        self._confusion = _stats.no_comparison(len(self._layers.done))
+        self._start("compare", _jobs.compare_job, self._layers.labels, gt, [int(z) for z in np.flatnonzero(self._layers.done)])
 
     def _on_masks_toggled(self, checked: bool) -> None:
         if self._layers is not None:

@@ -1,0 +1,90 @@
+"""Mean IoU against a ground-truth layer: per slice, in the background, lazily read, also for big stacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+SHAPE = (4, 120, 150)
+
+
+def _volume(seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(30000, 4000, SHAPE)
+    img[..., 30:70, 40:100] -= 15000
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def _truth(seed=1):
+    return np.random.default_rng(seed).integers(0, 3, SHAPE).astype(np.uint8)
+
+
+class CountingArray:
+    """A lazily read labels array that records which planes are read."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole ground truth was read")
+
+
+def expected_iou(phases, truth, slices):
+    from napari_paser.engine import metrics
+
+    cm = sum(metrics.confusion_matrix(phases[z], truth[z]) for z in slices)
+    return metrics.mean_iou(cm)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_bundle_dir):
+    from napari_paser.napari_ui._widget import PaserWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(_volume(), name="ct")
+    w = PaserWidget(viewer)
+    w.blocking = True
+    assert w.add_bundle_folder(tiny_bundle_dir)
+    w.mc_spin.setValue(1)
+    w.image_layer = viewer.layers["ct"]
+    return w
+
+
+def test_a_ground_truth_chosen_after_the_run_is_compared_slice_by_slice(widget):
+    widget.run()
+    assert "mean_iou" not in widget.stats.stats
+    truth = _truth()
+    layer = widget.viewer.add_labels(truth, name="truth")
+    widget._refresh_layer_choices()
+    widget.ground_truth_layer = layer  # starts the comparison
+    phases = widget.viewer.layers["phases"].data
+    assert widget.stats.stats["mean_iou"] == pytest.approx(expected_iou(phases, truth, range(SHAPE[0])))
+    assert widget.stats.stats["iou_slices"] == SHAPE[0]
+    widget.ground_truth_layer = None
+    assert "mean_iou" not in widget.stats.stats
+
+
+def test_a_lazy_ground_truth_is_read_a_slice_at_a_time_and_bad_slices_are_left_out(widget, monkeypatch):
+    from napari_paser.napari_ui import _jobs
+
+    monkeypatch.setattr(_jobs, "STREAM_BYTES", 1)  # segmented through a Zarr store, as a big stack
+    truth = _truth()
+    truth[2, 0, 0] = 7  # not a phase: slice 2 cannot be compared
+    lazy = CountingArray(truth)
+    layer = widget.viewer.add_labels(truth, name="truth")
+    monkeypatch.setattr(type(widget), "_ground_truth", lambda self, shape, warn=True: lazy)
+    widget.ground_truth_layer = layer
+    outcome = widget.run()
+    assert widget._layers.store is not None  # the big-stack path
+    assert all(isinstance(k, (int, np.integer)) for k in lazy.reads) and sorted(lazy.reads) == list(range(SHAPE[0]))
+    phases = widget.viewer.layers["phases"].data
+    assert outcome.stats["iou_slices"] == 3
+    assert outcome.stats["mean_iou"] == pytest.approx(expected_iou(phases, truth, [0, 1, 3]))
+    assert "over 3 of 4 slices" in widget.stats.summary.text()
