@@ -139,8 +139,8 @@ class StatsPanel(QWidget):
         ]
         if "gflops_total" in stats:
             lines.append(
-                f"<b>Compute</b>: {stats['gflops_total']:.3g} GFLOPs "
-                f"({stats['gflops_percent_of_f2']:.1f} % of f2 everywhere's {stats['gflops_f2_everywhere']:.3g})"
+                f"<b>Compute</b>: {stats['gflops_total']:.3g} GFLOPs = {stats['gflops_percent_of_f2']:.1f} % "
+                f"of f2 everywhere ({stats['gflops_f2_everywhere']:.3g} GFLOPs)"
             )
         lines.append(
             f"<b>Porosity</b> {_pct(pf.get(CLASS_NAMES[0]))}, <b>carbon-binder</b> {_pct(pf.get(CLASS_NAMES[1]))}, "
