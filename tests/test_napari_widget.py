@@ -439,3 +439,23 @@ def test_unreadable_file_is_a_notification_not_a_crash(make_napari_viewer, tmp_p
         viewer.open(str(bad), plugin="napari-paser")
     assert errors and "could not open" in errors[0]
     assert len(viewer.layers) == 0
+
+
+def test_lambda_starts_at_the_chosen_bundles_recommended_value(make_napari_viewer, tiny_bundle, tmp_path):
+    """As `segment` does: a bundle's default λ, not the middle of the slider."""
+    from napari_paser.engine import registry
+    from napari_paser.engine.bundle import save_bundle
+    from napari_paser.napari_ui._widget import PaserWidget, bundle_default_lam
+
+    viewer = make_napari_viewer()
+    widget = PaserWidget(viewer)
+    default = bundle_default_lam(registry.list_bundles()[0].path)
+    assert default is not None and default != 0.5  # the bundled default's λ, not the slider's middle
+    assert widget.lam == pytest.approx(default, abs=1e-9) and widget.lam_label.text() == f"{default:.3f}"
+    tiny_bundle.default_lam = 0.27
+    folder = save_bundle(tiny_bundle, tmp_path / "lam-bundle")
+    assert bundle_default_lam(folder) == pytest.approx(0.27)
+    assert widget.add_bundle_folder(folder)
+    assert widget.lam == pytest.approx(0.27) and widget.lam_label.text() == "0.270"
+    widget.bundle_combo.setCurrentIndex(0)
+    assert widget.lam == pytest.approx(default, abs=1e-9)

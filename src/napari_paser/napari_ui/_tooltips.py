@@ -24,8 +24,9 @@ TOOLTIPS: dict[str, str] = {
         "1 = always the cheapest) or TVD (a target share of patches sent to the larger models)."
     ),
     "lam": (
-        "Cost weight λ of the router. Higher λ routes more patches to cheaper models. "
-        "Moving it re-routes from the cache: the visible slice updates at once, the rest follows."
+        "Cost weight λ of the router. Higher λ routes more patches to cheaper models. It starts at "
+        "the bundle's recommended λ. Moving it re-routes from the cache: the visible slice updates "
+        "at once, the rest follows."
     ),
     "tvd": (
         "Target total-variation distance between the routing and 'f0 everywhere' — roughly the "

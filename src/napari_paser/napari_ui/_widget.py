@@ -99,6 +99,16 @@ def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
         return None
 
 
+def bundle_default_lam(folder: Path) -> float | None:
+    """The λ a bundle recommends (chosen on its validation data), read without torch
+    (None if unreadable or outside [0, 1])."""
+    try:
+        lam = float(json.loads((folder / "manifest.json").read_text())["default_lam"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return lam if 0.0 <= lam <= 1.0 else None
+
+
 def check_bundle_folder(folder: Path) -> str | None:
     """Why ``folder`` is not a PaSeR bundle (None if it looks like one); no torch."""
     if not folder.is_dir():
@@ -222,7 +232,9 @@ class PaserWidget(QWidget):
         layout.addStretch(1)
 
         self._fill_bundles()
+        self._use_bundle_lam()
         self.bundle_combo.activated.connect(self._on_bundle_activated)
+        self.bundle_combo.currentIndexChanged.connect(self._use_bundle_lam)
         self.mode_combo.currentIndexChanged.connect(self._on_mode)
         self.lam_slider.valueChanged.connect(self._on_slider)
         self.tvd_slider.valueChanged.connect(self._on_slider)
@@ -392,6 +404,18 @@ class PaserWidget(QWidget):
         return self._layers
 
     # ================================================================== bundles
+
+    def _use_bundle_lam(self, *_: Any) -> None:
+        """Start the λ slider at the chosen bundle's recommended λ (the one ``segment``
+        uses), without re-routing a run already shown."""
+        folder = self.bundle_path
+        lam = bundle_default_lam(folder) if folder is not None else None
+        if lam is None:
+            return
+        self.lam_slider.blockSignals(True)
+        self.lam = lam
+        self.lam_slider.blockSignals(False)
+        self.lam_label.setText(f"{self.lam:.3f}")
 
     def _on_bundle_activated(self, index: int) -> None:
         if self.bundle_combo.itemData(index) is None:
