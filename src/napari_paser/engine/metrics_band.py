@@ -303,6 +303,7 @@ _LOCAL = threading.local()
 def _band_segmenters(job: BandJob) -> dict:
     """``{None: the shared segmenter, i: member i's own}``, built once per job here or per
     worker thread on a cluster."""
+    cache: dict
     if job.bundle is None:
         key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device)
         cached = getattr(_LOCAL, "band", None)

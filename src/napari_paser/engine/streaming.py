@@ -315,7 +315,7 @@ class LocalExecutor:
 
     workers = 1
 
-    def map(self, fn: Callable, job: StreamJob, ks: Sequence[int], *args, ordered: bool = True) -> Iterator:
+    def map(self, fn: Callable, job: Any, ks: Sequence[int], *args, ordered: bool = True) -> Iterator:
         for k in ks:
             yield fn(job, k, *args)
 
@@ -342,7 +342,7 @@ class DaskExecutor:
         """Worker threads now (a scaled cluster, e.g. dask-jobqueue, may grow while it runs)."""
         return max(1, sum(self.client.nthreads().values()))
 
-    def map(self, fn: Callable, job: StreamJob, ks: Sequence[int], *args, ordered: bool = True) -> Iterator:
+    def map(self, fn: Callable, job: Any, ks: Sequence[int], *args, ordered: bool = True) -> Iterator:
         from distributed import as_completed
 
         ks = list(ks)

@@ -256,8 +256,7 @@ def reroute_job(
     """
     seg = session.segmenter
     per_slice = per_slice.copy()
-    compare = confusion is not None and ground_truth is not None
-    confusion = confusion.copy() if compare else None
+    confusion = confusion.copy() if confusion is not None and ground_truth is not None else None
     yield Stage("re-routing", len(order))
     for z in order:
         with session.lock:

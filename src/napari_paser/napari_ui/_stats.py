@@ -90,7 +90,7 @@ def summarize(
             100.0 * stats["gflops_total"] / stats["gflops_f2_everywhere"] if stats["gflops_f2_everywhere"] else float("nan")
         )
     compared = done & (confusion[:, 0, 0] >= 0) if confusion is not None else np.zeros_like(done)
-    if compared.any():
+    if confusion is not None and compared.any():
         cm = confusion[compared].sum(0)
         stats["iou_slices"] = int(compared.sum())
         ious = metrics.iou_per_class(cm)

@@ -633,14 +633,14 @@ class PaserWidget(QWidget):
             self._layers_shown.set()
             self._layers_shown = None
 
-    def _on_returned(self, outcome: _jobs.Outcome | list[Path], gen: int) -> None:
+    def _on_returned(self, outcome: _jobs.Outcome | list[Path] | np.ndarray, gen: int) -> None:
         if gen != self._generation or outcome is None or self._layers is None:
             return
-        if self._job == "export":
+        if isinstance(outcome, list):  # an export's files
             show_info(f"exported {len(outcome)} files to {outcome[0].parent}")
             self._set_status(f"Exported {outcome[0].name}.")
             return
-        if self._job == "compare":
+        if isinstance(outcome, np.ndarray):  # a comparison's confusions
             self._confusion = outcome
             self._publish_comparison()
             self._set_status("Compared with the ground truth.")
