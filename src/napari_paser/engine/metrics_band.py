@@ -41,6 +41,7 @@ from ..errors import PaserInputError
 from ..io_sources import Volume, as_volume
 from .microstructure import MetricsStep, MicrostructureMetrics, metrics_steps, phase_label_volume, validate_phase_labels
 from .steps import relay_steps
+from .streaming import SlabTasks
 
 if TYPE_CHECKING:  # torch only once a band is computed
     from .bundle import Bundle
@@ -219,7 +220,7 @@ def _member_runs(bundle: Bundle, lams, methods, mc_samples: int, seed: int) -> l
 
 
 @dataclass
-class BandJob:
+class BandJob(SlabTasks):
     """What every slab task of a band needs: the scan, the members, where their labels go.
 
     Picklable for a dask cluster when ``bundle`` is None: the workers then load the
@@ -268,14 +269,6 @@ class BandJob:
         state = dict(self.__dict__)
         state["_segmenters"] = {}  # a worker builds its own
         return state
-
-    def bounds(self, k: int) -> tuple[int, int]:
-        z0 = int(k) * self.slab
-        return z0, min(z0 + self.slab, self.volume.shape[0])
-
-    @property
-    def num_slabs(self) -> int:
-        return -(-self.volume.shape[0] // self.slab)
 
     @property
     def deterministic(self) -> list[int]:

@@ -149,8 +149,25 @@ def fit_bundle_normalizer(volume: Volume, bundle: Any, **kwargs) -> Normalizer:
 # --------------------------------------------------------------------------- slab tasks
 
 
+class SlabTasks:
+    """Slab ``k`` of a job over ``self.volume``'s planes, ``self.slab`` planes each (for
+    jobs whose tasks are slabs: :class:`StreamJob`, the band's
+    :class:`~napari_paser.engine.metrics_band.BandJob`)."""
+
+    volume: Volume
+    slab: int
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        z0 = int(k) * self.slab
+        return z0, min(z0 + self.slab, self.volume.shape[0])
+
+    @property
+    def num_slabs(self) -> int:
+        return -(-self.volume.shape[0] // self.slab)
+
+
 @dataclass(frozen=True)
-class StreamJob:
+class StreamJob(SlabTasks):
     """Everything a slab task needs; picklable (the volume pickles as its path).
 
     Attributes
@@ -189,14 +206,6 @@ class StreamJob:
     routing: bool = False
     output: Any = None
     device: str = "cpu"
-
-    def bounds(self, k: int) -> tuple[int, int]:
-        z0 = int(k) * self.slab
-        return z0, min(z0 + self.slab, self.volume.shape[0])
-
-    @property
-    def num_slabs(self) -> int:
-        return -(-self.volume.shape[0] // self.slab)
 
 
 @dataclass
