@@ -46,9 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "columns that do)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
-                       help="segment the band's slabs and solve τ's columns on a local dask cluster of N processes")
+                       help="run the band (its slabs, then its members' metrics) and τ's columns on a local dask "
+                            "cluster of N processes")
     where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="segment the band's slabs and solve τ's columns on a running dask scheduler (tcp://host:8786)")
+                       help="run the band and τ's columns on a running dask scheduler (tcp://host:8786); the workers "
+                            "need the band's temporary folder (TMPDIR) on a file system they share")
     p.add_argument("--surface-method", choices=("marching_cubes", "faces"), default="marching_cubes",
                    help="surface area estimator (default marching_cubes)")
     p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
