@@ -13,41 +13,25 @@ existing picture unless ``--overwrite`` is given.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from _shots import open_sample, picture_parser, settle, write_shot
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", default=None, help="bundle to start from (default: the bundled default)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "finetune_panel.png", help="PNG to write")
+    parser = picture_parser(__doc__, "finetune_panel.png", (1500, 950), "bundle to start from")
     parser.add_argument("--evaluations", type=int, default=3, help="held-out scores to wait for before the picture")
-    parser.add_argument("--size", type=int, nargs=2, default=(1500, 950), metavar=("W", "H"), help="window size")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing picture")
-    args = parser.parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        print(f"{args.out} exists: pass --overwrite to replace it", file=sys.stderr)
-        return 1
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_paser.engine.registry import resolve_bundle
     from napari_paser.train.sparse_labels import simulate_strokes
 
-    viewer = napari.Viewer(show=True, title="napari-paser")
-    viewer.window._qt_window.resize(*args.size)
-    image, truth = viewer.open_sample("napari-paser", "electrode")
-    truth.visible = False
-    _, widget = viewer.window.add_plugin_dock_widget("napari-paser", "PaSeR segmentation")
-    if not widget.add_bundle_folder(resolve_bundle(args.bundle)):
+    args = parser.parse_args(argv)
+    opened = open_sample(args)
+    if opened is None:
         return 1
+    viewer, image, truth, _, _ = opened
+    truth.visible = False
     _, panel = viewer.window.add_plugin_dock_widget("napari-paser", "Adapt PaSeR to this scan")
     panel.output_folder = tempfile.mkdtemp(prefix="napari-paser-shot-")
     panel.image_layer = image
@@ -60,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = panel.start()
     if worker is None:
         return 1
+    from qtpy.QtWidgets import QApplication
+
     app = QApplication.instance()
     t0 = time.perf_counter()
     while panel.busy and time.perf_counter() - t0 < 900:
@@ -68,25 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         history = panel.history
         if history and len(history["eval_time"]) >= args.evaluations and len(history["time"]) >= 5:
             break
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
+    settle()
     viewer.layers.selection.active = layer
-    shot = viewer.screenshot(path=None, canvas_only=False, flash=False)
+    size = write_shot(viewer, args.out)
     panel.cancel()
     while panel.busy and time.perf_counter() - t0 < 1200:
         app.processEvents()
         time.sleep(0.05)
-    rgb = np.asarray(shot)[..., :3]
-    if rgb.std() < 5 or len(np.unique(rgb.reshape(-1, 3), axis=0)) < 50:
-        print("the screenshot looks blank: is a (virtual) display with OpenGL available?", file=sys.stderr)
+    if size is None:
         return 1
-    import imageio.v3 as iio
-
-    tmp = args.out.with_name(f".{args.out.name}.tmp.png")
-    iio.imwrite(tmp, np.asarray(shot))
-    tmp.replace(args.out)  # atomic: never a half-written picture
-    print(f"wrote {args.out} ({shot.shape[1]}x{shot.shape[0]}) after {time.perf_counter() - t0:.0f} s of fine-tuning")
+    print(f"wrote {args.out} ({size[0]}x{size[1]}) after {time.perf_counter() - t0:.0f} s of fine-tuning")
     viewer.close()
     return 0
 

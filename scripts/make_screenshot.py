@@ -15,51 +15,27 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from _shots import open_sample, picture_parser, settle, write_shot
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", default=None, help="bundle name or folder (default: the bundled default)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png", help="PNG to write")
+    parser = picture_parser(__doc__, "screenshot.png", (1500, 900), "bundle name or folder")
     parser.add_argument("--lam", type=float, default=None, help="λ to show (default: the bundle's)")
     parser.add_argument("--slice", type=int, default=None, help="slice to show (default: the middle one)")
-    parser.add_argument("--size", type=int, nargs=2, default=(1500, 900), metavar=("W", "H"), help="window size")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing picture")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        print(f"{args.out} exists: pass --overwrite to replace it", file=sys.stderr)
-        return 1
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_paser.engine.registry import resolve_bundle
     from napari_paser.napari_ui._widget import bundle_patch_size
 
-    try:
-        bundle = resolve_bundle(args.bundle)
-    except FileNotFoundError as err:
-        print(f"no bundle: {err}", file=sys.stderr)
+    args = parse_args(argv)
+    opened = open_sample(args)
+    if opened is None:
         return 1
-    viewer = napari.Viewer(show=True, title="napari-paser")
-    viewer.window._qt_window.resize(*args.size)
-    image, truth = viewer.open_sample("napari-paser", "electrode")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-paser", "PaSeR segmentation")
-    if not widget.add_bundle_folder(bundle):
-        return 1
+    viewer, image, truth, _, widget = opened
     widget.ground_truth_layer = truth
-    if args.lam is not None:
+    if args.lam is not None:  # else the bundle's own, which the widget starts at
         widget.lam = args.lam
-    else:
-        import json
-
-        widget.lam = float(json.loads((Path(bundle) / "manifest.json").read_text()).get("default_lam", 0.5))
     z = image.data.shape[0] // 2 if args.slice is None else args.slice
     viewer.dims.set_point(0, z * image.scale[0] + image.translate[0])
     outcome = widget.run(blocking=True)
@@ -71,24 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     viewer.reset_view()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 : older
     camera.zoom *= 0.95
-    app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
-    shot = viewer.screenshot(path=None, canvas_only=False, flash=False)
-    rgb = np.asarray(shot)[..., :3]
-    if rgb.std() < 5 or len(np.unique(rgb.reshape(-1, 3), axis=0)) < 50:
-        print("the screenshot looks blank: is a (virtual) display with OpenGL available?", file=sys.stderr)
+    settle(20, 0.0)
+    size = write_shot(viewer, args.out)
+    if size is None:
         return 1
-    import imageio.v3 as iio
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp.png")
-    iio.imwrite(tmp, np.asarray(shot))
-    tmp.replace(args.out)  # atomic: never a half-written picture
-    patch = bundle_patch_size(Path(bundle))
+    bundle = Path(widget.bundle_path)
     stats = widget.stats.stats
     print(
-        f"wrote {args.out} ({shot.shape[1]}x{shot.shape[0]}); bundle {Path(bundle).name}, patch {patch}, "
+        f"wrote {args.out} ({size[0]}x{size[1]}); bundle {bundle.name}, patch {bundle_patch_size(bundle)}, "
         f"λ {outcome.lam:.3f}, f2 patches {100 * stats['route_fraction']['f2']:.0f} %, "
         f"GFLOPs {stats['gflops_percent_of_f2']:.0f} % of f2, mean IoU {stats.get('mean_iou', float('nan')):.3f}"
     )
