@@ -88,3 +88,15 @@ def test_a_lazy_ground_truth_is_read_a_slice_at_a_time_and_bad_slices_are_left_o
     assert outcome.stats["iou_slices"] == 3
     assert outcome.stats["mean_iou"] == pytest.approx(expected_iou(phases, truth, [0, 1, 3]))
     assert "over 3 of 4 slices" in widget.stats.summary.text()
+
+
+def test_a_ground_truth_chosen_during_a_run_is_compared_when_it_ends(widget, qtbot):
+    truth = _truth()
+    layer = widget.viewer.add_labels(truth, name="truth")
+    widget.blocking = False
+    widget.run()
+    assert widget.busy
+    widget.ground_truth_layer = layer  # the run compares nothing: it started without a truth
+    qtbot.waitUntil(lambda: not widget.busy and "mean_iou" in widget.stats.stats, timeout=60_000)
+    phases = widget.viewer.layers["phases"].data
+    assert widget.stats.stats["mean_iou"] == pytest.approx(expected_iou(phases, truth, range(SHAPE[0])))

@@ -819,10 +819,10 @@ class PaserWidget(QWidget):
     def _on_ground_truth(self, *_: Any) -> None:
         """Compare the shown phases with the newly chosen ground truth, a slice at a time
         in the background (the layers may be read from disk)."""
-        if self._layers is None or self._active is None or not self._layers.done.any():
-            return
-        if self.busy:
+        if self.busy:  # even before a run's first slice: its request holds the old choice
             self._compare_pending = True  # compared once the job ends
+            return
+        if self._layers is None or self._active is None or not self._layers.done.any():
             return
         gt = self._ground_truth(self._layers.labels.shape)
         if gt is None:
