@@ -100,3 +100,32 @@ def test_a_ground_truth_chosen_during_a_run_is_compared_when_it_ends(widget, qtb
     qtbot.waitUntil(lambda: not widget.busy and "mean_iou" in widget.stats.stats, timeout=60_000)
     phases = widget.viewer.layers["phases"].data
     assert widget.stats.stats["mean_iou"] == pytest.approx(expected_iou(phases, truth, range(SHAPE[0])))
+
+
+def test_the_iou_follows_the_lambda_slider_including_the_slice_on_screen(make_napari_viewer, qtbot):
+    """The visible slice is re-routed on the GUI thread at once; it is compared too."""
+    from pathlib import Path
+
+    from napari_paser import io
+    from napari_paser.napari_ui._widget import PaserWidget
+
+    sample = Path(__file__).parents[1] / "sample_data"
+    image, _ = io.read_stack(sample / "electrode_image.tif")
+    truth, _ = io.read_stack(sample / "electrode_labels.tif")
+    viewer = make_napari_viewer()
+    viewer.add_image(image[:3], name="ct")
+    widget = PaserWidget(viewer)  # the bundled default bundle: its models' labels change with λ
+    widget.blocking = True
+    widget.image_layer = viewer.layers["ct"]
+    widget.ground_truth_layer = viewer.add_labels(truth[:3], name="truth")
+    widget.lam = 0.0
+    widget.run()
+    phases = viewer.layers["phases"].data
+    before = np.array(phases)
+    widget.blocking = False
+    widget.lam = 1.0  # f0 everywhere, cached: the visible slice on this thread, the others in the job
+    qtbot.waitUntil(lambda: not widget.busy and not widget._debounce.isActive()
+                    and widget.stats.stats.get("lam") == pytest.approx(1.0), timeout=60_000)
+    assert widget.reroute_ms, "the visible slice was not re-routed on the GUI thread"
+    assert not np.array_equal(phases[widget._visible_slice()], before[widget._visible_slice()])
+    assert widget.stats.stats["mean_iou"] == pytest.approx(expected_iou(phases, truth[:3], range(3)))

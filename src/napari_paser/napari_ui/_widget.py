@@ -772,11 +772,11 @@ class PaserWidget(QWidget):
         if not analysed:
             return None
         z = self._visible_slice()
-        if z in analysed and self._reroute_visible_now(session, lam, z):
+        if z in analysed:
+            shown_now = self._reroute_visible_now(session, lam, z)
             analysed.remove(z)
-        elif z in analysed:
-            analysed.remove(z)
-            analysed.insert(0, z)
+            if not shown_now or self._confusion is not None:  # to compose, or to compare with the truth off this thread
+                analysed.insert(0, z)
         self._lam_shown = lam
         self._set_status(f"Re-routing at λ = {lam:.3f}…")
         return self._start(
