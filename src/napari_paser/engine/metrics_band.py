@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generator, Sequence
 
@@ -41,7 +40,7 @@ from ..errors import PaserInputError
 from ..io_sources import Volume, as_volume
 from .microstructure import MetricsStep, MicrostructureMetrics, metrics_steps, phase_label_volume, validate_phase_labels
 from .steps import relay_steps
-from .streaming import SlabTasks
+from .streaming import SlabTasks, thread_cached
 
 if TYPE_CHECKING:  # torch only once a band is computed
     from .bundle import Bundle
@@ -289,36 +288,31 @@ class BandSlab:
     envelope: PhaseEnvelope | None
 
 
-# Workers keep one band's segmenters per thread (a segmenter's caches are not thread-safe).
-_LOCAL = threading.local()
-
-
 def _band_segmenters(job: BandJob) -> dict:
     """``{None: the shared segmenter, i: member i's own}``, built once per job here or per
-    worker thread on a cluster."""
-    cache: dict
+    worker thread on a cluster (a segmenter's caches are not thread-safe)."""
     if job.bundle is None:
         key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device)
-        cached = getattr(_LOCAL, "band", None)
-        if cached is None or cached[0] != key:  # keep one band: a new one replaces it
-            _LOCAL.band = cached = (key, {})
-        cache = cached[1]
-    else:
-        cache = job._segmenters
-    if not cache:
-        from .bundle import load_bundle
-        from .pipeline import PaserSegmenter
+        return thread_cached("band", key, lambda: _new_segmenters(job))
+    if not job._segmenters:
+        job._segmenters.update(_new_segmenters(job))
+    return job._segmenters
 
-        # No memory.bound_heap here, unlike segment: with a fixed mmap threshold the band
-        # peaked lower (1021.8 against 1232.6 MB, 8 planes of 1024²) but took 40 % longer.
-        bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
-        # The λ and single-model members share one segmenter (and its caches); each MC
-        # sample has its own (one pass, its own seed).
-        cache[None] = PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, device=job.device, batch_size=job.batch_size)
-        for i, (_, _, _, passes, s) in enumerate(job.runs):
-            if passes is not None:
-                cache[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=job.device, batch_size=job.batch_size)
-    return cache
+
+def _new_segmenters(job: BandJob) -> dict:
+    from .bundle import load_bundle
+    from .pipeline import PaserSegmenter
+
+    # No memory.bound_heap here, unlike segment: with a fixed mmap threshold the band
+    # peaked lower (1021.8 against 1232.6 MB, 8 planes of 1024²) but took 40 % longer.
+    bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
+    # The λ and single-model members share one segmenter (and its caches); each MC
+    # sample has its own (one pass, its own seed).
+    out = {None: PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, device=job.device, batch_size=job.batch_size)}
+    for i, (_, _, _, passes, s) in enumerate(job.runs):
+        if passes is not None:
+            out[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=job.device, batch_size=job.batch_size)
+    return out
 
 
 def band_slab(job: BandJob, k: int) -> BandSlab:

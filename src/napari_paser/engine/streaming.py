@@ -227,18 +227,25 @@ class SlabOutput:
 _LOCAL = threading.local()
 
 
+def thread_cached(name: str, key: tuple, build: Callable[[], Any]) -> Any:
+    """What ``build()`` made for ``key`` in this thread, made once: one per ``name``, a new
+    key replaces the old one (a dask worker keeps its segmenters between slab tasks)."""
+    cached = getattr(_LOCAL, name, None)
+    if cached is None or cached[0] != key:
+        cached = (key, build())
+        setattr(_LOCAL, name, cached)
+    return cached[1]
+
+
 def _segmenter(job: StreamJob):
     from .bundle import load_bundle
     from .pipeline import PaserSegmenter
 
     bound_heap()  # also in dask worker processes
     key = (os.path.abspath(job.bundle_path), job.mc_passes, job.seed, job.batch_size, job.device)
-    cached = getattr(_LOCAL, "segmenter", None)
-    if cached is None or cached[0] != key:  # keep one: a new bundle replaces the old one
-        seg = PaserSegmenter(load_bundle(job.bundle_path, device=job.device), mc_passes=job.mc_passes, seed=job.seed,
-                             device=job.device, batch_size=job.batch_size)
-        _LOCAL.segmenter = cached = (key, seg)
-    return cached[1]
+    return thread_cached("segmenter", key, lambda: PaserSegmenter(
+        load_bundle(job.bundle_path, device=job.device), mc_passes=job.mc_passes, seed=job.seed, device=job.device,
+        batch_size=job.batch_size))
 
 
 def _load_slab(job: StreamJob, k: int):
