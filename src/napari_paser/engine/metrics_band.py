@@ -308,7 +308,7 @@ def _new_segmenters(job: BandJob) -> dict:
     bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
     # The λ and single-model members share one segmenter (and its caches); each MC
     # sample has its own (one pass, its own seed).
-    out = {None: PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, device=job.device, batch_size=job.batch_size)}
+    out: dict[int | None, Any] = {None: PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, device=job.device, batch_size=job.batch_size)}
     for i, (_, _, _, passes, s) in enumerate(job.runs):
         if passes is not None:
             out[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=job.device, batch_size=job.batch_size)
