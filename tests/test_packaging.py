@@ -1,4 +1,4 @@
-"""The plugin is discoverable by napari, and the wheel carries manifest, samples and models."""
+"""The plugin is discoverable by napari, and the wheel carries manifest, samples and the default bundle."""
 
 from __future__ import annotations
 
@@ -61,6 +61,42 @@ def test_wheel_contains_manifest_sample_data_and_bundled_model(wheel):
         text = zf.read(entry_points).decode()
     assert "napari.manifest" in text and "napari_paser:napari.yaml" in text
     assert "napari-paser = napari_paser.cli.main:main" in text
+
+
+def test_wheel_carries_the_default_bundle_only_and_fits_pypi(wheel):
+    from napari_paser.engine.registry import DEFAULT_BUNDLE
+
+    with zipfile.ZipFile(wheel) as zf:
+        bundles = {n.split("/")[2] for n in zf.namelist() if n.startswith("napari_paser/models/") and n.count("/") >= 3}
+    assert bundles == {DEFAULT_BUNDLE}
+    # PyPI refuses files over 100 MB unless a project is granted more.
+    assert wheel.stat().st_size < 100e6
+
+
+def test_unpacked_wheel_segments_with_its_bundle(wheel, tmp_path, fresh_python):
+    # The wheel alone (no source tree on the path) finds its bundle and segments a slice.
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+    out = fresh_python(
+        f"""
+import sys
+sys.path.insert(0, {str(tmp_path / "site")!r})
+import numpy as np
+import tifffile
+import napari_paser
+from napari_paser.engine import registry
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.pipeline import segment
+assert napari_paser.__file__.startswith({str(tmp_path)!r}), napari_paser.__file__
+names = [b.name for b in registry.list_bundles()]
+image = tifffile.imread(registry.BUNDLE_ROOT.parent / "sample_data" / "electrode_image.tif")[:3]
+result = segment(image, load_bundle(registry.resolve_bundle()))
+print(names, result.labels.shape, sorted(np.unique(result.labels).tolist()))
+"""
+    )
+    from napari_paser.engine.registry import DEFAULT_BUNDLE
+
+    assert out.strip() == f"['{DEFAULT_BUNDLE}'] (3, 224, 256) [0, 1, 2]"
 
 
 def test_no_qt_binding_or_napari_all_in_runtime_dependencies():
