@@ -590,14 +590,47 @@ def test_bf16_autocast_only_where_the_cpu_computes_bf16(monkeypatch):
     assert isinstance(ctx.autocast(enabled=False), contextlib.nullcontext)
 
 
-def test_the_cli_offers_every_training_preset():
-    """The CLI lists the presets by hand (importing them would import torch for every
-    command's --help); a preset missing there cannot be trained from the command line."""
-    import argparse
+def test_every_preset_is_described_and_listed_by_the_cli():
+    import subprocess
+    import sys
 
-    from napari_paser.cli.main import build_parser
-    from napari_paser.train.presets import PRESETS
+    from napari_paser.train.presets import PRESET_NOTES, PRESETS
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    preset = next(a for a in sub.choices["train"]._actions if a.dest == "preset")
-    assert set(preset.choices) == set(PRESETS)
+    assert set(PRESET_NOTES) == set(PRESETS)
+    # Like --help, --list-presets needs no other option (train's --out is required).
+    out = subprocess.run([sys.executable, "-m", "napari_paser.cli.main", "train", "--list-presets"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.splitlines() if not line.startswith(" ")]
+    assert listed == list(PRESETS)
+
+
+def test_train_help_is_short_and_an_unknown_preset_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "napari_paser.cli.main", "train"]
+    help_text = subprocess.run(cmd + ["--help"], capture_output=True, text=True).stdout
+    assert "--list-presets" in help_text and len(help_text) < 4000
+    image = tmp_path / "scan.tif"
+    out = subprocess.run(cmd + ["--images", str(image), "--labels", str(image), "--out", str(tmp_path / "b"),
+                                "--preset", "v9"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "unknown preset 'v9'" in out.stderr
+    assert "quick" in out.stderr and "v2.21" in out.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_scale_multiplies_every_stage_and_keeps_switched_off_ones_off():
+    from napari_paser.cli.train import _scaled
+    from napari_paser.train.presets import get_preset
+
+    cfg = get_preset("v2.14")  # a preset with a stage switched off (refine_steps 0)
+    scaled = _scaled(cfg, 0.1)
+    steps = [name for name in vars(cfg) if name.endswith("_steps")]
+    assert "refine_steps" in steps and "policy_steps" in steps
+    for name in steps:
+        before, after = getattr(cfg, name), getattr(scaled, name)
+        assert after == (max(1, round(before * 0.1)) if before > 0 else 0), name
+    assert cfg.refine_steps == 0 and get_preset("init").refine_steps > 0
+    assert _scaled(get_preset("init"), 0.1).refine_steps == round(get_preset("init").refine_steps * 0.1)

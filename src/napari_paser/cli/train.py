@@ -8,12 +8,13 @@ Train from scratch on synthetic volumes (the bundled model)::
 
 Fine-tune the bundled model on one labelled stack of your scanner::
 
-    napari-paser train --images scan.tif --labels scan_labels.tif --init paser-synth-quick --out my-bundle
+    napari-paser train --images scan.tif --labels scan_labels.tif --init paser-synth-v2.21 --out my-bundle
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
@@ -43,10 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="folder of more NAME_image.tif/NAME_labels.tif pairs for fitting the routing policy only "
                           "(volumes no network was trained on); the other splits stay those of --data")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
-    p.add_argument("--preset", choices=("quick", "v2", "v2.1", "v2.2", "v2.5", "v2.6", "v2.7", "v2.8", "v2.9", "v2.10", "v2.11", "v2.12", "v2.13", "v2.14", "v2.15", "v2.16", "v2.17", "v2.18", "v2.19", "v2.20", "v2.21", "paper", "init"), default=None,
-                   help="quick: CPU in ~30 min; v2: the default bundle's networks and schedule (~1 h CPU with "
-                        "--warm-start); v2.1: v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy; v2.2: v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start paser-synth-v2.1); v2.5: v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~25 min CPU, --warm-start paser-synth-v2.2); v2.6: v2.5's networks kept, a policy on f0's output statistics fitted on --extra-rl volumes too and early-stopped on held-out ones (~11 min CPU once the data exist, --warm-start paser-synth-v2.5); v2.7: v2.6 with an f0 that reads 5 planes, widened from v2.6's and trained on, the policy re-fitted (~40 min CPU, --warm-start paser-synth-v2.6); v2.8: v2.7's networks with a closed-form linear policy (ridge on patch means; minutes once v2.7's reward caches exist, --warm-start runs/paser-synth-v2.7); v2.9: v2.7's networks with a dense policy fitted on the gains of 4x4-pixel cells (~20 min CPU, reward caches rebuilt, --warm-start runs/paser-synth-v2.7); v2.10: v2.9 with an f2 that reads 5 planes, widened from v2.9's and trained on, the policy re-fitted (~40 min CPU, --warm-start src/napari_paser/models/paser-synth-v2.9); v2.11: v2.10's networks with f2 trained on as a specialist, each patch's loss weighted by f1's cross entropy on it squared, the policy re-fitted (~35 min CPU, --warm-start runs/paser-synth-v2.10); v2.12: v2.9's networks with a dense policy that also reads f0's finest features, the reward caches rebuilt (~25 min CPU, --warm-start src/napari_paser/models/paser-synth-v2.9); v2.13: v2.9's networks and policy with a refiner on f0's prediction trained with f0 frozen, the default λ chosen again (~10 min CPU once the data exist, --warm-start src/napari_paser/models/paser-synth-v2.9); v2.14: v2.13's networks and refiner with the dense policy re-fitted to the gains over the refined f0, the reward caches rebuilt (~15 min CPU once the data exist, --warm-start runs/paser-synth-v2.13); v2.15: v2.9's networks with a dense policy that also reads how much f0's MC passes disagree, the reward caches rebuilt (~25 min CPU once the data exist, --warm-start src/napari_paser/models/paser-synth-v2.9); v2.16: v2.9's networks and dense policy with the image residual added to its gains by a calibrated prior, the reward caches rebuilt (~25 min CPU once the data exist, --warm-start src/napari_paser/models/paser-synth-v2.9); v2.17: v2.16's networks with its policy network fitted again on five times the RL volumes (--extra-rl data/synth_rl_large; about a minute on a GPU with --device cuda once the data exist, --warm-start src/napari_paser/models/paser-synth-v2.16); v2.18: v2.16 with f0 fused into f1 / f2 at 0.30 / 0.25 and the policy fitted to the fused gains, the reward caches rebuilt (~25 min CPU once the data exist, --warm-start src/napari_paser/models/paser-synth-v2.16); v2.19: v2.16 with a refiner on f0's prediction (kept from --warm-start runs/paser-synth-v2.16-refined, which scripts/train_bundled_model_v2_19.sh makes), the refined f0 fused into f1 / f2 at 0.35 / 0.40 and the policy fitted to the gains over it, the reward caches rebuilt (~12 min CPU once the data exist); v2.20: v2.19 with a refiner that also reads the two planes on each side of the slice (kept from --warm-start runs/paser-synth-v2.16-refined5p, which scripts/train_bundled_model_v2_20.sh makes), fused into f1 / f2 at 0.35 / 0.45, the policy fitted to the gains over it (~13 min CPU once the data exist); v2.21: v2.20's networks with the dense policy also reading how far the refiner moved f0's prediction and no image-residual prior, the reward caches rebuilt (~9 min CPU once the data exist, --warm-start src/napari_paser/models/paser-synth-v2.20); paper: the paper's sizes and epochs (GPU); init: short fine-tuning "
-                        "(default: quick, or init with --init)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="training recipe: quick (CPU, ~30 min), paper (the paper's schedule, GPU), init "
+                        "(short fine-tuning of the --init bundle) or a bundle's own recipe, v2 to v2.21 "
+                        "(default: quick, or init with --init; --list-presets describes each)")
+    p.add_argument("--list-presets", action=_ListPresets, help="describe every preset and exit")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
     p.add_argument("--warm-start", metavar="BUNDLE",
                    help="fresh networks of the preset, but each one whose weights fit starts from this bundle's")
@@ -64,12 +66,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+class _ListPresets(argparse.Action):
+    """``--list-presets``: print the presets and exit, like ``--help`` (no --out needed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..train.presets import describe_presets
+
+        print(describe_presets())
+        parser.exit()
+
+
 def _scaled(cfg, scale: float):
     if scale == 1.0:
         return cfg
     if scale <= 0:
         raise ValueError("--scale must be positive")
-    keys = ("f2_steps", "f1_steps", "f0_steps", "policy_steps", "ft_steps")
+    # Every stage's step count, the refiner's too.
+    keys = [f.name for f in dataclasses.fields(cfg) if f.name.endswith("_steps")]
     # A stage the preset switches off (0 steps) stays off.
     return cfg.replace(**{k: max(1, int(round(getattr(cfg, k) * scale))) if getattr(cfg, k) > 0 else 0 for k in keys})
 
@@ -100,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     if init is not None and args.warm_start:
         raise PaserInputError("give --init (fine-tune a bundle) or --warm-start (new networks), not both")
     warm = load_bundle(resolve_bundle(args.warm_start)) if args.warm_start else None
-    cfg = get_preset(args.preset or ("init" if init is not None else "quick"))
+    try:
+        cfg = get_preset(args.preset or ("init" if init is not None else "quick"))
+    except ValueError as err:  # an unknown name: the message lists the presets
+        raise PaserInputError(f"--preset: {err}") from None
     cfg = _scaled(cfg, args.scale)
     if args.tvd is not None:
         if not 0 <= args.tvd <= 1:

@@ -9,11 +9,12 @@ AVX-512; where bf16 is emulated, autocast stays off, see ``engine.precision``);
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict, dataclass, field, replace
 
 from .augment import AugmentConfig
 
-__all__ = ["TrainConfig", "get_preset", "PRESETS"]
+__all__ = ["TrainConfig", "get_preset", "describe_presets", "PRESETS", "PRESET_NOTES"]
 
 
 @dataclass
@@ -374,6 +375,107 @@ PRESETS["v2.20"] = PRESETS["v2.19"].replace(preset="v2.20", arch="v2.20", f0_fus
 # reads how far the refiner moved f0's prediction (arch v2.21), fitted as v2.20's, without
 # the image-residual prior.
 PRESETS["v2.21"] = PRESETS["v2.20"].replace(preset="v2.21", arch="v2.21")
+
+# What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
+PRESET_NOTES: dict[str, str] = {
+    "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
+    "v2": "the v2 bundle's networks and schedule on the wide v2 synthetic data (~1 h CPU with --warm-start)",
+    "v2.1": "v2 trained longer, from the v2 bundle (~1 h CPU), with a regression-trained policy",
+    "v2.2": (
+        "v2.1 with f1 trained 8x and f0 4x longer, f2 kept, the policy re-fitted (~1 h CPU, --warm-start "
+        "paser-synth-v2.1)"
+    ),
+    "v2.5": (
+        "v2.2 with f1 continued on --extra-pretrain volumes, f0 and f2 kept, the policy re-fitted (~25 "
+        "min CPU, --warm-start paser-synth-v2.2)"
+    ),
+    "v2.6": (
+        "v2.5's networks kept, a policy on f0's output statistics fitted on --extra-rl volumes too and "
+        "early-stopped on held-out ones (~11 min CPU once the data exist, --warm-start paser-synth-v2.5)"
+    ),
+    "v2.7": (
+        "v2.6 with an f0 that reads 5 planes, widened from v2.6's and trained on, the policy re-fitted "
+        "(~40 min CPU, --warm-start paser-synth-v2.6)"
+    ),
+    "v2.8": (
+        "v2.7's networks with a closed-form linear policy (ridge on patch means; minutes once v2.7's "
+        "reward caches exist, --warm-start runs/paser-synth-v2.7)"
+    ),
+    "v2.9": (
+        "v2.7's networks with a dense policy fitted on the gains of 4x4-pixel cells (~20 min CPU, reward "
+        "caches rebuilt, --warm-start runs/paser-synth-v2.7)"
+    ),
+    "v2.10": (
+        "v2.9 with an f2 that reads 5 planes, widened from v2.9's and trained on, the policy re-fitted "
+        "(~40 min CPU, --warm-start src/napari_paser/models/paser-synth-v2.9)"
+    ),
+    "v2.11": (
+        "v2.10's networks with f2 trained on as a specialist, each patch's loss weighted by f1's cross "
+        "entropy on it squared, the policy re-fitted (~35 min CPU, --warm-start runs/paser-synth-v2.10)"
+    ),
+    "v2.12": (
+        "v2.9's networks with a dense policy that also reads f0's finest features, the reward caches "
+        "rebuilt (~25 min CPU, --warm-start src/napari_paser/models/paser-synth-v2.9)"
+    ),
+    "v2.13": (
+        "v2.9's networks and policy with a refiner on f0's prediction trained with f0 frozen, the default "
+        "λ chosen again (~10 min CPU once the data exist, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.9)"
+    ),
+    "v2.14": (
+        "v2.13's networks and refiner with the dense policy re-fitted to the gains over the refined f0, "
+        "the reward caches rebuilt (~15 min CPU once the data exist, --warm-start runs/paser-synth-v2.13)"
+    ),
+    "v2.15": (
+        "v2.9's networks with a dense policy that also reads how much f0's MC passes disagree, the reward "
+        "caches rebuilt (~25 min CPU once the data exist, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.9)"
+    ),
+    "v2.16": (
+        "v2.9's networks and dense policy with the image residual added to its gains by a calibrated "
+        "prior, the reward caches rebuilt (~25 min CPU once the data exist, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.9)"
+    ),
+    "v2.17": (
+        "v2.16's networks with its policy network fitted again on five times the RL volumes (--extra-rl "
+        "data/synth_rl_large; about a minute on a GPU with --device cuda once the data exist, "
+        "--warm-start src/napari_paser/models/paser-synth-v2.16)"
+    ),
+    "v2.18": (
+        "v2.16 with f0 fused into f1 / f2 at 0.30 / 0.25 and the policy fitted to the fused gains, the "
+        "reward caches rebuilt (~25 min CPU once the data exist, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.16)"
+    ),
+    "v2.19": (
+        "v2.16 with a refiner on f0's prediction (kept from --warm-start runs/paser-synth-v2.16-refined, "
+        "which scripts/train_bundled_model_v2_19.sh makes), the refined f0 fused into f1 / f2 at 0.35 / "
+        "0.40 and the policy fitted to the gains over it, the reward caches rebuilt (~12 min CPU once the "
+        "data exist)"
+    ),
+    "v2.20": (
+        "v2.19 with a refiner that also reads the two planes on each side of the slice (kept from "
+        "--warm-start runs/paser-synth-v2.16-refined5p, which scripts/train_bundled_model_v2_20.sh "
+        "makes), fused into f1 / f2 at 0.35 / 0.45, the policy fitted to the gains over it (~13 min CPU "
+        "once the data exist)"
+    ),
+    "v2.21": (
+        "v2.20's networks with the dense policy also reading how far the refiner moved f0's prediction "
+        "and no image-residual prior, the reward caches rebuilt (~9 min CPU once the data exist, "
+        "--warm-start src/napari_paser/models/paser-synth-v2.20)"
+    ),
+    "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
+    "init": "short fine-tuning of the --init bundle on a few labelled slices (the default with --init)",
+}
+
+
+def describe_presets(width: int = 100) -> str:
+    """The preset names, each with what it trains wrapped under it (``train --list-presets``)."""
+    pad = max(map(len, PRESETS)) + 2
+    return "\n".join(
+        textwrap.fill(PRESET_NOTES[name], width, initial_indent=f"{name:<{pad}}", subsequent_indent=" " * pad,
+                      break_on_hyphens=False)
+        for name in PRESETS
+    )
 
 
 def get_preset(name: str) -> TrainConfig:
