@@ -618,6 +618,9 @@ def test_train_help_is_short_and_an_unknown_preset_is_one_line(tmp_path):
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "unknown preset 'v9'" in out.stderr
     assert "quick" in out.stderr and "v2.21" in out.stderr
+    out = subprocess.run(cmd + ["--images", str(image), "--labels", str(image), "--out", str(tmp_path / "b"),
+                                "--scale", "0"], capture_output=True, text=True)
+    assert out.returncode != 0 and out.stderr.strip() == "napari-paser train: error: --scale must be positive"
     assert not (tmp_path / "b").exists()
 
 

@@ -83,7 +83,9 @@ def _scaled(cfg, scale: float):
     if scale == 1.0:
         return cfg
     if scale <= 0:
-        raise ValueError("--scale must be positive")
+        from ..errors import PaserInputError
+
+        raise PaserInputError("--scale must be positive")
     # Every stage's step count, the refiner's too.
     keys = [f.name for f in dataclasses.fields(cfg) if f.name.endswith("_steps")]
     # A stage the preset switches off (0 steps) stays off.
