@@ -130,6 +130,8 @@ def fit_normalizer(
         del block
         if progress is not None:
             progress(z1 - z0)
+    if lo is None or hi is None:
+        raise PaserInputError(f"image of shape {tuple(volume.shape)} is empty")
     if lo == hi:
         raise PaserInputError(f"image is constant (every pixel is {lo.item()!r}): nothing to segment")
     sample = np.concatenate(parts)
