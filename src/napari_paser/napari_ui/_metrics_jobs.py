@@ -137,7 +137,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         bundle = load_bundle(resolve_bundle(req.bundle_path))
         envelope = PhaseEnvelope()
         band_gen = band_steps(req.image, bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
-                         shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
+                              shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
 
         def band_progress(step: tuple[str, int, int]) -> MetricsProgress:
             stage, done, total = step
