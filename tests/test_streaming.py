@@ -94,6 +94,13 @@ def test_bad_stacks_fail_before_any_work(quick):
             stream_segment(ArrayVolume(data), path, writer=lambda *a: pytest.fail("wrote"), bundle=bundle)
 
 
+def test_fit_normalizer_rejects_an_empty_stack():
+    from napari_paser.engine.streaming import fit_normalizer
+
+    with pytest.raises(PaserInputError, match="empty"):
+        fit_normalizer(ArrayVolume(np.zeros((0, 60, 70), np.uint8)))
+
+
 def run_cli(*argv) -> int:
     return main(["segment", "--mc-passes", "2", "--slab", "4", "--quiet", "--lam", "0.01"] + [str(a) for a in argv])
 

@@ -75,6 +75,7 @@ class Volume(abc.ABC):
     voxel_size: VoxelSize | None = None
     input_ndim: int = 3
     source: str = ""
+    _handle: Any  # the open file of subclasses that read through one (see close)
 
     @property
     def ndim(self) -> int:
@@ -188,8 +189,8 @@ def _squeeze_shape(shape: Sequence[int], source: str) -> tuple[tuple[int, int, i
     if len(lead) > 1:
         raise PaserInputError(f"expected a grayscale (Z,Y,X) stack or (Y,X) image in {source}, got shape {shape}")
     if lead:
-        return (shape[lead[0]],) + shape[-2:], 3, tuple(lead)
-    return (1,) + shape[-2:], 2, ()
+        return (shape[lead[0]], shape[-2], shape[-1]), 3, tuple(lead)
+    return (1, shape[-2], shape[-1]), 2, ()
 
 
 class ArrayVolume(Volume):
@@ -232,9 +233,10 @@ class TiffVolume(Volume):
         self._handle: tifffile.TiffFile | None = None
 
     def _tif(self) -> tifffile.TiffFile:
-        if getattr(self, "_handle", None) is None:
-            self._handle = _tiffio._open_tiff(Path(self.path))
-        return self._handle
+        handle = getattr(self, "_handle", None)
+        if handle is None:
+            handle = self._handle = _tiffio._open_tiff(Path(self.path))
+        return handle
 
     def _read(self, z0: int, z1: int) -> np.ndarray:
         data = self._tif().asarray(key=range(z0, z1), series=0)
@@ -286,7 +288,7 @@ class TiffFolderVolume(Volume):
             self.voxel_size = _tiffio._voxel_size(tif)
         if len(page_shape) != 2:
             raise PaserInputError(f"slices of a folder must be 2-D grayscale images; {first} has shape {page_shape}")
-        self.shape = (len(self.files),) + page_shape  # type: ignore[assignment]
+        self.shape = (len(self.files),) + page_shape
         self.input_ndim = 3
 
     def _read(self, z0: int, z1: int) -> np.ndarray:
@@ -363,7 +365,7 @@ class HDF5Volume(Volume):
         return self._handle[self.dataset]
 
     def _read(self, z0: int, z1: int) -> np.ndarray:
-        index = [0] * (self._raw_ndim - 2)
+        index: list[int | slice] = [0] * (self._raw_ndim - 2)
         if self._lead:
             index[self._lead[0]] = slice(z0, z1)
         data = self._ds()[tuple(index) + (slice(None), slice(None))]

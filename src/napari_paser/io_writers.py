@@ -58,7 +58,7 @@ def _check_voxel(voxel_size: VoxelSize | None) -> VoxelSize | None:
     vs = tuple(float(v) for v in voxel_size)
     if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
         raise PaserInputError(f"voxel size must be three positive numbers, got {voxel_size}")
-    return vs  # type: ignore[return-value]
+    return vs
 
 
 class TiffSliceWriter:

@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
-    patch = tuple(int(v) for v in bundle.patch_size)
+    ph, pw = bundle.patch_size
+    patch = (int(ph), int(pw))
     check_volume(volume, patch)
     slab = int(args.slab or default_slab(volume.shape, patch))
     plane_shape = volume.input_shape
@@ -292,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
         for kind, w in writers.items():
             w.close(_tiff_meta(meta, kind))
     else:
+        assert store is not None  # no writers: the output is a Zarr store
         store.finish(report)
     if args.report:
         write_json(args.report, report, overwrite=args.overwrite)

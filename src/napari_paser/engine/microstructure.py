@@ -196,7 +196,7 @@ def check_voxel_size(voxel_size: Sequence[float] | None) -> tuple[float, float, 
         raise PaserInputError(f"voxel size must be three numbers, got {voxel_size!r}") from None
     if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
         raise PaserInputError(f"voxel size must be three positive numbers (plane, row, column), got {voxel_size!r}")
-    return vs  # type: ignore[return-value]
+    return vs
 
 
 def phase_label_volume(labels: ArrayLike | Volume) -> Volume:

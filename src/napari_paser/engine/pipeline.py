@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_point
 from .steps import run_steps
 from .uncertainty import entropy as softmax_entropy
 from .uncertainty import mc_predict, policy_features, slice_seed
+
+if TYPE_CHECKING:
+    from .windowed import StreamResult
 
 __all__ = [
     "read_with_context",
@@ -143,7 +146,7 @@ class SegmentationResult:
         }
 
 
-def run_summary(result: SegmentationResult, shape: list[int]) -> dict:
+def run_summary(result: SegmentationResult | StreamResult, shape: list[int]) -> dict:
     """The report fields every run result shares (method, knobs, bundle, grid, GFLOPs, routing).
 
     ``result`` has the attributes of :class:`SegmentationResult` that describe cost and
@@ -325,6 +328,7 @@ class PaserSegmenter(SlicewiseRouting):
             return self._before[len(self._before) + z]
         if z >= n:
             return self._after[z - n]
+        assert self._volume is not None  # set with self.shape
         return self._volume[z]
 
     def _input(self, z: int) -> np.ndarray:
@@ -359,6 +363,7 @@ class PaserSegmenter(SlicewiseRouting):
             stack = self._planes(z, planes)
             self._halo_key = key
             self._halo_input = np.pad(stack, ((0, 0), (halo, halo), (halo, halo)), mode="reflect") if halo > 0 else stack
+        assert self._halo_input is not None  # set with self._halo_key
         return self._halo_input[:, gy * ph : (gy + 1) * ph + 2 * halo, gx * pw : (gx + 1) * pw + 2 * halo]
 
     def _precision_ctx(self):

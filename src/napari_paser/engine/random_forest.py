@@ -12,13 +12,16 @@ Images are normalised per volume as for PaSeR. No torch here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 from .normalize import Normalizer, validate_image
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import RandomForestClassifier
 
 __all__ = ["SIGMAS", "pixel_features", "volume_features", "RandomForestSegmenter"]
 
@@ -105,7 +108,7 @@ class RandomForestSegmenter:
     n_jobs: int | None = -1
     seed: int = 0
     normalization: dict = field(default_factory=lambda: {"low_percentile": 0.5, "high_percentile": 99.5})
-    forest: object | None = None
+    forest: RandomForestClassifier | None = None
 
     def _normalizer(self, image: np.ndarray) -> Normalizer:
         n = self.normalization

@@ -13,12 +13,15 @@ the sorted switch points exactly. No torch here: this runs live behind napari sl
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 __all__ = [
     "MODEL_NAMES",
@@ -159,6 +162,17 @@ class SlicewiseRouting:
     ``_s1``, ``_s2`` (Z, GY, GX), and define ``_check_slice(z)`` and ``analyse(z)``.
     """
 
+    bundle: Bundle
+    _analysed: np.ndarray
+    _s1: np.ndarray
+    _s2: np.ndarray
+
+    if TYPE_CHECKING:
+
+        def _check_slice(self, z: int) -> int: ...
+
+        def analyse(self, z: int) -> None: ...
+
     def _lam(self, lam: float | None) -> float:
         lam = self.bundle.default_lam if lam is None else float(lam)
         if not 0.0 <= lam <= 1.0:
@@ -173,7 +187,7 @@ class SlicewiseRouting:
         return route_from_switch_points(self._s1[z], self._s2[z], self._lam(lam))
 
     def _analysed_slices(self, slices: Sequence[int] | None) -> np.ndarray:
-        idx = np.flatnonzero(self._analysed) if slices is None else np.asarray([self._check_slice(z) for z in slices], dtype=int)
+        idx = np.flatnonzero(self._analysed) if slices is None else np.asarray([self._check_slice(z) for z in slices], dtype=np.int_)
         if idx.size == 0 or not self._analysed[idx].all():
             raise RuntimeError("the TVD is computed over analysed slices: analyse them first")
         return idx

@@ -130,6 +130,8 @@ def fit_normalizer(
         del block
         if progress is not None:
             progress(z1 - z0)
+    if lo is None or hi is None:
+        raise PaserInputError(f"image of shape {tuple(volume.shape)} is empty")
     if lo == hi:
         raise PaserInputError(f"image is constant (every pixel is {lo.item()!r}): nothing to segment")
     sample = np.concatenate(parts)
@@ -517,7 +519,8 @@ def stream_segment(
     if tvd is not None and not spec.uses_lam:
         raise PaserInputError(f"method {method!r} has no λ to choose from a TVD")
     bundle = bundle if bundle is not None else load_bundle(bundle_path)
-    patch = tuple(int(s) for s in bundle.patch_size)
+    ph, pw = bundle.patch_size
+    patch = (int(ph), int(pw))
     check_volume(volume, patch)
     executor = executor or LocalExecutor()
     z = volume.shape[0]
@@ -573,9 +576,9 @@ def stream_segment(
         rec = zarr_output.records()
         gflops, counts, seconds = rec["gflops"], rec["counts"], rec["seconds"]
 
-    padded = tuple(g * p for g, p in zip(grid_shape(volume.shape[1:], patch), patch))
-    cost = CostModel.measure(bundle, padded, int(mc_passes if mc_passes is not None else bundle.mc_passes))
     grid = grid_shape(volume.shape[1:], patch)
+    padded = (grid[0] * patch[0], grid[1] * patch[1])
+    cost = CostModel.measure(bundle, padded, int(mc_passes if mc_passes is not None else bundle.mc_passes))
     now, ref = counts[:, 0].sum(axis=0), counts[:, 1].sum(axis=0)
     f2_all = z * grid[0] * grid[1] * cost.patch[2] / 1e9
     total = float(gflops.sum())

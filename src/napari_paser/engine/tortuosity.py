@@ -19,8 +19,8 @@ import contextlib
 import io
 import math
 import warnings
-from types import ModuleType
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Generator, Sequence
 
 import numpy as np

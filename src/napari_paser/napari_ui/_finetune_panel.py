@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 
 from ..engine import registry
 from ..errors import PaserInputError, one_line
+from . import _jobs
 from ._finetune_controller import (
     TRAINING_LABELS_KEY,
     FinetuneController,
@@ -40,12 +41,12 @@ from ._finetune_controller import (
     new_training_labels,
     training_labels_from,
 )
-from . import _jobs
 from ._launch import JobCallbacks, job_worker, run_here
 from ._qt_rows import hbox_row
 
 if TYPE_CHECKING:
     import napari
+    from napari.qt.threading import GeneratorWorker
 
 __all__ = ["FinetunePanel"]
 
@@ -80,7 +81,7 @@ class FinetunePanel(QWidget):
         self.outcome: FinetuneOutcome | None = None
         self.history: dict | None = None
         self.controller = FinetuneController()
-        self._worker = None
+        self._worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
         self._generation = 0
         self._started = 0.0

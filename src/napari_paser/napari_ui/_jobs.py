@@ -10,12 +10,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
 import numpy as np
 
 from ._stats import no_comparison, slice_confusion, slice_fractions, summarize
 from ._torch_loading import import_torch_quietly, worker_threads
+
+if TYPE_CHECKING:
+    from ..engine.windowed import WindowedSegmenter
 
 __all__ = [
     "Ready", "Stage", "SliceDone", "Compared", "Outcome", "RunRequest", "run_job", "reroute_job", "compare_job",
@@ -163,6 +166,7 @@ def open_session(req: RunRequest) -> Session:
 
     device = pick_device()
     bundle = load_bundle(req.bundle_path, device=device)
+    seg: PaserSegmenter | WindowedSegmenter
     if req.store is not None:  # bigger than memory: read plane by plane, bounded cache
         from ..engine.windowed import WindowedSegmenter
 

@@ -12,7 +12,10 @@ paths behave alike. A worker that stops early (Cancel) leaves its generator susp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
+
+if TYPE_CHECKING:
+    from napari.qt.threading import GeneratorWorker
 
 __all__ = ["JobCallbacks", "job_worker", "run_here"]
 
@@ -28,7 +31,7 @@ class JobCallbacks:
     aborted: Callable[[], None] | None = None
 
 
-def job_worker(job: Callable[..., Generator], args: tuple, callbacks: JobCallbacks, owner: Any) -> Any:
+def job_worker(job: Callable[..., Generator[Any, None, Any]], args: tuple, callbacks: JobCallbacks, owner: Any) -> GeneratorWorker:
     """A napari thread worker for ``job(*args)`` wired to ``callbacks``, not started yet
     (keep a reference to it first, then ``start()`` it).
 
@@ -64,12 +67,12 @@ def job_worker(job: Callable[..., Generator], args: tuple, callbacks: JobCallbac
     return worker
 
 
-def _relay(steps: Generator) -> Generator:
+def _relay(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     """``steps`` as a generator function's generator, which is what a napari worker runs."""
     return (yield from steps)
 
 
-def run_here(generator: Generator, callbacks: JobCallbacks) -> Any:
+def run_here(generator: Generator[Any, None, Any], callbacks: JobCallbacks) -> Any:
     """Drive ``generator`` to its end on this thread with the worker's callbacks; returns
     its return value (None if it raised: the error went to ``callbacks.errored``)."""
     outcome = None

@@ -62,7 +62,8 @@ RING_PIXELS = 2
 
 def ring_cells(patch_size: tuple[int, int]) -> tuple[int, int]:
     """Cells per patch (rows, columns) in the routing layer: one cell is RING_PIXELS wide."""
-    return tuple(max(1, int(p) // RING_PIXELS) for p in patch_size)
+    ph, pw = patch_size
+    return max(1, int(ph) // RING_PIXELS), max(1, int(pw) // RING_PIXELS)
 
 
 def routing_colormap(f0_alpha: float = 0.5) -> DirectLabelColormap:
@@ -167,11 +168,11 @@ class ResultLayers:
     ) -> None:
         self.viewer = viewer
         self.is_2d = image.ndim == 2
-        self.patch_size = tuple(int(p) for p in patch_size)
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
         self.routing = np.full(grid, PENDING, np.uint8)
         self.cells = ring_cells(self.patch_size)
         self.store = None if store is None else str(store)
-        if store is None:
+        if self.store is None:
             self.labels = np.full(shape, PENDING, np.uint8)
             self.entropy = np.zeros(shape, np.float32)
             self.routing_rings = routing_outline(self.routing, self.cells)

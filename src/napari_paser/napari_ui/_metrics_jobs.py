@@ -136,15 +136,15 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         yield MetricsProgress("loading the bundle", 0.0, 1, 1 + n_band)
         bundle = load_bundle(resolve_bundle(req.bundle_path))
         envelope = PhaseEnvelope()
-        gen = band_steps(req.image, bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
-                         shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
+        band_gen = band_steps(req.image, bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
+                              shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
 
         def band_progress(step: tuple[str, int, int]) -> MetricsProgress:
             stage, done, total = step
             members = n_band * done / max(total, 1)  # the band's share of work, in members
             return MetricsProgress(stage, members - int(members), 1 + int(members), 1 + n_band)
 
-        band = yield from relay_steps(gen, band_progress)
+        band = yield from relay_steps(band_gen, band_progress)
     if not band:
         return MetricsOutcome(metrics, [], {})
     members = [metrics] + [b.metrics for b in band]

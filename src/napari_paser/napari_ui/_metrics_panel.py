@@ -40,6 +40,7 @@ from ._launch import JobCallbacks, job_worker, run_here
 
 if TYPE_CHECKING:
     import napari
+    from napari.qt.threading import GeneratorWorker
 
 __all__ = ["MetricsPanel"]
 
@@ -63,7 +64,7 @@ class MetricsPanel(QWidget):
         self.viewer = napari_viewer
         self.blocking = False
         self.outcome: jobs.MetricsOutcome | None = None
-        self._worker = None
+        self._worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
         self._generation = 0
         self._started = 0.0
@@ -285,7 +286,7 @@ class MetricsPanel(QWidget):
         self.figure.clear()
         ax = self.figure.add_subplot(111)
         ax.plot(m.positions, m.porosity_profile, color="#3b4cc0", label="porosity")
-        if outcome.profile_min is not None:
+        if outcome.profile_min is not None and outcome.profile_max is not None:
             ax.fill_between(m.positions, outcome.profile_min, outcome.profile_max, color="#3b4cc0", alpha=0.25, label="band")
             ax.legend(loc="best", fontsize="small")
         ax.set_xlabel(f"position along axis {m.axis} ({'µm' if m.voxel_size is not None else 'voxels'})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import napari_paser
 
@@ -27,7 +28,7 @@ def _image_layer() -> tuple:
     from .. import io
 
     data, voxel_size = io.read_stack(sample_dir() / IMAGE_FILE)
-    kwargs = {"name": "electrode", "metadata": {"source_path": str(sample_dir() / IMAGE_FILE)}}
+    kwargs: dict[str, Any] = {"name": "electrode", "metadata": {"source_path": str(sample_dir() / IMAGE_FILE)}}
     if voxel_size is not None:
         kwargs["scale"] = list(voxel_size)[-data.ndim :]
         kwargs["metadata"]["voxel_size_um"] = list(voxel_size)

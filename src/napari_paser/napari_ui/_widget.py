@@ -50,6 +50,7 @@ from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
 
 if TYPE_CHECKING:
     import napari
+    from napari.qt.threading import GeneratorWorker
 
 __all__ = ["PaserWidget"]
 
@@ -94,7 +95,8 @@ def _start_warm_imports() -> None:
 def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
     """Patch size from a bundle manifest, read without torch (None if unreadable)."""
     try:
-        return tuple(int(p) for p in json.loads((folder / "manifest.json").read_text())["patch_size"])
+        ph, pw = json.loads((folder / "manifest.json").read_text())["patch_size"]
+        return int(ph), int(pw)
     except (OSError, KeyError, TypeError, ValueError):
         return None
 
@@ -160,7 +162,7 @@ class PaserWidget(QWidget):
         self._compare_pending = False  # the ground truth changed while a job ran
         self._result = None
         self._lam_shown: float | None = None  # λ of the composed layers
-        self._worker = None
+        self._worker: GeneratorWorker | None = None
         self._job: str | None = None  # a key of JOB_TITLES while a job runs
         self._generation = 0  # messages of older jobs are ignored
         self._job_started = 0.0
@@ -705,7 +707,7 @@ class PaserWidget(QWidget):
         """Statistics to the panel and provenance to the phases layer (read by the writer)."""
         if self._layers is None or self._active is None:
             return
-        report = self._result.report() if self._result is not None else {}
+        report: dict = self._result.report() if self._result is not None else {}
         self._layers.set_metadata(
             bundle=self._active.bundle, device=self._active.device, mode=self.mode,
             lam=self._lam_shown, tvd=stats.get("tvd", self.tvd if self.mode == "tvd" else None),
@@ -738,16 +740,16 @@ class PaserWidget(QWidget):
         if self._active is not None:
             self._debounce.start()  # coalesce a drag into one re-route
 
-    def _target_lam(self) -> float | None:
+    def _target_lam(self, session: _jobs.Session) -> float | None:
         """λ for the sliders; None if the engine is busy for now (the caller retries)."""
         if self.mode == "lam":
             return self.lam
-        if not self._active.lock.acquire(timeout=0.05):
+        if not session.lock.acquire(timeout=0.05):
             return None
         try:
-            return float(self._active.segmenter.lam_for_tvd(self.tvd))
+            return float(session.segmenter.lam_for_tvd(self.tvd))
         finally:
-            self._active.lock.release()
+            session.lock.release()
 
     def reroute(self, blocking: bool | None = None) -> Any:
         """Re-route the shown run for the sliders' λ/TVD from the engine's caches.
@@ -764,7 +766,7 @@ class PaserWidget(QWidget):
             self._worker.quit()  # superseded: its messages are ignored from now on
             self._worker = None
         session, seg = self._active, self._active.segmenter
-        lam = self._target_lam()
+        lam = self._target_lam(session)
         if lam is None:  # a superseded worker is finishing its slice: try again shortly
             self._debounce.start()
             return None
@@ -800,6 +802,7 @@ class PaserWidget(QWidget):
         finally:
             session.lock.release()
         self._per_slice[z] = slice_fractions(labels)
+        assert self._layers is not None  # reroute, the caller, checked it
         self._layers.set_slice(z, labels=labels, routing=routing)
         self.reroute_ms.append(1000 * (time.perf_counter() - start))
         return True
@@ -849,7 +852,7 @@ class PaserWidget(QWidget):
         none; the reason is notified).
         """
         blocking = self.blocking if blocking is None else blocking
-        nothing = [] if blocking else None
+        nothing: list[Path] | None = [] if blocking else None
         if self.busy:
             show_warning("wait for the running job to finish before exporting")
             return nothing
