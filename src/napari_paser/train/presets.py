@@ -166,8 +166,12 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=1000,
         splits={"pretrain": 1 / 3, "rl": 1 / 3, "finetune": 1 / 3, "val": 0.05},
     ),
-    # Fine-tuning an existing bundle on a few labelled slices (≤ 10 min on 2 CPU cores
-    # for one 16-slice volume): lower learning rates, a few hundred steps.
+    # Fine-tuning an existing bundle on a few labelled slices: lower learning rates, a few
+    # hundred steps. f0's refiner, where the bundle has one, keeps the default 3 000 steps:
+    # from paser-synth-v2.21 on out-of-family volume 9101 (slices 0-3 labelled, one torch
+    # thread) they took 6.6 of the run's 12.6 min and lifted PaSeR on slices 8-15 to 0.7192
+    # mean IoU, against 0.7057 with 300 steps at lr 4e-4 (6.6 min in all) and 0.7017 with
+    # the refiner kept as shipped (6.0 min); the shipped bundle scores 0.6401.
     "init": TrainConfig(
         preset="init",
         f2_steps=250,
@@ -464,7 +468,10 @@ PRESET_NOTES: dict[str, str] = {
         "--warm-start src/napari_paser/models/paser-synth-v2.20)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
-    "init": "short fine-tuning of the --init bundle on a few labelled slices (the default with --init)",
+    "init": (
+        "fine-tuning of the --init bundle on a few labelled slices (the default with --init; a 16-slice "
+        "volume from paser-synth-v2.21: ~13 min on one core, half of it f0's refiner)"
+    ),
 }
 
 
