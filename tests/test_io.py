@@ -124,7 +124,7 @@ def test_truncated_tiff_is_a_clear_input_error(tmp_path, keep_bytes):
     from napari_paser.io import read_stack
 
     good = tmp_path / "good.tif"
-    tifffile.imwrite(good, np.zeros((4, 64, 64), np.uint16))
+    tifffile.imwrite(good, np.zeros((4, 64, 64), np.uint16), photometric="minisblack")
     bad = tmp_path / "truncated.tif"
     bad.write_bytes(good.read_bytes()[:keep_bytes])
     with pytest.raises(PaserInputError, match="truncated.tif"):

@@ -57,13 +57,15 @@ def test_every_container_reads_the_same_planes(tmp_path):
     plain = open_volume(tmp_path / "plain.zarr")
     assert isinstance(h5, HDF5Volume) and isinstance(ome, ZarrVolume) and isinstance(globbed, TiffFolderVolume)
     for vol in (tif, folder, globbed, h5, h5_default, ome, plain):
-        assert vol.shape == data.shape and vol.dtype == np.uint16, vol
-        np.testing.assert_array_equal(vol.read(3, 11), data[3:11])
-        np.testing.assert_array_equal(vol[10], data[10])
-        np.testing.assert_array_equal(vol[::4, 2:5], data[::4, 2:5])
-        np.testing.assert_array_equal(pickle.loads(pickle.dumps(vol)).read(9, 11), data[9:11])  # dask workers
-        if vol is not plain:
-            assert vol.voxel_size == pytest.approx(VOXEL), vol
+        with vol:
+            assert vol.shape == data.shape and vol.dtype == np.uint16, vol
+            np.testing.assert_array_equal(vol.read(3, 11), data[3:11])
+            np.testing.assert_array_equal(vol[10], data[10])
+            np.testing.assert_array_equal(vol[::4, 2:5], data[::4, 2:5])
+            with pickle.loads(pickle.dumps(vol)) as copy:  # what dask workers get
+                np.testing.assert_array_equal(copy.read(9, 11), data[9:11])
+            if vol is not plain:
+                assert vol.voxel_size == pytest.approx(VOXEL), vol
     assert plain.voxel_size is None
 
 
@@ -113,9 +115,9 @@ def test_ome_zarr_singleton_channel_and_units(tmp_path):
 
 def test_array_volume_and_2d_tiff(tmp_path):
     img = stack((12, 14))
-    vol = open_volume(io.write_tiff(tmp_path / "one.tif", img))
-    assert vol.shape == (1, 12, 14) and vol.input_ndim == 2
-    np.testing.assert_array_equal(np.asarray(vol), img)
+    with open_volume(io.write_tiff(tmp_path / "one.tif", img)) as vol:
+        assert vol.shape == (1, 12, 14) and vol.input_ndim == 2
+        np.testing.assert_array_equal(np.asarray(vol), img)
     mem = ArrayVolume(img)
     assert mem.shape == (1, 12, 14) and mem.input_ndim == 2
 
