@@ -97,6 +97,19 @@ print(names, result.labels.shape, sorted(np.unique(result.labels).tolist()))
     from napari_paser.engine.registry import DEFAULT_BUNDLE
 
     assert out.strip() == f"['{DEFAULT_BUNDLE}'] (3, 224, 256) [0, 1, 2]"
+    # An earlier bundle asked for by name: the error says where it is.
+    out = fresh_python(
+        f"""
+import sys
+sys.path.insert(0, {str(tmp_path / "site")!r})
+from napari_paser.engine import registry
+try:
+    registry.resolve_bundle("paser-synth-v2.16")
+except FileNotFoundError as err:
+    print(err)
+"""
+    )
+    assert f"(bundled: {DEFAULT_BUNDLE}; an installed wheel carries the default bundle only" in out
 
 
 def test_no_qt_binding_or_napari_all_in_runtime_dependencies():

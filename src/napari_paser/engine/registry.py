@@ -61,4 +61,7 @@ def resolve_bundle(name_or_path: str | Path | None = None) -> Path:
     if path.is_dir():
         return path
     names = ", ".join(b.name for b in list_bundles()) or "none installed"
-    raise FileNotFoundError(f"no bundle named or found at {key!r} (bundled: {names})")
+    hint = ""
+    if key.startswith("paser-synth-"):  # perhaps an earlier bundle, which the wheel leaves out
+        hint = "; an installed wheel carries the default bundle only, the earlier ones are in the project's source tree"
+    raise FileNotFoundError(f"no bundle named or found at {key!r} (bundled: {names}{hint})")
