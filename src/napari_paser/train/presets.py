@@ -470,7 +470,7 @@ PRESET_NOTES: dict[str, str] = {
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (
         "fine-tuning of the --init bundle on a few labelled slices (the default with --init; a 16-slice "
-        "volume from paser-synth-v2.21: ~13 min on one core, half of it f0's refiner)"
+        "volume from paser-synth-v2.21: 12.6 min on one core, half of it f0's refiner)"
     ),
 }
 
