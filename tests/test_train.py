@@ -612,6 +612,10 @@ def test_train_help_is_short_and_an_unknown_preset_is_one_line(tmp_path):
     cmd = [sys.executable, "-m", "napari_paser.cli.main", "train"]
     help_text = subprocess.run(cmd + ["--help"], capture_output=True, text=True).stdout
     assert "--list-presets" in help_text and len(help_text) < 4000
+    # --help stays fast: the presets (and torch, which they import) load only for --list-presets.
+    code = ("import sys\nfrom napari_paser.cli.main import main\ntry:\n    main(['train', '--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr.strip() == "False"
     image = tmp_path / "scan.tif"
     out = subprocess.run(cmd + ["--images", str(image), "--labels", str(image), "--out", str(tmp_path / "b"),
                                 "--preset", "v9"], capture_output=True, text=True)
