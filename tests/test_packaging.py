@@ -34,6 +34,13 @@ def test_console_command_help():
     assert out.returncode == 0, out.stderr
     for sub in ("synth", "segment", "evaluate", "metrics", "train", "benchmark"):
         assert sub in out.stdout
+    from napari_paser.engine.registry import DEFAULT_BUNDLE, list_bundles
+
+    for sub in ("segment", "evaluate", "metrics", "finetune"):  # --bundle names the default and the installed
+        out = subprocess.run([sys.executable, "-m", "napari_paser.cli.main", sub, "--help"], capture_output=True, text=True)
+        text = "".join(out.stdout.split())  # argparse wraps long names at their hyphens
+        assert f"(default:{DEFAULT_BUNDLE};installed:" in text, sub
+        assert all(b.name in text for b in list_bundles()), sub
 
 
 @pytest.fixture(scope="module")

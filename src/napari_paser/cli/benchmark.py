@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PaserInputError
+from .segment import bundle_help
 
 HELP = "run the benchmark suite (tables, figures) and write BENCHMARKS.md"
 
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("benchmark", help=HELP, description=HELP + ". Needs a source checkout and the benchmark extra.")
     p.add_argument("--out", metavar="DIR", help="folder for BENCHMARKS.md, figures/ and results.json (default: the checkout root)")
     p.add_argument("--fast", action="store_true", help="smoke run: tiny data and few training steps (minutes)")
-    p.add_argument("--bundle", metavar="NAME|DIR", help="bundle to benchmark (default: the default bundle)")
+    p.add_argument("--bundle", metavar="NAME|DIR", help=bundle_help("bundle to benchmark"))
     p.add_argument("--seed", type=int, default=0, help="base seed of the suite (default 0)")
     p.add_argument("--only", metavar="PARTS", help="comma-separated parts to run (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

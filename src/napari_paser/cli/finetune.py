@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .segment import bundle_help
+
 if TYPE_CHECKING:
     from ..io_sources import Volume
 
@@ -32,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--labels", required=True, metavar="LAB.tif",
                    help="same shape: 0 pore, 1 carbon-binder, 2 nickel, 255 unlabelled (whole unlabelled slices allowed); "
                         "any input `segment` reads")
-    p.add_argument("--bundle", default=None, help="bundle to start from: registry name or folder (default: the default bundle)")
+    p.add_argument("--bundle", default=None, metavar="NAME|DIR", help=bundle_help("bundle to start from: registry name or folder"))
     p.add_argument("--out", metavar="BUNDLE_DIR",
                    help="output bundle folder (default: IMAGE-STEM-paser-ft beside the image, -2, -3... if taken)")
     p.add_argument("--name", help="bundle name in the manifest (default: the folder's name)")

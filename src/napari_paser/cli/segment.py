@@ -57,9 +57,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def bundle_help(what: str) -> str:
+    """Help of a ``--bundle`` option: ``what``, then the default and the installed bundles'
+    names (the registry reads their manifests without torch)."""
+    from ..engine.registry import DEFAULT_BUNDLE, list_bundles
+
+    names = ", ".join(b.name for b in list_bundles()) or "none"
+    return f"{what} (default: {DEFAULT_BUNDLE}; installed: {names})"
+
+
 def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by the commands that run a bundle."""
-    p.add_argument("--bundle", metavar="NAME|DIR", help="bundled model name or bundle folder (default: the default bundle)")
+    p.add_argument("--bundle", metavar="NAME|DIR", help=bundle_help("bundled model name or bundle folder"))
     p.add_argument("--mc-passes", type=int, metavar="N", help="MC-dropout passes of f0 (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per f1/f2 call")
