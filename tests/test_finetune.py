@@ -164,12 +164,13 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     sparse = np.full_like(lab, 255)
     sparse[:2] = simulate_strokes(lab[:2], 0.2, seed=0)
     before = {k: v.clone() for k, v in tiny_bundle.f2.state_dict().items()}
-    tiny_bundle.fusion = (0.3, 0.25)  # chosen for the shipped networks: not carried to adapted ones
+    tiny_bundle.fusion = (0.3, 0.25)  # chosen for the shipped networks, kept for the adapted ones
     tiny_bundle.meta["f0_fusion_rule"] = "development sets"
     seen = []
     res = finetune(tiny_bundle, img, sparse, _fast_cfg(), callback=lambda m: seen.append(m.stage))
     assert all(torch.equal(before[k], v) for k, v in tiny_bundle.f2.state_dict().items())  # input untouched
-    assert tiny_bundle.fusion == (0.3, 0.25) and res.bundle.fusion == (0.0, 0.0) and "f0_fusion_rule" not in res.bundle.meta
+    assert tiny_bundle.fusion == (0.3, 0.25) and res.bundle.fusion == (0.3, 0.25)
+    assert res.bundle.meta["f0_fusion_rule"] == "development sets"
     assert seen[0] == "prepare" and seen[-1] == "done" and "train" in seen and "lambda" in seen
     assert not res.cancelled and res.seconds < 30
     for m in ("f0", "f1", "f2"):
@@ -179,6 +180,21 @@ def test_finetune_adapts_a_copy_keeps_the_best_and_records_the_run(tiny_bundle):
     assert rec["labelled_slices"] == [0, 1] and rec["held_out_pixels"] > 0 and rec["from"] == "tiny-test"
     assert 0.0 <= res.bundle.default_lam <= 1.0
     assert sum(rec["steps"].values()) > 0
+
+
+def test_finetune_keeps_f0_fusion_through_saving_unless_told_not_to(tiny_bundle, tmp_path):
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.train.finetune import finetune, save_finetuned
+
+    img, lab = _scan(3)
+    sparse = np.full_like(lab, 255)
+    sparse[:2] = lab[:2]
+    tiny_bundle.fusion = (0.3, 0.25)
+    kept = finetune(tiny_bundle, img, sparse, _fast_cfg(budget_s=2.0))
+    assert load_bundle(save_finetuned(kept, tmp_path / "kept")).fusion == (0.3, 0.25)
+    off = finetune(tiny_bundle, img, sparse, _fast_cfg(budget_s=2.0, keep_fusion=False))
+    assert off.bundle.fusion == (0.0, 0.0) and off.bundle.meta["finetune"]["config"]["keep_fusion"] is False
+    assert load_bundle(save_finetuned(off, tmp_path / "off")).fusion == (0.0, 0.0)
 
 
 class _CountingVolume:

@@ -151,6 +151,11 @@ class FinetuneConfig:
     augment : AugmentConfig
         Flips, rotations and mild intensity jitter (the scan is known: its contrast does
         not need to generalise far).
+    keep_fusion : bool
+        Keep the bundle's weights of f0 in the patches f1 and f2 segment
+        (:attr:`~napari_paser.engine.bundle.Bundle.fusion`). They were chosen for the
+        shipped networks, but on the adapted ones they still lift PaSeR
+        (``benchmarks/probe_finetune_fusion.py``); False turns fusion off.
     seed : int
     threads : int or None
         torch threads while fine-tuning (None: leave as is).
@@ -173,6 +178,7 @@ class FinetuneConfig:
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(contrast=0.1, offset=0.03, noise=0.02, noise_prob=0.3, blur=0.8, blur_prob=0.2)
     )
+    keep_fusion: bool = True
     seed: int = 0
     threads: int | None = None
 
@@ -706,10 +712,9 @@ def finetune_iter(
     try:
         torch.manual_seed(cfg.seed)
         bundle = copy.deepcopy(bundle).to("cpu").eval()
-        # The weights of f0 in f1 / f2's output were chosen for the shipped networks on
-        # development scans, not for networks adapted to this scan: use their own outputs.
-        bundle.fusion = (0.0, 0.0)
-        bundle.meta.pop("f0_fusion_rule", None)
+        if not cfg.keep_fusion:
+            bundle.fusion = (0.0, 0.0)
+            bundle.meta.pop("f0_fusion_rule", None)
         history: dict = {"time": [], "loss": [], "eval_time": [], "iou": {m: [] for m in MODELS}}
         data = _prepare(bundle, image, labels, cfg)
         if data.planes > 1:
