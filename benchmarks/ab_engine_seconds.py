@@ -48,7 +48,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from napari_paser.engine import bundle as bundle_b, pipeline as pipeline_b
+    from napari_paser.engine import bundle as bundle_b
+    from napari_paser.engine import pipeline as pipeline_b
     from napari_paser.engine.registry import resolve_bundle
     from napari_paser.train.synth import generate_volume
 

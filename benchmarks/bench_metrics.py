@@ -64,15 +64,15 @@ def main(argv=None) -> int:
     import inspect
 
     import torch
-    from common import generator_record
-    from report import generator_note
 
+    from common import generator_record
     from napari_paser.cli.segment import load_bundle_arg
     from napari_paser.engine.metrics_band import DEFAULT_BAND_LAMS, PhaseEnvelope, band_steps
     from napari_paser.engine.metrics_report import metric_ranges
     from napari_paser.engine.microstructure import compute_metrics
     from napari_paser.engine.pipeline import PaserSegmenter
     from napari_paser.train.synth import generate_volume
+    from report import generator_note
 
     distribution = args.distribution or inspect.signature(generate_volume).parameters.get("distribution").default
     t_start = time.perf_counter()

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from common import patch_confusion_np
 
+from common import patch_confusion_np
 from napari_paser.engine.fusion import fuse_f0
 from napari_paser.engine.metrics import dataset_iou_weights
 from napari_paser.engine.models import class_softmax

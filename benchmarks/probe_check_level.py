@@ -27,12 +27,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
-from probe_testset_draws import _parse_set, _volume
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import mean_iou
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
+from probe_testset_draws import _parse_set, _volume
 
 _BUNDLES: dict = {}
 

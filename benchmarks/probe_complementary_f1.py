@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import make_volumes, scan_probe_start
-from probe_testset_draws import _parse_set
 
+from common import make_volumes, scan_probe_start
 from napari_paser.engine.bundle import save_bundle
 from napari_paser.engine.models import centre_planes
 from napari_paser.engine.normalize import normalize_volume
@@ -38,6 +37,7 @@ from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.precision import bf16_autocast
 from napari_paser.train.datasets import IGNORE, SliceBank, Volume, class_weights
 from napari_paser.train.presets import TrainConfig
+from probe_testset_draws import _parse_set
 
 CLASSES = 3
 

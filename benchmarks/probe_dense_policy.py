@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+
 from bench_testsets import gain_correlations
 from common import build_table, make_volumes
-from probe_policy_choice import DEVELOPMENT
-
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyConfig, PolicyNet
 from napari_paser.train.dense_policy import fit_dense_policy
 from napari_paser.train.rewards import load_reward_caches
+from probe_policy_choice import DEVELOPMENT
 
 VARIANTS = {
     "4 inputs, width 32, 3 layers": {"dense_inputs": 4, "width": 32, "dense_layers": 3},

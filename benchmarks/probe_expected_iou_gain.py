@@ -24,13 +24,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+
 from bench_testsets import _corr
 from common import build_table
-from probe_testset_draws import _parse_set, _volume
-
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
 from napari_paser.engine.registry import resolve_bundle
+from probe_testset_draws import _parse_set, _volume
 
 PREDICTORS = ("f0 entropy", "expected gain (scan)", "expected gain (slice)", "policy", "policy + expected gain")
 
@@ -99,7 +99,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         drawn = [set_correlations([scans[i] for i in rng.choice(len(scans), 4, replace=False)]) for _ in range(args.draws)]
         print(f"\n{text}: {len(scans)} scans ({time.perf_counter() - t0:.0f} s); r with the true gains of f1 / f2")
-        print(f"| predictor | all scans pooled | median lead over f0's entropy in sets of four | sets with both leads ≥ 0.1 |\n|---|---|---|---|")
+        print("| predictor | all scans pooled | median lead over f0's entropy in sets of four | sets with both leads ≥ 0.1 |\n|---|---|---|---|")
         for name in PREDICTORS:
             lead = np.array([[d[name][k] - d["f0 entropy"][k] for k in range(2)] for d in drawn])
             med = np.median(lead, 0)

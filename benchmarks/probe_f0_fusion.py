@@ -25,10 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import make_volumes
-from probe_image_residual import FRESH
-from probe_policy_fit import SETS
 
+from common import make_volumes
 from napari_paser.engine.bundle import check_fusion, load_bundle
 from napari_paser.engine.fusion import to_bytes
 from napari_paser.engine.metrics import confusion_matrix, mean_iou
@@ -36,6 +34,8 @@ from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
+from probe_image_residual import FRESH
+from probe_policy_fit import SETS
 
 WEIGHTS = np.round(np.arange(0.0, 0.501, 0.05), 2)
 

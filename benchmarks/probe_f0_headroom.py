@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from common import best_within, oracle_front, oracle_gains
 from probe_policy_choice import development_parser, development_tables
 

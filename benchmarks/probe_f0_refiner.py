@@ -31,11 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from bench_testsets import _lam_grid
 from common import best_within, make_volumes, patch_confusion_np
-from probe_f0_headroom import line_two_bounds
-from probe_policy_choice import development_parser, development_tables
-
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.flops import count_flops
 from napari_paser.engine.metrics import dataset_iou_gains
@@ -46,6 +44,8 @@ from napari_paser.train.checkpoint import Checkpointer
 from napari_paser.train.datasets import SliceBank, make_volume
 from napari_paser.train.presets import get_preset
 from napari_paser.train.stages import StageContext, train_f0_refiner
+from probe_f0_headroom import line_two_bounds
+from probe_policy_choice import development_parser, development_tables
 
 TRAIN = ["v2:7801-7808", "v1:7851-7854"]
 

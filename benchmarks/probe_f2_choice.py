@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bench_testsets import _corr, oracle_gains
 from common import best_within, build_table, make_volumes, oracle_front
+from napari_paser.engine.patches import patch_view, plane_indices
 from probe_context_planes import fit, labelled_stacks, probe_parser, setup, widen
 from probe_policy_choice import DEVELOPMENT
-
-from napari_paser.engine.patches import patch_view, plane_indices
 
 
 def plane_noise(image: np.ndarray, normalise, patch_size) -> np.ndarray:

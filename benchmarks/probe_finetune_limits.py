@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+
 from common import DIHEDRAL, dihedral, undo_dihedral
 
 OFFSETS = np.linspace(-1.0, 1.0, 21)

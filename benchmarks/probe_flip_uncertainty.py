@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DIHEDRAL, dihedral, make_volumes, scan_probe_parser, scan_probe_start, undo_dihedral
-from probe_refined_ranking import cached, print_ranking, scan_signals
-from probe_testset_draws import _parse_set
 
+from common import DIHEDRAL, dihedral, make_volumes, scan_probe_parser, scan_probe_start, undo_dihedral
 from napari_paser.engine.patches import patch_view
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.uncertainty import entropy, mc_predict, slice_seed
+from probe_refined_ranking import cached, print_ranking, scan_signals
+from probe_testset_draws import _parse_set
 
 FLIPS = 4  # the first four of DIHEDRAL: flips without a transpose
 SIGNALS = ("flip entropy", "flip disagreement", "flip KL", "flip MC entropy", "flip4 entropy", "flip4 disagreement")

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bench_testsets import SETS, _corr
 from common import make_volumes, scan_probe_parser, scan_probe_start
 from gain_bounds import gain_bounds, slice_halves
+from napari_paser.engine.pipeline import PaserSegmenter
 from probe_refined_ranking import cached
 from probe_testset_draws import _parse_set
-
-from napari_paser.engine.pipeline import PaserSegmenter
 
 BLOCKS = (1, 2, 4, 8)
 

@@ -43,13 +43,13 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-from bench_testsets import _corr
-from common import make_volumes
 from scipy import ndimage
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bench_testsets import _corr
+from common import make_volumes
 from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.normalize import normalize_volume
 from napari_paser.engine.patches import patch_view

@@ -23,9 +23,10 @@ and with f0's patch entropy, and the three shares above.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+
 from common import oracle_gains
 from probe_policy_choice import development_parser, development_tables
-from scipy import ndimage
 
 
 def boundary_mask(labels: np.ndarray) -> np.ndarray:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+
 from bench_testsets import _lam_grid, gain_correlations
 from common import best_within, build_table, make_volumes, oracle_front
-
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
 

@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import make_volumes
-from probe_policy_choice import DEVELOPMENT
 
+from common import make_volumes
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyConfig, PolicyNet
 from napari_paser.train.datasets import SliceBank, make_volume
 from napari_paser.train.dense_policy import fit_dense_policy
 from napari_paser.train.rewards import RewardCache, build_reward_cache, load_reward_caches
-
+from probe_policy_choice import DEVELOPMENT
 
 # probe_policy_choice's development sets and eight more out-of-family volumes: four
 # out-of-family scans did not foretell the test set's (probe_results.md).

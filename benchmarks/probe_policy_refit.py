@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import make_volumes
-from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
-from probe_testset_draws import _parse_set
 
+from common import make_volumes
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.dense_policy import fit_dense_policy
 from napari_paser.train.rewards import load_reward_caches
+from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
+from probe_testset_draws import _parse_set
 
 FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "patch_weight": float, "seed": int}
 

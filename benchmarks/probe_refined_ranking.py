@@ -49,11 +49,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from bench_testsets import _corr
 from common import build_table, make_volumes, scan_probe_parser, scan_probe_start
-from probe_refiner_gain import refiner_signals
-from probe_testset_draws import _parse_set, scans_table, table_lines
-
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
 from napari_paser.engine.patches import patch_view
@@ -61,6 +59,8 @@ from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import analyse_slices, entropy, mc_predict, slice_seed
+from probe_refiner_gain import refiner_signals
+from probe_testset_draws import _parse_set, scans_table, table_lines
 
 SIGNALS = ("entropy", "policy", "policy network", "refined entropy", "refined 1-max", "relabelled", "KL", "boundary", "f_k relabels",
            "f0 wrong (truth)", "f0 IoU loss (truth)")

@@ -69,12 +69,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from bench_testsets import _corr
 from common import build_table
-from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, f0_with_refiner, parse_variant, refiner_costs, train_refiner
-from probe_patch_texture import boundary_mask
-from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
-
 from napari_paser.engine.bundle import load_bundle, save_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights
 from napari_paser.engine.models import centre_planes
@@ -84,6 +81,9 @@ from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.routing import route
 from napari_paser.engine.uncertainty import mc_predict, slice_seed
 from napari_paser.train.validation import LAM_GRID, choose_default_lam
+from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs, f0_with_refiner, parse_variant, refiner_costs, train_refiner
+from probe_patch_texture import boundary_mask
+from probe_testset_draws import _parse_set, _volume, scans_table, set_lines
 
 ENTROPY, POLICY, GAIN_MAP = "f0 entropy", "policy", "gain map"
 NOT_PREDICTORS = ("conf", "plain", "ent_all", "cost", "routes")

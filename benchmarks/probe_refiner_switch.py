@@ -51,12 +51,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import PatchTable, build_table
-from probe_testset_draws import _parse_set, _volume, set_correlations, table_arrays, table_lines
 
+from common import PatchTable, build_table
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.synth import GENERATOR_VERSION
+from probe_testset_draws import _parse_set, _volume, set_correlations, table_arrays, table_lines
 
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "probe_refiner_switch"
 CHECK_HALO = 8  # pixels around a sample patch that the refiner reads for the check

@@ -24,13 +24,13 @@ the refined f0's it records the fused probability of that label, and prints
 from __future__ import annotations
 
 import numpy as np
+
 from bench_testsets import _corr
 from common import make_volumes, patch_confusion_np, scan_probe_parser, scan_probe_start
 from gain_bounds import fused_probs
-from probe_testset_draws import _parse_set
-
 from napari_paser.engine.metrics import dataset_iou_gains, mean_iou
 from napari_paser.engine.pipeline import PaserSegmenter
+from probe_testset_draws import _parse_set
 
 BINS = np.array([1 / 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])  # fused probability of the new label
 

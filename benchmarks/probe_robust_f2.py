@@ -26,13 +26,13 @@ import copy
 import time
 
 import numpy as np
-from common import make_volumes
-from probe_complementary_f1 import continuation_parser, continuation_start, train_patch_model
-from probe_testset_draws import _parse_set
 
+from common import make_volumes
 from napari_paser.engine.bundle import save_bundle
 from napari_paser.engine.normalize import normalize_volume
 from napari_paser.train.datasets import SliceBank, Volume, class_weights
+from probe_complementary_f1 import continuation_parser, continuation_start, train_patch_model
+from probe_testset_draws import _parse_set
 
 
 def main() -> None:

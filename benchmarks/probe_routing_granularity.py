@@ -27,11 +27,11 @@ does not gain over f0.
 from __future__ import annotations
 
 import numpy as np
-from common import patch_confusion_np
-from probe_policy_choice import development_parser, development_tables
 from scipy import ndimage
 
+from common import patch_confusion_np
 from napari_paser.engine.metrics import dataset_iou_gains, iou_per_class
+from probe_policy_choice import development_parser, development_tables
 
 CELLS = ((56, 64), (28, 32), (14, 16))
 EXECUTIONS = ("per-cell halo", "merged boxes", "halo-free")

@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.ndimage import convolve
-from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs
-from probe_testset_draws import _parse_set, _volume
 
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.engine.uncertainty import refiner_correction
+from probe_f0_refiner import TRAIN, cached_volumes, f0_outputs
+from probe_testset_draws import _parse_set, _volume
 
 STATISTICS = ("f0's entropy", "refiner KL", "refiner relabels", "noise", "plane correlation", "sharpness", "spread")
 IMAGE_STATISTICS = STATISTICS[3:]

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from bench_testsets import _corr
 from common import PatchTable, build_table, cheapest_reaching, idk_grid, make_volumes, match_idk, oracle_front
-
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.registry import resolve_bundle

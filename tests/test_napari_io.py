@@ -10,8 +10,7 @@ import tifffile
 
 from napari_paser import io
 from napari_paser.errors import PaserInputError
-from napari_paser.napari_ui import _reader, _writer
-from napari_paser.napari_ui import _export
+from napari_paser.napari_ui import _export, _reader, _writer
 from napari_paser.napari_ui._export import export_phases, export_steps
 from napari_paser.napari_ui._layers import PENDING
 
