@@ -46,7 +46,8 @@ def test_metrics_json_and_csv_with_known_answers(tmp_path, labels_file, capsys):
     # Face counting is exact on the channels' walls: pore/nickel = perimeter x length (µm²) / volume (µm³).
     walls = 2 * ((3 * 0.25 + 2 * 0.25) + (2 * 0.25 + 2 * 0.25)) * 12 * 0.5
     assert rep["interfacial_area.pore/nickel"] == pytest.approx(walls / (lab.size * 0.5 * 0.25 * 0.25), rel=1e-9)
-    rows = {r["metric"]: r for r in csv.DictReader(cs.open())}
+    with cs.open() as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
     assert float(rows["volume_fraction.pore"]["value"]) == pytest.approx(rep["volume_fraction.pore"])
     assert "porosity_profile[11]" in rows
 
