@@ -27,6 +27,10 @@ within a wall-clock budget:
    reliably, and choosing λ by them kept most patches on f0 (``lam_rule="held_out"``,
    the earlier rule, still available). The held-out IoU of every λ is recorded.
 
+The adapted bundle keeps the bundle's weights of f0 in f1's and f2's patches
+(``FinetuneConfig.keep_fusion``): on the adapted networks of out-of-family scans they lift
+PaSeR as they lift the shipped ones (``benchmarks/probe_finetune_fusion.py``).
+
 Progress comes as :class:`FinetuneProgress` messages (for a napari worker, a tqdm bar or
 a plot); the result is a new :class:`~napari_paser.engine.bundle.Bundle` with a
 ``finetune`` record in its manifest, saved by :func:`save_finetuned` (never over an
