@@ -459,3 +459,45 @@ def test_lambda_starts_at_the_chosen_bundles_recommended_value(make_napari_viewe
     assert widget.lam == pytest.approx(0.27) and widget.lam_label.text() == "0.270"
     widget.bundle_combo.setCurrentIndex(0)
     assert widget.lam == pytest.approx(default, abs=1e-9)
+
+
+def _paint_other_phase(layer, z: int, row: int, col: int) -> int:
+    """Paint one brush dab at (z, row, col) with a phase other than the one there; returns it."""
+    value = int((layer.data[z, row, col] + 1) % 3)
+    layer.brush_size = 3
+    layer.paint((z, row, col), value)
+    return value
+
+
+def test_painted_corrections_are_never_overwritten(setup, qtbot, notes):
+    viewer, widget = setup
+    widget.lam = 0.9
+    widget.run(blocking=True)
+    seg = widget._active.segmenter
+    phases = viewer.layers["phases"]
+    value = _paint_other_phase(phases, 1, 20, 20)
+    edited = viewer.layers["phases (edited)"]
+    assert edited is phases and edited.data[1, 20, 20] == value
+    assert edited.metadata["napari_paser"]["edited"] and "napari_paser_layer" not in edited.metadata
+    assert viewer.layers.selection.active is edited  # the brush stays on the user's layer
+    assert any("phases (edited)" in m for level, m in notes if level == "info")
+    _wait_idle(qtbot, widget)
+    results = viewer.layers["phases"]
+    assert results is not edited and not results.visible
+    assert viewer.layers.index(results) == viewer.layers.index(edited) - 1  # just below it
+    np.testing.assert_array_equal(results.data, seg.result(lam=0.9).labels)  # the copied edit is composed away
+    # Neither the λ slider nor a new run writes the user's layer.
+    kept = edited.data.copy()
+    widget.lam = 0.0
+    qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=60_000)
+    _wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(results.data, seg.result(lam=0.0).labels)
+    widget.run(blocking=True)
+    np.testing.assert_array_equal(edited.data, kept)
+    # Painting the user's layer again is theirs to do; painting PaSeR's layer forks it again.
+    _paint_other_phase(edited, 2, 30, 30)
+    assert [layer.name for layer in viewer.layers].count("phases") == 1
+    _paint_other_phase(viewer.layers["phases"], 3, 40, 40)
+    assert len([layer for layer in viewer.layers if layer.name.startswith("phases (edited)")]) == 2
+    _wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["phases"].data, widget._active.segmenter.result(lam=0.0).labels)

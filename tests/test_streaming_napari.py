@@ -105,3 +105,32 @@ def test_folder_stack_streams_through_zarr_and_reroutes(make_napari_viewer, rout
     out, voxel = io.read_stack(written[0])
     np.testing.assert_array_equal(out, phases.data[:])
     np.testing.assert_allclose(voxel, VOXEL)
+
+
+def test_painting_a_phase_store_keeps_the_edit_and_results_go_to_a_new_array(make_napari_viewer, routing_bundle_dir, tmp_path, qtbot, monkeypatch):
+    import zarr
+
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.napari_ui import _jobs
+    from napari_paser.napari_ui._widget import PaserWidget
+
+    monkeypatch.setattr(_jobs, "STREAM_BYTES", 1)  # segmented through a Zarr store, as a big stack
+    data = _volume()
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="ct", scale=VOXEL)
+    widget = PaserWidget(viewer)
+    assert widget.add_bundle_folder(routing_bundle_dir)
+    widget.mc_spin.setValue(2)
+    widget.set_store_folder(tmp_path / "stores")
+    widget.lam = 0.9
+    widget.run(blocking=True)
+    phases = viewer.layers["phases"]
+    assert isinstance(phases.data, zarr.Array)
+    value = int((phases.data[2, 50, 50] + 1) % 3)
+    phases.paint((2, 50, 50), value)
+    qtbot.waitUntil(lambda: not widget.busy and not widget._debounce.isActive(), timeout=60_000)
+    edited, results = viewer.layers["phases (edited)"], viewer.layers["phases"]
+    assert edited is phases and edited.data[2, 50, 50] == value
+    assert isinstance(results.data, zarr.Array) and results.data.path != edited.data.path
+    np.testing.assert_array_equal(results.data[:], segment(data, load_bundle(routing_bundle_dir), lam=0.9, mc_passes=2).labels)

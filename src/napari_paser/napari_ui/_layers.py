@@ -7,12 +7,19 @@ phase and routing layers therefore use a ``DirectLabelColormap`` with an explici
 for 0 and with ``background_value`` moved to :data:`PENDING` (255), the value of slices
 that are not segmented yet. So pore is drawn in its own colour and pending slices are
 transparent. Written phase volumes keep 255 for slices that were never segmented.
+
+Edits
+-----
+A user may paint corrections on the phase layer, but re-routing and new runs write the
+phase buffer. So the first edit hands the painted layer over to the user: it becomes
+"phases (edited)", which the plugin never writes again, and the plugin's results go on
+in a new "phases" layer (:meth:`ResultLayers.fork_phases`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
@@ -26,6 +33,7 @@ __all__ = [
     "PENDING",
     "MODEL_COLORS",
     "PHASES",
+    "EDITED",
     "ENTROPY",
     "ROUTING",
     "phase_colormap",
@@ -45,6 +53,8 @@ MODEL_COLORS = ("#8c8c8c", "#00e5ff", "#ff00ff")
 """f0 grey, f1 cyan, f2 magenta."""
 
 PHASES, ENTROPY, ROUTING = "phases", "entropy", "routing"
+EDITED = "phases (edited)"
+"""Name of a phase layer the user painted on: theirs from then on (napari numbers repeats)."""
 ENTROPY_MAX = math.log(3.0)
 """Entropy of three equally likely classes: the top of the entropy contrast range."""
 
@@ -154,6 +164,9 @@ class ResultLayers:
         Keep the phase, entropy and routing-ring volumes in a Zarr store in this folder
         instead of memory (stacks larger than memory): the layers read it lazily, one
         plane at a time, and the store stays on disk after the session.
+    on_edit : callable, optional
+        Called with these layers when the user edits the phase layer (paint, fill,
+        erase, polygon), once per phase layer: the caller should :meth:`fork_phases`.
     """
 
     def __init__(
@@ -165,8 +178,10 @@ class ResultLayers:
         patch_size: tuple[int, int],
         defer: bool = False,
         store: Any = None,
+        on_edit: Callable[["ResultLayers"], None] | None = None,
     ) -> None:
         self.viewer = viewer
+        self.on_edit = on_edit
         self.is_2d = image.ndim == 2
         self.patch_size = (int(patch_size[0]), int(patch_size[1]))
         self.routing = np.full(grid, PENDING, np.uint8)
@@ -205,8 +220,62 @@ class ResultLayers:
         layer = self._ensure(name, kind, self._view(data), scale, translate, **kwargs)
         if name == PHASES:
             layer.metadata["napari_paser"] = dict(self.metadata)
+            layer.events.paint.connect(self._on_paint)
         self._added[name] = layer
         return not self.complete
+
+    def _on_paint(self, event: Any) -> None:
+        # Our own writes fill the buffer and refresh: only a user's edit emits ``paint``.
+        if self.on_edit is not None and event.source is self.phases_layer:
+            self.on_edit(self)
+
+    def detach(self) -> None:
+        """Stop reporting edits (a newer run's layers took over the viewer's layers)."""
+        layer = self.phases_layer
+        if layer is not None:
+            layer.events.paint.disconnect(self._on_paint)
+
+    def fork_phases(self) -> Any:
+        """Hand the phase layer, just edited by the user, over to the user; returns it.
+
+        The layer is renamed :data:`EDITED` and is no longer the plugin's: no run or
+        re-route writes it again, and its array is the user's. The plugin's results go on
+        in a copy of that array, shown in a new, hidden "phases" layer below it (the
+        user's edit is in the copy too until the caller writes those slices again, e.g.
+        by re-routing). On disk (``store``) the copy is a new array in the same store,
+        filled a plane at a time.
+        """
+        edited = self._added[PHASES]
+        edited.events.paint.disconnect(self._on_paint)
+        edited.metadata.pop("napari_paser_layer", None)
+        edited.metadata["napari_paser"] = {**edited.metadata.get("napari_paser", {}), "edited": True}
+        edited.name = EDITED
+        self.labels = self._copy_labels()
+        _, kind, _, scale, translate, kwargs = self._specs[0]
+        self._specs[0] = (PHASES, kind, self.labels, scale, translate, kwargs)
+        fresh = self._ensure(PHASES, kind, self._view(self.labels), scale, translate, **kwargs, visible=False)
+        fresh.metadata["napari_paser"] = dict(self.metadata)
+        fresh.events.paint.connect(self._on_paint)
+        layers = self.viewer.layers
+        layers.move(layers.index(fresh), layers.index(edited))  # just below the user's layer
+        self._added = {PHASES: fresh, **{k: v for k, v in self._added.items() if k != PHASES}}
+        layers.selection.active = edited  # the user goes on painting their layer
+        return edited
+
+    def _copy_labels(self) -> Any:
+        if self.store is None:
+            return np.array(self.labels)
+        import zarr
+
+        from ..io_writers import create_zarr_array
+
+        group = zarr.open_group(self.store, mode="a")
+        name = next(f"{PHASES}-{i}" for i in range(1, 10_000) if f"{PHASES}-{i}" not in group)
+        old = self.labels
+        copy = create_zarr_array(group, name, shape=old.shape, chunks=old.chunks, dtype="uint8", fill_value=PENDING)
+        for z in np.flatnonzero(self.done):
+            copy[z] = old[z]
+        return copy
 
     def add_all(self) -> None:
         """Add every result layer not added yet."""

@@ -606,7 +606,10 @@ class PaserWidget(QWidget):
             self._sessions.popitem(last=False)
         self._active, self._source = session, self._pending_source
         threaded = self._worker is not None
-        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded, store=msg.store)
+        if self._layers is not None:
+            self._layers.detach()  # the new run reuses the "phases" layer
+        self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded, store=msg.store,
+                                    on_edit=self._on_phases_edited)
         self._layers_shown = msg.shown
         if threaded:
             self._add_layers_stepwise(self._layers)
@@ -616,6 +619,16 @@ class PaserWidget(QWidget):
         self._confusion = _stats.no_comparison(msg.shape[0]) if self.ground_truth_layer is not None else None
         self._result = None
         self.device_label.setText(session.device)
+
+    def _on_phases_edited(self, layers: ResultLayers) -> None:
+        """The user painted on the phase layer: make it theirs, and keep PaSeR's results
+        in a new "phases" layer, whose painted slices are composed again from the engine."""
+        if layers is not self._layers:
+            return
+        edited = layers.fork_phases()
+        show_info(f"Your edits are kept in the layer '{edited.name}', which PaSeR will not change. "
+                  "PaSeR's results go on in a new, hidden 'phases' layer (the λ slider and Export use it).")
+        self.reroute()  # writes the engine's labels over the copied edits (after a running job)
 
     def _add_layers_stepwise(self, layers: ResultLayers) -> None:
         """Add the result layers one per event-loop turn: each napari layer takes ~0.1 s
