@@ -187,6 +187,7 @@ class ResultLayers:
         self.routing = np.full(grid, PENDING, np.uint8)
         self.cells = ring_cells(self.patch_size)
         self.store = None if store is None else str(store)
+        self.labels: Any  # numpy in memory, a Zarr array with a store; likewise the other two
         if self.store is None:
             self.labels = np.full(shape, PENDING, np.uint8)
             self.entropy = np.zeros(shape, np.float32)
@@ -251,8 +252,9 @@ class ResultLayers:
         edited.metadata["napari_paser"] = {**edited.metadata.get("napari_paser", {}), "edited": True}
         edited.name = EDITED
         self.labels = self._copy_labels()
-        _, kind, _, scale, translate, kwargs = self._specs[0]
-        self._specs[0] = (PHASES, kind, self.labels, scale, translate, kwargs)
+        i = next(i for i, spec in enumerate(self._specs) if spec[0] == PHASES)
+        _, kind, _, scale, translate, kwargs = self._specs[i]
+        self._specs[i] = (PHASES, kind, self.labels, scale, translate, kwargs)
         fresh = self._ensure(PHASES, kind, self._view(self.labels), scale, translate, **kwargs, visible=False)
         fresh.metadata["napari_paser"] = dict(self.metadata)
         fresh.events.paint.connect(self._on_paint)
