@@ -162,11 +162,18 @@ def test_bad_training_input_is_one_notification_not_a_crash(setup, notes, make, 
     assert not (panel.output_folder and __import__("pathlib").Path(panel.output_folder).exists())
 
 
-def test_a_corrected_phases_layer_trains_on_reviewed_slices_only(setup, notes):
+@pytest.mark.parametrize("name, metadata", [
+    ("phases", {"napari_paser_layer": "phases"}),  # a run's layer
+    ("phases (edited)", {"napari_paser": {"bundle": "b", "edited": True}}),  # the user's fork of it (ResultLayers.fork_phases)
+])
+def test_a_corrected_phases_layer_trains_on_reviewed_slices_only(setup, notes, name, metadata):
     viewer, widget, panel, truth = setup
-    phases = viewer.add_labels(truth.copy(), name="phases", metadata={"napari_paser_layer": "phases"})
+    opened = viewer.add_labels(truth.copy(), name="truth from a file", metadata={"napari_paser": {"kind": "phases"}})
+    panel.labels_layer = opened
+    assert not panel.reviewed_check.isChecked()  # labels from elsewhere: every painted pixel counts
+    phases = viewer.add_labels(truth.copy(), name=name, metadata=metadata)
     panel.labels_layer = phases
-    assert panel.reviewed_check.isChecked()  # a run's phases layer: reviewed slices by default
+    assert panel.reviewed_check.isChecked()  # PaSeR's labels: reviewed slices by default
     assert panel.start(blocking=True) is None
     assert "reviewed" in [m for level, m in notes if level == "error"][0]
     viewer.dims.set_point(0, 1)

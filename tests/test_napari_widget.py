@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_paser.napari_ui._layers import ring_cells, routing_outline
+from napari_paser.napari_ui._layers import is_run_phases, ring_cells, routing_outline
 
 KY, KX = ring_cells((56, 64))  # routing-layer cells per patch
 
@@ -479,6 +479,7 @@ def test_painted_corrections_are_never_overwritten(setup, qtbot, notes):
     edited = viewer.layers["phases (edited)"]
     assert edited is phases and edited.data[1, 20, 20] == value
     assert edited.metadata["napari_paser"]["edited"] and "napari_paser_layer" not in edited.metadata
+    assert is_run_phases(edited)  # the fine-tuning panel trains on its reviewed slices
     assert viewer.layers.selection.active is edited  # the brush stays on the user's layer
     assert any("phases (edited)" in m for level, m in notes if level == "info")
     _wait_idle(qtbot, widget)

@@ -42,6 +42,7 @@ from ._finetune_controller import (
     training_labels_from,
 )
 from ._launch import JobCallbacks, job_worker, run_here
+from ._layers import is_run_phases
 from ._qt_rows import hbox_row
 
 if TYPE_CHECKING:
@@ -170,9 +171,8 @@ class FinetunePanel(QWidget):
         self._on_labels_changed()
 
     def _on_labels_changed(self, *_: Any) -> None:
-        # A run's phases layer is right only where the user checked it.
         layer = self.labels_layer
-        self.reviewed_check.setChecked(layer is not None and layer.metadata.get("napari_paser_layer") == "phases")
+        self.reviewed_check.setChecked(layer is not None and is_run_phases(layer))
 
     # ================================================================== choices
 

@@ -37,6 +37,7 @@ __all__ = [
     "ENTROPY",
     "ROUTING",
     "phase_colormap",
+    "is_run_phases",
     "routing_colormap",
     "spatial_geometry",
     "routing_geometry",
@@ -57,6 +58,15 @@ EDITED = "phases (edited)"
 """Name of a phase layer the user painted on: theirs from then on (napari numbers repeats)."""
 ENTROPY_MAX = math.log(3.0)
 """Entropy of three equally likely classes: the top of the entropy contrast range."""
+
+
+def is_run_phases(layer: Any) -> bool:
+    """True for a run's phase layer or the user's edited fork of one: PaSeR's labels,
+    right only where the user checked them (the fine-tuning panel then trains on the
+    slices marked reviewed)."""
+    metadata = layer.metadata if isinstance(layer.metadata, dict) else {}
+    provenance = metadata.get("napari_paser")
+    return metadata.get("napari_paser_layer") == PHASES or (isinstance(provenance, dict) and bool(provenance.get("edited")))
 
 
 def phase_colormap() -> DirectLabelColormap:
