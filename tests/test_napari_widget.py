@@ -469,8 +469,21 @@ def _paint_other_phase(layer, z: int, row: int, col: int) -> int:
     return value
 
 
-def test_painted_corrections_are_never_overwritten(setup, qtbot, notes):
-    viewer, widget = setup
+@pytest.fixture
+def plugin_setup(make_napari_viewer, routing_bundle_dir):
+    """The panel as napari makes it from the plugin's manifest: it sees proxies of the
+    viewer and of its layers, as a user's panel does."""
+    viewer = make_napari_viewer()
+    viewer.add_image(_volume(), name="ct", scale=SCALE, translate=TRANSLATE)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-paser", "PaSeR segmentation")
+    assert widget.add_bundle_folder(routing_bundle_dir)
+    widget.mc_spin.setValue(2)
+    return viewer, widget
+
+
+@pytest.mark.parametrize("made_by", ["setup", "plugin_setup"])
+def test_painted_corrections_are_never_overwritten(made_by, request, qtbot, notes):
+    viewer, widget = request.getfixturevalue(made_by)
     widget.lam = 0.9
     widget.run(blocking=True)
     seg = widget._active.segmenter

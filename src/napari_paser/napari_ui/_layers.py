@@ -22,6 +22,7 @@ import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
 from .. import CLASS_COLORS
@@ -237,7 +238,9 @@ class ResultLayers:
 
     def _on_paint(self, event: Any) -> None:
         # Our own writes fill the buffer and refresh: only a user's edit emits ``paint``.
-        if self.on_edit is not None and event.source is self.phases_layer:
+        # By id: a plugin's viewer hands out proxies of the layers the event's source is.
+        phases = self.phases_layer
+        if self.on_edit is not None and phases is not None and event.source.unique_id == phases.unique_id:
             self.on_edit(self)
 
     def detach(self) -> None:
@@ -326,7 +329,7 @@ class ResultLayers:
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             ours = layer.metadata.get("napari_paser_layer") == name
-            if ours and layer._type_string == kind and layer.ndim == nd:
+            if ours and isinstance(layer, Labels if kind == "labels" else Image) and layer.ndim == nd:
                 layer.data = data
                 if not (np.allclose(layer.scale, geometry["scale"]) and np.allclose(layer.translate, geometry["translate"])):
                     layer.scale, layer.translate = geometry["scale"], geometry["translate"]
