@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -482,7 +483,7 @@ def plugin_setup(make_napari_viewer, routing_bundle_dir):
 
 
 @pytest.mark.parametrize("made_by", ["setup", "plugin_setup"])
-def test_painted_corrections_are_never_overwritten(made_by, request, qtbot, notes):
+def test_painted_corrections_are_never_overwritten(made_by, request, qtbot, notes, tmp_path):
     viewer, widget = request.getfixturevalue(made_by)
     widget.lam = 0.9
     widget.run(blocking=True)
@@ -508,6 +509,14 @@ def test_painted_corrections_are_never_overwritten(made_by, request, qtbot, note
     np.testing.assert_array_equal(results.data, seg.result(lam=0.0).labels)
     widget.run(blocking=True)
     np.testing.assert_array_equal(edited.data, kept)
+    # File > Save Selected Layers writes the corrections, and the report says they were edited.
+    viewer.layers.selection = {edited}
+    viewer.layers.save(str(tmp_path / "corrected.tif"), selected=True, plugin="napari-paser")
+    from napari_paser import io
+
+    saved, _ = io.read_stack(tmp_path / "corrected.tif")
+    np.testing.assert_array_equal(saved, kept)
+    assert json.loads((tmp_path / "corrected_report.json").read_text())["run"]["edited"] is True
     # Painting the user's layer again is theirs to do; painting PaSeR's layer forks it again.
     _paint_other_phase(edited, 2, 30, 30)
     assert [layer.name for layer in viewer.layers].count("phases") == 1

@@ -626,8 +626,9 @@ class PaserWidget(QWidget):
         if layers is not self._layers:
             return
         edited = layers.fork_phases()
-        show_info(f"Your edits are kept in the layer '{edited.name}', which PaSeR will not change. "
-                  "PaSeR's results go on in a new, hidden 'phases' layer (the λ slider and Export use it).")
+        show_info(f"Your edits are kept in the layer '{edited.name}', which PaSeR will not change; save it with "
+                  "File > Save Selected Layers. PaSeR's results go on in a new, hidden 'phases' layer, which the λ "
+                  "slider and Export… use.")
         self.reroute()  # writes the engine's labels over the copied edits (after a running job)
 
     def _add_layers_stepwise(self, layers: ResultLayers) -> None:
