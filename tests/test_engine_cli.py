@@ -42,6 +42,7 @@ def test_segment_writes_labels_and_report(tmp_path, image_file, tiny_bundle_dir,
     for key in ("gflops_total", "gflops_per_slice", "route_fraction", "seconds", "lam", "tvd", "bundle"):
         assert key in report
     assert report["lam"] == 0.2 and len(report["gflops_per_slice"]) == 2
+    assert report["device"] == "cpu"  # auto, on a machine without CUDA
     assert sum(report["route_fraction"].values()) == pytest.approx(1.0)
     # Refuses to overwrite; the existing file is untouched.
     before = out.read_bytes()
@@ -98,6 +99,8 @@ def test_segment_bad_input_one_line_error(tmp_path, tiny_bundle_dir, capsys, kin
         (["--lam", "1.5"], "--lam must be in [0, 1]"),
         (["--method", "nonsense"], "unknown method"),
         (["--bundle", "/nonexistent/bundle"], "no bundle"),
+        (["--device", "tpu"], "unknown device"),
+        (["--device", "cuda"], "no CUDA device is available here"),  # the tests' torch is a CPU build
     ],
 )
 def test_segment_bad_options(tmp_path, image_file, tiny_bundle_dir, capsys, argv, words):
@@ -139,3 +142,23 @@ def test_evaluate_rejects_bad_labels(tmp_path, image_file, tiny_bundle_dir, caps
     rc, _, err = run_cli(capsys, "evaluate", "--images", image_file, "--labels", lab, "--bundle", tiny_bundle_dir, "--json", tmp_path / "s.json")
     assert rc != 0 and "outside {0, 1, 2}" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s.json").exists()
+
+
+def test_resolve_device_picks_cuda_when_there_is_one_and_checks_what_is_named(monkeypatch):
+    import torch
+
+    from napari_paser.engine.devices import resolve_device
+    from napari_paser.errors import PaserInputError
+
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == resolve_device("auto") == "cpu"
+    with pytest.raises(PaserInputError, match="no CUDA device"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(PaserInputError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+    with pytest.raises(PaserInputError, match="cpu or cuda"):
+        resolve_device("meta")

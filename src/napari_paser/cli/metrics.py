@@ -137,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         raise PaserInputError(f"--tau-iter-limit must be >= 1, got {args.tau_iter_limit}")
     if args.cb_diffusivity is not None and not (math.isfinite(args.cb_diffusivity) and args.cb_diffusivity >= 0):
         raise PaserInputError(f"--cb-diffusivity must be a number >= 0, got {args.cb_diffusivity}")
+    if args.device is not None:
+        from ..engine.devices import resolve_device
+
+        args.device = resolve_device(args.device)
     with contextlib.ExitStack() as opened:
         # Labels and the band's scan are read a slab of planes at a time (τ's columns: a column at a time).
         source = opened.enter_context(open_volume(args.labels))

@@ -50,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N", help="run slabs on a local dask cluster of N processes")
     where.add_argument("--scheduler", metavar="ADDRESS", help="run slabs on a running dask scheduler (tcp://host:8786)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="torch device: cpu, cuda, cuda:N or auto (default: cuda if there is one, else cpu)")
     p.add_argument("--report", metavar="REPORT.json", help="write a JSON report (FLOPs, routing, timing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -181,12 +183,15 @@ def _tiff_meta(meta: dict, kind: str) -> dict:
     return {"napari_paser": meta} if kind == "labels" else {"napari_paser": meta, "kind": kind}
 
 
-def _run_key(args, volume, bundle_path: Path, bundle, slab: int) -> dict:
+def _run_key(args, volume, bundle_path: Path, bundle, slab: int, device: str) -> dict:
     """What makes two runs the same run: an unfinished Zarr output is resumed only by it."""
     from ..engine.bundle import bundle_record
     from ..engine.pipeline import get_method
 
-    return {
+    # A GPU may label a near-tie pixel differently from a CPU, so a run resumes on the
+    # device it began on; "cpu" adds nothing, so stores begun before --device resume.
+    on = {} if device == "cpu" else {"device": device}
+    return {**on, 
         "input": volume.source,
         "shape": [int(v) for v in volume.shape],
         "dtype": str(volume.dtype),
@@ -213,6 +218,7 @@ def executor_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.bundle import bundle_record
+    from ..engine.devices import resolve_device
     from ..engine.patches import grid_shape
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, get_method
     from ..engine.streaming import check_volume, default_slab, stream_segment
@@ -226,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
     get_method(args.method)  # fail on a typo before reading anything
+    device = resolve_device(args.device)
     out = Path(args.output)
     zarr_out = is_zarr_path(out)
     extra = [k for k in ("entropy", "routing") if getattr(args, k)]
@@ -252,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     if zarr_out:
         store = OmeZarrOutput(out)
         todo = store.prepare(shape=volume.shape, grid=grid_shape(volume.shape[1:], patch), slab=slab,
-                             run_key=_run_key(args, volume, bundle_path, bundle, slab), voxel_size=volume.voxel_size,
+                             run_key=_run_key(args, volume, bundle_path, bundle, slab, device), voxel_size=volume.voxel_size,
                              entropy=args.entropy, routing=args.routing, overwrite=args.overwrite)
     else:
         import numpy as np
@@ -276,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, slab=slab,
             writer=(lambda kind, arr: writers[kind].write(arr)) if writers else None,
             zarr_output=store, todo=todo, entropy=args.entropy, routing=args.routing,
-            executor=executor, progress=update, bundle=bundle,
+            executor=executor, progress=update, bundle=bundle, device=device,
         )
     except BaseException:
         for w in (writers or {}).values():
@@ -293,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
             "input": volume.source,
             "output": str(out.resolve()),
             "voxel_size": list(volume.voxel_size) if volume.voxel_size else None,
+            "device": device,
             "seconds_total": time.perf_counter() - t0,
             "resumed_slabs_skipped": (-(-volume.shape[0] // slab)) - len(summary.done_slabs),
         }

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.bundle import load_bundle
+    from ..engine.devices import resolve_device
     from ..engine.registry import resolve_bundle
     from ..train.datasets import load_data_dir, load_tiff_pairs
     from ..train.presets import get_preset
@@ -112,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise PaserInputError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise PaserInputError("--device cuda: no CUDA device is available here")
+    args.device = resolve_device(args.device)
     init = load_bundle(resolve_bundle(args.init)) if args.init else None
     if init is not None and args.warm_start:
         raise PaserInputError("give --init (fine-tune a bundle) or --warm-start (new networks), not both")

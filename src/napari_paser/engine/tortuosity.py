@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import PaserInputError
+from .devices import default_device
 from .steps import run_steps
 
 __all__ = [
@@ -130,12 +131,6 @@ def percolates(mask: np.ndarray, axis: int) -> bool:
     return bool(both.size)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _is_isotropic(spacing: Sequence[float]) -> bool:
     return max(spacing) - min(spacing) <= 1e-6 * max(spacing)
 
@@ -231,7 +226,7 @@ def tortuosity_steps(
     if not percolates(conducting, 0):
         # No path from face to face: no flux at all (TauFactor would say the same after a solve).
         return TortuosityResult(math.inf, 0.0, eps, True, 0, out_axis, name)
-    solver = _make_solver(tf, moved, cb_diffusivity, spacing, device or _default_device())
+    solver = _make_solver(tf, moved, cb_diffusivity, spacing, device or default_device())
     first_err = None
     quiet = io.StringIO()  # TauFactor prints its own status lines
     while not solver.converged and solver.iter < iter_limit:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import PaserInputError
 from ..io_sources import Volume
+from .devices import default_device
 from .memory import physical_memory, release_heap, worker_memory_limit
 from .steps import relay_steps, run_steps
 from .tortuosity import CARBON, PORE, TauProgress, TortuosityResult, tortuosity_steps
@@ -81,7 +82,7 @@ def memory_budget(device: str | None = None) -> int:
     import torch
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     if str(device).startswith("cuda"):
         return int(torch.cuda.get_device_properties(torch.device(device)).total_memory // 2)
     limits = [m for m in (physical_memory(), worker_memory_limit()) if m]

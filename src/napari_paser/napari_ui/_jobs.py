@@ -147,10 +147,12 @@ def pick_device() -> str:
     import_torch_quietly()
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
-    return "cpu"
+    from ..engine.devices import default_device
+
+    device = default_device()
+    if device == "cpu":
+        torch.set_num_threads(min(torch.get_num_threads(), worker_threads()))
+    return device
 
 
 def _visible_first(order: list[int] | None, n: int) -> list[int]:
