@@ -489,7 +489,11 @@ def test_painted_corrections_are_never_overwritten(made_by, request, qtbot, note
     widget.run(blocking=True)
     seg = widget._active.segmenter
     phases = viewer.layers["phases"]
+    rerouted = []
+    real_reroute = widget.reroute
+    widget.reroute = lambda *a, **k: rerouted.append(k.get("slices")) or real_reroute(*a, **k)
     value = _paint_other_phase(phases, 1, 20, 20)
+    assert rerouted == [[1]]  # only the painted plane is composed again
     edited = viewer.layers["phases (edited)"]
     assert edited is phases and edited.data[1, 20, 20] == value
     assert edited.metadata["napari_paser"]["edited"] and "napari_paser_layer" not in edited.metadata
@@ -524,3 +528,27 @@ def test_painted_corrections_are_never_overwritten(made_by, request, qtbot, note
     assert len([layer for layer in viewer.layers if layer.name.startswith("phases (edited)")]) == 2
     _wait_idle(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["phases"].data, widget._active.segmenter.result(lam=0.0).labels)
+
+
+def test_edited_planes_reads_both_kinds_of_napari_history_atom():
+    from collections import namedtuple
+
+    from napari_paser.napari_ui._layers import edited_planes
+
+    Masked = namedtuple("Masked", "slice_key mask old_values new_value")
+    masked = Masked((slice(2, 4), slice(0, 5), slice(1, 3)), None, np.zeros(1), 1)
+    legacy = ((np.array([5, 5, 7]), np.array([0, 1, 2]), np.array([0, 0, 0])), np.zeros(3), 2)
+    assert edited_planes([masked, legacy], 10) == {2, 3, 5, 7}
+    assert edited_planes([Masked((slice(None), slice(0, 2)), None, np.zeros(1), 0)], 3) == {0, 1, 2}
+    assert edited_planes(["something else"], 10) is None
+
+
+def test_an_edit_during_a_run_is_kept_and_composed_away_once_the_run_ends(make_napari_viewer, routing_bundle_dir, qtbot, notes):
+    viewer, widget, _ = _running_widget(make_napari_viewer, routing_bundle_dir, qtbot, slices_done=2)
+    z = int(np.flatnonzero(widget.result_layers.done)[0])
+    value = _paint_other_phase(viewer.layers["phases"], z, 20, 20)
+    edited = viewer.layers["phases (edited)"]
+    assert edited.data[z, 20, 20] == value and widget._recompose == {z}  # the run goes on meanwhile
+    _wait_idle(qtbot, widget, timeout=120_000)  # the run, then the recomposition of plane z
+    assert not widget._recompose and edited.data[z, 20, 20] == value
+    np.testing.assert_array_equal(viewer.layers["phases"].data, widget._active.segmenter.result(lam=widget.lam).labels)

@@ -128,9 +128,13 @@ def test_painting_a_phase_store_keeps_the_edit_and_results_go_to_a_new_array(mak
     phases = viewer.layers["phases"]
     assert isinstance(phases.data, zarr.Array)
     value = int((phases.data[2, 50, 50] + 1) % 3)
+    rerouted = []
+    real_reroute = widget.reroute
+    widget.reroute = lambda *a, **k: rerouted.append(k.get("slices")) or real_reroute(*a, **k)
     phases.paint((2, 50, 50), value)
+    assert rerouted == [[2]]  # only the painted plane is segmented again, not the whole stack
     qtbot.waitUntil(lambda: not widget.busy and not widget._debounce.isActive(), timeout=60_000)
     edited, results = viewer.layers["phases (edited)"], viewer.layers["phases"]
     assert edited is phases and edited.data[2, 50, 50] == value
-    assert isinstance(results.data, zarr.Array) and results.data.path != edited.data.path
+    assert isinstance(results.data, zarr.Array) and results.data.path == "phases-1" and edited.data.path == "phases"
     np.testing.assert_array_equal(results.data[:], segment(data, load_bundle(routing_bundle_dir), lam=0.9, mc_passes=2).labels)

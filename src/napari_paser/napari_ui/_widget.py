@@ -168,6 +168,7 @@ class PaserWidget(QWidget):
         self._job_started = 0.0
         self._pbar: progress | None = None
         self._reroute_pending = False
+        self._recompose: set[int] = set()  # planes of PaSeR's phase layer that hold a user's edit
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
@@ -620,16 +621,24 @@ class PaserWidget(QWidget):
         self._result = None
         self.device_label.setText(session.device)
 
-    def _on_phases_edited(self, layers: ResultLayers) -> None:
+    def _on_phases_edited(self, layers: ResultLayers, planes: set[int] | None) -> None:
         """The user painted on the phase layer: make it theirs, and keep PaSeR's results
-        in a new "phases" layer, whose painted slices are composed again from the engine."""
+        in a new "phases" layer, whose painted planes are composed again from the engine."""
         if layers is not self._layers:
             return
         edited = layers.fork_phases()
         show_info(f"Your edits are kept in the layer '{edited.name}', which PaSeR will not change; save it with "
                   "File > Save Selected Layers. PaSeR's results go on in a new, hidden 'phases' layer, which the λ "
                   "slider and Export… use.")
-        self.reroute()  # writes the engine's labels over the copied edits (after a running job)
+        self._recompose.update(planes if planes is not None else np.flatnonzero(layers.done).tolist())
+        if not self.busy:  # else when the job ends: a running job writes into the new layer too
+            self._recompose_edited()
+
+    def _recompose_edited(self) -> None:
+        """Write the engine's labels over the user's edits copied into PaSeR's new layer."""
+        planes, self._recompose = sorted(self._recompose), set()
+        if planes:
+            self.reroute(slices=planes)
 
     def _add_layers_stepwise(self, layers: ResultLayers) -> None:
         """Add the result layers one per event-loop turn: each napari layer takes ~0.1 s
@@ -710,7 +719,10 @@ class PaserWidget(QWidget):
             self._on_ground_truth()
         if self._reroute_pending:
             self._reroute_pending = False
+            self._recompose.clear()  # the re-route writes every plane
             self._debounce.start()
+        elif self._recompose:
+            self._recompose_edited()
 
     def _close_progress(self) -> None:
         if self._pbar is not None:
@@ -765,11 +777,12 @@ class PaserWidget(QWidget):
         finally:
             session.lock.release()
 
-    def reroute(self, blocking: bool | None = None) -> Any:
+    def reroute(self, blocking: bool | None = None, slices: list[int] | None = None) -> Any:
         """Re-route the shown run for the sliders' λ/TVD from the engine's caches.
 
         The visible slice is re-composed at once on this thread when every patch it needs
         is cached; the other slices (and the visible one otherwise) follow in a worker.
+        ``slices``: only these (default: every segmented slice).
         """
         if self._active is None or self._layers is None or not self._layers.alive():
             return None
@@ -784,7 +797,8 @@ class PaserWidget(QWidget):
         if lam is None:  # a superseded worker is finishing its slice: try again shortly
             self._debounce.start()
             return None
-        analysed = [z for z in range(seg.num_slices) if self._layers.done[z] and seg.is_analysed(z)]
+        wanted = range(seg.num_slices) if slices is None else sorted(set(slices))
+        analysed = [z for z in wanted if self._layers.done[z] and seg.is_analysed(z)]
         if not analysed:
             return None
         z = self._visible_slice()
