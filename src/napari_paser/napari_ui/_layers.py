@@ -304,8 +304,8 @@ class ResultLayers:
         import zarr
 
         # Our store is Zarr format 2 on a local folder (_disk_buffers): an array is a folder
-        # of chunk files, so copying the files copies it without decoding a chunk (a 1024²
-        # plane a millisecond or less, where reading and writing it took ten).
+        # of chunk files, so copying the files copies it without decoding a chunk (200
+        # planes of 1024² random labels: 0.04 s, against 1.8 s read and written again).
         folder = Path(self.store)
         name = next(f"{PHASES}-{i}" for i in range(1, 10_000) if not (folder / f"{PHASES}-{i}").exists())
         shutil.copytree(folder / self.labels.path, folder / name)
