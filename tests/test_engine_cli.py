@@ -162,3 +162,23 @@ def test_resolve_device_picks_cuda_when_there_is_one_and_checks_what_is_named(mo
         resolve_device("cuda:2")
     with pytest.raises(PaserInputError, match="cpu or cuda"):
         resolve_device("meta")
+
+
+def test_segment_roi_labels_the_box_as_if_it_were_the_file(tmp_path, tiny_bundle_dir, capsys):
+    image = stack((5, 130, 150), seed=3)
+    whole = io.write_tiff(tmp_path / "whole.tif", image, voxel_size=VOXEL)
+    box = io.write_tiff(tmp_path / "box.tif", image[1:4, 6:124, 10:-12], voxel_size=VOXEL)
+    args = ["--bundle", tiny_bundle_dir, "--mc-passes", "2", "--quiet"]
+    rc, _, err = run_cli(capsys, "segment", whole, "--roi", "1:4,6:124,10:-12", "-o", tmp_path / "roi.tif", "--report", tmp_path / "r.json", *args)
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "segment", box, "-o", tmp_path / "box_labels.tif", *args)
+    assert rc == 0, err
+    labels, voxel = io.read_stack(tmp_path / "roi.tif")
+    np.testing.assert_array_equal(labels, io.read_stack(tmp_path / "box_labels.tif")[0])  # normalised by the box alone
+    assert labels.shape == (3, 118, 128) and voxel == pytest.approx(VOXEL)
+    roi = [[1, 4], [6, 124], [10, 138]]
+    assert json.loads((tmp_path / "r.json").read_text())["roi"] == roi
+    assert io.read_metadata(tmp_path / "roi.tif")["napari_paser"]["roi"] == roi
+    rc, _, err = run_cli(capsys, "segment", whole, "--roi", "1:4,6:200,:", "-o", tmp_path / "bad.tif", *args)
+    assert rc == 2 and "outside the 130 rows" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.tif").exists()

@@ -9,7 +9,16 @@ import pytest
 
 from napari_paser import io
 from napari_paser.errors import PaserInputError
-from napari_paser.io_sources import ArrayVolume, HDF5Volume, TiffFolderVolume, TiffVolume, ZarrVolume, open_volume
+from napari_paser.io_sources import (
+    ArrayVolume,
+    CroppedVolume,
+    HDF5Volume,
+    TiffFolderVolume,
+    TiffVolume,
+    ZarrVolume,
+    open_volume,
+    parse_roi,
+)
 from napari_paser.io_writers import OmeZarrOutput, TiffSliceWriter
 
 VOXEL = (2.0, 0.5, 0.25)
@@ -163,3 +172,32 @@ def test_zarr_output_refuses_foreign_finished_and_other_runs(tmp_path):
         OmeZarrOutput(tmp_path / "user.zarr").prepare(run_key={"a": 1}, **kw)
     ome = open_volume(tmp_path / "o.zarr")
     assert ome.voxel_size == pytest.approx(VOXEL) and ome.shape == (5, 8, 8)
+
+
+def test_a_roi_reads_its_box_of_any_container_lazily(tmp_path):
+    data = np.arange(5 * 20 * 30, dtype=np.uint16).reshape(5, 20, 30)
+    path = io.write_tiff(tmp_path / "s.tif", data, voxel_size=(2.0, 0.5, 0.5))
+    base = open_volume(path)
+    box = parse_roi("1:-1, 2:18, :-5", base.shape)
+    assert box == ((1, 4), (2, 18), (0, 25))
+    crop = CroppedVolume(base, box)
+    assert crop.shape == (3, 16, 25) and crop.voxel_size == base.voxel_size and crop.source.endswith("[1:4,2:18,0:25]")
+    np.testing.assert_array_equal(crop[1], data[2, 2:18, :25])
+    np.testing.assert_array_equal(np.asarray(crop), data[1:4, 2:18, :25])
+    image = ArrayVolume(data[0])  # a 2-D image: rows and columns only
+    crop2d = CroppedVolume(image, parse_roi("5:,:10", image.shape, image.input_ndim))
+    assert crop2d.input_shape == (15, 10)
+    np.testing.assert_array_equal(np.asarray(crop2d), data[0, 5:, :10])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("1:3,2:5", "give 3 ranges"),
+    ("0:9,:,:", "outside the 5 planes"),
+    (":,-25:,:", "outside the 20 rows"),
+    ("2:2,:,:", "holds no planes"),
+    ("a:b,:,:", "not a range"),
+    ("1,:,:", "not a range"),
+])
+def test_bad_roi_is_one_line(text, words):
+    with pytest.raises(PaserInputError, match=words):
+        parse_roi(text, (5, 20, 30))

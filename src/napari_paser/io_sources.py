@@ -36,6 +36,8 @@ __all__ = [
     "TiffFolderVolume",
     "HDF5Volume",
     "ZarrVolume",
+    "CroppedVolume",
+    "parse_roi",
     "open_volume",
     "as_volume",
     "input_path",
@@ -208,6 +210,84 @@ class ArrayVolume(Volume):
 
     def _read(self, z0: int, z1: int) -> np.ndarray:
         return np.asarray(self._data[z0:z1])
+
+
+# --------------------------------------------------------------------------- region of interest
+
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def parse_roi(text: str, shape: Sequence[int], input_ndim: int = 3) -> Box:
+    """The box ``"Z0:Z1,Y0:Y1,X0:X1"`` names in a (Z, Y, X) stack of ``shape``.
+
+    Parameters
+    ----------
+    text : str
+        One ``start:stop`` range per axis of the input, plane, row and column (row and
+        column for a 2-D image); a missing bound is the axis' start or end, a negative
+        one counts from the end, as in Python (``":,100:-100,100:-100"``).
+    shape : sequence of int
+        The (Z, Y, X) shape of the stack.
+    input_ndim : int
+        2 for a single image (the text then names rows and columns only), else 3.
+
+    Returns
+    -------
+    ((z0, z1), (y0, y1), (x0, x1))
+
+    Raises
+    ------
+    PaserInputError
+        A range that is not ``start:stop``, lies outside the stack or is empty.
+    """
+    names = ("planes", "rows", "columns")[3 - input_ndim:]
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) != input_ndim:
+        raise PaserInputError(f"--roi {text!r}: give {input_ndim} ranges start:stop, one per axis ({', '.join(names)})")
+    box = [] if input_ndim == 3 else [(0, 1)]
+    for part, name, n in zip(parts, names, tuple(shape)[3 - input_ndim:]):
+        bounds = part.split(":")
+        try:
+            if len(bounds) != 2:
+                raise ValueError
+            start, stop = (int(b) if b.strip() else None for b in bounds)
+        except ValueError:
+            raise PaserInputError(f"--roi {text!r}: {part!r} is not a range start:stop of {name}") from None
+        if any(b is not None and not -n <= b <= n for b in (start, stop)):
+            raise PaserInputError(f"--roi {text!r}: {part!r} lies outside the {n} {name} of the stack")
+        lo, hi, _ = slice(start, stop).indices(n)
+        if hi <= lo:
+            raise PaserInputError(f"--roi {text!r}: {part!r} holds no {name}")
+        box.append((lo, hi))
+    return (box[0], box[1], box[2])
+
+
+class CroppedVolume(Volume):
+    """A box of another :class:`Volume`, read lazily (planes of the box only).
+
+    Parameters
+    ----------
+    base : Volume
+    box : ((z0, z1), (y0, y1), (x0, x1))
+        As :func:`parse_roi` returns it.
+    """
+
+    def __init__(self, base: Volume, box: Box):
+        (z0, z1), (y0, y1), (x0, x1) = box
+        self._base, self.box = base, box
+        self.shape = (z1 - z0, y1 - y0, x1 - x0)
+        self.dtype = base.dtype
+        self.voxel_size = base.voxel_size
+        self.input_ndim = base.input_ndim
+        where = ",".join(f"{a}:{b}" for a, b in (box if base.input_ndim == 3 else box[1:]))
+        self.source = f"{base.source}[{where}]"
+
+    def _read(self, z0: int, z1: int) -> np.ndarray:
+        (bz, _), (y0, y1), (x0, x1) = self.box
+        return self._base.read(bz + z0, bz + z1)[:, y0:y1, x0:x1]
+
+    def close(self) -> None:
+        self._base.close()
 
 
 # --------------------------------------------------------------------------- TIFF

@@ -56,6 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
     band = p.add_argument_group("sensitivity band (segment the grey scan again)")
     band.add_argument("--band", metavar="IMAGE", help="the grey scan LABELS came from: report every metric's [min, max] over its segmentations")
+    band.add_argument("--band-roi", metavar="Z0:Z1,Y0:Y1,X0:X1", help="the box of IMAGE that LABELS cover (as given to segment --roi)")
     band.add_argument("--band-lams", default="0,default,0.1,0.3,1", metavar="L1,L2,...",
                       help="λ values of the band ('default' is the bundle's; default 0,default,0.1,0.3,1)")
     band.add_argument("--band-methods", default="f2", metavar="M1,M2",
@@ -113,11 +114,25 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
     return metrics, band, envelope
 
 
+def _roi_hint(labels: str, band_roi: str | None) -> str:
+    """How to match the band's scan to labels that ``segment --roi`` made from a box of it."""
+    from .. import io
+
+    try:
+        roi = io.read_metadata(labels).get("napari_paser", {}).get("roi")
+    except (PaserInputError, OSError):
+        roi = None
+    if not roi or band_roi:
+        return ""
+    box = ",".join(f"{a}:{b}" for a, b in roi)
+    return f"; the labels are the box {box} of their scan (segment --roi): add --band-roi {box}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, tortuosity_notes, write_text_atomic
     from ..engine.microstructure import check_axis, check_voxel_size
-    from ..io_sources import open_volume
+    from ..io_sources import CroppedVolume, open_volume, parse_roi
 
     t0 = time.perf_counter()
     # Fail on every cheap check before reading or computing anything.
@@ -147,8 +162,11 @@ def run(args: argparse.Namespace) -> int:
         axis = check_axis(args.axis, source.input_ndim)
         voxel = voxel or source.voxel_size
         scan = opened.enter_context(open_volume(args.band)) if args.band else None
+        if scan is not None and args.band_roi:
+            scan = CroppedVolume(scan, parse_roi(args.band_roi, scan.shape, scan.input_ndim))
         if scan is not None and scan.input_shape != source.input_shape:
-            raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}")
+            raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}"
+                                  + _roi_hint(args.labels, args.band_roi))
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
                       tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device,
                       tortuosity_width=args.tau_width, iter_limit=args.tau_iter_limit)

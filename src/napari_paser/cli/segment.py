@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("segment", help=HELP, description=HELP + ".")
     p.add_argument("input", metavar="INPUT", help=INPUT_HELP)
     p.add_argument("--dataset", metavar="PATH", help="dataset of an HDF5 file or array of a Zarr store (default: found)")
+    p.add_argument("--roi", metavar="Z0:Z1,Y0:Y1,X0:X1",
+                   help="segment only this box (e.g. inside the field of view): planes, rows, columns as Python ranges, "
+                        "a bound left out is the axis' end (':,100:-100,100:-100'); rows and columns for a 2-D image")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tif|OUT.zarr",
                    help="uint8 labels: TIFF (BigTIFF when over 4 GiB) or OME-Zarr (resumable)")
     knob = p.add_mutually_exclusive_group()
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.patches import grid_shape
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, get_method
     from ..engine.streaming import check_volume, default_slab, stream_segment
-    from ..io_sources import open_volume
+    from ..io_sources import CroppedVolume, open_volume, parse_roi
     from ..io_writers import OmeZarrOutput, TiffSliceWriter, is_zarr_path
 
     t0 = time.perf_counter()
@@ -242,6 +245,14 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_writable(args.report, args.overwrite)
     volume = open_volume(args.input, args.dataset)
+    roi = None
+    if args.roi:
+        try:
+            roi = parse_roi(args.roi, volume.shape, volume.input_ndim)
+        except PaserInputError:
+            volume.close()
+            raise
+        volume = CroppedVolume(volume, roi)
     bundle_path = resolve_bundle_arg(args.bundle).resolve()  # absolute: dask workers load it too
     from ..engine.bundle import load_bundle
 
@@ -253,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
     plane_shape = volume.input_shape
     provenance = {"method": args.method, "lam": args.lam, "tvd": args.tvd,
                   "bundle": bundle_record(bundle, fused=get_method(args.method).analyse)}
+    if roi is not None:  # where the labels lie in the input: (start, stop) per axis of the input
+        provenance["roi"] = [list(r) for r in (roi if volume.input_ndim == 3 else roi[1:])]
 
     store = writers = None
     todo = None
@@ -301,11 +314,14 @@ def run(args: argparse.Namespace) -> int:
             "output": str(out.resolve()),
             "voxel_size": list(volume.voxel_size) if volume.voxel_size else None,
             "device": device,
+            "roi": provenance.get("roi"),
             "seconds_total": time.perf_counter() - t0,
             "resumed_slabs_skipped": (-(-volume.shape[0] // slab)) - len(summary.done_slabs),
         }
     )
     meta = {k: report[k] for k in ("method", "lam", "tvd", "bundle", "gflops_total", "route_fraction")}
+    if roi is not None:
+        meta["roi"] = report["roi"]
     if writers:
         for kind, w in writers.items():
             w.close(_tiff_meta(meta, kind))
