@@ -274,9 +274,9 @@ class ResultLayers:
         The layer is renamed :data:`EDITED` and is no longer the plugin's: no run or
         re-route writes it again, and its array is the user's. The plugin's results go on
         in a copy of that array, shown in a new, hidden "phases" layer below it (the
-        user's edit is in the copy too until the caller writes those slices again, e.g.
-        by re-routing). On disk (``store``) the copy is a new array in the same store,
-        filled a plane at a time.
+        user's edit is in the copy too until the caller writes those planes again, e.g.
+        by re-routing them). On disk (``store``) the copy is a new array in the same
+        store, its chunk files copied.
         """
         edited = self._added[PHASES]
         edited.events.paint.disconnect(self._on_paint)
