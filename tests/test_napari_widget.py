@@ -552,3 +552,49 @@ def test_an_edit_during_a_run_is_kept_and_composed_away_once_the_run_ends(make_n
     _wait_idle(qtbot, widget, timeout=120_000)  # the run, then the recomposition of plane z
     assert not widget._recompose and edited.data[z, 20, 20] == value
     np.testing.assert_array_equal(viewer.layers["phases"].data, widget._active.segmenter.result(lam=widget.lam).labels)
+
+
+def test_a_region_is_segmented_alone_and_its_layers_lie_over_it(setup, qtbot, notes):
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.pipeline import segment
+
+    viewer, widget = setup
+    image = viewer.layers["ct"]
+    truth = (_volume() // 20000).clip(0, 2).astype(np.uint8)  # a whole-image truth: cut to the region
+    viewer.add_labels(truth, name="truth", scale=SCALE, translate=TRANSLATE)
+    widget.ground_truth_layer = viewer.layers["truth"]
+    widget.roi_edit.setText("1:5, 4:-4, 10:")
+    widget.lam = 0.9
+    outcome = widget.run(blocking=True)
+    assert outcome is not None and outcome.stats["slices_done"] == 4
+    box = (slice(1, 5), slice(4, 116), slice(10, 150))
+    bundle = load_bundle(widget.bundle_path)
+    expected = segment(image.data[box], bundle, lam=0.9, mc_passes=2)
+    phases = viewer.layers["phases"]
+    np.testing.assert_array_equal(phases.data, expected.labels)  # normalised by the region alone
+    np.testing.assert_allclose(phases.translate, np.array(TRANSLATE) + np.array([1, 4, 10]) * SCALE)
+    np.testing.assert_allclose(viewer.layers["routing"].translate[0], phases.translate[0])
+    assert phases.metadata["napari_paser"]["roi"] == [[1, 5], [4, 116], [10, 150]]
+    from napari_paser.engine.metrics import mean_iou
+
+    assert widget.stats.stats["mean_iou"] == pytest.approx(mean_iou(expected.labels, truth[box]))  # the truth's region
+    # The slider re-routes the region.
+    widget.lam = 0.0
+    qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=60_000)
+    _wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(phases.data, segment(image.data[box], bundle, lam=0.0, mc_passes=2).labels)
+    # A region that is not one, or smaller than a patch, is a notification, not a run.
+    for text, words in (("1:5,4:-4", "give 3 ranges"), ("0:2,0:40,0:40", "smaller than one 56x64 patch")):
+        widget.roi_edit.setText(text)
+        assert widget.run(blocking=True) is None
+        assert words in notes[-1][1] and notes[-1][0] == "error"
+
+
+def test_region_from_a_drawn_rectangle(setup, notes):
+    viewer, widget = setup
+    assert widget.roi_from_shapes() is None and "draw a rectangle" in notes[-1][1]
+    image = viewer.layers["ct"]
+    corners = [image.data_to_world(p) for p in ([2, 10.2, 20.7], [2, 10.2, 99.1], [2, 80.6, 99.1], [2, 80.6, 20.7])]
+    viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="box")
+    assert widget.roi_from_shapes() == ":,10:82,21:100" == widget.roi_edit.text()  # the pixels it reaches
+    assert widget.region() == ((0, 6), (10, 82), (21, 100))

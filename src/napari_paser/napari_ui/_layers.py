@@ -197,6 +197,9 @@ class ResultLayers:
         Called with these layers and the planes the edit changed (None: not known) when
         the user edits the phase layer (paint, fill, erase, polygon): the caller should
         :meth:`fork_phases` and write those planes again.
+    offset : (plane, row, column)
+        Where the segmented region starts in ``image`` (the panel's region box): the
+        layers are placed over it.
     """
 
     def __init__(
@@ -209,6 +212,7 @@ class ResultLayers:
         defer: bool = False,
         store: Any = None,
         on_edit: Callable[["ResultLayers", set[int] | None], None] | None = None,
+        offset: tuple[int, int, int] = (0, 0, 0),
     ) -> None:
         self.viewer = viewer
         self.on_edit = on_edit
@@ -227,6 +231,7 @@ class ResultLayers:
         self.done = np.zeros(shape[0], bool)
         self.metadata: dict[str, Any] = {"source": image.name, "complete": False}
         scale, translate = spatial_geometry(image)
+        translate = translate + np.asarray(offset[-len(scale):], float) * scale  # over the region segmented
         r_scale, r_translate = routing_geometry(scale, translate, self.patch_size)
         # Phases first: it carries the provenance and is what users look at.
         self._specs: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, dict]] = [

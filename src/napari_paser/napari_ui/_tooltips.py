@@ -32,7 +32,16 @@ TOOLTIPS: dict[str, str] = {
         "Target total-variation distance between the routing and 'f0 everywhere' — roughly the "
         "share of patches sent to f1/f2. λ is solved for it over the analysed slices."
     ),
-    "run": "Segment the whole image in the background, slice by slice (visible slice first).",
+    "run": "Segment the image (or its region) in the background, slice by slice (visible slice first).",
+    "roi": (
+        "Segment only this box of the image, e.g. inside a circular field of view: planes, rows, "
+        "columns as Python ranges (':,150:-150,150:-150'; rows and columns for a 2-D image). "
+        "Empty: the whole image. The results are placed over the box."
+    ),
+    "roi_from_shapes": (
+        "Fill the region with the rows and columns that the shapes of a Shapes layer cover "
+        "(the selected one, else the top one), over every plane: draw a rectangle first."
+    ),
     "cancel": "Stop after the slice being processed; finished slices stay, the rest stay empty.",
     "device": "Where the networks run: CUDA if a GPU is available, else the CPU.",
     "ground_truth": (

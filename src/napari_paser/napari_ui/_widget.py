@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPushButton,
     QSlider,
@@ -39,7 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import registry
-from ..errors import one_line
+from ..errors import PaserInputError, one_line
 from . import _jobs, _stats
 from ._export import export_steps, export_targets
 from ._launch import JobCallbacks, job_worker, run_here
@@ -51,6 +52,8 @@ from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
 if TYPE_CHECKING:
     import napari
     from napari.qt.threading import GeneratorWorker
+
+    from ..io_sources import Box
 
 __all__ = ["PaserWidget"]
 
@@ -90,6 +93,12 @@ def _start_warm_imports() -> None:
     if not _warmed.is_set():
         _warmed.set()
         threading.Thread(target=_warm_imports, name="napari-paser-warm-imports", daemon=True).start()
+
+
+def _crop(data: Any, box: Box, ndim: int) -> Any:
+    """``box`` of a layer's data (numpy, dask or zarr: lazy ones stay lazy)."""
+    (z0, z1), (y0, y1), (x0, x1) = box
+    return data[z0:z1, y0:y1, x0:x1] if ndim == 3 else data[y0:y1, x0:x1]
 
 
 def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
@@ -169,6 +178,8 @@ class PaserWidget(QWidget):
         self._pbar: progress | None = None
         self._reroute_pending = False
         self._recompose: set[int] = set()  # planes of PaSeR's phase layer that hold a user's edit
+        self._box: Box | None = None  # the region of the shown run's image (None: all of it)
+        self._pending_box: Box | None = None  # the region of the run being started
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
@@ -201,6 +212,9 @@ class PaserWidget(QWidget):
         self.status_label = QLabel("Ready.")
         self.status_label.setWordWrap(True)
         self.store_button = QPushButton(STORE_DEFAULT_TEXT)
+        self.roi_edit = QLineEdit()
+        self.roi_edit.setPlaceholderText("whole image")
+        self.roi_button = QPushButton("From shapes")
 
         for widget, key in [
             (self.image_combo, "image"), (self.bundle_combo, "bundle"), (self.mc_spin, "mc_passes"),
@@ -208,12 +222,13 @@ class PaserWidget(QWidget):
             (self.tvd_slider, "tvd"), (self.tvd_label, "tvd"), (self.run_button, "run"),
             (self.cancel_button, "cancel"), (self.device_label, "device"), (self.gt_combo, "ground_truth"),
             (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
-            (self.store_button, "store"),
+            (self.store_button, "store"), (self.roi_edit, "roi"), (self.roi_button, "roi_from_shapes"),
         ]:
             widget.setToolTip(TOOLTIPS[key])
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
+        form.addRow("Region", hbox_row(self.roi_edit, self.roi_button))
         form.addRow("Bundle", self.bundle_combo)
         form.addRow("MC passes", self.mc_spin)
         form.addRow("Mode", self.mode_combo)
@@ -245,6 +260,7 @@ class PaserWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(lambda: self.export())
         self.store_button.clicked.connect(self._choose_store_folder)
+        self.roi_button.clicked.connect(lambda: self.roi_from_shapes())
         self.masks_check.toggled.connect(self._on_masks_toggled)
         self.gt_combo.currentIndexChanged.connect(self._on_ground_truth)
         self._on_mode()
@@ -443,8 +459,9 @@ class PaserWidget(QWidget):
 
     # ================================================================== running
 
-    def _check_image(self, layer: Any, patch: tuple[int, int] | None) -> str | None:
-        """Why ``layer`` cannot be segmented (None if it can); cheap checks only."""
+    def _check_image(self, layer: Any, patch: tuple[int, int] | None, plane: tuple[int, ...] | None = None) -> str | None:
+        """Why ``layer`` (its region's ``plane`` rows and columns) cannot be segmented
+        (None if it can); cheap checks only."""
         if layer is None:
             return "choose an image layer to segment first"
         if not isinstance(layer, Image):
@@ -458,20 +475,60 @@ class PaserWidget(QWidget):
         dtype = np.dtype(layer.data.dtype)
         if dtype == bool or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
             return f"{layer.name!r} has {dtype} pixels; PaSeR needs integer or float grey levels"
-        rows, cols = layer.data.shape[-2:]
+        rows, cols = plane or layer.data.shape[-2:]
         if patch and (rows < patch[0] or cols < patch[1]):
-            return f"{layer.name!r} slices are {rows}x{cols} pixels, smaller than one {patch[0]}x{patch[1]} patch"
+            where = "the region's" if plane else f"{layer.name!r}"
+            return f"{where} slices are {rows}x{cols} pixels, smaller than one {patch[0]}x{patch[1]} patch"
         return None
 
-    def _visible_slice(self, layer: Any | None = None) -> int:
+    def _visible_slice(self, layer: Any | None = None, box: Box | None = None) -> int:
+        """The slice on screen, counted in the run's region (``box``; default: the shown run's)."""
         layer = layer or self._source or self.image_layer
         if layer is None or layer.ndim < 3:
             return 0
+        (z0, z1), _, _ = box or self._box or ((0, layer.data.shape[-3]), None, None)
         z = layer.world_to_data(self.viewer.dims.point)[-3]
-        return int(np.clip(round(float(z)), 0, layer.data.shape[-3] - 1))
+        return int(np.clip(round(float(z)) - z0, 0, z1 - z0 - 1))
 
-    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True) -> Any:
-        """The chosen ground truth's (Z, Y, X) data if it fits the image, else None (warned).
+    def region(self, layer: Any | None = None) -> Box | None:
+        """The box of ``layer`` (default: the chosen image) that the *Region* field names,
+        None for the whole image; raises :class:`PaserInputError` for a bad one."""
+        from ..io_sources import parse_roi
+
+        text = self.roi_edit.text().strip()
+        layer = layer or self.image_layer
+        if not text or layer is None:
+            return None
+        shape = layer.data.shape if layer.ndim == 3 else (1, *layer.data.shape)
+        return parse_roi(text, shape, layer.ndim)
+
+    def roi_from_shapes(self, shapes: Any | None = None) -> str | None:
+        """Fill *Region* with the rows and columns the shapes of a Shapes layer cover, over
+        every plane (``shapes``: that layer; default: the selected Shapes layer, else the
+        top one). Returns the text, or None (notified) when there is nothing to take."""
+        image = self.image_layer
+        if shapes is None:
+            active = self.viewer.layers.selection.active
+            candidates = [active] if isinstance(active, Shapes) else [lay for lay in reversed(self.viewer.layers) if isinstance(lay, Shapes)]
+            shapes = next((lay for lay in candidates if len(lay.data)), None)
+        if image is None or shapes is None or not len(shapes.data):
+            show_error("draw a rectangle in a Shapes layer over the image first")
+            return None
+        points = np.array([image.world_to_data(shapes.data_to_world(v)) for shape in shapes.data for v in shape])[:, -2:]
+        rows, cols = image.data.shape[-2:]
+        # The pixels whose centre-cell the shapes reach (pixel i spans i - 0.5 .. i + 0.5).
+        y0, x0 = np.clip(np.floor(points.min(0) + 0.5).astype(int), 0, (rows, cols))
+        y1, x1 = np.clip(np.floor(points.max(0) + 0.5).astype(int) + 1, 0, (rows, cols))
+        if y1 <= y0 or x1 <= x0:
+            show_error(f"the shapes of {shapes.name!r} lie outside {image.name!r}")
+            return None
+        text = (":," if image.ndim == 3 else "") + f"{y0}:{y1},{x0}:{x1}"
+        self.roi_edit.setText(text)
+        return text
+
+    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True, box: Box | None = None) -> Any:
+        """The chosen ground truth's (Z, Y, X) data if it fits the image, else None (warned);
+        a truth of the whole image is cut to the run's region (``box``; default: the shown run's).
 
         A lazily read layer is not read here: the jobs read it a slice at a time and leave
         out of the IoU any slice that is not labels 0, 1, 2."""
@@ -480,6 +537,10 @@ class PaserWidget(QWidget):
             return None
         gt = layer.data
         gt = gt[None] if gt.ndim == 2 else gt
+        box = self._box if box is None else box
+        if box is not None and tuple(gt.shape) != tuple(shape):
+            (z0, z1), (y0, y1), (x0, x1) = box  # a truth of the whole image: the run's region of it
+            gt = gt[z0:z1, y0:y1, x0:x1]
         problem = None
         if tuple(gt.shape) != tuple(shape):
             problem = f"has shape {tuple(gt.shape)}, not the image's {tuple(shape)}"
@@ -508,20 +569,30 @@ class PaserWidget(QWidget):
         if problem:
             show_error(problem)
             return None
+        try:
+            box = self.region(layer)
+        except PaserInputError as err:
+            show_error(f"Region: {err}")
+            return None
+        data = layer.data if box is None else _crop(layer.data, box, layer.ndim)
+        problem = self._check_image(layer, bundle_patch_size(bundle), data.shape[-2:])
+        if problem:
+            show_error(problem)
+            return None
         mc = self.mc_spin.value() or None
-        key = (layer.unique_id, str(bundle), mc)
-        shape = layer.data.shape if layer.ndim == 3 else (1, *layer.data.shape)
+        key = (layer.unique_id, str(bundle), mc, box)
+        shape = data.shape if layer.ndim == 3 else (1, *data.shape)
         store = None
-        if _jobs.needs_streaming(layer.data):  # results to a Zarr store on disk, shown lazily
+        if _jobs.needs_streaming(data):  # results to a Zarr store on disk, shown lazily
             if self.store_folder:
                 Path(self.store_folder).mkdir(parents=True, exist_ok=True)
             store = str(Path(tempfile.mkdtemp(prefix="napari-paser-", dir=self.store_folder)) / f"{layer.name}_results.zarr")
         request = _jobs.RunRequest(
-            data=layer.data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
-            tvd=self.tvd, order=[self._visible_slice(layer)], session=self._sessions.get(key),
-            ground_truth=self._ground_truth(shape), store=store,
+            data=data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
+            tvd=self.tvd, order=[self._visible_slice(layer, box)], session=self._sessions.get(key),
+            ground_truth=self._ground_truth(shape, box=box), store=store,
         )
-        self._pending_source = layer
+        self._pending_source, self._pending_box = layer, box
         self._set_status(f"Running on {layer.name!r}…")
         return self._start("run", _jobs.run_job, request, blocking=blocking)
 
@@ -609,8 +680,12 @@ class PaserWidget(QWidget):
         threaded = self._worker is not None
         if self._layers is not None:
             self._layers.detach()  # the new run reuses the "phases" layer
+        self._box = self._pending_box
+        offset = (0, 0, 0) if self._box is None else tuple(start for start, _ in self._box)
         self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded, store=msg.store,
-                                    on_edit=self._on_phases_edited)
+                                    on_edit=self._on_phases_edited, offset=offset)
+        if self._box is not None:  # where the labels lie in the image: (start, stop) of planes, rows, columns
+            self._layers.set_metadata(roi=[list(r) for r in (self._box if self._source.ndim == 3 else self._box[1:])])
         self._layers_shown = msg.shown
         if threaded:
             self._add_layers_stepwise(self._layers)
