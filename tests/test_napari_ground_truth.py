@@ -79,7 +79,7 @@ def test_a_lazy_ground_truth_is_read_a_slice_at_a_time_and_bad_slices_are_left_o
     truth[2, 0, 0] = 7  # not a phase: slice 2 cannot be compared
     lazy = CountingArray(truth)
     layer = widget.viewer.add_labels(truth, name="truth")
-    monkeypatch.setattr(type(widget), "_ground_truth", lambda self, shape, warn=True: lazy)
+    monkeypatch.setattr(type(widget), "_ground_truth", lambda self, shape, warn=True, box=None: lazy)
     widget.ground_truth_layer = layer
     outcome = widget.run()
     assert widget._layers.store is not None  # the big-stack path
