@@ -203,3 +203,21 @@ def test_without_a_paser_widget_the_panel_opens_one_with_the_new_bundle(make_nap
     assert outcome.result.bundle.meta["finetune"]["from"] == "tiny-test"
     widgets = [w for w in viewer.window.dock_widgets.values() if isinstance(w, PaserWidget)]
     assert len(widgets) == 1 and widgets[0].bundle_path == outcome.folder
+
+
+def test_corrections_of_a_region_run_train_on_that_region_of_the_image(setup, qtbot, notes):
+    viewer, widget, panel, truth = setup
+    widget.roi_edit.setText("1:2, 0:112, 4:-4")  # the region's slice 0 is the image's plane 1
+    assert widget.run(blocking=True) is not None
+    phases = viewer.layers["phases"]
+    assert phases.data.shape == (1, 112, 120) and phases.metadata["napari_paser"]["roi"] == [[1, 2], [0, 112], [4, 124]]
+    phases.paint((0, 50, 50), int((phases.data[0, 50, 50] + 1) % 3))
+    edited = viewer.layers["phases (edited)"]
+    panel.labels_layer = edited
+    assert panel.reviewed_check.isChecked()
+    viewer.dims.set_point(0, 1)  # the plane on screen, counted in the image
+    panel.mark_reviewed()
+    request = panel._request()
+    np.testing.assert_array_equal(np.asarray(request.image), viewer.layers["ct"].data[1:2, :, 4:124])
+    assert request.labels.shape == (1, 112, 120) and request.labels.slices == [0]
+    np.testing.assert_array_equal(request.labels.read(0, 1)[0], edited.data[0])

@@ -42,7 +42,7 @@ from ._finetune_controller import (
     training_labels_from,
 )
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import is_run_phases
+from ._layers import crop, is_run_phases, layer_roi
 from ._qt_rows import hbox_row
 
 if TYPE_CHECKING:
@@ -305,14 +305,20 @@ class FinetunePanel(QWidget):
         if image.rgb or image.multiscale:
             raise PaserInputError(f"{image.name!r} is an RGB or multiscale image; fine-tuning needs one grey-level stack")
         reviewed = self.reviewed if self.reviewed_check.isChecked() else None
-        labels = training_labels_from(layer.data, tuple(image.data.shape), reviewed)
+        pixels = image.data
+        roi = layer_roi(layer)
+        if roi is not None and tuple(layer.data.shape) != tuple(pixels.shape):  # a run over a region of the image
+            pixels = crop(pixels, roi)
+            if reviewed is not None and image.ndim == 3:  # marked on screen, in the image's planes
+                reviewed = {z - roi[0][0] for z in reviewed if roi[0][0] <= z < roi[0][1]}
+        labels = training_labels_from(layer.data, tuple(pixels.shape), reviewed)
         bundle = self._start_bundle()
         if bundle is None:
             raise PaserInputError("no bundle to start from")
         name = self.name_edit.text().strip() or default_bundle_name(image.name)
         source = getattr(getattr(image, "source", None), "path", None)
         folder = unique_bundle_folder(bundle_parent_folder(source, self.output_folder), name)
-        return FinetuneRequest(image=image.data, labels=labels, bundle_path=bundle, folder=folder, name=folder.name, budget_s=self.budget_s)
+        return FinetuneRequest(image=pixels, labels=labels, bundle_path=bundle, folder=folder, name=folder.name, budget_s=self.budget_s)
 
     def start(self, blocking: bool | None = None) -> Any:
         """Start fine-tuning; returns the worker, or with ``blocking`` the outcome (None on failure)."""

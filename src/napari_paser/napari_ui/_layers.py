@@ -40,6 +40,8 @@ __all__ = [
     "ROUTING",
     "phase_colormap",
     "is_run_phases",
+    "crop",
+    "layer_roi",
     "edited_planes",
     "routing_colormap",
     "spatial_geometry",
@@ -70,6 +72,19 @@ def is_run_phases(layer: Any) -> bool:
     metadata = layer.metadata if isinstance(layer.metadata, dict) else {}
     provenance = metadata.get("napari_paser")
     return metadata.get("napari_paser_layer") == PHASES or (isinstance(provenance, dict) and bool(provenance.get("edited")))
+
+
+def crop(data: Any, ranges: Any) -> Any:
+    """``data`` cut to one ``(start, stop)`` per axis (numpy, dask or zarr: lazy ones stay lazy)."""
+    return data[tuple(slice(int(a), int(b)) for a, b in ranges)]
+
+
+def layer_roi(layer: Any) -> list[list[int]] | None:
+    """The region of its image that a run's phase layer (or its edited fork) covers: one
+    ``[start, stop]`` per axis of the image, None for the whole image."""
+    provenance = layer.metadata.get("napari_paser") if isinstance(layer.metadata, dict) else None
+    roi = provenance.get("roi") if isinstance(provenance, dict) else None
+    return [list(r) for r in roi] if roi else None
 
 
 def edited_planes(history_item: Any, num_planes: int) -> set[int] | None:

@@ -44,7 +44,7 @@ from ..errors import PaserInputError, one_line
 from . import _jobs, _stats
 from ._export import export_steps, export_targets
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import ResultLayers
+from ._layers import ResultLayers, crop
 from ._qt_rows import hbox_row
 from ._stats import StatsPanel, summarize
 from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
@@ -93,12 +93,6 @@ def _start_warm_imports() -> None:
     if not _warmed.is_set():
         _warmed.set()
         threading.Thread(target=_warm_imports, name="napari-paser-warm-imports", daemon=True).start()
-
-
-def _crop(data: Any, box: Box, ndim: int) -> Any:
-    """``box`` of a layer's data (numpy, dask or zarr: lazy ones stay lazy)."""
-    (z0, z1), (y0, y1), (x0, x1) = box
-    return data[z0:z1, y0:y1, x0:x1] if ndim == 3 else data[y0:y1, x0:x1]
 
 
 def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
@@ -539,8 +533,7 @@ class PaserWidget(QWidget):
         gt = gt[None] if gt.ndim == 2 else gt
         box = self._box if box is None else box
         if box is not None and tuple(gt.shape) != tuple(shape):
-            (z0, z1), (y0, y1), (x0, x1) = box  # a truth of the whole image: the run's region of it
-            gt = gt[z0:z1, y0:y1, x0:x1]
+            gt = crop(gt, box)  # a truth of the whole image: the run's region of it
         problem = None
         if tuple(gt.shape) != tuple(shape):
             problem = f"has shape {tuple(gt.shape)}, not the image's {tuple(shape)}"
@@ -574,7 +567,7 @@ class PaserWidget(QWidget):
         except PaserInputError as err:
             show_error(f"Region: {err}")
             return None
-        data = layer.data if box is None else _crop(layer.data, box, layer.ndim)
+        data = layer.data if box is None else crop(layer.data, box if layer.ndim == 3 else box[1:])
         problem = self._check_image(layer, bundle_patch_size(bundle), data.shape[-2:])
         if problem:
             show_error(problem)
