@@ -199,6 +199,12 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     ranges = [panel.table.item(i, 2).text() for i in range(panel.table.rowCount())]
     assert all(r.startswith("[") for r in ranges)
     assert len(panel.figure.axes[0].collections) == 1  # the band around the profile
+    # The phases of a run over a region of a bigger scan: the band segments that region of it.
+    viewer.layers["scan"].data = np.pad(viewer.layers["scan"].data, ((1, 0), (3, 5), (0, 7)))
+    layer.metadata["napari_paser"]["roi"] = [[1, 3], [3, 59], [0, 64]]
+    again = panel.compute(blocking=True)
+    assert again is not None, notes
+    assert again.ranges == outcome.ranges
 
 
 def test_default_export_is_beside_the_phase_volume():

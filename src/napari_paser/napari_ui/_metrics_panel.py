@@ -37,6 +37,7 @@ from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 from ._launch import JobCallbacks, job_worker, run_here
+from ._layers import crop, layer_roi
 
 if TYPE_CHECKING:
     import napari
@@ -183,11 +184,15 @@ class MetricsPanel(QWidget):
         image_layer = self._layer(self.image_combo.currentText())
         meta = layer.metadata.get("napari_paser", {}) if isinstance(layer.metadata, dict) else {}
         bundle = (meta.get("bundle") or {}).get("path") if isinstance(meta.get("bundle"), dict) else None
+        image = None if image_layer is None else image_layer.data
+        roi = layer_roi(layer)
+        if image is not None and roi is not None and tuple(image.shape) != tuple(data.shape):
+            image = crop(image, roi)  # the phases of a run over a region: the band reads that region
         return jobs.MetricsRequest(
             labels=data, axis=self.axis_spin.value(), voxel_size=voxel_size_from_scale(layer.scale, data.ndim),
             cb_diffusivity=self.cb_spin.value() or None, tortuosity=self.tau_check.isChecked(),
             tortuosity_width=self.tau_width_spin.value() or None,
-            image=None if image_layer is None else image_layer.data,
+            image=image,
             bundle_path=Path(bundle) if bundle else None,
             band_lams=parse_lams(self.lams_edit.text()) if image_layer is not None else (),
             band_mc=self.mc_spin.value() if image_layer is not None else 0,
