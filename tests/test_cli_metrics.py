@@ -119,13 +119,15 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
     bigger = io.write_tiff(tmp_path / "bigger.tif", np.pad(image, ((1, 0), (3, 5), (0, 7))))
     meta = {"napari_paser": {"roi": [[1, 3], [3, 59], [0, 64]]}}
     boxed = io.write_tiff(tmp_path / "boxed.tif", labels, metadata=meta)
-    rc, _, err = run_cli(capsys, "metrics", boxed, "--band", bigger, "--bundle", tiny_bundle_dir, "--no-tortuosity", "--quiet")
-    assert rc == 2 and "add --band-roi 1:3,3:59,0:64" in err
-    js_roi = tmp_path / "band_roi.json"
-    rc, _, err = run_cli(capsys, "metrics", boxed, "--axis", "2", "--no-tortuosity", "--band", bigger, "--band-roi", "1:3,3:59,0:64",
-                         "--bundle", tiny_bundle_dir, "--band-lams", "0,1", "--band-mc", "1", "--mc-passes", "2", "--json", js_roi, "--quiet")
-    assert rc == 0, err
-    assert json.loads(js_roi.read_text())["ranges"] == rep["ranges"]  # the same scan, read through the box
+    band = ["--axis", "2", "--no-tortuosity", "--bundle", tiny_bundle_dir, "--band-lams", "0,1", "--band-mc", "1", "--mc-passes", "2", "--quiet"]
+    for given in ([], ["--band-roi", "1:3,3:59,0:64"]):  # the box the labels recorded, or named
+        js_roi = tmp_path / "band_roi.json"
+        rc, _, err = run_cli(capsys, "metrics", boxed, "--band", bigger, *given, *band, "--json", js_roi, "--overwrite")
+        assert rc == 0, err
+        assert ("the band reads that box" in err) == (not given)
+        assert json.loads(js_roi.read_text())["ranges"] == rep["ranges"]  # the same scan, read through the box
+    rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", bigger, *band)
+    assert rc == 2 and "--band image has shape (3, 64, 71)" in err  # labels that record no box
     rc, _, err = run_cli(capsys, "metrics", lab_f, "--band", img_f, "--bundle", tiny_bundle_dir, "--band-methods", "f3", "--quiet")
     assert rc == 2 and "f0, f1 or f2" in err
 

@@ -56,7 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", help="torch device of TauFactor (default: cuda if available, else cpu)")
     band = p.add_argument_group("sensitivity band (segment the grey scan again)")
     band.add_argument("--band", metavar="IMAGE", help="the grey scan LABELS came from: report every metric's [min, max] over its segmentations")
-    band.add_argument("--band-roi", metavar="Z0:Z1,Y0:Y1,X0:X1", help="the box of IMAGE that LABELS cover (as given to segment --roi)")
+    band.add_argument("--band-roi", metavar="Z0:Z1,Y0:Y1,X0:X1",
+                      help="the box of IMAGE that LABELS cover (default: the box segment --roi recorded in LABELS)")
     band.add_argument("--band-lams", default="0,default,0.1,0.3,1", metavar="L1,L2,...",
                       help="λ values of the band ('default' is the bundle's; default 0,default,0.1,0.3,1)")
     band.add_argument("--band-methods", default="f2", metavar="M1,M2",
@@ -114,18 +115,15 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
     return metrics, band, envelope
 
 
-def _roi_hint(labels: str, band_roi: str | None) -> str:
-    """How to match the band's scan to labels that ``segment --roi`` made from a box of it."""
+def _recorded_roi(labels: str) -> str | None:
+    """The box of their scan that labels made by ``segment --roi`` cover, as ``--roi`` text."""
     from .. import io
 
     try:
         roi = io.read_metadata(labels).get("napari_paser", {}).get("roi")
     except (PaserInputError, OSError):
-        roi = None
-    if not roi or band_roi:
-        return ""
-    box = ",".join(f"{a}:{b}" for a, b in roi)
-    return f"; the labels are the box {box} of their scan (segment --roi): add --band-roi {box}"
+        return None
+    return ",".join(f"{a}:{b}" for a, b in roi) if roi else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,11 +160,15 @@ def run(args: argparse.Namespace) -> int:
         axis = check_axis(args.axis, source.input_ndim)
         voxel = voxel or source.voxel_size
         scan = opened.enter_context(open_volume(args.band)) if args.band else None
-        if scan is not None and args.band_roi:
-            scan = CroppedVolume(scan, parse_roi(args.band_roi, scan.shape, scan.input_ndim))
+        band_roi = args.band_roi
+        if scan is not None and not band_roi and scan.input_shape != source.input_shape:
+            band_roi = _recorded_roi(args.labels)
+            if band_roi:
+                print(f"the labels are the box {band_roi} of their scan (segment --roi): the band reads that box", file=sys.stderr)
+        if scan is not None and band_roi:
+            scan = CroppedVolume(scan, parse_roi(band_roi, scan.shape, scan.input_ndim))
         if scan is not None and scan.input_shape != source.input_shape:
-            raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}"
-                                  + _roi_hint(args.labels, args.band_roi))
+            raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}")
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
                       tortuosity=not args.no_tortuosity, surface_method=args.surface_method, device=args.device,
                       tortuosity_width=args.tau_width, iter_limit=args.tau_iter_limit)
