@@ -155,3 +155,20 @@ def test_band_on_a_dask_cluster_reports_what_one_process_does(tmp_path, capsys):
     for report in reports:
         report.pop("seconds")
     assert cluster == here
+
+
+def test_band_of_a_zarr_store_made_over_a_region_reads_that_region(tmp_path, tiny_bundle_dir, capsys):
+    import zarr
+
+    rng = np.random.default_rng(1)
+    scan = io.write_tiff(tmp_path / "scan.tif", rng.integers(0, 4000, (3, 70, 80)).astype(np.uint16))
+    store = tmp_path / "box.zarr"
+    rc, _, err = run_cli(capsys, "segment", scan, "--roi", "1:3,7:63,8:72", "-o", store, "--bundle", tiny_bundle_dir,
+                         "--mc-passes", "2", "--quiet")
+    assert rc == 0, err
+    labels = zarr.open_group(str(store), mode="r+")["0"]
+    labels[:] = rng.integers(0, 3, labels.shape).astype(np.uint8)  # every phase, for the metrics (the tiny bundle's are not)
+    rc, _, err = run_cli(capsys, "metrics", store, "--band", scan, "--no-tortuosity", "--bundle", tiny_bundle_dir,
+                         "--band-lams", "0", "--band-methods", "", "--band-mc", "0", "--mc-passes", "2", "--quiet")
+    assert rc == 0, err
+    assert "the labels are the box 1:3,7:63,8:72 of their scan" in err

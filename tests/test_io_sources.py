@@ -201,3 +201,15 @@ def test_a_roi_reads_its_box_of_any_container_lazily(tmp_path):
 def test_bad_roi_is_one_line(text, words):
     with pytest.raises(PaserInputError, match=words):
         parse_roi(text, (5, 20, 30))
+
+
+def test_the_box_a_record_holds_wherever_a_file_kept_it(tmp_path):
+    from napari_paser.io_sources import recorded_roi
+
+    roi = [[1, 3], [0, 64], [2, 60]]
+    for record in ({"roi": roi}, {"napari_paser": {"roi": roi}}, {"provenance": {"roi": roi}}, {"report": {"roi": roi}}):
+        assert recorded_roi(record) == roi
+    assert recorded_roi({"napari_paser": {"lam": 0.1}}) is None and recorded_roi(None) is None
+    # A TIFF that segment --roi wrote, read back as a file's metadata.
+    path = io.write_tiff(tmp_path / "box.tif", np.zeros((2, 64, 58), np.uint8), metadata={"napari_paser": {"roi": roi}})
+    assert recorded_roi(io.read_metadata(path)) == roi

@@ -38,6 +38,8 @@ __all__ = [
     "ZarrVolume",
     "CroppedVolume",
     "parse_roi",
+    "recorded_roi",
+    "zarr_provenance",
     "open_volume",
     "as_volume",
     "input_path",
@@ -260,6 +262,35 @@ def parse_roi(text: str, shape: Sequence[int], input_ndim: int = 3) -> Box:
             raise PaserInputError(f"--roi {text!r}: {part!r} holds no {name}")
         box.append((lo, hi))
     return (box[0], box[1], box[2])
+
+
+def recorded_roi(record: Any) -> list[list[int]] | None:
+    """The box a PaSeR record says its labels cover (``segment --roi``, the napari panel's
+    region), one ``[start, stop]`` per axis of the scan; None for the whole scan.
+
+    ``record`` is a run's provenance (the ``roi`` at its top) or what a file keeps of it:
+    the metadata of a ``segment`` TIFF (under ``napari_paser``), of an exported one (under
+    ``provenance``), or a ``segment`` Zarr store's attributes (under ``report``).
+    """
+    if not isinstance(record, dict):
+        return None
+    for where in (record, record.get("napari_paser"), record.get("provenance"), record.get("report")):
+        if isinstance(where, dict) and where.get("roi"):
+            return [[int(a), int(b)] for a, b in where["roi"]]
+    return None
+
+
+def zarr_provenance(path: str | os.PathLike) -> dict:
+    """The ``napari_paser`` attributes of a Zarr store that ``segment`` wrote ({} otherwise)."""
+    if not str(path).rstrip("/").lower().endswith(".zarr"):
+        return {}
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs).get("napari_paser")
+    except (OSError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 class CroppedVolume(Volume):

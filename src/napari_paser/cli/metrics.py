@@ -116,13 +116,15 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
 
 
 def _recorded_roi(labels: str) -> str | None:
-    """The box of their scan that labels made by ``segment --roi`` cover, as ``--roi`` text."""
+    """The box of their scan that labels made by PaSeR over a region cover, as ``--roi`` text."""
     from .. import io
+    from ..io_sources import recorded_roi, zarr_provenance
 
     try:
-        roi = io.read_metadata(labels).get("napari_paser", {}).get("roi")
+        record = zarr_provenance(labels) or io.read_metadata(labels)
     except (PaserInputError, OSError):
         return None
+    roi = recorded_roi(record)
     return ",".join(f"{a}:{b}" for a, b in roi) if roi else None
 
 

@@ -80,11 +80,12 @@ def crop(data: Any, ranges: Any) -> Any:
 
 
 def layer_roi(layer: Any) -> list[list[int]] | None:
-    """The region of its image that a run's phase layer (or its edited fork) covers: one
-    ``[start, stop]`` per axis of the image, None for the whole image."""
-    provenance = layer.metadata.get("napari_paser") if isinstance(layer.metadata, dict) else None
-    roi = provenance.get("roi") if isinstance(provenance, dict) else None
-    return [list(r) for r in roi] if roi else None
+    """The region of its scan that a labels layer made by PaSeR covers (a run's phases, its
+    edited fork, or a file ``segment`` or *Export…* wrote, opened again): one
+    ``[start, stop]`` per axis of the scan, None for the whole scan."""
+    from ..io_sources import recorded_roi
+
+    return recorded_roi(layer.metadata.get("napari_paser") if isinstance(layer.metadata, dict) else None)
 
 
 def edited_planes(history_item: Any, num_planes: int) -> set[int] | None:

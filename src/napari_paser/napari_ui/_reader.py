@@ -85,19 +85,6 @@ def read_volume(path: str | list[str]) -> list[LayerData]:
         raise
 
 
-def _zarr_provenance(p: Path) -> dict:
-    """The ``napari_paser`` attributes of a store written by ``segment`` ({} otherwise)."""
-    if not str(p).rstrip("/").lower().endswith(".zarr"):
-        return {}
-    import zarr
-
-    try:
-        attrs = dict(zarr.open_group(str(p), mode="r").attrs).get("napari_paser")
-    except (OSError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError):
-        return {}
-    return attrs if isinstance(attrs, dict) else {}
-
-
 def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
     """``(dask array, kwargs, layer_type)`` of a lazily read volume (one plane per chunk)."""
     import dask.array as da
@@ -112,7 +99,9 @@ def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
     if scale is not None and voxel_size is not None:
         kwargs["scale"] = scale
         kwargs["metadata"]["voxel_size_um"] = list(voxel_size)
-    meta = _zarr_provenance(path)
+    from ..io_sources import zarr_provenance
+
+    meta = zarr_provenance(path)
     if meta.get("kind") == "phases":
         from ._layers import phase_colormap
 
