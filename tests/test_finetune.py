@@ -514,3 +514,19 @@ def test_finetune_handles_v2_networks_stem_halo_and_head_dropout():
     assert all(n > 0 for n in res.bundle.meta["finetune"]["steps"].values())
     assert res.held_out_iou["best"]["f2"] >= res.held_out_iou["start"]["f2"]
     assert segment(img, res.bundle).labels.shape == img.shape
+
+
+def test_cli_finetune_on_the_corrected_labels_of_a_region_reads_that_region(tiny_bundle_dir, tmp_path, capsys):
+    from napari_paser import io
+    from napari_paser.cli.main import main
+    from napari_paser.train.sparse_labels import simulate_strokes
+
+    img, lab = _scan(2)
+    bigger = np.pad(img, ((1, 0), (0, 9), (5, 0)), mode="reflect")
+    box = [[1, 1 + img.shape[0]], [0, img.shape[1]], [5, 5 + img.shape[2]]]  # where segment --roi put them
+    labels = io.write_tiff(tmp_path / "box.tif", simulate_strokes(lab, 0.2, seed=0), metadata={"napari_paser": {"roi": box}})
+    image = io.write_tiff(tmp_path / "scan.tif", bigger)
+    args = ["finetune", str(image), "--labels", str(labels), "--bundle", str(tiny_bundle_dir), "--budget", "2", "--threads", "1", "--quiet"]
+    assert main(args) == 0
+    assert "fine-tuning reads that box" in capsys.readouterr().err
+    assert (tmp_path / "scan-paser-ft" / "manifest.json").is_file()

@@ -39,6 +39,7 @@ __all__ = [
     "CroppedVolume",
     "parse_roi",
     "recorded_roi",
+    "labels_file_roi",
     "zarr_provenance",
     "open_volume",
     "as_volume",
@@ -278,6 +279,16 @@ def recorded_roi(record: Any) -> list[list[int]] | None:
         if isinstance(where, dict) and where.get("roi"):
             return [[int(a), int(b)] for a, b in where["roi"]]
     return None
+
+
+def labels_file_roi(path: str | os.PathLike) -> str | None:
+    """The box of its scan that a labels file (a TIFF or Zarr store PaSeR wrote over a
+    region) covers, as ``--roi`` text (``"1:3,0:64,2:60"``); None if it records none."""
+    try:
+        roi = recorded_roi(zarr_provenance(path) or _tiffio.read_metadata(path))
+    except (PaserInputError, OSError):
+        return None
+    return ",".join(f"{a}:{b}" for a, b in roi) if roi else None
 
 
 def zarr_provenance(path: str | os.PathLike) -> dict:

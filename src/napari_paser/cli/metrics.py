@@ -115,24 +115,11 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
     return metrics, band, envelope
 
 
-def _recorded_roi(labels: str) -> str | None:
-    """The box of their scan that labels made by PaSeR over a region cover, as ``--roi`` text."""
-    from .. import io
-    from ..io_sources import recorded_roi, zarr_provenance
-
-    try:
-        record = zarr_provenance(labels) or io.read_metadata(labels)
-    except (PaserInputError, OSError):
-        return None
-    roi = recorded_roi(record)
-    return ",".join(f"{a}:{b}" for a, b in roi) if roi else None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, tortuosity_notes, write_text_atomic
     from ..engine.microstructure import check_axis, check_voxel_size
-    from ..io_sources import CroppedVolume, open_volume, parse_roi
+    from ..io_sources import CroppedVolume, labels_file_roi, open_volume, parse_roi
 
     t0 = time.perf_counter()
     # Fail on every cheap check before reading or computing anything.
@@ -164,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         scan = opened.enter_context(open_volume(args.band)) if args.band else None
         band_roi = args.band_roi
         if scan is not None and not band_roi and scan.input_shape != source.input_shape:
-            band_roi = _recorded_roi(args.labels)
+            band_roi = labels_file_roi(args.labels)
             if band_roi:
                 print(f"the labels are the box {band_roi} of their scan (segment --roi): the band reads that box", file=sys.stderr)
         if scan is not None and band_roi:
