@@ -588,6 +588,15 @@ def test_a_region_is_segmented_alone_and_its_layers_lie_over_it(setup, qtbot, no
         widget.roi_edit.setText(text)
         assert widget.run(blocking=True) is None
         assert words in notes[-1][1] and notes[-1][0] == "error"
+    # An empty region is the whole image again, its truth not cut by the last region.
+    widget.roi_edit.setText("")
+    viewer.dims.set_point(0, 3 * SCALE[0] + TRANSLATE[0])
+    assert widget.run(blocking=True) is not None and widget._visible_slice() == 3
+    whole = segment(image.data, bundle, lam=0.0, mc_passes=2)
+    np.testing.assert_array_equal(viewer.layers["phases"].data, whole.labels)
+    np.testing.assert_allclose(viewer.layers["phases"].translate, TRANSLATE)
+    assert "roi" not in viewer.layers["phases"].metadata["napari_paser"]
+    assert widget.stats.stats["mean_iou"] == pytest.approx(mean_iou(whole.labels, truth))
 
 
 def test_region_from_a_drawn_rectangle(setup, notes):

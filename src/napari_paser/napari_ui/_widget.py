@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["PaserWidget"]
 
 MAX_SESSIONS = 2  # each segmenter caches a whole volume's analysis: keep memory bounded
+SHOWN_RUN: Any = object()
+"""A ``box`` argument meaning the region of the run on show (None is the whole image)."""
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
 JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compare": "comparison"}
@@ -475,12 +477,14 @@ class PaserWidget(QWidget):
             return f"{where} slices are {rows}x{cols} pixels, smaller than one {patch[0]}x{patch[1]} patch"
         return None
 
-    def _visible_slice(self, layer: Any | None = None, box: Box | None = None) -> int:
-        """The slice on screen, counted in the run's region (``box``; default: the shown run's)."""
+    def _visible_slice(self, layer: Any | None = None, box: Any = SHOWN_RUN) -> int:
+        """The slice on screen, counted in a run's region (``box``, None for the whole
+        image; default: the region of the run on show)."""
         layer = layer or self._source or self.image_layer
         if layer is None or layer.ndim < 3:
             return 0
-        (z0, z1), _, _ = box or self._box or ((0, layer.data.shape[-3]), None, None)
+        box = self._box if box is SHOWN_RUN else box
+        (z0, z1), _, _ = box or ((0, layer.data.shape[-3]), None, None)
         z = layer.world_to_data(self.viewer.dims.point)[-3]
         return int(np.clip(round(float(z)) - z0, 0, z1 - z0 - 1))
 
@@ -520,9 +524,10 @@ class PaserWidget(QWidget):
         self.roi_edit.setText(text)
         return text
 
-    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True, box: Box | None = None) -> Any:
+    def _ground_truth(self, shape: tuple[int, ...], warn: bool = True, box: Any = SHOWN_RUN) -> Any:
         """The chosen ground truth's (Z, Y, X) data if it fits the image, else None (warned);
-        a truth of the whole image is cut to the run's region (``box``; default: the shown run's).
+        a truth of the whole image is cut to the run's region (``box``, None for the whole
+        image; default: the region of the run on show).
 
         A lazily read layer is not read here: the jobs read it a slice at a time and leave
         out of the IoU any slice that is not labels 0, 1, 2."""
@@ -531,7 +536,7 @@ class PaserWidget(QWidget):
             return None
         gt = layer.data
         gt = gt[None] if gt.ndim == 2 else gt
-        box = self._box if box is None else box
+        box = self._box if box is SHOWN_RUN else box
         if box is not None and tuple(gt.shape) != tuple(shape):
             gt = crop(gt, box)  # a truth of the whole image: the run's region of it
         problem = None
