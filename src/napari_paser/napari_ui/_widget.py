@@ -679,9 +679,9 @@ class PaserWidget(QWidget):
         if self._layers is not None:
             self._layers.detach()  # the new run reuses the "phases" layer
         self._box = self._pending_box
-        offset = (0, 0, 0) if self._box is None else tuple(start for start, _ in self._box)
+        (z0, _), (y0, _), (x0, _) = self._box or ((0, 0), (0, 0), (0, 0))
         self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded, store=msg.store,
-                                    on_edit=self._on_phases_edited, offset=offset)
+                                    on_edit=self._on_phases_edited, offset=(z0, y0, x0))
         if self._box is not None:  # where the labels lie in the image: (start, stop) of planes, rows, columns
             self._layers.set_metadata(roi=[list(r) for r in (self._box if self._source.ndim == 3 else self._box[1:])])
         self._layers_shown = msg.shown
