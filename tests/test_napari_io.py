@@ -160,3 +160,21 @@ def test_sample_files_open_as_image_and_labels_through_the_reader():
     ((labels, lkw, lkind),) = _reader.read_tiff(str(folder / "electrode_labels.tif"))
     assert (ikind, lkind) == ("image", "labels")
     assert labels.dtype == np.uint8 and ikw["scale"] == lkw["scale"]
+
+
+def test_labels_of_a_region_open_over_that_region_of_their_scan(tmp_path, tiny_bundle_dir):
+    from napari_paser.cli.main import main
+
+    scan = io.write_tiff(tmp_path / "scan.tif", np.random.default_rng(0).integers(0, 4000, (4, 130, 150)).astype(np.uint16),
+                         voxel_size=(2.0, 0.5, 0.25))
+    for out in ("box.tif", "box.zarr"):  # what segment --roi writes
+        argv = ["segment", str(scan), "--roi", "1:3,6:124,10:-12", "-o", str(tmp_path / out), "--bundle", str(tiny_bundle_dir), "--quiet"]
+        assert main(argv) == 0
+        ((data, kwargs, kind),) = _reader.napari_get_reader(str(tmp_path / out))(str(tmp_path / out))
+        assert kind == "labels" and tuple(data.shape) == (2, 118, 128)
+        assert kwargs["translate"] == [2.0, 3.0, 2.5]  # the box's first voxel, in µm
+    # An exported phase volume of a region run (the napari panel's Region) too.
+    export_phases(tmp_path / "exported.tif", np.zeros((2, 64, 64), np.uint8), scale=(2.0, 0.5, 0.25),
+                  provenance={"roi": [[1, 3], [4, 68], [8, 72]]})
+    ((_, kwargs, kind),) = _reader.napari_get_reader(str(tmp_path / "exported.tif"))(str(tmp_path / "exported.tif"))
+    assert kind == "labels" and kwargs["translate"] == [2.0, 2.0, 2.0]

@@ -107,8 +107,20 @@ def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
 
         kwargs["metadata"]["napari_paser"] = meta
         kwargs["colormap"] = phase_colormap()
+        _over_region(kwargs, meta, data.ndim)
         return data, kwargs, "labels"
     return data, kwargs, "image"
+
+
+def _over_region(kwargs: dict, meta: dict, ndim: int) -> None:
+    """Place labels that PaSeR made over a region of their scan (``segment --roi``, the
+    panel's *Region*) over that region of the scan opened beside them."""
+    from ..io_sources import recorded_roi
+
+    roi = recorded_roi(meta)
+    if roi is not None and len(roi) == ndim:
+        scale = np.asarray(kwargs.get("scale", [1.0] * ndim), float)
+        kwargs["translate"] = [float(start * size) for (start, _), size in zip(roi, scale)]
 
 
 def read_tiff(path: str | list[str]) -> list[LayerData]:
@@ -184,6 +196,7 @@ def layer_data_from_file(path: Path) -> LayerData:
             from ._layers import phase_colormap
 
             kwargs["colormap"] = phase_colormap()
+        _over_region(kwargs, meta, data.ndim)
         return data, kwargs, "labels"
     return data, kwargs, "image"
 
