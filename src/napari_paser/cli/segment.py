@@ -194,7 +194,8 @@ def _run_key(args, volume, bundle_path: Path, bundle, slab: int, device: str) ->
     # A GPU may label a near-tie pixel differently from a CPU, so a run resumes on the
     # device it began on; "cpu" adds nothing, so stores begun before --device resume.
     on = {} if device == "cpu" else {"device": device}
-    return {**on, 
+    return {
+        **on,
         "input": volume.source,
         "shape": [int(v) for v in volume.shape],
         "dtype": str(volume.dtype),
