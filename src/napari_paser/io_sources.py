@@ -38,8 +38,11 @@ __all__ = [
     "ZarrVolume",
     "CroppedVolume",
     "parse_roi",
+    "box_ranges",
+    "roi_text",
     "recorded_roi",
     "labels_file_roi",
+    "scan_under_labels",
     "zarr_provenance",
     "open_volume",
     "as_volume",
@@ -281,14 +284,40 @@ def recorded_roi(record: Any) -> list[list[int]] | None:
     return None
 
 
+def box_ranges(box: Box, input_ndim: int) -> list[list[int]]:
+    """``box`` over the input's axes: ``[start, stop]`` of planes, rows and columns (rows
+    and columns for a 2-D image), as outputs record it."""
+    return [list(r) for r in (box if input_ndim == 3 else box[1:])]
+
+
+def roi_text(ranges: Sequence[Sequence[int]]) -> str:
+    """Ranges as ``--roi`` text (``"1:3,0:64,2:60"``)."""
+    return ",".join(f"{a}:{b}" for a, b in ranges)
+
+
 def labels_file_roi(path: str | os.PathLike) -> str | None:
     """The box of its scan that a labels file (a TIFF or Zarr store PaSeR wrote over a
-    region) covers, as ``--roi`` text (``"1:3,0:64,2:60"``); None if it records none."""
+    region) covers, as ``--roi`` text; None if it records none."""
     try:
         roi = recorded_roi(zarr_provenance(path) or _tiffio.read_metadata(path))
     except (PaserInputError, OSError):
         return None
-    return ",".join(f"{a}:{b}" for a, b in roi) if roi else None
+    return roi_text(roi) if roi else None
+
+
+def scan_under_labels(scan: Volume, labels: Volume, labels_path: str | os.PathLike,
+                      roi: str | None = None) -> tuple[Volume, str | None]:
+    """The part of ``scan`` that ``labels`` cover: the box ``roi`` names; without one, the
+    box the labels file records (``segment --roi``) when the shapes differ; else all of it.
+
+    Returns the scan, cut to the box, and the box read from the file (None if none was).
+    """
+    recorded = None
+    if not roi and scan.input_shape != labels.input_shape:
+        roi = recorded = labels_file_roi(labels_path)
+    if roi:
+        scan = CroppedVolume(scan, parse_roi(roi, scan.shape, scan.input_ndim))
+    return scan, recorded
 
 
 def zarr_provenance(path: str | os.PathLike) -> dict:
@@ -321,8 +350,12 @@ class CroppedVolume(Volume):
         self.dtype = base.dtype
         self.voxel_size = base.voxel_size
         self.input_ndim = base.input_ndim
-        where = ",".join(f"{a}:{b}" for a, b in (box if base.input_ndim == 3 else box[1:]))
-        self.source = f"{base.source}[{where}]"
+        self.source = f"{base.source}[{roi_text(self.ranges)}]"
+
+    @property
+    def ranges(self) -> list[list[int]]:
+        """The box over the input's axes (:func:`box_ranges`), as outputs record it."""
+        return box_ranges(self.box, self.input_ndim)
 
     def _read(self, z0: int, z1: int) -> np.ndarray:
         (bz, _), (y0, y1), (x0, x1) = self.box

@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import PaserInputError
-    from ..io_sources import CroppedVolume, labels_file_roi, open_volume, parse_roi
+    from ..io_sources import open_volume, scan_under_labels
 
     if args.budget is not None and args.budget <= 0:
         raise PaserInputError("--budget must be positive")
@@ -63,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
     # Both are read when fine-tuning needs them: the labels a slab at a time, keeping
     # the painted slices; the scan's painted planes and their neighbours.
     with open_volume(args.labels) as labels, open_volume(args.image, args.dataset) as image:
-        roi = labels_file_roi(args.labels) if labels.input_shape != image.input_shape else None
-        if roi:  # labels of a run over a region (segment --roi), corrected: adapt on that region
-            print(f"the labels are the box {roi} of the scan (segment --roi): fine-tuning reads that box", file=sys.stderr)
-            image = CroppedVolume(image, parse_roi(roi, image.shape, image.input_ndim))
+        image, recorded = scan_under_labels(image, labels, args.labels)
+        if recorded:  # labels of a run over a region (segment --roi), corrected: adapt on that region
+            print(f"the labels are the box {recorded} of the scan (segment --roi): fine-tuning reads that box", file=sys.stderr)
         return _finetune(args, image, labels)
 
 

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, tortuosity_notes, write_text_atomic
     from ..engine.microstructure import check_axis, check_voxel_size
-    from ..io_sources import CroppedVolume, labels_file_roi, open_volume, parse_roi
+    from ..io_sources import open_volume, scan_under_labels
 
     t0 = time.perf_counter()
     # Fail on every cheap check before reading or computing anything.
@@ -149,13 +149,10 @@ def run(args: argparse.Namespace) -> int:
         axis = check_axis(args.axis, source.input_ndim)
         voxel = voxel or source.voxel_size
         scan = opened.enter_context(open_volume(args.band)) if args.band else None
-        band_roi = args.band_roi
-        if scan is not None and not band_roi and scan.input_shape != source.input_shape:
-            band_roi = labels_file_roi(args.labels)
-            if band_roi:
-                print(f"the labels are the box {band_roi} of their scan (segment --roi): the band reads that box", file=sys.stderr)
-        if scan is not None and band_roi:
-            scan = CroppedVolume(scan, parse_roi(band_roi, scan.shape, scan.input_ndim))
+        if scan is not None:
+            scan, recorded = scan_under_labels(scan, source, args.labels, args.band_roi)
+            if recorded:
+                print(f"the labels are the box {recorded} of their scan (segment --roi): the band reads that box", file=sys.stderr)
         if scan is not None and scan.input_shape != source.input_shape:
             raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}")
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,

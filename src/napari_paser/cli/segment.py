@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.patches import grid_shape
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, get_method
     from ..engine.streaming import check_volume, default_slab, stream_segment
-    from ..io_sources import CroppedVolume, open_volume, parse_roi
+    from ..io_sources import CroppedVolume, box_ranges, open_volume, parse_roi
     from ..io_writers import OmeZarrOutput, TiffSliceWriter, is_zarr_path
 
     t0 = time.perf_counter()
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     provenance = {"method": args.method, "lam": args.lam, "tvd": args.tvd,
                   "bundle": bundle_record(bundle, fused=get_method(args.method).analyse)}
     if roi is not None:  # where the labels lie in the input: (start, stop) per axis of the input
-        provenance["roi"] = [list(r) for r in (roi if volume.input_ndim == 3 else roi[1:])]
+        provenance["roi"] = box_ranges(roi, volume.input_ndim)
 
     store = writers = None
     todo = None

@@ -572,7 +572,11 @@ class PaserWidget(QWidget):
         except PaserInputError as err:
             show_error(f"Region: {err}")
             return None
-        data = layer.data if box is None else crop(layer.data, box if layer.ndim == 3 else box[1:])
+        data = layer.data
+        if box is not None:
+            from ..io_sources import box_ranges
+
+            data = crop(layer.data, box_ranges(box, layer.ndim))
         problem = self._check_image(layer, bundle_patch_size(bundle), data.shape[-2:])
         if problem:
             show_error(problem)
@@ -683,7 +687,9 @@ class PaserWidget(QWidget):
         self._layers = ResultLayers(self.viewer, self._source, msg.shape, msg.grid, msg.patch_size, defer=threaded, store=msg.store,
                                     on_edit=self._on_phases_edited, offset=(z0, y0, x0))
         if self._box is not None:  # where the labels lie in the image: (start, stop) of planes, rows, columns
-            self._layers.set_metadata(roi=[list(r) for r in (self._box if self._source.ndim == 3 else self._box[1:])])
+            from ..io_sources import box_ranges
+
+            self._layers.set_metadata(roi=box_ranges(self._box, self._source.ndim))
         self._layers_shown = msg.shown
         if threaded:
             self._add_layers_stepwise(self._layers)
