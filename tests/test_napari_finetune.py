@@ -221,3 +221,21 @@ def test_corrections_of_a_region_run_train_on_that_region_of_the_image(setup, qt
     np.testing.assert_array_equal(np.asarray(request.image), viewer.layers["ct"].data[1:2, :, 4:124])
     assert request.labels.shape == (1, 112, 120) and request.labels.slices == [0]
     np.testing.assert_array_equal(request.labels.read(0, 1)[0], edited.data[0])
+
+
+def test_a_pyramid_is_painted_and_adapted_to_at_full_resolution(setup, notes):
+    """A multiscale image (an OME-Zarr pyramid opened with napari-ome-zarr, say)."""
+    viewer, widget, panel, truth = setup
+    img = viewer.layers["ct"].data
+    viewer.layers.remove("ct")
+    viewer.add_image([img, img[:, ::2, ::2]], multiscale=True, name="ct", scale=(2.0, 0.5, 0.5))
+    panel.image_layer = viewer.layers["ct"]
+    layer = panel.new_training_layer()
+    assert layer.data.shape == SHAPE and tuple(layer.scale) == (2.0, 0.5, 0.5)
+    _paint_strokes(layer, truth)
+    viewer.dims.set_point(0, 1 * 2.0)
+    assert panel._visible_slice() == 1
+    request = panel._request()
+    np.testing.assert_array_equal(np.asarray(request.image), img)
+    np.testing.assert_array_equal(request.labels.read(0, SHAPE[0]), layer.data)
+    assert not [m for level, m in notes if level == "error"], notes

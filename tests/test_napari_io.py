@@ -81,6 +81,11 @@ def test_writer_round_trips_labels_scale_and_provenance(tmp_path):
     report = json.loads((tmp_path / "phases_report.json").read_text())
     assert report["run"]["gflops_total"] == 1.5 and report["voxel_size_um"] == [2.0, 0.5, 0.5]
 
+    # A pyramid (napari passes every level): its full-resolution level is the volume.
+    pyramid = [labels, labels[:, ::2, ::2]]
+    written = _writer.write_labels(str(tmp_path / "pyramid.tif"), pyramid, {**meta, "multiscale": True})
+    np.testing.assert_array_equal(_reader.read_tiff(written[0])[0][0], labels)
+
 
 def test_writer_adds_masks_when_asked_and_never_replaces_sidecars_alone(tmp_path):
     labels = _phases()

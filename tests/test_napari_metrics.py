@@ -182,8 +182,9 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
 
     rng = np.random.default_rng(0)
     viewer = make_napari_viewer()
-    viewer.add_image(rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16), name="scan")
-    layer = viewer.add_labels(rng.integers(0, 3, (2, 56, 64)).astype(np.uint8), name="phases")
+    viewer_scan, viewer_labels = rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16), rng.integers(0, 3, (2, 56, 64)).astype(np.uint8)
+    viewer.add_image(viewer_scan, name="scan")
+    layer = viewer.add_labels(viewer_labels, name="phases")
     layer.metadata["napari_paser"] = {"bundle": {"name": "tiny-test", "path": str(tiny_bundle_dir)}}
     panel = MetricsPanel(viewer)
     panel.image_combo.setCurrentText("scan")
@@ -205,6 +206,18 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     again = panel.compute(blocking=True)
     assert again is not None, notes
     assert again.ranges == outcome.ranges
+
+    # Pyramids (an OME-Zarr opened with napari-ome-zarr, say): their full-resolution levels.
+    viewer.layers.clear()
+    scan, labels = viewer_scan, viewer_labels
+    viewer.add_image([scan, scan[:, ::2, ::2]], multiscale=True, name="scan")
+    pyramid = viewer.add_labels([labels, labels[:, ::2, ::2]], multiscale=True, name="phases")
+    pyramid.metadata["napari_paser"] = {"bundle": {"name": "tiny-test", "path": str(tiny_bundle_dir)}}
+    panel.labels_combo.setCurrentText("phases")
+    panel.image_combo.setCurrentText("scan")
+    from_pyramids = panel.compute(blocking=True)
+    assert from_pyramids is not None, notes
+    assert from_pyramids.metrics.values == outcome.metrics.values and from_pyramids.ranges == outcome.ranges
 
 
 def test_default_export_is_beside_the_phase_volume():

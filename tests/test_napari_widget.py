@@ -607,3 +607,41 @@ def test_region_from_a_drawn_rectangle(setup, notes):
     viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="box")
     assert widget.roi_from_shapes() == ":,10:82,21:100" == widget.roi_edit.text()  # the pixels it reaches
     assert widget.region() == ((0, 6), (10, 82), (21, 100))
+
+
+def test_a_pyramid_is_segmented_at_full_resolution(setup, qtbot, notes):
+    """A multiscale layer (an OME-Zarr pyramid opened with napari-ome-zarr, say): its first
+    level is segmented, compared with a pyramid truth, cut to a drawn region, and the
+    result layers lie over it."""
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.metrics import mean_iou
+    from napari_paser.engine.pipeline import segment
+
+    viewer, widget = setup
+    full = _volume(seed=3)
+    viewer.add_image([full, full[:, ::2, ::2]], multiscale=True, name="pyramid", scale=SCALE, translate=TRANSLATE)
+    truth = (full // 20000).clip(0, 2).astype(np.uint8)
+    viewer.add_labels([truth, truth[:, ::2, ::2]], multiscale=True, name="truth", scale=SCALE, translate=TRANSLATE)
+    widget.image_layer = viewer.layers["pyramid"]
+    widget.ground_truth_layer = viewer.layers["truth"]
+    widget.lam = 0.9
+    viewer.dims.set_point(0, 4 * SCALE[0] + TRANSLATE[0])
+    outcome = widget.run(blocking=True)
+    assert outcome is not None, notes
+    assert widget._visible_slice() == 4
+    expected = segment(full, load_bundle(widget.bundle_path), lam=0.9, mc_passes=2)
+    phases = viewer.layers["phases"]
+    np.testing.assert_array_equal(phases.data, expected.labels)
+    np.testing.assert_allclose(phases.scale, SCALE)
+    np.testing.assert_allclose(phases.translate, TRANSLATE)
+    assert widget.stats.stats["mean_iou"] == pytest.approx(mean_iou(expected.labels, truth))
+
+    image = viewer.layers["pyramid"]
+    corners = [image.data_to_world(p) for p in ([2, 10.2, 20.7], [2, 10.2, 99.1], [2, 80.6, 99.1], [2, 80.6, 20.7])]
+    viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="box")
+    assert widget.roi_from_shapes() == ":,10:82,21:100"  # in the first level's pixels
+    widget.image_layer = viewer.layers["pyramid"]
+    assert widget.run(blocking=True) is not None, notes
+    box = (slice(None), slice(10, 82), slice(21, 100))
+    np.testing.assert_array_equal(viewer.layers["phases"].data, segment(full[box], load_bundle(widget.bundle_path), lam=0.9, mc_passes=2).labels)
+    assert not [m for level, m in notes if level == "error"], notes

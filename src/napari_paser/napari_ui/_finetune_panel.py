@@ -42,7 +42,7 @@ from ._finetune_controller import (
     training_labels_from,
 )
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import crop, is_run_phases, layer_roi
+from ._layers import crop, full_resolution, is_run_phases, layer_roi
 from ._qt_rows import hbox_row
 
 if TYPE_CHECKING:
@@ -222,10 +222,11 @@ class FinetunePanel(QWidget):
         # A stack too big to segment in memory gets its training labels on disk, beside the
         # image file as its adapted bundle will be.
         store = None
-        if _jobs.needs_streaming(image.data):
+        pixels = full_resolution(image)  # a pyramid is painted and adapted to at full resolution
+        if _jobs.needs_streaming(pixels):
             source = getattr(getattr(image, "source", None), "path", None)
             store = new_labels_store(bundle_parent_folder(source, self.output_folder))
-        data = new_training_labels(image.data.shape, store)
+        data = new_training_labels(pixels.shape, store)
         layer = Labels(
             data, name=TRAINING_LAYER_NAME, colormap=phase_colormap(), opacity=0.8,
             scale=image.scale, translate=image.translate, metadata={TRAINING_LABELS_KEY: True},
@@ -245,7 +246,7 @@ class FinetunePanel(QWidget):
         if image is None or image.ndim < 3:
             return 0
         z = image.world_to_data(self.viewer.dims.point)[-3]
-        return int(min(max(round(float(z)), 0), image.data.shape[-3] - 1))
+        return int(min(max(round(float(z)), 0), full_resolution(image).shape[-3] - 1))
 
     def mark_reviewed(self, z: int | None = None) -> None:
         """Mark slice ``z`` (default: the one on screen) as reviewed."""
@@ -302,16 +303,16 @@ class FinetunePanel(QWidget):
             raise PaserInputError("choose the image layer to adapt to")
         if layer is None:
             raise PaserInputError("choose a labels layer (or press 'New training labels' and paint)")
-        if image.rgb or image.multiscale:
-            raise PaserInputError(f"{image.name!r} is an RGB or multiscale image; fine-tuning needs one grey-level stack")
+        if image.rgb:
+            raise PaserInputError(f"{image.name!r} is an RGB image; fine-tuning needs one grey-level stack")
         reviewed = self.reviewed if self.reviewed_check.isChecked() else None
-        pixels = image.data
+        pixels, painted = full_resolution(image), full_resolution(layer)
         roi = layer_roi(layer)
-        if roi is not None and tuple(layer.data.shape) != tuple(pixels.shape):  # a run over a region of the image
+        if roi is not None and tuple(painted.shape) != tuple(pixels.shape):  # a run over a region of the image
             pixels = crop(pixels, roi)
             if reviewed is not None and image.ndim == 3:  # marked on screen, in the image's planes
                 reviewed = {z - roi[0][0] for z in reviewed if roi[0][0] <= z < roi[0][1]}
-        labels = training_labels_from(layer.data, tuple(pixels.shape), reviewed)
+        labels = training_labels_from(painted, tuple(pixels.shape), reviewed)
         bundle = self._start_bundle()
         if bundle is None:
             raise PaserInputError("no bundle to start from")

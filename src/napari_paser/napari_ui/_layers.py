@@ -40,6 +40,7 @@ __all__ = [
     "ROUTING",
     "phase_colormap",
     "is_run_phases",
+    "full_resolution",
     "crop",
     "layer_roi",
     "edited_planes",
@@ -72,6 +73,15 @@ def is_run_phases(layer: Any) -> bool:
     metadata = layer.metadata if isinstance(layer.metadata, dict) else {}
     provenance = metadata.get("napari_paser")
     return metadata.get("napari_paser_layer") == PHASES or (isinstance(provenance, dict) and bool(provenance.get("edited")))
+
+
+def full_resolution(layer: Any) -> Any:
+    """The array the panels compute on: a multiscale layer's full-resolution level (an
+    OME-Zarr pyramid opened with napari-ome-zarr, say), else the layer's data.
+
+    napari's data coordinates of a multiscale layer (``world_to_data``, ``scale``) are those
+    of its first level, so everything placed over that level lines up with the layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def crop(data: Any, ranges: Any) -> Any:

@@ -37,7 +37,7 @@ from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import crop, layer_roi
+from ._layers import crop, full_resolution, layer_roi
 
 if TYPE_CHECKING:
     import napari
@@ -180,11 +180,13 @@ class MetricsPanel(QWidget):
         layer = self._layer(self.labels_combo.currentText())
         if layer is None:
             raise PaserInputError("choose a labels layer (e.g. the 'phases' layer of a PaSeR run)")
-        data = layer.data  # as it is (a Zarr store for a big stack): the job reads it a slab at a time
+        # As it is (a Zarr store for a big stack): the job reads it a slab at a time. A
+        # pyramid's full-resolution level: the metrics of its coarser levels would differ.
+        data = full_resolution(layer)
         image_layer = self._layer(self.image_combo.currentText())
         meta = layer.metadata.get("napari_paser", {}) if isinstance(layer.metadata, dict) else {}
         bundle = (meta.get("bundle") or {}).get("path") if isinstance(meta.get("bundle"), dict) else None
-        image = None if image_layer is None else image_layer.data
+        image = None if image_layer is None else full_resolution(image_layer)
         roi = layer_roi(layer)
         if image is not None and roi is not None and tuple(image.shape) != tuple(data.shape):
             image = crop(image, roi)  # the phases of a run over a region: the band reads that region

@@ -44,7 +44,7 @@ from ..errors import PaserInputError, one_line
 from . import _jobs, _stats
 from ._export import export_steps, export_targets
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import ResultLayers, crop
+from ._layers import ResultLayers, crop, full_resolution
 from ._qt_rows import hbox_row
 from ._stats import StatsPanel, summarize
 from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
@@ -464,14 +464,13 @@ class PaserWidget(QWidget):
             return f"{layer.name!r} is a {type(layer).__name__} layer; PaSeR segments Image layers"
         if layer.rgb:
             return f"{layer.name!r} is an RGB image; convert it to one grey-level channel first"
-        if layer.multiscale:
-            return f"{layer.name!r} is multiscale; open its full-resolution level as a plain image"
         if layer.ndim not in (2, 3):
             return f"{layer.name!r} is {layer.ndim}-D; PaSeR needs a 2-D slice or a (plane, row, column) stack"
-        dtype = np.dtype(layer.data.dtype)
+        data = full_resolution(layer)  # a pyramid is segmented at its full resolution
+        dtype = np.dtype(data.dtype)
         if dtype == bool or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
             return f"{layer.name!r} has {dtype} pixels; PaSeR needs integer or float grey levels"
-        rows, cols = plane or layer.data.shape[-2:]
+        rows, cols = plane or data.shape[-2:]
         if patch and (rows < patch[0] or cols < patch[1]):
             where = "the region's" if plane else f"{layer.name!r}"
             return f"{where} slices are {rows}x{cols} pixels, smaller than one {patch[0]}x{patch[1]} patch"
@@ -484,7 +483,7 @@ class PaserWidget(QWidget):
         if layer is None or layer.ndim < 3:
             return 0
         box = self._box if box is SHOWN_RUN else box
-        (z0, z1), _, _ = box or ((0, layer.data.shape[-3]), None, None)
+        (z0, z1), _, _ = box or ((0, full_resolution(layer).shape[-3]), None, None)
         z = layer.world_to_data(self.viewer.dims.point)[-3]
         return int(np.clip(round(float(z)) - z0, 0, z1 - z0 - 1))
 
@@ -497,7 +496,8 @@ class PaserWidget(QWidget):
         layer = layer or self.image_layer
         if not text or layer is None:
             return None
-        shape = layer.data.shape if layer.ndim == 3 else (1, *layer.data.shape)
+        data = full_resolution(layer)
+        shape = data.shape if layer.ndim == 3 else (1, *data.shape)
         return parse_roi(text, shape, layer.ndim)
 
     def roi_from_shapes(self, shapes: Any | None = None) -> str | None:
@@ -513,7 +513,7 @@ class PaserWidget(QWidget):
             show_error("draw a rectangle in a Shapes layer over the image first")
             return None
         points = np.array([image.world_to_data(shapes.data_to_world(v)) for shape in shapes.data for v in shape])[:, -2:]
-        rows, cols = image.data.shape[-2:]
+        rows, cols = full_resolution(image).shape[-2:]
         # The pixels whose centre-cell the shapes reach (pixel i spans i - 0.5 .. i + 0.5).
         y0, x0 = np.clip(np.floor(points.min(0) + 0.5).astype(int), 0, (rows, cols))
         y1, x1 = np.clip(np.floor(points.max(0) + 0.5).astype(int) + 1, 0, (rows, cols))
@@ -534,7 +534,7 @@ class PaserWidget(QWidget):
         layer = self.ground_truth_layer
         if layer is None:
             return None
-        gt = layer.data
+        gt = full_resolution(layer)
         gt = gt[None] if gt.ndim == 2 else gt
         box = self._box if box is SHOWN_RUN else box
         if box is not None and tuple(gt.shape) != tuple(shape):
@@ -572,11 +572,11 @@ class PaserWidget(QWidget):
         except PaserInputError as err:
             show_error(f"Region: {err}")
             return None
-        data = layer.data
+        data = full_resolution(layer)
         if box is not None:
             from ..io_sources import box_ranges
 
-            data = crop(layer.data, box_ranges(box, layer.ndim))
+            data = crop(data, box_ranges(box, layer.ndim))
         problem = self._check_image(layer, bundle_patch_size(bundle), data.shape[-2:])
         if problem:
             show_error(problem)

@@ -20,8 +20,11 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
 
     The phase layer's ``metadata["napari_paser"]`` (bundle, λ/TVD, route fractions,
     GFLOPs, statistics) becomes the provenance record; its ``export_masks`` flag (the
-    widget's "per-phase masks" checkbox) adds one binary mask per phase.
+    widget's "per-phase masks" checkbox) adds one binary mask per phase. Of a multiscale
+    layer, the full-resolution level is written.
     """
+    if meta.get("multiscale"):  # a pyramid: its full-resolution level is the volume
+        data = data[0]
     provenance = dict((meta.get("metadata") or {}).get("napari_paser") or {})
     masks = bool(provenance.get("export_masks", False))
     main = export_targets(path, masks)["phases"]
