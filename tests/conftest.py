@@ -38,6 +38,25 @@ def channels(axis: int = 0, shape=(12, 14, 16)):
     return lab
 
 
+def write_ome_zarr(path, data, scale=(2.0, 0.5, 0.25), unit="micrometer", extra_axes=(), levels=1):
+    """An OME-Zarr image of the (Z, Y, X) ``data``, with singleton ``extra_axes`` (e.g. "c")
+    in front; with ``levels`` > 1 a pyramid, each level taking every second row and column
+    of the one before."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    axes = [{"name": a, "type": "channel"} for a in extra_axes] + [{"name": n, "type": "space", "unit": unit} for n in "zyx"]
+    datasets = []
+    for level in range(levels):
+        plane_step = data[:, :: 2**level, :: 2**level]
+        arr = plane_step.reshape((1,) * len(extra_axes) + plane_step.shape)
+        g.create_array(str(level), data=arr, chunks=(1,) * len(extra_axes) + (1,) + arr.shape[-2:])
+        level_scale = [scale[0], scale[1] * 2**level, scale[2] * 2**level]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(extra_axes) + level_scale}]})
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    return path
+
+
 @pytest.fixture
 def tiny_bundle():
     """A randomly initialised (seeded) bundle with tiny networks, in eval mode."""

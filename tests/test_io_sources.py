@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from conftest import write_ome_zarr
 from napari_paser import io
 from napari_paser.errors import PaserInputError
 from napari_paser.io_sources import (
@@ -34,18 +35,6 @@ def write_folder(folder, data, names=None):
     for name, plane in zip(names, data):
         io.write_tiff(folder / name, plane, voxel_size=VOXEL)
     return folder
-
-
-def write_ome_zarr(path, data, scale=VOXEL, unit="micrometer", extra_axes=()):
-    import zarr
-
-    g = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arr = data.reshape((1,) * len(extra_axes) + data.shape)
-    g.create_array("0", data=arr, chunks=(1,) * len(extra_axes) + (1,) + data.shape[1:])
-    axes = [{"name": a, "type": "channel"} for a in extra_axes] + [{"name": n, "type": "space", "unit": unit} for n in "zyx"]
-    ct = [{"type": "scale", "scale": [1.0] * len(extra_axes) + list(scale)}]
-    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": ct}]}]
-    return path
 
 
 def test_every_container_reads_the_same_planes(tmp_path):
@@ -120,6 +109,25 @@ def test_ome_zarr_singleton_channel_and_units(tmp_path):
     vol = open_volume(write_ome_zarr(tmp_path / "a.zarr", data, scale=(2e-3, 5e-4, 5e-4), unit="millimeter", extra_axes=("c",)))
     assert vol.shape == data.shape and vol.voxel_size == pytest.approx((2.0, 0.5, 0.5))
     np.testing.assert_array_equal(vol.read(1, 3), data[1:3])
+
+
+def test_an_ome_zarr_pyramid_reads_its_full_resolution_and_lists_its_coarser_levels(tmp_path):
+    import zarr
+
+    data = stack((3, 40, 48))
+    vol = open_volume(write_ome_zarr(tmp_path / "p.zarr", data, extra_axes=("c",), levels=3))
+    assert vol.shape == data.shape and vol.voxel_size == pytest.approx(VOXEL)
+    np.testing.assert_array_equal(vol.read(0, 3), data)  # segmented at full resolution
+    coarser = vol.coarser_levels()
+    assert [v.shape for v in coarser] == [(3, 20, 24), (3, 10, 12)]
+    np.testing.assert_array_equal(coarser[1].read(0, 3), data[:, ::4, ::4])
+    assert open_volume(write_ome_zarr(tmp_path / "one.zarr", data)).coarser_levels() == []
+    # A level that does not shrink the one before ends the pyramid.
+    g = zarr.open_group(str(tmp_path / "p.zarr"), mode="r+")
+    attrs = dict(g.attrs)
+    attrs["multiscales"][0]["datasets"][2]["path"] = "0"
+    g.attrs.update(attrs)
+    assert [v.shape for v in open_volume(tmp_path / "p.zarr").coarser_levels()] == [(3, 20, 24)]
 
 
 def test_array_volume_and_2d_tiff(tmp_path):

@@ -138,3 +138,40 @@ def test_painting_a_phase_store_keeps_the_edit_and_results_go_to_a_new_array(mak
     assert edited is phases and edited.data[2, 50, 50] == value
     assert isinstance(results.data, zarr.Array) and results.data.path == "phases-1" and edited.data.path == "phases"
     np.testing.assert_array_equal(results.data[:], segment(data, load_bundle(routing_bundle_dir), lam=0.9, mc_passes=2).labels)
+
+
+def test_an_ome_zarr_pyramid_opens_multiscale_and_is_segmented_at_full_resolution(make_napari_viewer, routing_bundle_dir, tmp_path, monkeypatch):
+    """napari's 3-D view of a pyramid reads its coarsest level only; PaSeR segments level 0."""
+    from conftest import write_ome_zarr
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.io_sources import ZarrVolume
+    from napari_paser.napari_ui import _jobs
+    from napari_paser.napari_ui._widget import PaserWidget
+
+    data = _volume()
+    write_ome_zarr(tmp_path / "scan.zarr", data, scale=VOXEL, levels=3)
+    reads: list[str] = []
+    real_read = ZarrVolume._read
+    monkeypatch.setattr(ZarrVolume, "_read", lambda self, z0, z1: reads.append(self.component) or real_read(self, z0, z1))
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(tmp_path / "scan.zarr"), plugin="napari-paser")
+    assert image.multiscale and [tuple(s) for s in image.level_shapes] == [SHAPE, (6, 60, 75), (6, 30, 38)]
+    np.testing.assert_allclose(image.scale, VOXEL)
+    reads.clear()
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    assert reads and set(reads) == {"2"}  # the 3-D view: the coarsest level, not the full volume
+
+    monkeypatch.setattr(_jobs, "STREAM_BYTES", 1)  # as a stack too big for memory: through a Zarr store
+    widget = PaserWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.add_bundle_folder(routing_bundle_dir)
+    widget.mc_spin.setValue(2)
+    widget.set_store_folder(tmp_path / "stores")
+    widget.image_layer = image
+    widget.lam = 0.9
+    assert widget.run(blocking=True) is not None
+    expected = segment(data, load_bundle(routing_bundle_dir), lam=0.9, mc_passes=2)
+    np.testing.assert_array_equal(viewer.layers["phases"].data[:], expected.labels)
+    np.testing.assert_allclose(viewer.layers["phases"].scale, VOXEL)

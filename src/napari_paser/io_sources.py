@@ -600,6 +600,7 @@ class ZarrVolume(Volume):
         units: list[str | None] = []
         scale: list[float] | None = None
         axes: list[str] | None = None
+        self._coarser: list[str] = []  # components of an OME-Zarr pyramid's coarser levels
         if component:
             try:
                 node = node[component.strip("/")]
@@ -613,6 +614,8 @@ class ZarrVolume(Volume):
                 raise PaserInputError(f"{p} is a Zarr group without OME multiscales; choose an array with --dataset ({', '.join(arrays) or 'none'})")
             level = ms["datasets"][0]
             arr = node[level["path"]]
+            group = component.strip("/") if component else ""
+            self._coarser = [f"{group}/{d['path']}" if group else str(d["path"]) for d in ms["datasets"][1:]]
             axes_meta = ms.get("axes") or []
             axes = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta] or None
             units = [a.get("unit") if isinstance(a, dict) else None for a in axes_meta]
@@ -632,6 +635,25 @@ class ZarrVolume(Volume):
         self.shape, self.input_ndim, self._lead = _squeeze_shape(arr.shape, self.source)
         self.voxel_size = self._voxel(axes, units, scale, arr)
         self._handle = None
+
+    def coarser_levels(self) -> list[ZarrVolume]:
+        """The coarser levels of an OME-Zarr pyramid, finest first, each a volume of its
+        own (napari shows them as one multiscale layer); empty for a plain array. A level
+        that does not shrink the one before, or reads as another number of axes, ends the
+        list."""
+        levels: list[ZarrVolume] = []
+        last: ZarrVolume = self
+        for component in self._coarser:
+            try:
+                level = ZarrVolume(self.path, component)
+            except PaserInputError:
+                break
+            shrinks = all(a <= b for a, b in zip(level.shape, last.shape)) and level.shape != last.shape
+            if level.input_ndim != self.input_ndim or not shrinks:
+                break
+            levels.append(level)
+            last = level
+        return levels
 
     def _voxel(self, axes, units, scale, arr) -> VoxelSize | None:
         if scale is None:

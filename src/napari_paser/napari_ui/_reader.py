@@ -85,17 +85,29 @@ def read_volume(path: str | list[str]) -> list[LayerData]:
         raise
 
 
-def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
-    """``(dask array, kwargs, layer_type)`` of a lazily read volume (one plane per chunk)."""
+def _lazy(volume: Volume, path: Path) -> Any:
+    """A volume as a dask array reading one plane per chunk (a 2-D image as 2-D)."""
     import dask.array as da
 
-    z, h, w = volume.shape
+    _, h, w = volume.shape
     # lock: TIFF and HDF5 handles are not safe for concurrent reads from dask's threads.
     data = da.from_array(volume, chunks=(1, h, w), lock=True, meta=np.empty((0, 0, 0), volume.dtype), name=f"paser-{path.name}-{id(volume)}")
-    data = data[0] if volume.input_ndim == 2 else data
+    return data[0] if volume.input_ndim == 2 else data
+
+
+def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
+    """``(data, kwargs, layer_type)`` of a lazily read volume (dask arrays, one plane per
+    chunk). An OME-Zarr pyramid opens as one multiscale layer of all its levels, so that
+    napari's 3-D view and zoomed-out 2-D view read a coarse level, not the full volume."""
+    coarser = volume.coarser_levels() if hasattr(volume, "coarser_levels") else []
+    levels = [_lazy(v, path) for v in (volume, *coarser)]
+    data = levels if len(levels) > 1 else levels[0]
+    ndim = volume.input_ndim
     kwargs: dict[str, Any] = {"name": path.stem if path.suffix else path.name, "metadata": {"source_path": str(path)}}
+    if len(levels) > 1:
+        kwargs["multiscale"] = True
     voxel_size = volume.voxel_size
-    scale = _voxel_scale(voxel_size, data.ndim)
+    scale = _voxel_scale(voxel_size, ndim)
     if scale is not None and voxel_size is not None:
         kwargs["scale"] = scale
         kwargs["metadata"]["voxel_size_um"] = list(voxel_size)
@@ -107,7 +119,7 @@ def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
 
         kwargs["metadata"]["napari_paser"] = meta
         kwargs["colormap"] = phase_colormap()
-        _over_region(kwargs, meta, data.ndim)
+        _over_region(kwargs, meta, ndim)
         return data, kwargs, "labels"
     return data, kwargs, "image"
 
