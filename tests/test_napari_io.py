@@ -183,3 +183,19 @@ def test_labels_of_a_region_open_over_that_region_of_their_scan(tmp_path, tiny_b
                   provenance={"roi": [[1, 3], [4, 68], [8, 72]]})
     ((_, kwargs, kind),) = _reader.napari_get_reader(str(tmp_path / "exported.tif"))(str(tmp_path / "exported.tif"))
     assert kind == "labels" and kwargs["translate"] == [2.0, 2.0, 2.0]
+
+
+def test_a_segment_zarr_output_opens_as_multiscale_phases(tmp_path, tiny_bundle_dir, monkeypatch):
+    from napari_paser import io_writers
+    from napari_paser.cli.main import main
+
+    monkeypatch.setattr(io_writers, "PYRAMID_TOP", 64)
+    scan = io.write_tiff(tmp_path / "scan.tif", np.random.default_rng(0).integers(0, 4000, (4, 130, 150)).astype(np.uint16),
+                         voxel_size=(2.0, 0.5, 0.25))
+    argv = ["segment", str(scan), "-o", str(tmp_path / "out.zarr"), "--bundle", str(tiny_bundle_dir), "--quiet"]
+    assert main(argv) == 0
+    ((data, kwargs, kind),) = _reader.napari_get_reader(str(tmp_path / "out.zarr"))(str(tmp_path / "out.zarr"))
+    assert kind == "labels" and kwargs["multiscale"] and kwargs["scale"] == [2.0, 0.5, 0.25]
+    assert [tuple(level.shape) for level in data] == [(4, 130, 150), (2, 65, 75), (1, 33, 38)]
+    assert kwargs["colormap"].color_dict[0] is not None and kwargs["metadata"]["napari_paser"]["kind"] == "phases"
+    np.testing.assert_array_equal(np.asarray(data[2]), np.asarray(data[0])[::4, ::4, ::4])

@@ -136,6 +136,35 @@ def test_inputs_and_outputs_agree(tmp_path, electrode):
     assert attrs["napari_paser"]["complete"] and attrs["napari_paser"]["report"]["gflops_total"] == pytest.approx(report["gflops_total"])
 
 
+
+def test_a_zarr_output_gets_coarser_levels_for_viewers(tmp_path, electrode, monkeypatch):
+    import zarr
+
+    from napari_paser import io_writers
+    from napari_paser.io_sources import open_volume
+
+    monkeypatch.setattr(io_writers, "PYRAMID_TOP", 40)  # levels until no axis is over 40
+    tif = io.write_tiff(tmp_path / "img.tif", electrode, voxel_size=VOXEL)
+    assert run_cli(tif, "-o", tmp_path / "out.zarr") == 0
+    store = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    labels = store["0"][:]
+    assert [store[k].shape for k in ("1", "2")] == [(3, 56, 64), (2, 28, 32)] and "3" not in store
+    np.testing.assert_array_equal(store["1"][:], labels[::2, ::2, ::2])  # nearest: still labels
+    np.testing.assert_array_equal(store["2"][:], labels[::4, ::4, ::4])
+    datasets = dict(store.attrs)["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [list(VOXEL), [2 * v for v in VOXEL], [4 * v for v in VOXEL]]
+    assert store.attrs["napari_paser"]["report"]["pyramid_levels"] == [[3, 56, 64], [2, 28, 32]]
+    with open_volume(tmp_path / "out.zarr") as phases:  # what metrics, finetune and the reader read
+        np.testing.assert_array_equal(phases.read(0, 6), labels)
+        assert [v.shape for v in phases.coarser_levels()] == [(3, 56, 64), (2, 28, 32)]
+    # A pyramid written again (a resumed run) replaces its levels; a single plane stays one plane.
+    out = io_writers.OmeZarrOutput(tmp_path / "out.zarr")
+    assert out.write_pyramid(40) == [(3, 56, 64), (2, 28, 32)]
+    assert len(dict(zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs)["multiscales"][0]["datasets"]) == 3
+    one = io.write_tiff(tmp_path / "one.tif", electrode[0], voxel_size=VOXEL)
+    assert run_cli(one, "-o", tmp_path / "one.zarr") == 0
+    assert zarr.open_group(str(tmp_path / "one.zarr"), mode="r")["2"].shape == (1, 28, 32)
+
 def test_interrupted_zarr_run_resumes_to_identical_labels(tmp_path, electrode, monkeypatch, capsys):
     import zarr
 

@@ -648,6 +648,8 @@ class ZarrVolume(Volume):
                 level = ZarrVolume(self.path, component)
             except PaserInputError:
                 break
+            if level.input_ndim == 2 and self.input_ndim == 3:
+                level.input_ndim = 3  # a stack's coarse level of one plane: still a stack
             shrinks = all(a <= b for a, b in zip(level.shape, last.shape)) and level.shape != last.shape
             if level.input_ndim != self.input_ndim or not shrinks:
                 break

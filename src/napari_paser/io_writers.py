@@ -7,7 +7,8 @@ by :func:`napari_paser.io.read_metadata`), larger ones BigTIFF with OME voxel si
 the JSON in a private tag.
 
 :class:`OmeZarrOutput` is a resumable OME-Zarr (NGFF 0.4, Zarr format 2) store: the
-labels as a single-level image with ``image-label`` colours, optionally the entropy and
+labels as an image with ``image-label`` colours (coarser levels added once the run is
+done, so that a viewer's 3-D view reads a small level), optionally the entropy and
 routing maps beside them, and per-slab records (done flag, GFLOPs, routing counts) that
 each writer task fills in its own chunk, so any number of processes may write
 different slabs at once and a restarted run skips what is done.
@@ -35,6 +36,9 @@ __all__ = ["TiffSliceWriter", "OmeZarrOutput", "JSON_TAG", "BIGTIFF_BYTES", "is_
 
 JSON_TAG = _tiffio._JSON_TAG
 """Private TIFF tag holding the JSON metadata of a BigTIFF (ImageJ's Info needs ImageJ format)."""
+
+PYRAMID_TOP = 512
+"""Coarser levels of an OME-Zarr output are added until no axis of the coarsest is longer."""
 
 BIGTIFF_BYTES = 2**32 - 2**25
 """Stacks with more pixel bytes than this (4 GiB less room for tags) are written as BigTIFF."""
@@ -285,8 +289,9 @@ class OmeZarrOutput:
 
     Layout (NGFF 0.4 on Zarr format 2)::
 
-        OUT.zarr/            multiscales (one level "0"), image-label colours, napari_paser attrs
+        OUT.zarr/            multiscales, image-label colours, napari_paser attrs
           0                  labels (Z, Y, X) uint8, chunks of one plane
+          1, 2, …            coarser levels of the labels (:meth:`write_pyramid`)
           entropy            f0's MC-dropout entropy (Z, Y, X) float32, if asked for
           routing            model per patch (Z, GY, GX) uint8 (0 f0, 1 f1, 2 f2), if asked for
           paser/done         one flag per slab, written last by its task
@@ -440,6 +445,40 @@ class OmeZarrOutput:
         """Per-plane GFLOPs, per-slab counts and seconds, and done flags of all slabs."""
         rec = self.group[_RECORDS]
         return {name: np.asarray(rec[name][:]) for name in ("done", "gflops", "counts", "seconds")}
+
+    def write_pyramid(self, top: int | None = None) -> list[tuple[int, ...]]:
+        """Add coarser levels "1", "2", … of the labels, each the one before at every second
+        plane, row and column (nearest, so labels stay labels; one plane stays one plane),
+        until no axis is longer than ``top`` (default :data:`PYRAMID_TOP`); return their
+        shapes.
+
+        Viewers (napari through this plugin's reader or napari-ome-zarr) then show the
+        phases as one multiscale layer whose 3-D view reads the coarsest level, not the
+        whole volume. Each level is written a plane at a time, reading every second plane
+        of the one before, so memory stays that of a plane. Levels of an interrupted call
+        are written again."""
+        top = PYRAMID_TOP if top is None else int(top)
+        g = self.group
+        multiscales = dict(g.attrs)["multiscales"]
+        finest = multiscales[0]["datasets"][0]
+        scale = [float(v) for v in finest["coordinateTransformations"][0]["scale"]]
+        datasets, shapes = [finest], []
+        previous = g["0"]
+        while max(previous.shape) > top:
+            shape = tuple(-(-n // 2) if n > 1 else 1 for n in previous.shape)
+            steps = [2 if n > 1 else 1 for n in previous.shape]
+            scale = [v * k for v, k in zip(scale, steps)]
+            name = str(len(datasets))
+            level = create_zarr_array(g, name, shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
+                                      dtype="uint8", fill_value=0, overwrite=True)
+            for z in range(shape[0]):
+                level[z] = np.asarray(previous[z * steps[0]])[:: steps[1], :: steps[2]]
+            datasets.append({"path": name, "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+            shapes.append(shape)
+            previous = level
+        multiscales[0]["datasets"] = datasets
+        g.attrs["multiscales"] = multiscales
+        return shapes
 
     def finish(self, report: dict) -> None:
         """Mark the store complete and keep the run's report in its attributes."""

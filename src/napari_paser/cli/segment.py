@@ -308,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
         if executor is not None:
             executor.close()
         volume.close()
+    # Coarser levels for viewers: one more read of the labels, before the run counts as done.
+    pyramid = store.write_pyramid() if store is not None else None
     report = summary.report
     report.update(
         {
@@ -320,6 +322,8 @@ def run(args: argparse.Namespace) -> int:
             "resumed_slabs_skipped": (-(-volume.shape[0] // slab)) - len(summary.done_slabs),
         }
     )
+    if pyramid is not None:
+        report["pyramid_levels"] = [list(shape) for shape in pyramid]
     meta = {k: report[k] for k in ("method", "lam", "tvd", "bundle", "gflops_total", "route_fraction")}
     if roi is not None:
         meta["roi"] = report["roi"]
