@@ -199,3 +199,40 @@ def test_a_segment_zarr_output_opens_as_multiscale_phases(tmp_path, tiny_bundle_
     assert [tuple(level.shape) for level in data] == [(4, 130, 150), (2, 65, 75), (1, 33, 38)]
     assert kwargs["colormap"].color_dict[0] is not None and kwargs["metadata"]["napari_paser"]["kind"] == "phases"
     np.testing.assert_array_equal(np.asarray(data[2]), np.asarray(data[0])[::4, ::4, ::4])
+
+
+@pytest.mark.parametrize("out", ["run.tif", "run.zarr"])
+def test_segments_entropy_and_routing_maps_open_over_the_scan_as_in_a_run(tmp_path, tiny_bundle_dir, out):
+    """`segment --entropy --routing` maps open styled and placed as the panel's layers:
+    each routing ring frames its patch of the scan, also for a run over a region."""
+    from napari.layers import Image, Labels
+
+    from napari_paser.cli.main import main
+    from napari_paser.napari_ui._layers import ring_cells
+
+    voxel, roi = (2.0, 0.5, 0.25), [[1, 3], [6, 124], [10, 138]]
+    scan_data = np.random.default_rng(0).integers(0, 4000, (4, 130, 150)).astype(np.uint16)
+    scan = io.write_tiff(tmp_path / "scan.tif", scan_data, voxel_size=voxel)
+    argv = ["segment", str(scan), "-o", str(tmp_path / out), "--roi", "1:3,6:124,10:138", "--entropy", "--routing",
+            "--bundle", str(tiny_bundle_dir), "--quiet", "--report", str(tmp_path / "r.json"), "--lam", "0.0"]
+    assert main(argv) == 0
+    if out.endswith(".zarr"):
+        layers = _reader.napari_get_reader(str(tmp_path / out))(str(tmp_path / out))
+    else:
+        layers = [_reader.read_tiff(str(tmp_path / name))[0] for name in ("run.tif", "run_entropy.tif", "run_routing.tif")]
+    assert [(kw["name"], kind) for _, kw, kind in layers] == [("run", "labels"), ("run_entropy", "image"), ("run_routing", "labels")]
+    (phases_data, phases_kw, _), (ent_data, ent_kw, _), (ring_data, ring_kw, _) = layers
+    phases, entropy, rings = Labels(phases_data, **phases_kw), Image(ent_data, **ent_kw), Labels(ring_data, **ring_kw)
+    np.testing.assert_allclose(entropy.scale, voxel)
+    np.testing.assert_allclose(entropy.translate, phases.translate)
+    np.testing.assert_allclose(phases.translate, [a * v for (a, _), v in zip(roi, voxel)])  # over the region
+    assert entropy.colormap.name == "magma" and entropy.visible == out.endswith(".tif")  # hidden in a store, as in a run
+    cy, cx = ring_cells((56, 64))
+    routing = np.asarray(ring_data)[:, ::cy, ::cx]
+    assert routing.shape == (2, 3, 2) and set(np.unique(routing)) <= {0, 1, 2}
+    assert rings.colormap.map(np.array([2]))[0][:3].tolist() == pytest.approx([1.0, 0.0, 1.0])  # f2 magenta
+    for gy, gx in [(0, 0), (2, 1)]:  # the ring of a patch frames exactly that patch
+        cell_lo = rings.data_to_world((1, gy * cy - 0.5, gx * cx - 0.5))
+        cell_hi = rings.data_to_world((1, (gy + 1) * cy - 0.5, (gx + 1) * cx - 0.5))
+        np.testing.assert_allclose(cell_lo, phases.data_to_world((1, gy * 56 - 0.5, gx * 64 - 0.5)))
+        np.testing.assert_allclose(cell_hi, phases.data_to_world((1, (gy + 1) * 56 - 0.5, (gx + 1) * 64 - 0.5)))

@@ -328,6 +328,7 @@ class OmeZarrOutput:
         grid: tuple[int, int],
         slab: int,
         run_key: dict,
+        patch_size: tuple[int, int] | None = None,
         voxel_size: VoxelSize | None = None,
         entropy: bool = False,
         routing: bool = False,
@@ -357,7 +358,7 @@ class OmeZarrOutput:
                     )
                 done = np.asarray(self.group[f"{_RECORDS}/done"][:])
                 return [k for k in range(n_slabs) if not done[k]]
-        self._create(shape, grid, slab, run_key, voxel_size, entropy, routing)
+        self._create(shape, grid, slab, run_key, voxel_size, entropy, routing, patch_size)
         return list(range(n_slabs))
 
     def _existing_attrs(self) -> dict | None:
@@ -375,7 +376,7 @@ class OmeZarrOutput:
         else:
             self.path.unlink()
 
-    def _create(self, shape, grid, slab, run_key, voxel_size, entropy, routing) -> None:
+    def _create(self, shape, grid, slab, run_key, voxel_size, entropy, routing, patch_size=None) -> None:
         vs = _check_voxel(voxel_size)
         z, h, w = (int(v) for v in shape)
         plane_chunks = (1, min(h, 1024), min(w, 1024))
@@ -415,7 +416,9 @@ class OmeZarrOutput:
                         ],
                         "properties": [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)],
                     },
-                    "napari_paser": {"run": run_key, "slab": int(slab), "complete": False, "kind": "phases"},
+                    "napari_paser": {"run": run_key, "slab": int(slab), "complete": False, "kind": "phases",
+                                     # where the routing map's patches lie (napari places it over the labels)
+                                     **({"patch_size": [int(v) for v in patch_size]} if patch_size else {})},
                 }
             )
             os.chmod(tmp, 0o777 & ~_tiffio._current_umask())  # mkdtemp makes 0700

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import PaserInputError
 
@@ -181,9 +181,17 @@ def _beside(out: Path, kind: str) -> Path:
     return out.with_name(f"{out.stem}_{kind}{out.suffix}")
 
 
-def _tiff_meta(meta: dict, kind: str) -> dict:
-    """TIFF metadata: the labels carry the run's summary; the maps beside them say what they are."""
-    return {"napari_paser": meta} if kind == "labels" else {"napari_paser": meta, "kind": kind}
+def _tiff_meta(meta: dict, kind: str, patch: tuple[int, int], voxel_size: Any) -> dict:
+    """TIFF metadata: the labels carry the run's summary; the maps beside them say what
+    they are, and the routing map (one pixel a patch, no voxel size of its own) where its
+    patches lie, so that napari places it over the scan."""
+    if kind == "labels":
+        return {"napari_paser": meta}
+    out: dict[str, Any] = {"napari_paser": meta, "kind": kind}
+    if kind == "routing":
+        out["patch_size"] = list(patch)
+        out["voxel_size_um"] = list(voxel_size) if voxel_size else None
+    return out
 
 
 def _run_key(args, volume, bundle_path: Path, bundle, slab: int, device: str) -> dict:
@@ -272,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     todo = None
     if zarr_out:
         store = OmeZarrOutput(out)
-        todo = store.prepare(shape=volume.shape, grid=grid_shape(volume.shape[1:], patch), slab=slab,
+        todo = store.prepare(shape=volume.shape, grid=grid_shape(volume.shape[1:], patch), patch_size=patch, slab=slab,
                              run_key=_run_key(args, volume, bundle_path, bundle, slab, device), voxel_size=volume.voxel_size,
                              entropy=args.entropy, routing=args.routing, overwrite=args.overwrite)
     else:
@@ -286,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         for kind in ["labels"] + extra:
             path, shape, dtype = specs[kind]
             writers[kind] = TiffSliceWriter(path, shape, dtype, voxel_size=volume.voxel_size if kind != "routing" else None,
-                                            metadata=_tiff_meta(provenance, kind),
+                                            metadata=_tiff_meta(provenance, kind, patch, volume.voxel_size),
                                             overwrite=args.overwrite)
     executor = None
     update, close = progress_bar(f"segment ({args.method})", args.quiet)
@@ -329,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         meta["roi"] = report["roi"]
     if writers:
         for kind, w in writers.items():
-            w.close(_tiff_meta(meta, kind))
+            w.close(_tiff_meta(meta, kind, patch, volume.voxel_size))
     else:
         assert store is not None  # no writers: the output is a Zarr store
         store.finish(report)

@@ -48,6 +48,8 @@ __all__ = [
     "spatial_geometry",
     "routing_geometry",
     "routing_outline",
+    "map_style",
+    "lazy_routing_outline",
     "RING_PIXELS",
     "ring_cells",
     "ResultLayers",
@@ -179,6 +181,28 @@ def routing_outline(routing: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
     return np.where(mask, expanded, np.uint8(PENDING)).astype(np.uint8)
 
 
+def map_style(name: str) -> dict:
+    """How the :data:`ENTROPY` and :data:`ROUTING` layers are drawn: a run's, and those the
+    reader opens from ``segment --entropy --routing`` outputs."""
+    if name == ENTROPY:
+        return dict(colormap="magma", contrast_limits=(0.0, ENTROPY_MAX), blending="additive", visible=False)
+    if name == ROUTING:
+        return dict(colormap=routing_colormap(), opacity=0.9, blending="translucent")
+    raise ValueError(f"no map called {name!r}")
+
+
+def lazy_routing_outline(routing: Any, cells: tuple[int, int]) -> Any:
+    """:func:`routing_outline` of a (Z, GY, GX) or (GY, GX) routing map, drawn a plane at a
+    time as napari reads it (dask), so a map of a big stack is never drawn whole."""
+    import dask.array as da
+
+    grid = routing.shape[-2:]
+    per_plane = (1,) * (routing.ndim - 2) + tuple(grid)
+    lazy = routing.rechunk(per_plane) if isinstance(routing, da.Array) else da.from_array(routing, chunks=per_plane)
+    chunks = (1,) * (routing.ndim - 2) + (grid[0] * cells[0], grid[1] * cells[1])
+    return lazy.map_blocks(routing_outline, cells, chunks=chunks, dtype=np.uint8)
+
+
 def _disk_buffers(folder: str, shape: tuple, grid: tuple, cells: tuple[int, int]) -> tuple[Any, Any, Any]:
     """Phase, entropy and routing-ring volumes as Zarr arrays, one chunk per plane."""
     from ..io_writers import create_zarr_array, new_zarr_group
@@ -263,10 +287,8 @@ class ResultLayers:
         self._specs: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, dict]] = [
             (PHASES, "labels", self.labels, scale, translate,
              dict(colormap=phase_colormap(), opacity=0.6, blending="translucent")),
-            (ENTROPY, "image", self.entropy, scale, translate,
-             dict(colormap="magma", contrast_limits=(0.0, ENTROPY_MAX), blending="additive", visible=False)),
-            (ROUTING, "labels", self.routing_rings, r_scale, r_translate,
-             dict(colormap=routing_colormap(), opacity=0.9, blending="translucent")),
+            (ENTROPY, "image", self.entropy, scale, translate, map_style(ENTROPY)),
+            (ROUTING, "labels", self.routing_rings, r_scale, r_translate, map_style(ROUTING)),
         ]
         self._added: dict[str, Any] = {}
         if not defer:

@@ -6,7 +6,8 @@ of the machine's memory, whichever is smaller) are opened lazily (memory-mapped)
 stack bigger than RAM can be browsed. Folders, HDF5 and Zarr always open lazily as dask
 arrays reading one plane per chunk (see :mod:`napari_paser.io_sources`). Files written by
 this plugin (TIFF or the ``segment`` command's OME-Zarr) open again as Labels with the
-phase colours.
+phase colours, and the entropy and routing maps of ``segment --entropy --routing`` (TIFF
+files beside the labels, or arrays in the store) as the panel draws a run's, over the scan.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def read_volume(path: str | list[str]) -> list[LayerData]:
     p = Path(path[0] if isinstance(path, list) else path)
     try:
         volume = open_volume(p)
-        return [layer_data_from_volume(volume, p)]
+        layer = layer_data_from_volume(volume, p)
+        return [layer, *_store_maps(p, layer)] if layer[2] == "labels" else [layer]
     except PaserInputError as err:
         from napari.utils.notifications import show_error
 
@@ -122,6 +124,51 @@ def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
         _over_region(kwargs, meta, ndim)
         return data, kwargs, "labels"
     return data, kwargs, "image"
+
+
+def _placed_map(kind: str, data: Any, kwargs: dict, patch_size: Any) -> LayerData | None:
+    """A ``segment`` entropy or routing map drawn as the panel draws a run's, over the
+    scan (``kwargs``: the scan's scale and translation); None for a routing map that
+    does not say where its patches lie (written before it did)."""
+    from ._layers import ENTROPY, ROUTING, lazy_routing_outline, map_style, ring_cells, routing_geometry
+
+    if kind == ENTROPY:
+        kwargs.update(map_style(ENTROPY))
+        return data, kwargs, "image"
+    if not patch_size or kind != ROUTING or not np.issubdtype(data.dtype, np.integer):
+        return None
+    patch = (int(patch_size[0]), int(patch_size[1]))
+    scale = np.asarray(kwargs.get("scale", [1.0] * data.ndim), float)
+    translate = np.asarray(kwargs.get("translate", [0.0] * data.ndim), float)
+    cells = ring_cells(patch)
+    r_scale, r_translate = routing_geometry(scale, translate, patch, cells)
+    kwargs.update(map_style(ROUTING), scale=list(r_scale), translate=list(r_translate))
+    return lazy_routing_outline(data, cells), kwargs, "labels"
+
+
+def _store_maps(path: Path, phases: LayerData) -> list[LayerData]:
+    """The entropy and routing maps that ``segment --entropy --routing`` kept in its Zarr
+    store, as layers over the phases (entropy hidden at first, as in a run)."""
+    import dask.array as da
+    import zarr
+
+    data, phases_kwargs, _ = phases
+    level0 = data[0] if isinstance(data, list) else data
+    record = phases_kwargs["metadata"].get("napari_paser", {})
+    group = zarr.open_group(str(path), mode="r")
+    layers = []
+    for kind in ("entropy", "routing"):
+        arr = group.get(kind)
+        if not isinstance(arr, zarr.Array):
+            continue
+        lazy = da.from_array(arr, chunks=arr.chunks)
+        lazy = lazy[0] if level0.ndim == 2 else lazy
+        kwargs = {"name": f"{phases_kwargs['name']}_{kind}", "metadata": {"source_path": str(path)},
+                  **{k: phases_kwargs[k] for k in ("scale", "translate") if k in phases_kwargs}}
+        placed = _placed_map(kind, lazy, kwargs, record.get("patch_size"))
+        if placed is not None:
+            layers.append(placed)
+    return layers
 
 
 def _over_region(kwargs: dict, meta: dict, ndim: int) -> None:
@@ -203,6 +250,14 @@ def layer_data_from_file(path: Path) -> LayerData:
         kwargs["metadata"]["voxel_size_um"] = list(voxel_size)
     if meta:
         kwargs["metadata"]["napari_paser"] = meta
+    if meta.get("kind") in ("entropy", "routing"):  # beside the labels of a segment run
+        if meta["kind"] == "routing" and meta.get("voxel_size_um"):  # the map has no voxel size of its own
+            kwargs["scale"] = _voxel_scale(meta["voxel_size_um"], data.ndim)
+        _over_region(kwargs, meta, data.ndim)
+        placed = _placed_map(meta["kind"], data, kwargs, meta.get("patch_size"))
+        if placed is not None:
+            placed[1]["visible"] = True  # opened on purpose
+            return placed
     if _is_labels(meta) and np.issubdtype(data.dtype, np.integer):
         if meta.get("kind", "phases") == "phases":
             from ._layers import phase_colormap
