@@ -111,6 +111,36 @@ def test_segment_bad_options(tmp_path, image_file, tiny_bundle_dir, capsys, argv
     assert not (tmp_path / "o.tif").exists()
 
 
+
+def test_segment_precision_bf16(tmp_path, image_file, tiny_bundle_dir, capsys, monkeypatch):
+    """bf16 patches where bf16 is native: the same labels but for near-ties, recorded;
+    a resumed Zarr run keeps its precision; where bf16 would be emulated, one line."""
+    import zarr
+
+    from napari_paser.engine import precision
+
+    common = ["--bundle", tiny_bundle_dir, "--method", "f2", "--quiet"]
+    if precision.bf16_is_fast("cpu"):
+        rc, _, _ = run_cli(capsys, "segment", image_file, "-o", tmp_path / "fp32.tif", *common)
+        rc16, _, _ = run_cli(capsys, "segment", image_file, "-o", tmp_path / "bf16.tif", "--precision", "bf16",
+                             "--report", tmp_path / "r.json", *common)
+        assert rc == rc16 == 0
+        fp32, bf16 = io.read_stack(tmp_path / "fp32.tif")[0], io.read_stack(tmp_path / "bf16.tif")[0]
+        assert (fp32 == bf16).mean() > 0.99
+        assert json.loads((tmp_path / "r.json").read_text())["precision"] == "bf16"
+        assert io.read_metadata(tmp_path / "bf16.tif")["napari_paser"]["precision"] == "bf16"
+        rc, _, _ = run_cli(capsys, "segment", image_file, "-o", tmp_path / "run.zarr", "--precision", "bf16", *common)
+        store = zarr.open_group(str(tmp_path / "run.zarr"), mode="r+")
+        assert rc == 0 and store.attrs["napari_paser"]["run"]["precision"] == "bf16"
+        attrs = dict(store.attrs["napari_paser"])
+        store.attrs["napari_paser"] = {**attrs, "complete": False}  # as if the run had been stopped
+        rc, _, err = run_cli(capsys, "segment", image_file, "-o", tmp_path / "run.zarr", *common)
+        assert rc != 0 and "unfinished run with other input or settings" in err
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device_type="cpu": device_type != "cpu")
+    rc, _, err = run_cli(capsys, "segment", image_file, "-o", tmp_path / "emulated.tif", "--precision", "bf16", *common)
+    assert rc != 0 and "native bf16" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "emulated.tif").exists()
+
 def test_missing_default_bundle_is_one_line(tmp_path, image_file, capsys, monkeypatch):
     from napari_paser.engine import registry
 

@@ -645,3 +645,30 @@ def test_a_pyramid_is_segmented_at_full_resolution(setup, qtbot, notes):
     box = (slice(None), slice(10, 82), slice(21, 100))
     np.testing.assert_array_equal(viewer.layers["phases"].data, segment(full[box], load_bundle(widget.bundle_path), lam=0.9, mc_passes=2).labels)
     assert not [m for level, m in notes if level == "error"], notes
+
+
+def test_bf16_patches_where_bf16_is_native_and_one_notification_elsewhere(setup, notes, monkeypatch):
+    from napari_paser.engine import precision
+    from napari_paser.engine.pipeline import segment
+
+    viewer, widget = setup
+    widget.lam = 0.0  # f2 on most patches: the ones bf16 runs
+    widget.bf16_check.setChecked(True)
+    if precision.bf16_is_fast("cpu"):
+        outcome = widget.run(blocking=True)
+        assert outcome is not None, notes
+        assert widget._active.segmenter.precision == "bf16" and widget._active.precision == "bf16"
+        assert viewer.layers["phases"].metadata["napari_paser"]["precision"] == "bf16"
+        from napari_paser.engine import load_bundle
+
+        fp32 = segment(viewer.layers["ct"].data, load_bundle(widget.bundle_path), lam=0.0, mc_passes=2)
+        assert (viewer.layers["phases"].data == fp32.labels).mean() > 0.99
+        notes.clear()
+    viewer.layers.remove("phases")
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device_type="cpu": device_type != "cpu")
+    widget._sessions.clear()
+    assert widget.run(blocking=True) is None
+    assert [level for level, _ in notes] == ["error"] and "native bf16" in notes[0][1], notes
+    assert "phases" not in viewer.layers
+    widget.bf16_check.setChecked(False)
+    assert widget.run(blocking=True) is not None and widget._active.precision == "fp32"

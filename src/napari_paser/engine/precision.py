@@ -13,7 +13,12 @@ import functools
 
 import torch
 
-__all__ = ["bf16_is_fast", "bf16_autocast"]
+from ..errors import PaserInputError
+
+__all__ = ["PRECISIONS", "bf16_is_fast", "bf16_autocast", "check_precision"]
+
+PRECISIONS = ("fp32", "bf16")
+"""Precisions of the f1/f2 patch batches at inference (f0's analysis always runs in fp32)."""
 
 
 @functools.cache
@@ -37,3 +42,23 @@ def bf16_autocast(device_type: str = "cpu", enabled: bool = True) -> contextlib.
     if enabled and bf16_is_fast(device_type):
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def check_precision(precision: str, device: str) -> str:
+    """``precision`` for the f1/f2 patches on ``device``, if this machine runs it well.
+
+    bf16 on a CPU without native bf16 would be emulated, many times slower than fp32,
+    so it is refused before any work starts.
+
+    Raises
+    ------
+    PaserInputError
+        An unknown precision, or bf16 on a CPU without AVX-512 BF16 or AMX.
+    """
+    if precision not in PRECISIONS:
+        raise PaserInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device_type = torch.device(device).type
+    if precision == "bf16" and not bf16_is_fast(device_type):
+        raise PaserInputError("bf16 needs a GPU or a CPU with native bf16 (AVX-512 BF16 or AMX); this CPU would "
+                              "emulate it, many times slower than fp32")
+    return precision

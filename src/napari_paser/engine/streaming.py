@@ -192,6 +192,8 @@ class StreamJob(SlabTasks):
         An :class:`~napari_paser.io_writers.OmeZarrOutput` the task writes itself; None:
         the task returns its arrays.
     device : str
+    precision : {"fp32", "bf16"}
+        Of the f1/f2 patch batches (:class:`~napari_paser.engine.pipeline.PaserSegmenter`).
     """
 
     volume: Volume
@@ -208,6 +210,7 @@ class StreamJob(SlabTasks):
     routing: bool = False
     output: Any = None
     device: str = "cpu"
+    precision: str = "fp32"
 
 
 @dataclass
@@ -244,10 +247,10 @@ def _segmenter(job: StreamJob):
     from .pipeline import PaserSegmenter
 
     bound_heap()  # also in dask worker processes
-    key = (os.path.abspath(job.bundle_path), job.mc_passes, job.seed, job.batch_size, job.device)
+    key = (os.path.abspath(job.bundle_path), job.mc_passes, job.seed, job.batch_size, job.device, job.precision)
     return thread_cached("segmenter", key, lambda: PaserSegmenter(
         load_bundle(job.bundle_path, device=job.device), mc_passes=job.mc_passes, seed=job.seed, device=job.device,
-        batch_size=job.batch_size))
+        batch_size=job.batch_size, precision=job.precision))
 
 
 def _load_slab(job: StreamJob, k: int):
@@ -476,6 +479,7 @@ def stream_segment(
     progress: Progress | None = None,
     device: str = "cpu",
     bundle: Any = None,
+    precision: str = "fp32",
 ) -> StreamSummary:
     """Segment ``volume`` slab by slab into ``writer`` (ordered) or ``zarr_output`` (any order).
 
@@ -485,7 +489,7 @@ def stream_segment(
         The lazily read stack.
     bundle_path : str
         Bundle folder; ``bundle`` may pass it already loaded (for checks on this side).
-    method, lam, tvd, mc_passes, seed, batch_size
+    method, lam, tvd, mc_passes, seed, batch_size, precision
         As :meth:`PaserSegmenter.run` / its constructor.
     slab : int, optional
         Planes per slab (default: :func:`default_slab`).
@@ -541,7 +545,7 @@ def stream_segment(
         raise PaserInputError(f"lam must be in [0, 1], got {lam}")
     job = StreamJob(volume, str(bundle_path), spec.name, None if lam is None else float(lam), normalizer, slab,
                     mc_passes=mc_passes, seed=seed, batch_size=batch_size, entropy=entropy, routing=routing,
-                    output=zarr_output, device=device)
+                    output=zarr_output, device=device, precision=precision)
     if ks and tvd is not None:
         s1 = [None] * len(ks_all)
         s2 = [None] * len(ks_all)

@@ -26,7 +26,7 @@ from .bundle import Bundle, bundle_record
 from .flops import CostModel
 from .methods import charge, get_method
 from .patches import grid_shape
-from .pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter, read_with_context, run_summary
+from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, PaserSegmenter, read_with_context, run_summary
 from .routing import MODEL_NAMES, SlicewiseRouting, route_from_switch_points, switch_points, tvd_at
 from .streaming import check_volume, fit_bundle_normalizer
 
@@ -66,7 +66,7 @@ class WindowedSegmenter(SlicewiseRouting):
     volume : Volume or array_like
         The stack; anything with ``shape``/``dtype``/slicing is wrapped in an
         :class:`~napari_paser.io_sources.ArrayVolume` (dask and zarr arrays stay lazy).
-    mc_passes, seed, device, batch_size
+    mc_passes, seed, device, batch_size, precision
         As :class:`PaserSegmenter`.
     window : int
         Slices whose engine state is kept.
@@ -87,13 +87,15 @@ class WindowedSegmenter(SlicewiseRouting):
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         window: int = DEFAULT_WINDOW,
+        precision: str = DEFAULT_PRECISION,
     ):
         self.bundle = bundle
         self.volume = volume if isinstance(volume, Volume) else ArrayVolume(volume)
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         check_volume(self.volume, self.patch_size)
         self._normalizer = fit_bundle_normalizer(self.volume, bundle)
-        self._make = lambda: PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, batch_size=batch_size)
+        self._make = lambda: PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, batch_size=batch_size,
+                                            precision=precision)
         probe = self._make()
         self.mc_passes = probe.mc_passes
         self.shape: tuple[int, int, int] = tuple(int(s) for s in self.volume.shape)  # type: ignore[assignment]

@@ -62,6 +62,7 @@ class Session:
     segmenter: Any
     device: str
     bundle: dict
+    precision: str = "fp32"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -139,6 +140,7 @@ class RunRequest:
     session: Session | None = None
     ground_truth: Any = None  # (Z, Y, X) labels, read a slice at a time (a lazy layer too)
     store: str | None = None  # a folder: stream through a Zarr store there (big stacks)
+    precision: str = "fp32"  # of the f1/f2 patches ("bf16": faster where it is native)
 
 
 def pick_device() -> str:
@@ -165,19 +167,21 @@ def open_session(req: RunRequest) -> Session:
     import_torch_quietly("napari_paser.engine.bundle", "napari_paser.engine.pipeline")
     from ..engine.bundle import load_bundle
     from ..engine.pipeline import PaserSegmenter
+    from ..engine.precision import check_precision
 
     device = pick_device()
+    precision = check_precision(req.precision, device)
     bundle = load_bundle(req.bundle_path, device=device)
     seg: PaserSegmenter | WindowedSegmenter
     if req.store is not None:  # bigger than memory: read plane by plane, bounded cache
         from ..engine.windowed import WindowedSegmenter
 
-        seg = WindowedSegmenter(bundle, req.data, mc_passes=req.mc_passes or None, device=device)
+        seg = WindowedSegmenter(bundle, req.data, mc_passes=req.mc_passes or None, device=device, precision=precision)
     else:
-        seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device)
+        seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device, precision=precision)
         seg.set_volume(np.asarray(req.data))
     info = {"name": bundle.name, "version": str(bundle.meta.get("version", "")), "path": str(req.bundle_path)}
-    return Session(req.key, seg, device, info)
+    return Session(req.key, seg, device, info, precision)
 
 
 def _geometry(seg) -> tuple[tuple, tuple, tuple]:

@@ -201,6 +201,7 @@ class PaserWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.device_label = QLabel("chosen when a run starts")
+        self.bf16_check = QCheckBox("bf16")
         self.gt_combo = QComboBox()
         self.stats = StatsPanel()
         self.masks_check = QCheckBox("per-phase masks")
@@ -216,7 +217,7 @@ class PaserWidget(QWidget):
             (self.image_combo, "image"), (self.bundle_combo, "bundle"), (self.mc_spin, "mc_passes"),
             (self.mode_combo, "mode"), (self.lam_slider, "lam"), (self.lam_label, "lam"),
             (self.tvd_slider, "tvd"), (self.tvd_label, "tvd"), (self.run_button, "run"),
-            (self.cancel_button, "cancel"), (self.device_label, "device"), (self.gt_combo, "ground_truth"),
+            (self.cancel_button, "cancel"), (self.device_label, "device"), (self.bf16_check, "bf16"), (self.gt_combo, "ground_truth"),
             (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
             (self.store_button, "store"), (self.roi_edit, "roi"), (self.roi_button, "roi_from_shapes"),
         ]:
@@ -231,7 +232,7 @@ class PaserWidget(QWidget):
         form.addRow("λ", hbox_row(self.lam_slider, self.lam_label))
         form.addRow("TVD", hbox_row(self.tvd_slider, self.tvd_label))
         form.addRow(hbox_row(self.run_button, self.cancel_button))
-        form.addRow("Device", self.device_label)
+        form.addRow("Device", hbox_row(self.device_label, self.bf16_check))
         stats_box = QGroupBox("Statistics")
         stats_box.setToolTip(TOOLTIPS["stats"])
         stats_form = QFormLayout(stats_box)
@@ -399,6 +400,11 @@ class PaserWidget(QWidget):
     @tvd.setter
     def tvd(self, value: float) -> None:
         self.tvd_slider.setValue(int(round(value * SLIDER_STEPS)))
+
+    @property
+    def precision(self) -> str:
+        """Of the f1/f2 patches of the next run: "bf16" when its box is ticked, else "fp32"."""
+        return "bf16" if self.bf16_check.isChecked() else "fp32"
 
     @property
     def bundle_path(self) -> Path | None:
@@ -582,7 +588,8 @@ class PaserWidget(QWidget):
             show_error(problem)
             return None
         mc = self.mc_spin.value() or None
-        key = (layer.unique_id, str(bundle), mc, box)
+        precision = self.precision
+        key = (layer.unique_id, str(bundle), mc, box, precision)
         shape = data.shape if layer.ndim == 3 else (1, *data.shape)
         store = None
         if _jobs.needs_streaming(data):  # results to a Zarr store on disk, shown lazily
@@ -592,7 +599,7 @@ class PaserWidget(QWidget):
         request = _jobs.RunRequest(
             data=data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
             tvd=self.tvd, order=[self._visible_slice(layer, box)], session=self._sessions.get(key),
-            ground_truth=self._ground_truth(shape, box=box), store=store,
+            ground_truth=self._ground_truth(shape, box=box), store=store, precision=precision,
         )
         self._pending_source, self._pending_box = layer, box
         self._set_status(f"Running on {layer.name!r}…")
@@ -814,7 +821,7 @@ class PaserWidget(QWidget):
             return
         report: dict = self._result.report() if self._result is not None else {}
         self._layers.set_metadata(
-            bundle=self._active.bundle, device=self._active.device, mode=self.mode,
+            bundle=self._active.bundle, device=self._active.device, precision=self._active.precision, mode=self.mode,
             lam=self._lam_shown, tvd=stats.get("tvd", self.tvd if self.mode == "tvd" else None),
             route_fraction=stats.get("route_fraction"), gflops_total=stats.get("gflops_total"),
             gflops_f2_everywhere=stats.get("gflops_f2_everywhere"), statistics=stats, report=report,
