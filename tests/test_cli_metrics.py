@@ -133,6 +133,28 @@ def test_band_reports_ranges_over_segmentations(tmp_path, tiny_bundle_dir, capsy
 
 
 
+def test_band_in_bf16_where_it_is_native(tmp_path, tiny_bundle_dir, capsys, monkeypatch):
+    from napari_paser.engine import pipeline, precision
+
+    rng = np.random.default_rng(0)
+    img_f = io.write_tiff(tmp_path / "img.tif", rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16))
+    lab_f = io.write_tiff(tmp_path / "lab.tif", rng.integers(0, 3, (2, 56, 64)).astype(np.uint8))
+    argv = ["metrics", lab_f, "--no-tortuosity", "--band", img_f, "--bundle", tiny_bundle_dir, "--band-lams", "0",
+            "--band-mc", "0", "--band-precision", "bf16", "--quiet"]
+    if precision.bf16_is_fast("cpu"):
+        made = []
+        real = pipeline.PaserSegmenter
+        monkeypatch.setattr(pipeline, "PaserSegmenter", lambda *a, **kw: made.append(kw["precision"]) or real(*a, **kw))
+        rc, _, err = run_cli(capsys, *argv, "--json", tmp_path / "b.json")
+        assert rc == 0, err
+        assert made == ["bf16"] and json.loads((tmp_path / "b.json").read_text())["band_precision"] == "bf16"
+        monkeypatch.undo()
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device_type="cpu": device_type != "cpu")
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc != 0 and "native bf16" in err and len(err.strip().splitlines()) == 1
+
+
+
 def test_band_on_a_dask_cluster_reports_what_one_process_does(tmp_path, capsys):
     """Workers load the bundle from its folder, segment their slabs, write them where the
     driver reads them, and compute the members' metrics, τ included."""

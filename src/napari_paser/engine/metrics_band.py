@@ -243,8 +243,8 @@ class BandJob(SlabTasks):
         Count the envelope of the labels and the deterministic members.
     bundle_path : str or None
         Bundle folder the workers load.
-    mc_passes, seed, batch_size, device
-        Engine settings of the λ and single-model members.
+    mc_passes, seed, batch_size, device, precision
+        Engine settings of the λ and single-model members (precision: of their f1/f2 patches).
     bundle : Bundle or None
         A bundle already loaded (runs in this process).
     """
@@ -261,6 +261,7 @@ class BandJob(SlabTasks):
     seed: int = 0
     batch_size: int = 32
     device: str = "cpu"
+    precision: str = "fp32"
     bundle: Any = field(default=None, repr=False)
     _segmenters: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -292,7 +293,7 @@ def _band_segmenters(job: BandJob) -> dict:
     """``{None: the shared segmenter, i: member i's own}``, built once per job here or per
     worker thread on a cluster (a segmenter's caches are not thread-safe)."""
     if job.bundle is None:
-        key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device)
+        key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device, job.precision)
         return thread_cached("band", key, lambda: _new_segmenters(job))
     if not job._segmenters:
         job._segmenters.update(_new_segmenters(job))
@@ -308,10 +309,11 @@ def _new_segmenters(job: BandJob) -> dict:
     bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
     # The λ and single-model members share one segmenter (and its caches); each MC
     # sample has its own (one pass, its own seed).
-    out: dict[int | None, Any] = {None: PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, device=job.device, batch_size=job.batch_size)}
+    engine = dict(device=job.device, batch_size=job.batch_size, precision=job.precision)
+    out: dict[int | None, Any] = {None: PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, **engine)}
     for i, (_, _, _, passes, s) in enumerate(job.runs):
         if passes is not None:
-            out[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, device=job.device, batch_size=job.batch_size)
+            out[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, **engine)
     return out
 
 
@@ -378,6 +380,7 @@ def band_steps(
     seed: int = 0,
     segment_device: str = "cpu",
     batch_size: int | None = None,
+    segment_precision: str = "fp32",
     shape: tuple[int, ...] | None = None,
     labels: ArrayLike | Volume | None = None,
     envelope: PhaseEnvelope | None = None,
@@ -405,8 +408,9 @@ def band_steps(
         MC passes of f0's analysis for the λ / single-model segmentations (None: the bundle's).
     seed : int
         Dropout seed of the λ segmentations; MC samples use ``seed + 1 ... seed + N``.
-    segment_device, batch_size
-        Passed to :class:`PaserSegmenter` (``device`` in ``metric_kwargs`` is TauFactor's).
+    segment_device, batch_size, segment_precision
+        Passed to :class:`PaserSegmenter` as ``device``, ``batch_size`` and ``precision``
+        (``device`` in ``metric_kwargs`` is TauFactor's).
     shape : tuple or None
         Shape the labels must have (the main segmentation's); checked before any work.
     labels : array or Volume, optional
@@ -467,7 +471,8 @@ def band_steps(
                             chunks=(1,) * (len(out_shape) - 2) + tuple(out_shape[-2:]))
         job = BandJob(volume, tuple(runs), normalizer, step, stores, labels=main_labels, envelope=envelope is not None,
                       bundle_path=None if bundle.path is None else str(bundle.path), mc_passes=mc_passes, seed=seed,
-                      batch_size=batch_size or DEFAULT_BATCH_SIZE, device=segment_device, bundle=bundle if here else None)
+                      batch_size=batch_size or DEFAULT_BATCH_SIZE, device=segment_device, precision=segment_precision,
+                      bundle=bundle if here else None)
         slabs = job.num_slabs
         units = slabs + total  # progress: every slab segmented, then every member's metrics
         if envelope is not None:
