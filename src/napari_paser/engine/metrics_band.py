@@ -309,11 +309,14 @@ def _new_segmenters(job: BandJob) -> dict:
     bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
     # The λ and single-model members share one segmenter (and its caches); each MC
     # sample has its own (one pass, its own seed).
-    engine = dict(device=job.device, batch_size=job.batch_size, precision=job.precision)
-    out: dict[int | None, Any] = {None: PaserSegmenter(bundle, mc_passes=job.mc_passes, seed=job.seed, **engine)}
+    def segmenter(passes: int | None, seed: int) -> PaserSegmenter:
+        return PaserSegmenter(bundle, mc_passes=passes, seed=seed, device=job.device, batch_size=job.batch_size,
+                              precision=job.precision)
+
+    out: dict[int | None, Any] = {None: segmenter(job.mc_passes, job.seed)}
     for i, (_, _, _, passes, s) in enumerate(job.runs):
         if passes is not None:
-            out[i] = PaserSegmenter(bundle, mc_passes=passes, seed=s, **engine)
+            out[i] = segmenter(passes, s)
     return out
 
 
