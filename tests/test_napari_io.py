@@ -85,6 +85,12 @@ def test_writer_round_trips_labels_scale_and_provenance(tmp_path):
     pyramid = [labels, labels[:, ::2, ::2]]
     written = _writer.write_labels(str(tmp_path / "pyramid.tif"), pyramid, {**meta, "multiscale": True})
     np.testing.assert_array_equal(_reader.read_tiff(written[0])[0][0], labels)
+    # File > Save Layers to a name ending in .zarr: an OME-Zarr label image.
+    written = _writer.write_labels(str(tmp_path / "saved.zarr"), labels, meta)
+    assert [p.split("/")[-1] for p in written] == ["saved.zarr", "saved_report.json"]
+    ((out, kwargs, kind),) = _reader.read_volume(written[0])
+    assert kind == "labels" and kwargs["scale"] == [2.0, 0.5, 0.5]
+    np.testing.assert_array_equal(np.asarray(out), labels)
 
 
 def test_writer_adds_masks_when_asked_and_never_replaces_sidecars_alone(tmp_path):
@@ -144,6 +150,48 @@ def test_an_export_stopped_half_way_leaves_no_file(tmp_path, monkeypatch):
     assert next(steps) == (1, 4)
     assert len(list(out.iterdir())) == 4  # the temporary files of the volume and its masks
     steps.close()  # what the widget does when the user cancels
+    assert list(out.iterdir()) == []
+
+
+
+def test_an_export_to_zarr_is_an_ome_zarr_pyramid_that_opens_again(tmp_path, monkeypatch):
+    """For big stacks: the phases (and masks) as OME-Zarr label images, with coarser levels,
+    written a slab at a time, atomically, and read back by the plugin's reader."""
+    zarr = pytest.importorskip("zarr")
+    from napari_paser import io_writers
+
+    monkeypatch.setattr(io_writers, "PYRAMID_TOP", 16)
+    monkeypatch.setattr(_export, "SLAB_BYTES", 3 * 30 * 40)
+    labels = _phases((7, 30, 40))
+    provenance = {"lam": 0.4, "roi": [[1, 8], [2, 32], [0, 40]]}
+    steps = export_steps(tmp_path / "p.zarr", labels, scale=(2.0, 0.5, 0.5), provenance=provenance, masks=True)
+    progress = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            progress.append(next(steps))
+    assert progress == [(3, 7), (6, 7), (7, 7)]
+    assert [p.name for p in end.value.value] == ["p.zarr", "p_pore.zarr", "p_carbon-binder.zarr", "p_nickel.zarr", "p_report.json"]
+    store = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    np.testing.assert_array_equal(store["0"][:], labels)
+    assert store["1"].shape == (4, 15, 20) and "image-label" in store.attrs
+    ((data, kwargs, kind), *maps) = _reader.napari_get_reader(str(tmp_path / "p.zarr"))(str(tmp_path / "p.zarr"))
+    assert kind == "labels" and kwargs["multiscale"] and not maps
+    np.testing.assert_array_equal(np.asarray(data[0]), labels)
+    assert kwargs["scale"] == [2.0, 0.5, 0.5] and kwargs["translate"] == [2.0, 1.0, 0.0]  # over its region
+    mask = zarr.open_group(str(tmp_path / "p_nickel.zarr"), mode="r")
+    np.testing.assert_array_equal(mask["0"][:], np.where(labels == 2, 255, 0))
+    assert "image-label" not in mask.attrs
+    assert json.loads((tmp_path / "p_report.json").read_text())["files"][0] == "p.zarr"
+    with pytest.raises(FileExistsError):  # never replaced without asking
+        export_phases(tmp_path / "p.zarr", labels)
+    export_phases(tmp_path / "p.zarr", labels[:2], overwrite=True)
+    assert zarr.open_group(str(tmp_path / "p.zarr"), mode="r")["0"].shape == (2, 30, 40)
+    # A cancelled export leaves nothing behind.
+    out = tmp_path / "cancelled"
+    out.mkdir()
+    steps = export_steps(out / "c.zarr", labels)
+    next(steps)
+    steps.close()
     assert list(out.iterdir()) == []
 
 

@@ -32,7 +32,7 @@ from . import CLASS_COLORS, CLASS_NAMES
 from . import io as _tiffio
 from .errors import PaserInputError
 
-__all__ = ["TiffSliceWriter", "OmeZarrOutput", "JSON_TAG", "BIGTIFF_BYTES", "is_zarr_path", "new_zarr_group", "create_zarr_array"]
+__all__ = ["TiffSliceWriter", "ZarrLabelWriter", "OmeZarrOutput", "label_image_attrs", "write_label_pyramid", "JSON_TAG", "BIGTIFF_BYTES", "is_zarr_path", "new_zarr_group", "create_zarr_array"]
 
 JSON_TAG = _tiffio._JSON_TAG
 """Private TIFF tag holding the JSON metadata of a BigTIFF (ImageJ's Info needs ImageJ format)."""
@@ -284,6 +284,162 @@ def create_zarr_array(group: Any, name: str, **kwargs: Any) -> Any:
     return create(name, **kwargs)
 
 
+def label_image_attrs(voxel_size: VoxelSize | None, name: str = "phases", phases: bool = True) -> dict:
+    """OME-Zarr (NGFF 0.4) attributes of a (Z, Y, X) image in level "0": its
+    ``multiscales`` with the voxel size (µm; unit scale without one) and, for a phase
+    volume (``phases``), the phase colours and names (``image-label``)."""
+    vs = _check_voxel(voxel_size)
+    scale = list(vs) if vs is not None else [1.0, 1.0, 1.0]
+    unit = {"unit": "micrometer"} if vs is not None else {}
+    attrs: dict[str, Any] = {
+        "multiscales": [
+            {
+                "version": "0.4",
+                "name": name,
+                "axes": [{"name": n, "type": "space", **unit} for n in "zyx"],
+                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+            }
+        ],
+    }
+    if phases:
+        attrs["image-label"] = {
+            "version": "0.4",
+            "colors": [{"label-value": i, "rgba": _rgba(CLASS_COLORS[i])} for i in range(len(CLASS_NAMES))],
+            "properties": [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)],
+        }
+    return attrs
+
+
+def write_label_pyramid(group: Any, top: int | None = None) -> list[tuple[int, ...]]:
+    """Add coarser levels "1", "2", … to the label image in ``group``'s level "0", each
+    the one before at every second plane, row and column (nearest, so labels stay
+    labels; one plane stays one plane), until no axis is longer than ``top`` (default
+    :data:`PYRAMID_TOP`); return their shapes.
+
+    Viewers (napari through this plugin's reader or napari-ome-zarr) then show the labels
+    as one multiscale layer whose 3-D view reads the coarsest level, not the whole
+    volume. Each level is written a plane at a time, reading every second plane of the
+    one before, so memory stays that of a plane. Levels written before are replaced."""
+    top = PYRAMID_TOP if top is None else int(top)
+    multiscales = dict(group.attrs)["multiscales"]
+    finest = multiscales[0]["datasets"][0]
+    scale = [float(v) for v in finest["coordinateTransformations"][0]["scale"]]
+    datasets, shapes = [finest], []
+    previous = group["0"]
+    while max(previous.shape) > top:
+        shape = tuple(-(-n // 2) if n > 1 else 1 for n in previous.shape)
+        steps = [2 if n > 1 else 1 for n in previous.shape]
+        scale = [v * k for v, k in zip(scale, steps)]
+        name = str(len(datasets))
+        level = create_zarr_array(group, name, shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
+                                  dtype=previous.dtype, fill_value=0, overwrite=True)
+        for z in range(shape[0]):
+            level[z] = np.asarray(previous[z * steps[0]])[:: steps[1], :: steps[2]]
+        datasets.append({"path": name, "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        shapes.append(shape)
+        previous = level
+    multiscales[0]["datasets"] = datasets
+    group.attrs["multiscales"] = multiscales
+    return shapes
+
+
+class ZarrLabelWriter:
+    """Write a (Z,Y,X) label stack to an OME-Zarr label image plane by plane, atomically:
+    the same interface as :class:`TiffSliceWriter` (``write``, ``close``, ``abort``).
+
+    The store is built in a temporary folder beside the destination (chunks of one plane,
+    at most 1024² pixels), gets its coarser levels (:func:`write_label_pyramid`) when every
+    plane is written, and is renamed into place by :meth:`close`; ``metadata`` goes into
+    its ``napari_paser`` attributes.
+
+    Parameters
+    ----------
+    path
+        Destination folder (``*.zarr``).
+    shape : tuple of int
+        (Z, Y, X), or (Y, X) for one image (stored as one plane).
+    dtype
+        An integer dtype.
+    voxel_size, metadata, overwrite
+        As :class:`TiffSliceWriter`.
+    phases : bool
+        A phase volume (0 pore, 1 carbon-binder, 2 nickel): the phase colours go into its
+        ``image-label`` attributes. False for other labels (e.g. a 0/255 mask).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shape: tuple[int, ...],
+        dtype: Any = np.uint8,
+        *,
+        voxel_size: VoxelSize | None = None,
+        metadata: dict | None = None,
+        overwrite: bool = False,
+        phases: bool = True,
+    ):
+        self.path = Path(path).absolute()
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists (use --overwrite)")
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) not in (2, 3):
+            raise PaserInputError(f"expected a (Z,Y,X) or (Y,X) shape, got {self.shape}")
+        self.dtype = np.dtype(dtype)
+        if not np.issubdtype(self.dtype, np.integer):
+            raise ValueError(f"label images are integers, not {self.dtype}")
+        self._overwrite = overwrite
+        z, h, w = self.shape if len(self.shape) == 3 else (1, *self.shape)
+        self.planes, self._written = z, 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        try:
+            self._group = new_zarr_group(self._tmp)
+            self._array = create_zarr_array(self._group, "0", shape=(z, h, w), chunks=(1, min(h, 1024), min(w, 1024)),
+                                            dtype=self.dtype, fill_value=0)
+            self._group.attrs.update({**label_image_attrs(voxel_size, phases=phases), "napari_paser": metadata or {}})
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def write(self, planes: np.ndarray) -> None:
+        """Append the next planes: a (k, Y, X) slab, or one (Y, X) plane."""
+        arr = np.asarray(planes)
+        arr = arr[None] if arr.ndim == 2 else arr
+        if arr.shape[1:] != self._array.shape[1:]:
+            raise ValueError(f"planes of shape {arr.shape[1:]} do not fit a stack of {self.shape}")
+        if self._written + len(arr) > self.planes:
+            raise ValueError(f"more than {self.planes} planes written to {self.path}")
+        self._array[self._written : self._written + len(arr)] = arr.astype(self.dtype, copy=False)
+        self._written += len(arr)
+
+    def close(self, metadata: dict | None = None) -> Path:
+        """Add the coarser levels and move the store into place; returns the destination.
+        ``metadata`` replaces the ``napari_paser`` attributes given at the start."""
+        try:
+            if self._written != self.planes:
+                raise RuntimeError(f"{self.path}: {self._written} of {self.planes} planes written")
+            write_label_pyramid(self._group)
+            if metadata is not None:
+                self._group.attrs["napari_paser"] = metadata
+            if self.path.exists():
+                if not self._overwrite:
+                    raise FileExistsError(f"{self.path} exists (use --overwrite)")
+                if self.path.is_dir():
+                    shutil.rmtree(self.path)
+                else:
+                    self.path.unlink()
+        except BaseException:
+            self.abort()
+            raise
+        os.chmod(self._tmp, 0o777 & ~_tiffio._current_umask())  # mkdtemp makes 0700
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the temporary store."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
 class OmeZarrOutput:
     """A resumable OME-Zarr label store that slab tasks fill in parallel.
 
@@ -397,25 +553,9 @@ class OmeZarrOutput:
             create_zarr_array(rec, "gflops", shape=(z,), chunks=(slab,), dtype="float64", fill_value=0.0)
             create_zarr_array(rec, "counts", shape=(n_slabs, 2, 3), chunks=(1, 2, 3), dtype="int64", fill_value=0)
             create_zarr_array(rec, "seconds", shape=(n_slabs,), chunks=(1,), dtype="float64", fill_value=0.0)
-            scale = list(vs) if vs is not None else [1.0, 1.0, 1.0]
-            unit = {"unit": "micrometer"} if vs is not None else {}
             g.attrs.update(
                 {
-                    "multiscales": [
-                        {
-                            "version": "0.4",
-                            "name": "phases",
-                            "axes": [{"name": n, "type": "space", **unit} for n in "zyx"],
-                            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-                        }
-                    ],
-                    "image-label": {
-                        "version": "0.4",
-                        "colors": [
-                            {"label-value": i, "rgba": _rgba(CLASS_COLORS[i])} for i in range(len(CLASS_NAMES))
-                        ],
-                        "properties": [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)],
-                    },
+                    **label_image_attrs(vs),
                     "napari_paser": {"run": run_key, "slab": int(slab), "complete": False, "kind": "phases",
                                      # where the routing map's patches lie (napari places it over the labels)
                                      **({"patch_size": [int(v) for v in patch_size]} if patch_size else {})},
@@ -450,38 +590,9 @@ class OmeZarrOutput:
         return {name: np.asarray(rec[name][:]) for name in ("done", "gflops", "counts", "seconds")}
 
     def write_pyramid(self, top: int | None = None) -> list[tuple[int, ...]]:
-        """Add coarser levels "1", "2", … of the labels, each the one before at every second
-        plane, row and column (nearest, so labels stay labels; one plane stays one plane),
-        until no axis is longer than ``top`` (default :data:`PYRAMID_TOP`); return their
-        shapes.
-
-        Viewers (napari through this plugin's reader or napari-ome-zarr) then show the
-        phases as one multiscale layer whose 3-D view reads the coarsest level, not the
-        whole volume. Each level is written a plane at a time, reading every second plane
-        of the one before, so memory stays that of a plane. Levels of an interrupted call
-        are written again."""
-        top = PYRAMID_TOP if top is None else int(top)
-        g = self.group
-        multiscales = dict(g.attrs)["multiscales"]
-        finest = multiscales[0]["datasets"][0]
-        scale = [float(v) for v in finest["coordinateTransformations"][0]["scale"]]
-        datasets, shapes = [finest], []
-        previous = g["0"]
-        while max(previous.shape) > top:
-            shape = tuple(-(-n // 2) if n > 1 else 1 for n in previous.shape)
-            steps = [2 if n > 1 else 1 for n in previous.shape]
-            scale = [v * k for v, k in zip(scale, steps)]
-            name = str(len(datasets))
-            level = create_zarr_array(g, name, shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
-                                      dtype="uint8", fill_value=0, overwrite=True)
-            for z in range(shape[0]):
-                level[z] = np.asarray(previous[z * steps[0]])[:: steps[1], :: steps[2]]
-            datasets.append({"path": name, "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-            shapes.append(shape)
-            previous = level
-        multiscales[0]["datasets"] = datasets
-        g.attrs["multiscales"] = multiscales
-        return shapes
+        """Add the labels' coarser levels (:func:`write_label_pyramid`), once every slab is
+        written; a resumed run writes them again."""
+        return write_label_pyramid(self.group, top)
 
     def finish(self, report: dict) -> None:
         """Mark the store complete and keep the run's report in its attributes."""

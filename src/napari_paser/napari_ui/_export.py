@@ -1,4 +1,4 @@
-"""Export of a phase volume: uint8 TIFF, optional per-phase masks and a JSON report.
+"""Export of a phase volume: uint8 TIFF or OME-Zarr, optional per-phase masks and a JSON report.
 
 Used by both the npe2 writer (File > Save Layers) and the widget's Export button. All
 target files are checked before anything is written, so an export never leaves a mix
@@ -31,14 +31,15 @@ SLAB_BYTES = 16 << 20
 
 
 def export_targets(path: str | os.PathLike, masks: bool = False) -> dict[str, Path]:
-    """Files an export to ``path`` writes: ``phases``, ``report`` and one per mask."""
+    """Files an export to ``path`` writes: ``phases``, ``report`` and one per mask; TIFF
+    files, or OME-Zarr stores for a ``path`` ending in ``.zarr``."""
     path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if path.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         path = path.with_name(path.name + ".tif")
     targets = {"phases": path, "report": path.with_name(path.stem + "_report.json")}
     if masks:
         for name in CLASS_NAMES:
-            targets[f"mask:{name}"] = path.with_name(f"{path.stem}_{name}.tif")
+            targets[f"mask:{name}"] = path.with_name(f"{path.stem}_{name}{path.suffix}")
     return targets
 
 
@@ -118,8 +119,9 @@ def export_steps(
     Parameters
     ----------
     path : path-like
-        The phase volume (``.tif`` is added if missing). The report is
-        ``<stem>_report.json``, masks ``<stem>_<phase>.tif`` (0/255 uint8, ImageJ binary).
+        The phase volume: a TIFF (``.tif`` is added if missing; BigTIFF over 4 GiB), or
+        for ``*.zarr`` an OME-Zarr label image with coarser levels for viewers. The report
+        is ``<stem>_report.json``, masks ``<stem>_<phase>.tif`` / ``.zarr`` (0/255 uint8).
     labels : array (Z, Y, X) or (Y, X)
         0 pore, 1 carbon-binder, 2 nickel; 255 marks slices that were never segmented.
         Any array that slices along its first axis (numpy, Zarr, dask): it is read a
@@ -147,7 +149,7 @@ def export_steps(
         If the labels are not integers in 0..255.
     """
     from ..io_sources import as_volume
-    from ..io_writers import TiffSliceWriter
+    from ..io_writers import TiffSliceWriter, ZarrLabelWriter
 
     targets = export_targets(path, masks)
     existing = [p for p in targets.values() if p.exists()]
@@ -166,10 +168,15 @@ def export_steps(
     outputs = {"phases": {**base, "kind": "phases"}}
     for index, name in enumerate(CLASS_NAMES if masks else ()):
         outputs[f"mask:{name}"] = {**base, "kind": "mask", "phase": name, "phase_index": index}
-    writers: list[TiffSliceWriter] = []
+    writers: list[TiffSliceWriter | ZarrLabelWriter] = []
     try:
         for key, meta in outputs.items():
-            writers.append(TiffSliceWriter(targets[key], shape, np.uint8, voxel_size=voxel_size, metadata=meta, overwrite=overwrite))
+            if targets[key].suffix.lower() == ".zarr":
+                writers.append(ZarrLabelWriter(targets[key], shape, np.uint8, voxel_size=voxel_size, metadata=meta,
+                                               overwrite=overwrite, phases=key == "phases"))
+            else:
+                writers.append(TiffSliceWriter(targets[key], shape, np.uint8, voxel_size=voxel_size, metadata=meta,
+                                               overwrite=overwrite))
         pending = 0
         for z0, block in volume.slabs(SLAB_BYTES // (shape[-2] * shape[-1])):
             slab = to_uint8_labels(block)

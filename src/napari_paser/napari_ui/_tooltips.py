@@ -55,8 +55,9 @@ TOOLTIPS: dict[str, str] = {
         "and IoU per GFLOP, compared a slice at a time as the slices are segmented."
     ),
     "export": (
-        "Write the phase volume (uint8 TIFF with voxel size and provenance), a JSON report of the "
-        "run and, optionally, one binary mask per phase, a slab of planes at a time in the background "
+        "Write the phase volume (uint8 TIFF, or OME-Zarr for a name ending in .zarr, with voxel size and "
+        "provenance), a JSON report of the run and, optionally, one binary mask per phase, a slab of "
+        "planes at a time in the background "
         "(Cancel stops it and leaves no file). Existing files are never replaced silently."
     ),
     "export_masks": "Also write one binary uint8 mask (0/255) per phase next to the phase volume.",

@@ -976,7 +976,7 @@ class PaserWidget(QWidget):
         masks = self.masks_check.isChecked() if masks is None else masks
         if path is None:
             path, _ = QFileDialog.getSaveFileName(
-                self, "Export phases", f"{self._source.name}_phases.tif", "TIFF (*.tif *.tiff)",
+                self, "Export phases", f"{self._source.name}_phases.tif", "TIFF (*.tif *.tiff);;OME-Zarr (*.zarr)",
                 options=QFileDialog.Option.DontConfirmOverwrite,  # we ask for all files at once below
             )
             if not path:
