@@ -142,13 +142,12 @@ def test_band_in_bf16_where_it_is_native(tmp_path, tiny_bundle_dir, capsys, monk
     argv = ["metrics", lab_f, "--no-tortuosity", "--band", img_f, "--bundle", tiny_bundle_dir, "--band-lams", "0",
             "--band-mc", "0", "--band-precision", "bf16", "--quiet"]
     if precision.bf16_is_fast("cpu"):
-        made = []
-        real = pipeline.PaserSegmenter
-        monkeypatch.setattr(pipeline, "PaserSegmenter", lambda *a, **kw: made.append(kw["precision"]) or real(*a, **kw))
-        rc, _, err = run_cli(capsys, *argv, "--json", tmp_path / "b.json")
+        made, real = [], pipeline.PaserSegmenter
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, "PaserSegmenter", lambda *a, **kw: made.append(kw["precision"]) or real(*a, **kw))
+            rc, _, err = run_cli(capsys, *argv, "--json", tmp_path / "b.json")
         assert rc == 0, err
         assert made == ["bf16"] and json.loads((tmp_path / "b.json").read_text())["band_precision"] == "bf16"
-        monkeypatch.undo()
     monkeypatch.setattr(precision, "bf16_is_fast", lambda device_type="cpu": device_type != "cpu")
     rc, _, err = run_cli(capsys, *argv)
     assert rc != 0 and "native bf16" in err and len(err.strip().splitlines()) == 1

@@ -229,3 +229,30 @@ def test_default_export_is_beside_the_phase_volume():
     assert default_export_base(None, "phases", "/data/scan.tif") == Path("/data/scan_phases_metrics")
     assert default_export_base(None, "phases") == Path("phases_metrics")
     assert export_targets("/data/x.json") == {"json": Path("/data/x.json"), "csv": Path("/data/x.csv")}
+
+
+def test_the_band_in_bf16_where_it_is_native_and_one_notification_elsewhere(make_napari_viewer, tiny_bundle_dir, notes, monkeypatch):
+    from napari_paser.engine import pipeline, precision
+    from napari_paser.napari_ui._metrics_panel import MetricsPanel
+
+    rng = np.random.default_rng(0)
+    viewer = make_napari_viewer()
+    viewer.add_image(rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16), name="scan")
+    layer = viewer.add_labels(rng.integers(0, 3, (2, 56, 64)).astype(np.uint8), name="phases")
+    layer.metadata["napari_paser"] = {"bundle": {"name": "tiny-test", "path": str(tiny_bundle_dir)}}
+    panel = MetricsPanel(viewer)
+    panel.image_combo.setCurrentText("scan")
+    panel.lams_edit.setText("0")
+    panel.mc_spin.setValue(0)
+    panel.tau_check.setChecked(False)
+    panel.bf16_check.setChecked(True)
+    if precision.bf16_is_fast("cpu"):
+        made, real = [], pipeline.PaserSegmenter
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, "PaserSegmenter", lambda *a, **kw: made.append((kw["precision"], kw["device"])) or real(*a, **kw))
+            assert panel.compute(blocking=True) is not None, notes
+        assert made == [("bf16", "cpu")]  # the device the PaSeR widget would use: no GPU here
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device_type="cpu": device_type != "cpu")
+    notes.clear()
+    assert panel.compute(blocking=True) is None
+    assert [level for level, _ in notes] == ["error"] and "native bf16" in notes[0][1], notes

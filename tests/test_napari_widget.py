@@ -297,7 +297,7 @@ def test_cancel_stops_mid_run_and_leaves_layers_consistent(make_napari_viewer, r
     assert (layers.labels[~done] == 255).all()
 
 
-def test_export_and_file_save_round_trip(setup, tmp_path, qtbot, notes):
+def test_export_and_file_save_round_trip(setup, tmp_path, qtbot, notes, monkeypatch):
     viewer, widget = setup
     widget.run(blocking=True)
     widget.masks_check.setChecked(True)
@@ -318,6 +318,16 @@ def test_export_and_file_save_round_trip(setup, tmp_path, qtbot, notes):
     meta = io.read_metadata(tmp_path / "saved.tif")
     assert meta["provenance"]["bundle"]["name"] == "tiny-test"
     assert meta["provenance"]["gflops_total"] == pytest.approx(widget.stats.stats["gflops_total"])
+    # The dialog's OME-Zarr format, whatever name is typed: an OME-Zarr store that opens again.
+    from napari_paser.napari_ui import _widget
+
+    widget.masks_check.setChecked(False)
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "big_phases"), _widget.ZARR_FILTER))
+    written = widget.export(blocking=True)
+    assert [p.name for p in written] == ["big_phases.zarr", "big_phases_report.json"]
+    (layer,) = viewer.open(str(written[0]), plugin="napari-paser")
+    np.testing.assert_array_equal(np.asarray(layer.data), viewer.layers["phases"].data)
+    np.testing.assert_allclose(layer.scale, SCALE)
 
 
 def test_export_runs_in_a_worker_and_a_cancelled_one_leaves_no_file(setup, tmp_path, qtbot, notes, monkeypatch):

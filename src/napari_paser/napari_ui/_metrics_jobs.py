@@ -44,6 +44,8 @@ class MetricsRequest:
     band_methods : tuple of str
         Single models run everywhere in the band.
     band_mc : int
+    band_precision : {"fp32", "bf16"}
+        Of the band's f1/f2 patches (bf16: faster where it is native, refused elsewhere).
     """
 
     labels: Any
@@ -57,6 +59,7 @@ class MetricsRequest:
     band_lams: tuple = ()
     band_methods: tuple = ("f2",)
     band_mc: int = 0
+    band_precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,12 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
     kwargs: dict[str, Any] = dict(voxel_size=req.voxel_size, cb_diffusivity=req.cb_diffusivity or None,
                                   tortuosity=req.tortuosity, tortuosity_width=req.tortuosity_width)
     n_band = (len(req.band_lams) + len(req.band_methods) + req.band_mc) if req.image is not None else 0
+    if n_band:  # the band's device (a GPU when there is one, as the PaSeR widget's runs), checked before any work
+        from ..engine.devices import default_device
+        from ..engine.precision import check_precision
+
+        device = default_device()
+        precision = check_precision(req.band_precision, device)
     gen = metrics_steps(labels, req.axis, **kwargs)
     metrics = yield from relay_steps(gen, lambda step: MetricsProgress(step.stage, step.fraction, 0, 1 + n_band))
     band: list = []
@@ -134,9 +143,10 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         from ..engine.registry import resolve_bundle
 
         yield MetricsProgress("loading the bundle", 0.0, 1, 1 + n_band)
-        bundle = load_bundle(resolve_bundle(req.bundle_path))
+        bundle = load_bundle(resolve_bundle(req.bundle_path), device=device)
         envelope = PhaseEnvelope()
         band_gen = band_steps(req.image, bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
+                              segment_device=device, segment_precision=precision,
                               shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
 
         def band_progress(step: tuple[str, int, int]) -> MetricsProgress:

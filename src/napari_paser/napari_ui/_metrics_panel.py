@@ -38,6 +38,8 @@ from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import crop, full_resolution, layer_roi
+from ._qt_rows import hbox_row
+from ._tooltips import TOOLTIPS
 
 if TYPE_CHECKING:
     import napari
@@ -109,6 +111,8 @@ class MetricsPanel(QWidget):
         self.mc_spin.setRange(0, 32)
         self.mc_spin.setValue(4)
         self.mc_spin.setToolTip("Single-pass f0 MC-dropout samples in the band")
+        self.bf16_check = QCheckBox("bf16")
+        self.bf16_check.setToolTip(TOOLTIPS["bf16"])
         form.addRow("Labels", self.labels_combo)
         form.addRow("Axis", self.axis_spin)
         form.addRow("Carbon-binder D", self.cb_spin)
@@ -116,7 +120,7 @@ class MetricsPanel(QWidget):
         form.addRow("τ columns", self.tau_width_spin)
         form.addRow("Band image", self.image_combo)
         form.addRow("Band λ", self.lams_edit)
-        form.addRow("Band MC samples", self.mc_spin)
+        form.addRow("Band MC samples", hbox_row(self.mc_spin, self.bf16_check))
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Compute")
         self.run_button.clicked.connect(lambda: self.compute())
@@ -198,6 +202,7 @@ class MetricsPanel(QWidget):
             bundle_path=Path(bundle) if bundle else None,
             band_lams=parse_lams(self.lams_edit.text()) if image_layer is not None else (),
             band_mc=self.mc_spin.value() if image_layer is not None else 0,
+            band_precision="bf16" if self.bf16_check.isChecked() else "fp32",
         )
 
     # ------------------------------------------------------------------ running

@@ -66,6 +66,8 @@ JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compar
 SLIDER_STEPS = 1000
 """Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.015)."""
 STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
+TIFF_FILTER, ZARR_FILTER = "TIFF (*.tif *.tiff)", "OME-Zarr (*.zarr)"
+"""The export dialog's formats (a name ending in .zarr writes OME-Zarr either way)."""
 
 
 # napari imports these the first time a Labels layer is made (features table, colour
@@ -975,12 +977,14 @@ class PaserWidget(QWidget):
             return nothing
         masks = self.masks_check.isChecked() if masks is None else masks
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Export phases", f"{self._source.name}_phases.tif", "TIFF (*.tif *.tiff);;OME-Zarr (*.zarr)",
+            path, chosen = QFileDialog.getSaveFileName(
+                self, "Export phases", f"{self._source.name}_phases.tif", f"{TIFF_FILTER};;{ZARR_FILTER}",
                 options=QFileDialog.Option.DontConfirmOverwrite,  # we ask for all files at once below
             )
             if not path:
                 return nothing
+            if chosen == ZARR_FILTER and Path(path).suffix.lower() != ".zarr":
+                path = str(Path(path).with_suffix(".zarr"))  # the format chosen, whatever the name typed
             existing = [p.name for p in export_targets(path, masks).values() if p.exists()]
             if existing:
                 answer = QMessageBox.question(self, "Replace files?", "Replace " + ", ".join(existing) + "?")
