@@ -682,3 +682,36 @@ def test_bf16_patches_where_bf16_is_native_and_one_notification_elsewhere(setup,
     assert "phases" not in viewer.layers
     widget.bf16_check.setChecked(False)
     assert widget.run(blocking=True) is not None and widget._active.precision == "fp32"
+
+
+def test_check_slice_against_f2_shows_what_the_lambda_costs_until_lambda_moves(setup, qtbot, notes):
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.metrics import confusion_matrix, mean_iou
+    from napari_paser.engine.pipeline import PaserSegmenter
+
+    viewer, widget = setup
+    assert widget.check_against_f2(blocking=True) is None and "run PaSeR first" in notes[-1][1]
+    widget.bundle_combo.setCurrentIndex(0)  # the default bundle: trained networks that disagree somewhere
+    widget.lam = 0.9
+    assert widget.run(blocking=True) is not None
+    viewer.dims.set_point(0, 4 * SCALE[0] + TRANSLATE[0])
+    check = widget.check_against_f2(blocking=True)
+    seg = PaserSegmenter(load_bundle(widget.bundle_path), mc_passes=2)
+    seg.set_volume(viewer.layers["ct"].data)
+    routed, f2 = seg.compose(4, lam=0.9), seg.compose(4, routing=np.full(seg.grid, 2, np.uint8))
+    cm = confusion_matrix(routed, f2)
+    assert check.z == 4 and check.agreement == pytest.approx(np.trace(cm) / cm.sum()) and check.mean_iou == pytest.approx(mean_iou(cm))
+    assert check.agreement < 1  # at λ 0.9 most patches keep f0
+    shown = widget.stats.stats["f2_check"]
+    assert shown["slice"] == 4 and shown["agreement"] == pytest.approx(check.agreement)
+    assert "vs f2 on every patch" in widget.stats.summary.text()
+    assert viewer.layers["phases"].metadata["napari_paser"]["statistics"]["f2_check"]["lam"] == pytest.approx(0.9)
+    # Stale once λ moves; checked again at the new λ.
+    widget.lam = 0.0
+    qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=60_000)
+    _wait_idle(qtbot, widget)
+    assert "f2_check" not in widget.stats.stats and "vs f2" not in widget.stats.summary.text()
+    again = widget.check_against_f2(blocking=True)
+    expected = confusion_matrix(seg.compose(4, lam=0.0), f2)
+    assert again.lam == 0.0 and again.agreement == pytest.approx(np.trace(expected) / expected.sum())
+    assert again.agreement > check.agreement

@@ -8,6 +8,7 @@ paths share one code. torch and the engine are imported only inside the jobs.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Ready", "Stage", "SliceDone", "Compared", "Outcome", "RunRequest", "run_job", "reroute_job", "compare_job",
+    "F2Check", "check_against_f2_job",
     "pick_device", "Session", "needs_streaming", "STREAM_BYTES",
 ]
 
@@ -288,3 +290,34 @@ def compare_job(labels: Any, ground_truth: Any, slices: list[int]) -> Generator[
         confusion[z] = slice_confusion(np.asarray(labels[z]), ground_truth[z])
         yield Compared(z, confusion[z])
     return confusion
+
+
+@dataclass
+class F2Check:
+    """Slice ``z`` as routed at ``lam`` against every patch on f2 (PaSeR's costliest
+    routing): how much the compute saved there changed the phases."""
+
+    z: int
+    lam: float
+    agreement: float  # share of the slice's pixels labelled as with f2 everywhere
+    mean_iou: float  # of the slice's phases, f2 everywhere's taken as the truth
+    seconds: float  # what the check took (f2 on the patches not computed yet)
+
+    def as_stats(self) -> dict:
+        return {"slice": self.z, "lam": self.lam, "agreement": self.agreement, "mean_iou": self.mean_iou}
+
+
+def check_against_f2_job(session: Session, z: int, lam: float) -> Generator[Any, None, F2Check]:
+    """Compose slice ``z`` at ``lam`` and with every patch on f2 (the f2 patches stay
+    cached: a check after moving λ is quick) and compare them."""
+    from ..engine import metrics
+
+    seg = session.segmenter
+    yield Stage(f"checking slice {z} against f2", 1)
+    start = time.perf_counter()
+    with session.lock:
+        labels = seg.compose(z, routing=seg.routing(lam, z))
+        reference = seg.compose(z, routing=np.full(tuple(seg.grid), 2, np.uint8))
+    confusion = metrics.confusion_matrix(labels, reference)
+    return F2Check(int(z), float(lam), float(np.trace(confusion) / confusion.sum()), metrics.mean_iou(confusion),
+                   time.perf_counter() - start)

@@ -153,6 +153,10 @@ class StatsPanel(QWidget):
             if stats.get("iou_slices", 0) < stats.get("slices_done", 0):
                 iou += f" (over {stats['iou_slices']} of {stats['slices_done']} slices: the others not compared, or their truth not 0, 1, 2)"
             lines.append(iou)
+        check = stats.get("f2_check")
+        if check:
+            lines.append(f"<b>vs f2 on every patch</b> (slice {check['slice']}): {100 * check['agreement']:.2f} % of pixels "
+                         f"alike, mean IoU {check['mean_iou']:.3f}")
         if stats.get("slices_done", 0) < stats.get("slices_total", 0):
             lines.append(f"<i>{stats['slices_done']} of {stats['slices_total']} slices segmented</i>")
         if note:

@@ -44,6 +44,12 @@ TOOLTIPS: dict[str, str] = {
     ),
     "cancel": "Stop after the slice being processed; finished slices stay, the rest stay empty.",
     "device": "Where the networks run: CUDA if a GPU is available, else the CPU.",
+    "check_f2": (
+        "Without a ground truth, see what the λ shown costs in quality: the slice on screen is "
+        "segmented with every patch on f2 (the costliest routing) and compared with the slice as "
+        "routed. The share of pixels alike and the mean IoU show under Statistics until λ moves; "
+        "the f2 patches stay cached, so checking again after moving λ is quick."
+    ),
     "bf16": (
         "Run f1 and f2 in bf16 (f0's analysis stays fp32): on a GPU or a CPU with AVX-512 BF16 or AMX, "
         "f2 ran 3.41-3.62x and PaSeR 1.51-1.69x faster on the benchmark's test sets, at the same mean IoU "

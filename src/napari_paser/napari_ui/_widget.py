@@ -62,7 +62,7 @@ SHOWN_RUN: Any = object()
 """A ``box`` argument meaning the region of the run on show (None is the whole image)."""
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
-JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compare": "comparison"}
+JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compare": "comparison", "check": "check against f2"}
 SLIDER_STEPS = 1000
 """Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.015)."""
 STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
@@ -169,6 +169,7 @@ class PaserWidget(QWidget):
         self._compare_pending = False  # the ground truth changed while a job ran
         self._result = None
         self._lam_shown: float | None = None  # λ of the composed layers
+        self._f2_check: _jobs.F2Check | None = None  # the last check of a slice against f2 everywhere
         self._worker: GeneratorWorker | None = None
         self._job: str | None = None  # a key of JOB_TITLES while a job runs
         self._generation = 0  # messages of older jobs are ignored
@@ -205,6 +206,7 @@ class PaserWidget(QWidget):
         self.device_label = QLabel("chosen when a run starts")
         self.bf16_check = QCheckBox("bf16")
         self.gt_combo = QComboBox()
+        self.check_button = QPushButton("Check slice against f2")
         self.stats = StatsPanel()
         self.masks_check = QCheckBox("per-phase masks")
         self.export_button = QPushButton("Export…")
@@ -220,6 +222,7 @@ class PaserWidget(QWidget):
             (self.mode_combo, "mode"), (self.lam_slider, "lam"), (self.lam_label, "lam"),
             (self.tvd_slider, "tvd"), (self.tvd_label, "tvd"), (self.run_button, "run"),
             (self.cancel_button, "cancel"), (self.device_label, "device"), (self.bf16_check, "bf16"), (self.gt_combo, "ground_truth"),
+            (self.check_button, "check_f2"),
             (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
             (self.store_button, "store"), (self.roi_edit, "roi"), (self.roi_button, "roi_from_shapes"),
         ]:
@@ -239,6 +242,7 @@ class PaserWidget(QWidget):
         stats_box.setToolTip(TOOLTIPS["stats"])
         stats_form = QFormLayout(stats_box)
         stats_form.addRow("Ground truth", self.gt_combo)
+        stats_form.addRow(self.check_button)
         stats_form.addRow(self.stats)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -260,6 +264,7 @@ class PaserWidget(QWidget):
         self.export_button.clicked.connect(lambda: self.export())
         self.store_button.clicked.connect(self._choose_store_folder)
         self.roi_button.clicked.connect(lambda: self.roi_from_shapes())
+        self.check_button.clicked.connect(lambda: self.check_against_f2())
         self.masks_check.toggled.connect(self._on_masks_toggled)
         self.gt_combo.currentIndexChanged.connect(self._on_ground_truth)
         self._on_mode()
@@ -707,6 +712,7 @@ class PaserWidget(QWidget):
         self._per_slice = np.full((msg.shape[0], 3), np.nan)
         self._confusion = _stats.no_comparison(msg.shape[0]) if self.ground_truth_layer is not None else None
         self._result = None
+        self._f2_check = None
         self.device_label.setText(session.device)
 
     def _on_phases_edited(self, layers: ResultLayers, planes: set[int] | None) -> None:
@@ -757,6 +763,12 @@ class PaserWidget(QWidget):
             self._confusion = outcome
             self._publish_comparison()
             self._set_status("Compared with the ground truth.")
+            return
+        if isinstance(outcome, _jobs.F2Check):
+            self._f2_check = outcome
+            self._publish(self.stats.stats)
+            self._set_status(f"Slice {outcome.z} at λ = {outcome.lam:.3f}: {100 * outcome.agreement:.2f} % of its pixels as with "
+                             f"f2 on every patch ({outcome.seconds:.1f} s).")
             return
         self._layers.add_all()  # a quick job can end before the stepwise adding did
         self._result, self._lam_shown = outcome.result, outcome.lam
@@ -822,6 +834,10 @@ class PaserWidget(QWidget):
         if self._layers is None or self._active is None:
             return
         report: dict = self._result.report() if self._result is not None else {}
+        check = self._f2_check
+        stats = {k: v for k, v in stats.items() if k != "f2_check"}
+        if check is not None and self._lam_shown is not None and abs(check.lam - self._lam_shown) < 1e-12:
+            stats["f2_check"] = check.as_stats()  # stale once λ moves: press the button again
         self._layers.set_metadata(
             bundle=self._active.bundle, device=self._active.device, precision=self._active.precision, mode=self.mode,
             lam=self._lam_shown, tvd=stats.get("tvd", self.tvd if self.mode == "tvd" else None),
@@ -854,6 +870,25 @@ class PaserWidget(QWidget):
         if self._active is not None:
             self._debounce.start()  # coalesce a drag into one re-route
 
+    def check_against_f2(self, blocking: bool | None = None) -> Any:
+        """Compare the slice on screen, as routed at the λ shown, with every patch on f2
+        (the costliest routing): the share of pixels alike and the mean IoU appear in the
+        statistics until λ moves. The f2 patches stay cached, so checking again after
+        moving λ is quick. Returns the worker, or with ``blocking`` the :class:`_jobs.F2Check`
+        (None if it could not start; the reason is notified)."""
+        if self.busy:
+            show_warning("wait for the running job to finish before checking against f2")
+            return None
+        if self._active is None or self._layers is None or not self._layers.alive() or self._lam_shown is None:
+            show_error("nothing to check yet: run PaSeR first")
+            return None
+        z = self._visible_slice()
+        if not self._layers.done[z]:
+            show_error(f"slice {z} is not segmented yet")
+            return None
+        self._set_status(f"Checking slice {z} against f2…")
+        return self._start("check", _jobs.check_against_f2_job, self._active, z, self._lam_shown, blocking=blocking)
+
     def _target_lam(self, session: _jobs.Session) -> float | None:
         """λ for the sliders; None if the engine is busy for now (the caller retries)."""
         if self.mode == "lam":
@@ -874,7 +909,7 @@ class PaserWidget(QWidget):
         """
         if self._active is None or self._layers is None or not self._layers.alive():
             return None
-        if self._job in ("run", "export", "compare"):
+        if self._job in ("run", "export", "compare", "check"):
             self._reroute_pending = True  # applied when the job ends (an export or a comparison reads the layer)
             return None
         if self._worker is not None:
