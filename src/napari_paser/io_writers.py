@@ -65,7 +65,39 @@ def _check_voxel(voxel_size: VoxelSize | None) -> VoxelSize | None:
     return vs
 
 
-class TiffSliceWriter:
+class _StackWriter:
+    """What the TIFF and OME-Zarr writers share: the destination, which is never replaced
+    without ``overwrite``, the stack's shape, and the check of each slab appended."""
+
+    path: Path
+    shape: tuple[int, ...]
+    planes: int
+    _written: int
+    _overwrite: bool
+
+    def _start(self, path: Path, shape: tuple[int, ...], overwrite: bool) -> None:
+        self.path = path
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists (use --overwrite)")
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) not in (2, 3):
+            raise PaserInputError(f"expected a (Z,Y,X) or (Y,X) shape, got {self.shape}")
+        self.planes = self.shape[0] if len(self.shape) == 3 else 1
+        self._written = 0
+        self._overwrite = overwrite
+
+    def _next_planes(self, planes: np.ndarray) -> np.ndarray:
+        """``planes`` as a (k, Y, X) slab, checked to fit after what is written."""
+        arr = np.asarray(planes)
+        arr = arr[None] if arr.ndim == 2 else arr
+        if arr.shape[1:] != self.shape[-2:]:
+            raise ValueError(f"planes of shape {arr.shape[1:]} do not fit a stack of {self.shape}")
+        if self._written + len(arr) > self.planes:
+            raise ValueError(f"more than {self.planes} planes written to {self.path}")
+        return arr
+
+
+class TiffSliceWriter(_StackWriter):
     """Write a (Z,Y,X) stack to a TIFF file plane by plane, atomically.
 
     Parameters
@@ -104,17 +136,10 @@ class TiffSliceWriter:
         overwrite: bool = False,
         bigtiff: bool | None = None,
     ):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists (use --overwrite)")
-        self.shape = tuple(int(s) for s in shape)
-        if len(self.shape) not in (2, 3):
-            raise PaserInputError(f"expected a (Z,Y,X) or (Y,X) shape, got {self.shape}")
+        self._start(Path(path), shape, overwrite)
         self.dtype = np.dtype(dtype)
         if self.dtype.char not in "BHhf":
             raise ValueError(f"TIFF stacks are uint8, uint16, int16 or float32, not {self.dtype}")
-        self.planes = self.shape[0] if len(self.shape) == 3 else 1
-        self._written = 0
         nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         big = nbytes > BIGTIFF_BYTES if bigtiff is None else bool(bigtiff)
         vs = _check_voxel(voxel_size)
@@ -144,7 +169,6 @@ class TiffSliceWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
-        self._overwrite = overwrite
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(writer_kwargs, kwargs), daemon=True, name="paser-tiff-writer")
@@ -180,13 +204,7 @@ class TiffSliceWriter:
 
     def write(self, planes: np.ndarray) -> None:
         """Append the next planes: a (k, Y, X) slab, or one (Y, X) plane."""
-        arr = np.asarray(planes)
-        arr = arr[None] if arr.ndim == 2 else arr
-        if arr.shape[1:] != self.shape[-2:]:
-            raise ValueError(f"planes of shape {arr.shape[1:]} do not fit a stack of {self.shape}")
-        if self._written + len(arr) > self.planes:
-            raise ValueError(f"more than {self.planes} planes written to {self.path}")
-        for plane in arr:
+        for plane in self._next_planes(planes):
             self._put(np.ascontiguousarray(plane, dtype=self.dtype))
             self._written += 1
 
@@ -343,7 +361,7 @@ def write_label_pyramid(group: Any, top: int | None = None) -> list[tuple[int, .
     return shapes
 
 
-class ZarrLabelWriter:
+class ZarrLabelWriter(_StackWriter):
     """Write a (Z,Y,X) label stack to an OME-Zarr label image plane by plane, atomically:
     the same interface as :class:`TiffSliceWriter` (``write``, ``close``, ``abort``).
 
@@ -378,18 +396,11 @@ class ZarrLabelWriter:
         overwrite: bool = False,
         phases: bool = True,
     ):
-        self.path = Path(path).absolute()
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists (use --overwrite)")
-        self.shape = tuple(int(s) for s in shape)
-        if len(self.shape) not in (2, 3):
-            raise PaserInputError(f"expected a (Z,Y,X) or (Y,X) shape, got {self.shape}")
+        self._start(Path(path).absolute(), shape, overwrite)
         self.dtype = np.dtype(dtype)
         if not np.issubdtype(self.dtype, np.integer):
             raise ValueError(f"label images are integers, not {self.dtype}")
-        self._overwrite = overwrite
         z, h, w = self.shape if len(self.shape) == 3 else (1, *self.shape)
-        self.planes, self._written = z, 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
@@ -403,12 +414,7 @@ class ZarrLabelWriter:
 
     def write(self, planes: np.ndarray) -> None:
         """Append the next planes: a (k, Y, X) slab, or one (Y, X) plane."""
-        arr = np.asarray(planes)
-        arr = arr[None] if arr.ndim == 2 else arr
-        if arr.shape[1:] != self._array.shape[1:]:
-            raise ValueError(f"planes of shape {arr.shape[1:]} do not fit a stack of {self.shape}")
-        if self._written + len(arr) > self.planes:
-            raise ValueError(f"more than {self.planes} planes written to {self.path}")
+        arr = self._next_planes(planes)
         self._array[self._written : self._written + len(arr)] = arr.astype(self.dtype, copy=False)
         self._written += len(arr)
 
