@@ -165,6 +165,11 @@ class Volume(abc.ABC):
         out = out if self.input_ndim == 3 else out[0]
         return out.astype(dtype, copy=False) if dtype is not None else out
 
+    def coarser_levels(self) -> list[Volume]:
+        """Coarser versions of the stack stored with it, finest first (an OME-Zarr
+        pyramid's levels: :meth:`ZarrVolume.coarser_levels`); none for other inputs."""
+        return []
+
     def close(self) -> None:
         """Release open file handles (they are reopened on the next read)."""
         # Subclasses that read through one open file keep it in ``_handle``.
@@ -636,13 +641,13 @@ class ZarrVolume(Volume):
         self.voxel_size = self._voxel(axes, units, scale, arr)
         self._handle = None
 
-    def coarser_levels(self) -> list[ZarrVolume]:
+    def coarser_levels(self) -> list[Volume]:
         """The coarser levels of an OME-Zarr pyramid, finest first, each a volume of its
         own (napari shows them as one multiscale layer); empty for a plain array. A level
         that does not shrink the one before, or reads as another number of axes, ends the
         list."""
-        levels: list[ZarrVolume] = []
-        last: ZarrVolume = self
+        levels: list[Volume] = []
+        last: Volume = self
         for component in self._coarser:
             try:
                 level = ZarrVolume(self.path, component)

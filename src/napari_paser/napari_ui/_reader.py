@@ -101,8 +101,7 @@ def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
     """``(data, kwargs, layer_type)`` of a lazily read volume (dask arrays, one plane per
     chunk). An OME-Zarr pyramid opens as one multiscale layer of all its levels, so that
     napari's 3-D view and zoomed-out 2-D view read a coarse level, not the full volume."""
-    coarser = volume.coarser_levels() if hasattr(volume, "coarser_levels") else []
-    levels = [_lazy(v, path) for v in (volume, *coarser)]
+    levels = [_lazy(v, path) for v in (volume, *volume.coarser_levels())]
     data = levels if len(levels) > 1 else levels[0]
     ndim = volume.input_ndim
     kwargs: dict[str, Any] = {"name": path.stem if path.suffix else path.name, "metadata": {"source_path": str(path)}}
