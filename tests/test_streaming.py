@@ -137,6 +137,31 @@ def test_inputs_and_outputs_agree(tmp_path, electrode):
 
 
 
+def test_check_planes_reports_what_the_lambda_changed_against_f2(tmp_path, electrode, capsys):
+    from napari_paser.engine import load_bundle
+    from napari_paser.engine.metrics import confusion_matrix, mean_iou
+    from napari_paser.engine.pipeline import PaserSegmenter
+    from napari_paser.engine.registry import resolve_bundle
+
+    tif = io.write_tiff(tmp_path / "img.tif", electrode, voxel_size=VOXEL)
+    assert run_cli(tif, "-o", tmp_path / "out.zarr", "--check-planes", "3", "--lam", "0.3") == 0
+    assert "against f2 on every patch of 3 planes" in capsys.readouterr().out
+    import zarr
+
+    check = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["napari_paser"]["report"]["f2_check"]
+    assert check["planes"] == [0, 2, 5]  # evenly spaced, first and last
+    seg = PaserSegmenter(load_bundle(resolve_bundle(None)), mc_passes=2)
+    seg.set_volume(electrode)
+    cm = sum(confusion_matrix(seg.compose(z, lam=0.3), seg.compose(z, routing=np.full(seg.grid, 2, np.uint8))) for z in (0, 2, 5))
+    assert check["agreement"] == pytest.approx(np.trace(cm) / cm.sum()) and check["mean_iou"] == pytest.approx(mean_iou(cm))
+    assert check["agreement"] < 1
+    # f2 everywhere against itself; a bad count is one line.
+    assert run_cli(tif, "-o", tmp_path / "f2.tif", "--method", "f2", "--check-planes", "2", "--report", tmp_path / "f2.json") == 0
+    assert json.loads((tmp_path / "f2.json").read_text())["f2_check"]["agreement"] == 1.0
+    assert run_cli(tif, "-o", tmp_path / "bad.tif", "--check-planes", "-1") != 0
+    assert "--check-planes must be at least 0" in capsys.readouterr().err and not (tmp_path / "bad.tif").exists()
+
+
 def test_a_zarr_output_gets_coarser_levels_for_viewers(tmp_path, electrode, monkeypatch):
     import zarr
 

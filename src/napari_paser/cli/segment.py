@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="of the f1/f2 patches: bf16 is faster on a GPU or a CPU with AVX-512 BF16 or AMX, its labels "
                         "differ from fp32's on 0.08-0.15 %% of pixels (default: fp32)")
+    p.add_argument("--check-planes", type=int, default=0, metavar="N",
+                   help="also segment N evenly spaced planes with every patch on f2 and report how many of their pixels "
+                        "the run labelled alike: what the λ costs in quality, without a ground truth (default 0)")
     p.add_argument("--report", metavar="REPORT.json", help="write a JSON report (FLOPs, routing, timing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -249,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         raise PaserInputError(f"--slab must be at least 1, got {args.slab}")
     if args.workers is not None and args.workers < 1:
         raise PaserInputError(f"--workers must be at least 1, got {args.workers}")
+    if args.check_planes < 0:
+        raise PaserInputError(f"--check-planes must be at least 0, got {args.check_planes}")
     get_method(args.method)  # fail on a typo before reading anything
     device = resolve_device(args.device)
     precision = check_precision(args.precision, device)
@@ -315,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
             writer=(lambda kind, arr: writers[kind].write(arr)) if writers else None,
             zarr_output=store, todo=todo, entropy=args.entropy, routing=args.routing,
             executor=executor, progress=update, bundle=bundle, device=device, precision=precision,
+            f2_check_planes=args.check_planes,
         )
     except BaseException:
         for w in (writers or {}).values():
@@ -357,6 +363,10 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.report, report, overwrite=args.overwrite)
     lam = "-" if report["lam"] is None else f"{report['lam']:.4g}"
     frac = " ".join(f"{k}={v:.1%}" for k, v in report["route_fraction"].items())
+    check = report.get("f2_check")
+    if check:
+        print(f"against f2 on every patch of {len(check['planes'])} planes: {check['agreement']:.2%} of pixels alike, "
+              f"mean IoU {check['mean_iou']:.4f} ({check['seconds']:.1f} s)")
     print(
         f"wrote {out} {plane_shape} method={report['method']} lam={lam} "
         f"GFLOPs={report['gflops_total']:.3g} ({report['flops_ratio_vs_f2']:.1%} of f2 everywhere) "

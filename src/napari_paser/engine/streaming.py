@@ -41,6 +41,8 @@ __all__ = [
     "fit_bundle_normalizer",
     "default_slab",
     "run_slab",
+    "plane_f2_check",
+    "check_planes",
     "stream_segment",
     "LocalExecutor",
     "DaskExecutor",
@@ -300,6 +302,31 @@ def run_slab(job: StreamJob, k: int) -> SlabOutput:
     return out
 
 
+def check_planes(planes: int, count: int) -> list[int]:
+    """``count`` planes spread evenly over a stack of ``planes``, first and last included."""
+    if count < 1 or planes < 1:
+        return []
+    return sorted({int(round(v)) for v in np.linspace(0, planes - 1, min(count, planes))})
+
+
+def plane_f2_check(job: StreamJob, z: int) -> np.ndarray:
+    """(3, 3) confusion of plane ``z`` as ``job`` segments it (columns) against the same
+    plane with every patch on f2 (rows; fused with f0 as the job's method fuses): what
+    the routing's savings changed there, with no ground truth needed."""
+    from .metrics import confusion_matrix
+    from .pipeline import drain, read_with_context
+
+    seg = _segmenter(job)
+    plane, context = read_with_context(job.volume.read, job.volume.shape[0], z, z + 1, seg.context_planes)
+    seg.set_volume(plane, normalizer=job.normalizer, first_slice=z, context=context)
+    spec = _method(job)
+    labels = np.asarray(drain(seg.run(lam=job.lam, method=spec)).labels)[0]
+    reference = seg.compose(0, routing=np.full(tuple(seg.grid), 2, np.uint8), fused=spec.analyse)
+    confusion = confusion_matrix(labels, reference)
+    release_heap()
+    return confusion
+
+
 def slab_switch_points(job: StreamJob, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Switch points (s1, s2) of every patch of slab ``k`` (analyses its planes)."""
     from .routing import switch_points
@@ -480,6 +507,7 @@ def stream_segment(
     device: str = "cpu",
     bundle: Any = None,
     precision: str = "fp32",
+    f2_check_planes: int = 0,
 ) -> StreamSummary:
     """Segment ``volume`` slab by slab into ``writer`` (ordered) or ``zarr_output`` (any order).
 
@@ -502,6 +530,11 @@ def stream_segment(
     executor : LocalExecutor or DaskExecutor, optional
     progress : callable ``(done, total)``, optional
         Planes done over every pass.
+    f2_check_planes : int
+        Also segment this many evenly spaced planes with every patch on f2 and report, as
+        ``f2_check``, how many of their pixels the run labelled alike and the mean IoU
+        with f2's labels as the truth: what the λ costs in quality, without a ground
+        truth (f2 on those planes costs what f2 everywhere costs there).
 
     Returns
     -------
@@ -536,7 +569,8 @@ def stream_segment(
     idk_prepass = spec.name == "idk" and _idk_needs_thresholds(bundle)
     pre_passes = 1 + (1 if tvd is not None else 0) + (2 if idk_prepass else 0)  # statistics, λ, IDK thresholds
     to_segment = sum(min(slab, z - k * slab) for k in ks)
-    counter = _Counter(total=(pre_passes * z if ks else z) + to_segment, progress=progress)
+    checked = check_planes(z, f2_check_planes)
+    counter = _Counter(total=(pre_passes * z if ks else z) + to_segment + len(checked), progress=progress)
 
     normalizer = fit_bundle_normalizer(volume, bundle, slab=slab, progress=counter.add)
     if spec.uses_lam:
@@ -576,6 +610,17 @@ def stream_segment(
             if routing:
                 writer("routing", out.routing)
         counter.add(len(out.gflops))
+    f2_check = None
+    if checked:
+        check_start = time.perf_counter()
+        confusion = np.zeros((3, 3), dtype=np.int64)
+        for cm in executor.map(plane_f2_check, job, checked):
+            confusion += cm
+            counter.add(1)
+        from .metrics import mean_iou
+
+        f2_check = {"planes": checked, "agreement": float(np.trace(confusion) / confusion.sum()),
+                    "mean_iou": mean_iou(confusion), "seconds": time.perf_counter() - check_start}
     if zarr_output is not None:  # a resumed run also counts the slabs done before
         rec = zarr_output.records()
         gflops, counts, seconds = rec["gflops"], rec["counts"], rec["seconds"]
@@ -609,6 +654,8 @@ def stream_segment(
         "normalizer": {"low": normalizer.low, "high": normalizer.high},
         "idk_thresholds": list(job.idk_thresholds) if job.idk_thresholds else None,
     }
+    if f2_check is not None:
+        report["f2_check"] = f2_check
     return StreamSummary(report, done_slabs=list(ks))
 
 
