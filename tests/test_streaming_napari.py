@@ -175,3 +175,12 @@ def test_an_ome_zarr_pyramid_opens_multiscale_and_is_segmented_at_full_resolutio
     expected = segment(data, load_bundle(routing_bundle_dir), lam=0.9, mc_passes=2)
     np.testing.assert_array_equal(viewer.layers["phases"].data[:], expected.labels)
     np.testing.assert_allclose(viewer.layers["phases"].scale, VOXEL)
+    # A slice of a stack streamed through a Zarr store checks against f2 as one in memory.
+    viewer.dims.set_point(0, 2 * VOXEL[0])
+    check = widget.check_against_f2(blocking=True)
+    from napari_paser.engine.pipeline import PaserSegmenter
+
+    seg = PaserSegmenter(load_bundle(routing_bundle_dir), mc_passes=2)
+    seg.set_volume(data)
+    alike = seg.compose(2, lam=0.9) == seg.compose(2, routing=np.full(seg.grid, 2, np.uint8))
+    assert check is not None and check.z == 2 and check.agreement == pytest.approx(alike.mean())
