@@ -695,7 +695,9 @@ def test_check_slice_against_f2_shows_what_the_lambda_costs_until_lambda_moves(s
     widget.lam = 0.9
     assert widget.run(blocking=True) is not None
     viewer.dims.set_point(0, 4 * SCALE[0] + TRANSLATE[0])
+    viewer.layers.selection.active = viewer.layers["ct"]
     check = widget.check_against_f2(blocking=True)
+    assert viewer.layers.selection.active.name == "ct"  # the check's layer does not take the selection
     seg = PaserSegmenter(load_bundle(widget.bundle_path), mc_passes=2)
     seg.set_volume(viewer.layers["ct"].data)
     routed, f2 = seg.compose(4, lam=0.9), seg.compose(4, routing=np.full(seg.grid, 2, np.uint8))
@@ -704,6 +706,9 @@ def test_check_slice_against_f2_shows_what_the_lambda_costs_until_lambda_moves(s
     assert check.agreement < 1  # at λ 0.9 most patches keep f0
     shown = widget.stats.stats["f2_check"]
     assert shown["slice"] == 4 and shown["agreement"] == pytest.approx(check.agreement)
+    differs = viewer.layers["differs from f2"]  # where: one plane, over slice 4 only
+    np.testing.assert_array_equal(differs.data, (routed != f2)[None])
+    np.testing.assert_allclose(differs.data_to_world((0, 10, 20)), viewer.layers["phases"].data_to_world((4, 10, 20)))
     assert "vs f2 on every patch" in widget.stats.summary.text()
     assert viewer.layers["phases"].metadata["napari_paser"]["statistics"]["f2_check"]["lam"] == pytest.approx(0.9)
     # Stale once λ moves; checked again at the new λ.
@@ -711,7 +716,10 @@ def test_check_slice_against_f2_shows_what_the_lambda_costs_until_lambda_moves(s
     qtbot.waitUntil(lambda: widget.stats.stats.get("lam") == pytest.approx(0.0), timeout=60_000)
     _wait_idle(qtbot, widget)
     assert "f2_check" not in widget.stats.stats and "vs f2" not in widget.stats.summary.text()
+    assert "differs from f2" not in viewer.layers
     again = widget.check_against_f2(blocking=True)
     expected = confusion_matrix(seg.compose(4, lam=0.0), f2)
     assert again.lam == 0.0 and again.agreement == pytest.approx(np.trace(expected) / expected.sum())
     assert again.agreement > check.agreement
+    assert viewer.layers["differs from f2"].data.sum() == (~np.equal(seg.compose(4, lam=0.0), f2)).sum()
+    assert widget.run(blocking=True) is not None and "differs from f2" not in viewer.layers  # of the run before

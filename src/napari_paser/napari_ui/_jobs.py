@@ -302,6 +302,7 @@ class F2Check:
     agreement: float  # share of the slice's pixels labelled as with f2 everywhere
     mean_iou: float  # of the slice's phases, f2 everywhere's taken as the truth
     seconds: float  # what the check took (f2 on the patches not computed yet)
+    differs: np.ndarray  # (rows, columns) bool: where the two differ
 
     def as_stats(self) -> dict:
         return {"slice": self.z, "lam": self.lam, "agreement": self.agreement, "mean_iou": self.mean_iou}
@@ -320,4 +321,4 @@ def check_against_f2_job(session: Session, z: int, lam: float) -> Generator[Any,
         reference = seg.compose(z, routing=np.full(tuple(seg.grid), 2, np.uint8))
     confusion = metrics.confusion_matrix(labels, reference)
     return F2Check(int(z), float(lam), float(np.trace(confusion) / confusion.sum()), metrics.mean_iou(confusion),
-                   time.perf_counter() - start)
+                   time.perf_counter() - start, labels != reference)

@@ -36,6 +36,7 @@ __all__ = [
     "MODEL_COLORS",
     "PHASES",
     "EDITED",
+    "F2_DIFFERENCES",
     "ENTROPY",
     "ROUTING",
     "phase_colormap",
@@ -63,6 +64,8 @@ MODEL_COLORS = ("#8c8c8c", "#00e5ff", "#ff00ff")
 
 PHASES, ENTROPY, ROUTING = "phases", "entropy", "routing"
 EDITED = "phases (edited)"
+F2_DIFFERENCES = "differs from f2"
+"""The pixels of a checked slice that f2 on every patch labels otherwise (one plane)."""
 """Name of a phase layer the user painted on: theirs from then on (napari numbers repeats)."""
 ENTROPY_MAX = math.log(3.0)
 """Entropy of three equally likely classes: the top of the entropy contrast range."""
@@ -412,6 +415,28 @@ class ResultLayers:
         layer = add(data, name=name, **geometry, **kwargs)
         layer.metadata["napari_paser_layer"] = name
         return layer
+
+    def show_differences(self, z: int, differs: np.ndarray) -> Any:
+        """Show where slice ``z`` differs from f2 on every patch (``differs``, rows x
+        columns): a layer of that one plane over the slice, replacing an earlier check's."""
+        _, _, _, scale, translate, _ = next(spec for spec in self._specs if spec[0] == PHASES)
+        data = np.asarray(differs, np.uint8)
+        translate = np.array(translate, float)
+        if not self.is_2d:
+            data = data[None]
+            translate[0] += z * scale[0]  # one plane, placed at the slice it is of
+        colors = DirectLabelColormap(color_dict={0: "transparent", 1: "#ff3030", None: "transparent"}, background_value=0)
+        active = self.viewer.layers.selection.active
+        layer = self._ensure(F2_DIFFERENCES, "labels", data, scale, translate, colormap=colors, opacity=0.9, blending="translucent")
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active  # the user goes on with the layer they had
+        return layer
+
+    def drop_differences(self) -> None:
+        """Remove the layer of :meth:`show_differences` (stale once λ moves)."""
+        layer = self.viewer.layers[F2_DIFFERENCES] if F2_DIFFERENCES in self.viewer.layers else None
+        if layer is not None and layer.metadata.get("napari_paser_layer") == F2_DIFFERENCES:
+            self.viewer.layers.remove(layer)
 
     # ------------------------------------------------------------------ updates
 

@@ -47,7 +47,8 @@ TOOLTIPS: dict[str, str] = {
     "check_f2": (
         "Without a ground truth, see what the λ shown costs in quality: the slice on screen is "
         "segmented with every patch on f2 (the costliest routing) and compared with the slice as "
-        "routed. The share of pixels alike and the mean IoU show under Statistics until λ moves; "
+        "routed. The share of pixels alike and the mean IoU show under Statistics, and the pixels that "
+        "differ in a 'differs from f2' layer, until λ moves; "
         "the f2 patches stay cached, so checking again after moving λ is quick."
     ),
     "bf16": (

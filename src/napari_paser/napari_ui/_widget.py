@@ -713,6 +713,7 @@ class PaserWidget(QWidget):
         self._confusion = _stats.no_comparison(msg.shape[0]) if self.ground_truth_layer is not None else None
         self._result = None
         self._f2_check = None
+        self._layers.drop_differences()  # of the run before
         self.device_label.setText(session.device)
 
     def _on_phases_edited(self, layers: ResultLayers, planes: set[int] | None) -> None:
@@ -766,6 +767,7 @@ class PaserWidget(QWidget):
             return
         if isinstance(outcome, _jobs.F2Check):
             self._f2_check = outcome
+            self._layers.show_differences(outcome.z, outcome.differs)
             self._publish(self.stats.stats)
             self._set_status(f"Slice {outcome.z} at λ = {outcome.lam:.3f}: {100 * outcome.agreement:.2f} % of its pixels as with "
                              f"f2 on every patch ({outcome.seconds:.1f} s).")
@@ -834,10 +836,12 @@ class PaserWidget(QWidget):
         if self._layers is None or self._active is None:
             return
         report: dict = self._result.report() if self._result is not None else {}
-        check = self._f2_check
         stats = {k: v for k, v in stats.items() if k != "f2_check"}
-        if check is not None and self._lam_shown is not None and abs(check.lam - self._lam_shown) < 1e-12:
-            stats["f2_check"] = check.as_stats()  # stale once λ moves: press the button again
+        if self._f2_check is not None and self._f2_check.lam != self._lam_shown:  # stale once λ moves: check again
+            self._f2_check = None
+            self._layers.drop_differences()
+        if self._f2_check is not None:
+            stats["f2_check"] = self._f2_check.as_stats()
         self._layers.set_metadata(
             bundle=self._active.bundle, device=self._active.device, precision=self._active.precision, mode=self.mode,
             lam=self._lam_shown, tvd=stats.get("tvd", self.tvd if self.mode == "tvd" else None),
