@@ -66,6 +66,15 @@ def _phases(shape=(4, 30, 40)):
     return np.random.default_rng(2).integers(0, 3, shape).astype(np.uint8)
 
 
+def _run_steps(steps):
+    """Every step an export yields, and what it returns at the end."""
+    progress = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            progress.append(next(steps))
+    return progress, end.value.value
+
+
 def test_writer_round_trips_labels_scale_and_provenance(tmp_path):
     labels = _phases()
     provenance = {"bundle": {"name": "tiny", "version": "0"}, "lam": 0.4, "route_fraction": {"f0": 1.0}, "gflops_total": 1.5}
@@ -127,13 +136,9 @@ def test_export_reads_and_writes_a_slab_at_a_time(tmp_path, monkeypatch):
     store = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=labels.shape, chunks=(1, 30, 40), dtype="uint8")
     store[:] = labels
     monkeypatch.setattr(_export, "SLAB_BYTES", 3 * 30 * 40)  # 3 planes a step: 3 + 3 + 1
-    steps = export_steps(tmp_path / "z.tif", store, scale=(2.0, 0.5, 0.5), masks=True)
-    progress = []
-    with pytest.raises(StopIteration) as end:
-        while True:
-            progress.append(next(steps))
+    progress, written = _run_steps(export_steps(tmp_path / "z.tif", store, scale=(2.0, 0.5, 0.5), masks=True))
     assert progress == [(3, 7), (6, 7), (7, 7)]
-    assert [p.name for p in end.value.value] == ["z.tif", "z_pore.tif", "z_carbon-binder.tif", "z_nickel.tif", "z_report.json"]
+    assert [p.name for p in written] == ["z.tif", "z_pore.tif", "z_carbon-binder.tif", "z_nickel.tif", "z_report.json"]
     out, voxel = io.read_stack(tmp_path / "z.tif")
     np.testing.assert_array_equal(out, labels)
     assert voxel == (2.0, 0.5, 0.5) and io.read_metadata(tmp_path / "z.tif")["kind"] == "phases"
@@ -164,13 +169,9 @@ def test_an_export_to_zarr_is_an_ome_zarr_pyramid_that_opens_again(tmp_path, mon
     monkeypatch.setattr(_export, "SLAB_BYTES", 3 * 30 * 40)
     labels = _phases((7, 30, 40))
     provenance = {"lam": 0.4, "roi": [[1, 8], [2, 32], [0, 40]]}
-    steps = export_steps(tmp_path / "p.zarr", labels, scale=(2.0, 0.5, 0.5), provenance=provenance, masks=True)
-    progress = []
-    with pytest.raises(StopIteration) as end:
-        while True:
-            progress.append(next(steps))
+    progress, written = _run_steps(export_steps(tmp_path / "p.zarr", labels, scale=(2.0, 0.5, 0.5), provenance=provenance, masks=True))
     assert progress == [(3, 7), (6, 7), (7, 7)]
-    assert [p.name for p in end.value.value] == ["p.zarr", "p_pore.zarr", "p_carbon-binder.zarr", "p_nickel.zarr", "p_report.json"]
+    assert [p.name for p in written] == ["p.zarr", "p_pore.zarr", "p_carbon-binder.zarr", "p_nickel.zarr", "p_report.json"]
     store = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     np.testing.assert_array_equal(store["0"][:], labels)
     assert store["1"].shape == (4, 15, 20) and "image-label" in store.attrs
