@@ -323,7 +323,7 @@ def label_image_attrs(voxel_size: VoxelSize | None, name: str = "phases", phases
         attrs["image-label"] = {
             "version": "0.4",
             "colors": [{"label-value": i, "rgba": _rgba(CLASS_COLORS[i])} for i in range(len(CLASS_NAMES))],
-            "properties": [{"label-value": i, "class": name} for i, name in enumerate(CLASS_NAMES)],
+            "properties": [{"label-value": i, "class": phase} for i, phase in enumerate(CLASS_NAMES)],
         }
     return attrs
 
@@ -346,6 +346,8 @@ def write_label_pyramid(group: Any, top: int | None = None) -> list[tuple[int, .
     previous = group["0"]
     while max(previous.shape) > top:
         shape = tuple(-(-n // 2) if n > 1 else 1 for n in previous.shape)
+        if shape == tuple(previous.shape):  # one voxel, and a top below it
+            break
         steps = [2 if n > 1 else 1 for n in previous.shape]
         scale = [v * k for v, k in zip(scale, steps)]
         name = str(len(datasets))
