@@ -140,7 +140,7 @@ def test_band_in_bf16_where_it_is_native(tmp_path, tiny_bundle_dir, capsys, monk
     img_f = io.write_tiff(tmp_path / "img.tif", rng.integers(0, 4000, (2, 56, 64)).astype(np.uint16))
     lab_f = io.write_tiff(tmp_path / "lab.tif", rng.integers(0, 3, (2, 56, 64)).astype(np.uint8))
     argv = ["metrics", lab_f, "--no-tortuosity", "--band", img_f, "--bundle", tiny_bundle_dir, "--band-lams", "0",
-            "--band-mc", "0", "--band-precision", "bf16", "--quiet"]
+            "--band-mc", "0", "--precision", "bf16", "--quiet"]
     if precision.bf16_is_fast("cpu"):
         made, real = [], pipeline.PaserSegmenter
         with monkeypatch.context() as m:

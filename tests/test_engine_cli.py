@@ -140,6 +140,10 @@ def test_segment_precision_bf16(tmp_path, image_file, tiny_bundle_dir, capsys, m
     rc, _, err = run_cli(capsys, "segment", image_file, "-o", tmp_path / "emulated.tif", "--precision", "bf16", *common)
     assert rc != 0 and "native bf16" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "emulated.tif").exists()
+    truth = io.write_tiff(tmp_path / "lab.tif", np.zeros((2, 112, 128), np.uint8))
+    rc, _, err = run_cli(capsys, "evaluate", "--images", image_file, "--labels", truth, "--precision", "bf16", *common[:2])
+    assert rc != 0 and "native bf16" in err and len(err.strip().splitlines()) == 1
+
 
 def test_missing_default_bundle_is_one_line(tmp_path, image_file, capsys, monkeypatch):
     from napari_paser.engine import registry
@@ -165,6 +169,7 @@ def test_evaluate_table_and_json(tmp_path, image_file, tiny_bundle_dir, capsys):
     assert rows["f2"]["gflops"] > rows["f1"]["gflops"] > 0
     for r in rows.values():
         assert 0 <= r["mean_iou"] <= 1 and r["iou_per_gflop"] == pytest.approx(r["mean_iou"] / r["gflops"])
+    assert data["precision"] == "fp32"
 
 
 def test_evaluate_rejects_bad_labels(tmp_path, image_file, tiny_bundle_dir, capsys):

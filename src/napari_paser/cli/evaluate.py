@@ -103,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.metrics import evaluate, iou_per_gflop
     from ..engine.normalize import validate_labels
     from ..engine.pipeline import drain, get_method
+    from ..engine.precision import check_precision
 
     check_knobs(args.lam, args.tvd, args.mc_passes, args.batch_size)
+    check_precision(args.precision, "cpu")  # the engine here runs on the CPU
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise PaserInputError("--methods is empty")
@@ -177,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 "bundle": bundle_record(bundle, fused=True),  # f0 fused into the methods that run its analysis
                 "num_slices": seg.num_slices,
                 "mc_passes": seg.mc_passes,
+                "precision": args.precision,
                 "wall_seconds": time.perf_counter() - t0,
                 "methods": rows,
             },

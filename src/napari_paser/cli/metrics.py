@@ -63,8 +63,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     band.add_argument("--band-methods", default="f2", metavar="M1,M2",
                       help="single models run on every patch in the band: f0, f1, f2 ('' for none; default f2)")
     band.add_argument("--band-mc", type=int, default=4, metavar="N", help="single-pass f0 MC-dropout samples in the band (default 4)")
-    band.add_argument("--band-precision", choices=("fp32", "bf16"), default="fp32",
-                      help="of the band's f1/f2 patches (as segment --precision: bf16 is faster where it is native)")
     band.add_argument("--band-slab", type=int, metavar="N",
                       help="planes the band segments at a time, one task each on a cluster (default: about 128 MB of engine state)")
     add_bundle_arguments(band)
@@ -105,7 +103,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
             envelope = PhaseEnvelope()
             gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
                              seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size,
-                             segment_precision=args.band_precision, labels=labels,
+                             segment_precision=args.precision, labels=labels,
                              envelope=envelope, slab=args.band_slab, **kwargs)
 
             def show(step: tuple[str, int, int]) -> None:
@@ -146,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
         from ..engine.devices import resolve_device
 
         args.device = resolve_device(args.device)
-    if args.band and args.band_precision != "fp32":
+    if args.band and args.precision != "fp32":
         from ..engine.precision import check_precision
 
-        check_precision(args.band_precision, args.device or "cpu")
+        check_precision(args.precision, args.device or "cpu")
     with contextlib.ExitStack() as opened:
         # Labels and the band's scan are read a slab of planes at a time (τ's columns: a column at a time).
         source = opened.enter_context(open_volume(args.labels))
@@ -185,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     if band:
         extra["band_image"] = str(Path(args.band).resolve())
         extra["band_members"] = [{"name": m.name, "lam": m.lam, "gflops": m.gflops} for m in band]
-        extra["band_precision"] = args.band_precision
+        extra["band_precision"] = args.precision
     if args.json:
         write_json(args.json, report_dict(metrics, band=[(m.name, m.metrics) for m in band], envelope=envelope, extra=extra), overwrite=args.overwrite)
     if args.csv:

@@ -55,9 +55,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     where.add_argument("--scheduler", metavar="ADDRESS", help="run slabs on a running dask scheduler (tcp://host:8786)")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="torch device: cpu, cuda, cuda:N or auto (default: cuda if there is one, else cpu)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="of the f1/f2 patches: bf16 is faster on a GPU or a CPU with AVX-512 BF16 or AMX, its labels "
-                        "differ from fp32's on 0.08-0.15 %% of pixels (default: fp32)")
     p.add_argument("--check-planes", type=int, default=0, metavar="N",
                    help="also segment N evenly spaced planes with every patch on f2 and report how many of their pixels "
                         "the run labelled alike: what the λ costs in quality, without a ground truth (default 0)")
@@ -83,6 +80,9 @@ def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-passes", type=int, metavar="N", help="MC-dropout passes of f0 (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per f1/f2 call")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="of the f1/f2 patches: bf16 is faster on a GPU or a CPU with AVX-512 BF16 or AMX, its labels "
+                        "differ from fp32's on 0.08-0.15 %% of pixels (default: fp32)")
 
 
 def resolve_bundle_arg(name_or_path: str | None) -> Path:
@@ -177,10 +177,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, VoxelSize | None]:
 
 
 def make_segmenter(args: argparse.Namespace, bundle: Bundle) -> PaserSegmenter:
-    """The engine for ``bundle`` with the command's MC passes, seed and batch size."""
+    """The engine for ``bundle`` with the command's MC passes, seed, batch size and precision."""
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
 
-    return PaserSegmenter(bundle, mc_passes=args.mc_passes, seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+    return PaserSegmenter(bundle, mc_passes=args.mc_passes, seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+                          precision=args.precision)
 
 
 def _beside(out: Path, kind: str) -> Path:
