@@ -75,20 +75,20 @@ def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
     return maxrss_kb / 1024.0, seconds, stdout.strip()
 
 
-def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarray) -> dict:
+def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarray, precision: str = "fp32") -> dict:
     rows = []
     for n in sizes:
         src = write_stack(workdir / f"stack_{n}.tif", n, samples)
         out = workdir / f"labels_{n}.tif"
         cmd = [sys.executable, "-m", "napari_paser.cli.main", "segment", str(src), "-o", str(out), "--quiet", "--overwrite",
-               "--report", str(workdir / f"report_{n}.json")]
+               "--report", str(workdir / f"report_{n}.json"), "--precision", precision]
         if lam is not None:
             cmd += ["--lam", str(lam)]
         rss, seconds, _ = peak_rss_of(cmd)
         report = json.loads((workdir / f"report_{n}.json").read_text())
         mvox = n * SIDE * SIDE / 1e6
         rows.append({"slices": n, "peak_rss_mb": rss, "seconds": seconds, "seconds_per_megavoxel": seconds / mvox,
-                     "slab": report["slab"], "lam": report["lam"], "route_fraction": report["route_fraction"]})
+                     "slab": report["slab"], "lam": report["lam"], "route_fraction": report["route_fraction"], "precision": precision})
         print(f"  {n:4d} slices: peak RSS {rss:7.1f} MB, {seconds:7.1f} s ({seconds / mvox:.3f} s/MVx), slab {report['slab']}, "
               f"λ={report['lam']}, routing {report['route_fraction']}", flush=True)
         src.unlink()
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--big-planes", type=int, default=0, help="planes of the beyond-RAM stack (0: skip; 6000 = 12 GiB uint16)")
     ap.add_argument("--big-slabs", type=int, default=2, help="slabs of the beyond-RAM stack to segment")
     ap.add_argument("--lam", type=float, help="λ (default: the bundle's)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of the growth runs' f1/f2 patches (segment --precision)")
     ap.add_argument("--workdir", type=Path, help="folder for the temporary stacks")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     try:
         if args.slices:
             print(f"growth of segment's peak RSS, {SIDE}x{SIDE} uint16 slices:", flush=True)
-            results["growth"] = growth(workdir, sorted(args.slices), args.lam, samples)
+            results["growth"] = growth(workdir, sorted(args.slices), args.lam, samples, args.precision)
             g = results["growth"]
             print(f"  growth {g['rows'][0]['slices']} -> {g['rows'][-1]['slices']} slices: {g['growth_mb']:+.1f} MB", flush=True)
         if args.big_planes > 0:
