@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "iou_per_gflop", "evaluate", "dataset_iou_gains", "dataset_iou_weights"]
+__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_agreement", "iou_per_gflop", "evaluate", "dataset_iou_gains", "dataset_iou_weights"]
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int = 3) -> np.ndarray:
@@ -98,6 +98,11 @@ def dataset_iou_gains(conf: np.ndarray) -> np.ndarray:
     conf = np.asarray(conf, dtype=np.float64)
     weights = dataset_iou_weights(conf[:, 0].sum((0, 1, 2)))
     return np.einsum("ngyxtp,tp->ngyx", conf[:, 1:] - conf[:, :1], weights)
+
+
+def pixel_agreement(cm: np.ndarray) -> float:
+    """Share of the pixels a confusion matrix counts on its diagonal (labelled alike)."""
+    return float(np.trace(cm) / cm.sum())
 
 
 def iou_per_gflop(iou: float, gflops: float) -> float:

@@ -617,9 +617,9 @@ def stream_segment(
         for cm in executor.map(plane_f2_check, job, checked):
             confusion += cm
             counter.add(1)
-        from .metrics import mean_iou
+        from .metrics import mean_iou, pixel_agreement
 
-        f2_check = {"planes": checked, "agreement": float(np.trace(confusion) / confusion.sum()),
+        f2_check = {"planes": checked, "agreement": pixel_agreement(confusion),
                     "mean_iou": mean_iou(confusion), "seconds": time.perf_counter() - check_start}
     if zarr_output is not None:  # a resumed run also counts the slabs done before
         rec = zarr_output.records()

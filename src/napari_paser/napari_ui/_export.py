@@ -33,8 +33,10 @@ SLAB_BYTES = 16 << 20
 def export_targets(path: str | os.PathLike, masks: bool = False) -> dict[str, Path]:
     """Files an export to ``path`` writes: ``phases``, ``report`` and one per mask; TIFF
     files, or OME-Zarr stores for a ``path`` ending in ``.zarr``."""
+    from ..io_writers import is_zarr_path
+
     path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+    if path.suffix.lower() not in (".tif", ".tiff") and not is_zarr_path(path):
         path = path.with_name(path.name + ".tif")
     targets = {"phases": path, "report": path.with_name(path.stem + "_report.json")}
     if masks:
@@ -149,7 +151,7 @@ def export_steps(
         If the labels are not integers in 0..255.
     """
     from ..io_sources import as_volume
-    from ..io_writers import TiffSliceWriter, ZarrLabelWriter
+    from ..io_writers import TiffSliceWriter, ZarrLabelWriter, is_zarr_path
 
     targets = export_targets(path, masks)
     existing = [p for p in targets.values() if p.exists()]
@@ -171,7 +173,7 @@ def export_steps(
     writers: list[TiffSliceWriter | ZarrLabelWriter] = []
     try:
         for key, meta in outputs.items():
-            if targets[key].suffix.lower() == ".zarr":
+            if is_zarr_path(targets[key]):
                 writers.append(ZarrLabelWriter(targets[key], shape, np.uint8, voxel_size=voxel_size, metadata=meta,
                                                overwrite=overwrite, phases=key == "phases"))
             else:

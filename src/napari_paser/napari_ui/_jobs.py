@@ -320,5 +320,5 @@ def check_against_f2_job(session: Session, z: int, lam: float) -> Generator[Any,
         labels = seg.compose(z, routing=seg.routing(lam, z))
         reference = seg.compose(z, routing=np.full(tuple(seg.grid), 2, np.uint8))
     confusion = metrics.confusion_matrix(labels, reference)
-    return F2Check(int(z), float(lam), float(np.trace(confusion) / confusion.sum()), metrics.mean_iou(confusion),
+    return F2Check(int(z), float(lam), metrics.pixel_agreement(confusion), metrics.mean_iou(confusion),
                    time.perf_counter() - start, labels != reference)

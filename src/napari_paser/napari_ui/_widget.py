@@ -768,7 +768,7 @@ class PaserWidget(QWidget):
         if isinstance(outcome, _jobs.F2Check):
             self._f2_check = outcome
             self._layers.show_differences(outcome.z, outcome.differs)
-            self._publish(self.stats.stats)
+            self._publish(self.stats.stats)  # the statistics shown, now with the check
             self._set_status(f"Slice {outcome.z} at λ = {outcome.lam:.3f}: {100 * outcome.agreement:.2f} % of its pixels as with "
                              f"f2 on every patch ({outcome.seconds:.1f} s).")
             return
@@ -836,12 +836,11 @@ class PaserWidget(QWidget):
         if self._layers is None or self._active is None:
             return
         report: dict = self._result.report() if self._result is not None else {}
-        stats = {k: v for k, v in stats.items() if k != "f2_check"}
         if self._f2_check is not None and self._f2_check.lam != self._lam_shown:  # stale once λ moves: check again
             self._f2_check = None
             self._layers.drop_differences()
         if self._f2_check is not None:
-            stats["f2_check"] = self._f2_check.as_stats()
+            stats = {**stats, "f2_check": self._f2_check.as_stats()}
         self._layers.set_metadata(
             bundle=self._active.bundle, device=self._active.device, precision=self._active.precision, mode=self.mode,
             lam=self._lam_shown, tvd=stats.get("tvd", self.tvd if self.mode == "tvd" else None),
@@ -1022,7 +1021,9 @@ class PaserWidget(QWidget):
             )
             if not path:
                 return nothing
-            if chosen == ZARR_FILTER and Path(path).suffix.lower() != ".zarr":
+            from ..io_writers import is_zarr_path
+
+            if chosen == ZARR_FILTER and not is_zarr_path(path):
                 path = str(Path(path).with_suffix(".zarr"))  # the format chosen, whatever the name typed
             existing = [p.name for p in export_targets(path, masks).values() if p.exists()]
             if existing:
