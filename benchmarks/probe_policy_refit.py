@@ -39,7 +39,8 @@ from napari_paser.train.rewards import load_reward_caches
 from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
 from probe_testset_draws import _parse_set
 
-FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "patch_weight": float, "seed": int}
+FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "patch_weight": float,
+            "corr_weight": float, "volumes_per_batch": int, "seed": int}
 
 
 def parse_variant(text: str) -> tuple[str, dict, list[int]]:

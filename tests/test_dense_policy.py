@@ -163,6 +163,24 @@ def test_fit_dense_policy_with_an_error_on_the_patch_means_too():
     assert not torch.equal(plain.output_layer.weight, weighted.output_layer.weight)
 
 
+
+def test_fit_dense_policy_with_a_correlation_term_over_several_volumes():
+    fit, held = [_random_cache(s) for s in range(4)], [_random_cache(10)]
+    config = PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2)
+    plain, ranked = PolicyNet(config), PolicyNet(config)
+    fit_dense_policy(plain, fit, held, steps=100, batch=4, eval_every=50, seed=0)
+    history = fit_dense_policy(ranked, fit, held, steps=100, batch=4, eval_every=50, seed=0, corr_weight=1.0, volumes_per_batch=2)
+    assert min(history["corr_holdout"]) > 0.8
+    assert not torch.equal(plain.output_layer.weight, ranked.output_layer.weight)
+    # the squared error stays, so the gains keep the true ones' scale for λ
+    with torch.no_grad():
+        pred = ranked.gains(held[0].features.float())
+    true = held[0].dataset_gain()
+    assert abs(float(pred.mean() - true.mean())) < 0.5 * float(true.abs().mean())
+    with pytest.raises(ValueError, match="volumes_per_batch"):
+        fit_dense_policy(ranked, fit, steps=2, batch=4, volumes_per_batch=5)
+
+
 def _dense_policy_variant(arch: str, inputs: int) -> tuple[Bundle, torch.Tensor]:
     """A bundle of ``arch`` (v2.9's networks, another dense policy) and the 5-slice image
     on which its reward cache and the engine were checked to give the policy ``inputs``

@@ -45,6 +45,16 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
+def _batch_pearson(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Differentiable Pearson r per model (channel) of ``pred`` with ``true`` (B, M, GY, GX)
+    over the batch's patches."""
+    a = pred.transpose(0, 1).reshape(pred.shape[1], -1)
+    b = true.transpose(0, 1).reshape(true.shape[1], -1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-9)
+
+
 @torch.no_grad()
 def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache]) -> list[float]:
     """Pearson r of the predicted with the true patch gains of f1 and f2 over ``caches``
@@ -80,6 +90,8 @@ def fit_dense_policy(
     weight_decay: float = 1e-4,
     eval_every: int = 250,
     patch_weight: float = 0.0,
+    corr_weight: float = 0.0,
+    volumes_per_batch: int = 1,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -100,6 +112,14 @@ def fit_dense_policy(
     patch_weight : float
         Weight of a second squared error, on the patches' mean gains (what routing
         reads), added to the cells'.
+    corr_weight : float
+        Weight of ``1 - r``, r the Pearson correlation of the predicted with the true
+        patch gains over the batch's patches (per model, averaged): what the ranking of
+        issue 11 scores, added to the cells' error (which keeps the gains on the
+        scale routing weighs against λ).
+    volumes_per_batch : int
+        Volumes each batch's slices are drawn from (evenly); with more than one, the
+        correlation also ranks patches of different scans, as a pooled test set does.
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -119,6 +139,8 @@ def fit_dense_policy(
         # The network is fitted alone; calibrate_residual_prior adds the residual after.
         policy.residual_weight.zero_()
         policy.residual_offset.zero_()
+    if not 1 <= volumes_per_batch <= batch:
+        raise ValueError(f"volumes_per_batch must be between 1 and the batch ({batch}), not {volumes_per_batch}")
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -142,17 +164,25 @@ def fit_dense_policy(
     for step in range(1, steps + 1):
         policy.dense.train()
         policy.dense[0].eval()  # the fixed standardisation
-        ci = int(torch.multinomial(sizes, 1, generator=g))
-        idx = torch.randint(0, len(feats[ci]), (min(batch, len(feats[ci])),), generator=g)
-        x, y = feats[ci][idx].to(dev).float(), targets[ci][idx].to(dev)
+        xs, ys = [], []
+        for _ in range(volumes_per_batch):
+            ci = int(torch.multinomial(sizes, 1, generator=g))
+            idx = torch.randint(0, len(feats[ci]), (min(batch // volumes_per_batch, len(feats[ci])),), generator=g)
+            xs.append(feats[ci][idx])
+            ys.append(targets[ci][idx])
+        x, y = torch.cat(xs).to(dev).float(), torch.cat(ys).to(dev)
         for dim in (-1, -2):
             if bool(torch.rand((), generator=g) < 0.5):
                 x, y = x.flip(dim), y.flip(dim)
         pred = policy.cell_gains(x)
         loss = F.mse_loss(pred, y)
-        if patch_weight:
+        if patch_weight or corr_weight:
             k = policy.patch_cells()
-            loss = loss + patch_weight * F.mse_loss(F.avg_pool2d(pred, k), F.avg_pool2d(y, k))
+            pred_patch, true_patch = F.avg_pool2d(pred, k), F.avg_pool2d(y, k)
+            if patch_weight:
+                loss = loss + patch_weight * F.mse_loss(pred_patch, true_patch)
+            if corr_weight:
+                loss = loss + corr_weight * (1.0 - _batch_pearson(pred_patch, true_patch).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
