@@ -98,9 +98,14 @@ def main() -> None:
     base = load_bundle(resolve_bundle(args.base))
     caches = load_reward_caches(args.run / "checkpoints" / "rewards-rl.pt")
     holdout = load_reward_caches(args.run / "checkpoints" / "rewards-rl-holdout.pt")
+    stems = {}
+    for text in args.sets:  # every set's scans must be cached before any fit is spent
+        stems[text] = f"{text.replace(':', '_')}_{args.slices}_{base.name}-{base.meta.get('version')}"
+        if not (args.cache / f"{stems[text]}.pkl").exists():
+            raise SystemExit(f"no {args.cache / stems[text]}.pkl: run probe_refined_ranking.py {args.base} --sets {text} --cache {args.cache} first")
+    variants = [parse_variant(text) for text in args.variants]  # a typo fails before any fit
     fits: dict[str, list] = {}
-    for text in args.variants:
-        name, kwargs, seeds = parse_variant(text)
+    for name, kwargs, seeds in variants:
         fits[name] = []
         for seed in seeds:
             t0 = time.perf_counter()
@@ -112,11 +117,8 @@ def main() -> None:
     lam = float(bundle.default_lam)
     for text in args.sets:
         dist, seeds = _parse_set(text)
-        stem = f"{text.replace(':', '_')}_{args.slices}_{base.name}-{base.meta.get('version')}"
-        scans_path = args.cache / f"{stem}.pkl"
-        if not scans_path.exists():
-            raise SystemExit(f"no {scans_path}: run probe_refined_ranking.py {args.base} --sets {text} --cache {args.cache} first")
-        scans = cached(scans_path, None)
+        stem = stems[text]
+        scans = cached(args.cache / f"{stem}.pkl", None)
         volumes = functools.partial(make_volumes, seeds, args.slices, distribution=dist)
         features = cached(args.cache / f"{stem}_features_{bundle.name}-{bundle.meta.get('version')}.pkl", lambda: scan_features(volumes(), bundle))
         for scan, feats in zip(scans, features):
