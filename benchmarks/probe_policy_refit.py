@@ -6,7 +6,8 @@ stopped on the Pearson r of the patch gains of 8 held-out RL volumes, which was 
 rising at the last step. This probe fits the same network again on the reward caches its
 training run kept (``checkpoints/rewards-rl.pt`` and ``rewards-rl-holdout.pt``) with other
 settings, given as variants ``NAME:key=value,...`` over ``fit_dense_policy``'s keywords
-(``steps``, ``lr``, ``batch``, ``weight_decay``, ``patch_weight``, ``seed``; ``seeds=0+1+2``
+(``steps``, ``lr``, ``batch``, ``weight_decay``, ``patch_weight``, ``corr_weight``,
+``volumes_per_batch``, ``seed``; ``seeds=0+1+2``
 averages the gains of one fit per seed, an ensemble that costs its size in policy FLOPs).
 
 Each fit is scored as ``probe_refined_ranking`` scores a policy, on the same fresh scans of
