@@ -7,8 +7,8 @@ rising at the last step. This probe fits the same network again on the reward ca
 training run kept (``checkpoints/rewards-rl.pt`` and ``rewards-rl-holdout.pt``) with other
 settings, given as variants ``NAME:key=value,...`` over ``fit_dense_policy``'s keywords
 (``steps``, ``lr``, ``batch``, ``weight_decay``, ``patch_weight``, ``corr_weight``,
-``volumes_per_batch``, ``seed``; ``seeds=0+1+2``
-averages the gains of one fit per seed, an ensemble that costs its size in policy FLOPs).
+``volumes_per_batch``, ``seed``; ``seeds=0+1+2`` averages the gains of one fit per seed,
+an ensemble that costs its size in policy FLOPs).
 
 Each fit is scored as ``probe_refined_ranking`` scores a policy, on the same fresh scans of
 both test generators (its ``--cache``, which holds each scan's true confusions): pooled r
