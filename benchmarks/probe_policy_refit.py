@@ -41,7 +41,7 @@ from probe_refined_ranking import cached, policy_inputs, print_lines, print_rank
 from probe_testset_draws import _parse_set
 
 FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "patch_weight": float,
-            "corr_weight": float, "volumes_per_batch": int, "seed": int}
+            "corr_weight": float, "volumes_per_batch": int, "input_jitter": float, "seed": int}
 
 
 def parse_variant(text: str) -> tuple[str, dict, list[int]]:

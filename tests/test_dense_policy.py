@@ -181,6 +181,29 @@ def test_fit_dense_policy_with_a_correlation_term_over_several_volumes():
         fit_dense_policy(ranked, fit, steps=2, batch=4, volumes_per_batch=5)
 
 
+
+def test_jittered_inputs_scale_each_slice_and_channel_but_the_class_probabilities():
+    from napari_paser.train.dense_policy import N_CLASS_INPUTS, jitter_inputs
+
+    x = torch.rand(3, 7, 8, 10) + 0.1
+    out = jitter_inputs(x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :N_CLASS_INPUTS], x[:, :N_CLASS_INPUTS])
+    ratio = out[:, N_CLASS_INPUTS:] / x[:, N_CLASS_INPUTS:]
+    torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))  # one factor per slice and channel
+    assert ratio[..., 0, 0].std() > 0.1  # and they differ
+    torch.testing.assert_close(jitter_inputs(x, 0.0, torch.Generator()), x)
+
+
+def test_fit_dense_policy_with_jittered_inputs_still_learns():
+    fit, held = [_random_cache(s) for s in range(4)], [_random_cache(10)]
+    config = PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2)
+    plain, jittered = PolicyNet(config), PolicyNet(config)
+    fit_dense_policy(plain, fit, held, steps=100, batch=4, eval_every=50, seed=0)
+    history = fit_dense_policy(jittered, fit, held, steps=100, batch=4, eval_every=50, seed=0, input_jitter=0.5)
+    assert min(history["corr_holdout"]) > 0.8  # the entropy still ranks, whatever its scale
+    assert not torch.equal(plain.output_layer.weight, jittered.output_layer.weight)
+
+
 def _dense_policy_variant(arch: str, inputs: int) -> tuple[Bundle, torch.Tensor]:
     """A bundle of ``arch`` (v2.9's networks, another dense policy) and the 5-slice image
     on which its reward cache and the engine were checked to give the policy ``inputs``

@@ -21,6 +21,8 @@ from torch import nn
 
 from .rewards import RewardCache
 
+N_CLASS_INPUTS = 3  # the policy's first inputs: f0's mean class probabilities (uncertainty.policy_features)
+
 
 def _device(policy: nn.Module) -> torch.device:
     return next(policy.parameters()).device
@@ -43,6 +45,13 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.std() == 0 or b.std() == 0:
         return 0.0
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def jitter_inputs(features: torch.Tensor, spread: float, generator: torch.Generator) -> torch.Tensor:
+    """``features`` (B, C, H, W) with every channel after f0's class probabilities scaled
+    by a random factor ``exp(spread * N(0, 1))`` per slice and channel."""
+    factor = (spread * torch.randn(features.shape[0], features.shape[1] - N_CLASS_INPUTS, 1, 1, generator=generator)).exp()
+    return torch.cat([features[:, :N_CLASS_INPUTS], features[:, N_CLASS_INPUTS:] * factor.to(features)], 1)
 
 
 def _batch_pearson(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -92,6 +101,7 @@ def fit_dense_policy(
     patch_weight: float = 0.0,
     corr_weight: float = 0.0,
     volumes_per_batch: int = 1,
+    input_jitter: float = 0.0,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -120,6 +130,11 @@ def fit_dense_policy(
     volumes_per_batch : int
         Volumes each batch's slices are drawn from (evenly); with more than one, the
         correlation also ranks patches of different scans, as a pooled test set does.
+    input_jitter : float
+        Spread (log scale) of a random factor per slice and channel on every input but
+        f0's class probabilities (its entropy, the image's local mean and spread, the
+        refiner's correction): another scanner's contrast and another f0's confidence,
+        which the policy should rank through rather than read as gain.
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -174,6 +189,8 @@ def fit_dense_policy(
         for dim in (-1, -2):
             if bool(torch.rand((), generator=g) < 0.5):
                 x, y = x.flip(dim), y.flip(dim)
+        if input_jitter:
+            x = jitter_inputs(x, input_jitter, g)
         pred = policy.cell_gains(x)
         loss = F.mse_loss(pred, y)
         if patch_weight or corr_weight:
