@@ -152,34 +152,38 @@ def test_the_policy_stage_fits_a_dense_policy(tmp_path):
     assert min(history["corr_holdout"]) > 0.5
 
 
-def test_fit_dense_policy_with_an_error_on_the_patch_means_too():
+@pytest.fixture(scope="module")
+def plain_fit():
+    """Four fit caches, a held-out one, and a policy fitted on them with the defaults."""
     fit, held = [_random_cache(s) for s in range(4)], [_random_cache(10)]
-    config = PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2)
-    plain, weighted = PolicyNet(config), PolicyNet(config)
+    plain = PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2))
     fit_dense_policy(plain, fit, held, steps=100, batch=4, eval_every=50, seed=0)
-    history = fit_dense_policy(weighted, fit, held, steps=100, batch=4, eval_every=50, seed=0, patch_weight=20.0)
-    assert min(history["corr_holdout"]) > 0.8
-    # same seed, same batches: only the added error makes the weights differ
-    assert not torch.equal(plain.output_layer.weight, weighted.output_layer.weight)
+    return fit, held, plain
 
 
-
-def test_fit_dense_policy_with_a_correlation_term_over_several_volumes():
-    fit, held = [_random_cache(s) for s in range(4)], [_random_cache(10)]
-    config = PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2)
-    plain, ranked = PolicyNet(config), PolicyNet(config)
-    fit_dense_policy(plain, fit, held, steps=100, batch=4, eval_every=50, seed=0)
-    history = fit_dense_policy(ranked, fit, held, steps=100, batch=4, eval_every=50, seed=0, corr_weight=1.0, volumes_per_batch=2)
-    assert min(history["corr_holdout"]) > 0.8
-    assert not torch.equal(plain.output_layer.weight, ranked.output_layer.weight)
+@pytest.mark.parametrize(
+    "setting",
+    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}],
+    ids=["error on the patch means", "correlation over two volumes", "jittered inputs"],
+)
+def test_fit_dense_policy_with_another_setting_still_learns(plain_fit, setting):
+    fit, held, plain = plain_fit
+    other = PolicyNet(plain.config)
+    history = fit_dense_policy(other, fit, held, steps=100, batch=4, eval_every=50, seed=0, **setting)
+    assert min(history["corr_holdout"]) > 0.8  # the entropy channel still ranks the gains
+    # same seed, same batches: only the setting makes the weights differ
+    assert not torch.equal(plain.output_layer.weight, other.output_layer.weight)
     # the squared error stays, so the gains keep the true ones' scale for λ
     with torch.no_grad():
-        pred = ranked.gains(held[0].features.float())
+        pred = other.gains(held[0].features.float())
     true = held[0].dataset_gain()
     assert abs(float(pred.mean() - true.mean())) < 0.5 * float(true.abs().mean())
-    with pytest.raises(ValueError, match="volumes_per_batch"):
-        fit_dense_policy(ranked, fit, steps=2, batch=4, volumes_per_batch=5)
 
+
+def test_fit_dense_policy_refuses_more_volumes_than_slices_per_batch():
+    with pytest.raises(ValueError, match="volumes_per_batch"):
+        fit_dense_policy(PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense")),
+                         [_random_cache(0)], steps=2, batch=4, volumes_per_batch=5)
 
 
 def test_jittered_inputs_scale_each_slice_and_channel_but_the_class_probabilities():
@@ -192,16 +196,6 @@ def test_jittered_inputs_scale_each_slice_and_channel_but_the_class_probabilitie
     torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))  # one factor per slice and channel
     assert ratio[..., 0, 0].std() > 0.1  # and they differ
     torch.testing.assert_close(jitter_inputs(x, 0.0, torch.Generator()), x)
-
-
-def test_fit_dense_policy_with_jittered_inputs_still_learns():
-    fit, held = [_random_cache(s) for s in range(4)], [_random_cache(10)]
-    config = PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2)
-    plain, jittered = PolicyNet(config), PolicyNet(config)
-    fit_dense_policy(plain, fit, held, steps=100, batch=4, eval_every=50, seed=0)
-    history = fit_dense_policy(jittered, fit, held, steps=100, batch=4, eval_every=50, seed=0, input_jitter=0.5)
-    assert min(history["corr_holdout"]) > 0.8  # the entropy still ranks, whatever its scale
-    assert not torch.equal(plain.output_layer.weight, jittered.output_layer.weight)
 
 
 def _dense_policy_variant(arch: str, inputs: int) -> tuple[Bundle, torch.Tensor]:
