@@ -7,8 +7,9 @@ rising at the last step. This probe fits the same network again on the reward ca
 training run kept (``checkpoints/rewards-rl.pt`` and ``rewards-rl-holdout.pt``) with other
 settings, given as variants ``NAME:key=value,...`` over ``fit_dense_policy``'s keywords
 (``steps``, ``lr``, ``batch``, ``weight_decay``, ``patch_weight``, ``corr_weight``,
-``volumes_per_batch``, ``seed``; ``seeds=0+1+2`` averages the gains of one fit per seed,
-an ensemble that costs its size in policy FLOPs).
+``volumes_per_batch``, ``input_jitter``, ``seed``; ``seeds=0+1+2`` averages the gains of one fit per
+seed, an ensemble that costs its size in policy FLOPs), or over the network's size
+(``width``, ``dense_layers``: a fresh network of the same inputs).
 
 Each fit is scored as ``probe_refined_ranking`` scores a policy, on the same fresh scans of
 both test generators (its ``--cache``, which holds each scan's true confusions): pooled r
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ import torch
 
 from common import make_volumes
 from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.models import PolicyNet
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.dense_policy import fit_dense_policy
@@ -44,21 +47,27 @@ FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "pat
             "corr_weight": float, "volumes_per_batch": int, "input_jitter": float, "seed": int}
 
 
-def parse_variant(text: str) -> tuple[str, dict, list[int]]:
-    """``NAME:key=value,...`` → (name, fit_dense_policy keywords, seeds of the ensemble)."""
+ARCH_KEYS = {"width": int, "dense_layers": int}  # the network's size (PolicyConfig)
+
+
+def parse_variant(text: str) -> tuple[str, dict, dict, list[int]]:
+    """``NAME:key=value,...`` → (name, fit_dense_policy keywords, PolicyConfig changes,
+    seeds of the ensemble)."""
     name, _, spec = text.partition(":")
-    kwargs, seeds = {}, [0]
+    kwargs, arch, seeds = {}, {}, [0]
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key == "seeds":
             seeds = [int(v) for v in value.split("+")]
         elif key in FIT_KEYS:
             kwargs[key] = FIT_KEYS[key](value)
+        elif key in ARCH_KEYS:
+            arch[key] = ARCH_KEYS[key](value)
         else:
-            raise SystemExit(f"{text}: unknown key {key!r}; choose from seeds, {', '.join(FIT_KEYS)}")
+            raise SystemExit(f"{text}: unknown key {key!r}; choose from seeds, {', '.join([*FIT_KEYS, *ARCH_KEYS])}")
     if "seed" in kwargs:
         seeds = [kwargs.pop("seed")]
-    return name, kwargs, seeds
+    return name, kwargs, arch, seeds
 
 
 @torch.no_grad()
@@ -106,11 +115,12 @@ def main() -> None:
             raise SystemExit(f"no {args.cache / stems[text]}.pkl: run probe_refined_ranking.py {args.base} --sets {text} --cache {args.cache} first")
     variants = [parse_variant(text) for text in args.variants]  # a typo fails before any fit
     fits: dict[str, list] = {}
-    for name, kwargs, seeds in variants:
+    for name, kwargs, arch, seeds in variants:
         fits[name] = []
         for seed in seeds:
             t0 = time.perf_counter()
-            policy = copy.deepcopy(bundle.policy)
+            # Another size is a fresh network of the same inputs; the fit resets the weights anyway.
+            policy = PolicyNet(dataclasses.replace(bundle.policy.config, **arch)).eval() if arch else copy.deepcopy(bundle.policy)
             history = fit_dense_policy(policy, caches, holdout, seed=seed, **kwargs)
             fits[name].append(policy)
             print(f"{name} seed {seed}: best step {history['best_step']}, held-out r {history['corr_holdout']} "
