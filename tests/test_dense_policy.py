@@ -12,21 +12,23 @@ import torch.nn.functional as F
 from napari_paser.engine.bundle import Bundle, default_model_configs, load_bundle, save_bundle
 from napari_paser.engine.metrics import dataset_iou_gains, dataset_iou_weights, mean_iou
 from napari_paser.engine.models import PolicyConfig, PolicyNet
-from napari_paser.train.dense_policy import fit_dense_policy, holdout_correlation
+from napari_paser.train.dense_policy import TIE_BELOW, fit_dense_policy, holdout_correlation, tie_f2_gains
 from napari_paser.train.rewards import RewardCache, cell_confusion, patch_confusion
 
 PATCH = (56, 64)
 
 
-def _random_cache(seed: int, slices: int = 4, signal: bool = True) -> RewardCache:
-    """Slices of 112 x 128 (2 x 2 patches) whose f1 / f2 fix f0 where f0's entropy is high."""
+def _random_cache(seed: int, slices: int = 4, signal: bool = True, f2_like_f1: bool = False) -> RewardCache:
+    """Slices of 112 x 128 (2 x 2 patches) whose f1 / f2 fix f0 where f0's entropy is high
+    (f2 more of it, unless ``f2_like_f1``: then as much as f1, at other pixels)."""
     g = torch.Generator().manual_seed(seed)
     truth = torch.randint(0, 3, (slices, 112, 128), generator=g)
     hard = F.interpolate(torch.rand(slices, 1, 14, 16, generator=g), size=(112, 128), mode="nearest")[:, 0]
     wrong = torch.rand(slices, 112, 128, generator=g) < hard  # f0 errs where it is hard
     f0 = torch.where(wrong, (truth + 1) % 3, truth)
     f1 = torch.where(wrong & (torch.rand(slices, 112, 128, generator=g) < 0.6), (truth + 2) % 3, truth)
-    f2 = torch.where(wrong & (torch.rand(slices, 112, 128, generator=g) < 0.3), (truth + 2) % 3, truth)
+    f2_misses = 0.6 if f2_like_f1 else 0.3
+    f2 = torch.where(wrong & (torch.rand(slices, 112, 128, generator=g) < f2_misses), (truth + 2) % 3, truth)
     preds = [f0, f1, f2]
     conf = torch.stack([patch_confusion(p, truth, PATCH) for p in preds], 1).int()
     cells = torch.stack([cell_confusion(p, truth, 4) for p in preds], 1)
@@ -186,6 +188,42 @@ def test_fit_dense_policy_refuses_more_volumes_than_slices_per_batch():
                          [_random_cache(0)], steps=2, batch=4, volumes_per_batch=5)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense", dense_layers=2),
+        PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, linear_skip=True),
+        default_model_configs("v2.16")["policy"],
+    ],
+    ids=["dense", "patch head with a linear skip", "dense with the image-residual prior"],
+)
+def test_tying_makes_the_last_models_gains_a_line_of_the_firsts(config):
+    torch.manual_seed(0)
+    policy = PolicyNet(config).eval()
+    if config.image_residual:
+        policy.residual_weight.copy_(torch.tensor([0.3, -0.2]))
+    feats = torch.rand(2, config.in_channels, 56, 64)
+    with torch.no_grad():
+        before = policy.gains(feats)
+        policy.tie_last_gains_(1.5, 0.25)
+        after = policy.gains(feats)
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+    torch.testing.assert_close(after[:, 1], 1.5 * before[:, 0] + 0.25)
+    with pytest.raises(ValueError, match="two models after f0"):
+        PolicyNet(replace(config, num_models=2)).tie_last_gains_(1.0, 0.0)
+
+
+def test_f2s_gains_stay_the_policys_own_where_it_knows_where_f2_beats_f1(plain_fit):
+    fit, held, plain = plain_fit  # f2 fixes more of f0's errors than f1, where f0 is unsure
+    policy = PolicyNet(plain.config)
+    policy.load_state_dict(plain.state_dict())
+    record = tie_f2_gains(policy.eval(), fit, held)
+    assert not record["tied"] and record["difference_r_holdout"] >= TIE_BELOW
+    assert torch.equal(policy.output_layer.weight, plain.output_layer.weight)
+    with pytest.raises(ValueError, match="held-out volumes"):
+        tie_f2_gains(policy, fit, [])
+
+
 def test_jittered_inputs_scale_each_slice_and_channel_but_the_class_probabilities():
     from napari_paser.train.dense_policy import N_CLASS_INPUTS, jitter_inputs
 
@@ -340,6 +378,25 @@ def test_the_policy_stage_calibrates_the_image_residual_after_fitting(tmp_path):
     assert len(weight) == 2 and min(weight) > 0
     torch.testing.assert_close(bundle.policy.residual_weight, torch.tensor(weight), rtol=1e-4, atol=0)
     assert len(history["corr_holdout_with_residual"]) == 2
+
+
+def test_the_policy_stage_ties_f2s_gains_to_f1s_where_they_differ_by_chance(tmp_path):
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    bundle = _tiny_dense_bundle()
+    cfg = get_preset("v2.22").replace(policy_steps=100, policy_eval_every=50, policy_batch=4)
+    assert cfg.policy_objective == "dense" and cfg.policy_tie_f2
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    caches = [_random_cache(s, slices=8, f2_like_f1=True) for s in range(6)]  # f2 gains what f1 gains, elsewhere
+    history = train_policy(ctx, bundle, caches[:4], holdout=caches[4:])
+    tie = history["tie_f2"]
+    assert tie["tied"] and tie["difference_r_holdout"] < TIE_BELOW
+    with torch.no_grad():
+        gains = bundle.policy.gains(caches[4].features.float())
+    torch.testing.assert_close(gains[:, 1], tie["slope"] * gains[:, 0] + tie["intercept"], rtol=1e-3, atol=1e-6)
+    assert history["corr_holdout_tied"][0] == pytest.approx(history["corr_holdout"][0], abs=1e-4)  # f1's gains as fitted
 
 
 def test_the_refiners_correction_is_the_kl_of_the_refined_from_the_mc_mean():

@@ -456,7 +456,8 @@ def test_lambda_starts_at_the_chosen_bundles_recommended_value(make_napari_viewe
     """As `segment` does: a bundle's default λ, not the middle of the slider."""
     from napari_paser.engine import registry
     from napari_paser.engine.bundle import save_bundle
-    from napari_paser.napari_ui._widget import PaserWidget, bundle_default_lam
+    from napari_paser.engine.registry import bundle_default_lam
+    from napari_paser.napari_ui._widget import PaserWidget
 
     viewer = make_napari_viewer()
     widget = PaserWidget(viewer)

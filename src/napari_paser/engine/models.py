@@ -617,6 +617,24 @@ class PolicyNet(nn.Module):
             if i == 0:
                 layer.bias.add_(mean.to(layer.bias))
 
+    @torch.no_grad()
+    def tie_last_gains_(self, slope: float, intercept: float) -> None:
+        """Make the last model's gains ``slope * (the first's) + intercept`` from now on.
+
+        For a policy that cannot tell where the largest model beats the medium one: its
+        gains then rank the patches as the medium model's do, and only their level and
+        spread (what routing weighs against λ) stay the largest model's. Every layer that
+        writes the gains is linear in its inputs, so the tie folds into their weights.
+        """
+        if self.config.num_models < 3:
+            raise ValueError("tying needs two models after f0")
+        layers = [self.output_layer] + ([self.skip[-1]] if self.skip is not None else [])
+        for i, layer in enumerate(layers):
+            layer.weight[-1] = slope * layer.weight[0]
+            layer.bias[-1] = slope * layer.bias[0] + (intercept if i == 0 else 0.0)
+        if self.config.image_residual:
+            self.residual_weight[-1] = slope * self.residual_weight[0]
+
     def cell_gains(self, features: torch.Tensor) -> torch.Tensor:
         """Dense head: the predicted gain (B, num_models - 1, rows / pool, columns / pool)
         of every cell of the pooled grid by the network (an image-residual prior acts on

@@ -11,7 +11,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PretrainedBundle", "DEFAULT_BUNDLE", "BUNDLE_ROOT", "list_bundles", "resolve_bundle"]
+__all__ = [
+    "PretrainedBundle",
+    "DEFAULT_BUNDLE",
+    "BUNDLE_ROOT",
+    "list_bundles",
+    "resolve_bundle",
+    "check_bundle_folder",
+    "bundle_patch_size",
+    "bundle_default_lam",
+]
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_BUNDLE = "paser-synth-v2.21"
@@ -65,3 +74,38 @@ def resolve_bundle(name_or_path: str | Path | None = None) -> Path:
     if key.startswith("paser-synth-"):  # perhaps an earlier bundle, which the wheel leaves out
         hint = "; an installed wheel carries the default bundle only, the earlier ones are in the project's source tree"
     raise FileNotFoundError(f"no bundle named or found at {key!r} (bundled: {names}{hint})")
+
+
+def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
+    """Patch size from a bundle manifest, read without torch (None if unreadable)."""
+    try:
+        ph, pw = json.loads((folder / "manifest.json").read_text())["patch_size"]
+        return int(ph), int(pw)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def bundle_default_lam(folder: Path) -> float | None:
+    """The λ a bundle recommends (chosen on its validation data), read without torch
+    (None if unreadable or outside [0, 1])."""
+    try:
+        lam = float(json.loads((folder / "manifest.json").read_text())["default_lam"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return lam if 0.0 <= lam <= 1.0 else None
+
+
+def check_bundle_folder(folder: Path) -> str | None:
+    """Why ``folder`` is not a PaSeR bundle (None if it looks like one); no torch."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    missing = [n for n in ("manifest.json", "weights.safetensors") if not (folder / n).is_file()]
+    if missing:
+        return f"{folder.name} is not a PaSeR bundle: it lacks {', '.join(missing)}"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"{folder.name}/manifest.json is not valid JSON ({err})"
+    if not isinstance(manifest, dict) or "models" not in manifest or "patch_size" not in manifest:
+        return f"{folder.name}/manifest.json is not a PaSeR manifest (no models or patch_size)"
+    return None

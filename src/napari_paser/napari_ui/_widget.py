@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import tempfile
 import threading
 import time
@@ -40,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import registry
+from ..engine.registry import bundle_default_lam, bundle_patch_size, check_bundle_folder
 from ..errors import PaserInputError, one_line
 from . import _jobs, _stats
 from ._export import export_steps, export_targets
@@ -97,41 +97,6 @@ def _start_warm_imports() -> None:
     if not _warmed.is_set():
         _warmed.set()
         threading.Thread(target=_warm_imports, name="napari-paser-warm-imports", daemon=True).start()
-
-
-def bundle_patch_size(folder: Path) -> tuple[int, int] | None:
-    """Patch size from a bundle manifest, read without torch (None if unreadable)."""
-    try:
-        ph, pw = json.loads((folder / "manifest.json").read_text())["patch_size"]
-        return int(ph), int(pw)
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
-
-
-def bundle_default_lam(folder: Path) -> float | None:
-    """The λ a bundle recommends (chosen on its validation data), read without torch
-    (None if unreadable or outside [0, 1])."""
-    try:
-        lam = float(json.loads((folder / "manifest.json").read_text())["default_lam"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
-    return lam if 0.0 <= lam <= 1.0 else None
-
-
-def check_bundle_folder(folder: Path) -> str | None:
-    """Why ``folder`` is not a PaSeR bundle (None if it looks like one); no torch."""
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    missing = [n for n in ("manifest.json", "weights.safetensors") if not (folder / n).is_file()]
-    if missing:
-        return f"{folder.name} is not a PaSeR bundle: it lacks {', '.join(missing)}"
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError) as err:
-        return f"{folder.name}/manifest.json is not valid JSON ({err})"
-    if not isinstance(manifest, dict) or "models" not in manifest or "patch_size" not in manifest:
-        return f"{folder.name}/manifest.json is not a PaSeR manifest (no models or patch_size)"
-    return None
 
 
 class PaserWidget(QWidget):

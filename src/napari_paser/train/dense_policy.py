@@ -278,3 +278,51 @@ def calibrate_residual_prior(policy: nn.Module, caches: Sequence[RewardCache], s
     policy.residual_weight.copy_(weight.to(policy.residual_weight))
     policy.residual_offset.fill_(float(residual.mean()))
     return {"residual_weight": [round(float(w), 6) for w in weight], "residual_offset": round(float(residual.mean()), 8)}
+
+
+# Below this held-out r of the predicted with the true differences between f2's and f1's
+# gains, a policy's f2 gains are tied to its f1 gains (tie_f2_gains). v2.21's network
+# scored -0.023 on its held-out RL volumes and +0.05 / -0.05 on fresh scans of the two
+# test generators, while its f1 gains ranked f2's true gains better than its own f2 gains
+# (benchmarks/probe_results.md, "Does the policy know where f2 beats f1?").
+TIE_BELOW = 0.1
+
+
+@torch.no_grad()
+def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequence[RewardCache], below: float = TIE_BELOW) -> dict:
+    """Tie a fitted policy's f2 gains to its f1 gains where it cannot tell f2 from f1.
+
+    On ``holdout``, the r of the predicted with the true ``g2 - g1`` of every patch says
+    whether the policy knows where f2 beats f1. If that r is below ``below``, its f2 gains
+    become the least-squares line of its own f2 gains on its f1 gains over the patches of
+    ``caches`` (:meth:`~napari_paser.engine.models.PolicyNet.tie_last_gains_`): they rank
+    the patches as its f1 gains do, at the level and spread it predicted for f2.
+
+    Parameters
+    ----------
+    policy : nn.Module
+        A fitted ``PolicyNet`` with two models after f0; changed in place.
+    caches, holdout : sequence of RewardCache
+        The volumes it was fitted on and volumes it never saw.
+    below : float
+        The held-out r of the differences under which the gains are tied.
+
+    Returns
+    -------
+    dict
+        ``difference_r_holdout``, ``tied``, and where tied the line's ``slope`` and
+        ``intercept``.
+    """
+    if not holdout:
+        raise ValueError("tying f2's gains is decided on held-out volumes: give some")
+    policy.eval()
+    pred = torch.cat([_patch_gains(policy, c.features) for c in holdout])
+    true = torch.cat([c.dataset_gain() for c in holdout])
+    r = _pearson(pred[:, 1] - pred[:, 0], true[:, 1] - true[:, 0])
+    record: dict = {"difference_r_holdout": round(r, 4), "tied": r < below}
+    if r < below:
+        fit = torch.cat([_patch_gains(policy, c.features) for c in caches]).double()
+        slope, intercept = np.polyfit(fit[:, 0].reshape(-1).numpy(), fit[:, 1].reshape(-1).numpy(), 1)
+        policy.tie_last_gains_(float(slope), float(intercept))
+        record.update(slope=round(float(slope), 6), intercept=round(float(intercept), 8))
+    return record

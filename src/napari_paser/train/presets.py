@@ -73,6 +73,9 @@ class TrainConfig:
     # (linear) with the lowest error on them (0: no hold-out).
     policy_holdout: float = 0.0
     policy_eval_every: int = 100
+    # Dense: tie the fitted policy's f2 gains to its f1 gains if on the held-out volumes it
+    # cannot tell where f2 beats f1 (train.dense_policy.tie_f2_gains).
+    policy_tie_f2: bool = False
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
     ft_batch: int = 8
@@ -380,6 +383,12 @@ PRESETS["v2.20"] = PRESETS["v2.19"].replace(preset="v2.20", arch="v2.20", f0_fus
 # the image-residual prior.
 PRESETS["v2.21"] = PRESETS["v2.20"].replace(preset="v2.21", arch="v2.21")
 
+
+# v2.21's networks (all kept: warm-started from it) and policy network, fitted as v2.21's,
+# with its f2 gains tied to its f1 gains if on the held-out RL volumes it cannot tell where
+# f2 beats f1 (train.dense_policy.TIE_BELOW).
+PRESETS["v2.22"] = PRESETS["v2.21"].replace(preset="v2.22", policy_tie_f2=True)
+
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -466,6 +475,11 @@ PRESET_NOTES: dict[str, str] = {
         "v2.20's networks with the dense policy also reading how far the refiner moved f0's prediction "
         "and no image-residual prior, the reward caches rebuilt (~9 min CPU once the data exist, "
         "--warm-start src/napari_paser/models/paser-synth-v2.20)"
+    ),
+    "v2.22": (
+        "v2.21's networks and policy network, fitted again, with its f2 gains tied to its f1 gains if on "
+        "the held-out RL volumes it cannot tell where f2 beats f1 (~10 min CPU once the data exist, "
+        "--warm-start src/napari_paser/models/paser-synth-v2.21)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (

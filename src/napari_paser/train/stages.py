@@ -35,7 +35,7 @@ from ..engine.uncertainty import analyse_slices, mc_predict, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
 from .datasets import IGNORE, SliceBank
-from .dense_policy import calibrate_residual_prior, fit_dense_policy, holdout_correlation
+from .dense_policy import calibrate_residual_prior, fit_dense_policy, holdout_correlation, tie_f2_gains
 from .linear_policy import fit_linear_policy
 from .presets import TrainConfig
 from .rewards import (
@@ -543,6 +543,10 @@ def train_policy(
                 history["corr_holdout_with_residual"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
             ctx.log(f"[{stage}] image residual prior {history['residual_prior']}; held-out r with it "
                     f"{history.get('corr_holdout_with_residual', 'none')}")
+        if cfg.policy_tie_f2:
+            history["tie_f2"] = tie_f2_gains(policy, caches, holdout or [])
+            history["corr_holdout_tied"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
+            ctx.log(f"[{stage}] f2's gains tied to f1's: {history['tie_f2']}; held-out r {history['corr_holdout_tied']}")
         return history
     if cfg.policy_objective == "linear":  # closed form: no steps, so none of the loop's set-up below
         history = fit_linear_policy(policy, caches, cfg.reward, holdout)
