@@ -9,7 +9,9 @@ settings, given as variants ``NAME:key=value,...`` over ``fit_dense_policy``'s k
 (``steps``, ``lr``, ``batch``, ``weight_decay``, ``patch_weight``, ``corr_weight``,
 ``volumes_per_batch``, ``input_jitter``, ``seed``; ``seeds=0+1+2`` averages the gains of one fit per
 seed, an ensemble that costs its size in policy FLOPs), or over the network's size
-(``width``, ``dense_layers``: a fresh network of the same inputs).
+(``width``, ``dense_layers``: a fresh network of the same inputs); ``tie_f2=1`` then ties the
+fit's f2 gains to its f1 gains as preset v2.22 does (``train.dense_policy.tie_f2_gains``,
+decided on the held-out RL volumes).
 
 Each fit is scored as ``probe_refined_ranking`` scores a policy, on the same fresh scans of
 both test generators (its ``--cache``, which holds each scan's true confusions): pooled r
@@ -38,7 +40,7 @@ from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyNet
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
-from napari_paser.train.dense_policy import fit_dense_policy
+from napari_paser.train.dense_policy import fit_dense_policy, holdout_correlation, tie_f2_gains
 from napari_paser.train.rewards import load_reward_caches
 from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
 from probe_testset_draws import _parse_set
@@ -48,13 +50,14 @@ FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "pat
 
 
 ARCH_KEYS = {"width": int, "dense_layers": int}  # the network's size (PolicyConfig)
+AFTER_KEYS = {"tie_f2"}  # what is done to the fitted network
 
 
-def parse_variant(text: str) -> tuple[str, dict, dict, list[int]]:
+def parse_variant(text: str) -> tuple[str, dict, dict, list[int], set[str]]:
     """``NAME:key=value,...`` → (name, fit_dense_policy keywords, PolicyConfig changes,
-    seeds of the ensemble)."""
+    seeds of the ensemble, what to do after the fit)."""
     name, _, spec = text.partition(":")
-    kwargs, arch, seeds = {}, {}, [0]
+    kwargs, arch, seeds, after = {}, {}, [0], set()
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key == "seeds":
@@ -63,11 +66,14 @@ def parse_variant(text: str) -> tuple[str, dict, dict, list[int]]:
             kwargs[key] = FIT_KEYS[key](value)
         elif key in ARCH_KEYS:
             arch[key] = ARCH_KEYS[key](value)
+        elif key in AFTER_KEYS:
+            if int(value):
+                after.add(key)
         else:
-            raise SystemExit(f"{text}: unknown key {key!r}; choose from seeds, {', '.join([*FIT_KEYS, *ARCH_KEYS])}")
+            raise SystemExit(f"{text}: unknown key {key!r}; choose from seeds, {', '.join([*FIT_KEYS, *ARCH_KEYS, *AFTER_KEYS])}")
     if "seed" in kwargs:
         seeds = [kwargs.pop("seed")]
-    return name, kwargs, arch, seeds
+    return name, kwargs, arch, seeds, after
 
 
 @torch.no_grad()
@@ -115,7 +121,7 @@ def main() -> None:
             raise SystemExit(f"no {args.cache / stems[text]}.pkl: run probe_refined_ranking.py {args.base} --sets {text} --cache {args.cache} first")
     variants = [parse_variant(text) for text in args.variants]  # a typo fails before any fit
     fits: dict[str, list] = {}
-    for name, kwargs, arch, seeds in variants:
+    for name, kwargs, arch, seeds, after in variants:
         fits[name] = []
         for seed in seeds:
             t0 = time.perf_counter()
@@ -125,6 +131,9 @@ def main() -> None:
             fits[name].append(policy)
             print(f"{name} seed {seed}: best step {history['best_step']}, held-out r {history['corr_holdout']} "
                   f"(fit {history['corr_fit']}), {time.perf_counter() - t0:.0f} s", flush=True)
+            if "tie_f2" in after:
+                print(f"{name} seed {seed}: f2's gains tied to f1's {tie_f2_gains(policy, caches, holdout)}; "
+                      f"held-out r {[round(v, 4) for v in holdout_correlation(policy, holdout)]}", flush=True)
     lam = float(bundle.default_lam)
     for text in args.sets:
         dist, seeds = _parse_set(text)

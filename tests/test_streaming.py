@@ -18,7 +18,7 @@ VOXEL = (2.0, 0.5, 0.5)
 
 @pytest.fixture(scope="module")
 def electrode():
-    """6 planes of 112x128 from the bundled sample stack (at λ 0.002 the default bundle sends patches to f1 and f2)."""
+    """6 planes of 112x128 from the bundled sample stack (at λ 0.0005 the default bundle sends patches to f1 and f2)."""
     from pathlib import Path
 
     image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
@@ -40,7 +40,7 @@ def collect():
 
 @pytest.mark.parametrize(
     "method, knobs",
-    [("paser", {"lam": 0.002}), ("paser", {"tvd": 0.2}), ("idk", {}), ("random", {})],
+    [("paser", {"lam": 0.0005}), ("paser", {"tvd": 0.2}), ("idk", {}), ("random", {})],
 )
 def test_slabs_equal_the_in_memory_engine(electrode, quick, method, knobs):
     from napari_paser.engine.pipeline import segment
