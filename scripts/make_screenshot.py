@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_paser.napari_ui._widget import bundle_patch_size
+    from napari_paser.engine.registry import bundle_patch_size
 
     args = parse_args(argv)
     opened = open_sample(args)

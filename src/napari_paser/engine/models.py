@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -628,12 +628,16 @@ class PolicyNet(nn.Module):
         """
         if self.config.num_models < 3:
             raise ValueError("tying needs two models after f0")
-        layers = [self.output_layer] + ([self.skip[-1]] if self.skip is not None else [])
+        layers: list[nn.Conv2d] = [self.output_layer]
+        if self.skip is not None:
+            layers.append(cast(nn.Conv2d, self.skip[-1]))
         for i, layer in enumerate(layers):
-            layer.weight[-1] = slope * layer.weight[0]
-            layer.bias[-1] = slope * layer.bias[0] + (intercept if i == 0 else 0.0)
+            weight, bias = layer.weight, cast(torch.Tensor, layer.bias)  # every one has a bias
+            weight[-1] = slope * weight[0]
+            bias[-1] = slope * bias[0] + (intercept if i == 0 else 0.0)
         if self.config.image_residual:
-            self.residual_weight[-1] = slope * self.residual_weight[0]
+            residual = cast(torch.Tensor, self.residual_weight)
+            residual[-1] = slope * residual[0]
 
     def cell_gains(self, features: torch.Tensor) -> torch.Tensor:
         """Dense head: the predicted gain (B, num_models - 1, rows / pool, columns / pool)

@@ -323,6 +323,6 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
     if r < below:
         fit = torch.cat([_patch_gains(policy, c.features) for c in caches]).double()
         slope, intercept = np.polyfit(fit[:, 0].reshape(-1).numpy(), fit[:, 1].reshape(-1).numpy(), 1)
-        policy.tie_last_gains_(float(slope), float(intercept))
+        policy.tie_last_gains_(float(slope), float(intercept))  # type: ignore[operator]  # a PolicyNet
         record.update(slope=round(float(slope), 6), intercept=round(float(intercept), 8))
     return record
