@@ -64,7 +64,7 @@ DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
 JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compare": "comparison", "check": "check against f2"}
 SLIDER_STEPS = 1000
-"""Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.015)."""
+"""Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.005)."""
 STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
 TIFF_FILTER, ZARR_FILTER = "TIFF (*.tif *.tiff)", "OME-Zarr (*.zarr)"
 """The export dialog's formats (a name ending in .zarr writes OME-Zarr either way)."""
