@@ -165,8 +165,8 @@ def plain_fit():
 
 @pytest.mark.parametrize(
     "setting",
-    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}],
-    ids=["error on the patch means", "correlation over two volumes", "jittered inputs"],
+    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}, {"shared_target": True}],
+    ids=["error on the patch means", "correlation over two volumes", "jittered inputs", "one target for every model"],
 )
 def test_fit_dense_policy_with_another_setting_still_learns(plain_fit, setting):
     fit, held, plain = plain_fit

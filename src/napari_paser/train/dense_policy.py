@@ -102,6 +102,7 @@ def fit_dense_policy(
     corr_weight: float = 0.0,
     volumes_per_batch: int = 1,
     input_jitter: float = 0.0,
+    shared_target: bool = False,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -135,6 +136,10 @@ def fit_dense_policy(
         f0's class probabilities (its entropy, the image's local mean and spread, the
         refiner's correction): another scanner's contrast and another f0's confidence,
         which the policy should rank through rather than read as gain.
+    shared_target : bool
+        Fit every model's output to the mean of the models' standardised cell gains: one
+        ranking for all (the models' gains correlate, and their mean is the less noisy
+        target), each model's gains then on its own level and spread.
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -167,6 +172,8 @@ def fit_dense_policy(
     flat = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in targets], 1)
     mean, scale = flat.mean(1), flat.std(1).clamp_min(1e-9)
     targets = [(t - mean.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1) for t in targets]
+    if shared_target:
+        targets = [t.mean(1, keepdim=True).expand_as(t) for t in targets]
     _set_input_scale(policy, caches)
     params = [p for p in policy.dense.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
