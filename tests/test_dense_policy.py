@@ -397,6 +397,8 @@ def test_the_policy_stage_ties_f2s_gains_to_f1s_where_they_differ_by_chance(tmp_
         gains = bundle.policy.gains(caches[4].features.float())
     torch.testing.assert_close(gains[:, 1], tie["slope"] * gains[:, 0] + tie["intercept"], rtol=1e-3, atol=1e-6)
     assert history["corr_holdout_tied"][0] == pytest.approx(history["corr_holdout"][0], abs=1e-4)  # f1's gains as fitted
+    with pytest.raises(ValueError, match="policy_tie_f2"):
+        train_policy(replace(ctx, cfg=cfg.replace(policy_objective="regression")), bundle, caches[:4], holdout=caches[4:])
 
 
 def test_the_refiners_correction_is_the_kl_of_the_refined_from_the_mc_mean():
