@@ -165,8 +165,8 @@ def plain_fit():
 
 @pytest.mark.parametrize(
     "setting",
-    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}, {"shared_target": True}],
-    ids=["error on the patch means", "correlation over two volumes", "jittered inputs", "one target for every model"],
+    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}, {"target": "mean"}, {"target": "f1"}],
+    ids=["error on the patch means", "correlation over two volumes", "jittered inputs", "the models' mean gain", "f1's gain"],
 )
 def test_fit_dense_policy_with_another_setting_still_learns(plain_fit, setting):
     fit, held, plain = plain_fit
@@ -186,6 +186,9 @@ def test_fit_dense_policy_refuses_more_volumes_than_slices_per_batch():
     with pytest.raises(ValueError, match="volumes_per_batch"):
         fit_dense_policy(PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense")),
                          [_random_cache(0)], steps=2, batch=4, volumes_per_batch=5)
+    with pytest.raises(ValueError, match="target must be"):
+        fit_dense_policy(PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense")),
+                         [_random_cache(0)], steps=2, batch=4, target="f2")
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def fit_dense_policy(
     corr_weight: float = 0.0,
     volumes_per_batch: int = 1,
     input_jitter: float = 0.0,
-    shared_target: bool = False,
+    target: str = "own",
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -136,10 +136,10 @@ def fit_dense_policy(
         f0's class probabilities (its entropy, the image's local mean and spread, the
         refiner's correction): another scanner's contrast and another f0's confidence,
         which the policy should rank through rather than read as gain.
-    shared_target : bool
-        Fit every model's output to the mean of the models' standardised cell gains: one
-        ranking for all (the models' gains correlate, and their mean is the less noisy
-        target), each model's gains then on its own level and spread.
+    target : {"own", "mean", "f1"}
+        What each model's output is fitted to: its own standardised cell gains, or for
+        every model the mean of the models' or f1's. "mean" and "f1" give one ranking for
+        all models, each model's gains then on its own level and spread.
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -159,6 +159,8 @@ def fit_dense_policy(
         # The network is fitted alone; calibrate_residual_prior adds the residual after.
         policy.residual_weight.zero_()
         policy.residual_offset.zero_()
+    if target not in ("own", "mean", "f1"):
+        raise ValueError(f"target must be 'own', 'mean' or 'f1', not {target!r}")
     if not 1 <= volumes_per_batch <= batch:
         raise ValueError(f"volumes_per_batch must be between 1 and the batch ({batch}), not {volumes_per_batch}")
     g = torch.Generator().manual_seed(seed)
@@ -172,8 +174,10 @@ def fit_dense_policy(
     flat = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in targets], 1)
     mean, scale = flat.mean(1), flat.std(1).clamp_min(1e-9)
     targets = [(t - mean.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1) for t in targets]
-    if shared_target:
+    if target == "mean":
         targets = [t.mean(1, keepdim=True).expand_as(t) for t in targets]
+    elif target == "f1":
+        targets = [t[:, :1].expand_as(t) for t in targets]
     _set_input_scale(policy, caches)
     params = [p for p in policy.dense.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
