@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train paser-synth-v2.22 (CPU, about 10 minutes on 2 cores once the data exist):
+# Train paser-synth-v2.22 (CPU, about 7 minutes on 2 cores once the data exist):
 # paser-synth-v2.21's networks and refiner, all kept, and its dense routing policy fitted
 # again as v2.21's, with its f2 gains then tied to its f1 gains if on the held-out RL
 # volumes it cannot tell where f2 beats f1 (preset v2.22, train.dense_policy.tie_f2_gains).

@@ -478,7 +478,7 @@ PRESET_NOTES: dict[str, str] = {
     ),
     "v2.22": (
         "v2.21's networks and policy network, fitted again, with its f2 gains tied to its f1 gains if on "
-        "the held-out RL volumes it cannot tell where f2 beats f1 (~10 min CPU once the data exist, "
+        "the held-out RL volumes it cannot tell where f2 beats f1 (~7 min CPU once the data exist, "
         "--warm-start src/napari_paser/models/paser-synth-v2.21)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
