@@ -40,7 +40,7 @@ from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyNet
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
-from napari_paser.train.dense_policy import fit_dense_policy, holdout_correlation, tie_f2_gains
+from napari_paser.train.dense_policy import fit_dense_policy, tie_f2_gains
 from napari_paser.train.rewards import load_reward_caches
 from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
 from probe_testset_draws import _parse_set
@@ -133,8 +133,7 @@ def main() -> None:
             print(f"{name} seed {seed}: best step {history['best_step']}, held-out r {history['corr_holdout']} "
                   f"(fit {history['corr_fit']}), {time.perf_counter() - t0:.0f} s", flush=True)
             if "tie_f2" in after:
-                print(f"{name} seed {seed}: f2's gains tied to f1's {tie_f2_gains(policy, caches, holdout)}; "
-                      f"held-out r {[round(v, 4) for v in holdout_correlation(policy, holdout)]}", flush=True)
+                print(f"{name} seed {seed}: f2's gains tied to f1's {tie_f2_gains(policy, caches, holdout)}", flush=True)
     lam = float(bundle.default_lam)
     for text in args.sets:
         dist, seeds = _parse_set(text)

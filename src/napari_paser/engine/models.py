@@ -588,6 +588,14 @@ class PolicyNet(nn.Module):
         """The last convolution of the network path (zeroed to leave the linear skip alone)."""
         return self.dense[-1] if self.config.head == "dense" else self.head[-1]
 
+    def _gain_layers(self) -> list[nn.Conv2d]:
+        """The linear layers that write the gains: the network's last convolution, then
+        the linear skip's where there is one (it adds to the network's output)."""
+        layers = [self.output_layer]
+        if self.skip is not None:
+            layers.append(cast(nn.Conv2d, self.skip[-1]))
+        return layers
+
     def _grid_inputs(self, features: torch.Tensor) -> torch.Tensor:
         # v2 features arrive pooled already (see policy_features).
         return features if self.config.features == "v2" else F.avg_pool2d(features, self.config.pool)
@@ -610,8 +618,7 @@ class PolicyNet(nn.Module):
         suits); the layers that write the gains (the network's last convolution and the
         linear skip) are linear, so the standardisation folds into their weights exactly.
         """
-        layers = [self.output_layer] + ([self.skip[-1]] if self.skip is not None else [])
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(self._gain_layers()):
             layer.weight.mul_(scale.view(-1, 1, 1, 1).to(layer.weight))
             layer.bias.mul_(scale.to(layer.bias))
             if i == 0:
@@ -628,10 +635,7 @@ class PolicyNet(nn.Module):
         """
         if self.config.num_models < 3:
             raise ValueError("tying needs two models after f0")
-        layers: list[nn.Conv2d] = [self.output_layer]
-        if self.skip is not None:
-            layers.append(cast(nn.Conv2d, self.skip[-1]))
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(self._gain_layers()):
             weight, bias = layer.weight, cast(torch.Tensor, layer.bias)  # every one has a bias
             weight[-1] = slope * weight[0]
             bias[-1] = slope * bias[0] + (intercept if i == 0 else 0.0)

@@ -321,8 +321,9 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
     Returns
     -------
     dict
-        ``difference_r_holdout``, ``tied``, and where tied the line's ``slope`` and
-        ``intercept``.
+        ``difference_r_holdout``, ``tied``, where tied the line's ``slope`` and
+        ``intercept``, and ``corr_holdout``: the r of the gains with the true ones on
+        ``holdout`` afterwards (f1, f2).
     """
     if not holdout:
         raise ValueError("tying f2's gains is decided on held-out volumes: give some")
@@ -336,4 +337,5 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
         slope, intercept = np.polyfit(fit[:, 0].reshape(-1).numpy(), fit[:, 1].reshape(-1).numpy(), 1)
         policy.tie_last_gains_(float(slope), float(intercept))  # type: ignore[operator]  # a PolicyNet
         record.update(slope=round(float(slope), 6), intercept=round(float(intercept), 8))
+    record["corr_holdout"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
     return record

@@ -547,7 +547,7 @@ def train_policy(
                     f"{history.get('corr_holdout_with_residual', 'none')}")
         if cfg.policy_tie_f2:
             history["tie_f2"] = tie_f2_gains(policy, caches, holdout or [])
-            history["corr_holdout_tied"] = [round(v, 4) for v in holdout_correlation(policy, holdout or [])]
+            history["corr_holdout_tied"] = history["tie_f2"]["corr_holdout"]
             ctx.log(f"[{stage}] f2's gains tied to f1's: {history['tie_f2']}; held-out r {history['corr_holdout_tied']}")
         return history
     if cfg.policy_objective == "linear":  # closed form: no steps, so none of the loop's set-up below
