@@ -463,14 +463,14 @@ def test_lambda_starts_at_the_chosen_bundles_recommended_value(make_napari_viewe
     widget = PaserWidget(viewer)
     default = bundle_default_lam(registry.list_bundles()[0].path)
     assert default is not None and default != 0.5  # the bundled default's λ, not the slider's middle
-    assert widget.lam == pytest.approx(default, abs=1e-9) and widget.lam_label.text() == f"{default:.3f}"
+    assert widget.lam == default and widget.lam_control.spin.value() == pytest.approx(default)
     tiny_bundle.default_lam = 0.27
     folder = save_bundle(tiny_bundle, tmp_path / "lam-bundle")
     assert bundle_default_lam(folder) == pytest.approx(0.27)
     assert widget.add_bundle_folder(folder)
-    assert widget.lam == pytest.approx(0.27) and widget.lam_label.text() == "0.270"
+    assert widget.lam == pytest.approx(0.27) and widget.lam_control.spin.value() == pytest.approx(0.27)
     widget.bundle_combo.setCurrentIndex(0)
-    assert widget.lam == pytest.approx(default, abs=1e-9)
+    assert widget.lam == default  # exact, not the λ of the log slider's nearest position
 
 
 def _paint_other_phase(layer, z: int, row: int, col: int) -> int:

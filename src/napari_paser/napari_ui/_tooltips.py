@@ -25,8 +25,9 @@ TOOLTIPS: dict[str, str] = {
     ),
     "lam": (
         "Cost weight λ of the router. Higher λ routes more patches to cheaper models. It starts at "
-        "the bundle's recommended λ. Moving it re-routes from the cache: the visible slice updates "
-        "at once, the rest follows."
+        "the bundle's recommended λ. The slider is logarithmic (each step changes λ by 2.3 %, from "
+        "0.0001 to 1; far left is 0); type an exact λ in the box. Moving it re-routes from the "
+        "cache: the visible slice updates at once, the rest follows."
     ),
     "tvd": (
         "Target total-variation distance between the routing and 'f0 everywhere' — roughly the "

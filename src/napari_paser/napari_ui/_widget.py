@@ -21,7 +21,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
-    QSlider,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -48,6 +47,7 @@ from ._layers import ResultLayers, crop, full_resolution
 from ._qt_rows import hbox_row
 from ._stats import StatsPanel, summarize
 from ._tooltips import LOAD_BUNDLE_ITEM, NO_GROUND_TRUTH, TOOLTIPS
+from ._value_slider import LinearScale, LogScale, ValueSlider
 
 if TYPE_CHECKING:
     import napari
@@ -63,8 +63,9 @@ SHOWN_RUN: Any = object()
 DEBOUNCE_MS = 50
 MODES = {"λ (cost weight)": "lam", "TVD (budget)": "tvd"}
 JOB_TITLES = {"run": "run", "reroute": "re-routing", "export": "export", "compare": "comparison", "check": "check against f2"}
-SLIDER_STEPS = 1000
-"""Slider positions per unit of λ or TVD: fine enough for a bundle's default λ (0.005)."""
+LAM_SCALE = LogScale(low=1e-4, high=1.0, steps=400)
+"""λ's slider: 0, then 1e-4 to 1 in steps of 2.3 % (a bundle's useful λ spans decades)."""
+TVD_SCALE = LinearScale(maximum=0.5, steps=500)
 STORE_DEFAULT_TEXT = "Big stacks to: temporary folder…"
 TIFF_FILTER, ZARR_FILTER = "TIFF (*.tif *.tiff)", "OME-Zarr (*.zarr)"
 """The export dialog's formats (a name ending in .zarr writes OME-Zarr either way)."""
@@ -163,8 +164,8 @@ class PaserWidget(QWidget):
         self.mc_spin.setSpecialValueText("bundle default")
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(list(MODES))
-        self.lam_slider, self.lam_label = self._slider(SLIDER_STEPS, SLIDER_STEPS // 2)
-        self.tvd_slider, self.tvd_label = self._slider(SLIDER_STEPS // 2, SLIDER_STEPS // 5)
+        self.lam_control = ValueSlider(LAM_SCALE, 0.5, decimals=5)
+        self.tvd_control = ValueSlider(TVD_SCALE, 0.2, decimals=3)
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -184,8 +185,8 @@ class PaserWidget(QWidget):
 
         for widget, key in [
             (self.image_combo, "image"), (self.bundle_combo, "bundle"), (self.mc_spin, "mc_passes"),
-            (self.mode_combo, "mode"), (self.lam_slider, "lam"), (self.lam_label, "lam"),
-            (self.tvd_slider, "tvd"), (self.tvd_label, "tvd"), (self.run_button, "run"),
+            (self.mode_combo, "mode"), (self.lam_control, "lam"),
+            (self.tvd_control, "tvd"), (self.run_button, "run"),
             (self.cancel_button, "cancel"), (self.device_label, "device"), (self.bf16_check, "bf16"), (self.gt_combo, "ground_truth"),
             (self.check_button, "check_f2"),
             (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
@@ -199,8 +200,8 @@ class PaserWidget(QWidget):
         form.addRow("Bundle", self.bundle_combo)
         form.addRow("MC passes", self.mc_spin)
         form.addRow("Mode", self.mode_combo)
-        form.addRow("λ", hbox_row(self.lam_slider, self.lam_label))
-        form.addRow("TVD", hbox_row(self.tvd_slider, self.tvd_label))
+        form.addRow("λ", self.lam_control)
+        form.addRow("TVD", self.tvd_control)
         form.addRow(hbox_row(self.run_button, self.cancel_button))
         form.addRow("Device", hbox_row(self.device_label, self.bf16_check))
         stats_box = QGroupBox("Statistics")
@@ -222,8 +223,8 @@ class PaserWidget(QWidget):
         self.bundle_combo.activated.connect(self._on_bundle_activated)
         self.bundle_combo.currentIndexChanged.connect(self._use_bundle_lam)
         self.mode_combo.currentIndexChanged.connect(self._on_mode)
-        self.lam_slider.valueChanged.connect(self._on_slider)
-        self.tvd_slider.valueChanged.connect(self._on_slider)
+        self.lam_control.valueChanged.connect(self._on_slider)
+        self.tvd_control.valueChanged.connect(self._on_slider)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(lambda: self.export())
@@ -243,17 +244,6 @@ class PaserWidget(QWidget):
         """Segment stacks too big for memory into a Zarr store under ``folder`` (None: temporary folder)."""
         self.store_folder = str(folder) if folder else None
         self.store_button.setText(f"Big stacks to: {Path(folder).name}/" if folder else STORE_DEFAULT_TEXT)
-
-    @staticmethod
-    def _slider(maximum: int, value: int) -> tuple[QSlider, QLabel]:
-        slider = QSlider(Qt.Orientation.Horizontal)
-        slider.setRange(0, maximum)
-        slider.setSingleStep(SLIDER_STEPS // 100)  # arrow keys: 0.01; page keys: 0.1
-        slider.setPageStep(SLIDER_STEPS // 10)
-        slider.setValue(value)
-        label = QLabel(f"{value / SLIDER_STEPS:.3f}")
-        label.setMinimumWidth(32)
-        return slider, label
 
     def _fill_bundles(self, select: str | None = None) -> None:
         """Bundled models (default first), folders loaded by the user, then the loader."""
@@ -359,19 +349,19 @@ class PaserWidget(QWidget):
 
     @property
     def lam(self) -> float:
-        return self.lam_slider.value() / SLIDER_STEPS
+        return self.lam_control.value
 
     @lam.setter
     def lam(self, value: float) -> None:
-        self.lam_slider.setValue(int(round(value * SLIDER_STEPS)))
+        self.lam_control.value = value
 
     @property
     def tvd(self) -> float:
-        return self.tvd_slider.value() / SLIDER_STEPS
+        return self.tvd_control.value
 
     @tvd.setter
     def tvd(self, value: float) -> None:
-        self.tvd_slider.setValue(int(round(value * SLIDER_STEPS)))
+        self.tvd_control.value = value
 
     @property
     def precision(self) -> str:
@@ -405,10 +395,7 @@ class PaserWidget(QWidget):
         lam = bundle_default_lam(folder) if folder is not None else None
         if lam is None:
             return
-        self.lam_slider.blockSignals(True)
-        self.lam = lam
-        self.lam_slider.blockSignals(False)
-        self.lam_label.setText(f"{self.lam:.3f}")
+        self.lam_control.set_value_silently(lam)
 
     def _on_bundle_activated(self, index: int) -> None:
         if self.bundle_combo.itemData(index) is None:
@@ -734,7 +721,7 @@ class PaserWidget(QWidget):
             self._f2_check = outcome
             self._layers.show_differences(outcome.z, outcome.differs)
             self._publish(self.stats.stats)  # the statistics shown, now with the check
-            self._set_status(f"Slice {outcome.z} at λ = {outcome.lam:.3f}: {100 * outcome.agreement:.2f} % of its pixels as with "
+            self._set_status(f"Slice {outcome.z} at λ = {outcome.lam:.4g}: {100 * outcome.agreement:.2f} % of its pixels as with "
                              f"f2 on every patch ({outcome.seconds:.1f} s).")
             return
         self._layers.add_all()  # a quick job can end before the stepwise adding did
@@ -744,9 +731,9 @@ class PaserWidget(QWidget):
         else:
             self._publish(outcome.stats)
         if self._job == "run":
-            self._set_status(f"Done in {time.perf_counter() - self._job_started:.1f} s at λ = {outcome.lam:.3f}.")
+            self._set_status(f"Done in {time.perf_counter() - self._job_started:.1f} s at λ = {outcome.lam:.4g}.")
         else:
-            self._set_status(f"Re-routed at λ = {outcome.lam:.3f}.")
+            self._set_status(f"Re-routed at λ = {outcome.lam:.4g}.")
 
     def _on_errored(self, err: BaseException, gen: int) -> None:
         if gen != self._generation:
@@ -828,13 +815,11 @@ class PaserWidget(QWidget):
 
     def _on_mode(self, *_: Any) -> None:
         lam_mode = self.mode == "lam"
-        self.lam_slider.setEnabled(lam_mode)
-        self.tvd_slider.setEnabled(not lam_mode)
+        self.lam_control.setEnabled(lam_mode)
+        self.tvd_control.setEnabled(not lam_mode)
         self._on_slider()
 
     def _on_slider(self, *_: Any) -> None:
-        self.lam_label.setText(f"{self.lam:.3f}")
-        self.tvd_label.setText(f"{self.tvd:.3f}")
         if self._active is not None:
             self._debounce.start()  # coalesce a drag into one re-route
 
@@ -899,7 +884,7 @@ class PaserWidget(QWidget):
             if not shown_now or self._confusion is not None:  # to compose, or to compare with the truth off this thread
                 analysed.insert(0, z)
         self._lam_shown = lam
-        self._set_status(f"Re-routing at λ = {lam:.3f}…")
+        self._set_status(f"Re-routing at λ = {lam:.4g}…")
         return self._start(
             "reroute", _jobs.reroute_job, session, lam, self.mode, self.tvd, analysed, self._per_slice,
             self._layers.done.copy(), self._confusion, self._ground_truth(self._layers.labels.shape, warn=False),
