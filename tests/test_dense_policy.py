@@ -474,3 +474,108 @@ def test_a_v2_21_policy_reads_how_far_the_refiner_moved_f0():
         Bundle.from_configs(no_refiner, seed=0)
     with pytest.raises(ValueError, match="input of a 'v2' policy"):
         PolicyNet(PolicyConfig(in_channels=6, refiner_kl=True))
+
+
+KL_POLICY = PolicyConfig(in_channels=7, width=8, features="v2", f0_features=False, head="dense", dense_inputs=7, dense_layers=2, refiner_kl=True)
+
+
+@torch.no_grad()
+def test_a_slice_level_keeps_the_networks_ranking_within_a_slice_and_reads_the_level_from_the_kl(tmp_path):
+    torch.manual_seed(0)
+    policy = PolicyNet(KL_POLICY).eval()
+    feats = torch.rand(3, 7, 56, 64)
+    before = policy.gains(feats)
+    weight, offset = torch.tensor([0.5, -0.2]), torch.tensor([0.01, 0.02])
+    policy.set_slice_level_(weight, offset)
+    after = policy.gains(feats)
+    assert policy.config.slice_level and policy.config.kl_channel == 6
+    torch.testing.assert_close(after - after.mean((2, 3), keepdim=True), before - before.mean((2, 3), keepdim=True))
+    torch.testing.assert_close(after.mean((2, 3)), weight * feats[:, 6].mean((1, 2))[:, None] + offset)
+    assert not torch.allclose(after.mean((2, 3)), before.mean((2, 3)))
+
+    # Saved and loaded with the bundle's policy (the level is part of its state).
+    from conftest import tiny_configs
+
+    configs = tiny_configs()
+    configs["f0"] = replace(configs["f0"], refine_width=4)
+    bundle = Bundle.from_configs({**configs, "policy": KL_POLICY}, seed=0).eval()
+    bundle.policy.load_state_dict(policy.state_dict(), strict=False)  # the network; the level buffers are new
+    bundle.policy.set_slice_level_(weight, offset)
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "level"))
+    assert loaded.policy.config.slice_level
+    torch.testing.assert_close(loaded.policy.gains(feats), after)
+
+    # Tied and rescaled afterwards, exactly as the whole output.
+    policy.tie_last_gains_(1.5, 0.25)
+    tied = policy.gains(feats)
+    torch.testing.assert_close(tied[:, 0], after[:, 0])
+    torch.testing.assert_close(tied[:, 1], 1.5 * after[:, 0] + 0.25)
+    scale, mean = torch.tensor([2.0, 3.0]), torch.tensor([0.1, -0.1])
+    policy.rescale_gains_(scale, mean)
+    torch.testing.assert_close(policy.gains(feats), scale.view(1, 2, 1, 1) * tied + mean.view(1, 2, 1, 1))
+
+    # Cleared, the network sets the level again; the level is no longer in its state.
+    policy.clear_slice_level_()
+    assert not policy.config.slice_level and "level_weight" not in policy.state_dict()
+    assert not torch.allclose(policy.gains(feats).mean((2, 3)), weight * feats[:, 6].mean((1, 2))[:, None] + offset)
+    with pytest.raises(ValueError, match="refiner's KL"):
+        PolicyNet(replace(KL_POLICY, refiner_kl=False, in_channels=6, dense_inputs=6)).set_slice_level_(weight, offset)
+
+
+def _kl_cache(seed: int, slices: int = 8, f2_like_f1: bool = False) -> RewardCache:
+    """A :func:`_random_cache` whose seventh input, the refiner's KL, is the same in every
+    cell of a slice and a line of how much f1 gains on the slice."""
+    cache = _random_cache(seed, slices, f2_like_f1=f2_like_f1)
+    level = cache.dataset_gain().mean((2, 3))[:, 0]
+    kl = (3.0 * level + 0.1).view(-1, 1, 1, 1).expand(-1, 1, 28, 32)
+    return RewardCache(torch.cat([cache.features.float(), kl], 1).half(), cache.conf, cache.cells)
+
+
+@torch.no_grad()
+def test_fit_slice_level_fits_the_line_of_a_slices_mean_gain_on_its_mean_kl():
+    from napari_paser.train.dense_policy import fit_slice_level
+
+    caches = [_kl_cache(s) for s in range(3)]
+    policy = PolicyNet(KL_POLICY).eval()
+    record = fit_slice_level(policy, caches, holdout=[_kl_cache(7)])
+    # The KL is a line of f1's gain per slice (up to the cache's half precision)
+    assert record["r_fit"][0] == pytest.approx(1.0, abs=1e-3)
+    assert record["weight"][0] == pytest.approx(1 / 3, rel=0.02) and record["offset"][0] == pytest.approx(-0.1 / 3, rel=0.02)
+    assert len(record["corr_holdout"]) == 2
+    for cache in caches:  # every slice's gains of f1 have its true mean gain as their level
+        level = policy.gains(cache.features.float()).mean((2, 3))[:, 0]
+        torch.testing.assert_close(level, cache.dataset_gain().mean((2, 3))[:, 0], atol=2e-3, rtol=0.02)
+    with pytest.raises(ValueError, match="refiner's KL"):
+        fit_slice_level(PolicyNet(replace(KL_POLICY, refiner_kl=False, in_channels=6, dense_inputs=6)), [_random_cache(0)])
+
+
+def test_the_policy_stage_reads_each_slices_level_from_the_kl_after_tying(tmp_path):
+    from conftest import tiny_configs
+
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.presets import get_preset
+    from napari_paser.train.stages import StageContext, train_policy
+
+    configs = tiny_configs()
+    configs["f0"] = replace(configs["f0"], refine_width=4)
+    bundle = Bundle.from_configs({**configs, "policy": replace(KL_POLICY, width=4, dense_layers=1)}, seed=0).eval()
+    cfg = get_preset("v2.23").replace(policy_steps=100, policy_eval_every=50, policy_batch=4)
+    assert cfg.policy_tie_f2 and cfg.policy_slice_level and cfg.arch == get_preset("v2.22").arch
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)
+    caches = [_kl_cache(s, f2_like_f1=True) for s in range(6)]  # f2 gains what f1 gains, elsewhere: tied
+    history = train_policy(ctx, bundle, caches[:4], holdout=caches[4:])
+    level = history["slice_level"]
+    assert bundle.policy.config.slice_level and level["r_fit"][0] > 0.99 and len(level["corr_holdout"]) == 2
+    with torch.no_grad():
+        feats = caches[4].features.float()
+        gains = bundle.policy.gains(feats)
+    weight, offset = torch.tensor(level["weight"]), torch.tensor(level["offset"])
+    torch.testing.assert_close(gains.mean((2, 3)), weight * feats[:, 6].mean((1, 2))[:, None] + offset, atol=1e-5, rtol=1e-4)
+    assert history["tie_f2"]["tied"]  # and within a slice f2's gains still rank as f1's
+    centred = gains - gains.mean((2, 3), keepdim=True)
+    torch.testing.assert_close(centred[:, 1], history["tie_f2"]["slope"] * centred[:, 0], atol=1e-5, rtol=1e-3)
+    # Fitting the network again clears the level: the network sets it until it is fitted anew.
+    fit_dense_policy(bundle.policy, caches[:4], steps=2)
+    assert not bundle.policy.config.slice_level
+    with pytest.raises(ValueError, match="policy_slice_level"):
+        train_policy(replace(ctx, cfg=cfg.replace(policy_objective="regression", policy_tie_f2=False)), bundle, caches[:4], holdout=caches[4:])

@@ -294,6 +294,51 @@ def test_shifted_policy_gains_have_the_measured_mean_gain(tiny_bundle):
     np.testing.assert_allclose(held.mean(0), measured.mean(0), atol=1e-5)
 
 
+def _slice_level_bundle():
+    """A tiny bundle whose f0 has a (moving) refiner and whose dense policy reads its KL,
+    with a slice level (PolicyConfig.slice_level)."""
+    from dataclasses import replace
+
+    import torch
+    from conftest import tiny_configs
+
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.models import PolicyConfig
+
+    configs = tiny_configs()
+    configs["f0"] = replace(configs["f0"], refine_width=4)
+    configs["policy"] = PolicyConfig(in_channels=7, width=4, features="v2", f0_features=False, head="dense", dense_inputs=7,
+                                     dense_layers=1, refiner_kl=True)
+    bundle = Bundle.from_configs(configs, seed=0).eval()
+    torch.nn.init.normal_(bundle.f0.refiner.body[-1].weight, std=0.5, generator=torch.Generator().manual_seed(1))
+    bundle.policy.set_slice_level_(torch.tensor([0.2, 0.3]), torch.tensor([0.01, 0.02]))
+    return bundle
+
+
+def test_a_slice_level_policy_is_shifted_through_its_level_and_dropped_by_the_entropy_rule():
+    """The level of a slice-level policy's gains is its KL line: the "shift" rule moves that
+    line (shifting the network's output would be centred away), and the "entropy" rule,
+    which sets every patch's gain, clears it."""
+    from napari_paser.engine.metrics import dataset_iou_gains
+    from napari_paser.train.finetune import FinetuneConfig, _fit_policy_to_entropy, _held_out_table, _prepare, _shift_policy
+
+    img, lab = _scan(2)
+    bundle = _slice_level_bundle()
+    data = _prepare(bundle, img, lab, FinetuneConfig())
+    gains, confs, feats = _held_out_table(bundle, data, 0)
+    assert float(feats[:, 6].float().std()) > 0  # the refiner moves f0: the KL differs between cells
+    shift = np.array(_shift_policy(bundle, data, gains, confs)["shift"])
+    after, _, _ = _held_out_table(bundle, data, 0)
+    np.testing.assert_allclose(after - gains, np.broadcast_to(shift.reshape(1, 2, 1, 1), gains.shape), atol=1e-5)
+    held = after.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
+    measured = dataset_iou_gains(confs[:, :, None, None])[:, :, 0, 0] * len(confs)
+    np.testing.assert_allclose(held.mean(0), measured.mean(0), atol=1e-5)
+    np.testing.assert_allclose(bundle.policy.level_offset.numpy(), np.array([0.01, 0.02]) + shift, atol=1e-6)
+
+    _fit_policy_to_entropy(bundle, data, feats, gains, confs)
+    assert not bundle.policy.config.slice_level and "level_offset" not in bundle.policy.state_dict()
+
+
 @pytest.mark.parametrize("image_residual", [False, True])
 def test_entropy_fitted_policy_ranks_by_f0_entropy_at_its_level(tiny_bundle, tmp_path, image_residual):
     import copy

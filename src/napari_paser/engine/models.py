@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence, cast
 
 import torch
@@ -471,6 +471,14 @@ class PolicyConfig:
     the refined probabilities from the MC mean (:func:`..uncertainty.refiner_correction`).
     Where the refiner moves f0 most, f1 and f2 still gain most over the refined f0
     (``benchmarks/probe_results.md``); a ``dense_inputs`` of 7 lets the dense network read it.
+
+    ``slice_level`` (with ``refiner_kl``) replaces the level of a slice's gains, their
+    mean over its patches, by a line in the slice's mean refiner KL
+    (``PolicyNet.level_weight`` and ``level_offset``, fitted by
+    :func:`napari_paser.train.dense_policy.fit_slice_level`); the network then only ranks
+    the patches within the slice. A network fitted on volumes of many scanners learns
+    their levels, which do not carry over between scans of one scanner
+    (``benchmarks/probe_results.md``).
     """
 
     in_channels: int = 5
@@ -489,6 +497,7 @@ class PolicyConfig:
     mc_spread: bool = False
     image_residual: bool = False
     refiner_kl: bool = False
+    slice_level: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -500,6 +509,13 @@ class PolicyConfig:
         """Index of the image residual among the ``v2`` inputs (after the image's spread
         and, if read, the refiner's KL and the MC spread)."""
         return 6 + int(self.refiner_kl) + int(self.mc_spread)
+
+    @property
+    def kl_channel(self) -> int:
+        """Index of the refiner's KL among the ``v2`` inputs (right after the image's spread)."""
+        if not self.refiner_kl:
+            raise ValueError("this policy does not read the refiner's KL")
+        return 6
 
 
 class BasicBlock(nn.Module):
@@ -544,8 +560,40 @@ class PolicyNet(nn.Module):
             # zero until calibrate_residual_prior sets them (train.dense_policy).
             self.register_buffer("residual_weight", torch.zeros(config.num_models - 1))
             self.register_buffer("residual_offset", torch.zeros(()))
+        if config.slice_level:
+            self._add_slice_level()
         # Sharpness of the routing distribution, learned by REINFORCE.
         self.log_temperature = nn.Parameter(torch.tensor(2.0))
+
+    def _add_slice_level(self) -> None:
+        if self.config.features != "v2" or not self.config.refiner_kl:
+            raise ValueError("a slice's level is read from the refiner's KL: a 'v2' policy with refiner_kl")
+        # Each slice's gains (per model) are level_weight * its mean KL + level_offset on
+        # average: zero until set_slice_level_ sets them.
+        self.register_buffer("level_weight", torch.zeros(self.config.num_models - 1))
+        self.register_buffer("level_offset", torch.zeros(self.config.num_models - 1))
+
+    @torch.no_grad()
+    def set_slice_level_(self, weight: torch.Tensor, offset: torch.Tensor) -> None:
+        """From now on, give each slice's gains of model k the level (mean over the
+        slice's patches) ``weight[k] * the slice's mean refiner KL + offset[k]``, whatever
+        level the network predicts (see :class:`PolicyConfig` ``slice_level``)."""
+        if not self.config.slice_level:
+            self.config = replace(self.config, slice_level=True)
+            self._add_slice_level()
+        cast(torch.Tensor, self.level_weight).copy_(torch.as_tensor(weight))
+        cast(torch.Tensor, self.level_offset).copy_(torch.as_tensor(offset))
+
+    def clear_slice_level_(self) -> None:
+        """Let the network set each slice's level again (undo :meth:`set_slice_level_`)."""
+        if self.config.slice_level:
+            self.config = replace(self.config, slice_level=False)
+            del self.level_weight, self.level_offset
+
+    def predicted_level(self, features: torch.Tensor) -> torch.Tensor:
+        """The level (B, num_models - 1) a ``slice_level`` policy gives each slice's gains."""
+        kl = self._grid_inputs(features)[:, self.config.kl_channel].mean((-2, -1))
+        return self.level_weight * kl.unsqueeze(1) + self.level_offset
 
     def _patch_network(self, config: PolicyConfig) -> None:
         w = config.width
@@ -623,6 +671,9 @@ class PolicyNet(nn.Module):
             layer.bias.mul_(scale.to(layer.bias))
             if i == 0:
                 layer.bias.add_(mean.to(layer.bias))
+        if self.config.slice_level:  # the level is the slice's mean gain: it scales and shifts alike
+            cast(torch.Tensor, self.level_weight).mul_(scale.to(self.level_weight))
+            cast(torch.Tensor, self.level_offset).mul_(scale.to(self.level_offset)).add_(mean.to(self.level_offset))
 
     @torch.no_grad()
     def tie_last_gains_(self, slope: float, intercept: float) -> None:
@@ -642,6 +693,10 @@ class PolicyNet(nn.Module):
         if self.config.image_residual:
             residual = cast(torch.Tensor, self.residual_weight)
             residual[-1] = slope * residual[0]
+        if self.config.slice_level:
+            level_weight, level_offset = cast(torch.Tensor, self.level_weight), cast(torch.Tensor, self.level_offset)
+            level_weight[-1] = slope * level_weight[0]
+            level_offset[-1] = slope * level_offset[0] + intercept
 
     def cell_gains(self, features: torch.Tensor) -> torch.Tensor:
         """Dense head: the predicted gain (B, num_models - 1, rows / pool, columns / pool)
@@ -669,6 +724,8 @@ class PolicyNet(nn.Module):
             c = self.config.residual_channel
             excess = (F.avg_pool2d(inputs[:, c : c + 1], k) - self.residual_offset).clamp_min(0)
             gains = gains + self.residual_weight.view(1, -1, 1, 1) * excess
+        if self.config.slice_level:  # the network ranks within the slice; the KL sets the slice's level
+            gains = gains - gains.mean((-2, -1), keepdim=True) + self.predicted_level(features)[..., None, None]
         return gains
 
     def logits(self, gains: torch.Tensor, lam: float | torch.Tensor, costs: torch.Tensor) -> torch.Tensor:

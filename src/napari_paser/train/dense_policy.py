@@ -111,7 +111,8 @@ def fit_dense_policy(
     Parameters
     ----------
     policy : PolicyNet
-        With ``head="dense"``; changed in place and left in eval mode.
+        With ``head="dense"``; changed in place and left in eval mode. A slice level
+        (:func:`fit_slice_level`) is cleared: the network sets the level again.
     caches : sequence of RewardCache
         Built for this policy (with cell confusions).
     holdout : sequence of RewardCache, optional
@@ -159,6 +160,8 @@ def fit_dense_policy(
         # The network is fitted alone; calibrate_residual_prior adds the residual after.
         policy.residual_weight.zero_()
         policy.residual_offset.zero_()
+    # The network is fitted afresh, its level with it (fit_slice_level sets a KL line again).
+    policy.clear_slice_level_()
     if target not in ("own", "mean", "f1"):
         raise ValueError(f"target must be 'own', 'mean' or 'f1', not {target!r}")
     if not 1 <= volumes_per_batch <= batch:
@@ -338,4 +341,50 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
         policy.tie_last_gains_(float(slope), float(intercept))  # type: ignore[operator]  # a PolicyNet
         record.update(slope=round(float(slope), 6), intercept=round(float(intercept), 8))
     record["corr_holdout"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
+    return record
+
+
+@torch.no_grad()
+def fit_slice_level(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequence[RewardCache] | None = None) -> dict:
+    """Read each slice's level of gains from its mean refiner KL, not from the network.
+
+    Per model, the least-squares line of a slice's mean true gain (over its patches, as
+    :meth:`RewardCache.dataset_gain`) on the slice's mean refiner KL over the slices of
+    ``caches`` becomes the policy's slice level
+    (:meth:`~napari_paser.engine.models.PolicyNet.set_slice_level_`). The network's own
+    level was learnt from volumes of many scanners and does not carry over between scans
+    of one; the KL's does, in both test families (``benchmarks/probe_results.md``, "Does
+    the policy know which slices gain?").
+
+    Parameters
+    ----------
+    policy : nn.Module
+        A fitted ``PolicyNet`` with ``features="v2"`` and ``refiner_kl``; changed in place.
+    caches : sequence of RewardCache
+        The volumes it was fitted on.
+    holdout : sequence of RewardCache, optional
+        Volumes it never saw: the r of the gains with the true ones on them afterwards.
+
+    Returns
+    -------
+    dict
+        ``weight`` and ``offset`` of the line per model, ``r_fit`` (the r of the slices'
+        mean KL with their mean gain, per model) and, with ``holdout``, ``corr_holdout``.
+    """
+    kl_channel = policy.config.kl_channel  # raises for a policy that does not read the KL
+    policy.eval()
+    kl = torch.cat([policy._grid_inputs(x)[:, kl_channel].mean((-2, -1)).cpu() for c in caches for x in _batches(policy, c.features)])
+    level = torch.cat([c.dataset_gain().mean((-2, -1)) for c in caches])  # (slices, models)
+    x = kl.double().numpy()
+    lines = [np.polyfit(x, level[:, k].double().numpy(), 1) for k in range(level.shape[1])]
+    weight = torch.tensor([float(line[0]) for line in lines])
+    offset = torch.tensor([float(line[1]) for line in lines])
+    policy.set_slice_level_(weight, offset)  # type: ignore[operator]  # a PolicyNet
+    record: dict = {
+        "weight": [round(float(w), 6) for w in weight],
+        "offset": [round(float(o), 8) for o in offset],
+        "r_fit": [round(float(np.corrcoef(x, level[:, k].double().numpy())[0, 1]), 4) for k in range(level.shape[1])],
+    }
+    if holdout:
+        record["corr_holdout"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
     return record

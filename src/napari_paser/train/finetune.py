@@ -543,6 +543,7 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
     bundle routes with the unchanged engine.
     """
     policy = bundle.policy
+    policy.clear_slice_level_()  # the entropy sets every patch's gain, its slice's level too
     measured = _measured_gains(confs)
     # _prepare always leaves held-out patches (the training pixels when none can be spared)
     trained = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()].mean(0)
@@ -585,8 +586,10 @@ def _shift_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndar
     is the adapted networks' measured mean gain there (the trained ranking is kept)."""
     pred = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
     shift = _measured_gains(confs) - pred.mean(0)
-    head = bundle.policy.output_layer
-    head.bias.add_(torch.as_tensor(shift, dtype=head.bias.dtype))
+    policy = bundle.policy
+    # A policy with a slice level centres its network's output on every slice: shift the level.
+    target = policy.level_offset if policy.config.slice_level else policy.output_layer.bias
+    target.add_(torch.as_tensor(shift, dtype=target.dtype))
     return {"rule": "shift", "shift": [round(float(v), 6) for v in shift]}
 
 

@@ -76,6 +76,9 @@ class TrainConfig:
     # Dense: tie the fitted policy's f2 gains to its f1 gains if on the held-out volumes it
     # cannot tell where f2 beats f1 (train.dense_policy.tie_f2_gains).
     policy_tie_f2: bool = False
+    # Dense: read each slice's level of gains from its mean refiner KL, by a line fitted on
+    # the RL volumes, not from the network (train.dense_policy.fit_slice_level).
+    policy_slice_level: bool = False
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
     ft_batch: int = 8
@@ -389,6 +392,13 @@ PRESETS["v2.21"] = PRESETS["v2.20"].replace(preset="v2.21", arch="v2.21")
 # f2 beats f1 (train.dense_policy.TIE_BELOW).
 PRESETS["v2.22"] = PRESETS["v2.21"].replace(preset="v2.22", policy_tie_f2=True)
 
+
+# v2.22's networks and policy network, fitted and tied as v2.22's, with each slice's level
+# of gains read from its mean refiner KL instead of the network (train.dense_policy.
+# fit_slice_level): the network's level, learnt from RL volumes of many scanners, does not
+# carry over between scans of one generator (benchmarks/probe_results.md).
+PRESETS["v2.23"] = PRESETS["v2.22"].replace(preset="v2.23", policy_slice_level=True)
+
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -480,6 +490,11 @@ PRESET_NOTES: dict[str, str] = {
         "v2.21's networks and policy network, fitted again, with its f2 gains tied to its f1 gains if on "
         "the held-out RL volumes it cannot tell where f2 beats f1 (~7 min CPU once the data exist, "
         "--warm-start src/napari_paser/models/paser-synth-v2.21)"
+    ),
+    "v2.23": (
+        "v2.22's networks and policy, fitted and tied again, with each slice's level of gains read from its "
+        "mean refiner KL by a line fitted on the RL volumes (~7 min CPU once the data exist, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.22)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (

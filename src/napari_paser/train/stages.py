@@ -35,7 +35,7 @@ from ..engine.uncertainty import analyse_slices, mc_predict, slice_seed
 from .augment import AugmentConfig, geometric, intensity
 from .checkpoint import Checkpointer
 from .datasets import IGNORE, SliceBank
-from .dense_policy import calibrate_residual_prior, fit_dense_policy, holdout_correlation, tie_f2_gains
+from .dense_policy import calibrate_residual_prior, fit_dense_policy, fit_slice_level, holdout_correlation, tie_f2_gains
 from .linear_policy import fit_linear_policy
 from .presets import TrainConfig
 from .rewards import (
@@ -533,6 +533,8 @@ def train_policy(
         raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression', 'linear' or 'dense'")
     if cfg.policy_tie_f2 and cfg.policy_objective != "dense":
         raise ValueError("policy_tie_f2 ties the gains of a dense policy: set policy_objective='dense'")
+    if cfg.policy_slice_level and cfg.policy_objective != "dense":
+        raise ValueError("policy_slice_level sets the level of a dense policy's gains: set policy_objective='dense'")
     if cfg.policy_objective == "dense":  # its own loop over the cells' gains
         history = fit_dense_policy(policy, caches, holdout, steps=ctx.steps(cfg.policy_steps, sum(len(c) for c in caches), cfg.policy_batch), batch=cfg.policy_batch,
                                    lr=cfg.policy_lr, weight_decay=cfg.weight_decay, eval_every=cfg.policy_eval_every,
@@ -549,6 +551,9 @@ def train_policy(
             history["tie_f2"] = tie_f2_gains(policy, caches, holdout or [])
             history["corr_holdout_tied"] = history["tie_f2"]["corr_holdout"]
             ctx.log(f"[{stage}] f2's gains tied to f1's: {history['tie_f2']}; held-out r {history['corr_holdout_tied']}")
+        if cfg.policy_slice_level:
+            history["slice_level"] = fit_slice_level(policy, caches, holdout)
+            ctx.log(f"[{stage}] each slice's level from its mean refiner KL: {history['slice_level']}")
         return history
     if cfg.policy_objective == "linear":  # closed form: no steps, so none of the loop's set-up below
         history = fit_linear_policy(policy, caches, cfg.reward, holdout)
