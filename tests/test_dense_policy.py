@@ -551,7 +551,6 @@ def test_fit_slice_level_fits_the_line_of_a_slices_mean_gain_on_its_mean_kl():
 
 def test_the_policy_stage_reads_each_slices_level_from_the_kl_after_tying(tmp_path):
     from conftest import tiny_configs
-
     from napari_paser.train.checkpoint import Checkpointer
     from napari_paser.train.presets import get_preset
     from napari_paser.train.stages import StageContext, train_policy

@@ -300,8 +300,8 @@ def _slice_level_bundle():
     from dataclasses import replace
 
     import torch
-    from conftest import tiny_configs
 
+    from conftest import tiny_configs
     from napari_paser.engine.bundle import Bundle
     from napari_paser.engine.models import PolicyConfig
 
