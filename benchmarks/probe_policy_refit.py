@@ -11,7 +11,8 @@ settings, given as variants ``NAME:key=value,...`` over ``fit_dense_policy``'s k
 seed, an ensemble that costs its size in policy FLOPs), or over the network's size
 (``width``, ``dense_layers``: a fresh network of the same inputs); ``tie_f2=1`` then ties the
 fit's f2 gains to its f1 gains as preset v2.22 does (``train.dense_policy.tie_f2_gains``,
-decided on the held-out RL volumes).
+decided on the held-out RL volumes), and ``slice_level=1`` then reads each slice's level of
+gains from its mean refiner KL as preset v2.23 does (``train.dense_policy.fit_slice_level``).
 
 Each fit is scored as ``probe_refined_ranking`` scores a policy, on the same fresh scans of
 both test generators (its ``--cache``, which holds each scan's true confusions): pooled r
@@ -40,7 +41,7 @@ from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.models import PolicyNet
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
-from napari_paser.train.dense_policy import fit_dense_policy, tie_f2_gains
+from napari_paser.train.dense_policy import fit_dense_policy, fit_slice_level, tie_f2_gains
 from napari_paser.train.rewards import load_reward_caches
 from probe_refined_ranking import cached, policy_inputs, print_lines, print_ranking
 from probe_testset_draws import _parse_set
@@ -51,7 +52,7 @@ FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "pat
 
 
 ARCH_KEYS = {"width": int, "dense_layers": int}  # the network's size (PolicyConfig)
-AFTER_KEYS = {"tie_f2"}  # what is done to the fitted network
+AFTER_KEYS = {"tie_f2", "slice_level"}  # what is done to the fitted network, in this order
 
 
 def parse_variant(text: str) -> tuple[str, dict, dict, list[int], set[str]]:
@@ -134,6 +135,8 @@ def main() -> None:
                   f"(fit {history['corr_fit']}), {time.perf_counter() - t0:.0f} s", flush=True)
             if "tie_f2" in after:
                 print(f"{name} seed {seed}: f2's gains tied to f1's {tie_f2_gains(policy, caches, holdout)}", flush=True)
+            if "slice_level" in after:
+                print(f"{name} seed {seed}: each slice's level from its mean KL {fit_slice_level(policy, caches, holdout)}", flush=True)
     lam = float(bundle.default_lam)
     for text in args.sets:
         dist, seeds = _parse_set(text)
