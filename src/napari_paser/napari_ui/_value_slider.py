@@ -1,6 +1,6 @@
 """A slider with a spin box beside it, for λ and the TVD budget.
 
-A bundle's interesting λ spans decades (v2.22 sends patches to f2 only below λ 0.002,
+A bundle's interesting λ spans decades (v2.23 sends patches to f2 only below λ 0.002,
 and all of them to f1 up to about 0.1), so λ's slider is logarithmic: each step moves λ
 by the same factor. The spin box holds the exact value: typing a λ, or a bundle's
 default λ, is kept to the last digit even where no slider position falls on it.
