@@ -593,7 +593,7 @@ class PolicyNet(nn.Module):
     def predicted_level(self, features: torch.Tensor) -> torch.Tensor:
         """The level (B, num_models - 1) a ``slice_level`` policy gives each slice's gains."""
         kl = self._grid_inputs(features)[:, self.config.kl_channel].mean((-2, -1))
-        return self.level_weight * kl.unsqueeze(1) + self.level_offset
+        return cast(torch.Tensor, self.level_weight) * kl.unsqueeze(1) + cast(torch.Tensor, self.level_offset)
 
     def _patch_network(self, config: PolicyConfig) -> None:
         w = config.width
@@ -672,8 +672,9 @@ class PolicyNet(nn.Module):
             if i == 0:
                 layer.bias.add_(mean.to(layer.bias))
         if self.config.slice_level:  # the level is the slice's mean gain: it scales and shifts alike
-            cast(torch.Tensor, self.level_weight).mul_(scale.to(self.level_weight))
-            cast(torch.Tensor, self.level_offset).mul_(scale.to(self.level_offset)).add_(mean.to(self.level_offset))
+            level_weight, level_offset = cast(torch.Tensor, self.level_weight), cast(torch.Tensor, self.level_offset)
+            level_weight.mul_(scale.to(level_weight))
+            level_offset.mul_(scale.to(level_offset)).add_(mean.to(level_offset))
 
     @torch.no_grad()
     def tie_last_gains_(self, slope: float, intercept: float) -> None:

@@ -119,7 +119,7 @@ class ValueSlider(QWidget):
         """Show ``value`` without emitting :attr:`valueChanged`."""
         self._show(float(value))
 
-    def setToolTip(self, text: str) -> None:  # noqa: N802 (Qt's name)
+    def setToolTip(self, text: str | None) -> None:  # noqa: N802 (Qt's name)
         super().setToolTip(text)
         self.slider.setToolTip(text)
         self.spin.setToolTip(text)
@@ -129,10 +129,13 @@ class ValueSlider(QWidget):
         if not 0.0 <= value <= maximum:
             raise ValueError(f"value must be in [0, {maximum:g}], got {value}")
         self._value = value
-        for control, shown in ((self.slider, self.scale.position(value)), (self.spin, value)):
-            control.blockSignals(True)
-            control.setValue(shown)
-            control.blockSignals(False)
+        # Signals blocked: neither control echoes the change back as a new value.
+        self.slider.blockSignals(True)
+        self.slider.setValue(self.scale.position(value))
+        self.slider.blockSignals(False)
+        self.spin.blockSignals(True)
+        self.spin.setValue(value)
+        self.spin.blockSignals(False)
 
     def _on_slider(self, position: int) -> None:
         self.value = self.scale.value(position)

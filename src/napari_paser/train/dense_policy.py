@@ -12,13 +12,14 @@ volumes did.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.models import PolicyNet
 from .rewards import RewardCache
 
 N_CLASS_INPUTS = 3  # the policy's first inputs: f0's mean class probabilities (uncertainty.policy_features)
@@ -371,15 +372,16 @@ def fit_slice_level(policy: nn.Module, caches: Sequence[RewardCache], holdout: S
         ``weight`` and ``offset`` of the line per model, ``r_fit`` (the r of the slices'
         mean KL with their mean gain, per model) and, with ``holdout``, ``corr_holdout``.
     """
-    kl_channel = policy.config.kl_channel  # raises for a policy that does not read the KL
-    policy.eval()
-    kl = torch.cat([policy._grid_inputs(x)[:, kl_channel].mean((-2, -1)).cpu() for c in caches for x in _batches(policy, c.features)])
+    net = cast(PolicyNet, policy)
+    kl_channel = net.config.kl_channel  # raises for a policy that does not read the KL
+    net.eval()
+    kl = torch.cat([net._grid_inputs(x)[:, kl_channel].mean((-2, -1)).cpu() for c in caches for x in _batches(net, c.features)])
     level = torch.cat([c.dataset_gain().mean((-2, -1)) for c in caches])  # (slices, models)
     x = kl.double().numpy()
     lines = [np.polyfit(x, level[:, k].double().numpy(), 1) for k in range(level.shape[1])]
     weight = torch.tensor([float(line[0]) for line in lines])
     offset = torch.tensor([float(line[1]) for line in lines])
-    policy.set_slice_level_(weight, offset)  # type: ignore[operator]  # a PolicyNet
+    net.set_slice_level_(weight, offset)
     record: dict = {
         "weight": [round(float(w), 6) for w in weight],
         "offset": [round(float(o), 8) for o in offset],

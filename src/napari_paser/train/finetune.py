@@ -45,7 +45,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, cast
 
 import numpy as np
 import torch
@@ -588,7 +588,7 @@ def _shift_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndar
     shift = _measured_gains(confs) - pred.mean(0)
     policy = bundle.policy
     # A policy with a slice level centres its network's output on every slice: shift the level.
-    target = policy.level_offset if policy.config.slice_level else policy.output_layer.bias
+    target = cast(torch.Tensor, policy.level_offset if policy.config.slice_level else policy.output_layer.bias)
     target.add_(torch.as_tensor(shift, dtype=target.dtype))
     return {"rule": "shift", "shift": [round(float(v), 6) for v in shift]}
 
