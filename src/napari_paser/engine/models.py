@@ -590,10 +590,14 @@ class PolicyNet(nn.Module):
             self.config = replace(self.config, slice_level=False)
             del self.level_weight, self.level_offset
 
+    def slice_kl(self, features: torch.Tensor) -> torch.Tensor:
+        """Each slice's mean refiner KL (B,): what a slice level is read from."""
+        return self._grid_inputs(features)[:, self.config.kl_channel].mean((-2, -1))
+
     def predicted_level(self, features: torch.Tensor) -> torch.Tensor:
         """The level (B, num_models - 1) a ``slice_level`` policy gives each slice's gains."""
-        kl = self._grid_inputs(features)[:, self.config.kl_channel].mean((-2, -1))
-        return cast(torch.Tensor, self.level_weight) * kl.unsqueeze(1) + cast(torch.Tensor, self.level_offset)
+        kl = self.slice_kl(features).unsqueeze(1)
+        return cast(torch.Tensor, self.level_weight) * kl + cast(torch.Tensor, self.level_offset)
 
     def _patch_network(self, config: PolicyConfig) -> None:
         w = config.width

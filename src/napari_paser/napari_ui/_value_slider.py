@@ -84,14 +84,14 @@ class ValueSlider(QWidget):
     def __init__(self, scale: LinearScale | LogScale, value: float, decimals: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.scale = scale
-        maximum = scale.value(scale.steps)
+        self.maximum = scale.value(scale.steps)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, scale.steps)
         self.slider.setSingleStep(max(1, scale.steps // 100))
         self.slider.setPageStep(max(1, scale.steps // 10))
         self.spin = QDoubleSpinBox()
         self.spin.setDecimals(decimals)
-        self.spin.setRange(0.0, maximum)
+        self.spin.setRange(0.0, self.maximum)
         self.spin.setSingleStep(10.0 ** -decimals)
         self.spin.setKeyboardTracking(False)  # re-route once the number is typed, not per digit
         self._value = 0.0
@@ -125,9 +125,8 @@ class ValueSlider(QWidget):
         self.spin.setToolTip(text)
 
     def _show(self, value: float) -> None:
-        maximum = self.scale.value(self.scale.steps)
-        if not 0.0 <= value <= maximum:
-            raise ValueError(f"value must be in [0, {maximum:g}], got {value}")
+        if not 0.0 <= value <= self.maximum:
+            raise ValueError(f"value must be in [0, {self.maximum:g}], got {value}")
         self._value = value
         # Signals blocked: neither control echoes the change back as a new value.
         self.slider.blockSignals(True)

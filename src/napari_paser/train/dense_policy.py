@@ -339,7 +339,7 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
     if r < below:
         fit = torch.cat([_patch_gains(policy, c.features) for c in caches]).double()
         slope, intercept = np.polyfit(fit[:, 0].reshape(-1).numpy(), fit[:, 1].reshape(-1).numpy(), 1)
-        policy.tie_last_gains_(float(slope), float(intercept))  # type: ignore[operator]  # a PolicyNet
+        cast(PolicyNet, policy).tie_last_gains_(float(slope), float(intercept))
         record.update(slope=round(float(slope), 6), intercept=round(float(intercept), 8))
     record["corr_holdout"] = [round(v, 4) for v in holdout_correlation(policy, holdout)]
     return record
@@ -373,9 +373,8 @@ def fit_slice_level(policy: nn.Module, caches: Sequence[RewardCache], holdout: S
         mean KL with their mean gain, per model) and, with ``holdout``, ``corr_holdout``.
     """
     net = cast(PolicyNet, policy)
-    kl_channel = net.config.kl_channel  # raises for a policy that does not read the KL
     net.eval()
-    kl = torch.cat([net._grid_inputs(x)[:, kl_channel].mean((-2, -1)).cpu() for c in caches for x in _batches(net, c.features)])
+    kl = torch.cat([net.slice_kl(x).cpu() for c in caches for x in _batches(net, c.features)])  # raises without the KL
     level = torch.cat([c.dataset_gain().mean((-2, -1)) for c in caches])  # (slices, models)
     x = kl.double().numpy()
     lines = [np.polyfit(x, level[:, k].double().numpy(), 1) for k in range(level.shape[1])]

@@ -45,7 +45,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator, cast
+from typing import Any, Callable, Generator
 
 import numpy as np
 import torch
@@ -586,10 +586,7 @@ def _shift_policy(bundle: Bundle, data: _Data, gains: np.ndarray, confs: np.ndar
     is the adapted networks' measured mean gain there (the trained ranking is kept)."""
     pred = gains.transpose(0, 2, 3, 1).reshape(-1, 2)[data.held_patches.numpy()]
     shift = _measured_gains(confs) - pred.mean(0)
-    policy = bundle.policy
-    # A policy with a slice level centres its network's output on every slice: shift the level.
-    target = cast(torch.Tensor, policy.level_offset if policy.config.slice_level else policy.output_layer.bias)
-    target.add_(torch.as_tensor(shift, dtype=target.dtype))
+    bundle.policy.rescale_gains_(torch.ones(len(shift)), torch.as_tensor(shift))  # a shift, whatever sets the level
     return {"rule": "shift", "shift": [round(float(v), 6) for v in shift]}
 
 

@@ -531,10 +531,9 @@ def train_policy(
     policy = (bundle.policy if policy is None else policy).to(ctx.device)
     if cfg.policy_objective not in ("reinforce", "regression", "linear", "dense"):
         raise ValueError(f"unknown policy objective {cfg.policy_objective!r}; choose 'reinforce', 'regression', 'linear' or 'dense'")
-    if cfg.policy_tie_f2 and cfg.policy_objective != "dense":
-        raise ValueError("policy_tie_f2 ties the gains of a dense policy: set policy_objective='dense'")
-    if cfg.policy_slice_level and cfg.policy_objective != "dense":
-        raise ValueError("policy_slice_level sets the level of a dense policy's gains: set policy_objective='dense'")
+    dense_only = [name for name in ("policy_tie_f2", "policy_slice_level") if getattr(cfg, name)]
+    if dense_only and cfg.policy_objective != "dense":
+        raise ValueError(f"only a dense policy takes {', '.join(dense_only)}: set policy_objective='dense'")
     if cfg.policy_objective == "dense":  # its own loop over the cells' gains
         history = fit_dense_policy(policy, caches, holdout, steps=ctx.steps(cfg.policy_steps, sum(len(c) for c in caches), cfg.policy_batch), batch=cfg.policy_batch,
                                    lr=cfg.policy_lr, weight_decay=cfg.weight_decay, eval_every=cfg.policy_eval_every,
