@@ -50,11 +50,12 @@ def gains(policy, features: torch.Tensor) -> np.ndarray:
     return np.concatenate([policy.gains(features[i : i + 64].float()).numpy() for i in range(0, len(features), 64)])
 
 
-def fit_lines(x: np.ndarray, y: np.ndarray) -> dict[str, tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
-    """Least squares of the slices' mean gains (slices, 2) on their standardised mean inputs."""
+def fit_lines(x: np.ndarray, y: np.ndarray, inputs: dict[str, list[int]] = LEVEL_INPUTS) -> dict[str, tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
+    """Least squares of the slices' mean gains (slices, 2) on their standardised mean inputs
+    (the columns ``inputs`` names, one line each)."""
     mu, sd = x.mean(0), x.std(0)
     lines = {}
-    for name, cols in LEVEL_INPUTS.items():
+    for name, cols in inputs.items():
         design = np.c_[(x[:, cols] - mu[cols]) / sd[cols], np.ones(len(x))]
         lines[name] = (cols, mu, sd, np.linalg.lstsq(design, y, rcond=None)[0])
     return lines

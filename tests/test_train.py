@@ -641,3 +641,24 @@ def test_scale_multiplies_every_stage_and_keeps_switched_off_ones_off():
         assert after == (max(1, round(before * 0.1)) if before > 0 else 0), name
     assert cfg.refine_steps == 0 and get_preset("init").refine_steps > 0
     assert _scaled(get_preset("init"), 0.1).refine_steps == round(get_preset("init").refine_steps * 0.1)
+
+
+def test_reward_copies_replay_the_slices_the_reward_caches_score(tiny_bundle, tmp_path):
+    """A probe replays a run's reward caches slice for slice: the images ``reward_copies``
+    yields are those whose policy input ``cache_rewards`` kept (copy 0 as is, the others
+    augmented by the stage's generator)."""
+    from napari_paser.train.checkpoint import Checkpointer
+    from napari_paser.train.datasets import SliceBank
+    from napari_paser.train.stages import StageContext, cache_rewards, reward_copies
+
+    bank = SliceBank([_volume(0, slices=2), _volume(1, slices=2)], tiny_bundle.patch_size)
+    ctx = StageContext(cfg=_tiny_cfg(), device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=3, log=lambda s: None, progress=False)
+    caches = cache_rewards(ctx, tiny_bundle, bank, copies=2)
+    groups = list(reward_copies(ctx, bank, copies=2))
+    assert len(groups) == len(caches) == 1 and [len(x) for x, _ in groups[0]] == [4, 4]
+    (plain, _), (augmented, _) = groups[0]
+    assert torch.equal(plain, bank.stacked()[0])
+    assert not torch.allclose(augmented, plain)
+    image = caches[0].features[:, 4].float()  # a v1 policy reads the image at full resolution (half precision)
+    torch.testing.assert_close(image, torch.cat([plain, augmented])[:, 0], atol=0.02, rtol=0.01)
+    assert not torch.allclose(image[4:], plain[:, 0], atol=0.02)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -396,28 +397,42 @@ def train_f0_refiner(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: 
 # --------------------------------------------------------------------------- stage 3
 
 
-def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: int, *, stage: str = "rewards") -> list[RewardCache]:
-    """Per-patch IoU of f0, f1, f2 on ``copies`` versions of every slice of ``bank``.
+def reward_copies(ctx: StageContext, bank: SliceBank, copies: int, *, stage: str = "rewards") -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The slices :func:`cache_rewards` scores, one list of ``(images, labels)`` per group of
+    ``bank`` (equal padded size): ``copies`` versions of every slice, drawn from the stage's
+    generator, so that a probe replays the exact slices of a run's reward caches.
 
     Copy 0 is the slice as is; the others are augmented (flips, rotation where square,
-    contrast, offset, blur, noise; never impulse noise), so the policy sees more
-    variety than the RL split holds. One cache per slice size.
+    contrast, offset, blur, noise; never impulse noise). Labels outside each slice are
+    ignored (``IGNORE``).
     """
     g = ctx.generator(stage)
     aug = AugmentConfig(**{**ctx.cfg.augment.to_dict(), "impulse": 0.0})
-    caches = []
-    bundle.to(ctx.device).eval()
-    index = 0
     for group in bank.groups():
-        x, y = bank.stacked(group)
+        x, _ = bank.stacked(group)
         y_eval = bank.stacked_eval_labels(group)
         parts = []
         for k in range(max(1, copies)):
             if k == 0:
-                xk, yk = x, y_eval
+                parts.append((x, y_eval))
             else:
                 xk, yk = geometric(x, y_eval, aug, g)
-                xk = intensity(xk, aug, g)
+                parts.append((intensity(xk, aug, g), yk))
+        yield parts
+
+
+def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: int, *, stage: str = "rewards") -> list[RewardCache]:
+    """Per-patch IoU of f0, f1, f2 on ``copies`` versions of every slice of ``bank``.
+
+    Copy 0 is the slice as is; the others are augmented (:func:`reward_copies`), so the
+    policy sees more variety than the RL split holds. One cache per slice size.
+    """
+    caches = []
+    bundle.to(ctx.device).eval()
+    index = 0
+    for group in reward_copies(ctx, bank, copies, stage=stage):
+        parts = []
+        for xk, yk in group:
             parts.append(build_reward_cache(bundle, xk.to(ctx.device), yk.to(ctx.device), mc_passes=ctx.cfg.mc_passes, seed=ctx.seed, first_index=index))
             index += len(xk)
         cells = torch.cat([p.cells for p in parts]) if parts[0].cells is not None else None

@@ -1,0 +1,161 @@
+"""Does a scan's noise tell which scans gain? (issue 11, line 4)
+
+``probe_slice_level.py`` found that line 4 is held back by the level of the gains per
+scan, and that of f0's pooled outputs only the refiner's mean KL gives a level that
+carries over from the RL volumes to fresh scans of both test generators. The policy's
+inputs are pooled by 4, so they average the pixel noise away. This probe asks whether
+the noise itself, measured at full resolution, does better. Two label-free statistics of
+each slice, both relative to the slice's own spread (so any intensity scale reads alike):
+
+- ``noise σ``: Immerkær's estimate of the noise's standard deviation (the mean absolute
+  response to a 3 x 3 kernel that cancels planes and ramps);
+- ``residual``: the spread of what a Gaussian of σ 1 pixel removes.
+
+On the 20 + 20 fresh scans that ``probe_refined_ranking.py`` cached (their true gains) and
+the bundle's policy input that ``probe_policy_refit.py`` cached, it prints the r over the
+scans of their mean statistics with their true mean gains, then the pooled r (and the share of sets of four
+scans meeting line 4) when each slice's level (under the policy's ranking within the slice) is a line fitted on the RL
+slices of the run in the statistics, the KL, or both, as ``probe_slice_level.py`` does.
+The RL slices are replayed from the run's split and seed with the draws of its reward
+caches (:func:`napari_paser.train.stages.reward_copies`) and checked against the cached
+policy input; the fresh scans are generated again (about 10 minutes, kept in ``--cache``).
+Nothing is fitted on the fresh scans.
+
+    python benchmarks/probe_scan_noise.py runs/paser-synth-v2.22 --cache runs/rrcache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import convolve, gaussian_filter
+
+from common import make_volumes
+from napari_paser.engine.bundle import load_bundle
+from napari_paser.engine.metrics import dataset_iou_gains
+from napari_paser.engine.registry import resolve_bundle
+from napari_paser.train.datasets import SliceBank, labelled_slices, load_data_dir, normalize_volume
+from napari_paser.train.presets import TrainConfig
+from napari_paser.train.rewards import load_reward_caches
+from napari_paser.train.stages import StageContext, reward_copies
+from probe_refined_ranking import cached, set_r
+from probe_slice_level import corr, fit_lines, gains, line_level, slice_means
+
+STATS = ["noise σ", "residual"]
+# Columns 0-6 are the policy's slice means (probe_slice_level.INPUT_NAMES, the KL at 6), then STATS.
+LINES = {"KL": [6], "noise σ": [7], "residual": [8], "KL + noise σ": [6, 7], "KL + residual": [6, 8], "KL + both": [6, 7, 8]}
+# Immerkær (1996): zero on planes and ramps; the mean absolute response of white noise of
+# deviation σ is σ · 6 · sqrt(2 / π).
+IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+
+
+def noise_stats(slices: np.ndarray) -> np.ndarray:
+    """``STATS`` (slices, 2) of ``slices`` (slices, rows, columns), each over the slice's spread."""
+    out = []
+    for s in np.asarray(slices, np.float64):
+        s = (s - s.mean()) / max(s.std(), 1e-12)
+        sigma = np.sqrt(np.pi / 2) * np.abs(convolve(s, IMMERKAER)[1:-1, 1:-1]).mean() / 6
+        out.append([sigma, (s - gaussian_filter(s, 1.0)).std()])
+    return np.array(out)
+
+
+def rl_noise(run: Path, data: list[Path], split: str, caches) -> tuple[np.ndarray, np.ndarray]:
+    """``STATS`` of the slices of the run's reward caches of ``split`` ("rl" or "rl_holdout"),
+    in their order, and the index of each slice's volume in the split (-1 for augmented copies)."""
+    report = json.loads((run / "training_report.json").read_text())
+    volumes = {v.name: v for folder in data for v in load_data_dir(folder)[0]}
+    bundle = load_bundle(resolve_bundle(str(run)))
+    planes = max(m.config.planes for m in bundle.segmenters())
+    chosen = [volumes[n] for n in report["split"][split]]
+    bank = SliceBank(chosen, bundle.patch_size, planes)
+    owner = np.repeat(np.arange(len(chosen)), [len(labelled_slices(v.labels)) for v in chosen])  # as SliceBank lists them
+    cfg = TrainConfig.from_dict(report["config"])
+    ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=None, seed=report["seed"], progress=False)  # type: ignore[arg-type]
+    out, owners = [], []
+    for indices, group, cache in zip(bank.groups(), reward_copies(ctx, bank, cfg.rl_copies), caches, strict=True):
+        centre = torch.cat([x[:, x.shape[1] // 2] for x, _ in group])
+        pooled = F.avg_pool2d(centre[:, None].float(), bundle.policy.config.pool)[:, 0]
+        # The replay must be the cache's slices: the policy's image channel is their pooled centre plane.
+        np.testing.assert_allclose(pooled.numpy(), cache.features[:, 4].float().numpy(), atol=2e-3)
+        out.append(noise_stats(centre.numpy()))
+        owners.append(np.concatenate([owner[indices], np.full(len(centre) - len(indices), -1)]))
+    return np.concatenate(out), np.concatenate(owners)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="a training run's folder: its bundle, training_report.json and checkpoints/rewards-rl*.pt")
+    ap.add_argument("--cache", type=Path, required=True, help="probe_refined_ranking's and probe_policy_refit's cache")
+    ap.add_argument("--data", type=Path, nargs="+", default=[Path("data/synth_v2"), Path("data/synth_rl_extra")],
+                    help="the folders the run's volumes came from (--data and --extra-rl of its training)")
+    ap.add_argument("--base", default="paser-synth-v2.20", help="the bundle probe_refined_ranking's cache was made with")
+    ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
+    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--draws", type=int, default=1000, help="sets of four scans drawn per generator for line 4")
+    args = ap.parse_args()
+    bundle = load_bundle(resolve_bundle(str(args.run)))
+    base = load_bundle(resolve_bundle(args.base))
+    policy = bundle.policy.eval()
+    fit = load_reward_caches(args.run / "checkpoints" / "rewards-rl.pt")
+    held = load_reward_caches(args.run / "checkpoints" / "rewards-rl-holdout.pt")
+    fit_noise, fit_owner = rl_noise(args.run, args.data, "rl", fit)
+    x_fit = np.c_[np.concatenate([slice_means(c.features) for c in fit]), fit_noise]
+    y_fit = np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in fit])
+    x_held = np.c_[np.concatenate([slice_means(c.features) for c in held]), rl_noise(args.run, args.data, "rl_holdout", held)[0]]
+    y_held = np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in held])
+    lines = fit_lines(x_fit, y_fit, LINES)
+    print(f"{bundle.name}; {len(x_fit)} RL slices (replayed and checked against the cached policy input), {len(x_held)} held out")
+    print(f"r over the RL slices of the slices' mean gain (f1 / f2) with their {', '.join(STATS)}: "
+          + ", ".join(f"{corr(x_fit[:, 7 + j], y_fit[:, 0]):+.3f} / {corr(x_fit[:, 7 + j], y_fit[:, 1]):+.3f}" for j in range(len(STATS))))
+    volumes = np.unique(fit_owner[fit_owner >= 0])
+    x_vol = np.stack([x_fit[fit_owner == v].mean(0) for v in volumes])
+    y_vol = np.stack([y_fit[fit_owner == v].mean(0) for v in volumes])
+    print(f"r over the {len(volumes)} RL volumes (unaugmented) of their mean gain with their mean "
+          + ", ".join(f"{n} {corr(x_vol[:, c], y_vol[:, 0]):+.2f} / {corr(x_vol[:, c], y_vol[:, 1]):+.2f}"
+                      for n, c in (("KL", 6), *((s, 7 + j) for j, s in enumerate(STATS)))))
+    rows = {name: [corr(lv[:, 0], y_held[:, 0]), corr(lv[:, 1], y_held[:, 1])] for name, lv in
+            ((name, line_level(line, x_held)) for name, line in lines.items())}
+    pooled: dict[str, list] = {name: [] for name in lines}
+    for text in args.sets:
+        family, seeds = text.split(":")
+        first_seed, last_seed = (int(v) for v in seeds.split("-"))
+        stem = f"{text.replace(':', '_')}_{args.slices}_{base.name}-{base.meta.get('version')}"
+        scans = cached(args.cache / f"{stem}.pkl", None)
+        features = cached(args.cache / f"{stem}_features_{bundle.name}-{bundle.meta.get('version')}.pkl", None)
+        noise = cached(args.cache / f"{text.replace(':', '_')}_{args.slices}_noise.pkl",
+                       lambda: [noise_stats(normalize_volume(image, bundle.normalization)) for image, _ in make_volumes(range(first_seed, last_seed + 1), args.slices, distribution=family)])
+        true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
+        first = np.cumsum([0] + [len(s["conf"]) for s in scans])
+        levels = np.stack([true[a:b].mean((0, 2, 3)) for a, b in zip(first[:-1], first[1:])])  # (scans, 2)
+        for scan, feats, stats in zip(scans, features, noise, strict=True):
+            pred = gains(policy, feats)
+            x = np.c_[slice_means(feats), stats]
+            scan["_x"] = x
+            for name, line in lines.items():
+                scan[name] = pred - pred.mean((2, 3), keepdims=True) + line_level(line, x)[:, :, None, None]
+        means = np.stack([s["_x"].mean(0) for s in scans])
+        print(f"\n{text} ({len(scans)} scans): r over the scans of their true mean gain with their mean "
+              + ", ".join(f"{n} {corr(means[:, c], levels[:, 0]):+.2f} / {corr(means[:, c], levels[:, 1]):+.2f}"
+                          for n, c in (("KL", 6), *((s, 7 + j) for j, s in enumerate(STATS)))))
+        for name, r in zip(lines, set_r(scans, list(lines))):
+            pooled[name].append([*r, 0.0])
+        # Line 4 as the benchmark judges it, on sets of four scans: both leads over f0's entropy at least 0.1.
+        rng = np.random.default_rng(0)
+        for _ in range(args.draws):
+            r = set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], ["entropy", *lines])
+            for name, lead in zip(lines, r[1:] - r[0]):
+                pooled[name][-1][2] += bool(lead.min() >= 0.1) / args.draws
+    print("\n| slice level from a line (fitted on the RL slices) in | r with the held-out RL slices' mean gain | "
+          + " | ".join(f"{t}: pooled r; sets of four meeting line 4" for t in args.sets) + " |")
+    print("|---|---|" + "---|" * len(args.sets))
+    for name in lines:
+        print(f"| {name} | {rows[name][0]:.3f} / {rows[name][1]:.3f} | " + " | ".join(f"{r[0]:.3f} / {r[1]:.3f}; {100 * r[2]:.1f} %" for r in pooled[name]) + " |")
+
+
+if __name__ == "__main__":
+    main()
