@@ -37,14 +37,12 @@ from scipy.ndimage import convolve, gaussian_filter
 
 from common import make_volumes
 from napari_paser.engine.bundle import load_bundle
-from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.datasets import SliceBank, labelled_slices, load_data_dir, normalize_volume
 from napari_paser.train.presets import TrainConfig
-from napari_paser.train.rewards import load_reward_caches
 from napari_paser.train.stages import StageContext, reward_copies
 from probe_refined_ranking import cached, set_r
-from probe_slice_level import corr, fit_lines, gains, line_level, slice_means
+from probe_slice_level import corr, fit_lines, fresh_scans, gains, line_level, rl_slices, slice_means
 
 STATS = ["noise σ", "residual"]
 # Columns 0-6 are the policy's slice means (probe_slice_level.INPUT_NAMES, the KL at 6), then STATS.
@@ -101,13 +99,11 @@ def main() -> None:
     bundle = load_bundle(resolve_bundle(str(args.run)))
     base = load_bundle(resolve_bundle(args.base))
     policy = bundle.policy.eval()
-    fit = load_reward_caches(args.run / "checkpoints" / "rewards-rl.pt")
-    held = load_reward_caches(args.run / "checkpoints" / "rewards-rl-holdout.pt")
+    rl = rl_slices(args.run)
+    (fit, x_fit, y_fit), (held, x_held, y_held) = rl["fit"], rl["held"]
     fit_noise, fit_owner = rl_noise(args.run, args.data, "rl", fit)
-    x_fit = np.c_[np.concatenate([slice_means(c.features) for c in fit]), fit_noise]
-    y_fit = np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in fit])
-    x_held = np.c_[np.concatenate([slice_means(c.features) for c in held]), rl_noise(args.run, args.data, "rl_holdout", held)[0]]
-    y_held = np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in held])
+    x_fit = np.c_[x_fit, fit_noise]
+    x_held = np.c_[x_held, rl_noise(args.run, args.data, "rl_holdout", held)[0]]
     lines = fit_lines(x_fit, y_fit, LINES)
     print(f"{bundle.name}; {len(x_fit)} RL slices (replayed and checked against the cached policy input), {len(x_held)} held out")
     print(f"r over the RL slices of the slices' mean gain (f1 / f2) with their {', '.join(STATS)}: "
@@ -124,14 +120,9 @@ def main() -> None:
     for text in args.sets:
         family, seeds = text.split(":")
         first_seed, last_seed = (int(v) for v in seeds.split("-"))
-        stem = f"{text.replace(':', '_')}_{args.slices}_{base.name}-{base.meta.get('version')}"
-        scans = cached(args.cache / f"{stem}.pkl", None)
-        features = cached(args.cache / f"{stem}_features_{bundle.name}-{bundle.meta.get('version')}.pkl", None)
+        scans, features, levels = fresh_scans(args.cache, text, args.slices, base, bundle)
         noise = cached(args.cache / f"{text.replace(':', '_')}_{args.slices}_noise.pkl",
                        lambda: [noise_stats(normalize_volume(image, bundle.normalization)) for image, _ in make_volumes(range(first_seed, last_seed + 1), args.slices, distribution=family)])
-        true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
-        first = np.cumsum([0] + [len(s["conf"]) for s in scans])
-        levels = np.stack([true[a:b].mean((0, 2, 3)) for a, b in zip(first[:-1], first[1:])])  # (scans, 2)
         for scan, feats, stats in zip(scans, features, noise, strict=True):
             pred = gains(policy, feats)
             x = np.c_[slice_means(feats), stats]

@@ -66,6 +66,29 @@ def line_level(line, x: np.ndarray) -> np.ndarray:
     return np.c_[(x[:, cols] - mu[cols]) / sd[cols], np.ones(len(x))] @ w
 
 
+def rl_slices(run: Path) -> dict[str, tuple]:
+    """The run's RL slices, ``fit`` and ``held`` (out): (reward caches, their slices' mean
+    inputs (slices, 7), their slices' mean true gains (slices, 2))."""
+    out = {}
+    for split, name in (("fit", "rewards-rl.pt"), ("held", "rewards-rl-holdout.pt")):
+        caches = load_reward_caches(run / "checkpoints" / name)
+        out[split] = (caches, np.concatenate([slice_means(c.features) for c in caches]),
+                      np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in caches]))
+    return out
+
+
+def fresh_scans(cache: Path, text: str, slices: int, base, bundle) -> tuple[list[dict], list, np.ndarray]:
+    """The fresh scans ``text`` ("generator:first-last") as ``probe_refined_ranking`` cached
+    them with ``base``, ``bundle``'s policy input on them, and each scan's true mean gain (scans, 2)."""
+    stem = f"{text.replace(':', '_')}_{slices}_{base.name}-{base.meta.get('version')}"
+    scans = cached(cache / f"{stem}.pkl", None)
+    features = cached(cache / f"{stem}_features_{bundle.name}-{bundle.meta.get('version')}.pkl", None)
+    true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
+    first = np.cumsum([0] + [len(s["conf"]) for s in scans])
+    levels = np.stack([true[a:b].mean((0, 2, 3)) for a, b in zip(first[:-1], first[1:])])
+    return scans, features, levels
+
+
 def corr(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
@@ -81,13 +104,9 @@ def main() -> None:
     bundle = load_bundle(resolve_bundle(str(args.run)))
     base = load_bundle(resolve_bundle(args.base))
     policy = bundle.policy.eval()
-    fit = load_reward_caches(args.run / "checkpoints" / "rewards-rl.pt")
-    held = load_reward_caches(args.run / "checkpoints" / "rewards-rl-holdout.pt")
-    x_fit = np.concatenate([slice_means(c.features) for c in fit])
-    y_fit = np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in fit])
+    rl = rl_slices(args.run)
+    (_, x_fit, y_fit), (held, x_held, y_held) = rl["fit"], rl["held"]
     lines = fit_lines(x_fit, y_fit)
-    x_held = np.concatenate([slice_means(c.features) for c in held])
-    y_held = np.concatenate([c.dataset_gain().mean((2, 3)).double().numpy() for c in held])
     p_held = np.concatenate([gains(policy, c.features) for c in held]).mean((2, 3))
     print(f"{bundle.name}; held-out RL slices ({len(x_held)}): r of the slices' mean gain (f1 / f2) with the policy's "
           f"{corr(p_held[:, 0], y_held[:, 0]):.3f} / {corr(p_held[:, 1], y_held[:, 1]):.3f}; with the lines of")
@@ -95,12 +114,8 @@ def main() -> None:
         lv = line_level(line, x_held)
         print(f"  {name}: {corr(lv[:, 0], y_held[:, 0]):.3f} / {corr(lv[:, 1], y_held[:, 1]):.3f}")
     for text in args.sets:
-        stem = f"{text.replace(':', '_')}_{args.slices}_{base.name}-{base.meta.get('version')}"
-        scans = cached(args.cache / f"{stem}.pkl", None)
-        features = cached(args.cache / f"{stem}_features_{bundle.name}-{bundle.meta.get('version')}.pkl", None)
+        scans, features, levels = fresh_scans(args.cache, text, args.slices, base, bundle)
         true = dataset_iou_gains(np.concatenate([s["conf"] for s in scans]))
-        first = np.cumsum([0] + [len(s["conf"]) for s in scans])
-        levels = np.stack([true[a:b].mean((0, 2, 3)) for a, b in zip(first[:-1], first[1:])])  # (scans, 2)
         all_pred = []
         for i, (scan, feats) in enumerate(zip(scans, features)):
             pred = gains(policy, feats)
