@@ -42,7 +42,7 @@ from napari_paser.train.datasets import SliceBank, labelled_slices, load_data_di
 from napari_paser.train.presets import TrainConfig
 from napari_paser.train.stages import StageContext, reward_copies
 from probe_refined_ranking import cached, set_r
-from probe_slice_level import corr, fit_lines, fresh_scans, gains, line_level, rl_slices, slice_means
+from probe_slice_level import corr, fit_lines, fresh_scans, gains, level_probe_arguments, line_level, load_level_probe, slice_means
 
 STATS = ["noise σ", "residual"]
 # Columns 0-6 are the policy's slice means (probe_slice_level.INPUT_NAMES, the KL at 6), then STATS.
@@ -87,19 +87,13 @@ def rl_noise(run: Path, data: list[Path], split: str, caches) -> tuple[np.ndarra
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", type=Path, help="a training run's folder: its bundle, training_report.json and checkpoints/rewards-rl*.pt")
-    ap.add_argument("--cache", type=Path, required=True, help="probe_refined_ranking's and probe_policy_refit's cache")
+    level_probe_arguments(ap)  # the run's folder also holds the training_report.json of its split
     ap.add_argument("--data", type=Path, nargs="+", default=[Path("data/synth_v2"), Path("data/synth_rl_extra")],
                     help="the folders the run's volumes came from (--data and --extra-rl of its training)")
-    ap.add_argument("--base", default="paser-synth-v2.20", help="the bundle probe_refined_ranking's cache was made with")
-    ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
-    ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--draws", type=int, default=1000, help="sets of four scans drawn per generator for line 4")
     args = ap.parse_args()
-    bundle = load_bundle(resolve_bundle(str(args.run)))
-    base = load_bundle(resolve_bundle(args.base))
+    bundle, base, rl = load_level_probe(args)
     policy = bundle.policy.eval()
-    rl = rl_slices(args.run)
     (fit, x_fit, y_fit), (held, x_held, y_held) = rl["fit"], rl["held"]
     fit_noise, fit_owner = rl_noise(args.run, args.data, "rl", fit)
     x_fit = np.c_[x_fit, fit_noise]

@@ -89,22 +89,30 @@ def fresh_scans(cache: Path, text: str, slices: int, base, bundle) -> tuple[list
     return scans, features, levels
 
 
+def level_probe_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments both level probes take: the run, the caches and the fresh scans."""
+    ap.add_argument("run", type=Path, help="a training run's folder: its bundle and checkpoints/rewards-rl*.pt")
+    ap.add_argument("--cache", type=Path, required=True, help="probe_refined_ranking's and probe_policy_refit's cache")
+    ap.add_argument("--base", default="paser-synth-v2.20", help="the bundle probe_refined_ranking's cache was made with")
+    ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
+    ap.add_argument("--slices", type=int, default=8)
+
+
+def load_level_probe(args: argparse.Namespace) -> tuple:
+    """The run's bundle, the bundle the scans were cached with and :func:`rl_slices` of the run."""
+    return load_bundle(resolve_bundle(str(args.run))), load_bundle(resolve_bundle(args.base)), rl_slices(args.run)
+
+
 def corr(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", type=Path, help="a training run's folder: its bundle and checkpoints/rewards-rl*.pt")
-    ap.add_argument("--cache", type=Path, required=True, help="probe_refined_ranking's and probe_policy_refit's cache")
-    ap.add_argument("--base", default="paser-synth-v2.20", help="the bundle probe_refined_ranking's cache was made with")
-    ap.add_argument("--sets", nargs="+", default=["v1:8831-8850", "oof:9631-9650"])
-    ap.add_argument("--slices", type=int, default=8)
+    level_probe_arguments(ap)
     args = ap.parse_args()
-    bundle = load_bundle(resolve_bundle(str(args.run)))
-    base = load_bundle(resolve_bundle(args.base))
+    bundle, base, rl = load_level_probe(args)
     policy = bundle.policy.eval()
-    rl = rl_slices(args.run)
     (_, x_fit, y_fit), (held, x_held, y_held) = rl["fit"], rl["held"]
     lines = fit_lines(x_fit, y_fit)
     p_held = np.concatenate([gains(policy, c.features) for c in held]).mean((2, 3))
