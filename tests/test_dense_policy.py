@@ -165,8 +165,10 @@ def plain_fit():
 
 @pytest.mark.parametrize(
     "setting",
-    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}, {"target": "mean"}, {"target": "f1"}],
-    ids=["error on the patch means", "correlation over two volumes", "jittered inputs", "the models' mean gain", "f1's gain"],
+    [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}, {"target": "mean"}, {"target": "f1"},
+     {"target": "centred"}],
+    ids=["error on the patch means", "correlation over two volumes", "jittered inputs", "the models' mean gain", "f1's gain",
+         "the gains within each slice"],
 )
 def test_fit_dense_policy_with_another_setting_still_learns(plain_fit, setting):
     fit, held, plain = plain_fit
@@ -180,6 +182,32 @@ def test_fit_dense_policy_with_another_setting_still_learns(plain_fit, setting):
         pred = other.gains(held[0].features.float())
     true = held[0].dataset_gain()
     assert abs(float(pred.mean() - true.mean())) < 0.5 * float(true.abs().mean())
+
+
+def test_holdout_correlation_within_slices_ignores_each_slices_level(plain_fit):
+    """Within slices, r judges only the ranking inside each slice: a level added to a
+    slice's predicted gains changes the pooled r and not this one."""
+    _, held, plain = plain_fit
+    pooled, within = holdout_correlation(plain, held), holdout_correlation(plain, held, within_slices=True)
+    true = held[0].dataset_gain().double()
+    with torch.no_grad():
+        pred = plain.gains(held[0].features.float()).double()
+    centred = [(pred - pred.mean((2, 3), keepdim=True))[:, k].flatten() for k in range(2)]
+    true_c = [(true - true.mean((2, 3), keepdim=True))[:, k].flatten() for k in range(2)]
+    assert within == pytest.approx([float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(centred, true_c)], abs=1e-6)
+
+    class Levelled(torch.nn.Module):  # the same ranking, each slice raised by 10 x its mean entropy
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def gains(self, x):
+            return self.net.gains(x) + 10 * x[:, 3:4].mean((2, 3), keepdim=True)
+
+    levelled = Levelled(plain)
+    assert holdout_correlation(levelled, held, within_slices=True) == pytest.approx(within, abs=1e-5)  # float32 sums
+    assert holdout_correlation(levelled, held) != pytest.approx(pooled, abs=1e-3)
+    assert pooled != pytest.approx(within, abs=1e-3)
 
 
 def test_fit_dense_policy_refuses_more_volumes_than_slices_per_batch():

@@ -66,12 +66,15 @@ def _batch_pearson(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache]) -> list[float]:
+def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache], within_slices: bool = False) -> list[float]:
     """Pearson r of the predicted with the true patch gains of f1 and f2 over ``caches``
-    (each cache's gains at its own f0 totals, as :meth:`RewardCache.dataset_gain`)."""
+    (each cache's gains at its own f0 totals, as :meth:`RewardCache.dataset_gain`);
+    ``within_slices``: of both less their mean over each slice (the ranking within slices)."""
     policy.eval()
     pred = torch.cat([_patch_gains(policy, c.features) for c in caches])
     true = torch.cat([c.dataset_gain() for c in caches])
+    if within_slices:
+        pred, true = pred - pred.mean((2, 3), keepdim=True), true - true.mean((2, 3), keepdim=True)
     return [_pearson(pred[:, k], true[:, k]) for k in range(true.shape[1])]
 
 
@@ -138,10 +141,12 @@ def fit_dense_policy(
         f0's class probabilities (its entropy, the image's local mean and spread, the
         refiner's correction): another scanner's contrast and another f0's confidence,
         which the policy should rank through rather than read as gain.
-    target : {"own", "mean", "f1"}
+    target : {"own", "mean", "f1", "centred"}
         What each model's output is fitted to: its own standardised cell gains, or for
         every model the mean of the models' or f1's. "mean" and "f1" give one ranking for
-        all models, each model's gains then on its own level and spread.
+        all models, each model's gains then on its own level and spread. "centred": its
+        own, less their mean over the slice, so the network learns only the ranking within
+        a slice (for a policy whose level :func:`fit_slice_level` sets).
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -163,8 +168,8 @@ def fit_dense_policy(
         policy.residual_offset.zero_()
     # The network is fitted afresh, its level with it (fit_slice_level sets a KL line again).
     policy.clear_slice_level_()
-    if target not in ("own", "mean", "f1"):
-        raise ValueError(f"target must be 'own', 'mean' or 'f1', not {target!r}")
+    if target not in ("own", "mean", "f1", "centred"):
+        raise ValueError(f"target must be 'own', 'mean', 'f1' or 'centred', not {target!r}")
     if not 1 <= volumes_per_batch <= batch:
         raise ValueError(f"volumes_per_batch must be between 1 and the batch ({batch}), not {volumes_per_batch}")
     g = torch.Generator().manual_seed(seed)
@@ -182,6 +187,8 @@ def fit_dense_policy(
         targets = [t.mean(1, keepdim=True).expand_as(t) for t in targets]
     elif target == "f1":
         targets = [t[:, :1].expand_as(t) for t in targets]
+    elif target == "centred":
+        targets = [t - t.mean((2, 3), keepdim=True) for t in targets]
     _set_input_scale(policy, caches)
     params = [p for p in policy.dense.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -224,7 +231,8 @@ def fit_dense_policy(
             history["loss"].append([step, round(float(np.mean(running)), 5)])
             running = []
             if holdout:
-                r = holdout_correlation(policy, holdout)  # r does not see the standardisation
+                # r does not see the standardisation; a centred fit is judged on what it learns.
+                r = holdout_correlation(policy, holdout, within_slices=target == "centred")
                 history["holdout_r"].append([step] + [round(v, 4) for v in r])
                 if log is not None:
                     log(f"step {step}: loss {history['loss'][-1][1]:.4f}, held-out r (f1, f2) {r[0]:.3f} / {r[1]:.3f}")
