@@ -7,7 +7,7 @@ rising at the last step. This probe fits the same network again on the reward ca
 training run kept (``checkpoints/rewards-rl.pt`` and ``rewards-rl-holdout.pt``) with other
 settings, given as variants ``NAME:key=value,...`` over ``fit_dense_policy``'s keywords
 (``steps``, ``lr``, ``batch``, ``weight_decay``, ``patch_weight``, ``corr_weight``,
-``volumes_per_batch``, ``input_jitter``, ``target`` (``own``, ``mean``, ``f1`` or ``centred``), ``seed``; ``seeds=0+1+2`` averages the gains of one fit per
+``volumes_per_batch``, ``input_jitter``, ``target``, ``centre``, ``seed``; ``seeds=0+1+2`` averages the gains of one fit per
 seed, an ensemble that costs its size in policy FLOPs), or over the network's size
 (``width``, ``dense_layers``: a fresh network of the same inputs); ``tie_f2=1`` then ties the
 fit's f2 gains to its f1 gains as preset v2.22 does (``train.dense_policy.tie_f2_gains``,
@@ -48,7 +48,7 @@ from probe_testset_draws import _parse_set
 
 FIT_KEYS = {"steps": int, "lr": float, "batch": int, "weight_decay": float, "patch_weight": float,
             "corr_weight": float, "volumes_per_batch": int, "input_jitter": float, "seed": int,
-            "target": str}
+            "target": str, "centre": float}
 
 
 ARCH_KEYS = {"width": int, "dense_layers": int}  # the network's size (PolicyConfig)

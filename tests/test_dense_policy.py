@@ -166,7 +166,7 @@ def plain_fit():
 @pytest.mark.parametrize(
     "setting",
     [{"patch_weight": 20.0}, {"corr_weight": 1.0, "volumes_per_batch": 2}, {"input_jitter": 0.5}, {"target": "mean"}, {"target": "f1"},
-     {"target": "centred"}],
+     {"centre": 1.0}],
     ids=["error on the patch means", "correlation over two volumes", "jittered inputs", "the models' mean gain", "f1's gain",
          "the gains within each slice"],
 )
@@ -217,6 +217,9 @@ def test_fit_dense_policy_refuses_more_volumes_than_slices_per_batch():
     with pytest.raises(ValueError, match="target must be"):
         fit_dense_policy(PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense")),
                          [_random_cache(0)], steps=2, batch=4, target="f2")
+    with pytest.raises(ValueError, match="centre must be"):
+        fit_dense_policy(PolicyNet(PolicyConfig(in_channels=6, width=8, features="v2", f0_features=False, head="dense")),
+                         [_random_cache(0)], steps=2, batch=4, centre=1.5)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,7 @@ def fit_dense_policy(
     volumes_per_batch: int = 1,
     input_jitter: float = 0.0,
     target: str = "own",
+    centre: float = 0.0,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -141,12 +142,14 @@ def fit_dense_policy(
         f0's class probabilities (its entropy, the image's local mean and spread, the
         refiner's correction): another scanner's contrast and another f0's confidence,
         which the policy should rank through rather than read as gain.
-    target : {"own", "mean", "f1", "centred"}
+    target : {"own", "mean", "f1"}
         What each model's output is fitted to: its own standardised cell gains, or for
         every model the mean of the models' or f1's. "mean" and "f1" give one ranking for
-        all models, each model's gains then on its own level and spread. "centred": its
-        own, less their mean over the slice, so the network learns only the ranking within
-        a slice (for a policy whose level :func:`fit_slice_level` sets).
+        all models, each model's gains then on its own level and spread.
+    centre : float
+        Share of each slice's mean gain taken off its cells' targets: 1 fits only the
+        ranking within each slice (for a policy whose level :func:`fit_slice_level`
+        sets). Above 0 the early stopping judges the r within slices.
     seed : int
         Seeds the initial weights, the batches and the flips.
     log : callable, optional
@@ -168,8 +171,10 @@ def fit_dense_policy(
         policy.residual_offset.zero_()
     # The network is fitted afresh, its level with it (fit_slice_level sets a KL line again).
     policy.clear_slice_level_()
-    if target not in ("own", "mean", "f1", "centred"):
-        raise ValueError(f"target must be 'own', 'mean', 'f1' or 'centred', not {target!r}")
+    if target not in ("own", "mean", "f1"):
+        raise ValueError(f"target must be 'own', 'mean' or 'f1', not {target!r}")
+    if not 0.0 <= centre <= 1.0:
+        raise ValueError(f"centre must be between 0 and 1, not {centre}")
     if not 1 <= volumes_per_batch <= batch:
         raise ValueError(f"volumes_per_batch must be between 1 and the batch ({batch}), not {volumes_per_batch}")
     g = torch.Generator().manual_seed(seed)
@@ -187,8 +192,8 @@ def fit_dense_policy(
         targets = [t.mean(1, keepdim=True).expand_as(t) for t in targets]
     elif target == "f1":
         targets = [t[:, :1].expand_as(t) for t in targets]
-    elif target == "centred":
-        targets = [t - t.mean((2, 3), keepdim=True) for t in targets]
+    if centre:
+        targets = [t - centre * t.mean((2, 3), keepdim=True) for t in targets]
     _set_input_scale(policy, caches)
     params = [p for p in policy.dense.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -232,7 +237,7 @@ def fit_dense_policy(
             running = []
             if holdout:
                 # r does not see the standardisation; a centred fit is judged on what it learns.
-                r = holdout_correlation(policy, holdout, within_slices=target == "centred")
+                r = holdout_correlation(policy, holdout, within_slices=centre > 0)
                 history["holdout_r"].append([step] + [round(v, 4) for v in r])
                 if log is not None:
                     log(f"step {step}: loss {history['loss'][-1][1]:.4f}, held-out r (f1, f2) {r[0]:.3f} / {r[1]:.3f}")
