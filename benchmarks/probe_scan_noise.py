@@ -74,9 +74,12 @@ def rl_noise(run: Path, data: list[Path], split: str, caches) -> tuple[np.ndarra
     owner = np.repeat(np.arange(len(chosen)), [len(labelled_slices(v.labels)) for v in chosen])  # as SliceBank lists them
     cfg = TrainConfig.from_dict(report["config"])
     ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=None, seed=report["seed"], progress=False)  # type: ignore[arg-type]
+    groups: dict[int, list[torch.Tensor]] = {}
+    for number, images, _ in reward_copies(ctx, bank, cfg.rl_copies):
+        groups.setdefault(number, []).append(images[:, images.shape[1] // 2])  # the centre plane: the slice itself
     out, owners = [], []
-    for indices, group, cache in zip(bank.groups(), reward_copies(ctx, bank, cfg.rl_copies), caches, strict=True):
-        centre = torch.cat([x[:, x.shape[1] // 2] for x, _ in group])
+    for indices, centres, cache in zip(bank.groups(), groups.values(), caches, strict=True):
+        centre = torch.cat(centres)
         pooled = F.avg_pool2d(centre[:, None].float(), bundle.policy.config.pool)[:, 0]
         # The replay must be the cache's slices: the policy's image channel is their pooled centre plane.
         np.testing.assert_allclose(pooled.numpy(), cache.features[:, 4].float().numpy(), atol=2e-3)

@@ -654,9 +654,9 @@ def test_reward_copies_replay_the_slices_the_reward_caches_score(tiny_bundle, tm
     bank = SliceBank([_volume(0, slices=2), _volume(1, slices=2)], tiny_bundle.patch_size)
     ctx = StageContext(cfg=_tiny_cfg(), device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=3, log=lambda s: None, progress=False)
     caches = cache_rewards(ctx, tiny_bundle, bank, copies=2)
-    groups = list(reward_copies(ctx, bank, copies=2))
-    assert len(groups) == len(caches) == 1 and [len(x) for x, _ in groups[0]] == [4, 4]
-    (plain, _), (augmented, _) = groups[0]
+    copies = list(reward_copies(ctx, bank, copies=2))
+    assert len(caches) == 1 and [(n, len(x)) for n, x, _ in copies] == [(0, 4), (0, 4)]
+    (_, plain, _), (_, augmented, _) = copies
     assert torch.equal(plain, bank.stacked()[0])
     assert not torch.allclose(augmented, plain)
     image = caches[0].features[:, 4].float()  # a v1 policy reads the image at full resolution (half precision)

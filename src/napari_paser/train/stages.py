@@ -397,10 +397,11 @@ def train_f0_refiner(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: 
 # --------------------------------------------------------------------------- stage 3
 
 
-def reward_copies(ctx: StageContext, bank: SliceBank, copies: int, *, stage: str = "rewards") -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The slices :func:`cache_rewards` scores, one list of ``(images, labels)`` per group of
-    ``bank`` (equal padded size): ``copies`` versions of every slice, drawn from the stage's
-    generator, so that a probe replays the exact slices of a run's reward caches.
+def reward_copies(ctx: StageContext, bank: SliceBank, copies: int, *, stage: str = "rewards") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The slices :func:`cache_rewards` scores, one copy of a group of ``bank`` (slices of
+    equal padded size) at a time: ``(group, images, labels)``, ``copies`` per group, drawn
+    from the stage's generator, so that a probe replays the exact slices of a run's
+    reward caches. One copy at a time, so memory holds one augmented copy, not all.
 
     Copy 0 is the slice as is; the others are augmented (flips, rotation where square,
     contrast, offset, blur, noise; never impulse noise). Labels outside each slice are
@@ -408,17 +409,13 @@ def reward_copies(ctx: StageContext, bank: SliceBank, copies: int, *, stage: str
     """
     g = ctx.generator(stage)
     aug = AugmentConfig(**{**ctx.cfg.augment.to_dict(), "impulse": 0.0})
-    for group in bank.groups():
+    for number, group in enumerate(bank.groups()):
         x, _ = bank.stacked(group)
         y_eval = bank.stacked_eval_labels(group)
-        parts = []
-        for k in range(max(1, copies)):
-            if k == 0:
-                parts.append((x, y_eval))
-            else:
-                xk, yk = geometric(x, y_eval, aug, g)
-                parts.append((intensity(xk, aug, g), yk))
-        yield parts
+        yield number, x, y_eval
+        for _ in range(1, max(1, copies)):
+            xk, yk = geometric(x, y_eval, aug, g)
+            yield number, intensity(xk, aug, g), yk
 
 
 def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: int, *, stage: str = "rewards") -> list[RewardCache]:
@@ -427,14 +424,15 @@ def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: in
     Copy 0 is the slice as is; the others are augmented (:func:`reward_copies`), so the
     policy sees more variety than the RL split holds. One cache per slice size.
     """
-    caches = []
     bundle.to(ctx.device).eval()
+    groups: dict[int, list[RewardCache]] = {}
     index = 0
-    for group in reward_copies(ctx, bank, copies, stage=stage):
-        parts = []
-        for xk, yk in group:
-            parts.append(build_reward_cache(bundle, xk.to(ctx.device), yk.to(ctx.device), mc_passes=ctx.cfg.mc_passes, seed=ctx.seed, first_index=index))
-            index += len(xk)
+    for number, xk, yk in reward_copies(ctx, bank, copies, stage=stage):
+        part = build_reward_cache(bundle, xk.to(ctx.device), yk.to(ctx.device), mc_passes=ctx.cfg.mc_passes, seed=ctx.seed, first_index=index)
+        groups.setdefault(number, []).append(part)
+        index += len(xk)
+    caches = []
+    for parts in groups.values():
         cells = torch.cat([p.cells for p in parts]) if parts[0].cells is not None else None
         caches.append(RewardCache(torch.cat([p.features for p in parts]), torch.cat([p.conf for p in parts]), cells))
     return caches
