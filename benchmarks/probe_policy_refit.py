@@ -13,6 +13,8 @@ seed, an ensemble that costs its size in policy FLOPs), or over the network's si
 fit's f2 gains to its f1 gains as preset v2.22 does (``train.dense_policy.tie_f2_gains``,
 decided on the held-out RL volumes), and ``slice_level=1`` then reads each slice's level of
 gains from its mean refiner KL as preset v2.23 does (``train.dense_policy.fit_slice_level``).
+``NAME:of=A+B`` fits nothing: it averages the gains of the variants named A and B (given
+before it), an ensemble of differently fitted networks.
 
 Each fit is scored as ``probe_refined_ranking`` scores a policy, on the same fresh scans of
 both test generators (its ``--cache``, which holds each scan's true confusions): pooled r
@@ -60,6 +62,8 @@ def parse_variant(text: str) -> tuple[str, dict, dict, list[int], set[str]]:
     seeds of the ensemble, what to do after the fit)."""
     name, _, spec = text.partition(":")
     kwargs, arch, seeds, after = {}, {}, [0], set()
+    if spec.startswith("of="):
+        return name, {"of": spec[3:].split("+")}, {}, [], set()
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key == "seeds":
@@ -122,8 +126,15 @@ def main() -> None:
         if not (args.cache / f"{stems[text]}.pkl").exists():
             raise SystemExit(f"no {args.cache / stems[text]}.pkl: run probe_refined_ranking.py {args.base} --sets {text} --cache {args.cache} first")
     variants = [parse_variant(text) for text in args.variants]  # a typo fails before any fit
+    for i, (name, kwargs, *_) in enumerate(variants):
+        missing = [m for m in kwargs.get("of", []) if m not in {v[0] for v in variants[:i]}]
+        if missing:
+            raise SystemExit(f"{name}: no variant {', '.join(missing)} before it")
     fits: dict[str, list] = {}
     for name, kwargs, arch, seeds, after in variants:
+        if "of" in kwargs:  # an ensemble of variants fitted above
+            fits[name] = [p for m in kwargs["of"] for p in fits[m]]
+            continue
         fits[name] = []
         for seed in seeds:
             t0 = time.perf_counter()
