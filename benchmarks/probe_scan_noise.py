@@ -36,8 +36,6 @@ import torch.nn.functional as F
 from scipy.ndimage import convolve, gaussian_filter
 
 from common import make_volumes
-from napari_paser.engine.bundle import load_bundle
-from napari_paser.engine.registry import resolve_bundle
 from napari_paser.train.datasets import SliceBank, labelled_slices, load_data_dir, normalize_volume
 from napari_paser.train.presets import TrainConfig
 from napari_paser.train.stages import StageContext, reward_copies
@@ -62,12 +60,11 @@ def noise_stats(slices: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def rl_noise(run: Path, data: list[Path], split: str, caches) -> tuple[np.ndarray, np.ndarray]:
-    """``STATS`` of the slices of the run's reward caches of ``split`` ("rl" or "rl_holdout"),
-    in their order, and the index of each slice's volume in the split (-1 for augmented copies)."""
+def rl_noise(run: Path, bundle, volumes: dict, split: str, caches) -> tuple[np.ndarray, np.ndarray]:
+    """``STATS`` of the slices of the run's (its ``bundle``'s) reward caches of ``split``
+    ("rl" or "rl_holdout"), in their order, and the index of each slice's volume in the
+    split (-1 for augmented copies); ``volumes`` by name, as the run loaded them."""
     report = json.loads((run / "training_report.json").read_text())
-    volumes = {v.name: v for folder in data for v in load_data_dir(folder)[0]}
-    bundle = load_bundle(resolve_bundle(str(run)))
     planes = max(m.config.planes for m in bundle.segmenters())
     chosen = [volumes[n] for n in report["split"][split]]
     bank = SliceBank(chosen, bundle.patch_size, planes)
@@ -98,9 +95,10 @@ def main() -> None:
     bundle, base, rl = load_level_probe(args)
     policy = bundle.policy.eval()
     (fit, x_fit, y_fit), (held, x_held, y_held) = rl["fit"], rl["held"]
-    fit_noise, fit_owner = rl_noise(args.run, args.data, "rl", fit)
+    volumes = {v.name: v for folder in args.data for v in load_data_dir(folder)[0]}  # read once for both splits
+    fit_noise, fit_owner = rl_noise(args.run, bundle, volumes, "rl", fit)
     x_fit = np.c_[x_fit, fit_noise]
-    x_held = np.c_[x_held, rl_noise(args.run, args.data, "rl_holdout", held)[0]]
+    x_held = np.c_[x_held, rl_noise(args.run, bundle, volumes, "rl_holdout", held)[0]]
     lines = fit_lines(x_fit, y_fit, LINES)
     print(f"{bundle.name}; {len(x_fit)} RL slices (replayed and checked against the cached policy input), {len(x_held)} held out")
     print(f"r over the RL slices of the slices' mean gain (f1 / f2) with their {', '.join(STATS)}: "
