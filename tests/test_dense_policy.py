@@ -580,6 +580,55 @@ def test_fit_slice_level_fits_the_line_of_a_slices_mean_gain_on_its_mean_kl():
         fit_slice_level(PolicyNet(replace(KL_POLICY, refiner_kl=False, in_channels=6, dense_inputs=6)), [_random_cache(0)])
 
 
+@torch.no_grad()
+def test_a_slice_level_read_from_a_quantile_of_the_kl(tmp_path):
+    from napari_paser.train.dense_policy import fit_slice_level
+
+    torch.manual_seed(0)
+    policy = PolicyNet(KL_POLICY).eval()
+    feats = torch.rand(3, 7, 56, 64)
+    before = policy.gains(feats)
+    weight, offset = torch.tensor([0.5, -0.2]), torch.tensor([0.01, 0.02])
+    policy.set_slice_level_(weight, offset, quantile=0.9)
+    after = policy.gains(feats)
+    q90 = torch.quantile(feats[:, 6].flatten(1), 0.9, dim=1)
+    assert policy.config.slice_level_quantile == 0.9
+    torch.testing.assert_close(after.mean((2, 3)), weight * q90[:, None] + offset)
+    torch.testing.assert_close(after - after.mean((2, 3), keepdim=True), before - before.mean((2, 3), keepdim=True))
+    assert not torch.allclose(after.mean((2, 3)), weight * feats[:, 6].mean((1, 2))[:, None] + offset)
+    # Saved and loaded with the quantile in the policy's config.
+    from conftest import tiny_configs
+
+    configs = tiny_configs()
+    configs["f0"] = replace(configs["f0"], refine_width=4)
+    bundle = Bundle.from_configs({**configs, "policy": KL_POLICY}, seed=0).eval()
+    bundle.policy.load_state_dict(policy.state_dict(), strict=False)
+    bundle.policy.set_slice_level_(weight, offset, quantile=0.9)
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "quantile"))
+    assert loaded.policy.config.slice_level_quantile == 0.9
+    torch.testing.assert_close(loaded.policy.gains(feats), after)
+    # Cleared, the quantile goes with the level; a quantile outside (0, 1) is refused.
+    policy.clear_slice_level_()
+    assert policy.config.slice_level_quantile is None
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        policy.set_slice_level_(weight, offset, quantile=1.0)
+
+    # Fitted: the line is in the slices' quantile, not their mean. A cache whose KL is
+    # one value per slice except for a few cells that differ from slice to slice at random:
+    # the quantile follows the gain exactly, the mean does not.
+    caches = []
+    for seed in range(3):
+        cache = _kl_cache(seed)
+        kl = cache.features[:, 6:7].float().clone()
+        g = torch.Generator().manual_seed(seed)
+        kl[:, :, :2] = torch.rand(len(kl), 1, 2, kl.shape[-1], generator=g) * 50  # 2 of 28 rows: they leave the median alone
+        caches.append(RewardCache(torch.cat([cache.features[:, :6].float(), kl], 1).half(), cache.conf, cache.cells))
+    record = fit_slice_level(policy, caches, quantile=0.5)
+    mean_record = fit_slice_level(PolicyNet(KL_POLICY).eval(), caches)
+    assert record["quantile"] == 0.5 and record["r_fit"][0] == pytest.approx(1.0, abs=1e-3)
+    assert mean_record["quantile"] is None and mean_record["r_fit"][0] < 0.5
+
+
 def test_the_policy_stage_reads_each_slices_level_from_the_kl_after_tying(tmp_path):
     from conftest import tiny_configs
     from napari_paser.train.checkpoint import Checkpointer
@@ -604,6 +653,17 @@ def test_the_policy_stage_reads_each_slices_level_from_the_kl_after_tying(tmp_pa
     assert history["tie_f2"]["tied"]  # and within a slice f2's gains still rank as f1's
     centred = gains - gains.mean((2, 3), keepdim=True)
     torch.testing.assert_close(centred[:, 1], history["tie_f2"]["slope"] * centred[:, 0], atol=1e-5, rtol=1e-3)
+    # Kept, the network (and its tie) stay as they are and only the level is fitted again.
+    network = {k: v.clone() for k, v in bundle.policy.state_dict().items() if k.startswith("dense.")}
+    kept = train_policy(replace(ctx, cfg=cfg.replace(policy_keep_network=True, policy_slice_level_quantile=0.9)), bundle, caches[:4], holdout=caches[4:])
+    assert kept["kept_network"] and kept["slice_level"]["quantile"] == 0.9 and bundle.policy.config.slice_level_quantile == 0.9
+    for k, v in network.items():
+        torch.testing.assert_close(bundle.policy.state_dict()[k], v, rtol=0, atol=0)
+    with torch.no_grad():
+        kept_gains = bundle.policy.gains(feats)
+    torch.testing.assert_close(kept_gains - kept_gains.mean((2, 3), keepdim=True), centred)
+    with pytest.raises(ValueError, match="policy_keep_network"):
+        train_policy(replace(ctx, cfg=cfg.replace(policy_keep_network=True, policy_slice_level=False)), bundle, caches[:4], holdout=caches[4:])
     # Fitting the network again clears the level: the network sets it until it is fitted anew.
     fit_dense_policy(bundle.policy, caches[:4], steps=2)
     assert not bundle.policy.config.slice_level

@@ -478,7 +478,9 @@ class PolicyConfig:
     :func:`napari_paser.train.dense_policy.fit_slice_level`); the network then only ranks
     the patches within the slice. A network fitted on volumes of many scanners learns
     their levels, which do not carry over between scans of one scanner
-    (``benchmarks/probe_results.md``).
+    (``benchmarks/probe_results.md``). With ``slice_level_quantile`` q the line is in
+    that quantile of the KL over the slice's cells instead of its mean: how far the
+    refiner moves the boundaries it moves, whatever share of the slice they are.
     """
 
     in_channels: int = 5
@@ -498,6 +500,7 @@ class PolicyConfig:
     image_residual: bool = False
     refiner_kl: bool = False
     slice_level: bool = False
+    slice_level_quantile: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -574,25 +577,32 @@ class PolicyNet(nn.Module):
         self.register_buffer("level_offset", torch.zeros(self.config.num_models - 1))
 
     @torch.no_grad()
-    def set_slice_level_(self, weight: torch.Tensor, offset: torch.Tensor) -> None:
+    def set_slice_level_(self, weight: torch.Tensor, offset: torch.Tensor, quantile: float | None = None) -> None:
         """From now on, give each slice's gains of model k the level (mean over the
-        slice's patches) ``weight[k] * the slice's mean refiner KL + offset[k]``, whatever
-        level the network predicts (see :class:`PolicyConfig` ``slice_level``)."""
+        slice's patches) ``weight[k] * the slice's KL + offset[k]``, whatever level the
+        network predicts (see :class:`PolicyConfig` ``slice_level``). The slice's KL is
+        the mean over its cells, or their ``quantile`` (``slice_level_quantile``)."""
+        if quantile is not None and not 0.0 < quantile < 1.0:
+            raise ValueError(f"the quantile of the slice's KL must be between 0 and 1, not {quantile}")
         if not self.config.slice_level:
             self.config = replace(self.config, slice_level=True)
             self._add_slice_level()
+        self.config = replace(self.config, slice_level_quantile=quantile)
         cast(torch.Tensor, self.level_weight).copy_(torch.as_tensor(weight))
         cast(torch.Tensor, self.level_offset).copy_(torch.as_tensor(offset))
 
     def clear_slice_level_(self) -> None:
         """Let the network set each slice's level again (undo :meth:`set_slice_level_`)."""
         if self.config.slice_level:
-            self.config = replace(self.config, slice_level=False)
+            self.config = replace(self.config, slice_level=False, slice_level_quantile=None)
             del self.level_weight, self.level_offset
 
-    def slice_kl(self, features: torch.Tensor) -> torch.Tensor:
-        """Each slice's mean refiner KL (B,): what a slice level is read from."""
-        return self._grid_inputs(features)[:, self.config.kl_channel].mean((-2, -1))
+    def slice_kl(self, features: torch.Tensor, quantile: float | None = None) -> torch.Tensor:
+        """Each slice's refiner KL (B,) that a slice level is read from: the mean over the
+        slice's cells, or their ``quantile`` (default: the config's ``slice_level_quantile``)."""
+        kl = self._grid_inputs(features)[:, self.config.kl_channel].flatten(1)
+        q = self.config.slice_level_quantile if quantile is None else quantile
+        return kl.mean(1) if q is None else torch.quantile(kl.float(), q, dim=1).to(kl.dtype)
 
     def predicted_level(self, features: torch.Tensor) -> torch.Tensor:
         """The level (B, num_models - 1) a ``slice_level`` policy gives each slice's gains."""

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_BUNDLE = "paser-synth-v2.23"
+DEFAULT_BUNDLE = "paser-synth-v2.24"
 
 
 @dataclass(frozen=True)

@@ -359,16 +359,19 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
 
 
 @torch.no_grad()
-def fit_slice_level(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequence[RewardCache] | None = None) -> dict:
-    """Read each slice's level of gains from its mean refiner KL, not from the network.
+def fit_slice_level(
+    policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequence[RewardCache] | None = None, *, quantile: float | None = None
+) -> dict:
+    """Read each slice's level of gains from its refiner KL, not from the network.
 
     Per model, the least-squares line of a slice's mean true gain (over its patches, as
-    :meth:`RewardCache.dataset_gain`) on the slice's mean refiner KL over the slices of
+    :meth:`RewardCache.dataset_gain`) on the slice's mean refiner KL (or, with
+    ``quantile``, that quantile of the KL over the slice's cells) over the slices of
     ``caches`` becomes the policy's slice level
     (:meth:`~napari_paser.engine.models.PolicyNet.set_slice_level_`). The network's own
     level was learnt from volumes of many scanners and does not carry over between scans
     of one; the KL's does, in both test families (``benchmarks/probe_results.md``, "Does
-    the policy know which slices gain?").
+    the policy know which slices gain?" and "Which statistic of a slice's refiner KL…").
 
     Parameters
     ----------
@@ -378,25 +381,31 @@ def fit_slice_level(policy: nn.Module, caches: Sequence[RewardCache], holdout: S
         The volumes it was fitted on.
     holdout : sequence of RewardCache, optional
         Volumes it never saw: the r of the gains with the true ones on them afterwards.
+    quantile : float, optional
+        Read the level from this quantile of the slice's KL (between 0 and 1), not its mean.
 
     Returns
     -------
     dict
-        ``weight`` and ``offset`` of the line per model, ``r_fit`` (the r of the slices'
-        mean KL with their mean gain, per model) and, with ``holdout``, ``corr_holdout``.
+        ``weight`` and ``offset`` of the line per model, ``quantile``, ``r_fit`` (the r of
+        the slices' KL statistic with their mean gain, per model) and, with ``holdout``,
+        ``corr_holdout``.
     """
     net = cast(PolicyNet, policy)
     net.eval()
-    kl = torch.cat([net.slice_kl(x).cpu() for c in caches for x in _batches(net, c.features)])  # raises without the KL
+    if quantile is not None and not 0.0 < quantile < 1.0:
+        raise ValueError(f"the quantile of the slice's KL must be between 0 and 1, not {quantile}")
+    kl = torch.cat([net.slice_kl(x, quantile).cpu() for c in caches for x in _batches(net, c.features)])  # raises without the KL
     level = torch.cat([c.dataset_gain().mean((-2, -1)) for c in caches])  # (slices, models)
     x = kl.double().numpy()
     lines = [np.polyfit(x, level[:, k].double().numpy(), 1) for k in range(level.shape[1])]
     weight = torch.tensor([float(line[0]) for line in lines])
     offset = torch.tensor([float(line[1]) for line in lines])
-    net.set_slice_level_(weight, offset)
+    net.set_slice_level_(weight, offset, quantile)
     record: dict = {
         "weight": [round(float(w), 6) for w in weight],
         "offset": [round(float(o), 8) for o in offset],
+        "quantile": quantile,
         "r_fit": [round(float(np.corrcoef(x, level[:, k].double().numpy())[0, 1]), 4) for k in range(level.shape[1])],
     }
     if holdout:

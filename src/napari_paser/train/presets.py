@@ -79,6 +79,12 @@ class TrainConfig:
     # Dense: read each slice's level of gains from its mean refiner KL, by a line fitted on
     # the RL volumes, not from the network (train.dense_policy.fit_slice_level).
     policy_slice_level: bool = False
+    # Dense, with policy_slice_level: read the level from this quantile of the slice's
+    # refiner KL over its cells instead of their mean.
+    policy_slice_level_quantile: float | None = None
+    # Dense: keep the warm-started policy network (its ranking, tie included) and fit
+    # only what the options after the network fit (the slice level); needs a warm start.
+    policy_keep_network: bool = False
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
     ft_batch: int = 8
@@ -399,6 +405,11 @@ PRESETS["v2.22"] = PRESETS["v2.21"].replace(preset="v2.22", policy_tie_f2=True)
 # carry over between scans of one generator (benchmarks/probe_results.md).
 PRESETS["v2.23"] = PRESETS["v2.22"].replace(preset="v2.23", policy_slice_level=True)
 
+# v2.23's networks and policy network, all kept (warm-started from it), with each slice's
+# level read from the 90th percentile of its refiner KL over its cells instead of their
+# mean (benchmarks/probe_results.md, "Which statistic of a slice's refiner KL…").
+PRESETS["v2.24"] = PRESETS["v2.23"].replace(preset="v2.24", policy_keep_network=True, policy_slice_level_quantile=0.9)
+
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -495,6 +506,11 @@ PRESET_NOTES: dict[str, str] = {
         "v2.22's networks and policy, fitted and tied again, with each slice's level of gains read from its "
         "mean refiner KL by a line fitted on the RL volumes (~7 min CPU once the data exist, --warm-start "
         "src/napari_paser/models/paser-synth-v2.22)"
+    ),
+    "v2.24": (
+        "v2.23's networks and policy network, all kept, with each slice's level of gains read from the 90th "
+        "percentile of its refiner KL (~15 min CPU once the data exist, the reward caches rebuilt, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.23)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (
