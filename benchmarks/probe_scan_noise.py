@@ -39,8 +39,18 @@ from common import make_volumes
 from napari_paser.train.datasets import SliceBank, labelled_slices, load_data_dir, normalize_volume
 from napari_paser.train.presets import TrainConfig
 from napari_paser.train.stages import StageContext, reward_copies
-from probe_refined_ranking import cached, set_r
-from probe_slice_level import corr, fit_lines, fresh_scans, gains, level_probe_arguments, line_level, load_level_probe, slice_means
+from probe_refined_ranking import cached
+from probe_slice_level import (
+    corr,
+    fit_lines,
+    fresh_scans,
+    gains,
+    level_probe_arguments,
+    line_level,
+    load_level_probe,
+    pooled_and_line4,
+    slice_means,
+)
 
 STATS = ["noise σ", "residual"]
 # Columns 0-6 are the policy's slice means (probe_slice_level.INPUT_NAMES, the KL at 6), then STATS.
@@ -128,14 +138,8 @@ def main() -> None:
         print(f"\n{text} ({len(scans)} scans): r over the scans of their true mean gain with their mean "
               + ", ".join(f"{n} {corr(means[:, c], levels[:, 0]):+.2f} / {corr(means[:, c], levels[:, 1]):+.2f}"
                           for n, c in (("KL", 6), *((s, 7 + j) for j, s in enumerate(STATS)))))
-        for name, r in zip(lines, set_r(scans, list(lines))):
-            pooled[name].append([*r, 0.0])
-        # Line 4 as the benchmark judges it, on sets of four scans: both leads over f0's entropy at least 0.1.
-        rng = np.random.default_rng(0)
-        for _ in range(args.draws):
-            r = set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], ["entropy", *lines])
-            for name, lead in zip(lines, r[1:] - r[0]):
-                pooled[name][-1][2] += bool(lead.min() >= 0.1) / args.draws
+        for name, row in zip(lines, pooled_and_line4(scans, list(lines), args.draws)):
+            pooled[name].append(row)
     print("\n| slice level from a line (fitted on the RL slices) in | r with the held-out RL slices' mean gain | "
           + " | ".join(f"{t}: pooled r; sets of four meeting line 4" for t in args.sets) + " |")
     print("|---|---|" + "---|" * len(args.sets))

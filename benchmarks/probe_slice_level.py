@@ -107,6 +107,19 @@ def corr(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def pooled_and_line4(scans: list[dict], signals: list[str], draws: int, seed: int = 0) -> list[list[float]]:
+    """Per signal: its pooled r with the true gains of f1 and f2 over ``scans``, and the
+    share of ``draws`` sets of four of the scans on which it meets line 4 as the benchmark
+    judges it (both leads over f0's entropy at least 0.1)."""
+    rows = [[*r, 0.0] for r in set_r(scans, signals)]
+    rng = np.random.default_rng(seed)
+    for _ in range(draws):
+        r = set_r([scans[i] for i in rng.choice(len(scans), 4, replace=False)], ["entropy", *signals])
+        for row, lead in zip(rows, r[1:] - r[0]):
+            row[2] += bool(lead.min() >= 0.1) / draws
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     level_probe_arguments(ap)
