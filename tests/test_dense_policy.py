@@ -553,6 +553,23 @@ def test_a_slice_level_keeps_the_networks_ranking_within_a_slice_and_reads_the_l
         PolicyNet(replace(KL_POLICY, refiner_kl=False, in_channels=6, dense_inputs=6)).set_slice_level_(weight, offset)
 
 
+@torch.no_grad()
+def test_a_warm_start_copies_a_policy_with_its_slice_level():
+    from conftest import tiny_configs
+    from napari_paser.engine.bundle import copy_matching_weights
+
+    configs = tiny_configs()
+    configs["f0"] = replace(configs["f0"], refine_width=4)
+    configs["policy"] = KL_POLICY
+    source = Bundle.from_configs(configs, seed=0).eval()
+    source.policy.set_slice_level_(torch.tensor([0.5, -0.2]), torch.tensor([0.01, 0.02]), quantile=0.9)
+    fresh = Bundle.from_configs(configs, seed=1).eval()  # a preset's policy: no slice level yet
+    assert "policy" in copy_matching_weights(fresh, source)
+    assert fresh.policy.config.slice_level and fresh.policy.config.slice_level_quantile == 0.9
+    feats = torch.rand(2, 7, 56, 64)
+    torch.testing.assert_close(fresh.policy.gains(feats), source.policy.gains(feats), rtol=0, atol=0)
+
+
 def _kl_cache(seed: int, slices: int = 8, f2_like_f1: bool = False) -> RewardCache:
     """A :func:`_random_cache` whose seventh input, the refiner's KL, is the same in every
     cell of a slice and a line of how much f1 gains on the slice."""

@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..engine.bundle import Bundle, check_fusion, copy_matching_weights, default_model_configs, save_bundle
 from ..engine.flops import CostModel
+from ..errors import PaserInputError
 from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
 from .presets import TrainConfig
@@ -169,6 +170,9 @@ def train(
     if warm_start is not None and init is None:
         warm = {"bundle": warm_start.name, "models": copy_matching_weights(bundle, warm_start)}
         log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
+    if cfg.policy_keep_network and "policy" not in (warm or {}).get("models", []):
+        raise PaserInputError("this preset keeps the warm-started policy network and fits only its slice level, "
+                              "but no policy was copied: --warm-start a bundle whose policy has this preset's architecture")
     if any(cfg.f0_fusion):
         bundle.fusion = check_fusion(cfg.f0_fusion)
         log(f"f0 fused into f1 / f2 at {bundle.fusion[0]:.2f} / {bundle.fusion[1]:.2f} (reward caches and validation)")
