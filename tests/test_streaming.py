@@ -19,7 +19,7 @@ VOXEL = (2.0, 0.5, 0.5)
 @pytest.fixture(scope="module")
 def electrode():
     """6 planes of 112x128 from the bundled sample stack (at λ 0.0005 the default bundle sends patches
-    to f1 and f2 there: v2.23 gives a region the level of its mean refiner KL, and in the centre
+    to f1 and f2 there: v2.24 gives a region the level of the 90th percentile of its refiner KL, and in the centre
     crop at 56:168, 64:192 it sends every patch to f1 even at λ 0)."""
     from pathlib import Path
 

@@ -8,7 +8,7 @@ Train from scratch on synthetic volumes (the bundled model)::
 
 Fine-tune the bundled model on one labelled stack of your scanner::
 
-    napari-paser train --images scan.tif --labels scan_labels.tif --init paser-synth-v2.23 --out my-bundle
+    napari-paser train --images scan.tif --labels scan_labels.tif --init paser-synth-v2.24 --out my-bundle
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="training recipe: quick (CPU, ~30 min), paper (the paper's schedule, GPU), init "
-                        "(short fine-tuning of the --init bundle) or a bundle's own recipe, v2 to v2.23 "
+                        "(short fine-tuning of the --init bundle) or a bundle's own recipe, v2 to v2.24 "
                         "(default: quick, or init with --init; --list-presets describes each)")
     p.add_argument("--list-presets", action=_ListPresets, help="describe every preset and exit")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")

@@ -571,7 +571,7 @@ class PolicyNet(nn.Module):
     def _add_slice_level(self) -> None:
         if self.config.features != "v2" or not self.config.refiner_kl:
             raise ValueError("a slice's level is read from the refiner's KL: a 'v2' policy with refiner_kl")
-        # Each slice's gains (per model) are level_weight * its mean KL + level_offset on
+        # Each slice's gains (per model) are level_weight * its KL (mean or quantile: slice_kl) + level_offset on
         # average: zero until set_slice_level_ sets them.
         self.register_buffer("level_weight", torch.zeros(self.config.num_models - 1))
         self.register_buffer("level_offset", torch.zeros(self.config.num_models - 1))
