@@ -18,9 +18,11 @@ VOXEL = (2.0, 0.5, 0.5)
 
 @pytest.fixture(scope="module")
 def electrode():
-    """6 planes of 112x128 from the bundled sample stack (at λ 0.0005 the default bundle sends patches
-    to f1 and f2 there: v2.24 gives a region the level of the 90th percentile of its refiner KL, and in the centre
-    crop at 56:168, 64:192 it sends every patch to f1 even at λ 0)."""
+    """6 planes of 112x128 from the bundled sample stack (at λ 1e-5 and at a TVD of 0.05 the
+    default bundle sends patches to f1 and f2 there: v2.24 gives a region the level of the 90th
+    percentile of its refiner KL, and sends a patch of this crop to f2 only below λ 1e-4, while
+    over the whole stack it does up to λ 0.001; in the centre crop at 56:168, 64:192 it sends
+    every patch to f1 even at λ 0)."""
     from pathlib import Path
 
     image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
@@ -42,7 +44,7 @@ def collect():
 
 @pytest.mark.parametrize(
     "method, knobs",
-    [("paser", {"lam": 0.0005}), ("paser", {"tvd": 0.2}), ("idk", {}), ("random", {})],
+    [("paser", {"lam": 0.00001}), ("paser", {"tvd": 0.05}), ("idk", {}), ("random", {})],
 )
 def test_slabs_equal_the_in_memory_engine(electrode, quick, method, knobs):
     from napari_paser.engine.pipeline import segment
