@@ -43,6 +43,7 @@ from probe_slice_level import (
     line_level,
     load_level_probe,
     pooled_and_line4,
+    print_level_table,
     slice_means,
 )
 from probe_testset_draws import _parse_set
@@ -107,12 +108,7 @@ def main() -> None:
               + ", ".join(f"{q:g}: {100 * np.mean(d2 <= v):.1f} %" for q, v in reach.items()))
         for name, row in zip(rules, pooled_and_line4(scans, list(rules), args.draws)):
             pooled[name].append(row)
-    print("\n| slice level | r with the held-out RL slices' mean gain | "
-          + " | ".join(f"{t}: pooled r; sets of four meeting line 4" for t in args.sets) + " |")
-    print("|---|---|" + "---|" * len(args.sets))
-    for name in rules:
-        print(f"| {name} | {held_r[name][0]:.3f} / {held_r[name][1]:.3f} | "
-              + " | ".join(f"{r[0]:.3f} / {r[1]:.3f}; {100 * r[2]:.1f} %" for r in pooled[name]) + " |")
+    print_level_table("slice level", held_r, pooled, args.sets)
 
 
 if __name__ == "__main__":

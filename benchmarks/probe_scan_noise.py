@@ -49,6 +49,7 @@ from probe_slice_level import (
     line_level,
     load_level_probe,
     pooled_and_line4,
+    print_level_table,
     slice_means,
 )
 
@@ -140,11 +141,7 @@ def main() -> None:
                           for n, c in (("KL", 6), *((s, 7 + j) for j, s in enumerate(STATS)))))
         for name, row in zip(lines, pooled_and_line4(scans, list(lines), args.draws)):
             pooled[name].append(row)
-    print("\n| slice level from a line (fitted on the RL slices) in | r with the held-out RL slices' mean gain | "
-          + " | ".join(f"{t}: pooled r; sets of four meeting line 4" for t in args.sets) + " |")
-    print("|---|---|" + "---|" * len(args.sets))
-    for name in lines:
-        print(f"| {name} | {rows[name][0]:.3f} / {rows[name][1]:.3f} | " + " | ".join(f"{r[0]:.3f} / {r[1]:.3f}; {100 * r[2]:.1f} %" for r in pooled[name]) + " |")
+    print_level_table("slice level from a line (fitted on the RL slices) in", rows, pooled, args.sets)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,16 @@ def fresh_scans(cache: Path, text: str, slices: int, base, bundle) -> tuple[list
     return scans, features, levels
 
 
+def print_level_table(title: str, held_r: dict[str, list[float]], pooled: dict[str, list], sets: list[str]) -> None:
+    """One row per level rule: its r with the held-out RL slices' mean gains and, per set of
+    fresh scans, its :func:`pooled_and_line4` row."""
+    print(f"\n| {title} | r with the held-out RL slices' mean gain | "
+          + " | ".join(f"{t}: pooled r; sets of four meeting line 4" for t in sets) + " |")
+    print("|---|---|" + "---|" * len(sets))
+    for name, r in held_r.items():
+        print(f"| {name} | {r[0]:.3f} / {r[1]:.3f} | " + " | ".join(f"{p[0]:.3f} / {p[1]:.3f}; {100 * p[2]:.1f} %" for p in pooled[name]) + " |")
+
+
 def level_probe_arguments(ap: argparse.ArgumentParser) -> None:
     """The arguments both level probes take: the run, the caches and the fresh scans."""
     ap.add_argument("run", type=Path, help="a training run's folder: its bundle and checkpoints/rewards-rl*.pt")

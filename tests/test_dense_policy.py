@@ -510,14 +510,30 @@ def test_a_v2_21_policy_reads_how_far_the_refiner_moved_f0():
 KL_POLICY = PolicyConfig(in_channels=7, width=8, features="v2", f0_features=False, head="dense", dense_inputs=7, dense_layers=2, refiner_kl=True)
 
 
+def _kl_bundle(policy: PolicyConfig = KL_POLICY, seed: int = 0) -> Bundle:
+    """A tiny bundle whose f0 has a refiner and whose policy reads the refiner's KL."""
+    from conftest import tiny_configs
+
+    configs = tiny_configs()
+    configs["f0"] = replace(configs["f0"], refine_width=4)
+    return Bundle.from_configs({**configs, "policy": policy}, seed=seed).eval()
+
+
 @torch.no_grad()
-def test_a_slice_level_keeps_the_networks_ranking_within_a_slice_and_reads_the_level_from_the_kl(tmp_path):
+def _policy_with_slice_level(quantile: float | None = None) -> tuple[PolicyNet, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A KL policy, random slice inputs, the gains before and after a slice level is set, and the level's weight and offset."""
     torch.manual_seed(0)
     policy = PolicyNet(KL_POLICY).eval()
     feats = torch.rand(3, 7, 56, 64)
     before = policy.gains(feats)
     weight, offset = torch.tensor([0.5, -0.2]), torch.tensor([0.01, 0.02])
-    policy.set_slice_level_(weight, offset)
+    policy.set_slice_level_(weight, offset, quantile=quantile)
+    return policy, feats, before, weight, offset
+
+
+@torch.no_grad()
+def test_a_slice_level_keeps_the_networks_ranking_within_a_slice_and_reads_the_level_from_the_kl(tmp_path):
+    policy, feats, before, weight, offset = _policy_with_slice_level()
     after = policy.gains(feats)
     assert policy.config.slice_level and policy.config.kl_channel == 6
     torch.testing.assert_close(after - after.mean((2, 3), keepdim=True), before - before.mean((2, 3), keepdim=True))
@@ -525,11 +541,7 @@ def test_a_slice_level_keeps_the_networks_ranking_within_a_slice_and_reads_the_l
     assert not torch.allclose(after.mean((2, 3)), before.mean((2, 3)))
 
     # Saved and loaded with the bundle's policy (the level is part of its state).
-    from conftest import tiny_configs
-
-    configs = tiny_configs()
-    configs["f0"] = replace(configs["f0"], refine_width=4)
-    bundle = Bundle.from_configs({**configs, "policy": KL_POLICY}, seed=0).eval()
+    bundle = _kl_bundle()
     bundle.policy.load_state_dict(policy.state_dict(), strict=False)  # the network; the level buffers are new
     bundle.policy.set_slice_level_(weight, offset)
     loaded = load_bundle(save_bundle(bundle, tmp_path / "level"))
@@ -555,15 +567,11 @@ def test_a_slice_level_keeps_the_networks_ranking_within_a_slice_and_reads_the_l
 
 @torch.no_grad()
 def test_a_warm_start_copies_a_policy_with_its_slice_level():
-    from conftest import tiny_configs
     from napari_paser.engine.bundle import copy_matching_weights
 
-    configs = tiny_configs()
-    configs["f0"] = replace(configs["f0"], refine_width=4)
-    configs["policy"] = KL_POLICY
-    source = Bundle.from_configs(configs, seed=0).eval()
+    source = _kl_bundle()
     source.policy.set_slice_level_(torch.tensor([0.5, -0.2]), torch.tensor([0.01, 0.02]), quantile=0.9)
-    fresh = Bundle.from_configs(configs, seed=1).eval()  # a preset's policy: no slice level yet
+    fresh = _kl_bundle(seed=1)  # a preset's policy: no slice level yet
     assert "policy" in copy_matching_weights(fresh, source)
     assert fresh.policy.config.slice_level and fresh.policy.config.slice_level_quantile == 0.9
     feats = torch.rand(2, 7, 56, 64)
@@ -601,12 +609,7 @@ def test_fit_slice_level_fits_the_line_of_a_slices_mean_gain_on_its_mean_kl():
 def test_a_slice_level_read_from_a_quantile_of_the_kl(tmp_path):
     from napari_paser.train.dense_policy import fit_slice_level
 
-    torch.manual_seed(0)
-    policy = PolicyNet(KL_POLICY).eval()
-    feats = torch.rand(3, 7, 56, 64)
-    before = policy.gains(feats)
-    weight, offset = torch.tensor([0.5, -0.2]), torch.tensor([0.01, 0.02])
-    policy.set_slice_level_(weight, offset, quantile=0.9)
+    policy, feats, before, weight, offset = _policy_with_slice_level(quantile=0.9)
     after = policy.gains(feats)
     q90 = torch.quantile(feats[:, 6].flatten(1), 0.9, dim=1)
     assert policy.config.slice_level_quantile == 0.9
@@ -614,11 +617,7 @@ def test_a_slice_level_read_from_a_quantile_of_the_kl(tmp_path):
     torch.testing.assert_close(after - after.mean((2, 3), keepdim=True), before - before.mean((2, 3), keepdim=True))
     assert not torch.allclose(after.mean((2, 3)), weight * feats[:, 6].mean((1, 2))[:, None] + offset)
     # Saved and loaded with the quantile in the policy's config.
-    from conftest import tiny_configs
-
-    configs = tiny_configs()
-    configs["f0"] = replace(configs["f0"], refine_width=4)
-    bundle = Bundle.from_configs({**configs, "policy": KL_POLICY}, seed=0).eval()
+    bundle = _kl_bundle()
     bundle.policy.load_state_dict(policy.state_dict(), strict=False)
     bundle.policy.set_slice_level_(weight, offset, quantile=0.9)
     loaded = load_bundle(save_bundle(bundle, tmp_path / "quantile"))
@@ -647,14 +646,11 @@ def test_a_slice_level_read_from_a_quantile_of_the_kl(tmp_path):
 
 
 def test_the_policy_stage_reads_each_slices_level_from_the_kl_after_tying(tmp_path):
-    from conftest import tiny_configs
     from napari_paser.train.checkpoint import Checkpointer
     from napari_paser.train.presets import get_preset
     from napari_paser.train.stages import StageContext, train_policy
 
-    configs = tiny_configs()
-    configs["f0"] = replace(configs["f0"], refine_width=4)
-    bundle = Bundle.from_configs({**configs, "policy": replace(KL_POLICY, width=4, dense_layers=1)}, seed=0).eval()
+    bundle = _kl_bundle(replace(KL_POLICY, width=4, dense_layers=1))
     cfg = get_preset("v2.23").replace(policy_steps=100, policy_eval_every=50, policy_batch=4)
     assert cfg.policy_tie_f2 and cfg.policy_slice_level and cfg.arch == get_preset("v2.22").arch
     ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=Checkpointer(tmp_path / "ck", {}), seed=0, log=lambda s: None, progress=False)

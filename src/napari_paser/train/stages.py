@@ -548,12 +548,12 @@ def train_policy(
     if dense_only and cfg.policy_objective != "dense":
         raise ValueError(f"only a dense policy takes {', '.join(dense_only)}: set policy_objective='dense'")
     if cfg.policy_keep_network:  # the warm-started network (its tie too): only the slice level is fitted
-        if cfg.policy_objective != "dense" or not cfg.policy_slice_level or policy.config.head != "dense":
+        if cfg.policy_objective != "dense" or not cfg.policy_slice_level:
             raise ValueError("policy_keep_network fits only the slice level of a warm-started dense policy: "
                              "set policy_objective='dense' and policy_slice_level")
-        history = {"kept_network": True, "slice_level": fit_slice_level(policy, caches, holdout, quantile=cfg.policy_slice_level_quantile)}
-        ctx.log(f"[{stage}] warm-started network kept; each slice's level from its refiner KL: {history['slice_level']}")
-        return history
+        kept: dict = {"kept_network": True, "slice_level": fit_slice_level(policy, caches, holdout, quantile=cfg.policy_slice_level_quantile)}
+        ctx.log(f"[{stage}] warm-started network kept; each slice's level from its refiner KL: {kept['slice_level']}")
+        return kept
     if cfg.policy_objective == "dense":  # its own loop over the cells' gains
         history = fit_dense_policy(policy, caches, holdout, steps=ctx.steps(cfg.policy_steps, sum(len(c) for c in caches), cfg.policy_batch), batch=cfg.policy_batch,
                                    lr=cfg.policy_lr, weight_decay=cfg.weight_decay, eval_every=cfg.policy_eval_every,
