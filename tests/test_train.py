@@ -294,6 +294,17 @@ def test_warm_start_continues_only_the_stages_with_steps(toy_volumes, tiny_bundl
         assert same != moved, k
 
 
+def test_a_preset_that_keeps_the_policy_network_refuses_a_run_that_copied_none(toy_volumes, tmp_path):
+    """As v2.24 does, without a warm start: no policy was copied, so the run stops before any work."""
+    from napari_paser.errors import PaserInputError
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(policy_objective="dense", policy_slice_level=True, policy_keep_network=True)
+    with pytest.raises(PaserInputError, match="no policy was copied"):
+        train(toy_volumes, tmp_path / "k", cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
+    assert not (tmp_path / "k" / "checkpoints").exists()
+
+
 def test_a_fused_preset_fits_the_policy_with_f0_fused_and_ships_the_weights(toy_volumes, tiny_bundle, tmp_path):
     """As v2.18 does: the networks kept, f0 fused into f1 / f2 before the reward caches,
     and the weights in the trained bundle's manifest."""
