@@ -82,8 +82,8 @@ class TrainConfig:
     # Dense, with policy_slice_level: read the level from this quantile of the slice's
     # refiner KL over its cells instead of their mean.
     policy_slice_level_quantile: float | None = None
-    # Dense: keep the warm-started policy network (its ranking, tie included) and fit
-    # only what the options after the network fit (the slice level); needs a warm start.
+    # Dense, with policy_slice_level: keep the warm-started policy network (its ranking,
+    # tie included) and fit only its slice level; the run needs a warm-started policy.
     policy_keep_network: bool = False
     # Stage 4: joint fine-tuning of f1, f2 (on routed patches) and the policy.
     ft_steps: int = 150
