@@ -59,9 +59,9 @@ def mahalanobis(x_fit: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.einsum("ij,jk,ik->i", x - mu, inverse, x - mu)
 
 
-def level_rules(x_fit: np.ndarray, y_fit: np.ndarray, x_held: np.ndarray) -> tuple[dict[str, Callable], Callable]:
+def level_rules(x_fit: np.ndarray, y_fit: np.ndarray, x_held: np.ndarray) -> tuple[dict[str, Callable], Callable, dict[float, float]]:
     """The rules of the module docstring, each a function of slice means (slices, 7) giving
-    levels (slices, 2), and the distance they gate by."""
+    levels (slices, 2), the distance they gate by and its reach per quantile."""
     lines = fit_lines(x_fit, y_fit, {"KL": KL, "all seven": ALL})
     kl, every = (functools.partial(line_level, lines[n]) for n in ("KL", "all seven"))
     lo, hi = x_fit.min(0), x_fit.max(0)
@@ -69,10 +69,10 @@ def level_rules(x_fit: np.ndarray, y_fit: np.ndarray, x_held: np.ndarray) -> tup
     held = distance(x_held)
     rules: dict[str, Callable] = {"KL": kl, "all seven": every, "all seven, clipped": lambda x: every(np.clip(x, lo, hi)),
                                   "all seven within the range, else KL": lambda x: np.where(((x >= lo) & (x <= hi)).all(1)[:, None], every(x), kl(x))}
-    for q in QUANTILES:
-        reach = float(np.quantile(held, q))
-        rules[f"all seven within reach ({q:g})"] = lambda x, reach=reach: np.where((distance(x) <= reach)[:, None], every(x), kl(x))
-    return rules, distance
+    reach = {q: float(np.quantile(held, q)) for q in QUANTILES}
+    for q, r in reach.items():
+        rules[f"all seven within reach ({q:g})"] = lambda x, r=r: np.where((distance(x) <= r)[:, None], every(x), kl(x))
+    return rules, distance, reach
 
 
 def main() -> None:
@@ -83,8 +83,7 @@ def main() -> None:
     bundle, base, rl = load_level_probe(args)
     policy = bundle.policy.eval()
     (_, x_fit, y_fit), (_, x_held, y_held) = rl["fit"], rl["held"]
-    rules, distance = level_rules(x_fit, y_fit, x_held)
-    reach = {q: float(np.quantile(distance(x_held), q)) for q in QUANTILES}
+    rules, distance, reach = level_rules(x_fit, y_fit, x_held)
     print(f"{bundle.name}; {len(x_fit)} RL slices fitted, {len(x_held)} held out; reach (squared distance) "
           + ", ".join(f"{q:g}: {v:.1f}" for q, v in reach.items()))
     held_r = {name: [corr(rule(x_held)[:, k], y_held[:, k]) for k in range(2)] for name, rule in rules.items()}

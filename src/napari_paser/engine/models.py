@@ -521,6 +521,12 @@ class PolicyConfig:
         return 6
 
 
+def check_level_quantile(quantile: float | None) -> None:
+    """Refuse a quantile of a slice's KL (``PolicyConfig.slice_level_quantile``) outside (0, 1)."""
+    if quantile is not None and not 0.0 < quantile < 1.0:
+        raise ValueError(f"the quantile of the slice's KL must be between 0 and 1, not {quantile}")
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convs with a residual connection."""
 
@@ -582,8 +588,7 @@ class PolicyNet(nn.Module):
         slice's patches) ``weight[k] * the slice's KL + offset[k]``, whatever level the
         network predicts (see :class:`PolicyConfig` ``slice_level``). The slice's KL is
         the mean over its cells, or their ``quantile`` (``slice_level_quantile``)."""
-        if quantile is not None and not 0.0 < quantile < 1.0:
-            raise ValueError(f"the quantile of the slice's KL must be between 0 and 1, not {quantile}")
+        check_level_quantile(quantile)
         if not self.config.slice_level:
             self.config = replace(self.config, slice_level=True)
             self._add_slice_level()

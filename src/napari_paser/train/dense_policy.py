@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.models import PolicyNet
+from ..engine.models import PolicyNet, check_level_quantile
 from .rewards import RewardCache
 
 N_CLASS_INPUTS = 3  # the policy's first inputs: f0's mean class probabilities (uncertainty.policy_features)
@@ -393,8 +393,7 @@ def fit_slice_level(
     """
     net = cast(PolicyNet, policy)
     net.eval()
-    if quantile is not None and not 0.0 < quantile < 1.0:
-        raise ValueError(f"the quantile of the slice's KL must be between 0 and 1, not {quantile}")
+    check_level_quantile(quantile)  # before the slices' quantiles are taken
     kl = torch.cat([net.slice_kl(x, quantile).cpu() for c in caches for x in _batches(net, c.features)])  # raises without the KL
     level = torch.cat([c.dataset_gain().mean((-2, -1)) for c in caches])  # (slices, models)
     x = kl.double().numpy()
