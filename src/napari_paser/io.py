@@ -232,6 +232,14 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, VoxelSize | None]:
     return _squeeze_to_stack(np.asarray(data), p), voxel
 
 
+def _series_page(series: tifffile.TiffPageSeries, index: int, p: Path) -> tifffile.TiffPage | tifffile.TiffFrame:
+    """Page ``index`` of ``series``: tifffile gives None for a page that the file lacks."""
+    page = series.pages[index]
+    if page is None:
+        raise PaserInputError(f"not a readable TIFF file: {p} (page {index} of its image is missing)")
+    return page
+
+
 def _dask_stack(p: Path) -> Any:
     """A lazily read (Z,Y,X) dask array, one chunk per TIFF page."""
     import dask
@@ -239,13 +247,13 @@ def _dask_stack(p: Path) -> Any:
 
     with _open_tiff(p) as tif:
         series = tif.series[0]
-        page = series.pages[0]
+        page = _series_page(series, 0, p)
         n_pages = len(series.pages)
         shape, dtype = page.shape, page.dtype
 
     def read_page(i: int) -> np.ndarray:
         with tifffile.TiffFile(p) as t:
-            return t.series[0].pages[i].asarray()
+            return _series_page(t.series[0], i, p).asarray()
 
     planes = [da.from_delayed(dask.delayed(read_page)(i), shape=shape, dtype=dtype) for i in range(n_pages)]
     return da.stack(planes) if n_pages > 1 else planes[0]

@@ -385,7 +385,7 @@ class TiffVolume(Volume):
             self.dtype = np.dtype(series.dtype)
             self.voxel_size = _tiffio._voxel_size(tif)
             n_pages = len(series.pages)
-            page_shape = tuple(int(s) for s in series.pages[0].shape) if n_pages else ()
+            page_shape = tuple(int(s) for s in _tiffio._series_page(series, 0, Path(self.path)).shape) if n_pages else ()
         # One page per plane is what reading a range of planes needs; other layouts
         # (samples per pixel, tiles of a pyramid) are read whole by open_volume.
         if n_pages != self.shape[0] or tuple(s for s in page_shape if s != 1) != self.shape[1:]:

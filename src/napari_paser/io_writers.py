@@ -236,7 +236,7 @@ class TiffSliceWriter(_StackWriter):
         return self.path
 
     def _rewrite_metadata(self, text: str) -> None:
-        with tifffile.TiffFile(self._tmp, mode="r+b") as tif:
+        with tifffile.TiffFile(self._tmp, mode="r+") as tif:
             tags = tif.pages.first.tags
             if self.bigtiff:
                 tags[JSON_TAG].overwrite(text)

@@ -325,7 +325,7 @@ def phase_surface_areas(labels: ArrayLike | Volume, voxel_size: Sequence[float] 
     if method not in SURFACE_METHODS:
         raise PaserInputError(f"unknown surface method {method!r}; choose one of {', '.join(SURFACE_METHODS)}")
     vol = phase_label_volume(labels)
-    spacing = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
+    spacing = check_voxel_size(voxel_size) or (1.0, 1.0, 1.0)
     if method == "faces":
         return _face_areas(vol, spacing)
     z = vol.shape[0]

@@ -31,6 +31,7 @@ __all__ = [
     "strided_weight",
     "class_softmax",
     "is_channels_last",
+    "set_memory_format_",
 ]
 
 
@@ -158,18 +159,19 @@ class DoubleConv(nn.Sequential):
                 padding: int | None = None) -> torch.Tensor:
         """``first_weight`` (with ``stride`` and ``padding``) stands in for the first
         convolution's weight: the strided form of a space-to-depth stem (:meth:`UNet._stem_in`)."""
-        x = self._conv_norm_relu(x, self[0], self[1], first_weight, stride, padding)
-        return self._conv_norm_relu(x, self[3], self[4])
+        x = self._conv_norm_relu(x, cast(nn.Conv2d, self[0]), cast(nn.BatchNorm2d, self[1]), first_weight, stride, padding)
+        return self._conv_norm_relu(x, cast(nn.Conv2d, self[3]), cast(nn.BatchNorm2d, self[4]))
 
     def _conv_norm_relu(self, x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d, weight: torch.Tensor | None = None,
                         stride: int = 1, padding: int | None = None) -> torch.Tensor:
         weight = conv.weight if weight is None else weight
-        padding = conv.padding if padding is None else padding
+        pad = cast(tuple[int, int], conv.padding) if padding is None else padding  # the constructor's: numbers
         if self.training:
-            return F.relu_(norm(F.conv2d(x, weight, conv.bias, stride=stride, padding=padding)))
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        bias = norm.bias - norm.running_mean * scale
-        return F.relu_(F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, stride=stride, padding=padding))
+            return F.relu_(norm(F.conv2d(x, weight, conv.bias, stride=stride, padding=pad)))
+        mean, var = cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)  # tracked: never None
+        scale = norm.weight * torch.rsqrt(var + norm.eps)
+        bias = norm.bias - mean * scale
+        return F.relu_(F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, stride=stride, padding=pad))
 
 
 class Refiner(nn.Module):
@@ -198,8 +200,9 @@ class Refiner(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(width, num_classes * self.stem**2, 1),
         )
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        last = cast(nn.Conv2d, self.body[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(cast(torch.Tensor, last.bias))
 
     def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         """Refined logits (N, classes, rows, columns) from the slice and its neighbours
@@ -209,10 +212,10 @@ class Refiner(nn.Module):
         x = torch.cat([image.to(logp.dtype), logp], dim=1)
         if self.stem == 1:
             return logp + self.body(x)
-        first, rest = self.body[0], self.body[1:]
+        first, rest = cast(nn.Conv2d, self.body[0]), self.body[1:]
         # PixelUnshuffle then the first convolution, as one strided convolution on the
         # pixels: on a CPU the copy into blocks took half as long as the convolution.
-        h = F.conv2d(x, strided_weight(first.weight, self.stem), first.bias, stride=self.stem, padding=self.stem * first.padding[0])
+        h = F.conv2d(x, strided_weight(first.weight, self.stem), first.bias, stride=self.stem, padding=self.stem * cast(int, first.padding[0]))
         return logp + F.pixel_shuffle(rest(h), self.stem)
 
 
@@ -278,8 +281,8 @@ class UNet(nn.Module):
             # One input channel: its layout is ambiguous, the strided convolution would
             # return the plain layout to channels-last layers, and unshuffling is cheap.
             return self.inc(self.unshuffle(x))
-        first = self.inc[0]
-        return self.inc(x, first_weight=strided_weight(first.weight, s), stride=s, padding=s * first.padding[0])
+        first = cast(nn.Conv2d, self.inc[0])
+        return self.inc(x, first_weight=strided_weight(first.weight, s), stride=s, padding=s * cast(int, first.padding[0]))
 
     def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self._stem_in(x)]
@@ -363,7 +366,7 @@ class UNet(nn.Module):
         # The 1x1 head as one batched matrix product: plain layout whatever the module's
         # memory format (a channels-last convolution here would cost a copy per pass).
         weight = self.head.weight.reshape(-1, c) * (1.0 / (1.0 - p))
-        logits = torch.baddbmm(self.head.bias.view(1, -1, 1), weight.expand(passes * n, -1, -1), dropped)
+        logits = torch.baddbmm(cast(torch.Tensor, self.head.bias).view(1, -1, 1), weight.expand(passes * n, -1, -1), dropped)
         return logits.view(passes * n, -1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -550,6 +553,12 @@ class PolicyNet(nn.Module):
     routing logits over {f0, f1, f2}.
     """
 
+    # Buffers that only some configs register (image_residual, slice_level).
+    residual_weight: torch.Tensor
+    residual_offset: torch.Tensor
+    level_weight: torch.Tensor
+    level_offset: torch.Tensor
+
     def __init__(self, config: PolicyConfig):
         super().__init__()
         if config.head not in ("patch", "dense"):
@@ -593,8 +602,8 @@ class PolicyNet(nn.Module):
             self.config = replace(self.config, slice_level=True)
             self._add_slice_level()
         self.config = replace(self.config, slice_level_quantile=quantile)
-        cast(torch.Tensor, self.level_weight).copy_(torch.as_tensor(weight))
-        cast(torch.Tensor, self.level_offset).copy_(torch.as_tensor(offset))
+        self.level_weight.copy_(torch.as_tensor(weight))
+        self.level_offset.copy_(torch.as_tensor(offset))
 
     def clear_slice_level_(self) -> None:
         """Let the network set each slice's level again (undo :meth:`set_slice_level_`)."""
@@ -612,7 +621,7 @@ class PolicyNet(nn.Module):
     def predicted_level(self, features: torch.Tensor) -> torch.Tensor:
         """The level (B, num_models - 1) a ``slice_level`` policy gives each slice's gains."""
         kl = self.slice_kl(features).unsqueeze(1)
-        return cast(torch.Tensor, self.level_weight) * kl + cast(torch.Tensor, self.level_offset)
+        return self.level_weight * kl + self.level_offset
 
     def _patch_network(self, config: PolicyConfig) -> None:
         w = config.width
@@ -653,7 +662,7 @@ class PolicyNet(nn.Module):
     @property
     def output_layer(self) -> nn.Conv2d:
         """The last convolution of the network path (zeroed to leave the linear skip alone)."""
-        return self.dense[-1] if self.config.head == "dense" else self.head[-1]
+        return cast(nn.Conv2d, self.dense[-1] if self.config.head == "dense" else self.head[-1])
 
     def _gain_layers(self) -> list[nn.Conv2d]:
         """The linear layers that write the gains: the network's last convolution, then
@@ -686,12 +695,13 @@ class PolicyNet(nn.Module):
         linear skip) are linear, so the standardisation folds into their weights exactly.
         """
         for i, layer in enumerate(self._gain_layers()):
-            layer.weight.mul_(scale.view(-1, 1, 1, 1).to(layer.weight))
-            layer.bias.mul_(scale.to(layer.bias))
+            weight, bias = layer.weight, cast(torch.Tensor, layer.bias)  # every one has a bias
+            weight.mul_(scale.view(-1, 1, 1, 1).to(weight))
+            bias.mul_(scale.to(bias))
             if i == 0:
-                layer.bias.add_(mean.to(layer.bias))
+                bias.add_(mean.to(bias))
         if self.config.slice_level:  # the level is the slice's mean gain: it scales and shifts alike
-            level_weight, level_offset = cast(torch.Tensor, self.level_weight), cast(torch.Tensor, self.level_offset)
+            level_weight, level_offset = self.level_weight, self.level_offset
             level_weight.mul_(scale.to(level_weight))
             level_offset.mul_(scale.to(level_offset)).add_(mean.to(level_offset))
 
@@ -711,10 +721,10 @@ class PolicyNet(nn.Module):
             weight[-1] = slope * weight[0]
             bias[-1] = slope * bias[0] + (intercept if i == 0 else 0.0)
         if self.config.image_residual:
-            residual = cast(torch.Tensor, self.residual_weight)
+            residual = self.residual_weight
             residual[-1] = slope * residual[0]
         if self.config.slice_level:
-            level_weight, level_offset = cast(torch.Tensor, self.level_weight), cast(torch.Tensor, self.level_offset)
+            level_weight, level_offset = self.level_weight, self.level_offset
             level_weight[-1] = slope * level_weight[0]
             level_offset[-1] = slope * level_offset[0] + intercept
 
@@ -807,6 +817,12 @@ def class_softmax(logits: torch.Tensor, channels_last: bool = True) -> torch.Ten
 def is_channels_last(t: torch.Tensor) -> bool:
     """True if ``t`` (N, C, rows, columns) is stored channels-last and not also plainly."""
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def set_memory_format_(module: nn.Module, memory_format: torch.memory_format) -> None:
+    """Store ``module``'s 4-D weights in ``memory_format`` (``Module.to(memory_format=...)``,
+    which works at run time but which torch's type stubs do not declare)."""
+    module.to(memory_format=memory_format)  # type: ignore[call-overload]
 
 
 def centre_planes(x: torch.Tensor, planes: int) -> torch.Tensor:

@@ -5,6 +5,8 @@ Axes follow scikit-image: (row, column) for a slice, (plane, row, column) for a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,8 @@ def plane_indices(z: int, num_planes: int, planes: int) -> np.ndarray:
     return np.clip(np.arange(int(z) - k, int(z) + k + 1), 0, int(num_planes) - 1)
 
 
-def grid_shape(shape: tuple[int, int], patch_size: tuple[int, int]) -> tuple[int, int]:
-    """Number of patch rows and columns that cover a (rows, columns) slice."""
+def grid_shape(shape: Sequence[int], patch_size: tuple[int, int]) -> tuple[int, int]:
+    """Number of patch rows and columns that cover a slice of ``shape`` (..., rows, columns)."""
     (h, w), (ph, pw) = shape[-2:], patch_size
     return -(-h // ph), -(-w // pw)
 

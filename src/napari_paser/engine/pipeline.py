@@ -38,7 +38,7 @@ from .bundle import Bundle, bundle_record
 from .flops import CostModel
 from .fusion import fuse_f0, to_bytes
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
-from .models import class_softmax
+from .models import class_softmax, set_memory_format_
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
 from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_points, tvd_at
@@ -221,7 +221,7 @@ class PaserSegmenter(SlicewiseRouting):
             # The policy too: its 3x3 convolutions over the cell grid run faster with
             # channels-last weights, whatever the layout of its input.
             for m in (*self.bundle.segmenters(), self.bundle.policy):
-                m.to(memory_format=torch.channels_last)
+                set_memory_format_(m, torch.channels_last)
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         self._costs = bundle.costs().double().numpy()
         self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output

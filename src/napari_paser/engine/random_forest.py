@@ -123,15 +123,15 @@ class RandomForestSegmenter:
         """
         if self.features not in ("2d", "3d"):
             raise ValueError(f"features must be '2d' or '3d', got {self.features!r}")
-        cached, feats = None, None
+        block: tuple[int, np.ndarray] | None = None  # (its index, its features)
         for z in zs:
             if self.features == "2d":
                 yield z, pixel_features(norm(vol[z]), self.sigmas)
                 continue
             b = z // BLOCK
-            if cached != b:
-                cached, feats = b, volume_features(vol, b * BLOCK, min(len(vol), (b + 1) * BLOCK), self.sigmas, normalize=norm)
-            yield z, feats[z - b * BLOCK]
+            if block is None or block[0] != b:
+                block = b, volume_features(vol, b * BLOCK, min(len(vol), (b + 1) * BLOCK), self.sigmas, normalize=norm)
+            yield z, block[1][z - b * BLOCK]
 
     def fit(self, image: ArrayLike, labels: ArrayLike) -> "RandomForestSegmenter":
         """Train on the labelled pixels of ``labels`` (0, 1, 2; 255 unlabelled), same shape as ``image``."""

@@ -581,10 +581,11 @@ def stream_segment(
                     mc_passes=mc_passes, seed=seed, batch_size=batch_size, entropy=entropy, routing=routing,
                     output=zarr_output, device=device, precision=precision)
     if ks and tvd is not None:
-        s1 = [None] * len(ks_all)
-        s2 = [None] * len(ks_all)
-        for k, (a, b) in zip(ks_all, executor.map(slab_switch_points, job, ks_all)):
-            s1[k], s2[k] = a, b
+        s1: list[np.ndarray] = []  # per slab, in order (map keeps the order of ks_all)
+        s2: list[np.ndarray] = []
+        for a, b in executor.map(slab_switch_points, job, ks_all):
+            s1.append(a)
+            s2.append(b)
             counter.add(len(a))
         job = replace(job, lam=float(lam_for_tvd(np.concatenate(s1), np.concatenate(s2), tvd)))
         del s1, s2

@@ -192,7 +192,7 @@ def policy_features(
     if f0_features is not None and config.f0_features:
         f = f0_features.float()
         if f.shape[-2:] != rest.shape[-2:]:
-            f = F.adaptive_avg_pool2d(f, rest.shape[-2:])
+            f = F.adaptive_avg_pool2d(f, (rest.shape[-2], rest.shape[-1]))
         parts.append(f)
     return torch.cat(parts, dim=1)
 

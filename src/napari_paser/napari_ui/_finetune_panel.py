@@ -341,7 +341,8 @@ class FinetunePanel(QWidget):
         self._pbar = progress(total=100, desc="PaSeR fine-tuning")
         self._stage = ""
         self._draw_history(None)
-        self._set_status(f"Fine-tuning {Path(request.bundle_path).name} on {self.labels_layer.name!r} → {request.folder}")
+        labels = self.labels_layer.name if self.labels_layer is not None else "the labels"  # _request checked it
+        self._set_status(f"Fine-tuning {Path(request.bundle_path).name} on {labels!r} → {request.folder}")
         callbacks = JobCallbacks(
             message=lambda msg: self._on_progress(msg, gen),
             returned=lambda out: self._on_returned(out, gen),

@@ -15,7 +15,6 @@ from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -27,7 +26,6 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSpinBox,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -38,7 +36,7 @@ from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import crop, full_resolution, layer_roi
-from ._qt_rows import hbox_row
+from ._qt_rows import hbox_row, read_only_table
 from ._tooltips import TOOLTIPS
 
 if TYPE_CHECKING:
@@ -134,10 +132,7 @@ class MetricsPanel(QWidget):
             buttons.addWidget(b)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["metric", "value", "range", "unit"])
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
+        self.table = read_only_table(["metric", "value", "range", "unit"])
         self.table.setMinimumHeight(240)  # the eleven metrics without scrolling in a typical dock
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure

@@ -1,8 +1,10 @@
-"""Small layout helper shared by the dock widgets."""
+"""Small layout helpers shared by the dock widgets."""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QHBoxLayout, QWidget
+from collections.abc import Sequence
+
+from qtpy.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QTableWidget, QWidget
 
 
 def hbox_row(*widgets: QWidget) -> QWidget:
@@ -13,3 +15,17 @@ def hbox_row(*widgets: QWidget) -> QWidget:
     for w in widgets:
         box.addWidget(w)
     return row
+
+
+def read_only_table(headers: Sequence[str], *, stretch: bool = False) -> QTableWidget:
+    """A table of results: columns ``headers``, no row numbers, cells not editable;
+    with ``stretch`` the columns share the table's width."""
+    table = QTableWidget(0, len(headers))
+    table.setHorizontalHeaderLabels(list(headers))
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    rows, columns = table.verticalHeader(), table.horizontalHeader()
+    if rows is not None:  # Qt's type stubs allow None; a QTableWidget has both
+        rows.setVisible(False)
+    if stretch and columns is not None:
+        columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    return table

@@ -244,7 +244,7 @@ def layer_data_from_file(path: Path) -> LayerData:
         )
     kwargs: dict[str, Any] = {"name": path.stem, "metadata": {"source_path": str(path)}}
     scale = _voxel_scale(voxel_size, data.ndim)
-    if scale is not None:
+    if scale is not None and voxel_size is not None:  # a scale comes only from a voxel size
         kwargs["scale"] = scale
         kwargs["metadata"]["voxel_size_um"] = list(voxel_size)
     if meta:

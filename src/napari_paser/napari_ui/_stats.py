@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QTableWidgetItem, QVBoxLayout, QWidget
 
 from .. import CLASS_NAMES
+from ._qt_rows import read_only_table
 from ._tooltips import TOOLTIPS
 
 __all__ = ["slice_fractions", "slice_confusion", "no_comparison", "summarize", "StatsPanel"]
@@ -113,10 +114,7 @@ class StatsPanel(QWidget):
         self.setToolTip(TOOLTIPS["stats"])
         self.summary = QLabel("No run yet.")
         self.summary.setWordWrap(True)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["slice", "pore", "carbon", "nickel"])
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.verticalHeader().setVisible(False)
+        self.table = read_only_table(["slice", "pore", "carbon", "nickel"], stretch=True)
         self.table.setMaximumHeight(160)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

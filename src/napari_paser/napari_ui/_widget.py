@@ -738,7 +738,7 @@ class PaserWidget(QWidget):
     def _on_errored(self, err: BaseException, gen: int) -> None:
         if gen != self._generation:
             return
-        show_error(f"PaSeR {JOB_TITLES[self._job]} failed: {one_line(err)}")
+        show_error(f"PaSeR {JOB_TITLES[self._job] if self._job else 'job'} failed: {one_line(err)}")
         self._set_status(f"Failed: {one_line(err)}")
         if self._job in ("run", "reroute"):
             self._publish_partial()
@@ -965,8 +965,9 @@ class PaserWidget(QWidget):
             return nothing
         masks = self.masks_check.isChecked() if masks is None else masks
         if path is None:
+            stem = self._source.name if self._source is not None else "electrode"  # set with the result layers
             path, chosen = QFileDialog.getSaveFileName(
-                self, "Export phases", f"{self._source.name}_phases.tif", f"{TIFF_FILTER};;{ZARR_FILTER}",
+                self, "Export phases", f"{stem}_phases.tif", f"{TIFF_FILTER};;{ZARR_FILTER}",
                 options=QFileDialog.Option.DontConfirmOverwrite,  # we ask for all files at once below
             )
             if not path:

@@ -150,8 +150,8 @@ def _chunks(images: np.ndarray, labels: np.ndarray, names: Sequence[str], size: 
     pseudo-volumes of ``size`` slices, so neighbouring slices stay on one side.
     """
     stems = [Path(n).stem for n in names]
-    matches = [_SLICE_NAME_RE.match(s) for s in stems]
-    if stems and all(matches):
+    matches = [m for m in (_SLICE_NAME_RE.match(s) for s in stems) if m is not None]
+    if stems and len(matches) == len(stems):
         groups: dict[str, list[int]] = {}
         for i, m in enumerate(matches):
             groups.setdefault(m.group("volume"), []).append(i)
@@ -267,7 +267,7 @@ class SliceBank:
     def __init__(self, volumes: Sequence[Volume], patch_size: tuple[int, int], planes: int = 1):
         if not volumes:
             raise PaserInputError("a training split has no volumes")
-        self.patch_size = tuple(patch_size)
+        self.patch_size: tuple[int, int] = (int(patch_size[0]), int(patch_size[1]))
         self.planes = int(planes)
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
@@ -323,7 +323,7 @@ class SliceBank:
         """Slice indices grouped by padded size (so each group stacks)."""
         by: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(self.images):
-            by.setdefault(tuple(im.shape[-2:]), []).append(i)
+            by.setdefault((im.shape[-2], im.shape[-1]), []).append(i)
         return list(by.values())
 
     def _crop(self, idx: Sequence[int], size: tuple[int, int], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,14 +29,14 @@ def _device(policy: nn.Module) -> torch.device:
     return next(policy.parameters()).device
 
 
-def _batches(policy: nn.Module, features: torch.Tensor, batch: int = 64):
+def _batches(policy: PolicyNet, features: torch.Tensor, batch: int = 64):
     """Cached features (host memory) in float batches on the policy's device."""
     dev = _device(policy)
     for i in range(0, len(features), batch):
         yield features[i : i + batch].to(dev).float()
 
 
-def _patch_gains(policy: nn.Module, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def _patch_gains(policy: PolicyNet, features: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """The policy's patch gains of cached features, computed where it runs, in host memory."""
     return torch.cat([policy.gains(x).cpu() for x in _batches(policy, features, batch)])
 
@@ -66,7 +66,7 @@ def _batch_pearson(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache], within_slices: bool = False) -> list[float]:
+def holdout_correlation(policy: PolicyNet, caches: Sequence[RewardCache], within_slices: bool = False) -> list[float]:
     """Pearson r of the predicted with the true patch gains of f1 and f2 over ``caches``
     (each cache's gains at its own f0 totals, as :meth:`RewardCache.dataset_gain`);
     ``within_slices``: of both less their mean over each slice (the ranking within slices)."""
@@ -79,13 +79,13 @@ def holdout_correlation(policy: nn.Module, caches: Sequence[RewardCache], within
 
 
 @torch.no_grad()
-def _set_input_scale(policy: nn.Module, caches: Sequence[RewardCache]) -> None:
+def _set_input_scale(policy: PolicyNet, caches: Sequence[RewardCache]) -> None:
     """The dense head's batch norm becomes a fixed standardisation of its inputs."""
     k = policy.config.dense_inputs
     x = torch.cat([policy._grid_inputs(f)[:, :k] for c in caches for f in _batches(policy, c.features, 256)])
-    norm = policy.dense[0]
-    norm.running_mean.copy_(x.mean((0, 2, 3)))
-    norm.running_var.copy_(x.var((0, 2, 3)).clamp_min(1e-8))
+    norm = cast(nn.BatchNorm2d, policy.dense[0])
+    cast(torch.Tensor, norm.running_mean).copy_(x.mean((0, 2, 3)))
+    cast(torch.Tensor, norm.running_var).copy_(x.var((0, 2, 3)).clamp_min(1e-8))
     norm.weight.fill_(1.0)
     norm.bias.zero_()
     norm.weight.requires_grad_(False)
@@ -93,7 +93,7 @@ def _set_input_scale(policy: nn.Module, caches: Sequence[RewardCache]) -> None:
 
 
 def fit_dense_policy(
-    policy: nn.Module,
+    policy: PolicyNet,
     caches: Sequence[RewardCache],
     holdout: Sequence[RewardCache] | None = None,
     *,
@@ -201,7 +201,7 @@ def fit_dense_policy(
     sizes = torch.tensor([len(f) for f in feats], dtype=torch.float)
     dev = _device(policy)  # the caches stay in host memory; each batch moves
     history: dict = {"loss": [], "holdout_r": [], "best_step": 0}
-    best = (-np.inf, None)
+    best: tuple[float, dict[str, torch.Tensor] | None] = (-np.inf, None)  # held-out r, the dense network's weights
     running = []
     for step in range(1, steps + 1):
         policy.dense.train()
@@ -266,7 +266,7 @@ RESIDUAL_STANDING = 3.0
 
 
 @torch.no_grad()
-def calibrate_residual_prior(policy: nn.Module, caches: Sequence[RewardCache], standing: float = RESIDUAL_STANDING) -> dict:
+def calibrate_residual_prior(policy: PolicyNet, caches: Sequence[RewardCache], standing: float = RESIDUAL_STANDING) -> dict:
     """Add the image residual's excess over the training volumes to a dense policy's gains.
 
     The policy's patch gains become the network's plus ``w_k · max(residual − mean, 0)``,
@@ -317,7 +317,7 @@ TIE_BELOW = 0.1
 
 
 @torch.no_grad()
-def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequence[RewardCache], below: float = TIE_BELOW) -> dict:
+def tie_f2_gains(policy: PolicyNet, caches: Sequence[RewardCache], holdout: Sequence[RewardCache], below: float = TIE_BELOW) -> dict:
     """Tie a fitted policy's f2 gains to its f1 gains where it cannot tell f2 from f1.
 
     On ``holdout``, the r of the predicted with the true ``g2 - g1`` of every patch says
@@ -328,7 +328,7 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
 
     Parameters
     ----------
-    policy : nn.Module
+    policy : PolicyNet
         A fitted ``PolicyNet`` with two models after f0; changed in place.
     caches, holdout : sequence of RewardCache
         The volumes it was fitted on and volumes it never saw.
@@ -360,7 +360,7 @@ def tie_f2_gains(policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequ
 
 @torch.no_grad()
 def fit_slice_level(
-    policy: nn.Module, caches: Sequence[RewardCache], holdout: Sequence[RewardCache] | None = None, *, quantile: float | None = None
+    policy: PolicyNet, caches: Sequence[RewardCache], holdout: Sequence[RewardCache] | None = None, *, quantile: float | None = None
 ) -> dict:
     """Read each slice's level of gains from its refiner KL, not from the network.
 
@@ -375,7 +375,7 @@ def fit_slice_level(
 
     Parameters
     ----------
-    policy : nn.Module
+    policy : PolicyNet
         A fitted ``PolicyNet`` with ``features="v2"`` and ``refiner_kl``; changed in place.
     caches : sequence of RewardCache
         The volumes it was fitted on.

@@ -45,7 +45,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, cast
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ from torch import nn
 
 from ..engine.bundle import Bundle, save_bundle
 from ..engine.metrics import confusion_matrix, dataset_iou_gains, mean_iou
-from ..engine.models import mc_dropout, with_planes
+from ..engine.models import UNet, mc_dropout, with_planes
 from ..engine.patches import grid_shape, patch_windows, plane_indices
 from ..engine.precision import bf16_autocast
 from ..engine.routing import route
@@ -355,13 +355,13 @@ def _f0_prob(bundle: Bundle, x: torch.Tensor, seed: int, first: int = 0) -> tupl
 
 
 @torch.no_grad()
-def _patch_logits(model: nn.Module, x: torch.Tensor, ps: tuple[int, int], patches: torch.Tensor, batch: int = 32) -> torch.Tensor:
+def _patch_logits(model: UNet, x: torch.Tensor, ps: tuple[int, int], patches: torch.Tensor, batch: int = 32) -> torch.Tensor:
     """Argmax of a patch model on the patches ``patches`` (flat indices) of ``x``."""
     win = patch_windows(x, ps, model.config.halo)[patches]
     return torch.cat([model(win[i : i + batch]).argmax(1) for i in range(0, len(win), batch)])
 
 
-def _labelled_input(data: _Data, model: nn.Module) -> torch.Tensor:
+def _labelled_input(data: _Data, model: UNet) -> torch.Tensor:
     """The labelled slices as ``model`` reads them: alone or with their neighbouring planes."""
     return data.x_planes if model.config.planes > 1 else data.x
 
@@ -388,7 +388,7 @@ def _score(bundle: Bundle, name: str, data: _Data, seed: int) -> float:
 
 
 @torch.no_grad()
-def _adabn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def _adabn(model: UNet, batches: list[torch.Tensor]) -> None:
     """Batch-norm running statistics re-estimated on ``batches`` (cumulative average)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [bn.momentum for bn in bns]
@@ -422,7 +422,7 @@ def _scan_batches(bundle: Bundle, name: str, data: _Data) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------- training
 
 
-def _trainable(model: nn.Module, adapt: str) -> list[nn.Parameter]:
+def _trainable(model: UNet, adapt: str) -> list[nn.Parameter]:
     if adapt == "all":
         return list(model.parameters())
     if adapt != "decoder":
@@ -556,22 +556,23 @@ def _fit_policy_to_entropy(bundle: Bundle, data: _Data, feats: torch.Tensor, gai
         policy.skip = nn.Sequential(nn.BatchNorm2d(c), nn.Conv2d(c, policy.config.num_models - 1, 1)).eval()
     last = policy.output_layer
     last.weight.zero_()
-    last.bias.zero_()
+    cast(torch.Tensor, last.bias).zero_()
     if policy.config.image_residual:  # the entropy alone ranks, as for every policy
         policy.residual_weight.zero_()
-    bn, conv = policy.skip
+    bn, conv = cast(nn.BatchNorm2d, policy.skip[0]), cast(nn.Conv2d, policy.skip[1])
+    running_mean, running_var, bias = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var), cast(torch.Tensor, conv.bias)
     # batch norm in eval mode is x * a + b per channel
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    a, b = scale[ENTROPY_CHANNEL].double(), (bn.bias - bn.running_mean * scale)[ENTROPY_CHANNEL].double()
+    scale = bn.weight / torch.sqrt(running_var + bn.eps)
+    a, b = scale[ENTROPY_CHANNEL].double(), (bn.bias - running_mean * scale)[ENTROPY_CHANNEL].double()
     conv.weight.zero_()
-    conv.bias.zero_()
+    bias.zero_()
     for j in range(2):
         if mean_entropy > 1e-6 and abs(float(a)) > 1e-12:
             slope = level[j] / (mean_entropy * a)  # gain = level * entropy / mean_entropy
             conv.weight[j, ENTROPY_CHANNEL] = float(slope)
-            conv.bias[j] = float(-slope * b)
+            bias[j] = float(-slope * b)
         else:  # f0 certain on every held-out patch: no ranking, the level everywhere
-            conv.bias[j] = float(level[j])
+            bias[j] = float(level[j])
     return {
         "rule": "entropy",
         "mean_gain": [round(float(v), 6) for v in level],

@@ -11,12 +11,13 @@ switched off.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..engine.models import PolicyNet
 from .rewards import RewardCache
 
 #: Ridge penalties tried, per patch (the penalty matrix is ``penalty * patches * I``).
@@ -51,7 +52,7 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> RidgeFit:
 
 
 @torch.no_grad()
-def patch_table(policy: nn.Module, caches: Sequence[RewardCache], reward: str, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def patch_table(policy: PolicyNet, caches: Sequence[RewardCache], reward: str, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Patch means of the policy's inputs (patches, C) and the true gains (patches, 2).
 
     One row per patch of every slice of ``caches``, in the same order for both.
@@ -84,18 +85,21 @@ def choose_ridge(
     x, y = fit_table
     if not held_tables:
         return fit_ridge(x, y, min(p for p in penalties if p > 0)), []
-    scores, best = [], None
+    scores: list[list[float]] = []
+    best: tuple[float, RidgeFit] | None = None
     for penalty in penalties:
         fit = fit_ridge(x, y, penalty)
         err = held_out_error(fit, held_tables)
         scores.append([float(penalty), round(err, 6)])
         if best is None or err < best[0]:
             best = (err, fit)
+    if best is None:
+        raise ValueError("choose_ridge needs at least one penalty")
     return best[1], scores
 
 
 @torch.no_grad()
-def write_linear_policy(policy: nn.Module, fit: RidgeFit) -> None:
+def write_linear_policy(policy: PolicyNet, fit: RidgeFit) -> None:
     """Make ``policy.gains`` return ``fit``'s prediction from the patch means.
 
     The skip's batch norm standardises (eval mode: a fixed affine map), its convolution
@@ -104,21 +108,21 @@ def write_linear_policy(policy: nn.Module, fit: RidgeFit) -> None:
     """
     if policy.skip is None:
         raise ValueError("a linear policy needs a policy with linear_skip=True")
-    norm, conv = policy.skip[0], policy.skip[1]
+    norm, conv = cast(nn.BatchNorm2d, policy.skip[0]), cast(nn.Conv2d, policy.skip[1])
     dtype = conv.weight.dtype
-    norm.running_mean.copy_(torch.as_tensor(fit.mean, dtype=dtype))
-    norm.running_var.fill_(1.0)
+    cast(torch.Tensor, norm.running_mean).copy_(torch.as_tensor(fit.mean, dtype=dtype))
+    cast(torch.Tensor, norm.running_var).fill_(1.0)
     norm.weight.copy_(torch.as_tensor(np.sqrt(1.0 + norm.eps) / fit.scale, dtype=dtype))
     norm.bias.zero_()
     conv.weight.copy_(torch.as_tensor(fit.coef.T, dtype=dtype).reshape(conv.weight.shape))
-    conv.bias.copy_(torch.as_tensor(fit.intercept, dtype=dtype))
+    cast(torch.Tensor, conv.bias).copy_(torch.as_tensor(fit.intercept, dtype=dtype))
     last = policy.output_layer
     last.weight.zero_()
-    last.bias.zero_()
+    cast(torch.Tensor, last.bias).zero_()
 
 
 def fit_linear_policy(
-    policy: nn.Module,
+    policy: PolicyNet,
     caches: Sequence[RewardCache],
     reward: str,
     holdout: Sequence[RewardCache] | None = None,

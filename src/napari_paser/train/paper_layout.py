@@ -122,7 +122,8 @@ def read_paper_layout(root: str | Path, split: str) -> tuple[np.ndarray, np.ndar
     missing = [n for n in names if not (lab_dir / n).is_file()]
     if missing:
         raise PaserInputError(f"{len(missing)} images in {img_dir} have no label, e.g. {missing[0]}")
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for n in names:
         img, lab = _gray(iio.imread(img_dir / n)), _gray(iio.imread(lab_dir / n))
         if img.shape != lab.shape or (images and img.shape != images[0].shape):

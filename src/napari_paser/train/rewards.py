@@ -20,7 +20,7 @@ import torch
 from ..engine.bundle import Bundle
 from ..engine.fusion import fuse_f0, to_bytes
 from ..engine.metrics import dataset_iou_gains, dataset_iou_weights
-from ..engine.models import centre_planes
+from ..engine.models import UNet, centre_planes
 from ..engine.patches import grid_shape, patch_windows, unpatchify
 from ..engine.uncertainty import analyse_slices, slice_seed
 
@@ -86,7 +86,7 @@ def iou_from_confusion(conf: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_patches(
-    model: torch.nn.Module,
+    model: UNet,
     x: torch.Tensor,
     patch_size: tuple[int, int],
     batch: int = 64,
@@ -104,13 +104,11 @@ def predict_patches(
     """
     gy, gx = grid_shape(x.shape[-2:], patch_size)
     patches = patch_windows(centre_planes(x, model.config.planes), patch_size, model.config.halo)
-    fuse = f0_prob is not None and f0_weight > 0
-    if fuse:
-        f0_bytes = patch_windows(to_bytes(f0_prob), patch_size)
+    f0_bytes = patch_windows(to_bytes(f0_prob), patch_size) if f0_prob is not None and f0_weight > 0 else None
     outs = []
     for i in range(0, len(patches), batch):
         prob = model(patches[i : i + batch]).float().softmax(1)
-        if fuse:
+        if f0_bytes is not None:
             prob = fuse_f0(prob, f0_bytes[i : i + batch], f0_weight)
         outs.append(prob.argmax(1, keepdim=True))
     return unpatchify(torch.cat(outs), (gy, gx))[:, 0]

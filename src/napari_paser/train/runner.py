@@ -262,9 +262,10 @@ def train(
             f"{p['flops_ratio']:.3f} x f2 GFLOPs; random routing (same fractions) {validation_report['random_same_fractions']['mean_iou']:.4f}"
         )
     bundle.default_lam = float(default_lam)
-    minutes = dict(ckpt.state["minutes"])
-    minutes["validation"] = round((time.time() - t0) / 60, 3)
-    shape = tuple(banks["pretrain"].images[0].shape[-2:])
+    stage_minutes = dict(ckpt.state["minutes"])
+    stage_minutes["validation"] = round((time.time() - t0) / 60, 3)
+    image = banks["pretrain"].images[0]
+    shape = (int(image.shape[-2]), int(image.shape[-1]))
     cost = CostModel.measure(bundle, shape, bundle.mc_passes)
     gy, gx = shape[0] // ps[0], shape[1] // ps[1]
     f0_pass = cost.f0_encode + cost.f0_decode + cost.f0_refine
@@ -298,7 +299,7 @@ def train(
                 "init": init_name,
                 "warm_start": warm,
                 "data": split_names,
-                "minutes": {**minutes, "total": round(sum(v for v in minutes.values()), 2)},
+                "minutes": {**stage_minutes, "total": round(sum(v for v in stage_minutes.values()), 2)},
                 "device": str(dev),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,

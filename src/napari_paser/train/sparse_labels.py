@@ -206,7 +206,7 @@ def split_held_out(
     """
     labels = np.asarray(labels, np.uint8)
     z, h, w = labels.shape
-    by, bx = (block, block) if np.isscalar(block) else (int(block[0]), int(block[1]))
+    by, bx = (int(block), int(block)) if isinstance(block, (int, np.integer)) else (int(block[0]), int(block[1]))
     gy, gx = -(-h // by), -(-w // bx)
     pad = np.full((z, gy * by, gx * bx), UNLABELLED, np.uint8)
     pad[:, :h, :w] = labels

@@ -22,14 +22,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..engine.bundle import Bundle
-from ..engine.models import centre_planes
+from ..engine.models import PolicyNet, UNet, centre_planes, set_memory_format_
 from ..engine.patches import grid_shape, patch_windows, patchify, unpatchify
 from ..engine.precision import bf16_autocast
 from ..engine.uncertainty import analyse_slices, mc_predict, slice_seed
@@ -130,7 +130,7 @@ def run_loop(
     step_fn: Callable[[int], dict[str, float]],
     g: torch.Generator,
     stop: Callable[[int], bool] | None = None,
-) -> dict[str, list]:
+) -> dict[str, Any]:
     """Run ``step_fn(step)`` for steps ``0..total-1``, resuming from a partial checkpoint.
 
     Parameters
@@ -230,7 +230,7 @@ def patch_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torc
     return ce.sum((1, 2)) / pixel_weight.sum((1, 2)).clamp_min(1e-8)
 
 
-def focus_weights(teacher: nn.Module, x: torch.Tensor, target: torch.Tensor, power: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+def focus_weights(teacher: UNet, x: torch.Tensor, target: torch.Tensor, power: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Weights (N,) of a batch of patches, mean 1: ``teacher``'s cross entropy on each to ``power``.
 
     ``teacher`` is in eval mode; ``x`` holds the patches as the trained model reads them,
@@ -259,8 +259,8 @@ def _summary(stage: str, history: dict) -> str:
 
 
 def pretrain_patch_model(
-    ctx: StageContext, model: nn.Module, stage: str, bank: SliceBank, steps: int, lr: float,
-    *, focus_on: nn.Module | None = None, focus: float = 0.0,
+    ctx: StageContext, model: UNet, stage: str, bank: SliceBank, steps: int, lr: float,
+    *, focus_on: UNet | None = None, focus: float = 0.0,
 ) -> dict:
     """Stage 1: train a patch model (f1 or f2) with class-weighted cross entropy.
 
@@ -275,7 +275,7 @@ def pretrain_patch_model(
     total = ctx.steps(steps, len(bank) * _patches_per_slice(bank), cfg.patch_batch)
     model.to(ctx.device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        set_memory_format_(model, torch.channels_last)
     opt = _adam(model, lr, cfg.weight_decay)
     weight = None if ctx.class_weights is None else ctx.class_weights.to(ctx.device)
     if focus > 0:
@@ -289,7 +289,7 @@ def pretrain_patch_model(
         x, y = ctx.prepare(centre_planes(x, model.config.planes)), y.to(ctx.device)
         with ctx.autocast():
             out = model(x)
-            w = focus_weights(focus_on, x, y, focus, weight) if focus > 0 else None
+            w = focus_weights(focus_on, x, y, focus, weight) if focus_on is not None and focus > 0 else None
         loss = labelled_cross_entropy(out.float(), y, weight) if w is None else (w * patch_cross_entropy(out.float(), y, weight)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -298,7 +298,8 @@ def pretrain_patch_model(
         return {"loss": float(loss.detach()), "acc": float(acc)}
 
     history = run_loop(ctx, stage, total, {"model": model}, {"opt": (opt, lr)}, step_fn, g)
-    model.to(memory_format=torch.contiguous_format).eval()
+    set_memory_format_(model, torch.contiguous_format)
+    model.eval()
     ctx.log(_summary(stage, history))
     return history
 
@@ -321,7 +322,7 @@ def pretrain_f0(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str =
     g = ctx.generator(stage)
     f0, f2 = bundle.f0.to(ctx.device), bundle.f2.to(ctx.device).eval()
     if cfg.channels_last:
-        f2.to(memory_format=torch.channels_last)
+        set_memory_format_(f2, torch.channels_last)
     total = ctx.steps(cfg.f0_steps, len(bank), cfg.f0_batch)
     opt = _adam(f0, cfg.f0_lr, cfg.weight_decay)
     weight = None if ctx.class_weights is None else ctx.class_weights.to(ctx.device)
@@ -352,7 +353,7 @@ def pretrain_f0(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: str =
         return {"loss": float(loss.detach()), "ce": float(ce.detach()), **stats}
 
     history = run_loop(ctx, stage, total, {"f0": f0}, {"opt": (opt, cfg.f0_lr)}, step_fn, g)
-    f2.to(memory_format=torch.contiguous_format)
+    set_memory_format_(f2, torch.contiguous_format)
     f0.eval()
     ctx.log(_summary(stage, history))
     return history
@@ -367,11 +368,12 @@ def train_f0_refiner(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: 
     """
     cfg = ctx.cfg
     f0 = bundle.f0.to(ctx.device)
-    if f0.refiner is None or cfg.refine_steps <= 0:
+    refiner = f0.refiner
+    if refiner is None or cfg.refine_steps <= 0:
         return {}
     g = ctx.generator(stage)
     total = ctx.steps(cfg.refine_steps, len(bank), cfg.refine_batch)
-    opt = _adam(f0.refiner, cfg.refine_lr, 0.0)
+    opt = _adam(refiner, cfg.refine_lr, 0.0)
     aug = AugmentConfig(**{**cfg.augment.to_dict(), "impulse": 0.0})  # as f0's own stage
 
     def step_fn(step: int) -> dict[str, float]:
@@ -381,8 +383,8 @@ def train_f0_refiner(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: 
         f0.eval()
         with torch.no_grad():
             prob = mc_predict(f0, x0, cfg.mc_passes, seed=slice_seed(ctx.seed + 2, step))[0]
-        f0.refiner.train()
-        loss = labelled_cross_entropy(f0.refiner(centre_planes(x, f0.refiner.planes), prob), y)
+        refiner.train()
+        loss = labelled_cross_entropy(refiner(centre_planes(x, refiner.planes), prob), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -433,7 +435,7 @@ def cache_rewards(ctx: StageContext, bundle: Bundle, bank: SliceBank, copies: in
         index += len(xk)
     caches = []
     for parts in groups.values():
-        cells = torch.cat([p.cells for p in parts]) if parts[0].cells is not None else None
+        cells = None if parts[0].cells is None else torch.cat([cast(torch.Tensor, p.cells) for p in parts])  # all or none have cells
         caches.append(RewardCache(torch.cat([p.features for p in parts]), torch.cat([p.conf for p in parts]), cells))
     return caches
 
@@ -447,11 +449,12 @@ class _HoldoutTracker:
     fit still ends with the best weights of the whole run.
     """
 
-    def __init__(self, policy: nn.Module, caches: list[RewardCache], reward: str, mean: torch.Tensor, spread: torch.Tensor, every: int):
+    def __init__(self, policy: PolicyNet, caches: list[RewardCache], reward: str, mean: torch.Tensor, spread: torch.Tensor, every: int):
         self.policy, self.every = policy, max(1, int(every))
         dev = mean.device
         self.data = [(c.features, ((c.gain_target(reward).to(dev) - mean) / spread)) for c in caches]
-        self.best_error, self.best_step, self.best_state = float("inf"), 0, None
+        self.best_error, self.best_step = float("inf"), 0
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.errors: list[list[float]] = []
 
     @torch.no_grad()
@@ -501,7 +504,7 @@ def train_policy(
     stage: str = "policy",
     *,
     lam_schedule: Callable[[int, int], float] | None = None,
-    policy: nn.Module | None = None,
+    policy: PolicyNet | None = None,
     stop: Callable[[int], bool] | None = None,
     holdout: list[RewardCache] | None = None,
 ) -> dict:
@@ -527,7 +530,7 @@ def train_policy(
         ``lam_schedule(step, total)`` -> λ used for the whole batch of that step
         (e.g. ``lambda step, total: 0.0`` to pre-train at λ = 0, or a linear ramp).
         None (default): λ drawn per example as above.
-    policy : nn.Module, optional
+    policy : PolicyNet, optional
         The policy to train (default ``bundle.policy``), e.g. a copy being fine-tuned;
         the costs are still ``bundle.costs()``.
     stop : callable, optional
@@ -649,7 +652,8 @@ def finetune_joint(ctx: StageContext, bundle: Bundle, bank: SliceBank, stage: st
     cfg = ctx.cfg
     g = ctx.generator(stage)
     ps = bundle.patch_size
-    f0, f1, f2, policy = (m.to(ctx.device) for m in (bundle.f0, bundle.f1, bundle.f2, bundle.policy))
+    f0, f1, f2 = (m.to(ctx.device) for m in (bundle.f0, bundle.f1, bundle.f2))
+    policy = bundle.policy.to(ctx.device)
     f0.eval()
     costs = bundle.costs().to(ctx.device)
     total = ctx.steps(cfg.ft_steps, len(bank), cfg.ft_batch)

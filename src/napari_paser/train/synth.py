@@ -152,7 +152,7 @@ def sample_params(rng: np.random.Generator, family: str | None = None) -> Volume
     u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
     fam = family or str(rng.choice(TRAIN_FAMILIES, p=[0.35, 0.2, 0.2, 0.25]))
     coarse = u(8.0, 24.0)
-    micro = dict(
+    micro: dict[str, Any] = dict(
         nickel_fraction=u(0.40, 0.65),
         carbon_fraction=u(0.07, 0.22),
         coarse_radius=coarse,
@@ -403,7 +403,7 @@ def write_dataset(
                 raise FileExistsError(f"{t} exists (use --overwrite)")
     jobs = [(stem, volume_seed(seed, k), {"seed": int(seed), "index": k}) for k, stem in enumerate(stems)
             if not (skip_current and is_current(out, stem, volume_seed(seed, k), distribution))]
-    options = {"distribution": distribution, "overwrite": overwrite, "compress": compress}
+    options: dict[str, Any] = {"distribution": distribution, "overwrite": overwrite, "compress": compress}
     if workers <= 1 or len(jobs) <= 1:
         return [path for stem, seed_k, info in jobs for path in write_volume(out, stem, seed_k, slices, size, dataset=info, **options)]
     from concurrent.futures import ProcessPoolExecutor

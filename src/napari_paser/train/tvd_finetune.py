@@ -37,9 +37,9 @@ from typing import Callable
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from torch import nn
 
 from ..engine.bundle import Bundle
+from ..engine.models import PolicyNet
 from ..engine.routing import route, route_fraction, total_variation
 from .rewards import RewardCache
 from .stages import StageContext, train_policy
@@ -53,7 +53,7 @@ class TVDResult:
 
     Attributes
     ----------
-    policy : nn.Module
+    policy : PolicyNet
         The fine-tuned policy (a copy; eval mode). Run it at ``lam``.
     tau : float
         The TVD threshold.
@@ -72,7 +72,7 @@ class TVDResult:
         Loss history of the training loop (:func:`~.stages.run_loop`).
     """
 
-    policy: nn.Module
+    policy: PolicyNet
     tau: float
     lam: float
     steps: int
@@ -98,12 +98,12 @@ def linear_ramp(lam_max: float) -> Callable[[int, int], float]:
 
 
 @torch.no_grad()
-def assignment(policy: nn.Module, features: torch.Tensor, lam: float, costs: ArrayLike, batch: int = 256) -> np.ndarray:
+def assignment(policy: PolicyNet, features: torch.Tensor, lam: float, costs: ArrayLike, batch: int = 256) -> np.ndarray:
     """Argmax model per patch (N, GY, GX) uint8, as the engine routes (ties to the cheaper).
 
     Parameters
     ----------
-    policy : nn.Module
+    policy : PolicyNet
         A :class:`~napari_paser.engine.models.PolicyNet` (put in eval mode here).
     features : Tensor (N, 5, H, W)
         Policy inputs (e.g. ``RewardCache.features``).

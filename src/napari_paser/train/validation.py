@@ -57,7 +57,7 @@ class _Table:
         self.slices = sum(len(c) for c in caches)
 
     def score(self, routings: list[np.ndarray]) -> dict:
-        cm = sum(_pooled(conf, r) for conf, r in zip(self.confs, routings))
+        cm = np.sum([_pooled(conf, r) for conf, r in zip(self.confs, routings)], axis=0)
         flops = 0
         counts = np.zeros(3)
         for r, cmod in zip(routings, self.cost_models):
