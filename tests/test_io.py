@@ -129,3 +129,15 @@ def test_truncated_tiff_is_a_clear_input_error(tmp_path, keep_bytes):
     bad.write_bytes(good.read_bytes()[:keep_bytes])
     with pytest.raises(PaserInputError, match="truncated.tif"):
         read_stack(bad)
+
+
+def test_a_page_that_tifffile_lists_as_missing_is_a_clear_input_error(tmp_path):
+    """tifffile lists a page that a series names but the file lacks as None."""
+    from types import SimpleNamespace
+
+    from napari_paser.io import _series_page
+
+    series = SimpleNamespace(pages=[SimpleNamespace(shape=(4, 4)), None])
+    assert _series_page(series, 0, tmp_path / "scan.ome.tif") is series.pages[0]
+    with pytest.raises(PaserInputError, match=r"scan.ome.tif \(page 1 of its image is missing\)"):
+        _series_page(series, 1, tmp_path / "scan.ome.tif")

@@ -175,6 +175,13 @@ def test_bad_input_is_one_clear_error(labels, axis, message):
         compute_metrics(labels, axis, tortuosity=False)
 
 
+@pytest.mark.parametrize("method", ["marching_cubes", "faces"])
+@pytest.mark.parametrize("voxel_size", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, math.nan, 1.0)])
+def test_surface_areas_refuse_a_voxel_size_that_is_not_three_positive_numbers(voxel_size, method):
+    with pytest.raises(PaserInputError, match="voxel size must be three"):
+        phase_surface_areas(layered(), voxel_size, method)
+
+
 def test_any_integer_dtype_is_accepted():
     lab = layered()
     for dtype in (np.int64, np.uint16, np.float32):

@@ -541,6 +541,14 @@ def test_linear_policy_is_the_ridge_fit_and_survives_saving(tmp_path):
     assert torch.allclose(again, pred, atol=1e-6)
 
 
+def test_choosing_a_ridge_penalty_needs_one_to_choose_from():
+    from napari_paser.train.linear_policy import choose_ridge
+
+    table = (np.zeros((4, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="at least one penalty"):
+        choose_ridge(table, [table], penalties=[])
+
+
 def test_linear_policy_chooses_its_penalty_on_held_out_volumes(tmp_path):
     """Few noisy examples: the penalty kept is the one with the lowest error on the held-out
     volumes, and the policy predicts with it."""
