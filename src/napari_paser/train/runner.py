@@ -102,6 +102,67 @@ def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, c
     }
 
 
+def _run_stage(ctx: StageContext, stage: str, bundle: Bundle, banks: dict[str, SliceBank], held_vols: list[Volume], planes: int) -> dict:
+    """Run one of :data:`STAGES` on its split of the volumes; returns its history.
+
+    ``held_vols``: RL volumes held out of the policy's fit for early stopping (none: fit on all)."""
+    cfg = ctx.cfg
+    if stage == "pretrain_f2":
+        return pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr, focus_on=bundle.f1, focus=cfg.f2_focus)
+    if stage == "pretrain_f1":
+        return pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
+    if stage == "pretrain_f0":
+        return pretrain_f0(ctx, bundle, banks["pretrain"], stage)
+    if stage == "refine_f0":
+        return train_f0_refiner(ctx, bundle, banks["pretrain"], stage)
+    if stage == "finetune":
+        return finetune_joint(ctx, bundle, banks["finetune"], stage)
+    if cfg.policy_steps <= 0:
+        ctx.log("[policy] policy_steps is 0: the warm-started policy is kept")
+        return {}
+    caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
+    holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, bundle.patch_size, planes), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
+    iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
+    ctx.log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
+    if held_vols:
+        ctx.log(f"[policy] early stopping on {len(held_vols)} held-out RL volumes: {', '.join(v.name for v in held_vols)}")
+    return train_policy(ctx, bundle, caches, stage, holdout=holdout)
+
+
+def _validate(ctx: StageContext, bundle: Bundle, bank: SliceBank, seed: int) -> dict:
+    """Score the trained bundle on ``bank`` and choose its default λ (:func:`evaluate_caches`)."""
+    cfg = ctx.cfg
+    caches = cache_rewards(ctx, bundle, bank, 1, stage="validation")
+    report = evaluate_caches(bundle, caches, iou_target=cfg.iou_ratio_target, flops_target=cfg.flops_ratio_target, margin=cfg.lam_flops_margin,
+                             tvd=cfg.tvd, seed=seed)
+    p = report["paser"]
+    ctx.log(
+        "validation mean IoU: "
+        + ", ".join(f"{k} {v['mean_iou']:.4f}" for k, v in report["models"].items())
+        + f"; PaSeR at lambda {report['default_lam']:.3f}: {p['mean_iou']:.4f} ({p['iou_ratio']:.3f} x f2) with "
+        f"{p['flops_ratio']:.3f} x f2 GFLOPs; random routing (same fractions) {report['random_same_fractions']['mean_iou']:.4f}"
+    )
+    return report
+
+
+def _flops_manifest(bundle: Bundle, shape: tuple[int, int]) -> dict:
+    """The manifest's ``flops`` entry: what f0's analysis, each patch and f2 on every patch
+    of a slice of ``shape`` (rows, columns) cost, and the ratios the presets are sized by."""
+    cost = CostModel.measure(bundle, shape, bundle.mc_passes)
+    gy, gx = shape[0] // bundle.patch_size[0], shape[1] // bundle.patch_size[1]
+    f0_pass = cost.f0_encode + cost.f0_decode + cost.f0_refine
+    return {
+        "slice_shape": list(shape),
+        "f0_mc_analysis": cost.analysis,
+        "patch": list(cost.patch),
+        "f2_everywhere_per_slice": gy * gx * cost.patch[2],
+        # Per slice, f1/f2 on every patch against f0's whole MC analysis...
+        "ratio_f2_f1_f0": [round(gy * gx * cost.patch[2] / cost.f0_mc, 2), round(gy * gx * cost.patch[1] / cost.f0_mc, 2), 1.0],
+        # ...and against one plain f0 pass (model size alone, as the presets are sized).
+        "ratio_f2_f1_f0_one_pass": [round(gy * gx * cost.patch[2] / f0_pass, 2), round(gy * gx * cost.patch[1] / f0_pass, 2), 1.0],
+    }
+
+
 def train(
     volumes: Sequence[Volume],
     out: str | Path,
@@ -208,27 +269,7 @@ def train(
             continue
         t0 = time.time()
         log(f"[{stage}] start")
-        if stage == "pretrain_f2":
-            h = pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr, focus_on=bundle.f1, focus=cfg.f2_focus)
-        elif stage == "pretrain_f1":
-            h = pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
-        elif stage == "pretrain_f0":
-            h = pretrain_f0(ctx, bundle, banks["pretrain"], stage)
-        elif stage == "refine_f0":
-            h = train_f0_refiner(ctx, bundle, banks["pretrain"], stage)
-        elif stage == "policy" and cfg.policy_steps <= 0:
-            log("[policy] policy_steps is 0: the warm-started policy is kept")
-            h = {}
-        elif stage == "policy":
-            caches = _cached_rewards(ctx, bundle, banks["rl"], cfg.rl_copies)
-            holdout = _cached_rewards(ctx, bundle, SliceBank(held_vols, ps, planes), cfg.rl_copies, "rewards-rl-holdout.pt") if held_vols else None
-            iou = torch.cat([c.iou.mean((0, 2, 3)).unsqueeze(0) for c in caches]).mean(0)
-            log(f"[policy] cached rewards of {sum(len(c) for c in caches)} slices; per-patch IoU f0/f1/f2 = {[round(float(v), 4) for v in iou]}")
-            if held_vols:
-                log(f"[policy] early stopping on {len(held_vols)} held-out RL volumes: {', '.join(v.name for v in held_vols)}")
-            h = train_policy(ctx, bundle, caches, stage, holdout=holdout)
-        else:
-            h = finetune_joint(ctx, bundle, banks["finetune"], stage)
+        h = _run_stage(ctx, stage, bundle, banks, held_vols, planes)
         minutes = (time.time() - t0 + ckpt.resumed_seconds.pop(stage, 0.0)) / 60
         histories[stage] = h
         ckpt.save_stage(stage, bundle.models(), minutes, h)
@@ -246,29 +287,13 @@ def train(
     else:
         rule_suffix = ""
     if eval_bank is not None:
-        eval_ctx = StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=ckpt, seed=seed + 12345, log=log, progress=False)
-        caches = cache_rewards(eval_ctx, bundle, eval_bank, 1, stage="validation")
-        validation_report = evaluate_caches(
-            bundle, caches, iou_target=cfg.iou_ratio_target, flops_target=cfg.flops_ratio_target, margin=cfg.lam_flops_margin,
-            tvd=cfg.tvd, seed=seed
-        )
+        validation_report = _validate(StageContext(cfg=cfg, device=torch.device("cpu"), ckpt=ckpt, seed=seed + 12345, log=log, progress=False),
+                                      bundle, eval_bank, seed)
         default_lam, rule = validation_report["default_lam"], validation_report["default_lam_rule"] + rule_suffix
-        m = validation_report["models"]
-        p = validation_report["paser"]
-        log(
-            "validation mean IoU: "
-            + ", ".join(f"{k} {v['mean_iou']:.4f}" for k, v in m.items())
-            + f"; PaSeR at lambda {default_lam:.3f}: {p['mean_iou']:.4f} ({p['iou_ratio']:.3f} x f2) with "
-            f"{p['flops_ratio']:.3f} x f2 GFLOPs; random routing (same fractions) {validation_report['random_same_fractions']['mean_iou']:.4f}"
-        )
     bundle.default_lam = float(default_lam)
     stage_minutes = dict(ckpt.state["minutes"])
     stage_minutes["validation"] = round((time.time() - t0) / 60, 3)
     image = banks["pretrain"].images[0]
-    shape = (int(image.shape[-2]), int(image.shape[-1]))
-    cost = CostModel.measure(bundle, shape, bundle.mc_passes)
-    gy, gx = shape[0] // ps[0], shape[1] // ps[1]
-    f0_pass = cost.f0_encode + cost.f0_decode + cost.f0_refine
     meta = dict(init.meta) if init is not None else {}
     meta.pop("training", None)
     meta.update(
@@ -278,20 +303,7 @@ def train(
             "description": description
             or (f"fine-tuned from {init.name} on {len(volumes)} labelled volume(s)" if init is not None else f"PaSeR trained with the {cfg.preset} preset"),
             "default_lam_rule": rule,
-            "flops": {
-                "slice_shape": list(shape),
-                "f0_mc_analysis": cost.analysis,
-                "patch": list(cost.patch),
-                "f2_everywhere_per_slice": gy * gx * cost.patch[2],
-                # Per slice, f1/f2 on every patch against f0's whole MC analysis...
-                "ratio_f2_f1_f0": [round(gy * gx * cost.patch[2] / cost.f0_mc, 2), round(gy * gx * cost.patch[1] / cost.f0_mc, 2), 1.0],
-                # ...and against one plain f0 pass (model size alone, as the presets are sized).
-                "ratio_f2_f1_f0_one_pass": [
-                    round(gy * gx * cost.patch[2] / f0_pass, 2),
-                    round(gy * gx * cost.patch[1] / f0_pass, 2),
-                    1.0,
-                ],
-            },
+            "flops": _flops_manifest(bundle, (int(image.shape[-2]), int(image.shape[-1]))),
             "training": {
                 "command": command,
                 "seed": int(seed),
