@@ -546,7 +546,7 @@ def stream_segment(
     from .flops import CostModel
     from .patches import grid_shape
     from .pipeline import get_method
-    from .routing import MODEL_NAMES, lam_for_tvd
+    from .routing import MODEL_NAMES
 
     wall0 = time.perf_counter()
     bound_heap()
@@ -581,21 +581,9 @@ def stream_segment(
                     mc_passes=mc_passes, seed=seed, batch_size=batch_size, entropy=entropy, routing=routing,
                     output=zarr_output, device=device, precision=precision)
     if ks and tvd is not None:
-        s1: list[np.ndarray] = []  # per slab, in order (map keeps the order of ks_all)
-        s2: list[np.ndarray] = []
-        for a, b in executor.map(slab_switch_points, job, ks_all):
-            s1.append(a)
-            s2.append(b)
-            counter.add(len(a))
-        job = replace(job, lam=float(lam_for_tvd(np.concatenate(s1), np.concatenate(s2), tvd)))
-        del s1, s2
+        job = _with_lam_for_tvd(job, tvd, executor, ks_all, counter)
     if ks and idk_prepass:
-        e0 = np.concatenate(list(_progressing(executor.map(slab_patch_entropy, job, ks_all), counter)))
-        a0 = float(np.mean(e0))
-        up = e0 >= a0
-        e1 = np.concatenate(list(_progressing(executor.map(slab_patch_entropy, job, ks_all, a0), counter)))[up]
-        a1 = float(np.mean(e1)) if e1.size else float("inf")
-        job = replace(job, idk_thresholds=(a0, a1))
+        job = _with_idk_thresholds(job, executor, ks_all, counter)
 
     gflops = np.zeros(z)
     counts = np.zeros((len(ks_all), 2, 3), dtype=np.int64)
@@ -611,17 +599,7 @@ def stream_segment(
             if routing:
                 writer("routing", out.routing)
         counter.add(len(out.gflops))
-    f2_check = None
-    if checked:
-        check_start = time.perf_counter()
-        confusion = np.zeros((3, 3), dtype=np.int64)
-        for cm in executor.map(plane_f2_check, job, checked):
-            confusion += cm
-            counter.add(1)
-        from .metrics import mean_iou, pixel_agreement
-
-        f2_check = {"planes": checked, "agreement": pixel_agreement(confusion),
-                    "mean_iou": mean_iou(confusion), "seconds": time.perf_counter() - check_start}
+    f2_check = _check_against_f2(job, executor, checked, counter) if checked else None
     if zarr_output is not None:  # a resumed run also counts the slabs done before
         rec = zarr_output.records()
         gflops, counts, seconds = rec["gflops"], rec["counts"], rec["seconds"]
@@ -658,6 +636,45 @@ def stream_segment(
     if f2_check is not None:
         report["f2_check"] = f2_check
     return StreamSummary(report, done_slabs=list(ks))
+
+
+def _with_lam_for_tvd(job: StreamJob, tvd: float, executor: Any, ks: list[int], counter: _Counter) -> StreamJob:
+    """``job`` with the λ whose routing of the whole stack moves ``tvd`` of the patches off
+    the reference routing (a pass over every slab for the policy's switch points)."""
+    from .routing import lam_for_tvd
+
+    s1: list[np.ndarray] = []  # per slab, in order (map keeps the order of ks)
+    s2: list[np.ndarray] = []
+    for a, b in executor.map(slab_switch_points, job, ks):
+        s1.append(a)
+        s2.append(b)
+        counter.add(len(a))
+    return replace(job, lam=float(lam_for_tvd(np.concatenate(s1), np.concatenate(s2), tvd)))
+
+
+def _with_idk_thresholds(job: StreamJob, executor: Any, ks: list[int], counter: _Counter) -> StreamJob:
+    """``job`` with the IDK cascade's entropy thresholds, each the mean entropy of the
+    patches that reach its model (two passes over every slab: f0's, then f1's above the first)."""
+    e0 = np.concatenate(list(_progressing(executor.map(slab_patch_entropy, job, ks), counter)))
+    a0 = float(np.mean(e0))
+    up = e0 >= a0
+    e1 = np.concatenate(list(_progressing(executor.map(slab_patch_entropy, job, ks, a0), counter)))[up]
+    a1 = float(np.mean(e1)) if e1.size else float("inf")
+    return replace(job, idk_thresholds=(a0, a1))
+
+
+def _check_against_f2(job: StreamJob, executor: Any, planes: list[int], counter: _Counter) -> dict:
+    """How many pixels of ``planes`` the run labels as f2 on every patch does, and the mean
+    IoU with f2's labels as the truth (see ``f2_check_planes``)."""
+    from .metrics import mean_iou, pixel_agreement
+
+    start = time.perf_counter()
+    confusion = np.zeros((3, 3), dtype=np.int64)
+    for cm in executor.map(plane_f2_check, job, planes):
+        confusion += cm
+        counter.add(1)
+    return {"planes": planes, "agreement": pixel_agreement(confusion), "mean_iou": mean_iou(confusion),
+            "seconds": time.perf_counter() - start}
 
 
 def _progressing(results: Iterable[np.ndarray], counter: _Counter) -> Iterator[np.ndarray]:
