@@ -669,6 +669,24 @@ def _snapshot(history: dict) -> dict:
             "iou": {m: list(v) for m, v in history["iou"].items()}}
 
 
+def _adapt_batch_norm(bundle: Bundle, data: _Data, seed: int, scores: dict[str, float]) -> dict[str, bool]:
+    """Re-estimate each network's batch-norm statistics on the scan, keeping them only
+    where its held-out IoU does not drop; ``scores`` (held-out IoU per network) is
+    updated where they are kept. Returns whether each network kept them."""
+    kept = {}
+    for m in MODELS:
+        model = getattr(bundle, m)
+        saved = copy.deepcopy(model.state_dict())
+        _adabn(model, _scan_batches(bundle, m, data))
+        after = _score(bundle, m, data, seed)
+        kept[m] = after >= scores[m]
+        if kept[m]:
+            scores[m] = after
+        else:
+            model.load_state_dict(saved)
+    return kept
+
+
 def finetune_iter(
     bundle: Bundle,
     image: Any,
@@ -738,18 +756,18 @@ def finetune_iter(
         adabn = {}
         if cfg.adabn and not stopped():
             yield FinetuneProgress("adabn", elapsed(), budget, _snapshot(history), "batch-norm statistics of the scan")
-            for m in MODELS:
-                model = getattr(bundle, m)
-                saved = copy.deepcopy(model.state_dict())
-                _adabn(model, _scan_batches(bundle, m, data))
-                after = _score(bundle, m, data, cfg.seed)
-                adabn[m] = after >= start[m]
-                if adabn[m]:
-                    start[m] = after
-                else:
-                    model.load_state_dict(saved)
+            adabn = _adapt_batch_norm(bundle, data, cfg.seed, start)
         record(start)
         best = {m: (start[m], copy.deepcopy(getattr(bundle, m).state_dict())) for m in MODELS}
+
+        def score_and_keep_best() -> None:
+            """Score every network on the held-out labels; keep the weights of each one's best."""
+            scores = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
+            record(scores)
+            for m in MODELS:
+                if scores[m] > best[m][0]:
+                    best[m] = (scores[m], copy.deepcopy(getattr(bundle, m).state_dict()))
+
         g = torch.Generator().manual_seed(cfg.seed)
         trainers = {m: _Trainer(bundle, m, data, cfg, g) for m in MODELS if cfg.shares.get(m, 0) > 0}
         train_start = elapsed()
@@ -776,11 +794,7 @@ def finetune_iter(
                 losses.append(loss)
             if elapsed() - train_start >= next_eval:
                 next_eval += eval_every
-                scores = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
-                record(scores)
-                for m in MODELS:
-                    if scores[m] > best[m][0]:
-                        best[m] = (scores[m], copy.deepcopy(getattr(bundle, m).state_dict()))
+                score_and_keep_best()
             if elapsed() - last_msg >= progress_every and losses:
                 last_msg = elapsed()
                 history["time"].append(round(last_msg, 2))
@@ -788,11 +802,7 @@ def finetune_iter(
                 iou = best["f2"][0]
                 yield FinetuneProgress("train", last_msg, budget, _snapshot(history), f"loss {history['loss'][-1]:.3f}, best held-out IoU f2 {iou:.3f}")
         if trainers and not cancelled:  # a last score of the final networks
-            scores = {m: _score(bundle, m, data, cfg.seed) for m in MODELS}
-            record(scores)
-            for m in MODELS:
-                if scores[m] > best[m][0]:
-                    best[m] = (scores[m], copy.deepcopy(getattr(bundle, m).state_dict()))
+            score_and_keep_best()
         for m in MODELS:
             getattr(bundle, m).load_state_dict(best[m][1])
             getattr(bundle, m).eval()
