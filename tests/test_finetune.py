@@ -575,3 +575,29 @@ def test_cli_finetune_on_the_corrected_labels_of_a_region_reads_that_region(tiny
     assert main(args) == 0
     assert "fine-tuning reads that box" in capsys.readouterr().err
     assert (tmp_path / "scan-paser-ft" / "manifest.json").is_file()
+
+
+def test_the_scans_batch_norm_statistics_are_kept_only_where_the_held_out_iou_does_not_drop(tiny_bundle, monkeypatch):
+    import copy
+
+    import torch
+
+    from napari_paser.train import finetune as ft
+
+    def shift_statistics(model, batches):  # stands in for re-estimating them on the scan
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.add_(1.0)
+
+    after = {"f0": 0.5, "f1": 0.3, "f2": 0.7}  # held-out IoU with the scan's statistics
+    monkeypatch.setattr(ft, "_adabn", shift_statistics)
+    monkeypatch.setattr(ft, "_scan_batches", lambda bundle, name, data: [])
+    monkeypatch.setattr(ft, "_score", lambda bundle, name, data, seed: after[name])
+    before = {m: copy.deepcopy(getattr(tiny_bundle, m).state_dict()) for m in ft.MODELS}
+    scores = {"f0": 0.5, "f1": 0.4, "f2": 0.6}
+    assert ft._adapt_batch_norm(tiny_bundle, None, 0, scores) == {"f0": True, "f1": False, "f2": True}  # level counts as kept
+    assert scores == {"f0": 0.5, "f1": 0.4, "f2": 0.7}
+    for m, kept in (("f1", False), ("f2", True)):
+        state = tiny_bundle.models()[m].state_dict()
+        same = all(torch.equal(state[k], before[m][k]) for k in state)
+        assert same is not kept
