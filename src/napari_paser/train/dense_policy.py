@@ -92,6 +92,38 @@ def _set_input_scale(policy: PolicyNet, caches: Sequence[RewardCache]) -> None:
     norm.bias.requires_grad_(False)
 
 
+def _cell_targets(caches: Sequence[RewardCache], target: str, centre: float) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each cache's cell gains standardised per model over all caches, then as ``target``
+    and ``centre`` ask (:func:`fit_dense_policy`); with the mean and scale (per model) taken off."""
+    targets = [c.cell_gain() for c in caches]
+    flat = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in targets], 1)
+    mean, scale = flat.mean(1), flat.std(1).clamp_min(1e-9)
+    targets = [(t - mean.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1) for t in targets]
+    if target == "mean":
+        targets = [t.mean(1, keepdim=True).expand_as(t) for t in targets]
+    elif target == "f1":
+        targets = [t[:, :1].expand_as(t) for t in targets]
+    if centre:
+        targets = [t - centre * t.mean((2, 3), keepdim=True) for t in targets]
+    return targets, mean, scale
+
+
+def _draw_batch(features: list[torch.Tensor], targets: list[torch.Tensor], sizes: torch.Tensor, batch: int, volumes: int,
+                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices of ``volumes`` caches (drawn by size) and their targets, the grid flipped at random."""
+    xs, ys = [], []
+    for _ in range(volumes):
+        ci = int(torch.multinomial(sizes, 1, generator=g))
+        idx = torch.randint(0, len(features[ci]), (min(batch // volumes, len(features[ci])),), generator=g)
+        xs.append(features[ci][idx])
+        ys.append(targets[ci][idx])
+    x, y = torch.cat(xs), torch.cat(ys)
+    for dim in (-1, -2):
+        if bool(torch.rand((), generator=g) < 0.5):
+            x, y = x.flip(dim), y.flip(dim)
+    return x, y
+
+
 def fit_dense_policy(
     policy: PolicyNet,
     caches: Sequence[RewardCache],
@@ -184,16 +216,7 @@ def fit_dense_policy(
             if isinstance(m, nn.Conv2d):
                 m.reset_parameters()
     feats = [c.features for c in caches]
-    targets = [c.cell_gain() for c in caches]
-    flat = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in targets], 1)
-    mean, scale = flat.mean(1), flat.std(1).clamp_min(1e-9)
-    targets = [(t - mean.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1) for t in targets]
-    if target == "mean":
-        targets = [t.mean(1, keepdim=True).expand_as(t) for t in targets]
-    elif target == "f1":
-        targets = [t[:, :1].expand_as(t) for t in targets]
-    if centre:
-        targets = [t - centre * t.mean((2, 3), keepdim=True) for t in targets]
+    targets, mean, scale = _cell_targets(caches, target, centre)
     _set_input_scale(policy, caches)
     params = [p for p in policy.dense.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -206,16 +229,8 @@ def fit_dense_policy(
     for step in range(1, steps + 1):
         policy.dense.train()
         policy.dense[0].eval()  # the fixed standardisation
-        xs, ys = [], []
-        for _ in range(volumes_per_batch):
-            ci = int(torch.multinomial(sizes, 1, generator=g))
-            idx = torch.randint(0, len(feats[ci]), (min(batch // volumes_per_batch, len(feats[ci])),), generator=g)
-            xs.append(feats[ci][idx])
-            ys.append(targets[ci][idx])
-        x, y = torch.cat(xs).to(dev).float(), torch.cat(ys).to(dev)
-        for dim in (-1, -2):
-            if bool(torch.rand((), generator=g) < 0.5):
-                x, y = x.flip(dim), y.flip(dim)
+        x, y = _draw_batch(feats, targets, sizes, batch, volumes_per_batch, g)
+        x, y = x.to(dev).float(), y.to(dev)
         if input_jitter:
             x = jitter_inputs(x, input_jitter, g)
         pred = policy.cell_gains(x)
