@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.precision import check_precision
     from ..engine.streaming import check_volume, default_slab, stream_segment
     from ..io_sources import CroppedVolume, box_ranges, open_volume, parse_roi
-    from ..io_writers import OmeZarrOutput, TiffSliceWriter, is_zarr_path
+    from ..io_writers import OmeZarrOutput, is_zarr_path
 
     t0 = time.perf_counter()
     check_knobs(args.lam, args.tvd, args.mc_passes, args.batch_size)
@@ -299,18 +299,7 @@ def run(args: argparse.Namespace) -> int:
                              run_key=_run_key(args, volume, bundle_path, bundle, slab, device), voxel_size=volume.voxel_size,
                              entropy=args.entropy, routing=args.routing, overwrite=args.overwrite)
     else:
-        import numpy as np
-
-        grid = grid_shape(volume.shape[1:], patch)
-        routing_shape = grid if volume.input_ndim == 2 else (volume.shape[0], *grid)
-        specs = {"labels": (out, plane_shape, np.uint8), "entropy": (_beside(out, "entropy"), plane_shape, np.float32),
-                 "routing": (_beside(out, "routing"), routing_shape, np.uint8)}
-        writers = {}
-        for kind in ["labels"] + extra:
-            path, shape, dtype = specs[kind]
-            writers[kind] = TiffSliceWriter(path, shape, dtype, voxel_size=volume.voxel_size if kind != "routing" else None,
-                                            metadata=_tiff_meta(provenance, kind, patch, volume.voxel_size),
-                                            overwrite=args.overwrite)
+        writers = _tiff_writers(out, ["labels"] + extra, volume, patch, provenance, args.overwrite)
     executor = None
     update, close = progress_bar(f"segment ({args.method})", args.quiet)
     try:
@@ -362,6 +351,32 @@ def run(args: argparse.Namespace) -> int:
         store.finish(report)
     if args.report:
         write_json(args.report, report, overwrite=args.overwrite)
+    _print_summary(report, out, plane_shape)
+    return 0
+
+
+def _tiff_writers(out: Path, kinds: list[str], volume: Any, patch: tuple[int, int], provenance: dict, overwrite: bool) -> dict:
+    """One TIFF writer per output ``kinds`` (labels, entropy, routing), each beside ``out``."""
+    import numpy as np
+
+    from ..engine.patches import grid_shape
+    from ..io_writers import TiffSliceWriter
+
+    plane_shape = volume.input_shape
+    grid = grid_shape(volume.shape[1:], patch)
+    routing_shape = grid if volume.input_ndim == 2 else (volume.shape[0], *grid)
+    specs = {"labels": (out, plane_shape, np.uint8), "entropy": (_beside(out, "entropy"), plane_shape, np.float32),
+             "routing": (_beside(out, "routing"), routing_shape, np.uint8)}
+    writers = {}
+    for kind in kinds:
+        path, shape, dtype = specs[kind]
+        writers[kind] = TiffSliceWriter(path, shape, dtype, voxel_size=volume.voxel_size if kind != "routing" else None,
+                                        metadata=_tiff_meta(provenance, kind, patch, volume.voxel_size), overwrite=overwrite)
+    return writers
+
+
+def _print_summary(report: dict, out: Path, plane_shape: tuple[int, ...]) -> None:
+    """The run in a line (and the check against f2 in another, if asked for)."""
     lam = "-" if report["lam"] is None else f"{report['lam']:.4g}"
     frac = " ".join(f"{k}={v:.1%}" for k, v in report["route_fraction"].items())
     check = report.get("f2_check")
@@ -373,4 +388,3 @@ def run(args: argparse.Namespace) -> int:
         f"GFLOPs={report['gflops_total']:.3g} ({report['flops_ratio_vs_f2']:.1%} of f2 everywhere) "
         f"routing: {frac} in {report['seconds']:.1f} s"
     )
-    return 0
