@@ -11,7 +11,9 @@ benchmark's test seeds):
 
 - for sets of four scans drawn from each batch, r between the set's true gains and the
   same confusion changes weighted by each scan's own confusion, or by the whole batch's;
-- r of f0's patch entropy and of the bundle's predicted gains with each of the three.
+- r of f0's patch entropy and of the bundle's predicted gains with each of the three;
+- then the same two r within each scan alone (its own weights), medians over the scans:
+  what a set of four adds over that is how well each signal tells which scans gain.
 
     python benchmarks/probe_gain_weights.py paser-synth-v2.24 --sets v1:8831-8850 oof:9631-9650 --cache runs/gwcache
 
@@ -79,6 +81,16 @@ def draw_rows(scans: list[dict], draws: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
+def within_scan_rows(scans: list[dict]) -> np.ndarray:
+    """(scans, 2 models, 2): r of the entropy and of the policy with each scan's own gains."""
+    rows = np.zeros((len(scans), 2, 2))
+    for i, scan in enumerate(scans):
+        gains = dataset_iou_gains(scan["conf"])
+        for k in range(2):
+            rows[i, k] = [_corr(scan["entropy"], gains[:, k]), _corr(scan["policy"][:, k], gains[:, k])]
+    return rows
+
+
 def main() -> None:
     ap = scan_probe_parser(__doc__, ["v1:8831-8850", "oof:9631-9650"], bundle="paser-synth-v2.24")
     ap.add_argument("--draws", type=int, default=1000, help="sets of four scans drawn per batch")
@@ -89,6 +101,7 @@ def main() -> None:
     print("| scans | model | r(set's gains, each scan's weights) | r(set's, the batch's) | "
           + " | ".join(f"entropy / policy with the {w} weights" for w in WEIGHTINGS) + " |")
     print("|---|---|---|---|" + "---|" * len(WEIGHTINGS))
+    within = {}
     for text in args.sets:
         dist, seeds = _parse_set(text)
         t0 = time.perf_counter()
@@ -97,6 +110,15 @@ def main() -> None:
         for k in range(2):
             pairs = " | ".join(f"{med[k, 2 + 2 * j]:.3f} / {med[k, 3 + 2 * j]:.3f}" for j in range(len(WEIGHTINGS)))
             print(f"| {text} ({time.perf_counter() - t0:.0f} s) | f{k + 1} | {med[k, 0]:.3f} | {med[k, 1]:.3f} | {pairs} |")
+        within[text] = within_scan_rows(scans)
+    print("\nWithin each scan alone (medians over the scans):\n")
+    print("| scans | model | entropy's r | policy's r | policy's lead | scans where it leads |")
+    print("|---|---|---|---|---|---|")
+    for text, rows in within.items():
+        for k in range(2):
+            lead = rows[:, k, 1] - rows[:, k, 0]
+            print(f"| {text} | f{k + 1} | {np.nanmedian(rows[:, k, 0]):.3f} | {np.nanmedian(rows[:, k, 1]):.3f} | "
+                  f"{np.nanmedian(lead):+.3f} | {np.mean(lead > 0):.0%} |")
 
 
 if __name__ == "__main__":
