@@ -217,3 +217,20 @@ def test_segment_roi_labels_the_box_as_if_it_were_the_file(tmp_path, tiny_bundle
     rc, _, err = run_cli(capsys, "segment", whole, "--roi", "1:4,6:200,:", "-o", tmp_path / "bad.tif", *args)
     assert rc == 2 and "outside the 130 rows" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_benchmark_command_runs_the_suite_of_this_checkout(tmp_path, capsys):
+    """``napari-paser benchmark`` runs ``benchmarks/run_all.py`` of the source checkout and
+    writes its report where asked (the digits part at smoke size: about 20 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        rc, _, _ = run_cli(capsys, "benchmark", "--fast", "--only", "digits", "--out", tmp_path, "--seed", "3")
+    finally:
+        torch.set_num_threads(threads)  # the suite sets its own (--threads): the tests after this one keep theirs
+    assert rc == 0
+    results = json.loads((tmp_path / "results-fast.json").read_text())
+    assert results["fast"] is True and results["seed"] == 3 and "digits" in results and "testsets" not in results
+    assert "## Complementary models (R4): scikit-learn digits" in (tmp_path / "BENCHMARKS-fast.md").read_text()
+    assert any((tmp_path / "figures").iterdir())
