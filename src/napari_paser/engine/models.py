@@ -701,9 +701,8 @@ class PolicyNet(nn.Module):
             if i == 0:
                 bias.add_(mean.to(bias))
         if self.config.slice_level:  # the level is the slice's mean gain: it scales and shifts alike
-            level_weight, level_offset = self.level_weight, self.level_offset
-            level_weight.mul_(scale.to(level_weight))
-            level_offset.mul_(scale.to(level_offset)).add_(mean.to(level_offset))
+            self.level_weight.mul_(scale.to(self.level_weight))
+            self.level_offset.mul_(scale.to(self.level_offset)).add_(mean.to(self.level_offset))
 
     @torch.no_grad()
     def tie_last_gains_(self, slope: float, intercept: float) -> None:
@@ -721,12 +720,10 @@ class PolicyNet(nn.Module):
             weight[-1] = slope * weight[0]
             bias[-1] = slope * bias[0] + (intercept if i == 0 else 0.0)
         if self.config.image_residual:
-            residual = self.residual_weight
-            residual[-1] = slope * residual[0]
+            self.residual_weight[-1] = slope * self.residual_weight[0]
         if self.config.slice_level:
-            level_weight, level_offset = self.level_weight, self.level_offset
-            level_weight[-1] = slope * level_weight[0]
-            level_offset[-1] = slope * level_offset[0] + intercept
+            self.level_weight[-1] = slope * self.level_weight[0]
+            self.level_offset[-1] = slope * self.level_offset[0] + intercept
 
     def cell_gains(self, features: torch.Tensor) -> torch.Tensor:
         """Dense head: the predicted gain (B, num_models - 1, rows / pool, columns / pool)
