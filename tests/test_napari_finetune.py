@@ -72,6 +72,7 @@ def test_paint_adapt_select_and_run_with_the_new_bundle(setup, notes, qtbot):
     viewer, widget, panel, truth = setup
     layer = panel.new_training_layer()
     assert layer is not None and layer.name == "training labels" and layer.data.shape == SHAPE
+    assert layer.axis_labels == ("plane", "row", "column")
     assert np.all(layer.data == 255)  # nothing painted: transparent everywhere
     _paint_strokes(layer, truth)
     painted = layer.data != 255

@@ -27,6 +27,7 @@ def test_reader_reads_stacks_and_slices_with_voxel_size(tmp_path, dtype, shape):
     np.testing.assert_array_equal(np.asarray(out), data)
     assert out.dtype == dtype
     assert kwargs["scale"] == ([2.0, 0.5, 0.25] if len(shape) == 3 else [0.5, 0.25])
+    assert kwargs["axis_labels"] == (("plane", "row", "column") if len(shape) == 3 else ("row", "column"))
 
 
 def test_reader_reads_ome_tiff_physical_size(tmp_path):
@@ -204,6 +205,7 @@ def test_sample_data_gives_image_and_ground_truth():
     assert image.shape == truth.shape and image.ndim == 3
     assert set(np.unique(truth)) <= {0, 1, 2}
     assert ikw.get("scale") == tkw.get("scale")
+    assert ikw["axis_labels"] == tkw["axis_labels"] == ("plane", "row", "column")  # the slider says "plane", not "-3"
 
 
 def test_sample_files_open_as_image_and_labels_through_the_reader():
@@ -274,6 +276,7 @@ def test_segments_entropy_and_routing_maps_open_over_the_scan_as_in_a_run(tmp_pa
     phases, entropy, rings = Labels(phases_data, **phases_kw), Image(ent_data, **ent_kw), Labels(ring_data, **ring_kw)
     np.testing.assert_allclose(entropy.scale, voxel)
     np.testing.assert_allclose(entropy.translate, phases.translate)
+    assert phases.axis_labels == entropy.axis_labels == rings.axis_labels == ("plane", "row", "column")
     np.testing.assert_allclose(phases.translate, [a * v for (a, _), v in zip(roi, voxel)])  # over the region
     assert entropy.colormap.name == "magma" and entropy.visible == out.endswith(".tif")  # hidden in a store, as in a run
     cy, cx = ring_cells((56, 64))

@@ -36,6 +36,21 @@ def test_deferred_layers_appear_one_per_call_with_what_was_filled_before(make_na
     assert again.phases_layer is layers.phases_layer and (again.phases_layer.data == PENDING).all()
 
 
+@pytest.mark.parametrize(("shape", "own", "expected"), [
+    ((3, 64, 64), None, ("plane", "row", "column")),  # napari's "-3, -2, -1" are not names
+    ((64, 64), None, ("row", "column")),
+    ((3, 64, 64), ("z", "y", "x"), ("z", "y", "x")),  # another reader's names are kept
+])
+def test_result_layers_name_their_axes_as_their_scan_does(make_napari_viewer, shape, own, expected):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros(shape, np.float32), name="ct", **({"axis_labels": own} if own else {}))
+    planes = shape[0] if len(shape) == 3 else 1
+    layers = ResultLayers(viewer, image, (planes, 64, 64), (planes, 2, 2), (32, 32))
+    assert [layer.axis_labels for layer in layers.layers] == [expected] * 3
+    assert viewer.dims.axis_labels == expected
+    assert image.axis_labels == (own or tuple(str(a) for a in range(-len(shape), 0)))  # the user's layer is left alone
+
+
 def test_removing_an_added_layer_makes_the_set_dead(make_napari_viewer):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="ct")

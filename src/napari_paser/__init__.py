@@ -12,4 +12,8 @@ CLASS_NAMES = ("pore", "carbon-binder", "nickel")
 CLASS_COLORS = ("#3b4cc0", "#f0c808", "#d1495b")
 """One RGB hex colour per phase, shared by the napari layers and exported reports."""
 
-__all__ = ["CLASS_COLORS", "CLASS_NAMES", "__version__"]
+AXIS_NAMES = ("plane", "row", "column")
+"""Names of a stack's axes (scikit-image's); a single slice has the last two. The napari
+layers the plugin makes carry them, so the viewer's slider says "plane", not "-3"."""
+
+__all__ = ["AXIS_NAMES", "CLASS_COLORS", "CLASS_NAMES", "__version__"]

@@ -42,7 +42,7 @@ from ._finetune_controller import (
     training_labels_from,
 )
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import crop, full_resolution, is_run_phases, layer_roi
+from ._layers import crop, full_resolution, is_run_phases, layer_roi, spatial_axis_labels
 from ._qt_rows import hbox_row
 
 if TYPE_CHECKING:
@@ -230,6 +230,7 @@ class FinetunePanel(QWidget):
         layer = Labels(
             data, name=TRAINING_LAYER_NAME, colormap=phase_colormap(), opacity=0.8,
             scale=image.scale, translate=image.translate, metadata={TRAINING_LABELS_KEY: True},
+            axis_labels=spatial_axis_labels(image) if image.ndim <= 3 else image.axis_labels,
         )
         layer = self.viewer.add_layer(layer)
         layer.brush_size = 6

@@ -26,7 +26,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
-from .. import CLASS_COLORS
+from .. import AXIS_NAMES, CLASS_COLORS
 
 if TYPE_CHECKING:
     import napari
@@ -47,6 +47,7 @@ __all__ = [
     "edited_planes",
     "routing_colormap",
     "spatial_geometry",
+    "spatial_axis_labels",
     "routing_geometry",
     "routing_outline",
     "map_style",
@@ -148,6 +149,16 @@ def spatial_geometry(layer: "napari.layers.Layer") -> tuple[np.ndarray, np.ndarr
     """(scale, translate) of an image layer's spatial axes (2 or 3 of them)."""
     nd = min(layer.ndim, 3)
     return np.asarray(layer.scale[-nd:], float), np.asarray(layer.translate[-nd:], float)
+
+
+def spatial_axis_labels(layer: "napari.layers.Layer") -> tuple[str, ...]:
+    """Names of an image layer's spatial axes (2 or 3) for the layers placed over it: its
+    own where it names them (``z, y, x`` from another reader, say), else :data:`AXIS_NAMES`
+    in place of napari's numbers for unnamed axes."""
+    nd = min(layer.ndim, 3)
+    own = tuple(str(label) for label in layer.axis_labels[-nd:])
+    unnamed = tuple(str(axis) for axis in range(-nd, 0))
+    return AXIS_NAMES[-nd:] if own == unnamed else own
 
 
 def routing_geometry(
@@ -284,6 +295,7 @@ class ResultLayers:
         self.done = np.zeros(shape[0], bool)
         self.metadata: dict[str, Any] = {"source": image.name, "complete": False}
         scale, translate = spatial_geometry(image)
+        self.axis_labels = spatial_axis_labels(image)
         translate = translate + np.asarray(offset[-len(scale):], float) * scale  # over the region segmented
         r_scale, r_translate = routing_geometry(scale, translate, self.patch_size)
         # Phases first: it carries the provenance and is what users look at.
@@ -412,7 +424,7 @@ class ResultLayers:
             if ours:
                 self.viewer.layers.remove(layer)
         add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
-        layer = add(data, name=name, **geometry, **kwargs)
+        layer = add(data, name=name, axis_labels=self.axis_labels[-nd:], **geometry, **kwargs)
         layer.metadata["napari_paser_layer"] = name
         return layer
 

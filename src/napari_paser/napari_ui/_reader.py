@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .. import io
+from .. import AXIS_NAMES, io
 from ..errors import PaserInputError
 
 if TYPE_CHECKING:
@@ -104,7 +104,8 @@ def layer_data_from_volume(volume: Volume, path: Path) -> LayerData:
     levels = [_lazy(v, path) for v in (volume, *volume.coarser_levels())]
     data = levels if len(levels) > 1 else levels[0]
     ndim = volume.input_ndim
-    kwargs: dict[str, Any] = {"name": path.stem if path.suffix else path.name, "metadata": {"source_path": str(path)}}
+    kwargs: dict[str, Any] = {"name": path.stem if path.suffix else path.name, "metadata": {"source_path": str(path)},
+                              "axis_labels": AXIS_NAMES[-ndim:]}
     if len(levels) > 1:
         kwargs["multiscale"] = True
     voxel_size = volume.voxel_size
@@ -163,7 +164,7 @@ def _store_maps(path: Path, phases: LayerData) -> list[LayerData]:
         lazy = da.from_array(arr, chunks=arr.chunks)
         lazy = lazy[0] if level0.ndim == 2 else lazy
         kwargs = {"name": f"{phases_kwargs['name']}_{kind}", "metadata": {"source_path": str(path)},
-                  **{k: phases_kwargs[k] for k in ("scale", "translate") if k in phases_kwargs}}
+                  **{k: phases_kwargs[k] for k in ("scale", "translate", "axis_labels") if k in phases_kwargs}}
         placed = _placed_map(kind, lazy, kwargs, record.get("patch_size"))
         if placed is not None:
             layers.append(placed)
@@ -242,7 +243,7 @@ def layer_data_from_file(path: Path) -> LayerData:
             f"{path.name} has shape {tuple(getattr(data, 'shape', ()))}; napari-paser reads 2-D images "
             "and (plane, row, column) stacks"
         )
-    kwargs: dict[str, Any] = {"name": path.stem, "metadata": {"source_path": str(path)}}
+    kwargs: dict[str, Any] = {"name": path.stem, "metadata": {"source_path": str(path)}, "axis_labels": AXIS_NAMES[-data.ndim:]}
     scale = _voxel_scale(voxel_size, data.ndim)
     if scale is not None and voxel_size is not None:  # a scale comes only from a voxel size
         kwargs["scale"] = scale

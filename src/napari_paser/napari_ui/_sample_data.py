@@ -28,7 +28,8 @@ def _image_layer() -> tuple:
     from .. import io
 
     data, voxel_size = io.read_stack(sample_dir() / IMAGE_FILE)
-    kwargs: dict[str, Any] = {"name": "electrode", "metadata": {"source_path": str(sample_dir() / IMAGE_FILE)}}
+    kwargs: dict[str, Any] = {"name": "electrode", "metadata": {"source_path": str(sample_dir() / IMAGE_FILE)},
+                              "axis_labels": napari_paser.AXIS_NAMES[-data.ndim :]}
     if voxel_size is not None:
         kwargs["scale"] = list(voxel_size)[-data.ndim :]
         kwargs["metadata"]["voxel_size_um"] = list(voxel_size)
@@ -40,7 +41,8 @@ def _labels_layer() -> tuple:
     from ._layers import phase_colormap
 
     data, voxel_size = io.read_stack(sample_dir() / LABELS_FILE)
-    kwargs = {"name": "ground truth", "colormap": phase_colormap(), "opacity": 0.5, "visible": False}
+    kwargs = {"name": "ground truth", "colormap": phase_colormap(), "opacity": 0.5, "visible": False,
+              "axis_labels": napari_paser.AXIS_NAMES[-data.ndim :]}
     if voxel_size is not None:
         kwargs["scale"] = list(voxel_size)[-data.ndim :]
     return data.astype("uint8", copy=False), kwargs, "labels"
