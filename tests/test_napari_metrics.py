@@ -47,6 +47,7 @@ def test_panel_shows_known_answers_profile_and_exports(viewer_panel, tmp_path, n
     assert "tortuosity_factor.pore" in texts and "specific_surface_area.nickel" in texts
     line = panel.figure.axes[0].lines[0]
     np.testing.assert_allclose(line.get_ydata(), outcome.metrics.porosity_profile)
+    assert panel.figure.axes[0].get_xlabel() == "position along the plane axis (µm)"
     assert panel.export_button.isEnabled()
 
     base = tmp_path / "phases_metrics"
@@ -200,6 +201,7 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     ranges = [panel.table.item(i, 2).text() for i in range(panel.table.rowCount())]
     assert all(r.startswith("[") for r in ranges)
     assert len(panel.figure.axes[0].collections) == 1  # the band around the profile
+    assert panel.figure.axes[0].get_xlabel() == "position along the column axis (voxels)"
     # The phases of a run over a region of a bigger scan: the band segments that region of it.
     viewer.layers["scan"].data = np.pad(viewer.layers["scan"].data, ((1, 0), (3, 5), (0, 7)))
     layer.metadata["napari_paser"]["roi"] = [[1, 3], [3, 59], [0, 64]]

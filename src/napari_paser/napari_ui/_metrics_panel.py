@@ -35,7 +35,7 @@ from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 from ._launch import JobCallbacks, job_worker, run_here
-from ._layers import crop, full_resolution, layer_roi
+from ._layers import crop, full_resolution, layer_roi, spatial_axis_labels
 from ._qt_rows import hbox_row, read_only_table
 from ._tooltips import TOOLTIPS
 
@@ -68,6 +68,7 @@ class MetricsPanel(QWidget):
         self._worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
         self._generation = 0
+        self._profile_axis = "axis 0"  # the x label of the porosity profile: set by compute()
         self._started = 0.0
         self._cancelled = False
         self._build()
@@ -172,6 +173,13 @@ class MetricsPanel(QWidget):
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    @staticmethod
+    def _axis_name(layer: Any, axis: int) -> str:
+        """How the profile's x label names ``axis`` of ``layer``: "the plane axis", or
+        napari's number where the layer does not name its axes."""
+        names = spatial_axis_labels(layer) if layer is not None and layer.ndim == 3 else ()
+        return f"the {names[axis]} axis" if len(names) == 3 else f"axis {axis}"
+
     def request(self) -> jobs.MetricsRequest:
         """The request for the current choices (raises PaserInputError on a bad choice)."""
         from ..engine.metrics_band import parse_lams
@@ -216,6 +224,7 @@ class MetricsPanel(QWidget):
             return None
         self._generation += 1
         gen = self._generation
+        self._profile_axis = self._axis_name(self._layer(self.labels_combo.currentText()), req.axis)
         self._cancelled = False
         self._started = time.perf_counter()
         self.run_button.setEnabled(False)
@@ -296,7 +305,7 @@ class MetricsPanel(QWidget):
         if outcome.profile_min is not None and outcome.profile_max is not None:
             ax.fill_between(m.positions, outcome.profile_min, outcome.profile_max, color="#3b4cc0", alpha=0.25, label="band")
             ax.legend(loc="best", fontsize="small")
-        ax.set_xlabel(f"position along axis {m.axis} ({'µm' if m.voxel_size is not None else 'voxels'})")
+        ax.set_xlabel(f"position along {self._profile_axis} ({'µm' if m.voxel_size is not None else 'voxels'})")
         ax.set_ylabel("porosity")
         ax.set_ylim(0, 1)
         self.canvas.draw()  # now: a deferred draw could outlive a closed panel
