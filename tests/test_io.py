@@ -37,6 +37,26 @@ def test_any_dtype_is_stored(tmp_path, data, expected):
     np.testing.assert_array_equal(back, data.astype(expected))
 
 
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (np.array([[-40000, 0], [5, 70000]], np.int32), np.float32),  # beyond int16 and uint16: exact in float32
+        (np.array([[-300, 0], [5, 300]], np.int64), np.int16),
+        (np.array([[0, 1], [2, 3]], np.uint32), np.uint16),
+    ],
+)
+def test_integers_get_the_smallest_imagej_type_that_holds_their_range(tmp_path, data, expected):
+    back, _ = read_stack(write_tiff(tmp_path / "w.tif", data))
+    assert back.dtype == expected
+    np.testing.assert_array_equal(back.astype(np.int64), data.astype(np.int64))
+
+
+def test_complex_images_are_refused_and_leave_no_file(tmp_path):
+    with pytest.raises(PaserInputError, match="complex"):
+        write_tiff(tmp_path / "c.tif", np.ones((4, 4), np.complex64))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_2d_and_metadata(tmp_path):
     meta = {"seed": 3, "fractions": {"pore": 0.3, "nickel": 0.55}, "name": "µ-CT"}
     path = write_tiff(tmp_path / "img.tif", np.zeros((5, 6), np.uint16), metadata=meta)
@@ -102,6 +122,33 @@ def test_ome_and_plain_voxel_size(tmp_path):
     np.testing.assert_allclose(read_stack(plain)[1], (2.0, 2.0, 2.0), rtol=1e-6)
     tifffile.imwrite(tmp_path / "none.tif", np.zeros((4, 5), np.uint8))
     assert read_stack(tmp_path / "none.tif")[1] is None
+
+
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        ({"PhysicalSizeX": 0.4}, (0.4, 0.4, 0.4)),  # rows and planes as columns when the file names one size
+        ({"PhysicalSizeX": 0.4, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "mm"}, (0.5, 0.5, 400.0)),
+        ({"PhysicalSizeX": 0.4, "PhysicalSizeXUnit": "furlong"}, None),  # a unit we cannot convert: no size, not a wrong one
+    ],
+)
+def test_ome_voxel_size_units_and_missing_axes(tmp_path, metadata, expected):
+    path = tmp_path / "v.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 4, 5), np.uint16), ome=True, metadata={"axes": "ZYX", **metadata})
+    size = read_stack(path)[1]
+    assert size is None if expected is None else np.allclose(size, expected, rtol=1e-6)
+
+
+def test_imagej_and_resolution_tags_that_say_no_size(tmp_path):
+    zero = tmp_path / "zero.tif"
+    tifffile.imwrite(zero, np.zeros((4, 5), np.uint8), resolution=((0, 1), (0, 1)))
+    assert read_stack(zero)[1] is None  # zero pixels per unit
+    pixel = tmp_path / "pixel.tif"
+    tifffile.imwrite(pixel, np.zeros((2, 4, 5), np.uint8), imagej=True, resolution=(2.0, 2.0), metadata={"unit": "pixel"})
+    assert read_stack(pixel)[1] is None  # an uncalibrated ImageJ stack
+    nm = tmp_path / "nm.tif"
+    tifffile.imwrite(nm, np.zeros((2, 4, 5), np.uint8), imagej=True, resolution=(2.0, 4.0), metadata={"unit": "nm", "spacing": 3.0})
+    np.testing.assert_allclose(read_stack(nm)[1], (0.003, 0.00025, 0.0005), rtol=1e-6)
 
 
 def test_open_stack_lazy(tmp_path):
