@@ -104,6 +104,34 @@ def test_input_errors_are_one_line(tmp_path):
         open_volume(tmp_path / "rgb.zarr")
 
 
+def test_volume_indexing_reads_only_what_numpy_would_return(tmp_path):
+    data = stack((6, 12, 14))
+    vol = TiffVolume(io.write_tiff(tmp_path / "i.tif", data))
+    np.testing.assert_array_equal(vol[-1], data[-1])
+    np.testing.assert_array_equal(vol[-6, 3], data[-6, 3])
+    np.testing.assert_array_equal(vol[[4, 1, 4]], data[[4, 1, 4]])  # any order, repeats kept
+    np.testing.assert_array_equal(vol[np.array([False, True] * 3)], data[1::2])
+    np.testing.assert_array_equal(vol[...], data)
+    np.testing.assert_array_equal(vol[5:2:-1, :, 7], data[5:2:-1, :, 7])
+    assert vol[4:2].shape == (0, 12, 14) and vol.read(7, 9).shape == (0, 12, 14)  # past the end: empty, as numpy
+    for plane in (6, -7):
+        with pytest.raises(IndexError, match="out of range"):
+            vol[plane]
+
+
+def test_zarr_stores_that_hold_no_volume_say_what_they_hold(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("scan", data=stack((2, 12, 14)))
+    group.create_array("mask", data=np.zeros((2, 12, 14), np.uint8))
+    with pytest.raises(PaserInputError, match=r"without OME multiscales.*--dataset \(mask, scan\)"):
+        open_volume(tmp_path / "g.zarr")
+    with pytest.raises(PaserInputError, match="has no array labels"):
+        open_volume(tmp_path / "g.zarr", dataset="labels")
+    np.testing.assert_array_equal(open_volume(tmp_path / "g.zarr", dataset="scan").read(0, 2), stack((2, 12, 14)))
+
+
 def test_ome_zarr_singleton_channel_and_units(tmp_path):
     data = stack((3, 12, 14))
     vol = open_volume(write_ome_zarr(tmp_path / "a.zarr", data, scale=(2e-3, 5e-4, 5e-4), unit="millimeter", extra_axes=("c",)))
