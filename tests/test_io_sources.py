@@ -20,7 +20,7 @@ from napari_paser.io_sources import (
     open_volume,
     parse_roi,
 )
-from napari_paser.io_writers import OmeZarrOutput, TiffSliceWriter
+from napari_paser.io_writers import OmeZarrOutput, TiffSliceWriter, ZarrLabelWriter
 
 VOXEL = (2.0, 0.5, 0.25)
 
@@ -189,6 +189,28 @@ def test_tiff_slice_writer_abort_leaves_nothing(tmp_path):
         with TiffSliceWriter(tmp_path / "x.tif", (3, 4, 5)) as w:
             w.write(np.zeros((4, 5), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("writer", "name"), [(TiffSliceWriter, "out.tif"), (ZarrLabelWriter, "out.zarr")])
+def test_slab_writers_never_replace_what_appeared_meanwhile_and_refuse_bad_slabs(tmp_path, writer, name):
+    path = tmp_path / name
+    w = writer(path, (3, 4, 5), np.uint8)
+    with pytest.raises(ValueError, match="do not fit"):
+        w.write(np.zeros((1, 4, 6), np.uint8))
+    w.write(np.ones((3, 4, 5), np.uint8))
+    with pytest.raises(ValueError, match="more than 3 planes"):
+        w.write(np.ones((4, 5), np.uint8))
+    path.mkdir() if name.endswith(".zarr") else path.write_bytes(b"the user's own file")  # made while the run wrote
+    with pytest.raises(FileExistsError, match="use --overwrite"):
+        w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # the temporary output is gone
+    assert path.is_dir() if name.endswith(".zarr") else path.read_bytes() == b"the user's own file"
+    w = writer(path, (3, 4, 5), np.uint8, overwrite=True)
+    w.write(np.full((3, 4, 5), 2, np.uint8))
+    w.close()
+    np.testing.assert_array_equal(open_volume(path).read(0, 3), np.full((3, 4, 5), 2))
+    with pytest.raises(PaserInputError, match=r"\(Z,Y,X\) or \(Y,X\)"):
+        writer(tmp_path / f"flat{path.suffix}", (5,), np.uint8)
 
 
 def test_zarr_output_refuses_foreign_finished_and_other_runs(tmp_path):
