@@ -234,3 +234,24 @@ def test_benchmark_command_runs_the_suite_of_this_checkout(tmp_path, capsys):
     assert results["fast"] is True and results["seed"] == 3 and "digits" in results and "testsets" not in results
     assert "## Complementary models (R4): scikit-learn digits" in (tmp_path / "BENCHMARKS-fast.md").read_text()
     assert any((tmp_path / "figures").iterdir())
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_redraws_on_a_terminal_and_keeps_a_jobs_log_short(monkeypatch, terminal):
+    import io as text_io
+    import sys
+    import time
+
+    from napari_paser.cli.segment import progress_bar
+
+    stream = text_io.StringIO()
+    monkeypatch.setattr(stream, "isatty", lambda: terminal)
+    monkeypatch.setattr(sys, "stderr", stream)
+    update, close = progress_bar("segment (paser)", quiet=False)
+    for done in range(1, 121):  # 1.2 s of steps: past the bar's one-second delay
+        update(done, 120)
+        time.sleep(0.01)
+    close()
+    redraws = stream.getvalue().count("\r")
+    # A terminal gets a live bar, but not one redraw per step; a log gets no line within 30 s.
+    assert 0 < redraws < 60 if terminal else redraws == 0

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .segment import bundle_help
+from .segment import bar_options, bundle_help
 
 if TYPE_CHECKING:
     from ..io_sources import Volume
@@ -89,12 +89,12 @@ def _finetune(args: argparse.Namespace, image: Volume, labels: Volume) -> int:
     cfg = FinetuneConfig(budget_s=args.budget, seed=args.seed, threads=args.threads)
     if args.planes is not None:
         cfg.planes = args.planes
-    bar = tqdm(total=100, desc="finetune", unit="%", disable=args.quiet, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+    bar = tqdm(total=100, desc="finetune", unit="%", disable=args.quiet, bar_format="{l_bar}{bar}| {elapsed} {postfix}",
+               **bar_options())
 
     def show(msg: Any) -> None:
-        bar.n = int(100 * msg.fraction)
         bar.set_postfix_str(msg.text, refresh=False)
-        bar.refresh()
+        bar.update(int(100 * msg.fraction) - bar.n)  # drawn when bar_options' interval has passed
 
     try:
         result = finetune(bundle, image, painted, cfg, callback=show)

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import PaserInputError
-from .segment import add_bundle_arguments, check_writable, executor_from_args, load_bundle_arg, write_json
+from .segment import add_bundle_arguments, bar_options, check_writable, executor_from_args, load_bundle_arg, write_json
 
 HELP = "microstructure metrics (fractions, porosity profile, surface areas, tortuosity) of a label volume"
 
@@ -91,10 +91,14 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
     from ..engine.microstructure import metrics_steps
     from ..engine.steps import run_steps
 
-    bar = tqdm(total=None, desc="metrics", file=sys.stderr, disable=args.quiet, leave=False, bar_format="{desc} {elapsed}")
+    bar = tqdm(total=None, desc="metrics", disable=args.quiet, leave=False, bar_format="{desc} {elapsed}", **bar_options())
+
+    def status(text: str) -> None:
+        bar.set_description_str(text, refresh=False)
+        bar.update(0)  # drawn when bar_options' interval has passed
+
     try:
-        metrics = run_steps(metrics_steps(labels, axis, **kwargs),
-                            lambda step: bar.set_description_str(f"metrics: {step.stage} {step.fraction:.0%}"))
+        metrics = run_steps(metrics_steps(labels, axis, **kwargs), lambda step: status(f"metrics: {step.stage} {step.fraction:.0%}"))
         band, envelope = [], None
         if image is not None:
             from ..engine.metrics_band import PhaseEnvelope, band_steps
@@ -108,7 +112,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
 
             def show(step: tuple[str, int, int]) -> None:
                 stage, done, total = step
-                bar.set_description_str(f"band {done / max(total, 1):.0%}: {stage}")
+                status(f"band {done / max(total, 1):.0%}: {stage}")
 
             band = run_steps(gen, show)
     finally:

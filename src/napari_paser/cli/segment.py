@@ -140,18 +140,30 @@ def write_json(path: str | os.PathLike, data: dict, overwrite: bool = False) -> 
     return p
 
 
+LOG_INTERVAL_S = 30.0
+"""Seconds between progress lines when stderr is not a terminal (a cluster job's log)."""
+
+
+def bar_options() -> dict[str, Any]:
+    """tqdm's output options of every command's progress: stderr, redrawn up to ten times
+    a second on a terminal; written to a file (a batch job's log), a line at most every
+    :data:`LOG_INTERVAL_S` seconds, so a run of hours leaves a readable log rather than one
+    redraw per plane. Draw with ``update`` (or ``refresh=False``), which keep to this."""
+    return {"file": sys.stderr, "mininterval": 0.1 if sys.stderr.isatty() else LOG_INTERVAL_S}
+
+
 def progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A tqdm bar on stderr driven by ``(done, total)`` callbacks; returns (callback, close)."""
+    """A tqdm bar (:func:`bar_options`) driven by ``(done, total)`` callbacks; returns
+    (callback, close)."""
     from tqdm import tqdm
 
     # delay: a run that fails at once (bad input) prints only its one error line.
-    bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=quiet, leave=False, delay=1.0)
+    bar = tqdm(total=0, desc=desc, unit="step", disable=quiet, leave=False, delay=1.0, **bar_options())
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
             bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # drawn when mininterval has passed, unlike refresh()
 
     return update, bar.close
 
