@@ -673,3 +673,31 @@ def test_reward_copies_replay_the_slices_the_reward_caches_score(tiny_bundle, tm
     image = caches[0].features[:, 4].float()  # a v1 policy reads the image at full resolution (half precision)
     torch.testing.assert_close(image, torch.cat([plain, augmented])[:, 0], atol=0.02, rtol=0.01)
     assert not torch.allclose(image[4:], plain[:, 0], atol=0.02)
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--tvd", "1.5"], "--tvd must be in [0, 1]"),
+    (["--scale", "-1"], "--scale must be positive"),
+    (["--init", "{bundle}", "--warm-start", "{bundle}"], "not both"),
+])
+def test_train_refuses_bad_options_in_one_line_before_any_work(tmp_path, tiny_bundle_dir, capsys, extra, words):
+    import tifffile
+
+    from napari_paser.cli.main import main
+
+    image = tmp_path / "scan.tif"
+    tifffile.imwrite(image, np.zeros((2, 56, 64), np.uint16))
+    argv = ["train", "--images", str(image), "--labels", str(image), "--out", str(tmp_path / "out")]
+    assert main(argv + [a.replace("{bundle}", str(tiny_bundle_dir)) for a in extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_needs_one_label_file_per_image(tmp_path, capsys):
+    from napari_paser.cli.main import main
+
+    argv = ["train", "--images", "a.tif", "b.tif", "--labels", "a_labels.tif", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "same number of files" in capsys.readouterr().err
