@@ -175,8 +175,9 @@ class MetricsPanel(QWidget):
 
     @staticmethod
     def _axis_name(layer: Any, axis: int) -> str:
-        """How the profile's x label names ``axis`` of ``layer``: "the plane axis", or
-        napari's number where the layer does not name its axes."""
+        """How the profile's x label names ``axis`` of ``layer``: "the plane axis" (by the
+        layer's own name for it, else :data:`AXIS_NAMES`), or "axis 1" for a layer that is
+        not a (plane, row, column) stack."""
         names = spatial_axis_labels(layer) if layer is not None and layer.ndim == 3 else ()
         return f"the {names[axis]} axis" if len(names) == 3 else f"axis {axis}"
 
