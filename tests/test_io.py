@@ -136,7 +136,10 @@ def test_ome_voxel_size_units_and_missing_axes(tmp_path, metadata, expected):
     path = tmp_path / "v.ome.tif"
     tifffile.imwrite(path, np.zeros((3, 4, 5), np.uint16), ome=True, metadata={"axes": "ZYX", **metadata})
     size = read_stack(path)[1]
-    assert size is None if expected is None else np.allclose(size, expected, rtol=1e-6)
+    if expected is None:
+        assert size is None
+    else:
+        np.testing.assert_allclose(size, expected, rtol=1e-6)
 
 
 def test_imagej_and_resolution_tags_that_say_no_size(tmp_path):
