@@ -51,6 +51,23 @@ def test_result_layers_name_their_axes_as_their_scan_does(make_napari_viewer, sh
     assert image.axis_labels == (own or tuple(str(a) for a in range(-len(shape), 0)))  # the user's layer is left alone
 
 
+def test_a_run_on_another_image_keeps_the_layers_of_the_image_before(make_napari_viewer):
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((2, 64, 64), np.float32), name="anode")
+    second = viewer.add_image(np.zeros((2, 64, 64), np.float32), name="cathode")
+    before = ResultLayers(viewer, first, (2, 64, 64), (2, 2, 2), (32, 32))
+    before.set_slice(0, labels=np.ones((64, 64), np.uint8), entropy=np.full((64, 64), 0.5, np.float32),
+                     routing=np.array([[0, 1], [2, 1]], np.uint8))
+    kept = before.layers
+    after = ResultLayers(viewer, second, (2, 64, 64), (2, 2, 2), (32, 32))
+    assert [layer.name for layer in kept] == ["phases (anode)", "entropy (anode)", "routing (anode)"]
+    assert (kept[0].data[0] == 1).all() and kept[1].data[0].max() == np.float32(0.5)  # the results are still there
+    assert [layer.name for layer in after.layers] == ["phases", "entropy", "routing"]
+    assert not set(map(id, after.layers)) & set(map(id, kept)) and (after.phases_layer.data == PENDING).all()
+    again = ResultLayers(viewer, second, (2, 64, 64), (2, 2, 2), (32, 32))  # the same image: its layers are reused
+    assert again.phases_layer is after.phases_layer and len(viewer.layers) == 8
+
+
 def test_removing_an_added_layer_makes_the_set_dead(make_napari_viewer):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="ct")

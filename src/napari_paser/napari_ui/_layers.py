@@ -14,6 +14,12 @@ A user may paint corrections on the phase layer, but re-routing and new runs wri
 phase buffer. So the first edit hands the painted layer over to the user: it becomes
 "phases (edited)", which the plugin never writes again, and the plugin's results go on
 in a new "phases" layer (:meth:`ResultLayers.fork_phases`).
+
+Another image
+-------------
+A run reuses the plugin's layers of the image it segments. A run on another image keeps
+the layers of the image before: they are renamed "phases (ct)" and so on, after that
+image, and the new run gets layers of its own, so no result is replaced unasked.
 """
 
 from __future__ import annotations
@@ -294,6 +300,7 @@ class ResultLayers:
             self.labels, self.entropy, self.routing_rings = _disk_buffers(self.store, shape, grid, self.cells)
         self.done = np.zeros(shape[0], bool)
         self.metadata: dict[str, Any] = {"source": image.name, "complete": False}
+        self.image = {"id": image.unique_id, "name": image.name}  # which image these layers are of
         scale, translate = spatial_geometry(image)
         self.axis_labels = spatial_axis_labels(image)
         translate = translate + np.asarray(offset[-len(scale):], float) * scale  # over the region segmented
@@ -416,7 +423,10 @@ class ResultLayers:
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             ours = layer.metadata.get("napari_paser_layer") == name
-            if ours and isinstance(layer, Labels if kind == "labels" else Image) and layer.ndim == nd:
+            if ours and name in (PHASES, ENTROPY, ROUTING) and self._of_another_image(layer):
+                self._keep(layer)
+                ours = False  # the renamed layer is left as it is; a new one is added below
+            elif ours and isinstance(layer, Labels if kind == "labels" else Image) and layer.ndim == nd:
                 layer.data = data
                 if not (np.allclose(layer.scale, geometry["scale"]) and np.allclose(layer.translate, geometry["translate"])):
                     layer.scale, layer.translate = geometry["scale"], geometry["translate"]
@@ -426,7 +436,17 @@ class ResultLayers:
         add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
         layer = add(data, name=name, axis_labels=self.axis_labels[-nd:], **geometry, **kwargs)
         layer.metadata["napari_paser_layer"] = name
+        layer.metadata["napari_paser_image"] = dict(self.image)
         return layer
+
+    def _of_another_image(self, layer: Any) -> bool:
+        # Layers from before this record are taken as the current image's, as they were.
+        image = layer.metadata.get("napari_paser_image")
+        return isinstance(image, dict) and image.get("id") != self.image["id"]
+
+    def _keep(self, layer: Any) -> None:
+        """Leave a result layer of another image to the user, renamed after that image."""
+        layer.name = f"{layer.name} ({layer.metadata['napari_paser_image'].get('name', 'earlier image')})"
 
     def show_differences(self, z: int, differs: np.ndarray) -> Any:
         """Show where slice ``z`` differs from f2 on every patch (``differs``, rows x
