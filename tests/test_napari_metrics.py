@@ -258,3 +258,17 @@ def test_the_band_in_bf16_where_it_is_native_and_one_notification_elsewhere(make
     notes.clear()
     assert panel.compute(blocking=True) is None
     assert [level for level, _ in notes] == ["error"] and "native bf16" in notes[0][1], notes
+
+
+def test_the_axis_box_names_the_axis_as_the_chosen_layer_does(viewer_panel):
+    viewer, panel = viewer_panel
+    assert panel.axis_spin.text() == "0 plane"
+    panel.axis_spin.setValue(2)
+    assert panel.axis_spin.text() == "2 column" and panel.axis_spin.value() == 2
+    viewer.add_labels(channels(), name="from another reader", axis_labels=("z", "y", "x"))
+    panel.labels_combo.setCurrentText("from another reader")
+    assert panel.axis_spin.text() == "2 x" and panel.axis_spin.value() == 2  # renamed, not moved
+    panel.axis_spin.lineEdit().selectAll()
+    panel.axis_spin.lineEdit().insert("1")  # typed as in any spin box
+    panel.axis_spin.interpretText()
+    assert panel.axis_spin.value() == 1 and panel.axis_spin.text() == "1 y"

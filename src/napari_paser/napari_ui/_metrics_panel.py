@@ -31,12 +31,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import AXIS_NAMES
 from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
 from ._launch import JobCallbacks, job_worker, run_here
 from ._layers import crop, full_resolution, layer_roi, spatial_axis_labels
-from ._qt_rows import hbox_row, read_only_table
+from ._qt_rows import AxisSpinBox, hbox_row, read_only_table
 from ._tooltips import TOOLTIPS
 
 if TYPE_CHECKING:
@@ -84,9 +85,9 @@ class MetricsPanel(QWidget):
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The grey scan the labels came from: segmenting it again at several λ and as f0 "
                                     "MC-dropout samples gives every metric a [min, max] range")
-        self.axis_spin = QSpinBox()
-        self.axis_spin.setRange(0, 2)
+        self.axis_spin = AxisSpinBox()  # named as the chosen labels layer names its axes
         self.axis_spin.setToolTip("Axis of the porosity profile and of the tortuosity (0 plane, 1 row, 2 column)")
+        self.labels_combo.currentTextChanged.connect(self._name_axes)
         self.cb_spin = QDoubleSpinBox()
         self.cb_spin.setRange(0.0, 1.0)
         self.cb_spin.setDecimals(3)
@@ -172,6 +173,10 @@ class MetricsPanel(QWidget):
 
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _name_axes(self, layer_name: str) -> None:
+        layer = self._layer(layer_name)
+        self.axis_spin.set_names(spatial_axis_labels(layer) if layer is not None and layer.ndim == 3 else AXIS_NAMES)
 
     @staticmethod
     def _axis_name(layer: Any, axis: int) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qtpy.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QTableWidget, QWidget
+from qtpy.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QSpinBox, QTableWidget, QWidget
+
+from .. import AXIS_NAMES
 
 
 def hbox_row(*widgets: QWidget) -> QWidget:
@@ -29,3 +31,25 @@ def read_only_table(headers: Sequence[str], *, stretch: bool = False) -> QTableW
     if stretch and columns is not None:
         columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
     return table
+
+
+class AxisSpinBox(QSpinBox):
+    """A spin box of a stack's axis that shows the axis's name after its number ("0 plane").
+
+    The name is the spin box's suffix, so typing a number and the arrows work as in any
+    spin box, with whichever Qt binding napari runs on."""
+
+    def __init__(self, names: Sequence[str] = AXIS_NAMES) -> None:
+        super().__init__()
+        self._names: tuple[str, ...] = ()
+        self.valueChanged.connect(self._show_name)
+        self.set_names(names)
+
+    def set_names(self, names: Sequence[str]) -> None:
+        """Name the axes (one per value from 0), e.g. as the chosen layer names them."""
+        self._names = tuple(str(name) for name in names)
+        self.setRange(0, len(self._names) - 1)
+        self._show_name(self.value())
+
+    def _show_name(self, value: int) -> None:
+        self.setSuffix(f" {self._names[value]}" if 0 <= value < len(self._names) else "")
