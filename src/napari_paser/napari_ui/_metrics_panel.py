@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import AXIS_NAMES
 from ..errors import PaserInputError, one_line
 from . import _metrics_jobs as jobs
 from ._export import voxel_size_from_scale
@@ -175,16 +174,10 @@ class MetricsPanel(QWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _name_axes(self, layer_name: str) -> None:
+        # A (plane, row, column) stack's axes, by the layer's own names or AXIS_NAMES; the
+        # numbers alone for any other layer.
         layer = self._layer(layer_name)
-        self.axis_spin.set_names(spatial_axis_labels(layer) if layer is not None and layer.ndim == 3 else AXIS_NAMES)
-
-    @staticmethod
-    def _axis_name(layer: Any, axis: int) -> str:
-        """How the profile's x label names ``axis`` of ``layer``: "the plane axis" (by the
-        layer's own name for it, else :data:`AXIS_NAMES`), or "axis 1" for a layer that is
-        not a (plane, row, column) stack."""
-        names = spatial_axis_labels(layer) if layer is not None and layer.ndim == 3 else ()
-        return f"the {names[axis]} axis" if len(names) == 3 else f"axis {axis}"
+        self.axis_spin.set_names(spatial_axis_labels(layer) if layer is not None and layer.ndim == 3 else ())
 
     def request(self) -> jobs.MetricsRequest:
         """The request for the current choices (raises PaserInputError on a bad choice)."""
@@ -230,7 +223,8 @@ class MetricsPanel(QWidget):
             return None
         self._generation += 1
         gen = self._generation
-        self._profile_axis = self._axis_name(self._layer(self.labels_combo.currentText()), req.axis)
+        names = self.axis_spin.names
+        self._profile_axis = f"the {names[req.axis]} axis" if req.axis < len(names) else f"axis {req.axis}"
         self._cancelled = False
         self._started = time.perf_counter()
         self.run_button.setEnabled(False)

@@ -34,22 +34,24 @@ def read_only_table(headers: Sequence[str], *, stretch: bool = False) -> QTableW
 
 
 class AxisSpinBox(QSpinBox):
-    """A spin box of a stack's axis that shows the axis's name after its number ("0 plane").
+    """A spin box of a stack's axis (0, 1, 2) that shows the axis's name after its number
+    ("0 plane"), or the number alone where the axes have no names.
 
     The name is the spin box's suffix, so typing a number and the arrows work as in any
     spin box, with whichever Qt binding napari runs on."""
 
     def __init__(self, names: Sequence[str] = AXIS_NAMES) -> None:
         super().__init__()
-        self._names: tuple[str, ...] = ()
+        self.setRange(0, len(AXIS_NAMES) - 1)
+        self.names: tuple[str, ...] = ()
         self.valueChanged.connect(self._show_name)
         self.set_names(names)
 
     def set_names(self, names: Sequence[str]) -> None:
-        """Name the axes (one per value from 0), e.g. as the chosen layer names them."""
-        self._names = tuple(str(name) for name in names)
-        self.setRange(0, len(self._names) - 1)
+        """Name the axes (one per value from 0), e.g. as the chosen layer names them; none
+        for plain numbers."""
+        self.names = tuple(str(name) for name in names)
         self._show_name(self.value())
 
     def _show_name(self, value: int) -> None:
-        self.setSuffix(f" {self._names[value]}" if 0 <= value < len(self._names) else "")
+        self.setSuffix(f" {self.names[value]}" if 0 <= value < len(self.names) else "")
