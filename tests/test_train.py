@@ -513,6 +513,62 @@ def test_focus_weights_favour_the_patches_the_teacher_gets_wrong():
     assert torch.allclose(focus_weights(teacher, x, y, power=0.0), torch.ones(2))
 
 
+def test_distillation_loss_is_the_kl_from_the_teacher():
+    from napari_paser.train.stages import distillation_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 5, 6)
+    assert distillation_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(teacher + 7.0, teacher).item() == pytest.approx(0.0, abs=1e-6)  # softmax ignores a shift
+    student = torch.randn(2, 3, 5, 6)
+    p, q = teacher.softmax(1), student.softmax(1)
+    expected = (p * (p.log() - q.log())).sum(1).mean()
+    assert distillation_loss(student, teacher).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_loss(student, teacher).item() > 0
+
+
+def test_an_f1_of_another_shape_learns_from_the_warm_starts_f1(toy_volumes, tiny_bundle, tmp_path):
+    """As v2.25 does: f1's shape changed, so its weights cannot be copied; it trains on the
+    labels and on the warm start's f1 as a teacher, and comes closer to the teacher than
+    the same steps on the labels alone bring it."""
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.models import UNetConfig
+    from napari_paser.train.datasets import SliceBank
+    from napari_paser.train.stages import distillation_loss
+    from napari_paser.train.runner import train
+
+    configs = tiny_configs()
+    configs["f1"] = UNetConfig(base_width=8, depth=1, stem=2)  # another shape: nothing of f1 is copied
+    teacher = tiny_bundle.f1.eval()
+    with torch.no_grad():
+        teacher.head.weight.mul_(4.0)  # a teacher with opinions
+    gaps = {}
+    for distill in (0.0, 0.9):
+        cfg = _tiny_cfg(f2_steps=0, f0_steps=0, ft_steps=0, policy_steps=0, f1_steps=30, f1_distill=distill)
+        res = train(toy_volumes, tmp_path / f"d{distill}", cfg, configs=configs, warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+        b = load_bundle(tmp_path / f"d{distill}")
+        assert "f1" not in b.meta["training"]["warm_start"]["models"]
+        assert all(np.isfinite(res.report["history"]["pretrain_f1"]["loss"]))
+        x = torch.stack(SliceBank(toy_volumes[:2], (56, 64)).images[:4])[:, :, :56, :64].float()
+        with torch.no_grad():
+            gaps[distill] = distillation_loss(b.f1(x), teacher(x)).item()
+    assert gaps[0.9] < gaps[0.0]
+
+
+def test_distilling_f1_needs_a_warm_start_whose_f1_has_another_shape(toy_volumes, tiny_bundle, tmp_path):
+    from napari_paser.errors import PaserInputError
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(f1_distill=0.5)
+    with pytest.raises(PaserInputError, match="teacher"):
+        train(toy_volumes, tmp_path / "none", cfg, configs=tiny_configs(), seed=0, progress=False, echo=False)
+    with pytest.raises(PaserInputError, match="teacher"):  # the same shape: f1 copied, it would teach itself
+        train(toy_volumes, tmp_path / "same", cfg, configs=tiny_configs(), warm_start=tiny_bundle, seed=0, progress=False, echo=False)
+    assert not (tmp_path / "none" / "checkpoints").exists() and not (tmp_path / "same" / "checkpoints").exists()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        train(toy_volumes, tmp_path / "w", _tiny_cfg(f1_distill=1.5), configs=tiny_configs(), seed=0, progress=False, echo=False)
+
+
 def test_a_focused_f2_trains_from_a_warm_start_and_f1_stays(toy_volumes, tiny_bundle, tmp_path):
     """As the v2.11 preset does: f2 trained on with every patch weighted by f1's error."""
     from napari_paser.engine.bundle import load_bundle

@@ -35,6 +35,10 @@ class TrainConfig:
     f1_steps: int = 1000
     f2_lr: float = 1e-3
     f1_lr: float = 2e-3
+    # f1 only: weight of the warm-start bundle's f1 as a teacher (its softmax, KL) in f1's
+    # loss, beside the labels' cross entropy; for an f1 of another shape, which cannot
+    # copy the warm start's weights (0: labels only).
+    f1_distill: float = 0.0
     # f2 only: weight each patch's loss by f1's cross entropy on it to this power (0:
     # every patch alike), so f2 learns most where f1 fails and its gains over f1 gather
     # on the few patches a router can afford to send to it.
@@ -410,6 +414,20 @@ PRESETS["v2.23"] = PRESETS["v2.22"].replace(preset="v2.23", policy_slice_level=T
 # mean (benchmarks/probe_results.md, "Which statistic of a slice's refiner KL…").
 PRESETS["v2.24"] = PRESETS["v2.23"].replace(preset="v2.24", policy_keep_network=True, policy_slice_level_quantile=0.9)
 
+# v2.24's f0, f2 and refiner (warm-started from it) with an f1 of the same FLOPs that runs
+# nearer f2's rate on a CPU (arch v2.25: width 48 on 4x4 pixel blocks instead of 24 on
+# 2x2), trained 6 000 steps on the pre-training volumes half on the labels and half on
+# v2.24's f1 as a teacher; the reward caches rebuilt and the dense policy fitted, tied and
+# levelled as v2.24's.
+PRESETS["v2.25"] = PRESETS["v2.23"].replace(
+    preset="v2.25",
+    arch="v2.25",
+    f1_steps=6000,
+    f1_lr=2e-3,
+    f1_distill=0.5,
+    policy_slice_level_quantile=0.9,
+    checkpoint_every=250,
+)
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -511,6 +529,11 @@ PRESET_NOTES: dict[str, str] = {
         "v2.23's networks and policy network, all kept, with each slice's level of gains read from the 90th "
         "percentile of its refiner KL (~15 min CPU once the data exist, the reward caches rebuilt, --warm-start "
         "src/napari_paser/models/paser-synth-v2.23)"
+    ),
+    "v2.25": (
+        "v2.24's f0, f2 and refiner with an f1 of the same FLOPs on 4x4 pixel blocks, trained on the labels "
+        "and on v2.24's f1 as a teacher, the policy fitted again (--warm-start "
+        "src/napari_paser/models/paser-synth-v2.24)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (

@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..engine.bundle import Bundle, check_fusion, copy_matching_weights, default_model_configs, save_bundle
 from ..engine.flops import CostModel
+from ..engine.models import UNet
 from ..errors import PaserInputError
 from .checkpoint import Checkpointer
 from .datasets import SliceBank, Volume, class_weights, split_volumes
@@ -102,15 +103,18 @@ def _signature(volumes: Sequence[Volume], validation: Sequence[Volume] | None, c
     }
 
 
-def _run_stage(ctx: StageContext, stage: str, bundle: Bundle, banks: dict[str, SliceBank], held_vols: list[Volume], planes: int) -> dict:
+def _run_stage(ctx: StageContext, stage: str, bundle: Bundle, banks: dict[str, SliceBank], held_vols: list[Volume], planes: int,
+               f1_teacher: UNet | None = None) -> dict:
     """Run one of :data:`STAGES` on its split of the volumes; returns its history.
 
-    ``held_vols``: RL volumes held out of the policy's fit for early stopping (none: fit on all)."""
+    ``held_vols``: RL volumes held out of the policy's fit for early stopping (none: fit on all).
+    ``f1_teacher``: the network f1 learns from beside the labels (``TrainConfig.f1_distill``)."""
     cfg = ctx.cfg
     if stage == "pretrain_f2":
         return pretrain_patch_model(ctx, bundle.f2, stage, banks["pretrain"], cfg.f2_steps, cfg.f2_lr, focus_on=bundle.f1, focus=cfg.f2_focus)
     if stage == "pretrain_f1":
-        return pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr)
+        return pretrain_patch_model(ctx, bundle.f1, stage, banks["pretrain"], cfg.f1_steps, cfg.f1_lr,
+                                    teacher=f1_teacher, distill=cfg.f1_distill)
     if stage == "pretrain_f0":
         return pretrain_f0(ctx, bundle, banks["pretrain"], stage)
     if stage == "refine_f0":
@@ -231,6 +235,16 @@ def train(
     if warm_start is not None and init is None:
         warm = {"bundle": warm_start.name, "models": copy_matching_weights(bundle, warm_start)}
         log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
+    if not 0.0 <= cfg.f1_distill <= 1.0:
+        raise ValueError(f"f1_distill is the weight of the teacher's soft targets, between 0 and 1; got {cfg.f1_distill}")
+    f1_teacher = None
+    if cfg.f1_distill > 0 and cfg.f1_steps > 0:
+        if warm is None or "f1" in warm["models"]:
+            raise PaserInputError("this preset trains f1 on the warm-start bundle's f1 as a teacher: --warm-start a bundle "
+                                  "whose f1 has another shape than the preset's (a copied f1 would teach itself)")
+        assert warm_start is not None  # warm is set only with a warm start
+        f1_teacher = copy.deepcopy(warm_start.f1).eval()
+        log(f"f1 learns from {warm['bundle']}'s f1 as a teacher (weight {cfg.f1_distill})")
     if cfg.policy_keep_network and "policy" not in (warm or {}).get("models", []):
         raise PaserInputError("this preset keeps the warm-started policy network and fits only its slice level, "
                               "but no policy was copied: --warm-start a bundle whose policy has this preset's architecture")
@@ -269,7 +283,7 @@ def train(
             continue
         t0 = time.time()
         log(f"[{stage}] start")
-        h = _run_stage(ctx, stage, bundle, banks, held_vols, planes)
+        h = _run_stage(ctx, stage, bundle, banks, held_vols, planes, f1_teacher)
         minutes = (time.time() - t0 + ckpt.resumed_seconds.pop(stage, 0.0)) / 60
         histories[stage] = h
         ckpt.save_stage(stage, bundle.models(), minutes, h)
