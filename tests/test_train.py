@@ -534,8 +534,8 @@ def test_an_f1_of_another_shape_learns_from_the_warm_starts_f1(toy_volumes, tiny
     from napari_paser.engine.bundle import load_bundle
     from napari_paser.engine.models import UNetConfig
     from napari_paser.train.datasets import SliceBank
-    from napari_paser.train.stages import distillation_loss
     from napari_paser.train.runner import train
+    from napari_paser.train.stages import distillation_loss
 
     configs = tiny_configs()
     configs["f1"] = UNetConfig(base_width=8, depth=1, stem=2)  # another shape: nothing of f1 is copied
