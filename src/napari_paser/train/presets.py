@@ -418,7 +418,9 @@ PRESETS["v2.24"] = PRESETS["v2.23"].replace(preset="v2.24", policy_keep_network=
 # nearer f2's rate on a CPU (arch v2.25: width 48 on 4x4 pixel blocks instead of 24 on
 # 2x2), trained 6 000 steps on the pre-training volumes half on the labels and half on
 # v2.24's f1 as a teacher; the reward caches rebuilt and the dense policy fitted, tied and
-# levelled as v2.24's.
+# levelled as v2.24's. Not shipped: after its 6 000 steps the new f1 took 0.70-0.77 x the old
+# one's seconds but stayed 0.011 / 0.010 below its IoU with f0 fused in, in and out of
+# family (benchmarks/probe_results.md).
 PRESETS["v2.25"] = PRESETS["v2.23"].replace(
     preset="v2.25",
     arch="v2.25",
@@ -532,8 +534,8 @@ PRESET_NOTES: dict[str, str] = {
     ),
     "v2.25": (
         "v2.24's f0, f2 and refiner with an f1 of the same FLOPs on 4x4 pixel blocks, trained on the labels "
-        "and on v2.24's f1 as a teacher, the policy fitted again (--warm-start "
-        "src/napari_paser/models/paser-synth-v2.24)"
+        "and on v2.24's f1 as a teacher, the policy fitted again (~50 min for f1 on 2 CPU cores, not shipped, "
+        "--warm-start src/napari_paser/models/paser-synth-v2.24)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (
