@@ -246,8 +246,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """Mean over pixels of KL(teacher ‖ student) between the two softmaxes (temperature 1).
 
     Soft targets carry what a trained model knows about where a boundary lies between two
-    pixels, so a network of a new shape learns it in far fewer steps than from the hard
-    labels alone.
+    pixels, which a network of a new shape would otherwise learn from the hard labels
+    alone. Every pixel counts, labelled or not.
     """
     log_student = F.log_softmax(student_logits.float(), dim=1)
     log_teacher = F.log_softmax(teacher_logits.float(), dim=1)
