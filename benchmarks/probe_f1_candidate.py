@@ -14,18 +14,22 @@ slices each):
   slices over ``--rounds`` rounds (medians), with the torch threads given.
 
     python benchmarks/probe_f1_candidate.py runs/paser-synth-v2.25/checkpoints/models.pt --arch v2.25
+
+``--save FOLDER`` also writes the reference bundle with the candidate f1 in place of its own,
+for a preset that trains that f1 on (``train --warm-start FOLDER``; v2.26).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import make_volumes
-from napari_paser.engine.bundle import Bundle, default_model_configs, load_bundle
+from napari_paser.engine.bundle import Bundle, default_model_configs, load_bundle, save_bundle
 from napari_paser.engine.metrics import confusion_matrix, mean_iou
 from napari_paser.engine.models import UNet
 from napari_paser.engine.pipeline import PaserSegmenter
@@ -60,11 +64,19 @@ def main() -> None:
     ap.add_argument("--bundle", default="paser-synth-v2.24", help="reference bundle (its f1 is compared; the rest is shared)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (the IoUs come from the first)")
+    ap.add_argument("--save", metavar="FOLDER", help="also write the reference bundle with the candidate f1 there")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reference = load_bundle(resolve_bundle(args.bundle))
     candidate = copy.deepcopy(reference)
     candidate.f1 = candidate_f1(args.checkpoint, args.arch)
+    if args.save:
+        # A warm start, not a measured bundle: nothing of the reference's own measurements is kept.
+        for key in ("validation", "flops", "training", "default_lam_rule"):
+            candidate.meta.pop(key, None)
+        candidate.meta["name"] = Path(args.save).name
+        candidate.meta["description"] = f"{reference.name} with the f1 of {args.checkpoint} (a warm start for training; not measured)"
+        print(f"wrote {save_bundle(candidate, args.save)}")
     bundles = {"reference f1": reference, "candidate f1": candidate}
     print(f"reference {args.bundle} f1 {reference.f1.config}; candidate {candidate.f1.config}; torch threads {args.threads}")
     for name, (seeds, distribution) in SETS.items():

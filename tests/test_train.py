@@ -569,6 +569,32 @@ def test_distilling_f1_needs_a_warm_start_whose_f1_has_another_shape(toy_volumes
         train(toy_volumes, tmp_path / "w", _tiny_cfg(f1_distill=1.5), configs=tiny_configs(), seed=0, progress=False, echo=False)
 
 
+def test_a_warm_started_f1_trains_on_with_a_teacher_given(toy_volumes, tiny_bundle, tmp_path):
+    """As v2.26 does: the warm start holds the new f1 (copied), another bundle teaches it;
+    the teacher is named in the manifest, and a teacher reading another halo is refused."""
+    import copy
+
+    from napari_paser.engine.bundle import load_bundle
+    from napari_paser.engine.models import UNet, UNetConfig
+    from napari_paser.errors import PaserInputError
+    from napari_paser.train.runner import train
+
+    cfg = _tiny_cfg(f2_steps=0, f0_steps=0, ft_steps=0, policy_steps=0, f1_steps=4, f1_distill=0.5)
+    teacher = copy.deepcopy(tiny_bundle)
+    teacher.meta["name"] = "the-teacher"
+    train(toy_volumes, tmp_path / "t", cfg, configs=tiny_configs(), warm_start=tiny_bundle, teacher=teacher, seed=0,
+          progress=False, echo=False)
+    b = load_bundle(tmp_path / "t")
+    assert "f1" in b.meta["training"]["warm_start"]["models"]
+    assert b.meta["training"]["f1_teacher"] == "the-teacher"
+    before, after = tiny_bundle.f1.state_dict(), b.f1.state_dict()
+    assert not all(torch.equal(before[n], after[n]) for n in before)  # trained on
+    teacher.f1 = UNet(UNetConfig(**{**tiny_bundle.f1.config.to_dict(), "halo": 8}))
+    with pytest.raises(PaserInputError, match="halo"):
+        train(toy_volumes, tmp_path / "h", cfg, configs=tiny_configs(), warm_start=tiny_bundle, teacher=teacher, seed=0,
+              progress=False, echo=False)
+
+
 def test_a_focused_f2_trains_from_a_warm_start_and_f1_stays(toy_volumes, tiny_bundle, tmp_path):
     """As the v2.11 preset does: f2 trained on with every patch weighted by f1's error."""
     from napari_paser.engine.bundle import load_bundle
@@ -736,6 +762,7 @@ def test_reward_copies_replay_the_slices_the_reward_caches_score(tiny_bundle, tm
     (["--tvd", "1.5"], "--tvd must be in [0, 1]"),
     (["--scale", "-1"], "--scale must be positive"),
     (["--init", "{bundle}", "--warm-start", "{bundle}"], "not both"),
+    (["--teacher", "{bundle}-missing"], "no bundle named or found"),
 ])
 def test_train_refuses_bad_options_in_one_line_before_any_work(tmp_path, tiny_bundle_dir, capsys, extra, words):
     import tifffile

@@ -46,12 +46,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="output bundle folder (also report and checkpoints)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="training recipe: quick (CPU, ~30 min), paper (the paper's schedule, GPU), init "
-                        "(short fine-tuning of the --init bundle) or a bundle's own recipe, v2 to v2.24 "
+                        "(short fine-tuning of the --init bundle) or a bundle's own recipe, v2 to v2.25 "
                         "(default: quick, or init with --init; --list-presets describes each)")
     p.add_argument("--list-presets", action=_ListPresets, help="describe every preset and exit")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle (registry name or folder)")
     p.add_argument("--warm-start", metavar="BUNDLE",
                    help="fresh networks of the preset, but each one whose weights fit starts from this bundle's")
+    p.add_argument("--teacher", metavar="BUNDLE",
+                   help="for a preset that trains f1 on another f1 as a teacher (v2.25): that f1's bundle "
+                        "(default: the --warm-start bundle, where its f1 has another shape)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=None,
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if init is not None and args.warm_start:
         raise PaserInputError("give --init (fine-tune a bundle) or --warm-start (new networks), not both")
     warm = load_bundle(resolve_bundle(args.warm_start)) if args.warm_start else None
+    teacher = load_bundle(resolve_bundle(args.teacher)) if args.teacher else None
     try:
         cfg = get_preset(args.preset or ("init" if init is not None else "quick"))
     except ValueError as err:  # an unknown name: the message lists the presets
@@ -146,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         extra_rl=extra_rl,
         init=init,
         warm_start=warm,
+        teacher=teacher,
         device=args.device,
         seed=args.seed,
         command=command,
@@ -173,7 +178,7 @@ def _describe(args: argparse.Namespace) -> str:
     if args.extra_rl:
         parts += ["--extra-rl", args.extra_rl]
     parts += ["--out", args.out]
-    for opt in ("preset", "init", "warm_start", "tvd", "name"):
+    for opt in ("preset", "init", "warm_start", "teacher", "tvd", "name"):
         if getattr(args, opt) is not None:
             parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     if args.device != "cpu":

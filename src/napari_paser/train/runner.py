@@ -177,6 +177,7 @@ def train(
     extra_rl: Sequence[Volume] = (),
     init: Bundle | None = None,
     warm_start: Bundle | None = None,
+    teacher: Bundle | None = None,
     configs: dict[str, Any] | None = None,
     device: str = "cpu",
     seed: int = 0,
@@ -213,6 +214,10 @@ def train(
         For a fresh bundle: start each network whose weights fit (same parameter names
         and shapes) from this bundle's (see ``copy_matching_weights``); the rest start
         from scratch.
+    teacher : Bundle, optional
+        With ``cfg.f1_distill``: the bundle whose f1 teaches f1 beside the labels; by
+        default the warm start's, where its f1 has another shape than this bundle's
+        (with a teacher given, a warm-started f1 of the new shape trains on).
     configs : dict, optional
         Architecture configs for a fresh bundle (default: ``default_model_configs``
         of the preset; ``paper`` for the paper preset, ``quick`` otherwise).
@@ -239,19 +244,27 @@ def train(
         raise ValueError(f"f1_distill is the weight of the teacher's soft targets, between 0 and 1; got {cfg.f1_distill}")
     f1_teacher = None
     if cfg.f1_distill > 0 and cfg.f1_steps > 0:
-        if warm is None or "f1" in warm["models"]:
-            raise PaserInputError("this preset trains f1 on the warm-start bundle's f1 as a teacher: --warm-start a bundle "
-                                  "whose f1 has another shape than the preset's (a copied f1 would teach itself)")
-        assert warm_start is not None  # warm is set only with a warm start
-        f1_teacher = copy.deepcopy(warm_start.f1).eval()
-        log(f"f1 learns from {warm['bundle']}'s f1 as a teacher (weight {cfg.f1_distill})")
+        if teacher is None:
+            if warm is None or "f1" in warm["models"]:
+                raise PaserInputError("this preset trains f1 on another f1 as a teacher: give --teacher, or --warm-start a "
+                                      "bundle whose f1 has another shape than the preset's (a copied f1 would teach itself)")
+            assert warm_start is not None  # warm is set only with a warm start
+            teacher = warm_start
+        if teacher.f1.config.halo != bundle.f1.config.halo:
+            raise PaserInputError(f"the teacher's f1 reads a halo of {teacher.f1.config.halo} pixels and this f1 one of "
+                                  f"{bundle.f1.config.halo}: a teacher must see the patches as f1 does")
+        f1_teacher = copy.deepcopy(teacher.f1).eval()
+        log(f"f1 learns from {teacher.name}'s f1 as a teacher (weight {cfg.f1_distill})")
     if cfg.policy_keep_network and "policy" not in (warm or {}).get("models", []):
         raise PaserInputError("this preset keeps the warm-started policy network and fits only its slice level, "
                               "but no policy was copied: --warm-start a bundle whose policy has this preset's architecture")
     if any(cfg.f0_fusion):
         bundle.fusion = check_fusion(cfg.f0_fusion)
         log(f"f0 fused into f1 / f2 at {bundle.fusion[0]:.2f} / {bundle.fusion[1]:.2f} (reward caches and validation)")
-    ckpt = Checkpointer(out / "checkpoints", _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain, extra_rl) | {"warm_start": warm})
+    signature = _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain, extra_rl) | {"warm_start": warm}
+    if f1_teacher is not None:  # only then, so that the checkpoints of earlier runs still resume
+        signature["f1_teacher"] = teacher.name if teacher is not None else None
+    ckpt = Checkpointer(out / "checkpoints", signature)
     if ckpt.load_models(bundle.models()):
         log(f"resuming: stages done {ckpt.done}")
 
@@ -324,6 +337,7 @@ def train(
                 "preset": cfg.preset,
                 "init": init_name,
                 "warm_start": warm,
+                **({"f1_teacher": teacher.name} if f1_teacher is not None and teacher is not None else {}),
                 "data": split_names,
                 "minutes": {**stage_minutes, "total": round(sum(v for v in stage_minutes.values()), 2)},
                 "device": str(dev),
