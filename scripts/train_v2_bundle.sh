@@ -9,7 +9,8 @@
 # shipped version number. SKIP_COPY=1 leaves the shipped bundle alone; THREADS (default
 # 2) sets torch threads; EXTRA_PRETRAIN=DIR adds that folder's volumes to pre-training only
 # (train --extra-pretrain); EXTRA_RL=DIR adds that folder's volumes to the policy's split
-# only (train --extra-rl); DEVICE (default cpu) is where the networks train and run.
+# only (train --extra-rl); TEACHER=BUNDLE is the bundle whose f1 teaches f1 (train --teacher);
+# DEVICE (default cpu) is where the networks train and run.
 # Makes the v2 training data first (scripts/synth_v2_data.sh, WORKERS processes per set;
 # finished volumes are kept). Rerunning resumes at the last checkpoint.
 set -euo pipefail
@@ -28,7 +29,7 @@ bash scripts/synth_v2_data.sh "$DATA"
 # Same data, seed and split for every v2 bundle, so the validation volumes stay unseen by every network.
 napari-paser train --data "$DATA" --out "$RUN" --preset "$PRESET" --seed 0 --name "$NAME" \
     --warm-start "$WARM_START" --description "$DESCRIPTION" --threads "${THREADS:-2}" --device "${DEVICE:-cpu}" --no-progress \
-    ${EXTRA_PRETRAIN:+--extra-pretrain "$EXTRA_PRETRAIN"} ${EXTRA_RL:+--extra-rl "$EXTRA_RL"}
+    ${EXTRA_PRETRAIN:+--extra-pretrain "$EXTRA_PRETRAIN"} ${EXTRA_RL:+--extra-rl "$EXTRA_RL"} ${TEACHER:+--teacher "$TEACHER"}
 
 if [ -z "${SKIP_COPY:-}" ]; then
     bash scripts/ship_bundle.sh "$RUN" "src/napari_paser/models/$NAME" "$VERSION"

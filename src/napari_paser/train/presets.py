@@ -431,10 +431,10 @@ PRESETS["v2.25"] = PRESETS["v2.23"].replace(
     checkpoint_every=250,
 )
 # v2.25's f1 trained on: warm-started from a bundle that holds it (v2.24 with the f1 of the
-# v2.25 run, written by ``benchmarks/probe_f1_candidate.py --save``), 6 000 more steps at
+# v2.25 run, written by ``benchmarks/probe_f1_candidate.py --save``), 4 000 more steps at
 # half the learning rate with v2.24's f1 still the teacher (``train --teacher``); the
 # policy fitted as v2.25's. After v2.25's 6 000 steps the loss was still falling.
-PRESETS["v2.26"] = PRESETS["v2.25"].replace(preset="v2.26", f1_lr=1e-3)
+PRESETS["v2.26"] = PRESETS["v2.25"].replace(preset="v2.26", f1_steps=4000, f1_lr=1e-3)
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -543,7 +543,7 @@ PRESET_NOTES: dict[str, str] = {
         "--warm-start src/napari_paser/models/paser-synth-v2.24)"
     ),
     "v2.26": (
-        "v2.25's f1 trained on for 6 000 more steps with v2.24's f1 still the teacher, the policy fitted again "
+        "v2.25's f1 trained on for 4 000 more steps with v2.24's f1 still the teacher, the policy fitted again "
         "(--warm-start a bundle holding v2.25's f1, --teacher paser-synth-v2.24)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
