@@ -433,7 +433,8 @@ PRESETS["v2.25"] = PRESETS["v2.23"].replace(
 # v2.25's f1 trained on: warm-started from a bundle that holds it (v2.24 with the f1 of the
 # v2.25 run, written by ``benchmarks/probe_f1_candidate.py --save``), 4 000 more steps at
 # half the learning rate with v2.24's f1 still the teacher (``train --teacher``); the
-# policy fitted as v2.25's. After v2.25's 6 000 steps the loss was still falling.
+# policy fitted as v2.25's. After v2.25's 6 000 steps the loss was still falling. Not
+# shipped: with f0 fused in it stayed 0.010 below v2.24's f1 in family (0.003 out of family).
 PRESETS["v2.26"] = PRESETS["v2.25"].replace(preset="v2.26", f1_steps=4000, f1_lr=1e-3)
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
