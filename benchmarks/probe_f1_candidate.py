@@ -52,7 +52,7 @@ def f1_everywhere(bundle: Bundle, image: np.ndarray) -> tuple[np.ndarray, np.nda
     seg = PaserSegmenter(bundle)
     seg.set_volume(image)
     plain = seg.result(method="f1")
-    grid = np.ones(seg._plabels.shape[2:4], dtype=np.int64)
+    grid = np.ones(seg.grid, dtype=np.int64)
     fused = np.stack([seg.compose(z, routing=grid) for z in range(seg.num_slices)])
     return plain.labels, fused, float(plain.compute_seconds)
 

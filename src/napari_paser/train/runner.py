@@ -242,7 +242,7 @@ def train(
         log(f"warm start from {warm['bundle']}: {', '.join(warm['models']) or 'no network fits'}")
     if not 0.0 <= cfg.f1_distill <= 1.0:
         raise ValueError(f"f1_distill is the weight of the teacher's soft targets, between 0 and 1; got {cfg.f1_distill}")
-    f1_teacher = None
+    f1_teacher, teacher_record = None, {}
     if cfg.f1_distill > 0 and cfg.f1_steps > 0:
         if teacher is None:
             if warm is None or "f1" in warm["models"]:
@@ -254,6 +254,8 @@ def train(
             raise PaserInputError(f"the teacher's f1 reads a halo of {teacher.f1.config.halo} pixels and this f1 one of "
                                   f"{bundle.f1.config.halo}: a teacher must see the patches as f1 does")
         f1_teacher = copy.deepcopy(teacher.f1).eval()
+        # In the checkpoints' signature and the manifest only with a teacher, so that earlier runs still resume.
+        teacher_record = {"f1_teacher": teacher.name}
         log(f"f1 learns from {teacher.name}'s f1 as a teacher (weight {cfg.f1_distill})")
     if cfg.policy_keep_network and "policy" not in (warm or {}).get("models", []):
         raise PaserInputError("this preset keeps the warm-started policy network and fits only its slice level, "
@@ -262,9 +264,7 @@ def train(
         bundle.fusion = check_fusion(cfg.f0_fusion)
         log(f"f0 fused into f1 / f2 at {bundle.fusion[0]:.2f} / {bundle.fusion[1]:.2f} (reward caches and validation)")
     signature = _signature(volumes, validation, cfg, seed, init_name, configs, extra_pretrain, extra_rl) | {"warm_start": warm}
-    if f1_teacher is not None:  # only then, so that the checkpoints of earlier runs still resume
-        signature["f1_teacher"] = teacher.name if teacher is not None else None
-    ckpt = Checkpointer(out / "checkpoints", signature)
+    ckpt = Checkpointer(out / "checkpoints", signature | teacher_record)
     if ckpt.load_models(bundle.models()):
         log(f"resuming: stages done {ckpt.done}")
 
@@ -337,7 +337,7 @@ def train(
                 "preset": cfg.preset,
                 "init": init_name,
                 "warm_start": warm,
-                **({"f1_teacher": teacher.name} if f1_teacher is not None and teacher is not None else {}),
+                **teacher_record,
                 "data": split_names,
                 "minutes": {**stage_minutes, "total": round(sum(v for v in stage_minutes.values()), 2)},
                 "device": str(dev),
