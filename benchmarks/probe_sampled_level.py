@@ -36,10 +36,9 @@ import numpy as np
 
 from bench_testsets import _corr
 from common import build_table, make_volumes, scan_probe_parser
-from probe_testset_draws import _parse_set
-
 from napari_paser.engine.metrics import dataset_iou_gains
 from napari_paser.engine.patches import patch_view
+from probe_testset_draws import _parse_set
 
 TEST_SETS = {"v1": list(range(9001, 9005)), "oof": list(range(9101, 9105))}  # bench_testsets' seeds
 SAMPLES = {16: (slice(None), slice(None)), 4: (slice(0, None, 2), slice(0, None, 2)), 2: ([1, 2], [1, 2]), 1: ([1], [1])}
@@ -176,7 +175,7 @@ def main() -> None:
             other = [o for o in dists if o != d] or [d]
             fitted = max(WEIGHTS, key=lambda w: scores[(other[0], w)][0])
             best = max(WEIGHTS, key=lambda w: scores[(d, w)][0])
-            (s1, l1), (s2, l2) = scores[(d, fitted)], scores[(d, best)]
+            (s1, l1), s2 = scores[(d, fitted)], scores[(d, best)][0]
             cells.append(f"{s1:.1%}, {l1[0]:+.3f} / {l1[1]:+.3f} (w {fitted}) | {s2:.1%} (w {best})")
         print(f"| relabelled share of {n} patches | " + " | ".join(cells) + " |")
 
