@@ -136,6 +136,24 @@ def test_dropout_keep_mask_drops_at_rate_p_reproducibly(p):
     assert float((lanes - p).abs().max()) < 0.01
 
 
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_class_argmax_and_class_sum_are_torchs(classes, channels_last):
+    from napari_paser.engine.models import class_argmax, class_sum
+
+    prob = torch.softmax(torch.randn(4, classes, 12, 16, generator=torch.Generator().manual_seed(1)) * 3, dim=1)
+    prob[0, :, 0, 0] = 0.5  # ties: the first class wins, as with torch.argmax
+    prob[1, :, 2, 3] = torch.linspace(0, 1, classes).flip(0) if classes > 1 else 1.0
+    if channels_last:
+        prob = prob.contiguous(memory_format=torch.channels_last)
+    labels = class_argmax(prob)
+    assert labels.dtype == torch.uint8 and labels.shape == (4, 12, 16)
+    assert torch.equal(labels, prob.argmax(1).to(torch.uint8))
+    if classes <= 3:  # torch adds three values in order too; more may be grouped otherwise
+        assert torch.equal(class_sum(prob), prob.sum(1, keepdim=True))
+    torch.testing.assert_close(class_sum(prob), prob.sum(1, keepdim=True), rtol=1e-6, atol=0)
+
+
 def test_double_conv_folds_batch_norm_only_in_eval_mode():
     """Eval: batch norm folded into the convolutions gives the unfolded block's output.
     Training: the block is the plain sequence (batch statistics, running stats updated)."""

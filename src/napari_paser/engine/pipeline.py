@@ -38,7 +38,7 @@ from .bundle import Bundle, bundle_record
 from .flops import CostModel
 from .fusion import fuse_f0, to_bytes
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
-from .models import class_softmax, set_memory_format_
+from .models import class_argmax, class_softmax, set_memory_format_
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
 from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_points, tvd_at
@@ -397,7 +397,7 @@ class PaserSegmenter(SlicewiseRouting):
             prediction = f0.refine(f0_in, prob)  # the MC mean itself without a refiner
             # f0's labels and the bytes fusion keeps are part of what its analysis costs,
             # as a patch model's argmax is of its patches' (_run_patches).
-            labels = prediction[0].argmax(0).to(torch.uint8).cpu().numpy()
+            labels = class_argmax(prediction)[0].cpu().numpy()
             quantised = to_bytes(prediction[0]).cpu().numpy() if self._fusion.any() else None
             t1 = time.perf_counter()
             feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config,
@@ -476,7 +476,7 @@ class PaserSegmenter(SlicewiseRouting):
             t0 = time.perf_counter()
             with torch.inference_mode(), self._precision_ctx():
                 prob = class_softmax(net(x).float())  # channels-last: fast argmaxes here and in _fuse_f0
-            labels = prob.argmax(1).to(torch.uint8).cpu().numpy()
+            labels = class_argmax(prob).cpu().numpy()
             ent = softmax_entropy(prob).mean(dim=(-2, -1)).cpu().numpy()
             z, gy, gx = chunk.T
             if self._fusion[model] > 0:
@@ -495,7 +495,7 @@ class PaserSegmenter(SlicewiseRouting):
             return
         z, gy, gx = chunk[rows].T
         fused = fuse_f0(prob[torch.from_numpy(rows).to(prob.device)], torch.from_numpy(self._f0prob[z, gy, gx]), float(self._fusion[model]))
-        self._pfused[model, z, gy, gx] = fused.argmax(1).to(torch.uint8).cpu().numpy()
+        self._pfused[model, z, gy, gx] = class_argmax(fused).cpu().numpy()
         self._pfdone[model, z, gy, gx] = True
 
     def _ensure(self, requests: Sequence[tuple[int, np.ndarray]], fused: bool = False) -> Generator[tuple[int, int], None, None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models import PolicyConfig, UNet, is_channels_last, mc_dropout
+from .models import PolicyConfig, UNet, class_sum, is_channels_last, mc_dropout
 
 __all__ = ["mc_predict", "entropy", "image_residual", "refiner_correction", "policy_features", "analyse_slices", "slice_seed"]
 
@@ -143,7 +143,7 @@ def refiner_correction(mean_prob: torch.Tensor, refined: torch.Tensor) -> torch.
     """
     # Both clipped at 1e-6 (as benchmarks/probe_scan_shift.py measures it): a class f0 rules out adds at most ~14 nats.
     q = refined.float().clamp_min(1e-6)
-    return (q * (q.log() - mean_prob.float().clamp_min(1e-6).log())).sum(1, keepdim=True)
+    return class_sum(q * (q.log() - mean_prob.float().clamp_min(1e-6).log()))
 
 
 ENTROPY_CHANNEL = 3  # of the policy's input: f0's mean softmax (0-2), its entropy (3), the image (4), ...
