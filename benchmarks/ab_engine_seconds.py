@@ -5,7 +5,8 @@ runs of the benchmark says little about a change of a few milliseconds. This scr
 exports the engine of commit ``A`` (``git archive``) under another package name, loads
 the same bundle into both engines and analyses the same slices with both, alternating
 which goes first, so both see the same machine. It prints the medians per slice and
-the median of the per-slice ratios to f1 everywhere and f2 everywhere (16 halo patches each).
+the median of the per-slice ratios to f1 everywhere and f2 everywhere (16 halo patches each),
+and whether the two engines' outputs are the same (:func:`compare_outputs`).
 
     python benchmarks/ab_engine_seconds.py 6f9974d            # A = 6f9974d, B = this tree
     python benchmarks/ab_engine_seconds.py 6f9974d --threads 2 --rounds 6
@@ -36,6 +37,22 @@ def import_commit(commit: str, into: Path):
     (into / "src" / "napari_paser").rename(into / "napari_paser_ab")
     sys.path.insert(0, str(into))
     return importlib.import_module("napari_paser_ab.engine.pipeline"), importlib.import_module("napari_paser_ab.engine.bundle")
+
+
+def compare_outputs(seg_a, seg_b) -> str:
+    """Whether two segmenters of the same volume give the same labels (PaSeR at the default
+    λ, f0, f1, f2, each with its routing), f0 entropy and policy gains; else what differs."""
+    differ = []
+    for method in ("paser", "f0", "f1", "f2"):
+        a, b = seg_a.result(method=method), seg_b.result(method=method)
+        if not (np.array_equal(a.labels, b.labels) and np.array_equal(a.routing, b.routing)):
+            differ.append(f"{method} labels or routing")
+    zs = range(seg_a.num_slices)
+    gains = max(float(np.abs(seg_a.gains(z) - seg_b.gains(z)).max()) for z in zs)
+    entropy = max(float(np.abs(seg_a.entropy(z) - seg_b.entropy(z)).max()) for z in zs)
+    if gains or entropy:
+        differ.append(f"gains by up to {gains:.2g}, f0's entropy by up to {entropy:.2g}")
+    return "identical (labels, routings, entropy, gains)" if not differ else "; ".join(differ)
 
 
 def main() -> None:
@@ -73,6 +90,7 @@ def main() -> None:
                     seg.ensure_patches(z, 2)
                     f0, policy, patches = seg.timings(z)
                     times[name].append((f0, policy, float(patches[1].sum()), float(patches[2].sum())))
+        same = compare_outputs(*segs.values())  # the last round's engines, every slice cached
     print(f"{args.bundle}, {args.rounds} rounds x {args.slices} slices of 224 x 256, {args.threads} thread(s); medians per slice")
     print(f"{'engine':<12} {'f0 ms':>7} {'policy ms':>10} {'f1 ms':>7} {'f2 ms':>7} "
           f"{'(f0 + policy) / f1':>19} {'(f0 + policy) / f2':>19} {'f1 / f2':>8}")
@@ -82,6 +100,7 @@ def main() -> None:
         ms = np.median(t, axis=0) * 1e3
         print(f"{name:<12} {ms[0]:7.2f} {ms[1]:10.2f} {ms[2]:7.2f} {ms[3]:7.1f} "
               f"{np.median(analysis / t[:, 2]):19.3f} {np.median(analysis / t[:, 3]):19.4f} {np.median(t[:, 2] / t[:, 3]):8.3f}")
+    print(f"outputs of the two engines: {same}")
 
 
 if __name__ == "__main__":
