@@ -13,6 +13,9 @@ FLOPs (``torch.utils.flop_counter``) and measured seconds are charged to f0's an
 
     python benchmarks/probe_f0_refiner.py paser-synth-v2.9 [--steps 3000] [--variants 1:4 1:8 2:32] [--threads 2]
 
+``--distil W`` trains each variant twice, on the labels alone and with weight W on the KL
+from the bundle's own refiner's prediction (a narrower refiner taught by the shipped one).
+
 Training volumes: 8 fresh ``v2`` (seeds 7801-7808) and 4 fresh ``v1`` volumes (7851-7854),
 16 slices each, disjoint from the bundle's, the development and the test volumes; made
 once and kept in ``--cache``.
@@ -43,7 +46,7 @@ from napari_paser.engine.uncertainty import mc_predict, slice_seed
 from napari_paser.train.checkpoint import Checkpointer
 from napari_paser.train.datasets import SliceBank, make_volume
 from napari_paser.train.presets import get_preset
-from napari_paser.train.stages import StageContext, train_f0_refiner
+from napari_paser.train.stages import StageContext, distillation_loss, train_f0_refiner
 from probe_f0_headroom import line_two_bounds
 from probe_policy_choice import development_parser, development_tables
 
@@ -103,9 +106,11 @@ def parse_variant(text: str) -> tuple[int, int, int]:
 
 
 def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, crop: int = 64, batch: int = 16,
-                  planes: int = 1) -> Refiner:
+                  planes: int = 1, teacher: Refiner | None = None, distil: float = 0.0) -> Refiner:
     """Cross entropy on random crops of the training slices (Adam, cosine decay); the
-    refiner reads the ``planes`` centre planes of f0's input."""
+    refiner reads the ``planes`` centre planes of f0's input. With a ``teacher`` refiner
+    the loss is (1 - ``distil``) · cross entropy + ``distil`` · KL(teacher ‖ student)
+    (``train.stages.distillation_loss``)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([centre_planes(d[0], planes) for d in data])
@@ -120,7 +125,12 @@ def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, cr
         r = int(torch.randint(0, h - crop + 1, (1,), generator=g))
         c = int(torch.randint(0, w - crop + 1, (1,), generator=g))
         win = (slice(None), slice(None), slice(r, r + crop), slice(c, c + crop))
-        loss = F.cross_entropy(model(x[i][win], p[i][win]), y[i][:, r : r + crop, c : c + crop])
+        logits = model(x[i][win], p[i][win])
+        loss = F.cross_entropy(logits, y[i][:, r : r + crop, c : c + crop])
+        if teacher is not None and distil > 0:
+            with torch.no_grad():
+                target = teacher(centre_planes(x[i][win], teacher.planes) if teacher.planes != planes else x[i][win], p[i][win])
+            loss = (1 - distil) * loss + distil * distillation_loss(logits, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -224,31 +234,51 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
     p.add_argument("--stage", action="store_true",
                    help="train with the train package's refine_f0 stage (augmented whole slices, f0 run every step) instead")
+    p.add_argument("--distil", type=float, default=0.0,
+                   help="weight of the KL from the bundle's own refiner (the teacher) in each variant's loss; "
+                        "each variant is then also trained without it, for comparison")
+    p.add_argument("--workers", type=int, default=1, help="processes that make the training volumes")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundles[0])).eval()
     t = time.perf_counter()
-    train_volumes = cached_volumes(args.cache, args.train)
+    train_volumes = cached_volumes(args.cache, args.train, workers=args.workers)
     train = f0_outputs(bundle, train_volumes)
     print(f"training data: {sum(len(d[2]) for d in train)} slices ({time.perf_counter() - t:.0f} s)", flush=True)
+    teacher = bundle.f0.refiner
+    if args.distil and (teacher is None or args.stage):
+        raise SystemExit("--distil needs a bundle whose f0 has a refiner, and trains without --stage")
+    if teacher is not None:
+        flops, seconds = refiner_costs(teacher, torch.get_num_threads())
+        print(f"the bundle's own refiner {teacher.stem}:{teacher.body[0].out_channels}:{teacher.planes}: "
+              f"{flops / 1e6:.1f} MFLOPs and {seconds * 1e3:.2f} ms per 224 × 256 slice", flush=True)
     refiners = {}
     for variant in args.variants:
         stem, width, planes = parse_variant(variant)
-        t = time.perf_counter()
-        if args.stage:
-            model = train_refiner_in_stage(bundle, train_volumes, width, args.steps, stem, planes)
-        else:
-            model = train_refiner(train, width, args.steps, stem, planes=planes)
-        flops, seconds = refiner_costs(model, torch.get_num_threads())
-        refiners[variant] = (model, flops, seconds)
-        print(f"refiner {variant} (stem:width[:planes]): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
-              f"{flops / 1e6:.1f} MFLOPs and {seconds * 1e3:.2f} ms per 224 × 256 slice", flush=True)
+        if teacher is not None and planes < teacher.planes and args.distil:
+            raise SystemExit(f"refiner {variant} reads fewer planes than the teacher's {teacher.planes}")
+        for distil in ([0.0, args.distil] if args.distil else [0.0]):
+            t = time.perf_counter()
+            if args.stage:
+                model = train_refiner_in_stage(bundle, train_volumes, width, args.steps, stem, planes)
+            else:
+                model = train_refiner(train, width, args.steps, stem, planes=planes, teacher=teacher if distil else None, distil=distil)
+            flops, seconds = refiner_costs(model, torch.get_num_threads())
+            name = variant + (f" distilled {distil:g}" if distil else "")
+            refiners[name] = (model, flops, seconds)
+            print(f"refiner {name} (stem:width[:planes]): trained {args.steps} steps in {time.perf_counter() - t:.0f} s; "
+                  f"{flops / 1e6:.1f} MFLOPs and {seconds * 1e3:.2f} ms per 224 × 256 slice", flush=True)
     for name, bundle, table, volumes in development_tables(args, with_volumes=True):
         outputs = f0_outputs(bundle, volumes)
         rows = [("f0 as shipped", table, 0)]
         for variant, (model, flops, seconds) in refiners.items():
             rt, mismatched = refined_table(table, volumes, outputs, model, seconds, flops)
-            rows.append((f"f0 + refiner {variant}", rt, mismatched))
+            # A bundle with a refiner of its own: the table's f0 is refined (no check of the
+            # plain f0 applies), and the variant's seconds and FLOPs come on top of its refiner's.
+            rows.append((f"f0 + refiner {variant}", rt, 0 if bundle.f0.refiner is not None else mismatched))
+        if bundle.f0.refiner is not None:
+            print(f"{name}: {bundle.name} refines f0 already; a variant replaces its refiner in f0's labels, but its seconds and "
+                  "GFLOPs below are added to those of the bundle's refiner (compare the refiners' own milliseconds above)", flush=True)
         for label, tab, mismatched in rows:
             b = line_two_bounds(tab)
             gain = dataset_iou_gains(tab.conf)[:, 0]
