@@ -806,8 +806,9 @@ def class_softmax(logits: torch.Tensor, channels_last: bool = True) -> torch.Ten
     """Softmax over the classes (axis 1) of ``logits`` (N, classes, rows, columns).
 
     ``torch.softmax`` returns the plain layout whatever its input's; with
-    ``channels_last`` the probabilities are stored channels-last, where the class argmax
-    over the pixels is about 10x faster on a CPU.
+    ``channels_last`` the probabilities are stored channels-last, to meet other
+    channels-last tensors elementwise (f0's refined prediction and its MC mean). Take
+    their labels with :func:`class_argmax`, fast in either layout.
     """
     prob = torch.softmax(logits, dim=1)
     return prob.contiguous(memory_format=torch.channels_last) if channels_last else prob
