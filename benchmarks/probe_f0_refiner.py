@@ -125,11 +125,12 @@ def train_refiner(data, width: int, steps: int, stem: int = 1, seed: int = 0, cr
         r = int(torch.randint(0, h - crop + 1, (1,), generator=g))
         c = int(torch.randint(0, w - crop + 1, (1,), generator=g))
         win = (slice(None), slice(None), slice(r, r + crop), slice(c, c + crop))
-        logits = model(x[i][win], p[i][win])
+        xs, ps = x[i][win], p[i][win]
+        logits = model(xs, ps)
         loss = F.cross_entropy(logits, y[i][:, r : r + crop, c : c + crop])
         if teacher is not None and distil > 0:
             with torch.no_grad():
-                target = teacher(centre_planes(x[i][win], teacher.planes) if teacher.planes != planes else x[i][win], p[i][win])
+                target = teacher(centre_planes(xs, teacher.planes), ps)
             loss = (1 - distil) * loss + distil * distillation_loss(logits, target)
         opt.zero_grad()
         loss.backward()

@@ -823,12 +823,14 @@ def class_argmax(prob: torch.Tensor) -> torch.Tensor:
     thread, Intel Xeon). Inputs are finite.
     """
     planes = prob.unbind(1)
-    best, labels = planes[0], torch.zeros(planes[0].shape, dtype=torch.uint8, device=prob.device)
-    for k, plane in enumerate(planes[1:], start=1):
-        higher = plane > best
-        labels = higher.to(torch.uint8) if k == 1 else torch.where(higher, k, labels)
-        if k < len(planes) - 1:
-            best = torch.where(higher, plane, best)
+    if len(planes) == 1:
+        return torch.zeros(planes[0].shape, dtype=torch.uint8, device=prob.device)
+    higher = planes[1] > planes[0]
+    labels, best = higher.to(torch.uint8), planes[0]
+    for k in range(2, len(planes)):
+        best = torch.where(higher, planes[k - 1], best)  # the highest plane so far, the first on a tie
+        higher = planes[k] > best
+        labels = torch.where(higher, k, labels)
     return labels
 
 
