@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "synth",
         help="generate synthetic battery-electrode micro-CT volumes and labels",
         description=(
-            "Write volK_image.tif (uint16 Z,Y,X), volK_labels.tif (uint8: 0 pore, 1 carbon-binder, "
+            "Write volK_image.tif (Z,Y,X, as the simulated scanner exports it: uint16, uint8 or "
+            "float32 attenuation), volK_labels.tif (uint8: 0 pore, 1 carbon-binder, "
             "2 nickel) with the voxel size in the TIFF metadata, and volK.json (generation "
             "parameters and phase fractions). Deterministic per --seed."
         ),
