@@ -12,6 +12,8 @@ test set it measures, in one run and on the same slices:
   change of the volume's IoU), against f0's patch entropy as a predictor; the split-half
   ceiling of any router's r, and how well the models' own expectations of their gains
   track them (:mod:`gain_bounds`);
+- whether the borders between patches show, routed to one model or to different ones
+  (:mod:`seams`);
 - the same slices with a reference bundle (v1): f2 everywhere and PaSeR;
 - seconds measured twice: with one torch thread (the tables) and with every core.
 """
@@ -42,6 +44,7 @@ from common import (
     tune_idk,
 )
 from gain_bounds import gain_bounds, slice_halves
+from seams import seam_report
 
 SETS = {"in-family": ("v1", TEST_SEEDS), "out-of-family": ("oof", OOF_SEEDS)}
 RAND_MIXES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -175,6 +178,7 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
         "oracle_within_f1_cost": oracle_under_f1_cost,
         "oracle_within_quarter_f2_gflops": oracle_under_quarter,
         "gain_correlation": gain_correlations(tt, [labels for _, labels in volumes]),
+        "seams": seam_report(tt, [labels for _, labels in volumes], lam),
         # Issue 11's first aim: f0's whole analysis (MC passes, refiner, labels and the
         # policy) is what PaSeR pays on a slice that keeps every patch on f0.
         "analysis": tt.score(tt.constant(0), "paser"),

@@ -61,6 +61,36 @@ def _bound_lines(gc: dict) -> list[str]:
             f"{posterior[1]:.3f} (under the fused f2's: the ceiling, if f2's posterior were the truth's given the image).", ""]
 
 
+def _seam_lines(s: dict) -> list[str]:
+    """Whether the borders between patches show (``seams.py``; [] for results saved before it was measured)."""
+    if "seams" not in s:
+        return []
+    ws, seams = s["seams"]["whole_slice"], s["seams"]["seams"]
+
+    def pct(d: dict) -> str:
+        return "-" if d["false_edges"] is None else f"{100 * d['false_edges']:.2f}"
+
+    ex = s["seams"]["excess"]
+    checkers = [k for k in ex if "checkerboard" in k]
+    L = ["**Do the borders between patches show?** (`benchmarks/seams.py`; issue 11's patch models that see context.) "
+         + "; ".join(f"{m} run on its patches, each read with its halo of the slice, scores {_f(w['mean_iou_patches'])}, and run "
+                     f"once on the whole slice {_f(w['mean_iou_whole_slice'])}, labelling {100 * w['pixels_differing']:.2f} % of the "
+                     f"pixels otherwise" for m, w in ws.items()) + ".", "",
+         "The table counts false edges: neighbouring pixels of one true phase that the labels part, in % of such pairs "
+         f"(their number in brackets), across a border between patches of different models, across one between patches of "
+         f"the same model, and at least {s['seams']['margin']} pixels from every border. Without seams the columns differ only "
+         "by sampling error, as they do for labels made without patches. The rows *without context* run each patch "
+         "reflect-padded instead of reading the slice around it: what a seam looks like in these counts. "
+         "On the same pairs, beyond what the two models give there on their own (f0 fused in, as PaSeR composes them), "
+         + ", ".join(f"the {k} adds {ex[k]:+.2f} points" for k in checkers) + "; without context, "
+         + " and ".join(f"{k.split()[0]} adds {ex[k]:+.2f}" for k in ex if "context" in k) + ".", "",
+         "| labels | across borders, different models | across borders, same model | interior |", "|---|---|---|---|"]
+    for name, r in seams.items():
+        L.append(f"| {name} | {pct(r['mixed_borders'])} ({r['mixed_borders']['pairs']}) | {pct(r['same_model_borders'])} "
+                 f"({r['same_model_borders']['pairs']}) | {pct(r['interior'])} ({r['interior']['pairs']}) |")
+    return L + [""]
+
+
 def _row(label: str, r: dict, f2: dict) -> str:
     per = " | ".join(_f(v) for v in r["iou_per_class"])
     fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
@@ -149,6 +179,7 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
               f"of f0's patch entropy {gc['f1']['f0_entropy']:.3f} / {gc['f2']['f0_entropy']:.3f}.", ""]
         L += _bound_lines(gc)
         L += _scan_spread_lines(gc)
+        L += _seam_lines(s)
         b = s["beats_f1"]
         w = s["best_within_f1_cost"]
         o = s["oracle_within_f1_gflops"]

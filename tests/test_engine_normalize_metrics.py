@@ -73,3 +73,29 @@ def test_iou_definitions():
     scores = evaluate(np.stack([pred, pred]), np.stack([truth, truth]))
     assert scores["mean_iou"] == pytest.approx(mean_iou(pred, truth))
     assert iou_per_gflop(0.5, 2.0) == 0.25 and np.isnan(iou_per_gflop(0.5, 0.0))
+
+
+def test_seam_edges_count_false_edges_by_where_they_lie():
+    from napari_paser.engine.metrics import SEAM_REGIONS, seam_edges
+
+    truth = np.zeros((112, 128), np.uint8)
+    truth[:, 100:] = 2  # one true boundary, inside patch (0, 1) and (1, 1), away from every border
+    labels = truth.copy()
+    # A seam: a false edge across the border between patches (0, 0) and (0, 1) in 10 rows; the
+    # block's other sides are 6 pixels from that border (no region) and 26-36 from the next (interior).
+    labels[20:30, 64:70] = 1
+    labels[80:84, 30:40] = 1  # a blob inside patch (1, 0): false edges on its 4 + 4 + 10 + 10 sides
+    mixed = seam_edges(labels, truth, np.array([[1, 2], [1, 1]]), (56, 64))
+    assert set(mixed) == set(SEAM_REGIONS)
+    assert mixed["mixed_borders"][0] == 10 and mixed["same_model_borders"][0] == 0 and mixed["interior"][0] == 6 + 6 + 28
+    same = seam_edges(labels, truth, np.ones((2, 2), int), (56, 64))
+    assert same["mixed_borders"] == (0, 0) and same["same_model_borders"][0] == 10 and same["interior"] == mixed["interior"]
+    # Pairs of one true phase across the borders, 8 pixels or more from the slice's edge: the
+    # border between patch columns in 112 - 16 rows, the one between patch rows in 128 - 16 columns.
+    assert same["same_model_borders"][1] == 96 + 112
+    assert mixed["mixed_borders"][1] + mixed["same_model_borders"][1] == same["same_model_borders"][1]
+    assert seam_edges(truth, truth, np.array([[0, 1], [1, 0]]), (56, 64))["mixed_borders"] == (0, 96 + 112)
+    with pytest.raises(ValueError, match="does not tile"):
+        seam_edges(labels, truth, np.ones((3, 2), int), (56, 64))
+    with pytest.raises(ValueError, match="same shape"):
+        seam_edges(labels[:-1], truth, np.ones((2, 2), int), (56, 64))
