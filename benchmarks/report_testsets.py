@@ -61,16 +61,27 @@ def _bound_lines(gc: dict) -> list[str]:
             f"{posterior[1]:.3f} (under the fused f2's: the ceiling, if f2's posterior were the truth's given the image).", ""]
 
 
+def _border_excess(row: dict) -> float:
+    """False edges across every border minus those in the interior, in points of %."""
+    same, mixed, inner = row["same_model_borders"], row["mixed_borders"], row["interior"]
+    return 100 * ((same["edges"] + mixed["edges"]) / (same["pairs"] + mixed["pairs"]) - inner["edges"] / inner["pairs"])
+
+
 def _seam_lines(s: dict) -> list[str]:
     """Whether the borders between patches show (``seams.py``; [] for results saved before it was measured)."""
     if "seams" not in s:
         return []
-    ws, seams = s["seams"]["whole_slice"], s["seams"]["seams"]
+    ws, seams, ex = s["seams"]["whole_slice"], s["seams"]["seams"], s["seams"]["excess"]
 
     def pct(d: dict) -> str:
         return "-" if d["false_edges"] is None else f"{100 * d['false_edges']:.2f}"
 
-    ex = s["seams"]["excess"]
+    def both(fmt: str) -> str:
+        return " / ".join(f"{_border_excess(seams[fmt.format(m)]):+.2f}" for m in ("f1", "f2"))
+
+    # The share of a context-free patch's seam (over a whole-slice pass of the same network) that the halo takes away.
+    removed = [(_border_excess(seams[f"{m} without context (check)"]) - _border_excess(seams[f"{m} everywhere"]))
+               / (_border_excess(seams[f"{m} without context (check)"]) - _border_excess(seams[f"{m} (whole-slice pass)"])) for m in ("f1", "f2")]
     checkers = [k for k in ex if "checkerboard" in k]
     L = ["**Do the borders between patches show?** (`benchmarks/seams.py`; issue 11's patch models that see context.) "
          + "; ".join(f"{m} run on its patches, each read with its halo of the slice, scores {_f(w['mean_iou_patches'])}, and run "
@@ -78,16 +89,21 @@ def _seam_lines(s: dict) -> list[str]:
                      f"pixels otherwise" for m, w in ws.items()) + ".", "",
          "The table counts false edges: neighbouring pixels of one true phase that the labels part, in % of such pairs "
          f"(their number in brackets), across a border between patches of different models, across one between patches of "
-         f"the same model, and at least {s['seams']['margin']} pixels from every border. Without seams the columns differ only "
-         "by sampling error, as they do for labels made without patches. The rows *without context* run each patch "
-         "reflect-padded instead of reading the slice around it: what a seam looks like in these counts. "
-         "On the same pairs, beyond what the two models give there on their own (f0 fused in, as PaSeR composes them), "
-         + ", ".join(f"the {k} adds {ex[k]:+.2f} points" for k in checkers) + "; without context, "
-         + " and ".join(f"{k.split()[0]} adds {ex[k]:+.2f}" for k in ex if "context" in k) + ".", "",
-         "| labels | across borders, different models | across borders, same model | interior |", "|---|---|---|---|"]
+         f"the same model, and at least {s['seams']['margin']} pixels from every border on the patches' 8-pixel grid; the last "
+         "column is how many points more cross the borders than lie inside. Labels made without patches show what these pairs "
+         "give without a seam: the whole-slice passes of f1 / f2 " + both("{} (whole-slice pass)")
+         + f", f0's labels {_border_excess(seams['f0 (whole slice)']):+.2f}. On their patches, each with its halo, f1 / f2 give "
+         + both("{} everywhere") + "; without context (each patch reflect-padded instead of reading the slice around it) "
+         + both("{} without context (check)") + ". So the halo takes away "
+         + " / ".join(f"{100 * r:.0f} %" for r in removed) + " of the seam that patches without context show over a whole-slice "
+         "pass. Where the models on the two sides differ, the border adds beyond what the two models give on the same pairs "
+         "routed everywhere (f0 fused in, as PaSeR composes them): "
+         + ", ".join(f"{ex[k]:+.2f} points for the {k}" for k in checkers) + ".", "",
+         "| labels | across borders, different models | across borders, same model | interior | borders − interior (points) |",
+         "|---|---|---|---|---|"]
     for name, r in seams.items():
         L.append(f"| {name} | {pct(r['mixed_borders'])} ({r['mixed_borders']['pairs']}) | {pct(r['same_model_borders'])} "
-                 f"({r['same_model_borders']['pairs']}) | {pct(r['interior'])} ({r['interior']['pairs']}) |")
+                 f"({r['same_model_borders']['pairs']}) | {pct(r['interior'])} ({r['interior']['pairs']}) | {_border_excess(r):+.2f} |")
     return L + [""]
 
 

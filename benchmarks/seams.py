@@ -11,7 +11,7 @@ table's slices (``bench_testsets``), from the caches the table already filled:
 - **Seams.** For several routings, false edges: the share of neighbouring pixels of one
   true phase that the labels part, across a border between patches of different models,
   across one between patches of the same model, and at least 8 pixels from every border
-  (:func:`~napari_paser.engine.metrics.seam_edges`). The patch grid does not follow the
+  on the patches' 8-pixel grid (:func:`~napari_paser.engine.metrics.seam_edges`). The patch grid does not follow the
   microstructure, so without seams the three shares differ only by sampling error;
   labels made without patches (f0's, and f1's and f2's whole-slice passes) show how
   large that is. Checkerboards put a border between different models around every patch.

@@ -81,13 +81,14 @@ def test_seam_edges_count_false_edges_by_where_they_lie():
     truth = np.zeros((112, 128), np.uint8)
     truth[:, 100:] = 2  # one true boundary, inside patch (0, 1) and (1, 1), away from every border
     labels = truth.copy()
-    # A seam: a false edge across the border between patches (0, 0) and (0, 1) in 10 rows; the
-    # block's other sides are 6 pixels from that border (no region) and 26-36 from the next (interior).
+    # A seam: a false edge across the border between patches (0, 0) and (0, 1) in 10 rows. The
+    # block's other sides count nowhere: 6 pixels from that border, or off the 8-pixel grid that
+    # interior pairs keep (gcd(56, 64); the borders lie on it too).
     labels[20:30, 64:70] = 1
-    labels[80:84, 30:40] = 1  # a blob inside patch (1, 0): false edges on its 4 + 4 + 10 + 10 sides
+    labels[80:88, 32:40] = 1  # a blob inside patch (1, 0), on that grid: false edges on its 4 sides of 8
     mixed = seam_edges(labels, truth, np.array([[1, 2], [1, 1]]), (56, 64))
     assert set(mixed) == set(SEAM_REGIONS)
-    assert mixed["mixed_borders"][0] == 10 and mixed["same_model_borders"][0] == 0 and mixed["interior"][0] == 6 + 6 + 28
+    assert mixed["mixed_borders"][0] == 10 and mixed["same_model_borders"][0] == 0 and mixed["interior"][0] == 4 * 8
     same = seam_edges(labels, truth, np.ones((2, 2), int), (56, 64))
     assert same["mixed_borders"] == (0, 0) and same["same_model_borders"][0] == 10 and same["interior"] == mixed["interior"]
     # Pairs of one true phase across the borders, 8 pixels or more from the slice's edge: the

@@ -15,6 +15,8 @@ Definitions used throughout the project
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_agreement", "iou_per_gflop", "evaluate", "dataset_iou_gains", "dataset_iou_weights",
@@ -128,9 +130,12 @@ def seam_edges(labels: np.ndarray, truth: np.ndarray, routing: np.ndarray, patch
     patch_size : (rows, columns)
         Patch shape; patch (gy, gx) covers rows ``gy * rows`` to ``(gy + 1) * rows``.
     margin : int
-        Interior pairs meet at least ``margin`` pixels from every patch border. Pairs
-        within ``margin`` pixels of the slice's own edge count nowhere (every model pads
-        there).
+        Interior pairs meet at least ``margin`` pixels from every patch border, and on a
+        multiple of the greatest common divisor of the patch's rows and columns, as the
+        borders do: a network that works on pixel blocks (a space-to-depth stem, pooling)
+        places its block edges there too, and would show them as if they were seams.
+        Pairs within ``margin`` pixels of the slice's own edge count nowhere (every model
+        pads there).
 
     Returns
     -------
@@ -148,15 +153,17 @@ def seam_edges(labels: np.ndarray, truth: np.ndarray, routing: np.ndarray, patch
     if not ((gy - 1) * ph < h <= gy * ph and (gx - 1) * pw < w <= gx * pw):
         raise ValueError(f"a {routing.shape} routing of {patch_size} patches does not tile a {labels.shape} slice")
     counts = {region: np.zeros(2, np.int64) for region in SEAM_REGIONS}
+    align = math.gcd(ph, pw)
     # Pairs of columns in every row, then pairs of rows: the same count on the transposes.
-    for part in (_pair_counts(labels, truth, routing, (ph, pw), margin), _pair_counts(labels.T, truth.T, routing.T, (pw, ph), margin)):
+    for part in (_pair_counts(labels, truth, routing, (ph, pw), margin, align),
+                 _pair_counts(labels.T, truth.T, routing.T, (pw, ph), margin, align)):
         for region in SEAM_REGIONS:
             counts[region] += part[region]
     return {region: (int(c[0]), int(c[1])) for region, c in counts.items()}
 
 
 def _pair_counts(labels: np.ndarray, truth: np.ndarray, routing: np.ndarray, patch_size: tuple[int, int],
-                 margin: int) -> dict[str, tuple[int, int]]:
+                 margin: int, align: int) -> dict[str, tuple[int, int]]:
     """:func:`seam_edges` over the pairs of neighbouring columns (x, x + 1) of every row."""
     ph, pw = patch_size
     h, w = labels.shape
@@ -171,7 +178,7 @@ def _pair_counts(labels: np.ndarray, truth: np.ndarray, routing: np.ndarray, pat
     same_truth[:margin] = same_truth[h - margin :] = False  # the slice's own edge counts nowhere
     false_edge = same_truth & (labels[:, :-1] != labels[:, 1:])
     across = inside & (border_dist == 0)
-    regions = {"interior": inside & (border_dist >= margin), "same_model_borders": across & ~mixed, "mixed_borders": across & mixed}
+    regions = {"interior": inside & (border_dist >= margin) & (edge % align == 0), "same_model_borders": across & ~mixed, "mixed_borders": across & mixed}
     return {region: (int(false_edge[same_truth & where].sum()), int((same_truth & where).sum())) for region, where in regions.items()}
 
 
