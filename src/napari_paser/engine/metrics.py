@@ -114,7 +114,8 @@ def seam_edges(labels: np.ndarray, truth: np.ndarray, routing: np.ndarray, patch
     """False edges across the borders between patches, and away from them, of one slice.
 
     Patch models see a halo of the slice around their patch, so that a border between
-    two patches, routed to the same model or to different ones, does not show (issue 11).
+    two patches, routed to the same model or to different ones, does not show
+    (``benchmarks/seams.py`` measures it on the test sets).
     Where it shows, a phase boundary that does not line up across it puts a label change
     between two neighbouring pixels of one true phase: a false edge. This counts them
     over pairs of neighbouring pixels of the same true phase, by where the pair lies.
