@@ -11,7 +11,10 @@ across the patch borders minus those inside (points of %,
 fusion at the default λ. Nothing is fitted; the settings are a grid, so the best row is
 chosen on the test sets and says how much there is to gain, not what to ship.
 
-    python benchmarks/probe_border_fusion.py paser-synth-v2.24
+    python benchmarks/probe_border_fusion.py paser-synth-v2.24 [--dev]
+
+``--dev`` runs it on development volumes no test set shares instead, where a setting
+would be chosen.
 
 About eight minutes on one core.
 """
@@ -31,6 +34,8 @@ from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
 SETS = {"in-family": ("v1", TEST_SEEDS), "out-of-family": ("oof", OOF_SEEDS)}
+# Development volumes no test set shares (as probe_f1_candidate.py's): where a setting would be chosen.
+DEV_SETS = {"in-family dev": ("v1", (8001, 8002, 8003, 8004)), "out-of-family dev": ("oof", (8101, 8102))}
 
 
 def border_weights(patch_size: tuple[int, int], weight: float, w_border: float, r: int) -> np.ndarray:
@@ -59,6 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("bundle", nargs="?", default="paser-synth-v2.24")
     p.add_argument("--borders", type=float, nargs="+", default=[0.5, 0.7, 1.0], help="f0's weight on a patch's edge")
     p.add_argument("--widths", type=int, nargs="+", default=[2, 4, 8], help="pixels over which it rises")
+    p.add_argument("--dev", action="store_true", help="the development volumes instead of the test sets")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     bundle = load_bundle(resolve_bundle(args.bundle))
@@ -67,7 +73,7 @@ def main(argv=None) -> None:
     print(f"bundle {bundle.name}; f0's weight in f1's patches {weight}")
     print("| set | f0's weight on the edge | over pixels | mean IoU | borders − interior (points) |")
     print("|---|---|---|---|---|")
-    for name, (dist, seeds) in SETS.items():
+    for name, (dist, seeds) in (DEV_SETS if args.dev else SETS).items():
         volumes = make_volumes(seeds, 8, distribution=dist)
         cms = {s: np.zeros((3, 3), np.int64) for s in settings}
         edges = {s: np.zeros((2, 2), np.int64) for s in settings}
