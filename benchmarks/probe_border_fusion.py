@@ -29,7 +29,8 @@ import torch
 from common import OOF_SEEDS, TEST_SEEDS, make_volumes
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import confusion_matrix, mean_iou, seam_edges
-from napari_paser.engine.models import class_softmax
+from napari_paser.engine.models import class_argmax, class_softmax
+from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
@@ -80,14 +81,14 @@ def main(argv=None) -> None:
         for image, truth in volumes:
             seg = PaserSegmenter(bundle)
             seg.set_volume(image)
-            (ph, pw), (gy, gx) = seg.patch_size, seg.grid
+            gy, gx = seg.grid
             h, w = seg.shape[1:]
             for z in range(seg.num_slices):
                 prob, f0 = f1_and_f0(seg, z)
                 for s in settings:
                     wmap = border_weights(seg.patch_size, weight, *s)
-                    patches = ((1 - wmap) * prob + wmap * f0).argmax(1).astype(np.uint8)
-                    labels = patches.reshape(gy, gx, ph, pw).swapaxes(1, 2).reshape(gy * ph, gx * pw)[:h, :w]
+                    fused = torch.from_numpy((1 - wmap) * prob + wmap * f0)
+                    labels = class_argmax(unpatchify(fused, (gy, gx)))[0, :h, :w].numpy()
                     cms[s] += confusion_matrix(labels, truth[z])
                     e = seam_edges(labels, truth[z], np.ones(seg.grid, int), seg.patch_size)
                     edges[s] += [e["same_model_borders"], e["interior"]]

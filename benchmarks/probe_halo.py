@@ -27,6 +27,7 @@ from common import OOF_SEEDS, TEST_SEEDS, make_volumes
 from napari_paser.engine.bundle import load_bundle
 from napari_paser.engine.metrics import confusion_matrix, mean_iou, seam_edges
 from napari_paser.engine.models import class_argmax
+from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 from napari_paser.engine.registry import resolve_bundle
 
@@ -43,20 +44,15 @@ def patch_labels(seg: PaserSegmenter, z: int, model: int, halo: int) -> tuple[np
         raise ValueError(f"a halo of {halo} is narrower than the {net.config.halo} pixels the network crops")
     (ph, pw), (gy, gx) = seg.patch_size, seg.grid
     stack = np.pad(seg._planes(z, net.config.planes), ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
-    cells = [(a, b) for a in range(gy) for b in range(gx)]
-    windows = np.stack([stack[:, a * ph : (a + 1) * ph + 2 * halo, b * pw : (b + 1) * pw + 2 * halo] for a, b in cells])
+    windows = np.stack([stack[:, a * ph : (a + 1) * ph + 2 * halo, b * pw : (b + 1) * pw + 2 * halo] for a in range(gy) for b in range(gx)])
     x = seg._to_device(torch.from_numpy(windows))
     t0 = time.perf_counter()
     logits = net(x)
     seconds = time.perf_counter() - t0
     if extra:
         logits = logits[..., extra:-extra, extra:-extra]
-    labels = class_argmax(logits).cpu().numpy()
-    out = np.zeros((gy * ph, gx * pw), np.uint8)
-    for (a, b), patch in zip(cells, labels):
-        out[a * ph : (a + 1) * ph, b * pw : (b + 1) * pw] = patch
     h, w = seg.shape[1:]
-    return out[:h, :w], seconds
+    return class_argmax(unpatchify(logits, (gy, gx)))[0, :h, :w].cpu().numpy(), seconds
 
 
 def main(argv=None) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from napari_paser.engine.metrics import SEAM_REGIONS, confusion_matrix, mean_iou, seam_edges
 from napari_paser.engine.models import class_argmax
+from napari_paser.engine.patches import unpatchify
 from napari_paser.engine.pipeline import PaserSegmenter
 
 MODELS = ("f0", "f1", "f2")
@@ -54,15 +55,11 @@ def no_context_labels(seg: PaserSegmenter, z: int, model: int) -> np.ndarray:
     halo, planes = net.config.halo, net.config.planes
     (ph, pw), (gy, gx) = seg.patch_size, seg.grid
     stack = seg._planes(z, planes)
-    cells = [(a, b) for a in range(gy) for b in range(gx)]
     windows = np.stack([np.pad(stack[:, a * ph : (a + 1) * ph, b * pw : (b + 1) * pw], ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
-                        for a, b in cells])
-    labels = class_argmax(net(seg._to_device(torch.from_numpy(windows)))).cpu().numpy()
-    out = np.zeros((gy * ph, gx * pw), np.uint8)
-    for (a, b), patch in zip(cells, labels):
-        out[a * ph : (a + 1) * ph, b * pw : (b + 1) * pw] = patch
+                        for a in range(gy) for b in range(gx)])
+    logits = unpatchify(net(seg._to_device(torch.from_numpy(windows))), (gy, gx))
     h, w = seg.shape[1:]
-    return out[:h, :w]
+    return class_argmax(logits)[0, :h, :w].cpu().numpy()
 
 
 def routings(table, lam: float) -> dict[str, tuple[list[np.ndarray], bool]]:
