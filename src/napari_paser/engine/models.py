@@ -374,6 +374,12 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def window_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole input window, ``halo`` border included: ``forward(x)`` is
+        its centre. What the network says about the halo lets neighbouring patches be
+        blended across their borders (``PaserSegmenter(blend_borders=True)``)."""
+        return self.shuffle(self.decode_folded(self.encode(x)))
+
     def refine(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         """The prediction's probabilities: ``prob`` (N, classes, rows, columns), e.g. the
         MC-dropout mean, corrected by the :class:`Refiner` from ``image``, f0's input

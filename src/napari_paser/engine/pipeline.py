@@ -34,6 +34,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
+from .blending import blend_patches
 from .bundle import Bundle, bundle_record
 from .flops import CostModel
 from .fusion import fuse_f0, to_bytes
@@ -192,6 +193,10 @@ class PaserSegmenter(SlicewiseRouting):
         (f0's MC analysis always runs in fp32).
     channels_last : bool
         Run convolutions of f0/f1/f2 in channels-last memory format.
+    blend_borders : bool
+        Blend neighbouring patches within the patch models' halo of their borders
+        (:mod:`.blending`): no seams between patches, for the memory of every patch
+        model's output over its window (about 10 bytes a pixel).
     """
 
     def __init__(
@@ -204,6 +209,7 @@ class PaserSegmenter(SlicewiseRouting):
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = DEFAULT_PRECISION,
         channels_last: bool = DEFAULT_CHANNELS_LAST,
+        blend_borders: bool = False,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -225,6 +231,10 @@ class PaserSegmenter(SlicewiseRouting):
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         self._costs = bundle.costs().double().numpy()
         self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output
+        self._halos = {m: int(net.config.halo) for m, net in enumerate(self.bundle.segmenters()) if m > 0}
+        self.blend_borders = bool(blend_borders)
+        if self.blend_borders and min(self._halos.values()) < 1:
+            raise PaserInputError("this bundle's f1 or f2 reads no halo around its patches: there is nothing to blend")
         self._volume: np.ndarray | None = None
         self.first_slice = 0
 
@@ -295,6 +305,9 @@ class PaserSegmenter(SlicewiseRouting):
             self._f0prob = np.zeros((z, gy, gx, 3, ph, pw), dtype=np.uint8)  # f0's probabilities x 255
             self._pfused = np.zeros((3, z, gy, gx, ph, pw), dtype=np.uint8)  # model 0's pages are never touched
             self._pfdone = np.zeros((3, z, gy, gx), dtype=bool)
+        # With blending: each patch model's probabilities x 255 over every window it ran on.
+        self._pwindow = {m: np.zeros((z, gy, gx, 3, ph + 2 * h, pw + 2 * h), dtype=np.uint8)
+                         for m, h in self._halos.items()} if self.blend_borders else {}
         self._inputs: OrderedDict[int, np.ndarray] = OrderedDict()
         # The last slice's planes padded by a patch model's halo (batches walk slices in order).
         self._halo_key: tuple[int, int, int] | None = None
@@ -477,12 +490,19 @@ class PaserSegmenter(SlicewiseRouting):
             with torch.inference_mode(), self._precision_ctx():
                 # Plain layout: the class sums of the entropy and of fusion read it fastest,
                 # and class_argmax is as fast in either.
-                prob = class_softmax(net(x).float(), channels_last=False)
+                if self.blend_borders:
+                    halo = net.config.halo
+                    window = class_softmax(net.window_logits(x).float(), channels_last=False)
+                    prob = window[..., halo:-halo, halo:-halo]  # what net(x) gives, to the bit
+                else:
+                    prob = class_softmax(net(x).float(), channels_last=False)
             labels = class_argmax(prob).cpu().numpy()
             ent = softmax_entropy(prob).mean(dim=(-2, -1)).cpu().numpy()
             z, gy, gx = chunk.T
             if self._fusion[model] > 0:
                 self._fuse_f0(model, chunk, prob)
+            if self.blend_borders:
+                self._pwindow[model][z, gy, gx] = to_bytes(window).cpu().numpy()
             dt = (time.perf_counter() - t0) / len(chunk)
             self._plabels[model, z, gy, gx] = labels
             self._pentropy[model, z, gy, gx] = ent
@@ -531,8 +551,21 @@ class PaserSegmenter(SlicewiseRouting):
         for m in (1, 2):
             sel = routing == m
             out[sel] = (self._pfused if self._fuses(m, fused) else self._plabels)[m, z][sel]
+        labels = out.swapaxes(1, 2).reshape(gy * ph, gx * pw)
+        if self.blend_borders:
+            labels = self._blend(z, routing, fused, labels)
         h, w = self.shape[1:]
-        return out.swapaxes(1, 2).reshape(gy * ph, gx * pw)[:h, :w]
+        return labels[:h, :w]
+
+    def _blend(self, z: int, routing: np.ndarray, fused: bool, labels: np.ndarray) -> np.ndarray:
+        """``labels`` of slice ``z`` blended across the borders between patches (:mod:`.blending`)."""
+        f0_bytes = None
+        if self._fusion.any() and self._analysed[z]:
+            gy, gx, c, ph, pw = self._f0prob[z].shape
+            f0_bytes = self._f0prob[z].transpose(2, 0, 3, 1, 4).reshape(c, gy * ph, gx * pw)
+        used = {m: self._pwindow[m][z] for m in (1, 2) if (routing == m).any()}
+        fusion = {m: float(self._fusion[m]) for m in (1, 2) if self._fuses(m, fused)}
+        return blend_patches(labels, routing, used, self._halos, self.patch_size, min(self._halos.values()), f0_bytes, fusion)
 
     def _check_routing(self, routing: np.ndarray) -> np.ndarray:
         r = np.asarray(routing)

@@ -1,0 +1,117 @@
+"""Blending neighbouring patches across their borders, as sliding-window segmentation does.
+
+f1 and f2 read each patch with a halo of the slice around it and predict the halo too.
+The engine keeps a patch's own pixels; with blending, the pixels within ``width`` of a
+border between two patches take the weighted mean of both patches' probabilities (of
+four at a corner), each weight rising linearly from 0 at ``width`` pixels outside the
+patch to 1 at ``width`` pixels inside it. The two sides hand over smoothly, so the
+border does not show as a seam, and no network runs more than without blending
+(``benchmarks/probe_seam_blend.py``). Pixels further inside keep their patch's labels
+exactly.
+
+A patch kept on f0 takes part with f0's probabilities (the bytes kept for fusion) where
+they are kept; otherwise it keeps its labels and lends its neighbours nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["border_ramp", "border_band", "blend_patches"]
+
+
+def border_ramp(length: int, halo: int, width: int) -> np.ndarray:
+    """Weights (``length``,) along one axis of a window of a patch and ``halo`` pixels on
+    each side: 0 up to ``halo - width`` pixels from the window's edge, then rising
+    linearly to 1 at ``halo + width`` pixels (1/2 on the patch's border)."""
+    if not 0 < width <= halo:
+        raise ValueError(f"blend width must be between 1 and the halo ({halo}), got {width}")
+    t = np.arange(length)
+    return np.clip((np.minimum(t, length - 1 - t) + 0.5 - (halo - width)) / (2 * width), 0.0, 1.0).astype(np.float32)
+
+
+def border_band(grid: tuple[int, int], patch_size: tuple[int, int], width: int) -> np.ndarray:
+    """Boolean (rows, columns) of a slice of ``grid`` patches: the pixels within ``width``
+    of a border between two patches (not of the slice's own edge)."""
+    (gy, gx), (ph, pw) = grid, patch_size
+
+    def along(n: int, size: int) -> np.ndarray:
+        pos = np.arange(n * size)
+        near = (pos % size < width) & (pos >= size)  # just after an inner border
+        return near | ((pos % size >= size - width) & (pos < (n - 1) * size))  # or just before one
+
+    return along(gy, ph)[:, None] | along(gx, pw)[None, :]
+
+
+def blend_patches(
+    labels: np.ndarray,
+    routing: np.ndarray,
+    windows: dict[int, np.ndarray],
+    halos: dict[int, int],
+    patch_size: tuple[int, int],
+    width: int,
+    f0_bytes: np.ndarray | None = None,
+    fusion: dict[int, float] | None = None,
+) -> np.ndarray:
+    """Labels of one slice with the patches blended across their borders.
+
+    Parameters
+    ----------
+    labels : ndarray (rows, columns) uint8
+        The patches' own labels, on the slice padded to whole patches.
+    routing : ndarray (GY, GX)
+        Model of each patch (0 f0, 1 f1, 2 f2).
+    windows : dict
+        For each patch model in ``routing``, its probabilities × 255 (uint8) over every
+        routed patch's window: (GY, GX, classes, rows + 2 halo, columns + 2 halo).
+    halos : dict
+        Each patch model's halo.
+    patch_size : (int, int)
+    width : int
+        Pixels on each side of a border that are blended, at most every halo.
+    f0_bytes : ndarray (classes, rows, columns) uint8, optional
+        f0's probabilities × 255 on the padded slice: patches on f0 take part with them,
+        and they are fused into the patch models' windows with the ``fusion`` weights.
+    fusion : dict, optional
+        f0's weight in each patch model's output (as ``Bundle.fusion``); none if omitted.
+
+    Returns
+    -------
+    ndarray (rows, columns) uint8
+        ``labels`` with the pixels within ``width`` of a border between patches replaced
+        by the argmax of the blend; a pixel of a patch that takes no part keeps its label.
+    """
+    (gy, gx), (ph, pw) = routing.shape, patch_size
+    if gy * gx < 2:
+        return labels
+    fusion = fusion or {}
+    pad = max([width, *halos.values()])
+    classes = next(iter(windows.values())).shape[2] if windows else (f0_bytes.shape[0] if f0_bytes is not None else 0)
+    if classes == 0:
+        return labels
+    canvas = np.zeros((classes, gy * ph + 2 * pad, gx * pw + 2 * pad), np.float32)
+    f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad)))
+    weights: dict[int, np.ndarray] = {}
+    takes_part = np.zeros((gy, gx), dtype=bool)
+    for a in range(gy):
+        for b in range(gx):
+            m = int(routing[a, b])
+            halo = halos.get(m, width) if m else width  # f0's probabilities cover any window
+            if (m == 0 and f0 is None) or (m and m not in windows):
+                continue
+            rows = slice(a * ph + pad - halo, (a + 1) * ph + pad + halo)
+            cols = slice(b * pw + pad - halo, (b + 1) * pw + pad + halo)
+            if m == 0:
+                prob = f0[:, rows, cols].astype(np.float32)  # type: ignore[index]  # checked above
+            else:
+                prob = windows[m][a, b].astype(np.float32)
+                w0 = float(fusion.get(m, 0.0))
+                if w0 > 0 and f0 is not None:
+                    prob = (1 - w0) * prob + w0 * f0[:, rows, cols]
+            if halo not in weights:
+                weights[halo] = border_ramp(ph + 2 * halo, halo, width)[:, None] * border_ramp(pw + 2 * halo, halo, width)[None, :]
+            canvas[:, rows, cols] += weights[halo] * prob  # the common factor 1/255 leaves the argmax alone
+            takes_part[a, b] = True
+    blended = canvas[:, pad:-pad, pad:-pad].argmax(0).astype(np.uint8)
+    replace = border_band((gy, gx), patch_size, width) & np.repeat(np.repeat(takes_part, ph, 0), pw, 1)
+    return np.where(replace, blended, labels)
