@@ -658,6 +658,27 @@ def test_a_pyramid_is_segmented_at_full_resolution(setup, qtbot, notes):
     assert not [m for level, m in notes if level == "error"], notes
 
 
+def test_blend_across_borders_runs_the_engine_so_and_a_bundle_without_halos_is_one_notification(setup, notes):
+    from napari_paser.engine import load_bundle, resolve_bundle
+    from napari_paser.engine.pipeline import segment
+
+    viewer, widget = setup
+    widget.blend_check.setChecked(True)
+    widget.lam = 0.0
+    assert widget.run(blocking=True) is None  # the test bundle's f1 and f2 read no halo
+    assert [level for level, _ in notes] == ["error"] and "nothing to blend" in notes[0][1], notes
+    assert "phases" not in viewer.layers
+    notes.clear()
+    assert widget.add_bundle_folder(resolve_bundle())  # the default bundle: an 8-pixel halo
+    widget.lam = 0.005
+    assert widget.run(blocking=True) is not None, notes
+    assert widget._active.segmenter.blend_borders
+    expected = segment(viewer.layers["ct"].data, load_bundle(resolve_bundle()), lam=0.005, mc_passes=2, blend_borders=True)
+    np.testing.assert_array_equal(viewer.layers["phases"].data, expected.labels)
+    assert viewer.layers["phases"].metadata["napari_paser"]["report"]["bundle"]["blended_borders_px"] == 8
+    assert not [m for level, m in notes if level == "error"], notes
+
+
 def test_bf16_patches_where_bf16_is_native_and_one_notification_elsewhere(setup, notes, monkeypatch):
     from napari_paser.engine import precision
     from napari_paser.engine.pipeline import segment

@@ -13,6 +13,7 @@ import time
 
 from ..errors import PaserInputError
 from .segment import (
+    add_blend_argument,
     add_bundle_arguments,
     check_knobs,
     check_writable,
@@ -36,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     knob.add_argument("--lam", type=float, help="PaSeR cost weight λ in [0, 1] (default: the bundle's)")
     knob.add_argument("--tvd", type=float, help="choose PaSeR's λ for this TVD from λ=0")
     add_bundle_arguments(p)
+    add_blend_argument(p)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated methods (default: " + ",".join(DEFAULT_METHODS) + "); "
                         "'rf': a random forest on multi-scale filter features, trained on --rf-train-labels")
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "images": args.images,
                 "labels": args.labels,
-                "bundle": bundle_record(bundle, fused=True),  # f0 fused into the methods that run its analysis
+                "bundle": bundle_record(bundle, fused=True, blend_borders=args.blend_borders),  # f0 fused into the methods that run its analysis
                 "num_slices": seg.num_slices,
                 "mc_passes": seg.mc_passes,
                 "precision": args.precision,

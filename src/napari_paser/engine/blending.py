@@ -90,7 +90,7 @@ def blend_patches(
     if classes == 0:
         return labels
     canvas = np.zeros((classes, gy * ph + 2 * pad, gx * pw + 2 * pad), np.float32)
-    f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad)))
+    f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
     weights: dict[int, np.ndarray] = {}
     takes_part = np.zeros((gy, gx), dtype=bool)
     for a in range(gy):
@@ -102,7 +102,7 @@ def blend_patches(
             rows = slice(a * ph + pad - halo, (a + 1) * ph + pad + halo)
             cols = slice(b * pw + pad - halo, (b + 1) * pw + pad + halo)
             if m == 0:
-                prob = f0[:, rows, cols].astype(np.float32)  # type: ignore[index]  # checked above
+                prob = f0[:, rows, cols]  # type: ignore[index]  # checked above
             else:
                 prob = windows[m][a, b].astype(np.float32)
                 w0 = float(fusion.get(m, 0.0))

@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 from .blending import blend_patches
-from .bundle import Bundle, bundle_record
+from .bundle import Bundle, blend_width, bundle_record
 from .flops import CostModel
 from .fusion import fuse_f0, to_bytes
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
@@ -233,7 +233,7 @@ class PaserSegmenter(SlicewiseRouting):
         self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output
         self._halos = {m: int(net.config.halo) for m, net in enumerate(self.bundle.segmenters()) if m > 0}
         self.blend_borders = bool(blend_borders)
-        if self.blend_borders and min(self._halos.values()) < 1:
+        if self.blend_borders and blend_width(self.bundle) < 1:
             raise PaserInputError("this bundle's f1 or f2 reads no halo around its patches: there is nothing to blend")
         self._volume: np.ndarray | None = None
         self.first_slice = 0
@@ -565,7 +565,7 @@ class PaserSegmenter(SlicewiseRouting):
             f0_bytes = self._f0prob[z].transpose(2, 0, 3, 1, 4).reshape(c, gy * ph, gx * pw)
         used = {m: self._pwindow[m][z] for m in (1, 2) if (routing == m).any()}
         fusion = {m: float(self._fusion[m]) for m in (1, 2) if self._fuses(m, fused)}
-        return blend_patches(labels, routing, used, self._halos, self.patch_size, min(self._halos.values()), f0_bytes, fusion)
+        return blend_patches(labels, routing, used, self._halos, self.patch_size, blend_width(self.bundle), f0_bytes, fusion)
 
     def _check_routing(self, routing: np.ndarray) -> np.ndarray:
         r = np.asarray(routing)
@@ -668,7 +668,7 @@ class PaserSegmenter(SlicewiseRouting):
             route_fraction={name: float(f) for name, f in zip(MODEL_NAMES, frac)},
             seconds=wall,
             compute_seconds=float(compute),
-            bundle=bundle_record(self.bundle, fused=spec.analyse),
+            bundle=bundle_record(self.bundle, fused=spec.analyse, blend_borders=self.blend_borders),
             tvd_target=None if tvd_target is None else float(tvd_target),
             slices=list(zs),
         )

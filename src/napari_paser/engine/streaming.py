@@ -59,6 +59,9 @@ SLAB_BYTES = 128 << 20
 # f0/f1/f2 patch labels, entropy float32, labels, f0's probabilities and the fused f1/f2
 # labels of a bundle that fuses f0 in (5), plus torch's activations of one slice.
 _BYTES_PER_PIXEL = 21
+# With blended borders also f1's and f2's probabilities over their windows: 2 models x 3
+# classes x (56 + 16) (64 + 16) / (56 x 64) window pixels per patch pixel.
+_BLEND_BYTES_PER_PIXEL = 10
 
 Progress = Callable[[int, int], None]
 
@@ -87,11 +90,13 @@ def check_volume(volume: Volume, patch_size: tuple[int, int]) -> None:
         raise PaserInputError(f"slices of {shape[-2]}x{shape[-1]} pixels are smaller than one {ph}x{pw} patch")
 
 
-def default_slab(shape: Sequence[int], patch_size: tuple[int, int], budget: int = SLAB_BYTES) -> int:
-    """Planes per slab so that one slab's engine state is about ``budget`` bytes."""
+def default_slab(shape: Sequence[int], patch_size: tuple[int, int], budget: int = SLAB_BYTES, *, blend_borders: bool = False) -> int:
+    """Planes per slab so that one slab's engine state is about ``budget`` bytes
+    (``blend_borders``: the engine keeps its patch models' windows too)."""
     ph, pw = patch_size
     padded = (-(-int(shape[1]) // ph) * ph) * (-(-int(shape[2]) // pw) * pw)
-    return int(max(1, min(int(shape[0]), budget // (padded * _BYTES_PER_PIXEL))))
+    per_pixel = _BYTES_PER_PIXEL + (_BLEND_BYTES_PER_PIXEL if blend_borders else 0)
+    return int(max(1, min(int(shape[0]), budget // (padded * per_pixel))))
 
 
 def fit_normalizer(
@@ -196,6 +201,8 @@ class StreamJob(SlabTasks):
     device : str
     precision : {"fp32", "bf16"}
         Of the f1/f2 patch batches (:class:`~napari_paser.engine.pipeline.PaserSegmenter`).
+    blend_borders : bool
+        Blend neighbouring patches across their borders (as that engine's option).
     """
 
     volume: Volume
@@ -213,6 +220,7 @@ class StreamJob(SlabTasks):
     output: Any = None
     device: str = "cpu"
     precision: str = "fp32"
+    blend_borders: bool = False
 
 
 @dataclass
@@ -249,10 +257,10 @@ def _segmenter(job: StreamJob):
     from .pipeline import PaserSegmenter
 
     bound_heap()  # also in dask worker processes
-    key = (os.path.abspath(job.bundle_path), job.mc_passes, job.seed, job.batch_size, job.device, job.precision)
+    key = (os.path.abspath(job.bundle_path), job.mc_passes, job.seed, job.batch_size, job.device, job.precision, job.blend_borders)
     return thread_cached("segmenter", key, lambda: PaserSegmenter(
         load_bundle(job.bundle_path, device=job.device), mc_passes=job.mc_passes, seed=job.seed, device=job.device,
-        batch_size=job.batch_size, precision=job.precision))
+        batch_size=job.batch_size, precision=job.precision, blend_borders=job.blend_borders))
 
 
 def _load_slab(job: StreamJob, k: int):
@@ -508,6 +516,7 @@ def stream_segment(
     bundle: Any = None,
     precision: str = "fp32",
     f2_check_planes: int = 0,
+    blend_borders: bool = False,
 ) -> StreamSummary:
     """Segment ``volume`` slab by slab into ``writer`` (ordered) or ``zarr_output`` (any order).
 
@@ -517,7 +526,7 @@ def stream_segment(
         The lazily read stack.
     bundle_path : str
         Bundle folder; ``bundle`` may pass it already loaded (for checks on this side).
-    method, lam, tvd, mc_passes, seed, batch_size, precision
+    method, lam, tvd, mc_passes, seed, batch_size, precision, blend_borders
         As :meth:`PaserSegmenter.run` / its constructor.
     slab : int, optional
         Planes per slab (default: :func:`default_slab`).
@@ -561,7 +570,7 @@ def stream_segment(
     check_volume(volume, patch)
     executor = executor or LocalExecutor()
     z = volume.shape[0]
-    slab = int(slab or default_slab(volume.shape, patch))
+    slab = int(slab or default_slab(volume.shape, patch, blend_borders=blend_borders))
     if slab < 1:
         raise PaserInputError(f"--slab must be at least 1, got {slab}")
     ks_all = list(range(-(-z // slab)))
@@ -579,7 +588,7 @@ def stream_segment(
         raise PaserInputError(f"lam must be in [0, 1], got {lam}")
     job = StreamJob(volume, str(bundle_path), spec.name, None if lam is None else float(lam), normalizer, slab,
                     mc_passes=mc_passes, seed=seed, batch_size=batch_size, entropy=entropy, routing=routing,
-                    output=zarr_output, device=device, precision=precision)
+                    output=zarr_output, device=device, precision=precision, blend_borders=blend_borders)
     if ks and tvd is not None:
         job = _with_lam_for_tvd(job, tvd, executor, ks_all, counter)
     if ks and idk_prepass:
@@ -616,7 +625,7 @@ def stream_segment(
         "lam": job.lam,
         "tvd": measured_tvd,
         "tvd_target": None if tvd is None else float(tvd),
-        "bundle": bundle_record(bundle, fused=spec.analyse),
+        "bundle": bundle_record(bundle, fused=spec.analyse, blend_borders=blend_borders),
         "shape": [int(v) for v in volume.shape],
         "patch_size": list(patch),
         "grid": [int(g) for g in grid],

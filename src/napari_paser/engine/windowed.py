@@ -66,7 +66,7 @@ class WindowedSegmenter(SlicewiseRouting):
     volume : Volume or array_like
         The stack; anything with ``shape``/``dtype``/slicing is wrapped in an
         :class:`~napari_paser.io_sources.ArrayVolume` (dask and zarr arrays stay lazy).
-    mc_passes, seed, device, batch_size, precision
+    mc_passes, seed, device, batch_size, precision, blend_borders
         As :class:`PaserSegmenter`.
     window : int
         Slices whose engine state is kept.
@@ -88,14 +88,16 @@ class WindowedSegmenter(SlicewiseRouting):
         batch_size: int = DEFAULT_BATCH_SIZE,
         window: int = DEFAULT_WINDOW,
         precision: str = DEFAULT_PRECISION,
+        blend_borders: bool = False,
     ):
         self.bundle = bundle
         self.volume = volume if isinstance(volume, Volume) else ArrayVolume(volume)
         self.patch_size: tuple[int, int] = tuple(int(s) for s in bundle.patch_size)  # type: ignore[assignment]
         check_volume(self.volume, self.patch_size)
         self._normalizer = fit_bundle_normalizer(self.volume, bundle)
+        self.blend_borders = bool(blend_borders)
         self._make = lambda: PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, batch_size=batch_size,
-                                            precision=precision)
+                                            precision=precision, blend_borders=blend_borders)
         probe = self._make()
         self.mc_passes = probe.mc_passes
         self.shape: tuple[int, int, int] = tuple(int(s) for s in self.volume.shape)  # type: ignore[assignment]
@@ -187,6 +189,6 @@ class WindowedSegmenter(SlicewiseRouting):
             gflops_per_slice=flops / 1e9,
             gflops_f2_everywhere=f2_all,
             route_fraction={name: float(c) / max(int(counts.sum()), 1) for name, c in zip(MODEL_NAMES, counts)},
-            bundle=bundle_record(self.bundle, fused=True),
+            bundle=bundle_record(self.bundle, fused=True, blend_borders=self.blend_borders),
             tvd_target=None if tvd is None else float(tvd),
         )

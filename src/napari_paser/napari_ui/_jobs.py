@@ -34,6 +34,8 @@ disk with a bounded engine cache (see :func:`needs_streaming`)."""
 # Engine caches (~13 bytes per voxel, ~18 with f0 fused into f1 / f2: its probabilities
 # and the fused labels) plus the three result layers (~10) of an in-memory run.
 _STATE_BYTES_PER_VOXEL = 28
+# With blended borders, f1's and f2's probabilities over their windows as well.
+_BLEND_BYTES_PER_VOXEL = 10
 
 
 def _memory_limit() -> int:
@@ -45,11 +47,13 @@ def _memory_limit() -> int:
     return int(min(STREAM_BYTES, ram // 4))
 
 
-def needs_streaming(data: Any) -> bool:
-    """True if segmenting the (Z, Y, X) ``data`` in memory would take more than the limit
+def needs_streaming(data: Any, blend_borders: bool = False) -> bool:
+    """True if segmenting the (Z, Y, X) ``data`` in memory (``blend_borders``: with the
+    patches blended across their borders) would take more than the limit
     (:data:`STREAM_BYTES` or a quarter of RAM): it then goes through a Zarr store."""
     shape = tuple(getattr(data, "shape", ()))
-    return len(shape) == 3 and int(np.prod(shape)) * _STATE_BYTES_PER_VOXEL > _memory_limit()
+    per_voxel = _STATE_BYTES_PER_VOXEL + (_BLEND_BYTES_PER_VOXEL if blend_borders else 0)
+    return len(shape) == 3 and int(np.prod(shape)) * per_voxel > _memory_limit()
 
 
 @dataclass
@@ -143,6 +147,7 @@ class RunRequest:
     ground_truth: Any = None  # (Z, Y, X) labels, read a slice at a time (a lazy layer too)
     store: str | None = None  # a folder: stream through a Zarr store there (big stacks)
     precision: str = "fp32"  # of the f1/f2 patches ("bf16": faster where it is native)
+    blend_borders: bool = False  # blend neighbouring patches across their borders
 
 
 def pick_device() -> str:
@@ -178,9 +183,11 @@ def open_session(req: RunRequest) -> Session:
     if req.store is not None:  # bigger than memory: read plane by plane, bounded cache
         from ..engine.windowed import WindowedSegmenter
 
-        seg = WindowedSegmenter(bundle, req.data, mc_passes=req.mc_passes or None, device=device, precision=precision)
+        seg = WindowedSegmenter(bundle, req.data, mc_passes=req.mc_passes or None, device=device, precision=precision,
+                                blend_borders=req.blend_borders)
     else:
-        seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device, precision=precision)
+        seg = PaserSegmenter(bundle, mc_passes=req.mc_passes or None, device=device, precision=precision,
+                             blend_borders=req.blend_borders)
         seg.set_volume(np.asarray(req.data))
     info = {"name": bundle.name, "version": str(bundle.meta.get("version", "")), "path": str(req.bundle_path)}
     return Session(req.key, seg, device, info, precision)

@@ -58,6 +58,13 @@ TOOLTIPS: dict[str, str] = {
         "(within 0.0002); 0.08-0.15 % of pixels, near-ties, get another label. Refused where bf16 "
         "would be emulated (slower than fp32)."
     ),
+    "blend": (
+        "Blend neighbouring patches across their borders with what f1 and f2 predict in the 8 pixels "
+        "of context they read around each patch: the patch grid no longer shows as seams in the labels, "
+        "no network runs more, and pixels further than 8 pixels from a border keep their labels. On the "
+        "benchmark's test sets the seams went away and the mean IoU rose by 0.0003-0.0011. It keeps "
+        "about 10 more bytes a pixel in memory while the run is open."
+    ),
     "ground_truth": (
         "Optional ground-truth Labels layer (0 pore, 1 carbon-binder, 2 nickel) to report mean IoU "
         "and IoU per GFLOP, compared a slice at a time as the slices are segmented."

@@ -171,6 +171,7 @@ class PaserWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.device_label = QLabel("chosen when a run starts")
         self.bf16_check = QCheckBox("bf16")
+        self.blend_check = QCheckBox("blend across borders")
         self.gt_combo = QComboBox()
         self.check_button = QPushButton("Check slice against f2")
         self.stats = StatsPanel()
@@ -187,7 +188,8 @@ class PaserWidget(QWidget):
             (self.image_combo, "image"), (self.bundle_combo, "bundle"), (self.mc_spin, "mc_passes"),
             (self.mode_combo, "mode"), (self.lam_control, "lam"),
             (self.tvd_control, "tvd"), (self.run_button, "run"),
-            (self.cancel_button, "cancel"), (self.device_label, "device"), (self.bf16_check, "bf16"), (self.gt_combo, "ground_truth"),
+            (self.cancel_button, "cancel"), (self.device_label, "device"), (self.bf16_check, "bf16"), (self.blend_check, "blend"),
+            (self.gt_combo, "ground_truth"),
             (self.check_button, "check_f2"),
             (self.masks_check, "export_masks"), (self.export_button, "export"), (self.status_label, "status"),
             (self.store_button, "store"), (self.roi_edit, "roi"), (self.roi_button, "roi_from_shapes"),
@@ -204,6 +206,7 @@ class PaserWidget(QWidget):
         form.addRow("TVD", self.tvd_control)
         form.addRow(hbox_row(self.run_button, self.cancel_button))
         form.addRow("Device", hbox_row(self.device_label, self.bf16_check))
+        form.addRow("Patches", self.blend_check)
         stats_box = QGroupBox("Statistics")
         stats_box.setToolTip(TOOLTIPS["stats"])
         stats_form = QFormLayout(stats_box)
@@ -548,17 +551,18 @@ class PaserWidget(QWidget):
             return None
         mc = self.mc_spin.value() or None
         precision = self.precision
-        key = (layer.unique_id, str(bundle), mc, box, precision)
+        blend = self.blend_check.isChecked()
+        key = (layer.unique_id, str(bundle), mc, box, precision, blend)
         shape = data.shape if layer.ndim == 3 else (1, *data.shape)
         store = None
-        if _jobs.needs_streaming(data):  # results to a Zarr store on disk, shown lazily
+        if _jobs.needs_streaming(data, blend):  # results to a Zarr store on disk, shown lazily
             if self.store_folder:
                 Path(self.store_folder).mkdir(parents=True, exist_ok=True)
             store = str(Path(tempfile.mkdtemp(prefix="napari-paser-", dir=self.store_folder)) / f"{layer.name}_results.zarr")
         request = _jobs.RunRequest(
             data=data, key=key, bundle_path=bundle, mc_passes=mc, mode=self.mode, lam=self.lam,
             tvd=self.tvd, order=[self._visible_slice(layer, box)], session=self._sessions.get(key),
-            ground_truth=self._ground_truth(shape, box=box), store=store, precision=precision,
+            ground_truth=self._ground_truth(shape, box=box), store=store, precision=precision, blend_borders=blend,
         )
         self._pending_source, self._pending_box = layer, box
         self._set_status(f"Running on {layer.name!r}…")
