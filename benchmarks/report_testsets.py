@@ -102,8 +102,25 @@ def _seam_lines(s: dict) -> list[str]:
          "| labels | across borders, different models | across borders, same model | interior | borders − interior (points) |",
          "|---|---|---|---|---|"]
     for name, r in seams.items():
+        if name.endswith(", borders blended"):
+            continue  # in the table below
         L.append(f"| {name} | {pct(r['mixed_borders'])} ({r['mixed_borders']['pairs']}) | {pct(r['same_model_borders'])} "
                  f"({r['same_model_borders']['pairs']}) | {pct(r['interior'])} ({r['interior']['pairs']}) | {_border_excess(r):+.2f} |")
+    return L + [""] + _blend_lines(s["seams"])
+
+
+def _blend_lines(s: dict) -> list[str]:
+    """Cropped patches against patches blended across their borders (``segment --blend-borders``)."""
+    if "blended" not in s:
+        return []
+    L = ["**Blended borders** (`segment --blend-borders`, the napari box *blend across borders*; `engine.blending`): the "
+         "pixels within the halo of a border take the weighted mean of both patches' predictions, from what f1 and f2 say "
+         "about their halos. Nothing more runs; pixels further inside keep their labels. Same routings, mean IoU and "
+         "borders − interior (points):", "",
+         "| routing | mean IoU, cropped | mean IoU, blended | borders − interior, cropped | blended |", "|---|---|---|---|---|"]
+    for name, r in s["blended"].items():
+        L.append(f"| {name} | {_f(r['mean_iou_cropped'])} | {_f(r['mean_iou_blended'])} | {_border_excess(s['seams'][name]):+.2f} "
+                 f"| {_border_excess(s['seams'][name + ', borders blended']):+.2f} |")
     return L + [""]
 
 

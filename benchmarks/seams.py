@@ -17,6 +17,9 @@ table's slices (``bench_testsets``), from the caches the table already filled:
   large that is. Checkerboards put a border between different models around every patch.
   As a check that the count sees seams where there are some, f1 and f2 also run on
   every patch without the slice around it (each patch reflect-padded by the halo).
+- **Blended borders.** The same routings composed by engines with ``blend_borders``
+  (:mod:`napari_paser.engine.blending`, ``segment --blend-borders``): their mean IoU and
+  false edges beside the cropped patches'.
 """
 
 from __future__ import annotations
@@ -94,8 +97,15 @@ def seam_report(table, truths: list[np.ndarray], lam: float) -> dict:
                             "pixels_differing": float(np.mean(np.stack(patches) != np.stack(alone)))}
         labelled[f"{MODELS[m]} (whole-slice pass)"] = (alone, list(table.constant(m)))
         labelled[f"{MODELS[m]} without context (check)"] = ([no_context_labels(seg, z, m) for seg, z, _ in slices], list(table.constant(m)))
+    blenders = {id(seg): blended_engine(seg) for seg, _ in table.segs}
+    truth = np.stack([t for _, _, t in slices])
+    blended = {}
     for name, (per_slice, fused) in routings(table, lam).items():
         labelled[name] = ([seg.compose(z, routing=r, fused=fused) for (seg, z, _), r in zip(slices, per_slice, strict=True)], per_slice)
+        mixed = [blenders[id(seg)].compose(z, routing=r, fused=fused) for (seg, z, _), r in zip(slices, per_slice, strict=True)]
+        labelled[f"{name}, borders blended"] = (mixed, per_slice)
+        blended[name] = {"mean_iou_cropped": mean_iou(confusion_matrix(np.stack(labelled[name][0]), truth)),
+                         "mean_iou_blended": mean_iou(confusion_matrix(np.stack(mixed), truth))}
     seams = {}
     for name, (labels, per_slice) in labelled.items():
         counts = {region: np.zeros(2, np.int64) for region in SEAM_REGIONS}
@@ -104,7 +114,15 @@ def seam_report(table, truths: list[np.ndarray], lam: float) -> dict:
                 counts[region] += edges
         seams[name] = {region: {"false_edges": float(c[0] / c[1]) if c[1] else None, "edges": int(c[0]), "pairs": int(c[1])}
                        for region, c in counts.items()}
-    return {"whole_slice": whole, "seams": seams, "margin": 8, "excess": excess(seams)}
+    return {"whole_slice": whole, "seams": seams, "margin": 8, "excess": excess(seams), "blended": blended}
+
+
+def blended_engine(seg: PaserSegmenter) -> PaserSegmenter:
+    """An engine like ``seg`` on its volume, with the patches blended across their borders."""
+    out = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device, batch_size=seg.batch_size,
+                         precision=seg.precision, blend_borders=True)
+    out.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
+    return out
 
 
 def across_borders(row: dict) -> float:
