@@ -133,7 +133,7 @@ def test_engine_blends_what_f1_and_f2_predict_in_their_halos(shipped):
     np.testing.assert_array_equal(result.routing, plain.result(lam=0.005).routing)
 
 
-def test_streamed_slabs_blend_as_the_whole_stack_and_the_cli_records_it(shipped, tmp_path):
+def test_streamed_slabs_blend_as_the_whole_stack_and_the_cli_records_it(shipped, tmp_path, capsys):
     from napari_paser import io
     from napari_paser.cli.main import main
     from napari_paser.engine.pipeline import segment
@@ -153,6 +153,7 @@ def test_streamed_slabs_blend_as_the_whole_stack_and_the_cli_records_it(shipped,
     labels_out, report = tmp_path / "phases.tif", tmp_path / "report.json"
     assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(labels_out), "--bundle", str(path), "--lam", "0.005",
                  "--mc-passes", "2", "--blend-borders", "--report", str(report), "--quiet"]) == 0
+    assert "borders blended over 8 pixels" in capsys.readouterr().out
     np.testing.assert_array_equal(io.read_stack(labels_out)[0], ref.labels)
     assert json.loads(report.read_text())["bundle"]["blended_borders_px"] == 8
 

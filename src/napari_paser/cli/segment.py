@@ -403,6 +403,8 @@ def _print_summary(report: dict, out: Path, plane_shape: tuple[int, ...]) -> Non
     """The run in a line (and the check against f2 in another, if asked for)."""
     lam = "-" if report["lam"] is None else f"{report['lam']:.4g}"
     frac = " ".join(f"{k}={v:.1%}" for k, v in report["route_fraction"].items())
+    px = report["bundle"].get("blended_borders_px")
+    blended = f", borders blended over {px} pixels" if px else ""
     check = report.get("f2_check")
     if check:
         print(f"against f2 on every patch of {len(check['planes'])} planes: {check['agreement']:.2%} of pixels alike, "
@@ -410,5 +412,5 @@ def _print_summary(report: dict, out: Path, plane_shape: tuple[int, ...]) -> Non
     print(
         f"wrote {out} {plane_shape} method={report['method']} lam={lam} "
         f"GFLOPs={report['gflops_total']:.3g} ({report['flops_ratio_vs_f2']:.1%} of f2 everywhere) "
-        f"routing: {frac} in {report['seconds']:.1f} s"
+        f"routing: {frac}{blended} in {report['seconds']:.1f} s"
     )
