@@ -68,7 +68,7 @@ def blend_patches(
         Each patch model's halo.
     patch_size : (int, int)
     width : int
-        Pixels on each side of a border that are blended, at most every halo.
+        Pixels on each side of a border that are blended, at most the narrowest halo.
     f0_bytes : ndarray (classes, rows, columns) uint8, optional
         f0's probabilities × 255 on the padded slice: patches on f0 take part with them,
         and they are fused into the patch models' windows with the ``fusion`` weights.
