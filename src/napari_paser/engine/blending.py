@@ -91,27 +91,38 @@ def blend_patches(
         return labels
     canvas = np.zeros((classes, gy * ph + 2 * pad, gx * pw + 2 * pad), np.float32)
     f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
-    weights: dict[int, np.ndarray] = {}
-    takes_part = np.zeros((gy, gx), dtype=bool)
+    halo_of = {0: width, **halos}  # f0's probabilities cover any window: f0's patches lend only what is blended
+    takes_part = np.isin(routing, [m for m in halo_of if (m == 0 and f0 is not None) or m in windows])
     for a in range(gy):
-        for b in range(gx):
+        row = {m: _weighted_row(a, m, routing, windows, halo_of[m], patch_size, width, f0, pad, fusion) for m in halo_of}
+        for b in range(gx):  # added patch by patch, in order: the same sums whatever else is routed
             m = int(routing[a, b])
-            halo = halos.get(m, width) if m else width  # f0's probabilities cover any window
-            if (m == 0 and f0 is None) or (m and m not in windows):
-                continue
-            rows = slice(a * ph + pad - halo, (a + 1) * ph + pad + halo)
-            cols = slice(b * pw + pad - halo, (b + 1) * pw + pad + halo)
-            if m == 0:
-                prob = f0[:, rows, cols]  # type: ignore[index]  # checked above
-            else:
-                prob = windows[m][a, b].astype(np.float32)
-                w0 = float(fusion.get(m, 0.0))
-                if w0 > 0 and f0 is not None:
-                    prob = (1 - w0) * prob + w0 * f0[:, rows, cols]
-            if halo not in weights:
-                weights[halo] = border_ramp(ph + 2 * halo, halo, width)[:, None] * border_ramp(pw + 2 * halo, halo, width)[None, :]
-            canvas[:, rows, cols] += weights[halo] * prob  # the common factor 1/255 leaves the argmax alone
-            takes_part[a, b] = True
+            if takes_part[a, b]:
+                h = halo_of[m]
+                canvas[:, a * ph + pad - h : (a + 1) * ph + pad + h, b * pw + pad - h : (b + 1) * pw + pad + h] += row[m][b]
     blended = canvas[:, pad:-pad, pad:-pad].argmax(0).astype(np.uint8)
     replace = border_band((gy, gx), patch_size, width) & np.repeat(np.repeat(takes_part, ph, 0), pw, 1)
     return np.where(replace, blended, labels)
+
+
+def _weighted_row(a: int, m: int, routing: np.ndarray, windows: dict[int, np.ndarray], halo: int, patch_size: tuple[int, int],
+                  width: int, f0: np.ndarray | None, pad: int, fusion: dict[int, float]) -> dict[int, np.ndarray]:
+    """Weighted probabilities over the windows of the patches of row ``a`` routed to model
+    ``m`` (f0 fused in with its weight), by column: one array operation for the row."""
+    (ph, pw), cols = patch_size, np.flatnonzero(routing[a] == m)
+    if len(cols) == 0 or (m == 0 and f0 is None) or (m and m not in windows):
+        return {}
+    wh, ww = ph + 2 * halo, pw + 2 * halo
+    weight = border_ramp(wh, halo, width)[:, None] * border_ramp(ww, halo, width)[None, :]
+    f0_windows = None
+    if f0 is not None:  # (classes, columns, wh, ww) views of f0's padded probabilities
+        band = f0[:, a * ph + pad - halo : a * ph + pad - halo + wh]
+        f0_windows = np.lib.stride_tricks.sliding_window_view(band, ww, axis=2)[:, :, pad - halo :: pw][:, :, cols].transpose(0, 2, 1, 3)
+    if m == 0:
+        prob = f0_windows.transpose(1, 0, 2, 3)  # type: ignore[union-attr]  # f0 is not None here
+    else:
+        prob = windows[m][a, cols].astype(np.float32)
+        w0 = float(fusion.get(m, 0.0))
+        if w0 > 0 and f0_windows is not None:
+            prob = (1 - w0) * prob + w0 * f0_windows.transpose(1, 0, 2, 3)
+    return dict(zip(cols.tolist(), weight * prob))
