@@ -91,7 +91,7 @@ def blend_patches(
         return labels
     canvas = np.zeros((classes, gy * ph + 2 * pad, gx * pw + 2 * pad), np.float32)
     f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
-    halo_of = {0: width, **halos}  # f0's probabilities cover any window: f0's patches lend only what is blended
+    halo_of = {0: width, **halos}  # a patch on f0 lends its neighbours f0's probabilities over the blended width
     takes_part = np.isin(routing, [m for m in halo_of if (m == 0 and f0 is not None) or m in windows])
     for a in range(gy):
         row = {m: _weighted_row(a, m, routing, windows, halo_of[m], patch_size, width, f0, pad, fusion) for m in halo_of}
@@ -115,14 +115,14 @@ def _weighted_row(a: int, m: int, routing: np.ndarray, windows: dict[int, np.nda
     wh, ww = ph + 2 * halo, pw + 2 * halo
     weight = border_ramp(wh, halo, width)[:, None] * border_ramp(ww, halo, width)[None, :]
     f0_windows = None
-    if f0 is not None:  # (classes, columns, wh, ww) views of f0's padded probabilities
+    if f0 is not None:  # (columns, classes, wh, ww): f0's padded probabilities over the row's windows
         band = f0[:, a * ph + pad - halo : a * ph + pad - halo + wh]
-        f0_windows = np.lib.stride_tricks.sliding_window_view(band, ww, axis=2)[:, :, pad - halo :: pw][:, :, cols].transpose(0, 2, 1, 3)
+        f0_windows = np.lib.stride_tricks.sliding_window_view(band, ww, axis=2)[:, :, pad - halo :: pw][:, :, cols].transpose(2, 0, 1, 3)
     if m == 0:
-        prob = f0_windows.transpose(1, 0, 2, 3)  # type: ignore[union-attr]  # f0 is not None here
+        prob = f0_windows  # not None: checked above
     else:
         prob = windows[m][a, cols].astype(np.float32)
         w0 = float(fusion.get(m, 0.0))
         if w0 > 0 and f0_windows is not None:
-            prob = (1 - w0) * prob + w0 * f0_windows.transpose(1, 0, 2, 3)
+            prob = (1 - w0) * prob + w0 * f0_windows
     return dict(zip(cols.tolist(), weight * prob))
