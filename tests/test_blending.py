@@ -109,11 +109,19 @@ def _reference(bundle, seg, cropped, z, routing):
     return np.where(band, canvas[:, halo:-halo, halo:-halo].argmax(0), cropped)
 
 
-def test_engine_blends_what_f1_and_f2_predict_in_their_halos(shipped):
+@pytest.mark.parametrize("fused", [True, False])
+def test_engine_blends_what_f1_and_f2_predict_in_their_halos(shipped, fused):
+    """With f0 fused into f1 and f2 (the shipped bundle) and without: patches on f0 take
+    part with f0's probabilities either way."""
+    import copy
+
     from napari_paser.engine.blending import border_band
     from napari_paser.engine.pipeline import PaserSegmenter
 
     bundle, _, stack = shipped
+    if not fused:
+        bundle = copy.copy(bundle)
+        bundle.fusion = (0.0, 0.0)
     stack = stack[:2]
     plain, blended = PaserSegmenter(bundle, mc_passes=2), PaserSegmenter(bundle, mc_passes=2, blend_borders=True)
     for seg in (plain, blended):

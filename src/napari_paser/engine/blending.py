@@ -9,8 +9,9 @@ border does not show as a seam, and no network runs more than without blending
 (``benchmarks/probe_seam_blend.py``). Pixels further inside keep their patch's labels
 exactly.
 
-A patch kept on f0 takes part with f0's probabilities (the bytes kept for fusion) where
-they are kept; otherwise it keeps its labels and lends its neighbours nothing.
+A patch kept on f0 takes part with f0's probabilities (the bytes the engine keeps for
+fusion and for blending) where the slice was analysed; otherwise it keeps its labels and
+lends its neighbours nothing.
 """
 
 from __future__ import annotations

@@ -235,6 +235,7 @@ class PaserSegmenter(SlicewiseRouting):
         self.blend_borders = bool(blend_borders)
         if self.blend_borders and blend_width(self.bundle) < 1:
             raise PaserInputError("this bundle's f1 or f2 reads no halo around its patches: there is nothing to blend")
+        self._keeps_f0_bytes = bool(self._fusion.any() or self.blend_borders)
         self._volume: np.ndarray | None = None
         self.first_slice = 0
 
@@ -301,8 +302,9 @@ class PaserSegmenter(SlicewiseRouting):
         self._pdone = np.zeros((3, z, gy, gx), dtype=bool)
         self._pentropy = np.full((3, z, gy, gx), np.nan, dtype=np.float32)
         self._ptime = np.zeros((3, z, gy, gx))
-        if self._fusion.any():
+        if self._keeps_f0_bytes:  # for fusion, and for patches on f0 to take part in a blend
             self._f0prob = np.zeros((z, gy, gx, 3, ph, pw), dtype=np.uint8)  # f0's probabilities x 255
+        if self._fusion.any():
             self._pfused = np.zeros((3, z, gy, gx, ph, pw), dtype=np.uint8)  # model 0's pages are never touched
             self._pfdone = np.zeros((3, z, gy, gx), dtype=bool)
         # With blending: each patch model's probabilities x 255 over every window it ran on.
@@ -411,7 +413,7 @@ class PaserSegmenter(SlicewiseRouting):
             # f0's labels and the bytes fusion keeps are part of what its analysis costs,
             # as a patch model's argmax is of its patches' (_run_patches).
             labels = class_argmax(prediction)[0].cpu().numpy()
-            quantised = to_bytes(prediction[0]).cpu().numpy() if self._fusion.any() else None
+            quantised = to_bytes(prediction[0]).cpu().numpy() if self._keeps_f0_bytes else None
             t1 = time.perf_counter()
             feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config,
                                     spread[0] if spread else None, prediction)
@@ -560,7 +562,7 @@ class PaserSegmenter(SlicewiseRouting):
     def _blend(self, z: int, routing: np.ndarray, fused: bool, labels: np.ndarray) -> np.ndarray:
         """``labels`` of slice ``z`` blended across the borders between patches (:mod:`.blending`)."""
         f0_bytes = None
-        if self._fusion.any() and self._analysed[z]:
+        if self._keeps_f0_bytes and self._analysed[z]:
             gy, gx, c, ph, pw = self._f0prob[z].shape
             f0_bytes = self._f0prob[z].transpose(2, 0, 3, 1, 4).reshape(c, gy * ph, gx * pw)
         used = {m: self._pwindow[m][z] for m in (1, 2) if (routing == m).any()}
