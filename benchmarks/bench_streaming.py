@@ -75,7 +75,8 @@ def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
     return maxrss_kb / 1024.0, seconds, stdout.strip()
 
 
-def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarray, precision: str = "fp32") -> dict:
+def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarray, precision: str = "fp32",
+           blend_borders: bool = False) -> dict:
     rows = []
     for n in sizes:
         src = write_stack(workdir / f"stack_{n}.tif", n, samples)
@@ -84,11 +85,14 @@ def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarr
                "--report", str(workdir / f"report_{n}.json"), "--precision", precision]
         if lam is not None:
             cmd += ["--lam", str(lam)]
+        if blend_borders:
+            cmd.append("--blend-borders")
         rss, seconds, _ = peak_rss_of(cmd)
         report = json.loads((workdir / f"report_{n}.json").read_text())
         mvox = n * SIDE * SIDE / 1e6
         rows.append({"slices": n, "peak_rss_mb": rss, "seconds": seconds, "seconds_per_megavoxel": seconds / mvox,
-                     "slab": report["slab"], "lam": report["lam"], "route_fraction": report["route_fraction"], "precision": precision})
+                     "slab": report["slab"], "lam": report["lam"], "route_fraction": report["route_fraction"], "precision": precision,
+                     "blend_borders": blend_borders})
         print(f"  {n:4d} slices: peak RSS {rss:7.1f} MB, {seconds:7.1f} s ({seconds / mvox:.3f} s/MVx), slab {report['slab']}, "
               f"λ={report['lam']}, routing {report['route_fraction']}", flush=True)
         src.unlink()
@@ -169,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--big-slabs", type=int, default=2, help="slabs of the beyond-RAM stack to segment")
     ap.add_argument("--lam", type=float, help="λ (default: the bundle's)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of the growth runs' f1/f2 patches (segment --precision)")
+    ap.add_argument("--blend-borders", action="store_true", help="the growth runs blend their patches' borders (segment --blend-borders)")
     ap.add_argument("--workdir", type=Path, help="folder for the temporary stacks")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
@@ -179,7 +184,7 @@ def main(argv=None) -> int:
     try:
         if args.slices:
             print(f"growth of segment's peak RSS, {SIDE}x{SIDE} uint16 slices:", flush=True)
-            results["growth"] = growth(workdir, sorted(args.slices), args.lam, samples, args.precision)
+            results["growth"] = growth(workdir, sorted(args.slices), args.lam, samples, args.precision, args.blend_borders)
             g = results["growth"]
             print(f"  growth {g['rows'][0]['slices']} -> {g['rows'][-1]['slices']} slices: {g['growth_mb']:+.1f} MB", flush=True)
         if args.big_planes > 0:
