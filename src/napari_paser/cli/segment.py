@@ -203,7 +203,7 @@ def make_segmenter(args: argparse.Namespace, bundle: Bundle) -> PaserSegmenter:
     from ..engine.pipeline import DEFAULT_BATCH_SIZE, PaserSegmenter
 
     return PaserSegmenter(bundle, mc_passes=args.mc_passes, seed=args.seed, batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
-                          precision=args.precision, blend_borders=getattr(args, "blend_borders", False))
+                          precision=args.precision, blend_borders=args.blend_borders)
 
 
 def _beside(out: Path, kind: str) -> Path:

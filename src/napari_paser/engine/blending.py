@@ -94,8 +94,9 @@ def blend_patches(
     f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
     halo_of = {0: width, **halos}  # a patch on f0 lends its neighbours f0's probabilities over the blended width
     takes_part = np.isin(routing, [m for m in halo_of if (m == 0 and f0 is not None) or m in windows])
+    weights = {h: border_ramp(ph + 2 * h, h, width)[:, None] * border_ramp(pw + 2 * h, h, width)[None, :] for h in set(halo_of.values())}
     for a in range(gy):
-        row = {m: _weighted_row(a, m, routing, windows, halo_of[m], patch_size, width, f0, pad, fusion) for m in halo_of}
+        row = {m: _weighted_row(a, m, routing, windows, halo_of[m], weights[halo_of[m]], patch_size, f0, pad, fusion) for m in halo_of}
         for b in range(gx):  # added patch by patch, in order: the same sums whatever else is routed
             m = int(routing[a, b])
             if takes_part[a, b]:
@@ -106,15 +107,15 @@ def blend_patches(
     return np.where(replace, blended, labels)
 
 
-def _weighted_row(a: int, m: int, routing: np.ndarray, windows: dict[int, np.ndarray], halo: int, patch_size: tuple[int, int],
-                  width: int, f0: np.ndarray | None, pad: int, fusion: dict[int, float]) -> dict[int, np.ndarray]:
-    """Weighted probabilities over the windows of the patches of row ``a`` routed to model
-    ``m`` (f0 fused in with its weight), by column: one array operation for the row."""
+def _weighted_row(a: int, m: int, routing: np.ndarray, windows: dict[int, np.ndarray], halo: int, weight: np.ndarray,
+                  patch_size: tuple[int, int], f0: np.ndarray | None, pad: int, fusion: dict[int, float]) -> dict[int, np.ndarray]:
+    """Probabilities over the windows of the patches of row ``a`` routed to model ``m`` (f0
+    fused in with its weight) times the windows' ``weight``, by column: one array
+    operation for the row."""
     (ph, pw), cols = patch_size, np.flatnonzero(routing[a] == m)
     if len(cols) == 0 or (m == 0 and f0 is None) or (m and m not in windows):
         return {}
-    wh, ww = ph + 2 * halo, pw + 2 * halo
-    weight = border_ramp(wh, halo, width)[:, None] * border_ramp(ww, halo, width)[None, :]
+    wh, ww = weight.shape
     f0_windows = None
     if f0 is not None:  # (columns, classes, wh, ww): f0's padded probabilities over the row's windows
         band = f0[:, a * ph + pad - halo : a * ph + pad - halo + wh]

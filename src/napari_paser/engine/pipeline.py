@@ -233,7 +233,8 @@ class PaserSegmenter(SlicewiseRouting):
         self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output
         self._halos = {m: int(net.config.halo) for m, net in enumerate(self.bundle.segmenters()) if m > 0}
         self.blend_borders = bool(blend_borders)
-        if self.blend_borders and blend_width(self.bundle) < 1:
+        self._blend_width = blend_width(self.bundle)
+        if self.blend_borders and self._blend_width < 1:
             raise PaserInputError("this bundle's f1 or f2 reads no halo around its patches: there is nothing to blend")
         self._keeps_f0_bytes = bool(self._fusion.any() or self.blend_borders)
         self._volume: np.ndarray | None = None
@@ -567,7 +568,7 @@ class PaserSegmenter(SlicewiseRouting):
             f0_bytes = self._f0prob[z].transpose(2, 0, 3, 1, 4).reshape(c, gy * ph, gx * pw)
         used = {m: self._pwindow[m][z] for m in (1, 2) if (routing == m).any()}
         fusion = {m: float(self._fusion[m]) for m in (1, 2) if self._fuses(m, fused)}
-        return blend_patches(labels, routing, used, self._halos, self.patch_size, blend_width(self.bundle), f0_bytes, fusion)
+        return blend_patches(labels, routing, used, self._halos, self.patch_size, self._blend_width, f0_bytes, fusion)
 
     def _check_routing(self, routing: np.ndarray) -> np.ndarray:
         r = np.asarray(routing)
