@@ -73,6 +73,22 @@ def tiny_bundle_dir(tiny_bundle, tmp_path):
     return save_bundle(tiny_bundle, tmp_path / "tiny-bundle")
 
 
+@pytest.fixture(scope="module")
+def shipped():
+    """The default bundle (f1 and f2 read an 8-pixel halo; f0 fused in), its folder, and
+    three planes of the sample stack cut to 2 x 2 patches (for the blended borders)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from napari_paser import io
+    from napari_paser.engine import load_bundle, resolve_bundle
+
+    path = resolve_bundle()
+    image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
+    return load_bundle(path), path, np.ascontiguousarray(image[:3, 40 : 40 + 2 * 56, 60 : 60 + 2 * 64])
+
+
 @pytest.fixture
 def fresh_python():
     """Run code in a new interpreter (for what a test process has already changed:

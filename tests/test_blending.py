@@ -12,20 +12,6 @@ import torch
 PATCH = (56, 64)
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    """The default bundle (f1 and f2 read an 8-pixel halo; f0 fused in), its folder, and
-    three planes of the sample stack cut to 2 x 2 patches."""
-    from pathlib import Path
-
-    from napari_paser import io
-    from napari_paser.engine import load_bundle, resolve_bundle
-
-    path = resolve_bundle()
-    image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
-    return load_bundle(path), path, np.ascontiguousarray(image[:3, 40 : 40 + 2 * PATCH[0], 60 : 60 + 2 * PATCH[1]])
-
-
 def test_ramps_hand_over_across_a_border_and_the_band_is_the_pixels_near_one():
     from napari_paser.engine.blending import border_band, border_ramp
 

@@ -193,3 +193,30 @@ def test_band_of_a_zarr_store_made_over_a_region_reads_that_region(tmp_path, tin
                          "--band-lams", "0", "--band-methods", "", "--band-mc", "0", "--mc-passes", "2", "--quiet")
     assert rc == 0, err
     assert "the labels are the box 1:3,7:63,8:72 of their scan" in err
+
+
+def test_the_band_of_labels_segmented_with_blended_borders_is_blended_too(tmp_path, shipped, tiny_bundle_dir, capsys):
+    """Labels that record blended borders get a blended band unless told otherwise; a
+    bundle with nothing to blend is one line before any work."""
+    import tifffile
+
+    bundle, path, stack = shipped
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, stack[:2])
+    plain, blended = tmp_path / "plain.tif", tmp_path / "blended.tif"
+    for out, extra in ((plain, []), (blended, ["--blend-borders"])):
+        assert run_cli(capsys, "segment", scan, "-o", out, "--bundle", path, "--mc-passes", "2", "--quiet", *extra)[0] == 0
+    band = ["--no-tortuosity", "--band", scan, "--bundle", path, "--band-lams", "0", "--band-methods", "", "--band-mc", "0",
+            "--mc-passes", "2", "--quiet"]
+    seen = {}
+    for labels, extra in ((plain, []), (blended, []), (blended, ["--no-blend-borders"]), (plain, ["--blend-borders"])):
+        js = tmp_path / "band.json"
+        rc, _, err = run_cli(capsys, "metrics", labels, *band, *extra, "--json", js, "--overwrite")
+        rep = json.loads(js.read_text())
+        assert rc == 0 and ("were blended across their borders over 8 pixels" in err) == (labels == blended and not extra)
+        seen[(labels.name, *extra)] = (rep["band_blend_borders"], rep["band"][0]["volume_fraction.pore"])
+    assert [b for b, _ in seen.values()] == [False, True, False, True]
+    assert seen[("plain.tif",)][1] == seen[("blended.tif", "--no-blend-borders")][1] != seen[("blended.tif",)][1]
+    assert seen[("blended.tif",)][1] == seen[("plain.tif", "--blend-borders")][1]
+    rc, _, err = run_cli(capsys, "metrics", blended, "--no-tortuosity", "--band", scan, "--bundle", tiny_bundle_dir, "--quiet")
+    assert rc == 2 and "reads no halo" in err and err.count("\n") == 2  # the note on the labels, then the error

@@ -275,3 +275,15 @@ def test_the_box_a_record_holds_wherever_a_file_kept_it(tmp_path):
     # A TIFF that segment --roi wrote, read back as a file's metadata.
     path = io.write_tiff(tmp_path / "box.tif", np.zeros((2, 64, 58), np.uint8), metadata={"napari_paser": {"roi": roi}})
     assert recorded_roi(io.read_metadata(path)) == roi
+
+
+def test_blended_borders_a_record_holds_wherever_a_file_kept_it(tmp_path):
+    from napari_paser.io_sources import labels_file_blend, recorded_blend
+
+    bundle = {"name": "b", "blended_borders_px": 8}
+    kept = ({"bundle": bundle}, {"napari_paser": {"bundle": bundle}}, {"report": {"bundle": bundle}},  # segment, a Zarr store, a layer
+            {"provenance": {"bundle": {"name": "b"}, "report": {"bundle": bundle}}})  # exported from napari
+    assert [recorded_blend(record) for record in kept] == [8, 8, 8, 8]
+    assert recorded_blend({"napari_paser": {"bundle": {"name": "b"}}}) is None and recorded_blend(None) is None
+    path = io.write_tiff(tmp_path / "blended.tif", np.zeros((2, 64, 58), np.uint8), metadata={"napari_paser": {"bundle": bundle}})
+    assert labels_file_blend(path) == 8 and labels_file_blend(tmp_path / "missing.tif") is None

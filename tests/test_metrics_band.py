@@ -73,7 +73,7 @@ def test_the_band_reads_the_scan_and_the_labels_a_slab_at_a_time(tiny_bundle, mo
     rng = np.random.default_rng(1)
     image = as_volume(rng.integers(0, 4000, (6, 56, 64)).astype(np.uint16))
     labels = as_volume(rng.integers(0, 3, (6, 56, 64)).astype(np.uint8))
-    monkeypatch.setattr(streaming, "default_slab", lambda shape, patch_size: 2)
+    monkeypatch.setattr(streaming, "default_slab", lambda shape, patch_size, **_: 2)
     reads = []
     real = Volume.read
     monkeypatch.setattr(Volume, "read", lambda self, z0, z1: reads.append((self, z1 - z0)) or real(self, z0, z1))
@@ -83,6 +83,37 @@ def test_the_band_reads_the_scan_and_the_labels_a_slab_at_a_time(tiny_bundle, mo
     scan_reads = [n for v, n in reads if v is image]
     assert len(scan_reads) == 6 and max(scan_reads) == 2  # the statistics pass, then the segmentation
     assert [n for v, n in reads if v is labels] == [2, 2, 2]  # into the envelope
+
+
+def test_a_blended_band_is_the_band_of_the_stack_segmented_with_blended_borders(shipped):
+    """With blend_borders the PaSeR and single-model members are the labels that
+    ``segment --blend-borders`` gives (they differ from the cropped ones); the MC samples
+    (f0 alone) do not change, and a bundle whose patch models read no halo is refused first."""
+    pytest.importorskip("zarr")
+    from napari_paser.engine.bundle import Bundle
+    from napari_paser.engine.pipeline import PaserSegmenter, drain, get_method
+    from napari_paser.errors import PaserInputError
+
+    bundle, _, image = shipped
+    kwargs = dict(lams=(0.0,), methods=("f1",), mc_samples=1, slab=2, tortuosity=False)
+    blended = run_steps(band_steps(image, bundle, 1, blend_borders=True, **kwargs))
+    cropped = run_steps(band_steps(image, bundle, 1, **kwargs))
+
+    def segmented(blend: bool) -> list[np.ndarray]:
+        seg = PaserSegmenter(bundle, blend_borders=blend)
+        seg.set_volume(image)
+        return [np.asarray(drain(seg.run(lam=lam, method=get_method(m))).labels) for m, lam in (("paser", 0.0), ("f1", None))]
+
+    wants = {True: segmented(True), False: segmented(False)}
+    assert all(np.any(a != b) for a, b in zip(wants[True], wants[False]))  # the blend moves some labels here
+    for members, blend in ((blended, True), (cropped, False)):
+        for member, labels in zip(members, wants[blend]):
+            assert member.metrics.values == compute_metrics(labels, 1, tortuosity=False, require_all_phases=False).values, member.name
+    assert all(b.metrics.values != c.metrics.values for b, c in zip(blended[:2], cropped[:2]))
+    assert blended[-1].name == "f0 MC sample 1" and blended[-1].metrics.values == cropped[-1].metrics.values
+    halo_less = Bundle.from_configs(tiny_configs(), seed=0, meta={"name": "tiny", "version": "0"}).eval()
+    with pytest.raises(PaserInputError, match="reads no halo"):
+        next(band_steps(image, halo_less, 1, blend_borders=True, **kwargs))
 
 
 class ReversedExecutor:

@@ -222,6 +222,36 @@ def test_band_from_the_image_layer(make_napari_viewer, tiny_bundle_dir, notes):
     assert from_pyramids.metrics.values == outcome.metrics.values and from_pyramids.ranges == outcome.ranges
 
 
+def test_the_band_of_phases_made_with_blended_borders_is_blended_too(make_napari_viewer, shipped, notes):
+    """The panel segments the band as the layer was made: its member at the layer's λ is
+    the layer itself, blended or not."""
+    from napari_paser.engine.pipeline import segment
+    from napari_paser.napari_ui._metrics_panel import MetricsPanel
+
+    bundle, path, stack = shipped
+    scan = stack[:2]
+    viewer = make_napari_viewer()
+    viewer.add_image(scan, name="scan")
+    panel = MetricsPanel(viewer)
+    fractions = {}
+    for blend in (True, False):
+        made = segment(scan, bundle, blend_borders=blend)
+        layer = viewer.add_labels(np.asarray(made.labels), name=f"phases {blend}")
+        layer.metadata["napari_paser"] = {"bundle": {"name": bundle.name, "path": str(path)}, "report": made.report()}
+        panel.labels_combo.setCurrentText(layer.name)
+        panel.image_combo.setCurrentText("scan")
+        panel.lams_edit.setText("default")
+        panel.mc_spin.setValue(0)
+        panel.tau_check.setChecked(False)
+        assert panel.request().band_blend_borders == blend
+        outcome = panel.compute(blocking=True)
+        assert outcome is not None, notes
+        assert outcome.band[0].name.endswith("(default)")
+        fractions[blend] = outcome.metrics.values["volume_fraction.pore"]
+        assert outcome.band[0].metrics.values["volume_fraction.pore"] == fractions[blend]
+    assert fractions[True] != fractions[False]
+
+
 def test_default_export_is_beside_the_phase_volume():
     from pathlib import Path
 

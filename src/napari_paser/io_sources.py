@@ -42,6 +42,8 @@ __all__ = [
     "roi_text",
     "recorded_roi",
     "labels_file_roi",
+    "recorded_blend",
+    "labels_file_blend",
     "scan_under_labels",
     "zarr_provenance",
     "open_volume",
@@ -308,6 +310,35 @@ def labels_file_roi(path: str | os.PathLike) -> str | None:
     except (PaserInputError, OSError):
         return None
     return roi_text(roi) if roi else None
+
+
+def recorded_blend(record: Any) -> int | None:
+    """Pixels on each side of a border between patches that a PaSeR record says its
+    labels were blended over (``segment --blend-borders``, the napari box *blend across
+    borders*); None if they were not.
+
+    ``record`` is what :func:`recorded_roi` reads. The setting lies in a bundle record
+    (:func:`~napari_paser.engine.bundle.bundle_record`) at the record's top or in its run
+    report, which a file or an exported layer may keep one or two levels down.
+    """
+    todo = [record]
+    while todo:
+        where = todo.pop(0)
+        if not isinstance(where, dict):
+            continue
+        bundle = where.get("bundle")
+        if isinstance(bundle, dict) and bundle.get("blended_borders_px"):
+            return int(bundle["blended_borders_px"])
+        todo.extend(where.get(key) for key in ("napari_paser", "provenance", "report"))
+    return None
+
+
+def labels_file_blend(path: str | os.PathLike) -> int | None:
+    """:func:`recorded_blend` of a labels file (a TIFF or Zarr store PaSeR wrote)."""
+    try:
+        return recorded_blend(zarr_provenance(path) or _tiffio.read_metadata(path))
+    except (PaserInputError, OSError):
+        return None
 
 
 def scan_under_labels(scan: Volume, labels: Volume, labels_path: str | os.PathLike,

@@ -65,6 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     band.add_argument("--band-mc", type=int, default=4, metavar="N", help="single-pass f0 MC-dropout samples in the band (default 4)")
     band.add_argument("--band-slab", type=int, metavar="N",
                       help="planes the band segments at a time, one task each on a cluster (default: about 128 MB of engine state)")
+    band.add_argument("--blend-borders", action=argparse.BooleanOptionalAction, default=None,
+                      help="blend the band's patches across their borders, as segment --blend-borders (default: as "
+                           "LABELS record, blended if segment or the napari panel blended them)")
     add_bundle_arguments(band)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -108,7 +111,7 @@ def _compute(args, labels, axis: int, image, lams, methods, kwargs: dict):
             gen = band_steps(image, bundle, axis, lams=lams, methods=methods, mc_samples=args.band_mc, mc_passes=args.mc_passes,
                              seed=args.seed, segment_device=args.device or "cpu", batch_size=args.batch_size,
                              segment_precision=args.precision, labels=labels,
-                             envelope=envelope, slab=args.band_slab, **kwargs)
+                             envelope=envelope, slab=args.band_slab, blend_borders=bool(args.blend_borders), **kwargs)
 
             def show(step: tuple[str, int, int]) -> None:
                 stage, done, total = step
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.metrics_band import parse_lams, parse_methods
     from ..engine.metrics_report import csv_text, metric_ranges, report_dict, tortuosity_notes, write_text_atomic
     from ..engine.microstructure import check_axis, check_voxel_size
-    from ..io_sources import open_volume, scan_under_labels
+    from ..io_sources import labels_file_blend, open_volume, scan_under_labels
 
     t0 = time.perf_counter()
     # Fail on every cheap check before reading or computing anything.
@@ -162,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
             scan, recorded = scan_under_labels(scan, source, args.labels, args.band_roi)
             if recorded:
                 print(f"the labels are the box {recorded} of their scan (segment --roi): the band reads that box", file=sys.stderr)
+            if args.blend_borders is None:
+                blended = labels_file_blend(args.labels)
+                args.blend_borders = blended is not None
+                if blended:
+                    print(f"the labels' patches were blended across their borders over {blended} pixels "
+                          "(segment --blend-borders): so are the band's", file=sys.stderr)
         if scan is not None and scan.input_shape != source.input_shape:
             raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}")
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,
@@ -188,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         extra["band_image"] = str(Path(args.band).resolve())
         extra["band_members"] = [{"name": m.name, "lam": m.lam, "gflops": m.gflops} for m in band]
         extra["band_precision"] = args.precision
+        extra["band_blend_borders"] = bool(args.blend_borders)
     if args.json:
         write_json(args.json, report_dict(metrics, band=[(m.name, m.metrics) for m in band], envelope=envelope, extra=extra), overwrite=args.overwrite)
     if args.csv:

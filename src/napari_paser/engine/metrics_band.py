@@ -245,6 +245,9 @@ class BandJob(SlabTasks):
         Bundle folder the workers load.
     mc_passes, seed, batch_size, device, precision
         Engine settings of the λ and single-model members (precision: of their f1/f2 patches).
+    blend_borders : bool
+        Blend the λ and single-model members' patches across their borders, as
+        ``segment --blend-borders`` does (the MC samples run f0 alone: no patches).
     bundle : Bundle or None
         A bundle already loaded (runs in this process).
     """
@@ -262,6 +265,7 @@ class BandJob(SlabTasks):
     batch_size: int = 32
     device: str = "cpu"
     precision: str = "fp32"
+    blend_borders: bool = False
     bundle: Any = field(default=None, repr=False)
     _segmenters: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -293,7 +297,8 @@ def _band_segmenters(job: BandJob) -> dict:
     """``{None: the shared segmenter, i: member i's own}``, built once per job here or per
     worker thread on a cluster (a segmenter's caches are not thread-safe)."""
     if job.bundle is None:
-        key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device, job.precision)
+        key = (os.path.abspath(str(job.bundle_path)), job.runs, job.mc_passes, job.batch_size, job.device, job.precision,
+               job.blend_borders)
         return thread_cached("band", key, lambda: _new_segmenters(job))
     if not job._segmenters:
         job._segmenters.update(_new_segmenters(job))
@@ -309,11 +314,11 @@ def _new_segmenters(job: BandJob) -> dict:
     bundle = job.bundle if job.bundle is not None else load_bundle(str(job.bundle_path), device=job.device)
     # The λ and single-model members share one segmenter (and its caches); each MC
     # sample has its own (one pass, its own seed).
-    def segmenter(passes: int | None, seed: int) -> PaserSegmenter:
+    def segmenter(passes: int | None, seed: int, blend: bool = False) -> PaserSegmenter:
         return PaserSegmenter(bundle, mc_passes=passes, seed=seed, device=job.device, batch_size=job.batch_size,
-                              precision=job.precision)
+                              precision=job.precision, blend_borders=blend)
 
-    out: dict[int | None, Any] = {None: segmenter(job.mc_passes, job.seed)}
+    out: dict[int | None, Any] = {None: segmenter(job.mc_passes, job.seed, job.blend_borders)}
     for i, (_, _, _, passes, s) in enumerate(job.runs):
         if passes is not None:
             out[i] = segmenter(passes, s)
@@ -389,6 +394,7 @@ def band_steps(
     envelope: PhaseEnvelope | None = None,
     slab: int | None = None,
     executor: Any = None,
+    blend_borders: bool = False,
     **metric_kwargs,
 ) -> Generator[tuple[str, int, int], None, list[BandMember]]:
     """Segment ``image`` at every λ in ``lams``, with ``methods`` everywhere and as
@@ -428,6 +434,9 @@ def band_steps(
         member's metrics (:func:`band_member_metrics`) as tasks on its cluster: the
         workers load the bundle from ``bundle.path`` and read and write the temporary
         folder, so both must be on a file system they share.
+    blend_borders : bool
+        Segment the PaSeR and single-model members with their patches blended across
+        their borders (``segment --blend-borders``): the band of labels made that way.
     **metric_kwargs
         Passed to :func:`metrics_steps` (voxel_size, cb_diffusivity, tortuosity, ...).
 
@@ -446,6 +455,7 @@ def band_steps(
 
     import zarr
 
+    from .bundle import check_blendable
     from .memory import release_heap
     from .pipeline import DEFAULT_BATCH_SIZE
     from .streaming import LocalExecutor, check_volume, default_slab, fit_bundle_normalizer
@@ -463,9 +473,11 @@ def band_steps(
     if not here and bundle.path is None:
         raise PaserInputError("a band on a dask cluster needs a bundle loaded from a folder the workers can read")
     check_volume(volume, bundle.patch_size)
+    if blend_borders:  # before any work
+        check_blendable(bundle)
     main_labels = phase_label_volume(labels) if labels is not None and envelope is not None else None
     total = len(runs)
-    step = int(slab) if slab else default_slab(volume.shape, bundle.patch_size)
+    step = int(slab) if slab else default_slab(volume.shape, bundle.patch_size, blend_borders=blend_borders)
     normalizer = fit_bundle_normalizer(volume, bundle, slab=step)
     with tempfile.TemporaryDirectory(prefix="napari-paser-band-") as tmp:
         stores = tuple(f"{tmp}/member{i}.zarr" for i in range(total))
@@ -475,7 +487,7 @@ def band_steps(
         job = BandJob(volume, tuple(runs), normalizer, step, stores, labels=main_labels, envelope=envelope is not None,
                       bundle_path=None if bundle.path is None else str(bundle.path), mc_passes=mc_passes, seed=seed,
                       batch_size=batch_size or DEFAULT_BATCH_SIZE, device=segment_device, precision=segment_precision,
-                      bundle=bundle if here else None)
+                      blend_borders=bool(blend_borders), bundle=bundle if here else None)
         slabs = job.num_slabs
         units = slabs + total  # progress: every slab segmented, then every member's metrics
         if envelope is not None:

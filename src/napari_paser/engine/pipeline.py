@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import PaserInputError
 from .blending import blend_patches
-from .bundle import Bundle, blend_width, bundle_record
+from .bundle import Bundle, blend_width, bundle_record, check_blendable
 from .flops import CostModel
 from .fusion import fuse_f0, to_bytes
 from .methods import METHODS, Method, charge, get_method, register_method  # method records (re-exported)
@@ -233,9 +233,7 @@ class PaserSegmenter(SlicewiseRouting):
         self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output
         self._halos = {m: int(net.config.halo) for m, net in enumerate(self.bundle.segmenters()) if m > 0}
         self.blend_borders = bool(blend_borders)
-        self._blend_width = blend_width(self.bundle)
-        if self.blend_borders and self._blend_width < 1:
-            raise PaserInputError("this bundle's f1 or f2 reads no halo around its patches: there is nothing to blend")
+        self._blend_width = check_blendable(self.bundle) if self.blend_borders else blend_width(self.bundle)
         self._keeps_f0_bytes = bool(self._fusion.any() or self.blend_borders)
         self._volume: np.ndarray | None = None
         self.first_slice = 0

@@ -46,6 +46,8 @@ class MetricsRequest:
     band_mc : int
     band_precision : {"fp32", "bf16"}
         Of the band's f1/f2 patches (bf16: faster where it is native, refused elsewhere).
+    band_blend_borders : bool
+        Blend the band's patches across their borders (as the labels were, if they were).
     """
 
     labels: Any
@@ -60,6 +62,7 @@ class MetricsRequest:
     band_methods: tuple = ("f2",)
     band_mc: int = 0
     band_precision: str = "fp32"
+    band_blend_borders: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def metrics_job(req: MetricsRequest) -> Generator[MetricsProgress, None, Metrics
         bundle = load_bundle(resolve_bundle(req.bundle_path), device=device)
         envelope = PhaseEnvelope()
         band_gen = band_steps(req.image, bundle, req.axis, lams=req.band_lams, methods=req.band_methods, mc_samples=req.band_mc,
-                              segment_device=device, segment_precision=precision,
+                              segment_device=device, segment_precision=precision, blend_borders=req.band_blend_borders,
                               shape=tuple(np.shape(labels)), labels=labels, envelope=envelope, **kwargs)
 
         def band_progress(step: tuple[str, int, int]) -> MetricsProgress:

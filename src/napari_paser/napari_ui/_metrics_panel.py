@@ -182,6 +182,7 @@ class MetricsPanel(QWidget):
     def request(self) -> jobs.MetricsRequest:
         """The request for the current choices (raises PaserInputError on a bad choice)."""
         from ..engine.metrics_band import parse_lams
+        from ..io_sources import recorded_blend
 
         layer = self._layer(self.labels_combo.currentText())
         if layer is None:
@@ -205,6 +206,7 @@ class MetricsPanel(QWidget):
             band_lams=parse_lams(self.lams_edit.text()) if image_layer is not None else (),
             band_mc=self.mc_spin.value() if image_layer is not None else 0,
             band_precision="bf16" if self.bf16_check.isChecked() else "fp32",
+            band_blend_borders=recorded_blend(meta) is not None,  # the band is made as the phases were
         )
 
     # ------------------------------------------------------------------ running
