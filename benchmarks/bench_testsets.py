@@ -14,6 +14,9 @@ test set it measures, in one run and on the same slices:
   track them (:mod:`gain_bounds`);
 - whether the borders between patches show, routed to one model or to different ones
   (:mod:`seams`);
+- issue 11's lines again with the patches blended across their borders (``segment
+  --blend-borders``), every routing scored exactly so (:mod:`blend_scoring`), for a
+  bundle whose f1 and f2 read a halo;
 - the same slices with a reference bundle (v1): f2 everywhere and PaSeR;
 - seconds measured twice: with one torch thread (the tables) and with every core.
 """
@@ -21,6 +24,7 @@ test set it measures, in one run and on the same slices:
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -31,6 +35,7 @@ from common import (
     VAL_SEEDS,
     Timer,
     best_within,
+    blended_table,
     build_table,
     cheapest_reaching,
     generator_record,
@@ -44,6 +49,7 @@ from common import (
     tune_idk,
 )
 from gain_bounds import gain_bounds, slice_halves
+from napari_paser.engine.bundle import blend_width
 from seams import seam_report
 
 SETS = {"in-family": ("v1", TEST_SEEDS), "out-of-family": ("oof", OOF_SEEDS)}
@@ -138,11 +144,11 @@ def _seconds_all_cores(volumes, bundle, seed: int, routings: dict) -> dict:
     return out
 
 
-def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log, t) -> dict:
-    tt = build_table(volumes, bundle, seed=seed)
-    lam = float(bundle.default_lam)
+def _routing_lines(tt, lam: float, thresholds, seed: int, fast: bool) -> dict:
+    """Every routing's row, PaSeR's λ sweep beside the baselines' fronts, and the bounds of
+    issue 11's lines, as ``tt`` scores routings (cropped or blended patches)."""
     rows = {m: tt.score(tt.constant(i), m) for i, m in enumerate(("f0", "f1", "f2"))}
-    if any(bundle.fusion):  # what fusing f0 into f1 gives without routing
+    if tt.conf_plain is not None:  # what fusing f0 into f1 gives without routing
         rows["f1+f0"] = tt.score(tt.constant(1), "f1+f0")
     rows["paser"] = tt.score(tt.paser(lam), "paser")
     rows["idk"] = tt.score(tt.idk(*thresholds), "idk")
@@ -153,8 +159,6 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     front = oracle_front(tt)
     at = cheapest_reaching(front, rows["paser"]["mean_iou"])
     rows["oracle"] = at if at is not None else max(front, key=lambda p: p["mean_iou"])
-    log(f"[testsets] {name}: table and baselines ({t.lap(name + ' table'):.0f} s)")
-
     sweep = {"paser": [{"lam": float(lm), **tt.score(tt.paser(float(lm)), "paser")} for lm in _lam_grid()]}
     sweep["idk_front"] = pareto(grid)
     sweep["idk_front_seconds"] = pareto(grid, x="seconds_ratio_f2")
@@ -162,31 +166,60 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     sweep["oracle"] = front
     f1 = rows["f1"]
     best_under_f1 = best_within(sweep["paser"], f1["gflops"], f1["seconds"])
-    oracle_under_f1 = best_within(front, f1["gflops"])
-    # Line 2 counts seconds too, and on a CPU they bind before the FLOPs do.
-    oracle_under_f1_cost = oracle_within(tt, f1["gflops"], f1["seconds"], front)
-    # The bound of issue 11's first line: no policy over these networks does better there.
-    oracle_under_quarter = best_within(front, 0.25 * rows["f2"]["gflops"])
-    res = {
-        "lam": lam,
+    return {
         "rows": rows,
         "idk_matched": {k: matched[k] for k in ("a0", "a1", "match")},
         "sweep": sweep,
         "beats_f1": best_under_f1 if best_under_f1 and best_under_f1["mean_iou"] > f1["mean_iou"] else None,
         "best_within_f1_cost": best_under_f1,
-        "oracle_within_f1_gflops": oracle_under_f1,
-        "oracle_within_f1_cost": oracle_under_f1_cost,
-        "oracle_within_quarter_f2_gflops": oracle_under_quarter,
+        "oracle_within_f1_gflops": best_within(front, f1["gflops"]),
+        # Line 2 counts seconds too, and on a CPU they bind before the FLOPs do.
+        "oracle_within_f1_cost": oracle_within(tt, f1["gflops"], f1["seconds"], front),
+        # The bound of issue 11's first line: no policy over these networks does better there.
+        "oracle_within_quarter_f2_gflops": best_within(front, 0.25 * rows["f2"]["gflops"]),
+    }
+
+
+def _compose_seconds(tables, lam: float) -> dict:
+    """Seconds per slice to compose PaSeR's routing at ``lam`` from each table's caches
+    (``{"cropped": table, "blended": table}``)."""
+    out = {}
+    for name, table in tables.items():
+        t0 = time.perf_counter()
+        for seg, zs in table.segs:
+            for z in zs:
+                seg.compose(z, lam)
+        out[name] = (time.perf_counter() - t0) / table.n
+    return out
+
+
+def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log, t) -> dict:
+    tt = build_table(volumes, bundle, seed=seed)
+    lam = float(bundle.default_lam)
+    lines = _routing_lines(tt, lam, thresholds, seed, fast)
+    log(f"[testsets] {name}: table, baselines and sweeps ({t.lap(name + ' table'):.0f} s)")
+    # With a halo, the same slices through engines that blend the patches across their
+    # borders (segment --blend-borders): every routing scored so, with their seconds.
+    truths = [labels for _, labels in volumes]
+    bt = blended_table(tt, truths) if blend_width(bundle) > 0 else None
+    res = {
+        "lam": lam,
+        **lines,
         "gain_correlation": gain_correlations(tt, [labels for _, labels in volumes]),
-        "seams": seam_report(tt, [labels for _, labels in volumes], lam),
+        "seams": seam_report(tt, [labels for _, labels in volumes], lam, blended=bt),
         # Issue 11's first aim: f0's whole analysis (MC passes, refiner, labels and the
         # policy) is what PaSeR pays on a slice that keeps every patch on f0.
         "analysis": tt.score(tt.constant(0), "paser"),
     }
+    if bt is not None:
+        res["blended"] = {**_routing_lines(bt, lam, thresholds, seed, fast), "width": blend_width(bundle),
+                          "compose_seconds": _compose_seconds({"cropped": tt, "blended": bt}, lam)}
+        log(f"[testsets] {name}: correlations, seams, every routing blended ({t.lap(name + ' blended'):.0f} s)")
+    matched = lines["idk_matched"]
     routings = {"paser": (tt.paser(lam), "paser"), "f0": (tt.constant(0), "f0"), "f1": (tt.constant(1), "f1"),
                 "idk-matched": (tt.idk(matched["a0"], matched["a1"]), "idk"), "analysis": (tt.constant(0), "paser")}
     res["all_cores"] = _seconds_all_cores(volumes, bundle, seed, routings)
-    log(f"[testsets] {name}: sweep, correlations, all-core seconds ({t.lap(name + ' sweep'):.0f} s)")
+    log(f"[testsets] {name}: all-core seconds ({t.lap(name + ' sweep'):.0f} s)")
     if reference is not None:
         rt = build_table(volumes, reference, seed=seed)
         res["reference"] = {"f2": rt.score(rt.constant(2), "f2"), "paser": rt.score(rt.paser(float(reference.default_lam)), "paser"),

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from blend_scoring import BlendedConfusions, blended_confusions
 from napari_paser.engine.baselines import cascade_routing, random_routing
 from napari_paser.engine.metrics import dataset_iou_gains, iou_per_class, mean_iou
 from napari_paser.engine.patches import patch_view
@@ -176,6 +177,11 @@ class PatchTable:
     kept_flops : float
         FLOPs a patch pays only when it stays on f0, beyond f0's analysis (e.g. a refiner
         run on that patch alone); 0 for the engine's bundles.
+    blended, blended_plain : BlendedConfusions or None
+        Set by :func:`blended_table`: every routing's composition with the patches blended
+        across their borders (:mod:`blend_scoring`), and the patch models' own outputs
+        blended, if they differ. Routings are then scored blended; the per-patch ``conf``
+        (the oracle's and line 4's gains) stays the cropped patches'.
     """
 
     conf: np.ndarray
@@ -188,6 +194,8 @@ class PatchTable:
     seconds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     num_classes: int = 3
     kept_flops: float = 0.0
+    blended: BlendedConfusions | None = None
+    blended_plain: BlendedConfusions | None = None
 
     @property
     def n(self) -> int:
@@ -199,6 +207,8 @@ class PatchTable:
 
     def pooled(self, routing: np.ndarray, plain: bool = False) -> np.ndarray:
         """Dataset confusion of ``routing``; ``plain``: the patch models' own outputs."""
+        if self.blended is not None:
+            return (self.blended_plain if plain and self.blended_plain is not None else self.blended).pooled(routing)
         conf = self.conf_plain if plain and self.conf_plain is not None else self.conf
         n, _, gy, gx, c, _ = conf.shape
         idx = np.broadcast_to(routing.reshape(n, 1, gy, gx, 1, 1).astype(np.int64), (n, 1, gy, gx, c, c))
@@ -367,6 +377,28 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
         ce=np.stack(ces) if with_ce else None,
         seconds=(np.array([t[0] for t in times]), np.array([t[1] for t in times]), np.stack([t[2] for t in times])),
     )
+
+
+def blended_table(table: PatchTable, truths: list[np.ndarray]) -> PatchTable:
+    """``table``'s slices composed by engines that blend the patches across their borders
+    (``blend_borders``): every routing is scored blended, exactly (:mod:`blend_scoring`),
+    and the seconds are those of these engines, which also keep f1's and f2's predictions
+    over their halos. The per-patch ``conf`` and entropies stay ``table``'s.
+
+    ``truths``: each volume's labels, in the order of ``table.segs``.
+    """
+    segs, times = [], []
+    for seg, zs in table.segs:
+        blender = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device,
+                                 batch_size=seg.batch_size, precision=seg.precision, blend_borders=True)
+        blender.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
+        for method in ("f0", "f1", "f2"):
+            blender.result(method=method)
+        segs.append((blender, zs))
+        times += [blender.timings(z) for z in zs]
+    plain = blended_confusions(segs, truths, models=(1, 2), fused=False) if table.conf_plain is not None else None
+    return replace(table, segs=segs, blended=blended_confusions(segs, truths), blended_plain=plain,
+                   seconds=(np.array([t[0] for t in times]), np.array([t[1] for t in times]), np.stack([t[2] for t in times])))
 
 
 # --------------------------------------------------------------------------- IDK tuning

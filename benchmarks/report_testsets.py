@@ -124,6 +124,41 @@ def _blend_lines(s: dict) -> list[str]:
     return L + [""]
 
 
+def _line_values(s: dict) -> tuple[str, str, str]:
+    """Issue 11's lines 1-3 as one set's routings score them (cropped or blended patches)."""
+    rows = s["rows"]
+    p, f1, f2, m, ora = rows["paser"], rows["f1"], rows["f2"], rows["idk-matched"], rows["oracle"]
+    line1 = (f"{p['mean_iou'] / f2['mean_iou']:.4f} × f2's IoU ({_f(p['mean_iou'])} vs {_f(f2['mean_iou'])}) at "
+             f"{p['gflops'] / f2['gflops']:.3f} × its GFLOPs and {p['seconds_ratio_f2']:.3f} × its seconds")
+    b, w = s["beats_f1"], s["best_within_f1_cost"]
+    line2 = (f"λ {b['lam']:.3g}: {_f(b['mean_iou'])} vs f1's {_f(f1['mean_iou'])} ({b['gflops'] / f2['gflops']:.3f} × and "
+             f"{b['seconds_ratio_f2']:.3f} ×; f1 {f1['gflops'] / f2['gflops']:.3f} × and {f1['seconds_ratio_f2']:.3f} ×)" if b
+             else f"no λ: best {_f(w['mean_iou']) if w else '-'} vs f1's {_f(f1['mean_iou'])}")
+    oracle = f"; oracle {m['gflops'] / ora['gflops']:.3f} ×" if ora["mean_iou"] >= p["mean_iou"] else ""
+    line3 = f"{m['gflops'] / p['gflops']:.3f} × (IDK {_f(m['mean_iou'])} vs PaSeR {_f(p['mean_iou'])}{oracle})"
+    return line1, line2, line3
+
+
+def _blended_routing_lines(s: dict) -> list[str]:
+    """Issue 11's lines 1-3 with every routing's patches blended across their borders."""
+    bl = s.get("blended")
+    if not bl:
+        return []
+    cs = bl["compose_seconds"]
+    L = [f"**Issue 11's lines with blended borders.** The same slices through engines that blend the patches across their "
+         f"borders ({bl['width']} pixels on each side; `segment --blend-borders`), every routing (the λ sweep, the IDK "
+         "threshold grid, RandPol, the oracle's sweep) scored exactly so (`benchmarks/blend_scoring.py`: a region's labels "
+         "depend on the models of the one, two or four patches that reach it). Their seconds are these engines', which also "
+         "keep what f1 and f2 predict over their halos; the oracle still routes by the cropped patches' gains. Composing "
+         f"PaSeR's output took {1e3 * cs['blended']:.1f} ms a slice blended against {1e3 * cs['cropped']:.1f} ms cropped "
+         "(outside the seconds above, as composing is for every method).", "",
+         "| line | patches cropped (the tables above) | borders blended |", "|---|---|---|"]
+    names = ("1. PaSeR at the default λ", "2. best λ within f1 everywhere's GFLOPs and seconds", "3. IoU-matched IDK cascade's GFLOPs / PaSeR's")
+    for name, cropped, blended in zip(names, _line_values(s), _line_values(bl)):
+        L.append(f"| {name} | {cropped} | {blended} |")
+    return L + [""]
+
+
 def _row(label: str, r: dict, f2: dict) -> str:
     per = " | ".join(_f(v) for v in r["iou_per_class"])
     fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
@@ -213,6 +248,7 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
         L += _bound_lines(gc)
         L += _scan_spread_lines(gc)
         L += _seam_lines(s)
+        L += _blended_routing_lines(s)
         b = s["beats_f1"]
         w = s["best_within_f1_cost"]
         o = s["oracle_within_f1_gflops"]
@@ -223,6 +259,33 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
                  f"{_f(w['mean_iou']) if w else '-'}; oracle routing's best within f1's GFLOPs {_f(o['mean_iou']) if o else '-'}{_oracle_within_f1_cost(s)}."), ""]
     L += [f"![fronts]({os.path.relpath(fig_dir / 'testsets_fronts.png', out)})", ""]
     return L
+
+
+def _routing_targets(name: str, s: dict) -> list[dict]:
+    """Issue 11's lines 1-3 on one set, as its routings are scored (``s``: a set's results or their ``blended`` part)."""
+    out = []
+    p, f2 = s["rows"]["paser"], s["rows"]["f2"]
+    r, g, t = p["mean_iou"] / f2["mean_iou"], p["gflops"] / f2["gflops"], p["seconds_ratio_f2"]
+    # Each line's bound: what oracle routing (knows the truth) reaches over these networks.
+    oq = s.get("oracle_within_quarter_f2_gflops")
+    bound = f"; oracle routing's best within 25 % of f2's GFLOPs {oq['mean_iou'] / f2['mean_iou']:.4f} ×" if oq else ""
+    out.append({"target": f"{name}: PaSeR (default λ) ≥ 0.99 × f2's IoU at ≤ 25 % of its GFLOPs and ≤ 33 % of its seconds",
+                "value": f"{r:.4f} × at {g:.3f} × GFLOPs, {t:.3f} × seconds{bound}", "met": r >= 0.99 and g <= 0.25 and t <= 0.33})
+    b = s["beats_f1"]
+    o1 = s.get("oracle_within_f1_gflops")
+    bound = f"; oracle routing's best within f1's GFLOPs {o1['mean_iou']:.4f}" if o1 else ""
+    bound += _oracle_within_f1_cost(s)
+    out.append({"target": f"{name}: some λ gives PaSeR IoU above f1 everywhere at ≤ its GFLOPs and seconds",
+                "value": (f"λ {b['lam']:.3g}: {b['mean_iou']:.4f} vs {s['rows']['f1']['mean_iou']:.4f}" if b
+                          else f"no such λ (f1 {s['rows']['f1']['mean_iou']:.4f}){bound}"),
+                "met": b is not None})
+    m = s["rows"]["idk-matched"]
+    rr = m["gflops"] / p["gflops"]
+    ora = s["rows"]["oracle"]
+    bound = f"; oracle routing at PaSeR's IoU would reach {m['gflops'] / ora['gflops']:.3f} ×" if ora["mean_iou"] >= p["mean_iou"] else ""
+    out.append({"target": f"{name}: IoU-matched IDK cascade needs ≥ 1.3 × PaSeR's GFLOPs",
+                "value": f"{rr:.3f} × (IDK IoU {m['mean_iou']:.4f} vs PaSeR {p['mean_iou']:.4f}; {m['match']}){bound}", "met": rr >= 1.3})
+    return out
 
 
 def targets(res: dict) -> list[dict]:
@@ -247,27 +310,9 @@ def targets(res: dict) -> list[dict]:
         else:
             out.append({"target": f"in-family: f2 everywhere not below v1's {IOU_F2_V1_IN_FAMILY}", "value": f"{v:.4f}", "met": v >= IOU_F2_V1_IN_FAMILY})
     for name, s in sets.items():
-        p, f2 = s["rows"]["paser"], s["rows"]["f2"]
-        r, g, t = p["mean_iou"] / f2["mean_iou"], p["gflops"] / f2["gflops"], p["seconds_ratio_f2"]
-        # Each line's bound: what oracle routing (knows the truth) reaches over these networks.
-        oq = s.get("oracle_within_quarter_f2_gflops")
-        bound = f"; oracle routing's best within 25 % of f2's GFLOPs {oq['mean_iou'] / f2['mean_iou']:.4f} ×" if oq else ""
-        out.append({"target": f"{name}: PaSeR (default λ) ≥ 0.99 × f2's IoU at ≤ 25 % of its GFLOPs and ≤ 33 % of its seconds",
-                    "value": f"{r:.4f} × at {g:.3f} × GFLOPs, {t:.3f} × seconds{bound}", "met": r >= 0.99 and g <= 0.25 and t <= 0.33})
-        b = s["beats_f1"]
-        o1 = s.get("oracle_within_f1_gflops")
-        bound = f"; oracle routing's best within f1's GFLOPs {o1['mean_iou']:.4f}" if o1 else ""
-        bound += _oracle_within_f1_cost(s)
-        out.append({"target": f"{name}: some λ gives PaSeR IoU above f1 everywhere at ≤ its GFLOPs and seconds",
-                    "value": (f"λ {b['lam']:.3g}: {b['mean_iou']:.4f} vs {s['rows']['f1']['mean_iou']:.4f}" if b
-                              else f"no such λ (f1 {s['rows']['f1']['mean_iou']:.4f}){bound}"),
-                    "met": b is not None})
-        m = s["rows"]["idk-matched"]
-        rr = m["gflops"] / p["gflops"]
-        ora = s["rows"]["oracle"]
-        bound = f"; oracle routing at PaSeR's IoU would reach {m['gflops'] / ora['gflops']:.3f} ×" if ora["mean_iou"] >= p["mean_iou"] else ""
-        out.append({"target": f"{name}: IoU-matched IDK cascade needs ≥ 1.3 × PaSeR's GFLOPs",
-                    "value": f"{rr:.3f} × (IDK IoU {m['mean_iou']:.4f} vs PaSeR {p['mean_iou']:.4f}; {m['match']}){bound}", "met": rr >= 1.3})
+        out += _routing_targets(name, s)
+        if s.get("blended"):
+            out += _routing_targets(f"{name}, borders blended", s["blended"])
         gc = s["gain_correlation"]
         ok = all(gc[k]["policy"] >= gc[k]["f0_entropy"] + 0.1 for k in ("f1", "f2"))
         out.append({"target": f"{name}: predicted-gain correlation ≥ entropy's + 0.1 (f1 and f2)",
