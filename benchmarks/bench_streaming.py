@@ -76,7 +76,7 @@ def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
 
 
 def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarray, precision: str = "fp32",
-           blend_borders: bool = False) -> dict:
+           blend_borders: bool | None = None) -> dict:
     rows = []
     for n in sizes:
         src = write_stack(workdir / f"stack_{n}.tif", n, samples)
@@ -85,14 +85,14 @@ def growth(workdir: Path, sizes: list[int], lam: float | None, samples: np.ndarr
                "--report", str(workdir / f"report_{n}.json"), "--precision", precision]
         if lam is not None:
             cmd += ["--lam", str(lam)]
-        if blend_borders:
-            cmd.append("--blend-borders")
+        if blend_borders is not None:  # else segment's default
+            cmd.append("--blend-borders" if blend_borders else "--no-blend-borders")
         rss, seconds, _ = peak_rss_of(cmd)
         report = json.loads((workdir / f"report_{n}.json").read_text())
         mvox = n * SIDE * SIDE / 1e6
         rows.append({"slices": n, "peak_rss_mb": rss, "seconds": seconds, "seconds_per_megavoxel": seconds / mvox,
                      "slab": report["slab"], "lam": report["lam"], "route_fraction": report["route_fraction"], "precision": precision,
-                     "blend_borders": blend_borders})
+                     "blended_borders_px": report["bundle"].get("blended_borders_px", 0)})
         print(f"  {n:4d} slices: peak RSS {rss:7.1f} MB, {seconds:7.1f} s ({seconds / mvox:.3f} s/MVx), slab {report['slab']}, "
               f"λ={report['lam']}, routing {report['route_fraction']}", flush=True)
         src.unlink()
@@ -173,7 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--big-slabs", type=int, default=2, help="slabs of the beyond-RAM stack to segment")
     ap.add_argument("--lam", type=float, help="λ (default: the bundle's)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of the growth runs' f1/f2 patches (segment --precision)")
-    ap.add_argument("--blend-borders", action="store_true", help="the growth runs blend their patches' borders (segment --blend-borders)")
+    ap.add_argument("--blend-borders", action=argparse.BooleanOptionalAction, default=None,
+                    help="whether the growth runs blend their patches' borders (segment --blend-borders / --no-blend-borders; "
+                         "default: segment's)")
     ap.add_argument("--workdir", type=Path, help="folder for the temporary stacks")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)

@@ -113,7 +113,8 @@ def _blend_lines(s: dict) -> list[str]:
     """Cropped patches against patches blended across their borders (``segment --blend-borders``)."""
     if "blended" not in s:
         return []
-    L = ["**Blended borders** (`segment --blend-borders`, the napari box *blend across borders*; `engine.blending`): the "
+    L = ["**Blended borders** (the default of `segment`, `evaluate` and the napari panel with a bundle whose f1 and f2 read a "
+         "halo; `--no-blend-borders` and the box *blend across borders* crop the patches; `engine.blending`): the "
          "pixels within the halo of a border take the weighted mean of both patches' predictions, from what f1 and f2 say "
          "about their halos. Nothing more runs; pixels further inside keep their labels. Same routings, mean IoU and "
          "borders − interior (points):", "",
@@ -145,8 +146,9 @@ def _blended_routing_lines(s: dict) -> list[str]:
     if not bl:
         return []
     cs = bl["compose_seconds"]
-    L = [f"**Issue 11's lines with blended borders.** The same slices through engines that blend the patches across their "
-         f"borders ({bl['width']} pixels on each side; `segment --blend-borders`), every routing (the λ sweep, the IDK "
+    L = [f"**Issue 11's lines with blended borders** (what `segment` and the napari panel give by default). The same slices "
+         f"through engines that blend the patches across their borders ({bl['width']} pixels on each side), every routing "
+         "(the λ sweep, the IDK "
          "threshold grid, RandPol, the oracle's sweep) scored exactly so (`benchmarks/blend_scoring.py`: a region's labels "
          "depend on the models of the one, two or four patches that reach it). Their seconds are these engines', which also "
          "keep what f1 and f2 predict over their halos; the oracle still routes by the cropped patches' gains. Composing "
@@ -331,6 +333,13 @@ def summary(res: dict) -> list[str]:
         p, f2, f1 = rows["paser"], rows["f2"], rows["f1"]
         ref = s.get("reference")
         refs = f"; v1 bundle's f2 {ref['f2']['mean_iou']:.4f}" if ref else ""
+        bl = s.get("blended")
+        blended = ""
+        if bl:
+            bp, bf2 = bl["rows"]["paser"], bl["rows"]["f2"]
+            blended = (f"; with blended borders (the default) PaSeR {bp['mean_iou']:.4f} against f2's {bf2['mean_iou']:.4f}, "
+                       f"{bp['seconds_ratio_f2']:.3f} × its seconds")
         L.append(f"- {name} test set: f2 everywhere {f2['mean_iou']:.4f}{refs}; f1 {f1['mean_iou']:.4f}; PaSeR at λ = {s['lam']:.3g} "
-                 f"{p['mean_iou']:.4f} with {p['gflops'] / f2['gflops']:.3f} × f2's GFLOPs and {p['seconds_ratio_f2']:.3f} × its seconds.")
+                 f"{p['mean_iou']:.4f} with {p['gflops'] / f2['gflops']:.3f} × f2's GFLOPs and {p['seconds_ratio_f2']:.3f} × its seconds"
+                 f"{blended}.")
     return L

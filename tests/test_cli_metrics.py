@@ -204,7 +204,7 @@ def test_the_band_of_labels_segmented_with_blended_borders_is_blended_too(tmp_pa
     scan = tmp_path / "scan.tif"
     tifffile.imwrite(scan, stack[:2])
     plain, blended = tmp_path / "plain.tif", tmp_path / "blended.tif"
-    for out, extra in ((plain, []), (blended, ["--blend-borders"])):
+    for out, extra in ((plain, ["--no-blend-borders"]), (blended, [])):  # segment blends by default with this bundle
         assert run_cli(capsys, "segment", scan, "-o", out, "--bundle", path, "--mc-passes", "2", "--quiet", *extra)[0] == 0
     band = ["--no-tortuosity", "--band", scan, "--bundle", path, "--band-lams", "0", "--band-methods", "", "--band-mc", "0",
             "--mc-passes", "2", "--quiet"]

@@ -658,24 +658,33 @@ def test_a_pyramid_is_segmented_at_full_resolution(setup, qtbot, notes):
     assert not [m for level, m in notes if level == "error"], notes
 
 
-def test_blend_across_borders_runs_the_engine_so_and_a_bundle_without_halos_is_one_notification(setup, notes):
+def test_borders_are_blended_by_default_where_the_bundle_reads_a_halo(setup, notes):
     from napari_paser.engine import load_bundle, resolve_bundle
     from napari_paser.engine.pipeline import segment
 
     viewer, widget = setup
-    widget.blend_check.setChecked(True)
+    halo_less = widget.bundle_path
+    # The test bundle's f1 and f2 read no halo: nothing to blend, the box is greyed out.
+    assert not widget.blend_check.isEnabled() and not widget.blend_check.isChecked()
     widget.lam = 0.0
-    assert widget.run(blocking=True) is None  # the test bundle's f1 and f2 read no halo
-    assert [level for level, _ in notes] == ["error"] and "nothing to blend" in notes[0][1], notes
-    assert "phases" not in viewer.layers
-    notes.clear()
-    assert widget.add_bundle_folder(resolve_bundle())  # the default bundle: an 8-pixel halo
+    assert widget.run(blocking=True) is not None, notes
+    assert not widget._active.segmenter.blend_borders
+    assert "blended_borders_px" not in viewer.layers["phases"].metadata["napari_paser"]["report"]["bundle"]
+    assert widget.add_bundle_folder(resolve_bundle())  # the default bundle: an 8-pixel halo, blended by default
+    assert widget.blend_check.isEnabled() and widget.blend_check.isChecked()
     widget.lam = 0.005
     assert widget.run(blocking=True) is not None, notes
     assert widget._active.segmenter.blend_borders
     expected = segment(viewer.layers["ct"].data, load_bundle(resolve_bundle()), lam=0.005, mc_passes=2, blend_borders=True)
     np.testing.assert_array_equal(viewer.layers["phases"].data, expected.labels)
     assert viewer.layers["phases"].metadata["napari_paser"]["report"]["bundle"]["blended_borders_px"] == 8
+    widget.blend_check.setChecked(False)  # the user's choice, kept across bundles that can blend
+    assert widget.run(blocking=True) is not None, notes
+    cropped = segment(viewer.layers["ct"].data, load_bundle(resolve_bundle()), lam=0.005, mc_passes=2)
+    np.testing.assert_array_equal(viewer.layers["phases"].data, cropped.labels)
+    for folder, enabled in ((halo_less, False), (resolve_bundle(), True)):
+        widget.bundle_combo.setCurrentIndex(widget.bundle_combo.findData(str(folder)))
+        assert widget.blend_check.isEnabled() == enabled and not widget.blend_check.isChecked()
     assert not [m for level, m in notes if level == "error"], notes
 
 
@@ -720,7 +729,8 @@ def test_check_slice_against_f2_shows_what_the_lambda_costs_until_lambda_moves(s
     viewer.layers.selection.active = viewer.layers["ct"]
     check = widget.check_against_f2(blocking=True)
     assert viewer.layers.selection.active.name == "ct"  # the check's layer does not take the selection
-    seg = PaserSegmenter(load_bundle(widget.bundle_path), mc_passes=2)
+    assert widget._active.segmenter.blend_borders  # the default bundle blends by default
+    seg = PaserSegmenter(load_bundle(widget.bundle_path), mc_passes=2, blend_borders=True)
     seg.set_volume(viewer.layers["ct"].data)
     routed, f2 = seg.compose(4, lam=0.9), seg.compose(4, routing=np.full(seg.grid, 2, np.uint8))
     cm = confusion_matrix(routed, f2)

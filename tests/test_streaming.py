@@ -154,7 +154,7 @@ def test_check_planes_reports_what_the_lambda_changed_against_f2(tmp_path, elect
 
     check = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["napari_paser"]["report"]["f2_check"]
     assert check["planes"] == [0, 2, 5]  # evenly spaced, first and last
-    seg = PaserSegmenter(load_bundle(resolve_bundle(None)), mc_passes=2)
+    seg = PaserSegmenter(load_bundle(resolve_bundle(None)), mc_passes=2, blend_borders=True)  # as segment blends by default
     seg.set_volume(electrode)
     cm = sum(confusion_matrix(seg.compose(z, lam=0.3), seg.compose(z, routing=np.full(seg.grid, 2, np.uint8))) for z in (0, 2, 5))
     assert check["agreement"] == pytest.approx(np.trace(cm) / cm.sum()) and check["mean_iou"] == pytest.approx(mean_iou(cm))

@@ -101,7 +101,7 @@ def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.bundle import bundle_record
+    from ..engine.bundle import bundle_record, choose_blend
     from ..engine.metrics import evaluate, iou_per_gflop
     from ..engine.normalize import validate_labels
     from ..engine.pipeline import drain, get_method
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         rf_labels, _ = read_image(args.rf_train_labels)
         rf_labels = validate_training_labels(rf_labels, image.shape)
     bundle = load_bundle_arg(args.bundle)
+    args.blend_borders = choose_blend(args.blend_borders, bundle)
     seg = make_segmenter(args, bundle)
     seg.set_volume(image)
     if truth.ndim == 2:

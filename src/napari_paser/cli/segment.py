@@ -87,11 +87,12 @@ def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_blend_argument(p: argparse.ArgumentParser) -> None:
-    """``--blend-borders``, for the commands whose labels are composed from patches."""
-    p.add_argument("--blend-borders", action="store_true",
+    """``--blend-borders`` / ``--no-blend-borders``, for the commands whose labels are composed from patches."""
+    p.add_argument("--blend-borders", action=argparse.BooleanOptionalAction, default=None,
                    help="blend neighbouring patches across their borders with what f1 and f2 predict in their halos: "
                         "no seams between patches and no extra FLOPs, for about 10 more bytes of memory a pixel; "
-                        "labels further than the halo (8 pixels) from a border do not change")
+                        "labels further than the halo (8 pixels) from a border do not change (default: blend when the "
+                        "bundle's f1 and f2 read a halo, as the bundled models do)")
 
 
 def resolve_bundle_arg(name_or_path: str | None) -> Path:
@@ -300,9 +301,10 @@ def run(args: argparse.Namespace) -> int:
             raise
         volume = CroppedVolume(volume, roi)
     bundle_path = resolve_bundle_arg(args.bundle).resolve()  # absolute: dask workers load it too
-    from ..engine.bundle import load_bundle
+    from ..engine.bundle import choose_blend, load_bundle
 
     bundle = load_bundle(bundle_path)
+    args.blend_borders = choose_blend(args.blend_borders, bundle)
     ph, pw = bundle.patch_size
     patch = (int(ph), int(pw))
     check_volume(volume, patch)

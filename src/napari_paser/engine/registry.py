@@ -20,6 +20,7 @@ __all__ = [
     "check_bundle_folder",
     "bundle_patch_size",
     "bundle_default_lam",
+    "bundle_blend_width",
 ]
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent / "models"
@@ -93,6 +94,16 @@ def bundle_default_lam(folder: Path) -> float | None:
     except (OSError, KeyError, TypeError, ValueError):
         return None
     return lam if 0.0 <= lam <= 1.0 else None
+
+
+def bundle_blend_width(folder: Path) -> int:
+    """Pixels on each side of a border that a bundle's patches can be blended over (the
+    halo its f1 and f2 read, the narrower one's), read without torch (0 if unreadable)."""
+    try:
+        models = json.loads((folder / "manifest.json").read_text())["models"]
+        return min(int(models[k]["config"].get("halo", 0)) for k in ("f1", "f2"))
+    except (OSError, KeyError, TypeError, ValueError, AttributeError):
+        return 0
 
 
 def check_bundle_folder(folder: Path) -> str | None:

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import registry
-from ..engine.registry import bundle_default_lam, bundle_patch_size, check_bundle_folder
+from ..engine.registry import bundle_blend_width, bundle_default_lam, bundle_patch_size, check_bundle_folder
 from ..errors import PaserInputError, one_line
 from . import _jobs, _stats
 from ._export import export_steps, export_targets
@@ -172,6 +172,7 @@ class PaserWidget(QWidget):
         self.device_label = QLabel("chosen when a run starts")
         self.bf16_check = QCheckBox("bf16")
         self.blend_check = QCheckBox("blend across borders")
+        self._blend_wanted = True  # ticked wherever the bundle reads a halo (see _use_bundle)
         self.gt_combo = QComboBox()
         self.check_button = QPushButton("Check slice against f2")
         self.stats = StatsPanel()
@@ -222,9 +223,10 @@ class PaserWidget(QWidget):
         layout.addStretch(1)
 
         self._fill_bundles()
-        self._use_bundle_lam()
+        self._use_bundle()
         self.bundle_combo.activated.connect(self._on_bundle_activated)
-        self.bundle_combo.currentIndexChanged.connect(self._use_bundle_lam)
+        self.bundle_combo.currentIndexChanged.connect(self._use_bundle)
+        self.blend_check.toggled.connect(self._on_blend_toggled)
         self.mode_combo.currentIndexChanged.connect(self._on_mode)
         self.lam_control.valueChanged.connect(self._on_slider)
         self.tvd_control.valueChanged.connect(self._on_slider)
@@ -391,14 +393,23 @@ class PaserWidget(QWidget):
 
     # ================================================================== bundles
 
-    def _use_bundle_lam(self, *_: Any) -> None:
+    def _use_bundle(self, *_: Any) -> None:
         """Start the λ slider at the chosen bundle's recommended λ (the one ``segment``
-        uses), without re-routing a run already shown."""
+        uses), without re-routing a run already shown; offer blending where its f1 and f2
+        read a halo (there is nothing to blend otherwise)."""
         folder = self.bundle_path
+        can_blend = folder is not None and bundle_blend_width(folder) > 0
+        self.blend_check.blockSignals(True)
+        self.blend_check.setEnabled(can_blend)
+        self.blend_check.setChecked(can_blend and self._blend_wanted)
+        self.blend_check.blockSignals(False)
         lam = bundle_default_lam(folder) if folder is not None else None
         if lam is None:
             return
         self.lam_control.set_value_silently(lam)
+
+    def _on_blend_toggled(self, checked: bool) -> None:
+        self._blend_wanted = bool(checked)  # kept for the bundles that can blend
 
     def _on_bundle_activated(self, index: int) -> None:
         if self.bundle_combo.itemData(index) is None:
@@ -551,7 +562,7 @@ class PaserWidget(QWidget):
             return None
         mc = self.mc_spin.value() or None
         precision = self.precision
-        blend = self.blend_check.isChecked()
+        blend = self.blend_check.isChecked() and self.blend_check.isEnabled()
         key = (layer.unique_id, str(bundle), mc, box, precision, blend)
         shape = data.shape if layer.ndim == 3 else (1, *data.shape)
         store = None
