@@ -225,6 +225,8 @@ def test_zarr_output_refuses_foreign_finished_and_other_runs(tmp_path):
     assert OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 1}, **kw) == [0, 2]  # resumed
     with pytest.raises(FileExistsError, match="other input or settings"):
         OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 2}, **kw)
+    with pytest.raises(FileExistsError, match=r"\(a: 1 when it began, 2 now; b.c: unset when it began, true now;"):
+        OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 2, "b": {"c": True}}, **kw)  # what differs, setting by setting
     out.finish({"done": True})
     with pytest.raises(FileExistsError, match="finished"):
         OmeZarrOutput(tmp_path / "o.zarr").prepare(run_key={"a": 1}, **kw)

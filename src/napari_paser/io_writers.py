@@ -448,6 +448,26 @@ class ZarrLabelWriter(_StackWriter):
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def _differing(began: Any, asked: dict) -> str:
+    """What differs between the run a store began and the one asked for, setting by
+    setting, e.g. ``"blend_borders: unset when it began, true now"``."""
+    if not isinstance(began, dict):
+        return "it records no run"
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    def shown(settings: dict, key: str) -> str:
+        return json.dumps(settings[key]) if key in settings else "unset"
+
+    then, now = flat(began), flat(asked)
+    keys = [k for k in dict.fromkeys([*then, *now]) if (k in then, then.get(k)) != (k in now, now.get(k))]
+    return "; ".join(f"{k}: {shown(then, k)} when it began, {shown(now, k)} now" for k in keys)
+
+
 class OmeZarrOutput:
     """A resumable OME-Zarr label store that slab tasks fill in parallel.
 
@@ -516,9 +536,11 @@ class OmeZarrOutput:
                     raise FileExistsError(f"{self.path} exists and is not a napari-paser output (use --overwrite)")
                 if attrs.get("complete"):
                     raise FileExistsError(f"{self.path} is a finished output (use --overwrite to replace it)")
-                if attrs.get("run") != json.loads(json.dumps(run_key)):
+                began, asked = attrs.get("run"), json.loads(json.dumps(run_key))
+                if began != asked:
                     raise FileExistsError(
-                        f"{self.path} is an unfinished run with other input or settings (use --overwrite to start again)"
+                        f"{self.path} is an unfinished run with other input or settings ({_differing(began, asked)}; "
+                        "resume it with the settings it began with, or use --overwrite to start again)"
                     )
                 done = np.asarray(self.group[f"{_RECORDS}/done"][:])
                 return [k for k in range(n_slabs) if not done[k]]
