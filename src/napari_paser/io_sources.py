@@ -314,8 +314,8 @@ def labels_file_roi(path: str | os.PathLike) -> str | None:
 
 def recorded_blend(record: Any) -> int | None:
     """Pixels on each side of a border between patches that a PaSeR record says its
-    labels were blended over (``segment --blend-borders``, the napari box *blend across
-    borders*); None if they were not.
+    labels were blended over (what ``segment`` and the napari panel do by default with a
+    bundle that reads a halo); None if they were not.
 
     ``record`` is what :func:`recorded_roi` reads. The setting lies in a bundle record
     (:func:`~napari_paser.engine.bundle.bundle_record`) at the record's top or in its run

@@ -66,8 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     band.add_argument("--band-slab", type=int, metavar="N",
                       help="planes the band segments at a time, one task each on a cluster (default: about 128 MB of engine state)")
     band.add_argument("--blend-borders", action=argparse.BooleanOptionalAction, default=None,
-                      help="blend the band's patches across their borders, as segment --blend-borders (default: as "
-                           "LABELS record, blended if segment or the napari panel blended them)")
+                      help="blend the band's patches across their borders, as segment does by default (default: as "
+                           "LABELS record they were made, blended if segment or the napari panel blended them)")
     add_bundle_arguments(band)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
                 blended = labels_file_blend(args.labels)
                 args.blend_borders = blended is not None
                 if blended:
-                    print(f"the labels' patches were blended across their borders over {blended} pixels "
-                          "(segment --blend-borders): so are the band's", file=sys.stderr)
+                    print(f"the labels' patches were blended across their borders over {blended} pixels: so are the "
+                          "band's (--no-blend-borders crops them)", file=sys.stderr)
         if scan is not None and scan.input_shape != source.input_shape:
             raise PaserInputError(f"--band image has shape {scan.input_shape} but the labels have shape {source.input_shape}")
         kwargs = dict(voxel_size=voxel, cb_diffusivity=args.cb_diffusivity, diffusivity=args.diffusivity,

@@ -247,7 +247,7 @@ class BandJob(SlabTasks):
         Engine settings of the λ and single-model members (precision: of their f1/f2 patches).
     blend_borders : bool
         Blend the λ and single-model members' patches across their borders, as
-        ``segment --blend-borders`` does (the MC samples run f0 alone: no patches).
+        ``segment`` does by default (the MC samples run f0 alone: no patches).
     bundle : Bundle or None
         A bundle already loaded (runs in this process).
     """
@@ -436,7 +436,7 @@ def band_steps(
         folder, so both must be on a file system they share.
     blend_borders : bool
         Segment the PaSeR and single-model members with their patches blended across
-        their borders (``segment --blend-borders``): the band of labels made that way.
+        their borders (as ``segment`` does by default): the band of labels made that way.
     **metric_kwargs
         Passed to :func:`metrics_steps` (voxel_size, cb_diffusivity, tortuosity, ...).
 
