@@ -102,9 +102,21 @@ def blend_patches(
             if takes_part[a, b]:
                 h = halo_of[m]
                 canvas[:, a * ph + pad - h : (a + 1) * ph + pad + h, b * pw + pad - h : (b + 1) * pw + pad + h] += row[m][b]
-    blended = canvas[:, pad:-pad, pad:-pad].argmax(0).astype(np.uint8)
+    blended = _class_argmax(canvas[:, pad:-pad, pad:-pad])
     replace = border_band((gy, gx), patch_size, width) & np.repeat(np.repeat(takes_part, ph, 0), pw, 1)
     return np.where(replace, blended, labels)
+
+
+def _class_argmax(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(0)`` as uint8 (the first class wins a tie), by comparing class
+    planes: numpy's argmax along the first axis of a strided view was 40 % of a blend."""
+    best = np.zeros(scores.shape[1:], np.uint8)
+    top = scores[0].copy()
+    for k in range(1, scores.shape[0]):
+        higher = scores[k] > top
+        best[higher] = k
+        np.maximum(top, scores[k], out=top)
+    return best
 
 
 def _weighted_row(a: int, m: int, routing: np.ndarray, windows: dict[int, np.ndarray], halo: int, weight: np.ndarray,
