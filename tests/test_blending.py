@@ -158,3 +158,12 @@ def test_a_bundle_without_halos_has_nothing_to_blend(tiny_bundle):
 
     with pytest.raises(PaserInputError, match="nothing to blend"):
         PaserSegmenter(tiny_bundle, blend_borders=True)
+
+
+def test_the_blends_class_argmax_is_numpys_ties_included():
+    from napari_paser.engine.blending import _class_argmax
+
+    scores = np.random.default_rng(2).integers(0, 3, (3, 40, 50)).astype(np.float32)[:, 2:-2, 3:-3]  # a strided view, many ties
+    got = _class_argmax(scores)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, scores.argmax(0))
