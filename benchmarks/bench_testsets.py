@@ -14,9 +14,9 @@ test set it measures, in one run and on the same slices:
   track them (:mod:`gain_bounds`);
 - whether the borders between patches show, routed to one model or to different ones
   (:mod:`seams`);
-- issue 11's lines again with the patches blended across their borders (``segment
-  --blend-borders``), every routing scored exactly so (:mod:`blend_scoring`), for a
-  bundle whose f1 and f2 read a halo;
+- issue 11's lines again with the patches blended across their borders (what
+  ``segment`` gives by default), every routing scored exactly so (:mod:`blend_scoring`),
+  for a bundle whose f1 and f2 read a halo;
 - the same slices with a reference bundle (v1): f2 everywhere and PaSeR;
 - seconds measured twice: with one torch thread (the tables) and with every core.
 """
@@ -199,14 +199,14 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     lines = _routing_lines(tt, lam, thresholds, seed, fast)
     log(f"[testsets] {name}: table, baselines and sweeps ({t.lap(name + ' table'):.0f} s)")
     # With a halo, the same slices through engines that blend the patches across their
-    # borders (segment --blend-borders): every routing scored so, with their seconds.
+    # borders (segment's default): every routing scored so, with their seconds.
     truths = [labels for _, labels in volumes]
     bt = blended_table(tt, truths) if blend_width(bundle) > 0 else None
     res = {
         "lam": lam,
         **lines,
-        "gain_correlation": gain_correlations(tt, [labels for _, labels in volumes]),
-        "seams": seam_report(tt, [labels for _, labels in volumes], lam, blended=bt),
+        "gain_correlation": gain_correlations(tt, truths),
+        "seams": seam_report(tt, truths, lam, blend_table=bt),
         # Issue 11's first aim: f0's whole analysis (MC passes, refiner, labels and the
         # policy) is what PaSeR pays on a slice that keeps every patch on f0.
         "analysis": tt.score(tt.constant(0), "paser"),

@@ -77,10 +77,10 @@ def routings(table, lam: float) -> dict[str, tuple[list[np.ndarray], bool]]:
     return out
 
 
-def seam_report(table, truths: list[np.ndarray], lam: float, blended=None) -> dict:
+def seam_report(table, truths: list[np.ndarray], lam: float, blend_table=None) -> dict:
     """Whole-slice agreement of f1 and f2 and the false edges of :func:`routings` (see the module doc).
 
-    ``truths``: each volume's labels, in the order of ``table.segs``; ``blended``: the
+    ``truths``: each volume's labels, in the order of ``table.segs``; ``blend_table``: the
     table's :func:`~common.blended_table`, whose engines then compose the blended routings.
     """
     slices = [(seg, z, truth[z]) for (seg, zs), truth in zip(table.segs, truths, strict=True) for z in zs]
@@ -98,8 +98,8 @@ def seam_report(table, truths: list[np.ndarray], lam: float, blended=None) -> di
                             "pixels_differing": float(np.mean(np.stack(patches) != np.stack(alone)))}
         labelled[f"{MODELS[m]} (whole-slice pass)"] = (alone, list(table.constant(m)))
         labelled[f"{MODELS[m]} without context (check)"] = ([no_context_labels(seg, z, m) for seg, z, _ in slices], list(table.constant(m)))
-    blenders = {id(seg): blender if blended is not None else blended_engine(seg)
-                for (seg, _), (blender, _) in zip(table.segs, (blended or table).segs, strict=True)}
+    blenders = {id(seg): blender if blend_table is not None else blended_engine(seg)
+                for (seg, _), (blender, _) in zip(table.segs, (blend_table or table).segs, strict=True)}
     truth = np.stack([t for _, _, t in slices])
     blended = {}
     for name, (per_slice, fused) in routings(table, lam).items():
