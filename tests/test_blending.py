@@ -167,3 +167,23 @@ def test_the_blends_class_argmax_is_numpys_ties_included():
     got = _class_argmax(scores)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, scores.argmax(0))
+
+
+def test_evaluate_blends_by_default_with_a_bundle_that_reads_a_halo(shipped, tmp_path, capsys):
+    from napari_paser import io
+    from napari_paser.cli.main import main
+
+    _, path, stack = shipped
+    images = io.write_tiff(tmp_path / "scan.tif", stack[:2])
+    truth = io.write_tiff(tmp_path / "truth.tif", np.random.default_rng(0).integers(0, 3, stack[:2].shape).astype(np.uint8))
+    seen = {}
+    for extra in ([], ["--no-blend-borders"]):
+        report = tmp_path / f"eval{len(extra)}.json"
+        assert main(["evaluate", "--images", str(images), "--labels", str(truth), "--bundle", str(path), "--methods", "paser,f1",
+                     "--mc-passes", "2", "--json", str(report), *extra]) == 0
+        out = capsys.readouterr().out
+        seen[bool(extra)] = ("blended across their borders over 8 pixels" in out,
+                             json.loads(report.read_text())["bundle"].get("blended_borders_px"),
+                             [m["mean_iou"] for m in json.loads(report.read_text())["methods"]])
+    assert seen[False][:2] == (True, 8) and seen[True][:2] == (False, None)
+    assert seen[False][2] != seen[True][2]  # the blend moves some labels

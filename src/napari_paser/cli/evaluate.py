@@ -101,7 +101,7 @@ def _random_forest_row(image, train_labels, truth, names: tuple[str, ...], args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.bundle import bundle_record, choose_blend
+    from ..engine.bundle import blend_width, bundle_record, choose_blend
     from ..engine.metrics import evaluate, iou_per_gflop
     from ..engine.normalize import validate_labels
     from ..engine.pipeline import drain, get_method
@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     print(format_table(rows, names))
+    blended = f", patches blended across their borders over {blend_width(bundle)} pixels" if args.blend_borders else ""
     print(
-        f"{seg.num_slices} slices, bundle {bundle.name}, lam={'-' if lam_used is None else f'{lam_used:.4g}'}; "
+        f"{seg.num_slices} slices, bundle {bundle.name}, lam={'-' if lam_used is None else f'{lam_used:.4g}'}{blended}; "
         "IoU: one confusion matrix over the stack; seconds: measured compute of the calls each method runs"
     )
     if args.json:
