@@ -29,6 +29,14 @@ import numpy as np
 from napari_paser.engine.pipeline import PaserSegmenter
 
 
+def blended_engine(seg: PaserSegmenter) -> PaserSegmenter:
+    """An engine like ``seg`` on its volume, with the patches blended across their borders."""
+    out = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device, batch_size=seg.batch_size,
+                         precision=seg.precision, blend_borders=True)
+    out.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
+    return out
+
+
 def region_ids(grid: tuple[int, int], patch_size: tuple[int, int], width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Region of every pixel of a slice of ``grid`` patches, and how many of each kind.
 

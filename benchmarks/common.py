@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from blend_scoring import BlendedConfusions, blended_confusions
+from blend_scoring import BlendedConfusions, blended_confusions, blended_engine
 from napari_paser.engine.baselines import cascade_routing, random_routing
 from napari_paser.engine.metrics import dataset_iou_gains, iou_per_class, mean_iou
 from napari_paser.engine.patches import patch_view
@@ -389,9 +389,7 @@ def blended_table(table: PatchTable, truths: list[np.ndarray]) -> PatchTable:
     """
     segs, times = [], []
     for seg, zs in table.segs:
-        blender = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device,
-                                 batch_size=seg.batch_size, precision=seg.precision, blend_borders=True)
-        blender.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
+        blender = blended_engine(seg)
         for method in ("f0", "f1", "f2"):
             blender.result(method=method)
         segs.append((blender, zs))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from blend_scoring import blended_engine
 from napari_paser.engine.metrics import SEAM_REGIONS, confusion_matrix, mean_iou, seam_edges
 from napari_paser.engine.models import class_argmax
 from napari_paser.engine.patches import unpatchify
@@ -98,8 +99,9 @@ def seam_report(table, truths: list[np.ndarray], lam: float, blend_table=None) -
                             "pixels_differing": float(np.mean(np.stack(patches) != np.stack(alone)))}
         labelled[f"{MODELS[m]} (whole-slice pass)"] = (alone, list(table.constant(m)))
         labelled[f"{MODELS[m]} without context (check)"] = ([no_context_labels(seg, z, m) for seg, z, _ in slices], list(table.constant(m)))
-    blenders = {id(seg): blender if blend_table is not None else blended_engine(seg)
-                for (seg, _), (blender, _) in zip(table.segs, (blend_table or table).segs, strict=True)}
+    engines = [seg for seg, _ in table.segs]
+    blending = [seg for seg, _ in blend_table.segs] if blend_table is not None else [blended_engine(seg) for seg in engines]
+    blenders = {id(seg): blender for seg, blender in zip(engines, blending, strict=True)}
     truth = np.stack([t for _, _, t in slices])
     blended = {}
     for name, (per_slice, fused) in routings(table, lam).items():
@@ -119,12 +121,6 @@ def seam_report(table, truths: list[np.ndarray], lam: float, blend_table=None) -
     return {"whole_slice": whole, "seams": seams, "margin": 8, "excess": excess(seams), "blended": blended}
 
 
-def blended_engine(seg: PaserSegmenter) -> PaserSegmenter:
-    """An engine like ``seg`` on its volume, with the patches blended across their borders."""
-    out = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device, batch_size=seg.batch_size,
-                         precision=seg.precision, blend_borders=True)
-    out.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
-    return out
 
 
 def across_borders(row: dict) -> float:

@@ -302,13 +302,19 @@ def roi_text(ranges: Sequence[Sequence[int]]) -> str:
     return ",".join(f"{a}:{b}" for a, b in ranges)
 
 
+def _labels_file_record(path: str | os.PathLike) -> dict:
+    """What a labels file keeps of the run that made it: a Zarr store's attributes or a
+    TIFF's metadata ({} for anything else)."""
+    try:
+        return zarr_provenance(path) or _tiffio.read_metadata(path)
+    except (PaserInputError, OSError):
+        return {}
+
+
 def labels_file_roi(path: str | os.PathLike) -> str | None:
     """The box of its scan that a labels file (a TIFF or Zarr store PaSeR wrote over a
     region) covers, as ``--roi`` text; None if it records none."""
-    try:
-        roi = recorded_roi(zarr_provenance(path) or _tiffio.read_metadata(path))
-    except (PaserInputError, OSError):
-        return None
+    roi = recorded_roi(_labels_file_record(path))
     return roi_text(roi) if roi else None
 
 
@@ -335,10 +341,7 @@ def recorded_blend(record: Any) -> int | None:
 
 def labels_file_blend(path: str | os.PathLike) -> int | None:
     """:func:`recorded_blend` of a labels file (a TIFF or Zarr store PaSeR wrote)."""
-    try:
-        return recorded_blend(zarr_provenance(path) or _tiffio.read_metadata(path))
-    except (PaserInputError, OSError):
-        return None
+    return recorded_blend(_labels_file_record(path))
 
 
 def scan_under_labels(scan: Volume, labels: Volume, labels_path: str | os.PathLike,
