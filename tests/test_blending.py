@@ -64,6 +64,29 @@ def test_patches_that_agree_on_their_overlap_blend_to_the_same_labels():
     np.testing.assert_array_equal(kept[:ph, pw : 2 * pw], labels[:ph, pw : 2 * pw])
 
 
+def test_borders_that_only_f0_reaches_keep_their_labels():
+    """Blending f0 with itself would only round its probabilities to bytes: where no f1 or
+    f2 window reaches, the labels stay as they are, and next to a patch on f1 they blend."""
+    from napari_paser.engine.blending import blend_patches, border_band
+
+    (gy, gx), (ph, pw), halo = (3, 3), (12, 10), 4
+    labels = np.full((gy * ph, gx * pw), 2, np.uint8)  # unlike f0's bytes, so a blended pixel shows
+    f0_bytes = np.zeros((3, gy * ph, gx * pw), np.uint8)
+    f0_bytes[0] = 200
+    routing = np.zeros((gy, gx), np.uint8)
+    np.testing.assert_array_equal(blend_patches(labels, routing, {}, {1: halo}, (ph, pw), halo, f0_bytes), labels)
+
+    routing[0, 0] = 1
+    windows = np.zeros((gy, gx, 3, ph + 2 * halo, pw + 2 * halo), np.uint8)
+    windows[0, 0, 0] = 255
+    blended = blend_patches(labels, routing, {1: windows}, {1: halo}, (ph, pw), halo, f0_bytes)
+    band = border_band((gy, gx), (ph, pw), halo)
+    rows, cols = np.mgrid[: gy * ph, : gx * pw]
+    near_f1 = (rows < ph + halo) & (cols < pw + halo)
+    assert np.all(blended[band & near_f1] == 0)
+    np.testing.assert_array_equal(blended[~(band & near_f1)], labels[~(band & near_f1)])
+
+
 @torch.no_grad()
 def _reference(bundle, seg, cropped, z, routing):
     """The blend of slice ``z``, computed here from the windows ``seg`` keeps, after
@@ -92,7 +115,11 @@ def _reference(bundle, seg, cropped, z, routing):
                 prob = (1 - w0) * kept.astype(np.float32) + w0 * f0_padded[:, rows, cols]
             canvas[:, rows, cols] += weight * prob
     band = border_band((2, 2), PATCH, halo)
-    return np.where(band, canvas[:, halo:-halo, halo:-halo].argmax(0), cropped)
+    rows, cols = np.mgrid[: 2 * ph, : 2 * pw]
+    reached = np.zeros_like(band)  # within the blend's width of a patch on f1 or f2: f0 alone is not blended
+    for a, b in zip(*np.nonzero(routing)):
+        reached |= (rows >= a * ph - halo) & (rows < (a + 1) * ph + halo) & (cols >= b * pw - halo) & (cols < (b + 1) * pw + halo)
+    return np.where(band & reached, canvas[:, halo:-halo, halo:-halo].argmax(0), cropped)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -119,6 +146,8 @@ def test_engine_blends_what_f1_and_f2_predict_in_their_halos(shipped, fused):
             a, b = plain.compose(z, routing=routing), blended.compose(z, routing=routing)
             np.testing.assert_array_equal(a[~band], b[~band])  # inside the patches, the engine's labels
             np.testing.assert_array_equal(b, _reference(bundle, blended, a, z, routing))
+            if not routing.any():
+                np.testing.assert_array_equal(a, b)  # f0 alone keeps its own labels
             changed += int((a != b).sum())
     assert changed > 0  # the networks' halos disagree with their neighbours somewhere
     result = blended.result(lam=0.005)

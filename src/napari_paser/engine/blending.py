@@ -11,7 +11,8 @@ exactly.
 
 A patch kept on f0 takes part with f0's probabilities (the bytes the engine keeps for
 fusion and for blending) where the slice was analysed; otherwise it keeps its labels and
-lends its neighbours nothing.
+lends its neighbours nothing. A pixel that no f1 or f2 window reaches keeps its label:
+blending f0 with itself would only round f0's probabilities to bytes.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def blend_patches(
     -------
     ndarray (rows, columns) uint8
         ``labels`` with the pixels within ``width`` of a border between patches replaced
-        by the argmax of the blend; a pixel of a patch that takes no part keeps its label.
+        by the argmax of the blend; a pixel of a patch that takes no part, or that no f1
+        or f2 window reaches, keeps its label.
     """
     (gy, gx), (ph, pw) = routing.shape, patch_size
     if gy * gx < 2:
@@ -94,6 +96,9 @@ def blend_patches(
     f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
     halo_of = {0: width, **halos}  # a patch on f0 lends its neighbours f0's probabilities over the blended width
     takes_part = np.isin(routing, [m for m in halo_of if (m == 0 and f0 is not None) or m in windows])
+    reached = _reached_by_patch_models(takes_part & (routing != 0), patch_size, width)
+    if not reached.any():
+        return labels
     weights = {h: border_ramp(ph + 2 * h, h, width)[:, None] * border_ramp(pw + 2 * h, h, width)[None, :] for h in set(halo_of.values())}
     for a in range(gy):
         row = {m: _weighted_row(a, m, routing, windows, halo_of[m], weights[halo_of[m]], patch_size, f0, pad, fusion) for m in halo_of}
@@ -103,8 +108,18 @@ def blend_patches(
                 h = halo_of[m]
                 canvas[:, a * ph + pad - h : (a + 1) * ph + pad + h, b * pw + pad - h : (b + 1) * pw + pad + h] += row[m][b]
     blended = _class_argmax(canvas[:, pad:-pad, pad:-pad])
-    replace = border_band((gy, gx), patch_size, width) & np.repeat(np.repeat(takes_part, ph, 0), pw, 1)
+    replace = border_band((gy, gx), patch_size, width) & np.repeat(np.repeat(takes_part, ph, 0), pw, 1) & reached
     return np.where(replace, blended, labels)
+
+
+def _reached_by_patch_models(on_patch_model: np.ndarray, patch_size: tuple[int, int], width: int) -> np.ndarray:
+    """Boolean (rows, columns): the pixels within ``width`` of a patch marked in
+    ``on_patch_model`` (GY, GX), where that patch's window weighs more than 0."""
+    (gy, gx), (ph, pw) = on_patch_model.shape, patch_size
+    reached = np.zeros((gy * ph, gx * pw), dtype=bool)
+    for a, b in zip(*np.nonzero(on_patch_model)):
+        reached[max(a * ph - width, 0) : (a + 1) * ph + width, max(b * pw - width, 0) : (b + 1) * pw + width] = True
+    return reached
 
 
 def _class_argmax(scores: np.ndarray) -> np.ndarray:
