@@ -177,6 +177,10 @@ def test_streamed_slabs_blend_as_the_whole_stack_and_the_cli_records_it(shipped,
     assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(labels_out), "--bundle", str(path), "--lam", "0.005",
                  "--mc-passes", "2", "--blend-borders", "--report", str(report), "--quiet"]) == 0
     assert "borders blended over 8 pixels" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "f0.tif"), "--bundle", str(path), "--method", "f0",
+                 "--mc-passes", "2", "--quiet"]) == 0
+    assert "no border blended (every patch on f0)" in capsys.readouterr().out
+    np.testing.assert_array_equal(io.read_stack(tmp_path / "f0.tif")[0], segment(stack, bundle, method="f0", mc_passes=2).labels)
     np.testing.assert_array_equal(io.read_stack(labels_out)[0], ref.labels)
     assert json.loads(report.read_text())["bundle"]["blended_borders_px"] == 8
 

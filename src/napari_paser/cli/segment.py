@@ -407,6 +407,9 @@ def _print_summary(report: dict, out: Path, plane_shape: tuple[int, ...]) -> Non
     frac = " ".join(f"{k}={v:.1%}" for k, v in report["route_fraction"].items())
     px = report["bundle"].get("blended_borders_px")
     blended = f", borders blended over {px} pixels" if px else ""
+    fractions = report["route_fraction"]
+    if px and fractions.get("f1", 0) == 0 and fractions.get("f2", 0) == 0:
+        blended = ", no border blended (every patch on f0)"  # engine.blending leaves f0 beside f0 as it is
     check = report.get("f2_check")
     if check:
         print(f"against f2 on every patch of {len(check['planes'])} planes: {check['agreement']:.2%} of pixels alike, "
