@@ -32,6 +32,7 @@ import torch
 from common import (
     OOF_SEEDS,
     TEST_SEEDS,
+    TIMING_ROUNDS,
     VAL_SEEDS,
     Timer,
     best_within,
@@ -127,13 +128,18 @@ def gain_correlations(table, truths) -> dict:
     return out
 
 
-def _seconds_all_cores(volumes, bundle, seed: int, routings: dict) -> dict:
+def _timing_rounds(fast: bool) -> int:
+    """Runs of the networks whose median gives the test tables their seconds (one when smoke-testing)."""
+    return 1 if fast else TIMING_ROUNDS
+
+
+def _seconds_all_cores(volumes, bundle, seed: int, routings: dict, rounds: int) -> dict:
     """The same routings timed with every core (a fresh table: patches rerun)."""
     threads = torch.get_num_threads()
     cores = os.cpu_count() or threads
     torch.set_num_threads(cores)
     try:
-        tab = build_table(volumes, bundle, seed=seed)
+        tab = build_table(volumes, bundle, seed=seed, timing_rounds=rounds)
     finally:
         torch.set_num_threads(threads)
     f2 = tab.compute_seconds(tab.constant(2), "f2")
@@ -194,14 +200,15 @@ def _compose_seconds(tables, lam: float) -> dict:
 
 
 def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log, t) -> dict:
-    tt = build_table(volumes, bundle, seed=seed)
+    rounds = _timing_rounds(fast)  # seconds: the median of rotated runs of the networks
+    tt = build_table(volumes, bundle, seed=seed, timing_rounds=rounds)
     lam = float(bundle.default_lam)
     lines = _routing_lines(tt, lam, thresholds, seed, fast)
     log(f"[testsets] {name}: table, baselines and sweeps ({t.lap(name + ' table'):.0f} s)")
     # With a halo, the same slices through engines that blend the patches across their
     # borders (segment's default): every routing scored so, with their seconds.
     truths = [labels for _, labels in volumes]
-    bt = blended_table(tt, truths) if blend_width(bundle) > 0 else None
+    bt = blended_table(tt, truths, timing_rounds=rounds) if blend_width(bundle) > 0 else None
     res = {
         "lam": lam,
         **lines,
@@ -218,7 +225,7 @@ def _evaluate_set(name, volumes, bundle, reference, thresholds, seed, fast, log,
     matched = lines["idk_matched"]
     routings = {"paser": (tt.paser(lam), "paser"), "f0": (tt.constant(0), "f0"), "f1": (tt.constant(1), "f1"),
                 "idk-matched": (tt.idk(matched["a0"], matched["a1"]), "idk"), "analysis": (tt.constant(0), "paser")}
-    res["all_cores"] = _seconds_all_cores(volumes, bundle, seed, routings)
+    res["all_cores"] = _seconds_all_cores(volumes, bundle, seed, routings, rounds)
     log(f"[testsets] {name}: all-core seconds ({t.lap(name + ' sweep'):.0f} s)")
     if reference is not None:
         rt = build_table(volumes, reference, seed=seed)
@@ -236,7 +243,7 @@ def run(bundle, reference, fast: bool, seed: int, log) -> dict:
     vt = build_table(val, bundle, seed=seed, with_ce=True)
     tuned = tune_idk(vt)
     log(f"[testsets] IDK thresholds on in-family validation {tuned['thresholds']} ({t.lap('idk'):.0f} s)")
-    res = {"idk_tuning": tuned, "sets": {}}
+    res = {"idk_tuning": tuned, "timing_rounds": _timing_rounds(fast), "sets": {}}
     for name, (dist, seeds) in SETS.items():
         vols = make_volumes(seeds[:n], slices, distribution=dist)
         log(f"[testsets] {name}: {n} volumes x {slices} slices ({t.lap(name + ' data'):.0f} s)")

@@ -31,8 +31,13 @@ from napari_paser.engine.pipeline import PaserSegmenter
 
 def blended_engine(seg: PaserSegmenter) -> PaserSegmenter:
     """An engine like ``seg`` on its volume, with the patches blended across their borders."""
+    return engine_like(seg, blend_borders=True)
+
+
+def engine_like(seg: PaserSegmenter, *, blend_borders: bool) -> PaserSegmenter:
+    """A fresh engine with ``seg``'s bundle and settings on its volume, nothing run yet."""
     out = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device, batch_size=seg.batch_size,
-                         precision=seg.precision, blend_borders=True)
+                         precision=seg.precision, blend_borders=blend_borders)
     out.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
     return out
 

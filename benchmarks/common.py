@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from blend_scoring import BlendedConfusions, blended_confusions, blended_engine
+from blend_scoring import BlendedConfusions, blended_confusions, blended_engine, engine_like
 from napari_paser.engine.baselines import cascade_routing, random_routing
 from napari_paser.engine.metrics import dataset_iou_gains, iou_per_class, mean_iou
 from napari_paser.engine.patches import patch_view
@@ -37,6 +37,8 @@ VAL_SEEDS = (8001, 8002)
 RETRAIN_SEEDS = (7001, 7002, 7003)
 NOISE_SEED = 4242
 LAM_IDK = 0.01  # paper B4 (their grid search over [0, 1] picked 0.01)
+TIMING_ROUNDS = 3
+"""Runs of the networks whose median gives a test table its seconds (:func:`median_seconds`)."""
 
 
 def environment() -> dict:
@@ -341,9 +343,10 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
 
 
 def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool = False, batch_size: int = 32,
-                device: str = "cpu") -> PatchTable:
-    """Run f0's analysis, f1 and f2 on every patch of ``volumes`` [(image, labels)] via the engine."""
-    confs, plains, ents, ces, segs, times = [], [], [], [], [], []
+                device: str = "cpu", timing_rounds: int = 1) -> PatchTable:
+    """Run f0's analysis, f1 and f2 on every patch of ``volumes`` [(image, labels)] via the
+    engine; its seconds are the median of ``timing_rounds`` runs (:func:`median_seconds`)."""
+    confs, plains, ents, ces, segs = [], [], [], [], []
     fuses = any(bundle.fusion)
     cost = None
     for image, labels in volumes:
@@ -364,7 +367,6 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
             ents.append(np.stack([seg.patch_entropy(z, m) for m in range(3)]))
             if with_ce:
                 ces.append(_cross_entropy(seg, z, labels[z]))
-            times.append(seg.timings(z))
         segs.append((seg, list(range(seg.num_slices))))
         cost = seg.cost_model
     return PatchTable(
@@ -375,28 +377,69 @@ def build_table(volumes, bundle, *, mc_passes=None, seed: int = 0, with_ce: bool
         segs=segs,
         conf_plain=np.stack(plains).astype(np.int64) if fuses else None,
         ce=np.stack(ces) if with_ce else None,
-        seconds=(np.array([t[0] for t in times]), np.array([t[1] for t in times]), np.stack([t[2] for t in times])),
+        seconds=median_seconds(segs, timing_rounds, blend_borders=False),
     )
 
 
-def blended_table(table: PatchTable, truths: list[np.ndarray]) -> PatchTable:
+def engine_seconds(engines: list[tuple[PaserSegmenter, list[int]]], model: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``PatchTable.seconds`` holds, read from the engines' timings of their slices:
+    f0's analysis (N,), the policy (N,) and every patch of each model (N, 3, GY, GX), or of
+    ``model`` only (the others' rows zero)."""
+    times = [seg.timings(z) for seg, zs in engines for z in zs]
+    patches = np.stack([t[2] for t in times])
+    if model is not None:
+        patches = np.where(np.arange(3)[None, :, None, None] == model, patches, 0.0)
+    return np.array([t[0] for t in times]), np.array([t[1] for t in times]), patches
+
+
+def median_seconds(engines: list[tuple[PaserSegmenter, list[int]]], rounds: int, *,
+                   blend_borders: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compute seconds of the slices of ``engines`` [(engine, slices)] that have run f0, f1
+    and f2 everywhere: each the median over ``rounds`` runs, the first the engines' own.
+
+    Every further round runs each model on fresh engines like these (f1 and f2 after an
+    untimed analysis, so that they fuse f0 in as the first round's did), the models in
+    another order each round. On the shared cores of a benchmark machine one pass can meet
+    a busy stretch that slows one model only; that moved f1's share of f2's seconds by up
+    to a tenth between tables of one run. The median of rotated rounds is not moved by one
+    such stretch.
+    """
+    first = engine_seconds(engines)
+    if rounds <= 1:
+        return first
+    runs = [first]
+    for r in range(1, rounds):
+        per_model = {}
+        for m in (r % 3, (r + 1) % 3, (r + 2) % 3):
+            fresh = [(engine_like(seg, blend_borders=blend_borders), zs) for seg, zs in engines]
+            for seg, _ in fresh:
+                seg.result(method="f0")
+                if m:
+                    seg.result(method=f"f{m}")
+            per_model[m] = engine_seconds(fresh, model=m)
+        t_f0, t_policy, _ = per_model[0]
+        runs.append((t_f0, t_policy, per_model[1][2] + per_model[2][2]))
+    return tuple(np.median(np.stack([run[i] for run in runs]), axis=0) for i in range(3))  # type: ignore[return-value]
+
+
+def blended_table(table: PatchTable, truths: list[np.ndarray], timing_rounds: int = 1) -> PatchTable:
     """``table``'s slices composed by engines that blend the patches across their borders
     (``blend_borders``): every routing is scored blended, exactly (:mod:`blend_scoring`),
     and the seconds are those of these engines, which also keep f1's and f2's predictions
     over their halos. The per-patch ``conf`` and entropies stay ``table``'s.
 
-    ``truths``: each volume's labels, in the order of ``table.segs``.
+    ``truths``: each volume's labels, in the order of ``table.segs``; ``timing_rounds``: as
+    :func:`build_table`'s.
     """
-    segs, times = [], []
+    segs = []
     for seg, zs in table.segs:
         blender = blended_engine(seg)
         for method in ("f0", "f1", "f2"):
             blender.result(method=method)
         segs.append((blender, zs))
-        times += [blender.timings(z) for z in zs]
     plain = blended_confusions(segs, truths, models=(1, 2), fused=False) if table.conf_plain is not None else None
     return replace(table, segs=segs, blended=blended_confusions(segs, truths), blended_plain=plain,
-                   seconds=(np.array([t[0] for t in times]), np.array([t[1] for t in times]), np.stack([t[2] for t in times])))
+                   seconds=median_seconds(segs, timing_rounds, blend_borders=True))
 
 
 # --------------------------------------------------------------------------- IDK tuning

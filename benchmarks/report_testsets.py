@@ -161,6 +161,15 @@ def _blended_routing_lines(s: dict) -> list[str]:
     return L + [""]
 
 
+def _rounds_note(rounds: int | None) -> str:
+    """How the tables' seconds were taken (runs before ``timing_rounds`` timed one pass)."""
+    if not rounds or rounds == 1:
+        return "; each model's seconds from one pass of it"
+    return (f"; each model's seconds per slice and patch are the median of {rounds} passes of it, run in a rotated order "
+            "of the models (`common.median_seconds`), so that a busy stretch of the shared cores during one pass does not "
+            "decide a ratio")
+
+
 def _row(label: str, r: dict, f2: dict) -> str:
     per = " | ".join(_f(v) for v in r["iou_per_class"])
     fr = " / ".join(f"{100 * v:.1f}%" for v in r["fractions"])
@@ -215,7 +224,7 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
          "views, wider blur, stronger phase-contrast fringes, lower dose, float32 files). Nothing is tuned on the "
          "out-of-family set: the IDK thresholds come from in-family validation volumes, the bundle's default λ from its own "
          "validation split. Ratios are to f2 everywhere on the same slices in the same run; seconds with one torch thread "
-         "(tables) and with every core (last column of the cost table).", ""]
+         "(tables) and with every core (last column of the cost table)" + _rounds_note(res.get("timing_rounds")) + ".", ""]
     for name, s in res["sets"].items():
         rows, f2 = s["rows"], s["rows"]["f2"]
         L += [f"### {name} ({len(s['seeds'])} volumes × {s['slices_per_volume']} slices, seeds {s['seeds']}, distribution `{s['distribution']}`)", "",
