@@ -400,9 +400,9 @@ def median_seconds(engines: list[tuple[PaserSegmenter, list[int]]], rounds: int,
     Every further round runs each model on fresh engines like these (f1 and f2 after an
     untimed analysis, so that they fuse f0 in as the first round's did), the models in
     another order each round. On the shared cores of a benchmark machine one pass can meet
-    a busy stretch that slows one model only; that moved f1's share of f2's seconds by up
-    to a tenth between tables of one run. The median of rotated rounds is not moved by one
-    such stretch.
+    a busy stretch that slows one model only: in one run f1 everywhere took 0.188 × f2's
+    seconds in one table and 0.164 × in another. The median of rotated rounds is not moved
+    by one such stretch.
     """
     first = engine_seconds(engines)
     if rounds <= 1:
@@ -419,7 +419,8 @@ def median_seconds(engines: list[tuple[PaserSegmenter, list[int]]], rounds: int,
             per_model[m] = engine_seconds(fresh, model=m)
         t_f0, t_policy, _ = per_model[0]
         runs.append((t_f0, t_policy, per_model[1][2] + per_model[2][2]))
-    return tuple(np.median(np.stack([run[i] for run in runs]), axis=0) for i in range(3))  # type: ignore[return-value]
+    t_f0, t_policy, t_patches = (np.median(np.stack([run[i] for run in runs]), axis=0) for i in range(3))
+    return t_f0, t_policy, t_patches
 
 
 def blended_table(table: PatchTable, truths: list[np.ndarray], timing_rounds: int = 1) -> PatchTable:

@@ -404,10 +404,10 @@ def _tiff_writers(out: Path, kinds: list[str], volume: Any, patch: tuple[int, in
 def _print_summary(report: dict, out: Path, plane_shape: tuple[int, ...]) -> None:
     """The run in a line (and the check against f2 in another, if asked for)."""
     lam = "-" if report["lam"] is None else f"{report['lam']:.4g}"
-    frac = " ".join(f"{k}={v:.1%}" for k, v in report["route_fraction"].items())
+    fractions = report["route_fraction"]
+    frac = " ".join(f"{k}={v:.1%}" for k, v in fractions.items())
     px = report["bundle"].get("blended_borders_px")
     blended = f", borders blended over {px} pixels" if px else ""
-    fractions = report["route_fraction"]
     if px and fractions.get("f1", 0) == 0 and fractions.get("f2", 0) == 0:
         blended = ", no border blended (every patch on f0)"  # engine.blending leaves f0 beside f0 as it is
     check = report.get("f2_check")
