@@ -87,18 +87,16 @@ def blend_patches(
     (gy, gx), (ph, pw) = routing.shape, patch_size
     if gy * gx < 2:
         return labels
+    halo_of = {0: width, **halos}  # a patch on f0 lends its neighbours f0's probabilities over the blended width
+    takes_part = np.isin(routing, [m for m in halo_of if (m == 0 and f0_bytes is not None) or m in windows])
+    reached = _reached_by_patch_models(takes_part & (routing != 0), patch_size, width)
+    if not reached.any():  # no f1 or f2 window here: nothing to allocate or blend
+        return labels
     fusion = fusion or {}
     pad = max([width, *halos.values()])
-    classes = next(iter(windows.values())).shape[2] if windows else (f0_bytes.shape[0] if f0_bytes is not None else 0)
-    if classes == 0:
-        return labels
+    classes = next(iter(windows.values())).shape[2]  # some f1 or f2 window reaches, so there is one
     canvas = np.zeros((classes, gy * ph + 2 * pad, gx * pw + 2 * pad), np.float32)
     f0 = None if f0_bytes is None else np.pad(f0_bytes, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
-    halo_of = {0: width, **halos}  # a patch on f0 lends its neighbours f0's probabilities over the blended width
-    takes_part = np.isin(routing, [m for m in halo_of if (m == 0 and f0 is not None) or m in windows])
-    reached = _reached_by_patch_models(takes_part & (routing != 0), patch_size, width)
-    if not reached.any():
-        return labels
     weights = {h: border_ramp(ph + 2 * h, h, width)[:, None] * border_ramp(pw + 2 * h, h, width)[None, :] for h in set(halo_of.values())}
     for a in range(gy):
         row = {m: _weighted_row(a, m, routing, windows, halo_of[m], weights[halo_of[m]], patch_size, f0, pad, fusion) for m in halo_of}
