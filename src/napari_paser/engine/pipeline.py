@@ -27,6 +27,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -43,6 +44,7 @@ from .models import class_argmax, class_softmax, set_memory_format_
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
 from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_points, tvd_at
+from .side_by_side import ordered_map, share_wall, workers_for
 from .steps import run_steps
 from .uncertainty import entropy as softmax_entropy
 from .uncertainty import mc_predict, policy_features, slice_seed
@@ -77,6 +79,34 @@ DEFAULT_PRECISION = "fp32"
 DEFAULT_CHANNELS_LAST = True
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass
+class _Analysis:
+    """What f0's analysis of slice ``z`` gives the caches (:meth:`PaserSegmenter._analysis`)."""
+
+    z: int
+    labels: np.ndarray
+    quantised: np.ndarray | None  # f0's probabilities x 255, if the segmenter keeps them
+    entropy: np.ndarray
+    gains: np.ndarray
+    seconds_f0: float
+    seconds_policy: float
+
+
+@dataclass
+class _Patches:
+    """What a patch model's batch gives the caches (:meth:`PaserSegmenter._patch_outputs`)."""
+
+    chunk: np.ndarray  # (k, 3): (z, gy, gx) of each patch
+    labels: np.ndarray
+    entropy: np.ndarray
+    fused: np.ndarray | None  # labels with f0 fused in, for the patches of ``fused_rows``
+    fused_rows: np.ndarray | None
+    window: np.ndarray | None  # probabilities x 255 over the whole windows, when blending
+    seconds: float  # per patch
+
+
 R = TypeVar("R")  # what a drained generator returns
 
 
@@ -197,6 +227,10 @@ class PaserSegmenter(SlicewiseRouting):
         Blend neighbouring patches within the patch models' halo of their borders
         (:mod:`.blending`): no seams between patches, for the memory of every patch
         model's output over its window (about 10 bytes a pixel).
+    side_by_side : bool
+        With several torch threads on a CPU, analyse several slices, and run several
+        batches of patches, at once, the threads shared among them (:mod:`.side_by_side`):
+        the same outputs, mostly sooner. False runs one at a time with every thread.
     """
 
     def __init__(
@@ -210,6 +244,7 @@ class PaserSegmenter(SlicewiseRouting):
         precision: str = DEFAULT_PRECISION,
         channels_last: bool = DEFAULT_CHANNELS_LAST,
         blend_borders: bool = False,
+        side_by_side: bool = True,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -233,6 +268,7 @@ class PaserSegmenter(SlicewiseRouting):
         self._fusion = np.array([0.0, *bundle.fusion])  # weight of f0 in each model's patch output
         self._halos = {m: int(net.config.halo) for m, net in enumerate(self.bundle.segmenters()) if m > 0}
         self.blend_borders = bool(blend_borders)
+        self.side_by_side = bool(side_by_side)
         self._blend_width = check_blendable(self.bundle) if self.blend_borders else blend_width(self.bundle)
         self._keeps_f0_bytes = bool(self._fusion.any() or self.blend_borders)
         self._volume: np.ndarray | None = None
@@ -396,12 +432,45 @@ class PaserSegmenter(SlicewiseRouting):
     def analyse(self, z: int) -> None:
         """f0 MC-dropout prediction, entropy and policy gains of slice ``z`` (cached)."""
         z = self._check_slice(z)
-        if self._analysed[z]:
-            return
-        h, w = self.shape[1:]
-        x = torch.from_numpy(self._input(z))[None, None]  # the slice: the policy's image channel
+        if not self._analysed[z]:
+            self._store_analysis(self._analysis(self._analysis_input(z)))
+
+    def _analyse_all(self, zs: Sequence[int]) -> Generator[int, None, None]:
+        """Analyse the slices ``zs`` that are not yet, several at once where that uses the
+        cores better (:mod:`.side_by_side`); yields each slice of ``zs`` once it is done."""
+        todo = [z for z in zs if not self._analysed[z]]
+        planes = max(self.bundle.f0.config.planes, 1)
+        workers = self._workers(len(todo), planes * self.padded_shape[0] * self.padded_shape[1])
+        if self.bundle.f0.config.mc_scope != "head":
+            workers = 1  # its MC passes seed torch's global generator, which threads share
+        wall = time.perf_counter()
+        results = ordered_map(self._analysis, (self._analysis_input(z) for z in todo), workers)
+        try:
+            for z in zs:
+                if not self._analysed[z]:
+                    self._store_analysis(next(results))
+                yield z
+        finally:
+            results.close()
+        if workers > 1:  # each slice's own seconds overlap: charge the wall time they took together
+            self._time_f0[todo], self._time_policy[todo] = share_wall(time.perf_counter() - wall, self._time_f0[todo], self._time_policy[todo])
+
+    def _workers(self, pieces: int, pixels: int) -> int:
+        """Pieces of work to run at once (:func:`.side_by_side.workers_for`)."""
+        return workers_for(pieces, pixels, self.device) if self.side_by_side else 1
+
+    def _analysis_input(self, z: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Slice ``z`` (the policy's image channel) and f0's planes around it, read from
+        the volume and the input cache on the calling thread."""
+        x = torch.from_numpy(self._input(z))[None, None]
+        planes = self.bundle.f0.config.planes
+        return z, x, x if planes == 1 else torch.from_numpy(self._planes(z, planes))[None]
+
+    def _analysis(self, inputs: tuple[int, torch.Tensor, torch.Tensor]) -> _Analysis:
+        """f0's analysis of one slice from :meth:`_analysis_input`: tensors only, so several
+        may run at once."""
+        z, x, f0_in = inputs
         f0 = self.bundle.f0
-        f0_in = x if f0.config.planes == 1 else torch.from_numpy(self._planes(z, f0.config.planes))[None]
         t0 = time.perf_counter()
         with torch.inference_mode():
             policy_config = self.bundle.policy.config
@@ -410,7 +479,7 @@ class PaserSegmenter(SlicewiseRouting):
                                                       return_features=True, return_spread=policy_config.mc_spread)
             prediction = f0.refine(f0_in, prob)  # the MC mean itself without a refiner
             # f0's labels and the bytes fusion keeps are part of what its analysis costs,
-            # as a patch model's argmax is of its patches' (_run_patches).
+            # as a patch model's argmax is of its patches' (_patch_outputs).
             labels = class_argmax(prediction)[0].cpu().numpy()
             quantised = to_bytes(prediction[0]).cpu().numpy() if self._keeps_f0_bytes else None
             t1 = time.perf_counter()
@@ -418,17 +487,20 @@ class PaserSegmenter(SlicewiseRouting):
                                     spread[0] if spread else None, prediction)
             gains = self.bundle.policy.gains(feats)
         t2 = time.perf_counter()
-        ent_np = ent[0].float().cpu().numpy()
-        gains_np = gains[0].float().cpu().numpy()
-        self._plabels[0, z] = patch_view(labels, self.patch_size)
-        self._pentropy[0, z] = patch_view(ent_np, self.patch_size).mean(axis=(-2, -1))
+        return _Analysis(z, labels, quantised, ent[0].float().cpu().numpy(), gains[0].float().cpu().numpy(), t1 - t0, t2 - t1)
+
+    def _store_analysis(self, a: _Analysis) -> None:
+        z = a.z
+        h, w = self.shape[1:]
+        self._plabels[0, z] = patch_view(a.labels, self.patch_size)
+        self._pentropy[0, z] = patch_view(a.entropy, self.patch_size).mean(axis=(-2, -1))
         self._pdone[0, z] = True
-        if quantised is not None:
-            self._f0prob[z] = np.stack([patch_view(q, self.patch_size) for q in quantised], axis=2)
-        self._entropy[z] = ent_np[:h, :w]
-        self._gains[z] = gains_np
-        self._s1[z], self._s2[z] = switch_points(gains_np, self._costs)
-        self._time_f0[z], self._time_policy[z] = t1 - t0, t2 - t1
+        if a.quantised is not None:
+            self._f0prob[z] = np.stack([patch_view(q, self.patch_size) for q in a.quantised], axis=2)
+        self._entropy[z] = a.entropy[:h, :w]
+        self._gains[z] = a.gains
+        self._s1[z], self._s2[z] = switch_points(a.gains, self._costs)
+        self._time_f0[z], self._time_policy[z] = a.seconds_f0, a.seconds_policy
         self._analysed[z] = True
 
     def entropy(self, z: int) -> np.ndarray:
@@ -481,45 +553,75 @@ class PaserSegmenter(SlicewiseRouting):
         return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
 
     def _run_patches(self, model: int, todo: np.ndarray) -> Generator[int, None, None]:
-        """Run ``model`` on the listed patches in batches; yields patches done per batch."""
+        """Run ``model`` on the listed patches in batches, several batches at once where that
+        uses the cores better (:mod:`.side_by_side`); yields patches done per batch."""
         net = self.bundle.segmenters()[model]
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            batch = np.stack([self._patch_window(z, gy, gx, net.config.halo, net.config.planes) for z, gy, gx in chunk])
-            x = self._to_device(torch.from_numpy(batch))
-            t0 = time.perf_counter()
-            with torch.inference_mode(), self._precision_ctx():
-                # Plain layout: the class sums of the entropy and of fusion read it fastest,
-                # and class_argmax is as fast in either.
-                if self.blend_borders:
-                    halo = net.config.halo
-                    window = class_softmax(net.window_logits(x).float(), channels_last=False)
-                    prob = window[..., halo:-halo, halo:-halo]  # what net(x) gives, to the bit
-                else:
-                    prob = class_softmax(net(x).float(), channels_last=False)
-            labels = class_argmax(prob).cpu().numpy()
-            ent = softmax_entropy(prob).mean(dim=(-2, -1)).cpu().numpy()
-            z, gy, gx = chunk.T
-            if self._fusion[model] > 0:
-                self._fuse_f0(model, chunk, prob)
-            if self.blend_borders:
-                self._pwindow[model][z, gy, gx] = to_bytes(window).cpu().numpy()
-            dt = (time.perf_counter() - t0) / len(chunk)
-            self._plabels[model, z, gy, gx] = labels
-            self._pentropy[model, z, gy, gx] = ent
-            self._ptime[model, z, gy, gx] = dt
-            self._pdone[model, z, gy, gx] = True
-            yield len(chunk)
+        chunks = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+        window = (self.patch_size[0] + 2 * net.config.halo) * (self.patch_size[1] + 2 * net.config.halo)
+        workers = self._workers(len(chunks), self.batch_size * net.config.planes * window)
+        wall = time.perf_counter()
+        results = ordered_map(partial(self._patch_outputs, model), (self._patch_input(model, c) for c in chunks), workers)
+        try:
+            for out in results:
+                self._store_patches(model, out)
+                yield len(out.chunk)
+        finally:
+            results.close()
+        if workers > 1:  # the batches' own seconds overlap: charge the wall time they took together
+            z, gy, gx = todo.T
+            (self._ptime[model, z, gy, gx],) = share_wall(time.perf_counter() - wall, self._ptime[model, z, gy, gx])
 
-    def _fuse_f0(self, model: int, chunk: np.ndarray, prob: torch.Tensor) -> None:
-        """Fused labels of the patches in ``chunk`` whose slice f0 has analysed."""
-        rows = self._analysed[chunk[:, 0]]
-        if not rows.any():
-            return
-        z, gy, gx = chunk[rows].T
-        fused = fuse_f0(prob[torch.from_numpy(rows).to(prob.device)], torch.from_numpy(self._f0prob[z, gy, gx]), float(self._fusion[model]))
-        self._pfused[model, z, gy, gx] = class_argmax(fused).cpu().numpy()
-        self._pfdone[model, z, gy, gx] = True
+    def _patch_input(self, model: int, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """A batch's windows, and f0's probabilities (bytes) of the patches whose slice f0 has
+        analysed where ``model`` fuses them, read on the calling thread."""
+        net = self.bundle.segmenters()[model]
+        batch = np.stack([self._patch_window(z, gy, gx, net.config.halo, net.config.planes) for z, gy, gx in chunk])
+        rows = f0prob = None
+        if self._fusion[model] > 0:
+            rows = self._analysed[chunk[:, 0]]
+            z, gy, gx = chunk[rows].T
+            f0prob = self._f0prob[z, gy, gx]
+        return chunk, batch, rows, f0prob
+
+    def _patch_outputs(self, model: int, inputs: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]) -> _Patches:
+        """``model`` on one batch from :meth:`_patch_input`: tensors only, so several may run at once."""
+        chunk, batch, rows, f0prob = inputs
+        net = self.bundle.segmenters()[model]
+        x = self._to_device(torch.from_numpy(batch))
+        t0 = time.perf_counter()
+        window: np.ndarray | None = None
+        fused: np.ndarray | None = None
+        with torch.inference_mode(), self._precision_ctx():
+            # Plain layout: the class sums of the entropy and of fusion read it fastest,
+            # and class_argmax is as fast in either.
+            if self.blend_borders:
+                halo = net.config.halo
+                probs = class_softmax(net.window_logits(x).float(), channels_last=False)
+                prob = probs[..., halo:-halo, halo:-halo]  # what net(x) gives, to the bit
+            else:
+                prob = class_softmax(net(x).float(), channels_last=False)
+        labels = class_argmax(prob).cpu().numpy()
+        ent = softmax_entropy(prob).mean(dim=(-2, -1)).cpu().numpy()
+        if rows is not None and f0prob is not None and rows.any():
+            mixed = fuse_f0(prob[torch.from_numpy(rows).to(prob.device)], torch.from_numpy(f0prob), float(self._fusion[model]))
+            fused = class_argmax(mixed).cpu().numpy()
+        if self.blend_borders:
+            window = to_bytes(probs).cpu().numpy()
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        return _Patches(chunk, labels, ent, fused, rows if fused is not None else None, window, seconds)
+
+    def _store_patches(self, model: int, out: _Patches) -> None:
+        z, gy, gx = out.chunk.T
+        if out.fused is not None:
+            fz, fy, fx = out.chunk[out.fused_rows].T
+            self._pfused[model, fz, fy, fx] = out.fused
+            self._pfdone[model, fz, fy, fx] = True
+        if out.window is not None:
+            self._pwindow[model][z, gy, gx] = out.window
+        self._plabels[model, z, gy, gx] = out.labels
+        self._pentropy[model, z, gy, gx] = out.entropy
+        self._ptime[model, z, gy, gx] = out.seconds
+        self._pdone[model, z, gy, gx] = True
 
     def _ensure(self, requests: Sequence[tuple[int, np.ndarray]], fused: bool = False) -> Generator[tuple[int, int], None, None]:
         """Run every missing (patch, model) pair of ``requests`` = [(z, routing)]; yields
@@ -619,8 +721,7 @@ class PaserSegmenter(SlicewiseRouting):
         total = (n if spec.analyse else 0) + n
         done = 0
         if spec.analyse:
-            for z in zs:
-                self.analyse(z)
+            for _ in self._analyse_all(zs):
                 done += 1
                 yield done, total
         if spec.uses_lam:
