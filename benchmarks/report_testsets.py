@@ -244,8 +244,9 @@ def markdown(res: dict, fig_dir: Path, out: Path, bundle_name: str, reference_na
                 L.append(f"| reference `{reference_name}`: {label} | {_f(r['mean_iou'])} | {per} | "
                          f"{r['gflops'] / f2['gflops']:.3f} (of this bundle's f2) | - | - |")
         ac = s["all_cores"]
-        L += ["", f"Seconds with every core ({ac['threads']} threads), same routings: "
-              + ", ".join(f"{k} {v['seconds_ratio_f2']:.3f} × f2's" for k, v in ac.items() if k not in ("threads", "analysis")) + ".", ""]
+        side = ", slices and batches side by side (`engine.side_by_side`)" if ac.get("side_by_side") else ""
+        L += ["", f"Seconds with every core ({ac['threads']} threads{side}), same routings: "
+              + ", ".join(f"{k} {v['seconds_ratio_f2']:.3f} × f2's" for k, v in ac.items() if isinstance(v, dict) and k != "analysis") + ".", ""]
         if "analysis" in s:  # runs before this line was added lack it
             a, a_all = s["analysis"], ac.get("analysis", {})
             all_cores = f" and {a_all['seconds_ratio_f2']:.3f} × with every core" if a_all else ""

@@ -438,22 +438,25 @@ class PaserSegmenter(SlicewiseRouting):
     def _analyse_all(self, zs: Sequence[int]) -> Generator[int, None, None]:
         """Analyse the slices ``zs`` that are not yet, several at once where that uses the
         cores better (:mod:`.side_by_side`); yields each slice of ``zs`` once it is done."""
-        todo = [z for z in zs if not self._analysed[z]]
+        todo = list(dict.fromkeys(z for z in zs if not self._analysed[z]))  # each slice once
         planes = max(self.bundle.f0.config.planes, 1)
         workers = self._workers(len(todo), planes * self.padded_shape[0] * self.padded_shape[1])
         if self.bundle.f0.config.mc_scope != "head":
             workers = 1  # its MC passes seed torch's global generator, which threads share
         wall = time.perf_counter()
         results = ordered_map(self._analysis, (self._analysis_input(z) for z in todo), workers)
+        stored: list[int] = []
         try:
             for z in zs:
                 if not self._analysed[z]:
                     self._store_analysis(next(results))
+                    stored.append(z)
                 yield z
         finally:
             results.close()
-        if workers > 1:  # each slice's own seconds overlap: charge the wall time they took together
-            self._time_f0[todo], self._time_policy[todo] = share_wall(time.perf_counter() - wall, self._time_f0[todo], self._time_policy[todo])
+            if workers > 1 and stored:  # the slices' own seconds overlap: charge the wall time they took together
+                self._time_f0[stored], self._time_policy[stored] = share_wall(time.perf_counter() - wall, self._time_f0[stored],
+                                                                              self._time_policy[stored])
 
     def _workers(self, pieces: int, pixels: int) -> int:
         """Pieces of work to run at once (:func:`.side_by_side.workers_for`)."""
@@ -561,15 +564,17 @@ class PaserSegmenter(SlicewiseRouting):
         workers = self._workers(len(chunks), self.batch_size * net.config.planes * window)
         wall = time.perf_counter()
         results = ordered_map(partial(self._patch_outputs, model), (self._patch_input(model, c) for c in chunks), workers)
+        stored: list[np.ndarray] = []
         try:
             for out in results:
                 self._store_patches(model, out)
+                stored.append(out.chunk)
                 yield len(out.chunk)
         finally:
             results.close()
-        if workers > 1:  # the batches' own seconds overlap: charge the wall time they took together
-            z, gy, gx = todo.T
-            (self._ptime[model, z, gy, gx],) = share_wall(time.perf_counter() - wall, self._ptime[model, z, gy, gx])
+            if workers > 1 and stored:  # the batches' own seconds overlap: charge the wall time they took together
+                z, gy, gx = np.concatenate(stored).T
+                (self._ptime[model, z, gy, gx],) = share_wall(time.perf_counter() - wall, self._ptime[model, z, gy, gx])
 
     def _patch_input(self, model: int, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """A batch's windows, and f0's probabilities (bytes) of the patches whose slice f0 has
