@@ -439,8 +439,7 @@ class PaserSegmenter(SlicewiseRouting):
         """Analyse the slices ``zs`` that are not yet, several at once where that uses the
         cores better (:mod:`.side_by_side`); yields each slice of ``zs`` once it is done."""
         todo = list(dict.fromkeys(z for z in zs if not self._analysed[z]))  # each slice once
-        planes = max(self.bundle.f0.config.planes, 1)
-        workers = self._workers(len(todo), planes * self.padded_shape[0] * self.padded_shape[1])
+        workers = self._workers(len(todo), self.bundle.f0.config.planes * self.padded_shape[0] * self.padded_shape[1])
         if self.bundle.f0.config.mc_scope != "head":
             workers = 1  # its MC passes seed torch's global generator, which threads share
         wall = time.perf_counter()
@@ -523,7 +522,9 @@ class PaserSegmenter(SlicewiseRouting):
 
     def timings(self, z: int) -> tuple[float, float, np.ndarray]:
         """Measured compute seconds of slice ``z``: f0's analysis, the policy, and every
-        patch forward as (3, GY, GX) (0 where a model has not run), as results charge them."""
+        patch forward as (3, GY, GX) (0 where a model has not run), as results charge them.
+        Slices and batches that ran side by side are each charged their share of the wall
+        time they took together (:func:`.side_by_side.share_wall`)."""
         z = self._check_slice(z)
         return float(self._time_f0[z]), float(self._time_policy[z]), self._ptime[:, z].copy()
 
