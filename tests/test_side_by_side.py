@@ -169,3 +169,26 @@ def test_an_f0_whose_mc_passes_seed_the_global_generator_analyses_one_slice_at_a
     seg.result(method="paser")
     assert names["analysis"] == {threading.current_thread().name}
     assert all(n.startswith("paser") for n in names["patches"])
+
+
+def test_analyse_slices_yields_each_slice_in_order_once_analysed_several_at_once(shipped, threads, monkeypatch):
+    bundle, _, image = shipped
+    threads(2)
+    names = _spy_threads(monkeypatch)
+    seg = PaserSegmenter(bundle, mc_passes=2)
+    seg.set_volume(image)
+    seg.analyse(1)
+    order = []
+    for z in seg.analyse_slices([2, 1, 0, 2]):
+        assert seg.is_analysed(z)
+        order.append(z)
+    assert order == [2, 1, 0, 2]
+    # slice 1 was analysed alone, on the calling thread; slices 2 and 0 on the workers
+    assert threading.current_thread().name in names["analysis"] and any(n.startswith("paser") for n in names["analysis"])
+    alone = PaserSegmenter(bundle, mc_passes=2, side_by_side=False)
+    alone.set_volume(image)
+    for z in range(3):
+        np.testing.assert_array_equal(seg.gains(z), alone.gains(z))
+        np.testing.assert_array_equal(seg.entropy(z), alone.entropy(z))
+    with pytest.raises(IndexError, match="out of range"):
+        next(seg.analyse_slices([0, 3]))

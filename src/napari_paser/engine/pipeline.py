@@ -435,9 +435,21 @@ class PaserSegmenter(SlicewiseRouting):
         if not self._analysed[z]:
             self._store_analysis(self._analysis(self._analysis_input(z)))
 
-    def _analyse_all(self, zs: Sequence[int]) -> Generator[int, None, None]:
-        """Analyse the slices ``zs`` that are not yet, several at once where that uses the
-        cores better (:mod:`.side_by_side`); yields each slice of ``zs`` once it is done."""
+    def analyse_slices(self, zs: Iterable[int]) -> Generator[int, None, None]:
+        """Analyse the slices ``zs`` (cached ones are not run again), several at once where
+        that uses the cores better (:mod:`.side_by_side`).
+
+        Parameters
+        ----------
+        zs : iterable of int
+            Slices, in the order wanted (IndexError for one out of range, before any runs).
+
+        Yields
+        ------
+        int
+            Each slice of ``zs`` once it is analysed, in that order.
+        """
+        zs = [self._check_slice(z) for z in zs]
         todo = list(dict.fromkeys(z for z in zs if not self._analysed[z]))  # each slice once
         workers = self._workers(len(todo), self.bundle.f0.config.planes * self.padded_shape[0] * self.padded_shape[1])
         if self.bundle.f0.config.mc_scope != "head":
@@ -727,7 +739,7 @@ class PaserSegmenter(SlicewiseRouting):
         total = (n if spec.analyse else 0) + n
         done = 0
         if spec.analyse:
-            for _ in self._analyse_all(zs):
+            for _ in self.analyse_slices(zs):
                 done += 1
                 yield done, total
         if spec.uses_lam:

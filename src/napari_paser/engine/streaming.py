@@ -341,6 +341,8 @@ def slab_switch_points(job: StreamJob, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     seg, z0, z1 = _load_slab(job, k)
     costs = seg.bundle.costs().double().numpy()
+    for _ in seg.analyse_slices(range(z1 - z0)):  # several planes at once where the cores allow
+        pass
     gains = np.stack([seg.gains(z) for z in range(z1 - z0)])
     return switch_points(gains, costs)
 
@@ -349,9 +351,10 @@ def slab_patch_entropy(job: StreamJob, k: int, a0: float | None = None) -> np.nd
     """Mean f0 patch entropies of slab ``k`` (``a0`` None), or f1's on the patches with f0
     entropy ≥ ``a0`` (NaN elsewhere): what the IDK cascade's stack thresholds are means of."""
     seg, z0, z1 = _load_slab(job, k)
+    for _ in seg.analyse_slices(range(z1 - z0)):  # several planes at once where the cores allow
+        pass
     out = []
     for z in range(z1 - z0):
-        seg.analyse(z)
         e0 = seg.patch_entropy(z, 0).copy()
         if a0 is None:
             out.append(e0)
