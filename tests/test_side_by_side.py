@@ -192,3 +192,31 @@ def test_analyse_slices_yields_each_slice_in_order_once_analysed_several_at_once
         np.testing.assert_array_equal(seg.entropy(z), alone.entropy(z))
     with pytest.raises(IndexError, match="out of range"):
         next(seg.analyse_slices([0, 3]))
+
+
+def test_the_panels_tvd_mode_analyses_side_by_side_in_its_order(shipped, threads, monkeypatch):
+    from napari_paser.napari_ui import _jobs
+
+    bundle, path, image = shipped
+    threads(2)
+    monkeypatch.setattr(_jobs, "worker_threads", lambda cpu_count=None: 2)  # the viewer's cores but one, on a 3-core machine
+    names = _spy_threads(monkeypatch)
+    req = _jobs.RunRequest(data=image, key=("side by side",), bundle_path=path, mc_passes=2, mode="tvd", lam=0.005, tvd=0.3,
+                           order=[2, 0, 1])
+    job, analysed = _jobs.run_job(req), []
+    try:
+        while True:
+            msg = next(job)
+            if isinstance(msg, _jobs.Ready):
+                msg.shown.set()
+            elif isinstance(msg, _jobs.SliceDone) and msg.labels is None:  # the analysis stage
+                analysed.append(msg.z)
+    except StopIteration as stop:
+        outcome = stop.value
+    assert analysed == [2, 0, 1]
+    assert names["analysis"] and all(n.startswith("paser") for n in names["analysis"])
+    alone = PaserSegmenter(bundle, mc_passes=2, side_by_side=False)
+    alone.set_volume(image)
+    for z in range(3):
+        alone.analyse(z)
+    assert outcome.lam == alone.lam_for_tvd(0.3)

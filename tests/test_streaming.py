@@ -273,9 +273,9 @@ def test_windowed_engine_routes_like_the_in_memory_one(tiny_bundle):
     whole = PaserSegmenter(tiny_bundle, mc_passes=2)
     whole.set_volume(vol)
     windowed = WindowedSegmenter(tiny_bundle, vol, mc_passes=2, window=2)
-    for z in range(5):
-        whole.analyse(z)
-        windowed.analyse(z)
+    # Both analyse a list of slices alike (the napari panel's TVD mode): each yielded in order.
+    assert list(whole.analyse_slices([4, 0, 1, 2, 3])) == list(windowed.analyse_slices([4, 0, 1, 2, 3])) == [4, 0, 1, 2, 3]
+    assert all(whole.is_analysed(z) and windowed.is_analysed(z) for z in range(5))
     for lam in (0.0, 0.1, 0.5):
         assert all(np.array_equal(whole.routing(lam, z), windowed.routing(lam, z)) for z in range(5))
         assert whole.tvd(lam) == windowed.tvd(lam)

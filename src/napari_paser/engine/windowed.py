@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generator, Iterable
 
 import numpy as np
 import torch
@@ -149,6 +150,14 @@ class WindowedSegmenter(SlicewiseRouting):
         if not self._analysed[z]:
             self._s1[z], self._s2[z] = switch_points(seg.gains(0), self._costs)
             self._analysed[z] = True
+
+    def analyse_slices(self, zs: Iterable[int]) -> Generator[int, None, None]:
+        """Analyse the slices ``zs`` one at a time (each is its own engine state here, built
+        from its plane); yields each once it is analysed, as
+        :meth:`PaserSegmenter.analyse_slices` does."""
+        for z in zs:
+            self.analyse(z)
+            yield z
 
     def entropy(self, z: int) -> np.ndarray:
         return self._state(z).entropy(0)
