@@ -143,7 +143,7 @@ def _seconds_all_cores(volumes, bundle, seed: int, routings: dict, rounds: int) 
     finally:
         torch.set_num_threads(threads)
     f2 = tab.compute_seconds(tab.constant(2), "f2")
-    out: dict = {"threads": cores, "side_by_side": True}  # build_table's engines: slices and batches side by side
+    out: dict = {"threads": cores, "side_by_side": all(seg.side_by_side for seg, _ in tab.segs)}
     for name, (routing, kind) in routings.items():
         s = tab.compute_seconds(routing, kind)
         out[name] = {"seconds": s, "seconds_ratio_f2": s / f2}

@@ -121,8 +121,6 @@ def seam_report(table, truths: list[np.ndarray], lam: float, blend_table=None) -
     return {"whole_slice": whole, "seams": seams, "margin": 8, "excess": excess(seams), "blended": blended}
 
 
-
-
 def across_borders(row: dict) -> float:
     """Share of false edges over every pair across a border, whichever models meet there."""
     edges = row["same_model_borders"]["edges"] + row["mixed_borders"]["edges"]

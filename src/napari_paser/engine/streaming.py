@@ -337,12 +337,12 @@ def plane_f2_check(job: StreamJob, z: int) -> np.ndarray:
 
 def slab_switch_points(job: StreamJob, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Switch points (s1, s2) of every patch of slab ``k`` (analyses its planes)."""
+    from .pipeline import drain
     from .routing import switch_points
 
     seg, z0, z1 = _load_slab(job, k)
     costs = seg.bundle.costs().double().numpy()
-    for _ in seg.analyse_slices(range(z1 - z0)):  # several planes at once where the cores allow
-        pass
+    drain(seg.analyse_slices(range(z1 - z0)))  # several planes at once where the cores allow
     gains = np.stack([seg.gains(z) for z in range(z1 - z0)])
     return switch_points(gains, costs)
 
@@ -350,9 +350,10 @@ def slab_switch_points(job: StreamJob, k: int) -> tuple[np.ndarray, np.ndarray]:
 def slab_patch_entropy(job: StreamJob, k: int, a0: float | None = None) -> np.ndarray:
     """Mean f0 patch entropies of slab ``k`` (``a0`` None), or f1's on the patches with f0
     entropy ≥ ``a0`` (NaN elsewhere): what the IDK cascade's stack thresholds are means of."""
+    from .pipeline import drain
+
     seg, z0, z1 = _load_slab(job, k)
-    for _ in seg.analyse_slices(range(z1 - z0)):  # several planes at once where the cores allow
-        pass
+    drain(seg.analyse_slices(range(z1 - z0)))  # several planes at once where the cores allow
     out = []
     for z in range(z1 - z0):
         e0 = seg.patch_entropy(z, 0).copy()
