@@ -7,8 +7,8 @@ linear in the batch, so one measurement per shape serves every batch size.
 
 What the pipeline charges (the calls that actually run):
 
-- analysis of a slice: f0's encoder once + its decoder once per MC pass + its refiner
-  once (if it has one) + the policy;
+- analysis of a slice: f0's encoder once + its decoder once per MC pass (or its MC mean
+  in closed form, once) + its refiner once (if it has one) + the policy;
 - a patch routed to f1 or f2: one forward of that model on a patch and its halo.
 """
 
@@ -27,7 +27,7 @@ from .models import PolicyConfig, PolicyNet, Refiner, UNet, UNetConfig
 if TYPE_CHECKING:  # the bundle module imports this one
     from .bundle import Bundle
 
-__all__ = ["count_flops", "unet_flops", "refine_flops", "policy_flops", "patch_input_shape", "CostModel"]
+__all__ = ["count_flops", "unet_flops", "moments_flops", "refine_flops", "policy_flops", "patch_input_shape", "CostModel"]
 
 
 def patch_input_shape(config: UNetConfig, patch_size: tuple[int, int]) -> tuple[int, int]:
@@ -63,6 +63,20 @@ def unet_flops(config: UNetConfig, shape: tuple[int, int], batch: int = 1) -> di
     """Encoder, decoder and total FLOPs of one UNet forward on ``(batch, C, *shape)``."""
     enc, dec = _unet_flops(_key(config), tuple(int(s) for s in shape), int(batch))
     return {"encode": enc, "decode": dec, "total": enc + dec}
+
+
+@lru_cache(maxsize=64)
+def _moments_flops(config_json: str, shape: tuple[int, int]) -> int:
+    config = UNetConfig(**json.loads(config_json))
+    with torch.device("meta"):
+        model = UNet(config).eval()
+        features = model.encode(torch.empty(1, config.input_channels, *shape))[-1]
+    return count_flops(lambda: model.mc_head_moments(features))
+
+
+def moments_flops(config: UNetConfig, shape: tuple[int, int]) -> int:
+    """FLOPs of f0's closed-form MC mean (:meth:`UNet.mc_head_moments`) on one padded slice."""
+    return _moments_flops(_key(config), tuple(int(s) for s in shape))
 
 
 @lru_cache(maxsize=64)
@@ -128,15 +142,20 @@ class CostModel:
     f0_refine: int = 0
 
     @classmethod
-    def measure(cls, bundle: Bundle, padded_shape: tuple[int, int], passes: int) -> "CostModel":
-        """Measure the networks of ``bundle`` for slices padded to ``padded_shape``."""
+    def measure(cls, bundle: Bundle, padded_shape: tuple[int, int], passes: int, estimate: str | None = None) -> "CostModel":
+        """Measure the networks of ``bundle`` for slices padded to ``padded_shape``, f0's MC
+        mean estimated as ``estimate`` (default: its config's ``mc_estimate``) from
+        ``passes`` sampled passes or in closed form (then charged as one pass)."""
         f0 = unet_flops(bundle.f0.config, padded_shape)
         patch = tuple(unet_flops(m.config, patch_input_shape(m.config, bundle.patch_size))["total"] for m in bundle.segmenters())
-        # Decoder FLOPs measured at the batch that runs (passes), not extrapolated.
-        dec = _unet_flops(_key(bundle.f0.config), tuple(padded_shape), int(passes))
+        if (estimate or bundle.f0.config.mc_estimate) == "moments":
+            passes, decode = 1, moments_flops(bundle.f0.config, padded_shape)
+        else:
+            # Decoder FLOPs measured at the batch that runs (passes), not extrapolated.
+            decode = (_unet_flops(_key(bundle.f0.config), tuple(padded_shape), int(passes))[1] // passes) if passes else 0
         return cls(
             f0_encode=f0["encode"],
-            f0_decode=(dec[1] // passes) if passes else 0,
+            f0_decode=decode,
             policy=policy_flops(bundle.policy.config, padded_shape),
             patch=patch,  # type: ignore[arg-type]
             passes=int(passes),

@@ -47,7 +47,7 @@ from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_point
 from .side_by_side import ordered_map, share_wall, workers_for
 from .steps import run_steps
 from .uncertainty import entropy as softmax_entropy
-from .uncertainty import mc_predict, policy_features, slice_seed
+from .uncertainty import mc_estimate, mc_predict, policy_features, slice_seed
 
 if TYPE_CHECKING:
     from .windowed import StreamResult
@@ -212,7 +212,9 @@ class PaserSegmenter(SlicewiseRouting):
     bundle : Bundle
         Networks in eval mode.
     mc_passes : int, optional
-        MC-dropout passes of f0 (default: the bundle's).
+        MC-dropout passes of f0, sampled. Default: the bundle's way, its number of
+        sampled passes or, for an f0 with ``mc_estimate="moments"``, their limit in
+        closed form (:meth:`~.models.UNet.mc_head_moments`).
     seed : int
         Seed of the dropout masks (per slice via :func:`slice_seed`).
     device : str or torch.device
@@ -254,6 +256,7 @@ class PaserSegmenter(SlicewiseRouting):
         self.mc_passes = int(mc_passes if mc_passes is not None else bundle.mc_passes)
         if self.mc_passes < 1:
             raise PaserInputError(f"mc_passes must be at least 1, got {self.mc_passes}")
+        self.mc_estimate = mc_estimate(bundle.f0.config, mc_passes)
         self.seed = int(seed)
         self.batch_size = max(1, int(batch_size))
         self.precision = precision
@@ -323,7 +326,7 @@ class PaserSegmenter(SlicewiseRouting):
         self.grid: tuple[int, int] = grid_shape((h, w), self.patch_size)
         ph, pw = self.patch_size
         self.padded_shape = (self.grid[0] * ph, self.grid[1] * pw)
-        self.cost_model = CostModel.measure(self.bundle, self.padded_shape, self.mc_passes)
+        self.cost_model = CostModel.measure(self.bundle, self.padded_shape, self.mc_passes, self.mc_estimate)
         gy, gx = self.grid
         # np.zeros maps pages lazily: caches of untouched slices cost no memory.
         self._analysed = np.zeros(z, dtype=bool)
@@ -490,7 +493,8 @@ class PaserSegmenter(SlicewiseRouting):
             policy_config = self.bundle.policy.config
             f0_in = self._to_device(f0_in)
             prob, ent, f0_feats, *spread = mc_predict(f0, f0_in, self.mc_passes, seed=slice_seed(self.seed, self.first_slice + z),
-                                                      return_features=True, return_spread=policy_config.mc_spread)
+                                                      return_features=True, return_spread=policy_config.mc_spread,
+                                                      estimate=self.mc_estimate)
             prediction = f0.refine(f0_in, prob)  # the MC mean itself without a refiner
             # f0's labels and the bytes fusion keeps are part of what its analysis costs,
             # as a patch model's argmax is of its patches' (_patch_outputs).

@@ -560,6 +560,7 @@ def stream_segment(
     from .patches import grid_shape
     from .pipeline import get_method
     from .routing import MODEL_NAMES
+    from .uncertainty import mc_estimate
 
     wall0 = time.perf_counter()
     bound_heap()
@@ -619,7 +620,8 @@ def stream_segment(
 
     grid = grid_shape(volume.shape[1:], patch)
     padded = (grid[0] * patch[0], grid[1] * patch[1])
-    cost = CostModel.measure(bundle, padded, int(mc_passes if mc_passes is not None else bundle.mc_passes))
+    passes = int(mc_passes if mc_passes is not None else bundle.mc_passes)
+    cost = CostModel.measure(bundle, padded, passes, mc_estimate(bundle.f0.config, mc_passes))
     now, ref = counts[:, 0].sum(axis=0), counts[:, 1].sum(axis=0)
     f2_all = z * grid[0] * grid[1] * cost.patch[2] / 1e9
     total = float(gflops.sum())

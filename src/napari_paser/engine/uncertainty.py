@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models import PolicyConfig, UNet, class_sum, is_channels_last, mc_dropout
+from .models import PolicyConfig, UNet, UNetConfig, class_sum, is_channels_last, mc_dropout
 
-__all__ = ["mc_predict", "entropy", "image_residual", "refiner_correction", "policy_features", "analyse_slices", "slice_seed"]
+__all__ = ["mc_predict", "mc_estimate", "entropy", "image_residual", "refiner_correction", "policy_features", "analyse_slices", "slice_seed"]
 
 
 def slice_seed(seed: int, index: int) -> int:
@@ -25,10 +25,16 @@ def entropy(prob: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(prob * torch.log(prob.clamp_min(1e-8))).sum(dim)
 
 
+def mc_estimate(config: UNetConfig, passes: int | None) -> str:
+    """How an engine estimates f0's MC mean: the bundle's way (``config.mc_estimate``)
+    unless a number of ``passes`` is asked for, which are then sampled."""
+    return config.mc_estimate if passes is None else "sampled"
+
+
 @torch.no_grad()
 def mc_predict(
     f0: UNet, x: torch.Tensor, passes: int = 5, seed: int | None = 0, *, return_features: bool = False,
-    return_spread: bool = False,
+    return_spread: bool = False, estimate: str | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Mean softmax and its entropy over ``passes`` MC-dropout passes of f0.
 
@@ -40,6 +46,7 @@ def mc_predict(
         Normalised slices, sizes divisible by ``2**depth``.
     passes : int
         Number of stochastic decoder passes (1 with no dropout gives the plain output).
+        Unused with ``estimate="moments"``.
     seed : int or None
         Seed for the dropout masks; ``None`` uses the global RNG.
     return_features : bool
@@ -47,6 +54,9 @@ def mc_predict(
     return_spread : bool
         Also return how much the passes disagree: the variance over the passes of each
         class's probability, summed over the classes (0 with one pass).
+    estimate : {"sampled", "moments"}, optional
+        Sample the passes, or compute their limit in closed form (``mc_scope="head"``);
+        default: ``f0.config.mc_estimate``.
 
     Returns
     -------
@@ -62,25 +72,33 @@ def mc_predict(
     # The output layout follows the network's: with channels_last the class argmax over
     # pixels is about 10x faster on a CPU.
     channels_last = is_channels_last(feats[-1])
-    if f0.config.mc_scope == "head":
-        generator = torch.Generator(device=x.device).manual_seed(seed) if seed is not None else None
-        logits = f0.mc_head_logits(feats[-1], passes, generator)
-    else:
-        # Repeat shared features once per pass: (passes * B, ...), pass-major.
-        rep = [f.repeat(passes, 1, 1, 1) for f in feats]
-        with torch.random.fork_rng(devices=[]), mc_dropout(f0):
-            if seed is not None:
-                torch.manual_seed(seed)
-            logits = f0.decode_folded(rep).contiguous()
-    # Softmax, mean over passes and entropy on the folded output grid (classes x stem²
-    # channels), then one pixel shuffle: per pixel the same arithmetic as at full
-    # resolution (the shuffle only moves values), with less memory traffic on a CPU.
-    _, k, h, w = logits.shape
     c = f0.config.num_classes
-    per_pass = logits.float().reshape(passes, b, c, k // c, h, w).softmax(2)
-    folded = per_pass.mean(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    prob = f0.unfold(folded.reshape(b, k, h, w)).contiguous(memory_format=layout)
+    if (estimate or f0.config.mc_estimate) == "moments":
+        if f0.config.mc_scope != "head":
+            raise ValueError("the MC mean has a closed form only for dropout before the linear head (mc_scope='head')")
+        if return_spread:
+            raise ValueError("the closed-form MC mean has no passes to disagree: the spread needs mc_estimate='sampled'")
+        folded = f0.mc_head_moments(feats[-1])
+    else:
+        if f0.config.mc_scope == "head":
+            generator = torch.Generator(device=x.device).manual_seed(seed) if seed is not None else None
+            logits = f0.mc_head_logits(feats[-1], passes, generator)
+        else:
+            # Repeat shared features once per pass: (passes * B, ...), pass-major.
+            rep = [f.repeat(passes, 1, 1, 1) for f in feats]
+            with torch.random.fork_rng(devices=[]), mc_dropout(f0):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                logits = f0.decode_folded(rep).contiguous()
+        # Softmax, mean over passes and entropy on the folded output grid (classes x stem²
+        # channels), then one pixel shuffle: per pixel the same arithmetic as at full
+        # resolution (the shuffle only moves values), with less memory traffic on a CPU.
+        _, k, h, w = logits.shape
+        per_pass = logits.float().reshape(passes, b, c, k // c, h, w).softmax(2)
+        folded = per_pass.mean(0)
+    _, _, sub, h, w = folded.shape
+    prob = f0.unfold(folded.reshape(b, c * sub, h, w)).contiguous(memory_format=layout)
     ent = f0.unfold(entropy(folded))[:, 0]
     out = (prob, ent) + ((feats[-1],) if return_features else ())
     if return_spread:

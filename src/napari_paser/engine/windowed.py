@@ -100,12 +100,12 @@ class WindowedSegmenter(SlicewiseRouting):
         self._make = lambda: PaserSegmenter(bundle, mc_passes=mc_passes, seed=seed, device=device, batch_size=batch_size,
                                             precision=precision, blend_borders=blend_borders)
         probe = self._make()
-        self.mc_passes = probe.mc_passes
+        self.mc_passes, self.mc_estimate = probe.mc_passes, probe.mc_estimate
         self.shape: tuple[int, int, int] = tuple(int(s) for s in self.volume.shape)  # type: ignore[assignment]
         self.input_ndim = self.volume.input_ndim
         self.grid: tuple[int, int] = grid_shape(self.shape[1:], self.patch_size)
         padded = (self.grid[0] * self.patch_size[0], self.grid[1] * self.patch_size[1])
-        self.cost_model = CostModel.measure(bundle, padded, self.mc_passes)
+        self.cost_model = CostModel.measure(bundle, padded, self.mc_passes, self.mc_estimate)
         self._costs = bundle.costs().double().numpy()
         z = self.shape[0]
         self._analysed = np.zeros(z, dtype=bool)

@@ -436,6 +436,13 @@ PRESETS["v2.25"] = PRESETS["v2.23"].replace(
 # policy fitted as v2.25's. After v2.25's 6 000 steps the loss was still falling. Not
 # shipped: with f0 fused in it stayed 0.010 below v2.24's f1 in family (0.003 out of family).
 PRESETS["v2.26"] = PRESETS["v2.25"].replace(preset="v2.26", f1_steps=4000, f1_lr=1e-3)
+
+# v2.24's networks and policy network (all warm-started from it) with f0's MC-dropout mean
+# in closed form instead of 5 sampled passes (arch v2.27): the refiner, trained on the
+# sampled means, trained on for 1 500 steps at a quarter of its learning rate on the
+# closed-form ones; the reward caches rebuilt and each slice's level fitted again as
+# v2.24's (benchmarks/probe_results.md, "Would f0's MC-dropout mean in closed form…").
+PRESETS["v2.27"] = PRESETS["v2.24"].replace(preset="v2.27", arch="v2.27", refine_steps=1500, refine_lr=5e-4)
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -546,6 +553,11 @@ PRESET_NOTES: dict[str, str] = {
     "v2.26": (
         "v2.25's f1 trained on for 4 000 more steps with v2.24's f1 still the teacher, the policy fitted again "
         "(--warm-start a bundle holding v2.25's f1, --teacher paser-synth-v2.24)"
+    ),
+    "v2.27": (
+        "v2.24's networks and policy network with f0's MC-dropout mean in closed form, the refiner trained on "
+        "for it and each slice's level fitted again (~25 min CPU once the data exist, --warm-start "
+        "src/napari_paser/models/paser-synth-v2.24)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (
