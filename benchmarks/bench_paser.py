@@ -146,16 +146,17 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
     res["table1_noisy"] = run_methods(nt, truths, TABLE1_METHODS, lam, check=CHECK)
     log(f"[synth] table 1 noisy ({t.lap('table1_noisy'):.0f} s)")
 
-    # MC-dropout passes: 5 (bundle) vs 20.
+    # MC-dropout passes: 5 (bundle) vs 20, sampled, and their closed form if f0 has one.
     from scipy import stats
 
     mc = {}
-    for passes in (bundle.mc_passes, 20):
+    closed_form = [None] if bundle.f0.config.mc_estimate == "moments" else []
+    for passes in (bundle.mc_passes, 20, *closed_form):
         ents, pix = [], []
         cm = np.zeros((3, 3), dtype=np.int64)
         gflops = secs = f0_secs = 0.0
         for (img, lab) in test:
-            seg = PaserSegmenter(bundle, mc_passes=passes, seed=seed)
+            seg = PaserSegmenter(bundle, mc_passes=passes, seed=seed)  # None: the bundle's closed form
             seg.set_volume(img)
             r = seg.result(lam=lam, method="paser")
             cm += np.bincount((lab.astype(np.int64) * 3 + r.labels).ravel(), minlength=9).reshape(3, 3)
@@ -167,7 +168,7 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
         from napari_paser.engine.metrics import mean_iou
 
         iou = mean_iou(cm)
-        mc[passes] = {"patch_entropy": np.concatenate(ents), "pixel_entropy_sample": np.concatenate(pix), "mean_iou": iou,
+        mc["closed form" if passes is None else passes] = {"patch_entropy": np.concatenate(ents), "pixel_entropy_sample": np.concatenate(pix), "mean_iou": iou,
                       "gflops": gflops, "iou_per_gflop": iou / gflops, "f0_seconds": f0_secs, "seconds": secs,
                       # f2 everywhere on the same slices, timed in this run (the test table)
                       "seconds_ratio_f2": secs / tt.compute_seconds(tt.constant(2), "f2")}

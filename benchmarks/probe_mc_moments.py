@@ -9,11 +9,14 @@ probe compares, on development volumes of both families (never the test sets):
 1. how close each estimate of the MC mean is to 200 sampled passes (mean absolute
    difference of the probabilities, argmax agreement, r of the patch entropies);
 2. the bundle as shipped (5 sampled passes) against the same bundle with the closed
-   form, nothing refitted: f0's analysis in seconds as a share of f2's, f0's IoU, PaSeR
-   at the default λ, the best λ within f1 everywhere's GFLOPs and seconds, the
-   IoU-matched IDK cascade (line 3) and the gains' correlations (line 4).
+   form, nothing refitted, and against ``--candidate`` bundles (e.g. v2.27: the refiner
+   trained on for the closed form and the slice level fitted again): f0's analysis in
+   seconds as a share of f2's, f0's IoU, PaSeR at the default λ, the best λ within f1
+   everywhere's GFLOPs and seconds, the IoU-matched IDK cascade (line 3) and the gains'
+   correlations (line 4).
 
-    python benchmarks/probe_mc_moments.py            # about 15 minutes on 2 cores
+    python benchmarks/probe_mc_moments.py            # about 8 minutes on 2 cores
+    python benchmarks/probe_mc_moments.py --candidate runs/paser-synth-v2.27 --skip-estimates
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3, help="timed runs whose median gives the seconds")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--candidate", nargs="*", default=[], help="more bundles (names or folders) to score as they are")
+    p.add_argument("--skip-estimates", action="store_true", help="leave out the comparison with 200 sampled passes")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(resolve_bundle(args.bundle))
@@ -128,10 +133,13 @@ def main() -> None:
         t0 = time.perf_counter()
         volumes = make_volumes(seeds, args.slices, distribution=dist)
         print(f"{set_name}, {args.bundle}, {args.threads} thread(s):")
-        for name, res in estimate_errors(bundle, volumes).items():
-            print(f"  {name}: |p - 200 passes| {res['mean_abs_prob']:.4f}, argmax agrees {res['argmax_agree']:.4f}, "
-                  f"patch entropy r {res['entropy_r']:.4f} (mean {res['mean_entropy']:.4f} vs {res['reference_entropy']:.4f})")
-        for name, b in (("5 sampled passes (as shipped)", bundle), ("closed form", with_moments(bundle))):
+        if not args.skip_estimates:
+            for name, res in estimate_errors(bundle, volumes).items():
+                print(f"  {name}: |p - 200 passes| {res['mean_abs_prob']:.4f}, argmax agrees {res['argmax_agree']:.4f}, "
+                      f"patch entropy r {res['entropy_r']:.4f} (mean {res['mean_entropy']:.4f} vs {res['reference_entropy']:.4f})")
+        variants = [("5 sampled passes (as shipped)", bundle), ("closed form", with_moments(bundle))]
+        variants += [(name, load_bundle(resolve_bundle(name))) for name in args.candidate]
+        for name, b in variants:
             report(name, lines(b, volumes, val, args.rounds))
         print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -327,6 +327,7 @@ def main() -> None:
     p.add_argument("--sets", nargs="*", default=[], help="fresh scans to score, as generator:first-last seeds, e.g. oof:9401-9420")
     p.add_argument("--refiners", nargs="+", default=["2:32"], help="refiners as stem:width[:planes] (stem 1 full resolution, 2 half; planes of the stack read, 1 unless given)")
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the refiners' initialisation and crops")
     p.add_argument("--gain-map", default="2:32", help="stem:width of the gain map")
     p.add_argument("--gain-steps", type=int, default=3000, help="0: no gain map")
     p.add_argument("--cache", type=Path, default=Path("runs/probe_f0_refiner"), help="where the training volumes are kept")
@@ -356,7 +357,7 @@ def main() -> None:
     refiners = {}
     for variant, (stem, width, planes) in shapes.items():
         t0 = time.perf_counter()
-        refiners[variant] = train_refiner(outputs, width, args.steps, stem, planes=planes)
+        refiners[variant] = train_refiner(outputs, width, args.steps, stem, seed=args.seed, planes=planes)
         flops, seconds = refiner_costs(refiners[variant], 1)
         print(f"refiner {variant} trained {args.steps} steps ({time.perf_counter() - t0:.0f} s): {flops / 1e6:.1f} MFLOPs and "
               f"{seconds * 1e3:.2f} ms (one thread, channels-last) per 224 × 256 slice", flush=True)

@@ -108,11 +108,12 @@ def figures(res: dict, fig_dir: Path) -> None:
             fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
             keys = list(arrs)
             axes[0].boxplot([arrs[k] for k in keys], showfliers=False)
-            axes[0].set_xticks(range(1, len(keys) + 1), [f"{k} passes" for k in keys])
+            names = [k if k == "closed form" else f"{k} passes" for k in keys]
+            axes[0].set_xticks(range(1, len(keys) + 1), names)
             axes[0].set_ylabel("mean f0 entropy per patch (nats)")
             px = s["_mc_arrays"]
             axes[1].boxplot([px[k] for k in keys], showfliers=False)
-            axes[1].set_xticks(range(1, len(keys) + 1), [f"{k} passes" for k in keys])
+            axes[1].set_xticks(range(1, len(keys) + 1), names)
             axes[1].set_ylabel("f0 entropy per pixel (nats, 1/64 sample)")
             t = s["mc"]["t_test_patch_entropy"]
             fig.suptitle(f"MC-dropout entropy, 5 vs 20 passes (Welch t-test on patches: p = {t['p']:.3g})")
@@ -252,7 +253,8 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
         L += ["## Setup (synthetic electrodes)", "",
               f"- bundle `{b['name']}` {b['version']} ({'trained' if b['trained'] else 'RANDOM WEIGHTS: routing meaningless'}), "
               f"parameters {b['parameters']}, costs C = {[round(c, 4) for c in b['costs']]}, default λ {b['default_lam']:.4g}, "
-              f"{b['mc_passes']} MC-dropout passes",
+              + (f"f0's MC-dropout mean in closed form (sampled: {b['mc_passes']} passes)" if b.get("mc_estimate") == "moments"
+                 else f"{b['mc_passes']} MC-dropout passes"),
               f"- held-out test volumes: `generate_volume(seed, {D['slices_per_volume']}, (224, 256))` for seeds {D['test_seeds']}"
               f"{generator_note(D.get('generator'), D['slices_per_volume'])}; "
               f"validation (IDK tuning) seeds {D['val_seeds']}; Table 3 retraining seeds {D['retrain_seeds']}. The bundled model was "
@@ -329,8 +331,10 @@ def markdown(res: dict, fig_dir: Path, out: Path) -> str:
                      f"{p['mean_cost']:.4f} | " + " / ".join(f"{100 * v:.1f}%" for v in p["fractions"]) + " |")
         L += ["", f"![lambda sweep]({_rel(fig_dir, out, 'lambda_sweep.png')})", ""]
         mc = s["mc"]
-        keys = [k for k in mc if k.isdigit()]
+        keys = [k for k in mc if k.isdigit() or k == "closed form"]
         L += ["## MC-dropout passes: 5 vs 20 (Fig. 5a)", "",
+              *(["The bundle's f0 computes the MC-dropout mean in closed form, the limit of infinitely many passes "
+                 "(`UNet.mc_head_moments`); the rows of 5 and 20 passes sample them.", ""] if "closed form" in keys else []),
               "| passes | mean patch entropy (sd) | PaSeR IoU | GFLOPs | IoU/GFLOP | f0 analysis seconds | PaSeR seconds / f2's |",
               "|---|---|---|---|---|---|---|"]
         for k in keys:

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                "fast": args.fast, "seed": args.seed, "environment": environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if "synth" in parts or "testsets" in parts:
         bundle, binfo = load_bundle_any(args.bundle, log)
-        results["bundle"] = binfo | {"default_lam": bundle.default_lam, "mc_passes": bundle.mc_passes,
+        results["bundle"] = binfo | {"default_lam": bundle.default_lam, "mc_passes": bundle.mc_passes, "mc_estimate": bundle.f0.config.mc_estimate,
                                      "parameters": bundle.parameter_counts(), "costs": [float(c) for c in bundle.costs()]}
     if "synth" in parts:
         import bench_paser

@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 "bundle": bundle_record(bundle, fused=True, blend_borders=args.blend_borders),  # f0 fused into the methods that run its analysis
                 "num_slices": seg.num_slices,
                 "mc_passes": seg.mc_passes,
+                "mc_estimate": seg.mc_estimate,
                 "precision": args.precision,
                 "wall_seconds": time.perf_counter() - t0,
                 "methods": rows,

@@ -78,7 +78,8 @@ def bundle_help(what: str) -> str:
 def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by the commands that run a bundle."""
     p.add_argument("--bundle", metavar="NAME|DIR", help=bundle_help("bundled model name or bundle folder"))
-    p.add_argument("--mc-passes", type=int, metavar="N", help="MC-dropout passes of f0 (default: the bundle's)")
+    p.add_argument("--mc-passes", type=int, metavar="N", help="sample this many MC-dropout passes of f0 (default: the bundle's way: its passes, or their "
+                   "closed-form limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per f1/f2 call")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -17,7 +17,9 @@ TOOLTIPS: dict[str, str] = {
     "load_bundle": "Pick a bundle folder (manifest.json + weights.safetensors) from disk.",
     "mc_passes": (
         "Monte-Carlo dropout passes of the tiny model f0. More passes give a smoother "
-        "uncertainty estimate and cost more time. 0 uses the bundle's default."
+        "uncertainty estimate and cost more time. 0 uses the bundle's default: its number of "
+        "passes, or for bundles from v2.27 on their limit in closed form (as smooth as many "
+        "passes, for the time of about one)."
     ),
     "mode": (
         "How the cost/accuracy trade-off is set: λ (cost weight; 0 = always the best model, "

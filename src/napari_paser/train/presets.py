@@ -443,6 +443,14 @@ PRESETS["v2.26"] = PRESETS["v2.25"].replace(preset="v2.26", f1_steps=4000, f1_lr
 # closed-form ones; the reward caches rebuilt and each slice's level fitted again as
 # v2.24's (benchmarks/probe_results.md, "Would f0's MC-dropout mean in closed form…").
 PRESETS["v2.27"] = PRESETS["v2.24"].replace(preset="v2.27", arch="v2.27", refine_steps=1500, refine_lr=5e-4)
+
+# v2.24's networks and policy network with f0's MC-dropout mean in closed form (arch v2.27)
+# and a refiner trained for it from the start, as v2.20's was for 5 sampled passes
+# (warm-started from a bundle that holds it, ``probe_refiner_gain.py --refiners 2:32:5
+# --steps 6000 --save`` on the closed-form means; refine_steps 0 keeps it); the reward
+# caches rebuilt and each slice's level fitted again as v2.24's. On the development volumes
+# its f0 is 0.004 above v2.24's in family (benchmarks/probe_results.md).
+PRESETS["v2.28"] = PRESETS["v2.24"].replace(preset="v2.28", arch="v2.27")
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -558,6 +566,11 @@ PRESET_NOTES: dict[str, str] = {
         "v2.24's networks and policy network with f0's MC-dropout mean in closed form, the refiner trained on "
         "for it and each slice's level fitted again (~25 min CPU once the data exist, --warm-start "
         "src/napari_paser/models/paser-synth-v2.24)"
+    ),
+    "v2.28": (
+        "v2.24's networks and policy network with f0's MC-dropout mean in closed form and a refiner trained for "
+        "it, each slice's level fitted again (~10 min CPU once the data exist, --warm-start a bundle holding "
+        "the refiner: scripts/train_bundled_model_v2_28.sh makes it)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (
