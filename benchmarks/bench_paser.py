@@ -168,10 +168,11 @@ def run(bundle, fast: bool, seed: int, log) -> dict:
         from napari_paser.engine.metrics import mean_iou
 
         iou = mean_iou(cm)
-        mc["closed form" if passes is None else passes] = {"patch_entropy": np.concatenate(ents), "pixel_entropy_sample": np.concatenate(pix), "mean_iou": iou,
-                      "gflops": gflops, "iou_per_gflop": iou / gflops, "f0_seconds": f0_secs, "seconds": secs,
-                      # f2 everywhere on the same slices, timed in this run (the test table)
-                      "seconds_ratio_f2": secs / tt.compute_seconds(tt.constant(2), "f2")}
+        key = "closed form" if passes is None else passes
+        mc[key] = {"patch_entropy": np.concatenate(ents), "pixel_entropy_sample": np.concatenate(pix), "mean_iou": iou,
+                   "gflops": gflops, "iou_per_gflop": iou / gflops, "f0_seconds": f0_secs, "seconds": secs,
+                   # f2 everywhere on the same slices, timed in this run (the test table)
+                   "seconds_ratio_f2": secs / tt.compute_seconds(tt.constant(2), "f2")}
     a, b = mc[bundle.mc_passes]["patch_entropy"], mc[20]["patch_entropy"]
     tt_res = stats.ttest_ind(a, b, equal_var=False)
     res["mc"] = {
