@@ -405,6 +405,8 @@ class UNet(nn.Module):
         Against 200 sampled passes its probabilities are nearer than those of 20 passes,
         and four times nearer than those of 5 (``benchmarks/probe_mc_moments.py``).
         """
+        if self.config.mc_scope != "head":
+            raise ValueError("the MC mean has a closed form only for dropout before the linear head (mc_scope='head')")
         p = float(self.config.dropout)
         n, c, h, w = features.shape
         k = self.config.num_classes

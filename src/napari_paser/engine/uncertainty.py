@@ -75,8 +75,6 @@ def mc_predict(
     c = f0.config.num_classes
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if (estimate or f0.config.mc_estimate) == "moments":
-        if f0.config.mc_scope != "head":
-            raise ValueError("the MC mean has a closed form only for dropout before the linear head (mc_scope='head')")
         if return_spread:
             raise ValueError("the closed-form MC mean has no passes to disagree: the spread needs mc_estimate='sampled'")
         folded = f0.mc_head_moments(feats[-1])
