@@ -112,9 +112,10 @@ def test_engine_charges_one_closed_form_and_samples_when_asked(shipped, tmp_path
     from napari_paser.engine.flops import moments_flops, unet_flops
     from napari_paser.engine.pipeline import PaserSegmenter
 
-    sampled, _, volume = shipped
-    bundle = copy.deepcopy(sampled)
+    shipped_bundle, _, volume = shipped
+    bundle, sampled = copy.deepcopy(shipped_bundle), copy.deepcopy(shipped_bundle)
     bundle.f0.config = replace(bundle.f0.config, mc_estimate="moments")
+    sampled.f0.config = replace(sampled.f0.config, mc_estimate="sampled")
     seg = PaserSegmenter(bundle)
     seg.set_volume(volume)
     assert seg.mc_estimate == "moments"

@@ -705,7 +705,7 @@ def test_bf16_patches_where_bf16_is_native_and_one_notification_elsewhere(setup,
         fp32 = segment(viewer.layers["ct"].data, load_bundle(widget.bundle_path), lam=0.0, mc_passes=2)
         assert (viewer.layers["phases"].data == fp32.labels).mean() > 0.99
         notes.clear()
-    viewer.layers.remove("phases")
+        viewer.layers.remove("phases")
     monkeypatch.setattr(precision, "bf16_is_fast", lambda device_type="cpu": device_type != "cpu")
     widget._sessions.clear()
     assert widget.run(blocking=True) is None

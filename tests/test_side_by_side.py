@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from napari_paser.engine import side_by_side  # noqa: E402
 from napari_paser.engine.pipeline import PaserSegmenter  # noqa: E402
-from napari_paser.engine.side_by_side import ordered_map, share_wall, workers_for  # noqa: E402
+from napari_paser.engine.side_by_side import one_torch_thread, ordered_map, share_wall, workers_for  # noqa: E402
 
 
 @pytest.fixture
@@ -95,6 +95,16 @@ def test_how_many_pieces_run_at_once(threads):
     assert workers_for(8, 224 * 256, torch.device("cuda")) == 1
     threads(1)
     assert workers_for(8, 224 * 256, cpu) == 1
+
+
+def test_one_torch_thread_holds_inside_the_block_and_gives_the_rest_back_after_an_error(threads):
+    threads(2)
+    with one_torch_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"), one_torch_thread():
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
 
 
 def test_overlapping_seconds_share_the_wall_time():

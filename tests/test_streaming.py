@@ -18,11 +18,10 @@ VOXEL = (2.0, 0.5, 0.5)
 
 @pytest.fixture(scope="module")
 def electrode():
-    """6 planes of 112x128 from the bundled sample stack (at λ 1e-5 and at a TVD of 0.05 the
-    default bundle sends patches to f1 and f2 there: v2.24 gives a region the level of the 90th
-    percentile of its refiner KL, and sends a patch of this crop to f2 only below λ 1e-4, while
-    over the whole stack it does up to λ 0.001; in the centre crop at 56:168, 64:192 it sends
-    every patch to f1 even at λ 0)."""
+    """6 planes of 112x128 from the bundled sample stack (at λ 0.2 and at a TVD of 0.05 the
+    default bundle keeps some patches on f0 and sends the rest to f1 there: v2.28 sends every
+    patch of this crop to f1 from λ 0 to 0.1, and none to f2 at any λ; the IDK cascade and
+    the random policy send some to f2)."""
     from pathlib import Path
 
     image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
@@ -44,7 +43,7 @@ def collect():
 
 @pytest.mark.parametrize(
     "method, knobs",
-    [("paser", {"lam": 0.00001}), ("paser", {"tvd": 0.05}), ("idk", {}), ("random", {})],
+    [("paser", {"lam": 0.2}), ("paser", {"tvd": 0.05}), ("idk", {}), ("random", {})],
 )
 def test_slabs_equal_the_in_memory_engine(electrode, quick, method, knobs):
     from napari_paser.engine.pipeline import segment
@@ -61,8 +60,8 @@ def test_slabs_equal_the_in_memory_engine(electrode, quick, method, knobs):
     assert rep["lam"] == ref.lam and rep["tvd"] == ref.tvd
     assert rep["route_fraction"] == ref.route_fraction
     assert rep["gflops_total"] == pytest.approx(ref.gflops_total, rel=1e-12)
-    if method == "paser":
-        assert 0 < ref.route_fraction["f2"] < 1  # the stack exercises the routing
+    # the stack exercises the routing: patches go to more than one model
+    assert sum(share > 0 for share in ref.route_fraction.values()) >= 2
 
 
 class CountingVolume(ArrayVolume):

@@ -44,7 +44,7 @@ from .models import class_argmax, class_softmax, set_memory_format_
 from .normalize import Normalizer, validate_image
 from .patches import grid_shape, pad_to_patches, patch_view
 from .routing import MODEL_NAMES, SlicewiseRouting, route_fraction, switch_points, tvd_at
-from .side_by_side import ordered_map, share_wall, workers_for
+from .side_by_side import one_torch_thread, ordered_map, share_wall, workers_for
 from .steps import run_steps
 from .uncertainty import entropy as softmax_entropy
 from .uncertainty import mc_estimate, mc_predict, policy_features, slice_seed
@@ -503,7 +503,8 @@ class PaserSegmenter(SlicewiseRouting):
             t1 = time.perf_counter()
             feats = policy_features(x.to(self.device), prob.float(), ent.float(), f0_feats, policy_config,
                                     spread[0] if spread else None, prediction)
-            gains = self.bundle.policy.gains(feats)
+            with one_torch_thread():  # the same gains on a worker as on the calling thread
+                gains = self.bundle.policy.gains(feats)
         t2 = time.perf_counter()
         return _Analysis(z, labels, quantised, ent[0].float().cpu().numpy(), gains[0].float().cpu().numpy(), t1 - t0, t2 - t1)
 
