@@ -36,7 +36,9 @@ def blended_engine(seg: PaserSegmenter) -> PaserSegmenter:
 
 def engine_like(seg: PaserSegmenter, *, blend_borders: bool) -> PaserSegmenter:
     """A fresh engine with ``seg``'s bundle and settings on its volume, nothing run yet."""
-    out = PaserSegmenter(seg.bundle, mc_passes=seg.mc_passes, seed=seg.seed, device=seg.device, batch_size=seg.batch_size,
+    # Passes asked for are sampled: an engine on the bundle's closed form asks for none.
+    passes = seg.mc_passes if seg.mc_estimate == "sampled" else None
+    out = PaserSegmenter(seg.bundle, mc_passes=passes, seed=seg.seed, device=seg.device, batch_size=seg.batch_size,
                          precision=seg.precision, blend_borders=blend_borders, side_by_side=seg.side_by_side)
     out.set_volume(seg._volume, normalizer=seg._normalizer, first_slice=seg.first_slice)
     return out

@@ -327,7 +327,7 @@ def _cross_entropy(seg: PaserSegmenter, z: int, truth: np.ndarray) -> np.ndarray
     x = torch.from_numpy(seg._planes(z, seg.bundle.f0.config.planes))[None]  # the planes f0 reads
     ps = seg.patch_size
     y = torch.from_numpy(truth.astype(np.int64))
-    prob0, _ = mc_predict(seg.bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, z))
+    prob0, _ = mc_predict(seg.bundle.f0, x, seg.mc_passes, seed=slice_seed(seg.seed, z), estimate=seg.mc_estimate)
     out = np.zeros((3, *seg.grid))
     nll0 = -torch.log(prob0[0].gather(0, y[None]).clamp_min(1e-8))[0].numpy()
     out[0] = patch_view(nll0, ps).mean((-2, -1))

@@ -57,3 +57,23 @@ def test_any_routing_scored_from_the_regions_is_the_engines_blended_composition(
             np.testing.assert_array_equal(table.pooled(routing), direct)
     with pytest.raises(ValueError, match="models"):
         plain.pooled(np.zeros((2, *seg.grid), np.uint8))
+
+
+@pytest.mark.parametrize("passes, estimate", [(None, "moments"), (3, "sampled")])
+def test_an_engine_like_another_estimates_f0_as_it_does(blend_scoring, shipped, passes, estimate):
+    """The blended copy of an engine on the bundle's closed form uses the closed form too
+    (asking it for the bundle's passes would sample them), and one asked for passes samples
+    as many: the blended scores and seconds are those of the same analysis."""
+    import copy
+    from dataclasses import replace
+
+    from napari_paser.engine.pipeline import PaserSegmenter
+
+    bundle, _, image = shipped
+    bundle = copy.deepcopy(bundle)
+    bundle.f0.config = replace(bundle.f0.config, mc_estimate="moments")
+    seg = PaserSegmenter(bundle, mc_passes=passes)
+    seg.set_volume(image)
+    like = blend_scoring.engine_like(seg, blend_borders=True)
+    assert (like.mc_estimate, like.mc_passes, like.blend_borders) == (estimate, seg.mc_passes, True)
+    np.testing.assert_array_equal(like.entropy(0), seg.entropy(0))
