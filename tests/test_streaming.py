@@ -20,8 +20,8 @@ VOXEL = (2.0, 0.5, 0.5)
 def electrode():
     """6 planes of 112x128 from the bundled sample stack (at λ 0.2 and at a TVD of 0.05 the
     default bundle keeps some patches on f0 and sends the rest to f1 there: v2.28 sends every
-    patch of this crop to f1 from λ 0 to 0.1, and none to f2 at any λ; the IDK cascade and
-    the random policy send some to f2)."""
+    patch of this crop to f1 from λ 0 to 0.1, and none to f2 at any λ tried up to 0.2; the
+    IDK cascade and the random policy send some to f2)."""
     from pathlib import Path
 
     image, _ = io.read_stack(Path(__file__).parents[1] / "sample_data" / "electrode_image.tif")
