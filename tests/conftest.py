@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-# Two cores here: keep torch from oversubscribing when pytest runs beside other work.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keep torch from oversubscribing the cores: at most two threads, and under pytest-xdist
+# (README's test command) each worker's share of the cores. Tests of how threads are
+# shared set their own.
+_xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _xdist_workers))))
 
 
 def tiny_configs(patch_size=(56, 64)):
