@@ -34,8 +34,10 @@ def test_seconds_are_the_median_of_rounds_that_rotate_the_models(common, monkeyp
     own = common.engine_seconds(engines)
     assert np.all(own[0] > 0) and np.all(own[2][:, 0] == 0) and np.all(own[2][:, 1:] > 0)
 
-    # Later rounds scaled ×10 and ×0.1: every median is then the first round's value.
-    real, models, scales = common.engine_seconds, [], iter([1.0] + [10.0] * 3 + [0.1] * 3)
+    # Later rounds scaled ×1e6 and ×1e-6: every median is then the first round's value,
+    # however much a busy machine slows a fresh engine (×10 and ×0.1 were not enough for
+    # one beside another test process).
+    real, models, scales = common.engine_seconds, [], iter([1.0] + [1e6] * 3 + [1e-6] * 3)
 
     def scaled(fresh, model=None):
         if models:  # after the engines' own seconds, fresh engines like them
