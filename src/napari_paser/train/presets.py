@@ -451,6 +451,12 @@ PRESETS["v2.27"] = PRESETS["v2.24"].replace(preset="v2.27", arch="v2.27", refine
 # caches rebuilt and each slice's level fitted again as v2.24's. On the development volumes
 # its f0 is 0.004 above v2.24's in family (benchmarks/probe_results.md).
 PRESETS["v2.28"] = PRESETS["v2.24"].replace(preset="v2.28", arch="v2.27")
+
+# v2.28's networks (all warm-started from it) with the dense policy network fitted again,
+# tied and levelled as v2.23's and v2.24's: v2.28 kept v2.24's network, fitted on the
+# inputs of 5 sampled MC passes and of v2.24's refiner, while it now reads the closed-form
+# mean and the KL of a refiner trained for it.
+PRESETS["v2.29"] = PRESETS["v2.28"].replace(preset="v2.29", policy_keep_network=False)
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
@@ -571,6 +577,10 @@ PRESET_NOTES: dict[str, str] = {
         "v2.24's networks and policy network with f0's MC-dropout mean in closed form and a refiner trained for "
         "it, each slice's level fitted again (~10 min CPU once the data exist, --warm-start a bundle holding "
         "the refiner: scripts/train_bundled_model_v2_28.sh makes it)"
+    ),
+    "v2.29": (
+        "v2.28's networks with the dense policy network fitted again on the closed-form mean's inputs, tied and "
+        "levelled as v2.24's (--warm-start src/napari_paser/models/paser-synth-v2.28)"
     ),
     "paper": "the paper's network sizes and schedule (Adam 1e-4, batch 32, 200 epochs a stage; GPU)",
     "init": (
