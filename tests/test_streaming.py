@@ -19,7 +19,7 @@ VOXEL = (2.0, 0.5, 0.5)
 @pytest.fixture(scope="module")
 def electrode():
     """6 planes of 112x128 from the bundled sample stack (at λ 0.2 and at a TVD of 0.05 the
-    default bundle keeps some patches on f0 and sends the rest to f1 there: v2.28 sends every
+    default bundle keeps some patches on f0 and sends the rest to f1 there: v2.29 sends every
     patch of this crop to f1 from λ 0 to 0.1, and none to f2 at any λ tried up to 0.2; the
     IDK cascade and the random policy send some to f2)."""
     from pathlib import Path

@@ -8,7 +8,7 @@ Train from scratch on synthetic volumes (the bundled model)::
 
 Fine-tune the bundled model on one labelled stack of your scanner::
 
-    napari-paser train --images scan.tif --labels scan_labels.tif --init paser-synth-v2.28 --out my-bundle
+    napari-paser train --images scan.tif --labels scan_labels.tif --init paser-synth-v2.29 --out my-bundle
 """
 
 from __future__ import annotations

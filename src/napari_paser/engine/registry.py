@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_BUNDLE = "paser-synth-v2.28"
+DEFAULT_BUNDLE = "paser-synth-v2.29"
 
 
 @dataclass(frozen=True)
