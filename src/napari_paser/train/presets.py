@@ -457,6 +457,7 @@ PRESETS["v2.28"] = PRESETS["v2.24"].replace(preset="v2.28", arch="v2.27")
 # inputs of 5 sampled MC passes and of v2.24's refiner, while it now reads the closed-form
 # mean and the KL of a refiner trained for it.
 PRESETS["v2.29"] = PRESETS["v2.28"].replace(preset="v2.29", policy_keep_network=False)
+
 # What each preset trains, and from what: one line each for `napari-paser train --list-presets`.
 PRESET_NOTES: dict[str, str] = {
     "quick": "small networks, the whole pipeline on a 2-core CPU in about 30 min",
